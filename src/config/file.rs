@@ -1,0 +1,298 @@
+//! The YAML file as written by an operator: serde types that mirror it field
+//! for field. Nothing here is read on the request path; `config::model`
+//! turns these into the validated model after cross-checks.
+//!
+//! Every struct denies unknown fields so a typo is an error with a line
+//! number, never a silently ignored setting.
+
+use super::units::HumanDuration;
+use serde::de::{self, value::MapAccessDeserializer, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+
+/// The root of the configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Client-facing listeners. Defaults to `0.0.0.0:8080` (plain HTTP).
+    #[serde(
+        default = "default_listen",
+        deserialize_with = "string_or_struct_vec::deserialize"
+    )]
+    pub listen: Vec<ListenerSpec>,
+    /// The admin listener (metrics, health, readiness).
+    #[serde(default)]
+    pub admin: AdminSpec,
+    /// Process and runtime settings handed to Pingora's server.
+    #[serde(default)]
+    pub server: ServerSpec,
+    /// Log level and access log.
+    #[serde(default)]
+    pub logging: LoggingSpec,
+    /// Named pools of backend servers.
+    pub upstreams: BTreeMap<String, UpstreamSpec>,
+    /// Routes, matched by host, longest path prefix and method.
+    pub routes: Vec<RouteSpec>,
+}
+
+fn default_listen() -> Vec<ListenerSpec> {
+    vec![ListenerSpec {
+        address: "0.0.0.0:8080".to_owned(),
+        tls: None,
+    }]
+}
+
+/// A client-facing listener: `"0.0.0.0:8080"` or
+/// `{ address: "0.0.0.0:8443", tls: { cert: ..., key: ... } }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSpec {
+    /// `ip:port` to bind.
+    pub address: String,
+    /// Serve TLS (with HTTP/2 offered through ALPN) using these PEM files.
+    #[serde(default)]
+    pub tls: Option<ListenerTlsSpec>,
+}
+
+/// Certificate and key files for a TLS listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsSpec {
+    /// PEM certificate chain.
+    pub cert: String,
+    /// PEM private key.
+    pub key: String,
+}
+
+/// The admin listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSpec {
+    /// `ip:port` for /metrics, /health, /ready. Keep it private.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9090".to_owned()
+}
+
+impl Default for AdminSpec {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+/// Process settings. Defaults suit a small API gateway; see README.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSpec {
+    /// Worker threads for the proxy service.
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// Let idle worker threads steal tasks from busy ones. Off by default:
+    /// measured faster for short API requests (see docs/BENCHMARKS.md).
+    #[serde(default)]
+    pub work_stealing: Option<bool>,
+    /// How long a graceful shutdown waits for in-flight requests.
+    #[serde(default)]
+    pub grace_period: Option<HumanDuration>,
+    /// How long runtimes get to stop after the grace period.
+    #[serde(default)]
+    pub graceful_shutdown_timeout: Option<HumanDuration>,
+    /// Unix socket used to hand listeners to a new binary (`--upgrade`).
+    #[serde(default)]
+    pub upgrade_sock: Option<String>,
+    /// PID file (written when running as a daemon).
+    #[serde(default)]
+    pub pid_file: Option<String>,
+    /// Idle upstream connections kept for reuse, across all backends.
+    #[serde(default)]
+    pub upstream_keepalive_pool_size: Option<usize>,
+}
+
+/// Logging settings. `RUST_LOG`, when set, overrides `level`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingSpec {
+    /// `error`, `warn`, `info`, `debug` or `trace`.
+    #[serde(default = "default_level")]
+    pub level: String,
+    /// One line per request at info level, target `tollgate::access`.
+    #[serde(default = "default_true")]
+    pub access_log: bool,
+}
+
+fn default_level() -> String {
+    "info".to_owned()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for LoggingSpec {
+    fn default() -> Self {
+        Self {
+            level: default_level(),
+            access_log: true,
+        }
+    }
+}
+
+/// A named pool of backends that routes send traffic to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSpec {
+    /// `host:port` strings or `{ address, weight }` maps.
+    #[serde(deserialize_with = "string_or_struct_vec::deserialize")]
+    pub backends: Vec<BackendSpec>,
+    /// Connect to the backends over TLS.
+    #[serde(default)]
+    pub tls: Option<UpstreamTlsSpec>,
+    /// Replace the client's `Host` header with this value.
+    #[serde(default)]
+    pub host_header: Option<String>,
+}
+
+/// One backend: `"10.0.0.1:8000"` or `{ address: "10.0.0.1:8000", weight: 2 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSpec {
+    /// `host:port`; host names are resolved when the config is loaded.
+    pub address: String,
+    /// Relative share of traffic under equal load. Default 1.
+    #[serde(default = "default_weight")]
+    pub weight: usize,
+}
+
+fn default_weight() -> usize {
+    1
+}
+
+/// TLS towards the backends.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSpec {
+    /// Server name sent in the TLS handshake and checked in the certificate.
+    pub sni: String,
+    /// Verify the backend's certificate chain and name. Default true.
+    #[serde(default = "default_true")]
+    pub verify: bool,
+}
+
+/// One route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// Unique name; used as the metrics label.
+    pub name: String,
+    /// What requests this route takes. Defaults to every request.
+    #[serde(default, rename = "match")]
+    pub matcher: MatchSpec,
+    /// Name of the upstream pool to send to.
+    pub upstream: String,
+    /// Connect, read and total timeouts.
+    #[serde(default)]
+    pub timeouts: TimeoutsSpec,
+}
+
+/// The request side of a route.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSpec {
+    /// Exact host (`api.example.com`) or wildcard (`*.example.com`). Any host when absent.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Path prefix, starting with `/`. Default `/`.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Allowed methods. Any method when absent.
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+}
+
+/// Per-route timeouts.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsSpec {
+    /// TCP (+TLS) connect to a backend. Default 5s.
+    #[serde(default)]
+    pub connect: Option<HumanDuration>,
+    /// Longest wait for the next bytes from the backend. Default: the total.
+    #[serde(default)]
+    pub read: Option<HumanDuration>,
+    /// Whole request, from arrival to the last upstream byte. Default 30s.
+    #[serde(default)]
+    pub total: Option<HumanDuration>,
+}
+
+/// Lets a list item be written either as a plain string or as a map, with
+/// serde's own error messages (and positions) in both forms.
+pub trait FromShorthand: Sized {
+    /// Builds the full form from the string shorthand.
+    fn from_shorthand(s: &str) -> Self;
+}
+
+impl FromShorthand for ListenerSpec {
+    fn from_shorthand(s: &str) -> Self {
+        Self {
+            address: s.to_owned(),
+            tls: None,
+        }
+    }
+}
+
+impl FromShorthand for BackendSpec {
+    fn from_shorthand(s: &str) -> Self {
+        Self {
+            address: s.to_owned(),
+            weight: default_weight(),
+        }
+    }
+}
+
+/// Wrapper that deserializes `T` from a string or a map.
+pub struct StringOr<T>(pub T);
+
+impl<'de, T> Deserialize<'de> for StringOr<T>
+where
+    T: FromShorthand + Deserialize<'de>,
+{
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: FromShorthand + Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a \"host:port\" string or a map")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+                Ok(T::from_shorthand(v))
+            }
+            fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<T, M::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_any(V(PhantomData)).map(StringOr)
+    }
+}
+
+/// Serde adapter for `Vec<T>` fields whose items may be shorthand strings.
+pub mod string_or_struct_vec {
+    use super::{FromShorthand, StringOr};
+    use serde::{Deserialize, Deserializer};
+
+    /// Deserializes a sequence of `StringOr<T>` into `Vec<T>`.
+    pub fn deserialize<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: FromShorthand + Deserialize<'de>,
+    {
+        let items: Vec<StringOr<T>> = Vec::deserialize(d)?;
+        Ok(items.into_iter().map(|i| i.0).collect())
+    }
+}

@@ -1,0 +1,156 @@
+//! The validated configuration: what the rest of tollgate reads.
+//!
+//! Addresses are parsed, names resolved, durations are `Duration`s, and every
+//! cross-reference has been checked. Nothing in here can be wrong in a way
+//! the file could have told us about.
+
+use crate::router::{HostPattern, MethodSet};
+use http::HeaderValue;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A complete, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, as given on the command line.
+    pub source: String,
+    /// Client-facing listeners.
+    pub listeners: Vec<Listener>,
+    /// Admin listener address.
+    pub admin_listen: SocketAddr,
+    /// Process settings.
+    pub server: ServerSettings,
+    /// Logging settings.
+    pub logging: LoggingSettings,
+    /// Upstream pools, sorted by name.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Routes in file order.
+    pub routes: Vec<RouteConfig>,
+    /// Things that are legal but probably not meant (e.g. a shadowed route).
+    pub warnings: Vec<String>,
+}
+
+/// A client-facing listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// Address to bind.
+    pub addr: SocketAddr,
+    /// TLS certificate and key, for HTTPS (and HTTP/2 through ALPN).
+    pub tls: Option<ListenerTls>,
+}
+
+/// PEM files of a TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+}
+
+/// Process settings with defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// Proxy worker threads.
+    pub threads: usize,
+    /// Tokio work stealing between worker threads.
+    pub work_stealing: bool,
+    /// How long a graceful shutdown lets in-flight requests finish.
+    pub grace_period: Duration,
+    /// How long runtimes get to stop afterwards.
+    pub graceful_shutdown_timeout: Duration,
+    /// Socket for handing listeners to a new binary.
+    pub upgrade_sock: String,
+    /// PID file path.
+    pub pid_file: String,
+    /// Idle upstream connections kept.
+    pub upstream_keepalive_pool_size: usize,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggingSettings {
+    /// Default level filter when `RUST_LOG` is not set.
+    pub level: log::LevelFilter,
+    /// Whether to write one access-log line per request.
+    pub access_log: bool,
+}
+
+/// A named pool of backends.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// The name routes refer to; also a metrics label.
+    pub name: String,
+    /// The servers, in file order.
+    pub backends: Vec<BackendConfig>,
+    /// TLS towards the servers.
+    pub tls: Option<UpstreamTls>,
+    /// `Host` header to send instead of the client's.
+    pub host_header: Option<HeaderValue>,
+}
+
+/// One server of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Resolved address.
+    pub addr: SocketAddr,
+    /// Relative weight (≥ 1).
+    pub weight: usize,
+}
+
+/// TLS settings towards a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// SNI and expected certificate name.
+    pub sni: String,
+    /// Verify the certificate.
+    pub verify: bool,
+}
+
+/// One route, with its upstream resolved to an index into `Config::upstreams`.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Unique name; the metrics label.
+    pub name: String,
+    /// Host condition.
+    pub host: Option<HostPattern>,
+    /// Path prefix.
+    pub path_prefix: String,
+    /// Allowed methods.
+    pub methods: MethodSet,
+    /// Index into `Config::upstreams`.
+    pub upstream: usize,
+    /// Timeouts.
+    pub timeouts: RouteTimeouts,
+}
+
+/// A route's timeouts with defaults applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteTimeouts {
+    /// Connect (TCP and TLS) to a backend.
+    pub connect: Duration,
+    /// Longest silence from the backend while waiting for or reading its response.
+    pub read: Duration,
+    /// The whole request; exceeded → 504 `request_timeout`.
+    pub total: Duration,
+}
+
+/// Defaults, kept together so the README can quote them.
+pub mod defaults {
+    use std::time::Duration;
+    /// Default connect timeout.
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Default total timeout.
+    pub const TOTAL_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Default graceful-shutdown grace period.
+    pub const GRACE_PERIOD: Duration = Duration::from_secs(10);
+    /// Default time runtimes get to stop.
+    pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Default upgrade socket.
+    pub const UPGRADE_SOCK: &str = "/tmp/tollgate_upgrade.sock";
+    /// Default PID file.
+    pub const PID_FILE: &str = "/tmp/tollgate.pid";
+    /// Default upstream keep-alive pool size.
+    pub const KEEPALIVE_POOL: usize = 128;
+}

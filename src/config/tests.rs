@@ -1,0 +1,139 @@
+use super::*;
+
+const MINIMAL: &str = "\
+upstreams:
+  api:
+    backends: [\"127.0.0.1:9000\"]
+routes:
+  - name: default
+    upstream: api
+";
+
+fn problems(src: &str) -> Vec<String> {
+    match parse(src, "t.yaml") {
+        Ok(_) => Vec::new(),
+        Err(e) => e.to_string().lines().map(str::to_owned).collect(),
+    }
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = parse(MINIMAL, "t.yaml").expect("valid");
+    assert_eq!(c.listeners[0].addr, "0.0.0.0:8080".parse().expect("addr"));
+    assert_eq!(c.admin_listen, "127.0.0.1:9090".parse().expect("addr"));
+    assert_eq!(c.routes[0].path_prefix, "/");
+    assert_eq!(c.routes[0].timeouts.total, defaults::TOTAL_TIMEOUT);
+    assert_eq!(c.routes[0].timeouts.read, defaults::TOTAL_TIMEOUT);
+    assert_eq!(c.routes[0].timeouts.connect, defaults::CONNECT_TIMEOUT);
+    assert!(!c.server.work_stealing);
+    assert!(c.warnings.is_empty());
+}
+
+#[test]
+fn unknown_field_names_its_line_and_path() {
+    let src = MINIMAL.replace("    upstream: api", "    upstream: api\n    timeout: 5s");
+    let p = problems(&src);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].starts_with("t.yaml:7:"), "{}", p[0]);
+    assert!(p[0].contains("routes[0]"), "{}", p[0]);
+    assert!(p[0].contains("unknown field `timeout`"), "{}", p[0]);
+}
+
+#[test]
+fn bad_duration_names_the_field() {
+    let src = format!("{MINIMAL}    timeouts: {{ total: 5 minutes }}\n");
+    let p = problems(&src);
+    assert!(p[0].starts_with("t.yaml:7:"), "{}", p[0]);
+    assert!(
+        p[0].contains("routes[0].timeouts.total: invalid duration \"5 minutes\""),
+        "{}",
+        p[0]
+    );
+}
+
+#[test]
+fn cross_reference_errors_are_all_reported_with_lines() {
+    let src = "\
+upstreams:
+  api:
+    backends: []
+routes:
+  - name: a
+    upstream: apii
+  - name: a
+    upstream: api
+    match: { path_prefix: nope }
+";
+    let p = problems(src);
+    assert_eq!(
+        p,
+        vec![
+            "t.yaml:3:5: upstreams.api.backends: upstream \"api\" has no backends",
+            "t.yaml:6:5: routes[0].upstream: unknown upstream \"apii\" (defined: api)",
+            "t.yaml:7:5: routes[1].name: duplicate route name \"a\" (first used by routes[0])",
+            "t.yaml:9:14: routes[1].match.path_prefix: path_prefix \"nope\" must start with /",
+        ]
+    );
+}
+
+#[test]
+fn shadowed_route_is_a_warning_not_an_error() {
+    let src =
+        format!("{MINIMAL}  - name: again\n    upstream: api\n    match: {{ methods: [GET] }}\n");
+    let c = parse(&src, "t.yaml").expect("valid");
+    assert_eq!(c.warnings.len(), 1);
+    assert!(
+        c.warnings[0].contains("\"again\" is unreachable"),
+        "{}",
+        c.warnings[0]
+    );
+    assert!(
+        c.warnings[0].starts_with("line 7: routes[1]"),
+        "{}",
+        c.warnings[0]
+    );
+}
+
+#[test]
+fn backends_accept_strings_and_maps() {
+    let src = MINIMAL.replace(
+        "[\"127.0.0.1:9000\"]",
+        "\n      - 127.0.0.1:9000\n      - { address: \"localhost:9001\", weight: 3 }",
+    );
+    let c = parse(&src, "t.yaml").expect("valid");
+    let b = &c.upstreams[0].backends;
+    assert_eq!(b.len(), 2);
+    assert_eq!(b[1].weight, 3);
+    assert_eq!(b[1].addr.port(), 9001);
+}
+
+#[test]
+fn bad_backend_and_listener_addresses_are_refused() {
+    let src = MINIMAL
+        .replace("127.0.0.1:9000", "no-port-here")
+        .replace("upstreams:", "listen: [\"8080\"]\nupstreams:");
+    let p = problems(&src);
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(
+        p[0].contains("listen[0]: invalid listen address \"8080\""),
+        "{}",
+        p[0]
+    );
+    assert!(
+        p[1].contains("upstreams.api.backends[0]: invalid backend address"),
+        "{}",
+        p[1]
+    );
+}
+
+#[test]
+fn yaml_syntax_errors_have_a_position() {
+    let p = problems("routes: [\n  - : :\n");
+    assert_eq!(p.len(), 1);
+    assert!(p[0].starts_with("t.yaml:"), "{}", p[0]);
+    assert!(
+        p[0].chars().nth(7).is_some_and(|c| c.is_ascii_digit()),
+        "{}",
+        p[0]
+    );
+}

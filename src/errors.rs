@@ -1,0 +1,250 @@
+//! The JSON error bodies clients see, one constructor per situation, and
+//! the mapping from Pingora errors to them.
+//!
+//! Shape (stable, relied on by clients): `{"error": "<code>", "message": "<text>"}`
+//! with `Content-Type: application/json`.
+
+use crate::config::units::seconds_one_decimal;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::{Error, ErrorSource, ErrorType};
+use std::borrow::Cow;
+use std::time::Duration;
+
+/// Custom Pingora error type: the route's total timeout ran out.
+pub const REQUEST_TIMEOUT: ErrorType = ErrorType::Custom("request_timeout");
+/// Custom Pingora error type: the pool has no backend that may take traffic.
+pub const NO_HEALTHY_UPSTREAM: ErrorType = ErrorType::Custom("no_healthy_upstream");
+
+/// An error response about to be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Machine-readable code, the `error` field.
+    pub code: &'static str,
+    /// Human-readable text, the `message` field.
+    pub message: Cow<'static, str>,
+}
+
+impl ErrorResponse {
+    /// 400: the request cannot be routed safely as sent.
+    pub fn bad_request(message: &'static str) -> Self {
+        Self {
+            status: 400,
+            code: "bad_request",
+            message: Cow::Borrowed(message),
+        }
+    }
+
+    /// 404: no route matches.
+    pub fn no_route() -> Self {
+        Self {
+            status: 404,
+            code: "not_found",
+            message: Cow::Borrowed("No route matches this request"),
+        }
+    }
+
+    /// 502: the backend refused, reset or sent something that is not HTTP.
+    pub fn bad_gateway(upstream: &str) -> Self {
+        Self {
+            status: 502,
+            code: "bad_gateway",
+            message: Cow::Owned(format!("Upstream {upstream} failed to answer")),
+        }
+    }
+
+    /// 503: every backend of the pool is out of rotation.
+    pub fn no_healthy_upstream(upstream: &str) -> Self {
+        Self {
+            status: 503,
+            code: "no_healthy_upstream",
+            message: Cow::Owned(format!("No healthy backend in upstream {upstream}")),
+        }
+    }
+
+    /// 504: the route's total timeout ran out.
+    pub fn request_timeout(total: Duration) -> Self {
+        Self {
+            status: 504,
+            code: "request_timeout",
+            message: Cow::Owned(format!(
+                "Request exceeded {} timeout",
+                seconds_one_decimal(total)
+            )),
+        }
+    }
+
+    /// 504: the backend did not connect or answer within the route's
+    /// connect or read timeout (which is shorter than the total).
+    pub fn upstream_timeout(upstream: &str, what: &str, limit: Duration) -> Self {
+        Self {
+            status: 504,
+            code: "upstream_timeout",
+            message: Cow::Owned(format!(
+                "Upstream {upstream} did not {what} within {}",
+                seconds_one_decimal(limit)
+            )),
+        }
+    }
+
+    /// 500: a fault in tollgate itself.
+    pub fn internal() -> Self {
+        Self {
+            status: 500,
+            code: "internal_error",
+            message: Cow::Borrowed("Internal proxy error"),
+        }
+    }
+
+    /// Any other status Pingora asked for.
+    pub fn status(status: u16) -> Self {
+        let reason = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error");
+        Self {
+            status,
+            code: "http_error",
+            message: Cow::Borrowed(reason),
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Bytes {
+        let body = serde_json::json!({ "error": self.code, "message": self.message });
+        Bytes::from(body.to_string())
+    }
+
+    /// Response header for [`Self::body`]; errors are never cached.
+    pub fn header(&self, body_len: usize) -> pingora::Result<ResponseHeader> {
+        let mut resp = ResponseHeader::build(self.status, Some(4))?;
+        resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        resp.insert_header(http::header::CONTENT_LENGTH, body_len)?;
+        resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+        Ok(resp)
+    }
+}
+
+/// What the request path knows when it classifies a failure.
+pub struct FailureContext<'a> {
+    /// The route's upstream name, if a route matched.
+    pub upstream: Option<&'a str>,
+    /// The route's connect, read and total timeouts.
+    pub timeouts: Option<crate::config::model::RouteTimeouts>,
+    /// Whether the attempt's connect timeout was cut short by the total deadline.
+    pub connect_bound_by_total: bool,
+    /// Whether the attempt's read timeout was cut short by the total deadline.
+    pub read_bound_by_total: bool,
+}
+
+/// Maps a Pingora error to the response the client gets, or `None` when the
+/// client is gone and nothing can be sent.
+pub fn classify(e: &Error, cx: &FailureContext<'_>) -> Option<ErrorResponse> {
+    use ErrorType::*;
+    let upstream = cx.upstream.unwrap_or("(none)");
+    let etype = e.etype();
+    if *etype == REQUEST_TIMEOUT {
+        return cx.timeouts.map(|t| ErrorResponse::request_timeout(t.total));
+    }
+    if *etype == NO_HEALTHY_UPSTREAM {
+        return Some(ErrorResponse::no_healthy_upstream(upstream));
+    }
+    if let HTTPStatus(code) = etype {
+        return Some(ErrorResponse::status(*code));
+    }
+    match e.esource() {
+        ErrorSource::Upstream => Some(match (etype, cx.timeouts) {
+            (ConnectTimedout, Some(t)) if cx.connect_bound_by_total => {
+                ErrorResponse::request_timeout(t.total)
+            }
+            (ReadTimedout | WriteTimedout, Some(t)) if cx.read_bound_by_total => {
+                ErrorResponse::request_timeout(t.total)
+            }
+            (ConnectTimedout, Some(t)) => {
+                ErrorResponse::upstream_timeout(upstream, "accept a connection", t.connect)
+            }
+            (ReadTimedout | WriteTimedout, Some(t)) => {
+                ErrorResponse::upstream_timeout(upstream, "respond", t.read)
+            }
+            _ => ErrorResponse::bad_gateway(upstream),
+        }),
+        ErrorSource::Downstream => match etype {
+            ReadError | WriteError | ConnectionClosed | ReadTimedout | WriteTimedout => None,
+            _ => Some(ErrorResponse::bad_request("Malformed request")),
+        },
+        ErrorSource::Internal | ErrorSource::Unset => Some(ErrorResponse::internal()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::model::RouteTimeouts;
+
+    fn cx(connect_bound: bool, read_bound: bool) -> FailureContext<'static> {
+        FailureContext {
+            upstream: Some("api"),
+            timeouts: Some(RouteTimeouts {
+                connect: Duration::from_secs(2),
+                read: Duration::from_secs(10),
+                total: Duration::from_secs(30),
+            }),
+            connect_bound_by_total: connect_bound,
+            read_bound_by_total: read_bound,
+        }
+    }
+
+    fn upstream_error(t: ErrorType) -> Box<Error> {
+        Error::new_up(t)
+    }
+
+    #[test]
+    fn total_timeout_body_quotes_the_route_number() {
+        let r = classify(&Error::new(REQUEST_TIMEOUT), &cx(false, false)).expect("response");
+        assert_eq!(r.status, 504);
+        assert_eq!(
+            r.body(),
+            Bytes::from_static(
+                br#"{"error":"request_timeout","message":"Request exceeded 30.0s timeout"}"#
+            )
+        );
+    }
+
+    #[test]
+    fn read_timeout_bound_by_the_deadline_is_a_request_timeout() {
+        let e = upstream_error(ErrorType::ReadTimedout);
+        assert_eq!(
+            classify(&e, &cx(false, true)).map(|r| r.code),
+            Some("request_timeout")
+        );
+        assert_eq!(
+            classify(&e, &cx(false, false)).map(|r| r.code),
+            Some("upstream_timeout")
+        );
+    }
+
+    #[test]
+    fn refused_and_broken_upstreams_are_502() {
+        for t in [
+            ErrorType::ConnectRefused,
+            ErrorType::ConnectionClosed,
+            ErrorType::InvalidHTTPHeader,
+        ] {
+            let r = classify(&upstream_error(t), &cx(false, false)).expect("response");
+            assert_eq!((r.status, r.code), (502, "bad_gateway"));
+        }
+    }
+
+    #[test]
+    fn a_vanished_client_gets_nothing_and_a_malformed_one_gets_400() {
+        let gone = Error::new_down(ErrorType::ConnectionClosed);
+        assert_eq!(classify(&gone, &cx(false, false)), None);
+        let bad = Error::new_down(ErrorType::InvalidHTTPHeader);
+        assert_eq!(
+            classify(&bad, &cx(false, false)).map(|r| r.status),
+            Some(400)
+        );
+    }
+}

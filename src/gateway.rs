@@ -1,0 +1,81 @@
+//! One compiled config generation: the router, the routes and the upstream
+//! pools, built once from a validated [`Config`] and then only read.
+//!
+//! Requests take an `Arc` of the current generation when they start and keep
+//! it to the end, so a later reload never changes a request mid-flight.
+
+use crate::config::model::RouteTimeouts;
+use crate::config::Config;
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::router::{RouteId, RouteMatch, Router};
+use crate::upstream::UpstreamPool;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// A route as the request path uses it.
+pub struct Route {
+    /// The route's name (metrics label).
+    pub name: Box<str>,
+    /// Where it sends requests.
+    pub upstream: Arc<UpstreamPool>,
+    /// Connect, read and total timeouts.
+    pub timeouts: RouteTimeouts,
+    /// Pre-resolved metric children.
+    pub metrics: RouteMetrics,
+}
+
+/// A compiled config generation.
+pub struct Gateway {
+    /// The validated config this was built from.
+    pub config: Arc<Config>,
+    /// Host + path + method → route.
+    pub router: Router,
+    /// Routes, indexed by [`RouteId`].
+    pub routes: Box<[Route]>,
+    /// Upstream pools, in config order.
+    pub pools: Box<[Arc<UpstreamPool>]>,
+    /// When this generation was built.
+    pub loaded_at: SystemTime,
+}
+
+impl Gateway {
+    /// Compiles a validated config.
+    pub fn build(config: Config, metrics: &Metrics) -> Result<Self, String> {
+        let pools = config
+            .upstreams
+            .iter()
+            .map(|u| UpstreamPool::new(u, metrics).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let matches: Vec<RouteMatch> = config
+            .routes
+            .iter()
+            .map(|r| RouteMatch {
+                host: r.host.clone(),
+                path_prefix: r.path_prefix.clone(),
+                methods: r.methods,
+            })
+            .collect();
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| Route {
+                name: r.name.clone().into_boxed_str(),
+                upstream: pools[r.upstream].clone(),
+                timeouts: r.timeouts,
+                metrics: metrics.route(&r.name),
+            })
+            .collect();
+        Ok(Self {
+            router: Router::new(&matches),
+            routes,
+            pools: pools.into_boxed_slice(),
+            config: Arc::new(config),
+            loaded_at: SystemTime::now(),
+        })
+    }
+
+    /// The route with this id.
+    pub fn route(&self, id: RouteId) -> &Route {
+        &self.routes[id.0]
+    }
+}

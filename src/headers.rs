@@ -1,0 +1,204 @@
+//! Headers tollgate adds on the way in and out: `X-Request-Id`,
+//! `X-Forwarded-For` / `-Proto`, `Via` (RFC 9110 §7.6.3) and
+//! `X-Response-Time`; plus the request-target checks done before routing.
+
+use http::header::{HeaderName, HeaderValue, HOST, VIA};
+use pingora::http::{RequestHeader, ResponseHeader};
+use rand::RngCore;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// `X-Request-Id`.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `X-Response-Time`.
+pub const X_RESPONSE_TIME: HeaderName = HeaderName::from_static("x-response-time");
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// Our `Via` entry: protocol version and pseudonym (RFC 9110 §7.6.3).
+const VIA_ENTRY: &str = "1.1 tollgate";
+
+/// Longest client-supplied request id we keep.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The request id to use: the client's, if it is short printable ASCII
+/// (so it cannot break log lines), otherwise a fresh random 128-bit hex id.
+pub fn request_id(client: Option<&HeaderValue>) -> HeaderValue {
+    if let Some(v) = client {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= MAX_REQUEST_ID && b.iter().all(|c| c.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    let mut raw = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut raw);
+    let mut hex = [0u8; 32];
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, byte) in raw.iter().enumerate() {
+        hex[2 * i] = DIGITS[(byte >> 4) as usize];
+        hex[2 * i + 1] = DIGITS[(byte & 0xf) as usize];
+    }
+    // Hex digits are always a valid header value.
+    HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// Appends `entry` to a list-valued header, keeping what was there.
+fn append_to_list(
+    headers: &http::HeaderMap,
+    name: &HeaderName,
+    entry: &str,
+) -> Option<HeaderValue> {
+    match headers.get(name).map(HeaderValue::as_bytes) {
+        Some(prev) if !prev.is_empty() => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + entry.len());
+            v.extend_from_slice(prev);
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(entry.as_bytes());
+            HeaderValue::from_bytes(&v).ok()
+        }
+        _ => HeaderValue::from_str(entry).ok(),
+    }
+}
+
+/// What the upstream is told about the original request.
+pub struct Forwarding<'a> {
+    /// The request id.
+    pub request_id: &'a HeaderValue,
+    /// The client's address, if known.
+    pub client_ip: Option<IpAddr>,
+    /// Whether the client connected over TLS.
+    pub tls: bool,
+    /// Host header override for this upstream.
+    pub host: Option<&'a HeaderValue>,
+}
+
+/// Sets the forwarding headers on the request sent upstream.
+pub fn forward(req: &mut RequestHeader, f: &Forwarding<'_>) -> pingora::Result<()> {
+    req.insert_header(X_REQUEST_ID, f.request_id.clone())?;
+    if let Some(ip) = f.client_ip {
+        let mut buf = String::with_capacity(40);
+        let _ = write!(buf, "{ip}");
+        if let Some(v) = append_to_list(&req.headers, &X_FORWARDED_FOR, &buf) {
+            req.insert_header(X_FORWARDED_FOR, v)?;
+        }
+    }
+    req.insert_header(X_FORWARDED_PROTO, if f.tls { "https" } else { "http" })?;
+    if let Some(v) = append_to_list(&req.headers, &VIA, VIA_ENTRY) {
+        req.insert_header(VIA, v)?;
+    }
+    if let Some(host) = f.host {
+        req.insert_header(HOST, host.clone())?;
+    }
+    Ok(())
+}
+
+/// Adds `X-Request-Id`, `X-Response-Time` and `Via` to a response.
+pub fn decorate(
+    resp: &mut ResponseHeader,
+    request_id: Option<&HeaderValue>,
+    elapsed: Duration,
+    via: bool,
+) -> pingora::Result<()> {
+    if let Some(id) = request_id {
+        resp.insert_header(X_REQUEST_ID, id.clone())?;
+    }
+    let mut buf = String::with_capacity(16);
+    let _ = write!(buf, "{:.3}ms", elapsed.as_secs_f64() * 1000.0);
+    resp.insert_header(X_RESPONSE_TIME, buf)?;
+    if via {
+        if let Some(v) = append_to_list(&resp.headers, &VIA, VIA_ENTRY) {
+            resp.insert_header(VIA, v)?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses request targets whose path could be read differently by the
+/// router and the upstream: dot segments (`/a/../b`), also when the dots or
+/// the slash around them are percent-encoded, since `/public/..%2fadmin`
+/// matches the `/public/` route but reaches `/admin` on an upstream that
+/// decodes and normalises. Encoded slashes elsewhere are allowed: APIs use
+/// them inside identifiers.
+pub fn path_problem(path: &str) -> Option<&'static str> {
+    if !path.starts_with('/') {
+        return Some("Request path must start with /");
+    }
+    if !path.contains('.') && !path.contains('%') {
+        return None; // the common case: nothing to decode
+    }
+    let unified = path
+        .to_ascii_lowercase()
+        .replace("%2f", "/")
+        .replace("%5c", "/")
+        .replace('\\', "/");
+    let dot_segment = unified
+        .split('/')
+        .any(|seg| matches!(seg, "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e."));
+    dot_segment.then_some("Dot segments in the request path are not allowed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_request_ids_are_kept_when_sane() {
+        let v = HeaderValue::from_static("abc-123");
+        assert_eq!(request_id(Some(&v)), v);
+        let spaced = HeaderValue::from_static("has space");
+        assert_ne!(request_id(Some(&spaced)), spaced);
+        let generated = request_id(None);
+        assert_eq!(generated.len(), 32);
+        assert_ne!(generated, request_id(None));
+    }
+
+    #[test]
+    fn forwarding_appends_to_existing_lists() {
+        let mut req = RequestHeader::build("GET", b"/x", None).expect("req");
+        req.insert_header("x-forwarded-for", "203.0.113.9")
+            .expect("hdr");
+        req.insert_header("via", "1.1 cdn").expect("hdr");
+        let id = HeaderValue::from_static("rid");
+        forward(
+            &mut req,
+            &Forwarding {
+                request_id: &id,
+                client_ip: Some([10, 0, 0, 1].into()),
+                tls: true,
+                host: None,
+            },
+        )
+        .expect("forward");
+        assert_eq!(req.headers["x-forwarded-for"], "203.0.113.9, 10.0.0.1");
+        assert_eq!(req.headers["via"], "1.1 cdn, 1.1 tollgate");
+        assert_eq!(req.headers["x-forwarded-proto"], "https");
+        assert_eq!(req.headers["x-request-id"], "rid");
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused() {
+        for bad in [
+            "/a/../b",
+            "/a/./b",
+            "/a/%2E%2e/b",
+            "/public/..%2fadmin",
+            "/a/..%5Cb",
+            "/..",
+            "x",
+        ] {
+            assert!(path_problem(bad).is_some(), "{bad}");
+        }
+        for good in [
+            "/",
+            "/a/b",
+            "/a..b/c",
+            "/.well-known/x",
+            "/a/b.json",
+            "/projects/group%2Fname",
+        ] {
+            assert!(path_problem(good).is_none(), "{good}");
+        }
+    }
+}

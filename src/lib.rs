@@ -1,0 +1,20 @@
+//! tollgate: a caching, rate-limiting reverse proxy for HTTP APIs, built on
+//! Cloudflare's Pingora. See README.md for what it does and how to run it,
+//! and docs/ for design decisions.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod config;
+pub mod ctx;
+pub mod demo;
+pub mod errors;
+pub mod gateway;
+pub mod headers;
+pub mod metrics;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod state;
+pub mod upstream;

@@ -1,0 +1,159 @@
+//! Every Prometheus metric tollgate exports, registered once per process.
+//!
+//! Labels come from config names (route, upstream, backend address), never
+//! from raw request data, so cardinality is bounded by the config. Hot-path
+//! users keep pre-resolved children (see [`RouteMetrics`]) so a request does
+//! not hash label values it already knows.
+
+use http::Method;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Latency buckets for API requests, in seconds: 1 ms to 60 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Method label values. Extension methods are folded into `OTHER` so a
+/// client cannot create series.
+pub const METHOD_LABELS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER",
+];
+
+/// Index of a method in [`METHOD_LABELS`].
+pub fn method_index(method: &Method) -> usize {
+    match *method {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::PATCH => 4,
+        Method::DELETE => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
+    }
+}
+
+/// Route label used for requests that matched no route.
+pub const NO_ROUTE: &str = "(none)";
+
+/// The process's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// `tollgate_requests_total{route,method,status}`.
+    pub requests: IntCounterVec,
+    /// `tollgate_request_duration_seconds{route,method}`.
+    pub request_duration: HistogramVec,
+    /// `tollgate_requests_in_flight`.
+    pub in_flight: IntGauge,
+    /// `tollgate_upstream_in_flight{upstream,backend}`.
+    pub upstream_in_flight: IntGaugeVec,
+    /// `tollgate_build_info{version}`, always 1.
+    pub build_info: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric in a fresh registry.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "tollgate_requests_total",
+                "Requests answered, by route, method and status",
+            ),
+            &["route", "method", "status"],
+        )?;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_request_duration_seconds",
+                "Time from request arrival to the end of the response, by route and method",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route", "method"],
+        )?;
+        let in_flight = IntGauge::new(
+            "tollgate_requests_in_flight",
+            "Requests being processed now",
+        )?;
+        let upstream_in_flight = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_upstream_in_flight",
+                "Requests currently assigned to a backend (the least-connections count)",
+            ),
+            &["upstream", "backend"],
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_build_info",
+                "Build information; the value is always 1",
+            ),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(upstream_in_flight.clone()))?;
+        registry.register(Box::new(build_info.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            request_duration,
+            in_flight,
+            upstream_in_flight,
+            build_info,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec only fails on malformed metric families,
+        // which registration already rules out.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            log::error!("encoding metrics failed: {e}");
+        }
+        out
+    }
+
+    /// Pre-resolves the per-method duration histograms of one route.
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        RouteMetrics {
+            duration: METHOD_LABELS.map(|m| self.request_duration.with_label_values(&[route, m])),
+        }
+    }
+
+    /// Counts a finished request.
+    pub fn observe_request(&self, route: &str, method: usize, status: &str) {
+        self.requests
+            .with_label_values(&[route, METHOD_LABELS[method], status])
+            .inc();
+    }
+}
+
+/// A route's metric children, resolved when the config is compiled.
+pub struct RouteMetrics {
+    /// Duration histogram per entry of [`METHOD_LABELS`].
+    pub duration: [Histogram; METHOD_LABELS.len()],
+}
+
+/// Counts one request in `tollgate_requests_in_flight` for as long as it lives.
+pub struct InFlightGuard(IntGauge);
+
+impl InFlightGuard {
+    /// Increments the gauge; the matching decrement happens on drop.
+    pub fn new(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

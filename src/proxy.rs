@@ -1,0 +1,259 @@
+//! The `ProxyHttp` implementation: the order of things, and nothing else.
+//! Each phase is a few calls into the module that owns the behaviour.
+
+use crate::ctx::RequestCtx;
+use crate::errors::{self, ErrorResponse, FailureContext};
+use crate::headers;
+use crate::metrics::{method_index, NO_ROUTE};
+use crate::state::AppState;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, Result};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The proxy service logic.
+pub struct Proxy {
+    state: Arc<AppState>,
+}
+
+impl Proxy {
+    /// A proxy serving whatever config generation `state` holds.
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+
+    /// Sends one of our JSON errors, with the usual response headers.
+    async fn send_error(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        err: &ErrorResponse,
+    ) -> Result<()> {
+        ctx.error_status = Some(err.status);
+        let body = err.body();
+        let mut resp = err.header(body.len())?;
+        headers::decorate(
+            &mut resp,
+            ctx.request_id.as_ref(),
+            ctx.started.elapsed(),
+            false,
+        )?;
+        session.set_keepalive(None);
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.state.gateway(), &self.state.metrics.in_flight)
+    }
+
+    /// Route match, request id; 400 for ambiguous paths, 404 for no route.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        ctx.request_id = Some(headers::request_id(req.headers.get(headers::X_REQUEST_ID)));
+        if let Some(problem) = headers::path_problem(req.uri.path()) {
+            self.send_error(session, ctx, &ErrorResponse::bad_request(problem))
+                .await?;
+            return Ok(true);
+        }
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .map(|h| h.as_bytes())
+            .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()));
+        ctx.route = ctx.gateway.router.find(host, req.uri.path(), &req.method);
+        if ctx.route.is_none() {
+            self.send_error(session, ctx, &ErrorResponse::no_route())
+                .await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Least-connections choice in the route's pool, with timeouts cut to
+    /// what is left of the route's total.
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let id = ctx.route.ok_or_else(|| {
+            Error::explain(
+                pingora::ErrorType::InternalError,
+                "upstream_peer without a route",
+            )
+        })?;
+        // Field-level borrows: `route` borrows ctx.gateway, the writes below touch other fields.
+        let route = ctx.gateway.route(id);
+        let remaining = route.timeouts.total.saturating_sub(ctx.started.elapsed());
+        if remaining.is_zero() {
+            return Err(Error::explain(
+                errors::REQUEST_TIMEOUT,
+                "total timeout ran out before connecting",
+            ));
+        }
+        let pool = &route.upstream;
+        let avoid = ctx.backend.as_ref().map(|b| b.socket_addr());
+        let slot = pool.select(avoid).ok_or_else(|| {
+            Error::explain(
+                errors::NO_HEALTHY_UPSTREAM,
+                format!("upstream {}: no backend may take traffic", pool.name()),
+            )
+        })?;
+        ctx.backend = Some(slot.lease());
+        let mut peer = pool.peer(slot);
+        let connect = route.timeouts.connect.min(remaining);
+        let read = route.timeouts.read.min(remaining);
+        ctx.bound_by_total.connect = remaining < route.timeouts.connect;
+        ctx.bound_by_total.read = remaining < route.timeouts.read;
+        peer.options.connection_timeout = Some(connect);
+        peer.options.total_connection_timeout = Some(connect);
+        peer.options.read_timeout = Some(read);
+        peer.options.write_timeout = Some(read);
+        Ok(peer)
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(request_id) = ctx.request_id.as_ref() else {
+            return Ok(());
+        };
+        let forwarding = headers::Forwarding {
+            request_id,
+            client_ip: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+            host: ctx.route().and_then(|r| r.upstream.host_header()),
+        };
+        headers::forward(upstream_request, &forwarding)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        headers::decorate(
+            upstream_response,
+            ctx.request_id.as_ref(),
+            ctx.started.elapsed(),
+            true,
+        )
+    }
+
+    /// Enforces the total timeout while the body streams: a backend that
+    /// trickles bytes cannot hold the request past its deadline.
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(route) = ctx.route() {
+            if ctx.started.elapsed() > route.timeouts.total {
+                return Err(Error::explain(
+                    errors::REQUEST_TIMEOUT,
+                    "total timeout ran out while streaming the response",
+                ));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Turns any failure into our JSON error (or nothing, if the client left).
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let route = ctx.route();
+        let cx = FailureContext {
+            upstream: route.map(|r| r.upstream.name()),
+            timeouts: route.map(|r| r.timeouts),
+            connect_bound_by_total: ctx.bound_by_total.connect,
+            read_bound_by_total: ctx.bound_by_total.read,
+        };
+        let code = match errors::classify(e, &cx) {
+            Some(resp) if session.response_written().is_none() => {
+                if let Err(write_err) = self.send_error(session, ctx, &resp).await {
+                    log::debug!("could not send {} to the client: {write_err}", resp.status);
+                }
+                resp.status
+            }
+            Some(resp) => resp.status, // headers already sent: the stream is cut
+            None => 0,
+        };
+        ctx.error_status = Some(code);
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Metrics and the access log; the backend lease and in-flight guard are
+    /// released when `ctx` drops right after this.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or(ctx.error_status)
+            .filter(|s| *s != 0)
+            .unwrap_or(499); // client closed the connection before a response (nginx's 499)
+        let elapsed = ctx.started.elapsed();
+        let req = session.req_header();
+        let method = method_index(&req.method);
+        let route = ctx.route();
+        let route_name = route.map_or(NO_ROUTE, |r| &r.name);
+        let status_code =
+            http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        let status_label = status_code.as_str();
+        let metrics = &self.state.metrics;
+        metrics.observe_request(route_name, method, status_label);
+        match route {
+            Some(r) => r.metrics.duration[method].observe(elapsed.as_secs_f64()),
+            None => metrics
+                .request_duration
+                .with_label_values(&[NO_ROUTE, crate::metrics::METHOD_LABELS[method]])
+                .observe(elapsed.as_secs_f64()),
+        }
+        if ctx.gateway.config.logging.access_log {
+            log::info!(
+                target: "tollgate::access",
+                "{} {} status={} route={} upstream={} backend={} duration_ms={:.3} request_id={}{}{}",
+                req.method,
+                req.uri.path(),
+                status,
+                route_name,
+                route.map_or("-", |r| r.upstream.name()),
+                ctx.backend.as_ref().map_or("-", |b| b.addr()),
+                elapsed.as_secs_f64() * 1000.0,
+                ctx.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+                if e.is_some() { " error=" } else { "" },
+                e.map(|e| e.etype().as_str()).unwrap_or(""),
+            );
+        }
+    }
+
+    /// Client disconnects are counted as 499, not logged as errors.
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
+        ctx.error_status == Some(0)
+    }
+}

@@ -1,0 +1,167 @@
+//! Turns a validated config into a running Pingora server: the proxy
+//! service on the configured listeners, the admin service, and a small
+//! lifecycle service that flips readiness on start and shutdown.
+
+use crate::admin::AdminApp;
+use crate::config::model::ServerSettings;
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::state::AppState;
+use async_trait::async_trait;
+use pingora::listeners::tls::TlsSettings;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Command-line switches that affect how the server starts.
+#[derive(Debug, Default, Clone)]
+pub struct StartOptions {
+    /// Take the listening sockets over from a running tollgate (graceful upgrade).
+    pub upgrade: bool,
+    /// Detach and run in the background.
+    pub daemon: bool,
+}
+
+/// Why the server could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listen address is taken or not ours to bind.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Which listener.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Setting up a TLS listener failed (unreadable or mismatched cert/key).
+    #[error("TLS listener {addr}: {message}")]
+    Tls {
+        /// The address.
+        addr: SocketAddr,
+        /// Pingora's error.
+        message: String,
+    },
+    /// Metrics could not be registered or pools could not be built.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// A built server, ready for [`Server::run_forever`].
+pub struct Built {
+    /// The Pingora server with every service added.
+    pub server: Server,
+    /// The state shared by proxy and admin.
+    pub state: Arc<AppState>,
+}
+
+fn server_conf(s: &ServerSettings, daemon: bool) -> ServerConf {
+    ServerConf {
+        threads: s.threads,
+        work_stealing: s.work_stealing,
+        grace_period_seconds: Some(s.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.as_secs()),
+        upgrade_sock: s.upgrade_sock.clone(),
+        pid_file: s.pid_file.clone(),
+        upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
+        daemon,
+        ..ServerConf::default()
+    }
+}
+
+/// Pingora binds inside its runtime threads and cannot report a failed bind
+/// to us, so check each address first and fail with a clear message.
+/// Skipped on upgrade, where the sockets come from the old process.
+fn check_bindable(addr: SocketAddr, what: &'static str) -> Result<(), StartError> {
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|source| StartError::Bind { addr, what, source })
+}
+
+/// Builds the server for `config`.
+pub fn build(config: Config, opts: &StartOptions) -> Result<Built, StartError> {
+    if !opts.upgrade {
+        for l in &config.listeners {
+            check_bindable(l.addr, "proxy listener")?;
+        }
+        check_bindable(config.admin_listen, "admin listener")?;
+    }
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        daemon: opts.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config.server, opts.daemon));
+    server.bootstrap();
+
+    let metrics = Arc::new(Metrics::new().map_err(|e| StartError::Setup(format!("metrics: {e}")))?);
+    let listeners = config.listeners.clone();
+    let admin_listen = config.admin_listen;
+    let gateway = Gateway::build(config, &metrics).map_err(StartError::Setup)?;
+    let state = Arc::new(AppState::new(gateway, metrics));
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Proxy::new(state.clone()),
+        "tollgate proxy",
+    );
+    for l in &listeners {
+        let addr = l.addr.to_string();
+        match &l.tls {
+            None => proxy.add_tcp(&addr),
+            Some(tls) => {
+                let tls_err = |e: Box<pingora::Error>| StartError::Tls {
+                    addr: l.addr,
+                    message: e.to_string(),
+                };
+                let mut settings = TlsSettings::intermediate(
+                    &tls.cert.to_string_lossy(),
+                    &tls.key.to_string_lossy(),
+                )
+                .map_err(tls_err)?;
+                settings.enable_h2();
+                proxy.add_tls_with_settings(&addr, None, settings);
+            }
+        }
+    }
+    let proxy_handle = server.add_service(proxy);
+
+    let mut admin = Service::new("tollgate admin".to_owned(), AdminApp::new(state.clone()));
+    admin.add_tcp(&admin_listen.to_string());
+    admin.threads = Some(1);
+    let admin_handle = server.add_service(admin);
+
+    let lifecycle = server.add_service(background_service(
+        "tollgate lifecycle",
+        Lifecycle {
+            state: state.clone(),
+        },
+    ));
+    lifecycle.add_dependency(&proxy_handle);
+    lifecycle.add_dependency(&admin_handle);
+
+    Ok(Built { server, state })
+}
+
+/// Marks the process ready once the services are up, and not ready as soon
+/// as shutdown starts, so load balancers stop sending before we stop taking.
+struct Lifecycle {
+    state: Arc<AppState>,
+}
+
+#[async_trait]
+impl BackgroundService for Lifecycle {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        self.state.set_ready(true);
+        log::info!("tollgate is ready");
+        let _ = shutdown.changed().await;
+        self.state.set_ready(false);
+        log::info!("shutting down: /ready now answers 503");
+    }
+}
