@@ -2,21 +2,25 @@
 //! `X-Forwarded-For` / `-Proto`, `Via` (RFC 9110 §7.6.3) and
 //! `X-Response-Time`; plus the request-target checks done before routing.
 
-use http::header::{HeaderName, HeaderValue, HOST, VIA};
+use http::header::{HeaderValue, HOST};
 use pingora::http::{RequestHeader, ResponseHeader};
 use rand::RngCore;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::time::Duration;
 
+// Names are `&'static str` so Pingora keeps their conventional case on the
+// wire (HTTP/1.1 header names are case-insensitive; people still read them).
 /// `X-Request-Id`.
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_REQUEST_ID: &str = "X-Request-Id";
 /// `X-Response-Time`.
-pub const X_RESPONSE_TIME: HeaderName = HeaderName::from_static("x-response-time");
+pub const X_RESPONSE_TIME: &str = "X-Response-Time";
 /// `X-Forwarded-For`.
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_FOR: &str = "X-Forwarded-For";
 /// `X-Forwarded-Proto`.
-pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_PROTO: &str = "X-Forwarded-Proto";
+/// `Via`.
+const VIA: &str = "Via";
 /// Our `Via` entry: protocol version and pseudonym (RFC 9110 §7.6.3).
 const VIA_ENTRY: &str = "1.1 tollgate";
 
@@ -45,11 +49,7 @@ pub fn request_id(client: Option<&HeaderValue>) -> HeaderValue {
 }
 
 /// Appends `entry` to a list-valued header, keeping what was there.
-fn append_to_list(
-    headers: &http::HeaderMap,
-    name: &HeaderName,
-    entry: &str,
-) -> Option<HeaderValue> {
+fn append_to_list(headers: &http::HeaderMap, name: &str, entry: &str) -> Option<HeaderValue> {
     match headers.get(name).map(HeaderValue::as_bytes) {
         Some(prev) if !prev.is_empty() => {
             let mut v = Vec::with_capacity(prev.len() + 2 + entry.len());
@@ -80,12 +80,12 @@ pub fn forward(req: &mut RequestHeader, f: &Forwarding<'_>) -> pingora::Result<(
     if let Some(ip) = f.client_ip {
         let mut buf = String::with_capacity(40);
         let _ = write!(buf, "{ip}");
-        if let Some(v) = append_to_list(&req.headers, &X_FORWARDED_FOR, &buf) {
+        if let Some(v) = append_to_list(&req.headers, X_FORWARDED_FOR, &buf) {
             req.insert_header(X_FORWARDED_FOR, v)?;
         }
     }
     req.insert_header(X_FORWARDED_PROTO, if f.tls { "https" } else { "http" })?;
-    if let Some(v) = append_to_list(&req.headers, &VIA, VIA_ENTRY) {
+    if let Some(v) = append_to_list(&req.headers, VIA, VIA_ENTRY) {
         req.insert_header(VIA, v)?;
     }
     if let Some(host) = f.host {
@@ -108,7 +108,7 @@ pub fn decorate(
     let _ = write!(buf, "{:.3}ms", elapsed.as_secs_f64() * 1000.0);
     resp.insert_header(X_RESPONSE_TIME, buf)?;
     if via {
-        if let Some(v) = append_to_list(&resp.headers, &VIA, VIA_ENTRY) {
+        if let Some(v) = append_to_list(&resp.headers, VIA, VIA_ENTRY) {
             resp.insert_header(VIA, v)?;
         }
     }

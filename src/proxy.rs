@@ -157,15 +157,21 @@ impl ProxyHttp for Proxy {
         )
     }
 
-    /// Enforces the total timeout while the body streams: a backend that
-    /// trickles bytes cannot hold the request past its deadline.
+    /// Frees the backend's least-connections slot as soon as it has sent
+    /// everything, and enforces the total timeout while the body streams: a
+    /// backend that trickles bytes cannot hold the request past its deadline.
     fn upstream_response_body_filter(
         &self,
         _session: &mut Session,
         _body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        if end_of_stream {
+            if let Some(lease) = ctx.backend.as_mut() {
+                lease.release();
+            }
+        }
         if let Some(route) = ctx.route() {
             if ctx.started.elapsed() > route.timeouts.total {
                 return Err(Error::explain(

@@ -57,31 +57,47 @@ impl BackendSlot {
     pub fn lease(&self) -> BackendLease {
         self.load.in_flight.fetch_add(1, Ordering::Relaxed);
         self.load.gauge.inc();
-        BackendLease(self.load.clone())
+        BackendLease {
+            load: self.load.clone(),
+            held: true,
+        }
     }
 }
 
-/// One request's claim on a backend. Dropping it — when the request ends
-/// however it ends, or when a retry moves to another backend — releases the
-/// slot, so no code path can leak a count.
-pub struct BackendLease(Arc<BackendLoad>);
+/// One request's claim on a backend. The slot is given back by
+/// [`BackendLease::release`] as soon as the backend has sent its whole
+/// response, or at the latest on drop — when the request ends however it
+/// ends, or when a retry moves to another backend — so no code path can
+/// leak a count.
+pub struct BackendLease {
+    load: Arc<BackendLoad>,
+    held: bool,
+}
 
 impl BackendLease {
     /// The backend's address, for logs.
     pub fn addr(&self) -> &str {
-        &self.0.label
+        &self.load.label
     }
 
     /// The backend's socket address, so a retry can avoid it.
     pub fn socket_addr(&self) -> SocketAddr {
-        self.0.addr
+        self.load.addr
+    }
+
+    /// Gives the slot back now (the backend is done with this request);
+    /// the lease stays readable for logs. Idempotent.
+    pub fn release(&mut self) {
+        if std::mem::take(&mut self.held) {
+            self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.load.gauge.dec();
+        }
     }
 }
 
 impl Drop for BackendLease {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.gauge.dec();
+        self.release();
     }
 }
 

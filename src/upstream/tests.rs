@@ -70,6 +70,16 @@ fn leases_release_on_drop() {
 }
 
 #[test]
+fn early_release_is_counted_once() {
+    let p = pool(&[1]);
+    let mut lease = p.slots()[0].lease();
+    lease.release();
+    assert_eq!(p.slots()[0].in_flight(), 0);
+    drop(lease);
+    assert_eq!(p.slots()[0].in_flight(), 0);
+}
+
+#[test]
 fn avoid_skips_a_backend_unless_it_is_the_only_one() {
     let p = pool(&[1, 1]);
     let first = SocketAddr::from(([127, 0, 0, 1], 9000));

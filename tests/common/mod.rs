@@ -1,0 +1,189 @@
+//! Test harness: starts the real `tollgate` binary on free ports in front of
+//! small scripted upstreams, and speaks HTTP/1.1 to it over real sockets.
+//!
+//! Nothing here sleeps for luck: every wait is a poll on a condition with a
+//! deadline ([`wait_until`]).
+
+#![allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
+
+pub mod client;
+pub mod upstream;
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub use client::{get, request, Response};
+pub use upstream::{Action, Reply, TestUpstream};
+
+/// How long any condition may take before a test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Polls `cond` until it holds or `DEADLINE` passes; panics with `what`.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10)); // poll interval
+    }
+}
+
+/// A fresh scratch directory under the system temp dir.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "tollgate-test-{}-{}-{tag}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// A port that was free a moment ago (the proxy binds it next; a rare
+/// collision is retried by [`TollgateProcess::start`]).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind port 0")
+}
+
+/// Path of the built binary.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_tollgate")
+}
+
+/// A running `tollgate run` process, killed on drop.
+pub struct TollgateProcess {
+    child: Child,
+    /// Client-facing address.
+    pub addr: SocketAddr,
+    /// Admin address.
+    pub admin: SocketAddr,
+    /// Where its stdout and stderr go.
+    pub log: PathBuf,
+    /// The config file it runs with.
+    pub config: PathBuf,
+}
+
+impl TollgateProcess {
+    /// Starts tollgate with `body` (upstreams, routes, …) below a generated
+    /// header that sets the listeners and fast shutdown, and waits until
+    /// `/ready` answers 200.
+    pub fn start(body: &str) -> Self {
+        let mut last_log = String::new();
+        for _attempt in 0..3 {
+            let dir = scratch_dir("proxy");
+            let (port, admin_port) = (free_port(), free_port());
+            let config = dir.join("tollgate.yaml");
+            let text = format!(
+                "listen: [\"127.0.0.1:{port}\"]\n\
+                 admin: {{ listen: \"127.0.0.1:{admin_port}\" }}\n\
+                 server:\n  threads: 2\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\n  \
+                 pid_file: {d}/tollgate.pid\n  upgrade_sock: {d}/upgrade.sock\n\
+                 {body}",
+                d = dir.display()
+            );
+            fs::write(&config, text).expect("write config");
+            let log = dir.join("tollgate.log");
+            let out = fs::File::create(&log).expect("log file");
+            let err = out.try_clone().expect("log file");
+            let child = Command::new(binary())
+                .args(["run", "-c"])
+                .arg(&config)
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .expect("spawn tollgate");
+            let mut proc = TollgateProcess {
+                child,
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+                log,
+                config,
+            };
+            if proc.wait_ready() {
+                return proc;
+            }
+            last_log = proc.log_text();
+            if !last_log.contains("cannot listen") {
+                break; // not a port collision: do not hide the failure
+            }
+        }
+        panic!("tollgate did not become ready; its log:\n{last_log}");
+    }
+
+    /// Polls `/ready` until 200; false if the process exited first.
+    fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if get(self.admin, "/ready").is_ok_and(|r| r.status == 200) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20)); // poll interval
+        }
+    }
+
+    /// Everything the process has logged so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The `/metrics` text.
+    pub fn metrics(&self) -> String {
+        let r = get(self.admin, "/metrics").expect("GET /metrics");
+        assert_eq!(r.status, 200);
+        r.text()
+    }
+
+    /// The value of one exact series line in `/metrics`, if present.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// The `/health` document.
+    pub fn health(&self) -> serde_json::Value {
+        let r = get(self.admin, "/health").expect("GET /health");
+        serde_json::from_slice(&r.body).expect("health is JSON")
+    }
+
+    /// The PID, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for TollgateProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `tollgate <args>` to completion: (exit success, stdout, stderr).
+pub fn run_cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(binary())
+        .args(args)
+        .output()
+        .expect("run tollgate");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,215 @@
+//! Scripted test upstreams: tiny HTTP/1.1 servers on 127.0.0.1:0, each on
+//! its own thread and runtime, that count and record requests and answer
+//! as the test says: a fixed reply, a reply held until the test releases
+//! it, or a connection closed without a reply.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// A request as the upstream received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Method.
+    pub method: String,
+    /// Request target.
+    pub path: String,
+    /// Headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    /// First value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A reply: status, extra headers and body.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Extra headers.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// 200 with a text body.
+    pub fn ok(body: &str) -> Self {
+        Self {
+            status: 200,
+            headers: Vec::new(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+}
+
+/// What to do with a request.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Answer at once.
+    Reply(Reply),
+    /// Answer once the test calls [`TestUpstream::release`].
+    ReplyWhenReleased(Reply),
+    /// Close the connection without answering.
+    Close,
+}
+
+type Handler = dyn Fn(&Recorded) -> Action + Send + Sync;
+
+struct Shared {
+    handler: Box<Handler>,
+    count: AtomicUsize,
+    held: AtomicUsize,
+    recorded: Mutex<Vec<Recorded>>,
+    gate: watch::Sender<bool>,
+}
+
+/// A running test upstream; stops with the test process.
+pub struct TestUpstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl TestUpstream {
+    /// Starts an upstream that answers every request with `handler`.
+    pub fn start(handler: impl Fn(&Recorded) -> Action + Send + Sync + 'static) -> Self {
+        let (gate, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            handler: Box::new(handler),
+            count: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
+            recorded: Mutex::new(Vec::new()),
+            gate,
+        });
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let addr = std_listener.local_addr().expect("addr");
+        let s = shared.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = TcpListener::from_std(std_listener).expect("listener");
+                while let Ok((stream, _)) = listener.accept().await {
+                    tokio::spawn(serve(stream, s.clone()));
+                }
+            });
+        });
+        Self { addr, shared }
+    }
+
+    /// An upstream that answers `200 body` to everything.
+    pub fn fixed(body: &'static str) -> Self {
+        Self::start(move |_| Action::Reply(Reply::ok(body)))
+    }
+
+    /// Requests received so far.
+    pub fn count(&self) -> usize {
+        self.shared.count.load(Ordering::SeqCst)
+    }
+
+    /// Requests currently held waiting for [`Self::release`].
+    pub fn held(&self) -> usize {
+        self.shared.held.load(Ordering::SeqCst)
+    }
+
+    /// Every request received so far.
+    pub fn recorded(&self) -> Vec<Recorded> {
+        self.shared.recorded.lock().expect("lock").clone()
+    }
+
+    /// Lets held replies (and future ones) go out.
+    pub fn release(&self) {
+        self.shared.gate.send_replace(true);
+    }
+}
+
+async fn serve(stream: TcpStream, shared: Arc<Shared>) {
+    let mut reader = BufReader::new(stream);
+    loop {
+        let Some(req) = read_request(&mut reader).await else {
+            return;
+        };
+        shared.count.fetch_add(1, Ordering::SeqCst);
+        shared.recorded.lock().expect("lock").push(req.clone());
+        let close_after = req
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let reply = match (shared.handler)(&req) {
+            Action::Close => return,
+            Action::Reply(r) => r,
+            Action::ReplyWhenReleased(r) => {
+                shared.held.fetch_add(1, Ordering::SeqCst);
+                let mut gate = shared.gate.subscribe();
+                let _ = gate.wait_for(|open| *open).await;
+                shared.held.fetch_sub(1, Ordering::SeqCst);
+                r
+            }
+        };
+        let mut head = format!(
+            "HTTP/1.1 {} Test\r\nContent-Length: {}\r\n",
+            reply.status,
+            reply.body.len()
+        );
+        for (n, v) in &reply.headers {
+            head.push_str(&format!("{n}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let stream = reader.get_mut();
+        if stream.write_all(head.as_bytes()).await.is_err()
+            || (req.method != "HEAD" && stream.write_all(&reply.body).await.is_err())
+            || close_after
+        {
+            return;
+        }
+    }
+}
+
+async fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Recorded> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).await.ok()? == 0 {
+        return None;
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next()?.to_owned();
+    let path = parts.next()?.to_owned();
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).await.ok()?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (n, v) = l.split_once(':')?;
+        headers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
+    }
+    let len = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).await.ok()?;
+    Some(Recorded {
+        method,
+        path,
+        headers,
+        body,
+    })
+}
