@@ -1,6 +1,6 @@
-//! tollgate: a caching, rate-limiting reverse proxy for HTTP APIs, built on
-//! Cloudflare's Pingora. See README.md for what it does and how to run it,
-//! and docs/ for design decisions.
+//! tollgate: a reverse proxy for HTTP APIs, built on Cloudflare's Pingora.
+//! See README.md for what it does today and how to run it, and docs/ for
+//! design decisions.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use pingora::services::listening::Service;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tollgate::config::{self, Config};
 use tollgate::{demo, server};
@@ -12,7 +12,7 @@ use tollgate::{demo, server};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// tollgate: a caching, rate-limiting reverse proxy for HTTP APIs.
+/// tollgate: a reverse proxy for HTTP APIs, built on Pingora.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
@@ -86,7 +86,7 @@ fn serve(config: Config, opts: server::StartOptions, origin: bool) -> ExitCode {
     built.server.run_forever()
 }
 
-fn check(path: &PathBuf) -> ExitCode {
+fn check(path: &Path) -> ExitCode {
     match config::load(path) {
         Ok(c) => {
             println!("{}: OK", c.source);

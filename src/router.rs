@@ -189,11 +189,13 @@ impl Router {
             }
         }
         // Longest prefix first; the sort is stable so file order breaks ties.
-        let by_prefix = |v: &mut Vec<Entry>| v.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        let by_prefix = |v: &mut Vec<Entry>| v.sort_by_key(|e| std::cmp::Reverse(e.prefix.len()));
         router.exact.values_mut().for_each(by_prefix);
         router.wildcard.iter_mut().for_each(|(_, v)| by_prefix(v));
         by_prefix(&mut router.any_host);
-        router.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        router
+            .wildcard
+            .sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         router
     }
 

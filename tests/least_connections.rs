@@ -105,16 +105,14 @@ fn in_flight_returns_to_zero_after_errors_and_client_disconnects() {
             .expect("send");
         wait_until("the request is parked upstream", || held.held() == 1);
         assert_eq!(in_flight(&proxy), vec![1]);
-        assert_eq!(proxy.metric("tollgate_requests_in_flight"), Some(1.0));
+        proxy.wait_metric("tollgate_requests_in_flight", 1.0);
     } // socket dropped: the client is gone
     held.release();
     wait_until("in-flight returns to zero", || in_flight(&proxy) == vec![0]);
-    wait_until("the request gauge returns to zero", || {
-        proxy.metric("tollgate_requests_in_flight") == Some(0.0)
-    });
+    proxy.wait_metric("tollgate_requests_in_flight", 0.0);
     let backend_gauge = format!(
         "tollgate_upstream_in_flight{{backend=\"{}\",upstream=\"api\"}}",
         held.addr
     );
-    assert_eq!(proxy.metric(&backend_gauge), Some(0.0));
+    proxy.wait_metric(&backend_gauge, 0.0);
 }

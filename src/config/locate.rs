@@ -169,6 +169,11 @@ pub fn locate(source: &str, path: &FieldPath) -> Option<Position> {
     None
 }
 
+/// Whether the source is syntactically valid YAML.
+pub fn well_formed(source: &str) -> bool {
+    Parser::new_from_str(source).all(|item| item.is_ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -73,13 +73,18 @@ fn serde_problem(source: &str, e: serde_path_to_error::Error<serde_yaml::Error>)
             .collect(),
     );
     let inner = e.into_inner();
-    let position = inner
-        .location()
-        .map(|l| Position {
-            line: l.line(),
-            column: l.column(),
-        })
-        .or_else(|| locate(source, &path));
+    let serde_position = inner.location().map(|l| Position {
+        line: l.line(),
+        column: l.column(),
+    });
+    // For a well-formed document our locator is exact (serde_yaml sometimes
+    // reports the enclosing mapping); for a syntax error only the parser
+    // knows where it stopped.
+    let position = if locate::well_formed(source) {
+        locate(source, &path).or(serde_position)
+    } else {
+        serde_position
+    };
     // serde_yaml writes "path: message at line L column C"; we print the
     // position and path ourselves, first.
     let mut message = inner.to_string();

@@ -156,6 +156,14 @@ impl TollgateProcess {
             .and_then(|v| v.trim().parse().ok())
     }
 
+    /// Waits until a series has `value`: metrics are recorded in the
+    /// logging phase, which may finish after the client has its response.
+    pub fn wait_metric(&self, series: &str, value: f64) {
+        wait_until(&format!("{series} == {value}"), || {
+            self.metric(series) == Some(value)
+        });
+    }
+
     /// The `/health` document.
     pub fn health(&self) -> serde_json::Value {
         let r = get(self.admin, "/health").expect("GET /health");

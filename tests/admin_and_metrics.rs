@@ -1,0 +1,113 @@
+//! The admin listener: /metrics with route labels, /health, /ready.
+
+mod common;
+use common::*;
+
+fn setup() -> (TollgateProcess, TestUpstream) {
+    let upstream = TestUpstream::fixed("hello");
+    let proxy = TollgateProcess::start(&format!(
+        "upstreams:\n  api: {{ backends: [\"{}\"] }}\n\
+         routes:\n  - {{ name: users, upstream: api, match: {{ path_prefix: /users/ }} }}\n",
+        upstream.addr
+    ));
+    (proxy, upstream)
+}
+
+#[test]
+fn metrics_are_labelled_by_route_name_never_by_path() {
+    let (proxy, _up) = setup();
+    for id in 0..3 {
+        assert_eq!(
+            get(proxy.addr, &format!("/users/{id}"))
+                .expect("request")
+                .status,
+            200
+        );
+    }
+    assert_eq!(
+        request(proxy.addr, "POST", "/users/9", &[], b"{}")
+            .expect("request")
+            .status,
+        200
+    );
+    assert_eq!(get(proxy.addr, "/nope").expect("request").status, 404);
+    proxy.wait_metric(
+        r#"tollgate_requests_total{method="GET",route="users",status="200"}"#,
+        3.0,
+    );
+    proxy.wait_metric(
+        r#"tollgate_requests_total{method="POST",route="users",status="200"}"#,
+        1.0,
+    );
+    proxy.wait_metric(
+        r#"tollgate_requests_total{method="GET",route="(none)",status="404"}"#,
+        1.0,
+    );
+    proxy.wait_metric(
+        r#"tollgate_request_duration_seconds_count{method="GET",route="users"}"#,
+        3.0,
+    );
+    assert_eq!(
+        proxy.metric(r#"tollgate_build_info{version="0.1.0"}"#),
+        Some(1.0)
+    );
+    let text = proxy.metrics();
+    assert!(text.contains("tollgate_requests_in_flight "), "{text}");
+    assert!(text.contains("tollgate_upstream_in_flight{"), "{text}");
+    assert!(
+        !text.contains("/users/"),
+        "a raw path leaked into a label:\n{text}"
+    );
+}
+
+#[test]
+fn extension_methods_are_folded_into_one_label() {
+    let (proxy, _up) = setup();
+    assert_eq!(
+        request(proxy.addr, "PURGE", "/users/1", &[], b"")
+            .expect("request")
+            .status,
+        200
+    );
+    proxy.wait_metric(
+        r#"tollgate_requests_total{method="OTHER",route="users",status="200"}"#,
+        1.0,
+    );
+}
+
+#[test]
+fn health_reports_config_and_each_pool() {
+    let (proxy, up) = setup();
+    let h = proxy.health();
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["components"]["config"]["status"], "ok");
+    assert_eq!(h["components"]["config"]["routes"], 1);
+    let pool = &h["components"]["upstreams"]["api"];
+    assert_eq!(
+        (
+            pool["status"].as_str(),
+            pool["healthy"].as_u64(),
+            pool["total"].as_u64()
+        ),
+        (Some("ok"), Some(1), Some(1))
+    );
+    assert_eq!(pool["backends"][0]["address"], up.addr.to_string());
+}
+
+#[test]
+fn ready_answers_and_unknown_admin_paths_are_json_404() {
+    let (proxy, _up) = setup();
+    let r = get(proxy.admin, "/ready").expect("ready");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["ready"], true);
+    let r = get(proxy.admin, "/users/1").expect("admin 404");
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"], "not_found");
+}
+
+#[test]
+fn admin_paths_are_not_served_on_the_proxy_port() {
+    let (proxy, up) = setup();
+    assert_eq!(get(proxy.addr, "/metrics").expect("request").status, 404);
+    assert_eq!(up.count(), 0);
+}
