@@ -20,6 +20,13 @@ pub struct ByteSize(pub u64);
 /// Parses `500ms`, `30s`, `15m`, `1h`, `1d`, and compounds such as `1h30m`.
 /// Fractions are allowed per component (`1.5s`). A bare number is refused
 /// because it is ambiguous.
+///
+/// ```
+/// use std::time::Duration;
+/// use tollgate::config::units::parse_duration;
+/// assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+/// assert!(parse_duration("30").is_err());
+/// ```
 pub fn parse_duration(input: &str) -> Result<Duration, String> {
     let invalid = || {
         format!("invalid duration {input:?} (write a number and a unit: 250ms, 30s, 15m, 1h, 1d)")
@@ -59,6 +66,12 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
 /// Parses `4096`, `64KB`, `10MB`, `1GB` (powers of 1000) and `64KiB`,
 /// `512MiB`, `1GiB`, `1TiB` (powers of 1024). Units are case-sensitive on the
 /// `i` so that `MB` and `MiB` never get confused.
+///
+/// ```
+/// use tollgate::config::units::parse_byte_size;
+/// assert_eq!(parse_byte_size("512MiB"), Ok(512 * 1024 * 1024));
+/// assert_eq!(parse_byte_size("10MB"), Ok(10_000_000));
+/// ```
 pub fn parse_byte_size(input: &str) -> Result<u64, String> {
     let invalid = || {
         format!("invalid size {input:?} (write bytes or a number and a unit: 64KiB, 512MiB, 1GiB, 10MB)")
