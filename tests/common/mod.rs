@@ -75,18 +75,25 @@ impl TollgateProcess {
     /// header that sets the listeners and fast shutdown, and waits until
     /// `/ready` answers 200.
     pub fn start(body: &str) -> Self {
+        Self::start_with_listener(|port| format!("\"127.0.0.1:{port}\""), body)
+    }
+
+    /// Like [`Self::start`], with the proxy listener written by `listener`
+    /// (given the chosen port), e.g. to add TLS.
+    pub fn start_with_listener(listener: impl Fn(u16) -> String, body: &str) -> Self {
         let mut last_log = String::new();
         for _attempt in 0..3 {
             let dir = scratch_dir("proxy");
             let (port, admin_port) = (free_port(), free_port());
             let config = dir.join("tollgate.yaml");
             let text = format!(
-                "listen: [\"127.0.0.1:{port}\"]\n\
+                "listen: [{listener}]\n\
                  admin: {{ listen: \"127.0.0.1:{admin_port}\" }}\n\
                  server:\n  threads: 2\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\n  \
                  pid_file: {d}/tollgate.pid\n  upgrade_sock: {d}/upgrade.sock\n\
                  {body}",
-                d = dir.display()
+                d = dir.display(),
+                listener = listener(port)
             );
             fs::write(&config, text).expect("write config");
             let log = dir.join("tollgate.log");

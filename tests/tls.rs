@@ -1,0 +1,80 @@
+//! A TLS listener serves HTTPS, offers HTTP/2, and tells the upstream the
+//! client used https.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+fn self_signed_cert(dir: &std::path::Path) -> (String, String) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert.display().to_string(), key.display().to_string())
+}
+
+#[test]
+fn tls_listener_serves_http2_and_forwards_https_proto() {
+    let upstream = TestUpstream::fixed("over tls");
+    let (cert, key) = self_signed_cert(&scratch_dir("tls"));
+    let proxy = TollgateProcess::start_with_listener(
+        |port| format!("{{ address: \"127.0.0.1:{port}\", tls: {{ cert: \"{cert}\", key: \"{key}\" }} }}"),
+        &format!(
+            "upstreams:\n  api: {{ backends: [\"{}\"] }}\nroutes:\n  - {{ name: api, upstream: api }}\n",
+            upstream.addr
+        ),
+    );
+    let out = Command::new("curl")
+        .args([
+            "-sk",
+            "--http2",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_version} %{http_code}",
+        ])
+        .arg(format!("https://{}/x", proxy.addr))
+        .output()
+        .expect("run curl (scripts/test installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text,
+        "over tls\n2 200",
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        upstream.recorded()[0].header("x-forwarded-proto"),
+        Some("https")
+    );
+}
+
+#[test]
+fn missing_certificate_is_a_config_error() {
+    let (ok, _, err) = run_cli(&["check", "tests/fixtures/tls_missing_cert.yaml"]);
+    assert!(!ok);
+    assert!(
+        err.contains("listen[0].tls.cert: cannot read /nonexistent/cert.pem"),
+        "{err}"
+    );
+}
