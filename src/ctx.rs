@@ -27,7 +27,25 @@ pub struct RequestCtx {
     pub bound_by_total: DeadlineBound,
     /// Status of an error response we generated (0: client was gone).
     pub error_status: Option<u16>,
+    /// Backends tried so far (1 + retries).
+    pub attempts: usize,
+    /// Timings of the current upstream attempt.
+    pub timing: UpstreamTiming,
     _in_flight: InFlightGuard,
+}
+
+/// When the current upstream attempt reached each step, for the slow-request
+/// log and `tollgate_upstream_request_duration_seconds`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UpstreamTiming {
+    /// A backend was chosen.
+    pub chosen_at: Option<Instant>,
+    /// The connection was established (or reused).
+    pub connected_at: Option<Instant>,
+    /// The response header arrived.
+    pub first_byte_at: Option<Instant>,
+    /// The attempt's duration was recorded.
+    pub observed: bool,
 }
 
 /// Which of an attempt's timeouts were shortened to the remaining total time.
@@ -50,6 +68,8 @@ impl RequestCtx {
             backend: None,
             bound_by_total: DeadlineBound::default(),
             error_status: None,
+            attempts: 0,
+            timing: UpstreamTiming::default(),
             _in_flight: InFlightGuard::new(in_flight),
         }
     }

@@ -8,7 +8,7 @@ use crate::config::model::RouteTimeouts;
 use crate::config::Config;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::router::{RouteId, RouteMatch, Router};
-use crate::upstream::UpstreamPool;
+use crate::upstream::{UpstreamMemory, UpstreamPool};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -39,12 +39,17 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Compiles a validated config.
-    pub fn build(config: Config, metrics: &Metrics) -> Result<Self, String> {
+    /// Compiles a validated config; pools reuse backend and health state
+    /// that `memory` keeps from earlier generations.
+    pub fn build(
+        config: Config,
+        metrics: &Metrics,
+        memory: &UpstreamMemory,
+    ) -> Result<Self, String> {
         let pools = config
             .upstreams
             .iter()
-            .map(|u| UpstreamPool::new(u, metrics).map(Arc::new))
+            .map(|u| UpstreamPool::new(u, metrics, memory).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         let matches: Vec<RouteMatch> = config
             .routes

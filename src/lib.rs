@@ -14,6 +14,7 @@ pub mod gateway;
 pub mod headers;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod state;

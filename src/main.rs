@@ -5,6 +5,7 @@ use pingora::services::listening::Service;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tollgate::config::{self, Config};
+use tollgate::state::ConfigSource;
 use tollgate::{demo, server};
 
 // mimalloc: measured faster than glibc malloc for Pingora's many small,
@@ -56,7 +57,8 @@ fn init_logging(config: &Config) {
         .try_init();
 }
 
-fn serve(config: Config, opts: server::StartOptions, origin: bool) -> ExitCode {
+fn serve(config: Config, source: ConfigSource, opts: server::StartOptions) -> ExitCode {
+    let origin = matches!(source, ConfigSource::BuiltIn);
     init_logging(&config);
     for w in &config.warnings {
         log::warn!("{}: {w}", config.source);
@@ -70,7 +72,7 @@ fn serve(config: Config, opts: server::StartOptions, origin: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let mut built = match server::build(config, &opts) {
+    let mut built = match server::build(config, source, &opts) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("error: {e}");
@@ -139,7 +141,11 @@ fn main() -> ExitCode {
             upgrade,
             daemon,
         } => match config::load(&config) {
-            Ok(c) => serve(c, server::StartOptions { upgrade, daemon }, false),
+            Ok(c) => serve(
+                c,
+                ConfigSource::File(config),
+                server::StartOptions { upgrade, daemon },
+            ),
             Err(e) => {
                 eprintln!("{e}");
                 ExitCode::FAILURE
@@ -169,7 +175,7 @@ fn main() -> ExitCode {
                  Stop with Ctrl-C.\n",
                 demo::ORIGIN_ADDR
             );
-            serve(c, server::StartOptions::default(), true)
+            serve(c, ConfigSource::BuiltIn, server::StartOptions::default())
         }
     }
 }

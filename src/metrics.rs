@@ -52,6 +52,18 @@ pub struct Metrics {
     pub upstream_in_flight: IntGaugeVec,
     /// `tollgate_build_info{version}`, always 1.
     pub build_info: IntGaugeVec,
+    /// `tollgate_upstream_healthy{upstream,backend}`: 1 when the backend may
+    /// take traffic (active check passing and not out by passive health).
+    pub upstream_healthy: IntGaugeVec,
+    /// `tollgate_upstream_failures_total{upstream,backend,kind}`.
+    pub upstream_failures: IntCounterVec,
+    /// `tollgate_upstream_retries_total{upstream}`.
+    pub upstream_retries: IntCounterVec,
+    /// `tollgate_upstream_request_duration_seconds{upstream}`: from choosing
+    /// a backend to the end of its response, per attempt.
+    pub upstream_duration: HistogramVec,
+    /// `tollgate_config_reloads_total{result}`: `ok` or `error`.
+    pub config_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -94,6 +106,50 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let upstream_healthy = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_upstream_healthy",
+                "1 when the backend may take traffic (active check passing, not out by passive health)",
+            ),
+            &["upstream", "backend"],
+        )?;
+        let upstream_failures = IntCounterVec::new(
+            Opts::new(
+                "tollgate_upstream_failures_total",
+                "Failed requests to a backend, by kind: connect, timeout, closed, status_5xx",
+            ),
+            &["upstream", "backend", "kind"],
+        )?;
+        let upstream_retries = IntCounterVec::new(
+            Opts::new(
+                "tollgate_upstream_retries_total",
+                "Requests retried on another backend",
+            ),
+            &["upstream"],
+        )?;
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_upstream_request_duration_seconds",
+                "Time from choosing a backend to the end of its response, per attempt",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["upstream"],
+        )?;
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "tollgate_config_reloads_total",
+                "Config reloads by result: ok or error",
+            ),
+            &["result"],
+        )?;
+        for result in ["ok", "error"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        registry.register(Box::new(upstream_healthy.clone()))?;
+        registry.register(Box::new(upstream_failures.clone()))?;
+        registry.register(Box::new(upstream_retries.clone()))?;
+        registry.register(Box::new(upstream_duration.clone()))?;
+        registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
@@ -106,7 +162,20 @@ impl Metrics {
             in_flight,
             upstream_in_flight,
             build_info,
+            upstream_healthy,
+            upstream_failures,
+            upstream_retries,
+            upstream_duration,
+            config_reloads,
         })
+    }
+
+    /// Drops the per-backend series of a backend a reload removed.
+    pub fn forget_backend(&self, upstream: &str, addr: std::net::SocketAddr) {
+        let backend = addr.to_string();
+        let labels = [upstream, backend.as_str()];
+        let _ = self.upstream_in_flight.remove_label_values(&labels);
+        let _ = self.upstream_healthy.remove_label_values(&labels);
     }
 
     /// The Prometheus text exposition of every metric.

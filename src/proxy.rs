@@ -1,19 +1,21 @@
 //! The `ProxyHttp` implementation: the order of things, and nothing else.
 //! Each phase is a few calls into the module that owns the behaviour.
 
-use crate::ctx::RequestCtx;
+use crate::ctx::{RequestCtx, UpstreamTiming};
 use crate::errors::{self, ErrorResponse, FailureContext};
 use crate::headers;
 use crate::metrics::{method_index, NO_ROUTE};
 use crate::state::AppState;
+use crate::upstream::FailureKind;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, Result};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The proxy service logic.
 pub struct Proxy {
@@ -24,6 +26,38 @@ impl Proxy {
     /// A proxy serving whatever config generation `state` holds.
     pub fn new(state: Arc<AppState>) -> Self {
         Self { state }
+    }
+
+    /// Records a failed attempt on the current backend (passive health,
+    /// metrics) and says whether a retry is allowed: retries left, time
+    /// left, and another backend ready to take it.
+    fn note_failure(&self, ctx: &mut RequestCtx, kind: FailureKind) -> bool {
+        let (Some(route), Some(lease)) = (ctx.route(), ctx.backend.as_ref()) else {
+            return false;
+        };
+        let pool = &route.upstream;
+        pool.record_failure(lease.backend(), kind, &self.state.metrics);
+        let retry = ctx.attempts <= pool.retries()
+            && ctx.started.elapsed() < route.timeouts.total
+            && pool.has_other_ready(lease.socket_addr());
+        if retry {
+            pool.retries_counter().inc();
+        }
+        retry
+    }
+
+    /// `tollgate_upstream_request_duration_seconds`, once per attempt.
+    fn observe_upstream_duration(&self, ctx: &mut RequestCtx) {
+        if ctx.timing.observed {
+            return;
+        }
+        if let (Some(route), Some(chosen)) = (ctx.route(), ctx.timing.chosen_at) {
+            route
+                .upstream
+                .duration_histogram()
+                .observe(chosen.elapsed().as_secs_f64());
+            ctx.timing.observed = true;
+        }
     }
 
     /// Sends one of our JSON errors, with the usual response headers.
@@ -110,6 +144,11 @@ impl ProxyHttp for Proxy {
             )
         })?;
         ctx.backend = Some(slot.lease());
+        ctx.attempts += 1;
+        ctx.timing = UpstreamTiming {
+            chosen_at: Some(Instant::now()),
+            ..UpstreamTiming::default()
+        };
         let mut peer = pool.peer(slot);
         let connect = route.timeouts.connect.min(remaining);
         let read = route.timeouts.read.min(remaining);
@@ -120,6 +159,97 @@ impl ProxyHttp for Proxy {
         peer.options.read_timeout = Some(read);
         peer.options.write_timeout = Some(read);
         Ok(peer)
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.timing.connected_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// A connect failure: count it against the backend, and retry on
+    /// another one (nothing was sent, so any method may be retried).
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let kind = match e.etype() {
+            pingora::ErrorType::ConnectTimedout => FailureKind::Timeout,
+            _ => FailureKind::Connect,
+        };
+        let retry = self.note_failure(ctx, kind);
+        e.set_retry(retry);
+        e
+    }
+
+    /// A failure after connecting. Retried on another backend only for an
+    /// idempotent request whose body (if any) is fully buffered, when the
+    /// connection broke before any response reached the client; timeouts
+    /// are not retried (a slow backend must not get the request twice).
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if *e.esource() != pingora::ErrorSource::Upstream {
+            e.set_retry(false);
+            return e;
+        }
+        let etype = e.etype();
+        let kind = if matches!(
+            etype,
+            pingora::ErrorType::ReadTimedout | pingora::ErrorType::WriteTimedout
+        ) || *etype == errors::REQUEST_TIMEOUT
+        {
+            FailureKind::Timeout
+        } else {
+            FailureKind::Closed
+        };
+        let may_replay = kind == FailureKind::Closed
+            && session.req_header().method.is_idempotent()
+            && !session.as_downstream().retry_buffer_truncated()
+            && session.response_written().is_none();
+        let retry = self.note_failure(ctx, kind) && may_replay;
+        e.set_retry(retry);
+        e
+    }
+
+    /// Counts 5xx responses against the backend when the pool asks for it,
+    /// and notes the time to first byte.
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.timing.first_byte_at = Some(Instant::now());
+        if upstream_response.status.is_server_error() {
+            if let (Some(route), Some(lease)) = (ctx.route(), ctx.backend.as_ref()) {
+                let pool = &route.upstream;
+                if pool.passive().fail_on_5xx {
+                    pool.record_failure(
+                        lease.backend(),
+                        FailureKind::Status5xx,
+                        &self.state.metrics,
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(
@@ -171,6 +301,7 @@ impl ProxyHttp for Proxy {
             if let Some(lease) = ctx.backend.as_mut() {
                 lease.release();
             }
+            self.observe_upstream_duration(ctx);
         }
         if let Some(route) = ctx.route() {
             if ctx.started.elapsed() > route.timeouts.total {
@@ -217,6 +348,9 @@ impl ProxyHttp for Proxy {
     /// Metrics and the access log; the backend lease and in-flight guard are
     /// released when `ctx` drops right after this.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.timing.first_byte_at.is_some() {
+            self.observe_upstream_duration(ctx);
+        }
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
@@ -240,7 +374,31 @@ impl ProxyHttp for Proxy {
                 .with_label_values(&[NO_ROUTE, crate::metrics::METHOD_LABELS[method]])
                 .observe(elapsed.as_secs_f64()),
         }
-        if ctx.gateway.config.logging.access_log {
+        let logging = &ctx.gateway.config.logging;
+        if elapsed >= logging.slow_request_threshold {
+            let since_chosen = |at: Option<Instant>| match (ctx.timing.chosen_at, at) {
+                (Some(from), Some(to)) => {
+                    format!("{:.3}", to.duration_since(from).as_secs_f64() * 1000.0)
+                }
+                _ => "-".to_owned(),
+            };
+            log::warn!(
+                target: "tollgate::slow",
+                "slow request: {} {} status={} route={} upstream={} backend={} attempts={} connect_ms={} ttfb_ms={} total_ms={:.3} request_id={}",
+                req.method,
+                req.uri.path(),
+                status,
+                route_name,
+                route.map_or("-", |r| r.upstream.name()),
+                ctx.backend.as_ref().map_or("-", |b| b.addr()),
+                ctx.attempts,
+                since_chosen(ctx.timing.connected_at),
+                since_chosen(ctx.timing.first_byte_at),
+                elapsed.as_secs_f64() * 1000.0,
+                ctx.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            );
+        }
+        if logging.access_log {
             log::info!(
                 target: "tollgate::access",
                 "{} {} status={} route={} upstream={} backend={} duration_ms={:.3} request_id={}{}{}",

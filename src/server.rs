@@ -8,7 +8,10 @@ use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
-use crate::state::AppState;
+use crate::reload::ReloadOnSignal;
+use crate::state::{AppState, ConfigSource};
+use crate::upstream::health::HealthChecker;
+use crate::upstream::UpstreamMemory;
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::{Opt, ServerConf};
@@ -84,8 +87,12 @@ fn check_bindable(addr: SocketAddr, what: &'static str) -> Result<(), StartError
         .map_err(|source| StartError::Bind { addr, what, source })
 }
 
-/// Builds the server for `config`.
-pub fn build(config: Config, opts: &StartOptions) -> Result<Built, StartError> {
+/// Builds the server for `config`, read from `source`.
+pub fn build(
+    config: Config,
+    source: ConfigSource,
+    opts: &StartOptions,
+) -> Result<Built, StartError> {
     if !opts.upgrade {
         for l in &config.listeners {
             check_bindable(l.addr, "proxy listener")?;
@@ -103,8 +110,9 @@ pub fn build(config: Config, opts: &StartOptions) -> Result<Built, StartError> {
     let metrics = Arc::new(Metrics::new().map_err(|e| StartError::Setup(format!("metrics: {e}")))?);
     let listeners = config.listeners.clone();
     let admin_listen = config.admin_listen;
-    let gateway = Gateway::build(config, &metrics).map_err(StartError::Setup)?;
-    let state = Arc::new(AppState::new(gateway, metrics));
+    let memory = UpstreamMemory::default();
+    let gateway = Gateway::build(config, &metrics, &memory).map_err(StartError::Setup)?;
+    let state = Arc::new(AppState::new(gateway, metrics, memory, source));
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -137,27 +145,66 @@ pub fn build(config: Config, opts: &StartOptions) -> Result<Built, StartError> {
     admin.threads = Some(1);
     let admin_handle = server.add_service(admin);
 
+    let mut probe: Vec<SocketAddr> = listeners.iter().map(|l| l.addr).collect();
+    probe.push(admin_listen);
     let lifecycle = server.add_service(background_service(
         "tollgate lifecycle",
         Lifecycle {
             state: state.clone(),
+            listeners: probe,
         },
     ));
     lifecycle.add_dependency(&proxy_handle);
     lifecycle.add_dependency(&admin_handle);
+    server.add_service(background_service(
+        "tollgate health checks",
+        HealthChecker::new(state.clone()),
+    ));
+    server.add_service(background_service(
+        "tollgate reload on SIGHUP",
+        ReloadOnSignal::new(state.clone()),
+    ));
 
     Ok(Built { server, state })
 }
 
-/// Marks the process ready once the services are up, and not ready as soon
-/// as shutdown starts, so load balancers stop sending before we stop taking.
+/// Marks the process ready once every listener accepts connections, and not
+/// ready as soon as shutdown starts, so load balancers stop sending before
+/// we stop taking.
 struct Lifecycle {
     state: Arc<AppState>,
+    listeners: Vec<SocketAddr>,
+}
+
+impl Lifecycle {
+    /// Pingora reports a listening service ready before its sockets are
+    /// bound, so readiness is checked the way a client would: by connecting.
+    async fn wait_until_listening(&self, shutdown: &mut ShutdownWatch) -> bool {
+        for addr in &self.listeners {
+            let mut target = *addr;
+            if target.ip().is_unspecified() {
+                target.set_ip(match target {
+                    SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            while tokio::net::TcpStream::connect(target).await.is_err() {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(10)) => {}
+                    _ = shutdown.changed() => return false,
+                }
+            }
+        }
+        true
+    }
 }
 
 #[async_trait]
 impl BackgroundService for Lifecycle {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        if !self.wait_until_listening(&mut shutdown).await {
+            return;
+        }
         self.state.set_ready(true);
         log::info!("tollgate is ready");
         let _ = shutdown.changed().await;

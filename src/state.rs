@@ -1,18 +1,35 @@
 //! What the proxy and the admin listener share for the life of the process:
-//! the current config generation, the metrics, and readiness.
+//! the current config generation, upstream memory, the metrics, readiness.
 
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
+use crate::upstream::UpstreamMemory;
 use arc_swap::ArcSwap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+/// Where the running config came from, so a reload knows what to re-read.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// A file on disk: reloads re-read it.
+    File(PathBuf),
+    /// The config built into the binary (`tollgate demo`): not reloadable.
+    BuiltIn,
+}
 
 /// Process-wide state, created once at start-up.
 pub struct AppState {
     gateway: ArcSwap<Gateway>,
     /// Every metric.
     pub metrics: Arc<Metrics>,
+    /// Backend and health state that survives reloads.
+    pub memory: UpstreamMemory,
+    /// Where the config comes from.
+    pub source: ConfigSource,
+    /// Serialises reloads (SIGHUP and the admin endpoint may race).
+    pub reload_lock: Mutex<()>,
     ready: AtomicBool,
     /// When the process started.
     pub started: Instant,
@@ -20,10 +37,18 @@ pub struct AppState {
 
 impl AppState {
     /// Wraps the first config generation.
-    pub fn new(gateway: Gateway, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        gateway: Gateway,
+        metrics: Arc<Metrics>,
+        memory: UpstreamMemory,
+        source: ConfigSource,
+    ) -> Self {
         Self {
             gateway: ArcSwap::from_pointee(gateway),
             metrics,
+            memory,
+            source,
+            reload_lock: Mutex::new(()),
             ready: AtomicBool::new(false),
             started: Instant::now(),
         }

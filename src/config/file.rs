@@ -73,6 +73,10 @@ pub struct AdminSpec {
     /// `ip:port` for /metrics, /health, /ready. Keep it private.
     #[serde(default = "default_admin_listen")]
     pub listen: String,
+    /// Name of the environment variable holding the admin token that
+    /// protects state-changing endpoints (`POST /config/reload`).
+    #[serde(default)]
+    pub token_env: Option<String>,
 }
 
 fn default_admin_listen() -> String {
@@ -83,6 +87,7 @@ impl Default for AdminSpec {
     fn default() -> Self {
         Self {
             listen: default_admin_listen(),
+            token_env: None,
         }
     }
 }
@@ -125,6 +130,9 @@ pub struct LoggingSpec {
     /// One line per request at info level, target `tollgate::access`.
     #[serde(default = "default_true")]
     pub access_log: bool,
+    /// Requests slower than this are logged at warn with their timings. Default 1s.
+    #[serde(default)]
+    pub slow_request_threshold: Option<HumanDuration>,
 }
 
 fn default_level() -> String {
@@ -140,6 +148,7 @@ impl Default for LoggingSpec {
         Self {
             level: default_level(),
             access_log: true,
+            slow_request_threshold: None,
         }
     }
 }
@@ -157,6 +166,65 @@ pub struct UpstreamSpec {
     /// Replace the client's `Host` header with this value.
     #[serde(default)]
     pub host_header: Option<String>,
+    /// Active health check; none by default.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckSpec>,
+    /// Passive health: failures within `fail_timeout` that take a backend
+    /// out for `fail_timeout`. Default 3; 0 disables.
+    #[serde(default)]
+    pub max_fails: Option<u32>,
+    /// Window for counting failures and time out of rotation. Default 30s.
+    #[serde(default)]
+    pub fail_timeout: Option<HumanDuration>,
+    /// Count 5xx responses as passive failures. Default false.
+    #[serde(default)]
+    pub fail_on_5xx: Option<bool>,
+    /// Extra attempts on another backend after a connect failure (any
+    /// method) or a reset before any response byte (idempotent methods).
+    /// Default 1.
+    #[serde(default)]
+    pub retries: Option<usize>,
+}
+
+/// An active health check.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSpec {
+    /// `http` (default) or `tcp`.
+    #[serde(default, rename = "type")]
+    pub kind: HealthCheckKind,
+    /// HTTP path to GET. Default `/health`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Statuses that count as healthy. Default `[200]`.
+    #[serde(default)]
+    pub expect_status: Option<Vec<u16>>,
+    /// `Host` header of the check. Default: the upstream's `host_header`, else `localhost`.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Time between checks. Default 5s.
+    #[serde(default)]
+    pub interval: Option<HumanDuration>,
+    /// Connect and response timeout of one check. Default 1s.
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    /// Consecutive successes that bring a backend back. Default 2.
+    #[serde(default)]
+    pub healthy_threshold: Option<usize>,
+    /// Consecutive failures that take a backend out. Default 3.
+    #[serde(default)]
+    pub unhealthy_threshold: Option<usize>,
+}
+
+/// How a health check probes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheckKind {
+    /// `GET path`, expecting one of `expect_status`.
+    #[default]
+    Http,
+    /// A TCP (and TLS, if the upstream uses TLS) connection.
+    Tcp,
 }
 
 /// One backend: `"10.0.0.1:8000"` or `{ address: "10.0.0.1:8000", weight: 2 }`.

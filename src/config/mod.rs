@@ -146,6 +146,20 @@ impl Checker<'_> {
                 );
             }
         }
+        let admin_token = raw
+            .admin
+            .token_env
+            .as_deref()
+            .and_then(|var| match std::env::var(var) {
+                Ok(token) if !token.trim().is_empty() => Some(token.trim().to_owned()),
+                _ => {
+                    self.problem(
+                        root.key("admin").key("token_env"),
+                        format!("environment variable {var} is not set or empty"),
+                    );
+                    None
+                }
+            });
         let server = self.server(&raw.server, &root.key("server"));
         let logging = self.logging(&raw.logging, &root.key("logging"));
 
@@ -189,6 +203,7 @@ impl Checker<'_> {
             source: file.to_owned(),
             listeners,
             admin_listen: admin_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
+            admin_token,
             server,
             logging,
             upstreams,
@@ -290,6 +305,9 @@ impl Checker<'_> {
         LoggingSettings {
             level,
             access_log: spec.access_log,
+            slow_request_threshold: spec
+                .slow_request_threshold
+                .map_or(defaults::SLOW_REQUEST, |d| d.0),
         }
     }
 
@@ -347,12 +365,108 @@ impl Checker<'_> {
                         None
                     }
                 });
+        let health_check = spec
+            .health_check
+            .as_ref()
+            .map(|h| self.health_check(h, host_header.as_ref(), &path.key("health_check")));
+        let passive = PassiveHealth {
+            max_fails: spec.max_fails.unwrap_or(defaults::MAX_FAILS),
+            fail_timeout: spec.fail_timeout.map_or(defaults::FAIL_TIMEOUT, |d| d.0),
+            fail_on_5xx: spec.fail_on_5xx.unwrap_or(false),
+        };
+        if passive.fail_timeout.is_zero() {
+            self.problem(
+                path.key("fail_timeout"),
+                "fail_timeout must be greater than zero",
+            );
+        }
         UpstreamConfig {
             name: name.to_owned(),
             backends,
             tls,
             host_header,
+            health_check,
+            passive,
+            retries: spec.retries.unwrap_or(defaults::RETRIES),
         }
+    }
+
+    fn health_check(
+        &mut self,
+        spec: &file::HealthCheckSpec,
+        host_header: Option<&http::HeaderValue>,
+        path: &FieldPath,
+    ) -> HealthCheckConfig {
+        let probe = match spec.kind {
+            file::HealthCheckKind::Http => {
+                let check_path = spec.path.clone().unwrap_or_else(|| "/health".to_owned());
+                if !check_path.starts_with('/') {
+                    self.problem(
+                        path.key("path"),
+                        format!("path {check_path:?} must start with /"),
+                    );
+                }
+                let expect_status = spec.expect_status.clone().unwrap_or_else(|| vec![200]);
+                if expect_status.is_empty()
+                    || expect_status.iter().any(|s| !(100..=599).contains(s))
+                {
+                    self.problem(
+                        path.key("expect_status"),
+                        "expect_status must list HTTP statuses (100-599)",
+                    );
+                }
+                let host = spec
+                    .host
+                    .clone()
+                    .or_else(|| host_header.and_then(|h| h.to_str().ok()).map(str::to_owned))
+                    .unwrap_or_else(|| "localhost".to_owned());
+                Probe::Http {
+                    path: check_path,
+                    host,
+                    expect_status,
+                }
+            }
+            file::HealthCheckKind::Tcp => {
+                for (field, set) in [
+                    ("path", spec.path.is_some()),
+                    ("expect_status", spec.expect_status.is_some()),
+                    ("host", spec.host.is_some()),
+                ] {
+                    if set {
+                        self.problem(
+                            path.key(field),
+                            format!("{field} applies to http checks, not tcp"),
+                        );
+                    }
+                }
+                Probe::Tcp
+            }
+        };
+        let check = HealthCheckConfig {
+            probe,
+            interval: spec.interval.map_or(defaults::HEALTH_INTERVAL, |d| d.0),
+            timeout: spec.timeout.map_or(defaults::HEALTH_TIMEOUT, |d| d.0),
+            healthy_threshold: spec
+                .healthy_threshold
+                .unwrap_or(defaults::HEALTHY_THRESHOLD),
+            unhealthy_threshold: spec
+                .unhealthy_threshold
+                .unwrap_or(defaults::UNHEALTHY_THRESHOLD),
+        };
+        for (field, zero) in [
+            ("interval", check.interval.is_zero()),
+            ("timeout", check.timeout.is_zero()),
+            ("healthy_threshold", check.healthy_threshold == 0),
+            ("unhealthy_threshold", check.unhealthy_threshold == 0),
+        ] {
+            if zero {
+                self.problem(
+                    path.key(field),
+                    format!("{field} must be greater than zero"),
+                );
+            }
+        }
+        check
     }
 
     /// Resolves `host:port` once, at load time, preferring IPv4.

@@ -19,6 +19,8 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     /// Admin listener address.
     pub admin_listen: SocketAddr,
+    /// Token required by state-changing admin endpoints; `None` disables them.
+    pub admin_token: Option<String>,
     /// Process settings.
     pub server: ServerSettings,
     /// Logging settings.
@@ -75,6 +77,8 @@ pub struct LoggingSettings {
     pub level: log::LevelFilter,
     /// Whether to write one access-log line per request.
     pub access_log: bool,
+    /// Requests slower than this get a warn line with timings.
+    pub slow_request_threshold: Duration,
 }
 
 /// A named pool of backends.
@@ -88,6 +92,55 @@ pub struct UpstreamConfig {
     pub tls: Option<UpstreamTls>,
     /// `Host` header to send instead of the client's.
     pub host_header: Option<HeaderValue>,
+    /// Active health check.
+    pub health_check: Option<HealthCheckConfig>,
+    /// Passive health policy.
+    pub passive: PassiveHealth,
+    /// Extra attempts on another backend.
+    pub retries: usize,
+}
+
+/// An active health check with defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckConfig {
+    /// HTTP `GET path` expecting `expect_status`, or a TCP connect.
+    pub probe: Probe,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Timeout of one check (connect and response).
+    pub timeout: Duration,
+    /// Consecutive successes to come back.
+    pub healthy_threshold: usize,
+    /// Consecutive failures to go out.
+    pub unhealthy_threshold: usize,
+}
+
+/// What a health check sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// `GET path` with `Host: host`, healthy if the status is in `expect_status`.
+    Http {
+        /// Request path.
+        path: String,
+        /// Host header.
+        host: String,
+        /// Healthy statuses.
+        expect_status: Vec<u16>,
+    },
+    /// A TCP (and TLS, if the upstream uses TLS) connection.
+    Tcp,
+}
+
+/// nginx-style passive health: `max_fails` within `fail_timeout` take a
+/// backend out of rotation for `fail_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassiveHealth {
+    /// Failures that take a backend out; 0 disables passive health.
+    pub max_fails: u32,
+    /// Counting window and time out of rotation.
+    pub fail_timeout: Duration,
+    /// Whether 5xx responses count as failures.
+    pub fail_on_5xx: bool,
 }
 
 /// One server of a pool.
@@ -153,4 +206,20 @@ pub mod defaults {
     pub const PID_FILE: &str = "/tmp/tollgate.pid";
     /// Default upstream keep-alive pool size.
     pub const KEEPALIVE_POOL: usize = 128;
+    /// Default slow-request threshold.
+    pub const SLOW_REQUEST: Duration = Duration::from_secs(1);
+    /// Default passive `max_fails`.
+    pub const MAX_FAILS: u32 = 3;
+    /// Default passive `fail_timeout`.
+    pub const FAIL_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Default retries.
+    pub const RETRIES: usize = 1;
+    /// Default health-check interval.
+    pub const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+    /// Default health-check timeout.
+    pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+    /// Default consecutive successes to come back.
+    pub const HEALTHY_THRESHOLD: usize = 2;
+    /// Default consecutive failures to go out.
+    pub const UNHEALTHY_THRESHOLD: usize = 3;
 }

@@ -1,103 +1,62 @@
 //! Upstream pools: the backends a route sends to, how one is chosen
-//! (weighted least-connections) and how its in-flight count is kept.
+//! (weighted least-connections), and whether a backend may take traffic
+//! (active health checks and passive failure counting).
 //!
 //! Pingora's load-balancing crate has no least-connections selection, and
 //! its `LoadBalancer::select_with` allocates a `HashSet` and clones the
 //! `Backend` on every call. So selection is our own, over a fixed slice of
 //! slots that carry their in-flight counter, and *beside* Pingora's
-//! [`Backends`] view, which stays the source of readiness: health checks
-//! registered on it (Pingora's `health_check` module) take backends out of
-//! selection without this module changing.
+//! [`Backends`] view, which stays the source of active health: Pingora's
+//! health checks flip readiness there (see [`health`]).
 
-use crate::config::model::UpstreamConfig;
+pub mod backend;
+pub mod health;
+pub mod memory;
+
+pub use backend::{BackendLease, BackendState, FailureKind};
+pub use memory::UpstreamMemory;
+
+use crate::config::model::{PassiveHealth, UpstreamConfig};
 use crate::metrics::Metrics;
 use futures::FutureExt;
+use health::PoolHealth;
 use http::HeaderValue;
 use pingora::lb::discovery::Static;
 use pingora::lb::{Backend, Backends};
 use pingora::upstreams::peer::HttpPeer;
-use prometheus::IntGauge;
+use prometheus::{Histogram, IntCounter};
 use rand::Rng;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-
-/// How many requests one backend is serving now, mirrored in the
-/// `tollgate_upstream_in_flight` gauge.
-pub struct BackendLoad {
-    in_flight: AtomicI64,
-    gauge: IntGauge,
-    /// `ip:port`, for logs.
-    label: Box<str>,
-    addr: SocketAddr,
-}
 
 /// One backend of a pool with what selection needs to know about it.
 pub struct BackendSlot {
-    addr: SocketAddr,
     backend: Backend,
     weight: u64,
     peer: HttpPeer,
-    load: Arc<BackendLoad>,
+    state: Arc<BackendState>,
 }
 
 impl BackendSlot {
     /// The backend's address.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.state.addr()
     }
 
     /// Requests currently assigned to this backend.
     pub fn in_flight(&self) -> i64 {
-        self.load.in_flight.load(Ordering::Relaxed)
+        self.state.in_flight()
     }
 
-    /// Takes one in-flight slot on this backend until the lease is dropped.
+    /// The shared live state (in-flight count, passive health).
+    pub fn state(&self) -> &BackendState {
+        &self.state
+    }
+
+    /// Takes one in-flight slot on this backend until the lease is released.
     pub fn lease(&self) -> BackendLease {
-        self.load.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.load.gauge.inc();
-        BackendLease {
-            load: self.load.clone(),
-            held: true,
-        }
-    }
-}
-
-/// One request's claim on a backend. The slot is given back by
-/// [`BackendLease::release`] as soon as the backend has sent its whole
-/// response, or at the latest on drop — when the request ends however it
-/// ends, or when a retry moves to another backend — so no code path can
-/// leak a count.
-pub struct BackendLease {
-    load: Arc<BackendLoad>,
-    held: bool,
-}
-
-impl BackendLease {
-    /// The backend's address, for logs.
-    pub fn addr(&self) -> &str {
-        &self.load.label
-    }
-
-    /// The backend's socket address, so a retry can avoid it.
-    pub fn socket_addr(&self) -> SocketAddr {
-        self.load.addr
-    }
-
-    /// Gives the slot back now (the backend is done with this request);
-    /// the lease stays readable for logs. Idempotent.
-    pub fn release(&mut self) {
-        if std::mem::take(&mut self.held) {
-            self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
-            self.load.gauge.dec();
-        }
-    }
-}
-
-impl Drop for BackendLease {
-    fn drop(&mut self) {
-        self.release();
+        self.state.lease()
     }
 }
 
@@ -107,36 +66,41 @@ pub struct UpstreamPool {
     slots: Box<[BackendSlot]>,
     /// Pingora's view of the same backends: membership, enablement, health.
     view: Backends,
+    active_health: Option<Arc<PoolHealth>>,
     host_header: Option<HeaderValue>,
+    passive: PassiveHealth,
+    retries: usize,
+    retries_total: IntCounter,
+    duration: Histogram,
 }
 
 impl UpstreamPool {
-    /// Builds a pool from its validated config.
-    pub fn new(config: &UpstreamConfig, metrics: &Metrics) -> Result<Self, String> {
+    /// Builds a pool from its validated config, reusing the backend and
+    /// health state `memory` holds from earlier generations.
+    pub fn new(
+        config: &UpstreamConfig,
+        metrics: &Metrics,
+        memory: &UpstreamMemory,
+    ) -> Result<Self, String> {
         let mut slots = Vec::with_capacity(config.backends.len());
         let mut members = BTreeSet::new();
         for b in &config.backends {
             let backend = Backend::new_with_weight(&b.addr.to_string(), b.weight)
                 .map_err(|e| format!("upstream {}: backend {}: {e}", config.name, b.addr))?;
             members.insert(backend.clone());
-            let label = b.addr.to_string();
-            let gauge = metrics
-                .upstream_in_flight
-                .with_label_values(&[config.name.as_str(), label.as_str()]);
             slots.push(BackendSlot {
-                addr: b.addr,
                 backend,
                 weight: b.weight as u64,
                 peer: make_peer(b.addr, config),
-                load: Arc::new(BackendLoad {
-                    in_flight: AtomicI64::new(0),
-                    gauge,
-                    label: label.into_boxed_str(),
-                    addr: b.addr,
-                }),
+                state: memory.backend(&config.name, b.addr, metrics),
             });
         }
-        let view = Backends::new(Static::new(members));
+        let active_health = memory.health(config)?;
+        let discovery = Static::new(members);
+        let view = match &active_health {
+            Some(h) => Backends::new_with_health_registry(discovery, h.registry.clone()),
+            None => Backends::new(discovery),
+        };
         // Static discovery never waits, so the first update completes at once.
         match view.update(|_| {}).now_or_never() {
             Some(Ok(())) => {}
@@ -153,11 +117,17 @@ impl UpstreamPool {
                 ))
             }
         }
+        let name = config.name.as_str();
         Ok(Self {
-            name: config.name.clone().into_boxed_str(),
+            name: name.into(),
             slots: slots.into_boxed_slice(),
             view,
+            active_health,
             host_header: config.host_header.clone(),
+            passive: config.passive,
+            retries: config.retries,
+            retries_total: metrics.upstream_retries.with_label_values(&[name]),
+            duration: metrics.upstream_duration.with_label_values(&[name]),
         })
     }
 
@@ -176,10 +146,49 @@ impl UpstreamPool {
         &self.slots
     }
 
-    /// Whether a backend may receive traffic (Pingora's readiness: member,
-    /// enabled, and healthy by its health check if one is set).
-    pub fn is_ready(&self, slot: &BackendSlot) -> bool {
+    /// The pool's active health checks, if configured.
+    pub fn active_health(&self) -> Option<&Arc<PoolHealth>> {
+        self.active_health.as_ref()
+    }
+
+    /// Passive health policy.
+    pub fn passive(&self) -> &PassiveHealth {
+        &self.passive
+    }
+
+    /// How many extra attempts a request may make on other backends.
+    pub fn retries(&self) -> usize {
+        self.retries
+    }
+
+    /// `tollgate_upstream_retries_total{upstream}` of this pool.
+    pub fn retries_counter(&self) -> &IntCounter {
+        &self.retries_total
+    }
+
+    /// `tollgate_upstream_request_duration_seconds{upstream}` of this pool.
+    pub fn duration_histogram(&self) -> &Histogram {
+        &self.duration
+    }
+
+    /// Whether a backend passes its active check (Pingora readiness: member,
+    /// enabled, healthy).
+    pub fn actively_healthy(&self, slot: &BackendSlot) -> bool {
         self.view.ready(&slot.backend)
+    }
+
+    /// Whether a backend may receive traffic: actively healthy and not taken
+    /// out by passive health.
+    pub fn is_ready(&self, slot: &BackendSlot) -> bool {
+        self.actively_healthy(slot) && !slot.state.passively_down()
+    }
+
+    /// Whether a backend other than `except` may take traffic (a retry has
+    /// somewhere to go).
+    pub fn has_other_ready(&self, except: SocketAddr) -> bool {
+        self.slots
+            .iter()
+            .any(|s| s.addr() != except && self.is_ready(s))
     }
 
     /// Weighted least-connections: the ready backend with the fewest
@@ -192,7 +201,7 @@ impl UpstreamPool {
             let mut best: Option<&BackendSlot> = None;
             let mut tied_weight = 0u64;
             for slot in self.slots.iter() {
-                if skip == Some(slot.addr) || !self.is_ready(slot) {
+                if skip == Some(slot.addr()) || !self.is_ready(slot) {
                     continue;
                 }
                 let Some(current) = best else {
@@ -224,6 +233,25 @@ impl UpstreamPool {
     /// The peer to connect to for `slot`; the caller sets per-request timeouts.
     pub fn peer(&self, slot: &BackendSlot) -> Box<HttpPeer> {
         Box::new(slot.peer.clone())
+    }
+
+    /// Counts a failed request against `backend` for passive health and
+    /// metrics; logs when it takes the backend out of rotation.
+    pub fn record_failure(&self, backend: &BackendState, kind: FailureKind, metrics: &Metrics) {
+        metrics
+            .upstream_failures
+            .with_label_values(&[&*self.name, backend.label(), kind.as_str()])
+            .inc();
+        if backend.record_failure(&self.passive) {
+            log::warn!(
+                "upstream {} backend {}: {} failures within {:?}, out of rotation for {:?}",
+                self.name,
+                backend.label(),
+                self.passive.max_fails,
+                self.passive.fail_timeout,
+                self.passive.fail_timeout
+            );
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 use super::*;
-use crate::config::model::{BackendConfig, UpstreamConfig};
+use crate::config::model::{BackendConfig, PassiveHealth, UpstreamConfig};
+use std::time::Duration;
 
 fn pool(weights: &[usize]) -> UpstreamPool {
     let metrics = Metrics::new().expect("metrics");
@@ -15,8 +16,15 @@ fn pool(weights: &[usize]) -> UpstreamPool {
             .collect(),
         tls: None,
         host_header: None,
+        health_check: None,
+        passive: PassiveHealth {
+            max_fails: 2,
+            fail_timeout: Duration::from_secs(30),
+            fail_on_5xx: false,
+        },
+        retries: 1,
     };
-    UpstreamPool::new(&config, &metrics).expect("pool")
+    UpstreamPool::new(&config, &metrics, &UpstreamMemory::default()).expect("pool")
 }
 
 fn port(slot: &BackendSlot) -> u16 {
@@ -88,6 +96,21 @@ fn avoid_skips_a_backend_unless_it_is_the_only_one() {
     }
     let single = pool(&[1]);
     assert_eq!(port(single.select(Some(first)).expect("a backend")), 9000);
+}
+
+#[test]
+fn passively_failed_backends_are_not_selected() {
+    let metrics = Metrics::new().expect("metrics");
+    let p = pool(&[1, 1]);
+    let first = &p.slots()[0];
+    p.record_failure(first.state(), FailureKind::Connect, &metrics);
+    assert!(p.is_ready(first));
+    p.record_failure(first.state(), FailureKind::Closed, &metrics);
+    assert!(!p.is_ready(first));
+    assert!(!p.has_other_ready(p.slots()[1].addr()));
+    for _ in 0..50 {
+        assert_eq!(port(p.select(None).expect("a backend")), 9001);
+    }
 }
 
 #[test]

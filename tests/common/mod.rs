@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 pub use client::{get, request, Response};
 pub use upstream::{Action, Reply, TestUpstream};
 
+/// The admin token every test proxy runs with.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
 /// How long any condition may take before a test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -88,7 +91,7 @@ impl TollgateProcess {
             let config = dir.join("tollgate.yaml");
             let text = format!(
                 "listen: [{listener}]\n\
-                 admin: {{ listen: \"127.0.0.1:{admin_port}\" }}\n\
+                 admin: {{ listen: \"127.0.0.1:{admin_port}\", token_env: TOLLGATE_TEST_ADMIN_TOKEN }}\n\
                  server:\n  threads: 2\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\n  \
                  pid_file: {d}/tollgate.pid\n  upgrade_sock: {d}/upgrade.sock\n\
                  {body}",
@@ -103,6 +106,7 @@ impl TollgateProcess {
                 .args(["run", "-c"])
                 .arg(&config)
                 .env("RUST_LOG", "info")
+                .env("TOLLGATE_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
                 .stdin(Stdio::null())
                 .stdout(out)
                 .stderr(err)
@@ -180,6 +184,36 @@ impl TollgateProcess {
     /// The PID, for signals.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends a signal (`"HUP"`, `"TERM"`, …) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// Replaces the config file (for reload tests); `body` as in [`Self::start`].
+    pub fn rewrite_config(&self, body: &str) {
+        let text = fs::read_to_string(&self.config).expect("read config");
+        let header_end = text.find("upstreams:").expect("config has upstreams");
+        fs::write(&self.config, format!("{}{body}", &text[..header_end])).expect("write config");
+    }
+
+    /// Waits for the process to exit; its exit status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "tollgate did not exit");
+            std::thread::sleep(Duration::from_millis(20)); // poll interval
+        }
     }
 }
 

@@ -76,11 +76,16 @@ struct Shared {
     gate: watch::Sender<bool>,
 }
 
-/// A running test upstream; stops with the test process.
+/// A running test upstream; stops with the test process, or when the test
+/// calls [`TestUpstream::stop`] (and comes back with [`TestUpstream::restart`]).
 pub struct TestUpstream {
     /// Where it listens.
     pub addr: SocketAddr,
     shared: Arc<Shared>,
+    runtime: tokio::runtime::Handle,
+    accept: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Bumped on stop: open connections close.
+    generation: watch::Sender<u64>,
 }
 
 impl TestUpstream {
@@ -94,23 +99,67 @@ impl TestUpstream {
             recorded: Mutex::new(Vec::new()),
             gate,
         });
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
-        std_listener.set_nonblocking(true).expect("nonblocking");
-        let addr = std_listener.local_addr().expect("addr");
-        let s = shared.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
-            rt.block_on(async move {
-                let listener = TcpListener::from_std(std_listener).expect("listener");
-                while let Ok((stream, _)) = listener.accept().await {
-                    tokio::spawn(serve(stream, s.clone()));
-                }
-            });
+            tx.send(rt.handle().clone()).expect("send handle");
+            rt.block_on(std::future::pending::<()>());
         });
-        Self { addr, shared }
+        let runtime = rx.recv().expect("upstream runtime");
+        let (generation, _) = watch::channel(0u64);
+        let up = Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            shared,
+            runtime,
+            accept: Mutex::new(None),
+            generation,
+        };
+        let addr = up.listen(SocketAddr::from(([127, 0, 0, 1], 0)));
+        Self { addr, ..up }
+    }
+
+    fn listen(&self, addr: SocketAddr) -> SocketAddr {
+        let listener = self.runtime.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket.set_reuseaddr(true).expect("reuseaddr");
+            socket.bind(addr).expect("bind upstream");
+            socket.listen(128).expect("listen")
+        });
+        let bound = listener.local_addr().expect("addr");
+        let shared = self.shared.clone();
+        let generation = self.generation.subscribe();
+        let task = self.runtime.spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let mut stop = generation.clone();
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = serve(stream, shared) => {}
+                        _ = stop.changed() => {}
+                    }
+                });
+            }
+        });
+        *self.accept.lock().expect("lock") = Some(task);
+        bound
+    }
+
+    /// Closes the listener and every open connection: new connections are
+    /// refused, as with a crashed backend.
+    pub fn stop(&self) {
+        if let Some(task) = self.accept.lock().expect("lock").take() {
+            task.abort();
+            let _ = self.runtime.block_on(task);
+        }
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Listens again on the same address.
+    pub fn restart(&self) {
+        self.listen(self.addr);
     }
 
     /// An upstream that answers `200 body` to everything.

@@ -1,0 +1,91 @@
+//! What upstream pools remember across config reloads: each backend's
+//! in-flight count and passive-health window, and each pool's active-health
+//! registry. A reload builds new pools from this memory, so a backend that
+//! stays keeps its count and health; one that goes is forgotten once no
+//! request holds it.
+
+use super::backend::BackendState;
+use super::health::PoolHealth;
+use crate::config::model::UpstreamConfig;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+#[derive(Default)]
+struct PoolMemory {
+    backends: HashMap<SocketAddr, Arc<BackendState>>,
+    health: Option<Arc<PoolHealth>>,
+}
+
+/// Upstream state kept for the life of the process.
+#[derive(Default)]
+pub struct UpstreamMemory {
+    pools: Mutex<HashMap<String, PoolMemory>>,
+}
+
+impl UpstreamMemory {
+    /// The state of `addr` in pool `upstream`, created on first use.
+    pub fn backend(
+        &self,
+        upstream: &str,
+        addr: SocketAddr,
+        metrics: &Metrics,
+    ) -> Arc<BackendState> {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        let pool = pools.entry(upstream.to_owned()).or_default();
+        pool.backends
+            .entry(addr)
+            .or_insert_with(|| {
+                let gauge = metrics
+                    .upstream_in_flight
+                    .with_label_values(&[upstream, addr.to_string().as_str()]);
+                Arc::new(BackendState::new(addr, gauge))
+            })
+            .clone()
+    }
+
+    /// The active-health state of a pool: kept when its check is unchanged,
+    /// replaced (health starts over) when the check changed.
+    pub fn health(&self, config: &UpstreamConfig) -> Result<Option<Arc<PoolHealth>>, String> {
+        let Some(check) = &config.health_check else {
+            return Ok(None);
+        };
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        let pool = pools.entry(config.name.clone()).or_default();
+        if let Some(existing) = &pool.health {
+            if existing.config == *check {
+                return Ok(Some(existing.clone()));
+            }
+        }
+        let fresh = Arc::new(PoolHealth::new(&config.name, check, config.tls.as_ref())?);
+        pool.health = Some(fresh.clone());
+        Ok(Some(fresh))
+    }
+
+    /// Forgets pools and backends that `config` no longer has, and their
+    /// metric series. Requests still holding them keep them alive.
+    pub fn retain(&self, config: &Config, metrics: &Metrics) {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools.retain(|name, pool| {
+            let Some(upstream) = config.upstreams.iter().find(|u| &u.name == name) else {
+                for addr in pool.backends.keys() {
+                    metrics.forget_backend(name, *addr);
+                }
+                return false;
+            };
+            pool.backends.retain(|addr, _| {
+                let keep = upstream.backends.iter().any(|b| b.addr == *addr);
+                if !keep {
+                    metrics.forget_backend(name, *addr);
+                }
+                keep
+            });
+            if upstream.health_check.is_none() {
+                pool.health = None;
+            }
+            true
+        });
+    }
+}

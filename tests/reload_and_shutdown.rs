@@ -1,0 +1,136 @@
+//! Hot reload (SIGHUP and the admin API) and graceful shutdown.
+
+mod common;
+use common::*;
+use std::thread;
+
+fn routes(upstream: &TestUpstream, prefix: &str) -> String {
+    format!(
+        "upstreams:\n  api: {{ backends: [\"{}\"] }}\n\
+         routes:\n  - {{ name: r, upstream: api, match: {{ path_prefix: {prefix} }} }}\n",
+        upstream.addr
+    )
+}
+
+fn status(proxy: &TollgateProcess, path: &str) -> u16 {
+    get(proxy.addr, path).expect("request").status
+}
+
+fn reload_via_api(proxy: &TollgateProcess, token: &str) -> Response {
+    request(
+        proxy.admin,
+        "POST",
+        "/config/reload",
+        &[("Authorization", &format!("Bearer {token}"))],
+        b"",
+    )
+    .expect("POST /config/reload")
+}
+
+#[test]
+fn sighup_applies_a_new_route_table_and_refuses_a_broken_file() {
+    let up = TestUpstream::fixed("ok");
+    let proxy = TollgateProcess::start(&routes(&up, "/old/"));
+    assert_eq!(status(&proxy, "/old/x"), 200);
+    assert_eq!(status(&proxy, "/new/x"), 404);
+
+    proxy.rewrite_config(&routes(&up, "/new/"));
+    proxy.signal("HUP");
+    proxy.wait_metric(r#"tollgate_config_reloads_total{result="ok"}"#, 1.0);
+    assert_eq!(status(&proxy, "/new/x"), 200);
+    assert_eq!(status(&proxy, "/old/x"), 404);
+
+    proxy.rewrite_config(
+        "upstreams:\n  api: { backends: [] }\nroutes:\n  - { name: r, upstream: nope }\n",
+    );
+    proxy.signal("HUP");
+    proxy.wait_metric(r#"tollgate_config_reloads_total{result="error"}"#, 1.0);
+    assert_eq!(
+        status(&proxy, "/new/x"),
+        200,
+        "the old config must keep serving"
+    );
+    let log = proxy.log_text();
+    assert!(log.contains("config reload refused"), "{log}");
+    assert!(
+        log.contains("tollgate.yaml:12:16: routes[0].upstream: unknown upstream \"nope\""),
+        "{log}"
+    );
+    assert_eq!(
+        proxy.metric(r#"tollgate_config_reloads_total{result="ok"}"#),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn admin_reload_needs_the_token_and_reports_errors() {
+    let up = TestUpstream::fixed("ok");
+    let proxy = TollgateProcess::start(&routes(&up, "/old/"));
+    proxy.rewrite_config(&routes(&up, "/new/"));
+
+    let denied = reload_via_api(&proxy, "wrong");
+    assert_eq!(denied.status, 401);
+    assert_eq!(
+        status(&proxy, "/new/x"),
+        404,
+        "an unauthorised reload changed the config"
+    );
+
+    let ok = reload_via_api(&proxy, ADMIN_TOKEN);
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json()["loaded"]["routes"], 1);
+    assert_eq!(status(&proxy, "/new/x"), 200);
+
+    proxy.rewrite_config(&routes(&up, "/new/").replace("path_prefix: /new/", "path_prefx: /new/"));
+    let refused = reload_via_api(&proxy, ADMIN_TOKEN);
+    assert_eq!(refused.status, 422);
+    assert_eq!(refused.json()["error"], "reload_refused");
+    assert!(refused.json()["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("unknown field `path_prefx`")));
+    assert_eq!(status(&proxy, "/new/x"), 200);
+}
+
+#[test]
+fn in_flight_requests_finish_on_their_config_and_counts_survive_a_reload() {
+    let up = TestUpstream::start(|_| Action::ReplyWhenReleased(Reply::ok("done")));
+    let proxy = TollgateProcess::start(&routes(&up, "/old/"));
+    let addr = proxy.addr;
+    let parked = thread::spawn(move || get(addr, "/old/slow").expect("request"));
+    wait_until("the request is parked upstream", || up.held() == 1);
+
+    proxy.rewrite_config(&routes(&up, "/new/"));
+    assert_eq!(reload_via_api(&proxy, ADMIN_TOKEN).status, 200);
+    // The backend stayed: its in-flight count carried over to the new pool.
+    let in_flight =
+        || proxy.health()["components"]["upstreams"]["api"]["backends"][0]["in_flight"].as_i64();
+    assert_eq!(in_flight(), Some(1));
+
+    up.release();
+    let r = parked.join().expect("thread");
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "done"),
+        "the old route's request finished"
+    );
+    wait_until("the count returns to zero", || in_flight() == Some(0));
+    assert_eq!(status(&proxy, "/old/x"), 404);
+}
+
+#[test]
+fn sigterm_lets_in_flight_requests_complete() {
+    let up = TestUpstream::start(|_| Action::ReplyWhenReleased(Reply::ok("finished")));
+    let mut proxy = TollgateProcess::start(&routes(&up, "/"));
+    let addr = proxy.addr;
+    let parked = thread::spawn(move || get(addr, "/slow").expect("request"));
+    wait_until("the request is parked upstream", || up.held() == 1);
+
+    proxy.signal("TERM");
+    wait_until("shutdown has started", || {
+        proxy.log_text().contains("SIGTERM received")
+    });
+    up.release();
+    let r = parked.join().expect("thread");
+    assert_eq!((r.status, r.text().as_str()), (200, "finished"));
+    assert!(proxy.wait_exit().success());
+}
