@@ -134,3 +134,50 @@ fn sigterm_lets_in_flight_requests_complete() {
     assert_eq!((r.status, r.text().as_str()), (200, "finished"));
     assert!(proxy.wait_exit().success());
 }
+
+#[test]
+fn graceful_upgrade_hands_the_sockets_over_without_failing_a_request() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let up = TestUpstream::fixed("ok");
+    let mut old = TollgateProcess::start(&routes(&up, "/"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (served, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (stop, served, failed, addr) = (stop.clone(), served.clone(), failed.clone(), old.addr);
+        thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                match get(addr, "/x") {
+                    Ok(r) if r.status == 200 => served.fetch_add(1, Ordering::SeqCst),
+                    _ => failed.fetch_add(1, Ordering::SeqCst),
+                };
+            }
+        })
+    };
+    wait_until("traffic flows", || served.load(Ordering::SeqCst) > 10);
+
+    let mut new = old.spawn_upgrade();
+    wait_until("the new process waits on the upgrade socket", || {
+        old.upgrade_socket().exists()
+    });
+    old.signal("QUIT");
+    wait_until("the new process is ready", || {
+        new.log_text().contains("tollgate is ready")
+    });
+    assert!(old.wait_exit().success(), "old process: {}", old.log_text());
+    let served_by_old = served.load(Ordering::SeqCst);
+    wait_until("the new process serves traffic", || {
+        served.load(Ordering::SeqCst) > served_by_old + 10
+    });
+    stop.store(true, Ordering::SeqCst);
+    load.join().expect("load thread");
+
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "requests failed during the upgrade"
+    );
+    assert!(!new.has_exited(), "new process: {}", new.log_text());
+    assert_eq!(get(new.admin, "/ready").expect("ready").status, 200);
+}

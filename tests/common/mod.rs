@@ -100,18 +100,7 @@ impl TollgateProcess {
             );
             fs::write(&config, text).expect("write config");
             let log = dir.join("tollgate.log");
-            let out = fs::File::create(&log).expect("log file");
-            let err = out.try_clone().expect("log file");
-            let child = Command::new(binary())
-                .args(["run", "-c"])
-                .arg(&config)
-                .env("RUST_LOG", "info")
-                .env("TOLLGATE_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .spawn()
-                .expect("spawn tollgate");
+            let child = spawn_run(&config, &log, &[]);
             let mut proc = TollgateProcess {
                 child,
                 addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -128,6 +117,31 @@ impl TollgateProcess {
             }
         }
         panic!("tollgate did not become ready; its log:\n{last_log}");
+    }
+
+    /// Starts a second process with `--upgrade` on the same config: it
+    /// waits on `server.upgrade_sock` for this one's listening sockets,
+    /// which this one hands over on SIGQUIT. Not waited on: the caller
+    /// sends SIGQUIT and watches [`Self::upgrade_socket`] and the log.
+    pub fn spawn_upgrade(&self) -> TollgateProcess {
+        let log = self.log.with_file_name("tollgate-upgraded.log");
+        TollgateProcess {
+            child: spawn_run(&self.config, &log, &["--upgrade"]),
+            addr: self.addr,
+            admin: self.admin,
+            log,
+            config: self.config.clone(),
+        }
+    }
+
+    /// The upgrade socket path of the test config.
+    pub fn upgrade_socket(&self) -> PathBuf {
+        self.config.with_file_name("upgrade.sock")
+    }
+
+    /// Whether the process has exited.
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     /// Polls `/ready` until 200; false if the process exited first.
@@ -222,6 +236,23 @@ impl Drop for TollgateProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Spawns `tollgate run -c config [extra]` logging to `log`.
+fn spawn_run(config: &std::path::Path, log: &std::path::Path, extra: &[&str]) -> Child {
+    let out = fs::File::create(log).expect("log file");
+    let err = out.try_clone().expect("log file");
+    Command::new(binary())
+        .args(["run", "-c"])
+        .arg(config)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .env("TOLLGATE_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("spawn tollgate")
 }
 
 /// Runs `tollgate <args>` to completion: (exit success, stdout, stderr).
