@@ -190,3 +190,95 @@ fn a_post_is_not_retried_after_the_upstream_received_it_but_a_get_is() {
             >= 1.0
     );
 }
+
+#[test]
+fn a_tcp_check_takes_a_stopped_backend_out() {
+    let (a, b) = (TestUpstream::fixed("a"), TestUpstream::fixed("b"));
+    let proxy = TollgateProcess::start(&config(
+        &[&a, &b],
+        "    health_check: { type: tcp, interval: 100ms, timeout: 500ms, healthy_threshold: 1, unhealthy_threshold: 1 }\n    max_fails: 0\n",
+    ));
+    a.stop();
+    wait_until("A is marked down by the tcp check", || {
+        !healthy(&proxy, a.addr)
+    });
+    assert_eq!(backend_json(&proxy, a.addr)["active_check"], "failing");
+    assert!(healthy(&proxy, b.addr));
+    a.restart();
+    wait_until("A passes again", || healthy(&proxy, a.addr));
+}
+
+#[test]
+fn a_reload_keeps_the_health_of_backends_that_stay() {
+    let (a, b) = (TestUpstream::fixed("a"), TestUpstream::fixed("b"));
+    let body = config(&[&a, &b], &format!("{ACTIVE_CHECK}    max_fails: 0\n"));
+    let proxy = TollgateProcess::start(&body);
+    a.stop();
+    wait_until("A is marked down", || !healthy(&proxy, a.addr));
+
+    // Same upstreams and check, one more route: A must stay down, not
+    // start over as healthy.
+    proxy.rewrite_config(&format!(
+        "{body}  - {{ name: extra, upstream: api, match: {{ path_prefix: /extra/ }} }}\n"
+    ));
+    let r = request(
+        proxy.admin,
+        "POST",
+        "/config/reload",
+        &[("Authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+        b"",
+    )
+    .expect("reload");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(proxy.health()["components"]["config"]["routes"], 2);
+    assert!(
+        !healthy(&proxy, a.addr),
+        "health state was reset by the reload"
+    );
+    for _ in 0..10 {
+        assert_eq!(get(proxy.addr, "/extra/x").expect("request").text(), "b");
+    }
+}
+
+#[test]
+fn slow_requests_are_logged_with_their_timings() {
+    let up = TestUpstream::start(|_| Action::ReplyWhenReleased(Reply::ok("slow")));
+    let proxy = TollgateProcess::start(&format!(
+        "logging: {{ slow_request_threshold: 50ms }}\n{}",
+        config(&[&up], "")
+    ));
+    let addr = proxy.addr;
+    let started = std::time::Instant::now();
+    let client = std::thread::spawn(move || get(addr, "/reports/42").expect("request"));
+    wait_until("the request is parked upstream", || up.held() == 1);
+    wait_until("the threshold has passed", || {
+        started.elapsed() > std::time::Duration::from_millis(80)
+    });
+    up.release();
+    assert_eq!(client.join().expect("client").status, 200);
+    wait_until("the slow-request line is written", || {
+        proxy
+            .log_text()
+            .contains("slow request: GET /reports/42 status=200")
+    });
+    let log = proxy.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("slow request: GET /reports/42"))
+        .expect("line");
+    for field in [
+        "route=api",
+        "upstream=api",
+        "attempts=1",
+        "connect_ms=",
+        "ttfb_ms=",
+        "total_ms=",
+    ] {
+        assert!(line.contains(field), "{field} missing in: {line}");
+    }
+    assert!(!line.contains("ttfb_ms=-"), "{line}");
+    proxy.wait_metric(
+        r#"tollgate_upstream_request_duration_seconds_count{upstream="api"}"#,
+        1.0,
+    );
+}
