@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# Side-by-side load benchmark: tollgate vs nginx vs a bare Pingora proxy, in
+# one run, on this machine. See benches/load/README.md.
+#
+#   benches/load/run.sh [DURATION_SECONDS] [ROUNDS]
+#
+# Proxies and the origin are pinned to CPU 0, wrk to CPU 1. Rounds
+# alternate between the proxies so drift on a shared machine hits all of
+# them alike. Prints requests/s and p50/p99 per scenario and the ratios,
+# and writes target/bench/load-results.json.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DURATION="${1:-10}"
+ROUNDS="${2:-3}"
+CONNS=64
+PROXY_CPU=0
+LOAD_CPU=1
+OUT=target/bench
+mkdir -p "$OUT"
+WORK="$(mktemp -d /tmp/tollgate-bench.XXXXXX)"
+chmod 755 "$WORK" # nginx workers run unprivileged and must read the document
+
+scripts/install-deps build-essential cmake pkg-config libssl-dev nginx wrk
+cargo build --release --locked --bin tollgate --example bare_proxy >&2
+
+ORIGIN=127.0.0.1:18081
+NGINX=127.0.0.1:18082
+BARE=127.0.0.1:18083
+TOLLGATE=127.0.0.1:18080
+TOLLGATE_ADMIN=127.0.0.1:18090
+
+# A 1 KB JSON document.
+python3 - "$WORK/doc.json" <<'PY'
+import json, sys
+items = [{"id": i, "name": f"item-{i:03d}", "price_cents": 1000 + i} for i in range(24)]
+doc = json.dumps({"items": items}, separators=(",", ":"))
+doc = doc + " " * max(0, 1024 - len(doc))
+open(sys.argv[1], "w").write(doc[:1024] if len(doc) > 1024 else doc)
+PY
+
+cat > "$WORK/origin.conf" <<NGX
+worker_processes 1;
+pid $WORK/origin.pid;
+error_log $WORK/origin-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen $ORIGIN reuseport;
+    default_type application/json;
+    location = /cached   { add_header Cache-Control "public, max-age=300"; etag on; alias $WORK/doc.json; }
+    location = /uncached { add_header Cache-Control "no-store"; alias $WORK/doc.json; }
+  }
+}
+NGX
+
+cat > "$WORK/nginx-proxy.conf" <<NGX
+worker_processes 1;
+pid $WORK/nginx-proxy.pid;
+error_log $WORK/nginx-proxy-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  proxy_cache_path $WORK/nginx-cache levels=1:2 keys_zone=api:10m max_size=100m inactive=10m use_temp_path=off;
+  upstream origin { server $ORIGIN; keepalive 128; }
+  server {
+    listen $NGINX reuseport;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_cache api;
+      proxy_cache_valid 200 5m;
+    }
+  }
+}
+NGX
+
+cat > "$WORK/tollgate.yaml" <<YAML
+listen: ["$TOLLGATE"]
+admin: { listen: "$TOLLGATE_ADMIN" }
+server:
+  threads: 1
+  work_stealing: false
+  grace_period: 0s
+  graceful_shutdown_timeout: 1s
+  pid_file: $WORK/tollgate.pid
+  upgrade_sock: $WORK/tollgate-upgrade.sock
+logging: { level: warn, access_log: false, slow_request_threshold: 10s }
+upstreams:
+  origin:
+    backends: ["$ORIGIN"]
+routes:
+  - name: api
+    match: { path_prefix: / }
+    upstream: origin
+YAML
+
+pids=()
+cleanup() {
+  nginx -c "$WORK/nginx-proxy.conf" -s stop 2>/dev/null || true
+  nginx -c "$WORK/origin.conf" -s stop 2>/dev/null || true
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+taskset -c $PROXY_CPU nginx -c "$WORK/origin.conf"
+taskset -c $PROXY_CPU nginx -c "$WORK/nginx-proxy.conf"
+taskset -c $PROXY_CPU target/release/tollgate run -c "$WORK/tollgate.yaml" > "$WORK/tollgate.log" 2>&1 &
+pids+=($!)
+taskset -c $PROXY_CPU target/release/examples/bare_proxy "$BARE" "$ORIGIN" > "$WORK/bare.log" 2>&1 &
+pids+=($!)
+
+for addr in $ORIGIN $NGINX $TOLLGATE $BARE; do
+  for _ in $(seq 1 200); do
+    curl -fsS -o /dev/null "http://$addr/uncached" 2>/dev/null && break
+    sleep 0.05 # poll until the server answers
+  done
+  curl -fsS -o /dev/null "http://$addr/uncached" || { echo "$addr does not answer" >&2; exit 1; }
+done
+
+# wrk prints latency with units; normalise to milliseconds.
+to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
+
+measure() { # name addr path -> "rps p50 p99"
+  local out
+  out=$(taskset -c $LOAD_CPU wrk -t1 -c$CONNS -d"${DURATION}s" --latency "http://$2$3")
+  local rps p50 p99
+  rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
+  p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' <<<"$out")")
+  p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")
+  if grep -q "Non-2xx" <<<"$out"; then echo "warning: $1 $3 had non-2xx responses" >&2; fi
+  echo "$rps $p50 $p99"
+}
+
+declare -A results
+scenarios=("passthrough:/uncached" "cached:/cached")
+targets=("nginx:$NGINX" "tollgate:$TOLLGATE" "bare-pingora:$BARE")
+for round in $(seq 1 "$ROUNDS"); do
+  for s in "${scenarios[@]}"; do
+    scen=${s%%:*}; path=${s#*:}
+    for t in "${targets[@]}"; do
+      name=${t%%:*}; addr=${t#*:}
+      r=$(measure "$name" "$addr" "$path")
+      results["$scen/$name"]+="$r;"
+      echo "round $round $scen $name: $r" >&2
+    done
+  done
+done
+
+python3 - "$OUT/load-results.json" "$DURATION" "$ROUNDS" "$CONNS" <<PY
+import json, statistics, sys, platform, os
+raw = {$(for k in "${!results[@]}"; do printf '"%s": "%s",' "$k" "${results[$k]}"; done)}
+out, duration, rounds, conns = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+res = {}
+for key, runs in raw.items():
+    vals = [tuple(map(float, r.split())) for r in runs.strip(";").split(";") if r]
+    res[key] = {
+        "rps": statistics.median(v[0] for v in vals),
+        "p50_ms": statistics.median(v[1] for v in vals),
+        "p99_ms": statistics.median(v[2] for v in vals),
+        "rounds": [dict(zip(("rps", "p50_ms", "p99_ms"), v)) for v in vals],
+    }
+print(f"\nmedian of {rounds} rounds, {duration}s each, wrk -t1 -c{conns}; proxies+origin on CPU 0, wrk on CPU 1")
+print(f"{'scenario':<12} {'proxy':<13} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs nginx':>9}")
+for scen in ("passthrough", "cached"):
+    base = res.get(f"{scen}/nginx", {}).get("rps")
+    for name in ("nginx", "tollgate", "bare-pingora"):
+        r = res.get(f"{scen}/{name}")
+        if not r: continue
+        ratio = f"{r['rps']/base:.2f}x" if base else "-"
+        print(f"{scen:<12} {name:<13} {r['rps']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {ratio:>9}")
+print("\nnote: tollgate has no response cache yet; its 'cached' row is pass-through of a cacheable response.")
+json.dump({"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+           "duration_s": int(duration), "rounds": int(rounds), "connections": int(conns),
+           "results": res}, open(out, "w"), indent=2)
+print(f"written: {out}")
+PY
