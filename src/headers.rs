@@ -48,6 +48,18 @@ pub fn request_id(client: Option<&HeaderValue>) -> HeaderValue {
     HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
+/// A duration shown as milliseconds with three decimals (`12.005`), for
+/// `X-Response-Time` and log lines. Integer arithmetic: float formatting
+/// showed up in the profile.
+pub struct Millis(pub Duration);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let micros = self.0.as_micros();
+        write!(f, "{}.{:03}", micros / 1000, micros % 1000)
+    }
+}
+
 /// Appends `entry` to a list-valued header, keeping what was there.
 fn append_to_list(headers: &http::HeaderMap, name: &str, entry: &str) -> Option<HeaderValue> {
     match headers.get(name).map(HeaderValue::as_bytes) {
@@ -104,10 +116,8 @@ pub fn decorate(
     if let Some(id) = request_id {
         resp.insert_header(X_REQUEST_ID, id.clone())?;
     }
-    // Integer formatting: float formatting showed up in the profile.
-    let micros = elapsed.as_micros();
     let mut buf = String::with_capacity(16);
-    let _ = write!(buf, "{}.{:03}ms", micros / 1000, micros % 1000);
+    let _ = write!(buf, "{}ms", Millis(elapsed));
     resp.insert_header(X_RESPONSE_TIME, buf)?;
     if via {
         if let Some(v) = append_to_list(&resp.headers, VIA, VIA_ENTRY) {

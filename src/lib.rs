@@ -15,6 +15,7 @@ pub mod headers;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
+pub mod request_log;
 pub mod router;
 pub mod server;
 pub mod state;

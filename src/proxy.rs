@@ -4,7 +4,6 @@
 use crate::ctx::{RequestCtx, UpstreamTiming};
 use crate::errors::{self, ErrorResponse, FailureContext};
 use crate::headers;
-use crate::metrics::{method_index, NO_ROUTE};
 use crate::state::AppState;
 use crate::upstream::FailureKind;
 use async_trait::async_trait;
@@ -345,75 +344,13 @@ impl ProxyHttp for Proxy {
         }
     }
 
-    /// Metrics and the access log; the backend lease and in-flight guard are
-    /// released when `ctx` drops right after this.
+    /// Metrics, the access log and the slow-request log; the backend lease
+    /// and in-flight guard are released when `ctx` drops right after this.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         if ctx.timing.first_byte_at.is_some() {
             self.observe_upstream_duration(ctx);
         }
-        let status = session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .or(ctx.error_status)
-            .filter(|s| *s != 0)
-            .unwrap_or(499); // client closed the connection before a response (nginx's 499)
-        let elapsed = ctx.started.elapsed();
-        let req = session.req_header();
-        let method = method_index(&req.method);
-        let route = ctx.route();
-        let route_name = route.map_or(NO_ROUTE, |r| &r.name);
-        let status_code =
-            http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-        let status_label = status_code.as_str();
-        let metrics = &self.state.metrics;
-        metrics.observe_request(route_name, method, status_label);
-        match route {
-            Some(r) => r.metrics.duration[method].observe(elapsed.as_secs_f64()),
-            None => metrics
-                .request_duration
-                .with_label_values(&[NO_ROUTE, crate::metrics::METHOD_LABELS[method]])
-                .observe(elapsed.as_secs_f64()),
-        }
-        let logging = &ctx.gateway.config.logging;
-        if elapsed >= logging.slow_request_threshold {
-            let since_chosen = |at: Option<Instant>| match (ctx.timing.chosen_at, at) {
-                (Some(from), Some(to)) => {
-                    format!("{:.3}", to.duration_since(from).as_secs_f64() * 1000.0)
-                }
-                _ => "-".to_owned(),
-            };
-            log::warn!(
-                target: "tollgate::slow",
-                "slow request: {} {} status={} route={} upstream={} backend={} attempts={} connect_ms={} ttfb_ms={} total_ms={:.3} request_id={}",
-                req.method,
-                req.uri.path(),
-                status,
-                route_name,
-                route.map_or("-", |r| r.upstream.name()),
-                ctx.backend.as_ref().map_or("-", |b| b.addr()),
-                ctx.attempts,
-                since_chosen(ctx.timing.connected_at),
-                since_chosen(ctx.timing.first_byte_at),
-                elapsed.as_secs_f64() * 1000.0,
-                ctx.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
-            );
-        }
-        if logging.access_log {
-            log::info!(
-                target: "tollgate::access",
-                "{} {} status={} route={} upstream={} backend={} duration_ms={:.3} request_id={}{}{}",
-                req.method,
-                req.uri.path(),
-                status,
-                route_name,
-                route.map_or("-", |r| r.upstream.name()),
-                ctx.backend.as_ref().map_or("-", |b| b.addr()),
-                elapsed.as_secs_f64() * 1000.0,
-                ctx.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
-                if e.is_some() { " error=" } else { "" },
-                e.map(|e| e.etype().as_str()).unwrap_or(""),
-            );
-        }
+        crate::request_log::finish(&self.state.metrics, session, e, ctx);
     }
 
     /// Client disconnects are counted as 499, not logged as errors.
