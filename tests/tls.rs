@@ -78,3 +78,56 @@ fn missing_certificate_is_a_config_error() {
         "{err}"
     );
 }
+
+#[test]
+fn upstreams_can_be_reached_over_tls_with_sni() {
+    // The TLS upstream is a second tollgate with a TLS listener in front of
+    // a plain test upstream.
+    let origin = TestUpstream::fixed("through two proxies");
+    let (cert, key) = self_signed_cert(&scratch_dir("tls-upstream"));
+    let tls_front = TollgateProcess::start_with_listener(
+        |port| format!("{{ address: \"127.0.0.1:{port}\", tls: {{ cert: \"{cert}\", key: \"{key}\" }} }}"),
+        &format!(
+            "upstreams:\n  api: {{ backends: [\"{}\"] }}\nroutes:\n  - {{ name: api, upstream: api }}\n",
+            origin.addr
+        ),
+    );
+    let edge = TollgateProcess::start(&format!(
+        "upstreams:\n  secure:\n    backends: [\"{}\"]\n    tls: {{ sni: localhost, verify: false }}\n\
+         routes:\n  - {{ name: api, upstream: secure }}\n",
+        tls_front.addr
+    ));
+    let r = get(edge.addr, "/x").expect("request");
+    assert_eq!((r.status, r.text().as_str()), (200, "through two proxies"));
+    // The inner proxy saw a TLS client: it told the origin so.
+    assert_eq!(
+        origin.recorded()[0].header("x-forwarded-proto"),
+        Some("https")
+    );
+    assert_eq!(
+        origin.recorded()[0].header("via"),
+        Some("1.1 tollgate, 1.1 tollgate")
+    );
+}
+
+#[test]
+fn an_unverifiable_upstream_certificate_is_a_502() {
+    let origin = TestUpstream::fixed("never");
+    let (cert, key) = self_signed_cert(&scratch_dir("tls-verify"));
+    let tls_front = TollgateProcess::start_with_listener(
+        |port| format!("{{ address: \"127.0.0.1:{port}\", tls: {{ cert: \"{cert}\", key: \"{key}\" }} }}"),
+        &format!(
+            "upstreams:\n  api: {{ backends: [\"{}\"] }}\nroutes:\n  - {{ name: api, upstream: api }}\n",
+            origin.addr
+        ),
+    );
+    let edge = TollgateProcess::start(&format!(
+        "upstreams:\n  secure:\n    backends: [\"{}\"]\n    tls: {{ sni: localhost }}\n\
+         routes:\n  - {{ name: api, upstream: secure }}\n",
+        tls_front.addr
+    ));
+    let r = get(edge.addr, "/x").expect("request");
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.json()["error"], "bad_gateway");
+    assert_eq!(origin.count(), 0);
+}
