@@ -82,6 +82,9 @@ impl AdminApp {
     }
 }
 
+/// Largest admin request body read.
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+
 fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
     let builder = Response::builder()
         .status(status)
@@ -98,9 +101,22 @@ fn respond_json(status: StatusCode, value: &serde_json::Value) -> Response<Vec<u
 }
 
 impl AdminApp {
-    /// Brings `tollgate_upstream_healthy` up to date; computed at scrape
-    /// time so it can never disagree with what selection sees.
-    fn refresh_health_gauges(&self) {
+    /// Brings scrape-time gauges up to date: backend health (so it can never
+    /// disagree with what selection sees) and the cache's size and evictions.
+    fn refresh_gauges(&self) {
+        let metrics = &self.state.metrics;
+        let cache = &self.state.cache;
+        metrics
+            .cache_size
+            .set(i64::try_from(cache.store.size_bytes()).unwrap_or(i64::MAX));
+        metrics
+            .cache_entries
+            .set(i64::try_from(cache.store.entries()).unwrap_or(i64::MAX));
+        let evicted = cache.evicted_items() as u64;
+        let counted = metrics.cache_evictions.get();
+        if evicted > counted {
+            metrics.cache_evictions.inc_by(evicted - counted);
+        }
         let gateway = self.state.gateway();
         for pool in gateway.pools.iter() {
             for slot in pool.slots() {
@@ -114,15 +130,14 @@ impl AdminApp {
         }
     }
 
-    /// `POST /config/reload`, allowed only with `Authorization: Bearer <admin token>`.
-    async fn reload(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        // Drain any body so the connection stays usable.
-        while let Ok(Some(_)) = session.read_request_body().await {}
+    /// Checks `Authorization: Bearer <admin token>` for state-changing
+    /// endpoints; `Some(refusal)` to send when it fails.
+    fn refusal(&self, session: &ServerSession) -> Option<Response<Vec<u8>>> {
         let Some(token) = self.state.gateway().config.admin_token.clone() else {
-            return respond_json(
+            return Some(respond_json(
                 StatusCode::FORBIDDEN,
-                &json!({"error": "forbidden", "message": "Set admin.token_env to enable POST /config/reload (or send SIGHUP)"}),
-            );
+                &json!({"error": "forbidden", "message": "Set admin.token_env to enable the admin POST endpoints (SIGHUP still reloads)"}),
+            ));
         };
         let presented = session
             .req_header()
@@ -131,12 +146,16 @@ impl AdminApp {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
-            return respond_json(
+        (!constant_time_eq(presented.as_bytes(), token.as_bytes())).then(|| {
+            respond_json(
                 StatusCode::UNAUTHORIZED,
                 &json!({"error": "unauthorized", "message": "Send Authorization: Bearer <admin token>"}),
-            );
-        }
+            )
+        })
+    }
+
+    /// `POST /config/reload`.
+    async fn reload(&self) -> Response<Vec<u8>> {
         let state = self.state.clone();
         match tokio::task::spawn_blocking(move || crate::reload::reload(&state)).await {
             Ok(Ok(report)) => {
@@ -152,6 +171,84 @@ impl AdminApp {
             ),
         }
     }
+
+    /// `POST /cache/purge` with one of `{"url": "http://host/path?q"}`,
+    /// `{"prefix": "/path/", "host": "optional"}` or `{"route": "name"}`.
+    fn purge(&self, body: &[u8]) -> Response<Vec<u8>> {
+        let bad = |message: &str| {
+            respond_json(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "bad_request", "message": message}),
+            )
+        };
+        let Ok(request) = serde_json::from_slice::<PurgeRequest>(body) else {
+            return bad(
+                "Send JSON: {\"url\": ...}, {\"prefix\": ..., \"host\": ...} or {\"route\": ...}",
+            );
+        };
+        let store = self.state.cache.store;
+        let removed = match request {
+            PurgeRequest {
+                url: Some(url),
+                prefix: None,
+                route: None,
+                ..
+            } => {
+                let Some(uri) = crate::cache::key::uri_of_url(&url) else {
+                    return bad("url must be absolute: http://host/path");
+                };
+                store.purge_uri(&uri)
+            }
+            PurgeRequest {
+                prefix: Some(prefix),
+                url: None,
+                route: None,
+                host,
+            } => {
+                if !prefix.starts_with('/') {
+                    return bad("prefix must start with /");
+                }
+                match host {
+                    Some(host) => {
+                        store.purge_prefix(&format!("{}{prefix}", host.to_ascii_lowercase()))
+                    }
+                    None => store.purge_path_prefix(&prefix),
+                }
+            }
+            PurgeRequest {
+                route: Some(name),
+                url: None,
+                prefix: None,
+                ..
+            } => {
+                let gateway = self.state.gateway();
+                let Some(route) = gateway.config.routes.iter().find(|r| r.name == name) else {
+                    return respond_json(
+                        StatusCode::NOT_FOUND,
+                        &json!({"error": "not_found", "message": format!("no route named {name:?}")}),
+                    );
+                };
+                store.purge_route(route.host.as_ref(), &route.path_prefix)
+            }
+            _ => return bad("Send exactly one of url, prefix or route"),
+        };
+        self.state
+            .metrics
+            .cache_purges
+            .with_label_values(&["admin"])
+            .inc_by(removed as u64);
+        respond_json(StatusCode::OK, &json!({"purged": removed}))
+    }
+}
+
+/// The body of `POST /cache/purge`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    url: Option<String>,
+    prefix: Option<String>,
+    host: Option<String>,
+    route: Option<String>,
 }
 
 /// Compares secrets without leaking where they differ through timing.
@@ -162,19 +259,37 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let req = session.req_header();
-        if req.method == Method::POST && req.uri.path() == "/config/reload" {
-            return self.reload(session).await;
+        if session.req_header().method == Method::POST {
+            let path = session.req_header().uri.path().to_owned();
+            let mut body = Vec::new();
+            while let Ok(Some(chunk)) = session.read_request_body().await {
+                if body.len() + chunk.len() > MAX_ADMIN_BODY {
+                    return respond_json(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &json!({"error": "too_large", "message": "Admin request bodies are limited to 64 KiB"}),
+                    );
+                }
+                body.extend_from_slice(&chunk);
+            }
+            if let Some(refusal) = self.refusal(session) {
+                return refusal;
+            }
+            match path.as_str() {
+                "/config/reload" => return self.reload().await,
+                "/cache/purge" => return self.purge(&body),
+                _ => {}
+            }
         }
+        let req = session.req_header();
         if req.method != Method::GET && req.method != Method::HEAD {
             return respond_json(
                 StatusCode::METHOD_NOT_ALLOWED,
-                &json!({"error": "method_not_allowed", "message": "The admin endpoints answer GET, and POST /config/reload"}),
+                &json!({"error": "method_not_allowed", "message": "The admin endpoints answer GET, and POST /config/reload and /cache/purge"}),
             );
         }
         match req.uri.path() {
             "/metrics" => {
-                self.refresh_health_gauges();
+                self.refresh_gauges();
                 respond(
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",
@@ -188,7 +303,7 @@ impl ServeHttp for AdminApp {
             "/ready" => respond_json(StatusCode::SERVICE_UNAVAILABLE, &json!({"ready": false})),
             _ => respond_json(
                 StatusCode::NOT_FOUND,
-                &json!({"error": "not_found", "message": "Admin endpoints: GET /metrics, /health, /ready; POST /config/reload"}),
+                &json!({"error": "not_found", "message": "Admin endpoints: GET /metrics, /health, /ready; POST /config/reload, /cache/purge"}),
             ),
         }
     }

@@ -1,5 +1,6 @@
 //! The per-request context every `ProxyHttp` phase reads and fills.
 
+use crate::cache::policy::RequestDirectives;
 use crate::gateway::{Gateway, Route};
 use crate::metrics::InFlightGuard;
 use crate::router::RouteId;
@@ -31,6 +32,8 @@ pub struct RequestCtx {
     pub attempts: usize,
     /// Timings of the current upstream attempt.
     pub timing: UpstreamTiming,
+    /// What the request's `Cache-Control` asks of the cache.
+    pub cache_directives: RequestDirectives,
     _in_flight: InFlightGuard,
 }
 
@@ -70,6 +73,7 @@ impl RequestCtx {
             error_status: None,
             attempts: 0,
             timing: UpstreamTiming::default(),
+            cache_directives: RequestDirectives::default(),
             _in_flight: InFlightGuard::new(in_flight),
         }
     }

@@ -89,6 +89,15 @@ impl ErrorResponse {
         }
     }
 
+    /// 504: the client asked for `only-if-cached` and the cache has nothing.
+    pub fn not_cached() -> Self {
+        Self {
+            status: 504,
+            code: "not_cached",
+            message: Cow::Borrowed("The response is not in the cache (only-if-cached)"),
+        }
+    }
+
     /// 500: a fault in tollgate itself.
     pub fn internal() -> Self {
         Self {

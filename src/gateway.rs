@@ -4,7 +4,7 @@
 //! Requests take an `Arc` of the current generation when they start and keep
 //! it to the end, so a later reload never changes a request mid-flight.
 
-use crate::config::model::RouteTimeouts;
+use crate::config::model::{RouteCache, RouteTimeouts};
 use crate::config::Config;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::router::{RouteId, RouteMatch, Router};
@@ -22,6 +22,8 @@ pub struct Route {
     pub timeouts: RouteTimeouts,
     /// Pre-resolved metric children.
     pub metrics: RouteMetrics,
+    /// Response caching, when enabled.
+    pub cache: Option<RouteCache>,
 }
 
 /// A compiled config generation.
@@ -68,6 +70,7 @@ impl Gateway {
                 upstream: pools[r.upstream].clone(),
                 timeouts: r.timeouts,
                 metrics: metrics.route(&r.name),
+                cache: r.cache.clone(),
             })
             .collect();
         Ok(Self {

@@ -7,8 +7,8 @@
 
 use http::Method;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets for API requests, in seconds: 1 ms to 60 s.
@@ -64,6 +64,16 @@ pub struct Metrics {
     pub upstream_duration: HistogramVec,
     /// `tollgate_config_reloads_total{result}`: `ok` or `error`.
     pub config_reloads: IntCounterVec,
+    /// `tollgate_cache_requests_total{route,result}`.
+    pub cache_requests: IntCounterVec,
+    /// `tollgate_cache_size_bytes`: bodies + headers held.
+    pub cache_size: IntGauge,
+    /// `tollgate_cache_entries`.
+    pub cache_entries: IntGauge,
+    /// `tollgate_cache_evictions_total`.
+    pub cache_evictions: IntCounter,
+    /// `tollgate_cache_purges_total{reason}`: `admin` or `invalidation`; counts entries removed.
+    pub cache_purges: IntCounterVec,
 }
 
 impl Metrics {
@@ -145,6 +155,37 @@ impl Metrics {
         for result in ["ok", "error"] {
             config_reloads.with_label_values(&[result]);
         }
+        let cache_requests = IntCounterVec::new(
+            Opts::new(
+                "tollgate_cache_requests_total",
+                "Requests on cached routes by outcome: hit, stale, revalidated, expired, miss, bypass, uncacheable",
+            ),
+            &["route", "result"],
+        )?;
+        let cache_size = IntGauge::new(
+            "tollgate_cache_size_bytes",
+            "Bytes held by the response cache",
+        )?;
+        let cache_entries = IntGauge::new("tollgate_cache_entries", "Responses held by the cache")?;
+        let cache_evictions = IntCounter::new(
+            "tollgate_cache_evictions_total",
+            "Entries evicted to stay within cache.max_size",
+        )?;
+        let cache_purges = IntCounterVec::new(
+            Opts::new(
+                "tollgate_cache_purges_total",
+                "Entries removed by purge, by reason: admin or invalidation",
+            ),
+            &["reason"],
+        )?;
+        for reason in ["admin", "invalidation"] {
+            cache_purges.with_label_values(&[reason]);
+        }
+        registry.register(Box::new(cache_requests.clone()))?;
+        registry.register(Box::new(cache_size.clone()))?;
+        registry.register(Box::new(cache_entries.clone()))?;
+        registry.register(Box::new(cache_evictions.clone()))?;
+        registry.register(Box::new(cache_purges.clone()))?;
         registry.register(Box::new(upstream_healthy.clone()))?;
         registry.register(Box::new(upstream_failures.clone()))?;
         registry.register(Box::new(upstream_retries.clone()))?;
@@ -167,6 +208,11 @@ impl Metrics {
             upstream_retries,
             upstream_duration,
             config_reloads,
+            cache_requests,
+            cache_size,
+            cache_entries,
+            cache_evictions,
+            cache_purges,
         })
     }
 

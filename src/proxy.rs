@@ -1,6 +1,7 @@
 //! The `ProxyHttp` implementation: the order of things, and nothing else.
 //! Each phase is a few calls into the module that owns the behaviour.
 
+use crate::cache::{self, policy::RequestDirectives};
 use crate::ctx::{RequestCtx, UpstreamTiming};
 use crate::errors::{self, ErrorResponse, FailureContext};
 use crate::headers;
@@ -8,6 +9,10 @@ use crate::state::AppState;
 use crate::upstream::FailureKind;
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora::cache::key::{CacheKey, HashBinary};
+use pingora::cache::{
+    CacheMeta, ForcedFreshness, HitHandler, NoCacheReason, RespCacheable, VarianceBuilder,
+};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -251,6 +256,122 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
+    /// Turns the cache on for GET/HEAD on routes that have it, unless the
+    /// request says `no-store`.
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        let Some(route) = ctx.route() else {
+            return Ok(());
+        };
+        let req = session.req_header();
+        if route.cache.is_none()
+            || !(req.method == http::Method::GET || req.method == http::Method::HEAD)
+        {
+            return Ok(());
+        }
+        ctx.cache_directives = RequestDirectives::of(req);
+        if ctx.cache_directives.no_store {
+            return Ok(());
+        }
+        let c = &self.state.cache;
+        session.cache.enable(
+            c.storage(),
+            Some(c.eviction_manager()),
+            Some(c.cache_predictor()),
+            Some(c.lock),
+            None,
+        );
+        session.cache.set_max_file_size_bytes(
+            usize::try_from(c.limits.max_object_size).unwrap_or(usize::MAX),
+        );
+        Ok(())
+    }
+
+    /// The key is built in one place, `cache::key`, where its parts are documented.
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        let policy = ctx.route().and_then(|r| r.cache.as_ref()).ok_or_else(|| {
+            Error::explain(
+                pingora::ErrorType::InternalError,
+                "cache key for a route without cache",
+            )
+        })?;
+        Ok(cache::key::cache_key(session.req_header(), policy))
+    }
+
+    /// RFC 9111 storability and freshness, in `cache::policy`.
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        Ok(match ctx.route().and_then(|r| r.cache.as_ref()) {
+            Some(policy) => cache::policy::response_cacheable(session.req_header(), resp, policy),
+            None => RespCacheable::Uncacheable(NoCacheReason::NeverEnabled),
+        })
+    }
+
+    /// `Vary` (RFC 9111 §4.1): the listed request headers select the variant.
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        let mut variance = VarianceBuilder::new();
+        for value in meta.headers().get_all(http::header::VARY) {
+            for name in value.to_str().unwrap_or("").split(',') {
+                let name = name.trim().to_ascii_lowercase();
+                if name.is_empty() {
+                    continue;
+                }
+                let value = req
+                    .headers
+                    .get(name.as_str())
+                    .map(|v| v.as_bytes().to_vec())
+                    .unwrap_or_default();
+                variance.add_owned_name_value(name, value);
+            }
+        }
+        variance.finalize()
+    }
+
+    /// A request with `no-cache` / `max-age=0` revalidates a fresh entry (§5.2.1).
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        _meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        is_fresh: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<ForcedFreshness>> {
+        Ok((is_fresh && ctx.cache_directives.revalidate).then_some(ForcedFreshness::ForceExpired))
+    }
+
+    /// `only-if-cached` (§5.2.1.7): a miss is a 504, not an upstream request.
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        if ctx.cache_directives.only_if_cached {
+            self.send_error(session, ctx, &ErrorResponse::not_cached())
+                .await?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Stale-while-revalidate (`error` is `None`) and stale-if-error on
+    /// upstream failures; Pingora checks the entry's windows first.
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        error.is_none_or(|e| *e.esource() == pingora::ErrorSource::Upstream)
+    }
+
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -272,12 +393,24 @@ impl ProxyHttp for Proxy {
         headers::forward(upstream_request, &forwarding)
     }
 
+    /// `Cache-Status` (RFC 9211) on cached routes, then the usual headers.
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(route) = ctx.route().filter(|r| r.cache.is_some()) {
+            let described = cache::describe(session.cache.phase(), &session.req_header().method);
+            if let Some((outcome, cache_status)) = described {
+                upstream_response.insert_header("Cache-Status", cache_status)?;
+                self.state
+                    .metrics
+                    .cache_requests
+                    .with_label_values(&[&route.name, outcome.label()])
+                    .inc();
+            }
+        }
         headers::decorate(
             upstream_response,
             ctx.request_id.as_ref(),
@@ -351,6 +484,7 @@ impl ProxyHttp for Proxy {
             self.observe_upstream_duration(ctx);
         }
         crate::request_log::finish(&self.state.metrics, session, e, ctx);
+        cache::invalidate::after_unsafe_request(&self.state, session, ctx);
     }
 
     /// Client disconnects are counted as 499, not logged as errors.

@@ -50,6 +50,11 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
             "admin.listen changed: takes effect after a restart or graceful upgrade".to_owned(),
         );
     }
+    if old.cache != new.cache {
+        out.push(
+            "cache limits changed: take effect after a restart or graceful upgrade".to_owned(),
+        );
+    }
     if old.server != new.server {
         out.push(
             "server settings changed: take effect after a restart or graceful upgrade".to_owned(),

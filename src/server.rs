@@ -3,6 +3,7 @@
 //! lifecycle service that flips readiness on start and shutdown.
 
 use crate::admin::AdminApp;
+use crate::cache::CacheRuntime;
 use crate::config::model::ServerSettings;
 use crate::config::Config;
 use crate::gateway::Gateway;
@@ -112,7 +113,8 @@ pub fn build(
     let admin_listen = config.admin_listen;
     let memory = UpstreamMemory::default();
     let gateway = Gateway::build(config, &metrics, &memory).map_err(StartError::Setup)?;
-    let state = Arc::new(AppState::new(gateway, metrics, memory, source));
+    let cache = CacheRuntime::new(gateway.config.cache);
+    let state = Arc::new(AppState::new(gateway, metrics, memory, cache, source));
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,

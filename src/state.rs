@@ -1,6 +1,7 @@
 //! What the proxy and the admin listener share for the life of the process:
 //! the current config generation, upstream memory, the metrics, readiness.
 
+use crate::cache::CacheRuntime;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::upstream::UpstreamMemory;
@@ -26,6 +27,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Backend and health state that survives reloads.
     pub memory: UpstreamMemory,
+    /// The response cache (created once; survives reloads).
+    pub cache: CacheRuntime,
     /// Where the config comes from.
     pub source: ConfigSource,
     /// Serialises reloads (SIGHUP and the admin endpoint may race).
@@ -41,12 +44,14 @@ impl AppState {
         gateway: Gateway,
         metrics: Arc<Metrics>,
         memory: UpstreamMemory,
+        cache: CacheRuntime,
         source: ConfigSource,
     ) -> Self {
         Self {
             gateway: ArcSwap::from_pointee(gateway),
             metrics,
             memory,
+            cache,
             source,
             reload_lock: Mutex::new(()),
             ready: AtomicBool::new(false),

@@ -161,6 +161,7 @@ impl Checker<'_> {
                 }
             });
         let server = self.server(&raw.server, &root.key("server"));
+        let cache = self.cache_limits(raw.cache.as_ref(), &root.key("cache"));
         let logging = self.logging(&raw.logging, &root.key("logging"));
 
         let mut upstreams = Vec::with_capacity(raw.upstreams.len());
@@ -206,6 +207,7 @@ impl Checker<'_> {
             admin_token,
             server,
             logging,
+            cache,
             upstreams,
             routes,
             warnings: std::mem::take(&mut self.warnings),
@@ -586,6 +588,11 @@ impl Checker<'_> {
                 );
             }
         }
+        let cache = spec
+            .cache
+            .as_ref()
+            .filter(|c| c.enabled.unwrap_or(true))
+            .map(|c| self.route_cache(c, &path.key("cache")));
         (self.problems.len() == before).then(|| RouteConfig {
             name: spec.name.clone(),
             host,
@@ -597,7 +604,85 @@ impl Checker<'_> {
                 read,
                 total,
             },
+            cache,
         })
+    }
+
+    fn cache_limits(&mut self, spec: Option<&file::CacheSpec>, path: &FieldPath) -> CacheLimits {
+        let limits = CacheLimits {
+            max_size: spec
+                .and_then(|c| c.max_size)
+                .map_or(defaults::CACHE_MAX_SIZE, |s| s.0),
+            max_object_size: spec
+                .and_then(|c| c.max_object_size)
+                .map_or(defaults::CACHE_MAX_OBJECT, |s| s.0),
+            lock_timeout: spec
+                .and_then(|c| c.lock_timeout)
+                .map_or(defaults::CACHE_LOCK_TIMEOUT, |d| d.0),
+        };
+        if limits.max_object_size > limits.max_size {
+            self.problem(
+                path.key("max_object_size"),
+                "max_object_size is larger than max_size",
+            );
+        }
+        if limits.lock_timeout.is_zero() {
+            self.problem(
+                path.key("lock_timeout"),
+                "lock_timeout must be greater than zero",
+            );
+        }
+        limits
+    }
+
+    fn route_cache(&mut self, spec: &file::RouteCacheSpec, path: &FieldPath) -> RouteCache {
+        let statuses = spec
+            .statuses
+            .clone()
+            .unwrap_or_else(|| defaults::CACHEABLE_STATUSES.to_vec());
+        if statuses.is_empty()
+            || statuses
+                .iter()
+                .any(|s| !(200..=599).contains(s) || *s == 206)
+        {
+            self.problem(
+                path.key("statuses"),
+                "statuses must list final HTTP statuses (200-599, not 206)",
+            );
+        }
+        let mut key_headers = Vec::new();
+        for (i, name) in spec.key.headers.iter().enumerate() {
+            match http::HeaderName::from_bytes(name.as_bytes()) {
+                Ok(h) => key_headers.push(h),
+                Err(_) => self.problem(
+                    path.key("key").key("headers").index(i),
+                    format!("invalid header name {name:?}"),
+                ),
+            }
+        }
+        if let (Some(d), Some(m)) = (spec.default_ttl, spec.max_ttl) {
+            if d.0 > m.0 {
+                self.warn(
+                    &path.key("default_ttl"),
+                    "default_ttl is longer than max_ttl; max_ttl applies",
+                );
+            }
+        }
+        RouteCache {
+            default_ttl: spec.default_ttl.map(|d| d.0),
+            max_ttl: spec.max_ttl.map(|d| d.0),
+            stale_while_revalidate: spec
+                .stale_while_revalidate
+                .map_or(std::time::Duration::ZERO, |d| d.0),
+            stale_if_error: spec
+                .stale_if_error
+                .map_or(std::time::Duration::ZERO, |d| d.0),
+            statuses,
+            exclude_query: spec.key.exclude_query.clone(),
+            ignore_query: spec.key.ignore_query,
+            sort_query: spec.key.sort_query.unwrap_or(true),
+            key_headers,
+        }
     }
 
     /// A route is unreachable when an earlier route has the same host and

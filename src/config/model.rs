@@ -25,6 +25,8 @@ pub struct Config {
     pub server: ServerSettings,
     /// Logging settings.
     pub logging: LoggingSettings,
+    /// Global cache limits.
+    pub cache: CacheLimits,
     /// Upstream pools, sorted by name.
     pub upstreams: Vec<UpstreamConfig>,
     /// Routes in file order.
@@ -176,6 +178,42 @@ pub struct RouteConfig {
     pub upstream: usize,
     /// Timeouts.
     pub timeouts: RouteTimeouts,
+    /// Response caching, when enabled for this route.
+    pub cache: Option<RouteCache>,
+}
+
+/// Global cache limits with defaults applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheLimits {
+    /// Bytes of bodies and headers kept.
+    pub max_size: u64,
+    /// Larger responses are not stored.
+    pub max_object_size: u64,
+    /// Cache-lock wait for concurrent misses.
+    pub lock_timeout: Duration,
+}
+
+/// A route's cache policy with defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteCache {
+    /// Used only when the upstream gives no freshness information.
+    pub default_ttl: Option<Duration>,
+    /// Cap on freshness.
+    pub max_ttl: Option<Duration>,
+    /// Default stale-while-revalidate window.
+    pub stale_while_revalidate: Duration,
+    /// Default stale-if-error window.
+    pub stale_if_error: Duration,
+    /// Statuses that may be stored.
+    pub statuses: Vec<u16>,
+    /// Query parameters left out of the key.
+    pub exclude_query: Vec<String>,
+    /// Ignore the query entirely.
+    pub ignore_query: bool,
+    /// Sort query parameters in the key.
+    pub sort_query: bool,
+    /// Request headers that go into the key (lower-case).
+    pub key_headers: Vec<http::HeaderName>,
 }
 
 /// A route's timeouts with defaults applied.
@@ -214,6 +252,16 @@ pub mod defaults {
     pub const FAIL_TIMEOUT: Duration = Duration::from_secs(30);
     /// Default retries.
     pub const RETRIES: usize = 1;
+    /// Default cache memory.
+    pub const CACHE_MAX_SIZE: u64 = 256 * 1024 * 1024;
+    /// Default largest cached object.
+    pub const CACHE_MAX_OBJECT: u64 = 8 * 1024 * 1024;
+    /// Default cache-lock wait.
+    pub const CACHE_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Statuses a shared cache may store by default: the heuristically
+    /// cacheable ones of RFC 9110 §15.1, less 206 (no range caching).
+    pub const CACHEABLE_STATUSES: [u16; 11] =
+        [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
     /// Default health-check interval.
     pub const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
     /// Default health-check timeout.

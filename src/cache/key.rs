@@ -1,0 +1,191 @@
+//! The cache key. A wrong key is cache poisoning, so its parts are few,
+//! documented and tested:
+//!
+//! `primary = host + path + ("?" + query)? + ("\n" + name + ":" + value)*`
+//!
+//! - `host`: the request's `Host` (or URI authority), lower-cased, port and
+//!   trailing dot removed — the same normalisation the router uses.
+//! - `path`: exactly as received (the router already refused dot segments).
+//! - `query`: as received, or with `exclude_query` parameters dropped and
+//!   the rest sorted (`sort_query`, default on), or left out (`ignore_query`).
+//! - one line per configured `key.headers` entry, in config order, with the
+//!   request's value (empty when absent).
+//!
+//! The method is not in the key: only GET and HEAD are looked up, and a
+//! HEAD is answered from a stored GET. `Vary` is handled by Pingora's
+//! variance key on top of this primary key.
+
+use crate::config::model::RouteCache;
+use pingora::cache::key::CacheKey;
+use pingora::http::RequestHeader;
+
+/// Builds the primary key string for a request on a cached route.
+pub fn primary(req: &RequestHeader, policy: &RouteCache) -> String {
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    let host = strip_port(host).trim_end_matches('.');
+    let mut key = String::with_capacity(host.len() + req.uri.path().len() + 32);
+    key.extend(host.chars().map(|c| c.to_ascii_lowercase()));
+    key.push_str(req.uri.path());
+    if let Some(query) = req
+        .uri
+        .query()
+        .filter(|q| !policy.ignore_query && !q.is_empty())
+    {
+        push_query(&mut key, query, policy);
+    }
+    for name in &policy.key_headers {
+        key.push('\n');
+        key.push_str(name.as_str());
+        key.push(':');
+        if let Some(v) = req.headers.get(name).and_then(|v| v.to_str().ok()) {
+            key.push_str(v.trim());
+        }
+    }
+    key
+}
+
+/// The key Pingora stores under.
+pub fn cache_key(req: &RequestHeader, policy: &RouteCache) -> CacheKey {
+    CacheKey::new(primary(req, policy), "")
+}
+
+/// The URI part of a primary key string (before any header lines).
+pub fn uri_part(primary: &str) -> &str {
+    primary.split('\n').next().unwrap_or(primary)
+}
+
+/// The stored-URI form (`host/path?query`) of an absolute URL given to the
+/// purge API. The query is kept as given: purge the form the cache stores.
+pub fn uri_of_url(url: &str) -> Option<String> {
+    let uri: http::Uri = url.parse().ok()?;
+    let host = uri.host()?.to_ascii_lowercase();
+    Some(format!(
+        "{host}{}",
+        uri.path_and_query().map_or("/", |p| p.as_str())
+    ))
+}
+
+/// The URI part of a stored key (what purges match on).
+pub fn uri_of(key: &CacheKey) -> Option<&str> {
+    key.primary_key_str().map(uri_part)
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |end| &host[..=end]);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+fn push_query(key: &mut String, query: &str, policy: &RouteCache) {
+    if policy.exclude_query.is_empty() && !policy.sort_query {
+        key.push('?');
+        key.push_str(query);
+        return;
+    }
+    let mut params: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter(|p| {
+            let name = p.split('=').next().unwrap_or(p);
+            !policy.exclude_query.iter().any(|x| x == name)
+        })
+        .collect();
+    if params.is_empty() {
+        return;
+    }
+    if policy.sort_query {
+        params.sort_unstable();
+    }
+    key.push('?');
+    key.push_str(&params.join("&"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn policy() -> RouteCache {
+        RouteCache {
+            default_ttl: None,
+            max_ttl: None,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            statuses: vec![200],
+            exclude_query: Vec::new(),
+            ignore_query: false,
+            sort_query: true,
+            key_headers: Vec::new(),
+        }
+    }
+
+    fn req(uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", uri.as_bytes(), None).expect("req");
+        for (n, v) in headers {
+            r.insert_header(n.to_string(), *v).expect("hdr");
+        }
+        r
+    }
+
+    #[test]
+    fn host_is_normalised_and_path_kept() {
+        let k = primary(
+            &req("/a/B?x=1", &[("host", "API.Example.com:8080")]),
+            &policy(),
+        );
+        assert_eq!(k, "api.example.com/a/B?x=1");
+    }
+
+    #[test]
+    fn query_is_sorted_and_excluded_parameters_dropped() {
+        let mut p = policy();
+        p.exclude_query = vec!["utm_source".into()];
+        let a = primary(&req("/s?b=2&utm_source=x&a=1", &[("host", "h")]), &p);
+        let b = primary(&req("/s?a=1&b=2", &[("host", "h")]), &p);
+        assert_eq!(a, "h/s?a=1&b=2");
+        assert_eq!(a, b);
+        assert_eq!(
+            primary(&req("/s?utm_source=x", &[("host", "h")]), &p),
+            "h/s"
+        );
+    }
+
+    #[test]
+    fn query_order_matters_when_sorting_is_off_and_can_be_ignored() {
+        let mut p = policy();
+        p.sort_query = false;
+        assert_ne!(
+            primary(&req("/s?b=2&a=1", &[("host", "h")]), &p),
+            primary(&req("/s?a=1&b=2", &[("host", "h")]), &p)
+        );
+        p.ignore_query = true;
+        assert_eq!(primary(&req("/s?b=2&a=1", &[("host", "h")]), &p), "h/s");
+    }
+
+    #[test]
+    fn configured_headers_separate_entries_but_not_the_uri() {
+        let mut p = policy();
+        p.key_headers = vec![http::HeaderName::from_static("accept-language")];
+        let en = cache_key(&req("/x", &[("host", "h"), ("accept-language", "en")]), &p);
+        let fr = cache_key(&req("/x", &[("host", "h"), ("accept-language", "fr")]), &p);
+        assert_ne!(en.primary_key(), fr.primary_key());
+        assert_eq!(uri_of(&en), Some("h/x"));
+        assert_eq!(uri_of(&fr), Some("h/x"));
+    }
+
+    #[test]
+    fn different_hosts_never_share_an_entry() {
+        let a = primary(&req("/x", &[("host", "a.test")]), &policy());
+        let b = primary(&req("/x", &[("host", "b.test")]), &policy());
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,227 @@
+//! Response caching on pingora-cache: the policy (`policy`), the key
+//! (`key`), the memory store (`store`), and what a response says about how
+//! it was served (`Cache-Status`, RFC 9211).
+//!
+//! Pingora's cache machinery needs `'static` storage, eviction manager,
+//! lock and predictor. They are created once per process ([`CacheRuntime`])
+//! and survive reloads, so a reload neither leaks them nor drops the cache;
+//! `cache.max_size` therefore only changes with a restart.
+
+pub mod invalidate;
+pub mod key;
+pub mod policy;
+pub mod store;
+
+use crate::config::model::CacheLimits;
+use pingora::cache::eviction::lru::Manager as LruManager;
+use pingora::cache::eviction::EvictionManager;
+use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora::cache::predictor::{CacheablePredictor, Predictor};
+use pingora::cache::{CachePhase, NoCacheReason, Storage};
+use store::MemoryStore;
+
+/// Shards of the LRU eviction manager.
+const LRU_SHARDS: usize = 16;
+/// Shards of the uncacheable-key predictor.
+const PREDICTOR_SHARDS: usize = 16;
+
+/// The process-wide cache objects Pingora's `HttpCache::enable` takes.
+pub struct CacheRuntime {
+    /// The memory tier.
+    pub store: &'static MemoryStore,
+    /// LRU by weight (bytes), bounded by `cache.max_size`.
+    pub eviction: &'static LruManager<LRU_SHARDS>,
+    /// One upstream fetch per key; other misses wait (`cache.lock_timeout`).
+    pub lock: &'static CacheKeyLockImpl,
+    /// Remembers keys that turned out uncacheable so they skip the lock.
+    pub predictor: &'static Predictor<PREDICTOR_SHARDS>,
+    /// The limits it was built with.
+    pub limits: CacheLimits,
+}
+
+/// A raw zstd dictionary of the header text API responses usually carry.
+/// pingora-cache compresses stored headers with zstd and warns at start-up
+/// without a dictionary; this one makes stored headers smaller too.
+const HEADER_DICTIONARY: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json; charset=utf-8\r\n\
+content-length: \r\ncache-control: public, max-age=\r\ncache-control: private, no-cache, no-store, \
+must-revalidate, s-maxage=, stale-while-revalidate=, stale-if-error=\r\netag: W/\"\r\n\
+last-modified: Mon, Tue, Wed, Thu, Fri, Sat, Sun, Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec GMT\r\n\
+date: \r\nexpires: \r\nvary: Accept-Encoding, Accept-Language, Origin\r\nserver: \r\nx-request-id: \r\n\
+content-encoding: gzip br zstd\r\naccess-control-allow-origin: *\r\nconnection: keep-alive\r\n";
+
+impl CacheRuntime {
+    /// Builds the cache objects once; they live for the rest of the process.
+    pub fn new(limits: CacheLimits) -> Self {
+        // Ignored if already set (a second runtime in tests).
+        let _ = pingora::cache::set_compression_dict_content(std::borrow::Cow::Borrowed(
+            HEADER_DICTIONARY,
+        ));
+        let store: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new()));
+        let max = usize::try_from(limits.max_size).unwrap_or(usize::MAX);
+        let eviction: &'static LruManager<LRU_SHARDS> =
+            Box::leak(Box::new(LruManager::with_capacity(max, 1024)));
+        store.set_eviction(eviction);
+        let lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(limits.lock_timeout));
+        let predictor: &'static Predictor<PREDICTOR_SHARDS> =
+            Box::leak(Box::new(Predictor::new(1024, None)));
+        Self {
+            store,
+            eviction,
+            lock,
+            predictor,
+            limits,
+        }
+    }
+
+    /// The store as Pingora's trait object.
+    pub fn storage(&self) -> &'static (dyn Storage + Sync) {
+        self.store
+    }
+
+    /// The eviction manager as Pingora's trait object.
+    pub fn eviction_manager(&self) -> &'static (dyn EvictionManager + Sync) {
+        self.eviction
+    }
+
+    /// Entries evicted so far to stay within `cache.max_size`.
+    pub fn evicted_items(&self) -> usize {
+        self.eviction.evicted_items()
+    }
+
+    /// The predictor as Pingora's trait object.
+    pub fn cache_predictor(&self) -> &'static (dyn CacheablePredictor + Sync) {
+        self.predictor
+    }
+}
+
+/// How a response was served, for `Cache-Status` and
+/// `tollgate_cache_requests_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Fresh from the cache.
+    Hit,
+    /// Stale from the cache (stale-while-revalidate or stale-if-error).
+    Stale,
+    /// Stale entry confirmed by a 304 from the upstream.
+    Revalidated,
+    /// Stale entry replaced by a full response.
+    Expired,
+    /// Not in the cache; fetched (and stored if `stored`).
+    Miss,
+    /// Not looked up (method, request directives, predicted uncacheable).
+    Bypass,
+    /// Fetched, and the response may not be stored.
+    Uncacheable,
+}
+
+impl Outcome {
+    /// Reads the outcome off Pingora's cache phase once the response is known.
+    pub fn of(phase: CachePhase) -> Option<Outcome> {
+        Some(match phase {
+            CachePhase::Hit => Outcome::Hit,
+            CachePhase::Stale | CachePhase::StaleUpdating => Outcome::Stale,
+            CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => Outcome::Revalidated,
+            CachePhase::Expired => Outcome::Expired,
+            CachePhase::Miss => Outcome::Miss,
+            CachePhase::Bypass => Outcome::Bypass,
+            CachePhase::Disabled(NoCacheReason::NeverEnabled) => Outcome::Bypass,
+            CachePhase::Disabled(NoCacheReason::OriginNotCache)
+            | CachePhase::Disabled(NoCacheReason::ResponseTooLarge)
+            | CachePhase::Disabled(NoCacheReason::PredictedResponseTooLarge)
+            | CachePhase::Disabled(NoCacheReason::Custom(_)) => Outcome::Uncacheable,
+            CachePhase::Disabled(_) => Outcome::Bypass,
+            CachePhase::Uninit | CachePhase::CacheKey => return None,
+        })
+    }
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Stale => "stale",
+            Outcome::Revalidated => "revalidated",
+            Outcome::Expired => "expired",
+            Outcome::Miss => "miss",
+            Outcome::Bypass => "bypass",
+            Outcome::Uncacheable => "uncacheable",
+        }
+    }
+
+    /// The `Cache-Status` value (RFC 9211 §2).
+    pub fn cache_status(self, detail: Option<&str>) -> String {
+        let base = match self {
+            Outcome::Hit => "tollgate; hit",
+            Outcome::Stale => "tollgate; hit; fwd=stale",
+            Outcome::Revalidated => "tollgate; fwd=stale; fwd-status=304",
+            Outcome::Expired => "tollgate; fwd=stale; stored",
+            Outcome::Miss => "tollgate; fwd=uri-miss; stored",
+            Outcome::Bypass => "tollgate; fwd=bypass",
+            Outcome::Uncacheable => "tollgate; fwd=uri-miss",
+        };
+        match detail {
+            Some(d) => format!("{base}; detail={d}"),
+            None => base.to_owned(),
+        }
+    }
+}
+
+/// How a response on a cached route was served: the metric outcome and the
+/// `Cache-Status` value. `None` before the cache has decided anything.
+pub fn describe(phase: CachePhase, method: &http::Method) -> Option<(Outcome, String)> {
+    let outcome = Outcome::of(phase)?;
+    let value = if phase == CachePhase::Disabled(NoCacheReason::NeverEnabled)
+        && !matches!(*method, http::Method::GET | http::Method::HEAD)
+    {
+        "tollgate; fwd=method".to_owned()
+    } else {
+        outcome.cache_status(detail(phase))
+    };
+    Some((outcome, value))
+}
+
+/// The `detail` for a phase, when there is something to say.
+fn detail(phase: CachePhase) -> Option<&'static str> {
+    match phase {
+        CachePhase::Disabled(NoCacheReason::Custom(reason)) => Some(reason),
+        CachePhase::Disabled(NoCacheReason::OriginNotCache) => Some("origin-not-cacheable"),
+        CachePhase::Disabled(
+            NoCacheReason::ResponseTooLarge | NoCacheReason::PredictedResponseTooLarge,
+        ) => Some("too-large"),
+        CachePhase::Disabled(NoCacheReason::NeverEnabled) => None,
+        CachePhase::Disabled(r) => Some(r.as_str()),
+        CachePhase::Bypass => Some("predicted-uncacheable"),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_status_follows_rfc_9211() {
+        assert_eq!(Outcome::Hit.cache_status(None), "tollgate; hit");
+        assert_eq!(
+            Outcome::Miss.cache_status(None),
+            "tollgate; fwd=uri-miss; stored"
+        );
+        assert_eq!(
+            Outcome::Uncacheable.cache_status(Some("no-store-or-private")),
+            "tollgate; fwd=uri-miss; detail=no-store-or-private"
+        );
+        assert_eq!(
+            Outcome::Revalidated.cache_status(None),
+            "tollgate; fwd=stale; fwd-status=304"
+        );
+    }
+
+    #[test]
+    fn phases_map_to_outcomes() {
+        assert_eq!(Outcome::of(CachePhase::Hit), Some(Outcome::Hit));
+        assert_eq!(
+            Outcome::of(CachePhase::Disabled(NoCacheReason::Custom("status"))),
+            Some(Outcome::Uncacheable)
+        );
+        assert_eq!(Outcome::of(CachePhase::Uninit), None);
+    }
+}
