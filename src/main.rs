@@ -125,9 +125,16 @@ fn summary(c: &Config) -> String {
             Some(tollgate::router::HostPattern::Exact(h)) => h.clone(),
             Some(tollgate::router::HostPattern::Wildcard(s)) => format!("*{s}"),
         };
+        let cache = match &r.cache {
+            None => String::new(),
+            Some(c) => match c.default_ttl {
+                Some(ttl) => format!(", cached (default ttl {ttl:?})"),
+                None => ", cached (upstream freshness only)".to_owned(),
+            },
+        };
         let _ = writeln!(
             out,
-            "  route     {}: {host}{} -> {} (total timeout {:?})",
+            "  route     {}: {host}{} -> {} (total timeout {:?}{cache})",
             r.name, r.path_prefix, c.upstreams[r.upstream].name, r.timeouts.total
         );
     }
@@ -183,7 +190,7 @@ fn main() -> ExitCode {
                  \x20 admin   http://127.0.0.1:9090   (/metrics, /health, /ready)\n\
                  \x20 origin  http://{}   (built-in sample API)\n\n\
                  Try, in another terminal:\n\
-                 \x20 curl -i http://127.0.0.1:8080/reference/countries\n\
+                 \x20 curl -i http://127.0.0.1:8080/reference/countries   # twice: Cache-Status: tollgate; hit\n\
                  \x20 curl -i 'http://127.0.0.1:8080/pricing/quote?sku=pro'\n\
                  \x20 curl -i http://127.0.0.1:8080/slow             # 504 JSON: the route's total timeout is 1s\n\
                  \x20 curl -i http://127.0.0.1:8080/nowhere          # 404 JSON: no route\n\
