@@ -96,6 +96,7 @@ routes:
   - name: api
     match: { path_prefix: / }
     upstream: origin
+    cache: {}
 YAML
 
 pids=()
@@ -174,7 +175,7 @@ for scen in ("passthrough", "cached"):
         if not r: continue
         ratio = f"{r['rps']/base:.2f}x" if base else "-"
         print(f"{scen:<12} {name:<13} {r['rps']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {ratio:>9}")
-print("\nnote: tollgate has no response cache yet; its 'cached' row is pass-through of a cacheable response.")
+print("\nnote: bare-pingora has no cache; its 'cached' row is pass-through of a cacheable response.")
 json.dump({"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
            "duration_s": int(duration), "rounds": int(rounds), "connections": int(conns),
            "results": res}, open(out, "w"), indent=2)
