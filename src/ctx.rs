@@ -3,6 +3,7 @@
 use crate::cache::policy::RequestDirectives;
 use crate::gateway::{Gateway, Route};
 use crate::metrics::InFlightGuard;
+use crate::ratelimit::RateHeaders;
 use crate::router::RouteId;
 use crate::upstream::BackendLease;
 use http::HeaderValue;
@@ -34,6 +35,8 @@ pub struct RequestCtx {
     pub timing: UpstreamTiming,
     /// What the request's `Cache-Control` asks of the cache.
     pub cache_directives: RequestDirectives,
+    /// Rate-limit headers for the response, once a budget was decided.
+    pub rate_headers: Option<RateHeaders>,
     _in_flight: InFlightGuard,
 }
 
@@ -74,6 +77,7 @@ impl RequestCtx {
             attempts: 0,
             timing: UpstreamTiming::default(),
             cache_directives: RequestDirectives::default(),
+            rate_headers: None,
             _in_flight: InFlightGuard::new(in_flight),
         }
     }

@@ -25,86 +25,80 @@ pub struct ErrorResponse {
     pub code: &'static str,
     /// Human-readable text, the `message` field.
     pub message: Cow<'static, str>,
+    /// Extra fields for this kind of error (the 429's `tier`, `retry_after`).
+    pub extra: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl ErrorResponse {
     /// 400: the request cannot be routed safely as sent.
     pub fn bad_request(message: &'static str) -> Self {
-        Self {
-            status: 400,
-            code: "bad_request",
-            message: Cow::Borrowed(message),
-        }
+        Self::new(400, "bad_request", Cow::Borrowed(message))
     }
 
     /// 404: no route matches.
     pub fn no_route() -> Self {
-        Self {
-            status: 404,
-            code: "not_found",
-            message: Cow::Borrowed("No route matches this request"),
-        }
+        Self::new(
+            404,
+            "not_found",
+            Cow::Borrowed("No route matches this request"),
+        )
     }
 
     /// 502: the backend refused, reset or sent something that is not HTTP.
     pub fn bad_gateway(upstream: &str) -> Self {
-        Self {
-            status: 502,
-            code: "bad_gateway",
-            message: Cow::Owned(format!("Upstream {upstream} failed to answer")),
-        }
+        Self::new(
+            502,
+            "bad_gateway",
+            Cow::Owned(format!("Upstream {upstream} failed to answer")),
+        )
     }
 
     /// 503: every backend of the pool is out of rotation.
     pub fn no_healthy_upstream(upstream: &str) -> Self {
-        Self {
-            status: 503,
-            code: "no_healthy_upstream",
-            message: Cow::Owned(format!("No healthy backend in upstream {upstream}")),
-        }
+        Self::new(
+            503,
+            "no_healthy_upstream",
+            Cow::Owned(format!("No healthy backend in upstream {upstream}")),
+        )
     }
 
     /// 504: the route's total timeout ran out.
     pub fn request_timeout(total: Duration) -> Self {
-        Self {
-            status: 504,
-            code: "request_timeout",
-            message: Cow::Owned(format!(
+        Self::new(
+            504,
+            "request_timeout",
+            Cow::Owned(format!(
                 "Request exceeded {} timeout",
                 seconds_one_decimal(total)
             )),
-        }
+        )
     }
 
     /// 504: the backend did not connect or answer within the route's
     /// connect or read timeout (which is shorter than the total).
     pub fn upstream_timeout(upstream: &str, what: &str, limit: Duration) -> Self {
-        Self {
-            status: 504,
-            code: "upstream_timeout",
-            message: Cow::Owned(format!(
+        Self::new(
+            504,
+            "upstream_timeout",
+            Cow::Owned(format!(
                 "Upstream {upstream} did not {what} within {}",
                 seconds_one_decimal(limit)
             )),
-        }
+        )
     }
 
     /// 504: the client asked for `only-if-cached` and the cache has nothing.
     pub fn not_cached() -> Self {
-        Self {
-            status: 504,
-            code: "not_cached",
-            message: Cow::Borrowed("The response is not in the cache (only-if-cached)"),
-        }
+        Self::new(
+            504,
+            "not_cached",
+            Cow::Borrowed("The response is not in the cache (only-if-cached)"),
+        )
     }
 
     /// 500: a fault in tollgate itself.
     pub fn internal() -> Self {
-        Self {
-            status: 500,
-            code: "internal_error",
-            message: Cow::Borrowed("Internal proxy error"),
-        }
+        Self::new(500, "internal_error", Cow::Borrowed("Internal proxy error"))
     }
 
     /// Any other status Pingora asked for.
@@ -113,17 +107,56 @@ impl ErrorResponse {
             .ok()
             .and_then(|s| s.canonical_reason())
             .unwrap_or("Error");
-        Self {
-            status,
-            code: "http_error",
-            message: Cow::Borrowed(reason),
-        }
+        Self::new(status, "http_error", Cow::Borrowed(reason))
     }
 
     /// The JSON body.
     pub fn body(&self) -> Bytes {
-        let body = serde_json::json!({ "error": self.code, "message": self.message });
-        Bytes::from(body.to_string())
+        let mut body = serde_json::Map::new();
+        body.insert("error".into(), self.code.into());
+        body.insert("message".into(), self.message.as_ref().into());
+        if let Some(extra) = &self.extra {
+            body.extend(extra.clone());
+        }
+        Bytes::from(serde_json::Value::Object(body).to_string())
+    }
+
+    /// 401: an API key was sent and is unknown or malformed.
+    pub fn invalid_api_key() -> Self {
+        Self::new(
+            401,
+            "invalid_api_key",
+            Cow::Borrowed("The API key is not valid"),
+        )
+    }
+
+    /// 401: no API key, and anonymous requests are refused.
+    pub fn api_key_required() -> Self {
+        Self::new(
+            401,
+            "api_key_required",
+            Cow::Borrowed("An API key is required (Authorization: Bearer <key> or X-API-Key)"),
+        )
+    }
+
+    /// 429: over budget.
+    pub fn rate_limited(message: String, tier: &str, retry_after: u64) -> Self {
+        let mut extra = serde_json::Map::new();
+        extra.insert("tier".into(), tier.into());
+        extra.insert("retry_after".into(), retry_after.into());
+        Self {
+            extra: Some(extra),
+            ..Self::new(429, "rate_limited", Cow::Owned(message))
+        }
+    }
+
+    fn new(status: u16, code: &'static str, message: Cow<'static, str>) -> Self {
+        Self {
+            status,
+            code,
+            message,
+            extra: None,
+        }
     }
 
     /// Response header for [`Self::body`]; errors are never cached.

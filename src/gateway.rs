@@ -7,6 +7,7 @@
 use crate::config::model::{RouteCache, RouteTimeouts};
 use crate::config::Config;
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::ratelimit::{RateLimiter, RouteBudget};
 use crate::router::{RouteId, RouteMatch, Router};
 use crate::upstream::{UpstreamMemory, UpstreamPool};
 use std::sync::Arc;
@@ -24,6 +25,8 @@ pub struct Route {
     pub metrics: RouteMetrics,
     /// Response caching, when enabled.
     pub cache: Option<RouteCache>,
+    /// Rate-limit cost and route budget; `None` when exempt.
+    pub rate_budget: Option<RouteBudget>,
 }
 
 /// A compiled config generation.
@@ -36,6 +39,8 @@ pub struct Gateway {
     pub routes: Box<[Route]>,
     /// Upstream pools, in config order.
     pub pools: Box<[Arc<UpstreamPool>]>,
+    /// Tenants and tiers; `None` when rate limiting is not configured.
+    pub rate_limiter: Option<RateLimiter>,
     /// When this generation was built.
     pub loaded_at: SystemTime,
 }
@@ -71,9 +76,11 @@ impl Gateway {
                 timeouts: r.timeouts,
                 metrics: metrics.route(&r.name),
                 cache: r.cache.clone(),
+                rate_budget: RouteBudget::new(&r.rate_limit),
             })
             .collect();
         Ok(Self {
+            rate_limiter: config.rate_limit.as_ref().map(RateLimiter::new),
             router: Router::new(&matches),
             routes,
             pools: pools.into_boxed_slice(),

@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod headers;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod reload;
 pub mod request_log;
 pub mod router;

@@ -44,6 +44,13 @@ enum Command {
         /// The YAML config file.
         config: PathBuf,
     },
+    /// Print the `sha256:<hex>` form of an API key for `tenants.*.api_keys`.
+    /// Reads the key from standard input when not given (keeps it out of
+    /// the shell history).
+    HashKey {
+        /// The API key.
+        key: Option<String>,
+    },
     /// Start a built-in sample API on 127.0.0.1:8081 and tollgate in front of
     /// it on 127.0.0.1:8080 (admin on 127.0.0.1:9090), then print curl
     /// commands to try.
@@ -176,6 +183,25 @@ fn main() -> ExitCode {
             }
         },
         Command::Check { config } => check(&config),
+        Command::HashKey { key } => {
+            let key = match key {
+                Some(k) => k,
+                None => {
+                    let mut line = String::new();
+                    if let Err(e) = std::io::stdin().read_line(&mut line) {
+                        eprintln!("error: reading the key from standard input: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                    line.trim_end_matches(['\r', '\n']).to_owned()
+                }
+            };
+            if key.is_empty() {
+                eprintln!("error: empty key");
+                return ExitCode::FAILURE;
+            }
+            println!("{}", tollgate::ratelimit::identity::hash_key(&key));
+            ExitCode::SUCCESS
+        }
         Command::Demo => {
             let c = match config::parse(demo::DEMO_CONFIG, "conf/demo.yaml (built in)") {
                 Ok(c) => c,

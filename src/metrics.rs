@@ -74,6 +74,16 @@ pub struct Metrics {
     pub cache_evictions: IntCounter,
     /// `tollgate_cache_purges_total{reason}`: `admin` or `invalidation`; counts entries removed.
     pub cache_purges: IntCounterVec,
+    /// `tollgate_ratelimit_decisions_total{tier,decision}`: `allowed` or `limited`.
+    pub ratelimit_decisions: IntCounterVec,
+    /// `tollgate_ratelimit_fallback_total{tier}`: decisions made locally because Redis failed.
+    pub ratelimit_fallback: IntCounterVec,
+    /// `tollgate_ratelimit_tenant_decisions_total{tenant,decision}`, only for tiers with `tenant_metrics`.
+    pub ratelimit_tenant_decisions: IntCounterVec,
+    /// `tollgate_ratelimit_buckets`: in-process buckets held.
+    pub ratelimit_buckets: IntGauge,
+    /// `tollgate_redis_errors_total{kind}`: `timeout`, `error`.
+    pub redis_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -181,6 +191,46 @@ impl Metrics {
         for reason in ["admin", "invalidation"] {
             cache_purges.with_label_values(&[reason]);
         }
+        let ratelimit_decisions = IntCounterVec::new(
+            Opts::new(
+                "tollgate_ratelimit_decisions_total",
+                "Rate-limit decisions by tier: allowed or limited",
+            ),
+            &["tier", "decision"],
+        )?;
+        let ratelimit_fallback = IntCounterVec::new(
+            Opts::new(
+                "tollgate_ratelimit_fallback_total",
+                "Decisions made with local buckets because Redis failed",
+            ),
+            &["tier"],
+        )?;
+        let ratelimit_tenant_decisions = IntCounterVec::new(
+            Opts::new(
+                "tollgate_ratelimit_tenant_decisions_total",
+                "Rate-limit decisions per tenant, for tiers with tenant_metrics: true",
+            ),
+            &["tenant", "decision"],
+        )?;
+        let ratelimit_buckets = IntGauge::new(
+            "tollgate_ratelimit_buckets",
+            "In-process rate-limit buckets held",
+        )?;
+        let redis_errors = IntCounterVec::new(
+            Opts::new(
+                "tollgate_redis_errors_total",
+                "Failed Redis calls by kind: timeout or error",
+            ),
+            &["kind"],
+        )?;
+        for kind in ["timeout", "error"] {
+            redis_errors.with_label_values(&[kind]);
+        }
+        registry.register(Box::new(ratelimit_decisions.clone()))?;
+        registry.register(Box::new(ratelimit_fallback.clone()))?;
+        registry.register(Box::new(ratelimit_tenant_decisions.clone()))?;
+        registry.register(Box::new(ratelimit_buckets.clone()))?;
+        registry.register(Box::new(redis_errors.clone()))?;
         registry.register(Box::new(cache_requests.clone()))?;
         registry.register(Box::new(cache_size.clone()))?;
         registry.register(Box::new(cache_entries.clone()))?;
@@ -213,6 +263,11 @@ impl Metrics {
             cache_entries,
             cache_evictions,
             cache_purges,
+            ratelimit_decisions,
+            ratelimit_fallback,
+            ratelimit_tenant_decisions,
+            ratelimit_buckets,
+            redis_errors,
         })
     }
 

@@ -5,6 +5,7 @@ use crate::cache::{self, policy::RequestDirectives};
 use crate::ctx::{RequestCtx, UpstreamTiming};
 use crate::errors::{self, ErrorResponse, FailureContext};
 use crate::headers;
+use crate::ratelimit::{self, identity::Refusal, local::Check};
 use crate::state::AppState;
 use crate::upstream::FailureKind;
 use async_trait::async_trait;
@@ -65,6 +66,52 @@ impl Proxy {
     }
 
     /// Sends one of our JSON errors, with the usual response headers.
+    /// Identifies the requester and decides its budget; the refusal (401
+    /// or 429) to send, if any. Rate-limit headers go into `ctx` for the
+    /// response either way.
+    async fn rate_limit(&self, session: &Session, ctx: &mut RequestCtx) -> Option<ErrorResponse> {
+        let gateway = ctx.gateway.clone();
+        let limiter = gateway.rate_limiter.as_ref()?;
+        let route = gateway.route(ctx.route?);
+        let budget = route.rate_budget.as_ref()?;
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let who = match limiter.identify(session.req_header(), peer) {
+            Ok(who) => who,
+            Err(Refusal::InvalidKey) => return Some(ErrorResponse::invalid_api_key()),
+            Err(Refusal::KeyRequired) => return Some(ErrorResponse::api_key_required()),
+        };
+        let tier = limiter.tier_of(&who)?;
+        let key = limiter.bucket_key(&who);
+        let route_key = format!("{key}|r:{}", route.name);
+        let mut checks = vec![Check {
+            key: &key,
+            windows: &limiter.tiers[tier].windows,
+            cost: budget.cost,
+        }];
+        if !budget.windows.is_empty() {
+            checks.push(Check {
+                key: &route_key,
+                windows: &budget.windows,
+                cost: budget.cost,
+            });
+        }
+        let (verdicts, fallback) = self.state.rate.decide(&checks).await;
+        let decision = limiter.decision(tier, budget, &verdicts, fallback);
+        ratelimit::count(&self.state.metrics, limiter, &who, &decision);
+        let refusal = (!decision.allowed).then(|| {
+            ErrorResponse::rate_limited(
+                limiter.limited_message(&decision),
+                &limiter.tiers[tier].name,
+                decision.retry_after,
+            )
+        });
+        ctx.rate_headers = Some(decision.headers);
+        refusal
+    }
+
     async fn send_error(
         &self,
         session: &mut Session,
@@ -80,6 +127,12 @@ impl Proxy {
             ctx.started.elapsed(),
             false,
         )?;
+        if let Some(rate) = &ctx.rate_headers {
+            ratelimit::apply_headers(&mut resp, rate)?;
+            if err.status == 429 {
+                resp.insert_header(http::header::RETRY_AFTER, rate.retry_after.max(1))?;
+            }
+        }
         session.set_keepalive(None);
         session.write_response_header(Box::new(resp), false).await?;
         session.write_response_body(Some(body), true).await
@@ -112,6 +165,11 @@ impl ProxyHttp for Proxy {
         if ctx.route.is_none() {
             self.send_error(session, ctx, &ErrorResponse::no_route())
                 .await?;
+            return Ok(true);
+        }
+        // Before the cache lookup: cached responses count against budgets too.
+        if let Some(refusal) = self.rate_limit(session, ctx).await {
+            self.send_error(session, ctx, &refusal).await?;
             return Ok(true);
         }
         Ok(false)
@@ -410,6 +468,9 @@ impl ProxyHttp for Proxy {
                     .with_label_values(&[&route.name, outcome.label()])
                     .inc();
             }
+        }
+        if let Some(rate) = &ctx.rate_headers {
+            ratelimit::apply_headers(upstream_response, rate)?;
         }
         headers::decorate(
             upstream_response,

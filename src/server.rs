@@ -163,6 +163,10 @@ pub fn build(
         HealthChecker::new(state.clone()),
     ));
     server.add_service(background_service(
+        "tollgate rate-limit bucket sweeper",
+        crate::ratelimit::BucketSweeper::new(state.clone()),
+    ));
+    server.add_service(background_service(
         "tollgate reload on SIGHUP",
         ReloadOnSignal::new(state.clone()),
     ));

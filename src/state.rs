@@ -4,6 +4,7 @@
 use crate::cache::CacheRuntime;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
+use crate::ratelimit::RateStore;
 use crate::upstream::UpstreamMemory;
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
@@ -29,6 +30,8 @@ pub struct AppState {
     pub memory: UpstreamMemory,
     /// The response cache (created once; survives reloads).
     pub cache: CacheRuntime,
+    /// Rate-limit buckets (created once; survive reloads).
+    pub rate: RateStore,
     /// Where the config comes from.
     pub source: ConfigSource,
     /// Serialises reloads (SIGHUP and the admin endpoint may race).
@@ -52,6 +55,7 @@ impl AppState {
             metrics,
             memory,
             cache,
+            rate: RateStore::new(),
             source,
             reload_lock: Mutex::new(()),
             ready: AtomicBool::new(false),

@@ -282,3 +282,25 @@ fn slow_requests_are_logged_with_their_timings() {
         1.0,
     );
 }
+
+/// A retried idempotent request carries its body: Pingora keeps the first
+/// 64 KiB in its retry buffer.
+#[test]
+fn a_reset_put_is_retried_with_its_body() {
+    let a = TestUpstream::start(|_| Action::Close);
+    let b = TestUpstream::start(|req| {
+        Action::Reply(Reply { status: 200, headers: Vec::new(), body: req.body.clone() })
+    });
+    let proxy = TollgateProcess::start(&config(&[&a, &b], "    max_fails: 0\n"));
+    let mut retried = false;
+    for _ in 0..100 {
+        let a_before = a.count();
+        let r = request(proxy.addr, "PUT", "/items/7", &[], b"{\"name\":\"seven\"}").expect("put");
+        assert_eq!((r.status, r.text().as_str()), (200, "{\"name\":\"seven\"}"));
+        if a.count() > a_before {
+            retried = true;
+            break;
+        }
+    }
+    assert!(retried, "no PUT ever landed on A first");
+}

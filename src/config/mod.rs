@@ -7,12 +7,14 @@
 //! resolvable addresses) and builds [`model::Config`], the only form the
 //! proxy reads. Every problem is reported as `file:line:col: field: message`.
 
+mod check_ratelimit;
 pub mod error;
 pub mod file;
 pub mod locate;
 pub mod model;
 pub mod units;
 
+pub use check_ratelimit::parse_key_hash;
 pub use error::{ConfigError, Problem};
 pub use model::Config;
 
@@ -162,6 +164,7 @@ impl Checker<'_> {
             });
         let server = self.server(&raw.server, &root.key("server"));
         let cache = self.cache_limits(raw.cache.as_ref(), &root.key("cache"));
+        let rate_limit = self.rate_limit(&raw);
         let logging = self.logging(&raw.logging, &root.key("logging"));
 
         let mut upstreams = Vec::with_capacity(raw.upstreams.len());
@@ -208,6 +211,7 @@ impl Checker<'_> {
             server,
             logging,
             cache,
+            rate_limit,
             upstreams,
             routes,
             warnings: std::mem::take(&mut self.warnings),
@@ -593,6 +597,7 @@ impl Checker<'_> {
             .as_ref()
             .filter(|c| c.enabled.unwrap_or(true))
             .map(|c| self.route_cache(c, &path.key("cache")));
+        let rate_limit = self.route_rate_limit(spec.rate_limit.as_ref(), &path.key("rate_limit"));
         (self.problems.len() == before).then(|| RouteConfig {
             name: spec.name.clone(),
             host,
@@ -605,6 +610,7 @@ impl Checker<'_> {
                 total,
             },
             cache,
+            rate_limit,
         })
     }
 

@@ -27,6 +27,8 @@ pub struct Config {
     pub logging: LoggingSettings,
     /// Global cache limits.
     pub cache: CacheLimits,
+    /// Tenants, tiers and where keys come from; `None` when no tiers are configured.
+    pub rate_limit: Option<RateLimitConfig>,
     /// Upstream pools, sorted by name.
     pub upstreams: Vec<UpstreamConfig>,
     /// Routes in file order.
@@ -180,6 +182,132 @@ pub struct RouteConfig {
     pub timeouts: RouteTimeouts,
     /// Response caching, when enabled for this route.
     pub cache: Option<RouteCache>,
+    /// Rate-limit settings of this route.
+    pub rate_limit: RouteRateLimit,
+}
+
+/// A route's rate-limit settings with defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RouteRateLimit {
+    /// Not limited, no key needed.
+    pub exempt: bool,
+    /// Tokens per request (≥ 1).
+    pub cost: u64,
+    /// Extra route-level windows: (quota, seconds).
+    pub windows: Vec<(u64, u64)>,
+}
+
+/// Rate limiting, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    /// Tiers, sorted by name.
+    pub tiers: Vec<TierConfig>,
+    /// Tenants, sorted by name.
+    pub tenants: Vec<TenantConfig>,
+    /// Anonymous policy.
+    pub anonymous: Anonymous,
+    /// Where keys are read, in order.
+    pub key_sources: Vec<KeySource>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Shared state, if configured.
+    pub redis: Option<RedisConfig>,
+}
+
+/// A tier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TierConfig {
+    /// Name (metric label, 429 message).
+    pub name: String,
+    /// Windows: (quota, seconds), shortest first.
+    pub windows: Vec<(u64, u64)>,
+    /// Burst of the shortest window.
+    pub burst: Option<u64>,
+    /// Whether its tenants are labelled by name in metrics.
+    pub tenant_metrics: bool,
+}
+
+/// A tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantConfig {
+    /// Name.
+    pub name: String,
+    /// Index into `RateLimitConfig::tiers`.
+    pub tier: usize,
+    /// SHA-256 digests of its API keys.
+    pub key_hashes: Vec<[u8; 32]>,
+}
+
+/// What happens to a request without an API key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Anonymous {
+    /// 401 `api_key_required`.
+    Reject,
+    /// This tier (index), per client IP.
+    Tier(usize),
+}
+
+/// Where an API key may be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// `Authorization: Bearer <key>`.
+    Bearer,
+    /// A header whose whole value is the key.
+    Header(http::HeaderName),
+}
+
+/// An IP network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// Network address.
+    pub addr: std::net::IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `10.0.0.0/8`, `::1/128` or a bare address.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (ip, prefix) = match s.split_once('/') {
+            Some((ip, p)) => (ip.parse::<std::net::IpAddr>().ok()?, p.parse::<u8>().ok()?),
+            None => {
+                let ip = s.parse::<std::net::IpAddr>().ok()?;
+                (ip, if ip.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then_some(Cidr { addr: ip, prefix })
+    }
+
+    /// Whether `ip` is inside this network.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        match (self.addr, ip) {
+            (std::net::IpAddr::V4(net), std::net::IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (std::net::IpAddr::V6(net), std::net::IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Redis settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// Connection URL (may hold a password: never logged).
+    pub url: String,
+    /// Per-decision timeout.
+    pub timeout: Duration,
+    /// Key prefix.
+    pub key_prefix: String,
 }
 
 /// Global cache limits with defaults applied.

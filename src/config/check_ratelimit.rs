@@ -1,0 +1,275 @@
+//! Validation of the rate-limit parts of the file: tiers, tenants, the
+//! anonymous policy, key sources, trusted proxies, Redis, route settings.
+
+use super::file::{FileConfig, RouteRateLimitSpec};
+use super::locate::FieldPath;
+use super::model::*;
+use super::Checker;
+use std::collections::HashMap;
+
+impl Checker<'_> {
+    pub(super) fn rate_limit(&mut self, raw: &FileConfig) -> Option<RateLimitConfig> {
+        let root = FieldPath::root();
+        if raw.tiers.is_empty() {
+            if !raw.tenants.is_empty() || raw.anonymous.is_some() {
+                self.problem(
+                    root.key("tiers"),
+                    "tenants and anonymous need tiers to refer to",
+                );
+            }
+            if raw.redis.is_some() {
+                self.problem(
+                    root.key("redis"),
+                    "redis is only used for rate limiting: define tiers too",
+                );
+            }
+            return None;
+        }
+        let mut tiers = Vec::with_capacity(raw.tiers.len());
+        for (name, spec) in &raw.tiers {
+            let path = root.key("tiers").key(name);
+            let mut windows: Vec<(u64, u64)> = [
+                (spec.per_second, 1),
+                (spec.per_minute, 60),
+                (spec.per_hour, 3600),
+                (spec.per_day, 86400),
+            ]
+            .into_iter()
+            .filter_map(|(q, secs)| q.map(|q| (q, secs)))
+            .collect();
+            if windows.is_empty() {
+                self.problem(
+                    path.clone(),
+                    "a tier needs at least one of per_second, per_minute, per_hour, per_day",
+                );
+            }
+            if windows.iter().any(|(q, _)| *q == 0) {
+                self.problem(
+                    path.clone(),
+                    "budgets must be at least 1 (leave a window out to not limit it)",
+                );
+            }
+            windows.sort_by_key(|(_, secs)| *secs);
+            if spec.burst == Some(0) {
+                self.problem(path.key("burst"), "burst must be at least 1");
+            }
+            tiers.push(TierConfig {
+                name: name.clone(),
+                windows,
+                burst: spec.burst,
+                tenant_metrics: spec.tenant_metrics.unwrap_or(false),
+            });
+        }
+        let tier_index: HashMap<&str, usize> = tiers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.as_str(), i))
+            .collect();
+        let known = || {
+            let mut names: Vec<&str> = raw.tiers.keys().map(String::as_str).collect();
+            names.sort_unstable();
+            names.join(", ")
+        };
+
+        let mut tenants = Vec::with_capacity(raw.tenants.len());
+        let mut seen_keys: HashMap<[u8; 32], String> = HashMap::new();
+        for (name, spec) in &raw.tenants {
+            let path = root.key("tenants").key(name);
+            let tier = match tier_index.get(spec.tier.as_str()) {
+                Some(t) => *t,
+                None => {
+                    self.problem(
+                        path.key("tier"),
+                        format!("unknown tier {:?} (defined: {})", spec.tier, known()),
+                    );
+                    0
+                }
+            };
+            if spec.api_keys.is_empty() {
+                self.problem(path.key("api_keys"), "a tenant needs at least one API key");
+            }
+            let mut key_hashes = Vec::new();
+            for (i, key) in spec.api_keys.iter().enumerate() {
+                match parse_key_hash(key) {
+                    Some(hash) => {
+                        if let Some(other) = seen_keys.insert(hash, name.clone()) {
+                            self.problem(
+                                path.key("api_keys").index(i),
+                                format!("this key is also listed for tenant {other:?}"),
+                            );
+                        }
+                        key_hashes.push(hash);
+                    }
+                    None => self.problem(
+                        path.key("api_keys").index(i),
+                        "write keys hashed, as sha256:<64 hex digits> (`tollgate hash-key KEY` prints one)",
+                    ),
+                }
+            }
+            tenants.push(TenantConfig {
+                name: name.clone(),
+                tier,
+                key_hashes,
+            });
+        }
+
+        let anon_path = root.key("anonymous");
+        let anonymous = match &raw.anonymous {
+            None => {
+                self.problem(
+                    anon_path,
+                    "say how requests without an API key are treated: anonymous: { tier: NAME } or { reject: true }",
+                );
+                Anonymous::Reject
+            }
+            Some(a) => match (&a.tier, a.reject) {
+                (Some(t), false) => match tier_index.get(t.as_str()) {
+                    Some(i) => Anonymous::Tier(*i),
+                    None => {
+                        self.problem(
+                            anon_path.key("tier"),
+                            format!("unknown tier {t:?} (defined: {})", known()),
+                        );
+                        Anonymous::Reject
+                    }
+                },
+                (None, true) => Anonymous::Reject,
+                _ => {
+                    self.problem(anon_path, "set exactly one of tier or reject: true");
+                    Anonymous::Reject
+                }
+            },
+        };
+
+        let rl_path = root.key("rate_limit");
+        let headers = raw
+            .rate_limit
+            .api_key_headers
+            .clone()
+            .unwrap_or_else(|| vec!["authorization".into(), "x-api-key".into()]);
+        let mut key_sources = Vec::new();
+        for (i, h) in headers.iter().enumerate() {
+            if h.eq_ignore_ascii_case("authorization") {
+                key_sources.push(KeySource::Bearer);
+            } else {
+                match http::HeaderName::from_bytes(h.as_bytes()) {
+                    Ok(name) => key_sources.push(KeySource::Header(name)),
+                    Err(_) => self.problem(
+                        rl_path.key("api_key_headers").index(i),
+                        format!("invalid header name {h:?}"),
+                    ),
+                }
+            }
+        }
+        if key_sources.is_empty() {
+            self.problem(rl_path.key("api_key_headers"), "list at least one header");
+        }
+        let mut trusted_proxies = Vec::new();
+        for (i, p) in raw.rate_limit.trusted_proxies.iter().enumerate() {
+            match Cidr::parse(p) {
+                Some(c) => trusted_proxies.push(c),
+                None => self.problem(
+                    rl_path.key("trusted_proxies").index(i),
+                    format!("invalid address or network {p:?} (e.g. 10.0.0.0/8, 192.0.2.7)"),
+                ),
+            }
+        }
+
+        let redis = raw.redis.as_ref().map(|r| {
+            let path = root.key("redis");
+            let url = match (&r.url, &r.url_env) {
+                (Some(u), None) => u.clone(),
+                (None, Some(var)) => std::env::var(var).unwrap_or_else(|_| {
+                    self.problem(
+                        path.key("url_env"),
+                        format!("environment variable {var} is not set"),
+                    );
+                    String::new()
+                }),
+                _ => {
+                    self.problem(path.clone(), "set exactly one of url or url_env");
+                    String::new()
+                }
+            };
+            if !(url.is_empty() || url.starts_with("redis://") || url.starts_with("rediss://")) {
+                self.problem(
+                    path.key("url"),
+                    "the URL must start with redis:// or rediss://",
+                );
+            }
+            RedisConfig {
+                url,
+                timeout: r
+                    .timeout
+                    .map_or(std::time::Duration::from_millis(50), |d| d.0),
+                key_prefix: r
+                    .key_prefix
+                    .clone()
+                    .unwrap_or_else(|| "tollgate:rl:".to_owned()),
+            }
+        });
+
+        Some(RateLimitConfig {
+            tiers,
+            tenants,
+            anonymous,
+            key_sources,
+            trusted_proxies,
+            redis,
+        })
+    }
+
+    pub(super) fn route_rate_limit(
+        &mut self,
+        spec: Option<&RouteRateLimitSpec>,
+        path: &FieldPath,
+    ) -> RouteRateLimit {
+        let Some(spec) = spec else {
+            return RouteRateLimit {
+                exempt: false,
+                cost: 1,
+                windows: Vec::new(),
+            };
+        };
+        let cost = spec.cost.unwrap_or(1);
+        if cost == 0 {
+            self.problem(
+                path.key("cost"),
+                "cost must be at least 1 (use exempt: true for free requests)",
+            );
+        }
+        let windows: Vec<(u64, u64)> = [
+            (spec.per_second, 1),
+            (spec.per_minute, 60),
+            (spec.per_hour, 3600),
+        ]
+        .into_iter()
+        .filter_map(|(q, secs)| q.map(|q| (q, secs)))
+        .collect();
+        if windows.iter().any(|(q, _)| *q == 0) {
+            self.problem(path.clone(), "route budgets must be at least 1");
+        }
+        if spec.exempt && (spec.cost.is_some() || !windows.is_empty()) {
+            self.problem(path.key("exempt"), "an exempt route has no cost or budget");
+        }
+        RouteRateLimit {
+            exempt: spec.exempt,
+            cost: cost.max(1),
+            windows,
+        }
+    }
+}
+
+/// Parses `sha256:<64 hex digits>`.
+pub fn parse_key_hash(s: &str) -> Option<[u8; 32]> {
+    let hex = s.strip_prefix("sha256:")?;
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in hex.as_bytes().chunks(2).enumerate() {
+        let text = std::str::from_utf8(chunk).ok()?;
+        out[i] = u8::from_str_radix(text, 16).ok()?;
+    }
+    Some(out)
+}

@@ -1,0 +1,141 @@
+//! Who is asking: the tenant behind an API key, or an anonymous client IP.
+//! Keys are compared by SHA-256, so the config never holds a usable key.
+
+use super::RateLimiter;
+use crate::config::model::{Anonymous, Cidr, KeySource};
+use pingora::http::RequestHeader;
+use sha2::{Digest, Sha256};
+use std::net::IpAddr;
+
+/// A requester.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity {
+    /// A tenant, by index.
+    Tenant(usize),
+    /// No key: the client's IP.
+    Anonymous(IpAddr),
+}
+
+/// Why a request is refused before any budget is looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A key was sent and is unknown or malformed: 401 `invalid_api_key`.
+    InvalidKey,
+    /// No key, and anonymous requests are refused: 401 `api_key_required`.
+    KeyRequired,
+}
+
+/// `sha256:<hex>` of a key, as the config stores it.
+pub fn hash_key(key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+impl RateLimiter {
+    /// Identifies the requester of `req` arriving from `peer`.
+    pub fn identify(&self, req: &RequestHeader, peer: Option<IpAddr>) -> Result<Identity, Refusal> {
+        for source in &self.config.key_sources {
+            let key = match source {
+                KeySource::Bearer => match req.headers.get(http::header::AUTHORIZATION) {
+                    None => continue,
+                    Some(v) => {
+                        let v = v.to_str().map_err(|_| Refusal::InvalidKey)?;
+                        match v
+                            .strip_prefix("Bearer ")
+                            .or_else(|| v.strip_prefix("bearer "))
+                        {
+                            Some(k) => k.trim(),
+                            None => return Err(Refusal::InvalidKey),
+                        }
+                    }
+                },
+                KeySource::Header(name) => match req.headers.get(name) {
+                    None => continue,
+                    Some(v) => v.to_str().map_err(|_| Refusal::InvalidKey)?.trim(),
+                },
+            };
+            if key.is_empty() {
+                return Err(Refusal::InvalidKey);
+            }
+            let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+            return self
+                .keys
+                .get(&digest)
+                .map(|&i| Identity::Tenant(i))
+                .ok_or(Refusal::InvalidKey);
+        }
+        match self.config.anonymous {
+            Anonymous::Reject => Err(Refusal::KeyRequired),
+            Anonymous::Tier(_) => {
+                let ip = client_ip(req, peer, &self.config.trusted_proxies);
+                Ok(Identity::Anonymous(
+                    ip.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+                ))
+            }
+        }
+    }
+}
+
+/// The client's address: the peer, unless the peer is a trusted proxy, in
+/// which case `X-Forwarded-For` is walked from the right past trusted hops.
+pub fn client_ip(req: &RequestHeader, peer: Option<IpAddr>, trusted: &[Cidr]) -> Option<IpAddr> {
+    let peer = peer?;
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(peer) {
+        return Some(peer);
+    }
+    let mut client = peer;
+    for value in req.headers.get_all("x-forwarded-for").iter().rev() {
+        let Ok(text) = value.to_str() else { break };
+        for hop in text.rsplit(',') {
+            let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+                return Some(client);
+            };
+            client = ip;
+            if !is_trusted(ip) {
+                return Some(ip);
+            }
+        }
+    }
+    Some(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/", None).expect("req");
+        for (n, v) in headers {
+            r.append_header(n.to_string(), *v).expect("hdr");
+        }
+        r
+    }
+
+    #[test]
+    fn hashes_match_the_config_format() {
+        assert_eq!(
+            hash_key("secret"),
+            "sha256:2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"
+        );
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted = [Cidr::parse("10.0.0.0/8").expect("cidr")];
+        let peer: IpAddr = "10.1.2.3".parse().expect("ip");
+        let r = req(&[("x-forwarded-for", "198.51.100.1, 203.0.113.9, 10.9.9.9")]);
+        assert_eq!(
+            client_ip(&r, Some(peer), &trusted),
+            Some("203.0.113.9".parse().expect("ip"))
+        );
+        let stranger: IpAddr = "192.0.2.50".parse().expect("ip");
+        assert_eq!(client_ip(&r, Some(stranger), &trusted), Some(stranger));
+        assert_eq!(client_ip(&req(&[]), Some(peer), &trusted), Some(peer));
+    }
+}

@@ -1,0 +1,331 @@
+//! Per-tenant rate-limit tiers. A request is identified (API key → tenant,
+//! or anonymous client IP), then decided against its tier's windows (and
+//! the route's own, if any) by GCRA — locally, or through Redis so that
+//! every instance shares one budget. The answer carries the IETF
+//! `RateLimit-Policy` / `RateLimit` headers and the common `X-RateLimit-*`.
+//!
+//! Tenant tiers are ours to write: Pingora's `pingora-limits` estimates
+//! rates over fixed intervals for one process; budgets here must refill
+//! continuously, cover hours and days, and be shared through Redis.
+
+pub mod gcra;
+pub mod identity;
+pub mod local;
+
+use crate::config::model::{Anonymous, RateLimitConfig, RouteRateLimit};
+use crate::metrics::Metrics;
+use gcra::{Verdict, Window};
+use identity::Identity;
+use local::{Check, LocalBuckets};
+use pingora::http::ResponseHeader;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+/// A tier as decisions use it.
+pub struct Tier {
+    /// Name.
+    pub name: Box<str>,
+    /// Windows, shortest first.
+    pub windows: Vec<Window>,
+    /// Label its tenants by name in metrics.
+    pub tenant_metrics: bool,
+}
+
+/// The compiled rate-limit settings of one config generation.
+pub struct RateLimiter {
+    /// Tiers by index.
+    pub tiers: Vec<Tier>,
+    /// Tenant names and their tier, by index.
+    pub tenants: Vec<(Box<str>, usize)>,
+    /// SHA-256 of a key → tenant index.
+    pub keys: HashMap<[u8; 32], usize>,
+    /// The config it came from (key sources, proxies, anonymous policy).
+    pub config: RateLimitConfig,
+}
+
+/// What a route adds to a decision.
+pub struct RouteBudget {
+    /// Tokens per request.
+    pub cost: u64,
+    /// Route-level windows (may be empty).
+    pub windows: Vec<Window>,
+}
+
+impl RouteBudget {
+    /// Compiles a route's settings; `None` for an exempt route.
+    pub fn new(route: &RouteRateLimit) -> Option<Self> {
+        (!route.exempt).then(|| RouteBudget {
+            cost: route.cost,
+            windows: route
+                .windows
+                .iter()
+                .map(|&(q, s)| Window::new(q, s, q))
+                .collect(),
+        })
+    }
+}
+
+/// One decision, with what the response headers need.
+pub struct Decision {
+    /// Whether the request may go on.
+    pub allowed: bool,
+    /// Tier index.
+    pub tier: usize,
+    /// Seconds to wait when refused.
+    pub retry_after: u64,
+    /// `RateLimit-Policy`, `RateLimit`, `X-RateLimit-*` values.
+    pub headers: RateHeaders,
+    /// Whether Redis failed and local buckets decided.
+    pub fallback: bool,
+}
+
+/// Header values for a decided request.
+#[derive(Debug, Clone, Default)]
+pub struct RateHeaders {
+    /// `RateLimit-Policy`.
+    pub policy: String,
+    /// `RateLimit` (the binding window).
+    pub limit: String,
+    /// `X-RateLimit-Limit`.
+    pub x_limit: u64,
+    /// `X-RateLimit-Remaining`.
+    pub x_remaining: u64,
+    /// `X-RateLimit-Reset` (seconds).
+    pub x_reset: u64,
+    /// `Retry-After` of a refused request (seconds).
+    pub retry_after: u64,
+}
+
+/// Where budgets live: in-process buckets, shared by all config
+/// generations (a reload keeps every tenant's spent budget).
+pub struct RateStore {
+    /// The in-process buckets.
+    pub local: LocalBuckets,
+}
+
+impl RateStore {
+    /// Local buckets only.
+    pub fn new() -> Self {
+        Self {
+            local: LocalBuckets::new(),
+        }
+    }
+
+    /// Decides the checks together; `fallback` is true when a shared store
+    /// failed and local buckets decided instead.
+    pub async fn decide(&self, checks: &[Check<'_>]) -> (Vec<Verdict>, bool) {
+        (self.local.decide(checks), false)
+    }
+}
+
+impl Default for RateStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Drops refilled local buckets every few seconds so memory follows the
+/// number of active requesters, not every IP ever seen.
+pub struct BucketSweeper {
+    state: std::sync::Arc<crate::state::AppState>,
+}
+
+impl BucketSweeper {
+    /// A sweeper over the process's buckets.
+    pub fn new(state: std::sync::Arc<crate::state::AppState>) -> Self {
+        Self { state }
+    }
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for BucketSweeper {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let left = self.state.rate.local.sweep();
+            self.state
+                .metrics
+                .ratelimit_buckets
+                .set(i64::try_from(left).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// Adds the rate-limit headers to a response.
+pub fn apply_headers(resp: &mut ResponseHeader, h: &RateHeaders) -> pingora::Result<()> {
+    resp.insert_header("RateLimit-Policy", h.policy.as_str())?;
+    resp.insert_header("RateLimit", h.limit.as_str())?;
+    resp.insert_header("X-RateLimit-Limit", h.x_limit)?;
+    resp.insert_header("X-RateLimit-Remaining", h.x_remaining)?;
+    resp.insert_header("X-RateLimit-Reset", h.x_reset)?;
+    Ok(())
+}
+
+/// Counts a decision in `tollgate_ratelimit_decisions_total` (and per tenant
+/// when the tier asks for it).
+pub fn count(metrics: &Metrics, limiter: &RateLimiter, who: &Identity, d: &Decision) {
+    let tier = &limiter.tiers[d.tier];
+    let outcome = if d.allowed { "allowed" } else { "limited" };
+    metrics
+        .ratelimit_decisions
+        .with_label_values(&[&*tier.name, outcome])
+        .inc();
+    if d.fallback {
+        metrics
+            .ratelimit_fallback
+            .with_label_values(&[&*tier.name])
+            .inc();
+    }
+    if let (true, Identity::Tenant(i)) = (tier.tenant_metrics, who) {
+        metrics
+            .ratelimit_tenant_decisions
+            .with_label_values(&[&*limiter.tenants[*i].0, outcome])
+            .inc();
+    }
+}
+
+fn window_name(secs: u64) -> &'static str {
+    match secs {
+        1 => "second",
+        60 => "minute",
+        3600 => "hour",
+        86400 => "day",
+        _ => "window",
+    }
+}
+
+impl RateLimiter {
+    /// Compiles the validated config.
+    pub fn new(config: &RateLimitConfig) -> Self {
+        let tiers = config
+            .tiers
+            .iter()
+            .map(|t| Tier {
+                name: t.name.as_str().into(),
+                windows: t
+                    .windows
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(q, s))| {
+                        let burst = if i == 0 { t.burst.unwrap_or(q) } else { q };
+                        Window::new(q, s, burst)
+                    })
+                    .collect(),
+                tenant_metrics: t.tenant_metrics,
+            })
+            .collect();
+        let mut keys = HashMap::new();
+        for (i, t) in config.tenants.iter().enumerate() {
+            for h in &t.key_hashes {
+                keys.insert(*h, i);
+            }
+        }
+        Self {
+            tiers,
+            tenants: config
+                .tenants
+                .iter()
+                .map(|t| (t.name.as_str().into(), t.tier))
+                .collect(),
+            keys,
+            config: config.clone(),
+        }
+    }
+
+    /// The tier of an identified requester.
+    pub fn tier_of(&self, who: &Identity) -> Option<usize> {
+        match who {
+            Identity::Tenant(i) => self.tenants.get(*i).map(|(_, t)| *t),
+            Identity::Anonymous(_) => match self.config.anonymous {
+                Anonymous::Tier(t) => Some(t),
+                Anonymous::Reject => None,
+            },
+        }
+    }
+
+    /// The bucket key of a requester.
+    pub fn bucket_key(&self, who: &Identity) -> String {
+        match who {
+            Identity::Tenant(i) => format!("t:{}", self.tenants[*i].0),
+            Identity::Anonymous(ip) => format!("ip:{ip}"),
+        }
+    }
+
+    /// Turns verdicts (tier first, then the route's) into a decision.
+    pub fn decision(
+        &self,
+        tier: usize,
+        route: &RouteBudget,
+        verdicts: &[Verdict],
+        fallback: bool,
+    ) -> Decision {
+        let tier_cfg = &self.tiers[tier];
+        let allowed = verdicts.iter().all(|v| v.allowed);
+        let retry_after = verdicts
+            .iter()
+            .map(|v| v.retry_after_secs)
+            .max()
+            .unwrap_or(0);
+        let mut headers = RateHeaders::default();
+        let mut binding: Option<(f64, String, u64, u64, u64)> = None;
+        let groups = [("", &tier_cfg.windows[..]), ("route-", &route.windows[..])];
+        for ((prefix, windows), verdict) in groups.iter().zip(verdicts) {
+            for (w, state) in windows.iter().zip(&verdict.windows) {
+                let name = format!("{prefix}{}", window_name(w.window_secs));
+                if !headers.policy.is_empty() {
+                    headers.policy.push_str(", ");
+                }
+                let _ = write!(
+                    headers.policy,
+                    "\"{name}\";q={};w={}",
+                    w.quota, w.window_secs
+                );
+                let remaining = state.remaining.min(w.quota);
+                let share = remaining as f64 / w.quota as f64;
+                // The binding window has the smallest share left; on a tie,
+                // the one that takes longest to come back.
+                let tighter = binding
+                    .as_ref()
+                    .is_none_or(|b| share < b.0 || (share == b.0 && state.reset_secs > b.4));
+                if tighter {
+                    binding = Some((share, name, w.quota, remaining, state.reset_secs));
+                }
+            }
+        }
+        if let Some((_, name, quota, remaining, reset)) = binding {
+            let reset = if allowed {
+                reset
+            } else {
+                reset.max(retry_after)
+            };
+            headers.limit = format!("\"{name}\";r={remaining};t={reset}");
+            headers.x_limit = quota;
+            headers.x_remaining = remaining;
+            headers.x_reset = reset;
+        }
+        headers.retry_after = retry_after;
+        Decision {
+            allowed,
+            tier,
+            retry_after,
+            headers,
+            fallback,
+        }
+    }
+
+    /// The 429 message: the tier and its binding budget.
+    pub fn limited_message(&self, decision: &Decision) -> String {
+        let tier = &self.tiers[decision.tier];
+        let budget = tier
+            .windows
+            .iter()
+            .find(|w| w.quota == decision.headers.x_limit)
+            .map(|w| format!("{} requests per {}", w.quota, window_name(w.window_secs)))
+            .unwrap_or_else(|| format!("{} requests per route window", decision.headers.x_limit));
+        format!("Rate limit exceeded for tier {}: {budget}", tier.name)
+    }
+}
