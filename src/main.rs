@@ -220,6 +220,9 @@ fn main() -> ExitCode {
                  \x20 curl -i 'http://127.0.0.1:8080/pricing/quote?sku=pro'\n\
                  \x20 curl -i http://127.0.0.1:8080/slow             # 504 JSON: the route's total timeout is 1s\n\
                  \x20 curl -i http://127.0.0.1:8080/nowhere          # 404 JSON: no route\n\
+                 \x20 for i in $(seq 25); do curl -s -o /dev/null -w '%{{http_code}} ' http://127.0.0.1:8080/pricing/quote; done; echo\n\
+                 \x20     # anonymous tier: 20 per minute, then 429 (see RateLimit headers with curl -i)\n\
+                 \x20 curl -i -H 'Authorization: Bearer demo-key' http://127.0.0.1:8080/pricing/quote   # tenant acme\n\
                  \x20 curl -s http://127.0.0.1:9090/health\n\
                  \x20 curl -s http://127.0.0.1:9090/metrics | grep '^tollgate_'\n\
                  Stop with Ctrl-C.\n",

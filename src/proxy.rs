@@ -130,7 +130,7 @@ impl Proxy {
         if let Some(rate) = &ctx.rate_headers {
             ratelimit::apply_headers(&mut resp, rate)?;
             if err.status == 429 {
-                resp.insert_header(http::header::RETRY_AFTER, rate.retry_after.max(1))?;
+                resp.insert_header("Retry-After", rate.retry_after.max(1))?;
             }
         }
         session.set_keepalive(None);

@@ -289,7 +289,11 @@ fn slow_requests_are_logged_with_their_timings() {
 fn a_reset_put_is_retried_with_its_body() {
     let a = TestUpstream::start(|_| Action::Close);
     let b = TestUpstream::start(|req| {
-        Action::Reply(Reply { status: 200, headers: Vec::new(), body: req.body.clone() })
+        Action::Reply(Reply {
+            status: 200,
+            headers: Vec::new(),
+            body: req.body.clone(),
+        })
     });
     let proxy = TollgateProcess::start(&config(&[&a, &b], "    max_fails: 0\n"));
     let mut retried = false;
