@@ -63,6 +63,19 @@ impl AdminApp {
             );
         }
         let config = &gateway.config;
+        let mut components = serde_json::Map::new();
+        if let Some(redis) = &self.state.rate.redis {
+            let down = redis.is_degraded();
+            degraded |= down;
+            components.insert(
+                "redis".into(),
+                json!({
+                    "status": if down { "degraded" } else { "ok" },
+                    "detail": if down { "rate limits are decided per instance until Redis answers" } else { "rate limits are shared" },
+                    "error": redis.last_error(),
+                }),
+            );
+        }
         json!({
             "status": if degraded { "degraded" } else { "ok" },
             "version": env!("CARGO_PKG_VERSION"),
@@ -77,6 +90,7 @@ impl AdminApp {
                     "warnings": config.warnings,
                 },
                 "upstreams": upstreams,
+                "redis": components.remove("redis"),
             }
         })
     }

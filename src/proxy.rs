@@ -98,7 +98,7 @@ impl Proxy {
                 cost: budget.cost,
             });
         }
-        let (verdicts, fallback) = self.state.rate.decide(&checks).await;
+        let (verdicts, fallback) = self.state.rate.decide(&checks, &self.state.metrics).await;
         let decision = limiter.decision(tier, budget, &verdicts, fallback);
         ratelimit::count(&self.state.metrics, limiter, &who, &decision);
         let refusal = (!decision.allowed).then(|| {

@@ -50,6 +50,12 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
             "admin.listen changed: takes effect after a restart or graceful upgrade".to_owned(),
         );
     }
+    let redis_of = |c: &Config| c.rate_limit.as_ref().and_then(|r| r.redis.clone());
+    if redis_of(old) != redis_of(new) {
+        out.push(
+            "redis settings changed: take effect after a restart or graceful upgrade".to_owned(),
+        );
+    }
     if old.cache != new.cache {
         out.push(
             "cache limits changed: take effect after a restart or graceful upgrade".to_owned(),

@@ -114,7 +114,9 @@ pub fn build(
     let memory = UpstreamMemory::default();
     let gateway = Gateway::build(config, &metrics, &memory).map_err(StartError::Setup)?;
     let cache = CacheRuntime::new(gateway.config.cache);
-    let state = Arc::new(AppState::new(gateway, metrics, memory, cache, source));
+    let rate = crate::ratelimit::RateStore::new(gateway.config.rate_limit.as_ref())
+        .map_err(StartError::Setup)?;
+    let state = Arc::new(AppState::new(gateway, metrics, memory, cache, rate, source));
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,

@@ -48,6 +48,7 @@ impl AppState {
         metrics: Arc<Metrics>,
         memory: UpstreamMemory,
         cache: CacheRuntime,
+        rate: RateStore,
         source: ConfigSource,
     ) -> Self {
         Self {
@@ -55,7 +56,7 @@ impl AppState {
             metrics,
             memory,
             cache,
-            rate: RateStore::new(),
+            rate,
             source,
             reload_lock: Mutex::new(()),
             ready: AtomicBool::new(false),

@@ -11,6 +11,7 @@
 pub mod gcra;
 pub mod identity;
 pub mod local;
+pub mod redis;
 
 use crate::config::model::{Anonymous, RateLimitConfig, RouteRateLimit};
 use crate::metrics::Metrics;
@@ -96,31 +97,45 @@ pub struct RateHeaders {
     pub retry_after: u64,
 }
 
-/// Where budgets live: in-process buckets, shared by all config
-/// generations (a reload keeps every tenant's spent budget).
+/// Where budgets live: in-process buckets, and Redis when configured.
+/// Created once per process, so a reload keeps every tenant's spent budget.
 pub struct RateStore {
-    /// The in-process buckets.
+    /// The in-process buckets (the whole store without Redis; the fallback with it).
     pub local: LocalBuckets,
+    /// Shared buckets.
+    pub redis: Option<std::sync::Arc<redis::RedisBuckets>>,
 }
 
 impl RateStore {
-    /// Local buckets only.
-    pub fn new() -> Self {
-        Self {
+    /// Local buckets, plus Redis when configured.
+    pub fn new(config: Option<&RateLimitConfig>) -> Result<Self, String> {
+        let redis = match config.and_then(|c| c.redis.as_ref()) {
+            Some(r) => Some(redis::RedisBuckets::new(r)?),
+            None => None,
+        };
+        Ok(Self {
             local: LocalBuckets::new(),
+            redis,
+        })
+    }
+
+    /// Decides the checks together; `fallback` is true when Redis failed and
+    /// local buckets decided instead.
+    pub async fn decide(&self, checks: &[Check<'_>], metrics: &Metrics) -> (Vec<Verdict>, bool) {
+        let Some(redis) = &self.redis else {
+            return (self.local.decide(checks), false);
+        };
+        match redis.decide(checks).await {
+            Ok(verdicts) => (verdicts, false),
+            Err(failure) => {
+                let kind = match failure {
+                    redis::RedisFailure::Timeout => "timeout",
+                    _ => "error",
+                };
+                metrics.redis_errors.with_label_values(&[kind]).inc();
+                (self.local.decide(checks), true)
+            }
         }
-    }
-
-    /// Decides the checks together; `fallback` is true when a shared store
-    /// failed and local buckets decided instead.
-    pub async fn decide(&self, checks: &[Check<'_>]) -> (Vec<Verdict>, bool) {
-        (self.local.decide(checks), false)
-    }
-}
-
-impl Default for RateStore {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

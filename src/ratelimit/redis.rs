@@ -1,0 +1,247 @@
+//! Budgets shared by every instance through Redis: one Lua script per
+//! decision reads, decides and advances all of a request's buckets
+//! atomically, with Redis's own clock so instances need not agree on time.
+//!
+//! Failure policy: a decision waits at most `redis.timeout`; on a timeout or
+//! error the instance decides with its local buckets, counts it, reports
+//! Redis as degraded in `/health`, and keeps trying. A request is never
+//! failed or delayed past the timeout because of Redis.
+
+use super::gcra::{Verdict, WindowState};
+use super::local::Check;
+use crate::config::model::RedisConfig;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// GCRA over several keys and windows, atomically. Times in microseconds
+/// (Lua numbers are doubles: nanoseconds since the epoch would not fit).
+/// ARGV per key: cost, window count, then (interval, tolerance) per window.
+/// Returns: allowed (0/1), retry-after µs, then per window: remaining, used µs.
+const GCRA_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local pos = 1
+local allowed = 1
+local retry = 0
+local plans = {}
+local longest = 0
+for k = 1, #KEYS do
+  local cost = tonumber(ARGV[pos])
+  local n = tonumber(ARGV[pos + 1])
+  pos = pos + 2
+  for i = 1, n do
+    local interval = tonumber(ARGV[pos])
+    local tol = tonumber(ARGV[pos + 1])
+    pos = pos + 2
+    local tat = tonumber(redis.call('HGET', KEYS[k], tostring(i - 1))) or 0
+    if tat < now then tat = now end
+    local new_tat = tat + interval * cost
+    local ahead = new_tat - now
+    if ahead > tol then
+      allowed = 0
+      if ahead - tol > retry then retry = ahead - tol end
+    end
+    if tol > longest then longest = tol end
+    plans[#plans + 1] = {k, i - 1, tat, new_tat, interval, tol}
+  end
+end
+local out = {allowed, retry}
+for _, p in ipairs(plans) do
+  local used = p[3] - now
+  if allowed == 1 then used = p[4] - now end
+  local remaining = math.floor((p[6] - used) / p[5])
+  if remaining < 0 then remaining = 0 end
+  out[#out + 1] = remaining
+  out[#out + 1] = used
+end
+if allowed == 1 then
+  for _, p in ipairs(plans) do
+    redis.call('HSET', KEYS[p[1]], tostring(p[2]), string.format('%.0f', p[4]))
+  end
+  for k = 1, #KEYS do
+    redis.call('PEXPIRE', KEYS[k], math.floor(longest / 1000) + 1000)
+  end
+end
+return out
+"#;
+
+/// The Redis side of the rate-limit store.
+pub struct RedisBuckets {
+    conn: Arc<Mutex<Option<ConnectionManager>>>,
+    script: redis::Script,
+    timeout: Duration,
+    prefix: String,
+    degraded: AtomicBool,
+    last_error: Mutex<Option<String>>,
+}
+
+/// Why a Redis decision did not happen.
+#[derive(Debug)]
+pub enum RedisFailure {
+    /// Not connected (yet, or any more).
+    NotConnected,
+    /// No answer within the timeout.
+    Timeout,
+    /// Redis answered with an error, or the connection broke.
+    Error(String),
+}
+
+impl RedisBuckets {
+    /// Prepares the client and starts connecting in the background; never
+    /// fails because Redis is down.
+    pub fn new(config: &RedisConfig) -> Result<Arc<Self>, String> {
+        let client =
+            redis::Client::open(config.url.as_str()).map_err(|e| format!("redis url: {e}"))?;
+        let me = Arc::new(Self {
+            conn: Arc::new(Mutex::new(None)),
+            script: redis::Script::new(GCRA_LUA),
+            timeout: config.timeout,
+            prefix: config.key_prefix.clone(),
+            degraded: AtomicBool::new(true),
+            last_error: Mutex::new(Some("not connected yet".to_owned())),
+        });
+        let slot = me.conn.clone();
+        let timeout = config.timeout;
+        let weak = Arc::downgrade(&me);
+        // A dedicated thread and runtime connect and then drive the
+        // connection: it must not depend on which Pingora runtime asks first.
+        std::thread::Builder::new()
+            .name("tollgate-redis-connect".into())
+            .spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                    log::error!("redis: cannot start the connection thread's runtime");
+                    return;
+                };
+                rt.block_on(async move {
+                    let config = ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(Duration::from_secs(1)))
+                        .set_response_timeout(Some(timeout.max(Duration::from_millis(10))))
+                        .set_number_of_retries(2)
+                        .set_max_delay(Duration::from_secs(1));
+                    loop {
+                        if weak.strong_count() == 0 {
+                            return;
+                        }
+                        match client.get_connection_manager_with_config(config.clone()).await {
+                            Ok(manager) => {
+                                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(manager);
+                                log::info!("redis: connected");
+                                if let Some(me) = weak.upgrade() {
+                                    me.note(None);
+                                }
+                                // This runtime drives the connection: keep it alive.
+                                std::future::pending::<()>().await;
+                            }
+                            Err(e) => {
+                                log::warn!("redis: cannot connect, using local buckets until it answers: {e}");
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                        }
+                    }
+                });
+            })
+            .map_err(|e| format!("redis: cannot start the connection thread: {e}"))?;
+        Ok(me)
+    }
+
+    /// Whether the last decision fell back to local buckets.
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    /// The last failure, for `/health`.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn note(&self, failure: Option<&RedisFailure>) {
+        match failure {
+            None => {
+                if self.degraded.swap(false, Ordering::Relaxed) {
+                    log::info!("redis: decisions are shared again");
+                }
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+            Some(f) => {
+                if !self.degraded.swap(true, Ordering::Relaxed) {
+                    log::warn!("redis: falling back to local buckets: {f:?}");
+                }
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{f:?}"));
+            }
+        }
+    }
+
+    /// Decides the checks in Redis; the verdicts, or why not.
+    pub async fn decide(&self, checks: &[Check<'_>]) -> Result<Vec<Verdict>, RedisFailure> {
+        let result = self.try_decide(checks).await;
+        self.note(result.as_ref().err());
+        result
+    }
+
+    async fn try_decide(&self, checks: &[Check<'_>]) -> Result<Vec<Verdict>, RedisFailure> {
+        let Some(mut conn) = self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return Err(RedisFailure::NotConnected);
+        };
+        let mut invocation = self.script.prepare_invoke();
+        for c in checks {
+            invocation.key(format!("{}{}", self.prefix, c.key));
+            invocation.arg(c.cost).arg(c.windows.len());
+            for w in c.windows {
+                invocation
+                    .arg(micros(w.interval_ns))
+                    .arg(micros(w.tolerance_ns));
+            }
+        }
+        let reply: Vec<i64> =
+            match tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await {
+                Err(_) => return Err(RedisFailure::Timeout),
+                Ok(Err(e)) => return Err(RedisFailure::Error(e.to_string())),
+                Ok(Ok(v)) => v,
+            };
+        parse_reply(checks, &reply)
+            .ok_or_else(|| RedisFailure::Error("unexpected script reply".into()))
+    }
+}
+
+fn micros(ns: u64) -> u64 {
+    (ns / 1000).max(1)
+}
+
+fn secs_from_micros(us: i64) -> u64 {
+    u64::try_from(us.max(0)).unwrap_or(0).div_ceil(1_000_000)
+}
+
+fn parse_reply(checks: &[Check<'_>], reply: &[i64]) -> Option<Vec<Verdict>> {
+    let allowed = *reply.first()? == 1;
+    let retry_after_secs = if allowed {
+        0
+    } else {
+        secs_from_micros(*reply.get(1)?).max(1)
+    };
+    let mut pos = 2;
+    let mut out = Vec::with_capacity(checks.len());
+    for c in checks {
+        let mut windows = Vec::with_capacity(c.windows.len());
+        for _ in c.windows {
+            let remaining = u64::try_from(*reply.get(pos)?).unwrap_or(0);
+            let used = *reply.get(pos + 1)?;
+            windows.push(WindowState {
+                remaining,
+                reset_secs: secs_from_micros(used),
+            });
+            pos += 2;
+        }
+        out.push(Verdict {
+            allowed,
+            retry_after_secs,
+            windows,
+            new_tats: Vec::new(),
+        });
+    }
+    Some(out)
+}
