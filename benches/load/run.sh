@@ -20,7 +20,7 @@ mkdir -p "$OUT"
 WORK="$(mktemp -d /tmp/tollgate-bench.XXXXXX)"
 chmod 755 "$WORK" # nginx workers run unprivileged and must read the document
 
-scripts/install-deps build-essential cmake pkg-config libssl-dev nginx wrk
+scripts/install-deps build-essential cmake pkg-config libssl-dev nginx wrk redis-server
 cargo build --release --locked --bin tollgate --example bare_proxy >&2
 
 ORIGIN=127.0.0.1:18081
@@ -28,6 +28,12 @@ NGINX=127.0.0.1:18082
 BARE=127.0.0.1:18083
 TOLLGATE=127.0.0.1:18080
 TOLLGATE_ADMIN=127.0.0.1:18090
+TOLLGATE_RL=127.0.0.1:18084          # + rate limiting, local buckets
+TOLLGATE_RL_ADMIN=127.0.0.1:18091
+TOLLGATE_REDIS=127.0.0.1:18085       # + rate limiting through Redis
+TOLLGATE_REDIS_ADMIN=127.0.0.1:18092
+REDIS_PORT=18086
+BENCH_KEY=bench-key
 
 # A 1 KB JSON document.
 python3 - "$WORK/doc.json" <<'PY'
@@ -99,6 +105,25 @@ routes:
     cache: {}
 YAML
 
+# The same tollgate with rate limiting on: a tenant with a budget far above
+# what the load can reach, so every request is decided and none refused.
+KEY_HASH=$(target/release/tollgate hash-key "$BENCH_KEY")
+rl_config() { # listen admin [redis-url]
+  sed -e "s/$TOLLGATE_ADMIN/$2/" -e "s/\"$TOLLGATE\"/\"$1\"/" \
+      -e "s|$WORK/tollgate.pid|$WORK/tollgate-$1.pid|" -e "s|$WORK/tollgate-upgrade.sock|$WORK/upgrade-$1.sock|" \
+      "$WORK/tollgate.yaml"
+  cat <<YAML
+tiers:
+  bench: { per_second: 100000000, per_hour: 100000000000 }
+tenants:
+  bench: { tier: bench, api_keys: ["$KEY_HASH"] }
+anonymous: { reject: true }
+YAML
+  if [ -n "${3:-}" ]; then echo "redis: { url: \"$3\", timeout: 50ms }"; fi
+}
+rl_config "$TOLLGATE_RL" "$TOLLGATE_RL_ADMIN" > "$WORK/tollgate-rl.yaml"
+rl_config "$TOLLGATE_REDIS" "$TOLLGATE_REDIS_ADMIN" "redis://127.0.0.1:$REDIS_PORT" > "$WORK/tollgate-redis.yaml"
+
 pids=()
 cleanup() {
   nginx -c "$WORK/nginx-proxy.conf" -s stop 2>/dev/null || true
@@ -115,13 +140,23 @@ taskset -c $PROXY_CPU target/release/tollgate run -c "$WORK/tollgate.yaml" > "$W
 pids+=($!)
 taskset -c $PROXY_CPU target/release/examples/bare_proxy "$BARE" "$ORIGIN" > "$WORK/bare.log" 2>&1 &
 pids+=($!)
+taskset -c $PROXY_CPU redis-server --port $REDIS_PORT --bind 127.0.0.1 --save "" --appendonly no > "$WORK/redis.log" 2>&1 &
+pids+=($!)
+taskset -c $PROXY_CPU target/release/tollgate run -c "$WORK/tollgate-rl.yaml" > "$WORK/tollgate-rl.log" 2>&1 &
+pids+=($!)
+taskset -c $PROXY_CPU target/release/tollgate run -c "$WORK/tollgate-redis.yaml" > "$WORK/tollgate-redis.log" 2>&1 &
+pids+=($!)
 
-for addr in $ORIGIN $NGINX $TOLLGATE $BARE; do
+for addr in $ORIGIN $NGINX $TOLLGATE $BARE $TOLLGATE_RL $TOLLGATE_REDIS; do
   for _ in $(seq 1 200); do
-    curl -fsS -o /dev/null "http://$addr/uncached" 2>/dev/null && break
+    curl -fsS -o /dev/null -H "Authorization: Bearer $BENCH_KEY" "http://$addr/uncached" 2>/dev/null && break
     sleep 0.05 # poll until the server answers
   done
-  curl -fsS -o /dev/null "http://$addr/uncached" || { echo "$addr does not answer" >&2; exit 1; }
+  curl -fsS -o /dev/null -H "Authorization: Bearer $BENCH_KEY" "http://$addr/uncached" || { echo "$addr does not answer" >&2; exit 1; }
+done
+for _ in $(seq 1 200); do
+  curl -fsS "http://$TOLLGATE_REDIS_ADMIN/health" | grep -q '"redis":{[^}]*"status":"ok"' && break
+  sleep 0.05 # poll until tollgate is connected to Redis
 done
 
 # wrk prints latency with units; normalise to milliseconds.
@@ -129,7 +164,7 @@ to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v
 
 measure() { # name addr path -> "rps p50 p99"
   local out
-  out=$(taskset -c $LOAD_CPU wrk -t1 -c$CONNS -d"${DURATION}s" --latency "http://$2$3")
+  out=$(taskset -c $LOAD_CPU wrk -t1 -c$CONNS -d"${DURATION}s" --latency -H "Authorization: Bearer $BENCH_KEY" "http://$2$3")
   local rps p50 p99
   rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
   p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' <<<"$out")")
@@ -140,7 +175,7 @@ measure() { # name addr path -> "rps p50 p99"
 
 declare -A results
 scenarios=("passthrough:/uncached" "cached:/cached")
-targets=("nginx:$NGINX" "tollgate:$TOLLGATE" "bare-pingora:$BARE")
+targets=("nginx:$NGINX" "tollgate:$TOLLGATE" "bare-pingora:$BARE" "tollgate+ratelimit:$TOLLGATE_RL" "tollgate+redis:$TOLLGATE_REDIS")
 for round in $(seq 1 "$ROUNDS"); do
   for s in "${scenarios[@]}"; do
     scen=${s%%:*}; path=${s#*:}
@@ -167,14 +202,20 @@ for key, runs in raw.items():
         "rounds": [dict(zip(("rps", "p50_ms", "p99_ms"), v)) for v in vals],
     }
 print(f"\nmedian of {rounds} rounds, {duration}s each, wrk -t1 -c{conns}; proxies+origin on CPU 0, wrk on CPU 1")
-print(f"{'scenario':<12} {'proxy':<13} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs nginx':>9}")
+print(f"{'scenario':<12} {'proxy':<19} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs nginx':>9}")
 for scen in ("passthrough", "cached"):
     base = res.get(f"{scen}/nginx", {}).get("rps")
-    for name in ("nginx", "tollgate", "bare-pingora"):
+    for name in ("nginx", "tollgate", "bare-pingora", "tollgate+ratelimit", "tollgate+redis"):
         r = res.get(f"{scen}/{name}")
         if not r: continue
         ratio = f"{r['rps']/base:.2f}x" if base else "-"
-        print(f"{scen:<12} {name:<13} {r['rps']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {ratio:>9}")
+        print(f"{scen:<12} {name:<19} {r['rps']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {ratio:>9}")
+tg = {scen: res.get(f"{scen}/tollgate", {}).get("rps") for scen in ("passthrough", "cached")}
+for scen in ("passthrough", "cached"):
+    for name in ("tollgate+ratelimit", "tollgate+redis"):
+        r = res.get(f"{scen}/{name}")
+        if r and tg[scen]:
+            print(f"{scen:<12} {name} / tollgate without rate limiting: {r['rps'] / tg[scen]:.2f}x")
 print("\nnote: bare-pingora has no cache; its 'cached' row is pass-through of a cacheable response.")
 json.dump({"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
            "duration_s": int(duration), "rounds": int(rounds), "connections": int(conns),
