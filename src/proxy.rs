@@ -66,6 +66,14 @@ impl Proxy {
     }
 
     /// Sends one of our JSON errors, with the usual response headers.
+    /// Whether budgets are decided before the cache lookup (the default).
+    fn counts_cached(&self, ctx: &RequestCtx) -> bool {
+        ctx.gateway
+            .rate_limiter
+            .as_ref()
+            .is_none_or(|l| l.config.count_cached_responses)
+    }
+
     /// Identifies the requester and decides its budget; the refusal (401
     /// or 429) to send, if any. Rate-limit headers go into `ctx` for the
     /// response either way.
@@ -167,10 +175,13 @@ impl ProxyHttp for Proxy {
                 .await?;
             return Ok(true);
         }
-        // Before the cache lookup: cached responses count against budgets too.
-        if let Some(refusal) = self.rate_limit(session, ctx).await {
-            self.send_error(session, ctx, &refusal).await?;
-            return Ok(true);
+        // Before the cache lookup, so cached responses count against budgets
+        // too — unless configured to count only what reaches an upstream.
+        if self.counts_cached(ctx) {
+            if let Some(refusal) = self.rate_limit(session, ctx).await {
+                self.send_error(session, ctx, &refusal).await?;
+                return Ok(true);
+            }
         }
         Ok(false)
     }
@@ -415,6 +426,13 @@ impl ProxyHttp for Proxy {
             self.send_error(session, ctx, &ErrorResponse::not_cached())
                 .await?;
             return Ok(false);
+        }
+        // Budgets that count only requests reaching an upstream.
+        if !self.counts_cached(ctx) {
+            if let Some(refusal) = self.rate_limit(session, ctx).await {
+                self.send_error(session, ctx, &refusal).await?;
+                return Ok(false);
+            }
         }
         Ok(true)
     }

@@ -232,3 +232,61 @@ fn hash_key_prints_the_config_form() {
         "sha256:afacab3575137afa4e00d9cbcafcb14c9ae25f779d964eb0ea5b2c4eb5dfd163"
     );
 }
+
+fn cached_config(upstream: &TestUpstream, count_cached: bool) -> String {
+    format!(
+        "tiers:
+  hourly: {{ per_hour: 2 }}
+tenants:
+  bigco: {{ tier: hourly, api_keys: [\"sha256:4af43ec152b50d5d08bdffd2883cb31743b36f6f1c63744040f84dbd73bd20a9\"] }}
+anonymous: {{ reject: true }}
+rate_limit: {{ count_cached_responses: {count_cached} }}
+upstreams:
+  api: {{ backends: [\"{}\"] }}
+routes:
+  - {{ name: api, upstream: api, cache: {{ default_ttl: 60s }} }}
+",
+        upstream.addr
+    )
+}
+
+fn cacheable_upstream() -> TestUpstream {
+    TestUpstream::start(|_| {
+        Action::Reply(Reply {
+            status: 200,
+            headers: vec![("Cache-Control".into(), "max-age=60".into())],
+            body: b"cached".to_vec(),
+        })
+    })
+}
+
+#[test]
+fn cached_responses_count_against_budgets_by_default() {
+    let up = cacheable_upstream();
+    let proxy = TollgateProcess::start(&cached_config(&up, true));
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| {
+            request(proxy.addr, "GET", "/x", &[("X-API-Key", BIGCO)], b"")
+                .expect("req")
+                .status
+        })
+        .collect();
+    assert_eq!(statuses, vec![200, 200, 429, 429]);
+    assert_eq!(up.count(), 1, "the second request was a cache hit");
+}
+
+#[test]
+fn cached_responses_can_be_left_out_of_budgets() {
+    let up = cacheable_upstream();
+    let proxy = TollgateProcess::start(&cached_config(&up, false));
+    for _ in 0..5 {
+        let r = request(proxy.addr, "GET", "/x", &[("X-API-Key", BIGCO)], b"").expect("req");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(up.count(), 1);
+    // Requests that reach the upstream still count: two misses, then 429.
+    for (path, want) in [("/y", 200), ("/z", 429)] {
+        let r = request(proxy.addr, "GET", path, &[("X-API-Key", BIGCO)], b"").expect("req");
+        assert_eq!(r.status, want, "{path}");
+    }
+}

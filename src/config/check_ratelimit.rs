@@ -215,6 +215,7 @@ impl Checker<'_> {
             anonymous,
             key_sources,
             trusted_proxies,
+            count_cached_responses: raw.rate_limit.count_cached_responses.unwrap_or(true),
             redis,
         })
     }

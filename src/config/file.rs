@@ -349,6 +349,9 @@ pub struct RateLimitSpec {
     /// Proxies whose `X-Forwarded-For` is believed (IPs or CIDRs).
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Whether responses served from the cache count against budgets. Default true.
+    #[serde(default)]
+    pub count_cached_responses: Option<bool>,
 }
 
 /// Redis for shared budgets.

@@ -210,6 +210,8 @@ pub struct RateLimitConfig {
     pub key_sources: Vec<KeySource>,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<Cidr>,
+    /// Decide before the cache lookup (true) or only for requests that go upstream.
+    pub count_cached_responses: bool,
     /// Shared state, if configured.
     pub redis: Option<RedisConfig>,
 }
