@@ -11,11 +11,17 @@ use tollgate::ratelimit::local::{Check, LocalBuckets};
 use tollgate::ratelimit::redis::RedisBuckets;
 
 fn per_op(label: &str, n: u32, elapsed: Duration) {
-    println!("{label:<40} {:>9.0} ns/decision", elapsed.as_nanos() as f64 / f64::from(n));
+    println!(
+        "{label:<40} {:>9.0} ns/decision",
+        elapsed.as_nanos() as f64 / f64::from(n)
+    );
 }
 
 fn main() {
-    let windows = [Window::new(1_000_000, 60, 1_000_000), Window::new(50_000_000, 3600, 50_000_000)];
+    let windows = [
+        Window::new(1_000_000, 60, 1_000_000),
+        Window::new(50_000_000, 3600, 50_000_000),
+    ];
     let keys: Vec<String> = (0..1000).map(|i| format!("t:tenant-{i}")).collect();
 
     let local = LocalBuckets::new();
@@ -23,7 +29,11 @@ fn main() {
     let started = Instant::now();
     for i in 0..n {
         let key = &keys[(i % 1000) as usize];
-        let v = local.decide(&[Check { key, windows: &windows, cost: 1 }]);
+        let v = local.decide(&[Check {
+            key,
+            windows: &windows,
+            cost: 1,
+        }]);
         assert!(v[0].allowed);
     }
     per_op("local, 1000 tenants, minute+hour", n, started.elapsed());
@@ -38,7 +48,10 @@ fn main() {
         key_prefix: "tollgate:bench:".into(),
     })
     .expect("redis client");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(10);
         while redis.is_degraded() {
@@ -49,7 +62,14 @@ fn main() {
         let started = Instant::now();
         for i in 0..n {
             let key = &keys[(i % 1000) as usize];
-            let v = redis.decide(&[Check { key, windows: &windows, cost: 1 }]).await.expect("redis decision");
+            let v = redis
+                .decide(&[Check {
+                    key,
+                    windows: &windows,
+                    cost: 1,
+                }])
+                .await
+                .expect("redis decision");
             assert!(v[0].allowed);
         }
         per_op("redis (sequential round trips)", n, started.elapsed());

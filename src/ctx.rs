@@ -37,6 +37,8 @@ pub struct RequestCtx {
     pub cache_directives: RequestDirectives,
     /// Rate-limit headers for the response, once a budget was decided.
     pub rate_headers: Option<RateHeaders>,
+    /// Response body bytes before compression.
+    pub body_bytes_in: u64,
     _in_flight: InFlightGuard,
 }
 
@@ -78,6 +80,7 @@ impl RequestCtx {
             timing: UpstreamTiming::default(),
             cache_directives: RequestDirectives::default(),
             rate_headers: None,
+            body_bytes_in: 0,
             _in_flight: InFlightGuard::new(in_flight),
         }
     }

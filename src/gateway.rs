@@ -27,6 +27,8 @@ pub struct Route {
     pub cache: Option<RouteCache>,
     /// Rate-limit cost and route budget; `None` when exempt.
     pub rate_budget: Option<RouteBudget>,
+    /// Compression overrides.
+    pub compression: crate::config::model::RouteCompression,
 }
 
 /// A compiled config generation.
@@ -77,6 +79,7 @@ impl Gateway {
                 metrics: metrics.route(&r.name),
                 cache: r.cache.clone(),
                 rate_budget: RouteBudget::new(&r.rate_limit),
+                compression: r.compression,
             })
             .collect();
         Ok(Self {

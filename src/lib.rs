@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod cache;
+pub mod compression;
 pub mod config;
 pub mod ctx;
 pub mod demo;

@@ -84,6 +84,9 @@ pub struct Metrics {
     pub ratelimit_buckets: IntGauge,
     /// `tollgate_redis_errors_total{kind}`: `timeout`, `error`.
     pub redis_errors: IntCounterVec,
+    /// `tollgate_compression_bytes_total{encoding,direction}`: body bytes
+    /// before (`in`) and after (`out`) compression.
+    pub compression_bytes: IntCounterVec,
 }
 
 impl Metrics {
@@ -226,6 +229,14 @@ impl Metrics {
         for kind in ["timeout", "error"] {
             redis_errors.with_label_values(&[kind]);
         }
+        let compression_bytes = IntCounterVec::new(
+            Opts::new(
+                "tollgate_compression_bytes_total",
+                "Response body bytes before (in) and after (out) compression, by encoding",
+            ),
+            &["encoding", "direction"],
+        )?;
+        registry.register(Box::new(compression_bytes.clone()))?;
         registry.register(Box::new(ratelimit_decisions.clone()))?;
         registry.register(Box::new(ratelimit_fallback.clone()))?;
         registry.register(Box::new(ratelimit_tenant_decisions.clone()))?;
@@ -268,6 +279,7 @@ impl Metrics {
             ratelimit_tenant_decisions,
             ratelimit_buckets,
             redis_errors,
+            compression_bytes,
         })
     }
 

@@ -2,6 +2,7 @@
 //! Each phase is a few calls into the module that owns the behaviour.
 
 use crate::cache::{self, policy::RequestDirectives};
+use crate::compression;
 use crate::ctx::{RequestCtx, UpstreamTiming};
 use crate::errors::{self, ErrorResponse, FailureContext};
 use crate::headers;
@@ -153,6 +154,21 @@ impl ProxyHttp for Proxy {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx::new(self.state.gateway(), &self.state.metrics.in_flight)
+    }
+
+    /// Pingora's compression module, enabled per request by `compression`.
+    fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
+        compression::register(modules);
+    }
+
+    /// Runs before the modules read the request: compression levels.
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        compression::on_request(session, ctx.gateway.config.compression.as_ref());
+        Ok(())
     }
 
     /// Route match, request id; 400 for ambiguous paths, 404 for no route.
@@ -490,12 +506,32 @@ impl ProxyHttp for Proxy {
         if let Some(rate) = &ctx.rate_headers {
             ratelimit::apply_headers(upstream_response, rate)?;
         }
+        compression::on_response(
+            session,
+            upstream_response,
+            ctx.gateway.config.compression.as_ref(),
+            ctx.route().map(|r| r.compression),
+        );
         headers::decorate(
             upstream_response,
             ctx.request_id.as_ref(),
             ctx.started.elapsed(),
             true,
         )
+    }
+
+    /// Counts body bytes before compression.
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(b) = body {
+            ctx.body_bytes_in += b.len() as u64;
+        }
+        Ok(None)
     }
 
     /// Frees the backend's least-connections slot as soon as it has sent
@@ -563,6 +599,7 @@ impl ProxyHttp for Proxy {
             self.observe_upstream_duration(ctx);
         }
         crate::request_log::finish(&self.state.metrics, session, e, ctx);
+        compression::count(&self.state.metrics, session, ctx.body_bytes_in);
         cache::invalidate::after_unsafe_request(&self.state, session, ctx);
     }
 

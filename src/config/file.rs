@@ -34,6 +34,9 @@ pub struct FileConfig {
     /// The response cache's global limits.
     #[serde(default)]
     pub cache: Option<CacheSpec>,
+    /// Response compression (gzip, brotli, zstd); off when absent.
+    #[serde(default)]
+    pub compression: Option<CompressionSpec>,
     /// Rate-limit tiers: budgets per second/minute/hour/day.
     #[serde(default)]
     pub tiers: BTreeMap<String, TierSpec>,
@@ -291,6 +294,43 @@ pub struct RouteSpec {
     /// Rate-limit exemption, cost or extra limit for this route.
     #[serde(default)]
     pub rate_limit: Option<RouteRateLimitSpec>,
+    /// Compression overrides for this route.
+    #[serde(default)]
+    pub compression: Option<RouteCompressionSpec>,
+}
+
+/// Global compression settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionSpec {
+    /// Responses with a smaller `Content-Length` are sent as they are. Default 1000 bytes.
+    #[serde(default)]
+    pub min_size: Option<super::units::ByteSize>,
+    /// gzip level 1-9. Default 6.
+    #[serde(default)]
+    pub gzip_level: Option<u32>,
+    /// brotli quality 1-11; brotli is off unless set (see README: Pingora 0.9
+    /// ends brotli streams without their final block).
+    #[serde(default)]
+    pub brotli_quality: Option<u32>,
+    /// zstd level 1-19. Default 3.
+    #[serde(default)]
+    pub zstd_level: Option<u32>,
+    /// Compressible media types: `application/json`, `text/*`, `+json`.
+    #[serde(default)]
+    pub content_types: Option<Vec<String>>,
+}
+
+/// A route's compression overrides.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCompressionSpec {
+    /// Set false to never compress this route's responses.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Overrides the global `min_size`.
+    #[serde(default)]
+    pub min_size: Option<super::units::ByteSize>,
 }
 
 /// A tier's budgets; at least one window.

@@ -165,6 +165,10 @@ impl Checker<'_> {
         let server = self.server(&raw.server, &root.key("server"));
         let cache = self.cache_limits(raw.cache.as_ref(), &root.key("cache"));
         let rate_limit = self.rate_limit(&raw);
+        let compression = raw
+            .compression
+            .as_ref()
+            .map(|c| self.compression(c, &root.key("compression")));
         let logging = self.logging(&raw.logging, &root.key("logging"));
 
         let mut upstreams = Vec::with_capacity(raw.upstreams.len());
@@ -211,6 +215,7 @@ impl Checker<'_> {
             server,
             logging,
             cache,
+            compression,
             rate_limit,
             upstreams,
             routes,
@@ -598,6 +603,18 @@ impl Checker<'_> {
             .filter(|c| c.enabled.unwrap_or(true))
             .map(|c| self.route_cache(c, &path.key("cache")));
         let rate_limit = self.route_rate_limit(spec.rate_limit.as_ref(), &path.key("rate_limit"));
+        let compression = RouteCompression {
+            enabled: spec
+                .compression
+                .as_ref()
+                .and_then(|c| c.enabled)
+                .unwrap_or(true),
+            min_size: spec
+                .compression
+                .as_ref()
+                .and_then(|c| c.min_size)
+                .map(|s| s.0),
+        };
         (self.problems.len() == before).then(|| RouteConfig {
             name: spec.name.clone(),
             host,
@@ -611,7 +628,46 @@ impl Checker<'_> {
             },
             cache,
             rate_limit,
+            compression,
         })
+    }
+
+    fn compression(&mut self, spec: &file::CompressionSpec, path: &FieldPath) -> CompressionConfig {
+        let mut level = |field: &str, value: Option<u32>, default: u32, max: u32| {
+            let v = value.unwrap_or(default);
+            if !(1..=max).contains(&v) {
+                self.problem(
+                    path.key(field),
+                    format!("{field} must be between 1 and {max}"),
+                );
+            }
+            v
+        };
+        let gzip_level = level("gzip_level", spec.gzip_level, 6, 9);
+        let brotli_quality = spec
+            .brotli_quality
+            .map(|q| level("brotli_quality", Some(q), 4, 11));
+        let zstd_level = level("zstd_level", spec.zstd_level, 3, 19);
+        CompressionConfig {
+            min_size: spec
+                .min_size
+                .map_or(defaults::COMPRESSION_MIN_SIZE, |s| s.0),
+            gzip_level,
+            brotli_quality,
+            zstd_level,
+            content_types: spec
+                .content_types
+                .clone()
+                .unwrap_or_else(|| {
+                    defaults::COMPRESSIBLE_TYPES
+                        .iter()
+                        .map(|s| (*s).to_owned())
+                        .collect()
+                })
+                .into_iter()
+                .map(|t| t.to_ascii_lowercase())
+                .collect(),
+        }
     }
 
     fn cache_limits(&mut self, spec: Option<&file::CacheSpec>, path: &FieldPath) -> CacheLimits {

@@ -27,6 +27,8 @@ pub struct Config {
     pub logging: LoggingSettings,
     /// Global cache limits.
     pub cache: CacheLimits,
+    /// Response compression; `None` when off.
+    pub compression: Option<CompressionConfig>,
     /// Tenants, tiers and where keys come from; `None` when no tiers are configured.
     pub rate_limit: Option<RateLimitConfig>,
     /// Upstream pools, sorted by name.
@@ -184,6 +186,53 @@ pub struct RouteConfig {
     pub cache: Option<RouteCache>,
     /// Rate-limit settings of this route.
     pub rate_limit: RouteRateLimit,
+    /// Compression: off for this route, or its own minimum size.
+    pub compression: RouteCompression,
+}
+
+/// Global compression settings with defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompressionConfig {
+    /// Smallest `Content-Length` compressed.
+    pub min_size: u64,
+    /// gzip level.
+    pub gzip_level: u32,
+    /// brotli quality; `None` leaves brotli off.
+    pub brotli_quality: Option<u32>,
+    /// zstd level.
+    pub zstd_level: u32,
+    /// Compressible media types (lower-case): exact, `type/*`, or `+suffix`.
+    pub content_types: Vec<String>,
+}
+
+impl CompressionConfig {
+    /// Whether a `Content-Type` value is in the compressible list.
+    pub fn compressible(&self, content_type: &str) -> bool {
+        let mime = content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        self.content_types.iter().any(|t| {
+            if let Some(prefix) = t.strip_suffix('*') {
+                mime.starts_with(prefix)
+            } else if t.starts_with('+') {
+                mime.ends_with(t.as_str())
+            } else {
+                mime == *t
+            }
+        })
+    }
+}
+
+/// A route's compression settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RouteCompression {
+    /// `false` turns compression off for the route.
+    pub enabled: bool,
+    /// Overrides the global minimum size.
+    pub min_size: Option<u64>,
 }
 
 /// A route's rate-limit settings with defaults applied.
@@ -382,6 +431,18 @@ pub mod defaults {
     pub const FAIL_TIMEOUT: Duration = Duration::from_secs(30);
     /// Default retries.
     pub const RETRIES: usize = 1;
+    /// Default compression minimum size.
+    pub const COMPRESSION_MIN_SIZE: u64 = 1000;
+    /// Media types compressed by default.
+    pub const COMPRESSIBLE_TYPES: [&str; 7] = [
+        "text/*",
+        "application/json",
+        "application/javascript",
+        "application/xml",
+        "image/svg+xml",
+        "+json",
+        "+xml",
+    ];
     /// Default cache memory.
     pub const CACHE_MAX_SIZE: u64 = 256 * 1024 * 1024;
     /// Default largest cached object.

@@ -1,0 +1,211 @@
+//! Compression through Pingora's module, with our policy: decoded bodies
+//! are compared byte for byte with what the upstream sent.
+
+mod common;
+use common::*;
+use std::io::Read;
+
+fn json_doc() -> String {
+    let items: Vec<String> = (0..60)
+        .map(|i| {
+            format!(
+                "{{\"id\":{i},\"name\":\"item-{i:03}\",\"price_cents\":{},\"tags\":[\"a\",\"b\"]}}",
+                1000 + i
+            )
+        })
+        .collect();
+    format!("{{\"items\":[{}]}}", items.join(","))
+}
+
+fn reply(content_type: &str, body: &[u8], extra: &[(&str, &str)]) -> Action {
+    let mut headers = vec![("Content-Type".to_string(), content_type.to_string())];
+    headers.extend(extra.iter().map(|(n, v)| (n.to_string(), v.to_string())));
+    Action::Reply(Reply {
+        status: 200,
+        headers,
+        body: body.to_vec(),
+    })
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).expect("gzip");
+    e.finish().expect("gzip")
+}
+
+fn origin() -> TestUpstream {
+    TestUpstream::start(|req| {
+        let doc = json_doc();
+        match req.path.as_str() {
+            "/json" => reply(
+                "application/json",
+                doc.as_bytes(),
+                &[("ETag", "\"v1\""), ("Cache-Control", "max-age=60")],
+            ),
+            "/small" => reply("application/json", b"{\"ok\":true}", &[]),
+            "/png" => reply("image/png", doc.as_bytes(), &[]),
+            "/pre-gzipped" => reply(
+                "application/json",
+                &gzip(doc.as_bytes()),
+                &[("Content-Encoding", "gzip")],
+            ),
+            "/off/json" => reply("application/json", doc.as_bytes(), &[]),
+            _ => Action::Reply(Reply {
+                status: 404,
+                headers: Vec::new(),
+                body: Vec::new(),
+            }),
+        }
+    })
+}
+
+fn setup() -> (TollgateProcess, TestUpstream) {
+    let up = origin();
+    let proxy = TollgateProcess::start(&format!(
+        "compression: {{ min_size: 1000, brotli_quality: 4 }}\n\
+         upstreams:\n  api: {{ backends: [\"{}\"] }}\n\
+         routes:\n  - {{ name: api, upstream: api, cache: {{ default_ttl: 60s }} }}\n  \
+         - {{ name: off, upstream: api, match: {{ path_prefix: /off/ }}, compression: {{ enabled: false }} }}\n",
+        up.addr
+    ));
+    (proxy, up)
+}
+
+fn fetch(proxy: &TollgateProcess, path: &str, accept: Option<&str>) -> Response {
+    let headers: Vec<(&str, &str)> = accept.iter().map(|a| ("Accept-Encoding", *a)).collect();
+    request(proxy.addr, "GET", path, &headers, b"").expect("request")
+}
+
+fn decode(r: &Response) -> Vec<u8> {
+    let mut out = Vec::new();
+    match r.header("content-encoding") {
+        None => out = r.body.clone(),
+        Some("gzip") => {
+            flate2::read::GzDecoder::new(&r.body[..])
+                .read_to_end(&mut out)
+                .expect("gunzip");
+        }
+        Some("br") => {
+            // Pingora 0.9 flushes but never finishes a brotli stream, so a
+            // strict decoder reports the missing last block after producing
+            // all the data. Accept exactly that, and nothing else.
+            let result = brotli::Decompressor::new(&r.body[..], 4096).read_to_end(&mut out);
+            if let Err(e) = result {
+                assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+            }
+        }
+        Some("zstd") => out = zstd::decode_all(&r.body[..]).expect("unzstd"),
+        Some(other) => panic!("unexpected encoding {other}"),
+    }
+    out
+}
+
+#[test]
+fn each_encoding_is_chosen_by_accept_encoding_and_decodes_to_the_original() {
+    let (proxy, _up) = setup();
+    for (accept, want) in [
+        ("gzip", "gzip"),
+        ("br", "br"),
+        ("zstd", "zstd"),
+        ("br;q=0.5, gzip;q=0.9", "gzip"),
+    ] {
+        let r = fetch(&proxy, "/json", Some(accept));
+        assert_eq!(r.header("content-encoding"), Some(want), "{accept}");
+        assert!(
+            r.body.len() < json_doc().len() / 2,
+            "{want} did not shrink the body"
+        );
+        assert_eq!(decode(&r), json_doc().as_bytes(), "{want}");
+        assert!(r
+            .header("vary")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("accept-encoding")));
+        assert_eq!(
+            r.header("etag"),
+            Some("W/\"v1\""),
+            "a changed body has a weak ETag"
+        );
+    }
+}
+
+#[test]
+fn brotli_is_off_unless_configured() {
+    let up = origin();
+    let proxy = TollgateProcess::start(&format!(
+        "compression: {{}}\nupstreams:\n  api: {{ backends: [\"{}\"] }}\nroutes:\n  - {{ name: api, upstream: api }}\n",
+        up.addr
+    ));
+    let r = fetch(&proxy, "/json", Some("br, gzip;q=0.5"));
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    assert_eq!(decode(&r), json_doc().as_bytes());
+}
+
+#[test]
+fn identity_small_and_incompressible_responses_are_sent_as_they_are() {
+    let (proxy, _up) = setup();
+    let identity = fetch(&proxy, "/json", None);
+    assert_eq!(identity.header("content-encoding"), None);
+    assert_eq!(identity.body, json_doc().as_bytes());
+    assert_eq!(identity.header("etag"), Some("\"v1\""));
+    let small = fetch(&proxy, "/small", Some("gzip"));
+    assert_eq!(
+        (small.header("content-encoding"), small.body.as_slice()),
+        (None, &b"{\"ok\":true}"[..])
+    );
+    let png = fetch(&proxy, "/png", Some("gzip"));
+    assert_eq!(png.header("content-encoding"), None);
+    let off = fetch(&proxy, "/off/json", Some("gzip"));
+    assert_eq!(
+        off.header("content-encoding"),
+        None,
+        "the route turns compression off"
+    );
+}
+
+#[test]
+fn a_compressed_upstream_response_is_kept_or_decompressed_as_the_client_needs() {
+    let (proxy, _up) = setup();
+    let gz = fetch(&proxy, "/pre-gzipped", Some("gzip"));
+    assert_eq!(gz.header("content-encoding"), Some("gzip"));
+    assert_eq!(decode(&gz), json_doc().as_bytes());
+    let plain = fetch(&proxy, "/pre-gzipped", None);
+    assert_eq!(plain.header("content-encoding"), None);
+    assert_eq!(plain.body, json_doc().as_bytes());
+}
+
+#[test]
+fn a_cached_response_is_stored_once_and_encoded_per_client() {
+    let (proxy, up) = setup();
+    let first = fetch(&proxy, "/json", Some("br"));
+    assert_eq!(first.header("content-encoding"), Some("br"));
+    let gz = fetch(&proxy, "/json", Some("gzip"));
+    assert_eq!(gz.header("cache-status"), Some("tollgate; hit"));
+    assert_eq!(gz.header("content-encoding"), Some("gzip"));
+    assert_eq!(decode(&gz), json_doc().as_bytes());
+    let plain = fetch(&proxy, "/json", None);
+    assert_eq!(plain.header("cache-status"), Some("tollgate; hit"));
+    assert_eq!(plain.body, json_doc().as_bytes());
+    assert_eq!(
+        up.recorded().iter().filter(|r| r.path == "/json").count(),
+        1
+    );
+}
+
+#[test]
+fn compression_savings_are_counted() {
+    let (proxy, _up) = setup();
+    fetch(&proxy, "/off/json", Some("gzip"));
+    let r = fetch(&proxy, "/json", Some("gzip"));
+    let out = r.body.len() as f64;
+    proxy.wait_metric(
+        r#"tollgate_compression_bytes_total{direction="in",encoding="gzip"}"#,
+        json_doc().len() as f64,
+    );
+    let counted_out = proxy
+        .metric(r#"tollgate_compression_bytes_total{direction="out",encoding="gzip"}"#)
+        .expect("out");
+    assert!(
+        counted_out > 0.0 && counted_out <= out + 64.0,
+        "out {counted_out} vs body {out}"
+    );
+}
