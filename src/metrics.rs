@@ -42,6 +42,8 @@ pub const NO_ROUTE: &str = "(none)";
 /// The process's metrics.
 pub struct Metrics {
     registry: Registry,
+    /// Every metric family name, for the docs and dashboards checks.
+    names: Vec<String>,
     /// `tollgate_requests_total{route,method,status}`.
     pub requests: IntCounterVec,
     /// `tollgate_request_duration_seconds{route,method}`.
@@ -93,6 +95,7 @@ impl Metrics {
     /// Creates and registers every metric in a fresh registry.
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
+        let mut names = Vec::new();
         let requests = IntCounterVec::new(
             Opts::new(
                 "tollgate_requests_total",
@@ -236,29 +239,34 @@ impl Metrics {
             ),
             &["encoding", "direction"],
         )?;
-        registry.register(Box::new(compression_bytes.clone()))?;
-        registry.register(Box::new(ratelimit_decisions.clone()))?;
-        registry.register(Box::new(ratelimit_fallback.clone()))?;
-        registry.register(Box::new(ratelimit_tenant_decisions.clone()))?;
-        registry.register(Box::new(ratelimit_buckets.clone()))?;
-        registry.register(Box::new(redis_errors.clone()))?;
-        registry.register(Box::new(cache_requests.clone()))?;
-        registry.register(Box::new(cache_size.clone()))?;
-        registry.register(Box::new(cache_entries.clone()))?;
-        registry.register(Box::new(cache_evictions.clone()))?;
-        registry.register(Box::new(cache_purges.clone()))?;
-        registry.register(Box::new(upstream_healthy.clone()))?;
-        registry.register(Box::new(upstream_failures.clone()))?;
-        registry.register(Box::new(upstream_retries.clone()))?;
-        registry.register(Box::new(upstream_duration.clone()))?;
-        registry.register(Box::new(config_reloads.clone()))?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(request_duration.clone()))?;
-        registry.register(Box::new(in_flight.clone()))?;
-        registry.register(Box::new(upstream_in_flight.clone()))?;
-        registry.register(Box::new(build_info.clone()))?;
+        register(&registry, &mut names, Box::new(compression_bytes.clone()))?;
+        register(&registry, &mut names, Box::new(ratelimit_decisions.clone()))?;
+        register(&registry, &mut names, Box::new(ratelimit_fallback.clone()))?;
+        register(
+            &registry,
+            &mut names,
+            Box::new(ratelimit_tenant_decisions.clone()),
+        )?;
+        register(&registry, &mut names, Box::new(ratelimit_buckets.clone()))?;
+        register(&registry, &mut names, Box::new(redis_errors.clone()))?;
+        register(&registry, &mut names, Box::new(cache_requests.clone()))?;
+        register(&registry, &mut names, Box::new(cache_size.clone()))?;
+        register(&registry, &mut names, Box::new(cache_entries.clone()))?;
+        register(&registry, &mut names, Box::new(cache_evictions.clone()))?;
+        register(&registry, &mut names, Box::new(cache_purges.clone()))?;
+        register(&registry, &mut names, Box::new(upstream_healthy.clone()))?;
+        register(&registry, &mut names, Box::new(upstream_failures.clone()))?;
+        register(&registry, &mut names, Box::new(upstream_retries.clone()))?;
+        register(&registry, &mut names, Box::new(upstream_duration.clone()))?;
+        register(&registry, &mut names, Box::new(config_reloads.clone()))?;
+        register(&registry, &mut names, Box::new(requests.clone()))?;
+        register(&registry, &mut names, Box::new(request_duration.clone()))?;
+        register(&registry, &mut names, Box::new(in_flight.clone()))?;
+        register(&registry, &mut names, Box::new(upstream_in_flight.clone()))?;
+        register(&registry, &mut names, Box::new(build_info.clone()))?;
         Ok(Self {
             registry,
+            names,
             requests,
             request_duration,
             in_flight,
@@ -281,6 +289,11 @@ impl Metrics {
             redis_errors,
             compression_bytes,
         })
+    }
+
+    /// Every metric family tollgate exports.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// Drops the per-backend series of a backend a reload removed.
@@ -317,6 +330,16 @@ impl Metrics {
     }
 }
 
+/// Registers a collector and remembers its family names.
+fn register(
+    registry: &Registry,
+    names: &mut Vec<String>,
+    collector: Box<dyn prometheus::core::Collector>,
+) -> Result<(), prometheus::Error> {
+    names.extend(collector.desc().iter().map(|d| d.fq_name.clone()));
+    registry.register(collector)
+}
+
 /// A route's metric children, resolved when the config is compiled.
 pub struct RouteMetrics {
     /// Duration histogram per entry of [`METHOD_LABELS`].
@@ -337,5 +360,71 @@ impl InFlightGuard {
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// `tollgate_*` names in a text, with histogram suffixes folded.
+    fn referenced(text: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for (i, _) in text.match_indices("tollgate_") {
+            if i > 0
+                && (text.as_bytes()[i - 1].is_ascii_alphanumeric()
+                    || text.as_bytes()[i - 1] == b':')
+            {
+                continue; // e.g. "route:tollgate_requests:rate5m" is a recording rule name
+            }
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            let name = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .map_or(name.clone(), str::to_owned);
+            out.insert(name);
+        }
+        out
+    }
+
+    fn file(path: &str) -> String {
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/").to_owned() + path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn dashboard_and_alerts_use_only_metrics_that_exist() {
+        let metrics = Metrics::new().expect("metrics");
+        let known: BTreeSet<String> = metrics.names().iter().cloned().collect();
+        let dashboard = file("conf/grafana/tollgate.json");
+        serde_json::from_str::<serde_json::Value>(&dashboard).expect("dashboard is JSON");
+        for (what, text) in [
+            ("dashboard", dashboard),
+            ("alerts", file("conf/prometheus/alerts.yml")),
+        ] {
+            let unknown: Vec<_> = referenced(&text).difference(&known).cloned().collect();
+            assert!(
+                unknown.is_empty(),
+                "{what} uses metrics tollgate does not export: {unknown:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_readme_metrics_table_matches_what_is_exported() {
+        let metrics = Metrics::new().expect("metrics");
+        let known: BTreeSet<String> = metrics.names().iter().cloned().collect();
+        let readme = file("README.md");
+        let table: BTreeSet<String> = readme
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `tollgate_"))
+            .filter_map(|rest| rest.split('`').next())
+            .map(|name| format!("tollgate_{name}"))
+            .collect();
+        assert_eq!(table, known, "README metrics table vs exported metrics");
     }
 }

@@ -1,6 +1,7 @@
 //! What is recorded when a request ends: request metrics, the access log
 //! line and, past the threshold, the slow-request line.
 
+use crate::config::file::AccessLogFormat;
 use crate::ctx::RequestCtx;
 use crate::headers::Millis;
 use crate::metrics::{method_index, Metrics, METHOD_LABELS, NO_ROUTE};
@@ -98,7 +99,24 @@ pub fn finish(metrics: &Metrics, session: &Session, e: Option<&Error>, ctx: &Req
             Millis(elapsed),
         );
     }
-    if logging.access_log {
+    if logging.access_log && logging.access_log_format == AccessLogFormat::Json {
+        let req = session.req_header();
+        let line = serde_json::json!({
+            "ts_ms": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            "method": req.method.as_str(),
+            "path": req.uri.path(),
+            "status": status,
+            "route": route.map_or(NO_ROUTE, |r| &r.name),
+            "upstream": route.map(|r| r.upstream.name()),
+            "backend": ctx.backend.as_ref().map(|b| b.addr()),
+            "duration_ms": elapsed.as_secs_f64() * 1000.0,
+            "request_id": request_id,
+            "error": e.map(|e| e.etype().as_str()),
+        });
+        log::info!(target: "tollgate::access", "{line}");
+    } else if logging.access_log {
         log::info!(
             target: "tollgate::access",
             "{summary} duration_ms={} request_id={request_id}{}{}",

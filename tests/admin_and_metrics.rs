@@ -111,3 +111,40 @@ fn admin_paths_are_not_served_on_the_proxy_port() {
     assert_eq!(get(proxy.addr, "/metrics").expect("request").status, 404);
     assert_eq!(up.count(), 0);
 }
+
+#[test]
+fn the_access_log_can_be_one_json_object_per_line() {
+    let upstream = TestUpstream::fixed("hello");
+    let proxy = TollgateProcess::start(&format!(
+        "logging: {{ access_log_format: json }}\nupstreams:\n  api: {{ backends: [\"{}\"] }}\n\
+         routes:\n  - {{ name: users, upstream: api, match: {{ path_prefix: /users/ }} }}\n",
+        upstream.addr
+    ));
+    let r = request(
+        proxy.addr,
+        "GET",
+        "/users/7",
+        &[("X-Request-Id", "json-log-1")],
+        b"",
+    )
+    .expect("request");
+    assert_eq!(r.status, 200);
+    wait_until("the access line is written", || {
+        proxy.log_text().contains("json-log-1")
+    });
+    let log = proxy.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("json-log-1"))
+        .expect("line");
+    let entry: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(entry["method"], "GET");
+    assert_eq!(entry["path"], "/users/7");
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["route"], "users");
+    assert_eq!(entry["upstream"], "api");
+    assert_eq!(entry["backend"], upstream.addr.to_string());
+    assert!(entry["duration_ms"].as_f64().is_some_and(|d| d >= 0.0));
+    assert!(entry["ts_ms"].as_u64().is_some_and(|t| t > 0));
+}

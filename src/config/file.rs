@@ -154,6 +154,20 @@ pub struct LoggingSpec {
     /// Requests slower than this are logged at warn with their timings. Default 1s.
     #[serde(default)]
     pub slow_request_threshold: Option<HumanDuration>,
+    /// `text` (default) or `json`: one JSON object per access-log line.
+    #[serde(default)]
+    pub access_log_format: Option<AccessLogFormat>,
+}
+
+/// How access-log lines are written.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    /// `GET /path status=200 route=… duration_ms=…` after the log prefix.
+    #[default]
+    Text,
+    /// One JSON object per line, without the log prefix.
+    Json,
 }
 
 fn default_level() -> String {
@@ -170,6 +184,7 @@ impl Default for LoggingSpec {
             level: default_level(),
             access_log: true,
             slow_request_threshold: None,
+            access_log_format: None,
         }
     }
 }

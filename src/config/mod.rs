@@ -319,6 +319,7 @@ impl Checker<'_> {
             slow_request_threshold: spec
                 .slow_request_threshold
                 .map_or(defaults::SLOW_REQUEST, |d| d.0),
+            access_log_format: spec.access_log_format.unwrap_or_default(),
         }
     }
 

@@ -85,6 +85,8 @@ pub struct LoggingSettings {
     pub access_log: bool,
     /// Requests slower than this get a warn line with timings.
     pub slow_request_threshold: Duration,
+    /// Text or JSON access-log lines.
+    pub access_log_format: super::file::AccessLogFormat,
 }
 
 /// A named pool of backends.
