@@ -25,10 +25,7 @@ fn refused_connection_is_a_json_502() {
 #[test]
 fn upstream_closing_without_a_reply_is_a_json_502() {
     let upstream = TestUpstream::start(|_| Action::Close);
-    let proxy = TollgateProcess::start(&format!(
-        "upstreams:\n  api: {{ backends: [\"{}\"] }}\nroutes:\n  - {{ name: api, upstream: api }}\n",
-        upstream.addr
-    ));
+    let proxy = TollgateProcess::start(&one_route(upstream.addr));
     let r = get(proxy.addr, "/x").expect("request");
     assert_eq!(r.status, 502);
     assert_eq!(r.json()["error"], "bad_gateway");
@@ -80,10 +77,7 @@ fn upstream_error_statuses_pass_through_unchanged() {
             body: b"busy".to_vec(),
         })
     });
-    let proxy = TollgateProcess::start(&format!(
-        "upstreams:\n  api: {{ backends: [\"{}\"] }}\nroutes:\n  - {{ name: api, upstream: api }}\n",
-        upstream.addr
-    ));
+    let proxy = TollgateProcess::start(&one_route(upstream.addr));
     let r = get(proxy.addr, "/x").expect("request");
     assert_eq!((r.status, r.text().as_str()), (503, "busy"));
     assert_eq!(r.header("retry-after"), Some("7"));

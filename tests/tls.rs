@@ -33,17 +33,23 @@ fn self_signed_cert(dir: &std::path::Path) -> (String, String) {
     (cert.display().to_string(), key.display().to_string())
 }
 
+/// A tollgate with a TLS listener (throwaway certificate) in front of `origin`.
+fn tls_proxy(origin: &TestUpstream, tag: &str) -> TollgateProcess {
+    let (cert, key) = self_signed_cert(&scratch_dir(tag));
+    TollgateProcess::start_with_listener(
+        |port| {
+            format!(
+                "{{ address: \"127.0.0.1:{port}\", tls: {{ cert: \"{cert}\", key: \"{key}\" }} }}"
+            )
+        },
+        &one_route(origin.addr),
+    )
+}
+
 #[test]
 fn tls_listener_serves_http2_and_forwards_https_proto() {
     let upstream = TestUpstream::fixed("over tls");
-    let (cert, key) = self_signed_cert(&scratch_dir("tls"));
-    let proxy = TollgateProcess::start_with_listener(
-        |port| format!("{{ address: \"127.0.0.1:{port}\", tls: {{ cert: \"{cert}\", key: \"{key}\" }} }}"),
-        &format!(
-            "upstreams:\n  api: {{ backends: [\"{}\"] }}\nroutes:\n  - {{ name: api, upstream: api }}\n",
-            upstream.addr
-        ),
-    );
+    let proxy = tls_proxy(&upstream, "tls");
     let out = Command::new("curl")
         .args([
             "-sk",
@@ -84,14 +90,7 @@ fn upstreams_can_be_reached_over_tls_with_sni() {
     // The TLS upstream is a second tollgate with a TLS listener in front of
     // a plain test upstream.
     let origin = TestUpstream::fixed("through two proxies");
-    let (cert, key) = self_signed_cert(&scratch_dir("tls-upstream"));
-    let tls_front = TollgateProcess::start_with_listener(
-        |port| format!("{{ address: \"127.0.0.1:{port}\", tls: {{ cert: \"{cert}\", key: \"{key}\" }} }}"),
-        &format!(
-            "upstreams:\n  api: {{ backends: [\"{}\"] }}\nroutes:\n  - {{ name: api, upstream: api }}\n",
-            origin.addr
-        ),
-    );
+    let tls_front = tls_proxy(&origin, "tls-upstream");
     let edge = TollgateProcess::start(&format!(
         "upstreams:\n  secure:\n    backends: [\"{}\"]\n    tls: {{ sni: localhost, verify: false }}\n\
          routes:\n  - {{ name: api, upstream: secure }}\n",
@@ -113,14 +112,7 @@ fn upstreams_can_be_reached_over_tls_with_sni() {
 #[test]
 fn an_unverifiable_upstream_certificate_is_a_502() {
     let origin = TestUpstream::fixed("never");
-    let (cert, key) = self_signed_cert(&scratch_dir("tls-verify"));
-    let tls_front = TollgateProcess::start_with_listener(
-        |port| format!("{{ address: \"127.0.0.1:{port}\", tls: {{ cert: \"{cert}\", key: \"{key}\" }} }}"),
-        &format!(
-            "upstreams:\n  api: {{ backends: [\"{}\"] }}\nroutes:\n  - {{ name: api, upstream: api }}\n",
-            origin.addr
-        ),
-    );
+    let tls_front = tls_proxy(&origin, "tls-verify");
     let edge = TollgateProcess::start(&format!(
         "upstreams:\n  secure:\n    backends: [\"{}\"]\n    tls: {{ sni: localhost }}\n\
          routes:\n  - {{ name: api, upstream: secure }}\n",

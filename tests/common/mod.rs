@@ -35,6 +35,12 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// The smallest useful config body: one upstream `api` with one backend
+/// and one route `api` for every request.
+pub fn one_route(backend: std::net::SocketAddr) -> String {
+    format!("upstreams:\n  api: {{ backends: [\"{backend}\"] }}\nroutes:\n  - {{ name: api, upstream: api }}\n")
+}
+
 /// A fresh scratch directory under the system temp dir.
 pub fn scratch_dir(tag: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
