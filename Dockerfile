@@ -7,6 +7,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY conf ./conf
+# Cargo.toml names benches/decision.rs; cargo checks it exists even for --bin.
+COPY benches ./benches
 RUN cargo build --release --locked --bin tollgate
 
 FROM debian:bookworm-slim
