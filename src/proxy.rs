@@ -94,15 +94,15 @@ impl Proxy {
         };
         let tier = limiter.tier_of(&who)?;
         let key = limiter.bucket_key(&who);
-        let route_key = format!("{key}|r:{}", route.name);
+        let route_key = (!budget.windows.is_empty()).then(|| format!("{key}|r:{}", route.name));
         let mut checks = vec![Check {
             key: &key,
             windows: &limiter.tiers[tier].windows,
             cost: budget.cost,
         }];
-        if !budget.windows.is_empty() {
+        if let Some(route_key) = &route_key {
             checks.push(Check {
-                key: &route_key,
+                key: route_key,
                 windows: &budget.windows,
                 cost: budget.cost,
             });

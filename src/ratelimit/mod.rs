@@ -16,6 +16,7 @@ pub mod redis;
 use crate::config::model::{Anonymous, RateLimitConfig, RouteRateLimit};
 use crate::metrics::Metrics;
 use gcra::{Verdict, Window};
+use http::HeaderValue;
 use identity::Identity;
 use local::{Check, LocalBuckets};
 use pingora::http::ResponseHeader;
@@ -30,6 +31,8 @@ pub struct Tier {
     pub windows: Vec<Window>,
     /// Label its tenants by name in metrics.
     pub tenant_metrics: bool,
+    /// Its `RateLimit-Policy` value.
+    pub policy: HeaderValue,
 }
 
 /// The compiled rate-limit settings of one config generation.
@@ -38,6 +41,8 @@ pub struct RateLimiter {
     pub tiers: Vec<Tier>,
     /// Tenant names and their tier, by index.
     pub tenants: Vec<(Box<str>, usize)>,
+    /// Bucket key of each tenant (`t:<name>`), built once.
+    tenant_keys: Vec<Box<str>>,
     /// SHA-256 of a key → tenant index.
     pub keys: HashMap<[u8; 32], usize>,
     /// The config it came from (key sources, proxies, anonymous policy).
@@ -50,18 +55,24 @@ pub struct RouteBudget {
     pub cost: u64,
     /// Route-level windows (may be empty).
     pub windows: Vec<Window>,
+    /// Their part of `RateLimit-Policy`.
+    pub policy: HeaderValue,
 }
 
 impl RouteBudget {
     /// Compiles a route's settings; `None` for an exempt route.
     pub fn new(route: &RouteRateLimit) -> Option<Self> {
-        (!route.exempt).then(|| RouteBudget {
-            cost: route.cost,
-            windows: route
+        (!route.exempt).then(|| {
+            let windows: Vec<Window> = route
                 .windows
                 .iter()
                 .map(|&(q, s)| Window::new(q, s, q))
-                .collect(),
+                .collect();
+            RouteBudget {
+                cost: route.cost,
+                policy: policy_header(&windows, true),
+                windows,
+            }
         })
     }
 }
@@ -81,10 +92,10 @@ pub struct Decision {
 }
 
 /// Header values for a decided request.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RateHeaders {
-    /// `RateLimit-Policy`.
-    pub policy: String,
+    /// `RateLimit-Policy` (shared with the tier: cloning does not copy).
+    pub policy: HeaderValue,
     /// `RateLimit` (the binding window).
     pub limit: String,
     /// `X-RateLimit-Limit`.
@@ -172,7 +183,7 @@ impl pingora::services::background::BackgroundService for BucketSweeper {
 
 /// Adds the rate-limit headers to a response.
 pub fn apply_headers(resp: &mut ResponseHeader, h: &RateHeaders) -> pingora::Result<()> {
-    resp.insert_header("RateLimit-Policy", h.policy.as_str())?;
+    resp.insert_header("RateLimit-Policy", h.policy.clone())?;
     resp.insert_header("RateLimit", h.limit.as_str())?;
     resp.insert_header("X-RateLimit-Limit", h.x_limit)?;
     resp.insert_header("X-RateLimit-Remaining", h.x_remaining)?;
@@ -203,14 +214,58 @@ pub fn count(metrics: &Metrics, limiter: &RateLimiter, who: &Identity, d: &Decis
     }
 }
 
-fn window_name(secs: u64) -> &'static str {
-    match secs {
-        1 => "second",
-        60 => "minute",
-        3600 => "hour",
-        86400 => "day",
+impl Default for RateHeaders {
+    fn default() -> Self {
+        Self {
+            policy: HeaderValue::from_static(""),
+            limit: String::new(),
+            x_limit: 0,
+            x_remaining: 0,
+            x_reset: 0,
+            retry_after: 0,
+        }
+    }
+}
+
+fn window_name(secs: u64, route: bool) -> &'static str {
+    match (secs, route) {
+        (1, false) => "second",
+        (60, false) => "minute",
+        (3600, false) => "hour",
+        (86400, false) => "day",
+        (1, true) => "route-second",
+        (60, true) => "route-minute",
+        (3600, true) => "route-hour",
+        (86400, true) => "route-day",
         _ => "window",
     }
+}
+
+/// `"minute";q=60;w=60, "hour";q=1000;w=3600` for a list of windows,
+/// built once per tier or route, not per request.
+fn policy_header(windows: &[Window], route: bool) -> HeaderValue {
+    let mut text = String::new();
+    for w in windows {
+        if !text.is_empty() {
+            text.push_str(", ");
+        }
+        let _ = write!(
+            text,
+            "\"{}\";q={};w={}",
+            window_name(w.window_secs, route),
+            w.quota,
+            w.window_secs
+        );
+    }
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn combined_policy(tier: &HeaderValue, route: &HeaderValue) -> HeaderValue {
+    let mut bytes = Vec::with_capacity(tier.len() + 2 + route.len());
+    bytes.extend_from_slice(tier.as_bytes());
+    bytes.extend_from_slice(b", ");
+    bytes.extend_from_slice(route.as_bytes());
+    HeaderValue::from_bytes(&bytes).unwrap_or_else(|_| tier.clone())
 }
 
 impl RateLimiter {
@@ -219,9 +274,8 @@ impl RateLimiter {
         let tiers = config
             .tiers
             .iter()
-            .map(|t| Tier {
-                name: t.name.as_str().into(),
-                windows: t
+            .map(|t| {
+                let windows: Vec<Window> = t
                     .windows
                     .iter()
                     .enumerate()
@@ -229,8 +283,13 @@ impl RateLimiter {
                         let burst = if i == 0 { t.burst.unwrap_or(q) } else { q };
                         Window::new(q, s, burst)
                     })
-                    .collect(),
-                tenant_metrics: t.tenant_metrics,
+                    .collect();
+                Tier {
+                    name: t.name.as_str().into(),
+                    policy: policy_header(&windows, false),
+                    windows,
+                    tenant_metrics: t.tenant_metrics,
+                }
             })
             .collect();
         let mut keys = HashMap::new();
@@ -245,6 +304,11 @@ impl RateLimiter {
                 .tenants
                 .iter()
                 .map(|t| (t.name.as_str().into(), t.tier))
+                .collect(),
+            tenant_keys: config
+                .tenants
+                .iter()
+                .map(|t| format!("t:{}", t.name).into())
                 .collect(),
             keys,
             config: config.clone(),
@@ -263,10 +327,10 @@ impl RateLimiter {
     }
 
     /// The bucket key of a requester.
-    pub fn bucket_key(&self, who: &Identity) -> String {
+    pub fn bucket_key(&self, who: &Identity) -> std::borrow::Cow<'_, str> {
         match who {
-            Identity::Tenant(i) => format!("t:{}", self.tenants[*i].0),
-            Identity::Anonymous(ip) => format!("ip:{ip}"),
+            Identity::Tenant(i) => std::borrow::Cow::Borrowed(&self.tenant_keys[*i]),
+            Identity::Anonymous(ip) => std::borrow::Cow::Owned(format!("ip:{ip}")),
         }
     }
 
@@ -285,20 +349,19 @@ impl RateLimiter {
             .map(|v| v.retry_after_secs)
             .max()
             .unwrap_or(0);
-        let mut headers = RateHeaders::default();
-        let mut binding: Option<(f64, String, u64, u64, u64)> = None;
-        let groups = [("", &tier_cfg.windows[..]), ("route-", &route.windows[..])];
-        for ((prefix, windows), verdict) in groups.iter().zip(verdicts) {
+        let mut headers = RateHeaders {
+            policy: if route.windows.is_empty() {
+                tier_cfg.policy.clone()
+            } else {
+                combined_policy(&tier_cfg.policy, &route.policy)
+            },
+            ..RateHeaders::default()
+        };
+        let mut binding: Option<(f64, &'static str, u64, u64, u64)> = None;
+        let groups = [(false, &tier_cfg.windows[..]), (true, &route.windows[..])];
+        for ((is_route, windows), verdict) in groups.iter().zip(verdicts) {
             for (w, state) in windows.iter().zip(&verdict.windows) {
-                let name = format!("{prefix}{}", window_name(w.window_secs));
-                if !headers.policy.is_empty() {
-                    headers.policy.push_str(", ");
-                }
-                let _ = write!(
-                    headers.policy,
-                    "\"{name}\";q={};w={}",
-                    w.quota, w.window_secs
-                );
+                let name = window_name(w.window_secs, *is_route);
                 let remaining = state.remaining.min(w.quota);
                 let share = remaining as f64 / w.quota as f64;
                 // The binding window has the smallest share left; on a tie,
@@ -339,7 +402,13 @@ impl RateLimiter {
             .windows
             .iter()
             .find(|w| w.quota == decision.headers.x_limit)
-            .map(|w| format!("{} requests per {}", w.quota, window_name(w.window_secs)))
+            .map(|w| {
+                format!(
+                    "{} requests per {}",
+                    w.quota,
+                    window_name(w.window_secs, false)
+                )
+            })
             .unwrap_or_else(|| format!("{} requests per route window", decision.headers.x_limit));
         format!("Rate limit exceeded for tier {}: {budget}", tier.name)
     }
