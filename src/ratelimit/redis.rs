@@ -120,10 +120,12 @@ impl RedisBuckets {
                         .set_response_timeout(Some(timeout.max(Duration::from_millis(10))))
                         .set_number_of_retries(2)
                         .set_max_delay(Duration::from_secs(1));
+                    let mut attempts = 0u64;
                     loop {
                         if weak.strong_count() == 0 {
                             return;
                         }
+                        attempts += 1;
                         match client.get_connection_manager_with_config(config.clone()).await {
                             Ok(manager) => {
                                 *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(manager);
@@ -135,7 +137,10 @@ impl RedisBuckets {
                                 std::future::pending::<()>().await;
                             }
                             Err(e) => {
-                                log::warn!("redis: cannot connect, using local buckets until it answers: {e}");
+                                // Once a minute is enough to say it is still down.
+                                if attempts % 60 == 1 {
+                                    log::warn!("redis: cannot connect, using local buckets until it answers: {e}");
+                                }
                                 tokio::time::sleep(Duration::from_secs(1)).await;
                             }
                         }
