@@ -174,7 +174,10 @@ impl UpstreamPool {
     /// Whether a backend passes its active check (Pingora readiness: member,
     /// enabled, healthy).
     pub fn actively_healthy(&self, slot: &BackendSlot) -> bool {
-        self.view.ready(&slot.backend)
+        // Without a health check nothing can flip readiness (tollgate never
+        // disables backends by hand), and asking Pingora's view costs a
+        // SipHash of the backend per candidate per request.
+        self.active_health.is_none() || self.view.ready(&slot.backend)
     }
 
     /// Whether a backend may receive traffic: actively healthy and not taken

@@ -1,8 +1,14 @@
 use super::*;
-use crate::config::model::{BackendConfig, PassiveHealth, UpstreamConfig};
+use crate::config::model::{
+    BackendConfig, HealthCheckConfig, PassiveHealth, Probe, UpstreamConfig,
+};
 use std::time::Duration;
 
 fn pool(weights: &[usize]) -> UpstreamPool {
+    pool_with(weights, None)
+}
+
+fn pool_with(weights: &[usize], health_check: Option<HealthCheckConfig>) -> UpstreamPool {
     let metrics = Metrics::new().expect("metrics");
     let config = UpstreamConfig {
         name: "api".into(),
@@ -16,7 +22,7 @@ fn pool(weights: &[usize]) -> UpstreamPool {
             .collect(),
         tls: None,
         host_header: None,
-        health_check: None,
+        health_check,
         passive: PassiveHealth {
             max_fails: 2,
             fail_timeout: Duration::from_secs(30),
@@ -114,8 +120,17 @@ fn passively_failed_backends_are_not_selected() {
 }
 
 #[test]
-fn disabled_backends_are_not_selected() {
-    let p = pool(&[1, 1]);
+fn backends_pingora_marks_not_ready_are_not_selected() {
+    // Readiness comes from Pingora's view when a health check is configured;
+    // disabling a backend there stands in for a failing check.
+    let check = HealthCheckConfig {
+        probe: Probe::Tcp,
+        interval: Duration::from_secs(5),
+        timeout: Duration::from_secs(1),
+        healthy_threshold: 1,
+        unhealthy_threshold: 1,
+    };
+    let p = pool_with(&[1, 1], Some(check));
     p.view.set_enable(&p.slots()[1].backend, false);
     for _ in 0..50 {
         assert_eq!(port(p.select(None).expect("a backend")), 9000);
