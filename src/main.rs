@@ -185,7 +185,30 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
+/// Pingora binds listeners inside its service threads and, when a bind
+/// fails there, panics that thread and keeps the process running without
+/// the listener. A proxy that cannot listen must exit, so that panic ends
+/// the process (the port check in `server::build` catches the common case
+/// before start; this covers losing a race for the port).
+fn exit_on_listener_failure() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("Failed to build listeners") {
+            eprintln!("error: a listener could not be bound; exiting");
+            std::process::exit(1);
+        }
+    }));
+}
+
 fn main() -> ExitCode {
+    exit_on_listener_failure();
     match Cli::parse().command {
         Command::Run {
             config,

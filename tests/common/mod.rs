@@ -53,13 +53,34 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
     dir
 }
 
-/// A port that was free a moment ago (the proxy binds it next; a rare
-/// collision is retried by [`TollgateProcess::start`]).
+/// A port for a process the test starts (proxy, admin, redis-server).
+///
+/// Taken below the kernel's ephemeral range (32768+ on Linux), where the
+/// test upstreams' `bind(0)` and outgoing connections land, and never handed
+/// out twice in one test binary: otherwise another test's socket could take
+/// the port between this check and the process's own bind, and a test would
+/// talk to the wrong process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind port 0")
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as usize);
+    let seed = std::process::id() as usize ^ clock;
+    for i in 0..5000usize {
+        let port = 20000 + ((seed.wrapping_mul(7919) + i * 104_729) % 12000) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
+    panic!("no free port in 20000-31999");
 }
 
 /// Path of the built binary.
@@ -119,7 +140,7 @@ impl TollgateProcess {
                 return proc;
             }
             last_log = proc.log_text();
-            if !last_log.contains("cannot listen") {
+            if !(last_log.contains("cannot listen") || last_log.contains("could not be bound")) {
                 break; // not a port collision: do not hide the failure
             }
         }
