@@ -1,28 +1,27 @@
-//! Per-request costs of the hot-path pieces, in isolation:
-//! route match, least-connections pick, cache key. Not a test:
-//! `cargo bench --bench hot_path`. Numbers: docs/BENCHMARKS.md.
+//! Per-request costs of the hot-path pieces, in isolation, with criterion:
+//! route match, least-connections pick, cache key and cacheability
+//! decision, rate-limit identification and local decision.
+//!
+//! `cargo bench --bench hot_path` measures; `cargo test --benches` (part of
+//! `scripts/test`) runs each once so they keep compiling and working.
+//! Latest numbers: docs/BENCHMARKS.md.
 
+use criterion::{criterion_group, criterion_main, Criterion};
 use http::Method;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use std::hint::black_box;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tollgate::config::model::{BackendConfig, PassiveHealth, RouteCache, UpstreamConfig};
 use tollgate::metrics::Metrics;
+use tollgate::ratelimit::gcra::Window;
+use tollgate::ratelimit::local::{Check, LocalBuckets};
+use tollgate::ratelimit::RateLimiter;
 use tollgate::router::{HostPattern, MethodSet, RouteMatch, Router};
 use tollgate::upstream::{UpstreamMemory, UpstreamPool};
 
-fn report(label: &str, n: u32, elapsed: Duration) {
-    println!(
-        "{label:<48} {:>8.1} ns/op",
-        elapsed.as_nanos() as f64 / f64::from(n)
-    );
-}
-
-fn main() {
-    let n = 2_000_000u32;
-
-    // 200 routes over 10 hosts, wildcard and host-less.
+/// 200 routes over 10 hosts plus a wildcard catch-all.
+fn router() -> Router {
     let mut routes = Vec::new();
     for h in 0..10 {
         for p in 0..20 {
@@ -38,22 +37,34 @@ fn main() {
         path_prefix: "/".into(),
         methods: MethodSet::ANY,
     });
-    let router = Router::new(&routes);
-    let started = Instant::now();
-    for i in 0..n {
-        let path = if i % 2 == 0 {
-            "/v1/resource17/items/42"
-        } else {
-            "/other"
-        };
-        black_box(router.find(
-            Some(b"API7.example.com:8080"),
-            black_box(path),
-            &Method::GET,
-        ));
-    }
-    report("route match (201 routes, 10 hosts)", n, started.elapsed());
+    Router::new(&routes)
+}
 
+fn route_match(c: &mut Criterion) {
+    let router = router();
+    let mut g = c.benchmark_group("route_match");
+    g.bench_function("exact host, prefix hit (201 routes)", |b| {
+        b.iter(|| {
+            router.find(
+                Some(black_box(b"API7.example.com:8080")),
+                black_box("/v1/resource17/items/42"),
+                &Method::GET,
+            )
+        })
+    });
+    g.bench_function("falls through to wildcard (201 routes)", |b| {
+        b.iter(|| {
+            router.find(
+                Some(black_box(b"api7.example.com")),
+                black_box("/other"),
+                &Method::GET,
+            )
+        })
+    });
+    g.finish();
+}
+
+fn least_connections(c: &mut Criterion) {
     let metrics = Metrics::new().expect("metrics");
     let pool = UpstreamPool::new(
         &UpstreamConfig {
@@ -78,18 +89,19 @@ fn main() {
         &UpstreamMemory::default(),
     )
     .expect("pool");
-    let started = Instant::now();
-    for _ in 0..n {
-        let slot = pool.select(None).expect("backend");
-        black_box(slot.lease());
-    }
-    report(
-        "least-connections pick + lease (8 backends)",
-        n,
-        started.elapsed(),
+    c.bench_function(
+        "least_connections/pick + lease (8 weighted backends)",
+        |b| {
+            b.iter(|| {
+                let slot = pool.select(None).expect("backend");
+                black_box(slot.lease())
+            })
+        },
     );
+}
 
-    let policy = RouteCache {
+fn cache_policy() -> RouteCache {
+    RouteCache {
         default_ttl: None,
         max_ttl: None,
         stale_while_revalidate: Duration::ZERO,
@@ -99,18 +111,102 @@ fn main() {
         ignore_query: false,
         sort_query: true,
         key_headers: Vec::new(),
-    };
-    let mut req = RequestHeader::build("GET", b"/v1/products?page=2&utm_source=x&sort=price", None)
-        .expect("req");
-    req.insert_header("host", "api.example.com").expect("host");
-    let started = Instant::now();
-    let n_key = n / 4;
-    for _ in 0..n_key {
-        black_box(tollgate::cache::key::cache_key(black_box(&req), &policy));
     }
-    report(
-        "cache key (sorted, filtered query)",
-        n_key,
-        started.elapsed(),
-    );
 }
+
+fn cache_decisions(c: &mut Criterion) {
+    let policy = cache_policy();
+    let mut req = RequestHeader::build("GET", b"/v1/products?page=2&utm_source=x&sort=price", None)
+        .expect("request");
+    req.insert_header("host", "api.example.com").expect("host");
+    let mut resp = ResponseHeader::build(200, None).expect("response");
+    resp.insert_header("content-type", "application/json")
+        .expect("content-type");
+    resp.insert_header(
+        "cache-control",
+        "public, max-age=300, stale-while-revalidate=30",
+    )
+    .expect("cache-control");
+    resp.insert_header("etag", "\"abc123\"").expect("etag");
+    resp.insert_header("content-length", "1024")
+        .expect("content-length");
+
+    let mut g = c.benchmark_group("cache");
+    g.bench_function("key (sorted, filtered query)", |b| {
+        b.iter(|| tollgate::cache::key::cache_key(black_box(&req), &policy))
+    });
+    g.bench_function("cacheability decision (max-age + swr)", |b| {
+        b.iter(|| {
+            tollgate::cache::policy::response_cacheable(black_box(&req), black_box(&resp), &policy)
+        })
+    });
+    g.finish();
+}
+
+const RATE_CONFIG: &str = r#"
+listen: ["127.0.0.1:1"]
+admin: { listen: "127.0.0.1:2" }
+upstreams:
+  api: { backends: ["127.0.0.1:3"] }
+routes:
+  - { name: api, match: { path_prefix: / }, upstream: api }
+tiers:
+  pro: { per_minute: 1000000, per_hour: 50000000 }
+tenants:
+  acme:
+    tier: pro
+    # sha256 of "bench-key"
+    api_keys: ["sha256:b0962662e937d44c699c8305d90cbf190b3150c59b13863d1380b5cc3c711bb7"]
+anonymous: { tier: pro }
+"#;
+
+fn rate_limiting(c: &mut Criterion) {
+    let windows = [
+        Window::new(1_000_000, 60, 1_000_000),
+        Window::new(50_000_000, 3600, 50_000_000),
+    ];
+    let keys: Vec<String> = (0..1000).map(|i| format!("t:tenant-{i}")).collect();
+    let local = LocalBuckets::new();
+    let mut g = c.benchmark_group("ratelimit");
+    let mut i = 0usize;
+    g.bench_function("local decision (1000 tenants, minute + hour)", |b| {
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            local.decide(&[Check {
+                key: &keys[i],
+                windows: &windows,
+                cost: 1,
+            }])
+        })
+    });
+
+    let config = tollgate::config::parse(RATE_CONFIG, "bench.yaml").expect("bench config");
+    let limiter = RateLimiter::new(config.rate_limit.as_ref().expect("rate limiting"));
+    let mut keyed = RequestHeader::build("GET", b"/v1/products", None).expect("request");
+    keyed
+        .insert_header("authorization", "Bearer bench-key")
+        .expect("authorization");
+    let peer = Some(std::net::IpAddr::from([192, 0, 2, 7]));
+    // Measure the path of a known key, not of a refusal.
+    assert!(matches!(
+        limiter.identify(&keyed, peer),
+        Ok(tollgate::ratelimit::identity::Identity::Tenant(_))
+    ));
+    g.bench_function("identify API key (SHA-256 + lookup)", |b| {
+        b.iter(|| limiter.identify(black_box(&keyed), peer))
+    });
+    let anonymous = RequestHeader::build("GET", b"/v1/products", None).expect("request");
+    g.bench_function("identify anonymous (client IP)", |b| {
+        b.iter(|| limiter.identify(black_box(&anonymous), peer))
+    });
+    g.finish();
+}
+
+criterion_group!(
+    hot_path,
+    route_match,
+    least_connections,
+    cache_decisions,
+    rate_limiting
+);
+criterion_main!(hot_path);
