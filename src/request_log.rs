@@ -68,7 +68,7 @@ pub fn finish(metrics: &Metrics, session: &Session, e: Option<&Error>, ctx: &Req
         status_code.as_str(),
     );
     match route {
-        Some(r) => r.metrics.duration[method].observe(elapsed.as_secs_f64()),
+        Some(r) => r.metrics.duration(method).observe(elapsed.as_secs_f64()),
         None => metrics
             .request_duration
             .with_label_values(&[NO_ROUTE, METHOD_LABELS[method]])
