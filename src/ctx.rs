@@ -39,6 +39,9 @@ pub struct RequestCtx {
     pub rate_headers: Option<RateHeaders>,
     /// Response body bytes before compression.
     pub body_bytes_in: u64,
+    /// The cache key, when the fresh-hit path built it and found nothing to
+    /// serve: Pingora's `cache_key_callback` takes it instead of building it again.
+    pub cache_key: Option<pingora::cache::key::CacheKey>,
     _in_flight: InFlightGuard,
 }
 
@@ -81,6 +84,7 @@ impl RequestCtx {
             cache_directives: RequestDirectives::default(),
             rate_headers: None,
             body_bytes_in: 0,
+            cache_key: None,
             _in_flight: InFlightGuard::new(in_flight),
         }
     }

@@ -151,6 +151,66 @@ fn a_fresh_response_is_served_from_the_cache_with_age_and_cache_status() {
     );
 }
 
+/// Fresh hits of plain GET/HEAD requests are answered straight from the
+/// store (`serve_fresh_hit`); they must carry everything a response from
+/// Pingora's cache path carries.
+#[test]
+fn fresh_hits_carry_the_headers_of_any_other_response() {
+    let s = setup();
+    let miss = fetch(&s, "/b/1", &[]);
+    assert_eq!(miss.text(), "/b/1");
+    let hit = fetch(&s, "/b/1", &[("X-Request-Id", "trace-42")]);
+    assert_eq!((hit.status, hit.text().as_str()), (200, "/b/1"));
+    assert_eq!(hit.header("cache-status"), Some("tollgate; hit"));
+    assert_eq!(hit.header("x-request-id"), Some("trace-42"));
+    assert_eq!(hit.header("content-length"), Some("4"));
+    assert_eq!(hit.header("cache-control"), Some("max-age=60"));
+    assert!(hit
+        .header("via")
+        .is_some_and(|v| v.contains("1.1 tollgate")));
+    assert!(hit.header("x-response-time").is_some());
+    let age: u64 = hit
+        .header("age")
+        .and_then(|a| a.parse().ok())
+        .expect("a numeric Age");
+    assert!(age <= 60, "age {age}");
+
+    let head = request(s.proxy.addr, "HEAD", "/b/1", &[], b"").expect("head");
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("cache-status"), Some("tollgate; hit"));
+    assert_eq!(head.header("content-length"), Some("4"));
+    assert!(head.body.is_empty());
+    assert_eq!(path_count(&s.up, "/b/1"), 1);
+    s.proxy.wait_metric(
+        r#"tollgate_cache_requests_total{result="hit",route="api"}"#,
+        2.0,
+    );
+    // The client connection stays usable after a fresh hit (keep-alive).
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(s.proxy.addr).expect("connect");
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .expect("timeout");
+    for _ in 0..2 {
+        conn.write_all(b"GET /b/1 HTTP/1.1\r\nHost: test.local\r\n\r\n")
+            .expect("write");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        // One response: headers, then the 4-byte body.
+        while !got
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .is_some_and(|end| got.len() >= end + 4 + 4)
+        {
+            let n = conn.read(&mut buf).expect("read");
+            assert!(n > 0, "connection closed after {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        assert!(text.contains("cache-status: tollgate; hit"), "{text}");
+        assert!(text.ends_with("/b/1"), "{text}");
+    }
+}
+
 #[test]
 fn s_maxage_overrides_max_age() {
     let s = setup();

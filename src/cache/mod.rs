@@ -165,6 +165,9 @@ impl Outcome {
     }
 }
 
+/// `Cache-Status` of a fresh hit, as a constant for the fresh-hit path.
+pub const FRESH_HIT_STATUS: &str = "tollgate; hit";
+
 /// How a response on a cached route was served: the metric outcome and the
 /// `Cache-Status` value. `None` before the cache has decided anything.
 pub fn describe(phase: CachePhase, method: &http::Method) -> Option<(Outcome, String)> {
@@ -201,6 +204,7 @@ mod tests {
     #[test]
     fn cache_status_follows_rfc_9211() {
         assert_eq!(Outcome::Hit.cache_status(None), "tollgate; hit");
+        assert_eq!(Outcome::Hit.cache_status(None), FRESH_HIT_STATUS);
         assert_eq!(
             Outcome::Miss.cache_status(None),
             "tollgate; fwd=uri-miss; stored"

@@ -7,9 +7,19 @@
 //! an index by request URI supports purge by exact URL and by prefix.
 //! A Redis tier can sit behind the same trait later.
 //!
-//! Memory: bodies + serialized headers are what the eviction manager
-//! weighs; on top come about 200 bytes per entry of index (two hash maps
-//! and a B-tree) — see README, Caching.
+//! Memory: the eviction manager weighs what an entry really holds — its
+//! body, its header as kept in memory, and a fixed per-entry allowance for
+//! the index and the LRU node ([`ENTRY_OVERHEAD`]) — so `cache.max_size`
+//! bounds resident memory, not only body bytes. Two things keep an entry
+//! from holding more than that: bodies are copied to an exact-size buffer
+//! when the collected one has spare capacity, and the stored header is
+//! rebuilt from its serialized form, because the header Pingora parsed from
+//! the upstream slices into the connection's 4 KiB+ read buffer and would
+//! keep all of it alive (`benches/load/memory.sh` measured 8 KiB per 1 KiB
+//! entry before). README, Caching, has the numbers.
+//!
+//! Fresh hits of entries without `Vary` can be served by [`MemoryStore::fresh`]
+//! without Pingora's cache state machine; see `proxy.rs`.
 
 use crate::cache::key::uri_of;
 use crate::router::HostPattern;
@@ -26,6 +36,80 @@ use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, SystemTime};
+
+/// Memory an entry costs beyond its body and header: the `Entry` and its
+/// `Arc`, three index slots (hash maps and the URI B-tree), the URI string
+/// and the LRU node. Calibrated with `benches/load/memory.sh`.
+pub const ENTRY_OVERHEAD: usize = 1024;
+
+/// Memory a parsed header costs per field beyond its name and value bytes
+/// (the `HeaderMap` slot, the case-preserving name map, `Bytes` handles).
+const HEADER_FIELD_OVERHEAD: usize = 288;
+
+/// The meta fields of a stored entry, read once when it is stored, so a
+/// hit needs neither Pingora's msgpack decoding nor a header decompression.
+#[derive(Debug, Clone, Copy)]
+struct StoredTimes {
+    fresh_until: SystemTime,
+    created: SystemTime,
+    /// What `Age` counts from (`CacheMeta::epoch`).
+    epoch: SystemTime,
+    stale_while_revalidate: u32,
+    stale_if_error: u32,
+    variance: Option<HashBinary>,
+    /// `CacheMeta::new` + variance rebuilds the meta exactly: never
+    /// revalidated, no epoch override, provenance at creation. Otherwise a
+    /// hit deserializes the stored internal meta as before.
+    rebuildable: bool,
+}
+
+impl StoredTimes {
+    fn of(meta: &CacheMeta) -> Self {
+        Self {
+            fresh_until: meta.fresh_until(),
+            created: meta.created(),
+            epoch: meta.epoch(),
+            stale_while_revalidate: meta.stale_while_revalidate_sec(),
+            stale_if_error: meta.stale_if_error_sec(),
+            variance: meta.variance(),
+            rebuildable: meta.updated() == meta.created()
+                && meta.epoch_override().is_none()
+                && meta.provenance() == meta.created(),
+        }
+    }
+}
+
+/// A fresh stored response, for serving without Pingora's cache machinery.
+pub struct FreshHit {
+    /// The stored header (a clone: the caller adds `Age` and its own fields).
+    pub header: ResponseHeader,
+    /// The body, shared with the store.
+    pub body: Bytes,
+    /// Time since the response was stored or last revalidated.
+    pub age: Duration,
+}
+
+/// Rebuilds `header` from its serialized form so that it owns compact
+/// buffers instead of slices of the upstream connection's read buffer.
+fn compact_header(internal: &[u8], header_bytes: &[u8]) -> Result<ResponseHeader> {
+    Ok(CacheMeta::deserialize(internal, header_bytes)?.response_header_copy())
+}
+
+/// What a parsed header holds in memory, for the entry's weight.
+fn header_weight(header: &ResponseHeader) -> usize {
+    header
+        .headers
+        .iter()
+        .map(|(name, value)| 2 * name.as_str().len() + value.len() + HEADER_FIELD_OVERHEAD)
+        .sum()
+}
+
+/// Weight of an entry: body, header and internal meta as held, plus the
+/// fixed overhead.
+fn entry_weight(body: &Bytes, header: &ResponseHeader, internal: &[u8]) -> usize {
+    body.len() + header_weight(header) + internal.len() + ENTRY_OVERHEAD
+}
 
 struct Entry {
     /// Pingora's serialized internal meta (freshness, variance): small msgpack.
@@ -37,6 +121,7 @@ struct Entry {
     primary: HashBinary,
     /// The key the eviction manager tracks this entry under.
     compact: CompactCacheKey,
+    times: StoredTimes,
     weight: usize,
 }
 
@@ -112,6 +197,35 @@ impl MemoryStore {
     /// Entries held (each variant counts).
     pub fn entries(&self) -> usize {
         self.read().entries.len()
+    }
+
+    /// The entry stored under `key` if it can be served as it is: fresh at
+    /// `now`, stored without variance (no `Vary`), so the key alone selects
+    /// it, and framed by `Content-Length`. Tells the eviction manager about the access, as
+    /// Pingora's hit path does. `None` means "let Pingora's cache decide",
+    /// not "absent".
+    pub fn fresh(&self, key: &HashBinary, now: SystemTime) -> Option<FreshHit> {
+        let entry = self.read().entries.get(key).cloned()?;
+        let t = &entry.times;
+        if t.variance.is_some() || t.fresh_until < now {
+            return None;
+        }
+        let h = &entry.header.headers;
+        if h.contains_key(http::header::VARY)
+            || !h.contains_key(http::header::CONTENT_LENGTH)
+            || h.contains_key(http::header::TRANSFER_ENCODING)
+        {
+            return None;
+        }
+        if let Some(eviction) = self.eviction.get() {
+            let item = pingora::cache::CacheEntryKey::from_entry_id(entry.compact.clone(), None);
+            eviction.access(&item, entry.weight, t.fresh_until);
+        }
+        Some(FreshHit {
+            header: entry.header.clone(),
+            body: entry.body.clone(),
+            age: now.duration_since(t.epoch).unwrap_or_default(),
+        })
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
@@ -286,8 +400,7 @@ struct Miss {
     uri: Arc<str>,
     internal: Vec<u8>,
     header: ResponseHeader,
-    /// Serialized size of the meta, for the entry's weight.
-    meta_len: usize,
+    times: StoredTimes,
     body: BytesMut,
 }
 
@@ -299,13 +412,21 @@ impl HandleMiss for Miss {
     }
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
-        let weight = self.body.len() + self.meta_len;
+        // A body collected in pieces can have up to twice its length in
+        // capacity; keep only what it needs.
+        let body = if self.body.capacity() > self.body.len() + self.body.len() / 16 {
+            Bytes::copy_from_slice(&self.body)
+        } else {
+            self.body.freeze()
+        };
+        let weight = entry_weight(&body, &self.header, &self.internal);
         let entry = Arc::new(Entry {
             internal: self.internal,
             header: self.header,
-            body: self.body.freeze(),
+            body,
             primary: self.primary,
             compact: self.compact,
+            times: self.times,
             weight,
         });
         let store = self.store;
@@ -346,8 +467,24 @@ impl Storage for MemoryStore {
         let Some(entry) = self.read().entries.get(&key.combined_bin()).cloned() else {
             return Ok(None);
         };
-        let mut meta = CacheMeta::deserialize(&entry.internal, empty_header()?)?;
-        *meta.response_header_mut() = entry.header.clone();
+        let t = &entry.times;
+        let meta = if t.rebuildable {
+            let mut meta = CacheMeta::new(
+                t.fresh_until,
+                t.created,
+                t.stale_while_revalidate,
+                t.stale_if_error,
+                entry.header.clone(),
+            );
+            if let Some(variance) = t.variance {
+                meta.set_variance(variance);
+            }
+            meta
+        } else {
+            let mut meta = CacheMeta::deserialize(&entry.internal, empty_header()?)?;
+            *meta.response_header_mut() = entry.header.clone();
+            meta
+        };
         let hit = Hit {
             body: Some(entry.body.clone()),
             weight: entry.weight,
@@ -371,9 +508,9 @@ impl Storage for MemoryStore {
             primary: key.primary_bin(),
             compact: key.to_compact(),
             uri: uri.into(),
-            meta_len: internal.len() + header_bytes.len(),
+            header: compact_header(&internal, &header_bytes)?,
             internal,
-            header: meta.response_header_copy(),
+            times: StoredTimes::of(meta),
             body: BytesMut::new(),
         }))
     }
@@ -402,17 +539,19 @@ impl Storage for MemoryStore {
         _: &SpanHandle,
     ) -> Result<bool> {
         let (internal, header_bytes) = meta.serialize()?;
+        let header = compact_header(&internal, &header_bytes)?;
         let mut index = self.write();
         let Some(old) = index.entries.get(&key.combined_bin()).cloned() else {
             return Ok(false);
         };
-        let weight = old.body.len() + internal.len() + header_bytes.len();
+        let weight = entry_weight(&old.body, &header, &internal);
         let updated = Arc::new(Entry {
             internal,
-            header: meta.response_header_copy(),
+            header,
             body: old.body.clone(),
             primary: old.primary,
             compact: old.compact.clone(),
+            times: StoredTimes::of(meta),
             weight,
         });
         index.entries.insert(key.combined_bin(), updated);
