@@ -71,6 +71,7 @@ http {
   keepalive_requests 1000000;
   proxy_cache_path $WORK/nginx-cache levels=1:2 keys_zone=api:10m max_size=100m inactive=10m use_temp_path=off;
   upstream origin { server $ORIGIN; keepalive 128; }
+  gzip on; gzip_types application/json; gzip_min_length 1000; gzip_comp_level 6; gzip_proxied any;
   server {
     listen $NGINX reuseport;
     location / {
@@ -95,6 +96,7 @@ server:
   pid_file: $WORK/tollgate.pid
   upgrade_sock: $WORK/tollgate-upgrade.sock
 logging: { level: warn, access_log: false, slow_request_threshold: 10s }
+compression: { min_size: 1000, gzip_level: 6 }
 upstreams:
   origin:
     backends: ["$ORIGIN"]
@@ -138,7 +140,7 @@ taskset -c $PROXY_CPU nginx -c "$WORK/origin.conf"
 taskset -c $PROXY_CPU nginx -c "$WORK/nginx-proxy.conf"
 taskset -c $PROXY_CPU target/release/tollgate run -c "$WORK/tollgate.yaml" > "$WORK/tollgate.log" 2>&1 &
 pids+=($!)
-taskset -c $PROXY_CPU target/release/examples/bare_proxy "$BARE" "$ORIGIN" > "$WORK/bare.log" 2>&1 &
+taskset -c $PROXY_CPU target/release/examples/bare_proxy "$BARE" "$ORIGIN" "$WORK/doc.json" > "$WORK/bare.log" 2>&1 &
 pids+=($!)
 taskset -c $PROXY_CPU redis-server --port $REDIS_PORT --bind 127.0.0.1 --save "" --appendonly no > "$WORK/redis.log" 2>&1 &
 pids+=($!)
@@ -159,12 +161,18 @@ for _ in $(seq 1 200); do
   sleep 0.05 # poll until tollgate is connected to Redis
 done
 
+for addr in $NGINX $TOLLGATE; do # the compressed scenario must really be compressed
+  curl -fsS -o /dev/null -D - -H "Accept-Encoding: gzip" -H "Authorization: Bearer $BENCH_KEY" "http://$addr/cached" \
+    | grep -qi '^content-encoding: gzip' || { echo "$addr does not gzip /cached" >&2; exit 1; }
+done
+
 # wrk prints latency with units; normalise to milliseconds.
 to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
 
-measure() { # name addr path -> "rps p50 p99"
+measure() { # name addr path [accept-encoding] -> "rps p50 p99"
   local out
-  out=$(taskset -c $LOAD_CPU wrk -t1 -c$CONNS -d"${DURATION}s" --latency -H "Authorization: Bearer $BENCH_KEY" "http://$2$3")
+  out=$(taskset -c $LOAD_CPU wrk -t1 -c$CONNS -d"${DURATION}s" --latency -H "Authorization: Bearer $BENCH_KEY" \
+    ${4:+-H "Accept-Encoding: $4"} "http://$2$3")
   local rps p50 p99
   rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
   p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' <<<"$out")")
@@ -174,14 +182,18 @@ measure() { # name addr path -> "rps p50 p99"
 }
 
 declare -A results
-scenarios=("passthrough:/uncached" "cached:/cached")
+# scenario:path[:accept-encoding]; "compressed" is a cache hit sent gzipped
+# (level 6 in both; nginx's gzip filter and tollgate both encode per response).
+scenarios=("passthrough:/uncached" "cached:/cached" "compressed:/cached:gzip")
 targets=("nginx:$NGINX" "tollgate:$TOLLGATE" "bare-pingora:$BARE" "tollgate+ratelimit:$TOLLGATE_RL" "tollgate+redis:$TOLLGATE_REDIS")
 for round in $(seq 1 "$ROUNDS"); do
   for s in "${scenarios[@]}"; do
-    scen=${s%%:*}; path=${s#*:}
+    IFS=: read -r scen path encoding <<<"$s"
     for t in "${targets[@]}"; do
       name=${t%%:*}; addr=${t#*:}
-      r=$(measure "$name" "$addr" "$path")
+      # Compression is compared between the two caching proxies only.
+      if [ -n "$encoding" ] && [ "$name" != nginx ] && [ "$name" != tollgate ]; then continue; fi
+      r=$(measure "$name" "$addr" "$path" "$encoding")
       results["$scen/$name"]+="$r;"
       echo "round $round $scen $name: $r" >&2
     done
@@ -203,7 +215,7 @@ for key, runs in raw.items():
     }
 print(f"\nmedian of {rounds} rounds, {duration}s each, wrk -t1 -c{conns}; proxies+origin on CPU 0, wrk on CPU 1")
 print(f"{'scenario':<12} {'proxy':<19} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs nginx':>9}")
-for scen in ("passthrough", "cached"):
+for scen in ("passthrough", "cached", "compressed"):
     base = res.get(f"{scen}/nginx", {}).get("rps")
     for name in ("nginx", "tollgate", "bare-pingora", "tollgate+ratelimit", "tollgate+redis"):
         r = res.get(f"{scen}/{name}")
@@ -216,7 +228,8 @@ for scen in ("passthrough", "cached"):
         r = res.get(f"{scen}/{name}")
         if r and tg[scen]:
             print(f"{scen:<12} {name} / tollgate without rate limiting: {r['rps'] / tg[scen]:.2f}x")
-print("\nnote: bare-pingora has no cache; its 'cached' row is pass-through of a cacheable response.")
+print("\nnote: bare-pingora answers /cached from memory in request_filter, without Pingora's cache:")
+print("      the floor for a tollgate cache hit.")
 json.dump({"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
            "duration_s": int(duration), "rounds": int(rounds), "connections": int(conns),
            "results": res}, open(out, "w"), indent=2)

@@ -1,0 +1,239 @@
+#!/usr/bin/env bash
+# Memory check: how tollgate's resident memory (RSS) follows the cache, the
+# number of routes and the number of tenants. See benches/load/README.md.
+#
+#   benches/load/memory.sh [FILL_SECONDS]
+#
+# 1. cache: fills a cache of CACHE_MAX (64 MiB) with distinct 1 KB and
+#    16 KB responses well past its size; reports RSS before and after, the
+#    bytes the cache weighs, and RSS above (idle RSS + cache.max_size).
+# 2. routes: 1, 10, 100, 1000 routes; RSS after a request to every route.
+# 3. tenants: 10 ... 100,000 tenants in the config; RSS idle and after
+#    requests cycling through every tenant's key (one bucket each).
+# Prints tables and writes target/bench/memory-results.json. Exits non-zero
+# if the filled cache leaves RSS above idle + max_size + the documented
+# overhead (MAX_OVERHEAD_PCT of max_size).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+FILL_SECONDS="${1:-15}"
+CACHE_MAX_MIB="${CACHE_MAX_MIB:-64}"
+PARTS="${PARTS:-cache routes tenants}" # which of the three checks to run
+MAX_OVERHEAD_PCT="${MAX_OVERHEAD_PCT:-25}"
+PROXY_CPU=0
+LOAD_CPU=1
+OUT=target/bench
+mkdir -p "$OUT"
+WORK="$(mktemp -d /tmp/tollgate-mem.XXXXXX)"
+chmod 755 "$WORK"
+
+scripts/install-deps build-essential cmake pkg-config libssl-dev nginx wrk curl
+cargo build --release --locked --bin tollgate >&2
+
+ORIGIN=127.0.0.1:18181
+PROXY=127.0.0.1:18180
+ADMIN=127.0.0.1:18190
+
+python3 - "$WORK" <<'PY'
+import sys
+work = sys.argv[1]
+for name, size in (("small.json", 1024), ("large.json", 16384)):
+    body = '{"data":"' + "x" * (size - 11) + '"}'
+    open(f"{work}/{name}", "w").write(body)
+PY
+
+cat > "$WORK/origin.conf" <<NGX
+worker_processes 1;
+pid $WORK/origin.pid;
+error_log $WORK/origin-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen $ORIGIN reuseport;
+    default_type application/json;
+    root $WORK;
+    location /small/ { add_header Cache-Control "public, max-age=3600"; try_files /small.json =404; }
+    location /large/ { add_header Cache-Control "public, max-age=3600"; try_files /large.json =404; }
+    location /       { add_header Cache-Control "no-store"; try_files /small.json =404; }
+  }
+}
+NGX
+
+tollgate_pid=""
+cleanup() {
+  [ -n "$tollgate_pid" ] && kill "$tollgate_pid" 2>/dev/null || true
+  nginx -c "$WORK/origin.conf" -s stop 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+taskset -c $PROXY_CPU nginx -c "$WORK/origin.conf"
+
+# Writes the common head of a config: listeners, one worker, the origin.
+config_head() {
+  cat <<YAML
+listen: ["$PROXY"]
+admin: { listen: "$ADMIN" }
+server:
+  threads: 1
+  grace_period: 0s
+  graceful_shutdown_timeout: 1s
+  pid_file: $WORK/tollgate.pid
+  upgrade_sock: $WORK/upgrade.sock
+logging: { level: warn, access_log: false }
+upstreams:
+  origin: { backends: ["$ORIGIN"] }
+cache: { max_size: ${CACHE_MAX_MIB}MiB }
+YAML
+}
+
+start() { # config-file
+  taskset -c $PROXY_CPU target/release/tollgate run -c "$1" > "$WORK/tollgate.log" 2>&1 &
+  tollgate_pid=$!
+  for _ in $(seq 1 400); do
+    curl -fsS -o /dev/null "http://$ADMIN/ready" 2>/dev/null && return 0
+    kill -0 "$tollgate_pid" 2>/dev/null || break
+    sleep 0.05 # poll until ready
+  done
+  cat "$WORK/tollgate.log" >&2
+  echo "tollgate did not become ready with $1" >&2
+  exit 1
+}
+
+stop() {
+  kill "$tollgate_pid" 2>/dev/null || true
+  wait "$tollgate_pid" 2>/dev/null || true
+  tollgate_pid=""
+}
+
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$tollgate_pid/status"; }
+metric() { curl -fsS "http://$ADMIN/metrics" | awk -v m="$1" '$1 == m { printf "%d", $2 }'; }
+
+# wrk script: every request a new path under $PREFIX, or a new API key.
+cat > "$WORK/distinct.lua" <<'LUA'
+local n = 0
+local prefix = os.getenv("PREFIX") or "/small/"
+local keys = tonumber(os.getenv("KEYS") or "0")
+request = function()
+  n = n + 1
+  if keys > 0 then
+    return wrk.format("GET", "/", { ["X-API-Key"] = "key-" .. (n % keys) })
+  end
+  return wrk.format("GET", prefix .. n)
+end
+LUA
+
+load() { # seconds [env...]
+  local secs=$1; shift
+  env "$@" taskset -c $LOAD_CPU wrk -t1 -c16 -d"${secs}s" -s "$WORK/distinct.lua" "http://$PROXY" > "$WORK/wrk.out"
+  awk '/^Requests\/sec:/ { print $2 }' "$WORK/wrk.out" >&2
+}
+
+declare -a json_parts
+
+# --- 1. cache fill ---------------------------------------------------------
+cache_rows=()
+cache_ok=1
+route_rows=()
+tenant_rows=()
+if [[ " $PARTS " == *" cache "* ]]; then
+echo "== cache: max_size ${CACHE_MAX_MIB} MiB, filled for ${FILL_SECONDS}s per body size" >&2
+{ config_head; cat <<YAML
+routes:
+  - { name: api, match: { path_prefix: / }, upstream: origin, cache: {} }
+YAML
+} > "$WORK/cache.yaml"
+for size in small large; do
+  start "$WORK/cache.yaml"
+  curl -fsS -o /dev/null "http://$PROXY/$size/warm"
+  idle=$(rss_kib)
+  load "$FILL_SECONDS" PREFIX="/$size/"
+  filled=$(rss_kib)
+  bytes=$(metric tollgate_cache_size_bytes)
+  entries=$(metric tollgate_cache_entries)
+  evictions=$(metric tollgate_cache_evictions_total)
+  stop
+  max_kib=$((CACHE_MAX_MIB * 1024))
+  over_kib=$((filled - idle - max_kib))
+  limit_kib=$((max_kib * MAX_OVERHEAD_PCT / 100))
+  per_entry=$(( entries > 0 ? (filled - idle) * 1024 / entries : 0 ))
+  if [ "$over_kib" -gt "$limit_kib" ]; then cache_ok=0; fi
+  cache_rows+=("$size $idle $filled $bytes $entries $evictions $over_kib $per_entry")
+  json_parts+=("\"cache_$size\": {\"rss_idle_kib\": $idle, \"rss_filled_kib\": $filled, \"cache_bytes\": $bytes, \"entries\": $entries, \"evictions\": $evictions, \"rss_over_idle_plus_max_kib\": $over_kib, \"rss_per_entry_bytes\": $per_entry}")
+done
+
+fi
+
+# --- 2. routes -------------------------------------------------------------
+if [[ " $PARTS " == *" routes "* ]]; then
+echo "== routes" >&2
+for n in 1 10 100 1000; do
+  { config_head; echo "routes:"
+    for i in $(seq 1 "$n"); do
+      echo "  - { name: r$i, match: { path_prefix: /r$i/ }, upstream: origin, cache: {} }"
+    done
+  } > "$WORK/routes.yaml"
+  start "$WORK/routes.yaml"
+  for i in $(seq 1 "$n"); do echo "url = \"http://$PROXY/r$i/x\""; echo "output = /dev/null"; done > "$WORK/curl.cfg"
+  curl -fsS --no-progress-meter --parallel --parallel-max 16 -K "$WORK/curl.cfg"
+  rss=$(rss_kib)
+  stop
+  route_rows+=("$n $rss")
+  json_parts+=("\"routes_$n\": {\"rss_kib\": $rss}")
+done
+
+fi
+
+# --- 3. tenants ------------------------------------------------------------
+if [[ " $PARTS " == *" tenants "* ]]; then
+echo "== tenants" >&2
+for n in 10 1000 10000 100000; do
+  { config_head; cat <<YAML
+routes:
+  - { name: api, match: { path_prefix: / }, upstream: origin }
+rate_limit: { api_key_headers: [x-api-key] }
+tiers:
+  standard: { per_minute: 100000000, per_hour: 1000000000 }
+anonymous: { reject: true }
+tenants:
+YAML
+    python3 - "$n" <<'PY'
+import hashlib, sys
+for i in range(int(sys.argv[1])):
+    h = hashlib.sha256(f"key-{i}".encode()).hexdigest()
+    print(f'  t{i}: {{ tier: standard, api_keys: ["sha256:{h}"] }}')
+PY
+  } > "$WORK/tenants.yaml"
+  start "$WORK/tenants.yaml"
+  idle=$(rss_kib)
+  # Long enough for every tenant to be seen at least once at the rates here.
+  load $(( n >= 100000 ? 10 : 3 )) KEYS="$n"
+  active=$(rss_kib)
+  stop
+  tenant_rows+=("$n $idle $active")
+  json_parts+=("\"tenants_$n\": {\"rss_idle_kib\": $idle, \"rss_after_traffic_kib\": $active}")
+done
+fi
+
+echo
+echo "cache (max_size ${CACHE_MAX_MIB} MiB = $((CACHE_MAX_MIB * 1024)) KiB; allowed overhead ${MAX_OVERHEAD_PCT}% of max_size)"
+printf '%-6s %10s %11s %12s %9s %10s %16s %12s\n' body "idle KiB" "filled KiB" "cache bytes" entries evictions "over idle+max KiB" "RSS B/entry"
+for r in ${cache_rows[@]+"${cache_rows[@]}"}; do
+  read -r size idle filled bytes entries evictions over per <<<"$r"
+  printf '%-6s %10s %11s %12s %9s %10s %16s %12s\n' "$size" "$idle" "$filled" "$bytes" "$entries" "$evictions" "$over" "$per"
+done
+echo
+echo "routes (RSS after one request per route)"
+for r in ${route_rows[@]+"${route_rows[@]}"}; do read -r n rss <<<"$r"; printf '%6s routes  %8s KiB\n' "$n" "$rss"; done
+echo
+echo "tenants (RSS idle, and after traffic from every tenant)"
+for r in ${tenant_rows[@]+"${tenant_rows[@]}"}; do read -r n idle active <<<"$r"; printf '%7s tenants  %8s KiB idle  %8s KiB active\n' "$n" "$idle" "$active"; done
+
+printf '{"cache_max_size_mib": %s, "max_overhead_pct": %s, %s}\n' "$CACHE_MAX_MIB" "$MAX_OVERHEAD_PCT" \
+  "$(IFS=,; echo "${json_parts[*]}")" | python3 -m json.tool > "$OUT/memory-results.json"
+echo "written: $OUT/memory-results.json"
+if [ "$cache_ok" -ne 1 ]; then
+  echo "FAIL: RSS with a full cache exceeds idle + max_size + ${MAX_OVERHEAD_PCT}%" >&2
+  exit 1
+fi
