@@ -196,11 +196,12 @@ fn fresh_hits_carry_the_headers_of_any_other_response() {
         let mut got = Vec::new();
         let mut buf = [0u8; 4096];
         // One response: headers, then the 4-byte body.
-        while !got
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .is_some_and(|end| got.len() >= end + 4 + 4)
-        {
+        let complete = |got: &[u8]| {
+            got.windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .is_some_and(|end| got.len() >= end + 4 + 4)
+        };
+        while !complete(&got) {
             let n = conn.read(&mut buf).expect("read");
             assert!(n > 0, "connection closed after {got:?}");
             got.extend_from_slice(&buf[..n]);
