@@ -45,7 +45,10 @@ pub struct RateLimiter {
     tenant_keys: Vec<Box<str>>,
     /// SHA-256 of a key → tenant index.
     pub keys: HashMap<[u8; 32], usize>,
-    /// The config it came from (key sources, proxies, anonymous policy).
+    /// The config it came from (key sources, proxies, anonymous policy),
+    /// without its tenant list: that is compiled into `tenants` and `keys`
+    /// and kept once more in the gateway's config, not a third time
+    /// (~120 bytes per tenant; `benches/load/memory.sh`).
     pub config: RateLimitConfig,
 }
 
@@ -311,7 +314,15 @@ impl RateLimiter {
                 .map(|t| format!("t:{}", t.name).into())
                 .collect(),
             keys,
-            config: config.clone(),
+            config: RateLimitConfig {
+                tiers: config.tiers.clone(),
+                tenants: Vec::new(),
+                anonymous: config.anonymous,
+                key_sources: config.key_sources.clone(),
+                trusted_proxies: config.trusted_proxies.clone(),
+                count_cached_responses: config.count_cached_responses,
+                redis: config.redis.clone(),
+            },
         }
     }
 
