@@ -68,7 +68,7 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `tollgate_cache_requests_total{route,result}`.
     pub cache_requests: IntCounterVec,
-    /// `tollgate_cache_size_bytes`: bodies + headers held.
+    /// `tollgate_cache_size_bytes`: memory the cache holds (bodies, headers, per-entry overhead), bounded by `cache.max_size`.
     pub cache_size: IntGauge,
     /// `tollgate_cache_entries`.
     pub cache_entries: IntGauge,
@@ -180,7 +180,7 @@ impl Metrics {
         )?;
         let cache_size = IntGauge::new(
             "tollgate_cache_size_bytes",
-            "Bytes held by the response cache",
+            "Memory held by the response cache: bodies, headers and per-entry overhead",
         )?;
         let cache_entries = IntGauge::new("tollgate_cache_entries", "Responses held by the cache")?;
         let cache_evictions = IntCounter::new(
