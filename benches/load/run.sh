@@ -200,9 +200,42 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
+# Latency at about half of each proxy's maximum (the median above): wrk has
+# no fixed-rate mode, so each connection waits DELAY_MS between requests
+# (wrk's delay() hook, whole milliseconds) and the number of connections
+# sets the rate. The origin is measured directly with the same settings;
+# the difference in p99 is what the proxy adds.
+DELAY_MS=2
+cat > "$WORK/paced.lua" <<LUA
+delay = function() return $DELAY_MS end
+LUA
+paced() { # addr path conns [seconds] -> "rps p50 p99"
+  local out
+  out=$(taskset -c $LOAD_CPU wrk -t1 -c"$3" -d"${4:-$DURATION}s" --latency -s "$WORK/paced.lua" \
+    -H "Authorization: Bearer $BENCH_KEY" "http://$1$2")
+  echo "$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out") $(to_ms "$(awk '$1 == "50%" { print $2 }' <<<"$out")") $(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")"
+}
+declare -A half
+for s in "passthrough:/uncached" "cached:/cached"; do
+  IFS=: read -r scen path _ <<<"$s"
+  for t in "nginx:$NGINX" "tollgate:$TOLLGATE"; do
+    name=${t%%:*}; addr=${t#*:}
+    max=$(python3 -c 'import statistics,sys; print(statistics.median(float(r.split()[0]) for r in sys.argv[1].strip(";").split(";")))' "${results["$scen/$name"]}")
+    # A first guess from the delay alone, then one 1 s probe to correct it
+    # for the response time and wrk's timer granularity.
+    conns=$(python3 -c 'import math,sys; print(max(1, math.ceil(float(sys.argv[1]) / 2 * int(sys.argv[2]) / 1000)))' "$max" "$DELAY_MS")
+    probe=$(paced "$addr" "$path" "$conns" 1 | cut -d' ' -f1)
+    conns=$(python3 -c 'import math,sys; m, c, r = map(float, sys.argv[1:]); print(max(1, min(1000, math.ceil(c * m / 2 / max(r, 1)))))' "$max" "$conns" "$probe")
+    half["$scen/$name"]="$(paced "$addr" "$path" "$conns") $max $conns"
+    half["$scen/$name/origin"]="$(paced "$ORIGIN" "$path" "$conns")"
+    echo "half load $scen $name: ${half["$scen/$name"]} origin: ${half["$scen/$name/origin"]}" >&2
+  done
+done
+
 python3 - "$OUT/load-results.json" "$DURATION" "$ROUNDS" "$CONNS" <<PY
 import json, statistics, sys, platform, os
 raw = {$(for k in "${!results[@]}"; do printf '"%s": "%s",' "$k" "${results[$k]}"; done)}
+half_raw = {$(for k in "${!half[@]}"; do printf '"%s": "%s",' "$k" "${half[$k]}"; done)}
 out, duration, rounds, conns = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 res = {}
 for key, runs in raw.items():
@@ -228,10 +261,23 @@ for scen in ("passthrough", "cached"):
         r = res.get(f"{scen}/{name}")
         if r and tg[scen]:
             print(f"{scen:<12} {name} / tollgate without rate limiting: {r['rps'] / tg[scen]:.2f}x")
+print(f"\nlatency at about half of each proxy's maximum ({len(half_raw)//2} runs; connections paced with wrk delay())")
+print(f"{'scenario':<12} {'proxy':<9} {'req/s':>8} {'of max':>7} {'p50 ms':>7} {'p99 ms':>7} {'origin p99':>11} {'added p99':>10}")
+half = {}
+for scen in ("passthrough", "cached"):
+    for name in ("nginx", "tollgate"):
+        h = half_raw.get(f"{scen}/{name}")
+        o = half_raw.get(f"{scen}/{name}/origin")
+        if not h or not o: continue
+        rps, p50, p99, mx, conns = map(float, h.split())
+        orps, op50, op99 = map(float, o.split())
+        half[f"{scen}/{name}"] = {"rps": rps, "of_max": rps / mx, "connections": int(conns), "p50_ms": p50,
+                                 "p99_ms": p99, "origin_p99_ms": op99, "added_p99_ms": p99 - op99}
+        print(f"{scen:<12} {name:<9} {rps:>8.0f} {rps/mx:>6.0%} {p50:>7.2f} {p99:>7.2f} {op99:>11.2f} {p99-op99:>10.2f}")
 print("\nnote: bare-pingora answers /cached from memory in request_filter, without Pingora's cache:")
 print("      the floor for a tollgate cache hit.")
 json.dump({"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
            "duration_s": int(duration), "rounds": int(rounds), "connections": int(conns),
-           "results": res}, open(out, "w"), indent=2)
+           "results": res, "half_load": half}, open(out, "w"), indent=2)
 print(f"written: {out}")
 PY
