@@ -6,15 +6,20 @@
 //! What is ours: the levels from the config, and the decision per response
 //! — nothing smaller than `min_size`, only compressible media types, never
 //! on routes that turn it off. Because the module runs after the cache,
-//! a response is stored once and encoded for each client as it asks.
+//! a response is stored once and encoded for each client as it asks —
+//! except fresh cache hits sent as gzip or zstd: the cache keeps one
+//! encoded copy per coding with the entry ([`stored_coding`], [`encode`]),
+//! because encoding the same bytes on every hit was most of a compressed
+//! hit's cost (zlib sets up ~256 KiB of state per response).
 
 use crate::config::model::{CompressionConfig, RouteCompression};
 use crate::metrics::Metrics;
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::compression::{ResponseCompression, ResponseCompressionBuilder};
 use pingora::modules::http::{HttpModules, ModuleBuilder};
 use pingora::protocols::http::compression::Algorithm;
 use pingora::proxy::Session;
+use std::io::Write as _;
 
 const ALGORITHMS: [Algorithm; 3] = [Algorithm::Gzip, Algorithm::Brotli, Algorithm::Zstd];
 
@@ -124,6 +129,22 @@ pub fn on_response(
     let Some(config) = config else {
         return;
     };
+    if !policy_allows(resp, config, route) {
+        if let Some(c) = ctx(session) {
+            for algorithm in ALGORITHMS {
+                c.adjust_algorithm_level(algorithm, 0);
+            }
+        }
+    }
+}
+
+/// The policy: the route has compression on, the body is not known to be
+/// smaller than `min_size`, and the media type is compressible.
+fn policy_allows(
+    resp: &ResponseHeader,
+    config: &CompressionConfig,
+    route: Option<RouteCompression>,
+) -> bool {
     let route = route.unwrap_or(RouteCompression {
         enabled: true,
         min_size: None,
@@ -140,12 +161,115 @@ pub fn on_response(
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| config.compressible(ct));
-    if !route.enabled || too_small || !compressible {
-        if let Some(c) = ctx(session) {
-            for algorithm in ALGORITHMS {
-                c.adjust_algorithm_level(algorithm, 0);
-            }
+    route.enabled && !too_small && compressible
+}
+
+/// A coding the cache can keep an encoded copy in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredCoding {
+    /// `gzip`.
+    Gzip,
+    /// `zstd`.
+    Zstd,
+}
+
+impl StoredCoding {
+    /// The `Content-Encoding` token.
+    pub fn token(self) -> &'static str {
+        match self {
+            StoredCoding::Gzip => "gzip",
+            StoredCoding::Zstd => "zstd",
         }
+    }
+}
+
+/// For a fresh cache hit: the coding and level to send `resp` in from a
+/// stored encoded copy, when the client's first preference (the
+/// normalised `Accept-Encoding`) is gzip or zstd and the policy would
+/// compress the response. `None`: the module decides, as for any response
+/// (brotli, identity, already-encoded bodies, HEAD).
+pub fn stored_coding(
+    req: &RequestHeader,
+    resp: &ResponseHeader,
+    config: Option<&CompressionConfig>,
+    route: Option<RouteCompression>,
+) -> Option<(StoredCoding, u32)> {
+    let config = config?;
+    if req.method == http::Method::HEAD
+        || resp.headers.contains_key(http::header::CONTENT_ENCODING)
+        || !policy_allows(resp, config, route)
+    {
+        return None;
+    }
+    let first = req
+        .headers
+        .get(http::header::ACCEPT_ENCODING)?
+        .to_str()
+        .ok()?
+        .split(',')
+        .next()?
+        .trim();
+    let (coding, level) = match first {
+        "gzip" => (StoredCoding::Gzip, config.gzip_level),
+        "zstd" => (StoredCoding::Zstd, config.zstd_level),
+        _ => return None,
+    };
+    (level > 0).then_some((coding, level))
+}
+
+/// Encodes a whole body (what Pingora's module would produce, in one piece).
+pub fn encode(coding: StoredCoding, level: u32, body: &[u8]) -> std::io::Result<Vec<u8>> {
+    match coding {
+        StoredCoding::Gzip => {
+            let out = Vec::with_capacity(body.len() / 4 + 64);
+            let mut encoder = flate2::write::GzEncoder::new(out, flate2::Compression::new(level));
+            encoder.write_all(body)?;
+            encoder.finish()
+        }
+        StoredCoding::Zstd => zstd::bulk::compress(body, i32::try_from(level).unwrap_or(i32::MAX)),
+    }
+}
+
+/// Turns the header of a stored response into the header of its encoded
+/// copy: `Content-Encoding`, the new `Content-Length`, `Vary:
+/// Accept-Encoding`, no `Accept-Ranges`, and a weak ETag (RFC 9110
+/// §8.8.1), as Pingora's module does — but with a length, since the whole
+/// body is known.
+pub fn mark_encoded(
+    resp: &mut ResponseHeader,
+    coding: StoredCoding,
+    len: usize,
+) -> pingora::Result<()> {
+    resp.insert_header(http::header::CONTENT_ENCODING, coding.token())?;
+    resp.insert_header(http::header::CONTENT_LENGTH, len)?;
+    resp.remove_header(&http::header::ACCEPT_RANGES);
+    let vary = resp.headers.get_all(http::header::VARY).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|f| f.trim().eq_ignore_ascii_case("accept-encoding"))
+        })
+    });
+    if !vary {
+        resp.append_header(http::header::VARY, "Accept-Encoding")?;
+    }
+    if let Some(etag) = resp.headers.get(http::header::ETAG).cloned() {
+        if etag.as_bytes().starts_with(b"\"") {
+            let weak = [b"W/".as_slice(), etag.as_bytes()].concat();
+            resp.insert_header(http::header::ETAG, weak)?;
+        } else if !etag.as_bytes().starts_with(b"W/") {
+            resp.remove_header(&http::header::ETAG);
+        }
+    }
+    Ok(())
+}
+
+/// Keeps the module away from a response tollgate encoded itself.
+pub fn bypass_module(session: &mut Session) {
+    if let Some(c) = ctx(session) {
+        for algorithm in ALGORITHMS {
+            c.adjust_algorithm_level(algorithm, 0);
+        }
+        c.adjust_decompression(false);
     }
 }
 
@@ -181,7 +305,48 @@ pub fn count(metrics: &Metrics, session: &Session, bytes_in: u64) {
 
 #[cfg(test)]
 mod tests {
-    use super::preferred_encodings;
+    use super::{encode, mark_encoded, preferred_encodings, StoredCoding};
+    use pingora::http::ResponseHeader;
+
+    #[test]
+    fn an_encoded_copy_gets_the_headers_the_module_would_give_it() {
+        for (etag, want) in [
+            (Some("\"v1\""), Some("W/\"v1\"")),
+            (Some("W/\"v1\""), Some("W/\"v1\"")),
+            (Some("v1"), None),
+            (None, None),
+        ] {
+            let mut resp = ResponseHeader::build(200, None).expect("resp");
+            resp.insert_header("Content-Length", "2000").expect("len");
+            resp.insert_header("Accept-Ranges", "bytes")
+                .expect("ranges");
+            resp.insert_header("Vary", "Origin").expect("vary");
+            if let Some(etag) = etag {
+                resp.insert_header("ETag", etag).expect("etag");
+            }
+            mark_encoded(&mut resp, StoredCoding::Zstd, 321).expect("mark");
+            let h = |n: &str| resp.headers.get(n).and_then(|v| v.to_str().ok());
+            assert_eq!(h("etag"), want, "{etag:?}");
+            assert_eq!(h("content-encoding"), Some("zstd"));
+            assert_eq!(h("content-length"), Some("321"));
+            assert_eq!(h("accept-ranges"), None);
+            let vary: Vec<_> = resp.headers.get_all("vary").iter().collect();
+            assert_eq!(vary, ["Origin", "Accept-Encoding"]);
+        }
+    }
+
+    #[test]
+    fn encoded_copies_decode_to_the_body() {
+        let body = b"{\"items\":[1,2,3]}".repeat(100);
+        let gz = encode(StoredCoding::Gzip, 6, &body).expect("gzip");
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut out)
+            .expect("gunzip");
+        assert_eq!(out, body);
+        let zs = encode(StoredCoding::Zstd, 3, &body).expect("zstd");
+        assert_eq!(zstd::decode_all(&zs[..]).expect("unzstd"), body);
+        assert!(gz.len() < body.len() / 4 && zs.len() < body.len() / 4);
+    }
 
     #[test]
     fn q_values_order_and_zero_excludes() {

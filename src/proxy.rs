@@ -173,15 +173,44 @@ impl Proxy {
             .cache_requests
             .with_label_values(&[&route.name, cache::Outcome::Hit.label()])
             .inc();
-        let mut resp = Box::new(hit.header);
+        let cache::store::FreshHit {
+            header,
+            body: stored_body,
+            age,
+            entry,
+        } = hit;
+        let mut resp = Box::new(header);
         resp.set_version(http::Version::HTTP_11);
-        resp.insert_header(http::header::AGE, hit.age.as_secs())?;
+        resp.insert_header(http::header::AGE, age.as_secs())?;
         resp.insert_header("Cache-Status", cache::FRESH_HIT_STATUS)?;
+        let stored_len = stored_body.len() as u64;
+        let mut body = stored_body;
+        let config = ctx.gateway.config.compression.as_ref();
+        if let Some((coding, level)) =
+            compression::stored_coding(session.req_header(), &resp, config, Some(route.compression))
+        {
+            let encoded = self
+                .state
+                .cache
+                .store
+                .encoded_body(&entry, coding.token(), level, |b| {
+                    compression::encode(coding, level, b)
+                });
+            match encoded {
+                Ok(encoded) => {
+                    compression::mark_encoded(&mut resp, coding, encoded.len())?;
+                    compression::bypass_module(session);
+                    body = encoded;
+                }
+                // The module encodes this one as it would any response.
+                Err(e) => log::warn!("encoding a cached body as {}: {e}", coding.token()),
+            }
+        }
         self.finish_response_header(session, &mut resp, ctx)?;
         session.write_response_header(resp, head).await?;
         if !head {
-            ctx.body_bytes_in += hit.body.len() as u64;
-            session.write_response_body(Some(hit.body), true).await?;
+            ctx.body_bytes_in += stored_len;
+            session.write_response_body(Some(body), true).await?;
         }
         Ok(true)
     }

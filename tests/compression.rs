@@ -191,6 +191,61 @@ fn a_cached_response_is_stored_once_and_encoded_per_client() {
     );
 }
 
+/// Fresh hits sent as gzip or zstd come from an encoded copy kept with the
+/// entry: made on the first such hit, weighed with the entry, reused after,
+/// and gone with it.
+#[test]
+fn fresh_hits_keep_one_encoded_copy_per_coding() {
+    let (proxy, up) = setup();
+    let size = || proxy.metric("tollgate_cache_size_bytes").unwrap_or(0.0);
+    let miss = fetch(&proxy, "/json", Some("gzip"));
+    assert_eq!(miss.header("content-encoding"), Some("gzip"));
+    proxy.wait_metric("tollgate_cache_entries", 1.0);
+    let stored = size();
+
+    let hit = fetch(&proxy, "/json", Some("gzip"));
+    assert_eq!(hit.header("cache-status"), Some("tollgate; hit"));
+    assert_eq!(hit.header("content-encoding"), Some("gzip"));
+    assert_eq!(
+        hit.header("content-length"),
+        Some(hit.body.len().to_string().as_str())
+    );
+    assert_eq!(hit.header("etag"), Some("W/\"v1\""));
+    assert!(hit
+        .header("vary")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("accept-encoding")));
+    assert!(hit.header("accept-ranges").is_none());
+    assert_eq!(decode(&hit), json_doc().as_bytes());
+    let with_gzip = size();
+    assert!(
+        with_gzip > stored && with_gzip < stored + json_doc().len() as f64,
+        "the gzip copy is weighed: {stored} -> {with_gzip}"
+    );
+
+    let again = fetch(&proxy, "/json", Some("gzip"));
+    assert_eq!(again.body, hit.body, "the same copy is served again");
+    assert_eq!(size(), with_gzip, "no second gzip copy");
+
+    let zstd = fetch(&proxy, "/json", Some("zstd"));
+    assert_eq!(zstd.header("content-encoding"), Some("zstd"));
+    assert_eq!(decode(&zstd), json_doc().as_bytes());
+    assert!(size() > with_gzip, "the zstd copy is weighed too");
+
+    let plain = fetch(&proxy, "/json", None);
+    assert_eq!(plain.header("cache-status"), Some("tollgate; hit"));
+    assert_eq!(plain.body, json_doc().as_bytes());
+    assert_eq!(
+        up.recorded().iter().filter(|r| r.path == "/json").count(),
+        1
+    );
+
+    // A successful POST invalidates the entry; its copies go with it.
+    let post = request(proxy.addr, "POST", "/json", &[], b"{}").expect("post");
+    assert_eq!(post.status, 200);
+    proxy.wait_metric("tollgate_cache_entries", 0.0);
+    proxy.wait_metric("tollgate_cache_size_bytes", 0.0);
+}
+
 #[test]
 fn compression_savings_are_counted() {
     let (proxy, _up) = setup();

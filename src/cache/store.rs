@@ -34,8 +34,8 @@ use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
 /// Memory an entry costs beyond its body and header: the `Entry` and its
@@ -88,7 +88,22 @@ pub struct FreshHit {
     pub body: Bytes,
     /// Time since the response was stored or last revalidated.
     pub age: Duration,
+    /// The entry itself, for [`MemoryStore::encoded_body`].
+    pub entry: StoredEntry,
 }
+
+/// A handle on a stored entry (opaque outside the store).
+pub struct StoredEntry(Arc<Entry>);
+
+/// An encoded copy of a stored body (`Content-Encoding` token and level).
+struct EncodedBody {
+    coding: &'static str,
+    level: u32,
+    body: Bytes,
+}
+
+/// What an encoded copy weighs beyond its bytes.
+const ENCODED_OVERHEAD: usize = 64;
 
 /// Rebuilds `header` from its serialized form so that it owns compact
 /// buffers instead of slices of the upstream connection's read buffer.
@@ -122,7 +137,44 @@ struct Entry {
     /// The key the eviction manager tracks this entry under.
     compact: CompactCacheKey,
     times: StoredTimes,
-    weight: usize,
+    /// Grows when an encoded copy is added.
+    weight: AtomicUsize,
+    /// Encoded copies of `body`, at most one per coding, made on demand by
+    /// [`MemoryStore::encoded_body`].
+    encoded: Mutex<Vec<EncodedBody>>,
+}
+
+impl Entry {
+    fn new(parts: EntryParts, weight: usize) -> Self {
+        Self {
+            internal: parts.internal,
+            header: parts.header,
+            body: parts.body,
+            primary: parts.primary,
+            compact: parts.compact,
+            times: parts.times,
+            weight: AtomicUsize::new(weight),
+            encoded: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn weight(&self) -> usize {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    fn encoded(&self) -> std::sync::MutexGuard<'_, Vec<EncodedBody>> {
+        self.encoded.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What an entry is made of, before it is weighed.
+struct EntryParts {
+    internal: Vec<u8>,
+    header: ResponseHeader,
+    body: Bytes,
+    primary: HashBinary,
+    compact: CompactCacheKey,
+    times: StoredTimes,
 }
 
 /// All variants stored for one request URI.
@@ -219,12 +271,13 @@ impl MemoryStore {
         }
         if let Some(eviction) = self.eviction.get() {
             let item = pingora::cache::CacheEntryKey::from_entry_id(entry.compact.clone(), None);
-            eviction.access(&item, entry.weight, t.fresh_until);
+            eviction.access(&item, entry.weight(), t.fresh_until);
         }
         Some(FreshHit {
             header: entry.header.clone(),
             body: entry.body.clone(),
             age: now.duration_since(t.epoch).unwrap_or_default(),
+            entry: StoredEntry(entry.clone()),
         })
     }
 
@@ -237,7 +290,75 @@ impl MemoryStore {
     }
 
     fn forget(&self, entry: &Entry) {
-        self.bytes.fetch_sub(entry.weight as u64, Ordering::Relaxed);
+        self.bytes
+            .fetch_sub(entry.weight() as u64, Ordering::Relaxed);
+    }
+
+    /// The body of a stored entry encoded as `coding` (a `Content-Encoding` token) at
+    /// `level`: made with `encode` the first time and then kept with the
+    /// entry, weighed with it (the eviction manager is told, and whatever it
+    /// evicts to make room is removed), and dropped with it. One copy per
+    /// coding: a different level (after a reload) replaces it. An entry
+    /// purged or replaced meanwhile gets nothing stored.
+    pub fn encoded_body(
+        &self,
+        entry: &StoredEntry,
+        coding: &'static str,
+        level: u32,
+        encode: impl FnOnce(&[u8]) -> std::io::Result<Vec<u8>>,
+    ) -> std::io::Result<Bytes> {
+        let entry = &entry.0;
+        if let Some(e) = entry
+            .encoded()
+            .iter()
+            .find(|e| e.coding == coding && e.level == level)
+        {
+            return Ok(e.body.clone());
+        }
+        let body = Bytes::from(encode(&entry.body)?);
+        let delta = body.len() + ENCODED_OVERHEAD;
+        {
+            let index = self.write();
+            let combined = pingora::cache::key::CacheHashKey::combined_bin(&entry.compact);
+            if !index
+                .entries
+                .get(&combined)
+                .is_some_and(|current| Arc::ptr_eq(current, entry))
+            {
+                return Ok(body);
+            }
+            let mut encoded = entry.encoded();
+            if let Some(e) = encoded
+                .iter()
+                .find(|e| e.coding == coding && e.level == level)
+            {
+                return Ok(e.body.clone()); // another request was faster
+            }
+            if let Some(pos) = encoded.iter().position(|e| e.coding == coding) {
+                let old = encoded.swap_remove(pos);
+                let old_delta = old.body.len() + ENCODED_OVERHEAD;
+                entry.weight.fetch_sub(old_delta, Ordering::Relaxed);
+                self.bytes.fetch_sub(old_delta as u64, Ordering::Relaxed);
+            }
+            encoded.push(EncodedBody {
+                coding,
+                level,
+                body: body.clone(),
+            });
+            entry.weight.fetch_add(delta, Ordering::Relaxed);
+            self.bytes.fetch_add(delta as u64, Ordering::Relaxed);
+        }
+        if let Some(eviction) = self.eviction.get() {
+            let item = pingora::cache::CacheEntryKey::from_entry_id(entry.compact.clone(), None);
+            for evicted in eviction.increment_weight(&item, delta, None) {
+                let combined = pingora::cache::key::CacheHashKey::combined_bin(evicted.key());
+                let removed = self.write().remove_entry(&combined);
+                if let Some(removed) = removed {
+                    self.forget(&removed);
+                }
+            }
+        }
+        Ok(body)
     }
 
     /// Removes every variant stored for these primaries; returns how many.
@@ -420,15 +541,17 @@ impl HandleMiss for Miss {
             self.body.freeze()
         };
         let weight = entry_weight(&body, &self.header, &self.internal);
-        let entry = Arc::new(Entry {
-            internal: self.internal,
-            header: self.header,
-            body,
-            primary: self.primary,
-            compact: self.compact,
-            times: self.times,
+        let entry = Arc::new(Entry::new(
+            EntryParts {
+                internal: self.internal,
+                header: self.header,
+                body,
+                primary: self.primary,
+                compact: self.compact,
+                times: self.times,
+            },
             weight,
-        });
+        ));
         let store = self.store;
         let replaced = {
             let mut index = store.write();
@@ -487,7 +610,7 @@ impl Storage for MemoryStore {
         };
         let hit = Hit {
             body: Some(entry.body.clone()),
-            weight: entry.weight,
+            weight: entry.weight(),
             full: entry.body.clone(),
         };
         Ok(Some((meta, Box::new(hit))))
@@ -544,16 +667,20 @@ impl Storage for MemoryStore {
         let Some(old) = index.entries.get(&key.combined_bin()).cloned() else {
             return Ok(false);
         };
+        // Encoded copies are not carried over: the new header may carry a
+        // new validator, and they are cheap to make again.
         let weight = entry_weight(&old.body, &header, &internal);
-        let updated = Arc::new(Entry {
-            internal,
-            header,
-            body: old.body.clone(),
-            primary: old.primary,
-            compact: old.compact.clone(),
-            times: StoredTimes::of(meta),
+        let updated = Arc::new(Entry::new(
+            EntryParts {
+                internal,
+                header,
+                body: old.body.clone(),
+                primary: old.primary,
+                compact: old.compact.clone(),
+                times: StoredTimes::of(meta),
+            },
             weight,
-        });
+        ));
         index.entries.insert(key.combined_bin(), updated);
         drop(index);
         self.bytes.fetch_add(weight as u64, Ordering::Relaxed);
