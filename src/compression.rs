@@ -8,7 +8,8 @@
 //! on routes that turn it off. Because the module runs after the cache,
 //! a response is stored once and encoded for each client as it asks —
 //! except fresh cache hits sent as gzip or zstd: the cache keeps one
-//! encoded copy per coding with the entry ([`stored_coding`], [`encode`]),
+//! encoded copy per coding with the entry ([`stored_coding`], [`encode`],
+//! with Pingora's own encoders),
 //! because encoding the same bytes on every hit was most of a compressed
 //! hit's cost (zlib sets up ~256 KiB of state per response).
 
@@ -19,7 +20,6 @@ use pingora::modules::http::compression::{ResponseCompression, ResponseCompressi
 use pingora::modules::http::{HttpModules, ModuleBuilder};
 use pingora::protocols::http::compression::Algorithm;
 use pingora::proxy::Session;
-use std::io::Write as _;
 
 const ALGORITHMS: [Algorithm; 3] = [Algorithm::Gzip, Algorithm::Brotli, Algorithm::Zstd];
 
@@ -131,10 +131,15 @@ pub fn on_response(
     };
     if !policy_allows(resp, config, route) {
         if let Some(c) = ctx(session) {
-            for algorithm in ALGORITHMS {
-                c.adjust_algorithm_level(algorithm, 0);
-            }
+            encode_nothing(c);
         }
+    }
+}
+
+/// Leaves the module with no encoding to apply.
+fn encode_nothing(c: &mut ResponseCompression) {
+    for algorithm in ALGORITHMS {
+        c.adjust_algorithm_level(algorithm, 0);
     }
 }
 
@@ -164,28 +169,9 @@ fn policy_allows(
     route.enabled && !too_small && compressible
 }
 
-/// A coding the cache can keep an encoded copy in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoredCoding {
-    /// `gzip`.
-    Gzip,
-    /// `zstd`.
-    Zstd,
-}
-
-impl StoredCoding {
-    /// The `Content-Encoding` token.
-    pub fn token(self) -> &'static str {
-        match self {
-            StoredCoding::Gzip => "gzip",
-            StoredCoding::Zstd => "zstd",
-        }
-    }
-}
-
-/// For a fresh cache hit: the coding and level to send `resp` in from a
-/// stored encoded copy, when the client's first preference (the
-/// normalised `Accept-Encoding`) is gzip or zstd and the policy would
+/// For a fresh cache hit: the coding (gzip or zstd) and level to send
+/// `resp` in from a stored encoded copy, when that coding is the client's
+/// first preference (the normalised `Accept-Encoding`) and the policy would
 /// compress the response. `None`: the module decides, as for any response
 /// (brotli, identity, already-encoded bodies, HEAD).
 pub fn stored_coding(
@@ -193,14 +179,12 @@ pub fn stored_coding(
     resp: &ResponseHeader,
     config: Option<&CompressionConfig>,
     route: Option<RouteCompression>,
-) -> Option<(StoredCoding, u32)> {
+) -> Option<(Algorithm, u32)> {
     let config = config?;
-    if req.method == http::Method::HEAD
-        || resp.headers.contains_key(http::header::CONTENT_ENCODING)
-        || !policy_allows(resp, config, route)
-    {
+    if req.method == http::Method::HEAD {
         return None;
     }
+    // The client's wish first: hits without one stop here, cheaply.
     let first = req
         .headers
         .get(http::header::ACCEPT_ENCODING)?
@@ -210,24 +194,26 @@ pub fn stored_coding(
         .next()?
         .trim();
     let (coding, level) = match first {
-        "gzip" => (StoredCoding::Gzip, config.gzip_level),
-        "zstd" => (StoredCoding::Zstd, config.zstd_level),
+        "gzip" => (Algorithm::Gzip, config.gzip_level),
+        "zstd" => (Algorithm::Zstd, config.zstd_level),
         _ => return None,
     };
-    (level > 0).then_some((coding, level))
+    let wanted = level > 0
+        && !resp.headers.contains_key(http::header::CONTENT_ENCODING)
+        && policy_allows(resp, config, route);
+    wanted.then_some((coding, level))
 }
 
-/// Encodes a whole body (what Pingora's module would produce, in one piece).
-pub fn encode(coding: StoredCoding, level: u32, body: &[u8]) -> std::io::Result<Vec<u8>> {
-    match coding {
-        StoredCoding::Gzip => {
-            let out = Vec::with_capacity(body.len() / 4 + 64);
-            let mut encoder = flate2::write::GzEncoder::new(out, flate2::Compression::new(level));
-            encoder.write_all(body)?;
-            encoder.finish()
-        }
-        StoredCoding::Zstd => zstd::bulk::compress(body, i32::try_from(level).unwrap_or(i32::MAX)),
-    }
+/// Encodes a whole body in one piece with the encoder Pingora's module
+/// uses, so the copy is what the module would have sent.
+pub fn encode(coding: Algorithm, level: u32, body: &[u8]) -> pingora::Result<bytes::Bytes> {
+    let mut encoder = coding.compressor(level).ok_or_else(|| {
+        pingora::Error::explain(
+            pingora::ErrorType::InternalError,
+            format!("no {} encoder at level {level}", coding.as_str()),
+        )
+    })?;
+    encoder.encode(body, true)
 }
 
 /// Turns the header of a stored response into the header of its encoded
@@ -237,10 +223,10 @@ pub fn encode(coding: StoredCoding, level: u32, body: &[u8]) -> std::io::Result<
 /// body is known.
 pub fn mark_encoded(
     resp: &mut ResponseHeader,
-    coding: StoredCoding,
+    coding: Algorithm,
     len: usize,
 ) -> pingora::Result<()> {
-    resp.insert_header(http::header::CONTENT_ENCODING, coding.token())?;
+    resp.insert_header(http::header::CONTENT_ENCODING, coding.as_str())?;
     resp.insert_header(http::header::CONTENT_LENGTH, len)?;
     resp.remove_header(&http::header::ACCEPT_RANGES);
     let vary = resp.headers.get_all(http::header::VARY).iter().any(|v| {
@@ -266,9 +252,7 @@ pub fn mark_encoded(
 /// Keeps the module away from a response tollgate encoded itself.
 pub fn bypass_module(session: &mut Session) {
     if let Some(c) = ctx(session) {
-        for algorithm in ALGORITHMS {
-            c.adjust_algorithm_level(algorithm, 0);
-        }
+        encode_nothing(c);
         c.adjust_decompression(false);
     }
 }
@@ -305,8 +289,9 @@ pub fn count(metrics: &Metrics, session: &Session, bytes_in: u64) {
 
 #[cfg(test)]
 mod tests {
-    use super::{encode, mark_encoded, preferred_encodings, StoredCoding};
+    use super::{encode, mark_encoded, preferred_encodings};
     use pingora::http::ResponseHeader;
+    use pingora::protocols::http::compression::Algorithm;
 
     #[test]
     fn an_encoded_copy_gets_the_headers_the_module_would_give_it() {
@@ -324,7 +309,7 @@ mod tests {
             if let Some(etag) = etag {
                 resp.insert_header("ETag", etag).expect("etag");
             }
-            mark_encoded(&mut resp, StoredCoding::Zstd, 321).expect("mark");
+            mark_encoded(&mut resp, Algorithm::Zstd, 321).expect("mark");
             let h = |n: &str| resp.headers.get(n).and_then(|v| v.to_str().ok());
             assert_eq!(h("etag"), want, "{etag:?}");
             assert_eq!(h("content-encoding"), Some("zstd"));
@@ -338,12 +323,12 @@ mod tests {
     #[test]
     fn encoded_copies_decode_to_the_body() {
         let body = b"{\"items\":[1,2,3]}".repeat(100);
-        let gz = encode(StoredCoding::Gzip, 6, &body).expect("gzip");
+        let gz = encode(Algorithm::Gzip, 6, &body).expect("gzip");
         let mut out = Vec::new();
         std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut out)
             .expect("gunzip");
         assert_eq!(out, body);
-        let zs = encode(StoredCoding::Zstd, 3, &body).expect("zstd");
+        let zs = encode(Algorithm::Zstd, 3, &body).expect("zstd");
         assert_eq!(zstd::decode_all(&zs[..]).expect("unzstd"), body);
         assert!(gz.len() < body.len() / 4 && zs.len() < body.len() / 4);
     }

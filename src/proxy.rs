@@ -189,13 +189,13 @@ impl Proxy {
         if let Some((coding, level)) =
             compression::stored_coding(session.req_header(), &resp, config, Some(route.compression))
         {
-            let encoded = self
-                .state
-                .cache
-                .store
-                .encoded_body(&entry, coding.token(), level, |b| {
-                    compression::encode(coding, level, b)
-                });
+            let encoded =
+                self.state
+                    .cache
+                    .store
+                    .encoded_body(&entry, coding.as_str(), level, |b| {
+                        compression::encode(coding, level, b)
+                    });
             match encoded {
                 Ok(encoded) => {
                     compression::mark_encoded(&mut resp, coding, encoded.len())?;
@@ -203,7 +203,7 @@ impl Proxy {
                     body = encoded;
                 }
                 // The module encodes this one as it would any response.
-                Err(e) => log::warn!("encoding a cached body as {}: {e}", coding.token()),
+                Err(e) => log::warn!("encoding a cached body as {}: {e}", coding.as_str()),
             }
         }
         self.finish_response_header(session, &mut resp, ctx)?;

@@ -145,14 +145,23 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(parts: EntryParts, weight: usize) -> Self {
+    /// An entry without encoded copies, weighed by what it holds.
+    fn new(
+        internal: Vec<u8>,
+        header: ResponseHeader,
+        body: Bytes,
+        primary: HashBinary,
+        compact: CompactCacheKey,
+        times: StoredTimes,
+    ) -> Self {
+        let weight = entry_weight(&body, &header, &internal);
         Self {
-            internal: parts.internal,
-            header: parts.header,
-            body: parts.body,
-            primary: parts.primary,
-            compact: parts.compact,
-            times: parts.times,
+            internal,
+            header,
+            body,
+            primary,
+            compact,
+            times,
             weight: AtomicUsize::new(weight),
             encoded: Mutex::new(Vec::new()),
         }
@@ -165,16 +174,6 @@ impl Entry {
     fn encoded(&self) -> std::sync::MutexGuard<'_, Vec<EncodedBody>> {
         self.encoded.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-/// What an entry is made of, before it is weighed.
-struct EntryParts {
-    internal: Vec<u8>,
-    header: ResponseHeader,
-    body: Bytes,
-    primary: HashBinary,
-    compact: CompactCacheKey,
-    times: StoredTimes,
 }
 
 /// All variants stored for one request URI.
@@ -305,8 +304,8 @@ impl MemoryStore {
         entry: &StoredEntry,
         coding: &'static str,
         level: u32,
-        encode: impl FnOnce(&[u8]) -> std::io::Result<Vec<u8>>,
-    ) -> std::io::Result<Bytes> {
+        encode: impl FnOnce(&[u8]) -> Result<Bytes>,
+    ) -> Result<Bytes> {
         let entry = &entry.0;
         if let Some(e) = entry
             .encoded()
@@ -315,7 +314,7 @@ impl MemoryStore {
         {
             return Ok(e.body.clone());
         }
-        let body = Bytes::from(encode(&entry.body)?);
+        let body = encode(&entry.body)?;
         let delta = body.len() + ENCODED_OVERHEAD;
         {
             let index = self.write();
@@ -540,18 +539,15 @@ impl HandleMiss for Miss {
         } else {
             self.body.freeze()
         };
-        let weight = entry_weight(&body, &self.header, &self.internal);
         let entry = Arc::new(Entry::new(
-            EntryParts {
-                internal: self.internal,
-                header: self.header,
-                body,
-                primary: self.primary,
-                compact: self.compact,
-                times: self.times,
-            },
-            weight,
+            self.internal,
+            self.header,
+            body,
+            self.primary,
+            self.compact,
+            self.times,
         ));
+        let weight = entry.weight();
         let store = self.store;
         let replaced = {
             let mut index = store.write();
@@ -669,18 +665,15 @@ impl Storage for MemoryStore {
         };
         // Encoded copies are not carried over: the new header may carry a
         // new validator, and they are cheap to make again.
-        let weight = entry_weight(&old.body, &header, &internal);
         let updated = Arc::new(Entry::new(
-            EntryParts {
-                internal,
-                header,
-                body: old.body.clone(),
-                primary: old.primary,
-                compact: old.compact.clone(),
-                times: StoredTimes::of(meta),
-            },
-            weight,
+            internal,
+            header,
+            old.body.clone(),
+            old.primary,
+            old.compact.clone(),
+            StoredTimes::of(meta),
         ));
+        let weight = updated.weight();
         index.entries.insert(key.combined_bin(), updated);
         drop(index);
         self.bytes.fetch_add(weight as u64, Ordering::Relaxed);
