@@ -26,7 +26,7 @@ fn redis_decision(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let redis = RedisBuckets::new(&RedisConfig {
-        url: url.clone(),
+        url: tollgate::config::model::Secret::new(url.clone()),
         timeout: Duration::from_millis(200),
         key_prefix: "tollgate:bench:".into(),
     })

@@ -11,6 +11,9 @@ use pingora::protocols::http::ServerSession;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
+// Constant-time comparison of the admin token: where two secrets differ
+// must not show in how long the comparison takes.
+use subtle::ConstantTimeEq;
 
 /// The admin HTTP application.
 pub struct AdminApp {
@@ -160,7 +163,8 @@ impl AdminApp {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        (!constant_time_eq(presented.as_bytes(), token.as_bytes())).then(|| {
+        let matches: bool = presented.as_bytes().ct_eq(token.expose().as_bytes()).into();
+        (!matches).then(|| {
             respond_json(
                 StatusCode::UNAUTHORIZED,
                 &json!({"error": "unauthorized", "message": "Send Authorization: Bearer <admin token>"}),
@@ -222,10 +226,9 @@ impl AdminApp {
                 if !prefix.starts_with('/') {
                     return bad("prefix must start with /");
                 }
-                match host {
-                    Some(host) => {
-                        store.purge_prefix(&format!("{}{prefix}", host.to_ascii_lowercase()))
-                    }
+                match host.as_deref().map(crate::host::Host::parse_str) {
+                    Some(Some(host)) => store.purge_prefix(&format!("{}{prefix}", host.as_str())),
+                    Some(None) => return bad("host is not a valid host name"),
                     None => store.purge_path_prefix(&prefix),
                 }
             }
@@ -263,11 +266,6 @@ struct PurgeRequest {
     prefix: Option<String>,
     host: Option<String>,
     route: Option<String>,
-}
-
-/// Compares secrets without leaking where they differ through timing.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[async_trait]

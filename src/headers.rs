@@ -38,14 +38,11 @@ pub fn request_id(client: Option<&HeaderValue>) -> HeaderValue {
     }
     let mut raw = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut raw);
-    let mut hex = [0u8; 32];
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (i, byte) in raw.iter().enumerate() {
-        hex[2 * i] = DIGITS[(byte >> 4) as usize];
-        hex[2 * i + 1] = DIGITS[(byte & 0xf) as usize];
-    }
+    let mut text = [0u8; 32];
+    // Cannot fail: 32 bytes of room for 16 bytes' hex.
+    let _ = hex::encode_to_slice(raw, &mut text);
     // Hex digits are always a valid header value.
-    HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 /// A duration shown as milliseconds with three decimals (`12.005`), for

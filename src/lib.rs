@@ -14,6 +14,8 @@ pub mod demo;
 pub mod errors;
 pub mod gateway;
 pub mod headers;
+pub mod host;
+pub mod methods;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;

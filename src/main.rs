@@ -149,8 +149,7 @@ fn summary(c: &Config) -> String {
     for r in &c.routes {
         let host = match &r.host {
             None => "*".to_owned(),
-            Some(tollgate::router::HostPattern::Exact(h)) => h.clone(),
-            Some(tollgate::router::HostPattern::Wildcard(s)) => format!("*{s}"),
+            Some(pattern) => pattern.to_string(),
         };
         let cache = match &r.cache {
             None => String::new(),

@@ -32,7 +32,7 @@ impl fmt::Display for Summary<'_> {
             self.status,
             route.map_or(NO_ROUTE, |r| &r.name),
             route.map_or("-", |r| r.upstream.name()),
-            self.ctx.backend.as_ref().map_or("-", |b| b.addr()),
+            self.ctx.upstream.backend().unwrap_or("-"),
         )
     }
 }
@@ -87,15 +87,15 @@ pub fn finish(metrics: &Metrics, session: &Session, e: Option<&Error>, ctx: &Req
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
     if elapsed >= logging.slow_request_threshold {
-        let since_chosen = |at: Option<Instant>| {
-            StepMillis(ctx.timing.chosen_at.zip(at).map(|(from, to)| to - from))
-        };
+        let timing = ctx.upstream.timing();
+        let since_chosen =
+            |at: Option<Instant>| StepMillis(timing.chosen_at.zip(at).map(|(from, to)| to - from));
         log::warn!(
             target: "tollgate::slow",
             "slow request: {summary} attempts={} connect_ms={} ttfb_ms={} total_ms={} request_id={request_id}",
-            ctx.attempts,
-            since_chosen(ctx.timing.connected_at),
-            since_chosen(ctx.timing.first_byte_at),
+            ctx.upstream.count(),
+            since_chosen(timing.connected_at),
+            since_chosen(timing.first_byte_at),
             Millis(elapsed),
         );
     }
@@ -110,7 +110,7 @@ pub fn finish(metrics: &Metrics, session: &Session, e: Option<&Error>, ctx: &Req
             "status": status,
             "route": route.map_or(NO_ROUTE, |r| &r.name),
             "upstream": route.map(|r| r.upstream.name()),
-            "backend": ctx.backend.as_ref().map(|b| b.addr()),
+            "backend": ctx.upstream.backend(),
             "duration_ms": elapsed.as_secs_f64() * 1000.0,
             "request_id": request_id,
             "error": e.map(|e| e.etype().as_str()),

@@ -12,124 +12,14 @@
 //! 3. Among routes with the same prefix, the first one in the file whose
 //!    method set contains the request method wins.
 
+pub use crate::host::{Host, HostPattern};
+pub use crate::methods::MethodSet;
 use http::Method;
 use std::collections::HashMap;
 
 /// Index of a route in the config's route list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RouteId(pub usize);
-
-/// A route's host condition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostPattern {
-    /// `api.example.com`: this host only (compared case-insensitively).
-    Exact(String),
-    /// `*.example.com`: any subdomain of `example.com`, not `example.com` itself.
-    /// Holds the suffix with its leading dot (`.example.com`).
-    Wildcard(String),
-}
-
-impl HostPattern {
-    /// Parses `api.example.com` or `*.example.com`.
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        let host = raw.trim().trim_end_matches('.').to_ascii_lowercase();
-        let valid_name = |name: &str| {
-            !name.is_empty()
-                && name.len() <= 253
-                && name.split('.').all(|label| {
-                    !label.is_empty()
-                        && label
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                })
-        };
-        if let Some(rest) = host.strip_prefix("*.") {
-            if valid_name(rest) {
-                return Ok(HostPattern::Wildcard(format!(".{rest}")));
-            }
-        } else if valid_name(&host) {
-            return Ok(HostPattern::Exact(host));
-        }
-        Err(format!(
-            "invalid host {raw:?} (write a host name such as api.example.com, or *.example.com for its subdomains)"
-        ))
-    }
-}
-
-/// A set of HTTP methods, as a bit mask. `ANY` also matches extension methods.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MethodSet(u16);
-
-const KNOWN_METHODS: [(&str, u16); 9] = [
-    ("GET", 1 << 0),
-    ("HEAD", 1 << 1),
-    ("POST", 1 << 2),
-    ("PUT", 1 << 3),
-    ("DELETE", 1 << 4),
-    ("PATCH", 1 << 5),
-    ("OPTIONS", 1 << 6),
-    ("CONNECT", 1 << 7),
-    ("TRACE", 1 << 8),
-];
-
-impl MethodSet {
-    /// Every method, including extension methods.
-    pub const ANY: MethodSet = MethodSet(u16::MAX);
-
-    /// Builds a set from method names (case-insensitive).
-    pub fn from_names<S: AsRef<str>>(names: &[S]) -> Result<Self, String> {
-        if names.is_empty() {
-            return Err(
-                "methods must not be empty (leave the field out to allow every method)".into(),
-            );
-        }
-        let mut bits = 0u16;
-        for name in names {
-            let upper = name.as_ref().to_ascii_uppercase();
-            let bit = KNOWN_METHODS
-                .iter()
-                .find(|(n, _)| *n == upper)
-                .map(|(_, b)| *b)
-                .ok_or_else(|| {
-                    format!(
-                        "unknown method {:?} (one of GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, CONNECT, TRACE)",
-                        name.as_ref()
-                    )
-                })?;
-            bits |= bit;
-        }
-        Ok(MethodSet(bits))
-    }
-
-    fn bit(method: &Method) -> Option<u16> {
-        let bit = match *method {
-            Method::GET => 1 << 0,
-            Method::HEAD => 1 << 1,
-            Method::POST => 1 << 2,
-            Method::PUT => 1 << 3,
-            Method::DELETE => 1 << 4,
-            Method::PATCH => 1 << 5,
-            Method::OPTIONS => 1 << 6,
-            Method::CONNECT => 1 << 7,
-            Method::TRACE => 1 << 8,
-            _ => return None,
-        };
-        Some(bit)
-    }
-
-    /// Whether a request with this method may use the route.
-    pub fn contains(self, method: &Method) -> bool {
-        if self == Self::ANY {
-            return true;
-        }
-        Self::bit(method).is_some_and(|b| self.0 & b != 0)
-    }
-
-    /// Whether every method in `other` is also in `self`.
-    pub fn covers(self, other: MethodSet) -> bool {
-        self == Self::ANY || (other != Self::ANY && other.0 & !self.0 == 0)
-    }
-}
 
 /// What the router needs to know about one route.
 #[derive(Debug, Clone)]
@@ -157,9 +47,6 @@ pub struct Router {
     wildcard: Vec<(Box<str>, Vec<Entry>)>,
     any_host: Vec<Entry>,
 }
-
-/// Longest host name we will look up (RFC 1035: 253 characters + port).
-const MAX_HOST: usize = 256;
 
 impl Router {
     /// Compiles the table; routes keep their index in `routes` as their id.
@@ -199,17 +86,16 @@ impl Router {
         router
     }
 
-    /// Finds the route for a request. `host` is the raw `Host` header or
-    /// URI authority (port and case are handled here); `path` excludes the
+    /// Finds the route for a request. `host` is the request's normalised
+    /// host ([`Host::parse`]), `None` when it sent none; `path` excludes the
     /// query string.
-    pub fn find(&self, host: Option<&[u8]>, path: &str, method: &Method) -> Option<RouteId> {
-        let mut buf = [0u8; MAX_HOST];
-        if let Some(host) = host.and_then(|h| normalize_host(h, &mut buf)) {
+    pub fn find(&self, host: Option<&Host>, path: &str, method: &Method) -> Option<RouteId> {
+        if let Some(host) = host.map(Host::as_str) {
             if let Some(found) = self.exact.get(host).and_then(|b| find_in(b, path, method)) {
                 return Some(found);
             }
             for (suffix, bucket) in &self.wildcard {
-                if host.len() > suffix.len() && host.ends_with(&**suffix) {
+                if crate::host::is_below(host, suffix) {
                     if let Some(found) = find_in(bucket, path, method) {
                         return Some(found);
                     }
@@ -225,29 +111,6 @@ fn find_in(bucket: &[Entry], path: &str, method: &Method) -> Option<RouteId> {
         .iter()
         .find(|e| path.starts_with(&*e.prefix) && e.methods.contains(method))
         .map(|e| e.route)
-}
-
-/// Lower-cases `raw` into `buf` and strips the port and a trailing dot,
-/// without allocating. `None` when the host is too long or not ASCII.
-fn normalize_host<'a>(raw: &[u8], buf: &'a mut [u8; MAX_HOST]) -> Option<&'a str> {
-    let host = if raw.first() == Some(&b'[') {
-        // IPv6 literal: keep up to and including the closing bracket.
-        let end = raw.iter().position(|&b| b == b']')?;
-        &raw[..=end]
-    } else {
-        match raw.iter().rposition(|&b| b == b':') {
-            Some(colon) => &raw[..colon],
-            None => raw,
-        }
-    };
-    let host = host.strip_suffix(b".").unwrap_or(host);
-    if host.is_empty() || host.len() > buf.len() || !host.is_ascii() {
-        return None;
-    }
-    let out = &mut buf[..host.len()];
-    out.copy_from_slice(host);
-    out.make_ascii_lowercase();
-    std::str::from_utf8(out).ok()
 }
 
 #[cfg(test)]
@@ -278,8 +141,8 @@ mod tests {
     }
 
     fn find(r: &Router, host: &str, path: &str, method: Method) -> Option<usize> {
-        let host = (!host.is_empty()).then_some(host.as_bytes());
-        r.find(host, path, &method).map(|id| id.0)
+        let host = (!host.is_empty()).then(|| Host::parse_str(host).expect("valid host"));
+        r.find(host.as_ref(), path, &method).map(|id| id.0)
     }
 
     #[test]
@@ -342,31 +205,5 @@ mod tests {
         let r = Router::new(&[route(None, "/only/", Some(&["GET"]))]);
         assert_eq!(find(&r, "", "/other", Method::GET), None);
         assert_eq!(find(&r, "", "/only/x", Method::PUT), None);
-    }
-
-    #[test]
-    fn ipv6_and_oversized_hosts_are_handled() {
-        let mut buf = [0u8; MAX_HOST];
-        assert_eq!(normalize_host(b"[::1]:8080", &mut buf), Some("[::1]"));
-        assert_eq!(normalize_host(&[b'a'; 300], &mut buf), None);
-    }
-
-    #[test]
-    fn host_patterns_are_validated() {
-        assert!(HostPattern::parse("*.example.com").is_ok());
-        assert!(HostPattern::parse("a*.example.com").is_err());
-        assert!(HostPattern::parse("bad host").is_err());
-        assert!(HostPattern::parse("").is_err());
-    }
-
-    #[test]
-    fn method_sets_cover_subsets() {
-        let get_head = MethodSet::from_names(&["GET", "head"]).expect("set");
-        let get = MethodSet::from_names(&["GET"]).expect("set");
-        assert!(get_head.covers(get));
-        assert!(!get.covers(get_head));
-        assert!(MethodSet::ANY.covers(get));
-        assert!(!get.covers(MethodSet::ANY));
-        assert!(MethodSet::from_names(&["FETCH"]).is_err());
     }
 }

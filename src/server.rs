@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::ratelimit::{BucketSweeper, RateStore};
 use crate::reload::ReloadOnSignal;
 use crate::state::{AppState, ConfigSource};
 use crate::upstream::health::HealthChecker;
@@ -111,11 +112,11 @@ pub fn build(
     let metrics = Arc::new(Metrics::new().map_err(|e| StartError::Setup(format!("metrics: {e}")))?);
     let listeners = config.listeners.clone();
     let admin_listen = config.admin_listen;
-    let memory = UpstreamMemory::default();
+    let memory = Arc::new(UpstreamMemory::default());
     let gateway = Gateway::build(config, &metrics, &memory).map_err(StartError::Setup)?;
     let cache = CacheRuntime::new(gateway.config.cache);
-    let rate = crate::ratelimit::RateStore::new(gateway.config.rate_limit.as_ref())
-        .map_err(StartError::Setup)?;
+    let rate =
+        Arc::new(RateStore::new(gateway.config.rate_limit.as_ref()).map_err(StartError::Setup)?);
     let state = Arc::new(AppState::new(gateway, metrics, memory, cache, rate, source));
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
@@ -160,13 +161,14 @@ pub fn build(
     ));
     lifecycle.add_dependency(&proxy_handle);
     lifecycle.add_dependency(&admin_handle);
+    // Background services get the narrow handle they work on, not AppState.
     server.add_service(background_service(
         "tollgate health checks",
-        HealthChecker::new(state.clone()),
+        HealthChecker::new(state.memory.clone()),
     ));
     server.add_service(background_service(
         "tollgate rate-limit bucket sweeper",
-        crate::ratelimit::BucketSweeper::new(state.clone()),
+        BucketSweeper::new(state.rate.clone(), state.metrics.ratelimit_buckets.clone()),
     ));
     server.add_service(background_service(
         "tollgate reload on SIGHUP",

@@ -27,11 +27,11 @@ pub struct AppState {
     /// Every metric.
     pub metrics: Arc<Metrics>,
     /// Backend and health state that survives reloads.
-    pub memory: UpstreamMemory,
+    pub memory: Arc<UpstreamMemory>,
     /// The response cache (created once; survives reloads).
     pub cache: CacheRuntime,
     /// Rate-limit buckets (created once; survive reloads).
-    pub rate: RateStore,
+    pub rate: Arc<RateStore>,
     /// Where the config comes from.
     pub source: ConfigSource,
     /// Serialises reloads (SIGHUP and the admin endpoint may race).
@@ -42,15 +42,16 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Wraps the first config generation.
+    /// Wraps the first config generation and schedules its health checks.
     pub fn new(
         gateway: Gateway,
         metrics: Arc<Metrics>,
-        memory: UpstreamMemory,
+        memory: Arc<UpstreamMemory>,
         cache: CacheRuntime,
-        rate: RateStore,
+        rate: Arc<RateStore>,
         source: ConfigSource,
     ) -> Self {
+        memory.schedule(&gateway.pools);
         Self {
             gateway: ArcSwap::from_pointee(gateway),
             metrics,
@@ -69,9 +70,12 @@ impl AppState {
         self.gateway.load_full()
     }
 
-    /// Swaps in a new generation atomically (hot reload).
+    /// Swaps in a new generation atomically (hot reload), and hands its
+    /// pools' health checks to the checker.
     pub fn replace_gateway(&self, gateway: Gateway) {
-        self.gateway.store(Arc::new(gateway));
+        let gateway = Arc::new(gateway);
+        self.gateway.store(gateway.clone());
+        self.memory.schedule(&gateway.pools);
     }
 
     /// Whether `/ready` should say yes: listeners up and not shutting down.

@@ -1,12 +1,17 @@
 //! RFC 9111 §4.4: a successful unsafe request (POST, PUT, PATCH, DELETE)
 //! invalidates the stored responses for its target URI, and for the URIs
 //! in its `Location` and `Content-Location` when they are same-origin.
+//!
+//! Takes only what it uses — the store, the request and response headers,
+//! the request's normalised host and the route's key policy — so it is
+//! tested without a proxy around it.
 
 use crate::cache::key;
+use crate::cache::store::MemoryStore;
 use crate::config::model::RouteCache;
-use crate::ctx::RequestCtx;
-use crate::state::AppState;
-use pingora::proxy::Session;
+use crate::host::Host;
+use crate::metrics::Metrics;
+use pingora::http::{RequestHeader, ResponseHeader};
 
 /// Normalisation used when the route of the unsafe request has no cache
 /// settings of its own: the defaults (sorted query, nothing excluded).
@@ -24,48 +29,60 @@ fn default_policy() -> RouteCache {
     }
 }
 
-/// Purges what a finished unsafe request made stale; counts what it removed.
-pub fn after_unsafe_request(state: &AppState, session: &Session, ctx: &RequestCtx) {
-    let req = session.req_header();
+/// A finished request, as invalidation sees it.
+pub struct Finished<'a> {
+    /// The request as the client sent it.
+    pub req: &'a RequestHeader,
+    /// Its normalised host.
+    pub host: Option<&'a Host>,
+    /// The response sent, if any.
+    pub resp: Option<&'a ResponseHeader>,
+    /// The route's cache policy, when the route caches.
+    pub policy: Option<&'a RouteCache>,
+}
+
+/// Purges what a finished unsafe request made stale; counts what it
+/// removed in `tollgate_cache_purges_total{reason="invalidation"}` and
+/// returns it.
+pub fn after_unsafe_request(store: &MemoryStore, metrics: &Metrics, done: &Finished<'_>) -> usize {
     let unsafe_method = matches!(
-        req.method,
+        done.req.method,
         http::Method::POST | http::Method::PUT | http::Method::PATCH | http::Method::DELETE
     );
-    let succeeded = session
-        .response_written()
+    let succeeded = done
+        .resp
         .is_some_and(|r| r.status.is_success() || r.status.is_redirection());
-    if !unsafe_method || !succeeded || state.cache.store.entries() == 0 {
-        return;
+    if !unsafe_method || !succeeded || store.entries() == 0 {
+        return 0;
     }
     let fallback;
-    let policy = match ctx.route().and_then(|r| r.cache.as_ref()) {
+    let policy = match done.policy {
         Some(p) => p,
         None => {
             fallback = default_policy();
             &fallback
         }
     };
-    let target = key::primary(req, policy);
-    let mut removed = state.cache.store.purge_uri(key::uri_part(&target));
-    let host_end = target.find('/').unwrap_or(target.len());
-    let host = &target[..host_end];
-    if let Some(resp) = session.response_written() {
+    let target = key::primary(done.req, done.host, policy);
+    let mut removed = store.purge_uri(key::uri_part(&target));
+    let host = done.host.map_or("", Host::as_str);
+    if let Some(resp) = done.resp {
         for name in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
             let Some(location) = resp.headers.get(&name).and_then(|v| v.to_str().ok()) else {
                 continue;
             };
             if let Some(uri) = same_origin_uri(host, location) {
-                removed += state.cache.store.purge_uri(&uri);
+                removed += store.purge_uri(&uri);
             }
         }
     }
     if removed > 0 {
-        state
-            .metrics
+        metrics
             .cache_purges
             .with_label_values(&["invalidation"])
             .inc_by(removed as u64);
     }
+    removed
 }
 
 /// The stored-URI form (`host/path?query`) of a `Location` value, if it is
@@ -75,14 +92,18 @@ fn same_origin_uri(host: &str, location: &str) -> Option<String> {
         return Some(format!("{host}{location}"));
     }
     let uri: http::Uri = location.parse().ok()?;
-    let authority = uri.authority()?.host().to_ascii_lowercase();
-    (authority == host)
+    let authority = Host::parse_str(uri.authority()?.as_str())?;
+    (authority.as_str() == host)
         .then(|| format!("{host}{}", uri.path_and_query().map_or("/", |p| p.as_str())))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pingora::cache::key::CacheKey;
+    use pingora::cache::trace::Span;
+    use pingora::cache::{CacheMeta, Storage};
+    use std::time::{Duration, SystemTime};
 
     #[test]
     fn only_same_origin_locations_are_invalidated() {
@@ -99,5 +120,85 @@ mod tests {
             None
         );
         assert_eq!(same_origin_uri("api.test", "//evil.test/items"), None);
+    }
+
+    /// Stores a 200 for `host` + `path` the way Pingora's miss path does.
+    async fn store_entry(store: &'static MemoryStore, host: &str, path: &str) {
+        let req = RequestHeader::build("GET", path.as_bytes(), None).expect("req");
+        let host = Host::parse_str(host);
+        let key: CacheKey = key::cache_key(&req, host.as_ref(), &default_policy());
+        let now = SystemTime::now();
+        let resp = ResponseHeader::build(200, None).expect("resp");
+        let meta = CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, resp);
+        let span = Span::inactive().handle();
+        let mut miss = store
+            .get_miss_handler(&key, &meta, &span)
+            .await
+            .expect("miss handler");
+        miss.write_body(bytes::Bytes::from_static(b"{}"), true)
+            .await
+            .expect("body");
+        miss.finish().await.expect("finish");
+    }
+
+    fn finished<'a>(
+        req: &'a RequestHeader,
+        host: Option<&'a Host>,
+        resp: &'a ResponseHeader,
+    ) -> Finished<'a> {
+        Finished {
+            req,
+            host,
+            resp: Some(resp),
+            policy: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_successful_post_purges_its_target_and_same_origin_location() {
+        let store: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new()));
+        let metrics = Metrics::new().expect("metrics");
+        store_entry(store, "api.test", "/items").await;
+        store_entry(store, "api.test", "/items/7").await;
+        store_entry(store, "api.test", "/other").await;
+        store_entry(store, "evil.test", "/items/7").await;
+        let post = RequestHeader::build("POST", b"/items", None).expect("req");
+        let host = Host::parse_str("API.test:443");
+        let mut created = ResponseHeader::build(201, None).expect("resp");
+        created
+            .insert_header("location", "https://api.test/items/7")
+            .expect("location");
+        let removed =
+            after_unsafe_request(store, &metrics, &finished(&post, host.as_ref(), &created));
+        assert_eq!(removed, 2);
+        assert_eq!(store.entries(), 2, "/other and the other host stay");
+        assert_eq!(
+            metrics
+                .cache_purges
+                .with_label_values(&["invalidation"])
+                .get(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn failed_or_safe_requests_invalidate_nothing() {
+        let store: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new()));
+        let metrics = Metrics::new().expect("metrics");
+        store_entry(store, "api.test", "/items").await;
+        let host = Host::parse_str("api.test");
+        let post = RequestHeader::build("POST", b"/items", None).expect("req");
+        let failed = ResponseHeader::build(500, None).expect("resp");
+        assert_eq!(
+            after_unsafe_request(store, &metrics, &finished(&post, host.as_ref(), &failed)),
+            0
+        );
+        let get = RequestHeader::build("GET", b"/items", None).expect("req");
+        let ok = ResponseHeader::build(200, None).expect("resp");
+        assert_eq!(
+            after_unsafe_request(store, &metrics, &finished(&get, host.as_ref(), &ok)),
+            0
+        );
+        assert_eq!(store.entries(), 1);
     }
 }

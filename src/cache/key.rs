@@ -3,8 +3,9 @@
 //!
 //! `primary = host + path + ("?" + query)? + ("\n" + name + ":" + value)*`
 //!
-//! - `host`: the request's `Host` (or URI authority), lower-cased, port and
-//!   trailing dot removed — the same normalisation the router uses.
+//! - `host`: the request's host as [`crate::host::Host`] normalised it,
+//!   once per request — the very value the router matched (empty when the
+//!   request had no valid host).
 //! - `path`: exactly as received (the router already refused dot segments).
 //! - `query`: as received, or with `exclude_query` parameters dropped and
 //!   the rest sorted (`sort_query`, default on), or left out (`ignore_query`).
@@ -16,20 +17,16 @@
 //! variance key on top of this primary key.
 
 use crate::config::model::RouteCache;
+use crate::host::Host;
 use pingora::cache::key::CacheKey;
 use pingora::http::RequestHeader;
 
-/// Builds the primary key string for a request on a cached route.
-pub fn primary(req: &RequestHeader, policy: &RouteCache) -> String {
-    let host = req
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))
-        .unwrap_or("");
-    let host = strip_port(host).trim_end_matches('.');
+/// Builds the primary key string for a request on a cached route; `host` is
+/// the request's normalised host.
+pub fn primary(req: &RequestHeader, host: Option<&Host>, policy: &RouteCache) -> String {
+    let host = host.map_or("", Host::as_str);
     let mut key = String::with_capacity(host.len() + req.uri.path().len() + 32);
-    key.extend(host.chars().map(|c| c.to_ascii_lowercase()));
+    key.push_str(host);
     key.push_str(req.uri.path());
     if let Some(query) = req
         .uri
@@ -53,8 +50,8 @@ pub fn primary(req: &RequestHeader, policy: &RouteCache) -> String {
 /// as the override: Pingora would otherwise hash the key again (Blake2b) on
 /// every `primary_bin()` call — four times per hit, 3 % of a hit's CPU.
 /// Same function, same value.
-pub fn cache_key(req: &RequestHeader, policy: &RouteCache) -> CacheKey {
-    let primary = primary(req, policy);
+pub fn cache_key(req: &RequestHeader, host: Option<&Host>, policy: &RouteCache) -> CacheKey {
+    let primary = primary(req, host, policy);
     let hash = pingora::cache::key::hash_key(&primary);
     let mut key = CacheKey::new(primary, "");
     key.set_primary_bin_override(hash);
@@ -70,9 +67,10 @@ pub fn uri_part(primary: &str) -> &str {
 /// purge API. The query is kept as given: purge the form the cache stores.
 pub fn uri_of_url(url: &str) -> Option<String> {
     let uri: http::Uri = url.parse().ok()?;
-    let host = uri.host()?.to_ascii_lowercase();
+    let host = Host::parse_str(uri.authority()?.as_str())?;
     Some(format!(
-        "{host}{}",
+        "{}{}",
+        host.as_str(),
         uri.path_and_query().map_or("/", |p| p.as_str())
     ))
 }
@@ -80,16 +78,6 @@ pub fn uri_of_url(url: &str) -> Option<String> {
 /// The URI part of a stored key (what purges match on).
 pub fn uri_of(key: &CacheKey) -> Option<&str> {
     key.primary_key_str().map(uri_part)
-}
-
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host.find(']').map_or(host, |end| &host[..=end]);
-    }
-    match host.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
-    }
 }
 
 fn push_query(key: &mut String, query: &str, policy: &RouteCache) {
@@ -135,6 +123,15 @@ mod tests {
         }
     }
 
+    /// The key as the proxy builds it: host normalised first.
+    fn key_of(r: &RequestHeader, p: &RouteCache) -> String {
+        let host = r
+            .headers
+            .get("host")
+            .and_then(|h| Host::parse(h.as_bytes()));
+        primary(r, host.as_ref(), p)
+    }
+
     fn req(uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
         let mut r = RequestHeader::build("GET", uri.as_bytes(), None).expect("req");
         for (n, v) in headers {
@@ -147,15 +144,16 @@ mod tests {
     fn precomputed_hash_is_the_one_pingora_computes() {
         use pingora::cache::key::CacheHashKey;
         let request = req("/a?b=1", &[("host", "h")]);
-        let key = cache_key(&request, &policy());
-        let plain = CacheKey::new(primary(&request, &policy()), "");
+        let host = Host::parse_str("h");
+        let key = cache_key(&request, host.as_ref(), &policy());
+        let plain = CacheKey::new(primary(&request, host.as_ref(), &policy()), "");
         assert_eq!(key.primary_bin(), plain.primary_bin());
         assert_eq!(key.combined_bin(), plain.combined_bin());
     }
 
     #[test]
     fn host_is_normalised_and_path_kept() {
-        let k = primary(
+        let k = key_of(
             &req("/a/B?x=1", &[("host", "API.Example.com:8080")]),
             &policy(),
         );
@@ -166,14 +164,11 @@ mod tests {
     fn query_is_sorted_and_excluded_parameters_dropped() {
         let mut p = policy();
         p.exclude_query = vec!["utm_source".into()];
-        let a = primary(&req("/s?b=2&utm_source=x&a=1", &[("host", "h")]), &p);
-        let b = primary(&req("/s?a=1&b=2", &[("host", "h")]), &p);
+        let a = key_of(&req("/s?b=2&utm_source=x&a=1", &[("host", "h")]), &p);
+        let b = key_of(&req("/s?a=1&b=2", &[("host", "h")]), &p);
         assert_eq!(a, "h/s?a=1&b=2");
         assert_eq!(a, b);
-        assert_eq!(
-            primary(&req("/s?utm_source=x", &[("host", "h")]), &p),
-            "h/s"
-        );
+        assert_eq!(key_of(&req("/s?utm_source=x", &[("host", "h")]), &p), "h/s");
     }
 
     #[test]
@@ -181,19 +176,28 @@ mod tests {
         let mut p = policy();
         p.sort_query = false;
         assert_ne!(
-            primary(&req("/s?b=2&a=1", &[("host", "h")]), &p),
-            primary(&req("/s?a=1&b=2", &[("host", "h")]), &p)
+            key_of(&req("/s?b=2&a=1", &[("host", "h")]), &p),
+            key_of(&req("/s?a=1&b=2", &[("host", "h")]), &p)
         );
         p.ignore_query = true;
-        assert_eq!(primary(&req("/s?b=2&a=1", &[("host", "h")]), &p), "h/s");
+        assert_eq!(key_of(&req("/s?b=2&a=1", &[("host", "h")]), &p), "h/s");
     }
 
     #[test]
     fn configured_headers_separate_entries_but_not_the_uri() {
         let mut p = policy();
         p.key_headers = vec![http::HeaderName::from_static("accept-language")];
-        let en = cache_key(&req("/x", &[("host", "h"), ("accept-language", "en")]), &p);
-        let fr = cache_key(&req("/x", &[("host", "h"), ("accept-language", "fr")]), &p);
+        let host = Host::parse_str("h");
+        let en = cache_key(
+            &req("/x", &[("host", "h"), ("accept-language", "en")]),
+            host.as_ref(),
+            &p,
+        );
+        let fr = cache_key(
+            &req("/x", &[("host", "h"), ("accept-language", "fr")]),
+            host.as_ref(),
+            &p,
+        );
         assert_ne!(en.primary_key(), fr.primary_key());
         assert_eq!(uri_of(&en), Some("h/x"));
         assert_eq!(uri_of(&fr), Some("h/x"));
@@ -201,8 +205,8 @@ mod tests {
 
     #[test]
     fn different_hosts_never_share_an_entry() {
-        let a = primary(&req("/x", &[("host", "a.test")]), &policy());
-        let b = primary(&req("/x", &[("host", "b.test")]), &policy());
+        let a = key_of(&req("/x", &[("host", "a.test")]), &policy());
+        let b = key_of(&req("/x", &[("host", "b.test")]), &policy());
         assert_ne!(a, b);
     }
 }

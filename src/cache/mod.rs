@@ -7,17 +7,23 @@
 //! and survive reloads, so a reload neither leaks them nor drops the cache;
 //! `cache.max_size` therefore only changes with a restart.
 
+pub mod fresh;
 pub mod invalidate;
 pub mod key;
 pub mod policy;
 pub mod store;
+pub mod vary;
 
-use crate::config::model::CacheLimits;
+use crate::config::model::{CacheLimits, RouteCache};
+use crate::metrics::Metrics;
 use pingora::cache::eviction::lru::Manager as LruManager;
 use pingora::cache::eviction::EvictionManager;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::predictor::{CacheablePredictor, Predictor};
 use pingora::cache::{CachePhase, NoCacheReason, Storage};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use policy::RequestDirectives;
 use store::MemoryStore;
 
 /// Shards of the LRU eviction manager.
@@ -92,6 +98,57 @@ impl CacheRuntime {
     pub fn cache_predictor(&self) -> &'static (dyn CacheablePredictor + Sync) {
         self.predictor
     }
+
+    /// Turns Pingora's cache on for a GET/HEAD request on a cached route,
+    /// unless the request says `no-store`; returns what the request's
+    /// `Cache-Control` asks of the cache (RFC 9111 §5.2.1).
+    pub fn enable_for(
+        &self,
+        session: &mut Session,
+        policy: Option<&RouteCache>,
+    ) -> RequestDirectives {
+        let req = session.req_header();
+        if policy.is_none()
+            || !(req.method == http::Method::GET || req.method == http::Method::HEAD)
+        {
+            return RequestDirectives::default();
+        }
+        let directives = RequestDirectives::of(req);
+        if directives.no_store {
+            return directives;
+        }
+        session.cache.enable(
+            self.storage(),
+            Some(self.eviction_manager()),
+            Some(self.cache_predictor()),
+            Some(self.lock),
+            None,
+        );
+        session.cache.set_max_file_size_bytes(
+            usize::try_from(self.limits.max_object_size).unwrap_or(usize::MAX),
+        );
+        directives
+    }
+}
+
+/// Adds `Cache-Status` (RFC 9211) to a response on a cached route and
+/// counts the outcome in `tollgate_cache_requests_total`.
+pub fn annotate(
+    session: &Session,
+    resp: &mut ResponseHeader,
+    route: &str,
+    metrics: &Metrics,
+) -> pingora::Result<()> {
+    if let Some((outcome, cache_status)) =
+        describe(session.cache.phase(), &session.req_header().method)
+    {
+        resp.insert_header("Cache-Status", cache_status)?;
+        metrics
+            .cache_requests
+            .with_label_values(&[route, outcome.label()])
+            .inc();
+    }
+    Ok(())
 }
 
 /// How a response was served, for `Cache-Status` and

@@ -166,8 +166,13 @@ impl Checker<'_> {
         }
         let mut trusted_proxies = Vec::new();
         for (i, p) in raw.rate_limit.trusted_proxies.iter().enumerate() {
-            match Cidr::parse(p) {
-                Some(c) => trusted_proxies.push(c),
+            // A network (`10.0.0.0/8`) or a single address (`192.0.2.7`).
+            let net = p
+                .parse::<ipnet::IpNet>()
+                .ok()
+                .or_else(|| p.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from));
+            match net {
+                Some(net) => trusted_proxies.push(net),
                 None => self.problem(
                     rl_path.key("trusted_proxies").index(i),
                     format!("invalid address or network {p:?} (e.g. 10.0.0.0/8, 192.0.2.7)"),
@@ -178,12 +183,9 @@ impl Checker<'_> {
         let redis = raw.redis.as_ref().map(|r| {
             let path = root.key("redis");
             let url = match (&r.url, &r.url_env) {
-                (Some(u), None) => u.clone(),
-                (None, Some(var)) => std::env::var(var).unwrap_or_else(|_| {
-                    self.problem(
-                        path.key("url_env"),
-                        format!("environment variable {var} is not set"),
-                    );
+                (Some(u), None) => u.expose().to_owned(),
+                (None, Some(var)) => super::io::env_secret(var).unwrap_or_else(|message| {
+                    self.problem(path.key("url_env"), message);
                     String::new()
                 }),
                 _ => {
@@ -198,7 +200,7 @@ impl Checker<'_> {
                 );
             }
             RedisConfig {
-                url,
+                url: Secret::new(url),
                 timeout: r
                     .timeout
                     .map_or(std::time::Duration::from_millis(50), |d| d.0),
@@ -263,14 +265,7 @@ impl Checker<'_> {
 
 /// Parses `sha256:<64 hex digits>`.
 pub fn parse_key_hash(s: &str) -> Option<[u8; 32]> {
-    let hex = s.strip_prefix("sha256:")?;
-    if hex.len() != 64 {
-        return None;
-    }
     let mut out = [0u8; 32];
-    for (i, chunk) in hex.as_bytes().chunks(2).enumerate() {
-        let text = std::str::from_utf8(chunk).ok()?;
-        out[i] = u8::from_str_radix(text, 16).ok()?;
-    }
+    hex::decode_to_slice(s.strip_prefix("sha256:")?, &mut out).ok()?;
     Some(out)
 }

@@ -415,7 +415,7 @@ pub struct RateLimitSpec {
 pub struct RedisSpec {
     /// `redis://[:password@]host:port[/db]`; or use `url_env`.
     #[serde(default)]
-    pub url: Option<String>,
+    pub url: Option<super::secret::Secret>,
     /// Environment variable holding the URL (keeps passwords out of the file).
     #[serde(default)]
     pub url_env: Option<String>,

@@ -4,8 +4,11 @@
 //! cross-reference has been checked. Nothing in here can be wrong in a way
 //! the file could have told us about.
 
-use crate::router::{HostPattern, MethodSet};
+pub use super::secret::Secret;
+use crate::host::HostPattern;
+use crate::methods::MethodSet;
 use http::HeaderValue;
+use ipnet::IpNet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,7 +23,7 @@ pub struct Config {
     /// Admin listener address.
     pub admin_listen: SocketAddr,
     /// Token required by state-changing admin endpoints; `None` disables them.
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     /// Process settings.
     pub server: ServerSettings,
     /// Logging settings.
@@ -260,7 +263,7 @@ pub struct RateLimitConfig {
     /// Where keys are read, in order.
     pub key_sources: Vec<KeySource>,
     /// Proxies whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: Vec<Cidr>,
+    pub trusted_proxies: Vec<IpNet>,
     /// Decide before the cache lookup (true) or only for requests that go upstream.
     pub count_cached_responses: bool,
     /// Shared state, if configured.
@@ -309,54 +312,11 @@ pub enum KeySource {
     Header(http::HeaderName),
 }
 
-/// An IP network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    /// Network address.
-    pub addr: std::net::IpAddr,
-    /// Prefix length.
-    pub prefix: u8,
-}
-
-impl Cidr {
-    /// Parses `10.0.0.0/8`, `::1/128` or a bare address.
-    pub fn parse(s: &str) -> Option<Self> {
-        let (ip, prefix) = match s.split_once('/') {
-            Some((ip, p)) => (ip.parse::<std::net::IpAddr>().ok()?, p.parse::<u8>().ok()?),
-            None => {
-                let ip = s.parse::<std::net::IpAddr>().ok()?;
-                (ip, if ip.is_ipv4() { 32 } else { 128 })
-            }
-        };
-        let max = if ip.is_ipv4() { 32 } else { 128 };
-        (prefix <= max).then_some(Cidr { addr: ip, prefix })
-    }
-
-    /// Whether `ip` is inside this network.
-    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
-        match (self.addr, ip) {
-            (std::net::IpAddr::V4(net), std::net::IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (std::net::IpAddr::V6(net), std::net::IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
 /// Redis settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisConfig {
     /// Connection URL (may hold a password: never logged).
-    pub url: String,
+    pub url: Secret,
     /// Per-decision timeout.
     pub timeout: Duration,
     /// Key prefix.

@@ -8,10 +8,14 @@
 //! rates over fixed intervals for one process; budgets here must refill
 //! continuously, cover hours and days, and be shared through Redis.
 
+pub mod admission;
 pub mod gcra;
 pub mod identity;
 pub mod local;
 pub mod redis;
+mod sweeper;
+
+pub use sweeper::BucketSweeper;
 
 use crate::config::model::{Anonymous, RateLimitConfig, RouteRateLimit};
 use crate::metrics::Metrics;
@@ -149,37 +153,6 @@ impl RateStore {
                 metrics.redis_errors.with_label_values(&[kind]).inc();
                 (self.local.decide(checks), true)
             }
-        }
-    }
-}
-
-/// Drops refilled local buckets every few seconds so memory follows the
-/// number of active requesters, not every IP ever seen.
-pub struct BucketSweeper {
-    state: std::sync::Arc<crate::state::AppState>,
-}
-
-impl BucketSweeper {
-    /// A sweeper over the process's buckets.
-    pub fn new(state: std::sync::Arc<crate::state::AppState>) -> Self {
-        Self { state }
-    }
-}
-
-#[async_trait::async_trait]
-impl pingora::services::background::BackgroundService for BucketSweeper {
-    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => return,
-            }
-            let left = self.state.rate.local.sweep();
-            self.state
-                .metrics
-                .ratelimit_buckets
-                .set(i64::try_from(left).unwrap_or(i64::MAX));
         }
     }
 }

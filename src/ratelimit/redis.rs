@@ -93,7 +93,7 @@ impl RedisBuckets {
     /// fails because Redis is down.
     pub fn new(config: &RedisConfig) -> Result<Arc<Self>, String> {
         let client =
-            redis::Client::open(config.url.as_str()).map_err(|e| format!("redis url: {e}"))?;
+            redis::Client::open(config.url.expose()).map_err(|e| format!("redis url: {e}"))?;
         let me = Arc::new(Self {
             conn: Arc::new(Mutex::new(None)),
             script: redis::Script::new(GCRA_LUA),

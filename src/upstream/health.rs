@@ -7,8 +7,8 @@
 //! pool's checks on its own interval. Pingora's `HealthCheckService` is bound
 //! to registries known at start-up, and pools come and go with reloads.
 
+use super::UpstreamMemory;
 use crate::config::model::{HealthCheckConfig, Probe, UpstreamTls};
-use crate::state::AppState;
 use async_trait::async_trait;
 use pingora::http::RequestHeader;
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
@@ -148,18 +148,27 @@ impl HealthCheck for NamedCheck {
     }
 }
 
-/// Runs every pool's active checks on its interval, following reloads.
+/// Runs the active checks of every live pool on its interval, following
+/// reloads: it reads the schedule [`UpstreamMemory::schedule`] publishes
+/// whenever a config generation goes live, and nothing else.
 pub struct HealthChecker {
-    state: Arc<AppState>,
+    memory: Arc<UpstreamMemory>,
 }
 
 /// How often the checker looks for due pools; the finest useful interval.
 const TICK: Duration = Duration::from_millis(100);
 
 impl HealthChecker {
-    /// A checker over whatever config generation `state` holds.
-    pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
+    /// A checker over the pools `memory` schedules.
+    pub fn new(memory: Arc<UpstreamMemory>) -> Self {
+        Self { memory }
+    }
+
+    /// Starts the check pass of every scheduled pool that is due at `now`.
+    pub fn tick(&self, now: Instant) {
+        for health in self.memory.scheduled_checks().iter() {
+            health.start_if_due(now);
+        }
     }
 }
 
@@ -173,13 +182,75 @@ impl BackgroundService for HealthChecker {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            let gateway = self.state.gateway();
-            let now = Instant::now();
-            for pool in gateway.pools.iter() {
-                if let Some(health) = pool.active_health() {
-                    health.start_if_due(now);
-                }
-            }
+            self.tick(Instant::now());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::model::{BackendConfig, PassiveHealth, UpstreamConfig};
+    use crate::metrics::Metrics;
+    use crate::upstream::UpstreamPool;
+    use std::net::SocketAddr;
+
+    /// A pool of one backend on a port nothing listens on, checked by TCP
+    /// every 50 ms and marked down after one failure.
+    fn pool(memory: &UpstreamMemory, metrics: &Metrics) -> UpstreamPool {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let config = UpstreamConfig {
+            name: "api".into(),
+            backends: vec![BackendConfig {
+                addr: SocketAddr::from(([127, 0, 0, 1], closed.port())),
+                weight: 1,
+            }],
+            tls: None,
+            host_header: None,
+            health_check: Some(HealthCheckConfig {
+                probe: Probe::Tcp,
+                interval: Duration::from_millis(50),
+                timeout: Duration::from_millis(500),
+                healthy_threshold: 1,
+                unhealthy_threshold: 1,
+            }),
+            passive: PassiveHealth {
+                max_fails: 0,
+                fail_timeout: Duration::from_secs(30),
+                fail_on_5xx: false,
+            },
+            retries: 0,
+        };
+        UpstreamPool::new(&config, metrics, memory).expect("pool")
+    }
+
+    #[tokio::test]
+    async fn scheduled_pools_are_checked_and_unscheduled_ones_are_not() {
+        let memory = Arc::new(UpstreamMemory::default());
+        let metrics = Metrics::new().expect("metrics");
+        let live = Arc::new(pool(&memory, &metrics));
+        let checker = HealthChecker::new(memory.clone());
+
+        // Built but not scheduled (a reload that failed later): not run.
+        assert!(memory.scheduled_checks().is_empty());
+        memory.schedule(std::slice::from_ref(&live));
+        assert_eq!(memory.scheduled_checks().len(), 1);
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let service = tokio::spawn(async move { checker.start(rx).await });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while live.actively_healthy(&live.slots()[0]) {
+            assert!(
+                Instant::now() < deadline,
+                "the closed backend was never marked down"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tx.send(true).expect("shutdown");
+        tokio::time::timeout(Duration::from_secs(5), service)
+            .await
+            .expect("the checker stops on shutdown")
+            .expect("no panic");
     }
 }

@@ -6,9 +6,11 @@
 
 use super::backend::BackendState;
 use super::health::PoolHealth;
+use super::UpstreamPool;
 use crate::config::model::UpstreamConfig;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -23,6 +25,8 @@ struct PoolMemory {
 #[derive(Default)]
 pub struct UpstreamMemory {
     pools: Mutex<HashMap<String, PoolMemory>>,
+    /// The active checks of the live generation's pools, for the checker.
+    scheduled: ArcSwap<Vec<Arc<PoolHealth>>>,
 }
 
 impl UpstreamMemory {
@@ -62,6 +66,23 @@ impl UpstreamMemory {
         let fresh = Arc::new(PoolHealth::new(&config.name, check, config.tls.as_ref())?);
         pool.health = Some(fresh.clone());
         Ok(Some(fresh))
+    }
+
+    /// Publishes the active checks of a generation that just went live:
+    /// from now on the health checker runs these and only these. (Checks of
+    /// a generation that was built but never went live — a reload refused
+    /// later — are never run.)
+    pub fn schedule(&self, pools: &[Arc<UpstreamPool>]) {
+        let checks = pools
+            .iter()
+            .filter_map(|p| p.active_health().cloned())
+            .collect();
+        self.scheduled.store(Arc::new(checks));
+    }
+
+    /// The checks [`Self::schedule`] published last.
+    pub fn scheduled_checks(&self) -> Arc<Vec<Arc<PoolHealth>>> {
+        self.scheduled.load_full()
     }
 
     /// Forgets pools and backends that `config` no longer has, and their

@@ -9,6 +9,7 @@
 //! [`Backends`] view, which stays the source of active health: Pingora's
 //! health checks flip readiness there (see [`health`]).
 
+pub mod attempt;
 pub mod backend;
 pub mod health;
 pub mod memory;

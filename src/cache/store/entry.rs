@@ -1,0 +1,151 @@
+//! A stored entry: the response as a hit serves it (parsed header, body
+//! `Bytes`, the meta fields a hit reads), what it weighs in memory, and
+//! its encoded copies.
+
+use bytes::Bytes;
+use pingora::cache::key::{CompactCacheKey, HashBinary};
+use pingora::cache::CacheMeta;
+use pingora::http::ResponseHeader;
+use pingora::Result;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// Memory an entry costs beyond its body and header: the `Entry` and its
+/// `Arc`, three index slots (hash maps and the URI B-tree), the URI string
+/// and the LRU node. Calibrated with `benches/load/memory.sh`.
+pub const ENTRY_OVERHEAD: usize = 1024;
+
+/// Memory a parsed header costs per field beyond its name and value bytes
+/// (the `HeaderMap` slot, the case-preserving name map, `Bytes` handles).
+const HEADER_FIELD_OVERHEAD: usize = 288;
+
+/// The meta fields of a stored entry, read once when it is stored, so a
+/// hit needs neither Pingora's msgpack decoding nor a header decompression.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct StoredTimes {
+    pub(super) fresh_until: SystemTime,
+    pub(super) created: SystemTime,
+    /// What `Age` counts from (`CacheMeta::epoch`).
+    pub(super) epoch: SystemTime,
+    pub(super) stale_while_revalidate: u32,
+    pub(super) stale_if_error: u32,
+    pub(super) variance: Option<HashBinary>,
+    /// `CacheMeta::new` + variance rebuilds the meta exactly: never
+    /// revalidated, no epoch override, provenance at creation. Otherwise a
+    /// hit deserializes the stored internal meta as before.
+    pub(super) rebuildable: bool,
+}
+
+impl StoredTimes {
+    pub(super) fn of(meta: &CacheMeta) -> Self {
+        Self {
+            fresh_until: meta.fresh_until(),
+            created: meta.created(),
+            epoch: meta.epoch(),
+            stale_while_revalidate: meta.stale_while_revalidate_sec(),
+            stale_if_error: meta.stale_if_error_sec(),
+            variance: meta.variance(),
+            rebuildable: meta.updated() == meta.created()
+                && meta.epoch_override().is_none()
+                && meta.provenance() == meta.created(),
+        }
+    }
+}
+
+/// A fresh stored response, for serving without Pingora's cache machinery.
+pub struct FreshHit {
+    /// The stored header (a clone: the caller adds `Age` and its own fields).
+    pub header: ResponseHeader,
+    /// The body, shared with the store.
+    pub body: Bytes,
+    /// Time since the response was stored or last revalidated.
+    pub age: Duration,
+    /// The entry itself, for [`MemoryStore::encoded_body`].
+    pub entry: StoredEntry,
+}
+
+/// A handle on a stored entry (opaque outside the store).
+pub struct StoredEntry(pub(super) Arc<Entry>);
+
+/// An encoded copy of a stored body (`Content-Encoding` token and level).
+pub(super) struct EncodedBody {
+    pub(super) coding: &'static str,
+    pub(super) level: u32,
+    pub(super) body: Bytes,
+}
+
+/// What an encoded copy weighs beyond its bytes.
+pub(super) const ENCODED_OVERHEAD: usize = 64;
+
+/// Rebuilds `header` from its serialized form so that it owns compact
+/// buffers instead of slices of the upstream connection's read buffer.
+pub(super) fn compact_header(internal: &[u8], header_bytes: &[u8]) -> Result<ResponseHeader> {
+    Ok(CacheMeta::deserialize(internal, header_bytes)?.response_header_copy())
+}
+
+/// What a parsed header holds in memory, for the entry's weight.
+fn header_weight(header: &ResponseHeader) -> usize {
+    header
+        .headers
+        .iter()
+        .map(|(name, value)| 2 * name.as_str().len() + value.len() + HEADER_FIELD_OVERHEAD)
+        .sum()
+}
+
+/// Weight of an entry: body, header and internal meta as held, plus the
+/// fixed overhead.
+fn entry_weight(body: &Bytes, header: &ResponseHeader, internal: &[u8]) -> usize {
+    body.len() + header_weight(header) + internal.len() + ENTRY_OVERHEAD
+}
+
+/// One stored response: what a hit needs, parsed once when it is stored.
+pub(super) struct Entry {
+    /// Pingora's serialized internal meta (freshness, variance): small msgpack.
+    pub(super) internal: Vec<u8>,
+    /// The stored response header, kept parsed: a hit clones it instead of
+    /// zstd-decompressing a serialized copy (that showed as ~8 % of a hit).
+    pub(super) header: ResponseHeader,
+    pub(super) body: Bytes,
+    pub(super) primary: HashBinary,
+    /// The key the eviction manager tracks this entry under.
+    pub(super) compact: CompactCacheKey,
+    pub(super) times: StoredTimes,
+    /// Grows when an encoded copy is added.
+    pub(super) weight: AtomicUsize,
+    /// Encoded copies of `body`, at most one per coding, made on demand by
+    /// [`MemoryStore::encoded_body`].
+    pub(super) encoded: Mutex<Vec<EncodedBody>>,
+}
+
+impl Entry {
+    /// An entry without encoded copies, weighed by what it holds.
+    pub(super) fn new(
+        internal: Vec<u8>,
+        header: ResponseHeader,
+        body: Bytes,
+        primary: HashBinary,
+        compact: CompactCacheKey,
+        times: StoredTimes,
+    ) -> Self {
+        let weight = entry_weight(&body, &header, &internal);
+        Self {
+            internal,
+            header,
+            body,
+            primary,
+            compact,
+            times,
+            weight: AtomicUsize::new(weight),
+            encoded: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(super) fn weight(&self) -> usize {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn encoded(&self) -> std::sync::MutexGuard<'_, Vec<EncodedBody>> {
+        self.encoded.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,44 @@
+//! The store's index: every entry by its combined key (primary +
+//! variance), every variant of a primary key, and every primary key by its
+//! request URI, which is what purges by URL and prefix walk.
+
+use super::entry::Entry;
+use pingora::cache::key::HashBinary;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// All variants stored for one request URI.
+pub(super) struct Primary {
+    pub(super) uri: Arc<str>,
+    /// Combined keys (primary + variance) of the stored variants.
+    pub(super) variants: Vec<HashBinary>,
+}
+
+/// Entries by combined key, variants by primary key, primaries by URI.
+#[derive(Default)]
+pub(super) struct Index {
+    pub(super) entries: HashMap<HashBinary, Arc<Entry>>,
+    pub(super) primaries: HashMap<HashBinary, Primary>,
+    /// URI → primaries (more than one when request headers are in the key).
+    pub(super) by_uri: BTreeMap<Arc<str>, Vec<HashBinary>>,
+}
+
+impl Index {
+    pub(super) fn remove_entry(&mut self, combined: &HashBinary) -> Option<Arc<Entry>> {
+        let entry = self.entries.remove(combined)?;
+        if let Some(p) = self.primaries.get_mut(&entry.primary) {
+            p.variants.retain(|v| v != combined);
+            if p.variants.is_empty() {
+                let uri = p.uri.clone();
+                self.primaries.remove(&entry.primary);
+                if let Some(list) = self.by_uri.get_mut(&uri) {
+                    list.retain(|p| *p != entry.primary);
+                    if list.is_empty() {
+                        self.by_uri.remove(&uri);
+                    }
+                }
+            }
+        }
+        Some(entry)
+    }
+}

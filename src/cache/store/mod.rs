@@ -1,0 +1,268 @@
+//! The memory tier behind Pingora's `Storage` trait.
+//!
+//! pingora-cache's `MemCache` is a test store (unbounded, copies bodies on
+//! every write), so this is our own: entries are `Bytes` shared by every
+//! hit, size is bounded by Pingora's LRU eviction manager (which tells
+//! Pingora what to purge once the total weight passes `cache.max_size`), and
+//! an index by request URI supports purge by exact URL and by prefix.
+//! A Redis tier can sit behind the same trait later.
+//!
+//! Memory: the eviction manager weighs what an entry really holds — its
+//! body, its header as kept in memory, and a fixed per-entry allowance for
+//! the index and the LRU node ([`ENTRY_OVERHEAD`]) — so `cache.max_size`
+//! bounds resident memory, not only body bytes. Two things keep an entry
+//! from holding more than that: bodies are copied to an exact-size buffer
+//! when the collected one has spare capacity, and the stored header is
+//! rebuilt from its serialized form, because the header Pingora parsed from
+//! the upstream slices into the connection's 4 KiB+ read buffer and would
+//! keep all of it alive (`benches/load/memory.sh` measured 8 KiB per 1 KiB
+//! entry before). README, Caching, has the numbers.
+//!
+//! Fresh hits of entries without `Vary` can be served by [`MemoryStore::fresh`]
+//! without Pingora's cache state machine; see `cache::fresh`.
+
+mod entry;
+mod index;
+mod storage;
+
+pub use entry::{FreshHit, StoredEntry, ENTRY_OVERHEAD};
+
+use crate::host::HostPattern;
+use bytes::Bytes;
+use entry::{EncodedBody, Entry, ENCODED_OVERHEAD};
+use index::Index;
+use pingora::cache::eviction::EvictionManager;
+use pingora::cache::key::HashBinary;
+use pingora::cache::CacheEntryKeyRef;
+use pingora::Result;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::SystemTime;
+
+/// The bounded memory store. One per process (Pingora needs `'static`).
+pub struct MemoryStore {
+    index: RwLock<Index>,
+    bytes: AtomicU64,
+    /// Told when a purge removes an entry, so it stops weighing it.
+    eviction: OnceLock<&'static (dyn EvictionManager + Sync)>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self {
+            index: RwLock::new(Index::default()),
+            bytes: AtomicU64::new(0),
+            eviction: OnceLock::new(),
+        }
+    }
+
+    /// Connects the eviction manager that purges must keep in step.
+    pub fn set_eviction(&self, eviction: &'static (dyn EvictionManager + Sync)) {
+        let _ = self.eviction.set(eviction);
+    }
+
+    /// Bytes held (bodies + serialized headers).
+    pub fn size_bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Entries held (each variant counts).
+    pub fn entries(&self) -> usize {
+        self.read().entries.len()
+    }
+
+    /// The entry stored under `key` if it can be served as it is: fresh at
+    /// `now`, stored without variance (no `Vary`), so the key alone selects
+    /// it, and framed by `Content-Length`. Tells the eviction manager about the access, as
+    /// Pingora's hit path does. `None` means "let Pingora's cache decide",
+    /// not "absent".
+    pub fn fresh(&self, key: &HashBinary, now: SystemTime) -> Option<FreshHit> {
+        let entry = self.read().entries.get(key).cloned()?;
+        let t = &entry.times;
+        if t.variance.is_some() || t.fresh_until < now {
+            return None;
+        }
+        let h = &entry.header.headers;
+        if h.contains_key(http::header::VARY)
+            || !h.contains_key(http::header::CONTENT_LENGTH)
+            || h.contains_key(http::header::TRANSFER_ENCODING)
+        {
+            return None;
+        }
+        if let Some(eviction) = self.eviction.get() {
+            let item = pingora::cache::CacheEntryKey::from_entry_id(entry.compact.clone(), None);
+            eviction.access(&item, entry.weight(), t.fresh_until);
+        }
+        Some(FreshHit {
+            header: entry.header.clone(),
+            body: entry.body.clone(),
+            age: now.duration_since(t.epoch).unwrap_or_default(),
+            entry: StoredEntry(entry.clone()),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn forget(&self, entry: &Entry) {
+        self.bytes
+            .fetch_sub(entry.weight() as u64, Ordering::Relaxed);
+    }
+
+    /// The body of a stored entry encoded as `coding` (a `Content-Encoding` token) at
+    /// `level`: made with `encode` the first time and then kept with the
+    /// entry, weighed with it (the eviction manager is told, and whatever it
+    /// evicts to make room is removed), and dropped with it. One copy per
+    /// coding: a different level (after a reload) replaces it. An entry
+    /// purged or replaced meanwhile gets nothing stored.
+    pub fn encoded_body(
+        &self,
+        entry: &StoredEntry,
+        coding: &'static str,
+        level: u32,
+        encode: impl FnOnce(&[u8]) -> Result<Bytes>,
+    ) -> Result<Bytes> {
+        let entry = &entry.0;
+        if let Some(e) = entry
+            .encoded()
+            .iter()
+            .find(|e| e.coding == coding && e.level == level)
+        {
+            return Ok(e.body.clone());
+        }
+        let body = encode(&entry.body)?;
+        let delta = body.len() + ENCODED_OVERHEAD;
+        {
+            let index = self.write();
+            let combined = pingora::cache::key::CacheHashKey::combined_bin(&entry.compact);
+            if !index
+                .entries
+                .get(&combined)
+                .is_some_and(|current| Arc::ptr_eq(current, entry))
+            {
+                return Ok(body);
+            }
+            let mut encoded = entry.encoded();
+            if let Some(e) = encoded
+                .iter()
+                .find(|e| e.coding == coding && e.level == level)
+            {
+                return Ok(e.body.clone()); // another request was faster
+            }
+            if let Some(pos) = encoded.iter().position(|e| e.coding == coding) {
+                let old = encoded.swap_remove(pos);
+                let old_delta = old.body.len() + ENCODED_OVERHEAD;
+                entry.weight.fetch_sub(old_delta, Ordering::Relaxed);
+                self.bytes.fetch_sub(old_delta as u64, Ordering::Relaxed);
+            }
+            encoded.push(EncodedBody {
+                coding,
+                level,
+                body: body.clone(),
+            });
+            entry.weight.fetch_add(delta, Ordering::Relaxed);
+            self.bytes.fetch_add(delta as u64, Ordering::Relaxed);
+        }
+        if let Some(eviction) = self.eviction.get() {
+            let item = pingora::cache::CacheEntryKey::from_entry_id(entry.compact.clone(), None);
+            for evicted in eviction.increment_weight(&item, delta, None) {
+                let combined = pingora::cache::key::CacheHashKey::combined_bin(evicted.key());
+                let removed = self.write().remove_entry(&combined);
+                if let Some(removed) = removed {
+                    self.forget(&removed);
+                }
+            }
+        }
+        Ok(body)
+    }
+
+    /// Removes every variant stored for these primaries; returns how many.
+    fn remove_primaries(&self, primaries: &[HashBinary]) -> usize {
+        let mut removed = Vec::new();
+        {
+            let mut index = self.write();
+            for primary in primaries {
+                let variants = index
+                    .primaries
+                    .get(primary)
+                    .map(|p| p.variants.clone())
+                    .unwrap_or_default();
+                for combined in variants {
+                    if let Some(entry) = index.remove_entry(&combined) {
+                        removed.push((combined, entry));
+                    }
+                }
+            }
+        }
+        for (_, entry) in &removed {
+            self.forget(entry);
+            if let Some(eviction) = self.eviction.get() {
+                eviction.remove(CacheEntryKeyRef::from_entry_id(&entry.compact, None));
+            }
+        }
+        removed.len()
+    }
+
+    /// Removes every stored variant of exactly this URI (as built by
+    /// [`crate::cache::key`]); returns how many entries went.
+    pub fn purge_uri(&self, uri: &str) -> usize {
+        let primaries = self.read().by_uri.get(uri).cloned().unwrap_or_default();
+        self.remove_primaries(&primaries)
+    }
+
+    /// Removes every entry whose URI (`host` + path + query) starts with
+    /// `prefix`; returns how many.
+    pub fn purge_prefix(&self, prefix: &str) -> usize {
+        let primaries: Vec<HashBinary> = self
+            .read()
+            .by_uri
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(uri, _)| uri.starts_with(prefix))
+            .flat_map(|(_, p)| p.iter().copied())
+            .collect();
+        self.remove_primaries(&primaries)
+    }
+
+    /// Removes every entry whose path (any host) starts with `path_prefix`.
+    /// Walks the whole index: an admin operation, not a request-path one.
+    pub fn purge_path_prefix(&self, path_prefix: &str) -> usize {
+        self.purge_where(|_, path| path.starts_with(path_prefix))
+    }
+
+    /// Removes what a route can have stored: its host condition and path
+    /// prefix. Walks the whole index.
+    pub fn purge_route(&self, host: Option<&HostPattern>, path_prefix: &str) -> usize {
+        self.purge_where(|h, path| {
+            path.starts_with(path_prefix) && host.is_none_or(|pattern| pattern.matches(h))
+        })
+    }
+
+    fn purge_where(&self, matches: impl Fn(&str, &str) -> bool) -> usize {
+        let primaries: Vec<HashBinary> = self
+            .read()
+            .by_uri
+            .iter()
+            .filter(|(uri, _)| {
+                let split = uri.find('/').unwrap_or(uri.len());
+                matches(&uri[..split], &uri[split..])
+            })
+            .flat_map(|(_, p)| p.iter().copied())
+            .collect();
+        self.remove_primaries(&primaries)
+    }
+}

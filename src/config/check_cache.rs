@@ -1,0 +1,136 @@
+//! Validation of caching: the process-wide limits (`cache:`), each route's
+//! cache policy, and response compression.
+
+use super::file;
+use super::locate::FieldPath;
+use super::model::*;
+use super::Checker;
+
+impl Checker<'_> {
+    pub(super) fn cache_limits(
+        &mut self,
+        spec: Option<&file::CacheSpec>,
+        path: &FieldPath,
+    ) -> CacheLimits {
+        let limits = CacheLimits {
+            max_size: spec
+                .and_then(|c| c.max_size)
+                .map_or(defaults::CACHE_MAX_SIZE, |s| s.0),
+            max_object_size: spec
+                .and_then(|c| c.max_object_size)
+                .map_or(defaults::CACHE_MAX_OBJECT, |s| s.0),
+            lock_timeout: spec
+                .and_then(|c| c.lock_timeout)
+                .map_or(defaults::CACHE_LOCK_TIMEOUT, |d| d.0),
+        };
+        if limits.max_object_size > limits.max_size {
+            self.problem(
+                path.key("max_object_size"),
+                "max_object_size is larger than max_size",
+            );
+        }
+        if limits.lock_timeout.is_zero() {
+            self.problem(
+                path.key("lock_timeout"),
+                "lock_timeout must be greater than zero",
+            );
+        }
+        limits
+    }
+
+    pub(super) fn route_cache(
+        &mut self,
+        spec: &file::RouteCacheSpec,
+        path: &FieldPath,
+    ) -> RouteCache {
+        let statuses = spec
+            .statuses
+            .clone()
+            .unwrap_or_else(|| defaults::CACHEABLE_STATUSES.to_vec());
+        if statuses.is_empty()
+            || statuses
+                .iter()
+                .any(|s| !(200..=599).contains(s) || *s == 206)
+        {
+            self.problem(
+                path.key("statuses"),
+                "statuses must list final HTTP statuses (200-599, not 206)",
+            );
+        }
+        let mut key_headers = Vec::new();
+        for (i, name) in spec.key.headers.iter().enumerate() {
+            match http::HeaderName::from_bytes(name.as_bytes()) {
+                Ok(h) => key_headers.push(h),
+                Err(_) => self.problem(
+                    path.key("key").key("headers").index(i),
+                    format!("invalid header name {name:?}"),
+                ),
+            }
+        }
+        if let (Some(d), Some(m)) = (spec.default_ttl, spec.max_ttl) {
+            if d.0 > m.0 {
+                self.warn(
+                    &path.key("default_ttl"),
+                    "default_ttl is longer than max_ttl; max_ttl applies",
+                );
+            }
+        }
+        RouteCache {
+            default_ttl: spec.default_ttl.map(|d| d.0),
+            max_ttl: spec.max_ttl.map(|d| d.0),
+            stale_while_revalidate: spec
+                .stale_while_revalidate
+                .map_or(std::time::Duration::ZERO, |d| d.0),
+            stale_if_error: spec
+                .stale_if_error
+                .map_or(std::time::Duration::ZERO, |d| d.0),
+            statuses,
+            exclude_query: spec.key.exclude_query.clone(),
+            ignore_query: spec.key.ignore_query,
+            sort_query: spec.key.sort_query.unwrap_or(true),
+            key_headers,
+        }
+    }
+
+    pub(super) fn compression(
+        &mut self,
+        spec: &file::CompressionSpec,
+        path: &FieldPath,
+    ) -> CompressionConfig {
+        let mut level = |field: &str, value: Option<u32>, default: u32, max: u32| {
+            let v = value.unwrap_or(default);
+            if !(1..=max).contains(&v) {
+                self.problem(
+                    path.key(field),
+                    format!("{field} must be between 1 and {max}"),
+                );
+            }
+            v
+        };
+        let gzip_level = level("gzip_level", spec.gzip_level, 6, 9);
+        let brotli_quality = spec
+            .brotli_quality
+            .map(|q| level("brotli_quality", Some(q), 4, 11));
+        let zstd_level = level("zstd_level", spec.zstd_level, 3, 19);
+        CompressionConfig {
+            min_size: spec
+                .min_size
+                .map_or(defaults::COMPRESSION_MIN_SIZE, |s| s.0),
+            gzip_level,
+            brotli_quality,
+            zstd_level,
+            content_types: spec
+                .content_types
+                .clone()
+                .unwrap_or_else(|| {
+                    defaults::COMPRESSIBLE_TYPES
+                        .iter()
+                        .map(|s| (*s).to_owned())
+                        .collect()
+                })
+                .into_iter()
+                .map(|t| t.to_ascii_lowercase())
+                .collect(),
+        }
+    }
+}

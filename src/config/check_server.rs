@@ -1,0 +1,112 @@
+//! Validation of where tollgate listens and how it runs: listeners (and
+//! their TLS files), the admin address, server settings, logging.
+
+use super::file::{self, ListenerSpec};
+use super::io;
+use super::locate::FieldPath;
+use super::model::*;
+use super::Checker;
+use std::net::SocketAddr;
+
+impl Checker<'_> {
+    pub(super) fn socket_addr(&mut self, raw: &str, path: &FieldPath) -> Option<SocketAddr> {
+        match raw.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.problem(
+                    path.clone(),
+                    format!("invalid listen address {raw:?} (write ip:port, e.g. 0.0.0.0:8080 or [::]:8080)"),
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn listeners(&mut self, specs: &[ListenerSpec], path: &FieldPath) -> Vec<Listener> {
+        if specs.is_empty() {
+            self.problem(path.clone(), "at least one listener is needed");
+        }
+        let mut out: Vec<Listener> = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            let item = path.index(i);
+            let Some(addr) = self.socket_addr(&spec.address, &item) else {
+                continue;
+            };
+            if out.iter().any(|l| l.addr == addr) {
+                self.problem(item, format!("listener {addr} is listed twice"));
+                continue;
+            }
+            let tls = spec.tls.as_ref().map(|t| ListenerTls {
+                cert: t.cert.clone().into(),
+                key: t.key.clone().into(),
+            });
+            if let Some(tls) = &tls {
+                for (field, file) in [("cert", &tls.cert), ("key", &tls.key)] {
+                    if let Err(message) = io::readable_file(file) {
+                        self.problem(item.key("tls").key(field), message);
+                    }
+                }
+            }
+            out.push(Listener { addr, tls });
+        }
+        out
+    }
+
+    pub(super) fn server(&mut self, spec: &file::ServerSpec, path: &FieldPath) -> ServerSettings {
+        let threads = match spec.threads {
+            Some(0) => {
+                self.problem(path.key("threads"), "threads must be at least 1");
+                1
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        ServerSettings {
+            threads,
+            work_stealing: spec.work_stealing.unwrap_or(false),
+            grace_period: spec.grace_period.map_or(defaults::GRACE_PERIOD, |d| d.0),
+            graceful_shutdown_timeout: spec
+                .graceful_shutdown_timeout
+                .map_or(defaults::SHUTDOWN_TIMEOUT, |d| d.0),
+            upgrade_sock: spec
+                .upgrade_sock
+                .clone()
+                .unwrap_or_else(|| defaults::UPGRADE_SOCK.to_owned()),
+            pid_file: spec
+                .pid_file
+                .clone()
+                .unwrap_or_else(|| defaults::PID_FILE.to_owned()),
+            upstream_keepalive_pool_size: spec
+                .upstream_keepalive_pool_size
+                .unwrap_or(defaults::KEEPALIVE_POOL),
+        }
+    }
+
+    pub(super) fn logging(
+        &mut self,
+        spec: &file::LoggingSpec,
+        path: &FieldPath,
+    ) -> LoggingSettings {
+        let level = match spec.level.parse::<log::LevelFilter>() {
+            Ok(level) => level,
+            Err(_) => {
+                self.problem(
+                    path.key("level"),
+                    format!(
+                        "unknown log level {:?} (one of error, warn, info, debug, trace, off)",
+                        spec.level
+                    ),
+                );
+                log::LevelFilter::Info
+            }
+        };
+        LoggingSettings {
+            level,
+            access_log: spec.access_log,
+            slow_request_threshold: spec
+                .slow_request_threshold
+                .map_or(defaults::SLOW_REQUEST, |d| d.0),
+            access_log_format: spec.access_log_format.unwrap_or_default(),
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! The `ProxyHttp` implementation: the order of things, and nothing else.
+//! Each phase is a few calls into the module that owns the behaviour
+//! (docs/ARCHITECTURE.md maps phase → module). `steps` holds the two
+//! composite steps (rate-limit admission, fresh hit), `respond` how
+//! responses and errors are written.
+
+mod respond;
+mod steps;
+
+use crate::cache::{self, invalidate, vary};
+use crate::compression;
+use crate::ctx::RequestCtx;
+use crate::errors::ErrorResponse;
+use crate::headers;
+use crate::host::Host;
+use crate::ratelimit::admission::Stage;
+use crate::state::AppState;
+use crate::upstream::attempt::{self, Replay};
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::cache::key::{CacheKey, HashBinary};
+use pingora::cache::{CacheMeta, ForcedFreshness, HitHandler, NoCacheReason, RespCacheable};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::Digest;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result};
+use std::sync::Arc;
+use std::time::Duration;
+use steps::{client_ip, no_route};
+
+/// The proxy service logic.
+pub struct Proxy {
+    state: Arc<AppState>,
+}
+
+impl Proxy {
+    /// A proxy serving whatever config generation `state` holds.
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.state.gateway(), &self.state.metrics.in_flight)
+    }
+
+    /// Pingora's compression module, enabled per request by `compression`.
+    fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
+        compression::register(modules);
+    }
+
+    /// Runs before the modules read the request: compression levels.
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        compression::on_request(session, ctx.gateway.config.compression.as_ref());
+        Ok(())
+    }
+
+    /// Request id, host, route (400 for ambiguous paths, 404 for no route),
+    /// the budget when cached responses count, then the fresh-hit path.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let req = session.req_header();
+        ctx.request_id = Some(headers::request_id(req.headers.get(headers::X_REQUEST_ID)));
+        if let Some(problem) = headers::path_problem(req.uri.path()) {
+            respond::error(session, ctx, &ErrorResponse::bad_request(problem)).await?;
+            return Ok(true);
+        }
+        ctx.host = Host::of_request(req);
+        ctx.route = ctx
+            .gateway
+            .router
+            .find(ctx.host.as_ref(), req.uri.path(), &req.method);
+        if ctx.route.is_none() {
+            respond::error(session, ctx, &ErrorResponse::no_route()).await?;
+            return Ok(true);
+        }
+        if self.admit(session, ctx, Stage::BeforeCache).await? {
+            return Ok(true);
+        }
+        self.serve_fresh_hit(session, ctx).await
+    }
+
+    /// Least-connections choice in the route's pool (`upstream::attempt`).
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let started = ctx.started;
+        let (route, attempts) = ctx.route_and_attempts();
+        let route = route.ok_or_else(no_route)?;
+        attempts.start(&route.upstream, &route.timeouts, started)
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.upstream.connected();
+        Ok(())
+    }
+
+    /// A connect failure: passive health, and a retry when allowed.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        let started = ctx.started;
+        let (Some(route), attempts) = ctx.route_and_attempts() else {
+            return e;
+        };
+        attempts.connect_failed(
+            &route.upstream,
+            &route.timeouts,
+            started,
+            e,
+            &self.state.metrics,
+        )
+    }
+
+    /// A failure after connecting: passive health, and a replay when allowed.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let e = e.more_context(format!("Peer: {peer}"));
+        let replay = Replay {
+            idempotent: session.req_header().method.is_idempotent(),
+            body_buffered: !session.as_downstream().retry_buffer_truncated(),
+            response_started: session.response_written().is_some(),
+        };
+        let started = ctx.started;
+        let (Some(route), attempts) = ctx.route_and_attempts() else {
+            return e;
+        };
+        attempts.proxy_failed(
+            &route.upstream,
+            &route.timeouts,
+            started,
+            e,
+            replay,
+            &self.state.metrics,
+        )
+    }
+
+    /// Time to first byte; a 5xx counts against the backend if configured.
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        if let (Some(route), attempts) = ctx.route_and_attempts() {
+            attempts.response_header(&route.upstream, status, &self.state.metrics);
+        }
+        Ok(())
+    }
+
+    /// Turns the cache on for GET/HEAD on routes that have it.
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        let policy = ctx.route().and_then(|r| r.cache.as_ref());
+        ctx.cache_directives = self.state.cache.enable_for(session, policy);
+        Ok(())
+    }
+
+    /// The key is built in one place, `cache::key`, where its parts are documented.
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        if let Some(key) = ctx.cache_key.take() {
+            return Ok(key);
+        }
+        let policy = ctx.route().and_then(|r| r.cache.as_ref());
+        let policy = policy.ok_or_else(|| {
+            Error::explain(
+                ErrorType::InternalError,
+                "cache key for a route without cache",
+            )
+        })?;
+        Ok(cache::key::cache_key(
+            session.req_header(),
+            ctx.host.as_ref(),
+            policy,
+        ))
+    }
+
+    /// RFC 9111 storability and freshness, in `cache::policy`.
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        Ok(match ctx.route().and_then(|r| r.cache.as_ref()) {
+            Some(policy) => cache::policy::response_cacheable(session.req_header(), resp, policy),
+            None => RespCacheable::Uncacheable(NoCacheReason::NeverEnabled),
+        })
+    }
+
+    /// `Vary` (RFC 9111 §4.1), in `cache::vary`.
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        vary::variance(meta, req)
+    }
+
+    /// A request with `no-cache` / `max-age=0` revalidates a fresh entry (§5.2.1).
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        _meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        is_fresh: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<ForcedFreshness>> {
+        Ok((is_fresh && ctx.cache_directives.revalidate).then_some(ForcedFreshness::ForceExpired))
+    }
+
+    /// `only-if-cached` (§5.2.1.7) misses get 504; budgets that count only
+    /// requests reaching an upstream are decided here.
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        if ctx.cache_directives.only_if_cached {
+            respond::error(session, ctx, &ErrorResponse::not_cached()).await?;
+            return Ok(false);
+        }
+        Ok(!self.admit(session, ctx, Stage::BeforeUpstream).await?)
+    }
+
+    /// Stale-while-revalidate (`error` is `None`) and stale-if-error on
+    /// upstream failures; Pingora checks the entry's windows first.
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        error.is_none_or(|e| *e.esource() == pingora::ErrorSource::Upstream)
+    }
+
+    /// Request id, forwarding headers and the Host override.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(request_id) = ctx.request_id.as_ref() else {
+            return Ok(());
+        };
+        let forwarding = headers::Forwarding {
+            request_id,
+            client_ip: client_ip(session),
+            tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+            host: ctx.route().and_then(|r| r.upstream.host_header()),
+        };
+        headers::forward(upstream_request, &forwarding)
+    }
+
+    /// `Cache-Status` (RFC 9211) on cached routes, then the usual headers.
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(route) = ctx.route().filter(|r| r.cache.is_some()) {
+            cache::annotate(session, upstream_response, &route.name, &self.state.metrics)?;
+        }
+        respond::finish_header(session, upstream_response, ctx)
+    }
+
+    /// Counts body bytes before compression.
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(b) = body {
+            ctx.body_bytes_in += b.len() as u64;
+        }
+        Ok(None)
+    }
+
+    /// Frees the backend's least-connections slot as soon as it has sent
+    /// everything, and enforces the total timeout while the body streams.
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        let started = ctx.started;
+        let (Some(route), attempts) = ctx.route_and_attempts() else {
+            return Ok(None);
+        };
+        if end_of_stream {
+            attempts.response_finished(&route.upstream);
+        }
+        attempt::check_deadline(started, route.timeouts.total).map(|()| None)
+    }
+
+    /// Turns any failure into our JSON error (or nothing, if the client left).
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = respond::failure(session, e, ctx).await;
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Metrics, the access log, the slow-request log, and invalidation after
+    /// unsafe requests; the backend lease and in-flight guard are released
+    /// when `ctx` drops right after this.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let (Some(route), attempts) = ctx.route_and_attempts() {
+            attempts.request_finished(&route.upstream);
+        }
+        let state = &self.state;
+        crate::request_log::finish(&state.metrics, session, e, ctx);
+        compression::count(&state.metrics, session, ctx.body_bytes_in);
+        let finished = invalidate::Finished {
+            req: session.req_header(),
+            host: ctx.host.as_ref(),
+            resp: session.response_written(),
+            policy: ctx.route().and_then(|r| r.cache.as_ref()),
+        };
+        invalidate::after_unsafe_request(state.cache.store, &state.metrics, &finished);
+    }
+
+    /// Client disconnects are counted as 499, not logged as errors.
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
+        ctx.error_status == Some(0)
+    }
+}

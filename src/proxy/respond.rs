@@ -1,0 +1,90 @@
+//! How tollgate writes what it answers itself or passes on: the headers
+//! every response gets on its way out, the JSON errors, a fresh hit, and
+//! the answer to a failed request. Used by `proxy.rs`, which decides when.
+
+use crate::cache::fresh::FreshResponse;
+use crate::compression;
+use crate::ctx::RequestCtx;
+use crate::errors::{self, ErrorResponse};
+use crate::headers;
+use crate::ratelimit;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::{Error, Result};
+
+/// What every response from an upstream or the cache gets on its way out:
+/// the rate-limit headers, the compression decision, and request id,
+/// timing and `Via`.
+pub fn finish_header(
+    session: &mut Session,
+    resp: &mut ResponseHeader,
+    ctx: &RequestCtx,
+) -> Result<()> {
+    if let Some(rate) = &ctx.rate_headers {
+        ratelimit::apply_headers(resp, rate)?;
+    }
+    let route_compression = ctx.route().map(|r| r.compression);
+    let config = ctx.gateway.config.compression.as_ref();
+    compression::on_response(session, resp, config, route_compression);
+    headers::decorate(resp, ctx.request_id.as_ref(), ctx.started.elapsed(), true)
+}
+
+/// Sends one of our JSON errors, with request id, timing and (for a 429)
+/// the rate-limit headers and `Retry-After`.
+pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &ErrorResponse) -> Result<()> {
+    ctx.error_status = Some(err.status);
+    let body = err.body();
+    let mut resp = err.header(body.len())?;
+    headers::decorate(
+        &mut resp,
+        ctx.request_id.as_ref(),
+        ctx.started.elapsed(),
+        false,
+    )?;
+    if let Some(rate) = &ctx.rate_headers {
+        ratelimit::apply_headers(&mut resp, rate)?;
+        if err.status == 429 {
+            resp.insert_header("Retry-After", rate.retry_after.max(1))?;
+        }
+    }
+    session.set_keepalive(None);
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+/// Sends a fresh hit found by `cache::fresh`.
+pub async fn fresh_hit(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    mut hit: FreshResponse,
+) -> Result<()> {
+    finish_header(session, &mut hit.header, ctx)?;
+    session.write_response_header(hit.header, hit.head).await?;
+    if !hit.head {
+        ctx.body_bytes_in += hit.stored_len;
+        session.write_response_body(Some(hit.body), true).await?;
+    }
+    Ok(())
+}
+
+/// Answers a failed request with the JSON error `errors::classify` maps it
+/// to, unless the client is gone or the response had already started;
+/// returns the status to log (0: the client was gone).
+pub async fn failure(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> u16 {
+    let route = ctx.route();
+    let cx = ctx
+        .upstream
+        .failure_context(route.map(|r| &*r.upstream), route.map(|r| r.timeouts));
+    let code = match errors::classify(e, &cx) {
+        Some(resp) if session.response_written().is_none() => {
+            if let Err(write_err) = error(session, ctx, &resp).await {
+                log::debug!("could not send {} to the client: {write_err}", resp.status);
+            }
+            resp.status
+        }
+        Some(resp) => resp.status, // headers already sent: the stream is cut
+        None => 0,
+    };
+    ctx.error_status = Some(code);
+    code
+}

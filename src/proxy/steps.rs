@@ -1,0 +1,99 @@
+//! The composite steps a phase calls: the rate-limit decision at its
+//! stage and the fresh-hit fast path, each wiring a module's answer into
+//! the request context and the response.
+
+use super::{respond, Proxy};
+use crate::cache::fresh;
+use crate::ctx::RequestCtx;
+use crate::ratelimit::admission::{self, Stage};
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType, Result};
+
+pub(super) fn no_route() -> Box<Error> {
+    Error::explain(ErrorType::InternalError, "upstream phase without a route")
+}
+
+pub(super) fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+impl Proxy {
+    /// Decides the request's budget if this is the stage that decides it;
+    /// true when the request was refused (and the refusal sent).
+    pub(super) async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        stage: Stage,
+    ) -> Result<bool> {
+        let (Some(limiter), Some(route)) = (ctx.gateway.rate_limiter.as_ref(), ctx.route()) else {
+            return Ok(false);
+        };
+        let Some(budget) = route
+            .rate_budget
+            .as_ref()
+            .filter(|_| limiter.decides_at(stage))
+        else {
+            return Ok(false);
+        };
+        let route = admission::Budget {
+            route: &route.name,
+            budget,
+        };
+        let (state, req) = (&self.state, session.req_header());
+        let admission = admission::admit(
+            limiter,
+            &state.rate,
+            &state.metrics,
+            route,
+            req,
+            client_ip(session),
+        )
+        .await;
+        ctx.rate_headers = admission.headers;
+        match admission.refusal {
+            Some(refusal) => respond::error(session, ctx, &refusal).await.map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Serves a fresh hit from the memory store when `cache::fresh` finds
+    /// one; true when the response was sent.
+    pub(super) async fn serve_fresh_hit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        let Some(route) = ctx.route() else {
+            return Ok(false);
+        };
+        let Some(policy) = route.cache.as_ref() else {
+            return Ok(false);
+        };
+        let cached = fresh::CachedRoute {
+            name: &route.name,
+            policy,
+            compression: ctx.gateway.config.compression.as_ref(),
+            route_compression: route.compression,
+        };
+        let state = &self.state;
+        let hit = match fresh::lookup(
+            session,
+            ctx.host.as_ref(),
+            &cached,
+            &state.cache,
+            &state.metrics,
+        )? {
+            fresh::Lookup::Hit(hit) => hit,
+            fresh::Lookup::Miss(key) => {
+                ctx.cache_key = Some(key);
+                return Ok(false);
+            }
+            fresh::Lookup::NotEligible => return Ok(false),
+        };
+        respond::fresh_hit(session, ctx, hit).await.map(|()| true)
+    }
+}

@@ -1,0 +1,274 @@
+//! One request's attempts at its upstream pool: which backend it holds
+//! (a least-connections lease), how many backends it has tried, the
+//! timeouts each attempt got, and what a failure means for passive health
+//! and for a retry.
+//!
+//! The rules, in one place:
+//! - every attempt's connect and read timeouts are cut to what is left of
+//!   the route's total deadline, and it is remembered when they were, so a
+//!   timeout that fired early because the total ran out reads as the
+//!   route's `request_timeout`, not as the backend's `upstream_timeout`;
+//! - a failure counts against the backend (passive health, metrics);
+//! - a retry needs retries left, time left, and another ready backend;
+//! - a connect failure may be retried for any method (nothing was sent);
+//!   a failure after connecting only for an idempotent request whose body
+//!   is fully buffered and before any response byte reached the client;
+//!   timeouts after connecting are never retried (a slow backend must not
+//!   get the request twice).
+
+use super::{BackendLease, FailureKind, UpstreamPool};
+use crate::config::model::RouteTimeouts;
+use crate::errors::{self, FailureContext};
+use crate::metrics::Metrics;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use std::time::{Duration, Instant};
+
+/// When the current upstream attempt reached each step, for the slow-request
+/// log and `tollgate_upstream_request_duration_seconds`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UpstreamTiming {
+    /// A backend was chosen.
+    pub chosen_at: Option<Instant>,
+    /// The connection was established (or reused).
+    pub connected_at: Option<Instant>,
+    /// The response header arrived.
+    pub first_byte_at: Option<Instant>,
+    /// The attempt's duration was recorded.
+    pub observed: bool,
+}
+
+/// Which of an attempt's timeouts were shortened to the remaining total time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DeadlineBound {
+    /// The connect timeout.
+    pub connect: bool,
+    /// The read/write timeout.
+    pub read: bool,
+}
+
+/// What the request allows when a failure happened after connecting.
+#[derive(Debug, Clone, Copy)]
+pub struct Replay {
+    /// The method is idempotent (RFC 9110 §9.2.2).
+    pub idempotent: bool,
+    /// The whole request body is still in Pingora's retry buffer.
+    pub body_buffered: bool,
+    /// Part of the response already reached the client.
+    pub response_started: bool,
+}
+
+/// A request's attempts at its route's pool.
+#[derive(Default)]
+pub struct Attempts {
+    lease: Option<BackendLease>,
+    count: usize,
+    timing: UpstreamTiming,
+    bound_by_total: DeadlineBound,
+}
+
+impl Attempts {
+    /// Starts an attempt: the least-connections choice in `pool` (avoiding
+    /// the backend the previous attempt failed on), with its timeouts cut
+    /// to what is left of the total that started at `started`.
+    pub fn start(
+        &mut self,
+        pool: &UpstreamPool,
+        timeouts: &RouteTimeouts,
+        started: Instant,
+    ) -> Result<Box<HttpPeer>> {
+        let remaining = timeouts.total.saturating_sub(started.elapsed());
+        if remaining.is_zero() {
+            return Err(Error::explain(
+                errors::REQUEST_TIMEOUT,
+                "total timeout ran out before connecting",
+            ));
+        }
+        let avoid = self.lease.as_ref().map(BackendLease::socket_addr);
+        let slot = pool.select(avoid).ok_or_else(|| {
+            Error::explain(
+                errors::NO_HEALTHY_UPSTREAM,
+                format!("upstream {}: no backend may take traffic", pool.name()),
+            )
+        })?;
+        self.lease = Some(slot.lease());
+        self.count += 1;
+        self.timing = UpstreamTiming {
+            chosen_at: Some(Instant::now()),
+            ..UpstreamTiming::default()
+        };
+        let connect = timeouts.connect.min(remaining);
+        let read = timeouts.read.min(remaining);
+        self.bound_by_total = DeadlineBound {
+            connect: remaining < timeouts.connect,
+            read: remaining < timeouts.read,
+        };
+        let mut peer = pool.peer(slot);
+        peer.options.connection_timeout = Some(connect);
+        peer.options.total_connection_timeout = Some(connect);
+        peer.options.read_timeout = Some(read);
+        peer.options.write_timeout = Some(read);
+        Ok(peer)
+    }
+
+    /// The connection is up (new or reused).
+    pub fn connected(&mut self) {
+        self.timing.connected_at = Some(Instant::now());
+    }
+
+    /// The response header arrived: note the time, and count a 5xx against
+    /// the backend when the pool asks for it.
+    pub fn response_header(&mut self, pool: &UpstreamPool, status: u16, metrics: &Metrics) {
+        self.timing.first_byte_at = Some(Instant::now());
+        if (500..600).contains(&status) && pool.passive().fail_on_5xx {
+            if let Some(lease) = &self.lease {
+                pool.record_failure(lease.backend(), FailureKind::Status5xx, metrics);
+            }
+        }
+    }
+
+    /// A connect failure: counted against the backend, and retried on
+    /// another one when allowed (nothing was sent, so for any method).
+    pub fn connect_failed(
+        &mut self,
+        pool: &UpstreamPool,
+        timeouts: &RouteTimeouts,
+        started: Instant,
+        mut e: Box<Error>,
+        metrics: &Metrics,
+    ) -> Box<Error> {
+        let kind = match e.etype() {
+            ErrorType::ConnectTimedout => FailureKind::Timeout,
+            _ => FailureKind::Connect,
+        };
+        let retry = self.note_failure(pool, timeouts, started, kind, metrics);
+        e.set_retry(retry);
+        e
+    }
+
+    /// A failure after connecting: counted against the backend when it is
+    /// the upstream's; retried only as the module docs say.
+    pub fn proxy_failed(
+        &mut self,
+        pool: &UpstreamPool,
+        timeouts: &RouteTimeouts,
+        started: Instant,
+        mut e: Box<Error>,
+        replay: Replay,
+        metrics: &Metrics,
+    ) -> Box<Error> {
+        if *e.esource() != ErrorSource::Upstream {
+            e.set_retry(false);
+            return e;
+        }
+        let etype = e.etype();
+        let kind = if matches!(etype, ErrorType::ReadTimedout | ErrorType::WriteTimedout)
+            || *etype == errors::REQUEST_TIMEOUT
+        {
+            FailureKind::Timeout
+        } else {
+            FailureKind::Closed
+        };
+        let may_replay = kind == FailureKind::Closed
+            && replay.idempotent
+            && replay.body_buffered
+            && !replay.response_started;
+        let retry = self.note_failure(pool, timeouts, started, kind, metrics) && may_replay;
+        e.set_retry(retry);
+        e
+    }
+
+    /// Records a failed attempt on the current backend and says whether a
+    /// retry is allowed: retries left, time left, another ready backend.
+    fn note_failure(
+        &self,
+        pool: &UpstreamPool,
+        timeouts: &RouteTimeouts,
+        started: Instant,
+        kind: FailureKind,
+        metrics: &Metrics,
+    ) -> bool {
+        let Some(lease) = &self.lease else {
+            return false;
+        };
+        pool.record_failure(lease.backend(), kind, metrics);
+        let retry = self.count <= pool.retries()
+            && started.elapsed() < timeouts.total
+            && pool.has_other_ready(lease.socket_addr());
+        if retry {
+            pool.retries_counter().inc();
+        }
+        retry
+    }
+
+    /// The backend sent its whole response: give its least-connections slot
+    /// back now, and record the attempt's duration.
+    pub fn response_finished(&mut self, pool: &UpstreamPool) {
+        if let Some(lease) = self.lease.as_mut() {
+            lease.release();
+        }
+        self.observe_duration(pool);
+    }
+
+    /// At the end of the request: record the duration of an attempt that
+    /// got a response header but never finished its body.
+    pub fn request_finished(&mut self, pool: &UpstreamPool) {
+        if self.timing.first_byte_at.is_some() {
+            self.observe_duration(pool);
+        }
+    }
+
+    /// `tollgate_upstream_request_duration_seconds`, once per attempt.
+    fn observe_duration(&mut self, pool: &UpstreamPool) {
+        if self.timing.observed {
+            return;
+        }
+        if let Some(chosen) = self.timing.chosen_at {
+            pool.duration_histogram()
+                .observe(chosen.elapsed().as_secs_f64());
+            self.timing.observed = true;
+        }
+    }
+
+    /// What the error mapping needs to know about this request's attempts.
+    pub fn failure_context<'a>(
+        &self,
+        pool: Option<&'a UpstreamPool>,
+        timeouts: Option<RouteTimeouts>,
+    ) -> FailureContext<'a> {
+        FailureContext {
+            upstream: pool.map(UpstreamPool::name),
+            timeouts,
+            connect_bound_by_total: self.bound_by_total.connect,
+            read_bound_by_total: self.bound_by_total.read,
+        }
+    }
+
+    /// The backend of the current (or last) attempt, `ip:port`.
+    pub fn backend(&self) -> Option<&str> {
+        self.lease.as_ref().map(BackendLease::addr)
+    }
+
+    /// Backends tried so far (1 + retries).
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Timings of the current attempt.
+    pub fn timing(&self) -> &UpstreamTiming {
+        &self.timing
+    }
+}
+
+/// The error to raise when the route's total deadline has passed while the
+/// response streams: a backend that trickles bytes cannot hold a request
+/// past it.
+pub fn check_deadline(started: Instant, total: Duration) -> Result<()> {
+    if started.elapsed() > total {
+        return Err(Error::explain(
+            errors::REQUEST_TIMEOUT,
+            "total timeout ran out while streaming the response",
+        ));
+    }
+    Ok(())
+}
