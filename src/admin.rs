@@ -55,10 +55,16 @@ impl AdminApp {
                 .collect();
             let healthy = pool.slots().iter().filter(|s| pool.is_ready(s)).count();
             degraded |= healthy == 0;
+            // Panic: passive health has them all out, so all take traffic.
+            let status = match (healthy, pool.in_panic()) {
+                (0, true) => "panic",
+                (0, false) => "down",
+                _ => "ok",
+            };
             upstreams.insert(
                 pool.name().to_owned(),
                 json!({
-                    "status": if healthy == 0 { "down" } else { "ok" },
+                    "status": status,
                     "healthy": healthy,
                     "total": pool.slots().len(),
                     "backends": backends,

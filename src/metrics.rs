@@ -61,6 +61,8 @@ pub struct Metrics {
     pub upstream_failures: IntCounterVec,
     /// `tollgate_upstream_retries_total{upstream}`.
     pub upstream_retries: IntCounterVec,
+    /// `tollgate_upstream_panic_total{upstream}`.
+    pub upstream_panic: IntCounterVec,
     /// `tollgate_upstream_request_duration_seconds{upstream}`: from choosing
     /// a backend to the end of its response, per attempt.
     pub upstream_duration: HistogramVec,
@@ -142,14 +144,24 @@ impl Metrics {
         let upstream_failures = IntCounterVec::new(
             Opts::new(
                 "tollgate_upstream_failures_total",
-                "Failed requests to a backend, by kind: connect, timeout, closed, status_5xx",
+                "Failed requests to a backend, by kind: connect, timeout, closed, status_5xx; \
+                 stale_connection (a reused pooled connection the backend had closed) and \
+                 deadline (a timeout the route's total cut short) never count toward max_fails",
             ),
             &["upstream", "backend", "kind"],
         )?;
         let upstream_retries = IntCounterVec::new(
             Opts::new(
                 "tollgate_upstream_retries_total",
-                "Requests retried on another backend",
+                "Attempts made after a failed one (on another backend, or on a fresh connection)",
+            ),
+            &["upstream"],
+        )?;
+        let upstream_panic = IntCounterVec::new(
+            Opts::new(
+                "tollgate_upstream_panic_total",
+                "Requests sent while passive health had every backend of the pool out of \
+                 rotation: they go to all of them instead of failing (panic mode)",
             ),
             &["upstream"],
         )?;
@@ -257,6 +269,7 @@ impl Metrics {
         register(&registry, &mut names, Box::new(upstream_healthy.clone()))?;
         register(&registry, &mut names, Box::new(upstream_failures.clone()))?;
         register(&registry, &mut names, Box::new(upstream_retries.clone()))?;
+        register(&registry, &mut names, Box::new(upstream_panic.clone()))?;
         register(&registry, &mut names, Box::new(upstream_duration.clone()))?;
         register(&registry, &mut names, Box::new(config_reloads.clone()))?;
         register(&registry, &mut names, Box::new(requests.clone()))?;
@@ -275,6 +288,7 @@ impl Metrics {
             upstream_healthy,
             upstream_failures,
             upstream_retries,
+            upstream_panic,
             upstream_duration,
             config_reloads,
             cache_requests,

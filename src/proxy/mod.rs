@@ -141,13 +141,14 @@ impl ProxyHttp for Proxy {
         session: &mut Session,
         e: Box<Error>,
         ctx: &mut RequestCtx,
-        _client_reused: bool,
+        upstream_reused: bool, // Pingora's `client_reused`: tollgate is the client here
     ) -> Box<Error> {
         let e = e.more_context(format!("Peer: {peer}"));
         let replay = Replay {
             idempotent: session.req_header().method.is_idempotent(),
             body_buffered: !session.as_downstream().retry_buffer_truncated(),
             response_started: session.response_written().is_some(),
+            upstream_reused,
         };
         let started = ctx.started;
         let (Some(route), attempts) = ctx.route_and_attempts() else {

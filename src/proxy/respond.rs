@@ -29,9 +29,46 @@ pub fn finish_header(
     headers::decorate(resp, ctx.request_id.as_ref(), ctx.started.elapsed(), true)
 }
 
-/// Sends one of our JSON errors, with request id, timing and (for a 429)
-/// the rate-limit headers and `Retry-After`.
+/// Largest unread request body Pingora drains after one of our answers so
+/// the client keeps its connection; a larger (or chunked) body closes it.
+const DRAIN_LIMIT: u64 = 64 * 1024;
+
+/// Whether a connection may stay open after an answer given before any
+/// upstream was involved: nothing of the request body was consumed, so
+/// Pingora drains what is left when it reuses the connection — if that is
+/// small and its length known.
+fn keeps_connection(session: &Session) -> bool {
+    let headers = &session.req_header().headers;
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return false;
+    }
+    match headers.get(http::header::CONTENT_LENGTH) {
+        None => true,
+        Some(v) => std::str::from_utf8(v.as_bytes())
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|len| len <= DRAIN_LIMIT),
+    }
+}
+
+/// Sends one of our JSON errors in place of the request (401, 404, 429, …:
+/// no upstream involved), keeping the client's connection when the request
+/// body, if any, is small enough to drain — a throttled client must not pay
+/// for a new connection (and TLS handshake) on every retry.
 pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &ErrorResponse) -> Result<()> {
+    let keep = keeps_connection(session);
+    write_error(session, ctx, err, keep).await
+}
+
+/// Sends one of our JSON errors, with request id, timing and (for a 429)
+/// the rate-limit headers and `Retry-After`; `Connection: close` unless
+/// `keep_connection`.
+async fn write_error(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    err: &ErrorResponse,
+    keep_connection: bool,
+) -> Result<()> {
     ctx.error_status = Some(err.status);
     let body = err.body();
     let mut resp = err.header(body.len())?;
@@ -47,7 +84,9 @@ pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &ErrorRespo
             resp.insert_header("Retry-After", rate.retry_after.max(1))?;
         }
     }
-    session.set_keepalive(None);
+    if !keep_connection {
+        session.set_keepalive(None);
+    }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await
 }
@@ -69,7 +108,8 @@ pub async fn fresh_hit(
 
 /// Answers a failed request with the JSON error `errors::classify` maps it
 /// to, unless the client is gone or the response had already started;
-/// returns the status to log (0: the client was gone).
+/// returns the status to log (0: the client was gone). The connection is
+/// closed: part of the request body may have gone upstream already.
 pub async fn failure(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> u16 {
     let route = ctx.route();
     let cx = ctx
@@ -77,7 +117,7 @@ pub async fn failure(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> 
         .failure_context(route.map(|r| &*r.upstream), route.map(|r| r.timeouts));
     let code = match errors::classify(e, &cx) {
         Some(resp) if session.response_written().is_none() => {
-            if let Err(write_err) = error(session, ctx, &resp).await {
+            if let Err(write_err) = write_error(session, ctx, &resp, false).await {
                 log::debug!("could not send {} to the client: {write_err}", resp.status);
             }
             resp.status

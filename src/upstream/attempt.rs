@@ -8,21 +8,36 @@
 //!   the route's total deadline, and it is remembered when they were, so a
 //!   timeout that fired early because the total ran out reads as the
 //!   route's `request_timeout`, not as the backend's `upstream_timeout`;
-//! - a failure counts against the backend (passive health, metrics);
+//! - a failure counts against the backend (passive health, metrics), except
+//!   a stale pooled connection and a deadline-shortened timeout, which are
+//!   not the backend's fault (counted in metrics, never toward `max_fails`);
+//! - a reused pooled connection that fails before any response byte (the
+//!   backend closed it while idle; Pingora marks such errors retryable on
+//!   reused connections only) is replayed once on a *fresh* connection to
+//!   the same backend, for any request whose body is still buffered; this
+//!   replay does not use up the pool's `retries`;
 //! - a retry needs retries left, time left, and another ready backend;
 //! - a connect failure may be retried for any method (nothing was sent);
 //!   a failure after connecting only for an idempotent request whose body
 //!   is fully buffered and before any response byte reached the client;
 //!   timeouts after connecting are never retried (a slow backend must not
-//!   get the request twice).
+//!   get the request twice);
+//! - `tollgate_upstream_retries_total` counts attempts that were made after
+//!   a failed one, not retries that were only considered.
 
 use super::{BackendLease, FailureKind, UpstreamPool};
 use crate::config::model::RouteTimeouts;
 use crate::errors::{self, FailureContext};
 use crate::metrics::Metrics;
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorSource, ErrorType, Result};
+use pingora::{Error, ErrorSource, ErrorType, Result, RetryType};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+/// How long the fresh connection of a stale-connection replay may idle in
+/// the pool: it is pooled under a key of its own that no later request
+/// asks for, so it should not linger.
+const FRESH_CONNECTION_IDLE: Duration = Duration::from_secs(1);
 
 /// When the current upstream attempt reached each step, for the slow-request
 /// log and `tollgate_upstream_request_duration_seconds`.
@@ -56,6 +71,8 @@ pub struct Replay {
     pub body_buffered: bool,
     /// Part of the response already reached the client.
     pub response_started: bool,
+    /// The upstream connection came from the pool (was used before).
+    pub upstream_reused: bool,
 }
 
 /// A request's attempts at its route's pool.
@@ -65,6 +82,11 @@ pub struct Attempts {
     count: usize,
     timing: UpstreamTiming,
     bound_by_total: DeadlineBound,
+    /// The backend to replay on over a fresh connection, after a stale
+    /// pooled one failed.
+    fresh_replay: Option<SocketAddr>,
+    /// A stale-connection replay was made (at most one per request).
+    replayed_stale: bool,
 }
 
 impl Attempts {
@@ -84,14 +106,18 @@ impl Attempts {
                 "total timeout ran out before connecting",
             ));
         }
+        let fresh = self.fresh_replay.take().and_then(|addr| pool.slot(addr));
         let avoid = self.lease.as_ref().map(BackendLease::socket_addr);
-        let slot = pool.select(avoid).ok_or_else(|| {
+        let slot = fresh.or_else(|| pool.select(avoid)).ok_or_else(|| {
             Error::explain(
                 errors::NO_HEALTHY_UPSTREAM,
                 format!("upstream {}: no backend may take traffic", pool.name()),
             )
         })?;
         self.lease = Some(slot.lease());
+        if self.count > 0 {
+            pool.retries_counter().inc();
+        }
         self.count += 1;
         self.timing = UpstreamTiming {
             chosen_at: Some(Instant::now()),
@@ -104,6 +130,12 @@ impl Attempts {
             read: remaining < timeouts.read,
         };
         let mut peer = pool.peer(slot);
+        if fresh.is_some() {
+            // A pool key of its own: Pingora cannot hand out another idle
+            // (and maybe equally stale) connection to the same backend.
+            peer.group_key = rand::random();
+            peer.options.idle_timeout = Some(FRESH_CONNECTION_IDLE);
+        }
         peer.options.connection_timeout = Some(connect);
         peer.options.total_connection_timeout = Some(connect);
         peer.options.read_timeout = Some(read);
@@ -138,6 +170,7 @@ impl Attempts {
         metrics: &Metrics,
     ) -> Box<Error> {
         let kind = match e.etype() {
+            ErrorType::ConnectTimedout if self.bound_by_total.connect => FailureKind::Deadline,
             ErrorType::ConnectTimedout => FailureKind::Timeout,
             _ => FailureKind::Connect,
         };
@@ -161,11 +194,19 @@ impl Attempts {
             e.set_retry(false);
             return e;
         }
+        let stale = replay.upstream_reused && e.retry == RetryType::ReusedOnly;
+        if stale && !self.replayed_stale {
+            return self.replay_on_fresh_connection(pool, timeouts, started, e, replay, metrics);
+        }
         let etype = e.etype();
-        let kind = if matches!(etype, ErrorType::ReadTimedout | ErrorType::WriteTimedout)
-            || *etype == errors::REQUEST_TIMEOUT
-        {
-            FailureKind::Timeout
+        let kind = if *etype == errors::REQUEST_TIMEOUT {
+            FailureKind::Deadline
+        } else if matches!(etype, ErrorType::ReadTimedout | ErrorType::WriteTimedout) {
+            if self.bound_by_total.read {
+                FailureKind::Deadline
+            } else {
+                FailureKind::Timeout
+            }
         } else {
             FailureKind::Closed
         };
@@ -174,6 +215,33 @@ impl Attempts {
             && replay.body_buffered
             && !replay.response_started;
         let retry = self.note_failure(pool, timeouts, started, kind, metrics) && may_replay;
+        e.set_retry(retry);
+        e
+    }
+
+    /// A reused pooled connection failed before any response byte: counted
+    /// (not toward `max_fails`) and replayed once on a fresh connection to
+    /// the same backend when the request can be sent again.
+    fn replay_on_fresh_connection(
+        &mut self,
+        pool: &UpstreamPool,
+        timeouts: &RouteTimeouts,
+        started: Instant,
+        mut e: Box<Error>,
+        replay: Replay,
+        metrics: &Metrics,
+    ) -> Box<Error> {
+        let Some(lease) = &self.lease else {
+            e.set_retry(false);
+            return e;
+        };
+        pool.record_failure(lease.backend(), FailureKind::StaleConnection, metrics);
+        let retry =
+            replay.body_buffered && !replay.response_started && started.elapsed() < timeouts.total;
+        if retry {
+            self.fresh_replay = Some(lease.socket_addr());
+            self.replayed_stale = true;
+        }
         e.set_retry(retry);
         e
     }
@@ -192,13 +260,13 @@ impl Attempts {
             return false;
         };
         pool.record_failure(lease.backend(), kind, metrics);
-        let retry = self.count <= pool.retries()
+        // The stale-connection replay does not use up the pool's retries.
+        let retries_used = self
+            .count
+            .saturating_sub(1 + usize::from(self.replayed_stale));
+        retries_used < pool.retries()
             && started.elapsed() < timeouts.total
-            && pool.has_other_ready(lease.socket_addr());
-        if retry {
-            pool.retries_counter().inc();
-        }
-        retry
+            && pool.has_other_ready(lease.socket_addr())
     }
 
     /// The backend sent its whole response: give its least-connections slot

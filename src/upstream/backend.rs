@@ -20,6 +20,14 @@ pub enum FailureKind {
     Closed,
     /// A 5xx response (counted only with `fail_on_5xx`).
     Status5xx,
+    /// A reused pooled connection failed before any response byte: the
+    /// backend had closed it while idle. Retried on a fresh connection;
+    /// not the backend's fault.
+    StaleConnection,
+    /// A timeout that fired early because the route's total deadline was
+    /// nearer than the timeout: the client's budget ran out, the backend
+    /// was not slow by its own timeouts.
+    Deadline,
 }
 
 impl FailureKind {
@@ -30,7 +38,15 @@ impl FailureKind {
             FailureKind::Timeout => "timeout",
             FailureKind::Closed => "closed",
             FailureKind::Status5xx => "status_5xx",
+            FailureKind::StaleConnection => "stale_connection",
+            FailureKind::Deadline => "deadline",
         }
+    }
+
+    /// Whether this kind of failure is evidence against the backend
+    /// (passive health counts it toward `max_fails`).
+    pub fn counts_toward_max_fails(self) -> bool {
+        !matches!(self, FailureKind::StaleConnection | FailureKind::Deadline)
     }
 }
 

@@ -72,6 +72,7 @@ pub struct UpstreamPool {
     passive: PassiveHealth,
     retries: usize,
     retries_total: IntCounter,
+    panic_total: IntCounter,
     duration: Histogram,
 }
 
@@ -128,6 +129,7 @@ impl UpstreamPool {
             passive: config.passive,
             retries: config.retries,
             retries_total: metrics.upstream_retries.with_label_values(&[name]),
+            panic_total: metrics.upstream_panic.with_label_values(&[name]),
             duration: metrics.upstream_duration.with_label_values(&[name]),
         })
     }
@@ -187,25 +189,51 @@ impl UpstreamPool {
         self.actively_healthy(slot) && !slot.state.passively_down()
     }
 
+    /// Panic mode: passive health has every backend that passes its active
+    /// check out of rotation. Requests then go to all of those instead of
+    /// failing (Envoy's panic threshold, nginx's "try them anyway"), so one
+    /// misbehaving endpoint cannot turn into an outage. Backends that fail
+    /// their *active* check stay out: that is evidence, not a guess.
+    pub fn in_panic(&self) -> bool {
+        !self.slots.iter().any(|s| self.is_ready(s))
+            && self.slots.iter().any(|s| self.actively_healthy(s))
+    }
+
     /// Whether a backend other than `except` may take traffic (a retry has
-    /// somewhere to go).
+    /// somewhere to go); in panic mode, any other actively healthy one.
     pub fn has_other_ready(&self, except: SocketAddr) -> bool {
-        self.slots
-            .iter()
-            .any(|s| s.addr() != except && self.is_ready(s))
+        let others = || self.slots.iter().filter(|s| s.addr() != except);
+        others().any(|s| self.is_ready(s))
+            || (self.in_panic() && others().any(|s| self.actively_healthy(s)))
     }
 
     /// Weighted least-connections: the ready backend with the fewest
     /// in-flight requests per unit of weight. Ties are broken at random in
     /// proportion to weight, so idle equal backends share load evenly.
     /// `avoid` skips one backend (the one a retry just failed on) unless it
-    /// is the only ready one. Does not allocate.
+    /// is the only candidate. When no backend is ready, panic mode picks
+    /// among the actively healthy ones and counts it. Does not allocate.
     pub fn select(&self, avoid: Option<SocketAddr>) -> Option<&BackendSlot> {
+        let ready = |s: &BackendSlot| self.is_ready(s);
+        if let Some(slot) = self.pick(avoid, ready) {
+            return Some(slot);
+        }
+        let panic = self.pick(avoid, |s| self.actively_healthy(s))?;
+        self.panic_total.inc();
+        Some(panic)
+    }
+
+    /// The least-loaded candidate, avoiding `avoid` if another one exists.
+    fn pick(
+        &self,
+        avoid: Option<SocketAddr>,
+        candidate: impl Fn(&BackendSlot) -> bool,
+    ) -> Option<&BackendSlot> {
         let pick = |skip: Option<SocketAddr>| {
             let mut best: Option<&BackendSlot> = None;
             let mut tied_weight = 0u64;
             for slot in self.slots.iter() {
-                if skip == Some(slot.addr()) || !self.is_ready(slot) {
+                if skip == Some(slot.addr()) || !candidate(slot) {
                     continue;
                 }
                 let Some(current) = best else {
@@ -234,18 +262,30 @@ impl UpstreamPool {
         }
     }
 
+    /// The slot of a backend, by address (a retry on the same backend).
+    pub fn slot(&self, addr: SocketAddr) -> Option<&BackendSlot> {
+        self.slots.iter().find(|s| s.addr() == addr)
+    }
+
     /// The peer to connect to for `slot`; the caller sets per-request timeouts.
     pub fn peer(&self, slot: &BackendSlot) -> Box<HttpPeer> {
         Box::new(slot.peer.clone())
     }
 
     /// Counts a failed request against `backend` for passive health and
-    /// metrics; logs when it takes the backend out of rotation.
+    /// metrics; logs when it takes the backend out of rotation. The only
+    /// backend of a pool is never taken out by passive health (nginx ignores
+    /// `max_fails` for a single server): there is nowhere else to send its
+    /// traffic, so ejecting it would turn failures of some requests into
+    /// failures of all of them.
     pub fn record_failure(&self, backend: &BackendState, kind: FailureKind, metrics: &Metrics) {
         metrics
             .upstream_failures
             .with_label_values(&[&*self.name, backend.label(), kind.as_str()])
             .inc();
+        if !kind.counts_toward_max_fails() || self.slots.len() < 2 {
+            return;
+        }
         if backend.record_failure(&self.passive) {
             log::warn!(
                 "upstream {} backend {}: {} failures within {:?}, out of rotation for {:?}",

@@ -1,0 +1,329 @@
+//! One misbehaving request must never become an outage: the sole backend
+//! is never ejected by passive health, a pool whose backends are all
+//! ejected panics to all of them, a stale pooled connection is replayed on
+//! a fresh one, a timeout the route's deadline cut short is not the
+//! backend's fault, and answers given before any upstream keep the
+//! client's connection.
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// An upstream that crashes (closes without answering) on `/crash`.
+fn crashing_on_one_endpoint(body: &'static str) -> TestUpstream {
+    TestUpstream::start(move |req| {
+        if req.path.starts_with("/crash") {
+            Action::Close
+        } else {
+            Action::Reply(Reply::ok(body))
+        }
+    })
+}
+
+fn pool(backends: &[&TestUpstream], extra: &str) -> String {
+    let list: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+    format!(
+        "upstreams:\n  api:\n    backends: [{}]\n{extra}routes:\n  - {{ name: api, upstream: api }}\n",
+        list.join(", ")
+    )
+}
+
+/// The sum of every series of `name` whose labels contain `label`.
+fn metric_sum(proxy: &TollgateProcess, name: &str, label: &str) -> f64 {
+    proxy
+        .metrics()
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn upstream_health(proxy: &TollgateProcess) -> serde_json::Value {
+    proxy.health()["components"]["upstreams"]["api"].clone()
+}
+
+#[test]
+fn sole_backend_is_never_ejected_by_passive_health() {
+    let only = crashing_on_one_endpoint("ok");
+    let proxy =
+        TollgateProcess::start(&pool(&[&only], "    max_fails: 3\n    fail_timeout: 30s\n"));
+    for _ in 0..6 {
+        assert_eq!(get(proxy.addr, "/crash").expect("request").status, 502);
+    }
+    wait_until("the crashes are counted", || {
+        metric_sum(
+            &proxy,
+            "tollgate_upstream_failures_total",
+            "kind=\"closed\"",
+        ) >= 6.0
+    });
+    // Every other request still works: one bad endpoint is not an outage.
+    for _ in 0..5 {
+        let r = get(proxy.addr, "/fine").expect("request");
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    }
+    let health = upstream_health(&proxy);
+    assert_eq!(health["status"], "ok", "{health}");
+    assert!(
+        health["backends"][0]["passive_down_for_ms"].is_null(),
+        "{health}"
+    );
+}
+
+#[test]
+fn all_backends_ejected_panics_to_all() {
+    let (a, b) = (crashing_on_one_endpoint("a"), crashing_on_one_endpoint("b"));
+    let proxy = TollgateProcess::start(&pool(
+        &[&a, &b],
+        "    max_fails: 1\n    fail_timeout: 30s\n    retries: 1\n",
+    ));
+    // One crash on each backend (the first attempt and its retry) takes
+    // both out of rotation.
+    wait_until("both backends are ejected", || {
+        let _ = get(proxy.addr, "/crash");
+        upstream_health(&proxy)["status"] == "panic"
+    });
+    let health = upstream_health(&proxy);
+    assert_eq!(health["healthy"], 0, "{health}");
+    assert_eq!(proxy.health()["status"], "degraded");
+
+    // Instead of 503 for 30 s, traffic goes to all of them, and it says so.
+    for _ in 0..4 {
+        let r = get(proxy.addr, "/fine").expect("request");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(["a", "b"].contains(&r.text().as_str()));
+    }
+    let panics = proxy
+        .metric("tollgate_upstream_panic_total{upstream=\"api\"}")
+        .expect("panic counter");
+    assert!(panics >= 4.0, "panic_total = {panics}");
+}
+
+/// A keep-alive upstream that answers the first request on a connection
+/// and, like a server whose idle timeout just fired, closes the connection
+/// without answering when a second request arrives on it.
+struct OneShotConnections {
+    addr: SocketAddr,
+    answered: Arc<AtomicUsize>,
+    dropped: Arc<AtomicUsize>,
+}
+
+impl OneShotConnections {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (answered, dropped) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (a, d) = (answered.clone(), dropped.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (a, d) = (a.clone(), d.clone());
+                std::thread::spawn(move || serve_one_then_drop(conn, &a, &d));
+            }
+        });
+        Self {
+            addr,
+            answered,
+            dropped,
+        }
+    }
+}
+
+fn serve_one_then_drop(conn: TcpStream, answered: &AtomicUsize, dropped: &AtomicUsize) {
+    let mut reader = BufReader::new(conn);
+    for n in 0.. {
+        let mut content_length = 0usize;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    content_length = value.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0; content_length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        if n > 0 {
+            dropped.fetch_add(1, Ordering::SeqCst);
+            return; // closes the connection without a response
+        }
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+            body.len() + 2
+        );
+        let mut out = reply.into_bytes();
+        out.extend_from_slice(b"ok");
+        out.extend_from_slice(&body);
+        if reader.get_mut().write_all(&out).is_err() {
+            return;
+        }
+        answered.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn stale_pooled_connection_is_retried_on_a_fresh_one() {
+    let up = OneShotConnections::start();
+    // No retries and passive health that ejects on one failure: neither
+    // may matter for a stale pooled connection.
+    let proxy = TollgateProcess::start(&format!(
+        "upstreams:\n  api:\n    backends: [\"{}\"]\n    max_fails: 1\n    retries: 0\n\
+         routes:\n  - {{ name: api, upstream: api }}\n",
+        up.addr
+    ));
+    let first = get(proxy.addr, "/a").expect("request");
+    assert_eq!((first.status, first.text().as_str()), (200, "ok"));
+    // The next request goes out on the pooled connection, which the
+    // upstream drops: tollgate replays it on a fresh one.
+    let second = get(proxy.addr, "/b").expect("request");
+    assert_eq!((second.status, second.text().as_str()), (200, "ok"));
+    // The replay's fresh connection is kept apart, so the next request
+    // opens another one, which is pooled and dropped in turn under a POST:
+    // its body was fully buffered, so it can be sent again.
+    let third = get(proxy.addr, "/c").expect("request");
+    assert_eq!((third.status, third.text().as_str()), (200, "ok"));
+    let post = request(proxy.addr, "POST", "/d", &[], b"payload").expect("request");
+    assert_eq!((post.status, post.text().as_str()), (200, "okpayload"));
+
+    assert_eq!(up.answered.load(Ordering::SeqCst), 4);
+    assert_eq!(up.dropped.load(Ordering::SeqCst), 2);
+    wait_until("the stale connections are counted", || {
+        metric_sum(
+            &proxy,
+            "tollgate_upstream_failures_total",
+            "kind=\"stale_connection\"",
+        ) == 2.0
+    });
+    assert_eq!(
+        metric_sum(
+            &proxy,
+            "tollgate_upstream_failures_total",
+            "kind=\"closed\""
+        ),
+        0.0
+    );
+    assert_eq!(
+        proxy.metric("tollgate_upstream_retries_total{upstream=\"api\"}"),
+        Some(2.0)
+    );
+    let health = upstream_health(&proxy);
+    assert_eq!(health["status"], "ok", "{health}");
+}
+
+#[test]
+fn deadline_shortened_timeout_is_not_a_backend_failure() {
+    let slow = TestUpstream::start(|_| Action::ReplyWhenReleased(Reply::ok("late")));
+    let fast = TestUpstream::fixed("fast");
+    let proxy = TollgateProcess::start(&format!(
+        "upstreams:\n  api:\n    backends: [\"{}\", \"{}\"]\n    max_fails: 1\n    retries: 0\n\
+         routes:\n  - {{ name: slow, upstream: api, match: {{ path_prefix: /slow }}, timeouts: {{ total: 300ms, read: 10s }} }}\n  \
+         - {{ name: api, upstream: api }}\n",
+        slow.addr, fast.addr
+    ));
+    // Until the slow backend gets one: the fast one answers at once.
+    wait_until("the slow backend holds a request", || {
+        let r = get(proxy.addr, "/slow/x").expect("request");
+        if r.status == 504 {
+            assert_eq!(r.json()["error"], "request_timeout");
+        }
+        slow.held() > 0
+    });
+    wait_until("the deadline is counted", || {
+        metric_sum(
+            &proxy,
+            "tollgate_upstream_failures_total",
+            "kind=\"deadline\"",
+        ) >= 1.0
+    });
+    assert_eq!(
+        metric_sum(
+            &proxy,
+            "tollgate_upstream_failures_total",
+            "kind=\"timeout\""
+        ),
+        0.0
+    );
+    // The client's budget ran out, not the backend's timeouts: with
+    // max_fails 1 it would otherwise be out of rotation now.
+    let health = upstream_health(&proxy);
+    assert_eq!(health["healthy"], 2, "{health}");
+    slow.release();
+}
+
+/// Sends `GET path` on an open keep-alive connection and reads one response;
+/// returns its status and whether the proxy said it will close.
+fn keep_alive_get(conn: &mut BufReader<TcpStream>, path: &str) -> (u16, bool) {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: test.local\r\n\r\n");
+    conn.get_mut().write_all(req.as_bytes()).expect("write");
+    let mut line = String::new();
+    conn.read_line(&mut line).expect("status line");
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {line:?}"));
+    let (mut len, mut close) = (0usize, false);
+    loop {
+        line.clear();
+        conn.read_line(&mut line).expect("header");
+        if line == "\r\n" {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            len = v.trim().parse().expect("content-length");
+        }
+        close |= lower.starts_with("connection:") && lower.contains("close");
+    }
+    let mut body = vec![0; len];
+    conn.read_exact(&mut body).expect("body");
+    (status, close)
+}
+
+#[test]
+fn rate_limited_client_keeps_its_connection() {
+    let up = TestUpstream::fixed("ok");
+    let proxy = TollgateProcess::start(&format!(
+        "tiers:\n  free: {{ per_minute: 1 }}\nanonymous: {{ tier: free }}\n{}",
+        one_route(up.addr)
+    ));
+    let stream = TcpStream::connect(proxy.addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut conn = BufReader::new(stream);
+    assert_eq!(keep_alive_get(&mut conn, "/x"), (200, false));
+    // Throttled, on the same connection, which stays open for the next one.
+    assert_eq!(keep_alive_get(&mut conn, "/x"), (429, false));
+    assert_eq!(keep_alive_get(&mut conn, "/x"), (429, false));
+    assert_eq!(up.count(), 1);
+}
+
+#[test]
+fn unknown_route_answer_keeps_the_connection() {
+    let up = TestUpstream::fixed("ok");
+    let proxy = TollgateProcess::start(&format!(
+        "upstreams:\n  api: {{ backends: [\"{}\"] }}\nroutes:\n  - {{ name: api, upstream: api, match: {{ path_prefix: /api/ }} }}\n",
+        up.addr
+    ));
+    let stream = TcpStream::connect(proxy.addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut conn = BufReader::new(stream);
+    assert_eq!(keep_alive_get(&mut conn, "/nowhere"), (404, false));
+    assert_eq!(keep_alive_get(&mut conn, "/api/x"), (200, false));
+}
