@@ -5,7 +5,10 @@
 //! Every struct denies unknown fields so a typo is an error with a line
 //! number, never a silently ignored setting.
 
-use super::units::HumanDuration;
+mod cache;
+mod ratelimit;
+
+use crate::config::units::HumanDuration;
 use serde::de::{self, value::MapAccessDeserializer, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -320,7 +323,7 @@ pub struct RouteSpec {
 pub struct CompressionSpec {
     /// Responses with a smaller `Content-Length` are sent as they are. Default 1000 bytes.
     #[serde(default)]
-    pub min_size: Option<super::units::ByteSize>,
+    pub min_size: Option<crate::config::units::ByteSize>,
     /// gzip level 1-9. Default 6.
     #[serde(default)]
     pub gzip_level: Option<u32>,
@@ -345,168 +348,11 @@ pub struct RouteCompressionSpec {
     pub enabled: Option<bool>,
     /// Overrides the global `min_size`.
     #[serde(default)]
-    pub min_size: Option<super::units::ByteSize>,
+    pub min_size: Option<crate::config::units::ByteSize>,
 }
 
-/// A tier's budgets; at least one window.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TierSpec {
-    /// Requests per second.
-    #[serde(default)]
-    pub per_second: Option<u64>,
-    /// Requests per minute.
-    #[serde(default)]
-    pub per_minute: Option<u64>,
-    /// Requests per hour.
-    #[serde(default)]
-    pub per_hour: Option<u64>,
-    /// Requests per day.
-    #[serde(default)]
-    pub per_day: Option<u64>,
-    /// Most requests at once in the shortest window (default: its whole quota).
-    #[serde(default)]
-    pub burst: Option<u64>,
-    /// Label decisions of this tier's tenants by tenant name in metrics.
-    #[serde(default)]
-    pub tenant_metrics: Option<bool>,
-}
-
-/// A tenant.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TenantSpec {
-    /// Tier name.
-    pub tier: String,
-    /// `sha256:<hex>` of each key (`tollgate hash-key` prints one).
-    pub api_keys: Vec<String>,
-}
-
-/// Anonymous requests: `{ tier: free }` (keyed by client IP) or `{ reject: true }`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AnonymousSpec {
-    /// Tier applied per client IP.
-    #[serde(default)]
-    pub tier: Option<String>,
-    /// Refuse requests without a key with 401.
-    #[serde(default)]
-    pub reject: bool,
-}
-
-/// Where keys come from.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimitSpec {
-    /// `authorization` (Bearer) and/or header names. Default both `authorization` and `x-api-key`.
-    #[serde(default)]
-    pub api_key_headers: Option<Vec<String>>,
-    /// Proxies whose `X-Forwarded-For` is believed (IPs or CIDRs).
-    #[serde(default)]
-    pub trusted_proxies: Vec<String>,
-    /// Whether responses served from the cache count against budgets. Default true.
-    #[serde(default)]
-    pub count_cached_responses: Option<bool>,
-}
-
-/// Redis for shared budgets.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisSpec {
-    /// `redis://[:password@]host:port[/db]`; or use `url_env`.
-    #[serde(default)]
-    pub url: Option<super::secret::Secret>,
-    /// Environment variable holding the URL (keeps passwords out of the file).
-    #[serde(default)]
-    pub url_env: Option<String>,
-    /// Longest wait for Redis per decision before falling back. Default 50ms.
-    #[serde(default)]
-    pub timeout: Option<HumanDuration>,
-    /// Prefix of every key. Default `tollgate:rl:`.
-    #[serde(default)]
-    pub key_prefix: Option<String>,
-}
-
-/// A route's rate-limit settings.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteRateLimitSpec {
-    /// Not rate limited (and no key required).
-    #[serde(default)]
-    pub exempt: bool,
-    /// Tokens a request costs. Default 1.
-    #[serde(default)]
-    pub cost: Option<u64>,
-    /// An extra, route-level budget per tenant (or per anonymous IP).
-    #[serde(default)]
-    pub per_second: Option<u64>,
-    /// Route-level budget per minute.
-    #[serde(default)]
-    pub per_minute: Option<u64>,
-    /// Route-level budget per hour.
-    #[serde(default)]
-    pub per_hour: Option<u64>,
-}
-
-/// Global cache limits.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CacheSpec {
-    /// Memory for cached bodies and headers. Default 256MiB.
-    #[serde(default)]
-    pub max_size: Option<super::units::ByteSize>,
-    /// Larger responses are streamed through uncached. Default 8MiB.
-    #[serde(default)]
-    pub max_object_size: Option<super::units::ByteSize>,
-    /// How long concurrent misses wait for the one request filling the cache. Default 5s.
-    #[serde(default)]
-    pub lock_timeout: Option<HumanDuration>,
-}
-
-/// A route's cache settings.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteCacheSpec {
-    /// Default true when the block is present.
-    #[serde(default)]
-    pub enabled: Option<bool>,
-    /// Freshness when the upstream gives none (no max-age, s-maxage, Expires).
-    #[serde(default)]
-    pub default_ttl: Option<HumanDuration>,
-    /// Upper bound on any freshness lifetime.
-    #[serde(default)]
-    pub max_ttl: Option<HumanDuration>,
-    /// Serve stale for this long while one request revalidates, unless the response says otherwise.
-    #[serde(default)]
-    pub stale_while_revalidate: Option<HumanDuration>,
-    /// Serve stale for this long when the upstream fails, unless the response says otherwise.
-    #[serde(default)]
-    pub stale_if_error: Option<HumanDuration>,
-    /// Statuses that may be stored. Default: 200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501.
-    #[serde(default)]
-    pub statuses: Option<Vec<u16>>,
-    /// What besides method, host and path goes into the key.
-    #[serde(default)]
-    pub key: CacheKeySpec,
-}
-
-/// Cache key options.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CacheKeySpec {
-    /// Query parameters to leave out of the key (e.g. tracking parameters).
-    #[serde(default)]
-    pub exclude_query: Vec<String>,
-    /// Ignore the query string entirely.
-    #[serde(default)]
-    pub ignore_query: bool,
-    /// Sort query parameters so `?a=1&b=2` and `?b=2&a=1` share an entry. Default true.
-    #[serde(default)]
-    pub sort_query: Option<bool>,
-    /// Request headers whose values go into the key.
-    #[serde(default)]
-    pub headers: Vec<String>,
-}
+pub use cache::*;
+pub use ratelimit::*;
 
 /// The request side of a route.
 #[derive(Debug, Default, Deserialize)]

@@ -1,0 +1,63 @@
+//! The YAML's cache sections: process-wide limits and a route's policy.
+
+use super::*;
+
+/// Global cache limits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSpec {
+    /// Memory for cached bodies and headers. Default 256MiB.
+    #[serde(default)]
+    pub max_size: Option<crate::config::units::ByteSize>,
+    /// Larger responses are streamed through uncached. Default 8MiB.
+    #[serde(default)]
+    pub max_object_size: Option<crate::config::units::ByteSize>,
+    /// How long concurrent misses wait for the one request filling the cache. Default 5s.
+    #[serde(default)]
+    pub lock_timeout: Option<HumanDuration>,
+}
+
+/// A route's cache settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCacheSpec {
+    /// Default true when the block is present.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Freshness when the upstream gives none (no max-age, s-maxage, Expires).
+    #[serde(default)]
+    pub default_ttl: Option<HumanDuration>,
+    /// Upper bound on any freshness lifetime.
+    #[serde(default)]
+    pub max_ttl: Option<HumanDuration>,
+    /// Serve stale for this long while one request revalidates, unless the response says otherwise.
+    #[serde(default)]
+    pub stale_while_revalidate: Option<HumanDuration>,
+    /// Serve stale for this long when the upstream fails, unless the response says otherwise.
+    #[serde(default)]
+    pub stale_if_error: Option<HumanDuration>,
+    /// Statuses that may be stored. Default: 200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501.
+    #[serde(default)]
+    pub statuses: Option<Vec<u16>>,
+    /// What besides method, host and path goes into the key.
+    #[serde(default)]
+    pub key: CacheKeySpec,
+}
+
+/// Cache key options.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheKeySpec {
+    /// Query parameters to leave out of the key (e.g. tracking parameters).
+    #[serde(default)]
+    pub exclude_query: Vec<String>,
+    /// Ignore the query string entirely.
+    #[serde(default)]
+    pub ignore_query: bool,
+    /// Sort query parameters so `?a=1&b=2` and `?b=2&a=1` share an entry. Default true.
+    #[serde(default)]
+    pub sort_query: Option<bool>,
+    /// Request headers whose values go into the key.
+    #[serde(default)]
+    pub headers: Vec<String>,
+}
