@@ -136,7 +136,12 @@ fn cache_decisions(c: &mut Criterion) {
     g.bench_function("key (sorted, filtered query)", |b| {
         b.iter(|| {
             let host = Host::parse(black_box(b"api.example.com"));
-            tollgate::cache::key::cache_key(black_box(&req), host.as_ref(), &policy)
+            let scope = tollgate::cache::key::Scope {
+                scheme: "https",
+                route: "api",
+                upstream: "api",
+            };
+            tollgate::cache::key::cache_key(black_box(&req), host.as_ref(), scope, &policy)
         })
     });
     g.bench_function("cacheability decision (max-age + swr)", |b| {

@@ -29,6 +29,8 @@ fn redis_decision(c: &mut Criterion) {
         url: tollgate::config::model::Secret::new(url.clone()),
         timeout: Duration::from_millis(200),
         key_prefix: "tollgate:bench:".into(),
+        breaker_failures: 3,
+        breaker_open_for: Duration::from_secs(2),
     })
     .expect("redis client");
     rt.block_on(async {
@@ -50,6 +52,7 @@ fn redis_decision(c: &mut Criterion) {
                         windows: &windows,
                         cost: 1,
                     }]))
+                    .result
                     .expect("redis decision");
                 assert!(v[0].allowed);
             })

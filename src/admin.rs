@@ -82,6 +82,7 @@ impl AdminApp {
                     "status": if down { "degraded" } else { "ok" },
                     "detail": if down { "rate limits are decided per instance until Redis answers" } else { "rate limits are shared" },
                     "error": redis.last_error(),
+                    "breaker": if redis.breaker_is_open() { "open" } else { "closed" },
                 }),
             );
         }
@@ -139,6 +140,11 @@ impl AdminApp {
         let counted = metrics.cache_evictions.get();
         if evicted > counted {
             metrics.cache_evictions.inc_by(evicted - counted);
+        }
+        if let Some(redis) = &self.state.rate.redis {
+            metrics
+                .redis_breaker_open
+                .set(i64::from(redis.breaker_is_open()));
         }
         let gateway = self.state.gateway();
         for pool in gateway.pools.iter() {
@@ -245,13 +251,13 @@ impl AdminApp {
                 ..
             } => {
                 let gateway = self.state.gateway();
-                let Some(route) = gateway.config.routes.iter().find(|r| r.name == name) else {
+                if !gateway.config.routes.iter().any(|r| r.name == name) {
                     return respond_json(
                         StatusCode::NOT_FOUND,
                         &json!({"error": "not_found", "message": format!("no route named {name:?}")}),
                     );
-                };
-                store.purge_route(route.host.as_ref(), &route.path_prefix)
+                }
+                store.purge_route(&name)
             }
             _ => return bad("Send exactly one of url, prefix or route"),
         };

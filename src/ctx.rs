@@ -23,6 +23,9 @@ pub struct RequestCtx {
     /// The request's normalised host, computed once in `request_filter`:
     /// what the router matched and what the cache key holds.
     pub host: Option<Host>,
+    /// Whether the client connected over TLS (the scheme in the cache key
+    /// and `X-Forwarded-Proto`), set in `request_filter`.
+    pub tls: bool,
     /// The matched route, set in `request_filter`.
     pub route: Option<RouteId>,
     /// The request id (client's or generated), sent upstream and back.
@@ -50,6 +53,7 @@ impl RequestCtx {
             started: Instant::now(),
             gateway,
             host: None,
+            tls: false,
             route: None,
             request_id: None,
             upstream: Attempts::default(),

@@ -31,6 +31,18 @@ pub struct Route {
     pub compression: crate::config::model::RouteCompression,
 }
 
+impl Route {
+    /// The cache key's scope for a request on this route: a response is
+    /// only served to requests of the same route, upstream and scheme.
+    pub fn key_scope(&self, tls: bool) -> crate::cache::key::Scope<'_> {
+        crate::cache::key::Scope {
+            scheme: if tls { "https" } else { "http" },
+            route: &self.name,
+            upstream: self.upstream.name(),
+        }
+    }
+}
+
 /// A compiled config generation.
 pub struct Gateway {
     /// The validated config this was built from.

@@ -124,6 +124,47 @@ pub fn decorate(
     Ok(())
 }
 
+/// Hop-by-hop fields (RFC 9110 §7.6.1) that never pass a proxy in a
+/// response. `Transfer-Encoding` is framing, which Pingora rewrites itself.
+const RESPONSE_HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Fields a `Connection` header may not make us drop: removing framing
+/// would change how the body is delimited.
+const NEVER_NOMINATED: [&str; 2] = ["content-length", "transfer-encoding"];
+
+/// Removes an upstream response's hop-by-hop fields, and every field its
+/// `Connection` header names, before the response is stored or sent (RFC
+/// 9110 §7.6.1). A `101 Switching Protocols` keeps them: the upgrade needs
+/// `Connection` and `Upgrade` end to end.
+pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
+    if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        return;
+    }
+    let nominated: Vec<String> = resp
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty() && !NEVER_NOMINATED.contains(&name.as_str()))
+        .collect();
+    for name in nominated {
+        resp.remove_header(name.as_str());
+    }
+    for name in RESPONSE_HOP_BY_HOP {
+        resp.remove_header(name);
+    }
+}
+
 /// Refuses request targets whose path could be read differently by the
 /// router and the upstream: dot segments (`/a/../b`), also when the dots or
 /// the slash around them are percent-encoded, since `/public/..%2fadmin`
@@ -192,6 +233,35 @@ mod tests {
         decorate(&mut resp, None, Duration::from_micros(12_005), true).expect("decorate");
         assert_eq!(resp.headers["x-response-time"], "12.005ms");
         assert_eq!(resp.headers["via"], "1.1 tollgate");
+    }
+
+    #[test]
+    fn response_hop_by_hop_fields_and_nominated_ones_are_removed() {
+        let mut resp = ResponseHeader::build(200, None).expect("resp");
+        for (n, v) in [
+            ("connection", "X-Internal, close"),
+            ("connection", "content-length"),
+            ("x-internal", "secret"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authenticate", "Basic"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-checksum"),
+            ("upgrade", "h2c"),
+            ("content-length", "2"),
+            ("x-kept", "1"),
+        ] {
+            resp.append_header(n, v).expect("hdr");
+        }
+        strip_response_hop_by_hop(&mut resp);
+        let left: Vec<&str> = resp.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["content-length", "x-kept"]);
+
+        let mut upgrade = ResponseHeader::build(101, None).expect("resp");
+        upgrade.insert_header("connection", "upgrade").expect("hdr");
+        upgrade.insert_header("upgrade", "websocket").expect("hdr");
+        strip_response_hop_by_hop(&mut upgrade);
+        assert_eq!(upgrade.headers.len(), 2);
     }
 
     #[test]

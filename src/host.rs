@@ -63,10 +63,44 @@ impl Host {
 
     /// The normalised host of a request: its `Host` field, or the URI's
     /// authority when it has none (HTTP/2 `:authority`, absolute-form).
-    pub fn of_request(req: &pingora::http::RequestHeader) -> Option<Host> {
-        match req.headers.get(http::header::HOST) {
-            Some(value) => Host::parse(value.as_bytes()),
-            None => Host::parse(req.uri.authority()?.as_str().as_bytes()),
+    /// `Ok(None)` only for an HTTP/1.0 request that names no host.
+    ///
+    /// Refused (RFC 9112 §3.2, RFC 9113 §8.3.1): more than one `Host`, a
+    /// `Host` that is not `uri-host[:port]` (empty, `/`, spaces, ...), an
+    /// HTTP/1.1 or later request with no host at all, and a `Host` that
+    /// names another host than the request target's authority — the router
+    /// and the upstream must not read two different hosts.
+    pub fn of_request(req: &pingora::http::RequestHeader) -> Result<Option<Host>, HostProblem> {
+        let mut fields = req.headers.get_all(http::header::HOST).iter();
+        let field = fields.next();
+        if fields.next().is_some() {
+            return Err(HostProblem::Repeated);
+        }
+        let from_field = match field {
+            Some(value) => Some(Host::parse(value.as_bytes()).ok_or(HostProblem::Invalid)?),
+            None => None,
+        };
+        // HTTP/2 carries `:authority` in the URI; an HTTP/1 absolute-form
+        // target keeps it in the raw target only (Pingora sets the upstream
+        // `Host` from it, so the router must read the same bytes).
+        use pingora::protocols::http::authority::{raw_target_authority, RawTargetAuthority};
+        let target_authority = match req.uri.authority() {
+            Some(authority) => Some(authority.as_str().as_bytes()),
+            None => match raw_target_authority(req.raw_path()) {
+                RawTargetAuthority::None => None,
+                RawTargetAuthority::Absolute { authority, .. } => Some(authority),
+                RawTargetAuthority::AmbiguousAuthority => return Err(HostProblem::Invalid),
+            },
+        };
+        let from_target = match target_authority {
+            Some(authority) => Some(Host::parse(authority).ok_or(HostProblem::Invalid)?),
+            None => None,
+        };
+        match (from_field, from_target) {
+            (Some(a), Some(b)) if a != b => Err(HostProblem::Conflicting),
+            (Some(host), _) | (None, Some(host)) => Ok(Some(host)),
+            (None, None) if req.version <= http::Version::HTTP_10 => Ok(None),
+            (None, None) => Err(HostProblem::Missing),
         }
     }
 
@@ -79,6 +113,33 @@ impl Host {
     pub fn as_str(&self) -> &str {
         // Only ASCII bytes are ever copied in (checked by `parse`).
         std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or("")
+    }
+}
+
+/// Why a request's host was refused (each a 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostProblem {
+    /// HTTP/1.1 or later without `Host` or an authority.
+    Missing,
+    /// More than one `Host` field.
+    Repeated,
+    /// Not `uri-host[:port]`.
+    Invalid,
+    /// `Host` and the request target's authority disagree.
+    Conflicting,
+}
+
+impl HostProblem {
+    /// The client-facing message.
+    pub fn message(self) -> &'static str {
+        match self {
+            HostProblem::Missing => "The request has no Host header",
+            HostProblem::Repeated => "The request has more than one Host header",
+            HostProblem::Invalid => "The Host header is not a valid host[:port]",
+            HostProblem::Conflicting => {
+                "The Host header and the request target name different hosts"
+            }
+        }
     }
 }
 
@@ -212,6 +273,62 @@ mod tests {
         assert_eq!(norm("[::1]:8080").as_deref(), Some("[::1]"));
         assert_eq!(norm("[FE80::1]").as_deref(), Some("[fe80::1]"));
         assert_eq!(norm("10.0.0.1:80").as_deref(), Some("10.0.0.1"));
+    }
+
+    fn request(
+        version: http::Version,
+        target: &str,
+        hosts: &[&str],
+    ) -> pingora::http::RequestHeader {
+        let mut req =
+            pingora::http::RequestHeader::build("GET", target.as_bytes(), None).expect("req");
+        req.set_version(version);
+        for h in hosts {
+            req.append_header("host", *h).expect("host");
+        }
+        req
+    }
+
+    #[test]
+    fn a_request_names_exactly_one_valid_host() {
+        use http::Version;
+        let host = |v, target, hosts: &[&str]| {
+            Host::of_request(&request(v, target, hosts)).map(|h| h.map(|h| h.as_str().to_owned()))
+        };
+        assert_eq!(
+            host(Version::HTTP_11, "/", &["A.test:80"]),
+            Ok(Some("a.test".into()))
+        );
+        assert_eq!(
+            host(Version::HTTP_11, "http://a.test/x", &[]),
+            Ok(Some("a.test".into()))
+        );
+        assert_eq!(
+            host(Version::HTTP_11, "http://a.test/x", &["A.TEST"]),
+            Ok(Some("a.test".into()))
+        );
+        assert_eq!(host(Version::HTTP_10, "/", &[]), Ok(None));
+        assert_eq!(host(Version::HTTP_11, "/", &[]), Err(HostProblem::Missing));
+        assert_eq!(
+            host(Version::HTTP_11, "/", &["a.test", "a.test"]),
+            Err(HostProblem::Repeated)
+        );
+        assert_eq!(
+            host(Version::HTTP_11, "/", &["a.test/x"]),
+            Err(HostProblem::Invalid)
+        );
+        assert_eq!(
+            host(Version::HTTP_11, "/", &[""]),
+            Err(HostProblem::Invalid)
+        );
+        assert_eq!(
+            host(Version::HTTP_10, "/", &["a b"]),
+            Err(HostProblem::Invalid)
+        );
+        assert_eq!(
+            host(Version::HTTP_11, "http://a.test/x", &["b.test"]),
+            Err(HostProblem::Conflicting)
+        );
     }
 
     #[test]

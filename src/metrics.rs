@@ -88,6 +88,11 @@ pub struct Metrics {
     pub ratelimit_buckets: IntGauge,
     /// `tollgate_redis_errors_total{kind}`: `timeout`, `error`.
     pub redis_errors: IntCounterVec,
+    /// `tollgate_redis_breaker_opens_total`: times consecutive Redis
+    /// failures opened the circuit breaker.
+    pub redis_breaker_opens: IntCounter,
+    /// `tollgate_redis_breaker_open`: 1 while requests do not ask Redis.
+    pub redis_breaker_open: IntGauge,
     /// `tollgate_compression_bytes_total{encoding,direction}`: body bytes
     /// before (`in`) and after (`out`) compression.
     pub compression_bytes: IntCounterVec,
@@ -244,6 +249,14 @@ impl Metrics {
         for kind in ["timeout", "error"] {
             redis_errors.with_label_values(&[kind]);
         }
+        let redis_breaker_opens = IntCounter::new(
+            "tollgate_redis_breaker_opens_total",
+            "Times consecutive Redis failures opened the circuit breaker",
+        )?;
+        let redis_breaker_open = IntGauge::new(
+            "tollgate_redis_breaker_open",
+            "1 while the circuit breaker keeps rate-limit decisions local without asking Redis",
+        )?;
         let compression_bytes = IntCounterVec::new(
             Opts::new(
                 "tollgate_compression_bytes_total",
@@ -261,6 +274,8 @@ impl Metrics {
         )?;
         register(&registry, &mut names, Box::new(ratelimit_buckets.clone()))?;
         register(&registry, &mut names, Box::new(redis_errors.clone()))?;
+        register(&registry, &mut names, Box::new(redis_breaker_opens.clone()))?;
+        register(&registry, &mut names, Box::new(redis_breaker_open.clone()))?;
         register(&registry, &mut names, Box::new(cache_requests.clone()))?;
         register(&registry, &mut names, Box::new(cache_size.clone()))?;
         register(&registry, &mut names, Box::new(cache_entries.clone()))?;
@@ -301,6 +316,8 @@ impl Metrics {
             ratelimit_tenant_decisions,
             ratelimit_buckets,
             redis_errors,
+            redis_breaker_opens,
+            redis_breaker_open,
             compression_bytes,
         })
     }

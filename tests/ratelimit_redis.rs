@@ -115,3 +115,70 @@ fn redis_going_away_degrades_to_local_limits_and_sharing_resumes() {
     let allowed = (0..15).filter(|_| call(&proxy) == 200).count();
     assert!(allowed <= 10, "{allowed} allowed after Redis came back");
 }
+
+#[test]
+fn hung_redis_opens_the_breaker() {
+    let redis = RedisServer::start();
+    let up = TestUpstream::fixed("ok");
+    let proxy = TollgateProcess::start(&format!(
+        "tiers:
+  hourly: {{ per_hour: 100000 }}
+tenants:
+  bigco: {{ tier: hourly, api_keys: [\"sha256:4af43ec152b50d5d08bdffd2883cb31743b36f6f1c63744040f84dbd73bd20a9\"] }}
+anonymous: {{ reject: true }}
+redis:
+  url: \"{}\"
+  timeout: 100ms
+  circuit_breaker: {{ failures: 3, open_for: 500ms }}
+upstreams:
+  api: {{ backends: [\"{}\"] }}
+routes:
+  - {{ name: api, upstream: api }}
+",
+        redis.url(),
+        up.addr
+    ));
+    wait_until("the proxy uses redis", || {
+        assert_eq!(call(&proxy), 200);
+        redis_status(&proxy) == "ok"
+    });
+    assert_eq!(proxy.health()["components"]["redis"]["breaker"], "closed");
+
+    redis.hang();
+    // Every request is answered while Redis hangs: the first few wait for
+    // the timeout, then the breaker stops asking.
+    wait_until("the breaker opens", || {
+        assert_eq!(call(&proxy), 200, "a hung Redis must not fail requests");
+        proxy.metric("tollgate_redis_breaker_open") == Some(1.0)
+    });
+    assert_eq!(
+        proxy.metric("tollgate_redis_breaker_opens_total"),
+        Some(1.0)
+    );
+    assert_eq!(proxy.health()["components"]["redis"]["breaker"], "open");
+    assert_eq!(redis_status(&proxy), "degraded");
+    let timeouts = r#"tollgate_redis_errors_total{kind="timeout"}"#;
+    let fallback = r#"tollgate_ratelimit_fallback_total{tier="hourly"}"#;
+    let timeouts_when_opened = proxy.metric(timeouts).unwrap_or(0.0);
+    assert!(timeouts_when_opened >= 1.0, "{timeouts_when_opened}");
+    let fallback_before = proxy.metric(fallback).unwrap_or(0.0);
+    // While it stays hung, requests are decided locally without asking
+    // Redis at all, across several probe periods (probes fail quietly).
+    for _ in 0..20 {
+        assert_eq!(call(&proxy), 200);
+    }
+    proxy.wait_metric(fallback, fallback_before + 20.0);
+    assert_eq!(
+        proxy.metric(timeouts),
+        Some(timeouts_when_opened),
+        "requests asked the hung Redis although the breaker was open"
+    );
+    assert_eq!(proxy.metric("tollgate_redis_breaker_open"), Some(1.0));
+
+    redis.resume();
+    wait_until("a probe closes the breaker and sharing resumes", || {
+        assert_eq!(call(&proxy), 200);
+        proxy.health()["components"]["redis"]["breaker"] == "closed" && redis_status(&proxy) == "ok"
+    });
+    assert_eq!(proxy.metric("tollgate_redis_breaker_open"), Some(0.0));
+}

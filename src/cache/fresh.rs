@@ -40,6 +40,8 @@ pub struct CachedRoute<'a> {
     pub name: &'a str,
     /// Its cache policy (the key's parts).
     pub policy: &'a RouteCache,
+    /// Route, upstream and scheme: the key's scope line.
+    pub scope: key::Scope<'a>,
     /// The process-wide compression settings.
     pub compression: Option<&'a CompressionConfig>,
     /// The route's compression overrides.
@@ -87,7 +89,7 @@ pub fn lookup(
     {
         return Ok(Lookup::NotEligible);
     }
-    let key = key::cache_key(req, host, route.policy);
+    let key = key::cache_key(req, host, route.scope, route.policy);
     let now = SystemTime::now();
     let Some(hit) = cache.store.fresh(&key.primary_bin(), now) else {
         return Ok(Lookup::Miss(key));

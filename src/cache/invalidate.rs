@@ -63,8 +63,8 @@ pub fn after_unsafe_request(store: &MemoryStore, metrics: &Metrics, done: &Finis
             &fallback
         }
     };
-    let target = key::primary(done.req, done.host, policy);
-    let mut removed = store.purge_uri(key::uri_part(&target));
+    // Every route's, upstream's and scheme's copy of the URI goes.
+    let mut removed = store.purge_uri(&key::uri(done.req, done.host, policy));
     let host = done.host.map_or("", Host::as_str);
     if let Some(resp) = done.resp {
         for name in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
@@ -126,7 +126,12 @@ mod tests {
     async fn store_entry(store: &'static MemoryStore, host: &str, path: &str) {
         let req = RequestHeader::build("GET", path.as_bytes(), None).expect("req");
         let host = Host::parse_str(host);
-        let key: CacheKey = key::cache_key(&req, host.as_ref(), &default_policy());
+        let scope = key::Scope {
+            scheme: "http",
+            route: "api",
+            upstream: "api",
+        };
+        let key: CacheKey = key::cache_key(&req, host.as_ref(), scope, &default_policy());
         let now = SystemTime::now();
         let resp = ResponseHeader::build(200, None).expect("resp");
         let meta = CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, resp);

@@ -1,12 +1,22 @@
 //! The cache key. A wrong key is cache poisoning, so its parts are few,
 //! documented and tested:
 //!
-//! `primary = host + path + ("?" + query)? + ("\n" + name + ":" + value)*`
+//! ```text
+//! primary = host + path + ("?" + query)?            (the URI part)
+//!         + "\n" + scheme + " " + route + " " + upstream   (the scope line)
+//!         + ("\n" + name + ":" + value)*           (configured headers)
+//! ```
 //!
 //! - `host`: the request's host as [`crate::host::Host`] normalised it,
 //!   once per request — the very value the router matched (empty when the
-//!   request had no valid host).
-//! - `path`: exactly as received (the router already refused dot segments).
+//!   request had no host, which only HTTP/1.0 may omit).
+//! - `path`: as routed — normalised once (`crate::path`), so every spelling
+//!   of a path that reaches the same route and upstream path shares a key.
+//! - the scope line: `http`/`https`, the matched route's name and its
+//!   upstream's name. Whatever the client sends, a response is only ever
+//!   served to requests of the route (and upstream, and scheme) that
+//!   produced it; names are `[A-Za-z0-9._-]`, so the line cannot be forged
+//!   by the parts before it (a URI has no newline either).
 //! - `query`: as received, or with `exclude_query` parameters dropped and
 //!   the rest sorted (`sort_query`, default on), or left out (`ignore_query`).
 //! - one line per configured `key.headers` entry, in config order, with the
@@ -21,20 +31,37 @@ use crate::host::Host;
 use pingora::cache::key::CacheKey;
 use pingora::http::RequestHeader;
 
+/// The parts of a key the client does not choose: where the response came
+/// from and how the client reached it.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    /// `http` or `https`: what the client connected with.
+    pub scheme: &'a str,
+    /// The matched route's name.
+    pub route: &'a str,
+    /// The route's upstream's name.
+    pub upstream: &'a str,
+}
+
 /// Builds the primary key string for a request on a cached route; `host` is
 /// the request's normalised host.
-pub fn primary(req: &RequestHeader, host: Option<&Host>, policy: &RouteCache) -> String {
+pub fn primary(
+    req: &RequestHeader,
+    host: Option<&Host>,
+    scope: Scope<'_>,
+    policy: &RouteCache,
+) -> String {
     let host = host.map_or("", Host::as_str);
-    let mut key = String::with_capacity(host.len() + req.uri.path().len() + 32);
-    key.push_str(host);
-    key.push_str(req.uri.path());
-    if let Some(query) = req
-        .uri
-        .query()
-        .filter(|q| !policy.ignore_query && !q.is_empty())
-    {
-        push_query(&mut key, query, policy);
-    }
+    let mut key = String::with_capacity(
+        host.len() + req.uri.path().len() + scope.route.len() + scope.upstream.len() + 40,
+    );
+    push_uri(&mut key, req, host, policy);
+    key.push('\n');
+    key.push_str(scope.scheme);
+    key.push(' ');
+    key.push_str(scope.route);
+    key.push(' ');
+    key.push_str(scope.upstream);
     for name in &policy.key_headers {
         key.push('\n');
         key.push_str(name.as_str());
@@ -50,17 +77,47 @@ pub fn primary(req: &RequestHeader, host: Option<&Host>, policy: &RouteCache) ->
 /// as the override: Pingora would otherwise hash the key again (Blake2b) on
 /// every `primary_bin()` call — four times per hit, 3 % of a hit's CPU.
 /// Same function, same value.
-pub fn cache_key(req: &RequestHeader, host: Option<&Host>, policy: &RouteCache) -> CacheKey {
-    let primary = primary(req, host, policy);
+pub fn cache_key(
+    req: &RequestHeader,
+    host: Option<&Host>,
+    scope: Scope<'_>,
+    policy: &RouteCache,
+) -> CacheKey {
+    let primary = primary(req, host, scope, policy);
     let hash = pingora::cache::key::hash_key(&primary);
     let mut key = CacheKey::new(primary, "");
     key.set_primary_bin_override(hash);
     key
 }
 
-/// The URI part of a primary key string (before any header lines).
+/// The URI part of a request's key (what purges and invalidation match).
+pub fn uri(req: &RequestHeader, host: Option<&Host>, policy: &RouteCache) -> String {
+    let host = host.map_or("", Host::as_str);
+    let mut uri = String::with_capacity(host.len() + req.uri.path().len() + 16);
+    push_uri(&mut uri, req, host, policy);
+    uri
+}
+
+fn push_uri(key: &mut String, req: &RequestHeader, host: &str, policy: &RouteCache) {
+    key.push_str(host);
+    key.push_str(req.uri.path());
+    if let Some(query) = req
+        .uri
+        .query()
+        .filter(|q| !policy.ignore_query && !q.is_empty())
+    {
+        push_query(key, query, policy);
+    }
+}
+
+/// The URI part of a primary key string (before the scope line).
 pub fn uri_part(primary: &str) -> &str {
     primary.split('\n').next().unwrap_or(primary)
+}
+
+/// The route named in a primary key string's scope line.
+pub fn route_part(primary: &str) -> Option<&str> {
+    primary.split('\n').nth(1)?.split(' ').nth(1)
 }
 
 /// The stored-URI form (`host/path?query`) of an absolute URL given to the
@@ -123,13 +180,19 @@ mod tests {
         }
     }
 
-    /// The key as the proxy builds it: host normalised first.
+    const SCOPE: Scope<'static> = Scope {
+        scheme: "http",
+        route: "api",
+        upstream: "backend",
+    };
+
+    /// The URI part of the key as the proxy builds it: host normalised first.
     fn key_of(r: &RequestHeader, p: &RouteCache) -> String {
         let host = r
             .headers
             .get("host")
             .and_then(|h| Host::parse(h.as_bytes()));
-        primary(r, host.as_ref(), p)
+        uri_part(&primary(r, host.as_ref(), SCOPE, p)).to_owned()
     }
 
     fn req(uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
@@ -145,8 +208,8 @@ mod tests {
         use pingora::cache::key::CacheHashKey;
         let request = req("/a?b=1", &[("host", "h")]);
         let host = Host::parse_str("h");
-        let key = cache_key(&request, host.as_ref(), &policy());
-        let plain = CacheKey::new(primary(&request, host.as_ref(), &policy()), "");
+        let key = cache_key(&request, host.as_ref(), SCOPE, &policy());
+        let plain = CacheKey::new(primary(&request, host.as_ref(), SCOPE, &policy()), "");
         assert_eq!(key.primary_bin(), plain.primary_bin());
         assert_eq!(key.combined_bin(), plain.combined_bin());
     }
@@ -191,16 +254,45 @@ mod tests {
         let en = cache_key(
             &req("/x", &[("host", "h"), ("accept-language", "en")]),
             host.as_ref(),
+            SCOPE,
             &p,
         );
         let fr = cache_key(
             &req("/x", &[("host", "h"), ("accept-language", "fr")]),
             host.as_ref(),
+            SCOPE,
             &p,
         );
         assert_ne!(en.primary_key(), fr.primary_key());
         assert_eq!(uri_of(&en), Some("h/x"));
         assert_eq!(uri_of(&fr), Some("h/x"));
+    }
+
+    #[test]
+    fn route_upstream_and_scheme_separate_entries() {
+        let request = req("/x", &[("host", "h")]);
+        let host = Host::parse_str("h");
+        let key = |scope| primary(&request, host.as_ref(), scope, &policy());
+        let base = key(SCOPE);
+        assert_eq!(base, "h/x\nhttp api backend");
+        assert_eq!(route_part(&base), Some("api"));
+        for other in [
+            Scope {
+                route: "catch-all",
+                ..SCOPE
+            },
+            Scope {
+                upstream: "other",
+                ..SCOPE
+            },
+            Scope {
+                scheme: "https",
+                ..SCOPE
+            },
+        ] {
+            assert_ne!(key(other), base, "{other:?}");
+            assert_eq!(uri_part(&key(other)), "h/x", "purge by URL still finds it");
+        }
     }
 
     #[test]

@@ -199,8 +199,27 @@ impl Checker<'_> {
                     "the URL must start with redis:// or rediss://",
                 );
             }
+            let breaker = r.circuit_breaker.as_ref();
+            let breaker_failures = breaker.and_then(|b| b.failures).unwrap_or(3);
+            if breaker_failures == 0 {
+                self.problem(
+                    path.key("circuit_breaker").key("failures"),
+                    "must be at least 1",
+                );
+            }
+            let breaker_open_for = breaker
+                .and_then(|b| b.open_for)
+                .map_or(std::time::Duration::from_secs(2), |d| d.0);
+            if breaker_open_for.is_zero() {
+                self.problem(
+                    path.key("circuit_breaker").key("open_for"),
+                    "must be longer than zero",
+                );
+            }
             RedisConfig {
                 url: Secret::new(url),
+                breaker_failures,
+                breaker_open_for,
                 timeout: r
                     .timeout
                     .map_or(std::time::Duration::from_millis(50), |d| d.0),

@@ -321,6 +321,10 @@ pub struct RedisConfig {
     pub timeout: Duration,
     /// Key prefix.
     pub key_prefix: String,
+    /// Consecutive timeouts/errors that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// How long the open breaker keeps requests away from Redis before a probe.
+    pub breaker_open_for: Duration,
 }
 
 /// Global cache limits with defaults applied.

@@ -73,7 +73,15 @@ impl ProxyHttp for Proxy {
             respond::error(session, ctx, &ErrorResponse::bad_request(problem)).await?;
             return Ok(true);
         }
-        ctx.host = Host::of_request(req);
+        ctx.host = match Host::of_request(req) {
+            Ok(host) => host,
+            Err(problem) => {
+                let refusal = ErrorResponse::bad_request(problem.message());
+                respond::error(session, ctx, &refusal).await?;
+                return Ok(true);
+            }
+        };
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         ctx.route = ctx
             .gateway
             .router
@@ -164,13 +172,15 @@ impl ProxyHttp for Proxy {
         )
     }
 
-    /// Time to first byte; a 5xx counts against the backend if configured.
+    /// Hop-by-hop fields go (before the cache stores anything); time to
+    /// first byte; a 5xx counts against the backend if configured.
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        headers::strip_response_hop_by_hop(upstream_response);
         let status = upstream_response.status.as_u16();
         if let (Some(route), attempts) = ctx.route_and_attempts() {
             attempts.response_header(&route.upstream, status, &self.state.metrics);
@@ -190,8 +200,9 @@ impl ProxyHttp for Proxy {
         if let Some(key) = ctx.cache_key.take() {
             return Ok(key);
         }
-        let policy = ctx.route().and_then(|r| r.cache.as_ref());
-        let policy = policy.ok_or_else(|| {
+        let route = ctx.route();
+        let cached = route.and_then(|r| Some((r.key_scope(ctx.tls), r.cache.as_ref()?)));
+        let (scope, policy) = cached.ok_or_else(|| {
             Error::explain(
                 ErrorType::InternalError,
                 "cache key for a route without cache",
@@ -200,6 +211,7 @@ impl ProxyHttp for Proxy {
         Ok(cache::key::cache_key(
             session.req_header(),
             ctx.host.as_ref(),
+            scope,
             policy,
         ))
     }
@@ -277,7 +289,7 @@ impl ProxyHttp for Proxy {
         let forwarding = headers::Forwarding {
             request_id,
             client_ip: client_ip(session),
-            tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+            tls: ctx.tls,
             host: ctx.route().and_then(|r| r.upstream.host_header()),
         };
         headers::forward(upstream_request, &forwarding)

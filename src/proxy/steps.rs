@@ -76,6 +76,7 @@ impl Proxy {
         let cached = fresh::CachedRoute {
             name: &route.name,
             policy,
+            scope: route.key_scope(ctx.tls),
             compression: ctx.gateway.config.compression.as_ref(),
             route_compression: route.compression,
         };

@@ -9,6 +9,7 @@
 //! continuously, cover hours and days, and be shared through Redis.
 
 pub mod admission;
+pub mod breaker;
 pub mod gcra;
 pub mod identity;
 pub mod local;
@@ -143,14 +144,21 @@ impl RateStore {
         let Some(redis) = &self.redis else {
             return (self.local.decide(checks), false);
         };
-        match redis.decide(checks).await {
+        let outcome = redis.decide(checks).await;
+        if outcome.opened_breaker {
+            metrics.redis_breaker_opens.inc();
+        }
+        match outcome.result {
             Ok(verdicts) => (verdicts, false),
             Err(failure) => {
                 let kind = match failure {
-                    redis::RedisFailure::Timeout => "timeout",
-                    _ => "error",
+                    redis::RedisFailure::Timeout => Some("timeout"),
+                    redis::RedisFailure::BreakerOpen => None,
+                    _ => Some("error"),
                 };
-                metrics.redis_errors.with_label_values(&[kind]).inc();
+                if let Some(kind) = kind {
+                    metrics.redis_errors.with_label_values(&[kind]).inc();
+                }
                 (self.local.decide(checks), true)
             }
         }

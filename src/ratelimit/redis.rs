@@ -5,8 +5,12 @@
 //! Failure policy: a decision waits at most `redis.timeout`; on a timeout or
 //! error the instance decides with its local buckets, counts it, reports
 //! Redis as degraded in `/health`, and keeps trying. A request is never
-//! failed or delayed past the timeout because of Redis.
+//! failed or delayed past the timeout because of Redis, and after
+//! `circuit_breaker.failures` failures in a row not delayed at all: the
+//! breaker (`breaker.rs`) keeps requests away from Redis until a probe
+//! off the request path gets an answer.
 
+use super::breaker::{CircuitBreaker, Permit, Transition};
 use super::gcra::{Verdict, WindowState};
 use super::local::Check;
 use crate::config::model::RedisConfig;
@@ -75,6 +79,7 @@ pub struct RedisBuckets {
     prefix: String,
     degraded: AtomicBool,
     last_error: Mutex<Option<String>>,
+    breaker: Arc<CircuitBreaker>,
 }
 
 /// Why a Redis decision did not happen.
@@ -86,6 +91,16 @@ pub enum RedisFailure {
     Timeout,
     /// Redis answered with an error, or the connection broke.
     Error(String),
+    /// Not asked: the circuit breaker is open.
+    BreakerOpen,
+}
+
+/// The outcome of one decision through Redis.
+pub struct RedisOutcome {
+    /// The verdicts, or why Redis did not decide.
+    pub result: Result<Vec<Verdict>, RedisFailure>,
+    /// Whether this decision's failure opened the breaker.
+    pub opened_breaker: bool,
 }
 
 impl RedisBuckets {
@@ -101,6 +116,10 @@ impl RedisBuckets {
             prefix: config.key_prefix.clone(),
             degraded: AtomicBool::new(true),
             last_error: Mutex::new(Some("not connected yet".to_owned())),
+            breaker: Arc::new(CircuitBreaker::new(
+                config.breaker_failures,
+                config.breaker_open_for,
+            )),
         });
         let slot = me.conn.clone();
         let timeout = config.timeout;
@@ -181,11 +200,74 @@ impl RedisBuckets {
         }
     }
 
-    /// Decides the checks in Redis; the verdicts, or why not.
-    pub async fn decide(&self, checks: &[Check<'_>]) -> Result<Vec<Verdict>, RedisFailure> {
+    /// Whether the circuit breaker keeps requests away from Redis.
+    pub fn breaker_is_open(&self) -> bool {
+        self.breaker.is_open()
+    }
+
+    /// Decides the checks in Redis, unless the breaker is open.
+    pub async fn decide(&self, checks: &[Check<'_>]) -> RedisOutcome {
+        match self.breaker.permit() {
+            Permit::Ask => {}
+            Permit::Skip => {
+                return RedisOutcome {
+                    result: Err(RedisFailure::BreakerOpen),
+                    opened_breaker: false,
+                }
+            }
+            Permit::SkipAndProbe => {
+                self.probe();
+                return RedisOutcome {
+                    result: Err(RedisFailure::BreakerOpen),
+                    opened_breaker: false,
+                };
+            }
+        }
         let result = self.try_decide(checks).await;
         self.note(result.as_ref().err());
-        result
+        let opened_breaker = self.breaker.record(result.is_ok()) == Transition::Opened;
+        if opened_breaker {
+            log::warn!(
+                "redis: circuit breaker open, deciding locally without asking Redis for {:?}",
+                self.breaker_open_for()
+            );
+        }
+        RedisOutcome {
+            result,
+            opened_breaker,
+        }
+    }
+
+    fn breaker_open_for(&self) -> Duration {
+        self.breaker.open_for()
+    }
+
+    /// Sends the breaker's one probe, a `PING`, on a task of its own: no
+    /// request waits for it. Its answer closes the breaker.
+    fn probe(&self) {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let breaker = self.breaker.clone();
+        let timeout = self.timeout;
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            breaker.record(false);
+            return;
+        };
+        runtime.spawn(async move {
+            let ok = match conn {
+                None => false,
+                Some(mut conn) => matches!(
+                    tokio::time::timeout(
+                        timeout,
+                        redis::cmd("PING").query_async::<String>(&mut conn)
+                    )
+                    .await,
+                    Ok(Ok(_))
+                ),
+            };
+            if breaker.record(ok) == Transition::Closed {
+                log::info!("redis: probe answered, circuit breaker closed");
+            }
+        });
     }
 
     async fn try_decide(&self, checks: &[Check<'_>]) -> Result<Vec<Verdict>, RedisFailure> {
@@ -205,6 +287,8 @@ impl RedisBuckets {
         let reply: Vec<i64> =
             match tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await {
                 Err(_) => return Err(RedisFailure::Timeout),
+                // The connection's own response timeout races ours.
+                Ok(Err(e)) if e.is_timeout() => return Err(RedisFailure::Timeout),
                 Ok(Err(e)) => return Err(RedisFailure::Error(e.to_string())),
                 Ok(Ok(v)) => v,
             };

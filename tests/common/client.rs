@@ -57,6 +57,15 @@ pub fn request(
     read_response(stream, method == "HEAD")
 }
 
+/// Sends bytes exactly as given (the test writes the whole request, so it
+/// can be malformed on purpose) and reads one response.
+pub fn send_raw(addr: SocketAddr, bytes: &[u8]) -> io::Result<Response> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(bytes)?;
+    read_response(stream, bytes.starts_with(b"HEAD "))
+}
+
 /// The bytes of a request; `Host: test.local` unless `headers` has one.
 pub fn raw_request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
     let mut req = format!("{method} {path} HTTP/1.1\r\n");

@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-pub use client::{get, request, Response};
+pub use client::{get, request, send_raw, Response};
 pub use upstream::{Action, Reply, TestUpstream};
 
 /// The admin token every test proxy runs with.

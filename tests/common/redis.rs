@@ -66,6 +66,26 @@ impl RedisServer {
         }
     }
 
+    /// Freezes it with SIGSTOP: connections stay open, nothing answers
+    /// (a hung Redis, not a gone one).
+    pub fn hang(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes it with SIGCONT after `hang`.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("redis-server is running").id();
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// Starts it again on the same port, empty.
     pub fn restart(&mut self) {
         self.kill();

@@ -10,6 +10,8 @@ use std::sync::Arc;
 /// All variants stored for one request URI.
 pub(super) struct Primary {
     pub(super) uri: Arc<str>,
+    /// The route that stored them (from the key's scope line).
+    pub(super) route: Arc<str>,
     /// Combined keys (primary + variance) of the stored variants.
     pub(super) variants: Vec<HashBinary>,
 }

@@ -27,7 +27,6 @@ mod storage;
 
 pub use entry::{FreshHit, StoredEntry, ENTRY_OVERHEAD};
 
-use crate::host::HostPattern;
 use bytes::Bytes;
 use entry::{EncodedBody, Entry, ENCODED_OVERHEAD};
 use index::Index;
@@ -244,12 +243,17 @@ impl MemoryStore {
         self.purge_where(|_, path| path.starts_with(path_prefix))
     }
 
-    /// Removes what a route can have stored: its host condition and path
-    /// prefix. Walks the whole index.
-    pub fn purge_route(&self, host: Option<&HostPattern>, path_prefix: &str) -> usize {
-        self.purge_where(|h, path| {
-            path.starts_with(path_prefix) && host.is_none_or(|pattern| pattern.matches(h))
-        })
+    /// Removes what a route stored (the route is part of every key).
+    /// Walks the whole index.
+    pub fn purge_route(&self, route: &str) -> usize {
+        let primaries: Vec<HashBinary> = self
+            .read()
+            .primaries
+            .iter()
+            .filter(|(_, p)| &*p.route == route)
+            .map(|(hash, _)| *hash)
+            .collect();
+        self.remove_primaries(&primaries)
     }
 
     fn purge_where(&self, matches: impl Fn(&str, &str) -> bool) -> usize {

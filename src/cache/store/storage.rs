@@ -5,7 +5,7 @@
 use super::entry::{compact_header, Entry, StoredTimes};
 use super::index::Primary;
 use super::MemoryStore;
-use crate::cache::key::uri_of;
+use crate::cache::key::{route_part, uri_of};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::cache::key::{CacheHashKey, CacheKey, CompactCacheKey, HashBinary};
@@ -90,6 +90,7 @@ struct Miss {
     primary: HashBinary,
     compact: CompactCacheKey,
     uri: Arc<str>,
+    route: Arc<str>,
     internal: Vec<u8>,
     header: ResponseHeader,
     times: StoredTimes,
@@ -129,6 +130,7 @@ impl HandleMiss for Miss {
                 .entry(self.primary)
                 .or_insert_with(|| Primary {
                     uri: self.uri.clone(),
+                    route: self.route.clone(),
                     variants: Vec::new(),
                 });
             if !primary.variants.contains(&self.combined) {
@@ -192,6 +194,10 @@ impl Storage for MemoryStore {
     ) -> Result<MissHandler> {
         let uri = uri_of(key)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache key without a URI"))?;
+        let route = key
+            .primary_key_str()
+            .and_then(route_part)
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache key without a route"))?;
         let (internal, header_bytes) = meta.serialize()?;
         Ok(Box::new(Miss {
             store: self,
@@ -199,6 +205,7 @@ impl Storage for MemoryStore {
             primary: key.primary_bin(),
             compact: key.to_compact(),
             uri: uri.into(),
+            route: route.into(),
             header: compact_header(&internal, &header_bytes)?,
             internal,
             times: StoredTimes::of(meta),

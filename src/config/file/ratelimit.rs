@@ -80,6 +80,22 @@ pub struct RedisSpec {
     /// Prefix of every key. Default `tollgate:rl:`.
     #[serde(default)]
     pub key_prefix: Option<String>,
+    /// When to stop asking a failing Redis.
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreakerSpec>,
+}
+
+/// `redis.circuit_breaker`: after `failures` consecutive timeouts or errors,
+/// decide locally for `open_for`, then probe once.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerSpec {
+    /// Consecutive failures that open it. Default 3.
+    #[serde(default)]
+    pub failures: Option<u32>,
+    /// Time it stays open before one probe. Default 2s.
+    #[serde(default)]
+    pub open_for: Option<HumanDuration>,
 }
 
 /// A route's rate-limit settings.
