@@ -28,6 +28,7 @@ fn router() -> Router {
             routes.push(RouteMatch {
                 host: Some(HostPattern::Exact(format!("api{h}.example.com"))),
                 path_prefix: format!("/v1/resource{p}/"),
+                case_insensitive: false,
                 methods: MethodSet::ANY,
             });
         }
@@ -35,6 +36,7 @@ fn router() -> Router {
     routes.push(RouteMatch {
         host: HostPattern::parse("*.example.com").ok(),
         path_prefix: "/".into(),
+        case_insensitive: false,
         methods: MethodSet::ANY,
     });
     Router::new(&routes)

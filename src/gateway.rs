@@ -78,6 +78,7 @@ impl Gateway {
             .map(|r| RouteMatch {
                 host: r.host.clone(),
                 path_prefix: r.path_prefix.clone(),
+                case_insensitive: r.case_insensitive,
                 methods: r.methods,
             })
             .collect();

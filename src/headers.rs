@@ -1,6 +1,6 @@
 //! Headers tollgate adds on the way in and out: `X-Request-Id`,
 //! `X-Forwarded-For` / `-Proto`, `Via` (RFC 9110 §7.6.3) and
-//! `X-Response-Time`; plus the request-target checks done before routing.
+//! `X-Response-Time`; and the hop-by-hop fields removed from responses.
 
 use http::header::{HeaderValue, HOST};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -19,6 +19,39 @@ pub const X_RESPONSE_TIME: &str = "X-Response-Time";
 pub const X_FORWARDED_FOR: &str = "X-Forwarded-For";
 /// `X-Forwarded-Proto`.
 pub const X_FORWARDED_PROTO: &str = "X-Forwarded-Proto";
+/// `X-Forwarded-Host`.
+pub const X_FORWARDED_HOST: &str = "X-Forwarded-Host";
+/// `Forwarded` (RFC 7239).
+const FORWARDED: &str = "Forwarded";
+
+/// Forwarding fields a client could forge to claim another address,
+/// scheme or host; from a peer that is not a trusted proxy they are removed
+/// and tollgate's own values set.
+const FORWARDING_FIELDS: [&str; 9] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-real-ip",
+    "x-client-ip",
+];
+
+/// Request fields that make some frameworks serve another URL or method
+/// than the request line says (IIS/Symfony/Laravel and friends). They are
+/// not in the cache key, so they are dropped unless
+/// `server.keep_override_headers` lists them.
+pub const OVERRIDE_HEADERS: [&str; 7] = [
+    "x-original-url",
+    "x-rewrite-url",
+    "x-override-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-http-destinationurl",
+];
 /// `Via`.
 const VIA: &str = "Via";
 /// Our `Via` entry: protocol version and pseudonym (RFC 9110 §7.6.3).
@@ -75,25 +108,57 @@ fn append_to_list(headers: &http::HeaderMap, name: &str, entry: &str) -> Option<
 pub struct Forwarding<'a> {
     /// The request id.
     pub request_id: &'a HeaderValue,
-    /// The client's address, if known.
-    pub client_ip: Option<IpAddr>,
+    /// The peer's address (the client, or a proxy in front of us).
+    pub peer_ip: Option<IpAddr>,
+    /// Whether the peer is a trusted proxy, whose forwarding fields stand.
+    pub peer_trusted: bool,
     /// Whether the client connected over TLS.
     pub tls: bool,
     /// Host header override for this upstream.
     pub host: Option<&'a HeaderValue>,
+    /// Override/rewrite fields to keep (`server.keep_override_headers`).
+    pub keep_overrides: &'a [http::HeaderName],
 }
 
-/// Sets the forwarding headers on the request sent upstream.
+/// Sets the forwarding headers on the request sent upstream. From an
+/// untrusted peer, what it claimed is replaced by what tollgate saw:
+/// `X-Forwarded-For` = the peer, `X-Forwarded-Proto` = the scheme,
+/// `X-Forwarded-Host` = the Host it sent, `Forwarded` = the same three. A
+/// trusted proxy's values stand, and the peer is appended to the lists.
+/// Override/rewrite fields are dropped either way, unless kept by config.
 pub fn forward(req: &mut RequestHeader, f: &Forwarding<'_>) -> pingora::Result<()> {
     req.insert_header(X_REQUEST_ID, f.request_id.clone())?;
-    if let Some(ip) = f.client_ip {
-        let mut buf = String::with_capacity(40);
-        let _ = write!(buf, "{ip}");
-        if let Some(v) = append_to_list(&req.headers, X_FORWARDED_FOR, &buf) {
+    for name in OVERRIDE_HEADERS {
+        if !f.keep_overrides.iter().any(|k| k.as_str() == name) {
+            req.remove_header(name);
+        }
+    }
+    if !f.peer_trusted {
+        for name in FORWARDING_FIELDS {
+            req.remove_header(name);
+        }
+    }
+    let proto = if f.tls { "https" } else { "http" };
+    let mut ip_text = String::with_capacity(48);
+    if let Some(ip) = f.peer_ip {
+        let _ = write!(ip_text, "{ip}");
+        if let Some(v) = append_to_list(&req.headers, X_FORWARDED_FOR, &ip_text) {
             req.insert_header(X_FORWARDED_FOR, v)?;
         }
     }
-    req.insert_header(X_FORWARDED_PROTO, if f.tls { "https" } else { "http" })?;
+    if !req.headers.contains_key(X_FORWARDED_PROTO) {
+        req.insert_header(X_FORWARDED_PROTO, proto)?;
+    }
+    let received_host = req.headers.get(HOST).cloned();
+    if let Some(host) = &received_host {
+        if !req.headers.contains_key(X_FORWARDED_HOST) {
+            req.insert_header(X_FORWARDED_HOST, host.clone())?;
+        }
+    }
+    let element = forwarded_element(f.peer_ip, received_host.as_ref(), proto);
+    if let Some(v) = append_to_list(&req.headers, FORWARDED, &element) {
+        req.insert_header(FORWARDED, v)?;
+    }
     if let Some(v) = append_to_list(&req.headers, VIA, VIA_ENTRY) {
         req.insert_header(VIA, v)?;
     }
@@ -101,6 +166,28 @@ pub fn forward(req: &mut RequestHeader, f: &Forwarding<'_>) -> pingora::Result<(
         req.insert_header(HOST, host.clone())?;
     }
     Ok(())
+}
+
+/// One `Forwarded` element (RFC 7239 §4): `for=…;host=…;proto=…`, IPv6
+/// addresses and hosts with a port quoted as §6 requires.
+fn forwarded_element(peer: Option<IpAddr>, host: Option<&HeaderValue>, proto: &str) -> String {
+    let mut out = String::with_capacity(64);
+    match peer {
+        Some(IpAddr::V6(ip)) => {
+            let _ = write!(out, "for=\"[{ip}]\"");
+        }
+        Some(ip) => {
+            let _ = write!(out, "for={ip}");
+        }
+        None => out.push_str("for=unknown"),
+    }
+    // The Host was validated (`host::Host::of_request`): no quotes or
+    // backslashes can be in it.
+    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
+        let _ = write!(out, ";host=\"{host}\"");
+    }
+    let _ = write!(out, ";proto={proto}");
+    out
 }
 
 /// Adds `X-Request-Id`, `X-Response-Time` and `Via` to a response.
@@ -165,30 +252,6 @@ pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
     }
 }
 
-/// Refuses request targets whose path could be read differently by the
-/// router and the upstream: dot segments (`/a/../b`), also when the dots or
-/// the slash around them are percent-encoded, since `/public/..%2fadmin`
-/// matches the `/public/` route but reaches `/admin` on an upstream that
-/// decodes and normalises. Encoded slashes elsewhere are allowed: APIs use
-/// them inside identifiers.
-pub fn path_problem(path: &str) -> Option<&'static str> {
-    if !path.starts_with('/') {
-        return Some("Request path must start with /");
-    }
-    if !path.contains('.') && !path.contains('%') {
-        return None; // the common case: nothing to decode
-    }
-    let unified = path
-        .to_ascii_lowercase()
-        .replace("%2f", "/")
-        .replace("%5c", "/")
-        .replace('\\', "/");
-    let dot_segment = unified
-        .split('/')
-        .any(|seg| matches!(seg, "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e."));
-    dot_segment.then_some("Dot segments in the request path are not allowed")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,27 +267,75 @@ mod tests {
         assert_ne!(generated, request_id(None));
     }
 
-    #[test]
-    fn forwarding_appends_to_existing_lists() {
+    fn forwarded(peer: [u8; 4], trusted: bool, headers: &[(&str, &str)]) -> RequestHeader {
         let mut req = RequestHeader::build("GET", b"/x", None).expect("req");
-        req.insert_header("x-forwarded-for", "203.0.113.9")
-            .expect("hdr");
-        req.insert_header("via", "1.1 cdn").expect("hdr");
+        req.insert_header("host", "api.test").expect("host");
+        for (n, v) in headers {
+            req.append_header(n.to_string(), *v).expect("hdr");
+        }
         let id = HeaderValue::from_static("rid");
+        let keep = [http::HeaderName::from_static("x-http-method-override")];
         forward(
             &mut req,
             &Forwarding {
                 request_id: &id,
-                client_ip: Some([10, 0, 0, 1].into()),
+                peer_ip: Some(peer.into()),
+                peer_trusted: trusted,
                 tls: true,
                 host: None,
+                keep_overrides: &keep,
             },
         )
         .expect("forward");
-        assert_eq!(req.headers["x-forwarded-for"], "203.0.113.9, 10.0.0.1");
-        assert_eq!(req.headers["via"], "1.1 cdn, 1.1 tollgate");
+        req
+    }
+
+    const CLAIMS: [(&str, &str); 7] = [
+        ("x-forwarded-for", "203.0.113.9"),
+        ("x-forwarded-proto", "http"),
+        ("x-forwarded-host", "evil.test"),
+        ("forwarded", "for=1.2.3.4;host=evil.test"),
+        ("x-real-ip", "1.2.3.4"),
+        ("via", "1.1 cdn"),
+        ("x-original-url", "/admin"),
+    ];
+
+    #[test]
+    fn an_untrusted_peers_forwarding_claims_are_replaced() {
+        let req = forwarded([10, 0, 0, 1], false, &CLAIMS);
+        assert_eq!(req.headers["x-forwarded-for"], "10.0.0.1");
         assert_eq!(req.headers["x-forwarded-proto"], "https");
+        assert_eq!(req.headers["x-forwarded-host"], "api.test");
+        assert_eq!(
+            req.headers["forwarded"],
+            "for=10.0.0.1;host=\"api.test\";proto=https"
+        );
+        assert!(!req.headers.contains_key("x-real-ip"));
+        assert!(!req.headers.contains_key("x-original-url"));
+        assert_eq!(req.headers["via"], "1.1 cdn, 1.1 tollgate");
         assert_eq!(req.headers["x-request-id"], "rid");
+    }
+
+    #[test]
+    fn a_trusted_proxys_claims_stand_and_lists_grow() {
+        let mut claims = CLAIMS.to_vec();
+        claims.push(("x-http-method-override", "PUT"));
+        let req = forwarded([10, 0, 0, 1], true, &claims);
+        assert_eq!(req.headers["x-forwarded-for"], "203.0.113.9, 10.0.0.1");
+        assert_eq!(req.headers["x-forwarded-proto"], "http");
+        assert_eq!(req.headers["x-forwarded-host"], "evil.test");
+        assert_eq!(
+            req.headers["forwarded"],
+            "for=1.2.3.4;host=evil.test, for=10.0.0.1;host=\"api.test\";proto=https"
+        );
+        assert!(
+            !req.headers.contains_key("x-original-url"),
+            "dropped even from a trusted proxy"
+        );
+        assert_eq!(
+            req.headers["x-http-method-override"], "PUT",
+            "kept by config"
+        );
     }
 
     #[test]
@@ -262,30 +373,5 @@ mod tests {
         upgrade.insert_header("upgrade", "websocket").expect("hdr");
         strip_response_hop_by_hop(&mut upgrade);
         assert_eq!(upgrade.headers.len(), 2);
-    }
-
-    #[test]
-    fn ambiguous_paths_are_refused() {
-        for bad in [
-            "/a/../b",
-            "/a/./b",
-            "/a/%2E%2e/b",
-            "/public/..%2fadmin",
-            "/a/..%5Cb",
-            "/..",
-            "x",
-        ] {
-            assert!(path_problem(bad).is_some(), "{bad}");
-        }
-        for good in [
-            "/",
-            "/a/b",
-            "/a..b/c",
-            "/.well-known/x",
-            "/a/b.json",
-            "/projects/group%2Fname",
-        ] {
-            assert!(path_problem(good).is_none(), "{good}");
-        }
     }
 }

@@ -15,6 +15,7 @@ pub mod errors;
 pub mod gateway;
 pub mod headers;
 pub mod host;
+pub mod hygiene;
 pub mod methods;
 pub mod metrics;
 pub mod proxy;

@@ -8,7 +8,9 @@
 //!    without a host. A request falls through to a less specific bucket when
 //!    nothing in a more specific one matches its path and method.
 //! 2. Inside a bucket the longest matching `path_prefix` wins; prefixes are
-//!    plain byte prefixes of the path (without the query), as in nginx.
+//!    plain byte prefixes of the path (without the query), as in nginx, of
+//!    the path as `hygiene` normalised it; a route may ask for ASCII
+//!    case-insensitive matching.
 //! 3. Among routes with the same prefix, the first one in the file whose
 //!    method set contains the request method wins.
 
@@ -28,6 +30,8 @@ pub struct RouteMatch {
     pub host: Option<HostPattern>,
     /// Path prefix, starting with `/`.
     pub path_prefix: String,
+    /// Match the prefix without regard to ASCII case.
+    pub case_insensitive: bool,
     /// Allowed methods.
     pub methods: MethodSet,
 }
@@ -35,6 +39,7 @@ pub struct RouteMatch {
 #[derive(Debug)]
 struct Entry {
     prefix: Box<str>,
+    case_insensitive: bool,
     methods: MethodSet,
     route: RouteId,
 }
@@ -55,6 +60,7 @@ impl Router {
         for (i, r) in routes.iter().enumerate() {
             let entry = Entry {
                 prefix: r.path_prefix.clone().into_boxed_str(),
+                case_insensitive: r.case_insensitive,
                 methods: r.methods,
                 route: RouteId(i),
             };
@@ -106,10 +112,22 @@ impl Router {
     }
 }
 
+impl Entry {
+    fn matches_path(&self, path: &str) -> bool {
+        if self.case_insensitive {
+            path.as_bytes()
+                .get(..self.prefix.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(self.prefix.as_bytes()))
+        } else {
+            path.starts_with(&*self.prefix)
+        }
+    }
+}
+
 fn find_in(bucket: &[Entry], path: &str, method: &Method) -> Option<RouteId> {
     bucket
         .iter()
-        .find(|e| path.starts_with(&*e.prefix) && e.methods.contains(method))
+        .find(|e| e.matches_path(path) && e.methods.contains(method))
         .map(|e| e.route)
 }
 
@@ -121,6 +139,7 @@ mod tests {
         RouteMatch {
             host: host.map(|h| HostPattern::parse(h).expect("valid host")),
             path_prefix: prefix.to_owned(),
+            case_insensitive: false,
             methods: methods.map_or(MethodSet::ANY, |m| {
                 MethodSet::from_names(m).expect("methods")
             }),
@@ -143,6 +162,19 @@ mod tests {
     fn find(r: &Router, host: &str, path: &str, method: Method) -> Option<usize> {
         let host = (!host.is_empty()).then(|| Host::parse_str(host).expect("valid host"));
         r.find(host.as_ref(), path, &method).map(|id| id.0)
+    }
+
+    #[test]
+    fn case_insensitive_routes_match_any_case_of_their_prefix() {
+        let mut admin = route(None, "/Admin/", None);
+        admin.case_insensitive = true;
+        let r = Router::new(&[route(None, "/", None), admin]);
+        for path in ["/Admin/x", "/admin/x", "/ADMIN/", "/aDmIn/y"] {
+            assert_eq!(find(&r, "", path, Method::GET), Some(1), "{path}");
+        }
+        assert_eq!(find(&r, "", "/Admin", Method::GET), Some(0));
+        let exact = Router::new(&[route(None, "/", None), route(None, "/admin/", None)]);
+        assert_eq!(find(&exact, "", "/ADMIN/x", Method::GET), Some(0));
     }
 
     #[test]

@@ -199,3 +199,137 @@ fn response_hop_by_hop_headers_are_stripped() {
     }
     assert_eq!(up.count(), 1, "the second answer was the stored one");
 }
+
+/// An upstream that answers with what it received (path and the headers a
+/// poisoning attempt would use), so a test sees what reached the origin.
+fn echo() -> TestUpstream {
+    TestUpstream::start(|req| {
+        let pick = |n: &str| req.header(n).unwrap_or("-").to_owned();
+        reply(
+            &[],
+            &format!(
+                "{} xff={} xfp={} xfh={} fwd={} orig={} override={}",
+                req.path,
+                pick("x-forwarded-for"),
+                pick("x-forwarded-proto"),
+                pick("x-forwarded-host"),
+                pick("forwarded"),
+                pick("x-original-url"),
+                pick("x-http-method-override"),
+            ),
+        )
+    })
+}
+
+const FORGED: [(&str, &str); 7] = [
+    ("X-Forwarded-For", "1.2.3.4"),
+    ("X-Forwarded-Proto", "https"),
+    ("X-Forwarded-Host", "evil.test"),
+    ("Forwarded", "for=1.2.3.4;host=evil.test;proto=https"),
+    ("X-Original-URL", "/admin/delete-everything"),
+    ("X-Rewrite-URL", "/admin/"),
+    ("X-HTTP-Method-Override", "DELETE"),
+];
+
+#[test]
+fn unkeyed_forwarding_and_override_headers_do_not_reach_the_origin() {
+    let up = echo();
+    let proxy = TollgateProcess::start(&one_route(up.addr));
+    let r = request(proxy.addr, "GET", "/x", &FORGED, b"").expect("request");
+    assert_eq!(
+        r.text(),
+        "/x xff=127.0.0.1 xfp=http xfh=test.local fwd=for=127.0.0.1;host=\"test.local\";proto=http orig=- override=-"
+    );
+    let seen = &up.recorded()[0];
+    assert_eq!(seen.header("x-rewrite-url"), None);
+}
+
+#[test]
+fn a_trusted_proxys_forwarding_headers_stand() {
+    let up = echo();
+    let proxy = TollgateProcess::start_with_server(
+        "  trusted_proxies: [127.0.0.1]\n  keep_override_headers: [X-HTTP-Method-Override]\n",
+        &one_route(up.addr),
+    );
+    let r = request(proxy.addr, "GET", "/x", &FORGED, b"").expect("request");
+    assert_eq!(
+        r.text(),
+        "/x xff=1.2.3.4, 127.0.0.1 xfp=https xfh=evil.test fwd=for=1.2.3.4;host=evil.test;proto=https, for=127.0.0.1;host=\"test.local\";proto=http orig=- override=DELETE"
+    );
+}
+
+#[test]
+fn get_with_a_body_is_refused() {
+    let up = TestUpstream::fixed("ok");
+    let proxy = TollgateProcess::start(&one_route(up.addr));
+    let r = request(proxy.addr, "GET", "/search", &[], b"{\"q\":1}").expect("request");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"], "bad_request");
+    let chunked = send_raw(
+        proxy.addr,
+        b"HEAD /x HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .expect("response");
+    assert_eq!(chunked.status, 400);
+    assert_eq!(up.count(), 0);
+    let empty = request(proxy.addr, "GET", "/x", &[("Content-Length", "0")], b"").expect("request");
+    assert_eq!(empty.status, 200);
+}
+
+#[test]
+fn route_policy_bypass_by_path_variants() {
+    let (public, admin) = (echo(), echo());
+    let proxy = TollgateProcess::start(&format!(
+        "upstreams:
+  public: {{ backends: [\"{}\"] }}
+  admin: {{ backends: [\"{}\"] }}
+routes:
+  - {{ name: public, upstream: public, match: {{ path_prefix: /public/ }} }}
+  - {{ name: admin, upstream: admin, match: {{ path_prefix: /admin/, case_insensitive: true }} }}
+",
+        public.addr, admin.addr
+    ));
+    // Spellings of the admin path reach the admin route, and the admin
+    // upstream gets the one normal spelling.
+    for variant in [
+        "/%61dmin/users",
+        "/%61%64%6D%69%6E/users",
+        "//admin/users",
+        "/admin//users",
+        "/ADMIN/users",
+        "/Admin/%75sers",
+    ] {
+        let r = get(proxy.addr, variant).expect("get");
+        assert_eq!(r.status, 200, "{variant}");
+        let path = r.text().split(' ').next().unwrap_or_default().to_owned();
+        assert!(
+            path.eq_ignore_ascii_case("/admin/users"),
+            "{variant} reached upstream as {path}"
+        );
+    }
+    // Spellings that leave the public prefix once a backend decodes them
+    // are refused, not sent to the public upstream.
+    for attack in [
+        "/public/..;/admin/users",
+        "/public/..;jsessionid=x/admin/users",
+        "/public/.;/../admin/users",
+        "/public/%2e%2e/admin/users",
+        "/public/%2E%2E%2Fadmin/users",
+        "/public/..%5cadmin/users",
+        "/public/..%3B/admin/users",
+        "/public/x%00/../../admin",
+        "/public/%zz",
+    ] {
+        let r = get(proxy.addr, attack).expect("get");
+        assert_eq!(r.status, 400, "{attack}");
+        assert_eq!(r.json()["error"], "bad_request", "{attack}");
+    }
+    assert_eq!(public.count(), 0, "nothing reached the public upstream");
+    assert_eq!(admin.count(), 6);
+    // Encoded reserved characters stay encoded, in one (upper-case) spelling.
+    let r = get(proxy.addr, "/public/group%2fname?q=%2f").expect("get");
+    assert_eq!(
+        r.text().split(' ').next(),
+        Some("/public/group%2Fname?q=%2f")
+    );
+}

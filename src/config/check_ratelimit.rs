@@ -164,20 +164,15 @@ impl Checker<'_> {
         if key_sources.is_empty() {
             self.problem(rl_path.key("api_key_headers"), "list at least one header");
         }
-        let mut trusted_proxies = Vec::new();
-        for (i, p) in raw.rate_limit.trusted_proxies.iter().enumerate() {
-            // A network (`10.0.0.0/8`) or a single address (`192.0.2.7`).
-            let net = p
-                .parse::<ipnet::IpNet>()
-                .ok()
-                .or_else(|| p.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from));
-            match net {
-                Some(net) => trusted_proxies.push(net),
-                None => self.problem(
-                    rl_path.key("trusted_proxies").index(i),
-                    format!("invalid address or network {p:?} (e.g. 10.0.0.0/8, 192.0.2.7)"),
-                ),
-            }
+        let trusted_proxies = self.networks(
+            &raw.rate_limit.trusted_proxies,
+            &rl_path.key("trusted_proxies"),
+        );
+        if !trusted_proxies.is_empty() {
+            self.warn(
+                &rl_path.key("trusted_proxies"),
+                "rate_limit.trusted_proxies is now server.trusted_proxies (it also decides whose forwarding headers are believed); both lists are used",
+            );
         }
 
         let redis = raw.redis.as_ref().map(|r| {

@@ -59,6 +59,20 @@ impl Checker<'_> {
                 m.key("path_prefix"),
                 format!("path_prefix {path_prefix:?} must start with /"),
             );
+        } else {
+            // Requests are matched after normalisation: a prefix in another
+            // spelling would never match anything.
+            match crate::hygiene::normalise_path(&path_prefix) {
+                Ok(normal) if normal == path_prefix => {}
+                Ok(normal) => self.problem(
+                    m.key("path_prefix"),
+                    format!("path_prefix {path_prefix:?} is not in normal form (requests are matched as {normal:?}): write {normal:?}"),
+                ),
+                Err(problem) => self.problem(
+                    m.key("path_prefix"),
+                    format!("path_prefix {path_prefix:?}: {}", problem.message()),
+                ),
+            }
         }
         let methods = match &spec.matcher.methods {
             None => MethodSet::ANY,
@@ -112,6 +126,7 @@ impl Checker<'_> {
             name: spec.name.clone(),
             host,
             path_prefix,
+            case_insensitive: spec.matcher.case_insensitive,
             methods,
             upstream,
             timeouts: RouteTimeouts {

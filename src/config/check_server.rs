@@ -61,7 +61,27 @@ impl Checker<'_> {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
+        let trusted_proxies = self.networks(&spec.trusted_proxies, &path.key("trusted_proxies"));
+        let mut keep_override_headers = Vec::new();
+        for (i, name) in spec.keep_override_headers.iter().enumerate() {
+            let lower = name.to_ascii_lowercase();
+            if !crate::headers::OVERRIDE_HEADERS.contains(&lower.as_str()) {
+                self.problem(
+                    path.key("keep_override_headers").index(i),
+                    format!(
+                        "{name:?} is not one of the headers dropped by default ({})",
+                        crate::headers::OVERRIDE_HEADERS.join(", ")
+                    ),
+                );
+                continue;
+            }
+            if let Ok(name) = http::HeaderName::from_bytes(lower.as_bytes()) {
+                keep_override_headers.push(name);
+            }
+        }
         ServerSettings {
+            trusted_proxies,
+            keep_override_headers,
             threads,
             work_stealing: spec.work_stealing.unwrap_or(false),
             grace_period: spec.grace_period.map_or(defaults::GRACE_PERIOD, |d| d.0),
@@ -80,6 +100,25 @@ impl Checker<'_> {
                 .upstream_keepalive_pool_size
                 .unwrap_or(defaults::KEEPALIVE_POOL),
         }
+    }
+
+    /// A list of networks (`10.0.0.0/8`) or single addresses (`192.0.2.7`).
+    pub(super) fn networks(&mut self, list: &[String], path: &FieldPath) -> Vec<ipnet::IpNet> {
+        let mut out = Vec::with_capacity(list.len());
+        for (i, p) in list.iter().enumerate() {
+            let net = p
+                .parse::<ipnet::IpNet>()
+                .ok()
+                .or_else(|| p.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from));
+            match net {
+                Some(net) => out.push(net),
+                None => self.problem(
+                    path.index(i),
+                    format!("invalid address or network {p:?} (e.g. 10.0.0.0/8, 192.0.2.7)"),
+                ),
+            }
+        }
+        out
     }
 
     pub(super) fn logging(

@@ -160,9 +160,16 @@ impl Checker<'_> {
                         None
                     }
                 });
-        let server = self.server(&raw.server, &root.key("server"));
+        let mut server = self.server(&raw.server, &root.key("server"));
         let cache = self.cache_limits(raw.cache.as_ref(), &root.key("cache"));
-        let rate_limit = self.rate_limit(&raw);
+        let mut rate_limit = self.rate_limit(&raw);
+        // One list of trusted proxies, whichever section named them.
+        if let Some(rl) = rate_limit.as_mut() {
+            server
+                .trusted_proxies
+                .extend(rl.trusted_proxies.iter().copied());
+            rl.trusted_proxies.clone_from(&server.trusted_proxies);
+        }
         let compression = raw
             .compression
             .as_ref()

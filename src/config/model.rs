@@ -77,6 +77,11 @@ pub struct ServerSettings {
     pub pid_file: String,
     /// Idle upstream connections kept.
     pub upstream_keepalive_pool_size: usize,
+    /// Peers whose forwarding headers are believed (`server.trusted_proxies`,
+    /// merged with the older `rate_limit.trusted_proxies`).
+    pub trusted_proxies: Vec<IpNet>,
+    /// Override/rewrite headers passed upstream (lower-case names).
+    pub keep_override_headers: Vec<http::HeaderName>,
 }
 
 /// Logging settings.
@@ -181,6 +186,8 @@ pub struct RouteConfig {
     pub host: Option<HostPattern>,
     /// Path prefix.
     pub path_prefix: String,
+    /// Whether the prefix matches without regard to ASCII case.
+    pub case_insensitive: bool,
     /// Allowed methods.
     pub methods: MethodSet,
     /// Index into `Config::upstreams`.

@@ -137,3 +137,39 @@ fn yaml_syntax_errors_have_a_position() {
         p[0]
     );
 }
+
+#[test]
+fn a_path_prefix_must_be_written_as_requests_are_matched() {
+    let src = MINIMAL.replace(
+        "    upstream: api",
+        "    upstream: api\n    match: { path_prefix: \"/%61pi//v1/\" }",
+    );
+    let p = problems(&src);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].contains("routes[0].match.path_prefix"), "{}", p[0]);
+    assert!(p[0].contains("write \"/api/v1/\""), "{}", p[0]);
+}
+
+#[test]
+fn trusted_proxies_from_either_section_are_one_list() {
+    let src = format!(
+        "server: {{ trusted_proxies: [10.0.0.0/8], keep_override_headers: [X-HTTP-Method-Override] }}\n\
+         rate_limit: {{ trusted_proxies: [192.0.2.7] }}\ntiers: {{ free: {{ per_minute: 1 }} }}\n\
+         anonymous: {{ tier: free }}\n{MINIMAL}"
+    );
+    let c = parse(&src, "t.yaml").expect("valid");
+    let expected: Vec<ipnet::IpNet> = vec![
+        "10.0.0.0/8".parse().expect("net"),
+        "192.0.2.7/32".parse().expect("net"),
+    ];
+    assert_eq!(c.server.trusted_proxies, expected);
+    assert_eq!(c.rate_limit.expect("rate limit").trusted_proxies, expected);
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    let bad = problems(&format!(
+        "server: {{ keep_override_headers: [X-Anything] }}\n{MINIMAL}"
+    ));
+    assert!(
+        bad[0].contains("server.keep_override_headers[0]"),
+        "{bad:?}"
+    );
+}

@@ -12,7 +12,6 @@ use crate::compression;
 use crate::ctx::RequestCtx;
 use crate::errors::ErrorResponse;
 use crate::headers;
-use crate::host::Host;
 use crate::ratelimit::admission::Stage;
 use crate::state::AppState;
 use crate::upstream::attempt::{self, Replay};
@@ -64,24 +63,14 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
-    /// Request id, host, route (400 for ambiguous paths, 404 for no route),
-    /// the budget when cached responses count, then the fresh-hit path.
+    /// Request hygiene and host (400), route (404), the budget when cached
+    /// responses count, then the fresh-hit path.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let req = session.req_header();
-        ctx.request_id = Some(headers::request_id(req.headers.get(headers::X_REQUEST_ID)));
-        if let Some(problem) = headers::path_problem(req.uri.path()) {
-            respond::error(session, ctx, &ErrorResponse::bad_request(problem)).await?;
+        if let Err(refusal) = steps::accept(session, ctx) {
+            respond::error(session, ctx, &refusal).await?;
             return Ok(true);
         }
-        ctx.host = match Host::of_request(req) {
-            Ok(host) => host,
-            Err(problem) => {
-                let refusal = ErrorResponse::bad_request(problem.message());
-                respond::error(session, ctx, &refusal).await?;
-                return Ok(true);
-            }
-        };
-        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let req = session.req_header();
         ctx.route = ctx
             .gateway
             .router
@@ -286,11 +275,16 @@ impl ProxyHttp for Proxy {
         let Some(request_id) = ctx.request_id.as_ref() else {
             return Ok(());
         };
+        let server = &ctx.gateway.config.server;
+        let peer_ip = client_ip(session);
         let forwarding = headers::Forwarding {
             request_id,
-            client_ip: client_ip(session),
+            peer_ip,
+            peer_trusted: peer_ip
+                .is_some_and(|ip| server.trusted_proxies.iter().any(|net| net.contains(&ip))),
             tls: ctx.tls,
             host: ctx.route().and_then(|r| r.upstream.host_header()),
+            keep_overrides: &server.keep_override_headers,
         };
         headers::forward(upstream_request, &forwarding)
     }

@@ -1,13 +1,56 @@
-//! The composite steps a phase calls: the rate-limit decision at its
-//! stage and the fresh-hit fast path, each wiring a module's answer into
-//! the request context and the response.
+//! The composite steps a phase calls: accepting the request (hygiene,
+//! host), the rate-limit decision at its stage and the fresh-hit fast
+//! path, each wiring a module's answer into the request context and the
+//! response.
 
 use super::{respond, Proxy};
 use crate::cache::fresh;
 use crate::ctx::RequestCtx;
+use crate::errors::ErrorResponse;
+use crate::headers;
+use crate::host::Host;
+use crate::hygiene;
 use crate::ratelimit::admission::{self, Stage};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
+use std::borrow::Cow;
+
+/// Reads what every later step relies on — the request id, the normalised
+/// path (written back into the request, so the upstream gets the path that
+/// was routed and keyed), the one normalised host, the scheme — or the 400
+/// that refuses the request.
+pub(super) fn accept(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ErrorResponse> {
+    let req = session.req_header();
+    ctx.request_id = Some(headers::request_id(req.headers.get(headers::X_REQUEST_ID)));
+    if hygiene::safe_method_with_body(req) {
+        return Err(ErrorResponse::bad_request(
+            "GET and HEAD requests may not carry a body",
+        ));
+    }
+    let rewritten = match hygiene::normalise_path(req.uri.path()) {
+        Ok(Cow::Borrowed(_)) => None,
+        Ok(Cow::Owned(path)) => Some(with_path(&req.uri, &path)?),
+        Err(problem) => return Err(ErrorResponse::bad_request(problem.message())),
+    };
+    ctx.host = Host::of_request(req).map_err(|p| ErrorResponse::bad_request(p.message()))?;
+    if let Some(uri) = rewritten {
+        session.req_header_mut().set_uri(uri);
+    }
+    ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    Ok(())
+}
+
+/// The request URI with its path replaced (the query kept as received).
+fn with_path(uri: &http::Uri, path: &str) -> Result<http::Uri, ErrorResponse> {
+    let target = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    http::Uri::builder()
+        .path_and_query(target)
+        .build()
+        .map_err(|_| ErrorResponse::bad_request("The request path is not a valid URI path"))
+}
 
 pub(super) fn no_route() -> Box<Error> {
     Error::explain(ErrorType::InternalError, "upstream phase without a route")

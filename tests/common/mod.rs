@@ -112,6 +112,16 @@ impl TollgateProcess {
     /// Like [`Self::start`], with the proxy listener written by `listener`
     /// (given the chosen port), e.g. to add TLS.
     pub fn start_with_listener(listener: impl Fn(u16) -> String, body: &str) -> Self {
+        Self::launch(listener, "", body)
+    }
+
+    /// Like [`Self::start`], with more `server:` settings (YAML lines,
+    /// indented two spaces) below the generated ones.
+    pub fn start_with_server(server: &str, body: &str) -> Self {
+        Self::launch(|port| format!("\"127.0.0.1:{port}\""), server, body)
+    }
+
+    fn launch(listener: impl Fn(u16) -> String, server: &str, body: &str) -> Self {
         let mut last_log = String::new();
         for _attempt in 0..3 {
             let dir = scratch_dir("proxy");
@@ -122,7 +132,7 @@ impl TollgateProcess {
                  admin: {{ listen: \"127.0.0.1:{admin_port}\", token_env: TOLLGATE_TEST_ADMIN_TOKEN }}\n\
                  server:\n  threads: 2\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\n  \
                  pid_file: {d}/tollgate.pid\n  upgrade_sock: {d}/upgrade.sock\n\
-                 {body}",
+                 {server}{body}",
                 d = dir.display(),
                 listener = listener(port)
             );

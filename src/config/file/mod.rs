@@ -142,6 +142,14 @@ pub struct ServerSpec {
     /// Idle upstream connections kept for reuse, across all backends.
     #[serde(default)]
     pub upstream_keepalive_pool_size: Option<usize>,
+    /// Proxies (IPs or CIDRs) whose `X-Forwarded-*` / `Forwarded` headers
+    /// are believed; from anyone else they are replaced.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Request headers of the override/rewrite family (`X-Original-URL`,
+    /// `X-HTTP-Method-Override`, ...) to pass upstream; all are dropped by default.
+    #[serde(default)]
+    pub keep_override_headers: Vec<String>,
 }
 
 /// Logging settings. `RUST_LOG`, when set, overrides `level`.
@@ -367,6 +375,10 @@ pub struct MatchSpec {
     /// Allowed methods. Any method when absent.
     #[serde(default)]
     pub methods: Option<Vec<String>>,
+    /// Match `path_prefix` without regard to ASCII case (for upstreams that
+    /// treat `/API/` and `/api/` alike). Default false.
+    #[serde(default)]
+    pub case_insensitive: bool,
 }
 
 /// Per-route timeouts.

@@ -1,0 +1,247 @@
+//! Request hygiene before routing: the request target's path is
+//! normalised once (RFC 3986 §6.2.2) so the router, the cache key and the
+//! upstream all read the same path, and targets a backend could read as
+//! another route's path are refused.
+//!
+//! Rules, in order:
+//! - the path must start with `/`;
+//! - `%00` (an encoded NUL) and malformed escapes (`%`, `%4`, `%zz`) are
+//!   refused;
+//! - percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`) are
+//!   decoded, other escapes keep their encoding with upper-case hex
+//!   (`%2f` → `%2F`): every spelling of one path becomes one string;
+//! - runs of `/` become one `/` (as nginx's `merge_slashes`);
+//! - dot segments are refused, also when their dots or the slash around
+//!   them are encoded (`/a/%2e%2e/b`, `/public/..%2fadmin`, `..%5c`), and
+//!   also when a `;` parameter follows the dots (`/public/..;/admin`, which
+//!   Tomcat and Spring resolve to `/admin`).
+
+use std::borrow::Cow;
+
+/// Why a request target was refused (each a 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathProblem {
+    /// Not starting with `/`.
+    NotAbsolute,
+    /// `%00`, or a `%` not followed by two hex digits.
+    BadEscape,
+    /// A `.` or `..` segment, however spelled.
+    DotSegment,
+}
+
+impl PathProblem {
+    /// The client-facing message.
+    pub fn message(self) -> &'static str {
+        match self {
+            PathProblem::NotAbsolute => "Request path must start with /",
+            PathProblem::BadEscape => "The request path has an encoded NUL or a malformed escape",
+            PathProblem::DotSegment => "Dot segments in the request path are not allowed",
+        }
+    }
+}
+
+/// The normalised path: borrowed when the path was already normal (the
+/// common case costs one scan, no allocation).
+pub fn normalise_path(path: &str) -> Result<Cow<'_, str>, PathProblem> {
+    if !path.starts_with('/') {
+        return Err(PathProblem::NotAbsolute);
+    }
+    let bytes = path.as_bytes();
+    let plain = !bytes.contains(&b'%')
+        && !path.contains("//")
+        && !path.contains("/.")
+        && !path.contains('\\');
+    if plain {
+        return Ok(Cow::Borrowed(path));
+    }
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).and_then(|&c| hex_value(c)),
+                bytes.get(i + 2).and_then(|&c| hex_value(c)),
+            ) else {
+                return Err(PathProblem::BadEscape);
+            };
+            let decoded = hi << 4 | lo;
+            if decoded == 0 {
+                return Err(PathProblem::BadEscape);
+            }
+            if is_unreserved(decoded) {
+                out.push(char::from(decoded));
+            } else {
+                out.push('%');
+                out.push(char::from(HEX[usize::from(hi)]));
+                out.push(char::from(HEX[usize::from(lo)]));
+            }
+            i += 3;
+            continue;
+        }
+        if b == b'/' && out.ends_with('/') {
+            i += 1;
+            continue;
+        }
+        // Multi-byte UTF-8 is copied as is: the `http` crate only lets
+        // visible ASCII through in a path, but this must not rely on it.
+        let len = utf8_len(b);
+        out.push_str(path.get(i..i + len).unwrap_or(""));
+        i += len.max(1);
+    }
+    if has_dot_segment(&out) {
+        return Err(PathProblem::DotSegment);
+    }
+    Ok(Cow::Owned(out))
+}
+
+/// Whether a normalised path has a segment a backend may resolve as `.`
+/// or `..`: encoded slashes and backslashes count as separators, encoded
+/// dots as dots, and anything after a `;` (a path parameter) is ignored.
+fn has_dot_segment(path: &str) -> bool {
+    if !path.contains('.') && !path.contains("%2E") {
+        return false;
+    }
+    let unified = path
+        .replace("%2F", "/")
+        .replace("%5C", "/")
+        .replace('\\', "/")
+        .replace("%2E", ".")
+        .replace("%3B", ";");
+    unified.split('/').any(|segment| {
+        let name = segment.split(';').next().unwrap_or(segment);
+        name == "." || name == ".."
+    })
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+fn hex_value(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_unreserved(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')
+}
+
+fn utf8_len(first: u8) -> usize {
+    match first {
+        0xF0..=0xF7 => 4,
+        0xE0..=0xEF => 3,
+        0xC0..=0xDF => 2,
+        _ => 1,
+    }
+}
+
+/// Whether a GET or HEAD request carries a body (a `Content-Length` above
+/// zero, or any `Transfer-Encoding`). Refused: a body on a cacheable
+/// request is not part of the cache key, so an origin that reads it would
+/// have its answer served to everyone who sends the same URL.
+pub fn safe_method_with_body(req: &pingora::http::RequestHeader) -> bool {
+    if !matches!(req.method, http::Method::GET | http::Method::HEAD) {
+        return false;
+    }
+    if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return true;
+    }
+    req.headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .any(|v| {
+            v.as_bytes()
+                .iter()
+                .any(|&b| b.is_ascii_digit() && b != b'0')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(p: &str) -> Result<String, PathProblem> {
+        normalise_path(p).map(Cow::into_owned)
+    }
+
+    #[test]
+    fn spellings_of_one_path_become_one() {
+        assert_eq!(norm("/a/b").as_deref(), Ok("/a/b"));
+        assert!(matches!(normalise_path("/a/b"), Ok(Cow::Borrowed(_))));
+        assert_eq!(norm("/%61dmin/%7Eu").as_deref(), Ok("/admin/~u"));
+        assert_eq!(norm("/a%2fb").as_deref(), Ok("/a%2Fb"));
+        assert_eq!(norm("//a///b/").as_deref(), Ok("/a/b/"));
+        assert_eq!(norm("/%2D%2e%5F").as_deref(), Ok("/-._"));
+        assert_eq!(norm("/x.json").as_deref(), Ok("/x.json"));
+        assert_eq!(norm("/.well-known/x").as_deref(), Ok("/.well-known/x"));
+        assert_eq!(norm("/a..b/c").as_deref(), Ok("/a..b/c"));
+        assert_eq!(norm("/a;v=1/b").as_deref(), Ok("/a;v=1/b"));
+        assert_eq!(
+            norm("/projects/group%2Fname").as_deref(),
+            Ok("/projects/group%2Fname")
+        );
+    }
+
+    #[test]
+    fn dot_segments_however_spelled_are_refused() {
+        for bad in [
+            "/a/../b",
+            "/a/./b",
+            "/a/%2E%2e/b",
+            "/public/..%2fadmin",
+            "/a/..%5Cb",
+            "/a/..\\b",
+            "/..",
+            "/.",
+            "/public/..;/admin",
+            "/public/..;jsessionid=1/admin",
+            "/public/.;/admin",
+            "/public/%2e%2e;/admin",
+            "/public/..%3b/admin",
+            "/public//../admin",
+            "/%2e%2e/admin",
+        ] {
+            assert_eq!(norm(bad), Err(PathProblem::DotSegment), "{bad}");
+        }
+    }
+
+    #[test]
+    fn nul_and_malformed_escapes_are_refused() {
+        for bad in ["/a%00b", "/a%", "/a%4", "/a%zz", "/%0"] {
+            assert_eq!(norm(bad), Err(PathProblem::BadEscape), "{bad}");
+        }
+        assert_eq!(norm("x"), Err(PathProblem::NotAbsolute));
+        assert_eq!(norm("*"), Err(PathProblem::NotAbsolute));
+    }
+
+    #[test]
+    fn bodies_on_get_and_head_are_spotted() {
+        let req = |method: &str, headers: &[(&str, &str)]| {
+            let mut r = pingora::http::RequestHeader::build(method, b"/", None).expect("req");
+            for (n, v) in headers {
+                r.append_header(n.to_string(), *v).expect("hdr");
+            }
+            r
+        };
+        assert!(safe_method_with_body(&req(
+            "GET",
+            &[("content-length", "3")]
+        )));
+        assert!(safe_method_with_body(&req(
+            "HEAD",
+            &[("transfer-encoding", "chunked")]
+        )));
+        assert!(!safe_method_with_body(&req(
+            "GET",
+            &[("content-length", "0")]
+        )));
+        assert!(!safe_method_with_body(&req("GET", &[])));
+        assert!(!safe_method_with_body(&req(
+            "POST",
+            &[("content-length", "3")]
+        )));
+    }
+}
