@@ -159,6 +159,56 @@ pub fn safe_method_with_body(req: &pingora::http::RequestHeader) -> bool {
         })
 }
 
+/// What to do about a request's `Content-Length` framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Nothing to change.
+    Fine,
+    /// Repeated identical values (`3, 3`, or two fields): send this one
+    /// value upstream instead of the list.
+    Collapse(u64),
+    /// Both `Content-Length` and `Transfer-Encoding`, or differing
+    /// lengths: the smuggling shape (RFC 9112 §6.3). Refused.
+    Ambiguous,
+}
+
+/// Checks `Content-Length` against RFC 9112 §6.3. Pingora's parser already
+/// refuses differing values; this collapses the identical repeats it lets
+/// through (which it would forward as a list) and refuses `Content-Length`
+/// next to `Transfer-Encoding`.
+pub fn content_length_framing(req: &pingora::http::RequestHeader) -> Framing {
+    let fields = req.headers.get_all(http::header::CONTENT_LENGTH);
+    let mut values = fields.iter().peekable();
+    if values.peek().is_none() {
+        return Framing::Fine;
+    }
+    if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return Framing::Ambiguous;
+    }
+    let mut seen: Option<u64> = None;
+    let mut tokens = 0usize;
+    for value in values {
+        let Ok(text) = value.to_str() else {
+            return Framing::Ambiguous;
+        };
+        for token in text.split(',') {
+            tokens += 1;
+            let Ok(n) = token.trim().parse::<u64>() else {
+                return Framing::Ambiguous;
+            };
+            match seen {
+                Some(prev) if prev != n => return Framing::Ambiguous,
+                _ => seen = Some(n),
+            }
+        }
+    }
+    match seen {
+        Some(n) if tokens > 1 => Framing::Collapse(n),
+        Some(_) => Framing::Fine,
+        None => Framing::Ambiguous,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +265,30 @@ mod tests {
         }
         assert_eq!(norm("x"), Err(PathProblem::NotAbsolute));
         assert_eq!(norm("*"), Err(PathProblem::NotAbsolute));
+    }
+
+    #[test]
+    fn repeated_lengths_collapse_and_ambiguous_framing_is_refused() {
+        let req = |headers: &[(&str, &str)]| {
+            let mut r = pingora::http::RequestHeader::build("POST", b"/", None).expect("req");
+            for (n, v) in headers {
+                r.append_header(n.to_string(), *v).expect("hdr");
+            }
+            content_length_framing(&r)
+        };
+        assert_eq!(req(&[]), Framing::Fine);
+        assert_eq!(req(&[("content-length", "3")]), Framing::Fine);
+        assert_eq!(req(&[("content-length", "3, 3")]), Framing::Collapse(3));
+        assert_eq!(
+            req(&[("content-length", "3"), ("content-length", "3")]),
+            Framing::Collapse(3)
+        );
+        assert_eq!(req(&[("content-length", "3, 4")]), Framing::Ambiguous);
+        assert_eq!(req(&[("content-length", "x")]), Framing::Ambiguous);
+        assert_eq!(
+            req(&[("content-length", "3"), ("transfer-encoding", "chunked")]),
+            Framing::Ambiguous
+        );
     }
 
     #[test]

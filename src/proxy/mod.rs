@@ -53,13 +53,17 @@ impl ProxyHttp for Proxy {
         compression::register(modules);
     }
 
-    /// Runs before the modules read the request: compression levels.
+    /// Runs before the modules read the request: compression levels, and
+    /// in-order answers to pipelined requests.
     async fn early_request_filter(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         compression::on_request(session, ctx.gateway.config.compression.as_ref());
+        // Pipelined HTTP/1.1 requests are answered in order (RFC 9112
+        // §9.3.2) rather than dropped after the first response.
+        session.set_pipelining_enabled(true);
         Ok(())
     }
 

@@ -27,6 +27,12 @@ pub(super) fn accept(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), 
             "GET and HEAD requests may not carry a body",
         ));
     }
+    let framing = hygiene::content_length_framing(req);
+    if framing == hygiene::Framing::Ambiguous {
+        return Err(ErrorResponse::bad_request(
+            "Content-Length is ambiguous (repeated with different values, or sent with Transfer-Encoding)",
+        ));
+    }
     let rewritten = match hygiene::normalise_path(req.uri.path()) {
         Ok(Cow::Borrowed(_)) => None,
         Ok(Cow::Owned(path)) => Some(with_path(&req.uri, &path)?),
@@ -35,6 +41,12 @@ pub(super) fn accept(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), 
     ctx.host = Host::of_request(req).map_err(|p| ErrorResponse::bad_request(p.message()))?;
     if let Some(uri) = rewritten {
         session.req_header_mut().set_uri(uri);
+    }
+    if let hygiene::Framing::Collapse(length) = framing {
+        session
+            .req_header_mut()
+            .insert_header(http::header::CONTENT_LENGTH, length)
+            .map_err(|_| ErrorResponse::internal())?;
     }
     ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
     Ok(())
