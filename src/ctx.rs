@@ -40,6 +40,8 @@ pub struct RequestCtx {
     pub rate_headers: Option<RateHeaders>,
     /// Response body bytes before compression.
     pub body_bytes_in: u64,
+    /// Request body bytes received so far (checked against the route's limit).
+    pub request_body_bytes: u64,
     /// The cache key, when the fresh-hit path built it and found nothing to
     /// serve: Pingora's `cache_key_callback` takes it instead of building it again.
     pub cache_key: Option<pingora::cache::key::CacheKey>,
@@ -61,6 +63,7 @@ impl RequestCtx {
             cache_directives: RequestDirectives::default(),
             rate_headers: None,
             body_bytes_in: 0,
+            request_body_bytes: 0,
             cache_key: None,
             _in_flight: InFlightGuard::new(in_flight),
         }

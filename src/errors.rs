@@ -13,6 +13,9 @@ use std::time::Duration;
 
 /// Custom Pingora error type: the route's total timeout ran out.
 pub const REQUEST_TIMEOUT: ErrorType = ErrorType::Custom("request_timeout");
+/// Custom Pingora error type: a request body grew past the route's limit
+/// while it streamed (a chunked body; a `Content-Length` is checked first).
+pub const PAYLOAD_TOO_LARGE: ErrorType = ErrorType::Custom("payload_too_large");
 /// Custom Pingora error type: the pool has no backend that may take traffic.
 pub const NO_HEALTHY_UPSTREAM: ErrorType = ErrorType::Custom("no_healthy_upstream");
 
@@ -33,6 +36,30 @@ impl ErrorResponse {
     /// 400: the request cannot be routed safely as sent.
     pub fn bad_request(message: &'static str) -> Self {
         Self::new(400, "bad_request", Cow::Borrowed(message))
+    }
+
+    /// 431: the request head is larger than `limits.max_header_size`, or
+    /// has more fields than `limits.max_headers`.
+    pub fn header_too_large(what: &'static str) -> Self {
+        Self::new(431, "request_header_too_large", Cow::Borrowed(what))
+    }
+
+    /// 414: the request target is longer than `limits.max_uri_length`.
+    pub fn uri_too_long(limit: usize) -> Self {
+        Self::new(
+            414,
+            "uri_too_long",
+            Cow::Owned(format!("The request target is longer than {limit} bytes")),
+        )
+    }
+
+    /// 413: the body is larger than the route allows.
+    pub fn payload_too_large(limit: u64) -> Self {
+        Self::new(
+            413,
+            "payload_too_large",
+            Cow::Owned(format!("The request body is larger than {limit} bytes")),
+        )
     }
 
     /// 404: no route matches.

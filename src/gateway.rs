@@ -29,6 +29,8 @@ pub struct Route {
     pub rate_budget: Option<RouteBudget>,
     /// Compression overrides.
     pub compression: crate::config::model::RouteCompression,
+    /// Largest request body (413 beyond).
+    pub max_body_size: u64,
 }
 
 impl Route {
@@ -93,6 +95,7 @@ impl Gateway {
                 cache: r.cache.clone(),
                 rate_budget: RouteBudget::new(&r.rate_limit),
                 compression: r.compression,
+                max_body_size: r.max_body_size,
             })
             .collect();
         Ok(Self {

@@ -159,6 +159,15 @@ pub fn safe_method_with_body(req: &pingora::http::RequestHeader) -> bool {
         })
 }
 
+/// The size of a request head as it came on the wire, near enough:
+/// request line plus `name: value\r\n` per field.
+pub fn head_size(req: &pingora::http::RequestHeader) -> usize {
+    let line = req.method.as_str().len() + req.raw_path().len() + 12;
+    req.headers.iter().fold(line, |n, (name, value)| {
+        n + name.as_str().len() + value.len() + 4
+    })
+}
+
 /// What to do about a request's `Content-Length` framing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {

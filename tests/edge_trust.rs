@@ -407,3 +407,68 @@ fn pipelined_requests_are_answered_in_order() {
         assert_eq!(body, expected.as_bytes());
     }
 }
+
+#[test]
+fn oversized_requests_get_431_414_and_413() {
+    let up = TestUpstream::fixed("ok");
+    let proxy = TollgateProcess::start(&format!(
+        "limits: {{ max_header_size: 4KiB, max_headers: 20, max_uri_length: 1KiB }}
+upstreams:
+  api: {{ backends: [\"{}\"] }}
+routes:
+  - {{ name: small, upstream: api, match: {{ path_prefix: /small/ }}, max_body_size: 1KiB }}
+  - {{ name: api, upstream: api }}
+",
+        up.addr
+    ));
+    let big_value = "v".repeat(5000);
+    let r = request(proxy.addr, "GET", "/x", &[("X-Big", &big_value)], b"").expect("request");
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (431, Some("request_header_too_large"))
+    );
+    let many: Vec<(String, String)> = (0..30)
+        .map(|i| (format!("X-H{i}"), "1".to_owned()))
+        .collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let r = request(proxy.addr, "GET", "/x", &many, b"").expect("request");
+    assert_eq!(r.status, 431);
+    let long = format!("/x?q={}", "a".repeat(2000));
+    let r = get(proxy.addr, &long).expect("request");
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (414, Some("uri_too_long"))
+    );
+    // A declared body over the route's limit is refused before it is read.
+    let r = request(proxy.addr, "POST", "/small/upload", &[], &[b'x'; 2048]).expect("request");
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (413, Some("payload_too_large"))
+    );
+    assert_eq!(up.count(), 0, "nothing oversized reached the upstream");
+    // The default limit (10 MiB) lets the same body through elsewhere.
+    let r = request(proxy.addr, "POST", "/upload", &[], &[b'x'; 2048]).expect("request");
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn a_chunked_body_is_stopped_at_the_routes_limit() {
+    let up = TestUpstream::start(|_| Action::ReplyWhenReleased(Reply::ok("late")));
+    let proxy = TollgateProcess::start(&format!(
+        "upstreams:\n  api: {{ backends: [\"{}\"] }}\nroutes:\n  - {{ name: api, upstream: api, max_body_size: 1KiB }}\n",
+        up.addr
+    ));
+    let mut raw = b"POST /upload HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    for _ in 0..8 {
+        raw.extend_from_slice(b"200\r\n");
+        raw.extend_from_slice(&[b'x'; 512]);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    let r = send_raw(proxy.addr, &raw).expect("response");
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (413, Some("payload_too_large"))
+    );
+    up.release();
+}

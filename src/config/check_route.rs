@@ -16,8 +16,17 @@ impl Checker<'_> {
         spec: &RouteSpec,
         path: &FieldPath,
         upstreams: &HashMap<&str, usize>,
+        limits: &RequestLimits,
     ) -> Option<RouteConfig> {
         let before = self.problems.len();
+        let max_body_size = match spec.max_body_size {
+            Some(size) if size.0 == 0 => {
+                self.problem(path.key("max_body_size"), "must be greater than zero");
+                limits.max_body_size
+            }
+            Some(size) => size.0,
+            None => limits.max_body_size,
+        };
         if !valid_name(&spec.name) {
             self.problem(path.key("name"), name_rule("route", &spec.name));
         }
@@ -127,6 +136,7 @@ impl Checker<'_> {
             host,
             path_prefix,
             case_insensitive: spec.matcher.case_insensitive,
+            max_body_size,
             methods,
             upstream,
             timeouts: RouteTimeouts {

@@ -102,6 +102,54 @@ impl Checker<'_> {
         }
     }
 
+    pub(super) fn limits(&mut self, spec: &file::LimitsSpec, path: &FieldPath) -> RequestLimits {
+        let defaults = RequestLimits::default();
+        let mut positive = |field: &str, value: Option<u64>, default: u64| match value {
+            Some(0) => {
+                self.problem(path.key(field), "must be greater than zero");
+                default
+            }
+            Some(n) => n,
+            None => default,
+        };
+        let as_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        let max_header_size = as_usize(positive(
+            "max_header_size",
+            spec.max_header_size.map(|s| s.0),
+            defaults.max_header_size as u64,
+        ));
+        let max_headers = as_usize(positive(
+            "max_headers",
+            spec.max_headers.map(|n| n as u64),
+            defaults.max_headers as u64,
+        ));
+        let max_uri_length = as_usize(positive(
+            "max_uri_length",
+            spec.max_uri_length.map(|s| s.0),
+            defaults.max_uri_length as u64,
+        ));
+        let max_body_size = positive(
+            "max_body_size",
+            spec.max_body_size.map(|s| s.0),
+            defaults.max_body_size,
+        );
+        let header_timeout = spec.header_timeout.map_or(defaults.header_timeout, |d| d.0);
+        if header_timeout.is_zero() {
+            self.problem(path.key("header_timeout"), "must be longer than zero");
+        }
+        RequestLimits {
+            max_header_size,
+            max_headers,
+            max_uri_length,
+            max_body_size,
+            header_timeout,
+            max_connections: spec.max_connections.unwrap_or(defaults.max_connections),
+            max_connections_per_ip: spec
+                .max_connections_per_ip
+                .unwrap_or(defaults.max_connections_per_ip),
+        }
+    }
+
     /// A list of networks (`10.0.0.0/8`) or single addresses (`192.0.2.7`).
     pub(super) fn networks(&mut self, list: &[String], path: &FieldPath) -> Vec<ipnet::IpNet> {
         let mut out = Vec::with_capacity(list.len());

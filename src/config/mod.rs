@@ -175,6 +175,7 @@ impl Checker<'_> {
             .as_ref()
             .map(|c| self.compression(c, &root.key("compression")));
         let logging = self.logging(&raw.logging, &root.key("logging"));
+        let limits = self.limits(&raw.limits, &root.key("limits"));
 
         let mut upstreams = Vec::with_capacity(raw.upstreams.len());
         for (name, spec) in &raw.upstreams {
@@ -205,7 +206,7 @@ impl Checker<'_> {
             } else {
                 first_use.insert(&spec.name, i);
             }
-            if let Some(route) = self.route(spec, &path, &upstream_index) {
+            if let Some(route) = self.route(spec, &path, &upstream_index, &limits) {
                 routes.push(route);
                 route_paths.push(path);
             }
@@ -222,6 +223,7 @@ impl Checker<'_> {
             cache,
             compression,
             rate_limit,
+            limits,
             upstreams,
             routes,
             warnings: std::mem::take(&mut self.warnings),

@@ -34,12 +34,47 @@ pub struct Config {
     pub compression: Option<CompressionConfig>,
     /// Tenants, tiers and where keys come from; `None` when no tiers are configured.
     pub rate_limit: Option<RateLimitConfig>,
+    /// Size, time and connection limits on clients.
+    pub limits: RequestLimits,
     /// Upstream pools, sorted by name.
     pub upstreams: Vec<UpstreamConfig>,
     /// Routes in file order.
     pub routes: Vec<RouteConfig>,
     /// Things that are legal but probably not meant (e.g. a shadowed route).
     pub warnings: Vec<String>,
+}
+
+/// `limits`, with defaults applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Request line plus header fields, in bytes (431 beyond).
+    pub max_header_size: usize,
+    /// Header fields (431 beyond).
+    pub max_headers: usize,
+    /// Request-target bytes (414 beyond).
+    pub max_uri_length: usize,
+    /// Default request body limit of routes (413 beyond).
+    pub max_body_size: u64,
+    /// Longest time to receive a request head from its first byte.
+    pub header_timeout: Duration,
+    /// Client connections open at once; 0 = no limit.
+    pub max_connections: usize,
+    /// Client connections open at once per IP address; 0 = no limit.
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            max_header_size: 32 * 1024,
+            max_headers: 100,
+            max_uri_length: 8 * 1024,
+            max_body_size: 10 * 1024 * 1024,
+            header_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            max_connections_per_ip: 0,
+        }
+    }
 }
 
 /// A client-facing listener.
@@ -188,6 +223,8 @@ pub struct RouteConfig {
     pub path_prefix: String,
     /// Whether the prefix matches without regard to ASCII case.
     pub case_insensitive: bool,
+    /// Largest request body, in bytes (413 beyond).
+    pub max_body_size: u64,
     /// Allowed methods.
     pub methods: MethodSet,
     /// Index into `Config::upstreams`.

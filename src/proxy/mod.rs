@@ -79,8 +79,12 @@ impl ProxyHttp for Proxy {
             .gateway
             .router
             .find(ctx.host.as_ref(), req.uri.path(), &req.method);
-        if ctx.route.is_none() {
+        let Some(max_body) = ctx.route().map(|r| r.max_body_size) else {
             respond::error(session, ctx, &ErrorResponse::no_route()).await?;
+            return Ok(true);
+        };
+        if let Err(refusal) = steps::declared_body_fits(session, max_body) {
+            respond::error(session, ctx, &refusal).await?;
             return Ok(true);
         }
         if self.admit(session, ctx, Stage::BeforeCache).await? {
@@ -304,6 +308,20 @@ impl ProxyHttp for Proxy {
             cache::annotate(session, upstream_response, &route.name, &self.state.metrics)?;
         }
         respond::finish_header(session, upstream_response, ctx)
+    }
+
+    /// A streamed (chunked) request body is stopped at the route's limit.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        match body {
+            Some(chunk) => steps::body_within_limit(ctx, chunk.len()),
+            None => Ok(()),
+        }
     }
 
     /// Counts body bytes before compression.

@@ -115,7 +115,14 @@ pub async fn failure(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> 
     let cx = ctx
         .upstream
         .failure_context(route.map(|r| &*r.upstream), route.map(|r| r.timeouts));
-    let code = match errors::classify(e, &cx) {
+    let classified = if *e.etype() == errors::PAYLOAD_TOO_LARGE {
+        Some(ErrorResponse::payload_too_large(
+            route.map_or(0, |r| r.max_body_size),
+        ))
+    } else {
+        errors::classify(e, &cx)
+    };
+    let code = match classified {
         Some(resp) if session.response_written().is_none() => {
             if let Err(write_err) = write_error(session, ctx, &resp, false).await {
                 log::debug!("could not send {} to the client: {write_err}", resp.status);

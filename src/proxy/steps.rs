@@ -22,6 +22,20 @@ use std::borrow::Cow;
 pub(super) fn accept(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ErrorResponse> {
     let req = session.req_header();
     ctx.request_id = Some(headers::request_id(req.headers.get(headers::X_REQUEST_ID)));
+    let limits = &ctx.gateway.config.limits;
+    if req.raw_path().len() > limits.max_uri_length {
+        return Err(ErrorResponse::uri_too_long(limits.max_uri_length));
+    }
+    if req.headers.len() > limits.max_headers {
+        return Err(ErrorResponse::header_too_large(
+            "The request has more header fields than allowed",
+        ));
+    }
+    if hygiene::head_size(req) > limits.max_header_size {
+        return Err(ErrorResponse::header_too_large(
+            "The request header is larger than allowed",
+        ));
+    }
     if hygiene::safe_method_with_body(req) {
         return Err(ErrorResponse::bad_request(
             "GET and HEAD requests may not carry a body",
@@ -49,6 +63,35 @@ pub(super) fn accept(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), 
             .map_err(|_| ErrorResponse::internal())?;
     }
     ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    Ok(())
+}
+
+/// 413 when the declared body is larger than the route allows: refused
+/// before a byte of it is read. A chunked body is counted as it streams
+/// (`body_within_limit`).
+pub(super) fn declared_body_fits(session: &Session, max: u64) -> Result<(), ErrorResponse> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(length) if length > max => Err(ErrorResponse::payload_too_large(max)),
+        _ => Ok(()),
+    }
+}
+
+/// Counts a streamed body chunk; an error once the route's limit is passed.
+pub(super) fn body_within_limit(ctx: &mut RequestCtx, chunk: usize) -> Result<()> {
+    ctx.request_body_bytes += chunk as u64;
+    let max = ctx.route().map_or(u64::MAX, |r| r.max_body_size);
+    if ctx.request_body_bytes > max {
+        return Err(Error::explain(
+            crate::errors::PAYLOAD_TOO_LARGE,
+            format!("request body passed {max} bytes"),
+        ));
+    }
     Ok(())
 }
 

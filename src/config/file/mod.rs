@@ -55,6 +55,9 @@ pub struct FileConfig {
     /// Shared rate-limit state for several instances.
     #[serde(default)]
     pub redis: Option<RedisSpec>,
+    /// Size, time and connection limits on what clients send.
+    #[serde(default)]
+    pub limits: LimitsSpec,
     /// Named pools of backend servers.
     pub upstreams: BTreeMap<String, UpstreamSpec>,
     /// Routes, matched by host, longest path prefix and method.
@@ -323,6 +326,36 @@ pub struct RouteSpec {
     /// Compression overrides for this route.
     #[serde(default)]
     pub compression: Option<RouteCompressionSpec>,
+    /// Largest request body on this route. Default `limits.max_body_size`.
+    #[serde(default)]
+    pub max_body_size: Option<crate::config::units::ByteSize>,
+}
+
+/// `limits`: what a client may send and hold, with production defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    /// Request line plus header fields. Default 32KiB (431 beyond).
+    #[serde(default)]
+    pub max_header_size: Option<crate::config::units::ByteSize>,
+    /// Header fields in a request. Default 100 (431 beyond).
+    #[serde(default)]
+    pub max_headers: Option<usize>,
+    /// Request target length. Default 8KiB (414 beyond).
+    #[serde(default)]
+    pub max_uri_length: Option<crate::config::units::ByteSize>,
+    /// Request body, unless a route says otherwise. Default 10MiB (413 beyond).
+    #[serde(default)]
+    pub max_body_size: Option<crate::config::units::ByteSize>,
+    /// Longest time to receive a request head, from its first byte. Default 10s.
+    #[serde(default)]
+    pub header_timeout: Option<HumanDuration>,
+    /// Client connections open at once. Default 10000.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Client connections open at once from one IP address. Default 0 (off).
+    #[serde(default)]
+    pub max_connections_per_ip: Option<usize>,
 }
 
 /// Global compression settings.
