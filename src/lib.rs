@@ -9,6 +9,7 @@ pub mod admin;
 pub mod cache;
 pub mod compression;
 pub mod config;
+pub mod connections;
 pub mod ctx;
 pub mod demo;
 pub mod errors;

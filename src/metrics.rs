@@ -93,6 +93,14 @@ pub struct Metrics {
     pub redis_breaker_opens: IntCounter,
     /// `tollgate_redis_breaker_open`: 1 while requests do not ask Redis.
     pub redis_breaker_open: IntGauge,
+    /// `tollgate_client_connections`: client connections being served.
+    pub client_connections: IntGauge,
+    /// `tollgate_connections_refused_total{reason}`: over `max_connections`
+    /// or `max_connections_per_ip`.
+    pub connections_refused: IntCounterVec,
+    /// `tollgate_request_header_timeouts_total`: connections closed because a
+    /// request head did not arrive within `limits.header_timeout`.
+    pub header_timeouts: IntCounter,
     /// `tollgate_compression_bytes_total{encoding,direction}`: body bytes
     /// before (`in`) and after (`out`) compression.
     pub compression_bytes: IntCounterVec,
@@ -257,6 +265,27 @@ impl Metrics {
             "tollgate_redis_breaker_open",
             "1 while the circuit breaker keeps rate-limit decisions local without asking Redis",
         )?;
+        let client_connections = IntGauge::new(
+            "tollgate_client_connections",
+            "Client connections being served",
+        )?;
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "tollgate_connections_refused_total",
+                "Client connections refused with 503 over a connection limit",
+            ),
+            &["reason"],
+        )?;
+        for reason in ["max_connections", "max_connections_per_ip"] {
+            connections_refused.with_label_values(&[reason]);
+        }
+        let header_timeouts = IntCounter::new(
+            "tollgate_request_header_timeouts_total",
+            "Connections closed because a request head did not arrive within limits.header_timeout",
+        )?;
+        register(&registry, &mut names, Box::new(client_connections.clone()))?;
+        register(&registry, &mut names, Box::new(connections_refused.clone()))?;
+        register(&registry, &mut names, Box::new(header_timeouts.clone()))?;
         let compression_bytes = IntCounterVec::new(
             Opts::new(
                 "tollgate_compression_bytes_total",
@@ -318,6 +347,9 @@ impl Metrics {
             redis_errors,
             redis_breaker_opens,
             redis_breaker_open,
+            client_connections,
+            connections_refused,
+            header_timeouts,
             compression_bytes,
         })
     }

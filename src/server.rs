@@ -6,6 +6,7 @@ use crate::admin::AdminApp;
 use crate::cache::CacheRuntime;
 use crate::config::model::ServerSettings;
 use crate::config::Config;
+use crate::connections::ConnectionGate;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
@@ -119,10 +120,12 @@ pub fn build(
         Arc::new(RateStore::new(gateway.config.rate_limit.as_ref()).map_err(StartError::Setup)?);
     let state = Arc::new(AppState::new(gateway, metrics, memory, cache, rate, source));
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Proxy::new(state.clone()),
-        "tollgate proxy",
+    let mut proxy = Service::new(
+        "tollgate proxy".to_owned(),
+        ConnectionGate::new(
+            pingora::proxy::http_proxy(&server.configuration, Proxy::new(state.clone())),
+            state.clone(),
+        ),
     );
     for l in &listeners {
         let addr = l.addr.to_string();

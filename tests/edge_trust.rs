@@ -472,3 +472,76 @@ fn a_chunked_body_is_stopped_at_the_routes_limit() {
     );
     up.release();
 }
+
+#[test]
+fn a_trickled_request_head_is_cut_at_the_header_timeout() {
+    use std::io::{Read, Write};
+    let up = TestUpstream::fixed("ok");
+    let proxy = TollgateProcess::start(&format!(
+        "limits: {{ header_timeout: 1s }}\n{}",
+        one_route(up.addr)
+    ));
+    let mut conn = std::net::TcpStream::connect(proxy.addr).expect("connect");
+    conn.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .expect("timeout");
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n")
+        .expect("write");
+    // One byte every 200 ms would keep any per-read idle timer happy for
+    // ever; the head's own deadline must end it long before 200 bytes.
+    let mut closed = false;
+    for _ in 0..200 {
+        if conn.write_all(b"X").is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 512];
+        match conn.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => panic!("the trickled head got an answer"),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "the connection outlived its header timeout");
+    proxy.wait_metric("tollgate_request_header_timeouts_total", 1.0);
+    assert_eq!(up.count(), 0);
+    assert_eq!(get(proxy.addr, "/x").expect("get").status, 200);
+}
+
+#[test]
+fn connections_over_the_per_ip_limit_get_503() {
+    use std::io::Write;
+    let up = TestUpstream::fixed("ok");
+    let proxy = TollgateProcess::start(&format!(
+        "limits: {{ max_connections_per_ip: 2 }}\n{}",
+        one_route(up.addr)
+    ));
+    let first = std::net::TcpStream::connect(proxy.addr).expect("connect");
+    let mut second = std::net::TcpStream::connect(proxy.addr).expect("connect");
+    proxy.wait_metric("tollgate_client_connections", 2.0);
+    let third = get(proxy.addr, "/x").expect("third connection");
+    assert_eq!(third.status, 503);
+    assert_eq!(third.json()["error"], "too_many_connections");
+    assert_eq!(
+        proxy.metric(r#"tollgate_connections_refused_total{reason="max_connections_per_ip"}"#),
+        Some(1.0)
+    );
+    // A closed connection frees its slot; the admitted ones are served.
+    drop(first);
+    proxy.wait_metric("tollgate_client_connections", 1.0);
+    assert_eq!(get(proxy.addr, "/x").expect("get").status, 200);
+    second
+        .write_all(b"GET /x HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut second, &mut answer).expect("read");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
