@@ -141,6 +141,11 @@ impl AdminApp {
         if evicted > counted {
             metrics.cache_evictions.inc_by(evicted - counted);
         }
+        let evicted = self.state.rate.local.evicted();
+        let counted = metrics.ratelimit_buckets_evicted.get();
+        if evicted > counted {
+            metrics.ratelimit_buckets_evicted.inc_by(evicted - counted);
+        }
         if let Some(redis) = &self.state.rate.redis {
             metrics
                 .redis_breaker_open

@@ -86,6 +86,9 @@ pub struct Metrics {
     pub ratelimit_tenant_decisions: IntCounterVec,
     /// `tollgate_ratelimit_buckets`: in-process buckets held.
     pub ratelimit_buckets: IntGauge,
+    /// `tollgate_ratelimit_buckets_evicted_total`: buckets dropped by the
+    /// `max_local_buckets` cap (brought up to date at scrape time).
+    pub ratelimit_buckets_evicted: IntCounter,
     /// `tollgate_redis_errors_total{kind}`: `timeout`, `error`.
     pub redis_errors: IntCounterVec,
     /// `tollgate_redis_breaker_opens_total`: times consecutive Redis
@@ -247,6 +250,15 @@ impl Metrics {
             "tollgate_ratelimit_buckets",
             "In-process rate-limit buckets held",
         )?;
+        let ratelimit_buckets_evicted = IntCounter::new(
+            "tollgate_ratelimit_buckets_evicted_total",
+            "In-process rate-limit buckets evicted by the rate_limit.max_local_buckets cap",
+        )?;
+        register(
+            &registry,
+            &mut names,
+            Box::new(ratelimit_buckets_evicted.clone()),
+        )?;
         let redis_errors = IntCounterVec::new(
             Opts::new(
                 "tollgate_redis_errors_total",
@@ -344,6 +356,7 @@ impl Metrics {
             ratelimit_fallback,
             ratelimit_tenant_decisions,
             ratelimit_buckets,
+            ratelimit_buckets_evicted,
             redis_errors,
             redis_breaker_opens,
             redis_breaker_open,

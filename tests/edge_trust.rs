@@ -545,3 +545,62 @@ fn connections_over_the_per_ip_limit_get_503() {
     std::io::Read::read_to_string(&mut second, &mut answer).expect("read");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+/// A proxy that trusts the test client as a proxy, so `X-Forwarded-For`
+/// can play any client address, with a small anonymous budget.
+fn anonymous_budget(up: &TestUpstream, extra: &str) -> TollgateProcess {
+    TollgateProcess::start_with_server(
+        "  trusted_proxies: [127.0.0.1]\n",
+        &format!(
+            "tiers: {{ free: {{ per_hour: 3 }} }}\nanonymous: {{ tier: free }}\nrate_limit: {{ {extra} }}\n{}",
+            one_route(up.addr)
+        ),
+    )
+}
+
+fn as_client(proxy: &TollgateProcess, ip: &str) -> u16 {
+    request(proxy.addr, "GET", "/x", &[("X-Forwarded-For", ip)], b"")
+        .expect("request")
+        .status
+}
+
+#[test]
+fn ipv6_addresses_of_one_network_share_a_budget() {
+    let up = TestUpstream::fixed("ok");
+    let proxy = anonymous_budget(&up, "");
+    // An attacker rotating through the addresses of its /64.
+    let statuses: Vec<u16> = (1..=10)
+        .map(|i| as_client(&proxy, &format!("2001:db8:0:7::{i:x}")))
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        3,
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[9], 429);
+    // Another /64 has its own budget; an IPv4-mapped address is its IPv4.
+    assert_eq!(as_client(&proxy, "2001:db8:0:8::1"), 200);
+    for _ in 0..3 {
+        as_client(&proxy, "192.0.2.7");
+    }
+    assert_eq!(as_client(&proxy, "::ffff:192.0.2.7"), 429);
+}
+
+#[test]
+fn a_flood_of_source_addresses_keeps_bucket_memory_bounded() {
+    let up = TestUpstream::fixed("ok");
+    let proxy = anonymous_budget(&up, "max_local_buckets: 1024");
+    for i in 0..3000u32 {
+        let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string();
+        assert_eq!(as_client(&proxy, &ip), 200);
+    }
+    let evicted = proxy
+        .metric("tollgate_ratelimit_buckets_evicted_total")
+        .unwrap_or(0.0);
+    assert!(evicted >= 3000.0 - 1024.0, "{evicted} evicted");
+    wait_until("the bucket gauge is refreshed", || {
+        proxy
+            .metric("tollgate_ratelimit_buckets")
+            .is_some_and(|n| (0.0..=1024.0).contains(&n) && n > 0.0)
+    });
+}

@@ -164,6 +164,22 @@ impl Checker<'_> {
         if key_sources.is_empty() {
             self.problem(rl_path.key("api_key_headers"), "list at least one header");
         }
+        let ipv6_prefix = match raw.rate_limit.ipv6_prefix {
+            Some(p) if p == 0 || p > 128 => {
+                self.problem(rl_path.key("ipv6_prefix"), "must be 1 to 128");
+                64
+            }
+            Some(p) => p,
+            None => 64,
+        };
+        let max_local_buckets = match raw.rate_limit.max_local_buckets {
+            Some(n) if n < 1024 => {
+                self.problem(rl_path.key("max_local_buckets"), "must be at least 1024");
+                1024
+            }
+            Some(n) => n,
+            None => 1_000_000,
+        };
         let trusted_proxies = self.networks(
             &raw.rate_limit.trusted_proxies,
             &rl_path.key("trusted_proxies"),
@@ -232,6 +248,8 @@ impl Checker<'_> {
             key_sources,
             trusted_proxies,
             count_cached_responses: raw.rate_limit.count_cached_responses.unwrap_or(true),
+            ipv6_prefix,
+            max_local_buckets,
             redis,
         })
     }

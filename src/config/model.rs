@@ -310,6 +310,10 @@ pub struct RateLimitConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// Decide before the cache lookup (true) or only for requests that go upstream.
     pub count_cached_responses: bool,
+    /// Prefix length anonymous IPv6 clients are grouped by.
+    pub ipv6_prefix: u8,
+    /// Most in-process buckets held.
+    pub max_local_buckets: usize,
     /// Shared state, if configured.
     pub redis: Option<RedisConfig>,
 }

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 pub enum Identity {
     /// A tenant, by index.
     Tenant(usize),
-    /// No key: the client's IP.
+    /// No key: the client's IP (IPv6: its network, see [`anonymous_network`]).
     Anonymous(IpAddr),
 }
 
@@ -68,11 +68,27 @@ impl RateLimiter {
             Anonymous::Reject => Err(Refusal::KeyRequired),
             Anonymous::Tier(_) => {
                 let ip = client_ip(req, peer, &self.config.trusted_proxies);
-                Ok(Identity::Anonymous(
+                Ok(Identity::Anonymous(anonymous_network(
                     ip.unwrap_or(IpAddr::from([0, 0, 0, 0])),
-                ))
+                    self.config.ipv6_prefix,
+                )))
             }
         }
+    }
+}
+
+/// What an anonymous budget is keyed by: an IPv4 address as it is (an
+/// IPv4-mapped IPv6 address counts as that IPv4 address), an IPv6 address
+/// cut to its `/prefix` network — a client holding a /64 would otherwise
+/// get a fresh budget per address, 2^64 of them.
+pub fn anonymous_network(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => ipnet::Ipv6Net::new(v6, ipv6_prefix.min(128))
+                .map_or(ip, |net| IpAddr::V6(net.network())),
+        },
     }
 }
 
@@ -110,6 +126,17 @@ mod tests {
             r.append_header(n.to_string(), *v).expect("hdr");
         }
         r
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_network_and_mapped_ipv4_is_ipv4() {
+        let net = |s: &str, p| anonymous_network(s.parse().expect("ip"), p).to_string();
+        assert_eq!(net("2001:db8:1:2:aaaa::1", 64), "2001:db8:1:2::");
+        assert_eq!(net("2001:db8:1:2:ffff::9", 64), "2001:db8:1:2::");
+        assert_eq!(net("2001:db8:1:2:ffff::9", 128), "2001:db8:1:2:ffff::9");
+        assert_eq!(net("2001:db8:1:2:ffff::9", 48), "2001:db8:1::");
+        assert_eq!(net("::ffff:192.0.2.7", 64), "192.0.2.7");
+        assert_eq!(net("192.0.2.7", 64), "192.0.2.7");
     }
 
     #[test]

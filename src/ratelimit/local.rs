@@ -5,11 +5,16 @@
 //! Memory: one entry per key (tenant, anonymous IP, route-level bucket)
 //! that was seen while its bucket was not full; [`LocalBuckets::sweep`]
 //! (run every few seconds) drops entries whose buckets have refilled, so the
-//! map holds only keys active within their longest window.
+//! map holds only keys active within their longest window. And a hard cap:
+//! a flood of distinct source addresses cannot grow it past
+//! `max_local_buckets`; past it, each shard evicts its least spent buckets
+//! (those nearest to full, whose loss forgets the least), in batches so the
+//! cost per request stays constant.
 
 use super::gcra::{self, Verdict, Window};
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -33,6 +38,9 @@ pub struct LocalBuckets {
     shards: Box<[Mutex<Shard>]>,
     hasher: std::collections::hash_map::RandomState,
     epoch: Instant,
+    /// Most buckets one shard holds before it evicts.
+    shard_capacity: usize,
+    evicted: AtomicU64,
 }
 
 impl Default for LocalBuckets {
@@ -42,13 +50,25 @@ impl Default for LocalBuckets {
 }
 
 impl LocalBuckets {
-    /// An empty store.
+    /// An empty store holding at most a million buckets.
     pub fn new() -> Self {
+        Self::with_capacity(1_000_000)
+    }
+
+    /// An empty store holding at most about `capacity` buckets.
+    pub fn with_capacity(capacity: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: std::collections::hash_map::RandomState::new(),
             epoch: Instant::now(),
+            shard_capacity: (capacity / SHARDS).max(16),
+            evicted: AtomicU64::new(0),
         }
+    }
+
+    /// Buckets evicted by the cap since start.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
     }
 
     fn now_ns(&self) -> u64 {
@@ -98,6 +118,11 @@ impl LocalBuckets {
                         Some(slot) => slot.clone_from(&v.new_tats),
                         None => {
                             guard.insert(c.key.into(), v.new_tats.clone());
+                            if guard.len() > self.shard_capacity {
+                                let keep = self.shard_capacity - self.shard_capacity / 8;
+                                let n = evict_least_spent(guard, keep);
+                                self.evicted.fetch_add(n as u64, Ordering::Relaxed);
+                            }
                         }
                     }
                 }
@@ -136,6 +161,28 @@ impl LocalBuckets {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Evicts buckets nearest to full until `keep` are left; how many went.
+fn evict_least_spent(map: &mut Shard, keep: usize) -> usize {
+    let excess = map.len().saturating_sub(keep);
+    if excess == 0 {
+        return 0;
+    }
+    let spent = |tats: &Vec<u64>| tats.iter().copied().max().unwrap_or(0);
+    let mut levels: Vec<u64> = map.values().map(spent).collect();
+    let (_, threshold, _) = levels.select_nth_unstable(excess - 1);
+    let threshold = *threshold;
+    let mut removed = 0;
+    map.retain(|_, tats| {
+        if removed < excess && spent(tats) <= threshold {
+            removed += 1;
+            false
+        } else {
+            true
+        }
+    });
+    removed
 }
 
 #[cfg(test)]
@@ -179,6 +226,42 @@ mod tests {
         assert!(tier_only("a"));
         assert!(!tier_only("a"));
         assert!(tier_only("b"), "another key has its own bucket");
+    }
+
+    #[test]
+    fn a_flood_of_keys_is_capped_and_the_big_spenders_are_kept() {
+        let store = LocalBuckets::with_capacity(64 * 16);
+        let w = [Window::new(100, 3600, 100)];
+        // A heavy spender first.
+        for _ in 0..50 {
+            store.decide(&[Check {
+                key: "t:big",
+                windows: &w,
+                cost: 1,
+            }]);
+        }
+        for i in 0..20_000 {
+            let key = format!("ip:{i}");
+            store.decide(&[Check {
+                key: &key,
+                windows: &w,
+                cost: 1,
+            }]);
+        }
+        assert!(store.len() <= 64 * 16, "{} buckets held", store.len());
+        assert!(store.evicted() >= 20_000 - 64 * 16);
+        // The spender still has 50 spent: 50 more and it is refused.
+        let left = (0..60)
+            .filter(|_| {
+                store.decide(&[Check {
+                    key: "t:big",
+                    windows: &w,
+                    cost: 1,
+                }])[0]
+                    .allowed
+            })
+            .count();
+        assert_eq!(left, 50);
     }
 
     #[test]

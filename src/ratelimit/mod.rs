@@ -27,6 +27,7 @@ use local::{Check, LocalBuckets};
 use pingora::http::ResponseHeader;
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::net::IpAddr;
 
 /// A tier as decisions use it.
 pub struct Tier {
@@ -132,8 +133,9 @@ impl RateStore {
             Some(r) => Some(redis::RedisBuckets::new(r)?),
             None => None,
         };
+        let capacity = config.map_or(1_000_000, |c| c.max_local_buckets);
         Ok(Self {
-            local: LocalBuckets::new(),
+            local: LocalBuckets::with_capacity(capacity),
             redis,
         })
     }
@@ -302,6 +304,8 @@ impl RateLimiter {
                 key_sources: config.key_sources.clone(),
                 trusted_proxies: config.trusted_proxies.clone(),
                 count_cached_responses: config.count_cached_responses,
+                ipv6_prefix: config.ipv6_prefix,
+                max_local_buckets: config.max_local_buckets,
                 redis: config.redis.clone(),
             },
         }
@@ -322,7 +326,10 @@ impl RateLimiter {
     pub fn bucket_key(&self, who: &Identity) -> std::borrow::Cow<'_, str> {
         match who {
             Identity::Tenant(i) => std::borrow::Cow::Borrowed(&self.tenant_keys[*i]),
-            Identity::Anonymous(ip) => std::borrow::Cow::Owned(format!("ip:{ip}")),
+            Identity::Anonymous(IpAddr::V4(ip)) => std::borrow::Cow::Owned(format!("ip:{ip}")),
+            Identity::Anonymous(IpAddr::V6(net)) => {
+                std::borrow::Cow::Owned(format!("ip:{net}/{}", self.config.ipv6_prefix))
+            }
         }
     }
 

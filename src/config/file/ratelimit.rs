@@ -62,6 +62,14 @@ pub struct RateLimitSpec {
     /// Whether responses served from the cache count against budgets. Default true.
     #[serde(default)]
     pub count_cached_responses: Option<bool>,
+    /// Anonymous IPv6 clients share a budget per network of this prefix
+    /// length (one customer usually holds a whole /64). Default 64.
+    #[serde(default)]
+    pub ipv6_prefix: Option<u8>,
+    /// Most in-process buckets held; past it the least spent are evicted.
+    /// Default 1000000 (about 100 MB).
+    #[serde(default)]
+    pub max_local_buckets: Option<usize>,
 }
 
 /// Redis for shared budgets.
