@@ -148,7 +148,12 @@ fn cache_decisions(c: &mut Criterion) {
     });
     g.bench_function("cacheability decision (max-age + swr)", |b| {
         b.iter(|| {
-            tollgate::cache::policy::response_cacheable(black_box(&req), black_box(&resp), &policy)
+            tollgate::cache::policy::response_cacheable(
+                black_box(&req),
+                black_box(&resp),
+                &policy,
+                false,
+            )
         })
     });
     g.finish();

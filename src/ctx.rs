@@ -36,6 +36,9 @@ pub struct RequestCtx {
     pub error_status: Option<u16>,
     /// What the request's `Cache-Control` asks of the cache.
     pub cache_directives: RequestDirectives,
+    /// The tenant identified by its API key (index into the rate limiter's
+    /// tenants), once a budget was decided.
+    pub tenant: Option<usize>,
     /// Rate-limit headers for the response, once a budget was decided.
     pub rate_headers: Option<RateHeaders>,
     /// Response body bytes before compression.
@@ -61,6 +64,7 @@ impl RequestCtx {
             upstream: Attempts::default(),
             error_status: None,
             cache_directives: RequestDirectives::default(),
+            tenant: None,
             rate_headers: None,
             body_bytes_in: 0,
             request_body_bytes: 0,

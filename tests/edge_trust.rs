@@ -604,3 +604,105 @@ fn a_flood_of_source_addresses_keeps_bucket_memory_bounded() {
             .is_some_and(|n| (0.0..=1024.0).contains(&n) && n > 0.0)
     });
 }
+
+const BIGCO_HASH: &str = "sha256:4af43ec152b50d5d08bdffd2883cb31743b36f6f1c63744040f84dbd73bd20a9"; // "bigco-key"
+
+fn tenants_config(up: &TestUpstream, rate_limit: &str, route_cache: &str) -> String {
+    format!(
+        "tiers: {{ paid: {{ per_hour: 1000 }}, free: {{ per_hour: 1000 }} }}
+tenants:
+  bigco: {{ tier: paid, api_keys: [\"{BIGCO_HASH}\"] }}
+anonymous: {{ tier: free }}
+rate_limit: {{ {rate_limit} }}
+upstreams:
+  api: {{ backends: [\"{}\"] }}
+routes:
+  - {{ name: api, upstream: api{route_cache} }}
+",
+        up.addr
+    )
+}
+
+#[test]
+fn api_key_requests_are_stored_only_when_the_response_allows() {
+    let up = TestUpstream::start(|req| {
+        let cc = if req.path.starts_with("/public") {
+            "public, max-age=60"
+        } else {
+            "max-age=60"
+        };
+        reply(
+            &[("Cache-Control", cc)],
+            &format!("for {}", req.header("x-tenant").unwrap_or("anyone")),
+        )
+    });
+    let proxy = TollgateProcess::start(&tenants_config(&up, "", ", cache: { default_ttl: 60s }"));
+    let with_key = |path: &str| {
+        request(proxy.addr, "GET", path, &[("X-API-Key", "bigco-key")], b"").expect("request")
+    };
+    // A tenant's answer without `public` is not stored for the next client.
+    assert_eq!(with_key("/mine").text(), "for bigco");
+    let anonymous = get(proxy.addr, "/mine").expect("get");
+    assert_eq!(anonymous.text(), "for anyone");
+    assert_eq!(up.count(), 2);
+    // `public` says the answer is for everyone: stored.
+    with_key("/public/doc");
+    with_key("/public/doc");
+    assert_eq!(up.count(), 3);
+}
+
+#[test]
+fn api_keys_stay_at_the_edge_and_the_tenant_goes_upstream() {
+    let up = TestUpstream::start(|req| {
+        reply(
+            &[],
+            &format!(
+                "key={} auth={} tenant={}",
+                req.header("x-api-key").unwrap_or("-"),
+                req.header("authorization").unwrap_or("-"),
+                req.header("x-tenant").unwrap_or("-")
+            ),
+        )
+    });
+    let proxy = TollgateProcess::start(&tenants_config(&up, "", ""));
+    let seen = |headers: &[(&str, &str)]| {
+        request(proxy.addr, "GET", "/x", headers, b"")
+            .expect("request")
+            .text()
+    };
+    assert_eq!(
+        seen(&[("X-API-Key", "bigco-key")]),
+        "key=- auth=- tenant=bigco"
+    );
+    assert_eq!(
+        seen(&[
+            ("Authorization", "Bearer bigco-key"),
+            ("X-Tenant", "othercorp")
+        ]),
+        "key=- auth=- tenant=bigco"
+    );
+    // An anonymous client cannot name a tenant for the upstream.
+    assert_eq!(seen(&[("X-Tenant", "bigco")]), "key=- auth=- tenant=-");
+
+    let forwarding = TollgateProcess::start(&tenants_config(
+        &up,
+        "forward_api_key: true, tenant_header: X-Customer",
+        "",
+    ));
+    let r = request(
+        forwarding.addr,
+        "GET",
+        "/x",
+        &[("X-API-Key", "bigco-key")],
+        b"",
+    )
+    .expect("request");
+    assert_eq!(r.text(), "key=bigco-key auth=- tenant=-");
+    assert_eq!(
+        up.recorded()
+            .last()
+            .and_then(|r| r.header("x-customer").map(str::to_owned))
+            .as_deref(),
+        Some("bigco")
+    );
+}

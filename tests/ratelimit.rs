@@ -250,11 +250,13 @@ routes:
     )
 }
 
+/// `public`: requests carry an API key, whose answers are stored only when
+/// the upstream says they are for everyone (RFC 9111 §3.5).
 fn cacheable_upstream() -> TestUpstream {
     TestUpstream::start(|_| {
         Action::Reply(Reply {
             status: 200,
-            headers: vec![("Cache-Control".into(), "max-age=60".into())],
+            headers: vec![("Cache-Control".into(), "public, max-age=60".into())],
             body: b"cached".to_vec(),
         })
     })

@@ -22,10 +22,13 @@ fn not_stored(reason: &'static str) -> RespCacheable {
 }
 
 /// Decides whether `resp` (to `req`) may be stored under `policy` (RFC 9111 §3).
+/// `credentialed`: the request carries an API key, which is treated like
+/// `Authorization` (§3.5).
 pub fn response_cacheable(
     req: &RequestHeader,
     resp: &ResponseHeader,
     policy: &RouteCache,
+    credentialed: bool,
 ) -> RespCacheable {
     // A HEAD response has no body: storing it would answer later GETs with nothing.
     if req.method != http::Method::GET {
@@ -48,8 +51,9 @@ pub fn response_cacheable(
         return not_stored("set-cookie");
     }
     let cc = CacheControl::from_resp_headers(resp);
-    // §3.5: a request with Authorization only if the response explicitly allows it.
-    if req.headers.contains_key(http::header::AUTHORIZATION)
+    // §3.5: a request with Authorization (or an API key, `credentialed`)
+    // only if the response explicitly allows it.
+    if (credentialed || req.headers.contains_key(http::header::AUTHORIZATION))
         && !cc
             .as_ref()
             .is_some_and(|c| c.allow_caching_authorized_req())
@@ -149,6 +153,10 @@ impl RequestDirectives {
 mod tests {
     use super::*;
 
+    fn cacheable(req: &RequestHeader, resp: &ResponseHeader, policy: &RouteCache) -> RespCacheable {
+        response_cacheable(req, resp, policy, false)
+    }
+
     fn policy(default_ttl: Option<u64>) -> RouteCache {
         RouteCache {
             default_ttl: default_ttl.map(Duration::from_secs),
@@ -189,31 +197,21 @@ mod tests {
     #[test]
     fn s_maxage_overrides_max_age() {
         let r = resp(200, &[("cache-control", "max-age=10, s-maxage=100")]);
-        assert_eq!(
-            ttl(response_cacheable(&get(), &r, &policy(None))),
-            Some(100)
-        );
+        assert_eq!(ttl(cacheable(&get(), &r, &policy(None))), Some(100));
     }
 
     #[test]
     fn default_ttl_applies_only_when_the_upstream_is_silent() {
         assert_eq!(
-            ttl(response_cacheable(
-                &get(),
-                &resp(200, &[]),
-                &policy(Some(60))
-            )),
+            ttl(cacheable(&get(), &resp(200, &[]), &policy(Some(60)))),
             Some(60)
         );
         let explicit = resp(200, &[("cache-control", "max-age=5")]);
         assert_eq!(
-            ttl(response_cacheable(&get(), &explicit, &policy(Some(60)))),
+            ttl(cacheable(&get(), &explicit, &policy(Some(60)))),
             Some(5)
         );
-        assert_eq!(
-            ttl(response_cacheable(&get(), &resp(200, &[]), &policy(None))),
-            None
-        );
+        assert_eq!(ttl(cacheable(&get(), &resp(200, &[]), &policy(None))), None);
     }
 
     #[test]
@@ -221,17 +219,14 @@ mod tests {
         let mut p = policy(Some(3600));
         p.max_ttl = Some(Duration::from_secs(30));
         assert_eq!(
-            ttl(response_cacheable(
+            ttl(cacheable(
                 &get(),
                 &resp(200, &[("cache-control", "max-age=600")]),
                 &p
             )),
             Some(30)
         );
-        assert_eq!(
-            ttl(response_cacheable(&get(), &resp(200, &[]), &p)),
-            Some(30)
-        );
+        assert_eq!(ttl(cacheable(&get(), &resp(200, &[]), &p)), Some(30));
     }
 
     #[test]
@@ -243,11 +238,7 @@ mod tests {
             vec![("cache-control", "max-age=60"), ("set-cookie", "a=b")],
         ] {
             assert_eq!(
-                ttl(response_cacheable(
-                    &get(),
-                    &resp(200, &headers),
-                    &policy(Some(60))
-                )),
+                ttl(cacheable(&get(), &resp(200, &headers), &policy(Some(60)))),
                 None,
                 "{headers:?}"
             );
@@ -259,7 +250,7 @@ mod tests {
         let mut req = get();
         req.insert_header("authorization", "Bearer t").expect("hdr");
         assert_eq!(
-            ttl(response_cacheable(
+            ttl(cacheable(
                 &req,
                 &resp(200, &[("cache-control", "max-age=60")]),
                 &policy(None)
@@ -267,7 +258,7 @@ mod tests {
             None
         );
         assert_eq!(
-            ttl(response_cacheable(&req, &resp(200, &[]), &policy(Some(60)))),
+            ttl(cacheable(&req, &resp(200, &[]), &policy(Some(60)))),
             None
         );
         for cc in [
@@ -276,7 +267,7 @@ mod tests {
             "must-revalidate, max-age=60",
         ] {
             assert!(
-                ttl(response_cacheable(
+                ttl(cacheable(
                     &req,
                     &resp(200, &[("cache-control", cc)]),
                     &policy(None)
@@ -290,25 +281,16 @@ mod tests {
     #[test]
     fn statuses_outside_the_list_and_head_responses_are_not_stored() {
         let cc = [("cache-control", "max-age=60")];
-        assert_eq!(
-            ttl(response_cacheable(&get(), &resp(500, &cc), &policy(None))),
-            None
-        );
-        assert_eq!(
-            ttl(response_cacheable(&get(), &resp(206, &cc), &policy(None))),
-            None
-        );
-        assert!(ttl(response_cacheable(&get(), &resp(404, &cc), &policy(None))).is_some());
+        assert_eq!(ttl(cacheable(&get(), &resp(500, &cc), &policy(None))), None);
+        assert_eq!(ttl(cacheable(&get(), &resp(206, &cc), &policy(None))), None);
+        assert!(ttl(cacheable(&get(), &resp(404, &cc), &policy(None))).is_some());
         let head = RequestHeader::build("HEAD", b"/x", None).expect("req");
-        assert_eq!(
-            ttl(response_cacheable(&head, &resp(200, &cc), &policy(None))),
-            None
-        );
+        assert_eq!(ttl(cacheable(&head, &resp(200, &cc), &policy(None))), None);
     }
 
     #[test]
     fn no_cache_is_stored_but_stale_at_once() {
-        let c = response_cacheable(
+        let c = cacheable(
             &get(),
             &resp(200, &[("cache-control", "no-cache, max-age=60")]),
             &policy(None),

@@ -164,6 +164,19 @@ impl Checker<'_> {
         if key_sources.is_empty() {
             self.problem(rl_path.key("api_key_headers"), "list at least one header");
         }
+        let tenant_header = raw
+            .rate_limit
+            .tenant_header
+            .as_deref()
+            .unwrap_or("x-tenant");
+        let tenant_header =
+            http::HeaderName::from_bytes(tenant_header.as_bytes()).unwrap_or_else(|_| {
+                self.problem(
+                    rl_path.key("tenant_header"),
+                    format!("{tenant_header:?} is not a valid header name"),
+                );
+                http::HeaderName::from_static("x-tenant")
+            });
         let ipv6_prefix = match raw.rate_limit.ipv6_prefix {
             Some(p) if p == 0 || p > 128 => {
                 self.problem(rl_path.key("ipv6_prefix"), "must be 1 to 128");
@@ -250,6 +263,8 @@ impl Checker<'_> {
             count_cached_responses: raw.rate_limit.count_cached_responses.unwrap_or(true),
             ipv6_prefix,
             max_local_buckets,
+            forward_api_key: raw.rate_limit.forward_api_key.unwrap_or(false),
+            tenant_header,
             redis,
         })
     }

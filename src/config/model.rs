@@ -310,6 +310,10 @@ pub struct RateLimitConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// Decide before the cache lookup (true) or only for requests that go upstream.
     pub count_cached_responses: bool,
+    /// Whether the API key header is sent upstream.
+    pub forward_api_key: bool,
+    /// Header carrying the tenant's name upstream.
+    pub tenant_header: http::HeaderName,
     /// Prefix length anonymous IPv6 clients are grouped by.
     pub ipv6_prefix: u8,
     /// Most in-process buckets held.

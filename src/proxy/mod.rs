@@ -221,7 +221,15 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<RespCacheable> {
         Ok(match ctx.route().and_then(|r| r.cache.as_ref()) {
-            Some(policy) => cache::policy::response_cacheable(session.req_header(), resp, policy),
+            Some(policy) => {
+                let req = session.req_header();
+                let credentialed = ctx
+                    .gateway
+                    .rate_limiter
+                    .as_ref()
+                    .is_some_and(|l| l.carries_credentials(req));
+                cache::policy::response_cacheable(req, resp, policy, credentialed)
+            }
             None => RespCacheable::Uncacheable(NoCacheReason::NeverEnabled),
         })
     }
@@ -273,7 +281,8 @@ impl ProxyHttp for Proxy {
         error.is_none_or(|e| *e.esource() == pingora::ErrorSource::Upstream)
     }
 
-    /// Request id, forwarding headers and the Host override.
+    /// Request id, forwarding headers, the Host override, and what the
+    /// upstream learns of the tenant (`ratelimit::identity`).
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -294,7 +303,18 @@ impl ProxyHttp for Proxy {
             host: ctx.route().and_then(|r| r.upstream.host_header()),
             keep_overrides: &server.keep_override_headers,
         };
-        headers::forward(upstream_request, &forwarding)
+        headers::forward(upstream_request, &forwarding)?;
+        if let Some(limiter) = &ctx.gateway.rate_limiter {
+            // An exempt route decided no budget: identify for the header only.
+            let tenant =
+                ctx.tenant
+                    .or_else(|| match limiter.identify(session.req_header(), peer_ip) {
+                        Ok(crate::ratelimit::identity::Identity::Tenant(i)) => Some(i),
+                        _ => None,
+                    });
+            limiter.forward_identity(upstream_request, tenant)?;
+        }
+        Ok(())
     }
 
     /// `Cache-Status` (RFC 9211) on cached routes, then the usual headers.

@@ -152,6 +152,7 @@ impl Proxy {
         )
         .await;
         ctx.rate_headers = admission.headers;
+        ctx.tenant = admission.tenant;
         match admission.refusal {
             Some(refusal) => respond::error(session, ctx, &refusal).await.map(|()| true),
             None => Ok(false),

@@ -39,6 +39,8 @@ pub struct Admission {
     pub headers: Option<RateHeaders>,
     /// The answer to send instead of serving the request (401 or 429).
     pub refusal: Option<ErrorResponse>,
+    /// The tenant identified, if any (its name goes upstream).
+    pub tenant: Option<usize>,
 }
 
 /// What a request is decided on, besides the request itself.
@@ -96,6 +98,10 @@ pub async fn admit(
     Admission {
         headers: Some(decision.headers),
         refusal,
+        tenant: match who {
+            super::identity::Identity::Tenant(i) => Some(i),
+            super::identity::Identity::Anonymous(_) => None,
+        },
     }
 }
 
@@ -103,6 +109,7 @@ fn refused(refusal: ErrorResponse) -> Admission {
     Admission {
         headers: None,
         refusal: Some(refusal),
+        tenant: None,
     }
 }
 

@@ -77,6 +77,42 @@ impl RateLimiter {
     }
 }
 
+impl RateLimiter {
+    /// Whether a request carries a credential: `Authorization`, or one of
+    /// the configured API-key headers. Such a request's response is stored
+    /// only when it says so (RFC 9111 §3.5), as for `Authorization`.
+    pub fn carries_credentials(&self, req: &RequestHeader) -> bool {
+        self.config.key_sources.iter().any(|source| match source {
+            KeySource::Bearer => false, // `Authorization`, checked by the cache itself
+            KeySource::Header(name) => req.headers.contains_key(name),
+        })
+    }
+
+    /// Sets what the upstream learns about the requester: the tenant's
+    /// name in `tenant_header` (a client's own copy of it removed first, so
+    /// it cannot claim to be another tenant), and, unless
+    /// `forward_api_key`, no API key headers.
+    pub fn forward_identity(
+        &self,
+        upstream: &mut RequestHeader,
+        tenant: Option<usize>,
+    ) -> pingora::Result<()> {
+        upstream.remove_header(&self.config.tenant_header);
+        if let Some((name, _)) = tenant.and_then(|i| self.tenants.get(i)) {
+            upstream.insert_header(self.config.tenant_header.clone(), &**name)?;
+        }
+        if !self.config.forward_api_key {
+            for source in &self.config.key_sources {
+                match source {
+                    KeySource::Bearer => upstream.remove_header(&http::header::AUTHORIZATION),
+                    KeySource::Header(name) => upstream.remove_header(name),
+                };
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What an anonymous budget is keyed by: an IPv4 address as it is (an
 /// IPv4-mapped IPv6 address counts as that IPv4 address), an IPv6 address
 /// cut to its `/prefix` network — a client holding a /64 would otherwise

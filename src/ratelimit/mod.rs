@@ -305,6 +305,8 @@ impl RateLimiter {
                 trusted_proxies: config.trusted_proxies.clone(),
                 count_cached_responses: config.count_cached_responses,
                 ipv6_prefix: config.ipv6_prefix,
+                forward_api_key: config.forward_api_key,
+                tenant_header: config.tenant_header.clone(),
                 max_local_buckets: config.max_local_buckets,
                 redis: config.redis.clone(),
             },

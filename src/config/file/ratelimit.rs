@@ -62,6 +62,14 @@ pub struct RateLimitSpec {
     /// Whether responses served from the cache count against budgets. Default true.
     #[serde(default)]
     pub count_cached_responses: Option<bool>,
+    /// Send the API key header upstream. Default false: the key is
+    /// tollgate's credential; the upstream gets `tenant_header` instead.
+    #[serde(default)]
+    pub forward_api_key: Option<bool>,
+    /// Header that carries the tenant's name upstream (a client's own copy
+    /// is always removed). Default `X-Tenant`.
+    #[serde(default)]
+    pub tenant_header: Option<String>,
     /// Anonymous IPv6 clients share a budget per network of this prefix
     /// length (one customer usually holds a whole /64). Default 64.
     #[serde(default)]
