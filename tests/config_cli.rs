@@ -116,3 +116,39 @@ fn run_reports_a_taken_port_and_exits() {
         "{err}"
     );
 }
+
+#[test]
+fn tls_files_and_the_config_itself_must_be_regular_files() {
+    let dir = scratch_dir("special-files");
+    let fifo = dir.join("key.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    for (cert, key) in [
+        ("/dev/zero", "/dev/zero"),
+        ("/dev/null", fifo.to_str().expect("utf-8")),
+    ] {
+        let file = dir.join("tls.yaml");
+        fs::write(
+            &file,
+            format!(
+                "listen:\n  - {{ address: \"127.0.0.1:8443\", tls: {{ cert: \"{cert}\", key: \"{key}\" }} }}\n\
+                 upstreams:\n  api: {{ backends: [\"127.0.0.1:9000\"] }}\nroutes:\n  - {{ name: r, upstream: api }}\n"
+            ),
+        )
+        .expect("write");
+        let (ok, _, err) = run_cli(&["check", &file.to_string_lossy()]);
+        assert!(!ok, "{cert} / {key} accepted");
+        assert!(
+            err.contains("tls.cert") && err.contains("not a regular file"),
+            "{err}"
+        );
+        assert!(err.contains("tls.key"), "{err}");
+    }
+    // Reading a FIFO as the config would block for ever: refused at once.
+    let (ok, _, err) = run_cli(&["check", &fifo.to_string_lossy()]);
+    assert!(!ok);
+    assert!(err.contains("not a regular file"), "{err}");
+}

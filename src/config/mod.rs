@@ -7,6 +7,7 @@
 //! resolvable addresses) and builds [`model::Config`], the only form the
 //! proxy reads. Every problem is reported as `file:line:col: field: message`.
 
+mod aliases;
 mod check_cache;
 mod check_ratelimit;
 mod check_route;
@@ -43,6 +44,7 @@ pub fn parse(source: &str, file: &str) -> Result<Config, ConfigError> {
         file: file.to_owned(),
         problems,
     };
+    aliases::check_expansion(source).map_err(|problem| invalid(vec![problem]))?;
     let raw: FileConfig =
         serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(source))
             .map_err(|e| invalid(vec![serde_problem(source, e)]))?;
