@@ -92,6 +92,9 @@ pub fn normalise_path(path: &str) -> Result<Cow<'_, str>, PathProblem> {
     if has_dot_segment(&out) {
         return Err(PathProblem::DotSegment);
     }
+    if out == path {
+        return Ok(Cow::Borrowed(path)); // already normal: nothing to rewrite
+    }
     Ok(Cow::Owned(out))
 }
 
