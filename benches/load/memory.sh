@@ -10,6 +10,10 @@
 # 2. routes: 1, 10, 100, 1000 routes; RSS after a request to every route.
 # 3. tenants: 10 ... 100,000 tenants in the config; RSS idle and after
 #    requests cycling through every tenant's key (one bucket each).
+# 4. anonymous: ANON_KEYS (1,000,000) distinct client addresses (through a
+#    trusted X-Forwarded-For), then twice as many: RSS idle, after 1M and
+#    after 2M distinct keys with rate_limit.max_local_buckets at 1M — the
+#    second number must not grow past the first by more than noise.
 # Prints tables and writes target/bench/memory-results.json. Exits non-zero
 # if the filled cache leaves RSS above idle + max_size + the documented
 # overhead (MAX_OVERHEAD_PCT of max_size).
@@ -17,7 +21,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 FILL_SECONDS="${1:-15}"
 CACHE_MAX_MIB="${CACHE_MAX_MIB:-64}"
-PARTS="${PARTS:-cache routes tenants}" # which of the three checks to run
+PARTS="${PARTS:-cache routes tenants anonymous}" # which of the checks to run
+ANON_KEYS="${ANON_KEYS:-1000000}"
 MAX_OVERHEAD_PCT="${MAX_OVERHEAD_PCT:-25}"
 PROXY_CPU=0
 LOAD_CPU=1
@@ -115,8 +120,15 @@ cat > "$WORK/distinct.lua" <<'LUA'
 local n = 0
 local prefix = os.getenv("PREFIX") or "/small/"
 local keys = tonumber(os.getenv("KEYS") or "0")
+local anon = os.getenv("ANON") == "1"
+local base = tonumber(os.getenv("BASE") or "0")
 request = function()
   n = n + 1
+  if anon then
+    local k = base + n
+    local ip = string.format("10.%d.%d.%d", math.floor(k / 65536) % 256, math.floor(k / 256) % 256, k % 256)
+    return wrk.format("GET", "/small/anon", { ["X-Forwarded-For"] = ip })
+  end
   if keys > 0 then
     return wrk.format("GET", "/", { ["X-API-Key"] = "key-" .. (n % keys) })
   end
@@ -216,6 +228,43 @@ PY
 done
 fi
 
+# --- 4. anonymous keys ----------------------------------------------------
+anon_rows=()
+if [[ " $PARTS " == *" anonymous "* ]]; then
+echo "== anonymous: $ANON_KEYS distinct client addresses, then twice as many" >&2
+{ config_head | sed 's/^server:$/server:\n  trusted_proxies: [127.0.0.1]/'; cat <<YAML
+routes:
+  - { name: api, match: { path_prefix: / }, upstream: origin, cache: {} }
+tiers:
+  free: { per_hour: 10 }         # a bucket outlives the run: one request spends a tenth of the hour
+anonymous: { tier: free }
+rate_limit: { max_local_buckets: $ANON_KEYS }
+YAML
+} > "$WORK/anon.yaml"
+start "$WORK/anon.yaml"
+curl -fsS -o /dev/null "http://$PROXY/small/anon"
+idle=$(rss_kib)
+# wrk's threads each count from 1: one thread, and enough time for ANON_KEYS
+# requests; BASE moves the second round past the first round's addresses.
+anon_load() { # base
+  local sent=0
+  while [ "$sent" -lt "$ANON_KEYS" ]; do
+    env ANON=1 BASE=$(( $1 + sent )) taskset -c $LOAD_CPU wrk -t1 -c16 -d10s -s "$WORK/distinct.lua" "http://$PROXY" > "$WORK/wrk.out"
+    sent=$(( sent + $(awk '/requests in/ { print $1 }' "$WORK/wrk.out") ))
+  done
+  echo "$sent"
+}
+first=$(anon_load 0)
+one=$(rss_kib)
+buckets_one=$(metric tollgate_ratelimit_buckets)
+second=$(anon_load "$first")
+two=$(rss_kib)
+evicted=$(metric tollgate_ratelimit_buckets_evicted_total)
+stop
+anon_rows+=("$idle $first $one $buckets_one $second $two $evicted")
+json_parts+=("\"anonymous\": {\"rss_idle_kib\": $idle, \"keys_first\": $first, \"rss_after_first_kib\": $one, \"keys_second\": $second, \"rss_after_second_kib\": $two, \"buckets_evicted\": $evicted}")
+fi
+
 echo
 echo "cache (max_size ${CACHE_MAX_MIB} MiB = $((CACHE_MAX_MIB * 1024)) KiB; allowed overhead ${MAX_OVERHEAD_PCT}% of max_size)"
 printf '%-6s %10s %11s %12s %9s %10s %16s %12s\n' body "idle KiB" "filled KiB" "cache bytes" entries evictions "over idle+max KiB" "RSS B/entry"
@@ -229,6 +278,14 @@ for r in ${route_rows[@]+"${route_rows[@]}"}; do read -r n rss <<<"$r"; printf '
 echo
 echo "tenants (RSS idle, and after traffic from every tenant)"
 for r in ${tenant_rows[@]+"${tenant_rows[@]}"}; do read -r n idle active <<<"$r"; printf '%7s tenants  %8s KiB idle  %8s KiB active\n' "$n" "$idle" "$active"; done
+
+echo
+echo "anonymous keys (max_local_buckets = $ANON_KEYS)"
+for r in ${anon_rows[@]+"${anon_rows[@]}"}; do
+  read -r idle first one buckets second two evicted <<<"$r"
+  printf 'idle %s KiB; after %s distinct keys %s KiB (%s buckets); after %s more %s KiB (%s evicted)\n' \
+    "$idle" "$first" "$one" "$buckets" "$second" "$two" "$evicted"
+done
 
 printf '{"cache_max_size_mib": %s, "max_overhead_pct": %s, %s}\n' "$CACHE_MAX_MIB" "$MAX_OVERHEAD_PCT" \
   "$(IFS=,; echo "${json_parts[*]}")" | python3 -m json.tool > "$OUT/memory-results.json"
