@@ -87,6 +87,7 @@ fn least_connections(c: &mut Criterion) {
                 fail_on_5xx: false,
             },
             retries: 1,
+            retry_on_5xx: false,
         },
         &metrics,
         &UpstreamMemory::default(),

@@ -16,6 +16,10 @@ pub const REQUEST_TIMEOUT: ErrorType = ErrorType::Custom("request_timeout");
 /// Custom Pingora error type: a request body grew past the route's limit
 /// while it streamed (a chunked body; a `Content-Length` is checked first).
 pub const PAYLOAD_TOO_LARGE: ErrorType = ErrorType::Custom("payload_too_large");
+/// Custom Pingora error type: the backend answered 502/503/504 to an
+/// idempotent request and the pool retries those (`retry_on_5xx`); raised
+/// only when a retry will be made, so the client never sees it.
+pub const RETRY_STATUS: ErrorType = ErrorType::Custom("upstream_retry_status");
 /// Custom Pingora error type: the pool has no backend that may take traffic.
 pub const NO_HEALTHY_UPSTREAM: ErrorType = ErrorType::Custom("no_healthy_upstream");
 

@@ -327,3 +327,90 @@ fn unknown_route_answer_keeps_the_connection() {
     assert_eq!(keep_alive_get(&mut conn, "/nowhere"), (404, false));
     assert_eq!(keep_alive_get(&mut conn, "/api/x"), (200, false));
 }
+
+#[test]
+fn a_read_timeout_on_a_get_is_retried_on_another_backend_and_a_post_never_is() {
+    let slow = TestUpstream::start(|_| Action::ReplyWhenReleased(Reply::ok("slow")));
+    let fast = TestUpstream::fixed("fast");
+    let proxy = TollgateProcess::start(&format!(
+        "upstreams:\n  api:\n    backends: [\"{}\", \"{}\"]\n    max_fails: 0\n\
+         routes:\n  - {{ name: api, upstream: api, timeouts: {{ read: 300ms, total: 10s }} }}\n",
+        slow.addr, fast.addr
+    ));
+    // GETs until one has met the slow backend: each is answered by the fast one.
+    for _ in 0..50 {
+        let r = get(proxy.addr, "/x").expect("get");
+        assert_eq!((r.status, r.text().as_str()), (200, "fast"));
+        if slow.count() > 0 {
+            break;
+        }
+    }
+    assert!(slow.count() > 0, "no GET ever went to the slow backend");
+    assert!(metric_sum(&proxy, "tollgate_upstream_retries_total", "api") >= 1.0);
+    // A POST that times out is answered 504, never sent to a second backend.
+    let (slow_before, fast_before) = (slow.count(), fast.count());
+    let mut timed_out = 0;
+    for _ in 0..20 {
+        let r = request(proxy.addr, "POST", "/orders", &[], b"{}").expect("post");
+        if r.status == 504 {
+            timed_out += 1;
+        } else {
+            assert_eq!(r.status, 200);
+        }
+    }
+    let delivered = (slow.count() - slow_before) + (fast.count() - fast_before);
+    assert_eq!(delivered, 20, "every POST reached exactly one backend");
+    assert_eq!(timed_out, slow.count() - slow_before);
+    slow.release();
+}
+
+#[test]
+fn retry_on_5xx_hides_a_failing_backend_from_gets() {
+    let broken = TestUpstream::start(|_| {
+        Action::Reply(Reply {
+            status: 503,
+            headers: Vec::new(),
+            body: b"broken".to_vec(),
+        })
+    });
+    let good = TestUpstream::fixed("good");
+    // Without the option the backend's 503 is passed through as it was sent.
+    let plain = TollgateProcess::start(&pool(&[&broken, &good], "    max_fails: 0\n"));
+    let mut passed_through = false;
+    for _ in 0..50 {
+        let r = get(plain.addr, "/x").expect("get");
+        if r.status == 503 {
+            assert_eq!(r.text(), "broken");
+            passed_through = true;
+            break;
+        }
+    }
+    assert!(passed_through);
+    // With it, every GET gets the good backend's answer.
+    let retrying = TollgateProcess::start(&pool(
+        &[&broken, &good],
+        "    max_fails: 0\n    retry_on_5xx: true\n",
+    ));
+    let broken_before = broken.count();
+    for _ in 0..20 {
+        let r = get(retrying.addr, "/x").expect("get");
+        assert_eq!((r.status, r.text().as_str()), (200, "good"));
+    }
+    assert!(
+        broken.count() > broken_before,
+        "the broken backend was asked"
+    );
+    assert!(metric_sum(&retrying, "tollgate_upstream_retries_total", "api") >= 1.0);
+    // A POST is not retried: it gets whatever backend it reached, as is.
+    let statuses: Vec<u16> = (0..20)
+        .map(|_| {
+            request(retrying.addr, "POST", "/x", &[], b"{}")
+                .expect("post")
+                .status
+        })
+        .collect();
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+}

@@ -91,6 +91,7 @@ impl Checker<'_> {
             health_check,
             passive,
             retries: spec.retries.unwrap_or(defaults::RETRIES),
+            retry_on_5xx: spec.retry_on_5xx.unwrap_or(false),
         }
     }
 

@@ -149,6 +149,8 @@ pub struct UpstreamConfig {
     pub passive: PassiveHealth,
     /// Extra attempts on another backend.
     pub retries: usize,
+    /// Retry idempotent requests answered 502/503/504 on another backend.
+    pub retry_on_5xx: bool,
 }
 
 /// An active health check with defaults applied.

@@ -28,6 +28,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use steps::{client_ip, no_route};
 
+/// What a failed or retried attempt allows: see `upstream::attempt`.
+fn replay_of(session: &Session, upstream_reused: bool) -> Replay {
+    Replay {
+        idempotent: session.req_header().method.is_idempotent(),
+        body_buffered: !session.as_downstream().retry_buffer_truncated(),
+        response_started: session.response_written().is_some(),
+        upstream_reused,
+    }
+}
+
 /// The proxy service logic.
 pub struct Proxy {
     state: Arc<AppState>,
@@ -149,12 +159,7 @@ impl ProxyHttp for Proxy {
         upstream_reused: bool, // Pingora's `client_reused`: tollgate is the client here
     ) -> Box<Error> {
         let e = e.more_context(format!("Peer: {peer}"));
-        let replay = Replay {
-            idempotent: session.req_header().method.is_idempotent(),
-            body_buffered: !session.as_downstream().retry_buffer_truncated(),
-            response_started: session.response_written().is_some(),
-            upstream_reused,
-        };
+        let replay = replay_of(session, upstream_reused);
         let started = ctx.started;
         let (Some(route), attempts) = ctx.route_and_attempts() else {
             return e;
@@ -173,14 +178,26 @@ impl ProxyHttp for Proxy {
     /// first byte; a 5xx counts against the backend if configured.
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         headers::strip_response_hop_by_hop(upstream_response);
         let status = upstream_response.status.as_u16();
+        let started = ctx.started;
         if let (Some(route), attempts) = ctx.route_and_attempts() {
             attempts.response_header(&route.upstream, status, &self.state.metrics);
+            // Pingora retries what `error_while_proxy` marks retryable: a
+            // 5xx the pool retries becomes such an error, before any of it
+            // is sent or stored.
+            let replay = replay_of(session, false);
+            let (pool, timeouts) = (&route.upstream, &route.timeouts);
+            if attempts.should_retry_status(pool, timeouts, started, status, replay) {
+                return Err(Error::explain(
+                    crate::errors::RETRY_STATUS,
+                    format!("upstream {} answered {status}: retrying", pool.name()),
+                ));
+            }
         }
         Ok(())
     }

@@ -18,10 +18,14 @@
 //!   replay does not use up the pool's `retries`;
 //! - a retry needs retries left, time left, and another ready backend;
 //! - a connect failure may be retried for any method (nothing was sent);
-//!   a failure after connecting only for an idempotent request whose body
-//!   is fully buffered and before any response byte reached the client;
-//!   timeouts after connecting are never retried (a slow backend must not
-//!   get the request twice);
+//!   a failure after connecting — a reset, a close, or a read timeout
+//!   (nginx's default `proxy_next_upstream error timeout`) — only for an
+//!   idempotent request whose body is fully buffered and before any
+//!   response byte reached the client: a non-idempotent request must not
+//!   reach a backend twice;
+//! - a 502/503/504 answer to an idempotent request is retried on another
+//!   backend when the pool says `retry_on_5xx`, and only when the retry
+//!   can be made — otherwise the client gets the backend's answer as is;
 //! - `tollgate_upstream_retries_total` counts attempts that were made after
 //!   a failed one, not retries that were only considered.
 
@@ -159,6 +163,25 @@ impl Attempts {
         }
     }
 
+    /// Whether a 502/503/504 answer just received should be replaced by a
+    /// retry on another backend: the pool retries those, the request can
+    /// be sent again, and a retry is possible (retries, time, a backend).
+    pub fn should_retry_status(
+        &self,
+        pool: &UpstreamPool,
+        timeouts: &RouteTimeouts,
+        started: Instant,
+        status: u16,
+        replay: Replay,
+    ) -> bool {
+        pool.retries_on_5xx()
+            && matches!(status, 502..=504)
+            && replay.idempotent
+            && replay.body_buffered
+            && !replay.response_started
+            && self.retry_possible(pool, timeouts, started)
+    }
+
     /// A connect failure: counted against the backend, and retried on
     /// another one when allowed (nothing was sent, so for any method).
     pub fn connect_failed(
@@ -190,6 +213,11 @@ impl Attempts {
         replay: Replay,
         metrics: &Metrics,
     ) -> Box<Error> {
+        if *e.etype() == errors::RETRY_STATUS {
+            // Decided (and counted) when the answer arrived.
+            e.set_retry(true);
+            return e;
+        }
         if *e.esource() != ErrorSource::Upstream {
             e.set_retry(false);
             return e;
@@ -210,7 +238,7 @@ impl Attempts {
         } else {
             FailureKind::Closed
         };
-        let may_replay = kind == FailureKind::Closed
+        let may_replay = matches!(kind, FailureKind::Closed | FailureKind::Timeout)
             && replay.idempotent
             && replay.body_buffered
             && !replay.response_started;
@@ -260,6 +288,19 @@ impl Attempts {
             return false;
         };
         pool.record_failure(lease.backend(), kind, metrics);
+        self.retry_possible(pool, timeouts, started)
+    }
+
+    /// Retries left, time left, and another ready backend.
+    fn retry_possible(
+        &self,
+        pool: &UpstreamPool,
+        timeouts: &RouteTimeouts,
+        started: Instant,
+    ) -> bool {
+        let Some(lease) = &self.lease else {
+            return false;
+        };
         // The stale-connection replay does not use up the pool's retries.
         let retries_used = self
             .count

@@ -222,6 +222,7 @@ mod tests {
                 fail_on_5xx: false,
             },
             retries: 0,
+            retry_on_5xx: false,
         };
         UpstreamPool::new(&config, metrics, memory).expect("pool")
     }

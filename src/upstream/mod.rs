@@ -71,6 +71,7 @@ pub struct UpstreamPool {
     host_header: Option<HeaderValue>,
     passive: PassiveHealth,
     retries: usize,
+    retry_on_5xx: bool,
     retries_total: IntCounter,
     panic_total: IntCounter,
     duration: Histogram,
@@ -128,6 +129,7 @@ impl UpstreamPool {
             host_header: config.host_header.clone(),
             passive: config.passive,
             retries: config.retries,
+            retry_on_5xx: config.retry_on_5xx,
             retries_total: metrics.upstream_retries.with_label_values(&[name]),
             panic_total: metrics.upstream_panic.with_label_values(&[name]),
             duration: metrics.upstream_duration.with_label_values(&[name]),
@@ -162,6 +164,11 @@ impl UpstreamPool {
     /// How many extra attempts a request may make on other backends.
     pub fn retries(&self) -> usize {
         self.retries
+    }
+
+    /// Whether idempotent requests answered 502/503/504 are retried.
+    pub fn retries_on_5xx(&self) -> bool {
+        self.retry_on_5xx
     }
 
     /// `tollgate_upstream_retries_total{upstream}` of this pool.

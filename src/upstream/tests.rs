@@ -29,6 +29,7 @@ fn pool_with(weights: &[usize], health_check: Option<HealthCheckConfig>) -> Upst
             fail_on_5xx: false,
         },
         retries: 1,
+        retry_on_5xx: false,
     };
     UpstreamPool::new(&config, &metrics, &UpstreamMemory::default()).expect("pool")
 }

@@ -234,6 +234,11 @@ pub struct UpstreamSpec {
     /// Default 1.
     #[serde(default)]
     pub retries: Option<usize>,
+    /// Retry idempotent requests answered 502, 503 or 504 on another
+    /// backend (nginx's `proxy_next_upstream http_502 http_503 http_504`).
+    /// Default false.
+    #[serde(default)]
+    pub retry_on_5xx: Option<bool>,
 }
 
 /// An active health check.
