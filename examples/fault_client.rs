@@ -9,6 +9,11 @@
 //! ```
 //! RATE is requests per second across all connections; FAULT_FROM and
 //! FAULT_TO are seconds since start. Prints one JSON object.
+//!
+//! Like every HTTP client library (RFC 9112 §9.3.1), it sends a request
+//! again, once, on a new connection when a *reused* connection was closed
+//! before any byte of the answer came back (the server closed it while
+//! idle); those are counted as `client_retries`, not as failures.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -57,12 +62,48 @@ fn args() -> Result<Args, String> {
     })
 }
 
-/// Reads one response; its status.
-async fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<(u16, bool)> {
-    let mut line = String::new();
-    if reader.read_line(&mut line).await? == 0 {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
+/// Why an exchange failed, and whether any of the answer had arrived.
+struct Failed {
+    error: std::io::Error,
+    answer_started: bool,
+}
+
+impl From<std::io::Error> for Failed {
+    fn from(error: std::io::Error) -> Self {
+        Failed {
+            error,
+            answer_started: true,
+        }
     }
+}
+
+/// Sends the request and reads one response; its status and whether the
+/// server closes the connection after it.
+async fn exchange(
+    reader: &mut BufReader<TcpStream>,
+    request: &[u8],
+) -> Result<(u16, bool), Failed> {
+    let unanswered = |error| Failed {
+        error,
+        answer_started: false,
+    };
+    reader
+        .get_mut()
+        .write_all(request)
+        .await
+        .map_err(unanswered)?;
+    let mut line = String::new();
+    match reader.read_line(&mut line).await {
+        Ok(0) => return Err(unanswered(std::io::ErrorKind::UnexpectedEof.into())),
+        Err(e) => return Err(unanswered(e)),
+        Ok(_) => {}
+    }
+    Ok(read_rest(reader, &line).await?)
+}
+
+/// Reads the rest of a response whose status line is `line`.
+async fn read_rest(reader: &mut BufReader<TcpStream>, line: &str) -> std::io::Result<(u16, bool)> {
+    let mut line = line.to_owned();
     let status: u16 = line
         .split_whitespace()
         .nth(1)
@@ -119,7 +160,11 @@ fn kind(e: &std::io::Error) -> &'static str {
     }
 }
 
-async fn connection(args: std::sync::Arc<Args>, index: usize, started: Instant) -> Vec<Sample> {
+async fn connection(
+    args: std::sync::Arc<Args>,
+    index: usize,
+    started: Instant,
+) -> (Vec<Sample>, u64) {
     let interval = Duration::from_secs_f64(args.connections as f64 / args.rate);
     let end = Duration::from_secs(args.seconds);
     // Spread the connections' first requests over one interval.
@@ -131,19 +176,31 @@ async fn connection(args: std::sync::Arc<Args>, index: usize, started: Instant) 
     }
     request.push_str("\r\n");
     let mut samples = Vec::new();
+    let mut retries = 0u64;
     let mut conn: Option<BufReader<TcpStream>> = None;
     while next < end {
         tokio::time::sleep_until((started + next).into()).await;
         let start = started.elapsed();
         let outcome = tokio::time::timeout(Duration::from_secs(10), async {
-            if conn.is_none() {
-                let stream = TcpStream::connect(&args.addr).await?;
-                stream.set_nodelay(true)?;
-                conn = Some(BufReader::new(stream));
+            let mut retried = false;
+            loop {
+                let reused = conn.is_some();
+                if conn.is_none() {
+                    let stream = TcpStream::connect(&args.addr).await?;
+                    stream.set_nodelay(true)?;
+                    conn = Some(BufReader::new(stream));
+                }
+                let reader = conn.as_mut().ok_or(std::io::ErrorKind::NotConnected)?;
+                match exchange(reader, request.as_bytes()).await {
+                    Ok(answer) => return Ok(answer),
+                    Err(f) if reused && !f.answer_started && !retried => {
+                        conn = None;
+                        retried = true;
+                        retries += 1;
+                    }
+                    Err(f) => return Err(f.error),
+                }
             }
-            let reader = conn.as_mut().ok_or(std::io::ErrorKind::NotConnected)?;
-            reader.get_mut().write_all(request.as_bytes()).await?;
-            read_response(reader).await
         })
         .await;
         let latency = started.elapsed() - start;
@@ -181,7 +238,7 @@ async fn connection(args: std::sync::Arc<Args>, index: usize, started: Instant) 
         samples.push(sample);
         next += interval;
     }
-    samples
+    (samples, retries)
 }
 
 fn p99(mut latencies: Vec<Duration>) -> f64 {
@@ -207,9 +264,11 @@ async fn main() {
         .map(|i| tokio::spawn(connection(args.clone(), i, started)))
         .collect();
     let mut samples = Vec::new();
+    let mut client_retries = 0;
     for t in tasks {
-        if let Ok(s) = t.await {
+        if let Ok((s, r)) = t.await {
             samples.extend(s);
+            client_retries += r;
         }
     }
     let failed = |s: &Sample| s.status == 0 || s.status >= 500;
@@ -244,6 +303,7 @@ async fn main() {
         "failures": failures,
         "client_5xx": client_5xx,
         "io_errors": io_errors,
+        "client_retries": client_retries,
         "by_status": by_status,
         "p99_ms": p99(samples.iter().map(|s| s.latency).collect()),
         "p99_during_fault_ms": p99(during),
