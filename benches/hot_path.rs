@@ -111,6 +111,7 @@ fn cache_policy() -> RouteCache {
         stale_while_revalidate: Duration::ZERO,
         stale_if_error: Duration::ZERO,
         statuses: vec![200],
+        heuristic_freshness: true,
         exclude_query: vec!["utm_source".into()],
         ignore_query: false,
         sort_query: true,
@@ -153,7 +154,7 @@ fn cache_decisions(c: &mut Criterion) {
                 black_box(&req),
                 black_box(&resp),
                 &policy,
-                false,
+                tollgate::cache::policy::Exchange::default(),
             )
         })
     });

@@ -45,6 +45,9 @@ pub struct RequestCtx {
     pub body_bytes_in: u64,
     /// Request body bytes received so far (checked against the route's limit).
     pub request_body_bytes: u64,
+    /// The fields of an upstream 304 that answered a revalidation, until
+    /// `response_cache_filter` updates the stored response with them.
+    pub not_modified: Option<http::HeaderMap>,
     /// The cache key, when the fresh-hit path built it and found nothing to
     /// serve: Pingora's `cache_key_callback` takes it instead of building it again.
     pub cache_key: Option<pingora::cache::key::CacheKey>,
@@ -69,6 +72,7 @@ impl RequestCtx {
             body_bytes_in: 0,
             request_body_bytes: 0,
             cache_key: None,
+            not_modified: None,
             _in_flight: InFlightGuard::new(in_flight),
         }
     }

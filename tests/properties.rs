@@ -98,6 +98,7 @@ fn policy() -> RouteCache {
         stale_while_revalidate: std::time::Duration::ZERO,
         stale_if_error: std::time::Duration::ZERO,
         statuses: vec![200],
+        heuristic_freshness: true,
         exclude_query: Vec::new(),
         ignore_query: false,
         sort_query: true,

@@ -22,6 +22,7 @@ fn default_policy() -> RouteCache {
         stale_while_revalidate: std::time::Duration::ZERO,
         stale_if_error: std::time::Duration::ZERO,
         statuses: Vec::new(),
+        heuristic_freshness: true,
         exclude_query: Vec::new(),
         ignore_query: false,
         sort_query: true,
@@ -45,9 +46,11 @@ pub struct Finished<'a> {
 /// removed in `tollgate_cache_purges_total{reason="invalidation"}` and
 /// returns it.
 pub fn after_unsafe_request(store: &MemoryStore, metrics: &Metrics, done: &Finished<'_>) -> usize {
-    let unsafe_method = matches!(
+    // §4.4: every method not defined as safe (RFC 9110 §9.2.1) — POST,
+    // PUT, PATCH, DELETE and any method the cache does not know.
+    let unsafe_method = !matches!(
         done.req.method,
-        http::Method::POST | http::Method::PUT | http::Method::PATCH | http::Method::DELETE
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE
     );
     let succeeded = done
         .resp
@@ -205,5 +208,21 @@ mod tests {
             0
         );
         assert_eq!(store.entries(), 1);
+    }
+
+    /// RFC 9111 §4.4: a method the cache does not know is unsafe too.
+    #[tokio::test]
+    async fn an_unknown_method_invalidates_like_post() {
+        let store: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new()));
+        let metrics = Metrics::new().expect("metrics");
+        store_entry(store, "api.test", "/items").await;
+        let host = Host::parse_str("api.test");
+        let purge = RequestHeader::build("PURGEITEMS", b"/items", None).expect("req");
+        let ok = ResponseHeader::build(200, None).expect("resp");
+        assert_eq!(
+            after_unsafe_request(store, &metrics, &finished(&purge, host.as_ref(), &ok)),
+            1
+        );
+        assert_eq!(store.entries(), 0);
     }
 }

@@ -173,6 +173,7 @@ mod tests {
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
             statuses: vec![200],
+            heuristic_freshness: true,
             exclude_query: Vec::new(),
             ignore_query: false,
             sort_query: true,

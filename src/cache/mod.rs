@@ -8,9 +8,11 @@
 //! `cache.max_size` therefore only changes with a restart.
 
 pub mod fresh;
+pub mod freshness;
 pub mod invalidate;
 pub mod key;
 pub mod policy;
+pub mod revalidation;
 pub mod store;
 pub mod vary;
 

@@ -9,9 +9,9 @@
 //! the checks below, the route defaults, and the cases Pingora leaves open
 //! (`Vary: *`, `Set-Cookie`, statuses).
 
+use super::freshness;
 use crate::config::model::RouteCache;
-use pingora::cache::cache_control::{CacheControl, Cacheable, InterpretCacheControl};
-use pingora::cache::filters::calculate_expires_header_time;
+use pingora::cache::cache_control::{CacheControl, Cacheable, DirectiveKey, InterpretCacheControl};
 use pingora::cache::{CacheMeta, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::time::{Duration, SystemTime};
@@ -21,21 +21,32 @@ fn not_stored(reason: &'static str) -> RespCacheable {
     RespCacheable::Uncacheable(NoCacheReason::Custom(reason))
 }
 
-/// Decides whether `resp` (to `req`) may be stored under `policy` (RFC 9111 §3).
-/// `credentialed`: the request carries an API key, which is treated like
-/// `Authorization` (§3.5).
+/// What the proxy knows about the exchange besides the two headers.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Exchange {
+    /// The request carries an API key, treated like `Authorization` (§3.5).
+    pub credentialed: bool,
+    /// From sending the request upstream to receiving the response: part
+    /// of the response's initial age (§4.2.3).
+    pub response_delay: Duration,
+}
+
+/// Decides whether `resp` (to `req`) may be stored under `policy` (RFC 9111
+/// §3), and for how long (§4.2, in `freshness`).
 pub fn response_cacheable(
     req: &RequestHeader,
     resp: &ResponseHeader,
     policy: &RouteCache,
-    credentialed: bool,
+    exchange: Exchange,
 ) -> RespCacheable {
     // A HEAD response has no body: storing it would answer later GETs with nothing.
     if req.method != http::Method::GET {
         return not_stored("method");
     }
     let status = resp.status.as_u16();
-    if !policy.statuses.contains(&status) {
+    // Final statuses only; 206 needs range-aware storage, a 304 is not a
+    // response to store (it updates one, §4.3.4).
+    if status < 200 || status == 206 || status == 304 {
         return not_stored("status");
     }
     // §4.1: "Vary: *" always fails to match.
@@ -51,9 +62,9 @@ pub fn response_cacheable(
         return not_stored("set-cookie");
     }
     let cc = CacheControl::from_resp_headers(resp);
-    // §3.5: a request with Authorization (or an API key, `credentialed`)
-    // only if the response explicitly allows it.
-    if (credentialed || req.headers.contains_key(http::header::AUTHORIZATION))
+    // §3.5: a request with Authorization (or an API key) only if the
+    // response explicitly allows it.
+    if (exchange.credentialed || req.headers.contains_key(http::header::AUTHORIZATION))
         && !cc
             .as_ref()
             .is_some_and(|c| c.allow_caching_authorized_req())
@@ -66,25 +77,30 @@ pub fn response_cacheable(
     {
         return not_stored("no-store-or-private");
     }
-    // §4.2.1: s-maxage, then max-age, then Expires; then the route default.
-    let explicit = cc
-        .as_ref()
-        .and_then(|c| c.fresh_duration())
-        .map(Freshness::For)
-        .or_else(|| calculate_expires_header_time(resp).map(Freshness::Until));
     let now = SystemTime::now();
-    let fresh_until = match explicit {
-        Some(Freshness::For(ttl)) => now.checked_add(ttl.min(policy.max_ttl.unwrap_or(ttl))),
-        Some(Freshness::Until(at)) => Some(match policy.max_ttl.and_then(|m| now.checked_add(m)) {
-            Some(cap) => at.min(cap),
-            None => at,
-        }),
-        None => match policy.default_ttl {
-            Some(ttl) => now.checked_add(ttl.min(policy.max_ttl.unwrap_or(ttl))),
+    // §3: any final status with explicit freshness; without it, the
+    // route's statuses with its default_ttl or a heuristic lifetime.
+    let lifetime = match freshness::explicit_lifetime(cc.as_ref(), resp, now) {
+        Some(lifetime) => lifetime,
+        None if !policy.statuses.contains(&status) => return not_stored("status"),
+        None => match policy.default_ttl.or_else(|| {
+            policy
+                .heuristic_freshness
+                .then(|| freshness::heuristic_lifetime(resp, now))
+                .flatten()
+        }) {
+            Some(lifetime) => lifetime,
             None => return not_stored("no-freshness"),
         },
     };
-    let Some(fresh_until) = fresh_until else {
+    let lifetime = policy.max_ttl.map_or(lifetime, |cap| lifetime.min(cap));
+    // §4.2.3: age is counted from when the origin made the response, so an
+    // upstream `Age` or an old `Date` makes it older on arrival.
+    let initial_age = freshness::corrected_initial_age(resp, now, exchange.response_delay);
+    let epoch = now
+        .checked_sub(initial_age)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let Some(fresh_until) = epoch.checked_add(lifetime) else {
         return not_stored("no-freshness");
     };
     let swr = cc
@@ -99,18 +115,11 @@ pub fn response_cacheable(
     if let Some(c) = &cc {
         c.strip_private_headers(&mut header);
     }
-    RespCacheable::Cacheable(CacheMeta::new(
-        fresh_until,
-        now,
-        secs(swr),
-        secs(sie),
-        header,
-    ))
-}
-
-enum Freshness {
-    For(Duration),
-    Until(SystemTime),
+    let mut meta = CacheMeta::new(fresh_until, now, secs(swr), secs(sie), header);
+    if !initial_age.is_zero() {
+        meta.set_epoch_override(epoch);
+    }
+    RespCacheable::Cacheable(meta)
 }
 
 fn secs(d: Duration) -> u32 {
@@ -122,6 +131,12 @@ fn secs(d: Duration) -> u32 {
 pub struct RequestDirectives {
     /// `no-cache` or `max-age=0`: revalidate before using a stored response.
     pub revalidate: bool,
+    /// `max-age=N`: a stored response older than N seconds is not used
+    /// without revalidation (§5.2.1.1).
+    pub max_age: Option<u32>,
+    /// `min-fresh=N`: a stored response must stay fresh N more seconds
+    /// (§5.2.1.3).
+    pub min_fresh: Option<u32>,
     /// `only-if-cached`: answer from the cache or with 504.
     pub only_if_cached: bool,
     /// `no-store`: do not store the response to this request.
@@ -141,11 +156,44 @@ impl RequestDirectives {
                 ..Self::default()
             };
         };
+        // An invalid `max-age` or `min-fresh` asks for the strictest answer.
+        let delta = |key: &str| {
+            let value = cc.directives.get(&DirectiveKey::from_lowercase(key))?;
+            Some(
+                value
+                    .as_ref()
+                    .and_then(|v| v.parse_as_delta_seconds().ok())
+                    .unwrap_or(0),
+            )
+        };
+        let max_age = delta("max-age");
         Self {
-            revalidate: cc.no_cache() || matches!(cc.max_age(), Ok(Some(0))),
+            revalidate: cc.no_cache() || max_age == Some(0),
+            max_age,
+            min_fresh: delta("min-fresh"),
             only_if_cached: cc.has_key("only-if-cached"),
             no_store: cc.no_store(),
         }
+    }
+
+    /// Whether a fresh stored response must be revalidated before this
+    /// request may use it: `no-cache`, or older than `max-age`, or fresh
+    /// for less than `min-fresh` more seconds.
+    pub fn asks_to_revalidate(&self, meta: &CacheMeta) -> bool {
+        if self.revalidate {
+            return true;
+        }
+        let too_old = self
+            .max_age
+            .is_some_and(|max| meta.age() > Duration::from_secs(u64::from(max)));
+        let fresh_left = meta
+            .fresh_until()
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        let too_close = self
+            .min_fresh
+            .is_some_and(|min| fresh_left < Duration::from_secs(u64::from(min)));
+        too_old || too_close
     }
 }
 
@@ -154,7 +202,7 @@ mod tests {
     use super::*;
 
     fn cacheable(req: &RequestHeader, resp: &ResponseHeader, policy: &RouteCache) -> RespCacheable {
-        response_cacheable(req, resp, policy, false)
+        response_cacheable(req, resp, policy, Exchange::default())
     }
 
     fn policy(default_ttl: Option<u64>) -> RouteCache {
@@ -164,6 +212,7 @@ mod tests {
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
             statuses: crate::config::model::defaults::CACHEABLE_STATUSES.to_vec(),
+            heuristic_freshness: true,
             exclude_query: Vec::new(),
             ignore_query: false,
             sort_query: true,
@@ -278,12 +327,24 @@ mod tests {
         }
     }
 
+    /// RFC 9111 §3: any final status with explicit freshness is storable;
+    /// the route's list only says which ones get `default_ttl`.
     #[test]
-    fn statuses_outside_the_list_and_head_responses_are_not_stored() {
+    fn any_final_status_with_explicit_freshness_is_stored() {
         let cc = [("cache-control", "max-age=60")];
-        assert_eq!(ttl(cacheable(&get(), &resp(500, &cc), &policy(None))), None);
+        for status in [302, 303, 307, 299, 500, 599] {
+            assert!(
+                ttl(cacheable(&get(), &resp(status, &cc), &policy(None))).is_some(),
+                "{status}"
+            );
+        }
+        assert_eq!(
+            ttl(cacheable(&get(), &resp(500, &[]), &policy(Some(60)))),
+            None
+        );
+        assert!(ttl(cacheable(&get(), &resp(404, &[]), &policy(Some(60)))).is_some());
         assert_eq!(ttl(cacheable(&get(), &resp(206, &cc), &policy(None))), None);
-        assert!(ttl(cacheable(&get(), &resp(404, &cc), &policy(None))).is_some());
+        assert_eq!(ttl(cacheable(&get(), &resp(304, &cc), &policy(None))), None);
         let head = RequestHeader::build("HEAD", b"/x", None).expect("req");
         assert_eq!(ttl(cacheable(&head, &resp(200, &cc), &policy(None))), None);
     }

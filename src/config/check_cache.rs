@@ -85,6 +85,7 @@ impl Checker<'_> {
                 .stale_if_error
                 .map_or(std::time::Duration::ZERO, |d| d.0),
             statuses,
+            heuristic_freshness: spec.heuristic_freshness.unwrap_or(true),
             exclude_query: spec.key.exclude_query.clone(),
             ignore_query: spec.key.ignore_query,
             sort_query: spec.key.sort_query.unwrap_or(true),

@@ -403,8 +403,13 @@ pub struct RouteCache {
     pub stale_while_revalidate: Duration,
     /// Default stale-if-error window.
     pub stale_if_error: Duration,
-    /// Statuses that may be stored.
+    /// Statuses that may be stored without explicit freshness (with
+    /// `default_ttl` or a heuristic lifetime); any final status with
+    /// explicit freshness may be stored.
     pub statuses: Vec<u16>,
+    /// Heuristic freshness (RFC 9111 §4.2.2) for responses with
+    /// `Last-Modified` and no explicit freshness, when no `default_ttl`.
+    pub heuristic_freshness: bool,
     /// Query parameters left out of the key.
     pub exclude_query: Vec<String>,
     /// Ignore the query entirely.

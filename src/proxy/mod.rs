@@ -184,6 +184,9 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         headers::strip_response_hop_by_hop(upstream_response);
         let status = upstream_response.status.as_u16();
+        if status == 304 && session.cache.enabled() {
+            ctx.not_modified = Some(upstream_response.headers.clone());
+        }
         let started = ctx.started;
         if let (Some(route), attempts) = ctx.route_and_attempts() {
             attempts.response_header(&route.upstream, status, &self.state.metrics);
@@ -237,15 +240,28 @@ impl ProxyHttp for Proxy {
         resp: &ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<RespCacheable> {
+        // A 304 updates every stored field it carries (§4.3.4); Pingora's
+        // merge copies only a few of them.
+        let not_modified = ctx.not_modified.take();
         Ok(match ctx.route().and_then(|r| r.cache.as_ref()) {
             Some(policy) => {
                 let req = session.req_header();
-                let credentialed = ctx
-                    .gateway
-                    .rate_limiter
-                    .as_ref()
-                    .is_some_and(|l| l.carries_credentials(req));
-                cache::policy::response_cacheable(req, resp, policy, credentialed)
+                let exchange = cache::policy::Exchange {
+                    credentialed: ctx
+                        .gateway
+                        .rate_limiter
+                        .as_ref()
+                        .is_some_and(|l| l.carries_credentials(req)),
+                    response_delay: ctx
+                        .upstream
+                        .timing()
+                        .chosen_at
+                        .map_or(Duration::ZERO, |t| t.elapsed()),
+                };
+                let merged =
+                    not_modified.map(|fields| cache::revalidation::updated_header(resp, &fields));
+                let resp = merged.as_ref().unwrap_or(resp);
+                cache::policy::response_cacheable(req, resp, policy, exchange)
             }
             None => RespCacheable::Uncacheable(NoCacheReason::NeverEnabled),
         })
@@ -265,12 +281,13 @@ impl ProxyHttp for Proxy {
     async fn cache_hit_filter(
         &self,
         _session: &mut Session,
-        _meta: &CacheMeta,
+        meta: &CacheMeta,
         _hit_handler: &mut HitHandler,
         is_fresh: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<ForcedFreshness>> {
-        Ok((is_fresh && ctx.cache_directives.revalidate).then_some(ForcedFreshness::ForceExpired))
+        let revalidate = is_fresh && ctx.cache_directives.asks_to_revalidate(meta);
+        Ok(revalidate.then_some(ForcedFreshness::ForceExpired))
     }
 
     /// `only-if-cached` (§5.2.1.7) misses get 504; budgets that count only

@@ -39,6 +39,11 @@ pub struct RouteCacheSpec {
     /// Statuses that may be stored. Default: 200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501.
     #[serde(default)]
     pub statuses: Option<Vec<u16>>,
+    /// A tenth of the time since `Last-Modified` (at most a day) as the
+    /// lifetime of a response without explicit freshness, when no
+    /// `default_ttl` is set (RFC 9111 §4.2.2). Default true.
+    #[serde(default)]
+    pub heuristic_freshness: Option<bool>,
     /// What besides method, host and path goes into the key.
     #[serde(default)]
     pub key: CacheKeySpec,

@@ -1,0 +1,216 @@
+//! RFC 9111 details, one test per rule, each citing its section: age and
+//! dates, 304 updates, request directives, heuristic freshness. The
+//! upstream's request counter says whether the cache answered.
+
+mod common;
+use common::*;
+use std::time::{Duration, SystemTime};
+
+fn reply(status: u16, headers: Vec<(String, String)>, body: &str) -> Action {
+    Action::Reply(Reply {
+        status,
+        headers,
+        body: body.as_bytes().to_vec(),
+    })
+}
+
+fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
+}
+
+fn http_date(offset_secs: i64) -> String {
+    let now = SystemTime::now();
+    let at = if offset_secs >= 0 {
+        now + Duration::from_secs(offset_secs as u64)
+    } else {
+        now - Duration::from_secs((-offset_secs) as u64)
+    };
+    httpdate::fmt_http_date(at)
+}
+
+fn cached_route(up: &TestUpstream, cache: &str) -> TollgateProcess {
+    TollgateProcess::start(&format!(
+        "upstreams:\n  api: {{ backends: [\"{}\"], max_fails: 0 }}\nroutes:\n  - {{ name: api, upstream: api, cache: {cache} }}\n",
+        up.addr
+    ))
+}
+
+/// §4.2.3: an upstream `Age` counts; `Age: 3600` with `max-age=3600` is
+/// already stale on arrival.
+#[test]
+fn upstream_age_counts_toward_freshness() {
+    let up = TestUpstream::start(|req| {
+        let age = if req.path == "/old" { "3600" } else { "10" };
+        reply(
+            200,
+            h(&[("Cache-Control", "max-age=3600"), ("Age", age)]),
+            "x",
+        )
+    });
+    let proxy = cached_route(&up, "{}");
+    get(proxy.addr, "/old").expect("get");
+    get(proxy.addr, "/old").expect("get");
+    assert_eq!(up.count(), 2, "a response as old as its lifetime is stale");
+    get(proxy.addr, "/young").expect("get");
+    let hit = get(proxy.addr, "/young").expect("get");
+    assert_eq!(up.count(), 3);
+    let age: u64 = hit
+        .header("age")
+        .expect("Age on a hit")
+        .parse()
+        .expect("age");
+    assert!(age >= 10, "the upstream's Age is kept and grows: {age}");
+}
+
+/// §4.2.3: a `Date` in the past makes the response older on arrival.
+#[test]
+fn a_date_in_the_past_makes_a_response_older() {
+    let up = TestUpstream::start(|_| {
+        reply(
+            200,
+            h(&[
+                ("Cache-Control", "max-age=600"),
+                ("Date", &http_date(-3600)),
+            ]),
+            "x",
+        )
+    });
+    let proxy = cached_route(&up, "{}");
+    get(proxy.addr, "/x").expect("get");
+    get(proxy.addr, "/x").expect("get");
+    assert_eq!(
+        up.count(),
+        2,
+        "generated an hour ago, fresh for ten minutes: stale"
+    );
+}
+
+/// §4, §5.1: every response from the cache carries `Age`, and it counts
+/// from the upstream's `Date` (§4.2.3). The `Date` a client sees is the one
+/// Pingora's HTTP/1 writer stamps on every response (see docs/DECISIONS.md):
+/// `Age` is what carries the stored response's age downstream.
+#[test]
+fn age_is_sent_on_every_hit_and_counts_from_the_upstreams_date() {
+    let up = TestUpstream::start(|_| {
+        reply(
+            200,
+            h(&[("Cache-Control", "max-age=600"), ("Date", &http_date(-5))]),
+            "x",
+        )
+    });
+    let proxy = cached_route(&up, "{}");
+    get(proxy.addr, "/x").expect("get");
+    let hit = get(proxy.addr, "/x").expect("get");
+    assert_eq!(up.count(), 1);
+    let age: u64 = hit.header("age").expect("Age").parse().expect("age");
+    assert!(age >= 5, "apparent age from the Date: {age}");
+    let fresh = TestUpstream::start(|_| reply(200, h(&[("Cache-Control", "max-age=600")]), "x"));
+    let proxy = cached_route(&fresh, "{}");
+    get(proxy.addr, "/y").expect("get");
+    let hit = get(proxy.addr, "/y").expect("get");
+    assert!(hit.header("age").is_some(), "Age: 0 is sent too");
+}
+
+/// §4.3.4: a 304 updates the stored response's fields with its own.
+#[test]
+fn a_304_updates_the_stored_headers() {
+    let up = TestUpstream::start(|req| {
+        let version = req.header("x-test-version").unwrap_or("").to_owned();
+        if req.header("if-none-match") == Some("\"v1\"") {
+            let mut fields = h(&[("ETag", "\"v1\""), ("Cache-Control", "max-age=0")]);
+            if !version.is_empty() {
+                fields.push(("X-Version".into(), version));
+            }
+            reply(304, fields, "")
+        } else {
+            reply(
+                200,
+                h(&[
+                    ("ETag", "\"v1\""),
+                    ("Cache-Control", "max-age=0"),
+                    ("X-Version", "1"),
+                ]),
+                "body",
+            )
+        }
+    });
+    let proxy = cached_route(&up, "{}");
+    let first = get(proxy.addr, "/doc").expect("get");
+    assert_eq!(first.header("x-version"), Some("1"));
+    // Revalidated: the 304 brings X-Version 2 (the test asks for it).
+    let second = request(proxy.addr, "GET", "/doc", &[("X-Test-Version", "2")], b"").expect("get");
+    assert_eq!(second.text(), "body");
+    assert_eq!(second.header("x-version"), Some("2"));
+    // The next 304 carries no X-Version: the stored one is now 2.
+    let third = get(proxy.addr, "/doc").expect("get");
+    assert_eq!(third.header("x-version"), Some("2"));
+    assert_eq!(up.count(), 3);
+}
+
+/// §5.2.1.1 and §5.2.1.3: a client's `max-age` and `min-fresh` make a
+/// fresh stored response unusable without revalidation.
+#[test]
+fn request_max_age_and_min_fresh_force_revalidation() {
+    let up = TestUpstream::start(|_| {
+        reply(
+            200,
+            h(&[("Cache-Control", "max-age=300"), ("Age", "100")]),
+            "x",
+        )
+    });
+    let proxy = cached_route(&up, "{}");
+    get(proxy.addr, "/x").expect("get");
+    let ask = |cc: &str| {
+        request(proxy.addr, "GET", "/x", &[("Cache-Control", cc)], b"").expect("get");
+        up.count()
+    };
+    assert_eq!(ask("max-age=500"), 1, "100 s old is young enough");
+    assert_eq!(ask("max-age=50"), 2, "100 s old is too old");
+    assert_eq!(ask("min-fresh=100"), 2, "fresh for ~200 s more");
+    assert_eq!(ask("min-fresh=250"), 3, "not fresh for 250 s more");
+}
+
+/// §4.2.2: without explicit freshness, a tenth of the time since
+/// `Last-Modified`; off with `heuristic_freshness: false`.
+#[test]
+fn heuristic_freshness_from_last_modified() {
+    let modified = http_date(-10 * 24 * 3600);
+    let sent = modified.clone();
+    let up = TestUpstream::start(move |_| reply(200, h(&[("Last-Modified", &sent)]), "x"));
+    let proxy = cached_route(&up, "{}");
+    get(proxy.addr, "/x").expect("get");
+    let hit = get(proxy.addr, "/x").expect("get");
+    assert_eq!(up.count(), 1, "ten days old: a day of heuristic freshness");
+    assert!(hit
+        .header("cache-status")
+        .is_some_and(|s| s.contains("hit")));
+    let plain = TestUpstream::start(move |_| reply(200, h(&[("Last-Modified", &modified)]), "x"));
+    let strict = cached_route(&plain, "{ heuristic_freshness: false }");
+    get(strict.addr, "/x").expect("get");
+    get(strict.addr, "/x").expect("get");
+    assert_eq!(plain.count(), 2);
+}
+
+/// §3: any final status with explicit freshness may be stored.
+#[test]
+fn redirects_and_unknown_statuses_with_explicit_freshness_are_stored() {
+    let up = TestUpstream::start(|req| {
+        let status = req.path.trim_start_matches('/').parse().unwrap_or(200);
+        reply(
+            status,
+            h(&[("Cache-Control", "max-age=60"), ("Location", "/elsewhere")]),
+            "x",
+        )
+    });
+    let proxy = cached_route(&up, "{}");
+    for status in [302, 307, 299, 599] {
+        let path = format!("/{status}");
+        let a = get(proxy.addr, &path).expect("get");
+        let b = get(proxy.addr, &path).expect("get");
+        assert_eq!((a.status, b.status), (status, status));
+    }
+    assert_eq!(up.count(), 4, "every second request was a hit");
+}
