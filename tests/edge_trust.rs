@@ -524,6 +524,10 @@ fn connections_over_the_per_ip_limit_get_503() {
         "limits: {{ max_connections_per_ip: 2 }}\n{}",
         one_route(up.addr)
     ));
+    // The readiness probe's connection (made at start) is accepted in
+    // order before this request, and gone once the gauge reads 0.
+    assert_eq!(get(proxy.addr, "/x").expect("get").status, 200);
+    proxy.wait_metric("tollgate_client_connections", 0.0);
     let first = std::net::TcpStream::connect(proxy.addr).expect("connect");
     let mut second = std::net::TcpStream::connect(proxy.addr).expect("connect");
     proxy.wait_metric("tollgate_client_connections", 2.0);
