@@ -214,3 +214,79 @@ fn redirects_and_unknown_statuses_with_explicit_freshness_are_stored() {
     }
     assert_eq!(up.count(), 4, "every second request was a hit");
 }
+
+/// RFC 9213: a targeted field replaces `Cache-Control` for tollgate's own
+/// decisions, and reaches the client unless stripped by config.
+#[test]
+fn targeted_cache_control_wins_over_cache_control() {
+    let up = TestUpstream::start(|req| {
+        let fields = match req.path.as_str() {
+            // The origin lets browsers keep it, but not the edge.
+            "/edge-no-store" => h(&[
+                ("Cache-Control", "max-age=600"),
+                ("CDN-Cache-Control", "no-store"),
+            ]),
+            // The origin lets the edge keep it, but not browsers.
+            _ => h(&[
+                ("Cache-Control", "no-store"),
+                ("Tollgate-Cache-Control", "max-age=600"),
+            ]),
+        };
+        reply(200, fields, "x")
+    });
+    let proxy = cached_route(&up, "{}");
+    get(proxy.addr, "/edge-no-store").expect("get");
+    get(proxy.addr, "/edge-no-store").expect("get");
+    assert_eq!(up.count(), 2, "CDN-Cache-Control: no-store wins");
+    let first = get(proxy.addr, "/edge-only").expect("get");
+    let hit = get(proxy.addr, "/edge-only").expect("get");
+    assert_eq!(up.count(), 3, "Tollgate-Cache-Control: max-age=600 wins");
+    assert_eq!(
+        first.header("cache-control"),
+        Some("no-store"),
+        "Cache-Control reaches the client as sent"
+    );
+    assert_eq!(hit.header("tollgate-cache-control"), Some("max-age=600"));
+
+    let stripping = cached_route(&up, "{ strip_targeted_fields: true }");
+    let miss = get(stripping.addr, "/edge-only").expect("get");
+    let hit = get(stripping.addr, "/edge-only").expect("get");
+    assert_eq!(
+        (
+            miss.header("tollgate-cache-control"),
+            hit.header("tollgate-cache-control")
+        ),
+        (None, None)
+    );
+}
+
+/// RFC 9111 §7.3: a response that sets a cookie is not replayed to other
+/// clients — not stored by default, stored without the cookie with
+/// `set_cookie: strip`.
+#[test]
+fn set_cookie_responses_are_never_replayed_with_their_cookie() {
+    let up = TestUpstream::start(|_| {
+        reply(
+            200,
+            h(&[
+                ("Cache-Control", "max-age=600"),
+                ("Set-Cookie", "session=alice"),
+            ]),
+            "x",
+        )
+    });
+    let never = cached_route(&up, "{}");
+    get(never.addr, "/x").expect("get");
+    get(never.addr, "/x").expect("get");
+    assert_eq!(up.count(), 2);
+    let strip = cached_route(&up, "{ set_cookie: strip }");
+    let first = get(strip.addr, "/y").expect("get");
+    assert_eq!(
+        first.header("set-cookie"),
+        Some("session=alice"),
+        "the client that caused the fetch gets it"
+    );
+    let hit = get(strip.addr, "/y").expect("get");
+    assert_eq!(up.count(), 3, "stored");
+    assert_eq!(hit.header("set-cookie"), None, "nobody else does");
+}

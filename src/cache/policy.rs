@@ -57,11 +57,13 @@ pub fn response_cacheable(
     }) {
         return not_stored("vary-star");
     }
-    // A Set-Cookie meant for one client must not be replayed to others.
-    if resp.headers.contains_key(http::header::SET_COOKIE) {
+    // A Set-Cookie meant for one client must not be replayed to others:
+    // not stored, or stored without it (`set_cookie: strip`).
+    let sets_cookie = resp.headers.contains_key(http::header::SET_COOKIE);
+    if sets_cookie && !policy.strip_set_cookie {
         return not_stored("set-cookie");
     }
-    let cc = CacheControl::from_resp_headers(resp);
+    let cc = directives(resp, policy);
     // §3.5: a request with Authorization (or an API key) only if the
     // response explicitly allows it.
     if (exchange.credentialed || req.headers.contains_key(http::header::AUTHORIZATION))
@@ -115,11 +117,35 @@ pub fn response_cacheable(
     if let Some(c) = &cc {
         c.strip_private_headers(&mut header);
     }
+    if sets_cookie {
+        header.remove_header(&http::header::SET_COOKIE);
+    }
+    if policy.strip_targeted_fields {
+        strip_targeted(&mut header, policy);
+    }
     let mut meta = CacheMeta::new(fresh_until, now, secs(swr), secs(sie), header);
     if !initial_age.is_zero() {
         meta.set_epoch_override(epoch);
     }
     RespCacheable::Cacheable(meta)
+}
+
+/// The directives tollgate decides by: the first targeted field of the
+/// route's list that is present and parses (RFC 9213 §2.2: it then
+/// replaces `Cache-Control` entirely), else `Cache-Control`.
+fn directives(resp: &ResponseHeader, policy: &RouteCache) -> Option<CacheControl> {
+    policy
+        .targeted_fields
+        .iter()
+        .find_map(|name| CacheControl::from_resp_headers_named(name.as_str(), resp))
+        .or_else(|| CacheControl::from_resp_headers(resp))
+}
+
+/// Removes the route's targeted fields (`strip_targeted_fields`).
+pub fn strip_targeted(resp: &mut ResponseHeader, policy: &RouteCache) {
+    for name in &policy.targeted_fields {
+        resp.remove_header(name);
+    }
 }
 
 fn secs(d: Duration) -> u32 {
@@ -213,6 +239,9 @@ mod tests {
             stale_if_error: Duration::ZERO,
             statuses: crate::config::model::defaults::CACHEABLE_STATUSES.to_vec(),
             heuristic_freshness: true,
+            targeted_fields: Vec::new(),
+            strip_targeted_fields: false,
+            strip_set_cookie: false,
             exclude_query: Vec::new(),
             ignore_query: false,
             sort_query: true,

@@ -75,7 +75,26 @@ impl Checker<'_> {
                 );
             }
         }
+        let mut targeted_fields = Vec::new();
+        let names = spec.targeted_fields.clone().unwrap_or_else(|| {
+            vec![
+                "tollgate-cache-control".to_owned(),
+                "cdn-cache-control".to_owned(),
+            ]
+        });
+        for (i, name) in names.iter().enumerate() {
+            match http::HeaderName::from_bytes(name.as_bytes()) {
+                Ok(h) if h != http::header::CACHE_CONTROL => targeted_fields.push(h),
+                _ => self.problem(
+                    path.key("targeted_fields").index(i),
+                    format!("{name:?} is not a header name other than Cache-Control"),
+                ),
+            }
+        }
         RouteCache {
+            targeted_fields,
+            strip_targeted_fields: spec.strip_targeted_fields,
+            strip_set_cookie: matches!(spec.set_cookie, Some(file::SetCookieSpec::Strip)),
             default_ttl: spec.default_ttl.map(|d| d.0),
             max_ttl: spec.max_ttl.map(|d| d.0),
             stale_while_revalidate: spec

@@ -410,6 +410,12 @@ pub struct RouteCache {
     /// Heuristic freshness (RFC 9111 §4.2.2) for responses with
     /// `Last-Modified` and no explicit freshness, when no `default_ttl`.
     pub heuristic_freshness: bool,
+    /// Targeted cache-control fields (RFC 9213), most specific first.
+    pub targeted_fields: Vec<http::HeaderName>,
+    /// Whether the targeted fields are removed from responses to clients.
+    pub strip_targeted_fields: bool,
+    /// Store responses with `Set-Cookie` without the field (else never).
+    pub strip_set_cookie: bool,
     /// Query parameters left out of the key.
     pub exclude_query: Vec<String>,
     /// Ignore the query entirely.

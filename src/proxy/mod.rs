@@ -351,15 +351,19 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
-    /// `Cache-Status` (RFC 9211) on cached routes, then the usual headers.
+    /// `Cache-Status` (RFC 9211) and, when configured, no targeted
+    /// cache-control fields on cached routes; then the usual headers.
     async fn response_filter(
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(route) = ctx.route().filter(|r| r.cache.is_some()) {
+        if let Some((route, policy)) = ctx.route().and_then(|r| Some((r, r.cache.as_ref()?))) {
             cache::annotate(session, upstream_response, &route.name, &self.state.metrics)?;
+            if policy.strip_targeted_fields {
+                cache::policy::strip_targeted(upstream_response, policy);
+            }
         }
         respond::finish_header(session, upstream_response, ctx)
     }

@@ -44,6 +44,18 @@ pub struct RouteCacheSpec {
     /// `default_ttl` is set (RFC 9111 §4.2.2). Default true.
     #[serde(default)]
     pub heuristic_freshness: Option<bool>,
+    /// Targeted cache-control fields (RFC 9213) read instead of
+    /// `Cache-Control` when present, first listed first. Default
+    /// `[Tollgate-Cache-Control, CDN-Cache-Control]`; `[]` turns them off.
+    #[serde(default)]
+    pub targeted_fields: Option<Vec<String>>,
+    /// Remove the targeted fields from responses sent to clients. Default false.
+    #[serde(default)]
+    pub strip_targeted_fields: bool,
+    /// Responses with `Set-Cookie`: `never` stored (default) or `strip`:
+    /// stored without the field (the client that caused the fetch still gets it).
+    #[serde(default)]
+    pub set_cookie: Option<SetCookieSpec>,
     /// What besides method, host and path goes into the key.
     #[serde(default)]
     pub key: CacheKeySpec,
@@ -65,4 +77,14 @@ pub struct CacheKeySpec {
     /// Request headers whose values go into the key.
     #[serde(default)]
     pub headers: Vec<String>,
+}
+
+/// `cache.set_cookie`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SetCookieSpec {
+    /// Never store a response that sets a cookie.
+    Never,
+    /// Store it without its `Set-Cookie` fields.
+    Strip,
 }
