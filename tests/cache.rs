@@ -133,12 +133,12 @@ fn a_fresh_response_is_served_from_the_cache_with_age_and_cache_status() {
     let s = setup();
     let first = fetch(&s, "/max-age", &[]);
     assert_eq!(
-        first.header("cache-status"),
+        first.cache_status().as_deref(),
         Some("tollgate; fwd=uri-miss; stored")
     );
     let second = fetch(&s, "/max-age", &[]);
     assert_eq!(second.text(), "/max-age");
-    assert_eq!(second.header("cache-status"), Some("tollgate; hit"));
+    assert_eq!(second.cache_status().as_deref(), Some("tollgate; hit"));
     assert!(second.header("age").is_some());
     assert_eq!(path_count(&s.up, "/max-age"), 1);
     s.proxy.wait_metric(
@@ -161,7 +161,7 @@ fn fresh_hits_carry_the_headers_of_any_other_response() {
     assert_eq!(miss.text(), "/b/1");
     let hit = fetch(&s, "/b/1", &[("X-Request-Id", "trace-42")]);
     assert_eq!((hit.status, hit.text().as_str()), (200, "/b/1"));
-    assert_eq!(hit.header("cache-status"), Some("tollgate; hit"));
+    assert_eq!(hit.cache_status().as_deref(), Some("tollgate; hit"));
     assert_eq!(hit.header("x-request-id"), Some("trace-42"));
     assert_eq!(hit.header("content-length"), Some("4"));
     assert_eq!(hit.header("cache-control"), Some("max-age=60"));
@@ -177,7 +177,7 @@ fn fresh_hits_carry_the_headers_of_any_other_response() {
 
     let head = request(s.proxy.addr, "HEAD", "/b/1", &[], b"").expect("head");
     assert_eq!(head.status, 200);
-    assert_eq!(head.header("cache-status"), Some("tollgate; hit"));
+    assert_eq!(head.cache_status().as_deref(), Some("tollgate; hit"));
     assert_eq!(head.header("content-length"), Some("4"));
     assert!(head.body.is_empty());
     assert_eq!(path_count(&s.up, "/b/1"), 1);
@@ -217,7 +217,7 @@ fn s_maxage_overrides_max_age() {
     let s = setup();
     fetch(&s, "/s-maxage", &[]);
     assert_eq!(
-        fetch(&s, "/s-maxage", &[]).header("cache-status"),
+        fetch(&s, "/s-maxage", &[]).cache_status().as_deref(),
         Some("tollgate; hit")
     );
     assert_eq!(path_count(&s.up, "/s-maxage"), 1);
@@ -229,7 +229,7 @@ fn no_store_is_never_stored() {
     for _ in 0..3 {
         let r = fetch(&s, "/no-store", &[]);
         assert_eq!(
-            r.header("cache-status"),
+            r.cache_status().as_deref(),
             Some("tollgate; fwd=uri-miss; detail=no-store-or-private")
         );
     }
@@ -246,7 +246,7 @@ fn private_responses_and_authorized_requests_are_not_shared() {
     fetch(&s, "/max-age", &[("Authorization", "Bearer a")]);
     let r = fetch(&s, "/max-age", &[("Authorization", "Bearer b")]);
     assert_eq!(
-        r.header("cache-status"),
+        r.cache_status().as_deref(),
         Some("tollgate; fwd=uri-miss; detail=authorization")
     );
     assert_eq!(path_count(&s.up, "/max-age"), 2);
@@ -257,7 +257,7 @@ fn default_ttl_applies_only_when_the_upstream_is_silent() {
     let s = setup();
     fetch(&s, "/silent", &[]);
     assert_eq!(
-        fetch(&s, "/silent", &[]).header("cache-status"),
+        fetch(&s, "/silent", &[]).cache_status().as_deref(),
         Some("tollgate; hit")
     );
     assert_eq!(path_count(&s.up, "/silent"), 1);
@@ -280,12 +280,12 @@ fn vary_separates_variants() {
     );
     let en = fetch(&s, "/vary", &[("Accept-Language", "en")]);
     assert_eq!(
-        (en.text().as_str(), en.header("cache-status")),
+        (en.text().as_str(), en.cache_status().as_deref()),
         ("en", Some("tollgate; hit"))
     );
     let fr = fetch(&s, "/vary", &[("Accept-Language", "fr")]);
     assert_eq!(
-        (fr.text().as_str(), fr.header("cache-status")),
+        (fr.text().as_str(), fr.cache_status().as_deref()),
         ("fr", Some("tollgate; hit"))
     );
     assert_eq!(path_count(&s.up, "/vary"), 2);
@@ -298,7 +298,7 @@ fn etag_revalidation_refreshes_without_body() {
     let r = fetch(&s, "/etag", &[]);
     assert_eq!((r.status, r.text().as_str()), (200, "etag body"));
     assert_eq!(
-        r.header("cache-status"),
+        r.cache_status().as_deref(),
         Some("tollgate; fwd=stale; fwd-status=304")
     );
     let conditional: Vec<_> =
@@ -325,7 +325,7 @@ fn request_no_cache_forces_revalidation() {
     let s = setup();
     fetch(&s, "/max-age", &[]);
     let r = fetch(&s, "/max-age", &[("Cache-Control", "no-cache")]);
-    assert_ne!(r.header("cache-status"), Some("tollgate; hit"));
+    assert_ne!(r.cache_status().as_deref(), Some("tollgate; hit"));
     assert_eq!(path_count(&s.up, "/max-age"), 2);
 }
 
@@ -338,7 +338,7 @@ fn only_if_cached_is_a_504_on_a_miss_and_a_hit_otherwise() {
     assert_eq!(path_count(&s.up, "/max-age"), 0);
     fetch(&s, "/max-age", &[]);
     let hit = fetch(&s, "/max-age", &[("Cache-Control", "only-if-cached")]);
-    assert_eq!(hit.header("cache-status"), Some("tollgate; hit"));
+    assert_eq!(hit.cache_status().as_deref(), Some("tollgate; hit"));
 }
 
 #[test]
@@ -350,7 +350,7 @@ fn head_is_served_from_a_cached_get_and_never_stored_itself() {
     let get = fetch(&s, "/a/1", &[]);
     assert_eq!(get.text(), "/a/1");
     let head = request(s.proxy.addr, "HEAD", "/a/1", &[], b"").expect("head");
-    assert_eq!(head.header("cache-status"), Some("tollgate; hit"));
+    assert_eq!(head.cache_status().as_deref(), Some("tollgate; hit"));
     assert_eq!(path_count(&s.up, "/a/1"), 2);
 }
 
@@ -378,15 +378,15 @@ fn post_invalidates_cached_get() {
     let s = setup();
     fetch(&s, "/items", &[]);
     assert_eq!(
-        fetch(&s, "/items", &[]).header("cache-status"),
+        fetch(&s, "/items", &[]).cache_status().as_deref(),
         Some("tollgate; hit")
     );
     let post = request(s.proxy.addr, "POST", "/items", &[], b"{}").expect("post");
-    assert_eq!(post.header("cache-status"), Some("tollgate; fwd=method"));
+    assert_eq!(post.cache_status().as_deref(), Some("tollgate; fwd=method"));
     s.proxy
         .wait_metric(r#"tollgate_cache_purges_total{reason="invalidation"}"#, 1.0);
     assert_eq!(
-        fetch(&s, "/items", &[]).header("cache-status"),
+        fetch(&s, "/items", &[]).cache_status().as_deref(),
         Some("tollgate; fwd=uri-miss; stored")
     );
     assert_eq!(path_count(&s.up, "/items"), 3);
@@ -402,11 +402,11 @@ fn purge_by_prefix_removes_only_matching() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["purged"], 2);
     assert_eq!(
-        fetch(&s, "/b/1", &[]).header("cache-status"),
+        fetch(&s, "/b/1", &[]).cache_status().as_deref(),
         Some("tollgate; hit")
     );
     assert_eq!(
-        fetch(&s, "/a/1", &[]).header("cache-status"),
+        fetch(&s, "/a/1", &[]).cache_status().as_deref(),
         Some("tollgate; fwd=uri-miss; stored")
     );
     s.proxy
@@ -450,14 +450,17 @@ fn stale_if_error_serves_stale_on_upstream_failure() {
     s.failing.store(true, Ordering::SeqCst);
     let r = fetch(&s, "/flaky", &[]);
     assert_eq!((r.status, r.text().as_str()), (200, "good old body"));
-    assert_eq!(r.header("cache-status"), Some("tollgate; hit; fwd=stale"));
+    assert_eq!(
+        r.cache_status().as_deref(),
+        Some("tollgate; hit; fwd=stale")
+    );
 }
 
 #[test]
 fn routes_without_cache_settings_are_not_cached() {
     let s = setup();
     let r = fetch(&s, "/nocache/x", &[]);
-    assert_eq!(r.header("cache-status"), None);
+    assert_eq!(r.cache_status().as_deref(), None);
     fetch(&s, "/nocache/x", &[]);
     assert_eq!(path_count(&s.up, "/nocache/x"), 2);
 }
@@ -472,7 +475,7 @@ fn oversized_objects_are_streamed_through_uncached() {
         let r = fetch(&s, "/big", &[]);
         assert_eq!(r.body.len(), 4096);
         assert_eq!(
-            r.header("cache-status"),
+            r.cache_status().as_deref(),
             Some("tollgate; fwd=uri-miss; detail=too-large")
         );
     }
@@ -515,7 +518,10 @@ fn stale_while_revalidate_serves_stale_and_refreshes_in_the_background() {
     fetch(&s, "/swr", &[]);
     let r = fetch(&s, "/swr", &[]);
     assert_eq!((r.status, r.text().as_str()), (200, "swr body"));
-    assert_eq!(r.header("cache-status"), Some("tollgate; hit; fwd=stale"));
+    assert_eq!(
+        r.cache_status().as_deref(),
+        Some("tollgate; hit; fwd=stale")
+    );
     wait_until("the background revalidation reached the upstream", || {
         path_count(&s.up, "/swr") == 2
     });

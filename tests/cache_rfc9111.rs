@@ -107,6 +107,15 @@ fn age_is_sent_on_every_hit_and_counts_from_the_upstreams_date() {
     assert_eq!(up.count(), 1);
     let age: u64 = hit.header("age").expect("Age").parse().expect("age");
     assert!(age >= 5, "apparent age from the Date: {age}");
+    // RFC 9211 §2.5: the freshness left, here at most 600 − 5 seconds.
+    let ttl: i64 = hit
+        .header("cache-status")
+        .and_then(|s| s.split("; ttl=").nth(1))
+        .and_then(|t| t.split(';').next())
+        .expect("ttl= on a hit")
+        .parse()
+        .expect("ttl");
+    assert!((0..=595).contains(&ttl), "{ttl}");
     let fresh = TestUpstream::start(|_| reply(200, h(&[("Cache-Control", "max-age=600")]), "x"));
     let proxy = cached_route(&fresh, "{}");
     get(proxy.addr, "/y").expect("get");
@@ -185,7 +194,8 @@ fn heuristic_freshness_from_last_modified() {
     let hit = get(proxy.addr, "/x").expect("get");
     assert_eq!(up.count(), 1, "ten days old: a day of heuristic freshness");
     assert!(hit
-        .header("cache-status")
+        .cache_status()
+        .as_deref()
         .is_some_and(|s| s.contains("hit")));
     let plain = TestUpstream::start(move |_| reply(200, h(&[("Last-Modified", &modified)]), "x"));
     let strict = cached_route(&plain, "{ heuristic_freshness: false }");

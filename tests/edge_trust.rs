@@ -95,7 +95,8 @@ fn cache_entries_are_scoped_to_their_route_and_upstream() {
     assert_eq!(
         get(proxy.addr, "/doc")
             .expect("get")
-            .header("cache-status")
+            .cache_status()
+            .as_deref()
             .map(|s| s.contains("hit")),
         Some(true)
     );

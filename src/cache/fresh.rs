@@ -9,7 +9,7 @@
 //! served from an encoded copy kept with the entry. Measured in
 //! docs/BENCHMARKS.md.
 
-use super::{key, CacheRuntime, Outcome, FRESH_HIT_STATUS};
+use super::{key, CacheRuntime, Outcome};
 use crate::compression;
 use crate::config::model::{CompressionConfig, RouteCache, RouteCompression};
 use crate::host::Host;
@@ -101,7 +101,7 @@ pub fn lookup(
     let mut header = Box::new(hit.header);
     header.set_version(http::Version::HTTP_11);
     header.insert_header(http::header::AGE, hit.age.as_secs())?;
-    header.insert_header("Cache-Status", FRESH_HIT_STATUS)?;
+    header.insert_header("Cache-Status", super::fresh_hit_status(hit.ttl))?;
     let stored_len = hit.body.len() as u64;
     let mut body = hit.body;
     let coding = compression::stored_coding(

@@ -26,6 +26,7 @@ use pingora::cache::{CachePhase, NoCacheReason, Storage};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use policy::RequestDirectives;
+use std::fmt::Write as _;
 use store::MemoryStore;
 
 /// Shards of the LRU eviction manager.
@@ -141,8 +142,15 @@ pub fn annotate(
     route: &str,
     metrics: &Metrics,
 ) -> pingora::Result<()> {
+    let phase = session.cache.phase();
+    let fresh_until = matches!(
+        phase,
+        CachePhase::Hit | CachePhase::Stale | CachePhase::StaleUpdating
+    )
+    .then(|| session.cache.maybe_cache_meta().map(|m| m.fresh_until()))
+    .flatten();
     if let Some((outcome, cache_status)) =
-        describe(session.cache.phase(), &session.req_header().method)
+        describe(phase, &session.req_header().method, fresh_until)
     {
         resp.insert_header("Cache-Status", cache_status)?;
         metrics
@@ -206,8 +214,9 @@ impl Outcome {
         }
     }
 
-    /// The `Cache-Status` value (RFC 9211 §2).
-    pub fn cache_status(self, detail: Option<&str>) -> String {
+    /// The `Cache-Status` value (RFC 9211 §2): `ttl` (seconds of freshness
+    /// left, negative when stale) on responses served from the cache.
+    pub fn cache_status(self, detail: Option<&str>, ttl: Option<i64>) -> String {
         let base = match self {
             Outcome::Hit => "tollgate; hit",
             Outcome::Stale => "tollgate; hit; fwd=stale",
@@ -217,28 +226,51 @@ impl Outcome {
             Outcome::Bypass => "tollgate; fwd=bypass",
             Outcome::Uncacheable => "tollgate; fwd=uri-miss",
         };
-        match detail {
-            Some(d) => format!("{base}; detail={d}"),
-            None => base.to_owned(),
+        let mut value = base.to_owned();
+        if let Some(ttl) = ttl {
+            let _ = write!(value, "; ttl={ttl}");
         }
+        if let Some(d) = detail {
+            let _ = write!(value, "; detail={d}");
+        }
+        value
     }
 }
 
-/// `Cache-Status` of a fresh hit, as a constant for the fresh-hit path.
-pub const FRESH_HIT_STATUS: &str = "tollgate; hit";
+/// `Cache-Status` of a fresh hit with `ttl` seconds of freshness left, for
+/// the fresh-hit path.
+pub fn fresh_hit_status(ttl: std::time::Duration) -> String {
+    Outcome::Hit.cache_status(None, Some(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)))
+}
 
 /// How a response on a cached route was served: the metric outcome and the
 /// `Cache-Status` value. `None` before the cache has decided anything.
-pub fn describe(phase: CachePhase, method: &http::Method) -> Option<(Outcome, String)> {
+/// `fresh_until` is the stored response's, when one was served.
+pub fn describe(
+    phase: CachePhase,
+    method: &http::Method,
+    fresh_until: Option<std::time::SystemTime>,
+) -> Option<(Outcome, String)> {
     let outcome = Outcome::of(phase)?;
     let value = if phase == CachePhase::Disabled(NoCacheReason::NeverEnabled)
         && !matches!(*method, http::Method::GET | http::Method::HEAD)
     {
         "tollgate; fwd=method".to_owned()
     } else {
-        outcome.cache_status(detail(phase))
+        let served_from_cache = matches!(outcome, Outcome::Hit | Outcome::Stale);
+        let ttl = fresh_until.filter(|_| served_from_cache).map(ttl_secs);
+        outcome.cache_status(detail(phase), ttl)
     };
     Some((outcome, value))
+}
+
+/// Seconds of freshness left; negative when already stale.
+fn ttl_secs(fresh_until: std::time::SystemTime) -> i64 {
+    let now = std::time::SystemTime::now();
+    match fresh_until.duration_since(now) {
+        Ok(left) => i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+        Err(past) => -i64::try_from(past.duration().as_secs()).unwrap_or(i64::MAX),
+    }
 }
 
 /// The `detail` for a phase, when there is something to say.
@@ -262,18 +294,24 @@ mod tests {
 
     #[test]
     fn cache_status_follows_rfc_9211() {
-        assert_eq!(Outcome::Hit.cache_status(None), "tollgate; hit");
-        assert_eq!(Outcome::Hit.cache_status(None), FRESH_HIT_STATUS);
         assert_eq!(
-            Outcome::Miss.cache_status(None),
+            Outcome::Hit.cache_status(None, Some(60)),
+            "tollgate; hit; ttl=60"
+        );
+        assert_eq!(
+            fresh_hit_status(std::time::Duration::from_secs(5)),
+            "tollgate; hit; ttl=5"
+        );
+        assert_eq!(
+            Outcome::Miss.cache_status(None, None),
             "tollgate; fwd=uri-miss; stored"
         );
         assert_eq!(
-            Outcome::Uncacheable.cache_status(Some("no-store-or-private")),
+            Outcome::Uncacheable.cache_status(Some("no-store-or-private"), None),
             "tollgate; fwd=uri-miss; detail=no-store-or-private"
         );
         assert_eq!(
-            Outcome::Revalidated.cache_status(None),
+            Outcome::Revalidated.cache_status(None, None),
             "tollgate; fwd=stale; fwd-status=304"
         );
     }

@@ -26,6 +26,19 @@ impl Response {
             .map(|(_, v)| v.as_str())
     }
 
+    /// `Cache-Status` without its `ttl=` parameter (seconds of freshness
+    /// left change from run to run; tests that care read the header).
+    pub fn cache_status(&self) -> Option<String> {
+        let value = self.header("cache-status")?;
+        Some(
+            value
+                .split("; ")
+                .filter(|part| !part.starts_with("ttl="))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    }
+
     /// The body as text.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()

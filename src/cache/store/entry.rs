@@ -61,6 +61,8 @@ pub struct FreshHit {
     pub body: Bytes,
     /// Time since the response was stored or last revalidated.
     pub age: Duration,
+    /// Freshness left (for `Cache-Status: ttl=`).
+    pub ttl: Duration,
     /// The entry itself, for [`MemoryStore::encoded_body`].
     pub entry: StoredEntry,
 }

@@ -103,6 +103,7 @@ impl MemoryStore {
             header: entry.header.clone(),
             body: entry.body.clone(),
             age: now.duration_since(t.epoch).unwrap_or_default(),
+            ttl: t.fresh_until.duration_since(now).unwrap_or_default(),
             entry: StoredEntry(entry.clone()),
         })
     }
