@@ -17,6 +17,7 @@ use crate::upstream::health::HealthChecker;
 use crate::upstream::UpstreamMemory;
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_READ_BUFFER_SIZE};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -90,6 +91,17 @@ fn check_bindable(addr: SocketAddr, what: &'static str) -> Result<(), StartError
         .map_err(|source| StartError::Bind { addr, what, source })
 }
 
+/// Socket buffering of client connections. Pingora's default write
+/// buffer is 1460 bytes (one MSS): a response whose header and body pass
+/// that is written in two syscalls (header, then body) — a ~1 KiB API
+/// answer with tollgate's headers lands just past it (30 % fewer hits per
+/// second in `benches/load`). 16 KiB keeps typical API responses to one
+/// write; Pingora still flushes at the end of each response and at once
+/// for streamed (no `Content-Length`) ones, so nothing is held back.
+fn client_buffers() -> L4BufferSettings {
+    L4BufferSettings::new(DEFAULT_L4_READ_BUFFER_SIZE, 16 * 1024)
+}
+
 /// Builds the server for `config`, read from `source`.
 pub fn build(
     config: Config,
@@ -129,8 +141,9 @@ pub fn build(
     );
     for l in &listeners {
         let addr = l.addr.to_string();
+        let endpoint = ListenerConfig::tcp(addr.clone()).l4_buffer(client_buffers());
         match &l.tls {
-            None => proxy.add_tcp(&addr),
+            None => proxy.add_listener(endpoint),
             Some(tls) => {
                 let tls_err = |e: Box<pingora::Error>| StartError::Tls {
                     addr: l.addr,
@@ -142,7 +155,7 @@ pub fn build(
                 )
                 .map_err(tls_err)?;
                 settings.enable_h2();
-                proxy.add_tls_with_settings(&addr, None, settings);
+                proxy.add_listener(endpoint.tls(settings));
             }
         }
     }
