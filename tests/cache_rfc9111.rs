@@ -300,3 +300,38 @@ fn set_cookie_responses_are_never_replayed_with_their_cookie() {
     assert_eq!(up.count(), 3, "stored");
     assert_eq!(hit.header("set-cookie"), None, "nobody else does");
 }
+
+/// §4.3.2 and RFC 9110 §13.1.2: a client's `If-None-Match` is answered
+/// 304 when it matches, on a miss (the cache fetches the full response to
+/// store it) as on a hit; weak comparison, and a quoted and an unquoted tag
+/// are not the same tag (RFC 9110 §8.8.3).
+#[test]
+fn a_clients_conditional_is_answered_on_a_miss_and_a_hit() {
+    let up = TestUpstream::start(|_| {
+        reply(
+            200,
+            h(&[("Cache-Control", "max-age=600"), ("ETag", "W/\"v7\"")]),
+            "body",
+        )
+    });
+    let proxy = cached_route(&up, "{}");
+    let conditional = |tag: &str| {
+        request(proxy.addr, "GET", "/doc", &[("If-None-Match", tag)], b"")
+            .expect("get")
+            .status
+    };
+    assert_eq!(
+        conditional("\"v7\""),
+        304,
+        "miss: weak comparison matches W/\"v7\""
+    );
+    assert_eq!(
+        up.recorded()[0].header("if-none-match"),
+        None,
+        "the cache fetched the full response"
+    );
+    assert_eq!(conditional("\"v7\""), 304, "hit");
+    assert_eq!(conditional("v7"), 200, "an unquoted tag is another tag");
+    assert_eq!(conditional("\"v8\", W/\"v7\""), 304, "any tag of the list");
+    assert_eq!(up.count(), 1);
+}
