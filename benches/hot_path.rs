@@ -115,6 +115,7 @@ fn cache_policy() -> RouteCache {
         targeted_fields: Vec::new(),
         strip_targeted_fields: false,
         strip_set_cookie: false,
+        expose_key: false,
         exclude_query: vec!["utm_source".into()],
         ignore_query: false,
         sort_query: true,

@@ -335,3 +335,21 @@ fn a_clients_conditional_is_answered_on_a_miss_and_a_hit() {
     assert_eq!(conditional("\"v8\", W/\"v7\""), 304, "any tag of the list");
     assert_eq!(up.count(), 1);
 }
+
+/// RFC 9211 §2.7: `key=` only when the route's cache says `expose_key`.
+#[test]
+fn cache_status_shows_the_key_only_when_asked() {
+    let up = TestUpstream::start(|_| reply(200, h(&[("Cache-Control", "max-age=600")]), "x"));
+    let hidden = cached_route(&up, "{}");
+    get(hidden.addr, "/k?b=2&a=1").expect("get");
+    let hit = get(hidden.addr, "/k?b=2&a=1").expect("get");
+    assert!(!hit.header("cache-status").unwrap_or("").contains("key="));
+    let shown = cached_route(&up, "{ expose_key: true }");
+    let miss = get(shown.addr, "/k?b=2&a=1").expect("get");
+    let hit = get(shown.addr, "/k?b=2&a=1").expect("get");
+    let expected = "key=\"test.local/k?a=1&b=2 | http api api\"";
+    for r in [&miss, &hit] {
+        let status = r.header("cache-status").expect("Cache-Status");
+        assert!(status.ends_with(expected), "{status}");
+    }
+}

@@ -102,6 +102,7 @@ fn policy() -> RouteCache {
         targeted_fields: Vec::new(),
         strip_targeted_fields: false,
         strip_set_cookie: false,
+        expose_key: false,
         exclude_query: Vec::new(),
         ignore_query: false,
         sort_query: true,

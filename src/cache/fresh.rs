@@ -101,7 +101,12 @@ pub fn lookup(
     let mut header = Box::new(hit.header);
     header.set_version(http::Version::HTTP_11);
     header.insert_header(http::header::AGE, hit.age.as_secs())?;
-    header.insert_header("Cache-Status", super::fresh_hit_status(hit.ttl))?;
+    let shown_key = route
+        .policy
+        .expose_key
+        .then(|| key.primary_key_str())
+        .flatten();
+    header.insert_header("Cache-Status", super::fresh_hit_status(hit.ttl, shown_key))?;
     let stored_len = hit.body.len() as u64;
     let mut body = hit.body;
     let coding = compression::stored_coding(

@@ -26,6 +26,7 @@ fn default_policy() -> RouteCache {
         targeted_fields: Vec::new(),
         strip_targeted_fields: false,
         strip_set_cookie: false,
+        expose_key: false,
         exclude_query: Vec::new(),
         ignore_query: false,
         sort_query: true,

@@ -90,6 +90,26 @@ pub fn cache_key(
     key
 }
 
+/// The key as `Cache-Status` shows it (`key=`, RFC 9211 §2.7): an
+/// sf-string, its lines joined with ` | `.
+pub fn status_form(primary: &str) -> String {
+    let mut out = String::with_capacity(primary.len() + 8);
+    out.push('"');
+    for c in primary.chars() {
+        match c {
+            '\n' => out.push_str(" | "),
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_ascii_graphic() || c == ' ' => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+    out.push('"');
+    out
+}
+
 /// The URI part of a request's key (what purges and invalidation match).
 pub fn uri(req: &RequestHeader, host: Option<&Host>, policy: &RouteCache) -> String {
     let host = host.map_or("", Host::as_str);
@@ -177,6 +197,7 @@ mod tests {
             targeted_fields: Vec::new(),
             strip_targeted_fields: false,
             strip_set_cookie: false,
+            expose_key: false,
             exclude_query: Vec::new(),
             ignore_query: false,
             sort_query: true,
@@ -270,6 +291,14 @@ mod tests {
         assert_ne!(en.primary_key(), fr.primary_key());
         assert_eq!(uri_of(&en), Some("h/x"));
         assert_eq!(uri_of(&fr), Some("h/x"));
+    }
+
+    #[test]
+    fn the_status_form_is_one_sf_string() {
+        assert_eq!(
+            status_form("h/x?q=\"1\"\nhttp api up"),
+            "\"h/x?q=\\\"1\\\" | http api up\""
+        );
     }
 
     #[test]

@@ -140,6 +140,7 @@ pub fn annotate(
     session: &Session,
     resp: &mut ResponseHeader,
     route: &str,
+    policy: &RouteCache,
     metrics: &Metrics,
 ) -> pingora::Result<()> {
     let phase = session.cache.phase();
@@ -149,9 +150,25 @@ pub fn annotate(
     )
     .then(|| session.cache.maybe_cache_meta().map(|m| m.fresh_until()))
     .flatten();
-    if let Some((outcome, cache_status)) =
+    if let Some((outcome, mut cache_status)) =
         describe(phase, &session.req_header().method, fresh_until)
     {
+        // Only phases that looked the key up: asking for it earlier panics.
+        let looked_up = matches!(
+            phase,
+            CachePhase::Hit
+                | CachePhase::Stale
+                | CachePhase::StaleUpdating
+                | CachePhase::Miss
+                | CachePhase::Expired
+                | CachePhase::Revalidated
+                | CachePhase::RevalidatedNoCache(_)
+        );
+        if policy.expose_key && looked_up {
+            if let Some(primary) = session.cache.cache_key().primary_key_str() {
+                let _ = write!(cache_status, "; key={}", key::status_form(primary));
+            }
+        }
         resp.insert_header("Cache-Status", cache_status)?;
         metrics
             .cache_requests
@@ -239,8 +256,13 @@ impl Outcome {
 
 /// `Cache-Status` of a fresh hit with `ttl` seconds of freshness left, for
 /// the fresh-hit path.
-pub fn fresh_hit_status(ttl: std::time::Duration) -> String {
-    Outcome::Hit.cache_status(None, Some(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)))
+pub fn fresh_hit_status(ttl: std::time::Duration, key: Option<&str>) -> String {
+    let mut value =
+        Outcome::Hit.cache_status(None, Some(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)));
+    if let Some(primary) = key {
+        let _ = write!(value, "; key={}", key::status_form(primary));
+    }
+    value
 }
 
 /// How a response on a cached route was served: the metric outcome and the
@@ -299,7 +321,7 @@ mod tests {
             "tollgate; hit; ttl=60"
         );
         assert_eq!(
-            fresh_hit_status(std::time::Duration::from_secs(5)),
+            fresh_hit_status(std::time::Duration::from_secs(5), None),
             "tollgate; hit; ttl=5"
         );
         assert_eq!(

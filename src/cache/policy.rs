@@ -242,6 +242,7 @@ mod tests {
             targeted_fields: Vec::new(),
             strip_targeted_fields: false,
             strip_set_cookie: false,
+            expose_key: false,
             exclude_query: Vec::new(),
             ignore_query: false,
             sort_query: true,

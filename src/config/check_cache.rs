@@ -95,6 +95,7 @@ impl Checker<'_> {
             targeted_fields,
             strip_targeted_fields: spec.strip_targeted_fields,
             strip_set_cookie: matches!(spec.set_cookie, Some(file::SetCookieSpec::Strip)),
+            expose_key: spec.expose_key,
             default_ttl: spec.default_ttl.map(|d| d.0),
             max_ttl: spec.max_ttl.map(|d| d.0),
             stale_while_revalidate: spec

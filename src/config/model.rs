@@ -416,6 +416,8 @@ pub struct RouteCache {
     pub strip_targeted_fields: bool,
     /// Store responses with `Set-Cookie` without the field (else never).
     pub strip_set_cookie: bool,
+    /// Show the cache key in `Cache-Status` (`key=`).
+    pub expose_key: bool,
     /// Query parameters left out of the key.
     pub exclude_query: Vec<String>,
     /// Ignore the query entirely.

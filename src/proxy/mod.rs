@@ -360,7 +360,8 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some((route, policy)) = ctx.route().and_then(|r| Some((r, r.cache.as_ref()?))) {
-            cache::annotate(session, upstream_response, &route.name, &self.state.metrics)?;
+            let metrics = &self.state.metrics;
+            cache::annotate(session, upstream_response, &route.name, policy, metrics)?;
             if policy.strip_targeted_fields {
                 cache::policy::strip_targeted(upstream_response, policy);
             }

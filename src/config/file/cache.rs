@@ -56,6 +56,10 @@ pub struct RouteCacheSpec {
     /// stored without the field (the client that caused the fetch still gets it).
     #[serde(default)]
     pub set_cookie: Option<SetCookieSpec>,
+    /// Add the cache key to `Cache-Status` (`key=`, RFC 9211 §2.7), for
+    /// debugging: it shows route and upstream names. Default false.
+    #[serde(default)]
+    pub expose_key: bool,
     /// What besides method, host and path goes into the key.
     #[serde(default)]
     pub key: CacheKeySpec,
