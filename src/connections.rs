@@ -162,6 +162,17 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionGate<A> {
             }
         };
         let _open = OpenGauge::new(metrics);
+        // Pingora stops waiting for a request the moment a graceful
+        // shutdown or upgrade begins, dropping a connection whose first
+        // request is still on the wire; with its first bytes already
+        // buffered it reads the request first. So wait for them here (the
+        // bytes stay in the stream for Pingora). A peer that closes
+        // without sending anything is done.
+        let mut first = [0u8; 1];
+        let peeked = tokio::time::timeout(limits.header_timeout, io.try_peek(&mut first)).await;
+        if let Ok(Err(_)) = peeked {
+            return None;
+        }
         let io: pingora::protocols::Stream = if io.selected_alpn_proto() == Some(ALPN::H2) {
             io // HTTP/2 frames its own headers; its streams are timed by h2
         } else {
