@@ -238,7 +238,11 @@ pub struct HeadDeadline {
 struct HeadClock {
     limit: Duration,
     phase: Phase,
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The timer, made on a connection's first head and reset for each
+    /// later one (no allocation per request).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether the timer is running for the current head.
+    armed: bool,
     /// The last bytes of the head so far, to find `\r\n\r\n` across reads.
     tail: [u8; 3],
     timeouts: prometheus::IntCounter,
@@ -256,7 +260,8 @@ impl HeadDeadline {
             clock: HeadClock {
                 limit,
                 phase: Phase::AwaitingHead,
-                deadline: None,
+                timer: None,
+                armed: false,
                 tail: [0; 3],
                 timeouts,
             },
@@ -271,12 +276,17 @@ impl HeadClock {
         if bytes.is_empty() {
             return;
         }
-        if self.deadline.is_none() {
-            self.deadline = Some(Box::pin(tokio::time::sleep(self.limit)));
+        if !self.armed {
+            let at = tokio::time::Instant::now() + self.limit;
+            match self.timer.as_mut() {
+                Some(timer) => timer.as_mut().reset(at),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+            self.armed = true;
         }
         if ends_head(&self.tail, bytes) {
             self.phase = Phase::InMessage;
-            self.deadline = None;
+            self.armed = false;
             self.tail = [0; 3];
             return;
         }
@@ -292,17 +302,17 @@ impl HeadClock {
     fn wrote(&mut self, data: &[u8]) {
         if self.phase == Phase::InMessage && data.starts_with(b"HTTP/") && !is_interim(data) {
             self.phase = Phase::AwaitingHead;
-            self.deadline = None;
+            self.armed = false;
         }
     }
 
     /// An error once the head's time is up.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Option<std::io::Error> {
-        if self.phase != Phase::AwaitingHead {
+        if self.phase != Phase::AwaitingHead || !self.armed {
             return None;
         }
-        let deadline = self.deadline.as_mut()?;
-        if deadline.as_mut().poll(cx).is_pending() {
+        let timer = self.timer.as_mut()?;
+        if timer.as_mut().poll(cx).is_pending() {
             return None;
         }
         self.timeouts.inc();
@@ -498,27 +508,27 @@ mod tests {
         let mut clock = HeadClock {
             limit: Duration::from_secs(60),
             phase: Phase::AwaitingHead,
-            deadline: None,
+            timer: None,
+            armed: false,
             tail: [0; 3],
             timeouts: prometheus::IntCounter::new("t", "t").expect("counter"),
         };
         clock.saw(b"GET / HT");
-        assert!(clock.deadline.is_some(), "armed by the first byte");
+        assert!(clock.armed, "armed by the first byte");
         clock.saw(b"TP/1.1\r\nHost: a\r");
         assert_eq!(clock.phase, Phase::AwaitingHead);
         clock.saw(b"\n\r");
         assert_eq!(clock.phase, Phase::AwaitingHead);
         clock.saw(b"\nbody");
         assert_eq!(clock.phase, Phase::InMessage);
-        assert!(clock.deadline.is_none());
+        assert!(!clock.armed);
         clock.wrote(b"HTTP/1.1 100 Continue\r\n\r\n");
         assert_eq!(clock.phase, Phase::InMessage, "the body is still to come");
         clock.wrote(b"HTTP/1.1 200 OK\r\n");
         assert_eq!(clock.phase, Phase::AwaitingHead);
-        assert!(
-            clock.deadline.is_none(),
-            "armed again by the next head's first byte"
-        );
+        assert!(!clock.armed, "armed again by the next head's first byte");
+        clock.saw(b"G");
+        assert!(clock.armed);
     }
 
     #[test]
