@@ -106,20 +106,8 @@ fn least_connections(c: &mut Criterion) {
 
 fn cache_policy() -> RouteCache {
     RouteCache {
-        default_ttl: None,
-        max_ttl: None,
-        stale_while_revalidate: Duration::ZERO,
-        stale_if_error: Duration::ZERO,
-        statuses: vec![200],
-        heuristic_freshness: true,
-        targeted_fields: Vec::new(),
-        strip_targeted_fields: false,
-        strip_set_cookie: false,
-        expose_key: false,
         exclude_query: vec!["utm_source".into()],
-        ignore_query: false,
-        sort_query: true,
-        key_headers: Vec::new(),
+        ..RouteCache::default()
     }
 }
 

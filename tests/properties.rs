@@ -92,22 +92,7 @@ fn backend_view(path: &str) -> String {
 }
 
 fn policy() -> RouteCache {
-    RouteCache {
-        default_ttl: None,
-        max_ttl: None,
-        stale_while_revalidate: std::time::Duration::ZERO,
-        stale_if_error: std::time::Duration::ZERO,
-        statuses: vec![200],
-        heuristic_freshness: true,
-        targeted_fields: Vec::new(),
-        strip_targeted_fields: false,
-        strip_set_cookie: false,
-        expose_key: false,
-        exclude_query: Vec::new(),
-        ignore_query: false,
-        sort_query: true,
-        key_headers: Vec::new(),
-    }
+    RouteCache::default()
 }
 
 fn route(host: Option<&str>, prefix: &str) -> RouteMatch {

@@ -15,25 +15,6 @@ use pingora::http::{RequestHeader, ResponseHeader};
 
 /// Normalisation used when the route of the unsafe request has no cache
 /// settings of its own: the defaults (sorted query, nothing excluded).
-fn default_policy() -> RouteCache {
-    RouteCache {
-        default_ttl: None,
-        max_ttl: None,
-        stale_while_revalidate: std::time::Duration::ZERO,
-        stale_if_error: std::time::Duration::ZERO,
-        statuses: Vec::new(),
-        heuristic_freshness: true,
-        targeted_fields: Vec::new(),
-        strip_targeted_fields: false,
-        strip_set_cookie: false,
-        expose_key: false,
-        exclude_query: Vec::new(),
-        ignore_query: false,
-        sort_query: true,
-        key_headers: Vec::new(),
-    }
-}
-
 /// A finished request, as invalidation sees it.
 pub struct Finished<'a> {
     /// The request as the client sent it.
@@ -66,7 +47,7 @@ pub fn after_unsafe_request(store: &MemoryStore, metrics: &Metrics, done: &Finis
     let policy = match done.policy {
         Some(p) => p,
         None => {
-            fallback = default_policy();
+            fallback = RouteCache::default();
             &fallback
         }
     };
@@ -138,7 +119,7 @@ mod tests {
             route: "api",
             upstream: "api",
         };
-        let key: CacheKey = key::cache_key(&req, host.as_ref(), scope, &default_policy());
+        let key: CacheKey = key::cache_key(&req, host.as_ref(), scope, &RouteCache::default());
         let now = SystemTime::now();
         let resp = ResponseHeader::build(200, None).expect("resp");
         let meta = CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, resp);

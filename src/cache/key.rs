@@ -184,25 +184,9 @@ fn push_query(key: &mut String, query: &str, policy: &RouteCache) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn policy() -> RouteCache {
-        RouteCache {
-            default_ttl: None,
-            max_ttl: None,
-            stale_while_revalidate: Duration::ZERO,
-            stale_if_error: Duration::ZERO,
-            statuses: vec![200],
-            heuristic_freshness: true,
-            targeted_fields: Vec::new(),
-            strip_targeted_fields: false,
-            strip_set_cookie: false,
-            expose_key: false,
-            exclude_query: Vec::new(),
-            ignore_query: false,
-            sort_query: true,
-            key_headers: Vec::new(),
-        }
+        RouteCache::default()
     }
 
     const SCOPE: Scope<'static> = Scope {

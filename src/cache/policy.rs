@@ -234,19 +234,7 @@ mod tests {
     fn policy(default_ttl: Option<u64>) -> RouteCache {
         RouteCache {
             default_ttl: default_ttl.map(Duration::from_secs),
-            max_ttl: None,
-            stale_while_revalidate: Duration::ZERO,
-            stale_if_error: Duration::ZERO,
-            statuses: crate::config::model::defaults::CACHEABLE_STATUSES.to_vec(),
-            heuristic_freshness: true,
-            targeted_fields: Vec::new(),
-            strip_targeted_fields: false,
-            strip_set_cookie: false,
-            expose_key: false,
-            exclude_query: Vec::new(),
-            ignore_query: false,
-            sort_query: true,
-            key_headers: Vec::new(),
+            ..RouteCache::default()
         }
     }
 

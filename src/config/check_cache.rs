@@ -75,22 +75,22 @@ impl Checker<'_> {
                 );
             }
         }
-        let mut targeted_fields = Vec::new();
-        let names = spec.targeted_fields.clone().unwrap_or_else(|| {
-            vec![
-                "tollgate-cache-control".to_owned(),
-                "cdn-cache-control".to_owned(),
-            ]
-        });
-        for (i, name) in names.iter().enumerate() {
-            match http::HeaderName::from_bytes(name.as_bytes()) {
-                Ok(h) if h != http::header::CACHE_CONTROL => targeted_fields.push(h),
-                _ => self.problem(
-                    path.key("targeted_fields").index(i),
-                    format!("{name:?} is not a header name other than Cache-Control"),
-                ),
+        let targeted_fields = match &spec.targeted_fields {
+            None => RouteCache::default().targeted_fields,
+            Some(names) => {
+                let mut fields = Vec::with_capacity(names.len());
+                for (i, name) in names.iter().enumerate() {
+                    match http::HeaderName::from_bytes(name.as_bytes()) {
+                        Ok(h) if h != http::header::CACHE_CONTROL => fields.push(h),
+                        _ => self.problem(
+                            path.key("targeted_fields").index(i),
+                            format!("{name:?} is not a header name other than Cache-Control"),
+                        ),
+                    }
+                }
+                fields
             }
-        }
+        };
         RouteCache {
             targeted_fields,
             strip_targeted_fields: spec.strip_targeted_fields,

@@ -428,6 +428,31 @@ pub struct RouteCache {
     pub key_headers: Vec<http::HeaderName>,
 }
 
+impl Default for RouteCache {
+    /// What an empty `cache: {}` block means.
+    fn default() -> Self {
+        Self {
+            default_ttl: None,
+            max_ttl: None,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            statuses: defaults::CACHEABLE_STATUSES.to_vec(),
+            heuristic_freshness: true,
+            targeted_fields: vec![
+                http::HeaderName::from_static("tollgate-cache-control"),
+                http::HeaderName::from_static("cdn-cache-control"),
+            ],
+            strip_targeted_fields: false,
+            strip_set_cookie: false,
+            expose_key: false,
+            exclude_query: Vec::new(),
+            ignore_query: false,
+            sort_query: true,
+            key_headers: Vec::new(),
+        }
+    }
+}
+
 /// A route's timeouts with defaults applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteTimeouts {
