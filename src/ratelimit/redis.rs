@@ -229,17 +229,13 @@ impl RedisBuckets {
         if opened_breaker {
             log::warn!(
                 "redis: circuit breaker open, deciding locally without asking Redis for {:?}",
-                self.breaker_open_for()
+                self.breaker.open_for()
             );
         }
         RedisOutcome {
             result,
             opened_breaker,
         }
-    }
-
-    fn breaker_open_for(&self) -> Duration {
-        self.breaker.open_for()
     }
 
     /// Sends the breaker's one probe, a `PING`, on a task of its own: no

@@ -79,6 +79,14 @@ pub struct Replay {
     pub upstream_reused: bool,
 }
 
+impl Replay {
+    /// Whether the request can be sent to a backend again: idempotent,
+    /// its whole body still buffered, nothing of the answer sent yet.
+    fn resendable(&self) -> bool {
+        self.idempotent && self.body_buffered && !self.response_started
+    }
+}
+
 /// A request's attempts at its route's pool.
 #[derive(Default)]
 pub struct Attempts {
@@ -176,9 +184,7 @@ impl Attempts {
     ) -> bool {
         pool.retries_on_5xx()
             && matches!(status, 502..=504)
-            && replay.idempotent
-            && replay.body_buffered
-            && !replay.response_started
+            && replay.resendable()
             && self.retry_possible(pool, timeouts, started)
     }
 
@@ -238,10 +244,8 @@ impl Attempts {
         } else {
             FailureKind::Closed
         };
-        let may_replay = matches!(kind, FailureKind::Closed | FailureKind::Timeout)
-            && replay.idempotent
-            && replay.body_buffered
-            && !replay.response_started;
+        let may_replay =
+            matches!(kind, FailureKind::Closed | FailureKind::Timeout) && replay.resendable();
         let retry = self.note_failure(pool, timeouts, started, kind, metrics) && may_replay;
         e.set_retry(retry);
         e
