@@ -353,3 +353,100 @@ fn cache_status_shows_the_key_only_when_asked() {
         assert!(status.ends_with(expected), "{status}");
     }
 }
+
+/// §5.2.1.2 and §4.2.4: a client's `max-stale` takes a stale stored
+/// response as it is, within its bound, unless the stored response says
+/// `must-revalidate` (or `proxy-revalidate`, `s-maxage`, `no-cache`).
+#[test]
+fn max_stale_serves_stale_within_its_bound_unless_forbidden() {
+    let up = TestUpstream::start(|req| {
+        // Generated 100 s ago, fresh for 60: stored 40 s stale.
+        let cc = if req.path.starts_with("/strict") {
+            "max-age=60, must-revalidate"
+        } else {
+            "max-age=60"
+        };
+        reply(
+            200,
+            h(&[("Cache-Control", cc), ("Date", &http_date(-100))]),
+            "x",
+        )
+    });
+    let proxy = cached_route(&up, "{}");
+    let with = |path: &str, cc: &str| {
+        request(proxy.addr, "GET", path, &[("Cache-Control", cc)], b"").expect("get")
+    };
+    get(proxy.addr, "/doc").expect("fill");
+    let stale = with("/doc", "max-stale");
+    assert_eq!(stale.status, 200);
+    assert_eq!(up.count(), 1, "max-stale without a bound takes it");
+    let status = stale.cache_status().expect("Cache-Status");
+    assert!(status.starts_with("tollgate; hit"), "{status}");
+    let ttl = stale.header("cache-status").expect("status");
+    assert!(
+        ttl.contains("ttl=-"),
+        "a negative ttl shows it stale: {ttl}"
+    );
+    with("/doc", "max-stale=3600");
+    assert_eq!(up.count(), 1, "stale by 40 s, within 3600");
+    with("/doc", "max-stale=10");
+    assert_eq!(up.count(), 2, "stale by 40 s, beyond 10: fetched");
+    with("/doc", "max-stale=abc");
+    assert_eq!(up.count(), 3, "an invalid bound accepts nothing");
+
+    get(proxy.addr, "/strict").expect("fill");
+    let before = up.count();
+    with("/strict", "max-stale");
+    assert_eq!(
+        up.count(),
+        before + 1,
+        "must-revalidate is never served stale"
+    );
+}
+
+/// §4.3.5: a 200 to a HEAD that reached the upstream invalidates the
+/// stored GET responses its validators contradict, and leaves the others.
+#[test]
+fn a_head_response_with_new_validators_invalidates_the_stored_get() {
+    let version = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(1));
+    let served = version.clone();
+    let up = TestUpstream::start(move |req| {
+        let v = served.load(std::sync::atomic::Ordering::SeqCst);
+        // GETs are fresh for an hour; the client's `no-cache` sends each
+        // HEAD upstream, and its `no-store` answer is never stored itself.
+        let cc = if req.method == "HEAD" {
+            "no-store"
+        } else {
+            "max-age=3600"
+        };
+        reply(
+            200,
+            h(&[("Cache-Control", cc), ("ETag", &format!("\"v{v}\""))]),
+            &format!("body v{v}"),
+        )
+    });
+    let proxy = cached_route(&up, "{}");
+    let head = || {
+        request(
+            proxy.addr,
+            "HEAD",
+            "/doc",
+            &[("Cache-Control", "no-cache")],
+            b"",
+        )
+        .expect("head")
+    };
+    get(proxy.addr, "/doc").expect("fill");
+    head();
+    let hit = get(proxy.addr, "/doc").expect("get");
+    assert_eq!(hit.text(), "body v1");
+    assert_eq!(
+        hit.cache_status().as_deref(),
+        Some("tollgate; hit"),
+        "same validators: the stored response stays"
+    );
+    version.store(2, std::sync::atomic::Ordering::SeqCst);
+    head();
+    let after = get(proxy.addr, "/doc").expect("get");
+    assert_eq!(after.text(), "body v2", "the HEAD showed a new ETag");
+}

@@ -100,6 +100,9 @@ pub fn lookup(
         .inc();
     let mut header = Box::new(hit.header);
     header.set_version(http::Version::HTTP_11);
+    if route.policy.strip_targeted_fields {
+        super::policy::strip_targeted(&mut header, route.policy);
+    }
     header.insert_header(http::header::AGE, hit.age.as_secs())?;
     let shown_key = route
         .policy

@@ -48,9 +48,12 @@ pub fn http_date(resp: &ResponseHeader, name: http::header::HeaderName) -> Optio
 }
 
 /// The explicit freshness lifetime (§4.2.1), `None` when the response
-/// gives none. `response_time` stands in for a missing or invalid `Date`.
+/// gives none. `cc` is parsed from the field `cc_field` (`Cache-Control`
+/// or a targeted field). `response_time` stands in for a missing or
+/// invalid `Date`.
 pub fn explicit_lifetime(
     cc: Option<&CacheControl>,
+    cc_field: &str,
     resp: &ResponseHeader,
     response_time: SystemTime,
 ) -> Option<Duration> {
@@ -58,8 +61,12 @@ pub fn explicit_lifetime(
         if cc.no_cache() {
             return Some(Duration::ZERO);
         }
-        for directive in [cc.s_maxage(), cc.max_age()] {
+        for (name, directive) in [("s-maxage", cc.s_maxage()), ("max-age", cc.max_age())] {
             match directive {
+                // §4.2.1: the same directive twice with different values
+                // is treated as stale (the RFC's other choice, "use the
+                // first", is not what Pingora's parser keeps: the last).
+                Ok(Some(_)) if conflicting(resp, cc_field, name) => return Some(Duration::ZERO),
                 Ok(Some(secs)) => return Some(Duration::from_secs(u64::from(secs))),
                 Ok(None) => {}
                 Err(_) => return Some(Duration::ZERO), // invalid: stale
@@ -74,6 +81,29 @@ pub fn explicit_lifetime(
     };
     let date = http_date(resp, http::header::DATE).unwrap_or(response_time);
     Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
+}
+
+/// Whether `directive` appears more than once in the field `field` with
+/// different values (across all its lines).
+fn conflicting(resp: &ResponseHeader, field: &str, directive: &str) -> bool {
+    let mut seen: Option<&[u8]> = None;
+    for line in resp.headers.get_all(field) {
+        for part in line.as_bytes().split(|b| *b == b',') {
+            let (name, value) = match part.iter().position(|b| *b == b'=') {
+                Some(i) => (&part[..i], &part[i + 1..]),
+                None => (part, &b""[..]),
+            };
+            if !name.trim_ascii().eq_ignore_ascii_case(directive.as_bytes()) {
+                continue;
+            }
+            let value = value.trim_ascii();
+            match seen {
+                Some(first) if first != value => return true,
+                _ => seen = Some(value),
+            }
+        }
+    }
+    false
 }
 
 /// The heuristic lifetime (§4.2.2) of a response without explicit
@@ -133,7 +163,7 @@ mod tests {
     fn lifetime(headers: &[(&str, &str)], now: SystemTime) -> Option<u64> {
         let r = resp(200, headers);
         let cc = CacheControl::from_resp_headers(&r);
-        explicit_lifetime(cc.as_ref(), &r, now).map(|d| d.as_secs())
+        explicit_lifetime(cc.as_ref(), "cache-control", &r, now).map(|d| d.as_secs())
     }
 
     fn at(date: &str) -> SystemTime {
@@ -173,6 +203,21 @@ mod tests {
             assert_eq!(lifetime(&[("cache-control", cc)], now), Some(0), "{cc}");
         }
         assert_eq!(lifetime(&[("expires", "0")], now), Some(0));
+        for conflict in [
+            &[("cache-control", "max-age=60, max-age=120")][..],
+            &[
+                ("cache-control", "max-age=60"),
+                ("cache-control", "MAX-AGE=5"),
+            ][..],
+            &[("cache-control", "s-maxage=60, s-maxage=0")][..],
+        ] {
+            assert_eq!(lifetime(conflict, now), Some(0), "{conflict:?}");
+        }
+        assert_eq!(
+            lifetime(&[("cache-control", "max-age=60, max-age=60")], now),
+            Some(60),
+            "the same value twice is no conflict"
+        );
         assert_eq!(lifetime(&[("expires", "tomorrow")], now), Some(0));
         assert_eq!(
             lifetime(&[("cache-control", "no-cache, max-age=60")], now),

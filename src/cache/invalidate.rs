@@ -73,6 +73,53 @@ pub fn after_unsafe_request(store: &MemoryStore, metrics: &Metrics, done: &Finis
     removed
 }
 
+/// RFC 9111 §4.3.5: a 200 to a HEAD that reached the upstream (its
+/// header as the upstream sent it, before compression) shows
+/// whether the stored GET responses for its URI are still current; those
+/// whose validators (`ETag`, `Last-Modified`) or `Content-Length` it
+/// contradicts are removed. Those it agrees with stay as they are, fresh
+/// or stale (freshening them from a HEAD is left to the next GET's
+/// revalidation). Counted like other invalidations; returns how many went.
+pub fn after_head_response(store: &MemoryStore, metrics: &Metrics, done: &Finished<'_>) -> usize {
+    let Some(resp) = done.resp.filter(|r| r.status == http::StatusCode::OK) else {
+        return 0;
+    };
+    if done.req.method != http::Method::HEAD || store.entries() == 0 {
+        return 0;
+    }
+    let fallback = RouteCache::default();
+    let policy = done.policy.unwrap_or(&fallback);
+    let uri = key::uri(done.req, done.host, policy);
+    let removed = store.purge_uri_where(&uri, |stored| contradicts(resp, stored));
+    if removed > 0 {
+        metrics
+            .cache_purges
+            .with_label_values(&["invalidation"])
+            .inc_by(removed as u64);
+    }
+    removed
+}
+
+/// Whether a HEAD response `head` shows that `stored` is no longer the
+/// selected representation (§4.3.5): a validator it carries differs from
+/// the stored one or is missing there (entity tags compared weakly, RFC
+/// 9110 §8.8.3.2), or its `Content-Length` differs.
+fn contradicts(head: &ResponseHeader, stored: &ResponseHeader) -> bool {
+    fn field<'r>(r: &'r ResponseHeader, name: &http::header::HeaderName) -> Option<&'r [u8]> {
+        r.headers.get(name).map(|v| v.as_bytes().trim_ascii())
+    }
+    let weak = |tag: &[u8]| tag.strip_prefix(b"W/").unwrap_or(tag).to_vec();
+    let etag = http::header::ETAG;
+    if let Some(tag) = field(head, &etag) {
+        if field(stored, &etag).map(weak) != Some(weak(tag)) {
+            return true;
+        }
+    }
+    [http::header::LAST_MODIFIED, http::header::CONTENT_LENGTH]
+        .iter()
+        .any(|name| field(head, name).is_some_and(|v| field(stored, name) != Some(v)))
+}
+
 /// The stored-URI form (`host/path?query`) of a `Location` value, if it is
 /// a path or an absolute URI on the same host.
 fn same_origin_uri(host: &str, location: &str) -> Option<String> {
@@ -92,6 +139,37 @@ mod tests {
     use pingora::cache::trace::Span;
     use pingora::cache::{CacheMeta, Storage};
     use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn a_head_response_contradicts_only_on_a_changed_validator_or_length() {
+        let resp = |pairs: &[(&str, &str)]| {
+            let mut r = ResponseHeader::build(200, None).expect("resp");
+            for (n, v) in pairs {
+                r.append_header(n.to_string(), *v).expect("hdr");
+            }
+            r
+        };
+        let stored = resp(&[
+            ("etag", "\"a\""),
+            ("last-modified", "Mon, 02 Nov 2026 10:00:00 GMT"),
+            ("content-length", "5"),
+        ]);
+        assert!(
+            !contradicts(&resp(&[("etag", "W/\"a\"")]), &stored),
+            "weak match"
+        );
+        assert!(!contradicts(&resp(&[]), &stored), "nothing to compare");
+        assert!(contradicts(&resp(&[("etag", "\"b\"")]), &stored));
+        assert!(contradicts(&resp(&[("content-length", "6")]), &stored));
+        assert!(contradicts(
+            &resp(&[("last-modified", "Tue, 03 Nov 2026 10:00:00 GMT")]),
+            &stored
+        ));
+        assert!(
+            contradicts(&resp(&[("etag", "\"a\"")]), &resp(&[])),
+            "new tag"
+        );
+    }
 
     #[test]
     fn only_same_origin_locations_are_invalidated() {

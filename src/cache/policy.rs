@@ -63,7 +63,10 @@ pub fn response_cacheable(
     if sets_cookie && !policy.strip_set_cookie {
         return not_stored("set-cookie");
     }
-    let cc = directives(resp, policy);
+    let (cc, cc_field) = match directives(resp, policy) {
+        Some((cc, field)) => (Some(cc), field),
+        None => (None, http::header::CACHE_CONTROL.as_str()),
+    };
     // §3.5: a request with Authorization (or an API key) only if the
     // response explicitly allows it.
     if (exchange.credentialed || req.headers.contains_key(http::header::AUTHORIZATION))
@@ -82,7 +85,7 @@ pub fn response_cacheable(
     let now = SystemTime::now();
     // §3: any final status with explicit freshness; without it, the
     // route's statuses with its default_ttl or a heuristic lifetime.
-    let lifetime = match freshness::explicit_lifetime(cc.as_ref(), resp, now) {
+    let lifetime = match freshness::explicit_lifetime(cc.as_ref(), cc_field, resp, now) {
         Some(lifetime) => lifetime,
         None if !policy.statuses.contains(&status) => return not_stored("status"),
         None => match policy.default_ttl.or_else(|| {
@@ -120,9 +123,8 @@ pub fn response_cacheable(
     if sets_cookie {
         header.remove_header(&http::header::SET_COOKIE);
     }
-    if policy.strip_targeted_fields {
-        strip_targeted(&mut header, policy);
-    }
+    // Targeted fields stay stored (they decide `forbids_stale` on a hit)
+    // and are stripped on the way out when the route says so.
     let mut meta = CacheMeta::new(fresh_until, now, secs(swr), secs(sie), header);
     if !initial_age.is_zero() {
         meta.set_epoch_override(epoch);
@@ -133,12 +135,46 @@ pub fn response_cacheable(
 /// The directives tollgate decides by: the first targeted field of the
 /// route's list that is present and parses (RFC 9213 §2.2: it then
 /// replaces `Cache-Control` entirely), else `Cache-Control`.
-fn directives(resp: &ResponseHeader, policy: &RouteCache) -> Option<CacheControl> {
+/// Returns them with the name of the field they came from.
+fn directives<'p>(
+    resp: &ResponseHeader,
+    policy: &'p RouteCache,
+) -> Option<(CacheControl, &'p str)> {
     policy
         .targeted_fields
         .iter()
-        .find_map(|name| CacheControl::from_resp_headers_named(name.as_str(), resp))
-        .or_else(|| CacheControl::from_resp_headers(resp))
+        .find_map(|name| {
+            CacheControl::from_resp_headers_named(name.as_str(), resp).map(|cc| (cc, name.as_str()))
+        })
+        .or_else(|| {
+            CacheControl::from_resp_headers(resp)
+                .map(|cc| (cc, http::header::CACHE_CONTROL.as_str()))
+        })
+}
+
+/// §4.2.4: `must-revalidate`, `proxy-revalidate`, `s-maxage` (which
+/// implies `proxy-revalidate` for a shared cache, §5.2.2.10) and `no-cache`
+/// forbid serving the stored response stale, whatever the client accepts.
+/// Read from the stored header with the same precedence as when storing.
+pub fn forbids_stale(stored: &ResponseHeader, policy: &RouteCache) -> bool {
+    directives(stored, policy).is_some_and(|(cc, _)| {
+        cc.must_revalidate()
+            || cc.proxy_revalidate()
+            || cc.has_key("s-maxage")
+            || cc.has_key("no-cache")
+    })
+}
+
+/// `max-stale` without a value accepts any staleness; an invalid value
+/// accepts none (the strict reading, as for an invalid `max-age`).
+fn max_stale(cc: &CacheControl) -> Option<u32> {
+    let value = cc
+        .directives
+        .get(&DirectiveKey::from_lowercase("max-stale"))?;
+    Some(match value {
+        None => u32::MAX,
+        Some(v) => v.parse_as_delta_seconds().unwrap_or(0),
+    })
 }
 
 /// Removes the route's targeted fields (`strip_targeted_fields`).
@@ -167,6 +203,9 @@ pub struct RequestDirectives {
     pub only_if_cached: bool,
     /// `no-store`: do not store the response to this request.
     pub no_store: bool,
+    /// `max-stale[=N]`: the client accepts a response stale by up to N
+    /// seconds (`u32::MAX` without a value), §5.2.1.2.
+    pub max_stale: Option<u32>,
 }
 
 impl RequestDirectives {
@@ -199,7 +238,24 @@ impl RequestDirectives {
             min_fresh: delta("min-fresh"),
             only_if_cached: cc.has_key("only-if-cached"),
             no_store: cc.no_store(),
+            max_stale: max_stale(&cc),
         }
+    }
+
+    /// Whether this request accepts `meta`, stale at `now`, as it is
+    /// (§4.2.4, §5.2.1.2): it asked for `max-stale` covering the staleness,
+    /// nothing else in the request asks for a revalidation, and the stored
+    /// response does not forbid serving it stale.
+    pub fn accepts_stale(&self, meta: &CacheMeta, policy: &RouteCache, now: SystemTime) -> bool {
+        let Some(max_stale) = self.max_stale else {
+            return false;
+        };
+        if self.revalidate || self.asks_to_revalidate(meta) {
+            return false;
+        }
+        let staleness = now.duration_since(meta.fresh_until()).unwrap_or_default();
+        staleness <= Duration::from_secs(u64::from(max_stale))
+            && !forbids_stale(meta.response_header(), policy)
     }
 
     /// Whether a fresh stored response must be revalidated before this
@@ -378,6 +434,50 @@ mod tests {
             RespCacheable::Cacheable(meta) => assert!(!meta.is_fresh(SystemTime::now())),
             RespCacheable::Uncacheable(r) => panic!("not stored: {r:?}"),
         }
+    }
+
+    #[test]
+    fn max_stale_and_what_forbids_serving_stale() {
+        let with = |cc: &str| {
+            let mut req = get();
+            req.insert_header("cache-control", cc).expect("hdr");
+            RequestDirectives::of(&req).max_stale
+        };
+        assert_eq!(with("max-stale"), Some(u32::MAX));
+        assert_eq!(with("max-stale=30"), Some(30));
+        assert_eq!(with("max-stale=3x"), Some(0), "invalid: accepts nothing");
+        assert_eq!(with("max-age=5"), None);
+        let route = policy(None);
+        for cc in [
+            "must-revalidate",
+            "proxy-revalidate",
+            "s-maxage=5",
+            "no-cache",
+        ] {
+            assert!(
+                forbids_stale(&resp(200, &[("cache-control", cc)]), &route),
+                "{cc}"
+            );
+        }
+        assert!(!forbids_stale(
+            &resp(200, &[("cache-control", "max-age=5")]),
+            &route
+        ));
+        let targeted = RouteCache {
+            targeted_fields: vec![http::HeaderName::from_static("cdn-cache-control")],
+            ..policy(None)
+        };
+        let both = resp(
+            200,
+            &[
+                ("cache-control", "must-revalidate"),
+                ("cdn-cache-control", "max-age=5"),
+            ],
+        );
+        assert!(
+            !forbids_stale(&both, &targeted),
+            "the targeted field decides"
+        );
     }
 
     #[test]

@@ -202,6 +202,15 @@ impl ProxyHttp for Proxy {
                 ));
             }
         }
+        if session.req_header().method == http::Method::HEAD {
+            let answered = invalidate::Finished {
+                req: session.req_header(),
+                host: ctx.host.as_ref(),
+                resp: Some(upstream_response),
+                policy: ctx.route().and_then(|r| r.cache.as_ref()),
+            };
+            invalidate::after_head_response(self.state.cache.store, &self.state.metrics, &answered);
+        }
         Ok(())
     }
 
@@ -277,7 +286,9 @@ impl ProxyHttp for Proxy {
         vary::variance(meta, req)
     }
 
-    /// A request with `no-cache` / `max-age=0` revalidates a fresh entry (§5.2.1).
+    /// The request's own directives (§5.2.1): `no-cache`, `max-age`,
+    /// `min-fresh` revalidate a fresh entry; `max-stale` takes a stale one
+    /// as it is unless the stored response forbids it (§4.2.4).
     async fn cache_hit_filter(
         &self,
         _session: &mut Session,
@@ -286,8 +297,19 @@ impl ProxyHttp for Proxy {
         is_fresh: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<ForcedFreshness>> {
-        let revalidate = is_fresh && ctx.cache_directives.asks_to_revalidate(meta);
-        Ok(revalidate.then_some(ForcedFreshness::ForceExpired))
+        let directives = ctx.cache_directives;
+        if is_fresh {
+            let revalidate = directives.asks_to_revalidate(meta);
+            return Ok(revalidate.then_some(ForcedFreshness::ForceExpired));
+        }
+        // `max-stale` (§5.2.1.2): the client takes it stale, if allowed.
+        let accepts_stale = ctx
+            .route()
+            .and_then(|r| r.cache.as_ref())
+            .is_some_and(|policy| {
+                directives.accepts_stale(meta, policy, std::time::SystemTime::now())
+            });
+        Ok(accepts_stale.then_some(ForcedFreshness::ForceFresh))
     }
 
     /// `only-if-cached` (§5.2.1.7) misses get 504; budgets that count only

@@ -190,6 +190,16 @@ impl MemoryStore {
 
     /// Removes every variant stored for these primaries; returns how many.
     fn remove_primaries(&self, primaries: &[HashBinary]) -> usize {
+        self.remove_variants_where(primaries, |_| true)
+    }
+
+    /// Removes the variants of these primaries whose stored header
+    /// `matches`; returns how many.
+    fn remove_variants_where(
+        &self,
+        primaries: &[HashBinary],
+        matches: impl Fn(&pingora::http::ResponseHeader) -> bool,
+    ) -> usize {
         let mut removed = Vec::new();
         {
             let mut index = self.write();
@@ -200,6 +210,13 @@ impl MemoryStore {
                     .map(|p| p.variants.clone())
                     .unwrap_or_default();
                 for combined in variants {
+                    if !index
+                        .entries
+                        .get(&combined)
+                        .is_some_and(|entry| matches(&entry.header))
+                    {
+                        continue;
+                    }
                     if let Some(entry) = index.remove_entry(&combined) {
                         removed.push((combined, entry));
                     }
@@ -220,6 +237,17 @@ impl MemoryStore {
     pub fn purge_uri(&self, uri: &str) -> usize {
         let primaries = self.read().by_uri.get(uri).cloned().unwrap_or_default();
         self.remove_primaries(&primaries)
+    }
+
+    /// Removes the stored variants of exactly this URI whose header
+    /// `matches` (RFC 9111 §4.3.5: those a HEAD response shows changed).
+    pub fn purge_uri_where(
+        &self,
+        uri: &str,
+        matches: impl Fn(&pingora::http::ResponseHeader) -> bool,
+    ) -> usize {
+        let primaries = self.read().by_uri.get(uri).cloned().unwrap_or_default();
+        self.remove_variants_where(&primaries, matches)
     }
 
     /// Removes every entry whose URI (`host` + path + query) starts with
