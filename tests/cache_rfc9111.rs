@@ -450,3 +450,48 @@ fn a_head_response_with_new_validators_invalidates_the_stored_get() {
     let after = get(proxy.addr, "/doc").expect("get");
     assert_eq!(after.text(), "body v2", "the HEAD showed a new ETag");
 }
+
+/// §4.2.4 and RFC 5861 §4: when the upstream answers 500, 502, 503 or 504
+/// (or cannot be reached), a stale response inside its `stale-if-error`
+/// window is served instead; other statuses pass through, and a response
+/// that says `must-revalidate` or `no-cache` is never served stale, even
+/// with the route's own `stale_if_error`.
+#[test]
+fn stale_if_error_covers_error_statuses_but_never_must_revalidate() {
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(0));
+    let answer = failing.clone();
+    let up = TestUpstream::start(move |req| {
+        let status = answer.load(std::sync::atomic::Ordering::SeqCst);
+        if status != 0 {
+            return reply(status, h(&[]), "upstream error");
+        }
+        let cc = match req.path.as_str() {
+            "/strict" => "max-age=0, must-revalidate",
+            "/no-cache" => "no-cache, max-age=600",
+            _ => "max-age=0, stale-if-error=600",
+        };
+        reply(200, h(&[("Cache-Control", cc)]), "good old body")
+    });
+    let proxy = cached_route(&up, "{ stale_if_error: 10m }");
+    for path in ["/doc", "/strict", "/no-cache"] {
+        get(proxy.addr, path).expect("fill");
+    }
+    for status in [500u16, 502, 503, 504] {
+        failing.store(status, std::sync::atomic::Ordering::SeqCst);
+        let r = get(proxy.addr, "/doc").expect("get");
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "good old body"),
+            "{status}"
+        );
+        let cs = r.cache_status().expect("Cache-Status");
+        assert!(cs.starts_with("tollgate; hit; fwd=stale"), "{status}: {cs}");
+        for path in ["/strict", "/no-cache"] {
+            let r = get(proxy.addr, path).expect("get");
+            assert_eq!(r.status, status, "{path} may not be served stale");
+        }
+    }
+    failing.store(501, std::sync::atomic::Ordering::SeqCst);
+    let r = get(proxy.addr, "/doc").expect("get");
+    assert_eq!(r.status, 501, "501 is an answer, not an error to hide");
+}

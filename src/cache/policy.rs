@@ -108,14 +108,20 @@ pub fn response_cacheable(
     let Some(fresh_until) = epoch.checked_add(lifetime) else {
         return not_stored("no-freshness");
     };
-    let swr = cc
-        .as_ref()
-        .and_then(|c| c.serve_stale_while_revalidate_duration())
-        .unwrap_or(policy.stale_while_revalidate);
-    let sie = cc
-        .as_ref()
-        .and_then(|c| c.serve_stale_if_error_duration())
-        .unwrap_or(policy.stale_if_error);
+    // §4.2.4: the route's stale windows fill in only where the response
+    // says nothing, and never where it forbids serving stale.
+    let (swr, sie) = if cc.as_ref().is_some_and(directives_forbid_stale) {
+        (Duration::ZERO, Duration::ZERO)
+    } else {
+        (
+            cc.as_ref()
+                .and_then(|c| c.serve_stale_while_revalidate_duration())
+                .unwrap_or(policy.stale_while_revalidate),
+            cc.as_ref()
+                .and_then(|c| c.serve_stale_if_error_duration())
+                .unwrap_or(policy.stale_if_error),
+        )
+    };
     let mut header = resp.clone();
     if let Some(c) = &cc {
         c.strip_private_headers(&mut header);
@@ -157,12 +163,14 @@ fn directives<'p>(
 /// forbid serving the stored response stale, whatever the client accepts.
 /// Read from the stored header with the same precedence as when storing.
 pub fn forbids_stale(stored: &ResponseHeader, policy: &RouteCache) -> bool {
-    directives(stored, policy).is_some_and(|(cc, _)| {
-        cc.must_revalidate()
-            || cc.proxy_revalidate()
-            || cc.has_key("s-maxage")
-            || cc.has_key("no-cache")
-    })
+    directives(stored, policy).is_some_and(|(cc, _)| directives_forbid_stale(&cc))
+}
+
+fn directives_forbid_stale(cc: &CacheControl) -> bool {
+    cc.must_revalidate()
+        || cc.proxy_revalidate()
+        || cc.has_key("s-maxage")
+        || cc.has_key("no-cache")
 }
 
 /// `max-stale` without a value accepts any staleness; an invalid value

@@ -327,14 +327,19 @@ impl ProxyHttp for Proxy {
     }
 
     /// Stale-while-revalidate (`error` is `None`) and stale-if-error on
-    /// upstream failures; Pingora checks the entry's windows first.
+    /// upstream failures (unreachable, timed out, closed, or a 500, 502,
+    /// 503, 504 answer); Pingora checks the entry's windows first.
     fn should_serve_stale(
         &self,
         _session: &mut Session,
         _ctx: &mut RequestCtx,
         error: Option<&Error>,
     ) -> bool {
-        error.is_none_or(|e| *e.esource() == pingora::ErrorSource::Upstream)
+        error.is_none_or(|e| match e.etype() {
+            // RFC 5861 §4: the error statuses are 500, 502, 503 and 504.
+            ErrorType::HTTPStatus(status) => matches!(status, 500 | 502 | 503 | 504),
+            _ => *e.esource() == pingora::ErrorSource::Upstream,
+        })
     }
 
     /// Request id, forwarding headers, the Host override, and what the
