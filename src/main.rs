@@ -255,7 +255,7 @@ fn main() -> ExitCode {
             println!(
                 "tollgate demo\n\
                  \x20 proxy   http://127.0.0.1:8080   (routes: /reference/, /pricing/, /dashboard/, /slow)\n\
-                 \x20 admin   http://127.0.0.1:9090   (/metrics, /health, /ready)\n\
+                 \x20 admin   http://127.0.0.1:9090   (status page at /; /metrics, /health, /ready)\n\
                  \x20 origin  http://{}   (built-in sample API)\n\n\
                  Try, in another terminal:\n\
                  \x20 curl -i http://127.0.0.1:8080/reference/countries   # twice: Cache-Status: tollgate; hit\n\

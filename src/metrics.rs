@@ -12,7 +12,8 @@ use prometheus::{
 };
 
 /// Latency buckets for API requests, in seconds: 1 ms to 60 s.
-const LATENCY_BUCKETS: &[f64] = &[
+/// Bounds of the latency histograms, in seconds (the status page reads them too).
+pub const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
@@ -107,6 +108,9 @@ pub struct Metrics {
     /// `tollgate_compression_bytes_total{encoding,direction}`: body bytes
     /// before (`in`) and after (`out`) compression.
     pub compression_bytes: IntCounterVec,
+    /// Rate-limit rejections per tenant since the status page last sampled
+    /// (not exported: tenants are unbounded label values).
+    pub rejected_tenants: crate::rejections::RejectionTally,
 }
 
 impl Metrics {
@@ -364,6 +368,7 @@ impl Metrics {
             connections_refused,
             header_timeouts,
             compression_bytes,
+            rejected_tenants: Default::default(),
         })
     }
 
@@ -378,6 +383,11 @@ impl Metrics {
         let labels = [upstream, backend.as_str()];
         let _ = self.upstream_in_flight.remove_label_values(&labels);
         let _ = self.upstream_healthy.remove_label_values(&labels);
+    }
+
+    /// Every metric family as it stands now, for the status page.
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
     }
 
     /// The Prometheus text exposition of every metric.

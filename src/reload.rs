@@ -78,6 +78,7 @@ pub fn reload(state: &AppState) -> Result<ReloadReport, ReloadError> {
     match &result {
         Ok(report) => {
             metrics.config_reloads.with_label_values(&["ok"]).inc();
+            state.record_reload(true, String::new());
             log::info!(
                 "config reloaded: {} routes, {} upstreams",
                 report.routes,
@@ -89,6 +90,7 @@ pub fn reload(state: &AppState) -> Result<ReloadReport, ReloadError> {
         }
         Err(e) => {
             metrics.config_reloads.with_label_values(&["error"]).inc();
+            state.record_reload(false, e.to_string());
             log::error!("config reload refused, the previous config keeps serving:\n{e}");
         }
     }

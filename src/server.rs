@@ -187,6 +187,10 @@ pub fn build(
         BucketSweeper::new(state.rate.clone(), state.metrics.ratelimit_buckets.clone()),
     ));
     server.add_service(background_service(
+        "tollgate status sampler",
+        crate::status::Sampler::new(state.status.clone(), state.metrics.clone()),
+    ));
+    server.add_service(background_service(
         "tollgate reload on SIGHUP",
         ReloadOnSignal::new(state.clone()),
     ));

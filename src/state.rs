@@ -5,12 +5,13 @@ use crate::cache::CacheRuntime;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateStore;
+use crate::status::StatusBoard;
 use crate::upstream::UpstreamMemory;
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 /// Where the running config came from, so a reload knows what to re-read.
 #[derive(Debug, Clone)]
@@ -39,6 +40,20 @@ pub struct AppState {
     ready: AtomicBool,
     /// When the process started.
     pub started: Instant,
+    /// The status page's sampled history.
+    pub status: Arc<StatusBoard>,
+    last_reload: Mutex<Option<ReloadRecord>>,
+}
+
+/// The outcome of the most recent reload, for the status page.
+#[derive(Debug, Clone)]
+pub struct ReloadRecord {
+    /// When it finished.
+    pub at: SystemTime,
+    /// Whether the new config is serving.
+    pub ok: bool,
+    /// Why it was refused (empty when it succeeded).
+    pub message: String,
 }
 
 impl AppState {
@@ -62,7 +77,27 @@ impl AppState {
             reload_lock: Mutex::new(()),
             ready: AtomicBool::new(false),
             started: Instant::now(),
+            status: Arc::new(StatusBoard::new()),
+            last_reload: Mutex::new(None),
         }
+    }
+
+    /// The most recent reload's outcome, if any since start.
+    pub fn last_reload(&self) -> Option<ReloadRecord> {
+        self.last_reload
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records a reload's outcome.
+    pub fn record_reload(&self, ok: bool, message: String) {
+        let record = ReloadRecord {
+            at: SystemTime::now(),
+            ok,
+            message,
+        };
+        *self.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(record);
     }
 
     /// The current generation; requests keep the `Arc` they got.

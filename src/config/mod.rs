@@ -162,6 +162,12 @@ impl Checker<'_> {
                         None
                     }
                 });
+        if raw.admin.require_token_for_reads && raw.admin.token_env.is_none() {
+            self.problem(
+                root.key("admin").key("require_token_for_reads"),
+                "needs admin.token_env: there is no token to ask for",
+            );
+        }
         let mut server = self.server(&raw.server, &root.key("server"));
         let cache = self.cache_limits(raw.cache.as_ref(), &root.key("cache"));
         let mut rate_limit = self.rate_limit(&raw);
@@ -220,6 +226,7 @@ impl Checker<'_> {
             listeners,
             admin_listen: admin_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
             admin_token,
+            admin_reads_need_token: raw.admin.require_token_for_reads,
             server,
             logging,
             cache,

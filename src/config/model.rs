@@ -24,6 +24,9 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// Token required by state-changing admin endpoints; `None` disables them.
     pub admin_token: Option<Secret>,
+    /// `admin.require_token_for_reads`: the status page and `/metrics`
+    /// need the token too.
+    pub admin_reads_need_token: bool,
     /// Process settings.
     pub server: ServerSettings,
     /// Logging settings.

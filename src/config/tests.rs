@@ -173,3 +173,12 @@ fn trusted_proxies_from_either_section_are_one_list() {
         "{bad:?}"
     );
 }
+
+#[test]
+fn token_for_reads_needs_a_token() {
+    let src = "admin:\n  require_token_for_reads: true\nupstreams:\n  api: { backends: [\"127.0.0.1:1\"] }\nroutes:\n  - { name: api, upstream: api }\n";
+    let p = problems(src);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].starts_with("t.yaml:2:"), "{}", p[0]);
+    assert!(p[0].contains("admin.require_token_for_reads"), "{}", p[0]);
+}

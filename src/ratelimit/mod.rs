@@ -192,6 +192,14 @@ pub fn count(metrics: &Metrics, limiter: &RateLimiter, who: &Identity, d: &Decis
             .with_label_values(&[&*tier.name])
             .inc();
     }
+    if !d.allowed {
+        match who {
+            Identity::Tenant(i) => metrics.rejected_tenants.reject(&*limiter.tenants[*i].0),
+            anonymous => metrics
+                .rejected_tenants
+                .reject(limiter.bucket_key(anonymous)),
+        }
+    }
     if let (true, Identity::Tenant(i)) = (tier.tenant_metrics, who) {
         metrics
             .ratelimit_tenant_decisions

@@ -121,7 +121,22 @@ impl TollgateProcess {
         Self::launch(|port| format!("\"127.0.0.1:{port}\""), server, body)
     }
 
+    /// Like [`Self::start`], with more `admin:` settings (YAML flow
+    /// entries, e.g. `require_token_for_reads: true`).
+    pub fn start_with_admin(admin: &str, body: &str) -> Self {
+        Self::launch_with(|port| format!("\"127.0.0.1:{port}\""), admin, "", body)
+    }
+
     fn launch(listener: impl Fn(u16) -> String, server: &str, body: &str) -> Self {
+        Self::launch_with(listener, "", server, body)
+    }
+
+    fn launch_with(
+        listener: impl Fn(u16) -> String,
+        admin: &str,
+        server: &str,
+        body: &str,
+    ) -> Self {
         let mut last_log = String::new();
         for _attempt in 0..3 {
             let dir = scratch_dir("proxy");
@@ -129,12 +144,13 @@ impl TollgateProcess {
             let config = dir.join("tollgate.yaml");
             let text = format!(
                 "listen: [{listener}]\n\
-                 admin: {{ listen: \"127.0.0.1:{admin_port}\", token_env: TOLLGATE_TEST_ADMIN_TOKEN }}\n\
+                 admin: {{ listen: \"127.0.0.1:{admin_port}\", token_env: TOLLGATE_TEST_ADMIN_TOKEN{admin} }}\n\
                  server:\n  threads: 2\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\n  \
                  pid_file: {d}/tollgate.pid\n  upgrade_sock: {d}/upgrade.sock\n\
                  {server}{body}",
                 d = dir.display(),
-                listener = listener(port)
+                listener = listener(port),
+                admin = if admin.is_empty() { String::new() } else { format!(", {admin}") },
             );
             fs::write(&config, text).expect("write config");
             let log = dir.join("tollgate.log");

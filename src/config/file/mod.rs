@@ -104,6 +104,10 @@ pub struct AdminSpec {
     /// protects state-changing endpoints (`POST /config/reload`).
     #[serde(default)]
     pub token_env: Option<String>,
+    /// Ask for the token on the read-only pages too (`/`, `/status.json`,
+    /// `/metrics`); `/health` and `/ready` stay open for probes.
+    #[serde(default)]
+    pub require_token_for_reads: bool,
 }
 
 fn default_admin_listen() -> String {
@@ -115,6 +119,7 @@ impl Default for AdminSpec {
         Self {
             listen: default_admin_listen(),
             token_env: None,
+            require_token_for_reads: false,
         }
     }
 }

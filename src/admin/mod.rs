@@ -1,7 +1,10 @@
-//! The admin listener: `/metrics`, `/health`, `/ready`, and the
-//! token-protected `POST /config/reload`. It runs on its own address
+//! The admin listener: the status page (`/`, `/status.json`, in
+//! `status_page`), `/metrics`, `/health`, `/ready`, and the
+//! token-protected `POST /config/reload` and `POST /cache/purge`. It runs on its own address
 //! (default 127.0.0.1:9090) so it is never reachable through a route, and
 //! answers from shared state without touching upstreams.
+
+mod status_page;
 
 use crate::state::AppState;
 use async_trait::async_trait;
@@ -106,6 +109,45 @@ impl AdminApp {
     }
 }
 
+/// Whether the request carries `token`, as `Bearer <token>` or as the
+/// password of `Basic` credentials; compared in constant time.
+fn presents(session: &ServerSession, token: &str) -> bool {
+    use base64::Engine as _;
+    let Some(value) = session
+        .req_header()
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let presented = if let Some(bearer) = value.strip_prefix("Bearer ") {
+        bearer.as_bytes().to_vec()
+    } else if let Some(basic) = value.strip_prefix("Basic ") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(basic.trim())
+            .unwrap_or_default();
+        match decoded.iter().position(|b| *b == b':') {
+            Some(colon) => decoded[colon + 1..].to_vec(),
+            None => return false,
+        }
+    } else {
+        return false;
+    };
+    presented.ct_eq(token.as_bytes()).into()
+}
+
+/// Headers of the status page: nothing from elsewhere may load or frame it.
+const PAGE_HEADERS: [(http::header::HeaderName, &str); 4] = [
+    (
+        http::header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; frame-ancestors 'none'",
+    ),
+    (http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (http::header::X_FRAME_OPTIONS, "DENY"),
+    (http::header::REFERRER_POLICY, "no-referrer"),
+];
+
 /// Largest admin request body read.
 const MAX_ADMIN_BODY: usize = 64 * 1024;
 
@@ -173,20 +215,41 @@ impl AdminApp {
                 &json!({"error": "forbidden", "message": "Set admin.token_env to enable the admin POST endpoints (SIGHUP still reloads)"}),
             ));
         };
-        let presented = session
-            .req_header()
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        let matches: bool = presented.as_bytes().ct_eq(token.expose().as_bytes()).into();
-        (!matches).then(|| {
+        (!presents(session, token.expose())).then(|| {
             respond_json(
                 StatusCode::UNAUTHORIZED,
                 &json!({"error": "unauthorized", "message": "Send Authorization: Bearer <admin token>"}),
             )
         })
+    }
+
+    /// With `admin.require_token_for_reads`, the read-only pages ask for the
+    /// token too: as a Bearer token, or as the password of HTTP Basic
+    /// credentials (what a browser can send for the status page).
+    fn read_refusal(&self, session: &ServerSession) -> Option<Response<Vec<u8>>> {
+        let gateway = self.state.gateway();
+        let config = &gateway.config;
+        let token = config
+            .admin_token
+            .as_ref()
+            .filter(|_| config.admin_reads_need_token)?;
+        if presents(session, token.expose()) {
+            return None;
+        }
+        let mut refusal = respond_json(
+            StatusCode::UNAUTHORIZED,
+            &json!({"error": "unauthorized", "message": "Send the admin token: Authorization: Bearer <token>, or as the Basic password"}),
+        );
+        refusal.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Basic realm=\"tollgate admin\", charset=\"UTF-8\""),
+        );
+        Some(refusal)
+    }
+
+    /// `/status.json`.
+    fn status_report(&self) -> serde_json::Value {
+        status_page::report(&self.state, &self.health())
     }
 
     /// `POST /config/reload`.
@@ -316,7 +379,27 @@ impl ServeHttp for AdminApp {
                 &json!({"error": "method_not_allowed", "message": "The admin endpoints answer GET, and POST /config/reload and /cache/purge"}),
             );
         }
-        match req.uri.path() {
+        let path = req.uri.path();
+        if matches!(path, "/" | "/status.json" | "/metrics") {
+            if let Some(refusal) = self.read_refusal(session) {
+                return refusal;
+            }
+        }
+        match path {
+            "/" => {
+                let summary = status_page::text_summary(&self.status_report());
+                let mut page = respond(
+                    StatusCode::OK,
+                    "text/html; charset=utf-8",
+                    status_page::page(&summary).into_bytes(),
+                );
+                for (name, value) in PAGE_HEADERS {
+                    page.headers_mut()
+                        .insert(name, http::HeaderValue::from_static(value));
+                }
+                page
+            }
+            "/status.json" => respond_json(StatusCode::OK, &self.status_report()),
             "/metrics" => {
                 self.refresh_gauges();
                 respond(
@@ -332,7 +415,7 @@ impl ServeHttp for AdminApp {
             "/ready" => respond_json(StatusCode::SERVICE_UNAVAILABLE, &json!({"ready": false})),
             _ => respond_json(
                 StatusCode::NOT_FOUND,
-                &json!({"error": "not_found", "message": "Admin endpoints: GET /metrics, /health, /ready; POST /config/reload, /cache/purge"}),
+                &json!({"error": "not_found", "message": "Admin endpoints: GET / (status page), /status.json, /metrics, /health, /ready; POST /config/reload, /cache/purge"}),
             ),
         }
     }
