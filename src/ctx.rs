@@ -43,6 +43,9 @@ pub struct RequestCtx {
     pub rate_headers: Option<RateHeaders>,
     /// Response body bytes before compression.
     pub body_bytes_in: u64,
+    /// The brotli encoder of this response's body, when tollgate encodes
+    /// it (see `compression::brotli`).
+    pub brotli: Option<crate::compression::BrotliStream>,
     /// Request body bytes received so far (checked against the route's limit).
     pub request_body_bytes: u64,
     /// The fields of an upstream 304 that answered a revalidation, until
@@ -70,6 +73,7 @@ impl RequestCtx {
             tenant: None,
             rate_headers: None,
             body_bytes_in: 0,
+            brotli: None,
             request_body_bytes: 0,
             cache_key: None,
             not_modified: None,

@@ -58,29 +58,10 @@ enum Command {
 }
 
 fn init_logging(config: &Config) {
-    use std::io::Write as _;
     let env = env_logger::Env::default().default_filter_or(config.logging.level.as_str());
-    let json_access =
-        config.logging.access_log_format == tollgate::config::file::AccessLogFormat::Json;
     let mut builder = env_logger::Builder::from_env(env);
     builder.format_timestamp_millis();
-    if json_access {
-        // JSON access lines go out bare, one object per line; the rest keep the usual prefix.
-        builder.format(|buf, record| {
-            if record.target() == "tollgate::access" {
-                writeln!(buf, "{}", record.args())
-            } else {
-                let ts = buf.timestamp_millis();
-                writeln!(
-                    buf,
-                    "[{ts} {} {}] {}",
-                    record.level(),
-                    record.target(),
-                    record.args()
-                )
-            }
-        });
-    }
+    // Access lines have their own writer (`tollgate::access_log`).
     let _ = builder.try_init();
 }
 

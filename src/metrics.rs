@@ -111,6 +111,9 @@ pub struct Metrics {
     /// Rate-limit rejections per tenant since the status page last sampled
     /// (not exported: tenants are unbounded label values).
     pub rejected_tenants: crate::rejections::RejectionTally,
+    /// `tollgate_access_log_dropped_total`: access-log lines dropped
+    /// because the writer could not keep up.
+    pub access_log_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -310,6 +313,11 @@ impl Metrics {
             &["encoding", "direction"],
         )?;
         register(&registry, &mut names, Box::new(compression_bytes.clone()))?;
+        let access_log_dropped = IntCounter::new(
+            "tollgate_access_log_dropped_total",
+            "Access-log lines dropped because the log writer could not keep up",
+        )?;
+        register(&registry, &mut names, Box::new(access_log_dropped.clone()))?;
         register(&registry, &mut names, Box::new(ratelimit_decisions.clone()))?;
         register(&registry, &mut names, Box::new(ratelimit_fallback.clone()))?;
         register(
@@ -369,6 +377,7 @@ impl Metrics {
             header_timeouts,
             compression_bytes,
             rejected_tenants: Default::default(),
+            access_log_dropped,
         })
     }
 

@@ -61,6 +61,14 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
             "cache limits changed: take effect after a restart or graceful upgrade".to_owned(),
         );
     }
+    if old.logging.access_log_path != new.logging.access_log_path
+        || old.logging.level != new.logging.level
+    {
+        out.push(
+            "logging.level / access_log_path changed: take effect after a restart or graceful upgrade"
+                .to_owned(),
+        );
+    }
     if old.server != new.server {
         out.push(
             "server settings changed: take effect after a restart or graceful upgrade".to_owned(),

@@ -1,6 +1,8 @@
 //! What is recorded when a request ends: request metrics, the access log
-//! line and, past the threshold, the slow-request line.
+//! line (written off the worker thread by `access_log`) and, past the
+//! threshold, the slow-request line.
 
+use crate::access_log::{AccessLog, Rfc3339Millis};
 use crate::config::file::AccessLogFormat;
 use crate::ctx::RequestCtx;
 use crate::headers::Millis;
@@ -49,8 +51,15 @@ impl fmt::Display for StepMillis {
     }
 }
 
-/// Records a finished request: metrics, access log, slow-request log.
-pub fn finish(metrics: &Metrics, session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
+/// Records a finished request: metrics, access log (queued for its writer
+/// thread, `access_log`), slow-request log.
+pub fn finish(
+    metrics: &Metrics,
+    access_log: &AccessLog,
+    session: &Session,
+    e: Option<&Error>,
+    ctx: &RequestCtx,
+) {
     let status = session
         .response_written()
         .map(|r| r.status.as_u16())
@@ -99,9 +108,12 @@ pub fn finish(metrics: &Metrics, session: &Session, e: Option<&Error>, ctx: &Req
             Millis(elapsed),
         );
     }
-    if logging.access_log && logging.access_log_format == AccessLogFormat::Json {
+    if !(logging.access_log && access_log.enabled()) {
+        return;
+    }
+    let line = if logging.access_log_format == AccessLogFormat::Json {
         let req = session.req_header();
-        let line = serde_json::json!({
+        serde_json::json!({
             "ts_ms": std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
@@ -114,15 +126,17 @@ pub fn finish(metrics: &Metrics, session: &Session, e: Option<&Error>, ctx: &Req
             "duration_ms": elapsed.as_secs_f64() * 1000.0,
             "request_id": request_id,
             "error": e.map(|e| e.etype().as_str()),
-        });
-        log::info!(target: "tollgate::access", "{line}");
-    } else if logging.access_log {
-        log::info!(
-            target: "tollgate::access",
-            "{summary} duration_ms={} request_id={request_id}{}{}",
+        })
+        .to_string()
+    } else {
+        // The prefix env_logger gives other lines, so both sort together.
+        format!(
+            "[{} INFO  tollgate::access] {summary} duration_ms={} request_id={request_id}{}{}",
+            Rfc3339Millis(std::time::SystemTime::now()),
             Millis(elapsed),
             if e.is_some() { " error=" } else { "" },
             e.map_or("", |e| e.etype().as_str()),
-        );
-    }
+        )
+    };
+    access_log.write(line);
 }

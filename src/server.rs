@@ -2,6 +2,7 @@
 //! service on the configured listeners, the admin service, and a small
 //! lifecycle service that flips readiness on start and shutdown.
 
+use crate::access_log::{AccessLog, Destination, ReopenOnSignal};
 use crate::admin::AdminApp;
 use crate::cache::CacheRuntime;
 use crate::config::model::ServerSettings;
@@ -130,7 +131,23 @@ pub fn build(
     let cache = CacheRuntime::new(gateway.config.cache);
     let rate =
         Arc::new(RateStore::new(gateway.config.rate_limit.as_ref()).map_err(StartError::Setup)?);
-    let state = Arc::new(AppState::new(gateway, metrics, memory, cache, rate, source));
+    let destination = match &gateway.config.logging.access_log_path {
+        Some(path) => Destination::File(path.clone()),
+        None => Destination::Stderr,
+    };
+    let access_log = Arc::new(
+        AccessLog::start(destination, metrics.access_log_dropped.clone())
+            .map_err(|e| StartError::Setup(e.to_string()))?,
+    );
+    let state = Arc::new(AppState::new(
+        gateway,
+        metrics,
+        memory,
+        cache,
+        rate,
+        source,
+        access_log.clone(),
+    ));
 
     let mut proxy = Service::new(
         "tollgate proxy".to_owned(),
@@ -185,6 +202,10 @@ pub fn build(
     server.add_service(background_service(
         "tollgate rate-limit bucket sweeper",
         BucketSweeper::new(state.rate.clone(), state.metrics.ratelimit_buckets.clone()),
+    ));
+    server.add_service(background_service(
+        "tollgate access log reopen on SIGUSR1",
+        ReopenOnSignal::new(access_log),
     ));
     server.add_service(background_service(
         "tollgate status sampler",

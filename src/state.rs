@@ -1,6 +1,7 @@
 //! What the proxy and the admin listener share for the life of the process:
 //! the current config generation, upstream memory, the metrics, readiness.
 
+use crate::access_log::AccessLog;
 use crate::cache::CacheRuntime;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub started: Instant,
     /// The status page's sampled history.
     pub status: Arc<StatusBoard>,
+    /// Where finished requests' access-log lines go.
+    pub access_log: Arc<AccessLog>,
     last_reload: Mutex<Option<ReloadRecord>>,
 }
 
@@ -65,6 +68,7 @@ impl AppState {
         cache: CacheRuntime,
         rate: Arc<RateStore>,
         source: ConfigSource,
+        access_log: Arc<AccessLog>,
     ) -> Self {
         memory.schedule(&gateway.pools);
         Self {
@@ -78,6 +82,7 @@ impl AppState {
             ready: AtomicBool::new(false),
             started: Instant::now(),
             status: Arc::new(StatusBoard::new()),
+            access_log,
             last_reload: Mutex::new(None),
         }
     }

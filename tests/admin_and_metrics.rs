@@ -148,3 +148,48 @@ fn the_access_log_can_be_one_json_object_per_line() {
     assert!(entry["duration_ms"].as_f64().is_some_and(|d| d >= 0.0));
     assert!(entry["ts_ms"].as_u64().is_some_and(|t| t > 0));
 }
+
+/// `logging.access_log_path`: lines go to the file, buffered off the worker
+/// threads but never later than 100 ms; after logrotate moves the file,
+/// SIGUSR1 makes tollgate write to a new one at the path.
+#[test]
+fn the_access_log_file_is_reopened_on_sigusr1() {
+    let upstream = TestUpstream::fixed("hello");
+    let dir = scratch_dir("access-log");
+    let path = dir.join("access.log");
+    let proxy = TollgateProcess::start(&format!(
+        "logging: {{ access_log_path: \"{}\" }}\nupstreams:\n  api: {{ backends: [\"{}\"] }}\n\
+         routes:\n  - {{ name: users, upstream: api }}\n",
+        path.display(),
+        upstream.addr
+    ));
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    let send = |id: &str| {
+        let r = request(proxy.addr, "GET", "/users/1", &[("X-Request-Id", id)], b"").expect("get");
+        assert_eq!(r.status, 200);
+    };
+    send("before-rotation");
+    wait_until("the line reaches the file", || {
+        read(&path).contains("before-rotation")
+    });
+    let line = read(&path);
+    assert!(
+        line.starts_with('[')
+            && line.contains(" INFO  tollgate::access] GET /users/1 status=200 route=users"),
+        "{line}"
+    );
+    assert!(
+        !proxy.log_text().contains("before-rotation"),
+        "not on stderr too"
+    );
+    let rotated = dir.join("access.log.1");
+    std::fs::rename(&path, &rotated).expect("rotate");
+    proxy.signal("USR1");
+    // Until the writer has reopened, lines may still land in the moved file.
+    wait_until("lines reach the reopened file", || {
+        send("after-rotation");
+        read(&path).contains("after-rotation")
+    });
+    assert!(read(&rotated).contains("before-rotation"));
+    assert_eq!(proxy.metric("tollgate_access_log_dropped_total"), Some(0.0));
+}

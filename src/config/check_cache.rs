@@ -129,9 +129,11 @@ impl Checker<'_> {
             v
         };
         let gzip_level = level("gzip_level", spec.gzip_level, 6, 9);
-        let brotli_quality = spec
-            .brotli_quality
-            .map(|q| level("brotli_quality", Some(q), 4, 11));
+        // Brotli is on at quality 4 unless `brotli_quality: 0` turns it off.
+        let brotli_quality = match spec.brotli_quality {
+            Some(0) => None,
+            q => Some(level("brotli_quality", q, 4, 11)),
+        };
         let zstd_level = level("zstd_level", spec.zstd_level, 3, 19);
         CompressionConfig {
             min_size: spec

@@ -194,6 +194,7 @@ impl Checker<'_> {
                 .slow_request_threshold
                 .map_or(defaults::SLOW_REQUEST, |d| d.0),
             access_log_format: spec.access_log_format.unwrap_or_default(),
+            access_log_path: spec.access_log_path.as_ref().map(Into::into),
         }
     }
 }

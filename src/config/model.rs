@@ -133,6 +133,8 @@ pub struct LoggingSettings {
     pub slow_request_threshold: Duration,
     /// Text or JSON access-log lines.
     pub access_log_format: super::file::AccessLogFormat,
+    /// `access_log_path`: a file instead of stderr.
+    pub access_log_path: Option<std::path::PathBuf>,
 }
 
 /// A named pool of backends.
@@ -251,7 +253,7 @@ pub struct CompressionConfig {
     pub min_size: u64,
     /// gzip level.
     pub gzip_level: u32,
-    /// brotli quality; `None` leaves brotli off.
+    /// brotli quality (default 4); `None` when `brotli_quality: 0`.
     pub brotli_quality: Option<u32>,
     /// zstd level.
     pub zstd_level: u32,

@@ -410,16 +410,25 @@ impl ProxyHttp for Proxy {
         }
     }
 
-    /// Counts body bytes before compression.
+    /// Counts body bytes before compression, and encodes them as brotli
+    /// when `response_filter` chose it.
     fn response_body_filter(
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
         if let Some(b) = body {
             ctx.body_bytes_in += b.len() as u64;
+        }
+        if let Some(stream) = ctx.brotli.as_mut() {
+            let input = body.take().unwrap_or_default();
+            let encoded = stream
+                .encode(&input, end_of_stream)
+                .map_err(|e| Error::explain(ErrorType::InternalError, format!("brotli: {e}")))?;
+            // An empty chunk would end a chunked body early.
+            *body = (!encoded.is_empty()).then_some(encoded);
         }
         Ok(None)
     }
@@ -465,7 +474,7 @@ impl ProxyHttp for Proxy {
             attempts.request_finished(&route.upstream);
         }
         let state = &self.state;
-        crate::request_log::finish(&state.metrics, session, e, ctx);
+        crate::request_log::finish(&state.metrics, &state.access_log, session, e, ctx);
         compression::count(&state.metrics, session, ctx.body_bytes_in);
         let finished = invalidate::Finished {
             req: session.req_header(),

@@ -18,14 +18,14 @@ use pingora::{Error, Result};
 pub fn finish_header(
     session: &mut Session,
     resp: &mut ResponseHeader,
-    ctx: &RequestCtx,
+    ctx: &mut RequestCtx,
 ) -> Result<()> {
     if let Some(rate) = &ctx.rate_headers {
         ratelimit::apply_headers(resp, rate)?;
     }
     let route_compression = ctx.route().map(|r| r.compression);
     let config = ctx.gateway.config.compression.as_ref();
-    compression::on_response(session, resp, config, route_compression);
+    ctx.brotli = compression::on_response(session, resp, config, route_compression)?;
     headers::decorate(resp, ctx.request_id.as_ref(), ctx.started.elapsed(), true)
 }
 
@@ -101,7 +101,14 @@ pub async fn fresh_hit(
     session.write_response_header(hit.header, hit.head).await?;
     if !hit.head {
         ctx.body_bytes_in += hit.stored_len;
-        session.write_response_body(Some(hit.body), true).await?;
+        // Brotli chosen here only when the stored copy could not be made.
+        let body = match ctx.brotli.take() {
+            Some(mut stream) => stream.encode(&hit.body, true).map_err(|e| {
+                Error::explain(pingora::ErrorType::InternalError, format!("brotli: {e}"))
+            })?,
+            None => hit.body,
+        };
+        session.write_response_body(Some(body), true).await?;
     }
     Ok(())
 }

@@ -210,11 +210,20 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) {
                 r
             }
         };
-        let mut head = format!(
-            "HTTP/1.1 {} Test\r\nContent-Length: {}\r\n",
-            reply.status,
-            reply.body.len()
-        );
+        // A reply that says `Transfer-Encoding: chunked` is sent in 4 KiB
+        // chunks; any other with its length.
+        let chunked = reply.headers.iter().any(|(n, v)| {
+            n.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+        });
+        let mut head = if chunked {
+            format!("HTTP/1.1 {} Test\r\n", reply.status)
+        } else {
+            format!(
+                "HTTP/1.1 {} Test\r\nContent-Length: {}\r\n",
+                reply.status,
+                reply.body.len()
+            )
+        };
         for (n, v) in &reply.headers {
             head.push_str(&format!("{n}: {v}\r\n"));
         }
@@ -222,7 +231,14 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) {
         // One write: a head and body written apart meet Nagle and delayed
         // ACKs on a kept-alive connection, 40 ms per response.
         let mut bytes = head.into_bytes();
-        if req.method != "HEAD" {
+        if req.method != "HEAD" && chunked {
+            for chunk in reply.body.chunks(4096) {
+                bytes.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                bytes.extend_from_slice(chunk);
+                bytes.extend_from_slice(b"\r\n");
+            }
+            bytes.extend_from_slice(b"0\r\n\r\n");
+        } else if req.method != "HEAD" {
             bytes.extend_from_slice(&reply.body);
         }
         let stream = reader.get_mut();

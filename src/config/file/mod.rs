@@ -176,6 +176,10 @@ pub struct LoggingSpec {
     /// `text` (default) or `json`: one JSON object per access-log line.
     #[serde(default)]
     pub access_log_format: Option<AccessLogFormat>,
+    /// Write access-log lines to this file (appended; reopened on
+    /// SIGUSR1) instead of stderr.
+    #[serde(default)]
+    pub access_log_path: Option<String>,
 }
 
 /// How access-log lines are written.
@@ -204,6 +208,7 @@ impl Default for LoggingSpec {
             access_log: true,
             slow_request_threshold: None,
             access_log_format: None,
+            access_log_path: None,
         }
     }
 }
@@ -378,8 +383,7 @@ pub struct CompressionSpec {
     /// gzip level 1-9. Default 6.
     #[serde(default)]
     pub gzip_level: Option<u32>,
-    /// brotli quality 1-11; brotli is off unless set (see README: Pingora 0.9
-    /// ends brotli streams without their final block).
+    /// brotli quality 1-11, default 4; `0` turns brotli off.
     #[serde(default)]
     pub brotli_quality: Option<u32>,
     /// zstd level 1-19. Default 3.

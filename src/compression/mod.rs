@@ -1,7 +1,8 @@
 //! Response compression: policy on top of Pingora's compression module,
-//! which does the work (gzip, brotli, zstd; `Accept-Encoding` with
-//! q-values; `Vary: Accept-Encoding`; weak ETags; chunked framing;
-//! decompressing for clients that cannot take the upstream's encoding).
+//! which does the work for gzip and zstd (`Vary: Accept-Encoding`; weak
+//! ETags; chunked framing; decompressing for clients that cannot take the
+//! upstream's encoding). Brotli is ours ([`brotli`]): Pingora 0.9's
+//! brotli encoder never finishes its stream.
 //!
 //! What is ours: the levels from the config, and the decision per response
 //! — nothing smaller than `min_size`, only compressible media types, never
@@ -12,6 +13,10 @@
 //! with Pingora's own encoders),
 //! because encoding the same bytes on every hit was most of a compressed
 //! hit's cost (zlib sets up ~256 KiB of state per response).
+
+mod brotli;
+
+pub use self::brotli::BrotliStream;
 
 use crate::config::model::{CompressionConfig, RouteCompression};
 use crate::metrics::Metrics;
@@ -111,7 +116,10 @@ pub fn on_request(session: &mut Session, config: Option<&CompressionConfig>) {
     }
     if let Some(c) = ctx(session) {
         c.adjust_algorithm_level(Algorithm::Gzip, config.gzip_level);
-        c.adjust_algorithm_level(Algorithm::Brotli, config.brotli_quality.unwrap_or(0));
+        // Brotli is encoded by `on_response` + `BrotliStream`, never by the
+        // module (whose stream would be unfinished); with `br` first in
+        // the list and level 0 there, the module leaves the body alone.
+        c.adjust_algorithm_level(Algorithm::Brotli, 0);
         c.adjust_algorithm_level(Algorithm::Zstd, config.zstd_level);
         c.adjust_decompression(true);
     }
@@ -119,21 +127,56 @@ pub fn on_request(session: &mut Session, config: Option<&CompressionConfig>) {
 
 /// Before the module sees the response header: keep small bodies,
 /// incompressible types and opted-out routes as they are (decompression
-/// for clients that need it stays on).
+/// for clients that need it stays on); when the client prefers brotli and
+/// the policy allows, mark the header and return the stream that encodes
+/// the body (`response_body_filter` feeds it).
 pub fn on_response(
     session: &mut Session,
-    resp: &ResponseHeader,
+    resp: &mut ResponseHeader,
     config: Option<&CompressionConfig>,
     route: Option<RouteCompression>,
-) {
+) -> pingora::Result<Option<BrotliStream>> {
     let Some(config) = config else {
-        return;
+        return Ok(None);
     };
     if !policy_allows(resp, config, route) {
         if let Some(c) = ctx(session) {
             encode_nothing(c);
         }
+        return Ok(None);
     }
+    let Some(quality) = config.brotli_quality else {
+        return Ok(None);
+    };
+    let req = session.req_header();
+    let has_body = !(req.method == http::Method::HEAD
+        || resp.status.is_informational()
+        || matches!(resp.status.as_u16(), 204 | 304));
+    if !has_body
+        || resp.headers.contains_key(http::header::CONTENT_ENCODING)
+        || first_preference(req) != Some("br")
+    {
+        return Ok(None);
+    }
+    let chunked = req.version < http::Version::HTTP_2;
+    mark_encoded_headers(resp, "br")?;
+    resp.remove_header(&http::header::CONTENT_LENGTH);
+    if chunked {
+        resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    }
+    bypass_module(session);
+    Ok(Some(BrotliStream::new(quality)))
+}
+
+/// The first coding of the (normalised) `Accept-Encoding`.
+fn first_preference(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get(http::header::ACCEPT_ENCODING)?
+        .to_str()
+        .ok()?
+        .split(',')
+        .next()
+        .map(str::trim)
 }
 
 /// Leaves the module with no encoding to apply.
@@ -169,11 +212,11 @@ fn policy_allows(
     route.enabled && !too_small && compressible
 }
 
-/// For a fresh cache hit: the coding (gzip or zstd) and level to send
+/// For a fresh cache hit: the coding (gzip, zstd, brotli) and level to send
 /// `resp` in from a stored encoded copy, when that coding is the client's
 /// first preference (the normalised `Accept-Encoding`) and the policy would
 /// compress the response. `None`: the module decides, as for any response
-/// (brotli, identity, already-encoded bodies, HEAD).
+/// (identity, already-encoded bodies, HEAD).
 pub fn stored_coding(
     req: &RequestHeader,
     resp: &ResponseHeader,
@@ -185,17 +228,10 @@ pub fn stored_coding(
         return None;
     }
     // The client's wish first: hits without one stop here, cheaply.
-    let first = req
-        .headers
-        .get(http::header::ACCEPT_ENCODING)?
-        .to_str()
-        .ok()?
-        .split(',')
-        .next()?
-        .trim();
-    let (coding, level) = match first {
+    let (coding, level) = match first_preference(req)? {
         "gzip" => (Algorithm::Gzip, config.gzip_level),
         "zstd" => (Algorithm::Zstd, config.zstd_level),
+        "br" => (Algorithm::Brotli, config.brotli_quality?),
         _ => return None,
     };
     let wanted = level > 0
@@ -204,9 +240,15 @@ pub fn stored_coding(
     wanted.then_some((coding, level))
 }
 
-/// Encodes a whole body in one piece with the encoder Pingora's module
-/// uses, so the copy is what the module would have sent.
+/// Encodes a whole body in one piece with the encoder a streamed response
+/// gets (Pingora's for gzip and zstd, ours for brotli), so the copy is
+/// what would have been sent.
 pub fn encode(coding: Algorithm, level: u32, body: &[u8]) -> pingora::Result<bytes::Bytes> {
+    if coding == Algorithm::Brotli {
+        return brotli::encode_whole(level, body).map_err(|e| {
+            pingora::Error::explain(pingora::ErrorType::InternalError, format!("brotli: {e}"))
+        });
+    }
     let mut encoder = coding.compressor(level).ok_or_else(|| {
         pingora::Error::explain(
             pingora::ErrorType::InternalError,
@@ -226,8 +268,13 @@ pub fn mark_encoded(
     coding: Algorithm,
     len: usize,
 ) -> pingora::Result<()> {
-    resp.insert_header(http::header::CONTENT_ENCODING, coding.as_str())?;
-    resp.insert_header(http::header::CONTENT_LENGTH, len)?;
+    mark_encoded_headers(resp, coding.as_str())?;
+    resp.insert_header(http::header::CONTENT_LENGTH, len)
+}
+
+/// What every encoded representation's header says, whatever its framing.
+fn mark_encoded_headers(resp: &mut ResponseHeader, coding: &'static str) -> pingora::Result<()> {
+    resp.insert_header(http::header::CONTENT_ENCODING, coding)?;
     resp.remove_header(&http::header::ACCEPT_RANGES);
     let vary = resp.headers.get_all(http::header::VARY).iter().any(|v| {
         v.to_str().is_ok_and(|v| {
