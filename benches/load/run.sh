@@ -32,6 +32,8 @@ TOLLGATE_RL=127.0.0.1:18084          # + rate limiting, local buckets
 TOLLGATE_RL_ADMIN=127.0.0.1:18091
 TOLLGATE_REDIS=127.0.0.1:18085       # + rate limiting through Redis
 TOLLGATE_REDIS_ADMIN=127.0.0.1:18092
+TOLLGATE_NOLOG=127.0.0.1:18087       # the same tollgate with the access log off
+TOLLGATE_NOLOG_ADMIN=127.0.0.1:18093
 REDIS_PORT=18086
 BENCH_KEY=bench-key
 
@@ -57,6 +59,7 @@ http {
     default_type application/json;
     location = /cached   { add_header Cache-Control "public, max-age=300"; etag on; alias $WORK/doc.json; }
     location = /uncached { add_header Cache-Control "no-store"; alias $WORK/doc.json; }
+    location = /plain/uncached { add_header Cache-Control "no-store"; alias $WORK/doc.json; }
   }
 }
 NGX
@@ -67,7 +70,8 @@ pid $WORK/nginx-proxy.pid;
 error_log $WORK/nginx-proxy-error.log warn;
 events { worker_connections 4096; }
 http {
-  access_log off;
+  # Buffered, as a production nginx logs: tollgate logs every request too.
+  access_log $WORK/nginx-access.log combined buffer=64k flush=1s;
   keepalive_requests 1000000;
   proxy_cache_path $WORK/nginx-cache levels=1:2 keys_zone=api:10m max_size=100m inactive=10m use_temp_path=off;
   upstream origin { server $ORIGIN; keepalive 128; }
@@ -95,12 +99,15 @@ server:
   graceful_shutdown_timeout: 1s
   pid_file: $WORK/tollgate.pid
   upgrade_sock: $WORK/tollgate-upgrade.sock
-logging: { level: warn, access_log: false, slow_request_threshold: 10s }
-compression: { min_size: 1000, gzip_level: 6 }
+logging: { level: info, access_log: true, access_log_path: $WORK/tollgate-access.log, slow_request_threshold: 10s }
+compression: { min_size: 1000, gzip_level: 6, brotli_quality: 4 }
 upstreams:
   origin:
     backends: ["$ORIGIN"]
 routes:
+  - name: plain            # no cache: pass-through without pingora-cache
+    match: { path_prefix: /plain/ }
+    upstream: origin
   - name: api
     match: { path_prefix: / }
     upstream: origin
@@ -110,10 +117,15 @@ YAML
 # The same tollgate with rate limiting on: a tenant with a budget far above
 # what the load can reach, so every request is decided and none refused.
 KEY_HASH=$(target/release/tollgate hash-key "$BENCH_KEY")
-rl_config() { # listen admin [redis-url]
+variant() { # listen admin: the base config on other addresses and files
   sed -e "s/$TOLLGATE_ADMIN/$2/" -e "s/\"$TOLLGATE\"/\"$1\"/" \
       -e "s|$WORK/tollgate.pid|$WORK/tollgate-$1.pid|" -e "s|$WORK/tollgate-upgrade.sock|$WORK/upgrade-$1.sock|" \
+      -e "s|$WORK/tollgate-access.log|$WORK/tollgate-access-$1.log|" \
       "$WORK/tollgate.yaml"
+}
+variant "$TOLLGATE_NOLOG" "$TOLLGATE_NOLOG_ADMIN" | sed -e "s/access_log: true/access_log: false/" > "$WORK/tollgate-nolog.yaml"
+rl_config() { # listen admin [redis-url]
+  variant "$1" "$2"
   cat <<YAML
 tiers:
   bench: { per_second: 100000000, per_hour: 100000000000 }
@@ -148,8 +160,10 @@ taskset -c $PROXY_CPU target/release/tollgate run -c "$WORK/tollgate-rl.yaml" > 
 pids+=($!)
 taskset -c $PROXY_CPU target/release/tollgate run -c "$WORK/tollgate-redis.yaml" > "$WORK/tollgate-redis.log" 2>&1 &
 pids+=($!)
+taskset -c $PROXY_CPU target/release/tollgate run -c "$WORK/tollgate-nolog.yaml" > "$WORK/tollgate-nolog.log" 2>&1 &
+pids+=($!)
 
-for addr in $ORIGIN $NGINX $TOLLGATE $BARE $TOLLGATE_RL $TOLLGATE_REDIS; do
+for addr in $ORIGIN $NGINX $TOLLGATE $BARE $TOLLGATE_RL $TOLLGATE_REDIS $TOLLGATE_NOLOG; do
   for _ in $(seq 1 200); do
     curl -fsS -o /dev/null -H "Authorization: Bearer $BENCH_KEY" "http://$addr/uncached" 2>/dev/null && break
     sleep 0.05 # poll until the server answers
@@ -183,9 +197,12 @@ measure() { # name addr path [accept-encoding] -> "rps p50 p99"
 
 declare -A results
 # scenario:path[:accept-encoding]; "compressed" is a cache hit sent gzipped
-# (level 6 in both; nginx's gzip filter and tollgate both encode per response).
-scenarios=("passthrough:/uncached" "cached:/cached" "compressed:/cached:gzip")
-targets=("nginx:$NGINX" "tollgate:$TOLLGATE" "bare-pingora:$BARE" "tollgate+ratelimit:$TOLLGATE_RL" "tollgate+redis:$TOLLGATE_REDIS")
+# (level 6 in both; nginx's gzip filter and tollgate both encode per response);
+# "brotli" is a tollgate cache hit sent as brotli (nginx has no brotli
+# module here). "passthrough" is a route with a cache and a no-store
+# response; "passthrough-nocache" a route without cache settings.
+scenarios=("passthrough:/uncached" "passthrough-nocache:/plain/uncached" "cached:/cached" "compressed:/cached:gzip" "brotli:/cached:br")
+targets=("nginx:$NGINX" "tollgate:$TOLLGATE" "bare-pingora:$BARE" "tollgate+ratelimit:$TOLLGATE_RL" "tollgate+redis:$TOLLGATE_REDIS" "tollgate-nolog:$TOLLGATE_NOLOG")
 for round in $(seq 1 "$ROUNDS"); do
   for s in "${scenarios[@]}"; do
     IFS=: read -r scen path encoding <<<"$s"
@@ -193,6 +210,9 @@ for round in $(seq 1 "$ROUNDS"); do
       name=${t%%:*}; addr=${t#*:}
       # Compression is compared between the two caching proxies only.
       if [ -n "$encoding" ] && [ "$name" != nginx ] && [ "$name" != tollgate ]; then continue; fi
+      if [ "$encoding" = br ] && [ "$name" != tollgate ]; then continue; fi
+      # The no-cache route: against nginx and bare Pingora only.
+      if [ "$scen" = passthrough-nocache ] && [ "$name" != nginx ] && [ "$name" != tollgate ] && [ "$name" != bare-pingora ]; then continue; fi
       r=$(measure "$name" "$addr" "$path" "$encoding")
       results["$scen/$name"]+="$r;"
       echo "round $round $scen $name: $r" >&2
@@ -248,19 +268,29 @@ for key, runs in raw.items():
     }
 print(f"\nmedian of {rounds} rounds, {duration}s each, wrk -t1 -c{conns}; proxies+origin on CPU 0, wrk on CPU 1")
 print(f"{'scenario':<12} {'proxy':<19} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs nginx':>9}")
-for scen in ("passthrough", "cached", "compressed"):
+for scen in ("passthrough", "passthrough-nocache", "cached", "compressed", "brotli"):
     base = res.get(f"{scen}/nginx", {}).get("rps")
-    for name in ("nginx", "tollgate", "bare-pingora", "tollgate+ratelimit", "tollgate+redis"):
+    for name in ("nginx", "tollgate", "bare-pingora", "tollgate+ratelimit", "tollgate+redis", "tollgate-nolog"):
         r = res.get(f"{scen}/{name}")
         if not r: continue
         ratio = f"{r['rps']/base:.2f}x" if base else "-"
         print(f"{scen:<12} {name:<19} {r['rps']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {ratio:>9}")
-tg = {scen: res.get(f"{scen}/tollgate", {}).get("rps") for scen in ("passthrough", "cached")}
+tg = {scen: res.get(f"{scen}/tollgate", {}).get("rps") for scen in ("passthrough", "passthrough-nocache", "cached", "brotli")}
 for scen in ("passthrough", "cached"):
     for name in ("tollgate+ratelimit", "tollgate+redis"):
         r = res.get(f"{scen}/{name}")
         if r and tg[scen]:
             print(f"{scen:<12} {name} / tollgate without rate limiting: {r['rps'] / tg[scen]:.2f}x")
+for scen in ("passthrough", "cached"):
+    r = res.get(f"{scen}/tollgate-nolog")
+    if r and tg[scen]:
+        print(f"{scen:<12} tollgate access log on / off: {tg[scen] / r['rps']:.2f}x")
+for scen in ("passthrough", "passthrough-nocache", "cached"):
+    bare = res.get(f"{scen}/bare-pingora", {}).get("rps")
+    if bare and tg.get(scen):
+        print(f"{scen:<12} tollgate / bare Pingora: {tg[scen] / bare:.2f}x")
+if tg.get("brotli") and tg.get("cached"):
+    print(f"brotli hit / plain hit (tollgate): {tg['brotli'] / tg['cached']:.2f}x")
 print(f"\nlatency at about half of each proxy's maximum ({len(half_raw)//2} runs; connections paced with wrk delay())")
 print(f"{'scenario':<12} {'proxy':<9} {'req/s':>8} {'of max':>7} {'p50 ms':>7} {'p99 ms':>7} {'origin p99':>11} {'added p99':>10}")
 half = {}
