@@ -138,5 +138,5 @@ pub fn finish(
             e.map_or("", |e| e.etype().as_str()),
         )
     };
-    access_log.write(line);
+    access_log.write(&line);
 }

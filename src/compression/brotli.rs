@@ -18,7 +18,9 @@ const BUFFER: usize = 4096;
 
 /// One response body being encoded as brotli.
 pub struct BrotliStream {
-    writer: Option<CompressorWriter<Vec<u8>>>,
+    // Boxed: the encoder's state is several KiB, and the stream lives in
+    // the request context, which Pingora moves into a boxed future.
+    writer: Option<Box<CompressorWriter<Vec<u8>>>>,
 }
 
 impl std::fmt::Debug for BrotliStream {
@@ -31,12 +33,12 @@ impl BrotliStream {
     /// An encoder at `quality` (0–11).
     pub fn new(quality: u32) -> Self {
         Self {
-            writer: Some(CompressorWriter::new(
+            writer: Some(Box::new(CompressorWriter::new(
                 Vec::new(),
                 BUFFER,
                 quality,
                 WINDOW_BITS,
-            )),
+            ))),
         }
     }
 
@@ -48,7 +50,7 @@ impl BrotliStream {
         };
         writer.write_all(chunk)?;
         if end {
-            let finished = self.writer.take().map(CompressorWriter::into_inner);
+            let finished = self.writer.take().map(|w| w.into_inner());
             return Ok(finished.unwrap_or_default().into());
         }
         writer.flush()?;
