@@ -7,6 +7,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod breaker;
 pub mod cache;
 pub mod compression;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod methods;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
+pub mod redis_link;
 pub mod rejections;
 pub mod reload;
 pub mod request_log;

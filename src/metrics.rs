@@ -114,6 +114,13 @@ pub struct Metrics {
     /// `tollgate_access_log_dropped_total`: access-log lines dropped
     /// because the writer could not keep up.
     pub access_log_dropped: IntCounter,
+    /// `tollgate_cache_l2_requests_total{result}`: Redis-tier lookups,
+    /// `hit`, `miss`, `error`, `timeout`.
+    pub cache_l2_requests: IntCounterVec,
+    /// `tollgate_cache_l2_writes_total{result}`: `ok`, `dropped`, `error`.
+    pub cache_l2_writes: IntCounterVec,
+    /// `tollgate_cache_l2_lookup_duration_seconds`.
+    pub cache_l2_lookup_seconds: Histogram,
 }
 
 impl Metrics {
@@ -225,11 +232,11 @@ impl Metrics {
         let cache_purges = IntCounterVec::new(
             Opts::new(
                 "tollgate_cache_purges_total",
-                "Entries removed by purge, by reason: admin or invalidation",
+                "Entries removed by purge, by reason: admin, invalidation, or remote (a purge another instance published)",
             ),
             &["reason"],
         )?;
-        for reason in ["admin", "invalidation"] {
+        for reason in ["admin", "invalidation", "remote"] {
             cache_purges.with_label_values(&[reason]);
         }
         let ratelimit_decisions = IntCounterVec::new(
@@ -318,6 +325,34 @@ impl Metrics {
             "Access-log lines dropped because the log writer could not keep up",
         )?;
         register(&registry, &mut names, Box::new(access_log_dropped.clone()))?;
+        let cache_l2_requests = IntCounterVec::new(
+            Opts::new(
+                "tollgate_cache_l2_requests_total",
+                "Lookups in the cache's Redis tier after a memory miss: hit, miss, error, timeout",
+            ),
+            &["result"],
+        )?;
+        let cache_l2_writes = IntCounterVec::new(
+            Opts::new(
+                "tollgate_cache_l2_writes_total",
+                "Responses written to the cache's Redis tier: ok, dropped (queue full), error",
+            ),
+            &["result"],
+        )?;
+        let cache_l2_lookup_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "tollgate_cache_l2_lookup_duration_seconds",
+                "Time a lookup in the cache's Redis tier took",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        register(&registry, &mut names, Box::new(cache_l2_requests.clone()))?;
+        register(&registry, &mut names, Box::new(cache_l2_writes.clone()))?;
+        register(
+            &registry,
+            &mut names,
+            Box::new(cache_l2_lookup_seconds.clone()),
+        )?;
         register(&registry, &mut names, Box::new(ratelimit_decisions.clone()))?;
         register(&registry, &mut names, Box::new(ratelimit_fallback.clone()))?;
         register(
@@ -378,6 +413,9 @@ impl Metrics {
             compression_bytes,
             rejected_tenants: Default::default(),
             access_log_dropped,
+            cache_l2_requests,
+            cache_l2_writes,
+            cache_l2_lookup_seconds,
         })
     }
 

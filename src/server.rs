@@ -4,6 +4,9 @@
 
 use crate::access_log::{AccessLog, Destination, ReopenOnSignal};
 use crate::admin::AdminApp;
+use crate::breaker::CircuitBreaker;
+use crate::cache::l2::{L2Settings, RedisTier};
+use crate::cache::purge::PurgeListener;
 use crate::cache::CacheRuntime;
 use crate::config::model::ServerSettings;
 use crate::config::Config;
@@ -128,7 +131,8 @@ pub fn build(
     let admin_listen = config.admin_listen;
     let memory = Arc::new(UpstreamMemory::default());
     let gateway = Gateway::build(config, &metrics, &memory).map_err(StartError::Setup)?;
-    let cache = CacheRuntime::new(gateway.config.cache);
+    let redis_tier = cache_redis_tier(&gateway.config, &metrics).map_err(StartError::Setup)?;
+    let cache = CacheRuntime::new(gateway.config.cache, redis_tier.clone());
     let rate =
         Arc::new(RateStore::new(gateway.config.rate_limit.as_ref()).map_err(StartError::Setup)?);
     let destination = match &gateway.config.logging.access_log_path {
@@ -207,6 +211,17 @@ pub fn build(
         "tollgate access log reopen on SIGUSR1",
         ReopenOnSignal::new(access_log),
     ));
+    if let Some(tier) = redis_tier {
+        server.add_service(background_service(
+            "tollgate cache purge listener",
+            PurgeListener::new(
+                tier,
+                state.cache.store,
+                state.metrics.clone(),
+                state.instance.clone(),
+            ),
+        ));
+    }
     server.add_service(background_service(
         "tollgate status sampler",
         crate::status::Sampler::new(state.status.clone(), state.metrics.clone()),
@@ -217,6 +232,23 @@ pub fn build(
     ));
 
     Ok(Built { server, state })
+}
+
+/// The cache's Redis tier, when `cache.redis` is on.
+fn cache_redis_tier(
+    config: &crate::config::model::Config,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Arc<RedisTier>>, String> {
+    let (Some(settings), Some(redis)) = (&config.cache_redis, &config.redis) else {
+        return Ok(None);
+    };
+    let l2 = L2Settings {
+        max_object_size: usize::try_from(settings.max_object_size).unwrap_or(usize::MAX),
+        key_prefix: settings.key_prefix.clone(),
+        lookup_timeout: settings.lookup_timeout,
+    };
+    let breaker = CircuitBreaker::new(redis.breaker_failures, redis.breaker_open_for);
+    RedisTier::start(redis.url.expose(), l2, breaker, metrics.clone()).map(Some)
 }
 
 /// Marks the process ready once every listener accepts connections, and not

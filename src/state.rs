@@ -45,6 +45,8 @@ pub struct AppState {
     pub status: Arc<StatusBoard>,
     /// Where finished requests' access-log lines go.
     pub access_log: Arc<AccessLog>,
+    /// This process's id on the cache purge channel (random per start).
+    pub instance: String,
     last_reload: Mutex<Option<ReloadRecord>>,
 }
 
@@ -83,6 +85,7 @@ impl AppState {
             started: Instant::now(),
             status: Arc::new(StatusBoard::new()),
             access_log,
+            instance: format!("{:016x}", rand::random::<u64>()),
             last_reload: Mutex::new(None),
         }
     }

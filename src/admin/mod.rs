@@ -6,6 +6,8 @@
 
 mod status_page;
 
+use crate::cache::purge::{purge_memory, purge_shared, PurgeTarget};
+
 use crate::state::AppState;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
@@ -104,6 +106,11 @@ impl AdminApp {
                 },
                 "upstreams": upstreams,
                 "redis": components.remove("redis"),
+                "cache_redis": self.state.cache.redis().map(|tier| json!({
+                    "status": if tier.is_answering() { "ok" } else { "degraded" },
+                    "detail": if tier.is_answering() { "cache tier shared" } else { "memory only until Redis answers" },
+                    "breaker": if tier.breaker_is_open() { "open" } else { "closed" },
+                })),
             }
         })
     }
@@ -271,32 +278,58 @@ impl AdminApp {
     }
 
     /// `POST /cache/purge` with one of `{"url": "http://host/path?q"}`,
-    /// `{"prefix": "/path/", "host": "optional"}` or `{"route": "name"}`.
-    fn purge(&self, body: &[u8]) -> Response<Vec<u8>> {
+    /// `{"prefix": "/path/", "host": "optional"}` or `{"route": "name"}`:
+    /// this instance's memory, then, with the Redis tier, Redis and every
+    /// other instance (`cache::purge`).
+    async fn purge(&self, body: &[u8]) -> Response<Vec<u8>> {
+        let target = match self.purge_target(body) {
+            Ok(target) => target,
+            Err(refusal) => return *refusal,
+        };
+        let state = &self.state;
+        let removed = purge_memory(state.cache.store, &target);
+        state
+            .metrics
+            .cache_purges
+            .with_label_values(&["admin"])
+            .inc_by(removed as u64);
+        let Some(tier) = state.cache.redis() else {
+            return respond_json(StatusCode::OK, &json!({"purged": removed}));
+        };
+        match purge_shared(tier, &state.instance, &target).await {
+            Ok(shared) => respond_json(
+                StatusCode::OK,
+                &json!({"purged": removed, "redis_purged": shared, "published": true}),
+            ),
+            Err(e) => respond_json(
+                StatusCode::BAD_GATEWAY,
+                &json!({"error": "purge_incomplete", "message": format!("purged here, but not in Redis or on the other instances: {e}"), "purged": removed}),
+            ),
+        }
+    }
+
+    /// What a purge request asks for, or the answer refusing it.
+    fn purge_target(&self, body: &[u8]) -> Result<PurgeTarget, Box<Response<Vec<u8>>>> {
         let bad = |message: &str| {
-            respond_json(
+            Box::new(respond_json(
                 StatusCode::BAD_REQUEST,
                 &json!({"error": "bad_request", "message": message}),
-            )
+            ))
         };
         let Ok(request) = serde_json::from_slice::<PurgeRequest>(body) else {
-            return bad(
+            return Err(bad(
                 "Send JSON: {\"url\": ...}, {\"prefix\": ..., \"host\": ...} or {\"route\": ...}",
-            );
+            ));
         };
-        let store = self.state.cache.store;
-        let removed = match request {
+        match request {
             PurgeRequest {
                 url: Some(url),
                 prefix: None,
                 route: None,
                 ..
-            } => {
-                let Some(uri) = crate::cache::key::uri_of_url(&url) else {
-                    return bad("url must be absolute: http://host/path");
-                };
-                store.purge_uri(&uri)
-            }
+            } => crate::cache::key::uri_of_url(&url)
+                .map(PurgeTarget::Uri)
+                .ok_or_else(|| bad("url must be absolute: http://host/path")),
             PurgeRequest {
                 prefix: Some(prefix),
                 url: None,
@@ -304,13 +337,14 @@ impl AdminApp {
                 host,
             } => {
                 if !prefix.starts_with('/') {
-                    return bad("prefix must start with /");
+                    return Err(bad("prefix must start with /"));
                 }
-                match host.as_deref().map(crate::host::Host::parse_str) {
-                    Some(Some(host)) => store.purge_prefix(&format!("{}{prefix}", host.as_str())),
-                    Some(None) => return bad("host is not a valid host name"),
-                    None => store.purge_path_prefix(&prefix),
-                }
+                let host = match host.as_deref().map(crate::host::Host::parse_str) {
+                    Some(Some(host)) => Some(host.as_str().to_owned()),
+                    Some(None) => return Err(bad("host is not a valid host name")),
+                    None => None,
+                };
+                Ok(PurgeTarget::Prefix { prefix, host })
             }
             PurgeRequest {
                 route: Some(name),
@@ -320,21 +354,15 @@ impl AdminApp {
             } => {
                 let gateway = self.state.gateway();
                 if !gateway.config.routes.iter().any(|r| r.name == name) {
-                    return respond_json(
+                    return Err(Box::new(respond_json(
                         StatusCode::NOT_FOUND,
                         &json!({"error": "not_found", "message": format!("no route named {name:?}")}),
-                    );
+                    )));
                 }
-                store.purge_route(&name)
+                Ok(PurgeTarget::Route(name))
             }
-            _ => return bad("Send exactly one of url, prefix or route"),
-        };
-        self.state
-            .metrics
-            .cache_purges
-            .with_label_values(&["admin"])
-            .inc_by(removed as u64);
-        respond_json(StatusCode::OK, &json!({"purged": removed}))
+            _ => Err(bad("Send exactly one of url, prefix or route")),
+        }
     }
 }
 
@@ -368,7 +396,7 @@ impl ServeHttp for AdminApp {
             }
             match path.as_str() {
                 "/config/reload" => return self.reload().await,
-                "/cache/purge" => return self.purge(&body),
+                "/cache/purge" => return self.purge(&body).await,
                 _ => {}
             }
         }

@@ -94,7 +94,10 @@ pub fn report(state: &AppState, health: &Value) -> Value {
         "entries": store.entries(),
         "evictions": state.cache.evicted_items(),
         "hit_ratio_last_minute": (lookups > 0).then(|| round(hits as f64 / lookups as f64, 3)),
-        "l2": Value::Null,
+        "l2": state.cache.redis().map(|tier| json!({
+            "status": if tier.is_answering() { "ok" } else { "degraded" },
+            "breaker": if tier.breaker_is_open() { "open" } else { "closed" },
+        })),
     });
 
     let (bytes_in, bytes_out) = history.compression();

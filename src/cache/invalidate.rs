@@ -27,10 +27,10 @@ pub struct Finished<'a> {
     pub policy: Option<&'a RouteCache>,
 }
 
-/// Purges what a finished unsafe request made stale; counts what it
-/// removed in `tollgate_cache_purges_total{reason="invalidation"}` and
-/// returns it.
-pub fn after_unsafe_request(store: &MemoryStore, metrics: &Metrics, done: &Finished<'_>) -> usize {
+/// The stored-URI forms a finished request makes stale (§4.4): for a
+/// successful unsafe request, its own URI and its same-origin `Location`
+/// and `Content-Location`; nothing otherwise.
+pub fn stale_uris(done: &Finished<'_>) -> Vec<String> {
     // §4.4: every method not defined as safe (RFC 9110 §9.2.1) — POST,
     // PUT, PATCH, DELETE and any method the cache does not know.
     let unsafe_method = !matches!(
@@ -40,8 +40,8 @@ pub fn after_unsafe_request(store: &MemoryStore, metrics: &Metrics, done: &Finis
     let succeeded = done
         .resp
         .is_some_and(|r| r.status.is_success() || r.status.is_redirection());
-    if !unsafe_method || !succeeded || store.entries() == 0 {
-        return 0;
+    if !unsafe_method || !succeeded {
+        return Vec::new();
     }
     let fallback;
     let policy = match done.policy {
@@ -52,7 +52,7 @@ pub fn after_unsafe_request(store: &MemoryStore, metrics: &Metrics, done: &Finis
         }
     };
     // Every route's, upstream's and scheme's copy of the URI goes.
-    let mut removed = store.purge_uri(&key::uri(done.req, done.host, policy));
+    let mut uris = vec![key::uri(done.req, done.host, policy)];
     let host = done.host.map_or("", Host::as_str);
     if let Some(resp) = done.resp {
         for name in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
@@ -60,10 +60,20 @@ pub fn after_unsafe_request(store: &MemoryStore, metrics: &Metrics, done: &Finis
                 continue;
             };
             if let Some(uri) = same_origin_uri(host, location) {
-                removed += store.purge_uri(&uri);
+                uris.push(uri);
             }
         }
     }
+    uris
+}
+
+/// Purges `uris` from memory; counts what it removed in
+/// `tollgate_cache_purges_total{reason="invalidation"}` and returns it.
+pub fn purge_stale(store: &MemoryStore, metrics: &Metrics, uris: &[String]) -> usize {
+    if uris.is_empty() || store.entries() == 0 {
+        return 0;
+    }
+    let removed: usize = uris.iter().map(|uri| store.purge_uri(uri)).sum();
     if removed > 0 {
         metrics
             .cache_purges
@@ -71,6 +81,11 @@ pub fn after_unsafe_request(store: &MemoryStore, metrics: &Metrics, done: &Finis
             .inc_by(removed as u64);
     }
     removed
+}
+
+/// Purges from memory what a finished unsafe request made stale.
+pub fn after_unsafe_request(store: &MemoryStore, metrics: &Metrics, done: &Finished<'_>) -> usize {
+    purge_stale(store, metrics, &stale_uris(done))
 }
 
 /// RFC 9111 §4.3.5: a 200 to a HEAD that reached the upstream (its

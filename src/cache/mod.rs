@@ -11,9 +11,12 @@ pub mod fresh;
 pub mod freshness;
 pub mod invalidate;
 pub mod key;
+pub mod l2;
 pub mod policy;
+pub mod purge;
 pub mod revalidation;
 pub mod store;
+pub mod tiered;
 pub mod vary;
 
 use crate::config::model::{CacheLimits, RouteCache};
@@ -46,6 +49,8 @@ pub struct CacheRuntime {
     pub predictor: &'static Predictor<PREDICTOR_SHARDS>,
     /// The limits it was built with.
     pub limits: CacheLimits,
+    /// Memory in front of Redis, when `cache.redis` is on.
+    pub tiered: Option<&'static tiered::TieredStorage>,
 }
 
 /// A raw zstd dictionary of the header text API responses usually carry.
@@ -60,7 +65,7 @@ content-encoding: gzip br zstd\r\naccess-control-allow-origin: *\r\nconnection: 
 
 impl CacheRuntime {
     /// Builds the cache objects once; they live for the rest of the process.
-    pub fn new(limits: CacheLimits) -> Self {
+    pub fn new(limits: CacheLimits, redis: Option<std::sync::Arc<l2::RedisTier>>) -> Self {
         // Ignored if already set (a second runtime in tests).
         let _ = pingora::cache::set_compression_dict_content(std::borrow::Cow::Borrowed(
             HEADER_DICTIONARY,
@@ -73,18 +78,32 @@ impl CacheRuntime {
         let lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(limits.lock_timeout));
         let predictor: &'static Predictor<PREDICTOR_SHARDS> =
             Box::leak(Box::new(Predictor::new(1024, None)));
+        let tiered = redis.map(|tier| {
+            let tiered: &'static tiered::TieredStorage =
+                Box::leak(Box::new(tiered::TieredStorage::new(store, tier)));
+            tiered
+        });
         Self {
             store,
             eviction,
             lock,
             predictor,
             limits,
+            tiered,
         }
     }
 
-    /// The store as Pingora's trait object.
+    /// The storage Pingora's cache path uses: memory, or memory then Redis.
     pub fn storage(&self) -> &'static (dyn Storage + Sync) {
-        self.store
+        match self.tiered {
+            Some(tiered) => tiered,
+            None => self.store,
+        }
+    }
+
+    /// The Redis tier, when on.
+    pub fn redis(&self) -> Option<&std::sync::Arc<l2::RedisTier>> {
+        self.tiered.map(|t| t.redis())
     }
 
     /// The eviction manager as Pingora's trait object.
@@ -168,6 +187,14 @@ pub fn annotate(
             if let Some(primary) = session.cache.cache_key().primary_key_str() {
                 let _ = write!(cache_status, "; key={}", key::status_form(primary));
             }
+        }
+        let from_l2 = matches!(phase, CachePhase::Hit)
+            && session
+                .cache
+                .maybe_cache_meta()
+                .is_some_and(|m| m.extensions().get::<tiered::FromL2>().is_some());
+        if from_l2 {
+            cache_status.push_str("; detail=l2");
         }
         resp.insert_header("Cache-Status", cache_status)?;
         metrics

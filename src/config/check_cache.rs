@@ -7,6 +7,45 @@ use super::model::*;
 use super::Checker;
 
 impl Checker<'_> {
+    pub(super) fn cache_redis(
+        &mut self,
+        spec: Option<&file::CacheSpec>,
+        redis: Option<&RedisConfig>,
+        path: &FieldPath,
+    ) -> Option<CacheRedisConfig> {
+        let spec = spec?.redis.as_ref()?;
+        if spec.enabled == Some(false) {
+            return None;
+        }
+        let path = path.key("redis");
+        if redis.is_none() {
+            self.problem(
+                path.clone(),
+                "the cache's Redis tier uses the top-level redis connection: add redis: { url: ... }",
+            );
+        }
+        let config = CacheRedisConfig {
+            max_object_size: spec.max_object_size.map_or(1024 * 1024, |s| s.0),
+            key_prefix: spec
+                .key_prefix
+                .clone()
+                .unwrap_or_else(|| "tollgate:cache:".to_owned()),
+            lookup_timeout: spec
+                .lookup_timeout
+                .map_or(std::time::Duration::from_millis(20), |d| d.0),
+        };
+        if config.lookup_timeout.is_zero() {
+            self.problem(path.key("lookup_timeout"), "must be longer than zero");
+        }
+        if redis.is_some_and(|r| r.key_prefix == config.key_prefix) {
+            self.problem(
+                path.key("key_prefix"),
+                "must differ from redis.key_prefix (the rate limiter's keys)",
+            );
+        }
+        Some(config)
+    }
+
     pub(super) fn cache_limits(
         &mut self,
         spec: Option<&file::CacheSpec>,

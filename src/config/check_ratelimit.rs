@@ -8,19 +8,17 @@ use super::Checker;
 use std::collections::HashMap;
 
 impl Checker<'_> {
-    pub(super) fn rate_limit(&mut self, raw: &FileConfig) -> Option<RateLimitConfig> {
+    pub(super) fn rate_limit(
+        &mut self,
+        raw: &FileConfig,
+        redis: Option<&RedisConfig>,
+    ) -> Option<RateLimitConfig> {
         let root = FieldPath::root();
         if raw.tiers.is_empty() {
             if !raw.tenants.is_empty() || raw.anonymous.is_some() {
                 self.problem(
                     root.key("tiers"),
                     "tenants and anonymous need tiers to refer to",
-                );
-            }
-            if raw.redis.is_some() {
-                self.problem(
-                    root.key("redis"),
-                    "redis is only used for rate limiting: define tiers too",
                 );
             }
             return None;
@@ -204,7 +202,39 @@ impl Checker<'_> {
             );
         }
 
-        let redis = raw.redis.as_ref().map(|r| {
+        Some(RateLimitConfig {
+            tiers,
+            tenants,
+            anonymous,
+            key_sources,
+            trusted_proxies,
+            count_cached_responses: raw.rate_limit.count_cached_responses.unwrap_or(true),
+            ipv6_prefix,
+            max_local_buckets,
+            forward_api_key: raw.rate_limit.forward_api_key.unwrap_or(false),
+            tenant_header,
+            redis: redis.cloned(),
+        })
+    }
+
+    /// The top-level `redis` connection, shared by the rate limiter and
+    /// the cache's Redis tier; refused when neither uses it.
+    pub(super) fn redis(&mut self, raw: &FileConfig) -> Option<RedisConfig> {
+        let root = FieldPath::root();
+        let used = !raw.tiers.is_empty()
+            || raw
+                .cache
+                .as_ref()
+                .and_then(|c| c.redis.as_ref())
+                .is_some_and(|r| r.enabled != Some(false));
+        if raw.redis.is_some() && !used {
+            self.problem(
+                root.key("redis"),
+                "redis is used by rate limiting (tiers) and cache.redis: neither is configured",
+            );
+            return None;
+        }
+        raw.redis.as_ref().map(|r| {
             let path = root.key("redis");
             let url = match (&r.url, &r.url_env) {
                 (Some(u), None) => u.expose().to_owned(),
@@ -252,20 +282,6 @@ impl Checker<'_> {
                     .clone()
                     .unwrap_or_else(|| "tollgate:rl:".to_owned()),
             }
-        });
-
-        Some(RateLimitConfig {
-            tiers,
-            tenants,
-            anonymous,
-            key_sources,
-            trusted_proxies,
-            count_cached_responses: raw.rate_limit.count_cached_responses.unwrap_or(true),
-            ipv6_prefix,
-            max_local_buckets,
-            forward_api_key: raw.rate_limit.forward_api_key.unwrap_or(false),
-            tenant_header,
-            redis,
         })
     }
 

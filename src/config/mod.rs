@@ -170,7 +170,9 @@ impl Checker<'_> {
         }
         let mut server = self.server(&raw.server, &root.key("server"));
         let cache = self.cache_limits(raw.cache.as_ref(), &root.key("cache"));
-        let mut rate_limit = self.rate_limit(&raw);
+        let redis = self.redis(&raw);
+        let cache_redis = self.cache_redis(raw.cache.as_ref(), redis.as_ref(), &root.key("cache"));
+        let mut rate_limit = self.rate_limit(&raw, redis.as_ref());
         // One list of trusted proxies, whichever section named them.
         if let Some(rl) = rate_limit.as_mut() {
             server
@@ -232,6 +234,8 @@ impl Checker<'_> {
             cache,
             compression,
             rate_limit,
+            redis,
+            cache_redis,
             limits,
             upstreams,
             routes,

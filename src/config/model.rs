@@ -37,6 +37,10 @@ pub struct Config {
     pub compression: Option<CompressionConfig>,
     /// Tenants, tiers and where keys come from; `None` when no tiers are configured.
     pub rate_limit: Option<RateLimitConfig>,
+    /// The top-level `redis` connection (rate limits and the cache tier).
+    pub redis: Option<RedisConfig>,
+    /// The cache's Redis tier; `None` when off.
+    pub cache_redis: Option<CacheRedisConfig>,
     /// Size, time and connection limits on clients.
     pub limits: RequestLimits,
     /// Upstream pools, sorted by name.
@@ -384,6 +388,17 @@ pub struct RedisConfig {
     pub breaker_failures: u32,
     /// How long the open breaker keeps requests away from Redis before a probe.
     pub breaker_open_for: Duration,
+}
+
+/// `cache.redis` with defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheRedisConfig {
+    /// Larger bodies stay in memory only.
+    pub max_object_size: u64,
+    /// Prefix of the tier's keys and purge channel.
+    pub key_prefix: String,
+    /// A lookup slower than this is a miss.
+    pub lookup_timeout: Duration,
 }
 
 /// Global cache limits with defaults applied.

@@ -482,7 +482,18 @@ impl ProxyHttp for Proxy {
             resp: session.response_written(),
             policy: ctx.route().and_then(|r| r.cache.as_ref()),
         };
-        invalidate::after_unsafe_request(state.cache.store, &state.metrics, &finished);
+        let stale = invalidate::stale_uris(&finished);
+        invalidate::purge_stale(state.cache.store, &state.metrics, &stale);
+        // With the Redis tier, Redis and the other instances too; awaited,
+        // so the client's next request on this connection sees it done.
+        if let Some(tier) = state.cache.redis().filter(|_| !stale.is_empty()) {
+            for uri in stale {
+                let target = cache::purge::PurgeTarget::Uri(uri);
+                if let Err(e) = cache::purge::purge_shared(tier, &state.instance, &target).await {
+                    log::warn!("invalidation not shared: {e}");
+                }
+            }
+        }
     }
 
     /// Client disconnects are counted as 499, not logged as errors.

@@ -9,7 +9,6 @@
 //! continuously, cover hours and days, and be shared through Redis.
 
 pub mod admission;
-pub mod breaker;
 pub mod gcra;
 pub mod identity;
 pub mod local;

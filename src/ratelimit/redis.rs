@@ -10,13 +10,13 @@
 //! breaker (`breaker.rs`) keeps requests away from Redis until a probe
 //! off the request path gets an answer.
 
-use super::breaker::{CircuitBreaker, Permit, Transition};
 use super::gcra::{Verdict, WindowState};
 use super::local::Check;
+use crate::breaker::{CircuitBreaker, Permit, Transition};
 use crate::config::model::RedisConfig;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use crate::redis_link::RedisLink;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 /// GCRA over several keys and windows, atomically. Times in microseconds
@@ -73,7 +73,7 @@ return out
 
 /// The Redis side of the rate-limit store.
 pub struct RedisBuckets {
-    conn: Arc<Mutex<Option<ConnectionManager>>>,
+    link: Arc<RedisLink>,
     script: redis::Script,
     timeout: Duration,
     prefix: String,
@@ -107,10 +107,22 @@ impl RedisBuckets {
     /// Prepares the client and starts connecting in the background; never
     /// fails because Redis is down.
     pub fn new(config: &RedisConfig) -> Result<Arc<Self>, String> {
-        let client =
-            redis::Client::open(config.url.expose()).map_err(|e| format!("redis url: {e}"))?;
+        // The link learns who to tell once this exists (a connection made
+        // before that is noticed by the first decision instead).
+        let owner: Arc<OnceLock<Weak<Self>>> = Arc::new(OnceLock::new());
+        let told = owner.clone();
+        let link = RedisLink::connect(
+            config.url.expose(),
+            config.timeout,
+            "ratelimit",
+            move || {
+                if let Some(me) = told.get().and_then(Weak::upgrade) {
+                    me.note(None);
+                }
+            },
+        )?;
         let me = Arc::new(Self {
-            conn: Arc::new(Mutex::new(None)),
+            link,
             script: redis::Script::new(GCRA_LUA),
             timeout: config.timeout,
             prefix: config.key_prefix.clone(),
@@ -121,52 +133,7 @@ impl RedisBuckets {
                 config.breaker_open_for,
             )),
         });
-        let slot = me.conn.clone();
-        let timeout = config.timeout;
-        let weak = Arc::downgrade(&me);
-        // A dedicated thread and runtime connect and then drive the
-        // connection: it must not depend on which Pingora runtime asks first.
-        std::thread::Builder::new()
-            .name("tollgate-redis-connect".into())
-            .spawn(move || {
-                let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-                    log::error!("redis: cannot start the connection thread's runtime");
-                    return;
-                };
-                rt.block_on(async move {
-                    let config = ConnectionManagerConfig::new()
-                        .set_connection_timeout(Some(Duration::from_secs(1)))
-                        .set_response_timeout(Some(timeout.max(Duration::from_millis(10))))
-                        .set_number_of_retries(2)
-                        .set_max_delay(Duration::from_secs(1));
-                    let mut attempts = 0u64;
-                    loop {
-                        if weak.strong_count() == 0 {
-                            return;
-                        }
-                        attempts += 1;
-                        match client.get_connection_manager_with_config(config.clone()).await {
-                            Ok(manager) => {
-                                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(manager);
-                                log::info!("redis: connected");
-                                if let Some(me) = weak.upgrade() {
-                                    me.note(None);
-                                }
-                                // This runtime drives the connection: keep it alive.
-                                std::future::pending::<()>().await;
-                            }
-                            Err(e) => {
-                                // Once a minute is enough to say it is still down.
-                                if attempts % 60 == 1 {
-                                    log::warn!("redis: cannot connect, using local buckets until it answers: {e}");
-                                }
-                                tokio::time::sleep(Duration::from_secs(1)).await;
-                            }
-                        }
-                    }
-                });
-            })
-            .map_err(|e| format!("redis: cannot start the connection thread: {e}"))?;
+        let _ = owner.set(Arc::downgrade(&me));
         Ok(me)
     }
 
@@ -216,7 +183,7 @@ impl RedisBuckets {
                 }
             }
             Permit::SkipAndProbe => {
-                self.probe();
+                self.link.probe(self.breaker.clone(), "ratelimit");
                 return RedisOutcome {
                     result: Err(RedisFailure::BreakerOpen),
                     opened_breaker: false,
@@ -238,36 +205,8 @@ impl RedisBuckets {
         }
     }
 
-    /// Sends the breaker's one probe, a `PING`, on a task of its own: no
-    /// request waits for it. Its answer closes the breaker.
-    fn probe(&self) {
-        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let breaker = self.breaker.clone();
-        let timeout = self.timeout;
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            breaker.record(false);
-            return;
-        };
-        runtime.spawn(async move {
-            let ok = match conn {
-                None => false,
-                Some(mut conn) => matches!(
-                    tokio::time::timeout(
-                        timeout,
-                        redis::cmd("PING").query_async::<String>(&mut conn)
-                    )
-                    .await,
-                    Ok(Ok(_))
-                ),
-            };
-            if breaker.record(ok) == Transition::Closed {
-                log::info!("redis: probe answered, circuit breaker closed");
-            }
-        });
-    }
-
     async fn try_decide(&self, checks: &[Check<'_>]) -> Result<Vec<Verdict>, RedisFailure> {
-        let Some(mut conn) = self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+        let Some(mut conn) = self.link.conn() else {
             return Err(RedisFailure::NotConnected);
         };
         let mut invocation = self.script.prepare_invoke();

@@ -177,15 +177,40 @@ impl MemoryStore {
         }
         if let Some(eviction) = self.eviction.get() {
             let item = pingora::cache::CacheEntryKey::from_entry_id(entry.compact.clone(), None);
-            for evicted in eviction.increment_weight(&item, delta, None) {
-                let combined = pingora::cache::key::CacheHashKey::combined_bin(evicted.key());
-                let removed = self.write().remove_entry(&combined);
-                if let Some(removed) = removed {
-                    self.forget(&removed);
-                }
-            }
+            self.remove_evicted(eviction.increment_weight(&item, delta, None));
         }
         Ok(body)
+    }
+
+    /// Removes what the eviction manager evicted to make room.
+    fn remove_evicted(&self, evicted: Vec<pingora::cache::CacheEntryKey>) {
+        for evicted in evicted {
+            let combined = pingora::cache::key::CacheHashKey::combined_bin(evicted.key());
+            let removed = self.write().remove_entry(&combined);
+            if let Some(removed) = removed {
+                self.forget(&removed);
+            }
+        }
+    }
+
+    /// Tells the eviction manager about an entry stored outside Pingora's
+    /// miss path (promoted from the Redis tier), as that path does, and
+    /// removes what it evicts to make room.
+    pub fn admit(
+        &self,
+        key: &pingora::cache::key::CompactCacheKey,
+        weight: usize,
+        fresh_until: SystemTime,
+    ) {
+        if let Some(eviction) = self.eviction.get() {
+            let item = pingora::cache::CacheEntryKey::from_entry_id(key.clone(), None);
+            self.remove_evicted(eviction.admit(item, weight, fresh_until));
+        }
+    }
+
+    /// The body stored under a combined key.
+    pub fn body(&self, combined: &HashBinary) -> Option<Bytes> {
+        self.read().entries.get(combined).map(|e| e.body.clone())
     }
 
     /// Removes every variant stored for these primaries; returns how many.
@@ -264,6 +289,28 @@ impl MemoryStore {
             .flat_map(|(_, p)| p.iter().copied())
             .collect();
         self.remove_primaries(&primaries)
+    }
+
+    /// Removes every entry stored (created) before `cutoff`; returns how
+    /// many. Walks the whole index.
+    pub fn purge_created_before(&self, cutoff: SystemTime) -> usize {
+        let primaries: Vec<HashBinary> = {
+            let index = self.read();
+            index
+                .primaries
+                .iter()
+                .filter(|(_, p)| {
+                    p.variants.iter().any(|v| {
+                        index
+                            .entries
+                            .get(v)
+                            .is_some_and(|e| e.times.created < cutoff)
+                    })
+                })
+                .map(|(hash, _)| *hash)
+                .collect()
+        };
+        self.remove_variants_where(&primaries, |_| true)
     }
 
     /// Removes every entry whose path (any host) starts with `path_prefix`.

@@ -15,6 +15,27 @@ pub struct CacheSpec {
     /// How long concurrent misses wait for the one request filling the cache. Default 5s.
     #[serde(default)]
     pub lock_timeout: Option<HumanDuration>,
+    /// The Redis tier, on the top-level `redis` connection.
+    #[serde(default)]
+    pub redis: Option<CacheRedisSpec>,
+}
+
+/// `cache.redis`: a second cache tier shared by every instance.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheRedisSpec {
+    /// Default true when the block is present.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// Larger bodies stay in memory only. Default 1MiB.
+    #[serde(default)]
+    pub max_object_size: Option<crate::config::units::ByteSize>,
+    /// Prefix of the tier's keys and purge channel. Default `tollgate:cache:`.
+    #[serde(default)]
+    pub key_prefix: Option<String>,
+    /// A lookup slower than this is a miss. Default 20ms.
+    #[serde(default)]
+    pub lookup_timeout: Option<HumanDuration>,
 }
 
 /// A route's cache settings.

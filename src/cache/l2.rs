@@ -1,0 +1,374 @@
+//! The cache's second tier in Redis: what one instance fetched, the others
+//! find there instead of asking the upstream again.
+//!
+//! - **Lookups** (on a memory miss) are one `GET` with their own short
+//!   timeout (`cache.redis.lookup_timeout`, default 20 ms) behind a
+//!   circuit breaker; a slow or absent Redis is a miss, never an error.
+//! - **Writes** happen off the request path: a stored response is queued
+//!   (bounded) for a writer task that `SET`s it with `PX` = its freshness
+//!   plus its stale windows, and adds its key to the URI's and the route's
+//!   index sets (for purges). A full queue drops the write and counts it.
+//! - **Format**: `TGC1`, then the lengths (u32, big-endian) and bytes of
+//!   Pingora's serialized internal meta and header, then the body. An entry
+//!   that does not decode (an older format, a truncated value) is a miss,
+//!   counted as an error; it is never served.
+
+use crate::breaker::{CircuitBreaker, Permit, Transition};
+use crate::metrics::Metrics;
+use crate::redis_link::RedisLink;
+use bytes::Bytes;
+use pingora::cache::key::HashBinary;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// The format tag every stored value starts with.
+const MAGIC: &[u8; 4] = b"TGC1";
+
+/// Writes queued for the writer task before new ones are dropped.
+pub const WRITE_QUEUE: usize = 1024;
+
+/// Settings of the tier (`cache.redis`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct L2Settings {
+    /// Larger bodies stay in memory only.
+    pub max_object_size: usize,
+    /// Prefix of every key and of the purge channel.
+    pub key_prefix: String,
+    /// How long a lookup may take before it counts as a miss.
+    pub lookup_timeout: Duration,
+}
+
+/// A response as the tier stores it.
+pub struct L2Entry {
+    /// Pingora's serialized internal meta.
+    pub internal: Vec<u8>,
+    /// Pingora's serialized header.
+    pub header: Vec<u8>,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// Encodes an entry in the tier's format.
+pub fn encode(internal: &[u8], header: &[u8], body: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(12 + internal.len() + header.len() + body.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&u32::try_from(internal.len()).ok()?.to_be_bytes());
+    out.extend_from_slice(internal);
+    out.extend_from_slice(&u32::try_from(header.len()).ok()?.to_be_bytes());
+    out.extend_from_slice(header);
+    out.extend_from_slice(body);
+    Some(out)
+}
+
+/// Decodes a stored value; `None` for anything not in the current format.
+pub fn decode(value: &[u8]) -> Option<L2Entry> {
+    let rest = value.strip_prefix(MAGIC)?;
+    let (internal, rest) = take_sized(rest)?;
+    let (header, body) = take_sized(rest)?;
+    Some(L2Entry {
+        internal: internal.to_vec(),
+        header: header.to_vec(),
+        body: Bytes::copy_from_slice(body),
+    })
+}
+
+fn take_sized(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let rest = &bytes[4..];
+    (rest.len() >= len).then(|| rest.split_at(len))
+}
+
+/// One write for the writer task.
+struct Write {
+    key: String,
+    value: Vec<u8>,
+    ttl: Duration,
+    indexes: [String; 2],
+}
+
+/// Why a lookup found nothing, for `tollgate_cache_l2_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupResult {
+    /// Found and decoded.
+    Hit,
+    /// Not there.
+    Miss,
+    /// Redis answered with an error, is not connected, or the value did
+    /// not decode.
+    Error,
+    /// No answer within the lookup timeout (or the breaker is open).
+    Timeout,
+}
+
+impl LookupResult {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            LookupResult::Hit => "hit",
+            LookupResult::Miss => "miss",
+            LookupResult::Error => "error",
+            LookupResult::Timeout => "timeout",
+        }
+    }
+}
+
+/// The Redis tier of the cache.
+pub struct RedisTier {
+    link: Arc<RedisLink>,
+    breaker: Arc<CircuitBreaker>,
+    settings: L2Settings,
+    writes: tokio::sync::mpsc::Sender<Write>,
+    metrics: Arc<Metrics>,
+    /// Whether the last lookup or write got an answer (for `/health`).
+    answering: Arc<AtomicBool>,
+}
+
+impl RedisTier {
+    /// Connects in the background and starts the writer; fails only on a
+    /// malformed URL or when a thread cannot start.
+    pub fn start(
+        url: &str,
+        settings: L2Settings,
+        breaker: CircuitBreaker,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, String> {
+        let link = RedisLink::connect(url, settings.lookup_timeout, "cache", || {})?;
+        let (writes, queue) = tokio::sync::mpsc::channel(WRITE_QUEUE);
+        let answering = Arc::new(AtomicBool::new(false));
+        let tier = Arc::new(Self {
+            link: link.clone(),
+            breaker: Arc::new(breaker),
+            settings,
+            writes,
+            metrics: metrics.clone(),
+            answering: answering.clone(),
+        });
+        std::thread::Builder::new()
+            .name("tollgate-cache-l2-writer".into())
+            .spawn(move || write_loop(link, queue, metrics, answering))
+            .map_err(|e| format!("cache redis tier: cannot start the writer: {e}"))?;
+        Ok(tier)
+    }
+
+    /// The tier's settings.
+    pub fn settings(&self) -> &L2Settings {
+        &self.settings
+    }
+
+    /// The connection, for purges and the purge channel.
+    pub fn link(&self) -> &Arc<RedisLink> {
+        &self.link
+    }
+
+    /// Whether Redis answered the tier's last lookup or write, and the
+    /// breaker is closed: `/health` says `degraded` otherwise.
+    pub fn is_answering(&self) -> bool {
+        self.answering.load(Ordering::Relaxed) && !self.breaker.is_open()
+    }
+
+    /// Whether the breaker keeps lookups away from Redis.
+    pub fn breaker_is_open(&self) -> bool {
+        self.breaker.is_open()
+    }
+
+    /// The Redis key of an entry.
+    pub fn entry_key(&self, combined: &HashBinary) -> String {
+        format!("{}c:{}", self.settings.key_prefix, hex::encode(combined))
+    }
+
+    /// The index set of a URI's entries.
+    pub fn uri_index(&self, uri: &str) -> String {
+        format!("{}u:{uri}", self.settings.key_prefix)
+    }
+
+    /// The index set of a route's entries.
+    pub fn route_index(&self, route: &str) -> String {
+        format!("{}r:{route}", self.settings.key_prefix)
+    }
+
+    /// Looks an entry up; anything but a decoded hit is `None`, counted.
+    pub async fn lookup(&self, combined: &HashBinary) -> Option<L2Entry> {
+        let started = Instant::now();
+        let (result, entry) = self.try_lookup(combined).await;
+        self.metrics
+            .cache_l2_requests
+            .with_label_values(&[result.label()])
+            .inc();
+        self.metrics
+            .cache_l2_lookup_seconds
+            .observe(started.elapsed().as_secs_f64());
+        entry
+    }
+
+    async fn try_lookup(&self, combined: &HashBinary) -> (LookupResult, Option<L2Entry>) {
+        match self.breaker.permit() {
+            Permit::Ask => {}
+            Permit::Skip => return (LookupResult::Timeout, None),
+            Permit::SkipAndProbe => {
+                self.link.probe(self.breaker.clone(), "cache");
+                return (LookupResult::Timeout, None);
+            }
+        }
+        let Some(mut conn) = self.link.conn() else {
+            self.breaker.record(false);
+            return (LookupResult::Error, None);
+        };
+        let key = self.entry_key(combined);
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(&key);
+        let get = cmd.query_async::<Option<Vec<u8>>>(&mut conn);
+        // `answered`: Redis did its part (a value that does not decode is
+        // ours to refuse, not a reason to open the breaker).
+        let (result, entry, answered) =
+            match tokio::time::timeout(self.settings.lookup_timeout, get).await {
+                Err(_) => (LookupResult::Timeout, None, false),
+                Ok(Err(e)) if e.is_timeout() => (LookupResult::Timeout, None, false),
+                Ok(Err(_)) => (LookupResult::Error, None, false),
+                Ok(Ok(None)) => (LookupResult::Miss, None, true),
+                Ok(Ok(Some(value))) => match decode(&value) {
+                    Some(entry) => (LookupResult::Hit, Some(entry), true),
+                    None => {
+                        log::warn!("cache redis tier: {key} does not decode; treated as a miss");
+                        (LookupResult::Error, None, true)
+                    }
+                },
+            };
+        self.answering.store(answered, Ordering::Relaxed);
+        if self.breaker.record(answered) == Transition::Opened {
+            log::warn!(
+                "cache redis tier: circuit breaker open, memory only for {:?}",
+                self.breaker.open_for()
+            );
+        }
+        (result, entry)
+    }
+
+    /// Queues an entry for writing; never waits. `ttl` is how long Redis
+    /// keeps it; `uri` and `route` are the purge indexes it joins.
+    pub fn store(
+        &self,
+        combined: &HashBinary,
+        entry: &L2Entry,
+        ttl: Duration,
+        uri: &str,
+        route: &str,
+    ) {
+        if entry.body.len() > self.settings.max_object_size || ttl.is_zero() {
+            return;
+        }
+        let Some(value) = encode(&entry.internal, &entry.header, &entry.body) else {
+            return;
+        };
+        let write = Write {
+            key: self.entry_key(combined),
+            value,
+            ttl,
+            indexes: [self.uri_index(uri), self.route_index(route)],
+        };
+        if self.writes.try_send(write).is_err() {
+            self.metrics
+                .cache_l2_writes
+                .with_label_values(&["dropped"])
+                .inc();
+        }
+    }
+}
+
+/// How long Redis keeps an entry: until its freshness and its longest
+/// stale window are over.
+pub fn ttl_of(fresh_until: SystemTime, stale_secs: u32, now: SystemTime) -> Duration {
+    fresh_until
+        .checked_add(Duration::from_secs(u64::from(stale_secs)))
+        .and_then(|end| end.duration_since(now).ok())
+        .unwrap_or(Duration::ZERO)
+}
+
+/// The writer task: one `SET … PX` and two index updates per entry, in one
+/// pipeline, with the lookup timeout ×10 as its bound.
+fn write_loop(
+    link: Arc<RedisLink>,
+    mut queue: tokio::sync::mpsc::Receiver<Write>,
+    metrics: Arc<Metrics>,
+    answering: Arc<AtomicBool>,
+) {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        log::error!("cache redis tier: cannot start the writer's runtime");
+        return;
+    };
+    rt.block_on(async move {
+        while let Some(write) = queue.recv().await {
+            let result = match link.conn() {
+                None => "error",
+                Some(mut conn) => {
+                    let ttl_ms = u64::try_from(write.ttl.as_millis())
+                        .unwrap_or(u64::MAX)
+                        .max(1);
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("SET")
+                        .arg(&write.key)
+                        .arg(&write.value)
+                        .arg("PX")
+                        .arg(ttl_ms)
+                        .ignore();
+                    for index in &write.indexes {
+                        pipe.cmd("SADD").arg(index).arg(&write.key).ignore();
+                        // An index lives as long as its longest-lived entry.
+                        pipe.cmd("PEXPIRE")
+                            .arg(index)
+                            .arg(ttl_ms)
+                            .arg("GT")
+                            .ignore();
+                        pipe.cmd("PEXPIRE")
+                            .arg(index)
+                            .arg(ttl_ms)
+                            .arg("NX")
+                            .ignore();
+                    }
+                    let bound = link.timeout().saturating_mul(10);
+                    match tokio::time::timeout(bound, pipe.query_async::<()>(&mut conn)).await {
+                        Ok(Ok(())) => "ok",
+                        _ => "error",
+                    }
+                }
+            };
+            answering.store(result == "ok", Ordering::Relaxed);
+            metrics.cache_l2_writes.with_label_values(&[result]).inc();
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_and_anything_else_is_refused() {
+        let value = encode(b"meta", b"header", b"body bytes").expect("encode");
+        let entry = decode(&value).expect("decode");
+        assert_eq!(
+            (&entry.internal[..], &entry.header[..], &entry.body[..]),
+            (&b"meta"[..], &b"header"[..], &b"body bytes"[..])
+        );
+        assert!(decode(b"TGC0....").is_none(), "another format");
+        assert!(decode(&value[..10]).is_none(), "truncated");
+        assert!(decode(b"").is_none());
+        let mut lying = value.clone();
+        lying[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(decode(&lying).is_none(), "a length past the end");
+    }
+
+    #[test]
+    fn redis_keeps_an_entry_for_its_freshness_and_stale_window() {
+        let now = SystemTime::now();
+        let ttl = ttl_of(now + Duration::from_secs(60), 30, now);
+        assert_eq!(ttl, Duration::from_secs(90));
+        assert_eq!(
+            ttl_of(now - Duration::from_secs(60), 30, now),
+            Duration::ZERO
+        );
+    }
+}

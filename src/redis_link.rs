@@ -1,0 +1,128 @@
+//! One Redis connection that never costs a request its start-up: it is
+//! made, and re-made, on a thread and runtime of its own (so it does not
+//! depend on which Pingora runtime asks first), and requests take a clone
+//! of the multiplexed connection or nothing. Shared by the rate limiter's
+//! buckets and the cache's Redis tier (each has its own link and circuit
+//! breaker: a slow limiter script must not open the cache's breaker).
+
+use crate::breaker::{CircuitBreaker, Transition};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+/// A Redis connection being made or kept.
+pub struct RedisLink {
+    slot: Mutex<Option<ConnectionManager>>,
+    client: redis::Client,
+    timeout: Duration,
+}
+
+impl RedisLink {
+    /// Opens `url` in the background; `name` says who uses it in the log,
+    /// `on_connect` runs once connected. Fails only on a malformed URL.
+    pub fn connect(
+        url: &str,
+        timeout: Duration,
+        name: &'static str,
+        on_connect: impl Fn() + Send + 'static,
+    ) -> Result<Arc<Self>, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("redis url: {e}"))?;
+        let link = Arc::new(Self {
+            slot: Mutex::new(None),
+            client: client.clone(),
+            timeout,
+        });
+        let weak: Weak<Self> = Arc::downgrade(&link);
+        std::thread::Builder::new()
+            .name(format!("tollgate-redis-{name}"))
+            .spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    log::error!("redis ({name}): cannot start the connection thread's runtime");
+                    return;
+                };
+                rt.block_on(async move {
+                    let config = ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(Duration::from_secs(1)))
+                        .set_response_timeout(Some(timeout.max(Duration::from_millis(10))))
+                        .set_number_of_retries(2)
+                        .set_max_delay(Duration::from_secs(1));
+                    let mut attempts = 0u64;
+                    loop {
+                        let Some(link) = weak.upgrade() else {
+                            return;
+                        };
+                        attempts += 1;
+                        match client
+                            .get_connection_manager_with_config(config.clone())
+                            .await
+                        {
+                            Ok(manager) => {
+                                *link.slot.lock().unwrap_or_else(|p| p.into_inner()) =
+                                    Some(manager);
+                                drop(link);
+                                log::info!("redis ({name}): connected");
+                                on_connect();
+                                // This runtime drives the connection: keep it alive.
+                                std::future::pending::<()>().await;
+                            }
+                            Err(e) => {
+                                drop(link);
+                                // Once a minute is enough to say it is still down.
+                                if attempts % 60 == 1 {
+                                    log::warn!("redis ({name}): cannot connect yet: {e}");
+                                }
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                        }
+                    }
+                });
+            })
+            .map_err(|e| format!("redis: cannot start the connection thread: {e}"))?;
+        Ok(link)
+    }
+
+    /// The connection, once made (a cheap clone of a multiplexed handle).
+    pub fn conn(&self) -> Option<ConnectionManager> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The client, for connections of another kind (pub/sub).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    /// The per-call timeout it was opened with.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Sends `breaker`'s one probe, a `PING`, on a task of its own: no
+    /// request waits for it. Its answer closes or reopens the breaker.
+    pub fn probe(&self, breaker: Arc<CircuitBreaker>, what: &'static str) {
+        let conn = self.conn();
+        let timeout = self.timeout;
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            breaker.record(false);
+            return;
+        };
+        runtime.spawn(async move {
+            let ok = match conn {
+                None => false,
+                Some(mut conn) => matches!(
+                    tokio::time::timeout(
+                        timeout,
+                        redis::cmd("PING").query_async::<String>(&mut conn)
+                    )
+                    .await,
+                    Ok(Ok(_))
+                ),
+            };
+            if breaker.record(ok) == Transition::Closed {
+                log::info!("redis ({what}): probe answered, circuit breaker closed");
+            }
+        });
+    }
+}

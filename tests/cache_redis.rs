@@ -1,0 +1,221 @@
+//! The cache's Redis tier: several tollgate instances sharing one
+//! redis-server in front of a counting upstream. What one instance fetched
+//! the others serve from Redis; purges and invalidations reach every
+//! instance; Redis going away costs no request.
+
+mod common;
+use common::redis::RedisServer;
+use common::*;
+
+fn upstream() -> TestUpstream {
+    TestUpstream::start(|req| {
+        Action::Reply(Reply {
+            status: 200,
+            headers: vec![("Cache-Control".into(), "max-age=300".into())],
+            body: format!("body of {}", req.path).into_bytes(),
+        })
+    })
+}
+
+fn instance(up: &TestUpstream, redis: &RedisServer) -> TollgateProcess {
+    TollgateProcess::start(&format!(
+        "redis: {{ url: \"{}\", timeout: 200ms }}\n\
+         cache: {{ redis: {{ lookup_timeout: 200ms }} }}\n\
+         upstreams:\n  api: {{ backends: [\"{}\"] }}\n\
+         routes:\n  - {{ name: items, upstream: api, match: {{ path_prefix: /items/ }}, cache: {{}} }}\n  \
+         - {{ name: other, upstream: api, cache: {{}} }}\n",
+        redis.url(),
+        up.addr
+    ))
+}
+
+fn count(up: &TestUpstream, path: &str) -> usize {
+    up.recorded().iter().filter(|r| r.path == path).count()
+}
+
+/// Waits until `proxy` has written `n` entries to Redis.
+fn wait_written(proxy: &TollgateProcess, n: f64) {
+    proxy.wait_metric(r#"tollgate_cache_l2_writes_total{result="ok"}"#, n);
+}
+
+fn admin_purge(proxy: &TollgateProcess, body: &str) -> Response {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    request(
+        proxy.admin,
+        "POST",
+        "/cache/purge",
+        &[("Authorization", &auth)],
+        body.as_bytes(),
+    )
+    .expect("purge")
+}
+
+#[test]
+fn a_miss_on_one_instance_is_a_redis_hit_on_another() {
+    let redis = RedisServer::start();
+    let up = upstream();
+    let (a, b) = (instance(&up, &redis), instance(&up, &redis));
+    let miss = get(a.addr, "/items/1").expect("get");
+    assert_eq!(
+        miss.cache_status().as_deref(),
+        Some("tollgate; fwd=uri-miss; stored")
+    );
+    wait_written(&a, 1.0);
+    let l2 = get(b.addr, "/items/1").expect("get");
+    assert_eq!(l2.text(), "body of /items/1");
+    let status = l2.header("cache-status").expect("Cache-Status");
+    assert!(
+        status.starts_with("tollgate; hit") && status.ends_with("detail=l2"),
+        "{status}"
+    );
+    assert_eq!(count(&up, "/items/1"), 1, "B asked Redis, not the upstream");
+    let l1 = get(b.addr, "/items/1").expect("get");
+    assert_eq!(
+        l1.cache_status().as_deref(),
+        Some("tollgate; hit"),
+        "now in B's memory"
+    );
+    assert_eq!(
+        b.metric(r#"tollgate_cache_l2_requests_total{result="hit"}"#),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn purges_and_invalidations_reach_every_instance() {
+    let redis = RedisServer::start();
+    let up = upstream();
+    let nodes = [
+        instance(&up, &redis),
+        instance(&up, &redis),
+        instance(&up, &redis),
+    ];
+    let [a, b, c] = &nodes;
+    for path in ["/items/1", "/items/2", "/other/x"] {
+        get(a.addr, path).expect("fill A");
+    }
+    wait_written(a, 3.0);
+    for node in [b, c] {
+        for path in ["/items/1", "/items/2", "/other/x"] {
+            get(node.addr, path).expect("fill from Redis");
+        }
+    }
+    assert_eq!(count(&up, "/items/1"), 1);
+
+    // By URL, on A: B and C drop it from memory, and Redis too. (The test
+    // client sends `Host: test.local`.)
+    let purged = admin_purge(a, "{\"url\": \"http://test.local/items/1\"}");
+    assert_eq!(purged.status, 200, "{}", purged.text());
+    assert_eq!(purged.json()["published"], true);
+    assert_eq!(purged.json()["purged"], 1, "A's own copy");
+    assert_eq!(purged.json()["redis_purged"], 1, "Redis's copy");
+    for node in [b, c] {
+        node.wait_metric(r#"tollgate_cache_purges_total{reason="remote"}"#, 1.0);
+    }
+    get(b.addr, "/items/1").expect("refetch");
+    assert_eq!(
+        count(&up, "/items/1"),
+        2,
+        "B found it nowhere and fetched it"
+    );
+
+    // By route, on C: the other route's entry stays.
+    assert_eq!(admin_purge(c, "{\"route\": \"items\"}").status, 200);
+    b.wait_metric(r#"tollgate_cache_purges_total{reason="remote"}"#, 3.0);
+    get(b.addr, "/items/2").expect("refetch");
+    assert_eq!(count(&up, "/items/2"), 2);
+    let kept = get(b.addr, "/other/x").expect("get");
+    assert_eq!(kept.cache_status().as_deref(), Some("tollgate; hit"));
+
+    // A write through A invalidates the URL on B as well.
+    get(b.addr, "/other/y").expect("fill B");
+    wait_written(b, 3.0);
+    get(a.addr, "/other/y").expect("fill A from Redis");
+    let post = request(a.addr, "POST", "/other/y", &[], b"{}").expect("post");
+    assert_eq!(post.status, 200);
+    b.wait_metric(r#"tollgate_cache_purges_total{reason="remote"}"#, 4.0);
+    let before = count(&up, "/other/y");
+    let after_write = get(b.addr, "/other/y").expect("get");
+    assert_eq!(
+        after_write.cache_status().as_deref(),
+        Some("tollgate; fwd=uri-miss; stored")
+    );
+    assert_eq!(count(&up, "/other/y"), before + 1);
+}
+
+#[test]
+fn a_corrupt_redis_entry_is_a_miss_never_served() {
+    let redis = RedisServer::start();
+    let up = upstream();
+    let a = instance(&up, &redis);
+    get(a.addr, "/items/9").expect("fill");
+    wait_written(&a, 1.0);
+    let keys = redis.cli(&["--scan", "--pattern", "tollgate:cache:c:*"]);
+    let key = keys.lines().next().expect("an entry key").trim().to_owned();
+    redis.cli(&["SET", &key, "TGC1 not what you think"]);
+    let b = instance(&up, &redis);
+    let r = get(b.addr, "/items/9").expect("get");
+    assert_eq!(r.text(), "body of /items/9");
+    assert_eq!(
+        r.cache_status().as_deref(),
+        Some("tollgate; fwd=uri-miss; stored")
+    );
+    assert_eq!(count(&up, "/items/9"), 2);
+    assert_eq!(
+        b.metric(r#"tollgate_cache_l2_requests_total{result="error"}"#),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn redis_going_away_costs_no_request() {
+    let mut redis = RedisServer::start();
+    let up = upstream();
+    let (a, b) = (instance(&up, &redis), instance(&up, &redis));
+    get(a.addr, "/items/1").expect("fill");
+    wait_written(&a, 1.0);
+    redis.kill();
+    for i in 0..30 {
+        for node in [&a, &b] {
+            let r = get(node.addr, &format!("/items/{}", i % 3)).expect("get");
+            assert_eq!(r.status, 200, "request {i} while Redis is gone");
+        }
+    }
+    let health = a.health();
+    assert_eq!(health["components"]["cache_redis"]["status"], "degraded");
+    redis.restart();
+    wait_until("the tier writes again", || {
+        get(a.addr, &format!("/items/new-{}", rand_suffix())).is_ok_and(|r| r.status == 200)
+            && a.metric(r#"tollgate_cache_l2_writes_total{result="ok"}"#)
+                .is_some_and(|n| n >= 2.0)
+    });
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// An instance that cannot hear purges (Redis gone) could serve an entry
+/// another instance purged meanwhile: its memory keeps nothing longer than
+/// `DEAF_GRACE` (5 s) while deaf, and drops what it stored meanwhile once
+/// it hears again.
+#[test]
+fn memory_entries_are_bounded_while_purges_cannot_be_heard() {
+    let mut redis = RedisServer::start();
+    let up = upstream();
+    let a = instance(&up, &redis);
+    get(a.addr, "/items/1").expect("fill");
+    a.wait_metric("tollgate_cache_entries", 1.0);
+    redis.kill();
+    // No request needed: the listener's sweep empties memory by itself.
+    a.wait_metric("tollgate_cache_entries", 0.0);
+    let r = get(a.addr, "/items/1").expect("get");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        count(&up, "/items/1"),
+        2,
+        "fetched again, not served from before"
+    );
+}
