@@ -43,6 +43,9 @@ pub struct RequestCtx {
     pub rate_headers: Option<RateHeaders>,
     /// Response body bytes before compression.
     pub body_bytes_in: u64,
+    /// Cache tags the upstream asked to purge (`cache.invalidation_header`)
+    /// in its answer to an unsafe request; purged if it succeeded.
+    pub invalidate_tags: Vec<std::sync::Arc<str>>,
     /// The brotli encoder of this response's body, when tollgate encodes
     /// it (see `compression::brotli`).
     pub brotli: Option<crate::compression::BrotliStream>,
@@ -74,6 +77,7 @@ impl RequestCtx {
             rate_headers: None,
             body_bytes_in: 0,
             brotli: None,
+            invalidate_tags: Vec::new(),
             request_body_bytes: 0,
             cache_key: None,
             not_modified: None,

@@ -77,6 +77,15 @@ impl MethodSet {
     }
 }
 
+/// Whether `method` is safe (RFC 9110 §9.2.1): GET, HEAD, OPTIONS, TRACE.
+/// Every other method, extension methods included, may change state.
+pub fn is_safe(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

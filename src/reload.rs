@@ -56,6 +56,12 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
             "redis settings changed: take effect after a restart or graceful upgrade".to_owned(),
         );
     }
+    if old.cache_redis != new.cache_redis || old.cache_tags.headers != new.cache_tags.headers {
+        out.push(
+            "cache.redis / cache.tag_headers changed: take effect after a restart or graceful upgrade"
+                .to_owned(),
+        );
+    }
     if old.cache != new.cache {
         out.push(
             "cache limits changed: take effect after a restart or graceful upgrade".to_owned(),

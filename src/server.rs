@@ -133,6 +133,9 @@ pub fn build(
     let gateway = Gateway::build(config, &metrics, &memory).map_err(StartError::Setup)?;
     let redis_tier = cache_redis_tier(&gateway.config, &metrics).map_err(StartError::Setup)?;
     let cache = CacheRuntime::new(gateway.config.cache, redis_tier.clone());
+    cache
+        .store
+        .set_tag_headers(gateway.config.cache_tags.headers.clone());
     let rate =
         Arc::new(RateStore::new(gateway.config.rate_limit.as_ref()).map_err(StartError::Setup)?);
     let destination = match &gateway.config.logging.access_log_path {

@@ -219,3 +219,83 @@ fn memory_entries_are_bounded_while_purges_cannot_be_heard() {
         "fetched again, not served from before"
     );
 }
+
+/// Upstreams tag responses (`Surrogate-Key`); a purge by tag on one
+/// instance removes every tagged entry everywhere, a soft purge only marks
+/// them stale, and an upstream's `X-Invalidate-Tags` on a successful write
+/// purges its tags cluster-wide. Clients never see the tag fields.
+#[test]
+fn tags_purge_everywhere_softly_or_from_the_upstream() {
+    let redis = RedisServer::start();
+    let up = TestUpstream::start(|req| {
+        let tags = match req.path.as_str() {
+            "/items/1" => "product-1 catalogue",
+            "/items/2" => "product-2 catalogue",
+            _ => "other",
+        };
+        let mut headers = vec![
+            ("Cache-Control".to_string(), "max-age=300".to_string()),
+            ("Surrogate-Key".to_string(), tags.to_string()),
+            ("ETag".to_string(), "\"v1\"".to_string()),
+        ];
+        if req.method == "POST" {
+            headers.push(("X-Invalidate-Tags".into(), "product-2".into()));
+        }
+        Action::Reply(Reply {
+            status: 200,
+            headers,
+            body: format!("body of {}", req.path).into_bytes(),
+        })
+    });
+    let (a, b) = (instance(&up, &redis), instance(&up, &redis));
+    for path in ["/items/1", "/items/2", "/other/1"] {
+        let r = get(a.addr, path).expect("fill");
+        assert_eq!(
+            r.header("surrogate-key"),
+            None,
+            "tags are not shown to clients"
+        );
+    }
+    wait_written(&a, 3.0);
+    for path in ["/items/1", "/items/2", "/other/1"] {
+        get(b.addr, path).expect("fill B from Redis");
+    }
+
+    // Hard purge by tag on B: both tagged entries go from A, B and Redis.
+    let purged = admin_purge(&b, "{\"tag\": \"product-1\"}");
+    assert_eq!(purged.json()["redis_purged"], 1, "{}", purged.text());
+    a.wait_metric(r#"tollgate_cache_purges_total{reason="remote"}"#, 1.0);
+    get(a.addr, "/items/1").expect("refetch");
+    assert_eq!(count(&up, "/items/1"), 2);
+
+    // Soft purge of the catalogue: entries stay, but the next request
+    // revalidates instead of being a plain hit.
+    let soft = admin_purge(&a, "{\"tag\": \"catalogue\", \"soft\": true}");
+    assert_eq!(soft.status, 200, "{}", soft.text());
+    // B holds /items/2 of the catalogue (it purged /items/1 itself).
+    b.wait_metric(r#"tollgate_cache_purges_total{reason="remote"}"#, 1.0);
+    let r = get(b.addr, "/items/2").expect("get");
+    assert_ne!(
+        r.cache_status().as_deref(),
+        Some("tollgate; hit"),
+        "stale now"
+    );
+    assert_eq!(r.text(), "body of /items/2");
+    let untouched = get(b.addr, "/other/1").expect("get");
+    assert_eq!(untouched.cache_status().as_deref(), Some("tollgate; hit"));
+
+    // A write whose answer names product-2 invalidates it everywhere.
+    get(a.addr, "/items/2").expect("fill again");
+    let before = count(&up, "/items/2");
+    let post = request(b.addr, "POST", "/orders", &[], b"{}").expect("post");
+    assert_eq!(post.status, 200);
+    assert_eq!(
+        post.header("x-invalidate-tags"),
+        None,
+        "an upstream-to-proxy field"
+    );
+    wait_until("A dropped product-2", || {
+        get(a.addr, "/items/2").is_ok_and(|r| r.cache_status().as_deref() != Some("tollgate; hit"))
+    });
+    assert!(count(&up, "/items/2") > before);
+}

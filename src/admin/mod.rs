@@ -6,7 +6,7 @@
 
 mod status_page;
 
-use crate::cache::purge::{purge_memory, purge_shared, PurgeTarget};
+use crate::cache::purge::{purge_memory, purge_shared, Purge, PurgeTarget};
 
 use crate::state::AppState;
 use async_trait::async_trait;
@@ -282,12 +282,12 @@ impl AdminApp {
     /// this instance's memory, then, with the Redis tier, Redis and every
     /// other instance (`cache::purge`).
     async fn purge(&self, body: &[u8]) -> Response<Vec<u8>> {
-        let target = match self.purge_target(body) {
-            Ok(target) => target,
+        let purge = match self.purge_target(body) {
+            Ok(purge) => purge,
             Err(refusal) => return *refusal,
         };
         let state = &self.state;
-        let removed = purge_memory(state.cache.store, &target);
+        let removed = purge_memory(state.cache.store, &purge);
         state
             .metrics
             .cache_purges
@@ -296,7 +296,7 @@ impl AdminApp {
         let Some(tier) = state.cache.redis() else {
             return respond_json(StatusCode::OK, &json!({"purged": removed}));
         };
-        match purge_shared(tier, &state.instance, &target).await {
+        match purge_shared(tier, &state.instance, &purge).await {
             Ok(shared) => respond_json(
                 StatusCode::OK,
                 &json!({"purged": removed, "redis_purged": shared, "published": true}),
@@ -309,7 +309,7 @@ impl AdminApp {
     }
 
     /// What a purge request asks for, or the answer refusing it.
-    fn purge_target(&self, body: &[u8]) -> Result<PurgeTarget, Box<Response<Vec<u8>>>> {
+    fn purge_target(&self, body: &[u8]) -> Result<Purge, Box<Response<Vec<u8>>>> {
         let bad = |message: &str| {
             Box::new(respond_json(
                 StatusCode::BAD_REQUEST,
@@ -321,20 +321,24 @@ impl AdminApp {
                 "Send JSON: {\"url\": ...}, {\"prefix\": ..., \"host\": ...} or {\"route\": ...}",
             ));
         };
-        match request {
+        let soft = request.soft.unwrap_or(false);
+        let target = match request {
             PurgeRequest {
                 url: Some(url),
                 prefix: None,
                 route: None,
+                tag: None,
                 ..
             } => crate::cache::key::uri_of_url(&url)
                 .map(PurgeTarget::Uri)
-                .ok_or_else(|| bad("url must be absolute: http://host/path")),
+                .ok_or_else(|| bad("url must be absolute: http://host/path"))?,
             PurgeRequest {
                 prefix: Some(prefix),
                 url: None,
                 route: None,
+                tag: None,
                 host,
+                ..
             } => {
                 if !prefix.starts_with('/') {
                     return Err(bad("prefix must start with /"));
@@ -344,12 +348,13 @@ impl AdminApp {
                     Some(None) => return Err(bad("host is not a valid host name")),
                     None => None,
                 };
-                Ok(PurgeTarget::Prefix { prefix, host })
+                PurgeTarget::Prefix { prefix, host }
             }
             PurgeRequest {
                 route: Some(name),
                 url: None,
                 prefix: None,
+                tag: None,
                 ..
             } => {
                 let gateway = self.state.gateway();
@@ -359,10 +364,25 @@ impl AdminApp {
                         &json!({"error": "not_found", "message": format!("no route named {name:?}")}),
                     )));
                 }
-                Ok(PurgeTarget::Route(name))
+                PurgeTarget::Route(name)
             }
-            _ => Err(bad("Send exactly one of url, prefix or route")),
-        }
+            PurgeRequest {
+                tag: Some(tag),
+                url: None,
+                prefix: None,
+                route: None,
+                ..
+            } if !tag.is_empty() && !tag.contains([' ', ',']) => PurgeTarget::Tag(tag),
+            PurgeRequest {
+                tag: Some(_),
+                url: None,
+                prefix: None,
+                route: None,
+                ..
+            } => return Err(bad("tag must be one tag: no spaces or commas")),
+            _ => return Err(bad("Send exactly one of url, prefix, route or tag (and soft: true to mark stale instead of removing)")),
+        };
+        Ok(Purge { target, soft })
     }
 }
 
@@ -374,6 +394,8 @@ struct PurgeRequest {
     prefix: Option<String>,
     host: Option<String>,
     route: Option<String>,
+    tag: Option<String>,
+    soft: Option<bool>,
 }
 
 #[async_trait]

@@ -33,10 +33,7 @@ pub struct Finished<'a> {
 pub fn stale_uris(done: &Finished<'_>) -> Vec<String> {
     // §4.4: every method not defined as safe (RFC 9110 §9.2.1) — POST,
     // PUT, PATCH, DELETE and any method the cache does not know.
-    let unsafe_method = !matches!(
-        done.req.method,
-        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE
-    );
+    let unsafe_method = !crate::methods::is_safe(&done.req.method);
     let succeeded = done
         .resp
         .is_some_and(|r| r.status.is_success() || r.status.is_redirection());

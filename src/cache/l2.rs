@@ -79,12 +79,22 @@ fn take_sized(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     (rest.len() >= len).then(|| rest.split_at(len))
 }
 
+/// What an entry is found by in a purge.
+pub struct EntryNames<'a> {
+    /// Its URI (`host/path?query`).
+    pub uri: &'a str,
+    /// The route that stored it.
+    pub route: &'a str,
+    /// Its cache tags.
+    pub tags: &'a [std::sync::Arc<str>],
+}
+
 /// One write for the writer task.
 struct Write {
     key: String,
     value: Vec<u8>,
     ttl: Duration,
-    indexes: [String; 2],
+    indexes: Vec<String>,
 }
 
 /// Why a lookup found nothing, for `tollgate_cache_l2_requests_total`.
@@ -182,6 +192,11 @@ impl RedisTier {
         format!("{}u:{uri}", self.settings.key_prefix)
     }
 
+    /// The index set of a tag's entries.
+    pub fn tag_index(&self, tag: &str) -> String {
+        format!("{}t:{tag}", self.settings.key_prefix)
+    }
+
     /// The index set of a route's entries.
     pub fn route_index(&self, route: &str) -> String {
         format!("{}r:{route}", self.settings.key_prefix)
@@ -245,14 +260,13 @@ impl RedisTier {
     }
 
     /// Queues an entry for writing; never waits. `ttl` is how long Redis
-    /// keeps it; `uri` and `route` are the purge indexes it joins.
+    /// keeps it; its URI, route and tags are the purge indexes it joins.
     pub fn store(
         &self,
         combined: &HashBinary,
         entry: &L2Entry,
         ttl: Duration,
-        uri: &str,
-        route: &str,
+        names: &EntryNames<'_>,
     ) {
         if entry.body.len() > self.settings.max_object_size || ttl.is_zero() {
             return;
@@ -264,7 +278,10 @@ impl RedisTier {
             key: self.entry_key(combined),
             value,
             ttl,
-            indexes: [self.uri_index(uri), self.route_index(route)],
+            indexes: [self.uri_index(names.uri), self.route_index(names.route)]
+                .into_iter()
+                .chain(names.tags.iter().map(|t| self.tag_index(t)))
+                .collect(),
         };
         if self.writes.try_send(write).is_err() {
             self.metrics

@@ -40,6 +40,19 @@ pub enum PurgeTarget {
     },
     /// What one route stored.
     Route(String),
+    /// Every entry whose response carried this cache tag.
+    Tag(String),
+}
+
+/// A purge: what, and whether entries are removed or only marked stale
+/// (`soft`: the next request revalidates; stale windows still apply).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Purge {
+    /// What it removes.
+    pub target: PurgeTarget,
+    /// Mark stale instead of removing.
+    #[serde(default)]
+    pub soft: bool,
 }
 
 /// A purge as published on the channel.
@@ -47,12 +60,26 @@ pub enum PurgeTarget {
 struct Announcement {
     /// The instance that purged (it does not apply its own twice).
     from: String,
-    target: PurgeTarget,
+    purge: Purge,
 }
 
-/// Removes `target` from this instance's memory; how many entries went.
-pub fn purge_memory(store: &MemoryStore, target: &PurgeTarget) -> usize {
-    match target {
+/// Applies `purge` to this instance's memory; how many entries it
+/// removed (or marked stale).
+pub fn purge_memory(store: &MemoryStore, purge: &Purge) -> usize {
+    if purge.soft {
+        let now = SystemTime::now();
+        return match &purge.target {
+            PurgeTarget::Uri(uri) => store.expire_uri(uri, now),
+            PurgeTarget::Prefix {
+                prefix,
+                host: Some(host),
+            } => store.expire_prefix(&format!("{host}{prefix}"), false, now),
+            PurgeTarget::Prefix { prefix, host: None } => store.expire_prefix(prefix, true, now),
+            PurgeTarget::Route(route) => store.expire_route(route, now),
+            PurgeTarget::Tag(tag) => store.expire_tag(tag, now),
+        };
+    }
+    match &purge.target {
         PurgeTarget::Uri(uri) => store.purge_uri(uri),
         PurgeTarget::Prefix {
             prefix,
@@ -60,6 +87,7 @@ pub fn purge_memory(store: &MemoryStore, target: &PurgeTarget) -> usize {
         } => store.purge_prefix(&format!("{host}{prefix}")),
         PurgeTarget::Prefix { prefix, host: None } => store.purge_path_prefix(prefix),
         PurgeTarget::Route(route) => store.purge_route(route),
+        PurgeTarget::Tag(tag) => store.purge_tag(tag),
     }
 }
 
@@ -85,8 +113,9 @@ fn glob_escape(literal: &str) -> String {
 pub async fn purge_shared(
     tier: &RedisTier,
     instance: &str,
-    target: &PurgeTarget,
+    purge: &Purge,
 ) -> Result<usize, String> {
+    let target = &purge.target;
     let mut conn = tier
         .link()
         .conn()
@@ -94,6 +123,7 @@ pub async fn purge_shared(
     let indexes: Vec<String> = match target {
         PurgeTarget::Uri(uri) => vec![tier.uri_index(uri)],
         PurgeTarget::Route(route) => vec![tier.route_index(route)],
+        PurgeTarget::Tag(tag) => vec![tier.tag_index(tag)],
         PurgeTarget::Prefix { prefix, host } => {
             let (pattern, any_host) = match host {
                 Some(host) => (
@@ -139,6 +169,12 @@ pub async fn purge_shared(
             .query_async(&mut conn)
             .await
             .map_err(|e| format!("reading {index}: {e}"))?;
+        if purge.soft {
+            for key in &members {
+                removed += usize::from(expire_entry(&mut conn, key).await?);
+            }
+            continue;
+        }
         let mut del = redis::cmd("DEL");
         del.arg(index);
         for m in &members {
@@ -152,7 +188,7 @@ pub async fn purge_shared(
     }
     let announcement = serde_json::to_string(&Announcement {
         from: instance.to_owned(),
-        target: target.clone(),
+        purge: purge.clone(),
     })
     .map_err(|e| e.to_string())?;
     redis::cmd("PUBLISH")
@@ -162,6 +198,39 @@ pub async fn purge_shared(
         .await
         .map_err(|e| format!("publishing the purge: {e}"))?;
     Ok(removed)
+}
+
+/// Marks one Redis entry stale now (a soft purge), keeping its expiry;
+/// `false` when it is gone or does not decode.
+async fn expire_entry(conn: &mut redis::aio::ConnectionManager, key: &str) -> Result<bool, String> {
+    let value: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .map_err(|e| format!("reading {key}: {e}"))?;
+    let Some(entry) = value.as_deref().and_then(super::l2::decode) else {
+        return Ok(false);
+    };
+    let Ok(mut meta) = pingora::cache::CacheMeta::deserialize(&entry.internal, &entry.header)
+    else {
+        return Ok(false);
+    };
+    meta.expire_at(SystemTime::now());
+    let Ok((internal, header)) = meta.serialize() else {
+        return Ok(false);
+    };
+    let Some(value) = super::l2::encode(&internal, &header, &entry.body) else {
+        return Ok(false);
+    };
+    let set: Option<String> = redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .arg("KEEPTTL")
+        .arg("XX")
+        .query_async(conn)
+        .await
+        .map_err(|e| format!("marking {key} stale: {e}"))?;
+    Ok(set.is_some())
 }
 
 /// Listens for other instances' purges and applies them to memory; keeps
@@ -197,7 +266,7 @@ impl PurgeListener {
         if announcement.from == self.instance {
             return;
         }
-        let removed = purge_memory(self.store, &announcement.target);
+        let removed = purge_memory(self.store, &announcement.purge);
         self.metrics
             .cache_purges
             .with_label_values(&["remote"])
@@ -291,13 +360,16 @@ mod tests {
     fn announcements_round_trip() {
         let a = Announcement {
             from: "i1".into(),
-            target: PurgeTarget::Prefix {
-                prefix: "/p/".into(),
-                host: None,
+            purge: Purge {
+                target: PurgeTarget::Prefix {
+                    prefix: "/p/".into(),
+                    host: None,
+                },
+                soft: true,
             },
         };
         let text = serde_json::to_string(&a).expect("json");
         let back: Announcement = serde_json::from_str(&text).expect("parse");
-        assert_eq!(back.target, a.target);
+        assert_eq!(back.purge, a.purge);
     }
 }

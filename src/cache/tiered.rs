@@ -5,7 +5,7 @@
 //! is queued for Redis once complete; a revalidation (304) updates both.
 //! Evictions leave Redis alone: another instance may still want the entry.
 
-use super::l2::{ttl_of, L2Entry, RedisTier};
+use super::l2::{ttl_of, EntryNames, L2Entry, RedisTier};
 use super::store::MemoryStore;
 use crate::cache::key::{route_part, uri_of};
 use async_trait::async_trait;
@@ -58,8 +58,13 @@ impl TieredStorage {
             header,
             body,
         };
-        self.redis
-            .store(&key.combined_bin(), &entry, ttl, uri, route);
+        let tags = self.memory.tags_of(meta.response_header());
+        let names = EntryNames {
+            uri,
+            route,
+            tags: &tags,
+        };
+        self.redis.store(&key.combined_bin(), &entry, ttl, &names);
     }
 
     /// Puts an entry found in Redis into memory, as a miss would have.

@@ -46,6 +46,44 @@ impl Checker<'_> {
         Some(config)
     }
 
+    pub(super) fn cache_tags(
+        &mut self,
+        spec: Option<&file::CacheSpec>,
+        path: &FieldPath,
+    ) -> CacheTags {
+        let mut header =
+            |field: &str, name: &str| match http::HeaderName::from_bytes(name.as_bytes()) {
+                Ok(h) => Some(h),
+                Err(_) => {
+                    self.problem(
+                        path.key(field),
+                        format!("{name:?} is not a header field name"),
+                    );
+                    None
+                }
+            };
+        let headers = match spec.and_then(|c| c.tag_headers.as_ref()) {
+            Some(names) => names
+                .iter()
+                .filter_map(|n| header("tag_headers", n))
+                .collect(),
+            None => vec![
+                http::HeaderName::from_static("surrogate-key"),
+                http::HeaderName::from_static("cache-tag"),
+            ],
+        };
+        let invalidation_header = match spec.and_then(|c| c.invalidation_header.as_deref()) {
+            Some("") => None,
+            Some(name) => header("invalidation_header", name),
+            None => Some(http::HeaderName::from_static("x-invalidate-tags")),
+        };
+        CacheTags {
+            headers,
+            strip: spec.and_then(|c| c.strip_tag_headers).unwrap_or(true),
+            invalidation_header,
+        }
+    }
+
     pub(super) fn cache_limits(
         &mut self,
         spec: Option<&file::CacheSpec>,

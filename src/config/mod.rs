@@ -172,6 +172,7 @@ impl Checker<'_> {
         let cache = self.cache_limits(raw.cache.as_ref(), &root.key("cache"));
         let redis = self.redis(&raw);
         let cache_redis = self.cache_redis(raw.cache.as_ref(), redis.as_ref(), &root.key("cache"));
+        let cache_tags = self.cache_tags(raw.cache.as_ref(), &root.key("cache"));
         let mut rate_limit = self.rate_limit(&raw, redis.as_ref());
         // One list of trusted proxies, whichever section named them.
         if let Some(rl) = rate_limit.as_mut() {
@@ -236,6 +237,7 @@ impl Checker<'_> {
             rate_limit,
             redis,
             cache_redis,
+            cache_tags,
             limits,
             upstreams,
             routes,

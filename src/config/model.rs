@@ -41,6 +41,8 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     /// The cache's Redis tier; `None` when off.
     pub cache_redis: Option<CacheRedisConfig>,
+    /// Cache tags: where they come from, whether clients see them.
+    pub cache_tags: CacheTags,
     /// Size, time and connection limits on clients.
     pub limits: RequestLimits,
     /// Upstream pools, sorted by name.
@@ -388,6 +390,18 @@ pub struct RedisConfig {
     pub breaker_failures: u32,
     /// How long the open breaker keeps requests away from Redis before a probe.
     pub breaker_open_for: Duration,
+}
+
+/// Cache tags (surrogate keys) with defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheTags {
+    /// Response fields listing tags.
+    pub headers: Vec<http::HeaderName>,
+    /// Remove them before responses reach clients.
+    pub strip: bool,
+    /// The field an upstream names tags to purge in (on a successful
+    /// unsafe request); `None` when off.
+    pub invalidation_header: Option<http::HeaderName>,
 }
 
 /// `cache.redis` with defaults applied.

@@ -202,6 +202,14 @@ impl ProxyHttp for Proxy {
                 ));
             }
         }
+        if let Some(name) = &ctx.gateway.config.cache_tags.invalidation_header {
+            if upstream_response.headers.contains_key(name)
+                && !crate::methods::is_safe(&session.req_header().method)
+            {
+                ctx.invalidate_tags =
+                    cache::store::tags_in(upstream_response, std::slice::from_ref(name));
+            }
+        }
         if session.req_header().method == http::Method::HEAD {
             let answered = invalidate::Finished {
                 req: session.req_header(),
@@ -484,12 +492,40 @@ impl ProxyHttp for Proxy {
         };
         let stale = invalidate::stale_uris(&finished);
         invalidate::purge_stale(state.cache.store, &state.metrics, &stale);
+        // Tags the upstream named, if the unsafe request succeeded.
+        let succeeded = finished
+            .resp
+            .is_some_and(|r| r.status.is_success() || r.status.is_redirection());
+        let tags = if succeeded {
+            std::mem::take(&mut ctx.invalidate_tags)
+        } else {
+            Vec::new()
+        };
+        let purges: Vec<cache::purge::Purge> = stale
+            .into_iter()
+            .map(cache::purge::PurgeTarget::Uri)
+            .chain(
+                tags.iter()
+                    .map(|t| cache::purge::PurgeTarget::Tag(t.to_string())),
+            )
+            .map(|target| cache::purge::Purge {
+                target,
+                soft: false,
+            })
+            .collect();
+        for tag in &tags {
+            let removed = state.cache.store.purge_tag(tag);
+            state
+                .metrics
+                .cache_purges
+                .with_label_values(&["invalidation"])
+                .inc_by(removed as u64);
+        }
         // With the Redis tier, Redis and the other instances too; awaited,
         // so the client's next request on this connection sees it done.
-        if let Some(tier) = state.cache.redis().filter(|_| !stale.is_empty()) {
-            for uri in stale {
-                let target = cache::purge::PurgeTarget::Uri(uri);
-                if let Err(e) = cache::purge::purge_shared(tier, &state.instance, &target).await {
+        if let Some(tier) = state.cache.redis() {
+            for purge in &purges {
+                if let Err(e) = cache::purge::purge_shared(tier, &state.instance, purge).await {
                     log::warn!("invalidation not shared: {e}");
                 }
             }

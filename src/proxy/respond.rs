@@ -26,6 +26,15 @@ pub fn finish_header(
     let route_compression = ctx.route().map(|r| r.compression);
     let config = ctx.gateway.config.compression.as_ref();
     ctx.brotli = compression::on_response(session, resp, config, route_compression)?;
+    let tags = &ctx.gateway.config.cache_tags;
+    if tags.strip {
+        for name in &tags.headers {
+            resp.remove_header(name);
+        }
+    }
+    if let Some(name) = &tags.invalidation_header {
+        resp.remove_header(name);
+    }
     headers::decorate(resp, ctx.request_id.as_ref(), ctx.started.elapsed(), true)
 }
 

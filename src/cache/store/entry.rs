@@ -143,6 +143,26 @@ impl Entry {
         }
     }
 
+    /// This entry, stale from `now` on (a soft purge); `None` when its
+    /// internal meta does not decode.
+    pub(super) fn expired_at(&self, now: SystemTime) -> Option<Entry> {
+        let mut meta =
+            CacheMeta::deserialize(&self.internal, super::storage::empty_header().ok()?).ok()?;
+        *meta.response_header_mut() = self.header.clone();
+        meta.expire_at(now);
+        let (internal, _) = meta.serialize().ok()?;
+        let mut times = StoredTimes::of(&meta);
+        times.variance = self.times.variance;
+        Some(Entry::new(
+            internal,
+            self.header.clone(),
+            self.body.clone(),
+            self.primary,
+            self.compact.clone(),
+            times,
+        ))
+    }
+
     pub(super) fn weight(&self) -> usize {
         self.weight.load(Ordering::Relaxed)
     }

@@ -14,6 +14,8 @@ pub(super) struct Primary {
     pub(super) route: Arc<str>,
     /// Combined keys (primary + variance) of the stored variants.
     pub(super) variants: Vec<HashBinary>,
+    /// Cache tags (surrogate keys) its responses carried.
+    pub(super) tags: Vec<Arc<str>>,
 }
 
 /// Entries by combined key, variants by primary key, primaries by URI.
@@ -23,6 +25,8 @@ pub(super) struct Index {
     pub(super) primaries: HashMap<HashBinary, Primary>,
     /// URI → primaries (more than one when request headers are in the key).
     pub(super) by_uri: BTreeMap<Arc<str>, Vec<HashBinary>>,
+    /// Tag → primaries whose responses carried it.
+    pub(super) by_tag: HashMap<Arc<str>, Vec<HashBinary>>,
 }
 
 impl Index {
@@ -32,7 +36,16 @@ impl Index {
             p.variants.retain(|v| v != combined);
             if p.variants.is_empty() {
                 let uri = p.uri.clone();
+                let tags = std::mem::take(&mut p.tags);
                 self.primaries.remove(&entry.primary);
+                for tag in tags {
+                    if let Some(list) = self.by_tag.get_mut(&tag) {
+                        list.retain(|p| *p != entry.primary);
+                        if list.is_empty() {
+                            self.by_tag.remove(&tag);
+                        }
+                    }
+                }
                 if let Some(list) = self.by_uri.get_mut(&uri) {
                     list.retain(|p| *p != entry.primary);
                     if list.is_empty() {

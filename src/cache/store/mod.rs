@@ -44,6 +44,40 @@ pub struct MemoryStore {
     bytes: AtomicU64,
     /// Told when a purge removes an entry, so it stops weighing it.
     eviction: OnceLock<&'static (dyn EvictionManager + Sync)>,
+    /// Response fields that carry cache tags (`cache.tag_headers`).
+    tag_headers: OnceLock<Vec<http::HeaderName>>,
+}
+
+/// Tags kept per response, and the longest tag: an upstream cannot grow
+/// the index without bound.
+const MAX_TAGS: usize = 64;
+const MAX_TAG_LEN: usize = 256;
+
+/// The cache tags in `header`'s `names` fields: separated by spaces (as
+/// `Surrogate-Key` is) or commas (as `Cache-Tag` is).
+pub fn tags_in(
+    header: &pingora::http::ResponseHeader,
+    names: &[http::HeaderName],
+) -> Vec<Arc<str>> {
+    let mut tags: Vec<Arc<str>> = Vec::new();
+    for name in names {
+        for value in header.headers.get_all(name) {
+            let Ok(value) = value.to_str() else { continue };
+            for tag in value
+                .split([' ', ','])
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+            {
+                if tags.len() == MAX_TAGS {
+                    return tags;
+                }
+                if tag.len() <= MAX_TAG_LEN && !tags.iter().any(|t| &**t == tag) {
+                    tags.push(tag.into());
+                }
+            }
+        }
+    }
+    tags
 }
 
 impl Default for MemoryStore {
@@ -59,7 +93,98 @@ impl MemoryStore {
             index: RwLock::new(Index::default()),
             bytes: AtomicU64::new(0),
             eviction: OnceLock::new(),
+            tag_headers: OnceLock::new(),
         }
+    }
+
+    /// Sets the fields cache tags are read from (once, at start).
+    pub fn set_tag_headers(&self, names: Vec<http::HeaderName>) {
+        let _ = self.tag_headers.set(names);
+    }
+
+    /// The cache tags a response carries.
+    pub fn tags_of(&self, header: &pingora::http::ResponseHeader) -> Vec<Arc<str>> {
+        self.tag_headers
+            .get()
+            .map_or_else(Vec::new, |names| tags_in(header, names))
+    }
+
+    /// Removes every entry tagged `tag`; returns how many.
+    pub fn purge_tag(&self, tag: &str) -> usize {
+        let primaries = self.read().by_tag.get(tag).cloned().unwrap_or_default();
+        self.remove_primaries(&primaries)
+    }
+
+    /// The primaries a purge target names, for soft purges.
+    fn primaries_of_uri(&self, uri: &str) -> Vec<HashBinary> {
+        self.read().by_uri.get(uri).cloned().unwrap_or_default()
+    }
+
+    /// Marks every variant of these primaries stale now instead of
+    /// removing it (a soft purge): the next request revalidates, and the
+    /// response's stale windows still apply. Returns how many.
+    pub fn expire_primaries(&self, primaries: &[HashBinary], now: SystemTime) -> usize {
+        let mut index = self.write();
+        let mut expired = 0;
+        for primary in primaries {
+            let variants = index
+                .primaries
+                .get(primary)
+                .map(|p| p.variants.clone())
+                .unwrap_or_default();
+            for combined in variants {
+                let Some(old) = index.entries.get(&combined).cloned() else {
+                    continue;
+                };
+                let Some(replacement) = old.expired_at(now) else {
+                    continue;
+                };
+                self.bytes
+                    .fetch_add(replacement.weight() as u64, Ordering::Relaxed);
+                self.forget(&old);
+                index.entries.insert(combined, Arc::new(replacement));
+                expired += 1;
+            }
+        }
+        expired
+    }
+
+    /// Soft purge by URI (all variants).
+    pub fn expire_uri(&self, uri: &str, now: SystemTime) -> usize {
+        let primaries = self.primaries_of_uri(uri);
+        self.expire_primaries(&primaries, now)
+    }
+
+    /// Soft purge by tag.
+    pub fn expire_tag(&self, tag: &str, now: SystemTime) -> usize {
+        let primaries = self.read().by_tag.get(tag).cloned().unwrap_or_default();
+        self.expire_primaries(&primaries, now)
+    }
+
+    /// Soft purge by route.
+    pub fn expire_route(&self, route: &str, now: SystemTime) -> usize {
+        let primaries = self.route_primaries(route);
+        self.expire_primaries(&primaries, now)
+    }
+
+    /// Soft purge by URI prefix (`host` + path prefix), or by path prefix
+    /// on any host.
+    pub fn expire_prefix(&self, prefix: &str, any_host: bool, now: SystemTime) -> usize {
+        let primaries: Vec<HashBinary> = self
+            .read()
+            .by_uri
+            .iter()
+            .filter(|(uri, _)| {
+                if any_host {
+                    let split = uri.find('/').unwrap_or(uri.len());
+                    uri[split..].starts_with(prefix)
+                } else {
+                    uri.starts_with(prefix)
+                }
+            })
+            .flat_map(|(_, p)| p.iter().copied())
+            .collect();
+        self.expire_primaries(&primaries, now)
     }
 
     /// Connects the eviction manager that purges must keep in step.
@@ -322,14 +447,17 @@ impl MemoryStore {
     /// Removes what a route stored (the route is part of every key).
     /// Walks the whole index.
     pub fn purge_route(&self, route: &str) -> usize {
-        let primaries: Vec<HashBinary> = self
-            .read()
+        let primaries = self.route_primaries(route);
+        self.remove_primaries(&primaries)
+    }
+
+    fn route_primaries(&self, route: &str) -> Vec<HashBinary> {
+        self.read()
             .primaries
             .iter()
             .filter(|(_, p)| &*p.route == route)
             .map(|(hash, _)| *hash)
-            .collect();
-        self.remove_primaries(&primaries)
+            .collect()
     }
 
     fn purge_where(&self, matches: impl Fn(&str, &str) -> bool) -> usize {

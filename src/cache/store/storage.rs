@@ -20,7 +20,7 @@ use std::sync::{Arc, OnceLock};
 
 /// The serialized form of an empty response header: lets a hit rebuild a
 /// `CacheMeta` from its internal part and then put the parsed header in.
-fn empty_header() -> Result<&'static [u8]> {
+pub(super) fn empty_header() -> Result<&'static [u8]> {
     static EMPTY: OnceLock<Vec<u8>> = OnceLock::new();
     if let Some(bytes) = EMPTY.get() {
         return Ok(bytes);
@@ -91,6 +91,7 @@ struct Miss {
     compact: CompactCacheKey,
     uri: Arc<str>,
     route: Arc<str>,
+    tags: Vec<Arc<str>>,
     internal: Vec<u8>,
     header: ResponseHeader,
     times: StoredTimes,
@@ -132,9 +133,20 @@ impl HandleMiss for Miss {
                     uri: self.uri.clone(),
                     route: self.route.clone(),
                     variants: Vec::new(),
+                    tags: Vec::new(),
                 });
             if !primary.variants.contains(&self.combined) {
                 primary.variants.push(self.combined);
+            }
+            let new_tags: Vec<Arc<str>> = self
+                .tags
+                .iter()
+                .filter(|t| !primary.tags.contains(t))
+                .cloned()
+                .collect();
+            primary.tags.extend(new_tags.iter().cloned());
+            for tag in new_tags {
+                index.by_tag.entry(tag).or_default().push(self.primary);
             }
             let list = index.by_uri.entry(self.uri.clone()).or_default();
             if !list.contains(&self.primary) {
@@ -206,6 +218,7 @@ impl Storage for MemoryStore {
             compact: key.to_compact(),
             uri: uri.into(),
             route: route.into(),
+            tags: self.tags_of(meta.response_header()),
             header: compact_header(&internal, &header_bytes)?,
             internal,
             times: StoredTimes::of(meta),

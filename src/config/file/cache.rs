@@ -18,6 +18,17 @@ pub struct CacheSpec {
     /// The Redis tier, on the top-level `redis` connection.
     #[serde(default)]
     pub redis: Option<CacheRedisSpec>,
+    /// Response fields listing cache tags. Default `[Surrogate-Key, Cache-Tag]`.
+    #[serde(default)]
+    pub tag_headers: Option<Vec<String>>,
+    /// Remove the tag fields before responses reach clients. Default true.
+    #[serde(default)]
+    pub strip_tag_headers: Option<bool>,
+    /// A response field with which an upstream's answer to a successful
+    /// unsafe request purges tags everywhere. Default `X-Invalidate-Tags`;
+    /// `""` turns it off.
+    #[serde(default)]
+    pub invalidation_header: Option<String>,
 }
 
 /// `cache.redis`: a second cache tier shared by every instance.
