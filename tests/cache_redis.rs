@@ -299,3 +299,36 @@ fn tags_purge_everywhere_softly_or_from_the_upstream() {
     });
     assert!(count(&up, "/items/2") > before);
 }
+
+/// An entry memory cannot keep (evicted as it is promoted) is still served
+/// from what Redis returned, every time, without the upstream.
+#[test]
+fn a_memory_too_small_for_an_entry_still_serves_it_from_redis() {
+    let redis = RedisServer::start();
+    // 2000 bytes: with its header and the per-entry allowance, more than
+    // the 3 KiB memory tier.
+    let up = TestUpstream::start(|_| {
+        Action::Reply(Reply {
+            status: 200,
+            headers: vec![("Cache-Control".into(), "max-age=300".into())],
+            body: vec![b'x'; 2000],
+        })
+    });
+    let tiny = TollgateProcess::start(&format!(
+        "redis: {{ url: \"{}\", timeout: 200ms }}\n\
+         cache: {{ max_size: 3KiB, max_object_size: 2KiB, redis: {{ lookup_timeout: 200ms }} }}\n\
+         upstreams:\n  api: {{ backends: [\"{}\"] }}\n\
+         routes:\n  - {{ name: items, upstream: api, cache: {{}} }}\n",
+        redis.url(),
+        up.addr
+    ));
+    get(tiny.addr, "/items/1").expect("fill");
+    wait_written(&tiny, 1.0);
+    for _ in 0..3 {
+        let r = get(tiny.addr, "/items/1").expect("get");
+        assert_eq!(r.body, vec![b'x'; 2000]);
+        let status = r.header("cache-status").expect("Cache-Status");
+        assert!(status.ends_with("detail=l2"), "{status}");
+    }
+    assert_eq!(count(&up, "/items/1"), 1);
+}

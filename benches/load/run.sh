@@ -34,6 +34,8 @@ TOLLGATE_REDIS=127.0.0.1:18085       # + rate limiting through Redis
 TOLLGATE_REDIS_ADMIN=127.0.0.1:18092
 TOLLGATE_NOLOG=127.0.0.1:18087       # the same tollgate with the access log off
 TOLLGATE_NOLOG_ADMIN=127.0.0.1:18093
+TOLLGATE_L2=127.0.0.1:18088          # memory too small to keep anything: every hit from Redis
+TOLLGATE_L2_ADMIN=127.0.0.1:18094
 REDIS_PORT=18086
 BENCH_KEY=bench-key
 
@@ -136,6 +138,12 @@ YAML
   if [ -n "${3:-}" ]; then echo "redis: { url: \"$3\", timeout: 50ms }"; fi
 }
 rl_config "$TOLLGATE_RL" "$TOLLGATE_RL_ADMIN" > "$WORK/tollgate-rl.yaml"
+# The Redis tier on its own: a memory tier that cannot hold a 1 KiB entry
+# (each is evicted as it is promoted), so every hit is a Redis lookup.
+{ variant "$TOLLGATE_L2" "$TOLLGATE_L2_ADMIN"
+  echo "redis: { url: \"redis://127.0.0.1:$REDIS_PORT\", timeout: 50ms }"
+  echo "cache: { max_size: 3KiB, max_object_size: 2KiB, redis: { lookup_timeout: 50ms } }"
+} > "$WORK/tollgate-l2.yaml"
 rl_config "$TOLLGATE_REDIS" "$TOLLGATE_REDIS_ADMIN" "redis://127.0.0.1:$REDIS_PORT" > "$WORK/tollgate-redis.yaml"
 
 pids=()
@@ -154,7 +162,9 @@ taskset -c $PROXY_CPU target/release/tollgate run -c "$WORK/tollgate.yaml" > "$W
 pids+=($!)
 taskset -c $PROXY_CPU target/release/examples/bare_proxy "$BARE" "$ORIGIN" "$WORK/doc.json" > "$WORK/bare.log" 2>&1 &
 pids+=($!)
-taskset -c $PROXY_CPU redis-server --port $REDIS_PORT --bind 127.0.0.1 --save "" --appendonly no > "$WORK/redis.log" 2>&1 &
+# Redis on the load generator's core: it is another machine's work in a
+# deployment, and must not take the proxy's core.
+taskset -c $LOAD_CPU redis-server --port $REDIS_PORT --bind 127.0.0.1 --save "" --appendonly no > "$WORK/redis.log" 2>&1 &
 pids+=($!)
 taskset -c $PROXY_CPU target/release/tollgate run -c "$WORK/tollgate-rl.yaml" > "$WORK/tollgate-rl.log" 2>&1 &
 pids+=($!)
@@ -162,8 +172,10 @@ taskset -c $PROXY_CPU target/release/tollgate run -c "$WORK/tollgate-redis.yaml"
 pids+=($!)
 taskset -c $PROXY_CPU target/release/tollgate run -c "$WORK/tollgate-nolog.yaml" > "$WORK/tollgate-nolog.log" 2>&1 &
 pids+=($!)
+taskset -c $PROXY_CPU target/release/tollgate run -c "$WORK/tollgate-l2.yaml" > "$WORK/tollgate-l2.log" 2>&1 &
+pids+=($!)
 
-for addr in $ORIGIN $NGINX $TOLLGATE $BARE $TOLLGATE_RL $TOLLGATE_REDIS $TOLLGATE_NOLOG; do
+for addr in $ORIGIN $NGINX $TOLLGATE $BARE $TOLLGATE_RL $TOLLGATE_REDIS $TOLLGATE_NOLOG $TOLLGATE_L2; do
   for _ in $(seq 1 200); do
     curl -fsS -o /dev/null -H "Authorization: Bearer $BENCH_KEY" "http://$addr/uncached" 2>/dev/null && break
     sleep 0.05 # poll until the server answers
@@ -179,6 +191,16 @@ for addr in $NGINX $TOLLGATE; do # the compressed scenario must really be compre
   curl -fsS -o /dev/null -D - -H "Accept-Encoding: gzip" -H "Authorization: Bearer $BENCH_KEY" "http://$addr/cached" \
     | grep -qi '^content-encoding: gzip' || { echo "$addr does not gzip /cached" >&2; exit 1; }
 done
+
+# The Redis-tier scenario must really be served from Redis.
+curl -fsS -o /dev/null -H "Authorization: Bearer $BENCH_KEY" "http://$TOLLGATE_L2/cached"
+for _ in $(seq 1 200); do
+  curl -fsS -o /dev/null -D - -H "Authorization: Bearer $BENCH_KEY" "http://$TOLLGATE_L2/cached" \
+    | grep -qi '^cache-status:.*detail=l2' && break
+  sleep 0.05 # poll until the first response is written to Redis
+done
+curl -fsS -o /dev/null -D - -H "Authorization: Bearer $BENCH_KEY" "http://$TOLLGATE_L2/cached" \
+  | grep -qi '^cache-status:.*detail=l2' || { echo "$TOLLGATE_L2 does not serve /cached from Redis" >&2; exit 1; }
 
 # wrk prints latency with units; normalise to milliseconds.
 to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
@@ -202,7 +224,7 @@ declare -A results
 # module here). "passthrough" is a route with a cache and a no-store
 # response; "passthrough-nocache" a route without cache settings.
 scenarios=("passthrough:/uncached" "passthrough-nocache:/plain/uncached" "cached:/cached" "compressed:/cached:gzip" "brotli:/cached:br")
-targets=("nginx:$NGINX" "tollgate:$TOLLGATE" "bare-pingora:$BARE" "tollgate+ratelimit:$TOLLGATE_RL" "tollgate+redis:$TOLLGATE_REDIS" "tollgate-nolog:$TOLLGATE_NOLOG")
+targets=("nginx:$NGINX" "tollgate:$TOLLGATE" "bare-pingora:$BARE" "tollgate+ratelimit:$TOLLGATE_RL" "tollgate+redis:$TOLLGATE_REDIS" "tollgate-nolog:$TOLLGATE_NOLOG" "tollgate-l2:$TOLLGATE_L2")
 for round in $(seq 1 "$ROUNDS"); do
   for s in "${scenarios[@]}"; do
     IFS=: read -r scen path encoding <<<"$s"
@@ -211,6 +233,8 @@ for round in $(seq 1 "$ROUNDS"); do
       # Compression is compared between the two caching proxies only.
       if [ -n "$encoding" ] && [ "$name" != nginx ] && [ "$name" != tollgate ]; then continue; fi
       if [ "$encoding" = br ] && [ "$name" != tollgate ]; then continue; fi
+      # The Redis-tier instance: its cache hits only.
+      if [ "$name" = tollgate-l2 ] && [ "$scen" != cached ]; then continue; fi
       # The no-cache route: against nginx and bare Pingora only.
       if [ "$scen" = passthrough-nocache ] && [ "$name" != nginx ] && [ "$name" != tollgate ] && [ "$name" != bare-pingora ]; then continue; fi
       r=$(measure "$name" "$addr" "$path" "$encoding")
@@ -270,7 +294,7 @@ print(f"\nmedian of {rounds} rounds, {duration}s each, wrk -t1 -c{conns}; proxie
 print(f"{'scenario':<12} {'proxy':<19} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs nginx':>9}")
 for scen in ("passthrough", "passthrough-nocache", "cached", "compressed", "brotli"):
     base = res.get(f"{scen}/nginx", {}).get("rps")
-    for name in ("nginx", "tollgate", "bare-pingora", "tollgate+ratelimit", "tollgate+redis", "tollgate-nolog"):
+    for name in ("nginx", "tollgate", "bare-pingora", "tollgate+ratelimit", "tollgate+redis", "tollgate-nolog", "tollgate-l2"):
         r = res.get(f"{scen}/{name}")
         if not r: continue
         ratio = f"{r['rps']/base:.2f}x" if base else "-"
@@ -289,6 +313,9 @@ for scen in ("passthrough", "passthrough-nocache", "cached"):
     bare = res.get(f"{scen}/bare-pingora", {}).get("rps")
     if bare and tg.get(scen):
         print(f"{scen:<12} tollgate / bare Pingora: {tg[scen] / bare:.2f}x")
+l2 = res.get("cached/tollgate-l2", {}).get("rps")
+if l2 and tg.get("cached") and tg.get("passthrough"):
+    print(f"Redis-tier hit / memory hit: {l2 / tg['cached']:.2f}x; Redis-tier hit / upstream fetch: {l2 / tg['passthrough']:.2f}x")
 if tg.get("brotli") and tg.get("cached"):
     print(f"brotli hit / plain hit (tollgate): {tg['brotli'] / tg['cached']:.2f}x")
 print(f"\nlatency at about half of each proxy's maximum ({len(half_raw)//2} runs; connections paced with wrk delay())")

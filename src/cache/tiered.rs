@@ -134,9 +134,12 @@ impl Storage for TieredStorage {
                 return Ok(None);
             }
         };
-        self.promote(key, &meta, entry.body).await?;
-        let Some((mut meta, hit)) = self.memory.lookup(key, trace).await? else {
-            return Ok(None); // evicted at once: too large for memory
+        self.promote(key, &meta, entry.body.clone()).await?;
+        let (mut meta, hit) = match self.memory.lookup(key, trace).await? {
+            Some(found) => found,
+            // Evicted as it was admitted (memory too small for it): serve
+            // what Redis gave.
+            None => (meta, super::store::hit_of(entry.body)),
         };
         meta.extensions_mut().insert(FromL2);
         Ok(Some((meta, hit)))

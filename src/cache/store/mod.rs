@@ -26,6 +26,7 @@ mod index;
 mod storage;
 
 pub use entry::{FreshHit, StoredEntry, ENTRY_OVERHEAD};
+pub use storage::hit_of;
 
 use bytes::Bytes;
 use entry::{EncodedBody, Entry, ENCODED_OVERHEAD};

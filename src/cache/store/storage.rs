@@ -83,6 +83,16 @@ impl HandleHit for Hit {
     }
 }
 
+/// A hit handler serving `body` from memory not held by the store (an
+/// entry from the Redis tier that memory could not keep).
+pub fn hit_of(body: Bytes) -> HitHandler {
+    Box::new(Hit {
+        body: Some(body.clone()),
+        weight: body.len(),
+        full: body,
+    })
+}
+
 /// Collects a response body; the entry appears only when `finish` runs.
 struct Miss {
     store: &'static MemoryStore,
