@@ -27,6 +27,7 @@ fn redis_decision(c: &mut Criterion) {
         .expect("runtime");
     let redis = RedisBuckets::new(&RedisConfig {
         url: tollgate::config::model::Secret::new(url.clone()),
+        cluster: Vec::new(),
         timeout: Duration::from_millis(200),
         key_prefix: "tollgate:bench:".into(),
         breaker_failures: 3,

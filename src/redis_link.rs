@@ -4,32 +4,103 @@
 //! of the multiplexed connection or nothing. Shared by the rate limiter's
 //! buckets and the cache's Redis tier (each has its own link and circuit
 //! breaker: a slow limiter script must not open the cache's breaker).
+//!
+//! A standalone Redis (`redis.url`, `redis://` or `rediss://`) or a Redis
+//! Cluster (`redis.cluster`, through the `redis` crate's cluster client,
+//! which follows slot moves and node failures itself).
 
 use crate::breaker::{CircuitBreaker, Transition};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+/// Where to connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One Redis (or a proxy in front of a primary).
+    Url(String),
+    /// Seed nodes of a Redis Cluster (`redis://host:port` each).
+    Cluster(Vec<String>),
+}
+
+/// A connection to either kind; cheap to clone.
+#[derive(Clone)]
+pub enum RedisConn {
+    /// Standalone, reconnecting by itself.
+    Single(ConnectionManager),
+    /// Cluster, routing each command to its slot's node.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// A Redis connection being made or kept.
 pub struct RedisLink {
-    slot: Mutex<Option<ConnectionManager>>,
+    slot: Mutex<Option<RedisConn>>,
+    /// A client for one node: pub/sub (on a cluster, any node hears every
+    /// `PUBLISH`).
     client: redis::Client,
+    cluster: bool,
     timeout: Duration,
 }
 
 impl RedisLink {
-    /// Opens `url` in the background; `name` says who uses it in the log,
-    /// `on_connect` runs once connected. Fails only on a malformed URL.
+    /// Connects to `target` in the background; `name` says who uses it in
+    /// the log, `on_connect` runs once connected. Fails only on a
+    /// malformed URL.
     pub fn connect(
-        url: &str,
+        target: &RedisTarget,
         timeout: Duration,
         name: &'static str,
         on_connect: impl Fn() + Send + 'static,
     ) -> Result<Arc<Self>, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("redis url: {e}"))?;
+        let (first, cluster) = match target {
+            RedisTarget::Url(url) => (url.as_str(), None),
+            RedisTarget::Cluster(nodes) => {
+                let first = nodes.first().ok_or("redis.cluster lists no node")?;
+                let client = redis::cluster::ClusterClient::builder(nodes.clone())
+                    .connection_timeout(Duration::from_secs(1))
+                    .response_timeout(timeout.max(Duration::from_millis(10)))
+                    .build()
+                    .map_err(|e| format!("redis cluster: {e}"))?;
+                (first.as_str(), Some(client))
+            }
+        };
+        let client = redis::Client::open(first).map_err(|e| format!("redis url: {e}"))?;
         let link = Arc::new(Self {
             slot: Mutex::new(None),
             client: client.clone(),
+            cluster: cluster.is_some(),
             timeout,
         });
         let weak: Weak<Self> = Arc::downgrade(&link);
@@ -55,13 +126,16 @@ impl RedisLink {
                             return;
                         };
                         attempts += 1;
-                        match client
-                            .get_connection_manager_with_config(config.clone())
-                            .await
-                        {
-                            Ok(manager) => {
-                                *link.slot.lock().unwrap_or_else(|p| p.into_inner()) =
-                                    Some(manager);
+                        let made = match &cluster {
+                            Some(c) => c.get_async_connection().await.map(RedisConn::Cluster),
+                            None => client
+                                .get_connection_manager_with_config(config.clone())
+                                .await
+                                .map(RedisConn::Single),
+                        };
+                        match made {
+                            Ok(conn) => {
+                                *link.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
                                 drop(link);
                                 log::info!("redis ({name}): connected");
                                 on_connect();
@@ -84,8 +158,14 @@ impl RedisLink {
         Ok(link)
     }
 
+    /// Whether it talks to a Redis Cluster (multi-key commands must then
+    /// keep their keys in one slot).
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+
     /// The connection, once made (a cheap clone of a multiplexed handle).
-    pub fn conn(&self) -> Option<ConnectionManager> {
+    pub fn conn(&self) -> Option<RedisConn> {
         self.slot.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 

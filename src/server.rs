@@ -251,7 +251,7 @@ fn cache_redis_tier(
         lookup_timeout: settings.lookup_timeout,
     };
     let breaker = CircuitBreaker::new(redis.breaker_failures, redis.breaker_open_for);
-    RedisTier::start(redis.url.expose(), l2, breaker, metrics.clone()).map(Some)
+    RedisTier::start(&redis.target(), l2, breaker, metrics.clone()).map(Some)
 }
 
 /// Marks the process ready once every listener accepts connections, and not

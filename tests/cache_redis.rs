@@ -4,7 +4,7 @@
 //! instance; Redis going away costs no request.
 
 mod common;
-use common::redis::RedisServer;
+use common::redis::{RedisCluster, RedisServer};
 use common::*;
 
 fn upstream() -> TestUpstream {
@@ -18,13 +18,17 @@ fn upstream() -> TestUpstream {
 }
 
 fn instance(up: &TestUpstream, redis: &RedisServer) -> TollgateProcess {
+    instance_on(up, &format!("url: \"{}\"", redis.url()))
+}
+
+/// An instance on `redis: { <target>, timeout: 200ms }`.
+fn instance_on(up: &TestUpstream, target: &str) -> TollgateProcess {
     TollgateProcess::start(&format!(
-        "redis: {{ url: \"{}\", timeout: 200ms }}\n\
+        "redis: {{ {target}, timeout: 200ms }}\n\
          cache: {{ redis: {{ lookup_timeout: 200ms }} }}\n\
          upstreams:\n  api: {{ backends: [\"{}\"] }}\n\
          routes:\n  - {{ name: items, upstream: api, match: {{ path_prefix: /items/ }}, cache: {{}} }}\n  \
          - {{ name: other, upstream: api, cache: {{}} }}\n",
-        redis.url(),
         up.addr
     ))
 }
@@ -331,4 +335,33 @@ fn a_memory_too_small_for_an_entry_still_serves_it_from_redis() {
         assert!(status.ends_with("detail=l2"), "{status}");
     }
     assert_eq!(count(&up, "/items/1"), 1);
+}
+
+/// On a three-node Redis Cluster: a miss on A is a Redis hit on B, and a
+/// purge by URL on A reaches B (prefix purges are refused there: the tier
+/// cannot scan a cluster's index keys).
+#[test]
+fn the_redis_tier_works_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let up = upstream();
+    let target = format!("cluster: {}", cluster.nodes_yaml());
+    let (a, b) = (instance_on(&up, &target), instance_on(&up, &target));
+    for path in ["/items/1", "/items/2", "/items/3"] {
+        get(a.addr, path).expect("fill");
+    }
+    wait_written(&a, 3.0);
+    for path in ["/items/1", "/items/2", "/items/3"] {
+        let r = get(b.addr, path).expect("get");
+        let status = r.header("cache-status").expect("Cache-Status");
+        assert!(status.ends_with("detail=l2"), "{path}: {status}");
+    }
+    assert_eq!(up.count(), 3);
+    let purged = admin_purge(&a, "{\"url\": \"http://test.local/items/2\"}");
+    assert_eq!(purged.json()["redis_purged"], 1, "{}", purged.text());
+    b.wait_metric(r#"tollgate_cache_purges_total{reason="remote"}"#, 1.0);
+    get(b.addr, "/items/2").expect("refetch");
+    assert_eq!(count(&up, "/items/2"), 2);
+    let prefix = admin_purge(&a, "{\"prefix\": \"/items/\"}");
+    assert_eq!(prefix.status, 502, "{}", prefix.text());
+    assert_eq!(prefix.json()["error"], "purge_incomplete");
 }

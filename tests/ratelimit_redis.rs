@@ -2,25 +2,29 @@
 //! proxies. And what happens when Redis goes away and comes back.
 
 mod common;
-use common::redis::RedisServer;
+use common::redis::{RedisCluster, RedisServer};
 use common::*;
 
 const BIGCO: &str = "bigco-key"; // tier hourly: 10 per hour
 
 fn config(upstream: &TestUpstream, redis: &RedisServer) -> String {
+    config_for(upstream, &format!("url: \"{}\"", redis.url()))
+}
+
+/// The config with `redis: { <target>, timeout: 200ms }`.
+fn config_for(upstream: &TestUpstream, target: &str) -> String {
     format!(
         "tiers:
   hourly: {{ per_hour: 10 }}
 tenants:
   bigco: {{ tier: hourly, api_keys: [\"sha256:4af43ec152b50d5d08bdffd2883cb31743b36f6f1c63744040f84dbd73bd20a9\"] }}
 anonymous: {{ reject: true }}
-redis: {{ url: \"{}\", timeout: 200ms }}
+redis: {{ {target}, timeout: 200ms }}
 upstreams:
   api: {{ backends: [\"{}\"] }}
 routes:
   - {{ name: api, upstream: api }}
 ",
-        redis.url(),
         upstream.addr
     )
 }
@@ -45,9 +49,25 @@ fn redis_status(proxy: &TollgateProcess) -> serde_json::Value {
 fn two_instances_sharing_redis_enforce_one_budget() {
     let redis = RedisServer::start();
     let up = TestUpstream::fixed("ok");
+    one_budget_across(&up, &config(&up, &redis));
+}
+
+/// The same on a three-node Redis Cluster: a decision's keys share a hash
+/// tag, so the script runs in one slot.
+#[test]
+fn two_instances_sharing_a_redis_cluster_enforce_one_budget() {
+    let cluster = RedisCluster::start();
+    let up = TestUpstream::fixed("ok");
+    one_budget_across(
+        &up,
+        &config_for(&up, &format!("cluster: {}", cluster.nodes_yaml())),
+    );
+}
+
+fn one_budget_across(up: &TestUpstream, config: &str) {
     let (a, b) = (
-        TollgateProcess::start(&config(&up, &redis)),
-        TollgateProcess::start(&config(&up, &redis)),
+        TollgateProcess::start(config),
+        TollgateProcess::start(config),
     );
     wait_until("both instances are connected to redis", || {
         redis_status(&a) == "ok" && redis_status(&b) == "ok"

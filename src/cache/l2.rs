@@ -138,12 +138,12 @@ impl RedisTier {
     /// Connects in the background and starts the writer; fails only on a
     /// malformed URL or when a thread cannot start.
     pub fn start(
-        url: &str,
+        target: &crate::redis_link::RedisTarget,
         settings: L2Settings,
         breaker: CircuitBreaker,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, String> {
-        let link = RedisLink::connect(url, settings.lookup_timeout, "cache", || {})?;
+        let link = RedisLink::connect(target, settings.lookup_timeout, "cache", || {})?;
         let (writes, queue) = tokio::sync::mpsc::channel(WRITE_QUEUE);
         let answering = Arc::new(AtomicBool::new(false));
         let tier = Arc::new(Self {
@@ -324,29 +324,39 @@ fn write_loop(
                     let ttl_ms = u64::try_from(write.ttl.as_millis())
                         .unwrap_or(u64::MAX)
                         .max(1);
-                    let mut pipe = redis::pipe();
-                    pipe.cmd("SET")
+                    let mut commands = vec![redis::cmd("SET")];
+                    commands[0]
                         .arg(&write.key)
                         .arg(&write.value)
                         .arg("PX")
-                        .arg(ttl_ms)
-                        .ignore();
+                        .arg(ttl_ms);
                     for index in &write.indexes {
-                        pipe.cmd("SADD").arg(index).arg(&write.key).ignore();
+                        let mut add = redis::cmd("SADD");
+                        add.arg(index).arg(&write.key);
                         // An index lives as long as its longest-lived entry.
-                        pipe.cmd("PEXPIRE")
-                            .arg(index)
-                            .arg(ttl_ms)
-                            .arg("GT")
-                            .ignore();
-                        pipe.cmd("PEXPIRE")
-                            .arg(index)
-                            .arg(ttl_ms)
-                            .arg("NX")
-                            .ignore();
+                        let mut longer = redis::cmd("PEXPIRE");
+                        longer.arg(index).arg(ttl_ms).arg("GT");
+                        let mut first = redis::cmd("PEXPIRE");
+                        first.arg(index).arg(ttl_ms).arg("NX");
+                        commands.extend([add, longer, first]);
                     }
                     let bound = link.timeout().saturating_mul(10);
-                    match tokio::time::timeout(bound, pipe.query_async::<()>(&mut conn)).await {
+                    let sent = async {
+                        if link.is_cluster() {
+                            // Keys in many slots: one command at a time.
+                            for c in &commands {
+                                c.query_async::<redis::Value>(&mut conn).await?;
+                            }
+                            Ok(())
+                        } else {
+                            let mut pipe = redis::pipe();
+                            for c in commands {
+                                pipe.add_command(c).ignore();
+                            }
+                            pipe.query_async::<()>(&mut conn).await
+                        }
+                    };
+                    match tokio::time::timeout(bound, sent).await {
                         Ok(Ok(())) => "ok",
                         _ => "error",
                     }

@@ -124,6 +124,12 @@ pub async fn purge_shared(
         PurgeTarget::Uri(uri) => vec![tier.uri_index(uri)],
         PurgeTarget::Route(route) => vec![tier.route_index(route)],
         PurgeTarget::Tag(tag) => vec![tier.tag_index(tag)],
+        PurgeTarget::Prefix { .. } if tier.link().is_cluster() => {
+            return Err(
+                "prefix purges of the Redis tier are not supported on a Redis Cluster (purge by url, route or tag)"
+                    .to_owned(),
+            )
+        }
         PurgeTarget::Prefix { prefix, host } => {
             let (pattern, any_host) = match host {
                 Some(host) => (
@@ -175,6 +181,18 @@ pub async fn purge_shared(
             }
             continue;
         }
+        if tier.link().is_cluster() {
+            // One key per command: the entries live in many slots.
+            for key in members.iter().chain(std::iter::once(index)) {
+                let gone: usize = redis::cmd("DEL")
+                    .arg(key)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| format!("deleting {key}: {e}"))?;
+                removed += usize::from(gone > 0 && key != index);
+            }
+            continue;
+        }
         let mut del = redis::cmd("DEL");
         del.arg(index);
         for m in &members {
@@ -202,7 +220,7 @@ pub async fn purge_shared(
 
 /// Marks one Redis entry stale now (a soft purge), keeping its expiry;
 /// `false` when it is gone or does not decode.
-async fn expire_entry(conn: &mut redis::aio::ConnectionManager, key: &str) -> Result<bool, String> {
+async fn expire_entry(conn: &mut crate::redis_link::RedisConn, key: &str) -> Result<bool, String> {
     let value: Option<Vec<u8>> = redis::cmd("GET")
         .arg(key)
         .query_async(conn)

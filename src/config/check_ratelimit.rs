@@ -236,17 +236,41 @@ impl Checker<'_> {
         }
         raw.redis.as_ref().map(|r| {
             let path = root.key("redis");
-            let url = match (&r.url, &r.url_env) {
-                (Some(u), None) => u.expose().to_owned(),
-                (None, Some(var)) => super::io::env_secret(var).unwrap_or_else(|message| {
+            let url = match (&r.url, &r.url_env, &r.cluster) {
+                (Some(u), None, None) => u.expose().to_owned(),
+                (None, Some(var), None) => super::io::env_secret(var).unwrap_or_else(|message| {
                     self.problem(path.key("url_env"), message);
                     String::new()
                 }),
+                (None, None, Some(_)) => String::new(),
                 _ => {
-                    self.problem(path.clone(), "set exactly one of url or url_env");
+                    self.problem(path.clone(), "set exactly one of url, url_env or cluster");
                     String::new()
                 }
             };
+            let cluster: Vec<String> = r
+                .cluster
+                .iter()
+                .flatten()
+                .map(|node| {
+                    if node.contains("://") {
+                        node.clone()
+                    } else {
+                        format!("redis://{node}")
+                    }
+                })
+                .collect();
+            if r.cluster.as_ref().is_some_and(Vec::is_empty) {
+                self.problem(path.key("cluster"), "list at least one node");
+            }
+            for (i, node) in cluster.iter().enumerate() {
+                if !(node.starts_with("redis://") || node.starts_with("rediss://")) {
+                    self.problem(
+                        path.key("cluster").index(i),
+                        "a node is host:port or a redis:// or rediss:// URL",
+                    );
+                }
+            }
             if !(url.is_empty() || url.starts_with("redis://") || url.starts_with("rediss://")) {
                 self.problem(
                     path.key("url"),
@@ -272,6 +296,7 @@ impl Checker<'_> {
             }
             RedisConfig {
                 url: Secret::new(url),
+                cluster,
                 breaker_failures,
                 breaker_open_for,
                 timeout: r

@@ -380,8 +380,11 @@ pub enum KeySource {
 /// Redis settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisConfig {
-    /// Connection URL (may hold a password: never logged).
+    /// Connection URL (may hold a password: never logged); empty with
+    /// `cluster`.
     pub url: Secret,
+    /// Redis Cluster seed node URLs; empty for a standalone Redis.
+    pub cluster: Vec<String>,
     /// Per-decision timeout.
     pub timeout: Duration,
     /// Key prefix.
@@ -390,6 +393,17 @@ pub struct RedisConfig {
     pub breaker_failures: u32,
     /// How long the open breaker keeps requests away from Redis before a probe.
     pub breaker_open_for: Duration,
+}
+
+impl RedisConfig {
+    /// Where the connections go.
+    pub fn target(&self) -> crate::redis_link::RedisTarget {
+        if self.cluster.is_empty() {
+            crate::redis_link::RedisTarget::Url(self.url.expose().to_owned())
+        } else {
+            crate::redis_link::RedisTarget::Cluster(self.cluster.clone())
+        }
+    }
 }
 
 /// Cache tags (surrogate keys) with defaults applied.

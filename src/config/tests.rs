@@ -182,3 +182,26 @@ fn token_for_reads_needs_a_token() {
     assert!(p[0].starts_with("t.yaml:2:"), "{}", p[0]);
     assert!(p[0].contains("admin.require_token_for_reads"), "{}", p[0]);
 }
+
+#[test]
+fn redis_is_a_url_or_a_cluster_never_both() {
+    let base = "tiers:\n  t: { per_second: 1 }\nanonymous: { reject: true }\nupstreams:\n  api: { backends: [\"127.0.0.1:1\"] }\nroutes:\n  - { name: api, upstream: api }\n";
+    let both = format!("redis: {{ url: \"redis://a:1\", cluster: [\"b:2\"] }}\n{base}");
+    let p = problems(&both);
+    assert!(
+        p.iter()
+            .any(|l| l.contains("exactly one of url, url_env or cluster")),
+        "{p:?}"
+    );
+    let bad = format!("redis:\n  cluster: [\"b:2\", \"http://c:3\"]\n{base}");
+    let p = problems(&bad);
+    assert!(
+        p.iter()
+            .any(|l| l.starts_with("t.yaml:2:") && l.contains("redis.cluster[1]")),
+        "{p:?}"
+    );
+    let ok = format!("redis: {{ cluster: [\"b:2\", \"rediss://c:3\"] }}\n{base}");
+    let c = parse(&ok, "t.yaml").expect("a cluster config");
+    let redis = c.redis.expect("redis");
+    assert_eq!(redis.cluster, ["redis://b:2", "rediss://c:3"]);
+}

@@ -111,16 +111,11 @@ impl RedisBuckets {
         // before that is noticed by the first decision instead).
         let owner: Arc<OnceLock<Weak<Self>>> = Arc::new(OnceLock::new());
         let told = owner.clone();
-        let link = RedisLink::connect(
-            config.url.expose(),
-            config.timeout,
-            "ratelimit",
-            move || {
-                if let Some(me) = told.get().and_then(Weak::upgrade) {
-                    me.note(None);
-                }
-            },
-        )?;
+        let link = RedisLink::connect(&config.target(), config.timeout, "ratelimit", move || {
+            if let Some(me) = told.get().and_then(Weak::upgrade) {
+                me.note(None);
+            }
+        })?;
         let me = Arc::new(Self {
             link,
             script: redis::Script::new(GCRA_LUA),
@@ -211,7 +206,7 @@ impl RedisBuckets {
         };
         let mut invocation = self.script.prepare_invoke();
         for c in checks {
-            invocation.key(format!("{}{}", self.prefix, c.key));
+            invocation.key(redis_key(&self.prefix, c.key));
             invocation.arg(c.cost).arg(c.windows.len());
             for w in c.windows {
                 invocation
@@ -229,6 +224,21 @@ impl RedisBuckets {
             };
         parse_reply(checks, &reply)
             .ok_or_else(|| RedisFailure::Error("unexpected script reply".into()))
+    }
+}
+
+/// The Redis key of a bucket: the requester's part in a hash tag, so every
+/// key of one decision (the tier's bucket and the route's) lives in one
+/// Redis Cluster slot, as a multi-key script needs. Braces in the
+/// requester's part would end the tag early: they are replaced.
+fn redis_key(prefix: &str, key: &str) -> String {
+    let (who, rest) = key
+        .split_once('|')
+        .map_or((key, None), |(w, r)| (w, Some(r)));
+    let who = who.replace(['{', '}'], "_");
+    match rest {
+        Some(rest) => format!("{prefix}{{{who}}}|{rest}"),
+        None => format!("{prefix}{{{who}}}"),
     }
 }
 
@@ -268,4 +278,16 @@ fn parse_reply(checks: &[Check<'_>], reply: &[i64]) -> Option<Vec<Verdict>> {
         });
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    #[test]
+    fn one_decisions_keys_share_a_hash_tag() {
+        assert_eq!(redis_key("rl:", "t:acme"), "rl:{t:acme}");
+        assert_eq!(redis_key("rl:", "t:acme|r:search"), "rl:{t:acme}|r:search");
+        assert_eq!(redis_key("rl:", "t:{x}|r:a"), "rl:{t:_x_}|r:a");
+    }
 }

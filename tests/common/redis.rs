@@ -108,3 +108,102 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// A three-node Redis Cluster of the test's own (no replicas), made with
+/// `redis-cli --cluster create`; stopped on drop.
+pub struct RedisCluster {
+    nodes: Vec<Child>,
+    /// The nodes' ports.
+    pub ports: Vec<u16>,
+}
+
+/// A port whose cluster-bus port (+10000) is free too.
+fn cluster_port() -> u16 {
+    use std::net::TcpListener;
+    loop {
+        let port = super::free_port() % 10_000 + 20_000;
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
+}
+
+impl RedisCluster {
+    /// Starts three nodes, joins them, waits until the cluster says ok.
+    pub fn start() -> Self {
+        let dir = super::scratch_dir("redis-cluster");
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < 3 {
+            let p = cluster_port();
+            if !ports.contains(&p) {
+                ports.push(p);
+            }
+        }
+        let nodes = ports
+            .iter()
+            .map(|port| {
+                Command::new("redis-server")
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                    .arg("--cluster-config-file")
+                    .arg(dir.join(format!("nodes-{port}.conf")))
+                    .arg("--dir")
+                    .arg(&dir)
+                    .args(["--save", "", "--appendonly", "no"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start redis-server (scripts/test installs it)")
+            })
+            .collect();
+        let me = Self { nodes, ports };
+        for port in &me.ports {
+            let node = RedisServer {
+                child: None,
+                addr: SocketAddr::from(([127, 0, 0, 1], *port)),
+            };
+            super::wait_until("a cluster node answers PING", || node.ping());
+        }
+        let addrs: Vec<String> = me.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        super::wait_until("the cluster is ok on every node", || {
+            me.ports.iter().all(|p| {
+                Command::new("redis-cli")
+                    .args(["-p", &p.to_string(), "cluster", "info"])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+            })
+        });
+        me
+    }
+
+    /// The `redis: { cluster: [...] }` node list.
+    pub fn nodes_yaml(&self) -> String {
+        let nodes: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("\"127.0.0.1:{p}\""))
+            .collect();
+        format!("[{}]", nodes.join(", "))
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+    }
+}

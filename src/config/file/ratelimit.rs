@@ -90,6 +90,10 @@ pub struct RedisSpec {
     /// Environment variable holding the URL (keeps passwords out of the file).
     #[serde(default)]
     pub url_env: Option<String>,
+    /// Seed nodes of a Redis Cluster (`host:port` or `redis://…` URLs),
+    /// instead of `url`.
+    #[serde(default)]
+    pub cluster: Option<Vec<String>>,
     /// Longest wait for Redis per decision before falling back. Default 50ms.
     #[serde(default)]
     pub timeout: Option<HumanDuration>,
