@@ -64,8 +64,49 @@ impl ConnectionLike for RedisConn {
     }
 }
 
+static NEXT_LINK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+thread_local! {
+    /// Per link (by id): this thread's connection, `None` while being made.
+    static LOCAL_CONNS: std::cell::RefCell<Vec<(u64, Option<RedisConn>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Makes one connection to `target` on the current runtime.
+async fn make(target: &RedisTarget, timeout: Duration) -> redis::RedisResult<RedisConn> {
+    match target {
+        RedisTarget::Url(url) => {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(1)))
+                .set_response_timeout(Some(timeout.max(Duration::from_millis(10))))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_secs(1));
+            redis::Client::open(url.as_str())?
+                .get_connection_manager_with_config(config)
+                .await
+                .map(RedisConn::Single)
+        }
+        RedisTarget::Cluster(nodes) => redis::cluster::ClusterClient::builder(nodes.clone())
+            .connection_timeout(Duration::from_secs(1))
+            .response_timeout(timeout.max(Duration::from_millis(10)))
+            .build()?
+            .get_async_connection()
+            .await
+            .map(RedisConn::Cluster),
+    }
+}
+
 /// A Redis connection being made or kept.
+///
+/// Requests on one of Pingora's single-threaded worker runtimes get a
+/// connection of that runtime's own, made there on first use: its driver
+/// task then runs on the request's own thread, so a decision or lookup is
+/// a socket round trip with no hop to another thread and back (two
+/// cross-thread wake-ups per call otherwise). Until it is made, and on
+/// multi-threaded runtimes, the shared connection serves.
 pub struct RedisLink {
+    id: u64,
+    target: RedisTarget,
     slot: Mutex<Option<RedisConn>>,
     /// A client for one node: pub/sub (on a cluster, any node hears every
     /// `PUBLISH`).
@@ -85,24 +126,25 @@ impl RedisLink {
         on_connect: impl Fn() + Send + 'static,
     ) -> Result<Arc<Self>, String> {
         let (first, cluster) = match target {
-            RedisTarget::Url(url) => (url.as_str(), None),
+            RedisTarget::Url(url) => (url.as_str(), false),
             RedisTarget::Cluster(nodes) => {
                 let first = nodes.first().ok_or("redis.cluster lists no node")?;
-                let client = redis::cluster::ClusterClient::builder(nodes.clone())
-                    .connection_timeout(Duration::from_secs(1))
-                    .response_timeout(timeout.max(Duration::from_millis(10)))
-                    .build()
+                // Checked now, so a bad list fails the start, not later.
+                redis::cluster::ClusterClient::new(nodes.clone())
                     .map_err(|e| format!("redis cluster: {e}"))?;
-                (first.as_str(), Some(client))
+                (first.as_str(), true)
             }
         };
         let client = redis::Client::open(first).map_err(|e| format!("redis url: {e}"))?;
         let link = Arc::new(Self {
+            id: NEXT_LINK.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            target: target.clone(),
             slot: Mutex::new(None),
-            client: client.clone(),
-            cluster: cluster.is_some(),
+            client,
+            cluster,
             timeout,
         });
+        let target = target.clone();
         let weak: Weak<Self> = Arc::downgrade(&link);
         std::thread::Builder::new()
             .name(format!("tollgate-redis-{name}"))
@@ -115,24 +157,13 @@ impl RedisLink {
                     return;
                 };
                 rt.block_on(async move {
-                    let config = ConnectionManagerConfig::new()
-                        .set_connection_timeout(Some(Duration::from_secs(1)))
-                        .set_response_timeout(Some(timeout.max(Duration::from_millis(10))))
-                        .set_number_of_retries(2)
-                        .set_max_delay(Duration::from_secs(1));
                     let mut attempts = 0u64;
                     loop {
                         let Some(link) = weak.upgrade() else {
                             return;
                         };
                         attempts += 1;
-                        let made = match &cluster {
-                            Some(c) => c.get_async_connection().await.map(RedisConn::Cluster),
-                            None => client
-                                .get_connection_manager_with_config(config.clone())
-                                .await
-                                .map(RedisConn::Single),
-                        };
+                        let made = make(&target, timeout).await;
                         match made {
                             Ok(conn) => {
                                 *link.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
@@ -164,9 +195,48 @@ impl RedisLink {
         self.cluster
     }
 
-    /// The connection, once made (a cheap clone of a multiplexed handle).
+    /// The connection, once made (a cheap clone of a multiplexed handle):
+    /// this worker runtime's own when it has one, else the shared one.
     pub fn conn(&self) -> Option<RedisConn> {
+        if let Some(local) = self.local_conn() {
+            return Some(local);
+        }
         self.slot.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// This thread's connection, on a single-threaded runtime; starts
+    /// making one (a task on this runtime, so on this thread) when there
+    /// is none yet.
+    fn local_conn(&self) -> Option<RedisConn> {
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread {
+            return None;
+        }
+        LOCAL_CONNS.with(|local| {
+            let mut local = local.borrow_mut();
+            match local.iter().find(|(id, _)| *id == self.id) {
+                Some((_, Some(conn))) => return Some(conn.clone()),
+                Some((_, None)) => return None, // being made
+                None => local.push((self.id, None)),
+            }
+            let (id, target, timeout) = (self.id, self.target.clone(), self.timeout);
+            handle.spawn(async move {
+                let made = make(&target, timeout).await;
+                LOCAL_CONNS.with(|local| {
+                    let mut local = local.borrow_mut();
+                    match made {
+                        Ok(conn) => {
+                            if let Some(slot) = local.iter_mut().find(|(i, _)| *i == id) {
+                                slot.1 = Some(conn);
+                            }
+                        }
+                        // Tried again by the next call; the shared one serves.
+                        Err(_) => local.retain(|(i, _)| *i != id),
+                    }
+                });
+            });
+            None
+        })
     }
 
     /// The client, for connections of another kind (pub/sub).
