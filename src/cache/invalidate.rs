@@ -71,6 +71,12 @@ pub fn purge_stale(store: &MemoryStore, metrics: &Metrics, uris: &[String]) -> u
         return 0;
     }
     let removed: usize = uris.iter().map(|uri| store.purge_uri(uri)).sum();
+    counted(metrics, removed)
+}
+
+/// Counts entries an invalidation removed in
+/// `tollgate_cache_purges_total{reason="invalidation"}`; returns them.
+pub fn counted(metrics: &Metrics, removed: usize) -> usize {
     if removed > 0 {
         metrics
             .cache_purges
@@ -102,14 +108,10 @@ pub fn after_head_response(store: &MemoryStore, metrics: &Metrics, done: &Finish
     let fallback = RouteCache::default();
     let policy = done.policy.unwrap_or(&fallback);
     let uri = key::uri(done.req, done.host, policy);
-    let removed = store.purge_uri_where(&uri, |stored| contradicts(resp, stored));
-    if removed > 0 {
-        metrics
-            .cache_purges
-            .with_label_values(&["invalidation"])
-            .inc_by(removed as u64);
-    }
-    removed
+    counted(
+        metrics,
+        store.purge_uri_where(&uri, |stored| contradicts(resp, stored)),
+    )
 }
 
 /// Whether a HEAD response `head` shows that `stored` is no longer the

@@ -514,12 +514,7 @@ impl ProxyHttp for Proxy {
             })
             .collect();
         for tag in &tags {
-            let removed = state.cache.store.purge_tag(tag);
-            state
-                .metrics
-                .cache_purges
-                .with_label_values(&["invalidation"])
-                .inc_by(removed as u64);
+            invalidate::counted(&state.metrics, state.cache.store.purge_tag(tag));
         }
         // With the Redis tier, Redis and the other instances too; awaited,
         // so the client's next request on this connection sees it done.

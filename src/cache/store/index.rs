@@ -30,6 +30,14 @@ pub(super) struct Index {
 }
 
 impl Index {
+    /// The combined keys of a primary's stored variants.
+    pub(super) fn variants_of(&self, primary: &HashBinary) -> Vec<HashBinary> {
+        self.primaries
+            .get(primary)
+            .map(|p| p.variants.clone())
+            .unwrap_or_default()
+    }
+
     pub(super) fn remove_entry(&mut self, combined: &HashBinary) -> Option<Arc<Entry>> {
         let entry = self.entries.remove(combined)?;
         if let Some(p) = self.primaries.get_mut(&entry.primary) {

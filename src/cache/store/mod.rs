@@ -128,12 +128,7 @@ impl MemoryStore {
         let mut index = self.write();
         let mut expired = 0;
         for primary in primaries {
-            let variants = index
-                .primaries
-                .get(primary)
-                .map(|p| p.variants.clone())
-                .unwrap_or_default();
-            for combined in variants {
+            for combined in index.variants_of(primary) {
                 let Some(old) = index.entries.get(&combined).cloned() else {
                     continue;
                 };
@@ -355,12 +350,7 @@ impl MemoryStore {
         {
             let mut index = self.write();
             for primary in primaries {
-                let variants = index
-                    .primaries
-                    .get(primary)
-                    .map(|p| p.variants.clone())
-                    .unwrap_or_default();
-                for combined in variants {
+                for combined in index.variants_of(primary) {
                     if !index
                         .entries
                         .get(&combined)
