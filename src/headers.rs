@@ -190,20 +190,31 @@ fn forwarded_element(peer: Option<IpAddr>, host: Option<&HeaderValue>, proto: &s
     out
 }
 
-/// Adds `X-Request-Id`, `X-Response-Time` and `Via` to a response.
+/// Which of tollgate's own fields a response gets.
+#[derive(Debug, Clone, Copy)]
+pub struct Decoration {
+    /// `X-Response-Time`, the time so far.
+    pub response_time: Option<Duration>,
+    /// `Via: 1.1 tollgate` (proxied responses only).
+    pub via: bool,
+}
+
+/// Adds `X-Request-Id`, and as configured `X-Response-Time` and `Via`, to
+/// a response.
 pub fn decorate(
     resp: &mut ResponseHeader,
     request_id: Option<&HeaderValue>,
-    elapsed: Duration,
-    via: bool,
+    decoration: Decoration,
 ) -> pingora::Result<()> {
     if let Some(id) = request_id {
         resp.insert_header(X_REQUEST_ID, id.clone())?;
     }
-    let mut buf = String::with_capacity(16);
-    let _ = write!(buf, "{}ms", Millis(elapsed));
-    resp.insert_header(X_RESPONSE_TIME, buf)?;
-    if via {
+    if let Some(elapsed) = decoration.response_time {
+        let mut buf = String::with_capacity(16);
+        let _ = write!(buf, "{}ms", Millis(elapsed));
+        resp.insert_header(X_RESPONSE_TIME, buf)?;
+    }
+    if decoration.via {
         if let Some(v) = append_to_list(&resp.headers, VIA, VIA_ENTRY) {
             resp.insert_header(VIA, v)?;
         }
@@ -341,9 +352,20 @@ mod tests {
     #[test]
     fn response_time_is_milliseconds_with_three_decimals() {
         let mut resp = ResponseHeader::build(200, None).expect("resp");
-        decorate(&mut resp, None, Duration::from_micros(12_005), true).expect("decorate");
+        let all = Decoration {
+            response_time: Some(Duration::from_micros(12_005)),
+            via: true,
+        };
+        decorate(&mut resp, None, all).expect("decorate");
         assert_eq!(resp.headers["x-response-time"], "12.005ms");
         assert_eq!(resp.headers["via"], "1.1 tollgate");
+        let mut bare = ResponseHeader::build(200, None).expect("resp");
+        let none = Decoration {
+            response_time: None,
+            via: false,
+        };
+        decorate(&mut bare, None, none).expect("decorate");
+        assert!(bare.headers.get("x-response-time").is_none() && bare.headers.get("via").is_none());
     }
 
     #[test]

@@ -160,3 +160,19 @@ fn generated_request_ids_are_sent_upstream_and_back() {
         Some(id.as_str())
     );
 }
+
+/// `response_headers` turns tollgate's own `X-Response-Time` and `Via` off
+/// (the request id stays: it is how a response is traced).
+#[test]
+fn response_time_and_via_can_be_turned_off() {
+    let up = TestUpstream::fixed("ok");
+    let proxy = TollgateProcess::start(&format!(
+        "response_headers: {{ response_time: false, via: false }}\n{}",
+        one_route(up.addr)
+    ));
+    let r = get(proxy.addr, "/x").expect("get");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-response-time"), None);
+    assert_eq!(r.header("via"), None);
+    assert!(r.header("x-request-id").is_some());
+}

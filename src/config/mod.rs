@@ -238,6 +238,8 @@ impl Checker<'_> {
             redis,
             cache_redis,
             cache_tags,
+            response_time_header: raw.response_headers.response_time,
+            via_header: raw.response_headers.via,
             limits,
             upstreams,
             routes,

@@ -43,6 +43,10 @@ pub struct Config {
     pub cache_redis: Option<CacheRedisConfig>,
     /// Cache tags: where they come from, whether clients see them.
     pub cache_tags: CacheTags,
+    /// `response_headers.response_time`: add `X-Response-Time`.
+    pub response_time_header: bool,
+    /// `response_headers.via`: add `Via` to proxied responses.
+    pub via_header: bool,
     /// Size, time and connection limits on clients.
     pub limits: RequestLimits,
     /// Upstream pools, sorted by name.

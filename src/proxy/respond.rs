@@ -35,7 +35,17 @@ pub fn finish_header(
     if let Some(name) = &tags.invalidation_header {
         resp.remove_header(name);
     }
-    headers::decorate(resp, ctx.request_id.as_ref(), ctx.started.elapsed(), true)
+    headers::decorate(resp, ctx.request_id.as_ref(), decoration(ctx, true))
+}
+
+/// tollgate's own fields as `response_headers` says; `proxied` responses
+/// may get `Via`.
+fn decoration(ctx: &RequestCtx, proxied: bool) -> headers::Decoration {
+    let config = &ctx.gateway.config;
+    headers::Decoration {
+        response_time: config.response_time_header.then(|| ctx.started.elapsed()),
+        via: proxied && config.via_header,
+    }
 }
 
 /// Largest unread request body Pingora drains after one of our answers so
@@ -81,12 +91,7 @@ async fn write_error(
     ctx.error_status = Some(err.status);
     let body = err.body();
     let mut resp = err.header(body.len())?;
-    headers::decorate(
-        &mut resp,
-        ctx.request_id.as_ref(),
-        ctx.started.elapsed(),
-        false,
-    )?;
+    headers::decorate(&mut resp, ctx.request_id.as_ref(), decoration(ctx, false))?;
     if let Some(rate) = &ctx.rate_headers {
         ratelimit::apply_headers(&mut resp, rate)?;
         if err.status == 429 {

@@ -24,9 +24,11 @@ use http::HeaderValue;
 use identity::Identity;
 use local::{Check, LocalBuckets};
 use pingora::http::ResponseHeader;
+use prometheus::IntCounter;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
+use std::sync::OnceLock;
 
 /// A tier as decisions use it.
 pub struct Tier {
@@ -38,6 +40,25 @@ pub struct Tier {
     pub tenant_metrics: bool,
     /// Its `RateLimit-Policy` value.
     pub policy: HeaderValue,
+    /// Its `tollgate_ratelimit_decisions_total` children (allowed,
+    /// limited), looked up once: a decision then skips the label hashing.
+    decisions: [OnceLock<IntCounter>; 2],
+}
+
+impl Tier {
+    /// The decisions counter for this tier and outcome.
+    fn decisions(&self, metrics: &Metrics, allowed: bool) -> &IntCounter {
+        let (slot, outcome) = if allowed {
+            (&self.decisions[0], "allowed")
+        } else {
+            (&self.decisions[1], "limited")
+        };
+        slot.get_or_init(|| {
+            metrics
+                .ratelimit_decisions
+                .with_label_values(&[&*self.name, outcome])
+        })
+    }
 }
 
 /// The compiled rate-limit settings of one config generation.
@@ -181,10 +202,7 @@ pub fn apply_headers(resp: &mut ResponseHeader, h: &RateHeaders) -> pingora::Res
 pub fn count(metrics: &Metrics, limiter: &RateLimiter, who: &Identity, d: &Decision) {
     let tier = &limiter.tiers[d.tier];
     let outcome = if d.allowed { "allowed" } else { "limited" };
-    metrics
-        .ratelimit_decisions
-        .with_label_values(&[&*tier.name, outcome])
-        .inc();
+    tier.decisions(metrics, d.allowed).inc();
     if d.fallback {
         metrics
             .ratelimit_fallback
@@ -282,6 +300,7 @@ impl RateLimiter {
                     policy: policy_header(&windows, false),
                     windows,
                     tenant_metrics: t.tenant_metrics,
+                    decisions: Default::default(),
                 }
             })
             .collect();

@@ -58,6 +58,9 @@ pub struct FileConfig {
     /// Size, time and connection limits on what clients send.
     #[serde(default)]
     pub limits: LimitsSpec,
+    /// Headers tollgate adds to every response.
+    #[serde(default)]
+    pub response_headers: ResponseHeadersSpec,
     /// Named pools of backend servers.
     pub upstreams: BTreeMap<String, UpstreamSpec>,
     /// Routes, matched by host, longest path prefix and method.
@@ -158,6 +161,27 @@ pub struct ServerSpec {
     /// `X-HTTP-Method-Override`, ...) to pass upstream; all are dropped by default.
     #[serde(default)]
     pub keep_override_headers: Vec<String>,
+}
+
+/// `response_headers`: what tollgate adds to every response.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseHeadersSpec {
+    /// `X-Response-Time: 1.234ms`. Default true.
+    #[serde(default = "default_true")]
+    pub response_time: bool,
+    /// `Via: 1.1 tollgate` (RFC 9110 §7.6.3). Default true.
+    #[serde(default = "default_true")]
+    pub via: bool,
+}
+
+impl Default for ResponseHeadersSpec {
+    fn default() -> Self {
+        Self {
+            response_time: true,
+            via: true,
+        }
+    }
 }
 
 /// Logging settings. `RUST_LOG`, when set, overrides `level`.
