@@ -134,7 +134,9 @@ fn purges_and_invalidations_reach_every_instance() {
     // By prefix, on B: what is below it goes from A, the rest stays.
     get(a.addr, "/items/7").expect("fill A");
     wait_written(a, 4.0);
-    let before = a.metric(r#"tollgate_cache_purges_total{reason="remote"}"#).unwrap_or(0.0);
+    let before = a
+        .metric(r#"tollgate_cache_purges_total{reason="remote"}"#)
+        .unwrap_or(0.0);
     let prefix = admin_purge(b, "{\"prefix\": \"/items/\", \"host\": \"test.local\"}");
     assert_eq!(prefix.status, 200, "{}", prefix.text());
     wait_until("A applied B's prefix purge", || {
@@ -142,7 +144,10 @@ fn purges_and_invalidations_reach_every_instance() {
             .is_some_and(|n| n > before)
     });
     let again = get(a.addr, "/items/7").expect("refetch");
-    assert_eq!(again.cache_status().as_deref(), Some("tollgate; fwd=uri-miss; stored"));
+    assert_eq!(
+        again.cache_status().as_deref(),
+        Some("tollgate; fwd=uri-miss; stored")
+    );
     let kept = get(a.addr, "/other/x").expect("get");
     assert_eq!(kept.cache_status().as_deref(), Some("tollgate; hit"));
 

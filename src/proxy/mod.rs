@@ -518,7 +518,9 @@ impl ProxyHttp for Proxy {
         }
         // With the Redis tier, Redis and the other instances too; awaited,
         // so the client's next request on this connection sees it done.
-        if let Some(tier) = state.cache.redis() {
+        // (Not while the tier's breaker is open: Redis is not answering,
+        // and the entries expire there by their own TTL.)
+        if let Some(tier) = state.cache.redis().filter(|t| !t.breaker_is_open()) {
             for purge in &purges {
                 if let Err(e) = cache::purge::purge_shared(tier, &state.instance, purge).await {
                     log::warn!("invalidation not shared: {e}");
