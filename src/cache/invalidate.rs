@@ -86,11 +86,6 @@ pub fn counted(metrics: &Metrics, removed: usize) -> usize {
     removed
 }
 
-/// Purges from memory what a finished unsafe request made stale.
-pub fn after_unsafe_request(store: &MemoryStore, metrics: &Metrics, done: &Finished<'_>) -> usize {
-    purge_stale(store, metrics, &stale_uris(done))
-}
-
 /// RFC 9111 §4.3.5: a 200 to a HEAD that reached the upstream (its
 /// header as the upstream sent it, before compression) shows
 /// whether the stored GET responses for its URI are still current; those
@@ -149,6 +144,11 @@ fn same_origin_uri(host: &str, location: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `ProxyHttp::logging` does with memory after a request.
+    fn invalidate(store: &MemoryStore, metrics: &Metrics, done: &Finished<'_>) -> usize {
+        purge_stale(store, metrics, &stale_uris(done))
+    }
     use pingora::cache::key::CacheKey;
     use pingora::cache::trace::Span;
     use pingora::cache::{CacheMeta, Storage};
@@ -253,8 +253,7 @@ mod tests {
         created
             .insert_header("location", "https://api.test/items/7")
             .expect("location");
-        let removed =
-            after_unsafe_request(store, &metrics, &finished(&post, host.as_ref(), &created));
+        let removed = invalidate(store, &metrics, &finished(&post, host.as_ref(), &created));
         assert_eq!(removed, 2);
         assert_eq!(store.entries(), 2, "/other and the other host stay");
         assert_eq!(
@@ -275,13 +274,13 @@ mod tests {
         let post = RequestHeader::build("POST", b"/items", None).expect("req");
         let failed = ResponseHeader::build(500, None).expect("resp");
         assert_eq!(
-            after_unsafe_request(store, &metrics, &finished(&post, host.as_ref(), &failed)),
+            invalidate(store, &metrics, &finished(&post, host.as_ref(), &failed)),
             0
         );
         let get = RequestHeader::build("GET", b"/items", None).expect("req");
         let ok = ResponseHeader::build(200, None).expect("resp");
         assert_eq!(
-            after_unsafe_request(store, &metrics, &finished(&get, host.as_ref(), &ok)),
+            invalidate(store, &metrics, &finished(&get, host.as_ref(), &ok)),
             0
         );
         assert_eq!(store.entries(), 1);
@@ -297,7 +296,7 @@ mod tests {
         let purge = RequestHeader::build("PURGEITEMS", b"/items", None).expect("req");
         let ok = ResponseHeader::build(200, None).expect("resp");
         assert_eq!(
-            after_unsafe_request(store, &metrics, &finished(&purge, host.as_ref(), &ok)),
+            invalidate(store, &metrics, &finished(&purge, host.as_ref(), &ok)),
             1
         );
         assert_eq!(store.entries(), 0);

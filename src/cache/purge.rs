@@ -12,7 +12,7 @@
 //! channel again it drops every entry it stored before, once.
 
 use super::l2::RedisTier;
-use super::store::MemoryStore;
+use super::store::{MemoryStore, Selection};
 use crate::metrics::Metrics;
 use futures::StreamExt;
 use pingora::server::ShutdownWatch;
@@ -66,28 +66,24 @@ struct Announcement {
 /// Applies `purge` to this instance's memory; how many entries it
 /// removed (or marked stale).
 pub fn purge_memory(store: &MemoryStore, purge: &Purge) -> usize {
-    if purge.soft {
-        let now = SystemTime::now();
-        return match &purge.target {
-            PurgeTarget::Uri(uri) => store.expire_uri(uri, now),
-            PurgeTarget::Prefix {
-                prefix,
-                host: Some(host),
-            } => store.expire_prefix(&format!("{host}{prefix}"), false, now),
-            PurgeTarget::Prefix { prefix, host: None } => store.expire_prefix(prefix, true, now),
-            PurgeTarget::Route(route) => store.expire_route(route, now),
-            PurgeTarget::Tag(tag) => store.expire_tag(tag, now),
-        };
-    }
-    match &purge.target {
-        PurgeTarget::Uri(uri) => store.purge_uri(uri),
+    let host_prefix;
+    let selection = match &purge.target {
+        PurgeTarget::Uri(uri) => Selection::Uri(uri),
         PurgeTarget::Prefix {
             prefix,
             host: Some(host),
-        } => store.purge_prefix(&format!("{host}{prefix}")),
-        PurgeTarget::Prefix { prefix, host: None } => store.purge_path_prefix(prefix),
-        PurgeTarget::Route(route) => store.purge_route(route),
-        PurgeTarget::Tag(tag) => store.purge_tag(tag),
+        } => {
+            host_prefix = format!("{host}{prefix}");
+            Selection::Prefix(&host_prefix)
+        }
+        PurgeTarget::Prefix { prefix, host: None } => Selection::PathPrefix(prefix),
+        PurgeTarget::Route(route) => Selection::Route(route),
+        PurgeTarget::Tag(tag) => Selection::Tag(tag),
+    };
+    if purge.soft {
+        store.expire_selection(selection, SystemTime::now())
+    } else {
+        store.purge_selection(selection)
     }
 }
 

@@ -514,7 +514,13 @@ impl ProxyHttp for Proxy {
             })
             .collect();
         for tag in &tags {
-            invalidate::counted(&state.metrics, state.cache.store.purge_tag(tag));
+            invalidate::counted(
+                &state.metrics,
+                state
+                    .cache
+                    .store
+                    .purge_selection(cache::store::Selection::Tag(tag)),
+            );
         }
         // With the Redis tier, Redis and the other instances too; awaited,
         // so the client's next request on this connection sees it done.

@@ -39,6 +39,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::SystemTime;
 
+/// Which stored entries a purge names.
+#[derive(Debug, Clone, Copy)]
+pub enum Selection<'a> {
+    /// Every variant of one URI (`host/path?query`).
+    Uri(&'a str),
+    /// URIs starting with this (`host` + path prefix).
+    Prefix(&'a str),
+    /// URIs whose path (any host) starts with this.
+    PathPrefix(&'a str),
+    /// What one route stored.
+    Route(&'a str),
+    /// Entries whose response carried this cache tag.
+    Tag(&'a str),
+}
+
 /// The bounded memory store. One per process (Pingora needs `'static`).
 pub struct MemoryStore {
     index: RwLock<Index>,
@@ -110,21 +125,10 @@ impl MemoryStore {
             .map_or_else(Vec::new, |names| tags_in(header, names))
     }
 
-    /// Removes every entry tagged `tag`; returns how many.
-    pub fn purge_tag(&self, tag: &str) -> usize {
-        let primaries = self.read().by_tag.get(tag).cloned().unwrap_or_default();
-        self.remove_primaries(&primaries)
-    }
-
-    /// The primaries a purge target names, for soft purges.
-    fn primaries_of_uri(&self, uri: &str) -> Vec<HashBinary> {
-        self.read().by_uri.get(uri).cloned().unwrap_or_default()
-    }
-
     /// Marks every variant of these primaries stale now instead of
     /// removing it (a soft purge): the next request revalidates, and the
     /// response's stale windows still apply. Returns how many.
-    pub fn expire_primaries(&self, primaries: &[HashBinary], now: SystemTime) -> usize {
+    fn expire_primaries(&self, primaries: &[HashBinary], now: SystemTime) -> usize {
         let mut index = self.write();
         let mut expired = 0;
         for primary in primaries {
@@ -143,44 +147,6 @@ impl MemoryStore {
             }
         }
         expired
-    }
-
-    /// Soft purge by URI (all variants).
-    pub fn expire_uri(&self, uri: &str, now: SystemTime) -> usize {
-        let primaries = self.primaries_of_uri(uri);
-        self.expire_primaries(&primaries, now)
-    }
-
-    /// Soft purge by tag.
-    pub fn expire_tag(&self, tag: &str, now: SystemTime) -> usize {
-        let primaries = self.read().by_tag.get(tag).cloned().unwrap_or_default();
-        self.expire_primaries(&primaries, now)
-    }
-
-    /// Soft purge by route.
-    pub fn expire_route(&self, route: &str, now: SystemTime) -> usize {
-        let primaries = self.route_primaries(route);
-        self.expire_primaries(&primaries, now)
-    }
-
-    /// Soft purge by URI prefix (`host` + path prefix), or by path prefix
-    /// on any host.
-    pub fn expire_prefix(&self, prefix: &str, any_host: bool, now: SystemTime) -> usize {
-        let primaries: Vec<HashBinary> = self
-            .read()
-            .by_uri
-            .iter()
-            .filter(|(uri, _)| {
-                if any_host {
-                    let split = uri.find('/').unwrap_or(uri.len());
-                    uri[split..].starts_with(prefix)
-                } else {
-                    uri.starts_with(prefix)
-                }
-            })
-            .flat_map(|(_, p)| p.iter().copied())
-            .collect();
-        self.expire_primaries(&primaries, now)
     }
 
     /// Connects the eviction manager that purges must keep in step.
@@ -373,11 +339,58 @@ impl MemoryStore {
         removed.len()
     }
 
+    /// The primaries a purge names (all their variants go, or are marked
+    /// stale, together).
+    pub fn select(&self, selection: Selection<'_>) -> Vec<HashBinary> {
+        let index = self.read();
+        match selection {
+            Selection::Uri(uri) => index.by_uri.get(uri).cloned().unwrap_or_default(),
+            Selection::Prefix(prefix) => index
+                .by_uri
+                .range::<str, _>((
+                    std::ops::Bound::Included(prefix),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take_while(|(uri, _)| uri.starts_with(prefix))
+                .flat_map(|(_, p)| p.iter().copied())
+                .collect(),
+            // Walks the whole index: an admin operation, not a request's.
+            Selection::PathPrefix(path_prefix) => index
+                .by_uri
+                .iter()
+                .filter(|(uri, _)| {
+                    let split = uri.find('/').unwrap_or(uri.len());
+                    uri[split..].starts_with(path_prefix)
+                })
+                .flat_map(|(_, p)| p.iter().copied())
+                .collect(),
+            Selection::Route(route) => index
+                .primaries
+                .iter()
+                .filter(|(_, p)| &*p.route == route)
+                .map(|(hash, _)| *hash)
+                .collect(),
+            Selection::Tag(tag) => index.by_tag.get(tag).cloned().unwrap_or_default(),
+        }
+    }
+
+    /// Removes every entry `selection` names; returns how many.
+    pub fn purge_selection(&self, selection: Selection<'_>) -> usize {
+        let primaries = self.select(selection);
+        self.remove_primaries(&primaries)
+    }
+
+    /// Marks every entry `selection` names stale from `now` on (a soft
+    /// purge); returns how many.
+    pub fn expire_selection(&self, selection: Selection<'_>, now: SystemTime) -> usize {
+        let primaries = self.select(selection);
+        self.expire_primaries(&primaries, now)
+    }
+
     /// Removes every stored variant of exactly this URI (as built by
     /// [`crate::cache::key`]); returns how many entries went.
     pub fn purge_uri(&self, uri: &str) -> usize {
-        let primaries = self.read().by_uri.get(uri).cloned().unwrap_or_default();
-        self.remove_primaries(&primaries)
+        self.purge_selection(Selection::Uri(uri))
     }
 
     /// Removes the stored variants of exactly this URI whose header
@@ -387,24 +400,8 @@ impl MemoryStore {
         uri: &str,
         matches: impl Fn(&pingora::http::ResponseHeader) -> bool,
     ) -> usize {
-        let primaries = self.read().by_uri.get(uri).cloned().unwrap_or_default();
+        let primaries = self.select(Selection::Uri(uri));
         self.remove_variants_where(&primaries, matches)
-    }
-
-    /// Removes every entry whose URI (`host` + path + query) starts with
-    /// `prefix`; returns how many.
-    pub fn purge_prefix(&self, prefix: &str) -> usize {
-        let primaries: Vec<HashBinary> = self
-            .read()
-            .by_uri
-            .range::<str, _>((
-                std::ops::Bound::Included(prefix),
-                std::ops::Bound::Unbounded,
-            ))
-            .take_while(|(uri, _)| uri.starts_with(prefix))
-            .flat_map(|(_, p)| p.iter().copied())
-            .collect();
-        self.remove_primaries(&primaries)
     }
 
     /// Removes every entry stored (created) before `cutoff`; returns how
@@ -427,41 +424,5 @@ impl MemoryStore {
                 .collect()
         };
         self.remove_variants_where(&primaries, |_| true)
-    }
-
-    /// Removes every entry whose path (any host) starts with `path_prefix`.
-    /// Walks the whole index: an admin operation, not a request-path one.
-    pub fn purge_path_prefix(&self, path_prefix: &str) -> usize {
-        self.purge_where(|_, path| path.starts_with(path_prefix))
-    }
-
-    /// Removes what a route stored (the route is part of every key).
-    /// Walks the whole index.
-    pub fn purge_route(&self, route: &str) -> usize {
-        let primaries = self.route_primaries(route);
-        self.remove_primaries(&primaries)
-    }
-
-    fn route_primaries(&self, route: &str) -> Vec<HashBinary> {
-        self.read()
-            .primaries
-            .iter()
-            .filter(|(_, p)| &*p.route == route)
-            .map(|(hash, _)| *hash)
-            .collect()
-    }
-
-    fn purge_where(&self, matches: impl Fn(&str, &str) -> bool) -> usize {
-        let primaries: Vec<HashBinary> = self
-            .read()
-            .by_uri
-            .iter()
-            .filter(|(uri, _)| {
-                let split = uri.find('/').unwrap_or(uri.len());
-                matches(&uri[..split], &uri[split..])
-            })
-            .flat_map(|(_, p)| p.iter().copied())
-            .collect();
-        self.remove_primaries(&primaries)
     }
 }
