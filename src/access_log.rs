@@ -25,7 +25,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+#[cfg(test)]
+use std::time::UNIX_EPOCH;
+use std::time::{Duration, SystemTime};
 
 /// A thread's buffer is handed to the writer once it holds this much.
 pub const BUFFER_BYTES: usize = 64 * 1024;
@@ -119,38 +121,43 @@ impl AccessLog {
         self.enabled
     }
 
-    /// This thread's buffer, registered with the writer on first use.
-    fn local(&self) -> Arc<Mutex<ThreadBuffer>> {
+    /// Runs `f` on this thread's buffer, registered with the writer on
+    /// first use.
+    fn with_local<R>(&self, f: impl FnOnce(&mut ThreadBuffer) -> R) -> R {
         LOCAL.with(|local| {
             let mut local = local.borrow_mut();
-            if let Some((_, buffer)) = local.iter().find(|(id, _)| *id == self.id) {
-                return buffer.clone();
-            }
-            let buffer = Arc::new(Mutex::new(ThreadBuffer::default()));
-            lock(&self.shared.buffers).push(buffer.clone());
-            local.push((self.id, buffer.clone()));
-            buffer
+            let i = match local.iter().position(|(id, _)| *id == self.id) {
+                Some(i) => i,
+                None => {
+                    let buffer = Arc::new(Mutex::new(ThreadBuffer::default()));
+                    lock(&self.shared.buffers).push(buffer.clone());
+                    local.push((self.id, buffer));
+                    local.len() - 1
+                }
+            };
+            let result = f(&mut lock(&local[i].1));
+            result
         })
     }
 
     /// Appends one line (without its newline); never blocks on I/O.
     pub fn write(&self, line: &str) {
-        let buffer = self.local();
-        let full = {
-            let mut buffer = lock(&buffer);
+        let full = self.with_local(|buffer| {
             buffer.bytes.extend_from_slice(line.as_bytes());
             buffer.bytes.push(b'\n');
             buffer.lines += 1;
             if buffer.bytes.len() < BUFFER_BYTES {
-                return;
+                return None;
             }
             let lines = std::mem::take(&mut buffer.lines);
             // A buffer with room for a whole batch: growing one from empty
             // would copy each batch twice over.
             let fresh = Vec::with_capacity(BUFFER_BYTES + 1024);
-            (std::mem::replace(&mut buffer.bytes, fresh), lines)
-        };
-        self.hand_over(full.0, full.1);
+            Some((std::mem::replace(&mut buffer.bytes, fresh), lines))
+        });
+        if let Some((bytes, lines)) = full {
+            self.hand_over(bytes, lines);
+        }
     }
 
     fn hand_over(&self, bytes: Vec<u8>, lines: u64) {
@@ -275,39 +282,16 @@ impl Writer {
     }
 }
 
-/// The timestamp of a text access line, as env_logger formats its own
-/// (`2026-11-23T19:32:56.123Z`), so both kinds of line sort together.
+/// The timestamp of a text access line, formatted as env_logger formats
+/// its own (`2026-11-23T19:32:56.123Z`, with the same `jiff` code), so both
+/// kinds of line sort together.
 pub struct Rfc3339Millis(pub SystemTime);
 
 impl std::fmt::Display for Rfc3339Millis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let since = self.0.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let secs = since.as_secs();
-        let (days, rem) = (secs / 86_400, secs % 86_400);
-        let (y, m, d) = civil_from_days(days as i64);
-        write!(
-            f,
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60,
-            since.subsec_millis()
-        )
+        let ts = jiff::Timestamp::try_from(self.0).map_err(|_| std::fmt::Error)?;
+        write!(f, "{ts:.3}")
     }
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
-/// `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// Reopens the access-log file on SIGUSR1, for log rotation, and writes
