@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Instructions per request, counted by callgrind: tollgate and the bare
+# Pingora proxy, per scenario. Unlike req/s on a shared 2-core machine the
+# count repeats to a fraction of a percent for the same binary and inputs,
+# so it tells whether one change to the per-request work helped.
+#
+#   benches/load/instructions.sh [REQUESTS=2000]
+#   SCENARIOS="cached passthrough-nocache" PROXIES="tollgate" benches/load/instructions.sh
+#
+# Each proxy runs under `valgrind --tool=callgrind`; one keep-alive client
+# warms the path (200 requests), the counters are zeroed, REQUESTS requests
+# are sent one after another, and the counters are dumped. Printed: the
+# proxy's instructions per request (all its threads), and where the output
+# files are for `callgrind_annotate`. See benches/load/README.md.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+REQUESTS="${1:-2000}"
+OUT=target/bench/callgrind
+mkdir -p "$OUT"
+WORK="$(mktemp -d /tmp/tollgate-instr.XXXXXX)"
+chmod 755 "$WORK"
+
+scripts/install-deps build-essential cmake pkg-config libssl-dev nginx valgrind
+cargo build --release --locked --bin tollgate --example bare_proxy >&2
+
+ORIGIN=127.0.0.1:18181
+PROXY=127.0.0.1:18180
+ADMIN=127.0.0.1:18190
+BENCH_KEY=bench-key
+
+python3 - "$WORK/doc.json" <<'PY'
+import json, sys
+items = [{"id": i, "name": f"item-{i:03d}", "price_cents": 1000 + i} for i in range(24)]
+doc = json.dumps({"items": items}, separators=(",", ":"))
+open(sys.argv[1], "w").write((doc + " " * 1024)[:1024])
+PY
+cat > "$WORK/origin.conf" <<NGX
+worker_processes 1;
+pid $WORK/origin.pid;
+error_log $WORK/origin-error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen $ORIGIN;
+    default_type application/json;
+    location = /cached   { add_header Cache-Control "public, max-age=300"; etag on; alias $WORK/doc.json; }
+    location = /uncached { add_header Cache-Control "no-store"; alias $WORK/doc.json; }
+    location = /plain/uncached { add_header Cache-Control "no-store"; alias $WORK/doc.json; }
+  }
+}
+NGX
+tollgate_config() { # extra yaml appended
+  cat <<YAML
+listen: ["$PROXY"]
+admin: { listen: "$ADMIN" }
+server: { threads: 1, work_stealing: false, grace_period: 0s, graceful_shutdown_timeout: 1s,
+          pid_file: $WORK/tollgate.pid, upgrade_sock: $WORK/upgrade.sock }
+logging: { level: info, access_log: true, access_log_path: $WORK/access.log, slow_request_threshold: 10s }
+compression: { min_size: 1000, gzip_level: 6, brotli_quality: 4 }
+upstreams:
+  origin: { backends: ["$ORIGIN"] }
+routes:
+  - { name: plain, match: { path_prefix: /plain/ }, upstream: origin }
+  - { name: api, match: { path_prefix: / }, upstream: origin, cache: {} }
+YAML
+  cat
+}
+tollgate_config </dev/null > "$WORK/tollgate.yaml"
+KEY_HASH=$(target/release/tollgate hash-key "$BENCH_KEY")
+tollgate_config > "$WORK/tollgate-rl.yaml" <<YAML
+tiers:
+  bench: { per_second: 100000000, per_hour: 100000000000 }
+tenants:
+  bench: { tier: bench, api_keys: ["$KEY_HASH"] }
+anonymous: { reject: true }
+YAML
+
+cleanup() {
+  nginx -c "$WORK/origin.conf" -s stop 2>/dev/null || true
+  [ -n "${proxy_pid:-}" ] && kill "$proxy_pid" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+nginx -c "$WORK/origin.conf"
+
+# Sends N requests on one keep-alive connection, headers as wrk sends
+# them; fails on a non-2xx.
+client() { # addr path n [accept-encoding]
+  python3 - "$@" <<'PY'
+import http.client, sys
+addr, path, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+headers = {"Authorization": "Bearer bench-key"}
+if len(sys.argv) > 4: headers["Accept-Encoding"] = sys.argv[4]
+host, port = addr.split(":")
+c = http.client.HTTPConnection(host, int(port), timeout=60)
+for _ in range(n):
+    # As wrk sends it: Host and the given fields, no Accept-Encoding.
+    c.putrequest("GET", path, skip_accept_encoding=True)
+    for k, v in headers.items(): c.putheader(k, v)
+    c.endheaders()
+    r = c.getresponse(); r.read()
+    if r.status >= 300: sys.exit(f"{path}: {r.status}")
+PY
+}
+
+declare -A counts
+measure() { # name scenario path encoding command...
+  local name=$1 scen=$2 path=$3 enc=$4; shift 4
+  local file="$OUT/$name-$scen.out"
+  rm -f "$OUT/$name-$scen.out"*
+  valgrind --tool=callgrind --callgrind-out-file="$file" --dump-instr=no "$@" >"$WORK/proxy.log" 2>&1 &
+  proxy_pid=$!
+  for _ in $(seq 1 600); do
+    curl -fsS -o /dev/null -H "Authorization: Bearer $BENCH_KEY" "http://$PROXY$path" 2>/dev/null && break
+    sleep 0.1 # poll until the proxy (slow under valgrind) answers
+  done
+  client "$PROXY" "$path" 200 $enc
+  callgrind_control -z "$proxy_pid" >/dev/null
+  client "$PROXY" "$path" "$REQUESTS" $enc
+  callgrind_control -d "$name-$scen" "$proxy_pid" >/dev/null
+  kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true; proxy_pid=
+  # One dump per thread: sum the totals of the dump taken after the run.
+  local total
+  total=$(grep -h '^totals:' $(grep -l "^desc: Trigger: .*$name-$scen" "$file"* ) | awk '{ s += $2 } END { print s }')
+  counts["$scen/$name"]=$((total / REQUESTS))
+  echo "$scen $name: $((total / REQUESTS)) instructions/request" >&2
+}
+
+SCENARIOS="${SCENARIOS:-passthrough passthrough-nocache cached compressed}"
+PROXIES="${PROXIES:-tollgate tollgate+ratelimit bare-pingora}"
+wanted() { [[ " $1 " == *" $2 "* ]]; }
+for s in "passthrough:/uncached" "passthrough-nocache:/plain/uncached" "cached:/cached" "compressed:/cached:gzip"; do
+  IFS=: read -r scen path enc <<<"$s"
+  wanted "$SCENARIOS" "$scen" || continue
+  if wanted "$PROXIES" tollgate; then
+    measure tollgate "$scen" "$path" "$enc" target/release/tollgate run -c "$WORK/tollgate.yaml"
+  fi
+  if wanted "$PROXIES" tollgate+ratelimit; then
+    measure tollgate+ratelimit "$scen" "$path" "$enc" target/release/tollgate run -c "$WORK/tollgate-rl.yaml"
+  fi
+  if wanted "$PROXIES" bare-pingora && [ -z "$enc" ]; then
+    measure bare-pingora "$scen" "$path" "" target/release/examples/bare_proxy "$PROXY" "$ORIGIN" "$WORK/doc.json"
+  fi
+done
+
+echo
+printf '%-20s %-20s %14s %12s\n' scenario proxy instr/request "vs bare"
+for scen in passthrough passthrough-nocache cached compressed; do
+  for name in tollgate tollgate+ratelimit bare-pingora; do
+    v=${counts["$scen/$name"]:-}
+    [ -n "$v" ] || continue
+    b=${counts["$scen/bare-pingora"]:-}
+    ratio=$([ -n "$b" ] && python3 -c "print(f'{$v/$b:.2f}x')" || echo -)
+    printf '%-20s %-20s %14s %12s\n' "$scen" "$name" "$v" "$ratio"
+  done
+done
+echo "callgrind files: $OUT (callgrind_annotate FILE | head -60)"
