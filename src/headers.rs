@@ -83,10 +83,28 @@ pub fn request_id(client: Option<&HeaderValue>) -> HeaderValue {
 /// showed up in the profile.
 pub struct Millis(pub Duration);
 
+impl Millis {
+    /// Appends the text to `out`, without `core::fmt` (once or twice per
+    /// request: the formatting machinery showed in the profile).
+    pub fn push(&self, out: &mut Vec<u8>) {
+        let micros = self.0.as_micros();
+        let mut digits = itoa::Buffer::new();
+        out.extend_from_slice(digits.format(micros / 1000).as_bytes());
+        let frac = (micros % 1000) as u16;
+        out.extend_from_slice(&[
+            b'.',
+            b'0' + (frac / 100) as u8,
+            b'0' + (frac / 10 % 10) as u8,
+            b'0' + (frac % 10) as u8,
+        ]);
+    }
+}
+
 impl std::fmt::Display for Millis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let micros = self.0.as_micros();
-        write!(f, "{}.{:03}", micros / 1000, micros % 1000)
+        let mut text = Vec::with_capacity(24);
+        self.push(&mut text);
+        f.write_str(&String::from_utf8_lossy(&text))
     }
 }
 
@@ -234,9 +252,10 @@ pub fn decorate(
         resp.insert_header(X_REQUEST_ID, id.clone())?;
     }
     if let Some(elapsed) = decoration.response_time {
-        let mut buf = String::with_capacity(16);
-        let _ = write!(buf, "{}ms", Millis(elapsed));
-        resp.insert_header(X_RESPONSE_TIME, buf)?;
+        let mut text = Vec::with_capacity(24);
+        Millis(elapsed).push(&mut text);
+        text.extend_from_slice(b"ms");
+        resp.insert_header(X_RESPONSE_TIME, text)?;
     }
     if decoration.via {
         if let Some(v) = append_to_list(&resp.headers, VIA, VIA_ENTRY) {
@@ -271,7 +290,7 @@ pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
         return;
     }
     let mut doomed = present_names(&resp.headers, |name| RESPONSE_HOP_BY_HOP.contains(&name));
-    if doomed.iter().any(|name| name == http::header::CONNECTION) {
+    if doomed.contains(&http::header::CONNECTION) {
         let nominated = resp
             .headers
             .get_all(http::header::CONNECTION)

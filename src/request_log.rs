@@ -2,7 +2,7 @@
 //! line (written off the worker thread by `access_log`) and, past the
 //! threshold, the slow-request line.
 
-use crate::access_log::{AccessLog, Rfc3339Millis};
+use crate::access_log::{self, AccessLog};
 use crate::config::file::AccessLogFormat;
 use crate::ctx::RequestCtx;
 use crate::headers::Millis;
@@ -22,20 +22,31 @@ struct Summary<'a> {
     status: u16,
 }
 
-impl fmt::Display for Summary<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Summary<'_> {
+    /// Appends `GET /path status=200 route=… upstream=… backend=…`.
+    fn push(&self, out: &mut Vec<u8>) {
         let req = self.session.req_header();
         let route = self.ctx.route();
-        write!(
-            f,
-            "{} {} status={} route={} upstream={} backend={}",
-            req.method,
-            req.uri.path(),
-            self.status,
-            route.map_or(NO_ROUTE, |r| &r.name),
-            route.map_or("-", |r| r.upstream.name()),
-            self.ctx.upstream.backend().unwrap_or("-"),
-        )
+        let mut digits = itoa::Buffer::new();
+        for (label, value) in [
+            ("", req.method.as_str()),
+            (" ", req.uri.path()),
+            (" status=", digits.format(self.status)),
+            (" route=", route.map_or(NO_ROUTE, |r| &r.name)),
+            (" upstream=", route.map_or("-", |r| r.upstream.name())),
+            (" backend=", self.ctx.upstream.backend().unwrap_or("-")),
+        ] {
+            out.extend_from_slice(label.as_bytes());
+            out.extend_from_slice(value.as_bytes());
+        }
+    }
+}
+
+impl fmt::Display for Summary<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = Vec::with_capacity(128);
+        self.push(&mut text);
+        f.write_str(&String::from_utf8_lossy(&text))
     }
 }
 
@@ -111,9 +122,9 @@ pub fn finish(
     if !(logging.access_log && access_log.enabled()) {
         return;
     }
-    let line = if logging.access_log_format == AccessLogFormat::Json {
+    if logging.access_log_format == AccessLogFormat::Json {
         let req = session.req_header();
-        serde_json::json!({
+        let line = serde_json::json!({
             "ts_ms": std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
@@ -126,17 +137,24 @@ pub fn finish(
             "duration_ms": elapsed.as_secs_f64() * 1000.0,
             "request_id": request_id,
             "error": e.map(|e| e.etype().as_str()),
-        })
-        .to_string()
-    } else {
-        // The prefix env_logger gives other lines, so both sort together.
-        format!(
-            "[{} INFO  tollgate::access] {summary} duration_ms={} request_id={request_id}{}{}",
-            Rfc3339Millis(std::time::SystemTime::now()),
-            Millis(elapsed),
-            if e.is_some() { " error=" } else { "" },
-            e.map_or("", |e| e.etype().as_str()),
-        )
-    };
-    access_log.write(&line);
+        });
+        access_log.write(&line.to_string());
+        return;
+    }
+    // The prefix env_logger gives other lines, so both sort together;
+    // written straight into the thread's log buffer.
+    access_log.write_with(|out| {
+        out.push(b'[');
+        access_log::push_rfc3339_millis(out, std::time::SystemTime::now());
+        out.extend_from_slice(b" INFO  tollgate::access] ");
+        summary.push(out);
+        out.extend_from_slice(b" duration_ms=");
+        Millis(elapsed).push(out);
+        out.extend_from_slice(b" request_id=");
+        out.extend_from_slice(request_id.as_bytes());
+        if let Some(e) = e {
+            out.extend_from_slice(b" error=");
+            out.extend_from_slice(e.etype().as_str().as_bytes());
+        }
+    });
 }
