@@ -14,6 +14,7 @@ pub mod key;
 pub mod l2;
 pub mod policy;
 pub mod purge;
+mod refusal;
 pub mod revalidation;
 pub mod store;
 pub mod tiered;

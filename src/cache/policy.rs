@@ -63,6 +63,9 @@ pub fn response_cacheable(
     if sets_cookie && !policy.strip_set_cookie {
         return not_stored("set-cookie");
     }
+    if let Some(refused) = quick_refusal(req, resp, policy, exchange) {
+        return refused;
+    }
     let (cc, cc_field) = match directives(resp, policy) {
         Some((cc, field)) => (Some(cc), field),
         None => (None, http::header::CACHE_CONTROL.as_str()),
@@ -142,6 +145,36 @@ pub fn response_cacheable(
 /// route's list that is present and parses (RFC 9213 §2.2: it then
 /// replaces `Cache-Control` entirely), else `Cache-Control`.
 /// Returns them with the name of the field they came from.
+/// The two checks below that refuse most uncacheable responses (a
+/// credentialed request without permission, `no-store`/`private`), answered
+/// from a scan of the directive names when the field is well-formed and no
+/// targeted field overrides it (`refusal`); `None`: the full checks decide.
+fn quick_refusal(
+    req: &RequestHeader,
+    resp: &ResponseHeader,
+    policy: &RouteCache,
+    exchange: Exchange,
+) -> Option<RespCacheable> {
+    if policy
+        .targeted_fields
+        .iter()
+        .any(|name| resp.headers.contains_key(name))
+    {
+        return None;
+    }
+    let credentialed =
+        exchange.credentialed || req.headers.contains_key(http::header::AUTHORIZATION);
+    let lines = resp.headers.get_all(http::header::CACHE_CONTROL);
+    if lines.iter().next().is_none() {
+        return credentialed.then(|| not_stored("authorization"));
+    }
+    let found = super::refusal::scan(lines)?;
+    if credentialed && !found.allows_authorized {
+        return Some(not_stored("authorization"));
+    }
+    (found.no_store || found.private).then(|| not_stored("no-store-or-private"))
+}
+
 fn directives<'p>(
     resp: &ResponseHeader,
     policy: &'p RouteCache,
