@@ -47,11 +47,7 @@ pub fn normalise_path(path: &str) -> Result<Cow<'_, str>, PathProblem> {
         return Err(PathProblem::NotAbsolute);
     }
     let bytes = path.as_bytes();
-    let plain = !bytes.contains(&b'%')
-        && !path.contains("//")
-        && !path.contains("/.")
-        && !path.contains('\\');
-    if plain {
+    if is_plain(bytes) {
         return Ok(Cow::Borrowed(path));
     }
     let mut out = String::with_capacity(path.len());
@@ -96,6 +92,19 @@ pub fn normalise_path(path: &str) -> Result<Cow<'_, str>, PathProblem> {
         return Ok(Cow::Borrowed(path)); // already normal: nothing to rewrite
     }
     Ok(Cow::Owned(out))
+}
+
+/// No `%`, `\\`, `//` or `/.`: nothing to decode, merge or check. One
+/// pass (four substring searches cost more than the rest of the check).
+fn is_plain(bytes: &[u8]) -> bool {
+    let mut prev = 0u8;
+    for &b in bytes {
+        if b == b'%' || b == b'\\' || (prev == b'/' && (b == b'/' || b == b'.')) {
+            return false;
+        }
+        prev = b;
+    }
+    true
 }
 
 /// Whether a normalised path has a segment a backend may resolve as `.`

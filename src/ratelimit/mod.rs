@@ -407,7 +407,16 @@ impl RateLimiter {
             } else {
                 reset.max(retry_after)
             };
-            headers.limit = format!("\"{name}\";r={remaining};t={reset}");
+            // `"minute";r=9;t=30`, without core::fmt (once per request).
+            let mut digits = itoa::Buffer::new();
+            let limit = &mut headers.limit;
+            limit.reserve(40);
+            limit.push('"');
+            limit.push_str(name);
+            limit.push_str("\";r=");
+            limit.push_str(digits.format(remaining));
+            limit.push_str(";t=");
+            limit.push_str(digits.format(reset));
             headers.x_limit = quota;
             headers.x_remaining = remaining;
             headers.x_reset = reset;

@@ -80,10 +80,33 @@ pub(super) struct EncodedBody {
 /// What an encoded copy weighs beyond its bytes.
 pub(super) const ENCODED_OVERHEAD: usize = 64;
 
+/// Fields a hit adds to a clone of the stored header: `Age`,
+/// `Cache-Status`, `X-Request-Id`, `X-Response-Time`, five rate-limit
+/// fields, an encoding's two, and one to spare.
+const HIT_FIELDS: usize = 12;
+
 /// Rebuilds `header` from its serialized form so that it owns compact
-/// buffers instead of slices of the upstream connection's read buffer.
+/// buffers instead of slices of the upstream connection's read buffer, with
+/// index room for the fields a hit adds. A clone keeps a `HeaderMap`'s index
+/// size, so each hit's clone takes those fields without regrowing and
+/// rehashing both of Pingora's maps (~2,000 instructions a hit,
+/// `benches/load/instructions.sh`); what is stored is itself a clone, so
+/// only the index is larger, not the field list.
 pub(super) fn compact_header(internal: &[u8], header_bytes: &[u8]) -> Result<ResponseHeader> {
-    Ok(CacheMeta::deserialize(internal, header_bytes)?.response_header_copy())
+    let parsed = CacheMeta::deserialize(internal, header_bytes)?.response_header_copy();
+    let mut roomy = ResponseHeader::build(parsed.status, Some(parsed.headers.len() + HIT_FIELDS))?;
+    roomy.set_version(parsed.version);
+    roomy.set_reason_phrase(parsed.get_reason_phrase())?;
+    if parsed.has_case() {
+        for (name, value) in parsed.case_header_iter() {
+            roomy.append_header(name.clone(), value.clone())?;
+        }
+    } else {
+        for (name, value) in &parsed.headers {
+            roomy.append_header(name, value.clone())?;
+        }
+    }
+    Ok(roomy.clone())
 }
 
 /// What a parsed header holds in memory, for the entry's weight.
@@ -92,7 +115,9 @@ fn header_weight(header: &ResponseHeader) -> usize {
         .headers
         .iter()
         .map(|(name, value)| 2 * name.as_str().len() + value.len() + HEADER_FIELD_OVERHEAD)
-        .sum()
+        .sum::<usize>()
+        // The index room: two maps, at most twice the slots, 4 bytes each.
+        + 2 * 2 * HIT_FIELDS * 4
 }
 
 /// Weight of an entry: body, header and internal meta as held, plus the
