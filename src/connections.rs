@@ -276,6 +276,15 @@ impl HeadClock {
         if bytes.is_empty() {
             return;
         }
+        // A head that arrives whole in one read (the common case) never
+        // needs the timer: resetting it costs a timer-wheel removal and
+        // insertion per request.
+        if ends_head(&self.tail, bytes) {
+            self.phase = Phase::InMessage;
+            self.armed = false;
+            self.tail = [0; 3];
+            return;
+        }
         if !self.armed {
             let at = tokio::time::Instant::now() + self.limit;
             match self.timer.as_mut() {
@@ -283,12 +292,6 @@ impl HeadClock {
                 None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
             }
             self.armed = true;
-        }
-        if ends_head(&self.tail, bytes) {
-            self.phase = Phase::InMessage;
-            self.armed = false;
-            self.tail = [0; 3];
-            return;
         }
         let mut joined = [0u8; 6];
         joined[..3].copy_from_slice(&self.tail);
@@ -329,7 +332,10 @@ fn ends_head(tail: &[u8; 3], bytes: &[u8]) -> bool {
     edge[..3].copy_from_slice(tail);
     let k = bytes.len().min(3);
     edge[3..3 + k].copy_from_slice(&bytes[..k]);
-    edge[..3 + k].windows(4).any(|w| w == b"\r\n\r\n") || bytes.windows(4).any(|w| w == b"\r\n\r\n")
+    edge[..3 + k].windows(4).any(|w| w == b"\r\n\r\n")
+        // A read usually ends where the head does.
+        || bytes.ends_with(b"\r\n\r\n")
+        || bytes.windows(4).any(|w| w == b"\r\n\r\n")
 }
 
 impl AsyncRead for HeadDeadline {

@@ -139,6 +139,17 @@ pub fn on_response(
     let Some(config) = config else {
         return Ok(None);
     };
+    // Nothing to negotiate: the client takes no coding (its normalised
+    // `Accept-Encoding` is gone) and the body has none, so the module will
+    // neither encode nor decode. Most API clients send none.
+    if !session
+        .req_header()
+        .headers
+        .contains_key(http::header::ACCEPT_ENCODING)
+        && !resp.headers.contains_key(http::header::CONTENT_ENCODING)
+    {
+        return Ok(None);
+    }
     if !policy_allows(resp, config, route) {
         if let Some(c) = ctx(session) {
             encode_nothing(c);
