@@ -38,6 +38,10 @@ impl Window {
     }
 }
 
+/// Per-window values of one decision: inline for up to four windows (a
+/// tier's second/minute/hour/day), so a decision allocates nothing.
+pub type PerWindow<T> = smallvec::SmallVec<[T; 4]>;
+
 /// The state of one window after a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WindowState {
@@ -55,9 +59,9 @@ pub struct Verdict {
     /// Seconds until a request of this cost would be allowed (0 when allowed).
     pub retry_after_secs: u64,
     /// Per window, in the order given.
-    pub windows: Vec<WindowState>,
+    pub windows: PerWindow<WindowState>,
     /// The TATs to store when allowed (unchanged when limited).
-    pub new_tats: Vec<u64>,
+    pub new_tats: PerWindow<u64>,
 }
 
 fn ceil_secs(ns: u64) -> u64 {
@@ -69,7 +73,7 @@ fn ceil_secs(ns: u64) -> u64 {
 pub fn decide(windows: &[Window], tats: &[u64], now_ns: u64, cost: u64) -> Verdict {
     let mut allowed = true;
     let mut retry_after_ns = 0u64;
-    let mut new_tats = Vec::with_capacity(windows.len());
+    let mut new_tats = PerWindow::with_capacity(windows.len());
     for (w, &tat) in windows.iter().zip(tats) {
         let base = tat.max(now_ns);
         let new_tat = base.saturating_add(w.interval_ns.saturating_mul(cost));
@@ -80,16 +84,13 @@ pub fn decide(windows: &[Window], tats: &[u64], now_ns: u64, cost: u64) -> Verdi
         }
         new_tats.push(new_tat);
     }
-    let effective: Vec<u64> = if allowed {
-        new_tats.clone()
-    } else {
-        tats.iter().map(|t| (*t).max(now_ns)).collect()
-    };
+    // What the windows hold after this request: its TATs if it passes.
     let windows_state = windows
         .iter()
-        .zip(&effective)
-        .map(|(w, tat)| {
-            let used = tat.saturating_sub(now_ns);
+        .zip(tats.iter().zip(&new_tats))
+        .map(|(w, (&tat, &new_tat))| {
+            let effective = if allowed { new_tat } else { tat.max(now_ns) };
+            let used = effective.saturating_sub(now_ns);
             WindowState {
                 remaining: w.tolerance_ns.saturating_sub(used) / w.interval_ns,
                 reset_secs: ceil_secs(used),
@@ -104,7 +105,11 @@ pub fn decide(windows: &[Window], tats: &[u64], now_ns: u64, cost: u64) -> Verdi
             ceil_secs(retry_after_ns).max(1)
         },
         windows: windows_state,
-        new_tats: if allowed { new_tats } else { tats.to_vec() },
+        new_tats: if allowed {
+            new_tats
+        } else {
+            PerWindow::from_slice(tats)
+        },
     }
 }
 
@@ -116,7 +121,7 @@ mod tests {
 
     fn run(windows: &[Window], tats: &mut Vec<u64>, now: u64, cost: u64) -> Verdict {
         let v = decide(windows, tats, now, cost);
-        *tats = v.new_tats.clone();
+        *tats = v.new_tats.to_vec();
         v
     }
 

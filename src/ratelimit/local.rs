@@ -12,6 +12,7 @@
 //! cost per request stays constant.
 
 use super::gcra::{self, Verdict, Window};
+use smallvec::{smallvec, SmallVec};
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -87,37 +88,43 @@ impl LocalBuckets {
     /// Decides all checks together: the request passes only if every bucket
     /// allows it, and only then do they all advance. One verdict per check.
     pub fn decide(&self, checks: &[Check<'_>]) -> Vec<Verdict> {
-        let mut shard_ids: Vec<usize> = checks.iter().map(|c| self.shard_of(c.key)).collect();
+        // Inline: a decision has one or two checks (tier, route).
+        let mut shard_ids: SmallVec<[usize; 4]> =
+            checks.iter().map(|c| self.shard_of(c.key)).collect();
         let mut order = shard_ids.clone();
         order.sort_unstable();
         order.dedup();
         // Locks in ascending shard order: no deadlock between two requests.
-        let mut guards: Vec<(usize, MutexGuard<'_, _>)> =
+        let mut guards: SmallVec<[(usize, MutexGuard<'_, _>); 4]> =
             order.iter().map(|&s| (s, self.lock(s))).collect();
         let now = self.now_ns();
         let verdicts: Vec<Verdict> = checks
             .iter()
             .zip(&shard_ids)
             .map(|(c, shard)| {
-                let map = &guards.iter().find(|(s, _)| s == shard).map(|(_, g)| g);
-                let tats = map
-                    .and_then(|m| m.get(c.key).cloned())
-                    .unwrap_or_else(|| vec![0; c.windows.len()]);
-                let tats = if tats.len() == c.windows.len() {
-                    tats
-                } else {
-                    vec![0; c.windows.len()]
-                };
-                gcra::decide(c.windows, &tats, now, c.cost)
+                let map = guards.iter().find(|(s, _)| s == shard).map(|(_, g)| g);
+                let stored = map
+                    .and_then(|m| m.get(c.key))
+                    .filter(|tats| tats.len() == c.windows.len());
+                match stored {
+                    Some(tats) => gcra::decide(c.windows, tats, now, c.cost),
+                    None => {
+                        let fresh: gcra::PerWindow<u64> = smallvec![0; c.windows.len()];
+                        gcra::decide(c.windows, &fresh, now, c.cost)
+                    }
+                }
             })
             .collect();
         if verdicts.iter().all(|v| v.allowed) {
             for ((c, v), shard) in checks.iter().zip(&verdicts).zip(shard_ids.iter_mut()) {
                 if let Some((_, guard)) = guards.iter_mut().find(|(s, _)| s == shard) {
                     match guard.get_mut(c.key) {
-                        Some(slot) => slot.clone_from(&v.new_tats),
+                        Some(slot) => {
+                            slot.clear();
+                            slot.extend_from_slice(&v.new_tats);
+                        }
                         None => {
-                            guard.insert(c.key.into(), v.new_tats.clone());
+                            guard.insert(c.key.into(), v.new_tats.to_vec());
                             if guard.len() > self.shard_capacity {
                                 let keep = self.shard_capacity - self.shard_capacity / 8;
                                 let n = evict_least_spent(guard, keep);

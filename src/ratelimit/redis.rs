@@ -260,7 +260,7 @@ fn parse_reply(checks: &[Check<'_>], reply: &[i64]) -> Option<Vec<Verdict>> {
     let mut pos = 2;
     let mut out = Vec::with_capacity(checks.len());
     for c in checks {
-        let mut windows = Vec::with_capacity(c.windows.len());
+        let mut windows = super::gcra::PerWindow::with_capacity(c.windows.len());
         for _ in c.windows {
             let remaining = u64::try_from(*reply.get(pos)?).unwrap_or(0);
             let used = *reply.get(pos + 1)?;
@@ -274,7 +274,7 @@ fn parse_reply(checks: &[Check<'_>], reply: &[i64]) -> Option<Vec<Verdict>> {
             allowed,
             retry_after_secs,
             windows,
-            new_tats: Vec::new(),
+            new_tats: super::gcra::PerWindow::new(),
         });
     }
     Some(out)
