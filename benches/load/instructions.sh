@@ -14,6 +14,7 @@
 # files are for `callgrind_annotate`. See benches/load/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. benches/load/origin.sh
 REQUESTS="${1:-2000}"
 OUT=target/bench/callgrind
 mkdir -p "$OUT"
@@ -28,29 +29,8 @@ PROXY=127.0.0.1:18180
 ADMIN=127.0.0.1:18190
 BENCH_KEY=bench-key
 
-python3 - "$WORK/doc.json" <<'PY'
-import json, sys
-items = [{"id": i, "name": f"item-{i:03d}", "price_cents": 1000 + i} for i in range(24)]
-doc = json.dumps({"items": items}, separators=(",", ":"))
-open(sys.argv[1], "w").write((doc + " " * 1024)[:1024])
-PY
-cat > "$WORK/origin.conf" <<NGX
-worker_processes 1;
-pid $WORK/origin.pid;
-error_log $WORK/origin-error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen $ORIGIN;
-    default_type application/json;
-    location = /cached   { add_header Cache-Control "public, max-age=300"; etag on; alias $WORK/doc.json; }
-    location = /uncached { add_header Cache-Control "no-store"; alias $WORK/doc.json; }
-    location = /plain/uncached { add_header Cache-Control "no-store"; alias $WORK/doc.json; }
-  }
-}
-NGX
+bench_document "$WORK/doc.json"
+origin_conf "$WORK" "$ORIGIN" > "$WORK/origin.conf"
 tollgate_config() { # extra yaml appended
   cat <<YAML
 listen: ["$PROXY"]

@@ -10,6 +10,7 @@
 # and writes target/bench/load-results.json.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. benches/load/origin.sh
 DURATION="${1:-10}"
 ROUNDS="${2:-3}"
 CONNS=64
@@ -39,32 +40,9 @@ TOLLGATE_L2_ADMIN=127.0.0.1:18094
 REDIS_PORT=18086
 BENCH_KEY=bench-key
 
-# A 1 KB JSON document.
-python3 - "$WORK/doc.json" <<'PY'
-import json, sys
-items = [{"id": i, "name": f"item-{i:03d}", "price_cents": 1000 + i} for i in range(24)]
-doc = json.dumps({"items": items}, separators=(",", ":"))
-doc = doc + " " * max(0, 1024 - len(doc))
-open(sys.argv[1], "w").write(doc[:1024] if len(doc) > 1024 else doc)
-PY
+bench_document "$WORK/doc.json"
 
-cat > "$WORK/origin.conf" <<NGX
-worker_processes 1;
-pid $WORK/origin.pid;
-error_log $WORK/origin-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen $ORIGIN reuseport;
-    default_type application/json;
-    location = /cached   { add_header Cache-Control "public, max-age=300"; etag on; alias $WORK/doc.json; }
-    location = /uncached { add_header Cache-Control "no-store"; alias $WORK/doc.json; }
-    location = /plain/uncached { add_header Cache-Control "no-store"; alias $WORK/doc.json; }
-  }
-}
-NGX
+origin_conf "$WORK" "$ORIGIN" > "$WORK/origin.conf"
 
 cat > "$WORK/nginx-proxy.conf" <<NGX
 worker_processes 1;

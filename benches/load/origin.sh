@@ -1,0 +1,33 @@
+# Sourced by run.sh and instructions.sh: the origin both measure against.
+
+# bench_document PATH: a 1 KB JSON document.
+bench_document() {
+  python3 - "$1" <<'PY'
+import json, sys
+items = [{"id": i, "name": f"item-{i:03d}", "price_cents": 1000 + i} for i in range(24)]
+doc = json.dumps({"items": items}, separators=(",", ":"))
+open(sys.argv[1], "w").write((doc + " " * 1024)[:1024])
+PY
+}
+
+# origin_conf WORK ADDR: an nginx config serving WORK/doc.json at /cached
+# (`public, max-age=300`, ETag), /uncached and /plain/uncached (`no-store`).
+origin_conf() {
+  cat <<NGX
+worker_processes 1;
+pid $1/origin.pid;
+error_log $1/origin-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen $2 reuseport;
+    default_type application/json;
+    location = /cached   { add_header Cache-Control "public, max-age=300"; etag on; alias $1/doc.json; }
+    location = /uncached { add_header Cache-Control "no-store"; alias $1/doc.json; }
+    location = /plain/uncached { add_header Cache-Control "no-store"; alias $1/doc.json; }
+  }
+}
+NGX
+}
