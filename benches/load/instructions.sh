@@ -14,7 +14,7 @@
 # files are for `callgrind_annotate`. See benches/load/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-. benches/load/origin.sh
+. benches/load/setup.sh
 REQUESTS="${1:-2000}"
 OUT=target/bench/callgrind
 mkdir -p "$OUT"
@@ -49,13 +49,7 @@ YAML
 }
 tollgate_config </dev/null > "$WORK/tollgate.yaml"
 KEY_HASH=$(target/release/tollgate hash-key "$BENCH_KEY")
-tollgate_config > "$WORK/tollgate-rl.yaml" <<YAML
-tiers:
-  bench: { per_second: 100000000, per_hour: 100000000000 }
-tenants:
-  bench: { tier: bench, api_keys: ["$KEY_HASH"] }
-anonymous: { reject: true }
-YAML
+bench_rate_limits "$KEY_HASH" | tollgate_config > "$WORK/tollgate-rl.yaml"
 
 cleanup() {
   nginx -c "$WORK/origin.conf" -s stop 2>/dev/null || true

@@ -10,7 +10,7 @@
 # and writes target/bench/load-results.json.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-. benches/load/origin.sh
+. benches/load/setup.sh
 DURATION="${1:-10}"
 ROUNDS="${2:-3}"
 CONNS=64
@@ -106,13 +106,7 @@ variant() { # listen admin: the base config on other addresses and files
 variant "$TOLLGATE_NOLOG" "$TOLLGATE_NOLOG_ADMIN" | sed -e "s/access_log: true/access_log: false/" > "$WORK/tollgate-nolog.yaml"
 rl_config() { # listen admin [redis-url]
   variant "$1" "$2"
-  cat <<YAML
-tiers:
-  bench: { per_second: 100000000, per_hour: 100000000000 }
-tenants:
-  bench: { tier: bench, api_keys: ["$KEY_HASH"] }
-anonymous: { reject: true }
-YAML
+  bench_rate_limits "$KEY_HASH"
   if [ -n "${3:-}" ]; then echo "redis: { url: \"$3\", timeout: 50ms }"; fi
 }
 rl_config "$TOLLGATE_RL" "$TOLLGATE_RL_ADMIN" > "$WORK/tollgate-rl.yaml"

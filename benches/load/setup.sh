@@ -1,4 +1,5 @@
-# Sourced by run.sh and instructions.sh: the origin both measure against.
+# Sourced by run.sh and instructions.sh: the origin both measure against,
+# and the rate-limit tenant both configure.
 
 # bench_document PATH: a 1 KB JSON document.
 bench_document() {
@@ -30,4 +31,16 @@ http {
   }
 }
 NGX
+}
+
+# bench_rate_limits KEY_HASH: a tier whose budget the load cannot reach
+# (every request is decided, none refused) and the tenant holding the key.
+bench_rate_limits() {
+  cat <<YAML
+tiers:
+  bench: { per_second: 100000000, per_hour: 100000000000 }
+tenants:
+  bench: { tier: bench, api_keys: ["$1"] }
+anonymous: { reject: true }
+YAML
 }
