@@ -142,7 +142,7 @@ pub struct Forwarding<'a> {
 /// scanning what is there, rather than calling `remove_header` for every
 /// name that might be, saves a name parse and a hash lookup per candidate
 /// (16 of them on every request: the profile showed it).
-pub fn present_names(
+fn present_names(
     headers: &http::HeaderMap,
     mut doomed: impl FnMut(&str) -> bool,
 ) -> Vec<http::HeaderName> {
