@@ -328,7 +328,7 @@ pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
             .flat_map(|v| v.split(','))
             .filter_map(|name| http::HeaderName::from_bytes(name.trim().as_bytes()).ok())
             .filter(|name| !NEVER_NOMINATED.contains(&name.as_str()));
-        doomed.extend(nominated.collect::<Vec<_>>());
+        doomed.extend(nominated);
     }
     for name in &doomed {
         resp.remove_header(name);

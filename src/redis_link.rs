@@ -146,46 +146,35 @@ impl RedisLink {
         });
         let target = target.clone();
         let weak: Weak<Self> = Arc::downgrade(&link);
-        std::thread::Builder::new()
-            .name(format!("tollgate-redis-{name}"))
-            .spawn(move || {
-                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                else {
-                    log::error!("redis ({name}): cannot start the connection thread's runtime");
+        spawn_runtime_thread(format!("tollgate-redis-{name}"), move || async move {
+            let mut attempts = 0u64;
+            loop {
+                let Some(link) = weak.upgrade() else {
                     return;
                 };
-                rt.block_on(async move {
-                    let mut attempts = 0u64;
-                    loop {
-                        let Some(link) = weak.upgrade() else {
-                            return;
-                        };
-                        attempts += 1;
-                        let made = make(&target, timeout).await;
-                        match made {
-                            Ok(conn) => {
-                                *link.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
-                                drop(link);
-                                log::info!("redis ({name}): connected");
-                                on_connect();
-                                // This runtime drives the connection: keep it alive.
-                                std::future::pending::<()>().await;
-                            }
-                            Err(e) => {
-                                drop(link);
-                                // Once a minute is enough to say it is still down.
-                                if attempts % 60 == 1 {
-                                    log::warn!("redis ({name}): cannot connect yet: {e}");
-                                }
-                                tokio::time::sleep(Duration::from_secs(1)).await;
-                            }
-                        }
+                attempts += 1;
+                let made = make(&target, timeout).await;
+                match made {
+                    Ok(conn) => {
+                        *link.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+                        drop(link);
+                        log::info!("redis ({name}): connected");
+                        on_connect();
+                        // This runtime drives the connection: keep it alive.
+                        std::future::pending::<()>().await;
                     }
-                });
-            })
-            .map_err(|e| format!("redis: cannot start the connection thread: {e}"))?;
+                    Err(e) => {
+                        drop(link);
+                        // Once a minute is enough to say it is still down.
+                        if attempts % 60 == 1 {
+                            log::warn!("redis ({name}): cannot connect yet: {e}");
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        })
+        .map_err(|e| format!("redis: cannot start the connection thread: {e}"))?;
         Ok(link)
     }
 
@@ -275,4 +264,27 @@ impl RedisLink {
             }
         });
     }
+}
+
+/// Runs the future `task` makes on a thread of its own, under a
+/// single-threaded runtime: the Redis connection driver and the cache
+/// tier's writer live there, off the proxy's worker threads.
+pub fn spawn_runtime_thread<F, Fut>(name: String, task: F) -> std::io::Result<()>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let thread_name = name.clone();
+    std::thread::Builder::new()
+        .name(thread_name)
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(task()),
+                Err(e) => log::error!("{name}: cannot start its runtime: {e}"),
+            }
+        })?;
+    Ok(())
 }

@@ -7,14 +7,14 @@
 //! tested without a proxy around it.
 
 use crate::cache::key;
-use crate::cache::store::MemoryStore;
+use crate::cache::purge::{Purge, PurgeTarget};
+use crate::cache::store::{MemoryStore, Selection};
 use crate::config::model::RouteCache;
 use crate::host::Host;
 use crate::metrics::Metrics;
 use pingora::http::{RequestHeader, ResponseHeader};
+use std::sync::Arc;
 
-/// Normalisation used when the route of the unsafe request has no cache
-/// settings of its own: the defaults (sorted query, nothing excluded).
 /// A finished request, as invalidation sees it.
 pub struct Finished<'a> {
     /// The request as the client sent it.
@@ -30,14 +30,10 @@ pub struct Finished<'a> {
 /// The stored-URI forms a finished request makes stale (§4.4): for a
 /// successful unsafe request, its own URI and its same-origin `Location`
 /// and `Content-Location`; nothing otherwise.
-pub fn stale_uris(done: &Finished<'_>) -> Vec<String> {
+fn stale_uris(done: &Finished<'_>) -> Vec<String> {
     // §4.4: every method not defined as safe (RFC 9110 §9.2.1) — POST,
     // PUT, PATCH, DELETE and any method the cache does not know.
-    let unsafe_method = !crate::methods::is_safe(&done.req.method);
-    let succeeded = done
-        .resp
-        .is_some_and(|r| r.status.is_success() || r.status.is_redirection());
-    if !unsafe_method || !succeeded {
+    if crate::methods::is_safe(&done.req.method) || !succeeded(done) {
         return Vec::new();
     }
     let fallback;
@@ -64,9 +60,47 @@ pub fn stale_uris(done: &Finished<'_>) -> Vec<String> {
     uris
 }
 
+/// A 2xx or 3xx answer: what §4.4 means by a non-error response.
+fn succeeded(done: &Finished<'_>) -> bool {
+    done.resp
+        .is_some_and(|r| r.status.is_success() || r.status.is_redirection())
+}
+
+/// Everything a finished request invalidates: the URIs it made stale
+/// (§4.4) and, when it succeeded, the cache tags its upstream named in the
+/// invalidation field (`named_tags`, collected from unsafe requests only).
+/// Removes them from memory, counts them, and returns them as purges for
+/// the Redis tier and the other instances.
+pub fn after_request(
+    store: &MemoryStore,
+    metrics: &Metrics,
+    done: &Finished<'_>,
+    named_tags: Vec<Arc<str>>,
+) -> Vec<Purge> {
+    let stale = stale_uris(done);
+    purge_stale(store, metrics, &stale);
+    let tags = if succeeded(done) {
+        named_tags
+    } else {
+        Vec::new()
+    };
+    for tag in &tags {
+        counted(metrics, store.purge_selection(Selection::Tag(tag)));
+    }
+    stale
+        .into_iter()
+        .map(PurgeTarget::Uri)
+        .chain(tags.iter().map(|t| PurgeTarget::Tag(t.to_string())))
+        .map(|target| Purge {
+            target,
+            soft: false,
+        })
+        .collect()
+}
+
 /// Purges `uris` from memory; counts what it removed in
 /// `tollgate_cache_purges_total{reason="invalidation"}` and returns it.
-pub fn purge_stale(store: &MemoryStore, metrics: &Metrics, uris: &[String]) -> usize {
+fn purge_stale(store: &MemoryStore, metrics: &Metrics, uris: &[String]) -> usize {
     if uris.is_empty() || store.entries() == 0 {
         return 0;
     }
@@ -76,7 +110,7 @@ pub fn purge_stale(store: &MemoryStore, metrics: &Metrics, uris: &[String]) -> u
 
 /// Counts entries an invalidation removed in
 /// `tollgate_cache_purges_total{reason="invalidation"}`; returns them.
-pub fn counted(metrics: &Metrics, removed: usize) -> usize {
+fn counted(metrics: &Metrics, removed: usize) -> usize {
     if removed > 0 {
         metrics
             .cache_purges
@@ -145,7 +179,7 @@ fn same_origin_uri(host: &str, location: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    /// What `ProxyHttp::logging` does with memory after a request.
+    /// The URI part of `after_request`, returning how many entries went.
     fn invalidate(store: &MemoryStore, metrics: &Metrics, done: &Finished<'_>) -> usize {
         purge_stale(store, metrics, &stale_uris(done))
     }

@@ -154,10 +154,10 @@ impl RedisTier {
             metrics: metrics.clone(),
             answering: answering.clone(),
         });
-        std::thread::Builder::new()
-            .name("tollgate-cache-l2-writer".into())
-            .spawn(move || write_loop(link, queue, metrics, answering))
-            .map_err(|e| format!("cache redis tier: cannot start the writer: {e}"))?;
+        crate::redis_link::spawn_runtime_thread("tollgate-cache-l2-writer".into(), move || {
+            write_loop(link, queue, metrics, answering)
+        })
+        .map_err(|e| format!("cache redis tier: cannot start the writer: {e}"))?;
         Ok(tier)
     }
 
@@ -303,69 +303,60 @@ pub fn ttl_of(fresh_until: SystemTime, stale_secs: u32, now: SystemTime) -> Dura
 
 /// The writer task: one `SET … PX` and two index updates per entry, in one
 /// pipeline, with the lookup timeout ×10 as its bound.
-fn write_loop(
+async fn write_loop(
     link: Arc<RedisLink>,
     mut queue: tokio::sync::mpsc::Receiver<Write>,
     metrics: Arc<Metrics>,
     answering: Arc<AtomicBool>,
 ) {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        log::error!("cache redis tier: cannot start the writer's runtime");
-        return;
-    };
-    rt.block_on(async move {
-        while let Some(write) = queue.recv().await {
-            let result = match link.conn() {
-                None => "error",
-                Some(mut conn) => {
-                    let ttl_ms = u64::try_from(write.ttl.as_millis())
-                        .unwrap_or(u64::MAX)
-                        .max(1);
-                    let mut commands = vec![redis::cmd("SET")];
-                    commands[0]
-                        .arg(&write.key)
-                        .arg(&write.value)
-                        .arg("PX")
-                        .arg(ttl_ms);
-                    for index in &write.indexes {
-                        let mut add = redis::cmd("SADD");
-                        add.arg(index).arg(&write.key);
-                        // An index lives as long as its longest-lived entry.
-                        let mut longer = redis::cmd("PEXPIRE");
-                        longer.arg(index).arg(ttl_ms).arg("GT");
-                        let mut first = redis::cmd("PEXPIRE");
-                        first.arg(index).arg(ttl_ms).arg("NX");
-                        commands.extend([add, longer, first]);
-                    }
-                    let bound = link.timeout().saturating_mul(10);
-                    let sent = async {
-                        if link.is_cluster() {
-                            // Keys in many slots: one command at a time.
-                            for c in &commands {
-                                c.query_async::<redis::Value>(&mut conn).await?;
-                            }
-                            Ok(())
-                        } else {
-                            let mut pipe = redis::pipe();
-                            for c in commands {
-                                pipe.add_command(c).ignore();
-                            }
-                            pipe.query_async::<()>(&mut conn).await
-                        }
-                    };
-                    match tokio::time::timeout(bound, sent).await {
-                        Ok(Ok(())) => "ok",
-                        _ => "error",
-                    }
+    while let Some(write) = queue.recv().await {
+        let result = match link.conn() {
+            None => "error",
+            Some(mut conn) => {
+                let ttl_ms = u64::try_from(write.ttl.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1);
+                let mut commands = vec![redis::cmd("SET")];
+                commands[0]
+                    .arg(&write.key)
+                    .arg(&write.value)
+                    .arg("PX")
+                    .arg(ttl_ms);
+                for index in &write.indexes {
+                    let mut add = redis::cmd("SADD");
+                    add.arg(index).arg(&write.key);
+                    // An index lives as long as its longest-lived entry.
+                    let mut longer = redis::cmd("PEXPIRE");
+                    longer.arg(index).arg(ttl_ms).arg("GT");
+                    let mut first = redis::cmd("PEXPIRE");
+                    first.arg(index).arg(ttl_ms).arg("NX");
+                    commands.extend([add, longer, first]);
                 }
-            };
-            answering.store(result == "ok", Ordering::Relaxed);
-            metrics.cache_l2_writes.with_label_values(&[result]).inc();
-        }
-    });
+                let bound = link.timeout().saturating_mul(10);
+                let sent = async {
+                    if link.is_cluster() {
+                        // Keys in many slots: one command at a time.
+                        for c in &commands {
+                            c.query_async::<redis::Value>(&mut conn).await?;
+                        }
+                        Ok(())
+                    } else {
+                        let mut pipe = redis::pipe();
+                        for c in commands {
+                            pipe.add_command(c).ignore();
+                        }
+                        pipe.query_async::<()>(&mut conn).await
+                    }
+                };
+                match tokio::time::timeout(bound, sent).await {
+                    Ok(Ok(())) => "ok",
+                    _ => "error",
+                }
+            }
+        };
+        answering.store(result == "ok", Ordering::Relaxed);
+        metrics.cache_l2_writes.with_label_values(&[result]).inc();
+    }
 }
 
 #[cfg(test)]

@@ -484,44 +484,15 @@ impl ProxyHttp for Proxy {
         let state = &self.state;
         crate::request_log::finish(&state.metrics, &state.access_log, session, e, ctx);
         compression::count(&state.metrics, session, ctx.body_bytes_in);
+        let named_tags = std::mem::take(&mut ctx.invalidate_tags);
         let finished = invalidate::Finished {
             req: session.req_header(),
             host: ctx.host.as_ref(),
             resp: session.response_written(),
             policy: ctx.route().and_then(|r| r.cache.as_ref()),
         };
-        let stale = invalidate::stale_uris(&finished);
-        invalidate::purge_stale(state.cache.store, &state.metrics, &stale);
-        // Tags the upstream named, if the unsafe request succeeded.
-        let succeeded = finished
-            .resp
-            .is_some_and(|r| r.status.is_success() || r.status.is_redirection());
-        let tags = if succeeded {
-            std::mem::take(&mut ctx.invalidate_tags)
-        } else {
-            Vec::new()
-        };
-        let purges: Vec<cache::purge::Purge> = stale
-            .into_iter()
-            .map(cache::purge::PurgeTarget::Uri)
-            .chain(
-                tags.iter()
-                    .map(|t| cache::purge::PurgeTarget::Tag(t.to_string())),
-            )
-            .map(|target| cache::purge::Purge {
-                target,
-                soft: false,
-            })
-            .collect();
-        for tag in &tags {
-            invalidate::counted(
-                &state.metrics,
-                state
-                    .cache
-                    .store
-                    .purge_selection(cache::store::Selection::Tag(tag)),
-            );
-        }
+        let purges =
+            invalidate::after_request(state.cache.store, &state.metrics, &finished, named_tags);
         // With the Redis tier, Redis and the other instances too; awaited,
         // so the client's next request on this connection sees it done.
         // (Not while the tier's breaker is open: Redis is not answering,
