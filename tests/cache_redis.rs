@@ -38,8 +38,15 @@ fn count(up: &TestUpstream, path: &str) -> usize {
 }
 
 /// Waits until `proxy` has written `n` entries to Redis.
+/// The Redis-tier writes `proxy` has completed.
+const WRITES_OK: &str = r#"tollgate_cache_l2_writes_total{result="ok"}"#;
+
 fn wait_written(proxy: &TollgateProcess, n: f64) {
-    proxy.wait_metric(r#"tollgate_cache_l2_writes_total{result="ok"}"#, n);
+    proxy.wait_metric(WRITES_OK, n);
+}
+
+fn written(proxy: &TollgateProcess) -> f64 {
+    proxy.metric(WRITES_OK).unwrap_or(0.0)
 }
 
 fn admin_purge(proxy: &TollgateProcess, body: &str) -> Response {
@@ -210,8 +217,7 @@ fn redis_going_away_costs_no_request() {
     redis.restart();
     wait_until("the tier writes again", || {
         get(a.addr, &format!("/items/new-{}", rand_suffix())).is_ok_and(|r| r.status == 200)
-            && a.metric(r#"tollgate_cache_l2_writes_total{result="ok"}"#)
-                .is_some_and(|n| n >= 2.0)
+            && a.metric(WRITES_OK).is_some_and(|n| n >= 2.0)
     });
 }
 
@@ -298,9 +304,7 @@ fn tags_purge_everywhere_softly_or_from_the_upstream() {
     assert_eq!(soft.status, 200, "{}", soft.text());
     // B holds /items/2 of the catalogue (it purged /items/1 itself).
     b.wait_metric(r#"tollgate_cache_purges_total{reason="remote"}"#, 1.0);
-    let b_written = b
-        .metric(r#"tollgate_cache_l2_writes_total{result="ok"}"#)
-        .unwrap_or(0.0);
+    let b_written = written(&b);
     let r = get(b.addr, "/items/2").expect("get");
     assert_ne!(
         r.cache_status().as_deref(),
@@ -316,11 +320,9 @@ fn tags_purge_everywhere_softly_or_from_the_upstream() {
     // A's copy of the refill reaches Redis first: a write still queued
     // when another instance purges lands after the purge and brings the
     // entry back (a known race, README "Running several instances").
-    let written = a
-        .metric(r#"tollgate_cache_l2_writes_total{result="ok"}"#)
-        .unwrap_or(0.0);
+    let a_written = written(&a);
     get(a.addr, "/items/2").expect("fill again");
-    wait_written(&a, written + 1.0);
+    wait_written(&a, a_written + 1.0);
     let before = count(&up, "/items/2");
     let post = request(b.addr, "POST", "/orders", &[], b"{}").expect("post");
     assert_eq!(post.status, 200);
