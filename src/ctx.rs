@@ -4,6 +4,7 @@ use crate::cache::policy::RequestDirectives;
 use crate::gateway::{Gateway, Route};
 use crate::host::Host;
 use crate::metrics::InFlightGuard;
+use crate::ratelimit::identity::Identity;
 use crate::ratelimit::RateHeaders;
 use crate::router::RouteId;
 use crate::upstream::attempt::Attempts;
@@ -36,9 +37,17 @@ pub struct RequestCtx {
     pub error_status: Option<u16>,
     /// What the request's `Cache-Control` asks of the cache.
     pub cache_directives: RequestDirectives,
-    /// The tenant identified by its API key (index into the rate limiter's
-    /// tenants), once a budget was decided.
-    pub tenant: Option<usize>,
+    /// Who sent the request, decided once in `request_filter` before the
+    /// cache is asked (`None` without rate limiting, or on an exempt route
+    /// whose key did not identify anyone).
+    pub identity: Option<Identity>,
+    /// The client's request carried a credential (`Authorization` or an
+    /// API-key field): its response is stored only when it says it may be
+    /// shared (RFC 9111 §3.5). Read before the key is removed upstream.
+    pub credentialed: bool,
+    /// This is Pingora's background subrequest (a stale-while-revalidate
+    /// refresh), not a client's request: no admission, no client metrics.
+    pub subrequest: bool,
     /// Rate-limit headers for the response, once a budget was decided.
     pub rate_headers: Option<RateHeaders>,
     /// Response body bytes before compression.
@@ -57,7 +66,8 @@ pub struct RequestCtx {
     /// The cache key, when the fresh-hit path built it and found nothing to
     /// serve: Pingora's `cache_key_callback` takes it instead of building it again.
     pub cache_key: Option<pingora::cache::key::CacheKey>,
-    _in_flight: InFlightGuard,
+    /// `tollgate_requests_in_flight`, released early for a subrequest.
+    in_flight: Option<InFlightGuard>,
 }
 
 impl RequestCtx {
@@ -73,7 +83,9 @@ impl RequestCtx {
             upstream: Attempts::default(),
             error_status: None,
             cache_directives: RequestDirectives::default(),
-            tenant: None,
+            identity: None,
+            credentialed: false,
+            subrequest: false,
             rate_headers: None,
             body_bytes_in: 0,
             brotli: None,
@@ -81,8 +93,24 @@ impl RequestCtx {
             request_body_bytes: 0,
             cache_key: None,
             not_modified: None,
-            _in_flight: InFlightGuard::new(in_flight),
+            in_flight: Some(InFlightGuard::new(in_flight)),
         }
+    }
+
+    /// The tenant identified by its API key (index into the rate limiter's
+    /// tenants), if any.
+    pub fn tenant(&self) -> Option<usize> {
+        match self.identity {
+            Some(Identity::Tenant(i)) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// Marks this context as Pingora's background subrequest: it is not a
+    /// client's request, so it leaves the in-flight gauge at once.
+    pub fn mark_subrequest(&mut self) {
+        self.subrequest = true;
+        self.in_flight = None;
     }
 
     /// The matched route, if any.

@@ -108,18 +108,20 @@ impl std::fmt::Display for Millis {
     }
 }
 
-/// Appends `entry` to a list-valued header, keeping what was there.
+/// Appends `entry` to a list-valued header, keeping every line that was
+/// there (combined into one, RFC 9110 §5.3), so the caller can replace
+/// them all with the result.
 fn append_to_list(headers: &http::HeaderMap, name: &str, entry: &str) -> Option<HeaderValue> {
-    match headers.get(name).map(HeaderValue::as_bytes) {
-        Some(prev) if !prev.is_empty() => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + entry.len());
-            v.extend_from_slice(prev);
+    let mut v = Vec::new();
+    for line in headers.get_all(name) {
+        let line = line.as_bytes().trim_ascii();
+        if !line.is_empty() {
+            v.extend_from_slice(line);
             v.extend_from_slice(b", ");
-            v.extend_from_slice(entry.as_bytes());
-            HeaderValue::from_bytes(&v).ok()
         }
-        _ => HeaderValue::from_str(entry).ok(),
     }
+    v.extend_from_slice(entry.as_bytes());
+    HeaderValue::from_bytes(&v).ok()
 }
 
 /// What the upstream is told about the original request.
@@ -132,8 +134,6 @@ pub struct Forwarding<'a> {
     pub peer_trusted: bool,
     /// Whether the client connected over TLS.
     pub tls: bool,
-    /// Host header override for this upstream.
-    pub host: Option<&'a HeaderValue>,
     /// Override/rewrite fields to keep (`server.keep_override_headers`).
     pub keep_overrides: &'a [http::HeaderName],
 }
@@ -169,7 +169,13 @@ pub fn forward(req: &mut RequestHeader, f: &Forwarding<'_>) -> pingora::Result<(
     }
     req.insert_header(X_REQUEST_ID, f.request_id.clone())?;
     let proto = if f.tls { "https" } else { "http" };
-    let received_host = req.headers.get(HOST).cloned();
+    // HTTP/2 carries the host as `:authority`; Pingora writes `Host` from
+    // it only when it builds the upstream request.
+    let received_host = req.headers.get(HOST).cloned().or_else(|| {
+        req.uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     let element = forwarded_element(f.peer_ip, received_host.as_ref(), proto);
     let peer_text = f.peer_ip.map(|ip| {
         let mut text = String::with_capacity(40);
@@ -207,9 +213,6 @@ pub fn forward(req: &mut RequestHeader, f: &Forwarding<'_>) -> pingora::Result<(
     }
     if let Some(v) = append_to_list(&req.headers, VIA, VIA_ENTRY) {
         req.insert_header(VIA, v)?;
-    }
-    if let Some(host) = f.host {
-        req.insert_header(HOST, host.clone())?;
     }
     Ok(())
 }
@@ -365,7 +368,6 @@ mod tests {
                 peer_ip: Some(peer.into()),
                 peer_trusted: trusted,
                 tls: true,
-                host: None,
                 keep_overrides: &keep,
             },
         )
@@ -418,6 +420,36 @@ mod tests {
         assert_eq!(
             req.headers["x-http-method-override"], "PUT",
             "kept by config"
+        );
+    }
+
+    #[test]
+    fn every_line_of_a_trusted_list_is_kept_when_appended_to() {
+        let req = forwarded(
+            [10, 0, 0, 1],
+            true,
+            &[
+                ("x-forwarded-for", "198.51.100.1"),
+                ("x-forwarded-for", "203.0.113.9"),
+                ("via", "1.1 a"),
+                ("via", "1.1 b"),
+                ("forwarded", "for=198.51.100.1"),
+                ("forwarded", "for=203.0.113.9"),
+            ],
+        );
+        let one = |name: &str| {
+            let lines: Vec<_> = req.headers.get_all(name).iter().collect();
+            assert_eq!(lines.len(), 1, "{name}: {lines:?}");
+            lines[0].to_str().expect("ascii").to_owned()
+        };
+        assert_eq!(
+            one("x-forwarded-for"),
+            "198.51.100.1, 203.0.113.9, 10.0.0.1"
+        );
+        assert_eq!(one("via"), "1.1 a, 1.1 b, 1.1 tollgate");
+        assert_eq!(
+            one("forwarded"),
+            "for=198.51.100.1, for=203.0.113.9, for=10.0.0.1;host=\"api.test\";proto=https"
         );
     }
 

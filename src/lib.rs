@@ -2,7 +2,9 @@
 //! See README.md for what it does today and how to run it, and docs/ for
 //! design decisions.
 
-#![forbid(unsafe_code)]
+// One audited exception: `upstream::deadline` borrows the upstream
+// connection's descriptor Pingora hands to `connected_to_upstream`.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod access_log;
@@ -15,6 +17,7 @@ pub mod connections;
 pub mod ctx;
 pub mod demo;
 pub mod errors;
+pub mod forwarded;
 pub mod gateway;
 pub mod headers;
 pub mod host;

@@ -121,6 +121,10 @@ pub struct Metrics {
     pub cache_l2_writes: IntCounterVec,
     /// `tollgate_cache_l2_lookup_duration_seconds`.
     pub cache_l2_lookup_seconds: Histogram,
+    /// `tollgate_cache_background_refreshes_total{route,status}`: Pingora's
+    /// stale-while-revalidate subrequests, which are not client requests
+    /// and so are not in `tollgate_requests_total` or the access log.
+    pub cache_background_refreshes: IntCounterVec,
 }
 
 impl Metrics {
@@ -346,6 +350,18 @@ impl Metrics {
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
         )?;
+        let cache_background_refreshes = IntCounterVec::new(
+            Opts::new(
+                "tollgate_cache_background_refreshes_total",
+                "Background refreshes of stale entries (stale-while-revalidate), by route and upstream status (0: failed)",
+            ),
+            &["route", "status"],
+        )?;
+        register(
+            &registry,
+            &mut names,
+            Box::new(cache_background_refreshes.clone()),
+        )?;
         register(&registry, &mut names, Box::new(cache_l2_requests.clone()))?;
         register(&registry, &mut names, Box::new(cache_l2_writes.clone()))?;
         register(
@@ -416,6 +432,7 @@ impl Metrics {
             cache_l2_requests,
             cache_l2_writes,
             cache_l2_lookup_seconds,
+            cache_background_refreshes,
         })
     }
 

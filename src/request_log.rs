@@ -71,6 +71,20 @@ pub fn finish(
     e: Option<&Error>,
     ctx: &RequestCtx,
 ) {
+    if ctx.subrequest {
+        // Pingora's background refresh, not a client's request: counted
+        // on its own, never as a request or an access line.
+        let status = session
+            .response_written()
+            .map_or(0, |r| r.status.as_u16())
+            .to_string();
+        let route = ctx.route().map_or(NO_ROUTE, |r| &r.name);
+        metrics
+            .cache_background_refreshes
+            .with_label_values(&[route, &status])
+            .inc();
+        return;
+    }
     let status = session
         .response_written()
         .map(|r| r.status.as_u16())

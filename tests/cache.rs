@@ -341,17 +341,25 @@ fn only_if_cached_is_a_504_on_a_miss_and_a_hit_otherwise() {
     assert_eq!(hit.cache_status().as_deref(), Some("tollgate; hit"));
 }
 
+/// Issue 24: a HEAD miss fills the cache the way nginx's
+/// `proxy_cache_convert_head` does — one upstream GET, stored, the HEAD
+/// answered from it — and never marks the key uncacheable for later GETs.
 #[test]
-fn head_is_served_from_a_cached_get_and_never_stored_itself() {
+fn a_head_miss_fills_the_cache_with_one_get_for_later_requests() {
     let s = setup();
     let head_first = request(s.proxy.addr, "HEAD", "/a/1", &[], b"").expect("head");
     assert_eq!(head_first.status, 200);
-    // The HEAD response (no body) was not stored: the GET still misses and gets a body.
+    assert!(head_first.body.is_empty());
+    let seen = s.up.recorded();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].method, "GET", "the fill went upstream as a GET");
     let get = fetch(&s, "/a/1", &[]);
     assert_eq!(get.text(), "/a/1");
+    assert_eq!(get.cache_status().as_deref(), Some("tollgate; hit"));
     let head = request(s.proxy.addr, "HEAD", "/a/1", &[], b"").expect("head");
     assert_eq!(head.cache_status().as_deref(), Some("tollgate; hit"));
-    assert_eq!(path_count(&s.up, "/a/1"), 2);
+    assert!(head.body.is_empty());
+    assert_eq!(path_count(&s.up, "/a/1"), 1);
 }
 
 #[test]

@@ -13,7 +13,10 @@ use tollgate::router::{MethodSet, RouteMatch, Router};
 
 fn config() -> ProptestConfig {
     ProptestConfig {
-        cases: 256,
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(256),
         failure_persistence: None,
         ..ProptestConfig::default()
     }
@@ -115,6 +118,107 @@ fn routes() -> Router {
     ])
 }
 
+/// Pairs of queries built from the pieces upstreams read differently
+/// (`;` as a separator or not, names spelled with escapes, `+` and case,
+/// repeated names, the parameter the route excludes): the second is the
+/// first's parameters reordered, with an excluded one maybe added, so the
+/// pairs often share a key and the property has something to check.
+fn query_pair() -> impl Strategy<Value = (String, String)> {
+    let name = prop::sample::select(vec![
+        "a",
+        "A",
+        "%61",
+        "b",
+        "a+b",
+        "a%20b",
+        "utm_source",
+        "UTM_SOURCE",
+        "utm%5Fsource",
+    ]);
+    let value = prop::sample::select(vec!["", "=", "=1", "=2", "=x;a=3", "=%3B"]);
+    let sep = prop::sample::select(vec!["&", ";"]);
+    let part = (name, value, sep).prop_map(|(n, v, sep)| (format!("{n}{v}"), sep));
+    prop::collection::vec(part, 1..6)
+        .prop_flat_map(|parts| {
+            let extra = prop::sample::select(vec!["", "utm_source=z", "utm_source=z;a=9"]);
+            (Just(parts.clone()), Just(parts).prop_shuffle(), extra)
+        })
+        .prop_map(|(parts, shuffled, extra)| {
+            let join = |parts: &[(String, &str)]| {
+                let mut q = String::new();
+                for (i, (p, sep)) in parts.iter().enumerate() {
+                    if i > 0 {
+                        q.push_str(sep);
+                    }
+                    q.push_str(p);
+                }
+                q
+            };
+            let mut b = join(&shuffled);
+            if !extra.is_empty() {
+                b = format!("{extra}&{b}");
+            }
+            (join(&parts), b)
+        })
+}
+
+/// How an upstream reads a query: which separators split it, whether names
+/// are percent-decoded and compared without case. The result is each
+/// name's values in order (what a framework hands the application), minus
+/// the parameter the route's `exclude_query` says the answer ignores.
+fn upstream_reading(
+    query: &str,
+    semicolon: bool,
+    decode: bool,
+    fold: bool,
+) -> Vec<(String, Vec<String>)> {
+    let decode_name = |raw: &str| -> String {
+        let mut name = if decode {
+            let spaced = raw.replace('+', " ");
+            percent_decode(&spaced)
+        } else {
+            raw.to_owned()
+        };
+        if fold {
+            name = name.to_ascii_lowercase();
+        }
+        name
+    };
+    let mut grouped: Vec<(String, Vec<String>)> = Vec::new();
+    let params = query.split(|c| c == '&' || (semicolon && c == ';'));
+    for param in params.filter(|p| !p.is_empty()) {
+        let (raw_name, value) = param.split_once('=').unwrap_or((param, ""));
+        let name = decode_name(raw_name);
+        if name == "utm_source" {
+            continue;
+        }
+        match grouped.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, values)) => values.push(value.to_owned()),
+            None => grouped.push((name, vec![value.to_owned()])),
+        }
+    }
+    grouped.sort();
+    grouped
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 proptest! {
     #![proptest_config(config())]
 
@@ -172,6 +276,42 @@ proptest! {
         if let (Some((route_a, key_a)), Some((route_b, key_b))) = (keyed(&a), keyed(&b)) {
             if route_a != route_b {
                 prop_assert_ne!(key_a, key_b);
+            }
+        }
+    }
+
+    /// Issue 24: a parameter must not hide behind an excluded one, and
+    /// sorting must not merge orders an upstream reads differently: two
+    /// queries that share a key are read alike by every upstream model.
+    #[test]
+    fn queries_an_upstream_reads_differently_never_share_a_key(
+        (a, b) in query_pair(),
+        sort in any::<bool>(),
+    ) {
+        let mut policy = policy();
+        policy.exclude_query = vec!["utm_source".into()];
+        policy.sort_query = sort;
+        let keyed = |q: &str| {
+            let target = format!("/s?{q}");
+            let req = pingora::http::RequestHeader::build("GET", target.as_bytes(), None).ok()?;
+            let host = Host::parse_str("h");
+            let scope = Scope { scheme: "https", route: "r", upstream: "up" };
+            Some(key::primary(&req, host.as_ref(), scope, &policy))
+        };
+        if let (Some(ka), Some(kb)) = (keyed(&a), keyed(&b)) {
+            if ka == kb {
+                for semicolon in [false, true] {
+                    for decode in [false, true] {
+                        for fold in [false, true] {
+                            prop_assert_eq!(
+                                upstream_reading(&a, semicolon, decode, fold),
+                                upstream_reading(&b, semicolon, decode, fold),
+                                "{:?} and {:?} share {:?} (semicolon {}, decode {}, fold {})",
+                                a, b, ka, semicolon, decode, fold
+                            );
+                        }
+                    }
+                }
             }
         }
     }

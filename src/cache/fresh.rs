@@ -109,7 +109,7 @@ pub fn lookup(
         .expose_key
         .then(|| key.primary_key_str())
         .flatten();
-    header.insert_header("Cache-Status", super::fresh_hit_status(hit.ttl, shown_key))?;
+    super::append_cache_status(&mut header, &super::fresh_hit_status(hit.ttl, shown_key))?;
     let stored_len = hit.body.len() as u64;
     let mut body = hit.body;
     let coding = compression::stored_coding(

@@ -4,7 +4,7 @@
 //! ```text
 //! primary = host + path + ("?" + query)?            (the URI part)
 //!         + "\n" + scheme + " " + route + " " + upstream   (the scope line)
-//!         + ("\n" + name + ":" + value)*           (configured headers)
+//!         + ("\n" + name + (":" + value)?)*       (configured headers)
 //! ```
 //!
 //! - `host`: the request's host as [`crate::host::Host`] normalised it,
@@ -18,9 +18,13 @@
 //!   produced it; names are `[A-Za-z0-9._-]`, so the line cannot be forged
 //!   by the parts before it (a URI has no newline either).
 //! - `query`: as received, or with `exclude_query` parameters dropped and
-//!   the rest sorted (`sort_query`, default on), or left out (`ignore_query`).
-//! - one line per configured `key.headers` entry, in config order, with the
-//!   request's value (empty when absent).
+//!   the rest sorted by name (`sort_query`, default on), or left out
+//!   (`ignore_query`) — never merging two queries that an upstream could
+//!   read differently (see [`push_query`]).
+//! - one line per configured `key.headers` entry, in config order: the
+//!   name, then `:` and the request's lines combined, when the field is
+//!   present. The request is the one the upstream receives
+//!   (`crate::forwarded`): `X-Tenant` is tollgate's, never the client's.
 //!
 //! The method is not in the key: only GET and HEAD are looked up, and a
 //! HEAD is answered from a stored GET. `Vary` is handled by Pingora's
@@ -65,13 +69,32 @@ pub fn primary(
     for name in &policy.key_headers {
         key.push('\n');
         key.push_str(name.as_str());
-        key.push(':');
-        if let Some(v) = req.headers.get(name).and_then(|v| v.to_str().ok()) {
-            key.push_str(v.trim());
-        }
+        push_field_lines(&mut key, req.headers.get_all(name));
     }
     key
 }
+
+/// A configured key field's value as the key holds it: nothing when the
+/// field is absent; otherwise `:` and every line, joined by `", "` (RFC
+/// 9111 §4.1 combines lines before comparing), with bytes outside visible
+/// ASCII and `%` itself escaped as `%XX` — a value that is not ASCII is a
+/// value, and no two values share a spelling.
+fn push_field_lines(key: &mut String, lines: http::header::GetAll<'_, http::HeaderValue>) {
+    for (i, line) in lines.iter().enumerate() {
+        key.push_str(if i == 0 { ":" } else { ", " });
+        for &b in line.as_bytes() {
+            if (b == b' ' || b.is_ascii_graphic()) && b != b'%' {
+                key.push(char::from(b));
+            } else {
+                key.push('%');
+                key.push(char::from(HEX[usize::from(b >> 4)]));
+                key.push(char::from(HEX[usize::from(b & 0xf)]));
+            }
+        }
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
 /// The key Pingora stores under. Its hash is computed here once and set
 /// as the override: Pingora would otherwise hash the key again (Blake2b) on
@@ -157,6 +180,16 @@ pub fn uri_of(key: &CacheKey) -> Option<&str> {
     key.primary_key_str().map(uri_part)
 }
 
+/// The query as the key holds it. Upstream frameworks disagree on how a
+/// query splits (`&` only, or `;` too) and on which of a repeated name
+/// wins (first, last, all), so the key keeps every distinction any of them
+/// makes:
+/// - `exclude_query` drops a `&`-separated parameter only when it has no
+///   `;`: under the `;` reading, `utm_source=x;id=5` also carries `id`;
+/// - `sort_query` orders parameters by name (percent-decoded, `+` as a
+///   space, ASCII case folded, so every spelling of one name sorts
+///   together) and keeps the order of parameters with the same name, which
+///   upstreams read as a list; a query with a `;` is not sorted at all.
 fn push_query(key: &mut String, query: &str, policy: &RouteCache) {
     if policy.exclude_query.is_empty() && !policy.sort_query {
         key.push('?');
@@ -166,19 +199,58 @@ fn push_query(key: &mut String, query: &str, policy: &RouteCache) {
     let mut params: Vec<&str> = query
         .split('&')
         .filter(|p| !p.is_empty())
-        .filter(|p| {
-            let name = p.split('=').next().unwrap_or(p);
-            !policy.exclude_query.iter().any(|x| x == name)
-        })
+        .filter(|p| p.contains(';') || !policy.exclude_query.iter().any(|x| x == param_name(p)))
         .collect();
     if params.is_empty() {
         return;
     }
-    if policy.sort_query {
-        params.sort_unstable();
+    if policy.sort_query && !query.contains(';') {
+        params.sort_by_cached_key(|p| folded_name(param_name(p)));
     }
     key.push('?');
-    key.push_str(&params.join("&"));
+    for (i, param) in params.iter().enumerate() {
+        if i > 0 {
+            key.push('&');
+        }
+        key.push_str(param);
+    }
+}
+
+/// The raw name of a `name=value` parameter.
+fn param_name(param: &str) -> &str {
+    param.split('=').next().unwrap_or(param)
+}
+
+/// A parameter name as upstreams compare it, at its loosest: percent
+/// escapes decoded, `+` as a space, ASCII case folded.
+fn folded_name(raw: &str) -> Vec<u8> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let decoded = match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                match (hex_value(bytes[i + 1]), hex_value(bytes[i + 2])) {
+                    (Some(hi), Some(lo)) => {
+                        i += 2;
+                        hi << 4 | lo
+                    }
+                    _ => b'%',
+                }
+            }
+            b'+' => b' ',
+            b => b,
+        };
+        out.push(decoded.to_ascii_lowercase());
+        i += 1;
+    }
+    out
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    char::from(b)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
 }
 
 #[cfg(test)]
@@ -310,6 +382,65 @@ mod tests {
             assert_ne!(key(other), base, "{other:?}");
             assert_eq!(uri_part(&key(other)), "h/x", "purge by URL still finds it");
         }
+    }
+
+    #[test]
+    fn a_parameter_behind_a_semicolon_is_not_excluded_with_its_neighbour() {
+        let mut p = policy();
+        p.exclude_query = vec!["utm_source".into()];
+        let hidden = key_of(&req("/s?utm_source=x;id=5", &[("host", "h")]), &p);
+        let plain = key_of(&req("/s", &[("host", "h")]), &p);
+        assert_ne!(hidden, plain);
+        assert_eq!(
+            key_of(&req("/s?utm_source=x&id=5", &[("host", "h")]), &p),
+            "h/s?id=5"
+        );
+    }
+
+    #[test]
+    fn sorting_keeps_the_order_of_a_repeated_name_in_every_spelling() {
+        let p = policy();
+        let h = [("host", "h")];
+        assert_eq!(key_of(&req("/s?b=2&a=1", &h), &p), "h/s?a=1&b=2");
+        for (one, other) in [
+            ("/s?id=1&id=2", "/s?id=2&id=1"),
+            ("/s?a=1&%61=2", "/s?%61=2&a=1"),
+            ("/s?ID=1&id=2", "/s?id=2&ID=1"),
+            ("/s?a+b=1&a%20b=2", "/s?a%20b=2&a+b=1"),
+            ("/s?x=1;a=1&a=2", "/s?a=2&x=1;a=1"),
+        ] {
+            assert_ne!(
+                key_of(&req(one, &h), &p),
+                key_of(&req(other, &h), &p),
+                "{one} / {other}"
+            );
+        }
+    }
+
+    #[test]
+    fn key_fields_combine_lines_and_keep_absent_apart_from_empty() {
+        let mut p = policy();
+        p.key_headers = vec![http::HeaderName::from_static("x-tenant")];
+        let host = Host::parse_str("h");
+        let key = |headers: &[(&str, &[u8])]| {
+            let mut r = RequestHeader::build("GET", b"/x", None).expect("req");
+            for (n, v) in headers {
+                let v = http::HeaderValue::from_bytes(v).expect("value");
+                r.append_header(n.to_string(), v).expect("hdr");
+            }
+            primary(&r, host.as_ref(), SCOPE, &p)
+        };
+        assert_eq!(
+            key(&[("x-tenant", b"a"), ("x-tenant", b"b")]),
+            key(&[("x-tenant", b"a, b")])
+        );
+        assert_ne!(
+            key(&[("x-tenant", b"a"), ("x-tenant", b"b")]),
+            key(&[("x-tenant", b"a")])
+        );
+        assert_ne!(key(&[]), key(&[("x-tenant", b"")]));
+        assert_ne!(key(&[]), key(&[("x-tenant", b"caf\xe9")]));
+        assert_ne!(key(&[("x-tenant", b"%E9")]), key(&[("x-tenant", b"\xe9")]));
     }
 
     #[test]

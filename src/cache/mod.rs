@@ -77,8 +77,10 @@ impl CacheRuntime {
             Box::leak(Box::new(LruManager::with_capacity(max, 1024)));
         store.set_eviction(eviction);
         let lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(limits.lock_timeout));
-        let predictor: &'static Predictor<PREDICTOR_SHARDS> =
-            Box::leak(Box::new(Predictor::new(1024, None)));
+        let predictor: &'static Predictor<PREDICTOR_SHARDS> = Box::leak(Box::new(Predictor::new(
+            1024,
+            Some(policy::refusal_is_per_request),
+        )));
         let tiered = redis.map(|tier| {
             let tiered: &'static tiered::TieredStorage =
                 Box::leak(Box::new(tiered::TieredStorage::new(store, tier)));
@@ -197,13 +199,33 @@ pub fn annotate(
         if from_l2 {
             cache_status.push_str("; detail=l2");
         }
-        resp.insert_header("Cache-Status", cache_status)?;
+        append_cache_status(resp, &cache_status)?;
         metrics
             .cache_requests
             .with_label_values(&[route, outcome.label()])
             .inc();
     }
     Ok(())
+}
+
+/// Adds tollgate's member to `Cache-Status`. The field is a list of the
+/// caches that handled the response, nearest the origin first (RFC 9211
+/// §2): an upstream cache's members are kept and ours goes last, on one
+/// line (repeated lines are combined first).
+pub fn append_cache_status(resp: &mut ResponseHeader, ours: &str) -> pingora::Result<()> {
+    let mut value: Vec<u8> = Vec::new();
+    for line in resp.headers.get_all("cache-status") {
+        let line = line.as_bytes().trim_ascii();
+        if !line.is_empty() {
+            value.extend_from_slice(line);
+            value.extend_from_slice(b", ");
+        }
+    }
+    if value.is_empty() {
+        return resp.insert_header("Cache-Status", ours);
+    }
+    value.extend_from_slice(ours.as_bytes());
+    resp.insert_header("Cache-Status", value)
 }
 
 /// How a response was served, for `Cache-Status` and
@@ -364,6 +386,24 @@ mod tests {
             Outcome::Revalidated.cache_status(None, None),
             "tollgate; fwd=stale; fwd-status=304"
         );
+    }
+
+    #[test]
+    fn an_upstream_caches_status_is_kept_and_ours_goes_last() {
+        let mut resp = ResponseHeader::build(200, None).expect("resp");
+        append_cache_status(&mut resp, "tollgate; hit").expect("append");
+        assert_eq!(resp.headers["cache-status"], "tollgate; hit");
+        let mut resp = ResponseHeader::build(200, None).expect("resp");
+        resp.append_header("cache-status", "origin-cache; hit")
+            .expect("hdr");
+        resp.append_header("cache-status", "cdn; fwd=miss")
+            .expect("hdr");
+        append_cache_status(&mut resp, "tollgate; hit").expect("append");
+        assert_eq!(
+            resp.headers["cache-status"],
+            "origin-cache; hit, cdn; fwd=miss, tollgate; hit"
+        );
+        assert_eq!(resp.headers.get_all("cache-status").iter().count(), 1);
     }
 
     #[test]

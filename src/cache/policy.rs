@@ -21,10 +21,27 @@ fn not_stored(reason: &'static str) -> RespCacheable {
     RespCacheable::Uncacheable(NoCacheReason::Custom(reason))
 }
 
+/// `detail` when the request carried a credential and the response did
+/// not allow sharing it (§3.5).
+const NOT_STORED_AUTHORIZATION: &str = "authorization";
+/// `detail` for a method whose responses are never stored.
+const NOT_STORED_METHOD: &str = "method";
+
+/// Whether a refusal is about this request rather than the response, and
+/// so says nothing about the next request for the key. Pingora's
+/// predictor remembers every other `Custom` reason for the key and sends
+/// later requests around the cache (`mark_uncacheable` in pingora-cache
+/// `predictor.rs`): one client's `Authorization` must not turn the cache
+/// off for everyone else.
+pub fn refusal_is_per_request(reason: &'static str) -> bool {
+    matches!(reason, NOT_STORED_AUTHORIZATION | NOT_STORED_METHOD)
+}
+
 /// What the proxy knows about the exchange besides the two headers.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Exchange {
-    /// The request carries an API key, treated like `Authorization` (§3.5).
+    /// The client's request carried `Authorization` or an API key (§3.5),
+    /// read before tollgate removed the key on the way upstream.
     pub credentialed: bool,
     /// From sending the request upstream to receiving the response: part
     /// of the response's initial age (§4.2.3).
@@ -39,9 +56,12 @@ pub fn response_cacheable(
     policy: &RouteCache,
     exchange: Exchange,
 ) -> RespCacheable {
-    // A HEAD response has no body: storing it would answer later GETs with nothing.
-    if req.method != http::Method::GET {
-        return not_stored("method");
+    // A HEAD on a cached route reached the upstream as a GET (pingora-cache
+    // `filters::upstream::request_filter` rewrites it whenever the cache is
+    // on), so this is a GET's response, body and all: stored like one,
+    // and the HEAD answered from it (nginx's `proxy_cache_convert_head`).
+    if !(req.method == http::Method::GET || req.method == http::Method::HEAD) {
+        return not_stored(NOT_STORED_METHOD);
     }
     let status = resp.status.as_u16();
     // Final statuses only; 206 needs range-aware storage, a 304 is not a
@@ -77,7 +97,7 @@ pub fn response_cacheable(
             .as_ref()
             .is_some_and(|c| c.allow_caching_authorized_req())
     {
-        return not_stored("authorization");
+        return not_stored(NOT_STORED_AUTHORIZATION);
     }
     if cc
         .as_ref()
@@ -166,11 +186,11 @@ fn quick_refusal(
         exchange.credentialed || req.headers.contains_key(http::header::AUTHORIZATION);
     let lines = resp.headers.get_all(http::header::CACHE_CONTROL);
     if lines.iter().next().is_none() {
-        return credentialed.then(|| not_stored("authorization"));
+        return credentialed.then(|| not_stored(NOT_STORED_AUTHORIZATION));
     }
     let found = super::refusal::scan(lines)?;
     if credentialed && !found.allows_authorized {
-        return Some(not_stored("authorization"));
+        return Some(not_stored(NOT_STORED_AUTHORIZATION));
     }
     (found.no_store || found.private).then(|| not_stored("no-store-or-private"))
 }
@@ -460,8 +480,29 @@ mod tests {
         assert!(ttl(cacheable(&get(), &resp(404, &[]), &policy(Some(60)))).is_some());
         assert_eq!(ttl(cacheable(&get(), &resp(206, &cc), &policy(None))), None);
         assert_eq!(ttl(cacheable(&get(), &resp(304, &cc), &policy(None))), None);
+        // A HEAD's fill went upstream as a GET: its answer is stored.
         let head = RequestHeader::build("HEAD", b"/x", None).expect("req");
-        assert_eq!(ttl(cacheable(&head, &resp(200, &cc), &policy(None))), None);
+        assert!(ttl(cacheable(&head, &resp(200, &cc), &policy(None))).is_some());
+        let post = RequestHeader::build("POST", b"/x", None).expect("req");
+        assert_eq!(ttl(cacheable(&post, &resp(200, &cc), &policy(None))), None);
+    }
+
+    /// A refusal about the request (its credential) must not teach
+    /// Pingora's predictor that the key is uncacheable for everyone.
+    #[test]
+    fn only_refusals_about_the_request_are_kept_from_the_predictor() {
+        let mut req = get();
+        req.insert_header("authorization", "Basic eA==").expect("hdr");
+        let cc = [("cache-control", "max-age=60")];
+        match cacheable(&req, &resp(200, &cc), &policy(None)) {
+            RespCacheable::Uncacheable(NoCacheReason::Custom(reason)) => {
+                assert!(refusal_is_per_request(reason), "{reason}");
+            }
+            _ => panic!("a credentialed request without permission is not stored"),
+        }
+        for reason in ["no-store-or-private", "set-cookie", "status", "vary-star"] {
+            assert!(!refusal_is_per_request(reason), "{reason}");
+        }
     }
 
     #[test]

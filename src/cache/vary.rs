@@ -9,24 +9,33 @@ use pingora::cache::{CacheMeta, VarianceBuilder};
 use pingora::http::RequestHeader;
 
 /// The variance of `req` for a stored response's `Vary`, `None` when the
-/// response varies on nothing.
+/// response varies on nothing. Per listed field, the request's value is
+/// every line of it combined in order (§4.1: "combining all of the field
+/// lines"), compared as bytes — a value that is not ASCII is still a
+/// value — and an absent field matches only an absent one.
 pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
     let mut variance = VarianceBuilder::new();
     for value in meta.headers().get_all(http::header::VARY) {
-        for name in value.to_str().unwrap_or("").split(',') {
-            let name = name.trim().to_ascii_lowercase();
-            if name.is_empty() {
+        for name in value.as_bytes().split(|b| *b == b',') {
+            let Ok(name) = http::HeaderName::from_bytes(name.trim_ascii()) else {
+                // Empty, or not a field name: no request can carry it.
                 continue;
-            }
-            let value = req
-                .headers
-                .get(name.as_str())
-                .map(|v| v.as_bytes().to_vec())
-                .unwrap_or_default();
-            variance.add_owned_name_value(name, value);
+            };
+            variance.add_owned_name_value(name.to_string(), combined(req, &name));
         }
     }
     variance.finalize()
+}
+
+/// Every line of `name` in `req`, joined by `", "`, after a `=` that tells
+/// a present field (even an empty one) from an absent one.
+fn combined(req: &RequestHeader, name: &http::HeaderName) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, line) in req.headers.get_all(name).iter().enumerate() {
+        out.extend_from_slice(if i == 0 { b"=" } else { b", " });
+        out.extend_from_slice(line.as_bytes());
+    }
+    out
 }
 
 #[cfg(test)]
@@ -47,9 +56,42 @@ mod tests {
     fn req(headers: &[(&str, &str)]) -> RequestHeader {
         let mut r = RequestHeader::build("GET", b"/", None).expect("req");
         for (n, v) in headers {
-            r.insert_header(n.to_string(), *v).expect("hdr");
+            r.append_header(n.to_string(), *v).expect("hdr");
         }
         r
+    }
+
+    /// §4.1: field lines are combined before comparing; an absent field
+    /// matches only an absent one; bytes outside ASCII are a value.
+    #[test]
+    fn repeated_lines_are_combined_and_absent_is_not_empty() {
+        let m = meta(Some("X-Tenant"));
+        let two_lines = variance(&m, &req(&[("x-tenant", "a"), ("x-tenant", "b")]));
+        let one_line = variance(&m, &req(&[("x-tenant", "a, b")]));
+        let first_only = variance(&m, &req(&[("x-tenant", "a")]));
+        assert_eq!(two_lines, one_line);
+        assert_ne!(two_lines, first_only);
+        assert_ne!(
+            variance(&m, &req(&[])),
+            variance(&m, &req(&[("x-tenant", "")]))
+        );
+        let mut latin1 = RequestHeader::build("GET", b"/", None).expect("req");
+        let value = http::HeaderValue::from_bytes(b"caf\xe9").expect("obs-text");
+        latin1.insert_header("x-tenant", value).expect("hdr");
+        assert_ne!(variance(&m, &latin1), variance(&m, &req(&[])));
+    }
+
+    #[test]
+    fn a_listed_name_that_is_not_ascii_does_not_hide_the_others() {
+        let mut resp = ResponseHeader::build(200, None).expect("resp");
+        let vary = http::HeaderValue::from_bytes(b"\xff, Accept-Language").expect("vary");
+        resp.insert_header("vary", vary).expect("vary");
+        let now = SystemTime::now();
+        let m = CacheMeta::new(now, now, 0, 0, resp);
+        assert_ne!(
+            variance(&m, &req(&[("accept-language", "en")])),
+            variance(&m, &req(&[("accept-language", "fr")]))
+        );
     }
 
     #[test]

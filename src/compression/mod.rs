@@ -139,6 +139,10 @@ pub fn on_response(
     let Some(config) = config else {
         return Ok(None);
     };
+    if forbids_transform(resp) {
+        bypass_module(session);
+        return Ok(None);
+    }
     // Nothing to negotiate: the client takes no coding (its normalised
     // `Accept-Encoding` is gone) and the body has none, so the module will
     // neither encode nor decode. Most API clients send none.
@@ -177,6 +181,25 @@ pub fn on_response(
     }
     bypass_module(session);
     Ok(Some(BrotliStream::new(quality)))
+}
+
+/// `Cache-Control: no-transform` (RFC 9110 §7.7, RFC 9111 §5.2.2.6): a
+/// proxy must not change the content, so it is neither encoded nor
+/// decoded, whatever the client accepts. The parse runs only when the
+/// words appear at all.
+fn forbids_transform(resp: &ResponseHeader) -> bool {
+    let mentioned = resp
+        .headers
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .any(|v| {
+            v.as_bytes()
+                .windows(b"no-transform".len())
+                .any(|w| w.eq_ignore_ascii_case(b"no-transform"))
+        });
+    mentioned
+        && pingora::cache::cache_control::CacheControl::from_resp_headers(resp)
+            .is_some_and(|cc| cc.has_key("no-transform"))
 }
 
 /// The first coding of the (normalised) `Accept-Encoding`.
@@ -235,7 +258,7 @@ pub fn stored_coding(
     route: Option<RouteCompression>,
 ) -> Option<(Algorithm, u32)> {
     let config = config?;
-    if req.method == http::Method::HEAD {
+    if req.method == http::Method::HEAD || forbids_transform(resp) {
         return None;
     }
     // The client's wish first: hits without one stop here, cheaply.

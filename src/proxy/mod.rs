@@ -14,7 +14,7 @@ use crate::errors::ErrorResponse;
 use crate::headers;
 use crate::ratelimit::admission::Stage;
 use crate::state::AppState;
-use crate::upstream::attempt::{self, Replay};
+use crate::upstream::replay::Replay;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::cache::key::{CacheKey, HashBinary};
@@ -26,9 +26,21 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 use std::sync::Arc;
 use std::time::Duration;
-use steps::{client_ip, no_route};
+use steps::no_route;
 
-/// What a failed or retried attempt allows: see `upstream::attempt`.
+/// Whether an upstream response has a body after its header (RFC 9112
+/// §6.3): not for 1xx, 204, 304, a `Content-Length: 0`, or a HEAD that went
+/// upstream as a HEAD (with the cache on, Pingora sent a GET).
+fn response_has_body(session: &Session, resp: &ResponseHeader) -> bool {
+    let head = session.req_header().method == http::Method::HEAD && !session.cache.enabled();
+    let empty = resp
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() == b"0");
+    !(head || empty || matches!(resp.status.as_u16(), 100..=199 | 204 | 304))
+}
+
+/// What a failed or retried attempt allows: see `upstream::replay`.
 fn replay_of(session: &Session, upstream_reused: bool) -> Replay {
     Replay {
         idempotent: session.req_header().method.is_idempotent(),
@@ -97,6 +109,19 @@ impl ProxyHttp for Proxy {
             respond::error(session, ctx, &refusal).await?;
             return Ok(true);
         }
+        // Pingora's stale-while-revalidate refresh runs this phase again as
+        // a subrequest (pingora-proxy `proxy_cache.rs`): it is identified
+        // and forwarded like its client, but never admitted or counted.
+        if session.subrequest_ctx.is_some() {
+            ctx.mark_subrequest();
+        }
+        if let Err(refusal) = steps::identify_and_forward(session, ctx) {
+            respond::error(session, ctx, &refusal).await?;
+            return Ok(true);
+        }
+        if ctx.subrequest {
+            return Ok(false);
+        }
         if self.admit(session, ctx, Stage::BeforeCache).await? {
             return Ok(true);
         }
@@ -110,21 +135,31 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let started = ctx.started;
+        // Each attempt sends the body from its start: Pingora replays its
+        // retry buffer through `request_body_filter` (pingora-proxy
+        // `proxy_h1.rs`), so the route's body limit counts this attempt's
+        // bytes, not the same bytes once per attempt.
+        ctx.request_body_bytes = 0;
         let (route, attempts) = ctx.route_and_attempts();
         let route = route.ok_or_else(no_route)?;
         attempts.start(&route.upstream, &route.timeouts, started)
     }
 
+    /// The route's total deadline is armed on the connection (see
+    /// `upstream::deadline`).
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
         _reused: bool,
         _peer: &HttpPeer,
-        _fd: std::os::unix::io::RawFd,
+        fd: std::os::unix::io::RawFd,
         _digest: Option<&Digest>,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        ctx.upstream.connected();
+        let started = ctx.started;
+        if let (Some(route), attempts) = ctx.route_and_attempts() {
+            attempts.connected(fd, started, route.timeouts.total);
+        }
         Ok(())
     }
 
@@ -188,8 +223,9 @@ impl ProxyHttp for Proxy {
             ctx.not_modified = Some(upstream_response.headers.clone());
         }
         let started = ctx.started;
+        let body_expected = response_has_body(session, upstream_response);
         if let (Some(route), attempts) = ctx.route_and_attempts() {
-            attempts.response_header(&route.upstream, status, &self.state.metrics);
+            attempts.response_header(&route.upstream, status, body_expected, &self.state.metrics);
             // Pingora retries what `error_while_proxy` marks retryable: a
             // 5xx the pool retries becomes such an error, before any of it
             // is sent or stored.
@@ -210,7 +246,9 @@ impl ProxyHttp for Proxy {
                     cache::store::tags_in(upstream_response, std::slice::from_ref(name));
             }
         }
-        if session.req_header().method == http::Method::HEAD {
+        // A HEAD reached the upstream as a HEAD only with the cache off
+        // (with it on, Pingora sent a GET and the answer is stored).
+        if session.req_header().method == http::Method::HEAD && !session.cache.enabled() {
             let answered = invalidate::Finished {
                 req: session.req_header(),
                 host: ctx.host.as_ref(),
@@ -264,11 +302,7 @@ impl ProxyHttp for Proxy {
             Some(policy) => {
                 let req = session.req_header();
                 let exchange = cache::policy::Exchange {
-                    credentialed: ctx
-                        .gateway
-                        .rate_limiter
-                        .as_ref()
-                        .is_some_and(|l| l.carries_credentials(req)),
+                    credentialed: ctx.credentialed,
                     response_delay: ctx
                         .upstream
                         .timing()
@@ -336,7 +370,9 @@ impl ProxyHttp for Proxy {
 
     /// Stale-while-revalidate (`error` is `None`) and stale-if-error on
     /// upstream failures (unreachable, timed out, closed, or a 500, 502,
-    /// 503, 504 answer); Pingora checks the entry's windows first.
+    /// 503, 504 answer), and when the pool has no backend that may take
+    /// traffic (tollgate's own 503, the case stale-if-error exists for);
+    /// Pingora checks the entry's windows first.
     fn should_serve_stale(
         &self,
         _session: &mut Session,
@@ -346,42 +382,22 @@ impl ProxyHttp for Proxy {
         error.is_none_or(|e| match e.etype() {
             // RFC 5861 §4: the error statuses are 500, 502, 503 and 504.
             ErrorType::HTTPStatus(status) => matches!(status, 500 | 502 | 503 | 504),
+            etype if *etype == crate::errors::NO_HEALTHY_UPSTREAM => true,
             _ => *e.esource() == pingora::ErrorSource::Upstream,
         })
     }
 
-    /// Request id, forwarding headers, the Host override, and what the
-    /// upstream learns of the tenant (`ratelimit::identity`).
+    /// The pool's `Host` override. Everything else the upstream receives
+    /// was written into the request once, in `request_filter`
+    /// (`forwarded`), so the cache reads the same fields.
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let Some(request_id) = ctx.request_id.as_ref() else {
-            return Ok(());
-        };
-        let server = &ctx.gateway.config.server;
-        let peer_ip = client_ip(session);
-        let forwarding = headers::Forwarding {
-            request_id,
-            peer_ip,
-            peer_trusted: peer_ip
-                .is_some_and(|ip| server.trusted_proxies.iter().any(|net| net.contains(&ip))),
-            tls: ctx.tls,
-            host: ctx.route().and_then(|r| r.upstream.host_header()),
-            keep_overrides: &server.keep_override_headers,
-        };
-        headers::forward(upstream_request, &forwarding)?;
-        if let Some(limiter) = &ctx.gateway.rate_limiter {
-            // An exempt route decided no budget: identify for the header only.
-            let tenant =
-                ctx.tenant
-                    .or_else(|| match limiter.identify(session.req_header(), peer_ip) {
-                        Ok(crate::ratelimit::identity::Identity::Tenant(i)) => Some(i),
-                        _ => None,
-                    });
-            limiter.forward_identity(upstream_request, tenant)?;
+        if let Some(host) = ctx.route().and_then(|r| r.upstream.host_header()) {
+            upstream_request.insert_header(http::header::HOST, host.clone())?;
         }
         Ok(())
     }
@@ -456,8 +472,11 @@ impl ProxyHttp for Proxy {
         };
         if end_of_stream {
             attempts.response_finished(&route.upstream);
+            return Ok(None);
         }
-        attempt::check_deadline(started, route.timeouts.total).map(|()| None)
+        attempts
+            .check_deadline(started, route.timeouts.total)
+            .map(|()| None)
     }
 
     /// Turns any failure into our JSON error (or nothing, if the client left).
@@ -467,10 +486,10 @@ impl ProxyHttp for Proxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let code = respond::failure(session, e, ctx).await;
+        let (code, reusable) = respond::failure(session, e, ctx).await;
         FailToProxy {
             error_code: code,
-            can_reuse_downstream: false,
+            can_reuse_downstream: reusable,
         }
     }
 

@@ -128,10 +128,14 @@ pub async fn fresh_hit(
 }
 
 /// Answers a failed request with the JSON error `errors::classify` maps it
-/// to, unless the client is gone or the response had already started;
-/// returns the status to log (0: the client was gone). The connection is
-/// closed: part of the request body may have gone upstream already.
-pub async fn failure(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> u16 {
+/// to, unless the client is gone or the response had already started.
+/// Returns the status to log (0: the client was gone) and whether the
+/// client's connection may carry another request: only when the whole
+/// request body was read and our answer was sent whole (nginx keeps the
+/// connection after its own 502/504 the same way); a cut response, an
+/// unread body or a client-side failure leaves the connection's state
+/// unknown, and it is closed.
+pub async fn failure(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> (u16, bool) {
     let route = ctx.route();
     let cx = ctx
         .upstream
@@ -143,16 +147,21 @@ pub async fn failure(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> 
     } else {
         errors::classify(e, &cx)
     };
-    let code = match classified {
+    let (code, reusable) = match classified {
         Some(resp) if session.response_written().is_none() => {
-            if let Err(write_err) = write_error(session, ctx, &resp, false).await {
-                log::debug!("could not send {} to the client: {write_err}", resp.status);
+            let keep =
+                *e.esource() != pingora::ErrorSource::Downstream && session.as_mut().is_body_done();
+            match write_error(session, ctx, &resp, keep).await {
+                Ok(()) => (resp.status, keep),
+                Err(write_err) => {
+                    log::debug!("could not send {} to the client: {write_err}", resp.status);
+                    (resp.status, false)
+                }
             }
-            resp.status
         }
-        Some(resp) => resp.status, // headers already sent: the stream is cut
-        None => 0,
+        Some(resp) => (resp.status, false), // headers already sent: the stream is cut
+        None => (0, false),
     };
     ctx.error_status = Some(code);
-    code
+    (code, reusable)
 }

@@ -1,16 +1,18 @@
 //! The composite steps a phase calls: accepting the request (hygiene,
-//! host), the rate-limit decision at its stage and the fresh-hit fast
-//! path, each wiring a module's answer into the request context and the
+//! host), identity and the forwarded request, the rate-limit decision at
+//! its stage and the fresh-hit fast path, each wiring a module's answer into the request context and the
 //! response.
 
 use super::{respond, Proxy};
 use crate::cache::fresh;
 use crate::ctx::RequestCtx;
 use crate::errors::ErrorResponse;
+use crate::forwarded;
 use crate::headers;
 use crate::host::Host;
 use crate::hygiene;
 use crate::ratelimit::admission::{self, Stage};
+use crate::ratelimit::identity::Identity;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 use std::borrow::Cow;
@@ -118,16 +120,71 @@ pub(super) fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
         .map(|a| a.ip())
 }
 
+/// Who sent the request, decided once and before the cache is asked — a
+/// missing or bad key is a 401 here whatever stage the budget is counted
+/// at — and then the request rewritten into what the upstream receives
+/// (`forwarded`), so that the cache key and `Vary` read what the upstream
+/// reads. On an exempt route a key that identifies nobody refuses nothing.
+pub(super) fn identify_and_forward(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<(), ErrorResponse> {
+    let peer_ip = client_ip(session);
+    let gateway = &ctx.gateway;
+    let limiter = gateway.rate_limiter.as_ref();
+    let req = session.req_header();
+    ctx.credentialed = req.headers.contains_key(http::header::AUTHORIZATION)
+        || limiter.is_some_and(|l| l.carries_credentials(req));
+    if let Some(limiter) = limiter {
+        let budgeted = ctx
+            .route
+            .is_some_and(|id| gateway.route(id).rate_budget.is_some());
+        match admission::identify(limiter, req, peer_ip) {
+            Ok(who) => ctx.identity = Some(who),
+            Err(refusal) if budgeted => return Err(refusal),
+            Err(_) => {}
+        }
+    }
+    let server = &gateway.config.server;
+    let Some(request_id) = ctx.request_id.as_ref() else {
+        return Err(ErrorResponse::internal());
+    };
+    let edge = forwarded::Edge {
+        request_id,
+        peer_ip,
+        peer_trusted: peer_ip
+            .is_some_and(|ip| server.trusted_proxies.iter().any(|net| net.contains(&ip))),
+        tls: ctx.tls,
+        keep_overrides: &server.keep_override_headers,
+        limiter,
+        tenant: match ctx.identity {
+            Some(Identity::Tenant(i)) => Some(i),
+            _ => None,
+        },
+    };
+    forwarded::rewrite(session.req_header_mut(), &edge).map_err(|e| {
+        log::error!("rewriting the request for the upstream: {e}");
+        ErrorResponse::internal()
+    })
+}
+
 impl Proxy {
     /// Decides the request's budget if this is the stage that decides it;
-    /// true when the request was refused (and the refusal sent).
+    /// true when the request was refused (and the refusal sent). The
+    /// requester was identified before (`identify_and_forward`); Pingora's
+    /// background subrequests are never decided (they are not clients).
     pub(super) async fn admit(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         stage: Stage,
     ) -> Result<bool> {
-        let (Some(limiter), Some(route)) = (ctx.gateway.rate_limiter.as_ref(), ctx.route()) else {
+        if ctx.subrequest {
+            return Ok(false);
+        }
+        let (Some(limiter), Some(route), Some(who)) =
+            (ctx.gateway.rate_limiter.as_ref(), ctx.route(), ctx.identity)
+        else {
             return Ok(false);
         };
         let Some(budget) = route
@@ -141,18 +198,9 @@ impl Proxy {
             route: &route.name,
             budget,
         };
-        let (state, req) = (&self.state, session.req_header());
-        let admission = admission::admit(
-            limiter,
-            &state.rate,
-            &state.metrics,
-            route,
-            req,
-            client_ip(session),
-        )
-        .await;
+        let state = &self.state;
+        let admission = admission::admit(limiter, &state.rate, &state.metrics, route, who).await;
         ctx.rate_headers = admission.headers;
-        ctx.tenant = admission.tenant;
         match admission.refusal {
             Some(refusal) => respond::error(session, ctx, &refusal).await.map(|()| true),
             None => Ok(false),

@@ -4,7 +4,7 @@
 //! request, and what the client is told either way (the `RateLimit`
 //! headers, and a 401 or 429 when refused). Counted in the metrics here.
 
-use super::identity::Refusal;
+use super::identity::{Identity, Refusal};
 use super::local::Check;
 use super::{count, RateHeaders, RateLimiter, RateStore, RouteBudget};
 use crate::errors::ErrorResponse;
@@ -37,10 +37,8 @@ impl RateLimiter {
 pub struct Admission {
     /// The `RateLimit` headers for the response, once a budget was decided.
     pub headers: Option<RateHeaders>,
-    /// The answer to send instead of serving the request (401 or 429).
+    /// The 429 to send instead of serving the request.
     pub refusal: Option<ErrorResponse>,
-    /// The tenant identified, if any (its name goes upstream).
-    pub tenant: Option<usize>,
 }
 
 /// What a request is decided on, besides the request itself.
@@ -51,21 +49,31 @@ pub struct Budget<'a> {
     pub budget: &'a RouteBudget,
 }
 
-/// Identifies the requester of `req` (arriving from `peer`), decides its
-/// tier's and the route's budgets in `store`, and counts the decision.
+/// Who sent `req` (arriving from `peer`), decided once per request and
+/// before the cache is asked, whatever stage the budget is counted at: a
+/// missing or bad key is a 401 even for a response the cache holds.
+pub fn identify(
+    limiter: &RateLimiter,
+    req: &RequestHeader,
+    peer: Option<IpAddr>,
+) -> Result<Identity, ErrorResponse> {
+    limiter
+        .identify(req, peer)
+        .map_err(|refusal| match refusal {
+            Refusal::InvalidKey => ErrorResponse::invalid_api_key(),
+            Refusal::KeyRequired => ErrorResponse::api_key_required(),
+        })
+}
+
+/// Decides the tier's and the route's budgets of an identified requester
+/// in `store`, and counts the decision.
 pub async fn admit(
     limiter: &RateLimiter,
     store: &RateStore,
     metrics: &Metrics,
     route: Budget<'_>,
-    req: &RequestHeader,
-    peer: Option<IpAddr>,
+    who: Identity,
 ) -> Admission {
-    let who = match limiter.identify(req, peer) {
-        Ok(who) => who,
-        Err(Refusal::InvalidKey) => return refused(ErrorResponse::invalid_api_key()),
-        Err(Refusal::KeyRequired) => return refused(ErrorResponse::api_key_required()),
-    };
     let Some(tier) = limiter.tier_of(&who) else {
         return Admission::default();
     };
@@ -98,18 +106,6 @@ pub async fn admit(
     Admission {
         headers: Some(decision.headers),
         refusal,
-        tenant: match who {
-            super::identity::Identity::Tenant(i) => Some(i),
-            super::identity::Identity::Anonymous(_) => None,
-        },
-    }
-}
-
-fn refused(refusal: ErrorResponse) -> Admission {
-    Admission {
-        headers: None,
-        refusal: Some(refusal),
-        tenant: None,
     }
 }
 
@@ -167,7 +163,8 @@ routes: [{{ name: all, upstream: api }}]
                 route: "all",
                 budget: &budget,
             };
-            last = admit(&l, &store, &metrics, route, &req, peer).await;
+            let who = identify(&l, &req, peer).expect("anonymous allowed");
+            last = admit(&l, &store, &metrics, route, who).await;
         }
         let refusal = last.refusal.expect("third request refused");
         assert_eq!(refusal.status, 429);

@@ -11,24 +11,28 @@
 //! - a failure counts against the backend (passive health, metrics), except
 //!   a stale pooled connection and a deadline-shortened timeout, which are
 //!   not the backend's fault (counted in metrics, never toward `max_fails`);
+//! - whether a request may be sent again at all is decided in one place,
+//!   `replay`: a connect failure or a failed write allows any method, a
+//!   failure after the request was written only an idempotent one (a
+//!   non-idempotent request must not reach a backend twice), and never
+//!   once its body is no longer buffered or the answer has started;
 //! - a reused pooled connection that fails before any response byte (the
 //!   backend closed it while idle; Pingora marks such errors retryable on
-//!   reused connections only) is replayed once on a *fresh* connection to
-//!   the same backend, for any request whose body is still buffered; this
-//!   replay does not use up the pool's `retries`;
-//! - a retry needs retries left, time left, and another ready backend;
-//! - a connect failure may be retried for any method (nothing was sent);
-//!   a failure after connecting — a reset, a close, or a read timeout
-//!   (nginx's default `proxy_next_upstream error timeout`) — only for an
-//!   idempotent request whose body is fully buffered and before any
-//!   response byte reached the client: a non-idempotent request must not
-//!   reach a backend twice;
+//!   reused connections only) is replayed, when `replay` allows, once on a
+//!   *fresh* connection to the same backend; this replay does not use up
+//!   the pool's `retries`, and the failure is not the backend's;
+//! - a retry on another backend needs retries left, time left, and another
+//!   ready backend; failures after connecting that allow one are a reset,
+//!   a close, or a read timeout (nginx's default `proxy_next_upstream
+//!   error timeout`);
 //! - a 502/503/504 answer to an idempotent request is retried on another
 //!   backend when the pool says `retry_on_5xx`, and only when the retry
 //!   can be made — otherwise the client gets the backend's answer as is;
 //! - `tollgate_upstream_retries_total` counts attempts that were made after
 //!   a failed one, not retries that were only considered.
 
+use super::deadline::DeadlineTimer;
+use super::replay::{Reached, Replay};
 use super::{BackendLease, FailureKind, UpstreamPool};
 use crate::config::model::RouteTimeouts;
 use crate::errors::{self, FailureContext};
@@ -66,27 +70,6 @@ pub struct DeadlineBound {
     pub read: bool,
 }
 
-/// What the request allows when a failure happened after connecting.
-#[derive(Debug, Clone, Copy)]
-pub struct Replay {
-    /// The method is idempotent (RFC 9110 §9.2.2).
-    pub idempotent: bool,
-    /// The whole request body is still in Pingora's retry buffer.
-    pub body_buffered: bool,
-    /// Part of the response already reached the client.
-    pub response_started: bool,
-    /// The upstream connection came from the pool (was used before).
-    pub upstream_reused: bool,
-}
-
-impl Replay {
-    /// Whether the request can be sent to a backend again: idempotent,
-    /// its whole body still buffered, nothing of the answer sent yet.
-    fn resendable(&self) -> bool {
-        self.idempotent && self.body_buffered && !self.response_started
-    }
-}
-
 /// A request's attempts at its route's pool.
 #[derive(Default)]
 pub struct Attempts {
@@ -99,6 +82,8 @@ pub struct Attempts {
     fresh_replay: Option<SocketAddr>,
     /// A stale-connection replay was made (at most one per request).
     replayed_stale: bool,
+    /// The route's total deadline on the current attempt's connection.
+    deadline: Option<DeadlineTimer>,
 }
 
 impl Attempts {
@@ -127,6 +112,7 @@ impl Attempts {
             )
         })?;
         self.lease = Some(slot.lease());
+        self.deadline = None;
         if self.count > 0 {
             pool.retries_counter().inc();
         }
@@ -155,15 +141,40 @@ impl Attempts {
         Ok(peer)
     }
 
-    /// The connection is up (new or reused).
-    pub fn connected(&mut self) {
+    /// The connection `fd` is up (new or reused): the route's total
+    /// deadline, which started at `started`, is armed on it (`deadline`).
+    pub fn connected(&mut self, fd: std::os::fd::RawFd, started: Instant, total: Duration) {
         self.timing.connected_at = Some(Instant::now());
+        self.deadline = DeadlineTimer::arm(fd, started + total);
+    }
+
+    /// The connection is done with (its response complete, or the attempt
+    /// failed): the deadline must not touch it once Pingora may pool it.
+    pub fn disarm(&mut self) {
+        self.deadline = None;
+    }
+
+    /// Whether the total deadline cut the current attempt's connection.
+    fn deadline_cut(&self) -> bool {
+        self.deadline.as_ref().is_some_and(DeadlineTimer::fired)
     }
 
     /// The response header arrived: note the time, and count a 5xx against
     /// the backend when the pool asks for it.
-    pub fn response_header(&mut self, pool: &UpstreamPool, status: u16, metrics: &Metrics) {
+    /// A response without a body (`body_expected` false) is complete with
+    /// its header, so the deadline lets go of the connection here: Pingora
+    /// pools it without another body-filter call.
+    pub fn response_header(
+        &mut self,
+        pool: &UpstreamPool,
+        status: u16,
+        body_expected: bool,
+        metrics: &Metrics,
+    ) {
         self.timing.first_byte_at = Some(Instant::now());
+        if !body_expected {
+            self.disarm();
+        }
         if (500..600).contains(&status) && pool.passive().fail_on_5xx {
             if let Some(lease) = &self.lease {
                 pool.record_failure(lease.backend(), FailureKind::Status5xx, metrics);
@@ -184,7 +195,7 @@ impl Attempts {
     ) -> bool {
         pool.retries_on_5xx()
             && matches!(status, 502..=504)
-            && replay.resendable()
+            && replay.allows(Reached::MaybeProcessed)
             && self.retry_possible(pool, timeouts, started)
     }
 
@@ -224,10 +235,22 @@ impl Attempts {
             e.set_retry(true);
             return e;
         }
+        let cut = self.deadline_cut();
+        self.disarm();
+        if cut {
+            // Our timer shut the connection: the route's total ran out.
+            e.etype = errors::REQUEST_TIMEOUT;
+            if let Some(lease) = &self.lease {
+                pool.record_failure(lease.backend(), FailureKind::Deadline, metrics);
+            }
+            e.set_retry(false);
+            return e;
+        }
         if *e.esource() != ErrorSource::Upstream {
             e.set_retry(false);
             return e;
         }
+        let reached = Reached::after_connect(e.etype());
         let stale = replay.upstream_reused && e.retry == RetryType::ReusedOnly;
         if stale && !self.replayed_stale {
             return self.replay_on_fresh_connection(pool, timeouts, started, e, replay, metrics);
@@ -245,7 +268,7 @@ impl Attempts {
             FailureKind::Closed
         };
         let may_replay =
-            matches!(kind, FailureKind::Closed | FailureKind::Timeout) && replay.resendable();
+            matches!(kind, FailureKind::Closed | FailureKind::Timeout) && replay.allows(reached);
         let retry = self.note_failure(pool, timeouts, started, kind, metrics) && may_replay;
         e.set_retry(retry);
         e
@@ -253,7 +276,8 @@ impl Attempts {
 
     /// A reused pooled connection failed before any response byte: counted
     /// (not toward `max_fails`) and replayed once on a fresh connection to
-    /// the same backend when the request can be sent again.
+    /// the same backend when `replay` allows it — for a non-idempotent
+    /// request only if the request was not written whole.
     fn replay_on_fresh_connection(
         &mut self,
         pool: &UpstreamPool,
@@ -269,7 +293,7 @@ impl Attempts {
         };
         pool.record_failure(lease.backend(), FailureKind::StaleConnection, metrics);
         let retry =
-            replay.body_buffered && !replay.response_started && started.elapsed() < timeouts.total;
+            replay.allows(Reached::after_connect(e.etype())) && started.elapsed() < timeouts.total;
         if retry {
             self.fresh_replay = Some(lease.socket_addr());
             self.replayed_stale = true;
@@ -317,6 +341,7 @@ impl Attempts {
     /// The backend sent its whole response: give its least-connections slot
     /// back now, and record the attempt's duration.
     pub fn response_finished(&mut self, pool: &UpstreamPool) {
+        self.disarm();
         if let Some(lease) = self.lease.as_mut() {
             lease.release();
         }
@@ -373,15 +398,17 @@ impl Attempts {
     }
 }
 
-/// The error to raise when the route's total deadline has passed while the
-/// response streams: a backend that trickles bytes cannot hold a request
-/// past it.
-pub fn check_deadline(started: Instant, total: Duration) -> Result<()> {
-    if started.elapsed() > total {
-        return Err(Error::explain(
-            errors::REQUEST_TIMEOUT,
-            "total timeout ran out while streaming the response",
-        ));
+impl Attempts {
+    /// The deadline check for a body chunk when no timer holds it (the
+    /// descriptor could not be duplicated): a chunk that arrives after the
+    /// route's total ends the response. With the timer, nothing to do.
+    pub fn check_deadline(&self, started: Instant, total: Duration) -> Result<()> {
+        if self.deadline.is_none() && started.elapsed() > total {
+            return Err(Error::explain(
+                errors::REQUEST_TIMEOUT,
+                "total timeout ran out while streaming the response",
+            ));
+        }
+        Ok(())
     }
-    Ok(())
 }

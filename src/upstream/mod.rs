@@ -11,8 +11,10 @@
 
 pub mod attempt;
 pub mod backend;
+pub mod deadline;
 pub mod health;
 pub mod memory;
+pub mod replay;
 
 pub use backend::{BackendLease, BackendState, FailureKind};
 pub use memory::UpstreamMemory;
