@@ -11,7 +11,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// An upstream that crashes (closes without answering) on `/crash`.
 fn crashing_on_one_endpoint(body: &'static str) -> TestUpstream {
@@ -33,15 +32,6 @@ fn pool(backends: &[&TestUpstream], extra: &str) -> String {
 }
 
 /// The sum of every series of `name` whose labels contain `label`.
-fn metric_sum(proxy: &TollgateProcess, name: &str, label: &str) -> f64 {
-    proxy
-        .metrics()
-        .lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 fn upstream_health(proxy: &TollgateProcess) -> serde_json::Value {
     proxy.health()["components"]["upstreams"]["api"].clone()
 }
@@ -55,11 +45,7 @@ fn sole_backend_is_never_ejected_by_passive_health() {
         assert_eq!(get(proxy.addr, "/crash").expect("request").status, 502);
     }
     wait_until("the crashes are counted", || {
-        metric_sum(
-            &proxy,
-            "tollgate_upstream_failures_total",
-            "kind=\"closed\"",
-        ) >= 6.0
+        proxy.metric_sum("tollgate_upstream_failures_total", "kind=\"closed\"") >= 6.0
     });
     // Every other request still works: one bad endpoint is not an outage.
     for _ in 0..5 {
@@ -220,18 +206,13 @@ fn a_stale_pooled_connection_replays_a_get_but_never_a_post() {
     // nothing reached the backend twice.
     assert_eq!(up.answered.load(Ordering::SeqCst), sent);
     wait_until("the stale connections are counted", || {
-        metric_sum(
-            &proxy,
+        proxy.metric_sum(
             "tollgate_upstream_failures_total",
             "kind=\"stale_connection\"",
         ) == 2.0
     });
     assert_eq!(
-        metric_sum(
-            &proxy,
-            "tollgate_upstream_failures_total",
-            "kind=\"closed\""
-        ),
+        proxy.metric_sum("tollgate_upstream_failures_total", "kind=\"closed\""),
         0.0
     );
     assert_eq!(
@@ -262,18 +243,10 @@ fn deadline_shortened_timeout_is_not_a_backend_failure() {
         slow.held() > 0
     });
     wait_until("the deadline is counted", || {
-        metric_sum(
-            &proxy,
-            "tollgate_upstream_failures_total",
-            "kind=\"deadline\"",
-        ) >= 1.0
+        proxy.metric_sum("tollgate_upstream_failures_total", "kind=\"deadline\"") >= 1.0
     });
     assert_eq!(
-        metric_sum(
-            &proxy,
-            "tollgate_upstream_failures_total",
-            "kind=\"timeout\""
-        ),
+        proxy.metric_sum("tollgate_upstream_failures_total", "kind=\"timeout\""),
         0.0
     );
     // The client's budget ran out, not the backend's timeouts: with
@@ -283,34 +256,14 @@ fn deadline_shortened_timeout_is_not_a_backend_failure() {
     slow.release();
 }
 
-/// Sends `GET path` on an open keep-alive connection and reads one response;
-/// returns its status and whether the proxy said it will close.
-fn keep_alive_get(conn: &mut BufReader<TcpStream>, path: &str) -> (u16, bool) {
-    let req = format!("GET {path} HTTP/1.1\r\nHost: test.local\r\n\r\n");
-    conn.get_mut().write_all(req.as_bytes()).expect("write");
-    let mut line = String::new();
-    conn.read_line(&mut line).expect("status line");
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {line:?}"));
-    let (mut len, mut close) = (0usize, false);
-    loop {
-        line.clear();
-        conn.read_line(&mut line).expect("header");
-        if line == "\r\n" {
-            break;
-        }
-        let lower = line.to_ascii_lowercase();
-        if let Some(v) = lower.strip_prefix("content-length:") {
-            len = v.trim().parse().expect("content-length");
-        }
-        close |= lower.starts_with("connection:") && lower.contains("close");
-    }
-    let mut body = vec![0; len];
-    conn.read_exact(&mut body).expect("body");
-    (status, close)
+/// `GET path` on an open keep-alive connection: its status, and whether
+/// the proxy said it will close.
+fn keep_alive_get(conn: &mut KeptAlive, path: &str) -> (u16, bool) {
+    let r = conn.send("GET", path, &[], b"").expect("response");
+    let close = r
+        .header("connection")
+        .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+    (r.status, close)
 }
 
 #[test]
@@ -320,11 +273,7 @@ fn rate_limited_client_keeps_its_connection() {
         "tiers:\n  free: {{ per_minute: 1 }}\nanonymous: {{ tier: free }}\n{}",
         one_route(up.addr)
     ));
-    let stream = TcpStream::connect(proxy.addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let mut conn = BufReader::new(stream);
+    let mut conn = KeptAlive::open(proxy.addr).expect("connect");
     assert_eq!(keep_alive_get(&mut conn, "/x"), (200, false));
     // Throttled, on the same connection, which stays open for the next one.
     assert_eq!(keep_alive_get(&mut conn, "/x"), (429, false));
@@ -339,11 +288,7 @@ fn unknown_route_answer_keeps_the_connection() {
         "upstreams:\n  api: {{ backends: [\"{}\"] }}\nroutes:\n  - {{ name: api, upstream: api, match: {{ path_prefix: /api/ }} }}\n",
         up.addr
     ));
-    let stream = TcpStream::connect(proxy.addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let mut conn = BufReader::new(stream);
+    let mut conn = KeptAlive::open(proxy.addr).expect("connect");
     assert_eq!(keep_alive_get(&mut conn, "/nowhere"), (404, false));
     assert_eq!(keep_alive_get(&mut conn, "/api/x"), (200, false));
 }
@@ -366,7 +311,7 @@ fn a_read_timeout_on_a_get_is_retried_on_another_backend_and_a_post_never_is() {
         }
     }
     assert!(slow.count() > 0, "no GET ever went to the slow backend");
-    assert!(metric_sum(&proxy, "tollgate_upstream_retries_total", "api") >= 1.0);
+    assert!(proxy.metric_sum("tollgate_upstream_retries_total", "api") >= 1.0);
     // A POST that times out is answered 504, never sent to a second backend.
     let (slow_before, fast_before) = (slow.count(), fast.count());
     let mut timed_out = 0;
@@ -420,7 +365,7 @@ fn retry_on_5xx_hides_a_failing_backend_from_gets() {
         broken.count() > broken_before,
         "the broken backend was asked"
     );
-    assert!(metric_sum(&retrying, "tollgate_upstream_retries_total", "api") >= 1.0);
+    assert!(retrying.metric_sum("tollgate_upstream_retries_total", "api") >= 1.0);
     // A POST is not retried: it gets whatever backend it reached, as is.
     let statuses: Vec<u16> = (0..20)
         .map(|_| {

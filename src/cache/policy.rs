@@ -492,7 +492,8 @@ mod tests {
     #[test]
     fn only_refusals_about_the_request_are_kept_from_the_predictor() {
         let mut req = get();
-        req.insert_header("authorization", "Basic eA==").expect("hdr");
+        req.insert_header("authorization", "Basic eA==")
+            .expect("hdr");
         let cc = [("cache-control", "max-age=60")];
         match cacheable(&req, &resp(200, &cc), &policy(None)) {
             RespCacheable::Uncacheable(NoCacheReason::Custom(reason)) => {
@@ -503,6 +504,18 @@ mod tests {
         for reason in ["no-store-or-private", "set-cookie", "status", "vary-star"] {
             assert!(!refusal_is_per_request(reason), "{reason}");
         }
+        // Pingora's predictor remembers every `Custom` reason it is not
+        // told to skip (pingora-cache `predictor.rs`).
+        use pingora::cache::predictor::{CacheablePredictor, Predictor};
+        let key = pingora::cache::CacheKey::new("h/x", "");
+        let remembering = Predictor::<1>::new(8, None);
+        remembering.mark_uncacheable(&key, NoCacheReason::Custom(NOT_STORED_AUTHORIZATION));
+        assert!(!remembering.cacheable_prediction(&key));
+        let ours = Predictor::<1>::new(8, Some(refusal_is_per_request));
+        ours.mark_uncacheable(&key, NoCacheReason::Custom(NOT_STORED_AUTHORIZATION));
+        assert!(ours.cacheable_prediction(&key));
+        ours.mark_uncacheable(&key, NoCacheReason::Custom("no-store-or-private"));
+        assert!(!ours.cacheable_prediction(&key));
     }
 
     #[test]

@@ -486,10 +486,10 @@ impl ProxyHttp for Proxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let (code, reusable) = respond::failure(session, e, ctx).await;
+        let code = respond::failure(session, e, ctx).await;
         FailToProxy {
             error_code: code,
-            can_reuse_downstream: reusable,
+            can_reuse_downstream: false,
         }
     }
 

@@ -128,14 +128,16 @@ pub async fn fresh_hit(
 }
 
 /// Answers a failed request with the JSON error `errors::classify` maps it
-/// to, unless the client is gone or the response had already started.
-/// Returns the status to log (0: the client was gone) and whether the
-/// client's connection may carry another request: only when the whole
-/// request body was read and our answer was sent whole (nginx keeps the
-/// connection after its own 502/504 the same way); a cut response, an
-/// unread body or a client-side failure leaves the connection's state
-/// unknown, and it is closed.
-pub async fn failure(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> (u16, bool) {
+/// to, unless the client is gone or the response had already started;
+/// returns the status to log (0: the client was gone).
+///
+/// The answer says `Connection: close`, and the connection is closed:
+/// after a failure on the upstream path Pingora closes the client's
+/// connection whatever `fail_to_proxy` answers (pingora-proxy 0.9
+/// `lib.rs`, `process_request` hands `finish` the upstream's `server_reuse`,
+/// false after any upstream error, and reads `can_reuse_downstream` only
+/// in `handle_error`), so announcing keep-alive would be a lie.
+pub async fn failure(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> u16 {
     let route = ctx.route();
     let cx = ctx
         .upstream
@@ -147,21 +149,16 @@ pub async fn failure(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> 
     } else {
         errors::classify(e, &cx)
     };
-    let (code, reusable) = match classified {
+    let code = match classified {
         Some(resp) if session.response_written().is_none() => {
-            let keep =
-                *e.esource() != pingora::ErrorSource::Downstream && session.as_mut().is_body_done();
-            match write_error(session, ctx, &resp, keep).await {
-                Ok(()) => (resp.status, keep),
-                Err(write_err) => {
-                    log::debug!("could not send {} to the client: {write_err}", resp.status);
-                    (resp.status, false)
-                }
+            if let Err(write_err) = write_error(session, ctx, &resp, false).await {
+                log::debug!("could not send {} to the client: {write_err}", resp.status);
             }
+            resp.status
         }
-        Some(resp) => (resp.status, false), // headers already sent: the stream is cut
-        None => (0, false),
+        Some(resp) => resp.status, // headers already sent: the stream is cut
+        None => 0,
     };
     ctx.error_status = Some(code);
-    (code, reusable)
+    code
 }

@@ -157,3 +157,123 @@ fn read_response(stream: TcpStream, head_only: bool) -> io::Result<Response> {
         body,
     })
 }
+
+/// A kept-alive client connection: requests are sent one after another on
+/// the same socket (no `Connection: close`), so a test can see whether the
+/// proxy kept the connection after an answer.
+pub struct KeptAlive {
+    reader: BufReader<TcpStream>,
+}
+
+impl KeptAlive {
+    /// Connects to `addr`.
+    pub fn open(addr: SocketAddr) -> io::Result<Self> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Self {
+            reader: BufReader::new(stream),
+        })
+    }
+
+    /// Sends one request on the connection and reads its response; an
+    /// error if the proxy closed the connection instead.
+    pub fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> io::Result<Response> {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test.local\r\n");
+        for (n, v) in headers {
+            req.push_str(&format!("{n}: {v}\r\n"));
+        }
+        if !body.is_empty() {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        self.reader.get_mut().write_all(&bytes)?;
+        read_one(&mut self.reader, method == "HEAD")
+    }
+
+    /// Whether the proxy closed the connection (a read sees its end).
+    pub fn closed_by_peer(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.reader.read(&mut byte), Ok(0) | Err(_))
+    }
+}
+
+/// Reads one response off `stream` (its framing, not its end).
+pub fn read_response_from(stream: &mut TcpStream) -> io::Result<Response> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    read_one(&mut reader, false)
+}
+
+/// Reads one response off a kept-alive connection: its head, and its body
+/// by `Content-Length` or chunked framing (never to the end of stream).
+fn read_one(r: &mut BufReader<TcpStream>, head_only: bool) -> io::Result<Response> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed before a response",
+        ));
+    }
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad status line {line:?}"),
+            )
+        })?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line)?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((n, v)) = l.split_once(':') {
+            headers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
+        }
+    }
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v): &(String, String)| v.clone())
+    };
+    let mut body = Vec::new();
+    if head_only || status == 204 || status == 304 {
+        // no body
+    } else if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        loop {
+            line.clear();
+            r.read_line(&mut line)?;
+            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
+            if size == 0 {
+                line.clear();
+                r.read_line(&mut line)?;
+                break;
+            }
+            let mut chunk = vec![0; size + 2];
+            r.read_exact(&mut chunk)?;
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else if let Some(len) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        body.resize(len, 0);
+        r.read_exact(&mut body)?;
+    }
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}

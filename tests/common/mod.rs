@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-pub use client::{get, request, send_raw, Response};
+pub use client::{get, request, send_raw, KeptAlive, Response};
 pub use upstream::{Action, Reply, TestUpstream};
 
 /// The admin token every test proxy runs with.
@@ -233,6 +233,16 @@ impl TollgateProcess {
             .lines()
             .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
             .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// The sum of every series of `name` whose labels contain `label`
+    /// (e.g. `kind="closed"`).
+    pub fn metric_sum(&self, name: &str, label: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     /// Waits until a series has `value`: metrics are recorded in the
