@@ -449,6 +449,13 @@ impl Metrics {
         let _ = self.upstream_healthy.remove_label_values(&labels);
     }
 
+    /// Drops the per-pool series of a pool that is no longer configured.
+    pub fn forget_upstream(&self, upstream: &str) {
+        let _ = self.upstream_retries.remove_label_values(&[upstream]);
+        let _ = self.upstream_panic.remove_label_values(&[upstream]);
+        let _ = self.upstream_duration.remove_label_values(&[upstream]);
+    }
+
     /// Every metric family as it stands now, for the status page.
     pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
         self.registry.gather()

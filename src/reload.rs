@@ -75,9 +75,24 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
                 .to_owned(),
         );
     }
-    if old.server != new.server {
+    // `trusted_proxies` and `keep_override_headers` are read per request
+    // from the live generation: they apply at once.
+    let process_settings = |c: &Config| {
+        let s = &c.server;
+        (
+            s.threads,
+            s.work_stealing,
+            s.grace_period,
+            s.graceful_shutdown_timeout,
+            s.upgrade_sock.clone(),
+            s.pid_file.clone(),
+            s.upstream_keepalive_pool_size,
+        )
+    };
+    if process_settings(old) != process_settings(new) {
         out.push(
-            "server settings changed: take effect after a restart or graceful upgrade".to_owned(),
+            "server threads, work_stealing, grace periods, upgrade_sock, pid_file or upstream_keepalive_pool_size changed: take effect after a restart or graceful upgrade"
+                .to_owned(),
         );
     }
     out
@@ -124,8 +139,18 @@ fn load_and_swap(state: &AppState) -> Result<ReloadReport, ReloadError> {
         upstreams: config.upstreams.len(),
         warnings,
     };
-    let gateway =
-        Gateway::build(config, &state.metrics, &state.memory).map_err(ReloadError::Build)?;
+    let gateway = match Gateway::build(config, &state.metrics, &state.memory) {
+        Ok(gateway) => gateway,
+        Err(e) => {
+            // A refused reload changes nothing: the upstream memory goes
+            // back to what the live generation uses (health states it
+            // replaced, backends and metric series it created).
+            state
+                .memory
+                .revert_to(&current.config, &current.pools, &state.metrics);
+            return Err(ReloadError::Build(e));
+        }
+    };
     let config = gateway.config.clone();
     state.replace_gateway(gateway);
     state.memory.retain(&config, &state.metrics);
@@ -166,5 +191,65 @@ impl BackgroundService for ReloadOnSignal {
                 log::error!("config reload task failed: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(server: &str) -> Config {
+        crate::config::parse(
+            &format!(
+                "listen: [\"127.0.0.1:1\"]\nserver: {{ {server} }}\nupstreams: {{ api: {{ backends: [\"127.0.0.1:2\"] }} }}\nroutes: [{{ name: all, upstream: api }}]\n"
+            ),
+            "test.yaml",
+        )
+        .expect("config")
+    }
+
+    /// Issue 24: a generation that was built and then refused leaves no
+    /// trace: the live pools keep their health state, and the pools and
+    /// backends only it had are forgotten with their metric series.
+    #[test]
+    fn a_refused_build_leaves_the_upstream_memory_as_the_live_generation_uses_it() {
+        let metrics = crate::metrics::Metrics::new().expect("metrics");
+        let memory = crate::upstream::UpstreamMemory::default();
+        let file = |interval: &str, extra: &str| {
+            crate::config::parse(
+                &format!(
+                    "listen: [\"127.0.0.1:1\"]\nupstreams:\n  api: {{ backends: [\"127.0.0.1:2\"], health_check: {{ type: tcp, interval: {interval} }} }}\n{extra}routes: [{{ name: all, upstream: api }}]\n"
+                ),
+                "test.yaml",
+            )
+            .expect("config")
+        };
+        let live = Gateway::build(file("5s", ""), &metrics, &memory).expect("live");
+        let refused = Gateway::build(
+            file("7s", "  extra: { backends: [\"127.0.0.1:3\"] }\n"),
+            &metrics,
+            &memory,
+        )
+        .expect("built, then refused");
+        drop(refused);
+        memory.revert_to(&live.config, &live.pools, &metrics);
+        let again = Gateway::build(file("5s", ""), &metrics, &memory).expect("rebuilt");
+        let health = |g: &Gateway| g.pools[0].active_health().cloned().expect("checked");
+        assert!(
+            Arc::ptr_eq(&health(&live), &health(&again)),
+            "the live pool's health state was kept, not started over"
+        );
+        let text = String::from_utf8(metrics.render()).expect("utf-8");
+        assert!(!text.contains("extra"), "{text}");
+        assert!(!text.contains("127.0.0.1:3"), "{text}");
+    }
+
+    #[test]
+    fn settings_read_per_request_are_not_reported_as_needing_a_restart() {
+        let old = config("threads: 2");
+        let trusted = config("threads: 2, trusted_proxies: [\"10.0.0.0/8\"], keep_override_headers: [X-HTTP-Method-Override]");
+        assert_eq!(restart_only_changes(&old, &trusted), Vec::<String>::new());
+        let threads = config("threads: 4");
+        assert_eq!(restart_only_changes(&old, &threads).len(), 1);
     }
 }

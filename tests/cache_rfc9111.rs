@@ -270,6 +270,78 @@ fn targeted_cache_control_wins_over_cache_control() {
     );
 }
 
+/// RFC 9213 §2.1: a targeted field is a Dictionary structured field; one
+/// that does not parse, or whose directive has the wrong type (`max-age`
+/// as a string or a decimal), is ignored as a whole and `Cache-Control`
+/// decides.
+#[test]
+fn a_targeted_field_with_an_invalid_structured_type_is_ignored_whole() {
+    let up = TestUpstream::start(|req| {
+        let cdn = match req.path.as_str() {
+            "/string" => "max-age=\"600\"",
+            "/decimal" => "max-age=600.0",
+            "/half-valid" => "max-age=600, no-store=1",
+            _ => "max-age=600",
+        };
+        reply(
+            200,
+            h(&[("Cache-Control", "no-store"), ("CDN-Cache-Control", cdn)]),
+            "x",
+        )
+    });
+    let proxy = cached_route(&up, "{}");
+    for (path, stored) in [
+        ("/string", false),
+        ("/decimal", false),
+        ("/half-valid", false),
+        ("/valid", true),
+    ] {
+        let before = up.count();
+        get(proxy.addr, path).expect("get");
+        get(proxy.addr, path).expect("get");
+        let fetched = up.count() - before;
+        assert_eq!(fetched, if stored { 1 } else { 2 }, "{path}");
+    }
+}
+
+/// §5.1: `Age` is delta-seconds and nothing else; a value with anything
+/// after the digits (or before them) is invalid and ignored, not read as
+/// its leading number.
+#[test]
+fn an_age_with_trailing_garbage_is_ignored() {
+    let up = TestUpstream::start(|req| {
+        let age = match req.path.as_str() {
+            "/suffix" => "3600abc",
+            "/list" => "3600, 0",
+            "/space" => "3600 s",
+            _ => "3600",
+        };
+        reply(
+            200,
+            h(&[("Cache-Control", "max-age=3600"), ("Age", age)]),
+            "x",
+        )
+    });
+    let proxy = cached_route(&up, "{}");
+    for path in ["/suffix", "/list", "/space"] {
+        get(proxy.addr, path).expect("get");
+        let hit = get(proxy.addr, path).expect("get");
+        assert_eq!(
+            hit.cache_status().as_deref(),
+            Some("tollgate; hit"),
+            "{path}"
+        );
+        let age: u64 = hit.header("age").expect("age").parse().expect("number");
+        assert!(
+            age < 3600,
+            "{path}: the invalid Age was not read as 3600: {age}"
+        );
+    }
+    get(proxy.addr, "/valid").expect("get");
+    let stale = get(proxy.addr, "/valid").expect("get");
+    assert_ne!(stale.cache_status().as_deref(), Some("tollgate; hit"));
+}
+
 /// RFC 9111 §7.3: a response that sets a cookie is not replayed to other
 /// clients — not stored by default, stored without the cookie with
 /// `set_cookie: strip`.

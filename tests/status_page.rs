@@ -193,4 +193,19 @@ fn reads_need_the_token_when_configured() {
             "{probe} stays open"
         );
     }
+    // Issue 24: /health follows require_token_for_reads — a probe without
+    // the token learns the status, not the config file, backends or warnings.
+    let open = get(proxy.admin, "/health").expect("get").json();
+    assert_eq!(open, serde_json::json!({"status": "ok"}));
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let full = request(
+        proxy.admin,
+        "GET",
+        "/health",
+        &[("Authorization", &bearer)],
+        b"",
+    )
+    .expect("get")
+    .json();
+    assert!(full["components"]["upstreams"].is_object(), "{full}");
 }

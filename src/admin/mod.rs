@@ -458,7 +458,16 @@ impl ServeHttp for AdminApp {
                     self.state.metrics.render(),
                 )
             }
-            "/health" => respond_json(StatusCode::OK, &self.health()),
+            "/health" => {
+                let health = self.health();
+                // The document names the config file, backends and
+                // warnings: with `require_token_for_reads` a caller without
+                // the token (a load balancer's probe) gets the status only.
+                if self.read_refusal(session).is_some() {
+                    return respond_json(StatusCode::OK, &json!({"status": health["status"]}));
+                }
+                respond_json(StatusCode::OK, &health)
+            }
             "/ready" if self.state.is_ready() => {
                 respond_json(StatusCode::OK, &json!({"ready": true}))
             }

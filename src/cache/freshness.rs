@@ -48,12 +48,14 @@ pub fn http_date(resp: &ResponseHeader, name: http::header::HeaderName) -> Optio
 }
 
 /// The explicit freshness lifetime (§4.2.1), `None` when the response
-/// gives none. `cc` is parsed from the field `cc_field` (`Cache-Control`
-/// or a targeted field). `response_time` stands in for a missing or
-/// invalid `Date`.
+/// gives none. `cc` is parsed from `Cache-Control` when `cc_field` names
+/// it (a repeated directive is then checked on its lines), or from a
+/// targeted field (`None`: a Dictionary, where a repeated key's last value
+/// is the value, RFC 8941 §3.2). `response_time` stands in for a missing
+/// or invalid `Date`.
 pub fn explicit_lifetime(
     cc: Option<&CacheControl>,
-    cc_field: &str,
+    cc_field: Option<&str>,
     resp: &ResponseHeader,
     response_time: SystemTime,
 ) -> Option<Duration> {
@@ -66,7 +68,9 @@ pub fn explicit_lifetime(
                 // §4.2.1: the same directive twice with different values
                 // is treated as stale (the RFC's other choice, "use the
                 // first", is not what Pingora's parser keeps: the last).
-                Ok(Some(_)) if conflicting(resp, cc_field, name) => return Some(Duration::ZERO),
+                Ok(Some(_)) if cc_field.is_some_and(|field| conflicting(resp, field, name)) => {
+                    return Some(Duration::ZERO)
+                }
                 Ok(Some(secs)) => return Some(Duration::from_secs(u64::from(secs))),
                 Ok(None) => {}
                 Err(_) => return Some(Duration::ZERO), // invalid: stale
@@ -163,7 +167,7 @@ mod tests {
     fn lifetime(headers: &[(&str, &str)], now: SystemTime) -> Option<u64> {
         let r = resp(200, headers);
         let cc = CacheControl::from_resp_headers(&r);
-        explicit_lifetime(cc.as_ref(), "cache-control", &r, now).map(|d| d.as_secs())
+        explicit_lifetime(cc.as_ref(), Some("cache-control"), &r, now).map(|d| d.as_secs())
     }
 
     fn at(date: &str) -> SystemTime {

@@ -17,6 +17,7 @@ pub mod purge;
 mod refusal;
 pub mod revalidation;
 pub mod store;
+pub mod targeted;
 pub mod tiered;
 pub mod vary;
 

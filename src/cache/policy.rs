@@ -88,7 +88,7 @@ pub fn response_cacheable(
     }
     let (cc, cc_field) = match directives(resp, policy) {
         Some((cc, field)) => (Some(cc), field),
-        None => (None, http::header::CACHE_CONTROL.as_str()),
+        None => (None, Some(http::header::CACHE_CONTROL.as_str())),
     };
     // §3.5: a request with Authorization (or an API key) only if the
     // response explicitly allows it.
@@ -162,9 +162,9 @@ pub fn response_cacheable(
 }
 
 /// The directives tollgate decides by: the first targeted field of the
-/// route's list that is present and parses (RFC 9213 §2.2: it then
-/// replaces `Cache-Control` entirely), else `Cache-Control`.
-/// Returns them with the name of the field they came from.
+/// route's list that is present and valid (RFC 9213 §2.2: it then
+/// replaces `Cache-Control` entirely; `targeted`), else `Cache-Control`.
+/// Returns them with `Cache-Control`'s name when they came from it.
 /// The two checks below that refuse most uncacheable responses (a
 /// credentialed request without permission, `no-store`/`private`), answered
 /// from a scan of the directive names when the field is well-formed and no
@@ -195,19 +195,17 @@ fn quick_refusal(
     (found.no_store || found.private).then(|| not_stored("no-store-or-private"))
 }
 
-fn directives<'p>(
+fn directives(
     resp: &ResponseHeader,
-    policy: &'p RouteCache,
-) -> Option<(CacheControl, &'p str)> {
+    policy: &RouteCache,
+) -> Option<(CacheControl, Option<&'static str>)> {
     policy
         .targeted_fields
         .iter()
-        .find_map(|name| {
-            CacheControl::from_resp_headers_named(name.as_str(), resp).map(|cc| (cc, name.as_str()))
-        })
+        .find_map(|name| super::targeted::directives(resp, name.as_str()).map(|cc| (cc, None)))
         .or_else(|| {
             CacheControl::from_resp_headers(resp)
-                .map(|cc| (cc, http::header::CACHE_CONTROL.as_str()))
+                .map(|cc| (cc, Some(http::header::CACHE_CONTROL.as_str())))
         })
 }
 

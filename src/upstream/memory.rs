@@ -85,6 +85,20 @@ impl UpstreamMemory {
         self.scheduled.load_full()
     }
 
+    /// After a generation was built and refused: forgets what that build
+    /// added (pools, backends and their metric series) and gives each live
+    /// pool back the active-health state it runs with, so the refused
+    /// build leaves no trace.
+    pub fn revert_to(&self, config: &Config, live: &[Arc<UpstreamPool>], metrics: &Metrics) {
+        self.retain(config, metrics);
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        for pool in live {
+            if let Some(memory) = pools.get_mut(pool.name()) {
+                memory.health = pool.active_health().cloned();
+            }
+        }
+    }
+
     /// Forgets pools and backends that `config` no longer has, and their
     /// metric series. Requests still holding them keep them alive.
     pub fn retain(&self, config: &Config, metrics: &Metrics) {
@@ -94,6 +108,7 @@ impl UpstreamMemory {
                 for addr in pool.backends.keys() {
                     metrics.forget_backend(name, *addr);
                 }
+                metrics.forget_upstream(name);
                 return false;
             };
             pool.backends.retain(|addr, _| {
