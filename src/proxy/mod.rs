@@ -89,8 +89,9 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
-    /// Request hygiene and host (400), route (404), the budget when cached
-    /// responses count, then the fresh-hit path.
+    /// Request hygiene and host (400), route (404), declared body (413),
+    /// then identity (401), the budget when cached responses count (429),
+    /// the request as forwarded, and the fresh-hit path (`steps`).
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         if let Err(refusal) = steps::accept(session, ctx) {
             respond::error(session, ctx, &refusal).await?;
@@ -109,23 +110,7 @@ impl ProxyHttp for Proxy {
             respond::error(session, ctx, &refusal).await?;
             return Ok(true);
         }
-        // Pingora's stale-while-revalidate refresh runs this phase again as
-        // a subrequest (pingora-proxy `proxy_cache.rs`): it is identified
-        // and forwarded like its client, but never admitted or counted.
-        if session.subrequest_ctx.is_some() {
-            ctx.mark_subrequest();
-        }
-        if let Err(refusal) = steps::identify_and_forward(session, ctx) {
-            respond::error(session, ctx, &refusal).await?;
-            return Ok(true);
-        }
-        if ctx.subrequest {
-            return Ok(false);
-        }
-        if self.admit(session, ctx, Stage::BeforeCache).await? {
-            return Ok(true);
-        }
-        self.serve_fresh_hit(session, ctx).await
+        self.identify_admit_and_serve(session, ctx).await
     }
 
     /// Least-connections choice in the route's pool (`upstream::attempt`).

@@ -122,30 +122,33 @@ pub(super) fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
 
 /// Who sent the request, decided once and before the cache is asked — a
 /// missing or bad key is a 401 here whatever stage the budget is counted
-/// at — and then the request rewritten into what the upstream receives
-/// (`forwarded`), so that the cache key and `Vary` read what the upstream
-/// reads. On an exempt route a key that identifies nobody refuses nothing.
-pub(super) fn identify_and_forward(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-) -> Result<(), ErrorResponse> {
-    let peer_ip = client_ip(session);
+/// at. On an exempt route a key that identifies nobody refuses nothing.
+fn identify(session: &Session, ctx: &mut RequestCtx) -> Result<(), ErrorResponse> {
     let gateway = &ctx.gateway;
     let limiter = gateway.rate_limiter.as_ref();
     let req = session.req_header();
     ctx.credentialed = req.headers.contains_key(http::header::AUTHORIZATION)
         || limiter.is_some_and(|l| l.carries_credentials(req));
-    if let Some(limiter) = limiter {
-        let budgeted = ctx
-            .route
-            .is_some_and(|id| gateway.route(id).rate_budget.is_some());
-        match admission::identify(limiter, req, peer_ip) {
-            Ok(who) => ctx.identity = Some(who),
-            Err(refusal) if budgeted => return Err(refusal),
-            Err(_) => {}
-        }
+    let Some(limiter) = limiter else {
+        return Ok(());
+    };
+    let budgeted = ctx
+        .route
+        .is_some_and(|id| gateway.route(id).rate_budget.is_some());
+    match admission::identify(limiter, req, client_ip(session)) {
+        Ok(who) => ctx.identity = Some(who),
+        Err(refusal) if budgeted => return Err(refusal),
+        Err(_) => {}
     }
-    let server = &gateway.config.server;
+    Ok(())
+}
+
+/// Rewrites the request into what the upstream receives (`forwarded`),
+/// so that the cache key and `Vary` read what the upstream reads. Once per
+/// request, after `identify`, before anything reads those fields.
+fn forward(session: &mut Session, ctx: &RequestCtx) -> Result<(), ErrorResponse> {
+    let peer_ip = client_ip(session);
+    let server = &ctx.gateway.config.server;
     let Some(request_id) = ctx.request_id.as_ref() else {
         return Err(ErrorResponse::internal());
     };
@@ -156,7 +159,7 @@ pub(super) fn identify_and_forward(
             .is_some_and(|ip| server.trusted_proxies.iter().any(|net| net.contains(&ip))),
         tls: ctx.tls,
         keep_overrides: &server.keep_override_headers,
-        limiter,
+        limiter: ctx.gateway.rate_limiter.as_ref(),
         tenant: match ctx.identity {
             Some(Identity::Tenant(i)) => Some(i),
             _ => None,
@@ -168,10 +171,59 @@ pub(super) fn identify_and_forward(
     })
 }
 
+/// Whether the route's cache key reads request fields (`key.headers`):
+/// then the request must be rewritten before the fresh-hit lookup builds
+/// the key. Otherwise the fresh-hit path reads no field the rewrite
+/// touches (it serves only entries without `Vary`), and the rewrite waits
+/// until the request goes further — a hit never pays for it.
+fn key_reads_fields(ctx: &RequestCtx) -> bool {
+    ctx.route()
+        .and_then(|r| r.cache.as_ref())
+        .is_some_and(|c| !c.key_headers.is_empty())
+}
+
 impl Proxy {
+    /// What happens between routing and the cache: identity (401), the
+    /// budget when cached responses count (429), the one rewrite into the
+    /// upstream's request, and the fresh-hit path; true when the request
+    /// was answered. Pingora's stale-while-revalidate refresh runs this
+    /// phase again as a subrequest (pingora-proxy `proxy_cache.rs`): it is
+    /// identified and forwarded like its client, never admitted, counted
+    /// or answered from the fast path.
+    pub(super) async fn identify_admit_and_serve(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        if session.subrequest_ctx.is_some() {
+            ctx.mark_subrequest();
+        }
+        if let Err(refusal) = identify(session, ctx) {
+            return respond::error(session, ctx, &refusal).await.map(|()| true);
+        }
+        if self.admit(session, ctx, Stage::BeforeCache).await? {
+            return Ok(true);
+        }
+        let rewrite_first = ctx.subrequest || key_reads_fields(ctx);
+        if rewrite_first {
+            if let Err(refusal) = forward(session, ctx) {
+                return respond::error(session, ctx, &refusal).await.map(|()| true);
+            }
+        }
+        if !ctx.subrequest && self.serve_fresh_hit(session, ctx).await? {
+            return Ok(true);
+        }
+        if !rewrite_first {
+            if let Err(refusal) = forward(session, ctx) {
+                return respond::error(session, ctx, &refusal).await.map(|()| true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Decides the request's budget if this is the stage that decides it;
     /// true when the request was refused (and the refusal sent). The
-    /// requester was identified before (`identify_and_forward`); Pingora's
+    /// requester was identified before (`identify`); Pingora's
     /// background subrequests are never decided (they are not clients).
     pub(super) async fn admit(
         &self,
