@@ -42,6 +42,11 @@ impl ErrorResponse {
         Self::new(400, "bad_request", Cow::Borrowed(message))
     }
 
+    /// 405: a method tollgate does not serve at all (`CONNECT`).
+    pub fn method_not_allowed(message: &'static str) -> Self {
+        Self::new(405, "method_not_allowed", Cow::Borrowed(message))
+    }
+
     /// 431: the request head is larger than `limits.max_header_size`, or
     /// has more fields than `limits.max_headers`.
     pub fn header_too_large(what: &'static str) -> Self {

@@ -34,6 +34,8 @@ pub const DEFAULT_TENANT_HEADER: HeaderName = HeaderName::from_static("x-tenant"
 pub struct Edge<'a> {
     /// The request id (the client's, if sane, or a fresh one).
     pub request_id: &'a http::HeaderValue,
+    /// The normalised host (routed and keyed).
+    pub host: Option<&'a str>,
     /// The connection's peer.
     pub peer_ip: Option<IpAddr>,
     /// Whether the peer is a trusted proxy (its forwarding fields stand).
@@ -55,6 +57,7 @@ pub fn rewrite(req: &mut RequestHeader, edge: &Edge<'_>) -> pingora::Result<()> 
         req,
         &Forwarding {
             request_id: edge.request_id,
+            host: edge.host,
             peer_ip: edge.peer_ip,
             peer_trusted: edge.peer_trusted,
             tls: edge.tls,
@@ -82,6 +85,7 @@ mod tests {
         let id = http::HeaderValue::from_static("rid");
         let edge = Edge {
             request_id: &id,
+            host: Some("api.test"),
             peer_ip: Some(IpAddr::from([192, 0, 2, 1])),
             peer_trusted: false,
             tls: false,

@@ -31,6 +31,8 @@ pub struct Route {
     pub compression: crate::config::model::RouteCompression,
     /// Largest request body (413 beyond).
     pub max_body_size: u64,
+    /// `encoded_slash` when the route overrides the global one.
+    pub encoded_slash: Option<crate::hygiene::EncodedSlash>,
 }
 
 impl Route {
@@ -96,6 +98,7 @@ impl Gateway {
                 rate_budget: RouteBudget::new(&r.rate_limit),
                 compression: r.compression,
                 max_body_size: r.max_body_size,
+                encoded_slash: r.encoded_slash,
             })
             .collect();
         Ok(Self {

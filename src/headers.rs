@@ -24,10 +24,17 @@ pub const X_FORWARDED_HOST: &str = "X-Forwarded-Host";
 /// `Forwarded` (RFC 7239).
 const FORWARDED: &str = "Forwarded";
 
-/// Forwarding fields a client could forge to claim another address,
-/// scheme or host; from a peer that is not a trusted proxy they are removed
-/// and tollgate's own values set.
-const FORWARDING_FIELDS: [&str; 9] = [
+/// Fields that tell an upstream who the client is, how it connected, or
+/// which host, scheme, port or path it asked for — the whole family that
+/// frameworks, CDNs and other proxies read, not only `X-Forwarded-*`. None
+/// is in the cache key, so an origin that honoured a client's copy (a Rack
+/// app behind TLS answering `X-Forwarded-Scheme: http` with a redirect to
+/// https, say) would have that answer stored for everyone. From a peer
+/// that is not a trusted proxy every one of them is removed, and
+/// tollgate's own `X-Forwarded-For/-Proto/-Host` and `Forwarded` are set.
+/// The one list (lower-case), documented in the README's Security section.
+pub const FORWARDING_FIELDS: [&str; 38] = [
+    // RFC 7239 and the de-facto X-Forwarded family.
     "forwarded",
     "x-forwarded-for",
     "x-forwarded-proto",
@@ -35,8 +42,41 @@ const FORWARDING_FIELDS: [&str; 9] = [
     "x-forwarded-port",
     "x-forwarded-prefix",
     "x-forwarded-server",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-forwarded-protocol",
+    "x-forwarded-uri",
+    "x-forwarded-path",
+    "x-forwarded",
+    "forwarded-for",
+    "x-original-forwarded-for",
+    // The scheme, as other stacks spell it.
+    "front-end-https",
+    "x-url-scheme",
+    "x-scheme",
+    "x-https",
+    // The host.
+    "x-host",
+    "x-original-host",
+    // The client's address, as CDNs and load balancers spell it.
     "x-real-ip",
     "x-client-ip",
+    "client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+    "x-original-remote-addr",
+    "x-remote-ip",
+    "x-remote-addr",
+    "x-originating-ip",
+    "x-proxyuser-ip",
+    "x-envoy-external-address",
+    // Paths and certificates other proxies vouch for.
+    "x-envoy-original-path",
+    "x-envoy-internal",
+    "x-forwarded-client-cert",
+    "x-client-cert",
 ];
 
 /// Request fields that make some frameworks serve another URL or method
@@ -128,6 +168,10 @@ fn append_to_list(headers: &http::HeaderMap, name: &str, entry: &str) -> Option<
 pub struct Forwarding<'a> {
     /// The request id.
     pub request_id: &'a HeaderValue,
+    /// The request's host as tollgate normalised, routed and keyed it
+    /// (no port, lower case): what `Host`, `X-Forwarded-Host` and
+    /// `Forwarded: host=` say upstream.
+    pub host: Option<&'a str>,
     /// The peer's address (the client, or a proxy in front of us).
     pub peer_ip: Option<IpAddr>,
     /// Whether the peer is a trusted proxy, whose forwarding fields stand.
@@ -169,13 +213,15 @@ pub fn forward(req: &mut RequestHeader, f: &Forwarding<'_>) -> pingora::Result<(
     }
     req.insert_header(X_REQUEST_ID, f.request_id.clone())?;
     let proto = if f.tls { "https" } else { "http" };
-    // HTTP/2 carries the host as `:authority`; Pingora writes `Host` from
-    // it only when it builds the upstream request.
-    let received_host = req.headers.get(HOST).cloned().or_else(|| {
-        req.uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    let received_host = f.host.and_then(|h| HeaderValue::from_str(h).ok());
+    // An HTTP/1 request's `Host` becomes the normalised one (nginx sends
+    // `$host`); HTTP/2 has `:authority`, and `Host` is set for the
+    // upstream in `upstream_request_filter`.
+    if let Some(host) = &received_host {
+        if req.headers.contains_key(HOST) {
+            req.insert_header(HOST, host.clone())?;
+        }
+    }
     let element = forwarded_element(f.peer_ip, received_host.as_ref(), proto);
     let peer_text = f.peer_ip.map(|ip| {
         let mut text = String::with_capacity(40);
@@ -365,6 +411,7 @@ mod tests {
             &mut req,
             &Forwarding {
                 request_id: &id,
+                host: Some("api.test"),
                 peer_ip: Some(peer.into()),
                 peer_trusted: trusted,
                 tls: true,

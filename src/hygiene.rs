@@ -27,6 +27,57 @@ pub enum PathProblem {
     BadEscape,
     /// A `.` or `..` segment, however spelled.
     DotSegment,
+    /// `%2F`, `%5C` or `\` where `encoded_slash: reject` applies.
+    EncodedSlash,
+    /// A `;` path parameter where `path_parameters: reject` applies.
+    Parameter,
+}
+
+/// What `%2F`, `%5C` and `\` in a path mean (`hygiene.encoded_slash`).
+/// Frameworks that decode them before routing (many do) read
+/// `/public%2F..%2Fadmin` or `/admin%2Fusers` as another path than the
+/// proxy routed, so the proxy must either refuse them or route on the
+/// decoded form.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodedSlash {
+    /// 400 (the default, as Apache's `AllowEncodedSlashes Off`).
+    #[default]
+    Reject,
+    /// Decoded to `/` before routing; the upstream gets the decoded path.
+    Decode,
+    /// Routed and forwarded encoded: only for upstreams that do not decode.
+    Keep,
+}
+
+/// What a `;` parameter in a path segment means (`hygiene.path_parameters`):
+/// Tomcat and Spring drop `;…` before mapping `/admin;x=1/` to `/admin/`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PathParameters {
+    /// Part of the path, routed and forwarded as sent (the default).
+    #[default]
+    Keep,
+    /// 400.
+    Reject,
+    /// Removed from every segment before routing and forwarding, so the
+    /// route is the one a Tomcat or Spring upstream resolves.
+    Strip,
+}
+
+/// What a request field whose name has `_` gets (`hygiene.underscore_headers`):
+/// CGI, WSGI and Rack map `X_Tenant` and `X-Tenant` to the same variable,
+/// so a client's `X_Tenant` could stand in for the field tollgate sets.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnderscoreHeaders {
+    /// Removed before anything reads the request (nginx's default).
+    #[default]
+    Drop,
+    /// 400.
+    Reject,
+    /// Kept.
+    Allow,
 }
 
 impl PathProblem {
@@ -36,6 +87,10 @@ impl PathProblem {
             PathProblem::NotAbsolute => "Request path must start with /",
             PathProblem::BadEscape => "The request path has an encoded NUL or a malformed escape",
             PathProblem::DotSegment => "Dot segments in the request path are not allowed",
+            PathProblem::EncodedSlash => {
+                "Encoded slashes (%2F, %5C) and backslashes in the request path are not allowed"
+            }
+            PathProblem::Parameter => "Path parameters (;) in the request path are not allowed",
         }
     }
 }
@@ -92,6 +147,65 @@ pub fn normalise_path(path: &str) -> Result<Cow<'_, str>, PathProblem> {
         return Ok(Cow::Borrowed(path)); // already normal: nothing to rewrite
     }
     Ok(Cow::Owned(out))
+}
+
+/// Whether a normalised path has a separator in disguise: `%2F`, `%5C`
+/// or a backslash.
+pub fn has_encoded_separator(path: &str) -> bool {
+    path.contains("%2F") || path.contains("%5C") || path.contains('\\')
+}
+
+/// Applies the global path rules to a normalised path, before routing:
+/// `encoded_slash: decode` turns `%2F`, `%5C` and `\\` into `/` (and the
+/// result is normalised again: merged slashes, dot segments refused);
+/// `path_parameters` strips or refuses `;…` in segments. `Borrowed` when
+/// nothing changed. (`encoded_slash: reject` is checked after routing,
+/// where a route may say `keep`.)
+pub fn apply_path_rules(
+    path: &str,
+    encoded_slash: EncodedSlash,
+    parameters: PathParameters,
+) -> Result<Cow<'_, str>, PathProblem> {
+    let mut current = Cow::Borrowed(path);
+    if encoded_slash == EncodedSlash::Decode && has_encoded_separator(&current) {
+        let decoded = current
+            .replace("%2F", "/")
+            .replace("%5C", "/")
+            .replace('\\', "/");
+        current = Cow::Owned(normalise_path(&decoded)?.into_owned());
+    }
+    if current.contains(';') {
+        match parameters {
+            PathParameters::Keep => {}
+            PathParameters::Reject => return Err(PathProblem::Parameter),
+            PathParameters::Strip => {
+                let stripped: Vec<&str> = current
+                    .split('/')
+                    .map(|segment| segment.split(';').next().unwrap_or(segment))
+                    .collect();
+                let joined = stripped.join("/");
+                current = Cow::Owned(normalise_path(&joined)?.into_owned());
+            }
+        }
+    }
+    Ok(current)
+}
+
+/// Whether a request asks to switch protocols (RFC 9110 §7.8): an
+/// `Upgrade` field, named in `Connection`.
+pub fn asks_for_upgrade(req: &pingora::http::RequestHeader) -> bool {
+    req.headers.contains_key(http::header::UPGRADE)
+        && req
+            .headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+}
+
+/// Whether a field name has an underscore (see [`UnderscoreHeaders`]).
+pub fn has_underscore(name: &http::HeaderName) -> bool {
+    name.as_str().contains('_')
 }
 
 /// No `%`, `\\`, `//` or `/.`: nothing to decode, merge or check. One
@@ -254,6 +368,34 @@ mod tests {
             norm("/projects/group%2Fname").as_deref(),
             Ok("/projects/group%2Fname")
         );
+    }
+
+    #[test]
+    fn the_path_rules_decode_strip_or_refuse() {
+        use EncodedSlash::*;
+        use PathParameters as P;
+        let apply = |p: &str, e, q| apply_path_rules(p, e, q).map(Cow::into_owned);
+        assert_eq!(apply("/a%2Fb", Decode, P::Keep).as_deref(), Ok("/a/b"));
+        assert_eq!(apply("/a%5Cb\\c", Decode, P::Keep).as_deref(), Ok("/a/b/c"));
+        assert_eq!(apply("/a%2F%2Fb", Decode, P::Keep).as_deref(), Ok("/a/b"));
+        assert_eq!(
+            apply("/public%2F..%2Fadmin", Decode, P::Keep),
+            Err(PathProblem::DotSegment)
+        );
+        assert_eq!(apply("/a%2Fb", Keep, P::Keep).as_deref(), Ok("/a%2Fb"));
+        assert_eq!(apply("/a%2Fb", Reject, P::Keep).as_deref(), Ok("/a%2Fb"));
+        assert_eq!(
+            apply("/admin;x=1/users;v=2", Keep, P::Strip).as_deref(),
+            Ok("/admin/users")
+        );
+        assert_eq!(
+            apply("/admin;x=1", Keep, P::Reject),
+            Err(PathProblem::Parameter)
+        );
+        assert_eq!(apply("/a%3Bb", Keep, P::Reject).as_deref(), Ok("/a%3Bb"));
+        assert!(has_encoded_separator("/a%2Fb"));
+        assert!(has_encoded_separator("/a\\b"));
+        assert!(!has_encoded_separator("/a/b%20c"));
     }
 
     #[test]

@@ -34,4 +34,5 @@ pub mod router;
 pub mod server;
 pub mod state;
 pub mod status;
+pub mod target;
 pub mod upstream;

@@ -156,13 +156,13 @@ pub fn build(
         access_log.clone(),
     ));
 
-    let mut proxy = Service::new(
-        "tollgate proxy".to_owned(),
-        ConnectionGate::new(
-            pingora::proxy::http_proxy(&server.configuration, Proxy::new(state.clone())),
-            state.clone(),
-        ),
+    let gate = ConnectionGate::new(
+        pingora::proxy::http_proxy(&server.configuration, Proxy::new(state.clone())),
+        state.clone(),
     );
+    let client_hello = std::sync::Arc::new(gate.client_hello_deadline());
+    let mut proxy = Service::new("tollgate proxy".to_owned(), gate);
+    proxy.endpoints().set_pre_tls_callback(client_hello);
     for l in &listeners {
         let addr = l.addr.to_string();
         let endpoint = ListenerConfig::tcp(addr.clone()).l4_buffer(client_buffers());
@@ -185,7 +185,10 @@ pub fn build(
     }
     let proxy_handle = server.add_service(proxy);
 
-    let mut admin = Service::new("tollgate admin".to_owned(), AdminApp::new(state.clone()));
+    let mut admin = Service::new(
+        "tollgate admin".to_owned(),
+        ConnectionGate::heads_only(AdminApp::new(state.clone()), state.clone()),
+    );
     admin.add_tcp(&admin_listen.to_string());
     admin.threads = Some(1);
     let admin_handle = server.add_service(admin);

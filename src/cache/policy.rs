@@ -21,6 +21,9 @@ fn not_stored(reason: &'static str) -> RespCacheable {
     RespCacheable::Uncacheable(NoCacheReason::Custom(reason))
 }
 
+/// `Set-Cookie2`.
+const SET_COOKIE2: http::HeaderName = http::HeaderName::from_static("set-cookie2");
+
 /// `detail` when the request carried a credential and the response did
 /// not allow sharing it (§3.5).
 const NOT_STORED_AUTHORIZATION: &str = "authorization";
@@ -79,7 +82,9 @@ pub fn response_cacheable(
     }
     // A Set-Cookie meant for one client must not be replayed to others:
     // not stored, or stored without it (`set_cookie: strip`).
-    let sets_cookie = resp.headers.contains_key(http::header::SET_COOKIE);
+    // `Set-Cookie2` (RFC 2965, obsolete but still sent) sets cookies too.
+    let sets_cookie = resp.headers.contains_key(http::header::SET_COOKIE)
+        || resp.headers.contains_key(SET_COOKIE2);
     if sets_cookie && !policy.strip_set_cookie {
         return not_stored("set-cookie");
     }
@@ -151,6 +156,7 @@ pub fn response_cacheable(
     }
     if sets_cookie {
         header.remove_header(&http::header::SET_COOKIE);
+        header.remove_header(&SET_COOKIE2);
     }
     // Targeted fields stay stored (they decide `forbids_stale` on a hit)
     // and are stripped on the way out when the route says so.
@@ -418,6 +424,10 @@ mod tests {
             vec![("cache-control", "private, max-age=60")],
             vec![("cache-control", "max-age=60"), ("vary", "Accept, *")],
             vec![("cache-control", "max-age=60"), ("set-cookie", "a=b")],
+            vec![
+                ("cache-control", "max-age=60"),
+                ("set-cookie2", "a=b; Version=1"),
+            ],
         ] {
             assert_eq!(
                 ttl(cacheable(&get(), &resp(200, &headers), &policy(Some(60)))),

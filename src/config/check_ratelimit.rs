@@ -151,7 +151,12 @@ impl Checker<'_> {
                 key_sources.push(KeySource::Bearer);
             } else {
                 match http::HeaderName::from_bytes(h.as_bytes()) {
-                    Ok(name) => key_sources.push(KeySource::Header(name)),
+                    Ok(name) => match identity_field_problem(&name, raw) {
+                        Some(problem) => {
+                            self.problem(rl_path.key("api_key_headers").index(i), problem)
+                        }
+                        None => key_sources.push(KeySource::Header(name)),
+                    },
                     Err(_) => self.problem(
                         rl_path.key("api_key_headers").index(i),
                         format!("invalid header name {h:?}"),
@@ -175,6 +180,9 @@ impl Checker<'_> {
                 );
                 http::HeaderName::from_static("x-tenant")
             });
+        if let Some(problem) = identity_field_problem(&tenant_header, raw) {
+            self.problem(rl_path.key("tenant_header"), problem);
+        }
         let ipv6_prefix = match raw.rate_limit.ipv6_prefix {
             Some(p) if p == 0 || p > 128 => {
                 self.problem(rl_path.key("ipv6_prefix"), "must be 1 to 128");
@@ -356,4 +364,50 @@ pub fn parse_key_hash(s: &str) -> Option<[u8; 32]> {
     let mut out = [0u8; 32];
     hex::decode_to_slice(s.strip_prefix("sha256:")?, &mut out).ok()?;
     Some(out)
+}
+
+/// Fields that carry the request's framing, routing or hop-by-hop meaning,
+/// or that tollgate itself sets: never an API key or the tenant field
+/// (removing or setting one would change how the request is delivered).
+const RESERVED_FIELDS: [&str; 18] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+    "proxy-authorization",
+    "expect",
+    "content-type",
+    "content-encoding",
+    "cookie",
+    "x-request-id",
+    "via",
+    "forwarded",
+    "cache-control",
+];
+
+/// Why `name` cannot be an API-key field or the tenant field, if it cannot.
+fn identity_field_problem(name: &http::HeaderName, raw: &FileConfig) -> Option<String> {
+    if RESERVED_FIELDS.contains(&name.as_str())
+        || crate::headers::FORWARDING_FIELDS.contains(&name.as_str())
+    {
+        return Some(format!(
+            "{:?} carries the request's framing, routing or forwarding: it cannot be an identity field",
+            name.as_str()
+        ));
+    }
+    let underscores = raw.hygiene.underscore_headers.unwrap_or_default();
+    if crate::hygiene::has_underscore(name)
+        && underscores != crate::hygiene::UnderscoreHeaders::Allow
+    {
+        return Some(format!(
+            "{:?} has an underscore, and hygiene.underscore_headers drops or refuses such fields: use '-' or set underscore_headers: allow",
+            name.as_str()
+        ));
+    }
+    None
 }

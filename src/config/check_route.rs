@@ -19,6 +19,13 @@ impl Checker<'_> {
         limits: &RequestLimits,
     ) -> Option<RouteConfig> {
         let before = self.problems.len();
+        let encoded_slash = spec.encoded_slash;
+        if encoded_slash == Some(crate::hygiene::EncodedSlash::Decode) {
+            self.problem(
+                path.key("encoded_slash"),
+                "a route may say keep or reject; decode is global (hygiene.encoded_slash), as it changes which route a path reaches",
+            );
+        }
         let max_body_size = match spec.max_body_size {
             Some(size) if size.0 == 0 => {
                 self.problem(path.key("max_body_size"), "must be greater than zero");
@@ -147,6 +154,7 @@ impl Checker<'_> {
             cache,
             rate_limit,
             compression,
+            encoded_slash,
         })
     }
 

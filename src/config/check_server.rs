@@ -137,12 +137,36 @@ impl Checker<'_> {
         if header_timeout.is_zero() {
             self.problem(path.key("header_timeout"), "must be longer than zero");
         }
+        let mut duration = |field: &str,
+                            value: Option<&crate::config::units::HumanDuration>,
+                            default: std::time::Duration| {
+            match value.map(|d| d.0) {
+                Some(d) if d.is_zero() => {
+                    self.problem(path.key(field), "must be greater than zero");
+                    default
+                }
+                Some(d) => d,
+                None => default,
+            }
+        };
+        let body_timeout = duration(
+            "body_timeout",
+            spec.body_timeout.as_ref(),
+            defaults.body_timeout,
+        );
+        let keepalive_timeout = duration(
+            "keepalive_timeout",
+            spec.keepalive_timeout.as_ref(),
+            defaults.keepalive_timeout,
+        );
         RequestLimits {
             max_header_size,
             max_headers,
             max_uri_length,
             max_body_size,
             header_timeout,
+            body_timeout,
+            keepalive_timeout,
             max_connections: spec.max_connections.unwrap_or(defaults.max_connections),
             max_connections_per_ip: spec
                 .max_connections_per_ip

@@ -241,6 +241,11 @@ impl Checker<'_> {
             response_time_header: raw.response_headers.response_time,
             via_header: raw.response_headers.via,
             limits,
+            hygiene: Hygiene {
+                encoded_slash: raw.hygiene.encoded_slash.unwrap_or_default(),
+                path_parameters: raw.hygiene.path_parameters.unwrap_or_default(),
+                underscore_headers: raw.hygiene.underscore_headers.unwrap_or_default(),
+            },
             upstreams,
             routes,
             warnings: std::mem::take(&mut self.warnings),

@@ -49,6 +49,8 @@ pub struct Config {
     pub via_header: bool,
     /// Size, time and connection limits on clients.
     pub limits: RequestLimits,
+    /// How paths and field names backends read differently are treated.
+    pub hygiene: Hygiene,
     /// Upstream pools, sorted by name.
     pub upstreams: Vec<UpstreamConfig>,
     /// Routes in file order.
@@ -68,8 +70,13 @@ pub struct RequestLimits {
     pub max_uri_length: usize,
     /// Default request body limit of routes (413 beyond).
     pub max_body_size: u64,
-    /// Longest time to receive a request head from its first byte.
+    /// Longest time to receive a request head: from accept for a
+    /// connection's first, from the first byte for later ones.
     pub header_timeout: Duration,
+    /// Longest wait between two reads of a request body.
+    pub body_timeout: Duration,
+    /// Longest idle time of a kept-alive connection between requests.
+    pub keepalive_timeout: Duration,
     /// Client connections open at once; 0 = no limit.
     pub max_connections: usize,
     /// Client connections open at once per IP address; 0 = no limit.
@@ -84,6 +91,8 @@ impl Default for RequestLimits {
             max_uri_length: 8 * 1024,
             max_body_size: 10 * 1024 * 1024,
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             max_connections_per_ip: 0,
         }
@@ -254,6 +263,20 @@ pub struct RouteConfig {
     pub rate_limit: RouteRateLimit,
     /// Compression: off for this route, or its own minimum size.
     pub compression: RouteCompression,
+    /// `encoded_slash` for this route, when it overrides the global one.
+    pub encoded_slash: Option<crate::hygiene::EncodedSlash>,
+}
+
+/// `hygiene`: what tollgate does with parts of a request that backends
+/// read differently from how tollgate routes them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hygiene {
+    /// `%2F`, `%5C` and `\\` in paths.
+    pub encoded_slash: crate::hygiene::EncodedSlash,
+    /// `;` path parameters.
+    pub path_parameters: crate::hygiene::PathParameters,
+    /// Request fields with `_` in the name.
+    pub underscore_headers: crate::hygiene::UnderscoreHeaders,
 }
 
 /// Global compression settings with defaults applied.

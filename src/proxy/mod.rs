@@ -106,7 +106,9 @@ impl ProxyHttp for Proxy {
             respond::error(session, ctx, &ErrorResponse::no_route()).await?;
             return Ok(true);
         };
-        if let Err(refusal) = steps::declared_body_fits(session, max_body) {
+        let checks = steps::encoded_slash_allowed(session, ctx)
+            .and_then(|()| steps::declared_body_fits(session, max_body));
+        if let Err(refusal) = checks {
             respond::error(session, ctx, &refusal).await?;
             return Ok(true);
         }
@@ -202,6 +204,19 @@ impl ProxyHttp for Proxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // A 101 to a request that asked for no upgrade would turn the
+        // client's connection into a tunnel to the backend (Pingora checks
+        // only that both sides agree, pingora-proxy `lib.rs`
+        // `reject_mismatched_h1_upgrade_101`).
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS
+            && !crate::hygiene::asks_for_upgrade(session.req_header())
+        {
+            return Err(Error::explain(
+                ErrorType::InvalidHTTPHeader,
+                "upstream switched protocols on a request that asked for no upgrade",
+            )
+            .into_up());
+        }
         headers::strip_response_hop_by_hop(upstream_response);
         let status = upstream_response.status.as_u16();
         if status == 304 && session.cache.enabled() {
@@ -372,8 +387,10 @@ impl ProxyHttp for Proxy {
         })
     }
 
-    /// The pool's `Host` override. Everything else the upstream receives
-    /// was written into the request once, in `request_filter`
+    /// `Host`: the pool's override, else the normalised host that was
+    /// routed and keyed (Pingora has just written an HTTP/2 request's
+    /// `:authority` into it as received). Everything else the upstream
+    /// receives was written into the request once, in `request_filter`
     /// (`forwarded`), so the cache reads the same fields.
     async fn upstream_request_filter(
         &self,
@@ -381,8 +398,15 @@ impl ProxyHttp for Proxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(host) = ctx.route().and_then(|r| r.upstream.host_header()) {
-            upstream_request.insert_header(http::header::HOST, host.clone())?;
+        let host = match ctx.route().and_then(|r| r.upstream.host_header()) {
+            Some(host) => Some(host.clone()),
+            None => ctx
+                .host
+                .as_ref()
+                .and_then(|h| http::HeaderValue::from_str(h.as_str()).ok()),
+        };
+        if let Some(host) = host {
+            upstream_request.insert_header(http::header::HOST, host)?;
         }
         Ok(())
     }
@@ -482,6 +506,7 @@ impl ProxyHttp for Proxy {
     /// unsafe requests; the backend lease and in-flight guard are released
     /// when `ctx` drops right after this.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        respond::limit_keepalive(session, ctx);
         if let (Some(route), attempts) = ctx.route_and_attempts() {
             attempts.request_finished(&route.upstream);
         }

@@ -48,6 +48,18 @@ fn decoration(ctx: &RequestCtx, proxied: bool) -> headers::Decoration {
     }
 }
 
+/// Bounds how long a kept-alive client connection may sit idle before its
+/// next request (`limits.keepalive_timeout`). Pingora keeps an HTTP/1.1
+/// connection open indefinitely by default; its keep-alive timer is set
+/// here, once the response is out, and carried to the connection's next
+/// request by Pingora. A connection that is to close stays closing.
+pub fn limit_keepalive(session: &mut Session, ctx: &RequestCtx) {
+    if session.as_ref().get_keepalive() == Some(0) {
+        let idle = ctx.gateway.config.limits.keepalive_timeout;
+        session.as_mut().set_keepalive(Some(idle.as_secs().max(1)));
+    }
+}
+
 /// Largest unread request body Pingora drains after one of our answers so
 /// the client keeps its connection; a larger (or chunked) body closes it.
 const DRAIN_LIMIT: u64 = 64 * 1024;

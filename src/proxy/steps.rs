@@ -13,18 +13,23 @@ use crate::host::Host;
 use crate::hygiene;
 use crate::ratelimit::admission::{self, Stage};
 use crate::ratelimit::identity::Identity;
+use crate::target;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 use std::borrow::Cow;
 
-/// Reads what every later step relies on — the request id, the normalised
-/// path (written back into the request, so the upstream gets the path that
-/// was routed and keyed), the one normalised host, the scheme — or the 400
-/// that refuses the request.
+/// Reads what every later step relies on — the request id, the target's
+/// form, the normalised path (written back into the request, so the
+/// upstream gets the path that was routed and keyed), the one normalised
+/// host, the scheme — or the 400 that refuses the request. Fields whose
+/// names have `_` are dropped here (or refused), before anything reads
+/// the request.
 pub(super) fn accept(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ErrorResponse> {
+    ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
     let req = session.req_header();
     ctx.request_id = Some(headers::request_id(req.headers.get(headers::X_REQUEST_ID)));
-    let limits = &ctx.gateway.config.limits;
+    let config = &ctx.gateway.config;
+    let limits = &config.limits;
     if req.raw_path().len() > limits.max_uri_length {
         return Err(ErrorResponse::uri_too_long(limits.max_uri_length));
     }
@@ -38,6 +43,10 @@ pub(super) fn accept(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), 
             "The request header is larger than allowed",
         ));
     }
+    let form = target::form(req, ctx.tls).map_err(|p| match p {
+        target::TargetProblem::Connect => ErrorResponse::method_not_allowed(p.message()),
+        _ => ErrorResponse::bad_request(p.message()),
+    })?;
     if hygiene::safe_method_with_body(req) {
         return Err(ErrorResponse::bad_request(
             "GET and HEAD requests may not carry a body",
@@ -49,22 +58,87 @@ pub(super) fn accept(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), 
             "Content-Length is ambiguous (repeated with different values, or sent with Transfer-Encoding)",
         ));
     }
-    let rewritten = match hygiene::normalise_path(req.uri.path()) {
-        Ok(Cow::Borrowed(_)) => None,
-        Ok(Cow::Owned(path)) => Some(with_path(&req.uri, &path)?),
-        Err(problem) => return Err(ErrorResponse::bad_request(problem.message())),
+    let underscored = underscored_fields(req, config.hygiene.underscore_headers)?;
+    let body_timeout = limits.body_timeout;
+    let rules = config.hygiene;
+    let normal = hygiene::normalise_path(req.uri.path())
+        .and_then(|path| match path {
+            Cow::Borrowed(path) => {
+                hygiene::apply_path_rules(path, rules.encoded_slash, rules.path_parameters)
+            }
+            Cow::Owned(path) => {
+                hygiene::apply_path_rules(&path, rules.encoded_slash, rules.path_parameters)
+                    .map(|p| Cow::Owned(p.into_owned()))
+            }
+        })
+        .map_err(|problem| ErrorResponse::bad_request(problem.message()))?;
+    // An absolute-form target is served as origin-form; the path is
+    // written back when normalising changed it.
+    let rewritten = match normal {
+        Cow::Owned(path) => Some(with_path(&req.uri, &path)?),
+        Cow::Borrowed(_) if form == target::Form::Absolute => {
+            Some(with_path(&req.uri, req.uri.path())?)
+        }
+        Cow::Borrowed(_) => None,
     };
     ctx.host = Host::of_request(req).map_err(|p| ErrorResponse::bad_request(p.message()))?;
+    // Between two reads of the body (HTTP/1; the route's total deadline
+    // bounds HTTP/2 bodies).
+    session.as_mut().set_read_timeout(Some(body_timeout));
+    let req = session.req_header_mut();
+    for name in &underscored {
+        req.remove_header(name);
+    }
     if let Some(uri) = rewritten {
-        session.req_header_mut().set_uri(uri);
+        req.set_uri(uri);
     }
     if let hygiene::Framing::Collapse(length) = framing {
-        session
-            .req_header_mut()
-            .insert_header(http::header::CONTENT_LENGTH, length)
+        req.insert_header(http::header::CONTENT_LENGTH, length)
             .map_err(|_| ErrorResponse::internal())?;
     }
-    ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+    Ok(())
+}
+
+/// The fields of `req` whose names have `_`, to drop; a 400 when they are
+/// refused; none when they are allowed.
+fn underscored_fields(
+    req: &pingora::http::RequestHeader,
+    policy: hygiene::UnderscoreHeaders,
+) -> Result<Vec<http::HeaderName>, ErrorResponse> {
+    if policy == hygiene::UnderscoreHeaders::Allow {
+        return Ok(Vec::new());
+    }
+    let found: Vec<http::HeaderName> = req
+        .headers
+        .keys()
+        .filter(|name| hygiene::has_underscore(name))
+        .cloned()
+        .collect();
+    if !found.is_empty() && policy == hygiene::UnderscoreHeaders::Reject {
+        return Err(ErrorResponse::bad_request(
+            "Header field names with underscores are not allowed",
+        ));
+    }
+    Ok(found)
+}
+
+/// 400 when the normalised path still has `%2F`, `%5C` or `\` and the
+/// route (or the global `hygiene.encoded_slash`) refuses them: checked
+/// after routing, so a route whose upstream wants them encoded can say
+/// `encoded_slash: keep`.
+pub(super) fn encoded_slash_allowed(
+    session: &Session,
+    ctx: &RequestCtx,
+) -> Result<(), ErrorResponse> {
+    let global = ctx.gateway.config.hygiene.encoded_slash;
+    let policy = ctx.route().and_then(|r| r.encoded_slash).unwrap_or(global);
+    if policy == hygiene::EncodedSlash::Reject
+        && hygiene::has_encoded_separator(session.req_header().uri.path())
+    {
+        return Err(ErrorResponse::bad_request(
+            hygiene::PathProblem::EncodedSlash.message(),
+        ));
+    }
     Ok(())
 }
 
@@ -97,13 +171,20 @@ pub(super) fn body_within_limit(ctx: &mut RequestCtx, chunk: usize) -> Result<()
     Ok(())
 }
 
-/// The request URI with its path replaced (the query kept as received).
+/// The request URI with its path replaced and the query kept as received,
+/// in origin-form — except that an HTTP/2 request keeps its scheme and
+/// authority (`:scheme`, `:authority`), which Pingora turns into the
+/// upstream's `Host`.
 fn with_path(uri: &http::Uri, path: &str) -> Result<http::Uri, ErrorResponse> {
     let target = match uri.query() {
         Some(query) => format!("{path}?{query}"),
         None => path.to_owned(),
     };
-    http::Uri::builder()
+    let mut builder = http::Uri::builder();
+    if let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) {
+        builder = builder.scheme(scheme.clone()).authority(authority.clone());
+    }
+    builder
         .path_and_query(target)
         .build()
         .map_err(|_| ErrorResponse::bad_request("The request path is not a valid URI path"))
@@ -154,6 +235,7 @@ fn forward(session: &mut Session, ctx: &RequestCtx) -> Result<(), ErrorResponse>
     };
     let edge = forwarded::Edge {
         request_id,
+        host: ctx.host.as_ref().map(Host::as_str),
         peer_ip,
         peer_trusted: peer_ip
             .is_some_and(|ip| server.trusted_proxies.iter().any(|net| net.contains(&ip))),

@@ -58,6 +58,10 @@ pub struct FileConfig {
     /// Size, time and connection limits on what clients send.
     #[serde(default)]
     pub limits: LimitsSpec,
+    /// How request paths and field names that backends read differently
+    /// are treated.
+    #[serde(default)]
+    pub hygiene: HygieneSpec,
     /// Headers tollgate adds to every response.
     #[serde(default)]
     pub response_headers: ResponseHeadersSpec,
@@ -368,6 +372,25 @@ pub struct RouteSpec {
     /// Largest request body on this route. Default `limits.max_body_size`.
     #[serde(default)]
     pub max_body_size: Option<crate::config::units::ByteSize>,
+    /// `hygiene.encoded_slash` for this route: `keep` or `reject`.
+    #[serde(default)]
+    pub encoded_slash: Option<crate::hygiene::EncodedSlash>,
+}
+
+/// `hygiene`: what tollgate does with parts of a request that backends
+/// read differently from how tollgate routes them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HygieneSpec {
+    /// `%2F`, `%5C` and `\` in paths: `reject` (default), `decode`, `keep`.
+    #[serde(default)]
+    pub encoded_slash: Option<crate::hygiene::EncodedSlash>,
+    /// `;` path parameters: `keep` (default), `reject`, `strip`.
+    #[serde(default)]
+    pub path_parameters: Option<crate::hygiene::PathParameters>,
+    /// Request fields with `_` in the name: `drop` (default), `reject`, `allow`.
+    #[serde(default)]
+    pub underscore_headers: Option<crate::hygiene::UnderscoreHeaders>,
 }
 
 /// `limits`: what a client may send and hold, with production defaults.
@@ -386,9 +409,16 @@ pub struct LimitsSpec {
     /// Request body, unless a route says otherwise. Default 10MiB (413 beyond).
     #[serde(default)]
     pub max_body_size: Option<crate::config::units::ByteSize>,
-    /// Longest time to receive a request head, from its first byte. Default 10s.
+    /// Longest time to receive a request head: the first from the
+    /// connection's accept, later ones from their first byte. Default 10s.
     #[serde(default)]
     pub header_timeout: Option<HumanDuration>,
+    /// Longest wait between two reads of a request body. Default 60s.
+    #[serde(default)]
+    pub body_timeout: Option<HumanDuration>,
+    /// Longest idle time of a kept-alive connection between requests. Default 60s.
+    #[serde(default)]
+    pub keepalive_timeout: Option<HumanDuration>,
     /// Client connections open at once. Default 10000.
     #[serde(default)]
     pub max_connections: Option<usize>,

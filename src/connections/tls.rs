@@ -1,0 +1,91 @@
+//! Before a TLS handshake. Pingora runs the handshake before the proxy
+//! sees a connection (`listening.rs`, with a fixed 60 s timeout), so a TCP
+//! connection that never starts TLS is neither counted by
+//! `limits.max_connections` nor bound by the head deadline. This runs in
+//! Pingora's pre-TLS hook (`PreTlsProcess`): the connection takes a slot
+//! of the same connection limits, and its ClientHello — the first TLS
+//! record, whole — must arrive within `limits.header_timeout` of the
+//! accept, or the connection is closed. The slot is given back once the
+//! ClientHello is in; the gate counts the connection again when the
+//! handshake is done.
+
+use super::{OpenConnections, Refusal};
+use crate::metrics::Metrics;
+use crate::state::AppState;
+use async_trait::async_trait;
+use pingora::listeners::PreTlsProcess;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{GetSocketDigest, Peek};
+use pingora::{Error, ErrorType, Result};
+use std::sync::Arc;
+
+/// TLS record content type of a handshake message (RFC 8446 §5.1).
+const HANDSHAKE: u8 = 22;
+/// The largest TLS record: 2^14 bytes of plaintext plus expansion.
+const MAX_RECORD: usize = (1 << 14) + 2048;
+
+/// The pre-TLS hook of the proxy's TLS listeners.
+pub struct ClientHelloDeadline {
+    pub(super) state: Arc<AppState>,
+    pub(super) open: Arc<OpenConnections>,
+}
+
+#[async_trait]
+impl PreTlsProcess for ClientHelloDeadline {
+    async fn process(&self, stream: &mut L4Stream) -> Result<()> {
+        let limits = self.state.gateway().config.limits;
+        let metrics: &Metrics = &self.state.metrics;
+        let ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let _slot = self
+            .open
+            .admit(ip, limits.max_connections, limits.max_connections_per_ip)
+            .map_err(|reason: Refusal| {
+                metrics
+                    .connections_refused
+                    .with_label_values(&[reason.label()])
+                    .inc();
+                Error::explain(
+                    ErrorType::AcceptError,
+                    format!("over {} before the TLS handshake", reason.label()),
+                )
+            })?;
+        match tokio::time::timeout(limits.header_timeout, client_hello(stream)).await {
+            Ok(read) => read,
+            Err(_) => {
+                metrics.header_timeouts.inc();
+                Err(Error::explain(
+                    ErrorType::ReadTimedout,
+                    format!(
+                        "no TLS ClientHello within {:?} of the accept",
+                        limits.header_timeout
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// Waits until the first TLS record is buffered whole, and leaves it in
+/// the stream for the handshake.
+async fn client_hello(stream: &mut L4Stream) -> Result<()> {
+    let mut header = [0u8; 5];
+    stream
+        .try_peek(&mut header)
+        .await
+        .map_err(|e| Error::because(ErrorType::ReadError, "reading the TLS record header", e))?;
+    let length = usize::from(header[3]) << 8 | usize::from(header[4]);
+    if header[0] != HANDSHAKE || length == 0 || length > MAX_RECORD {
+        return Err(Error::explain(
+            ErrorType::InvalidHTTPHeader,
+            "the connection did not start with a TLS handshake record",
+        ));
+    }
+    let mut record = vec![0u8; 5 + length];
+    stream
+        .try_peek(&mut record)
+        .await
+        .map_err(|e| Error::because(ErrorType::ReadError, "reading the TLS ClientHello", e))?;
+    Ok(())
+}
