@@ -118,14 +118,7 @@ fn fetch(s: &Setup, path: &str, headers: &[(&str, &str)]) -> Response {
 }
 
 fn admin_post(s: &Setup, path: &str, body: &str) -> Response {
-    request(
-        s.proxy.admin,
-        "POST",
-        path,
-        &[("Authorization", &format!("Bearer {ADMIN_TOKEN}"))],
-        body.as_bytes(),
-    )
-    .expect("admin request")
+    s.proxy.admin_post(path, ADMIN_TOKEN, body)
 }
 
 #[test]
@@ -444,7 +437,7 @@ fn purge_by_url_and_by_route_and_refusals() {
         s.proxy.admin,
         "POST",
         "/cache/purge",
-        &[],
+        &[("Content-Type", "application/json")],
         br#"{"prefix": "/"}"#,
     )
     .expect("post");

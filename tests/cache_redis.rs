@@ -50,15 +50,7 @@ fn written(proxy: &TollgateProcess) -> f64 {
 }
 
 fn admin_purge(proxy: &TollgateProcess, body: &str) -> Response {
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    request(
-        proxy.admin,
-        "POST",
-        "/cache/purge",
-        &[("Authorization", &auth)],
-        body.as_bytes(),
-    )
-    .expect("purge")
+    proxy.admin_post("/cache/purge", ADMIN_TOKEN, body)
 }
 
 #[test]

@@ -221,14 +221,7 @@ fn a_reload_keeps_the_health_of_backends_that_stay() {
     proxy.rewrite_config(&format!(
         "{body}  - {{ name: extra, upstream: api, match: {{ path_prefix: /extra/ }} }}\n"
     ));
-    let r = request(
-        proxy.admin,
-        "POST",
-        "/config/reload",
-        &[("Authorization", &format!("Bearer {ADMIN_TOKEN}"))],
-        b"",
-    )
-    .expect("reload");
+    let r = proxy.admin_post("/config/reload", ADMIN_TOKEN, "");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(proxy.health()["components"]["config"]["routes"], 2);
     assert!(

@@ -17,14 +17,7 @@ fn status(proxy: &TollgateProcess, path: &str) -> u16 {
 }
 
 fn reload_via_api(proxy: &TollgateProcess, token: &str) -> Response {
-    request(
-        proxy.admin,
-        "POST",
-        "/config/reload",
-        &[("Authorization", &format!("Bearer {token}"))],
-        b"",
-    )
-    .expect("POST /config/reload")
+    proxy.admin_post("/config/reload", token, "")
 }
 
 #[test]

@@ -57,7 +57,7 @@ for i in range(30):
     get(a[0], path); time.sleep(0.05); get(b[0], path)
     before = metric(b[1], 'tollgate_cache_purges_total{reason="remote"}')
     t0 = time.perf_counter()
-    req = urllib.request.Request(f"http://127.0.0.1:{a[1]}/cache/purge", data=json.dumps({"url": f"http://h{path}"}).encode(), headers={"Authorization": "Bearer tok"})
+    req = urllib.request.Request(f"http://127.0.0.1:{a[1]}/cache/purge", data=json.dumps({"url": f"http://h{path}"}).encode(), headers={"Authorization": "Bearer tok", "Content-Type": "application/json"})
     urllib.request.urlopen(req).read()
     t_ack = time.perf_counter()
     while metric(b[1], 'tollgate_cache_purges_total{reason="remote"}') == before:

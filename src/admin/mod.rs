@@ -4,6 +4,7 @@
 //! (default 127.0.0.1:9090) so it is never reachable through a route, and
 //! answers from shared state without touching upstreams.
 
+mod origin;
 mod status_page;
 
 use crate::cache::purge::{purge_memory, purge_shared, Purge, PurgeTarget};
@@ -329,7 +330,7 @@ impl AdminApp {
                 route: None,
                 tag: None,
                 ..
-            } => crate::cache::key::uri_of_url(&url)
+            } => crate::cache::key::uri_of_url(&url, &self.state.gateway().config.hygiene)
                 .map(PurgeTarget::Uri)
                 .ok_or_else(|| bad("url must be absolute: http://host/path"))?,
             PurgeRequest {
@@ -340,9 +341,11 @@ impl AdminApp {
                 host,
                 ..
             } => {
-                if !prefix.starts_with('/') {
-                    return Err(bad("prefix must start with /"));
-                }
+                // The prefix is a path: normalised as requests' paths are.
+                let Ok(prefix) = crate::hygiene::normalise_path(&prefix).map(|p| p.into_owned())
+                else {
+                    return Err(bad("prefix must be a path starting with / (no dot segments)"));
+                };
                 let host = match host.as_deref().map(crate::host::Host::parse_str) {
                     Some(Some(host)) => Some(host.as_str().to_owned()),
                     Some(None) => return Err(bad("host is not a valid host name")),
@@ -402,6 +405,16 @@ struct PurgeRequest {
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         if session.req_header().method == Method::POST {
+            if let Err(refused) = origin::check(session.req_header()) {
+                let status = match refused {
+                    origin::CrossSite::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    origin::CrossSite::ForeignOrigin => StatusCode::FORBIDDEN,
+                };
+                return respond_json(
+                    status,
+                    &json!({"error": "refused", "message": refused.message()}),
+                );
+            }
             let path = session.req_header().uri.path().to_owned();
             let mut body = Vec::new();
             while let Ok(Some(chunk)) = session.read_request_body().await {

@@ -164,15 +164,20 @@ pub fn route_part(primary: &str) -> Option<&str> {
 }
 
 /// The stored-URI form (`host/path?query`) of an absolute URL given to the
-/// purge API. The query is kept as given: purge the form the cache stores.
-pub fn uri_of_url(url: &str) -> Option<String> {
+/// purge API: the host and the path normalised as a request's are
+/// (`hygiene`, with the config's path `rules`), so every spelling of a URL
+/// purges the entry it would have hit. The query is kept as given: purge
+/// the form the cache stores.
+pub fn uri_of_url(url: &str, rules: &crate::config::model::Hygiene) -> Option<String> {
     let uri: http::Uri = url.parse().ok()?;
     let host = Host::parse_str(uri.authority()?.as_str())?;
-    Some(format!(
-        "{}{}",
-        host.as_str(),
-        uri.path_and_query().map_or("/", |p| p.as_str())
-    ))
+    let path = crate::hygiene::normalise_path(uri.path()).ok()?;
+    let path =
+        crate::hygiene::apply_path_rules(&path, rules.encoded_slash, rules.path_parameters).ok()?;
+    Some(match uri.query() {
+        Some(query) => format!("{}{path}?{query}", host.as_str()),
+        None => format!("{}{path}", host.as_str()),
+    })
 }
 
 /// The URI part of a stored key (what purges match on).
@@ -441,6 +446,17 @@ mod tests {
         assert_ne!(key(&[]), key(&[("x-tenant", b"")]));
         assert_ne!(key(&[]), key(&[("x-tenant", b"caf\xe9")]));
         assert_ne!(key(&[("x-tenant", b"%E9")]), key(&[("x-tenant", b"\xe9")]));
+    }
+
+    #[test]
+    fn purge_urls_are_normalised_as_requests_are() {
+        let rules = crate::config::model::Hygiene::default();
+        assert_eq!(
+            uri_of_url("http://API.Test:8080//%61/b?x=1", &rules).as_deref(),
+            Some("api.test/a/b?x=1")
+        );
+        assert_eq!(uri_of_url("http://api.test/a/../b", &rules), None);
+        assert_eq!(uri_of_url("/no/host", &rules), None);
     }
 
     #[test]

@@ -75,6 +75,19 @@ impl Checker<'_> {
                 m.key("path_prefix"),
                 format!("path_prefix {path_prefix:?} must start with /"),
             );
+        } else if let Some(c) = path_prefix
+            .chars()
+            .find(|c| !c.is_ascii_graphic() || matches!(c, '?' | '#'))
+        {
+            // A request path holds only visible ASCII (anything else is
+            // percent-encoded) and ends before `?` or `#`: this prefix
+            // could never match.
+            self.problem(
+                m.key("path_prefix"),
+                format!(
+                    "path_prefix {path_prefix:?} has {c:?}, which a request path never holds: percent-encode it, or end the prefix before the query"
+                ),
+            );
         } else {
             // Requests are matched after normalisation: a prefix in another
             // spelling would never match anything.

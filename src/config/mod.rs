@@ -19,6 +19,7 @@ mod io;
 pub mod locate;
 pub mod model;
 mod secret;
+mod shape;
 pub mod units;
 
 pub use check_ratelimit::parse_key_hash;
@@ -44,7 +45,9 @@ pub fn parse(source: &str, file: &str) -> Result<Config, ConfigError> {
         file: file.to_owned(),
         problems,
     };
-    aliases::check_expansion(source).map_err(|problem| invalid(vec![problem]))?;
+    shape::check_shape(source)
+        .and_then(|()| aliases::check_expansion(source))
+        .map_err(|problem| invalid(vec![problem]))?;
     let raw: FileConfig =
         serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(source))
             .map_err(|e| invalid(vec![serde_problem(source, e)]))?;

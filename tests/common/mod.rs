@@ -253,6 +253,23 @@ impl TollgateProcess {
         });
     }
 
+    /// `POST path` on the admin listener with `token` and a JSON `body`,
+    /// as an operator's `curl --json` sends it.
+    pub fn admin_post(&self, path: &str, token: &str, body: &str) -> Response {
+        let auth = format!("Bearer {token}");
+        request(
+            self.admin,
+            "POST",
+            path,
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_bytes(),
+        )
+        .expect("admin POST")
+    }
+
     /// The `/health` document.
     pub fn health(&self) -> serde_json::Value {
         let r = get(self.admin, "/health").expect("GET /health");
