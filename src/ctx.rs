@@ -55,9 +55,9 @@ pub struct RequestCtx {
     /// Cache tags the upstream asked to purge (`cache.invalidation_header`)
     /// in its answer to an unsafe request; purged if it succeeded.
     pub invalidate_tags: Vec<std::sync::Arc<str>>,
-    /// The brotli encoder of this response's body, when tollgate encodes
-    /// it (see `compression::brotli`).
-    pub brotli: Option<crate::compression::BrotliStream>,
+    /// What tollgate does to this response's body itself: brotli encoding,
+    /// or decoding for a client that cannot take its coding.
+    pub body_coding: Option<crate::compression::BodyCoding>,
     /// Request body bytes received so far (checked against the route's limit).
     pub request_body_bytes: u64,
     /// The fields of an upstream 304 that answered a revalidation, until
@@ -88,7 +88,7 @@ impl RequestCtx {
             subrequest: false,
             rate_headers: None,
             body_bytes_in: 0,
-            brotli: None,
+            body_coding: None,
             invalidate_tags: Vec::new(),
             request_body_bytes: 0,
             cache_key: None,

@@ -5,45 +5,9 @@ mod common;
 use common::*;
 use std::process::Command;
 
-fn self_signed_cert(dir: &std::path::Path) -> (String, String) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("run openssl (scripts/test installs it)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert.display().to_string(), key.display().to_string())
-}
-
 /// A tollgate with a TLS listener (throwaway certificate) in front of `origin`.
 fn tls_proxy(origin: &TestUpstream, tag: &str) -> TollgateProcess {
-    let (cert, key) = self_signed_cert(&scratch_dir(tag));
-    TollgateProcess::start_with_listener(
-        |port| {
-            format!(
-                "{{ address: \"127.0.0.1:{port}\", tls: {{ cert: \"{cert}\", key: \"{key}\" }} }}"
-            )
-        },
-        &one_route(origin.addr),
-    )
+    TollgateProcess::start_with_listener(tls_listener(tag), &one_route(origin.addr))
 }
 
 #[test]

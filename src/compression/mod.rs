@@ -1,8 +1,9 @@
 //! Response compression: policy on top of Pingora's compression module,
 //! which does the work for gzip and zstd (`Vary: Accept-Encoding`; weak
-//! ETags; chunked framing; decompressing for clients that cannot take the
-//! upstream's encoding). Brotli is ours ([`brotli`]): Pingora 0.9's
-//! brotli encoder never finishes its stream.
+//! ETags; chunked framing). Brotli is ours ([`brotli`]): Pingora 0.9's
+//! brotli encoder never finishes its stream. Decoding a gzip or brotli
+//! body for a client that cannot take it is ours too ([`inflate`]):
+//! Pingora's decoders inflate each chunk whole, whatever its ratio.
 //!
 //! What is ours: the levels from the config, and the decision per response
 //! — nothing smaller than `min_size`, only compressible media types, never
@@ -15,11 +16,13 @@
 //! hit's cost (zlib sets up ~256 KiB of state per response).
 
 mod brotli;
+pub mod inflate;
 
 pub use self::brotli::BrotliStream;
 
 use crate::config::model::{CompressionConfig, RouteCompression};
 use crate::metrics::Metrics;
+use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::compression::{ResponseCompression, ResponseCompressionBuilder};
 use pingora::modules::http::{HttpModules, ModuleBuilder};
@@ -121,7 +124,8 @@ pub fn on_request(session: &mut Session, config: Option<&CompressionConfig>) {
         // the list and level 0 there, the module leaves the body alone.
         c.adjust_algorithm_level(Algorithm::Brotli, 0);
         c.adjust_algorithm_level(Algorithm::Zstd, config.zstd_level);
-        c.adjust_decompression(true);
+        // Decoding is `inflate`'s, in bounded memory.
+        c.adjust_decompression(false);
     }
 }
 
@@ -135,13 +139,20 @@ pub fn on_response(
     resp: &mut ResponseHeader,
     config: Option<&CompressionConfig>,
     route: Option<RouteCompression>,
-) -> pingora::Result<Option<BrotliStream>> {
+) -> pingora::Result<Option<BodyCoding>> {
     let Some(config) = config else {
         return Ok(None);
     };
     if forbids_transform(resp) {
         bypass_module(session);
         return Ok(None);
+    }
+    if let Some(coding) = undecodable_for_client(session.req_header(), resp) {
+        bypass_module(session);
+        mark_decoded_headers(resp, session.req_header().version < http::Version::HTTP_2)?;
+        return Ok(Some(BodyCoding::Inflate(inflate::InflateStream::new(
+            coding,
+        ))));
     }
     // Nothing to negotiate: the client takes no coding (its normalised
     // `Accept-Encoding` is gone) and the body has none, so the module will
@@ -180,7 +191,64 @@ pub fn on_response(
         resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
     }
     bypass_module(session);
-    Ok(Some(BrotliStream::new(quality)))
+    Ok(Some(BodyCoding::Brotli(BrotliStream::new(quality))))
+}
+
+/// What tollgate does to a response body itself.
+pub enum BodyCoding {
+    /// Encodes it as brotli.
+    Brotli(BrotliStream),
+    /// Decodes it for a client that cannot take its coding.
+    Inflate(inflate::InflateStream),
+}
+
+impl BodyCoding {
+    /// Codes one chunk of a body Pingora streams (`end`: the last one).
+    pub fn chunk(&mut self, input: &[u8], end: bool) -> pingora::Result<Bytes> {
+        let coded = match self {
+            BodyCoding::Brotli(stream) => stream.encode(input, end).map_err(|e| e.to_string()),
+            BodyCoding::Inflate(stream) => stream.feed_chunk(input, end).map_err(|e| e.to_string()),
+        };
+        coded.map_err(|e| {
+            pingora::Error::explain(
+                pingora::ErrorType::InternalError,
+                format!("coding the response body: {e}"),
+            )
+        })
+    }
+}
+
+/// The coding to decode, when the response has a body in a coding we
+/// decode (gzip, brotli) that the client's `Accept-Encoding` (as
+/// normalised by `on_request`) does not list. Other codings pass as they
+/// are, as Pingora passes them.
+fn undecodable_for_client(req: &RequestHeader, resp: &ResponseHeader) -> Option<inflate::Coding> {
+    let has_body = !(req.method == http::Method::HEAD
+        || resp.status.is_informational()
+        || matches!(resp.status.as_u16(), 204 | 304));
+    let mut codings = resp.headers.get_all(http::header::CONTENT_ENCODING).iter();
+    let (Some(value), None) = (codings.next(), codings.next()) else {
+        return None;
+    };
+    let coding = inflate::Coding::of(value.as_bytes())?;
+    let accepted = req
+        .headers
+        .get(http::header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == coding.token()));
+    (has_body && !accepted).then_some(coding)
+}
+
+/// The header of a response tollgate decodes: no `Content-Encoding`, no
+/// length (chunked over HTTP/1), a weak `ETag`, `Vary: Accept-Encoding`.
+fn mark_decoded_headers(resp: &mut ResponseHeader, chunked: bool) -> pingora::Result<()> {
+    mark_encoded_headers(resp, "identity")?;
+    resp.remove_header(&http::header::CONTENT_ENCODING);
+    resp.remove_header(&http::header::CONTENT_LENGTH);
+    if chunked {
+        resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    }
+    Ok(())
 }
 
 /// `Cache-Control: no-transform` (RFC 9110 §7.7, RFC 9111 §5.2.2.6): a

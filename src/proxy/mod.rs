@@ -444,7 +444,7 @@ impl ProxyHttp for Proxy {
     }
 
     /// Counts body bytes before compression, and encodes them as brotli
-    /// when `response_filter` chose it.
+    /// or decodes them when `response_filter` chose it.
     fn response_body_filter(
         &self,
         _session: &mut Session,
@@ -455,13 +455,11 @@ impl ProxyHttp for Proxy {
         if let Some(b) = body {
             ctx.body_bytes_in += b.len() as u64;
         }
-        if let Some(stream) = ctx.brotli.as_mut() {
+        if let Some(coding) = ctx.body_coding.as_mut() {
             let input = body.take().unwrap_or_default();
-            let encoded = stream
-                .encode(&input, end_of_stream)
-                .map_err(|e| Error::explain(ErrorType::InternalError, format!("brotli: {e}")))?;
+            let coded = coding.chunk(&input, end_of_stream)?;
             // An empty chunk would end a chunked body early.
-            *body = (!encoded.is_empty()).then_some(encoded);
+            *body = (!coded.is_empty()).then_some(coded);
         }
         Ok(None)
     }

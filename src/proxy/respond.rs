@@ -3,7 +3,7 @@
 //! the answer to a failed request. Used by `proxy.rs`, which decides when.
 
 use crate::cache::fresh::FreshResponse;
-use crate::compression;
+use crate::compression::{self, BodyCoding};
 use crate::ctx::RequestCtx;
 use crate::errors::{self, ErrorResponse};
 use crate::headers;
@@ -25,7 +25,7 @@ pub fn finish_header(
     }
     let route_compression = ctx.route().map(|r| r.compression);
     let config = ctx.gateway.config.compression.as_ref();
-    ctx.brotli = compression::on_response(session, resp, config, route_compression)?;
+    ctx.body_coding = compression::on_response(session, resp, config, route_compression)?;
     let tags = &ctx.gateway.config.cache_tags;
     if tags.strip {
         for name in &tags.headers {
@@ -127,16 +127,53 @@ pub async fn fresh_hit(
     session.write_response_header(hit.header, hit.head).await?;
     if !hit.head {
         ctx.body_bytes_in += hit.stored_len;
-        // Brotli chosen here only when the stored copy could not be made.
-        let body = match ctx.brotli.take() {
-            Some(mut stream) => stream.encode(&hit.body, true).map_err(|e| {
-                Error::explain(pingora::ErrorType::InternalError, format!("brotli: {e}"))
-            })?,
-            None => hit.body,
-        };
-        session.write_response_body(Some(body), true).await?;
+        match ctx.body_coding.take() {
+            // Brotli chosen here only when the stored copy could not be made.
+            Some(mut coding @ BodyCoding::Brotli(_)) => {
+                let body = coding.chunk(&hit.body, true)?;
+                session.write_response_body(Some(body), true).await?;
+            }
+            Some(BodyCoding::Inflate(stream)) => stream_decoded(session, stream, hit.body).await?,
+            None => session.write_response_body(Some(hit.body), true).await?,
+        }
     }
     Ok(())
+}
+
+/// Writes a stored body decoded, slice by slice: each slice's output is
+/// written before the next is decoded, so memory stays within
+/// `inflate`'s bounds however far the body inflates.
+async fn stream_decoded(
+    session: &mut Session,
+    mut stream: compression::inflate::InflateStream,
+    body: bytes::Bytes,
+) -> Result<()> {
+    let corrupt = |e: compression::inflate::InflateError| {
+        Error::explain(
+            pingora::ErrorType::InternalError,
+            format!("decoding a cached body: {e}"),
+        )
+    };
+    for slice in body.chunks(16 * 1024) {
+        let mut out = stream.feed(slice).map_err(corrupt)?;
+        while !out.is_empty() {
+            session.write_response_body(Some(out), false).await?;
+            if !stream.has_held_input() {
+                break;
+            }
+            out = stream.feed(&[]).map_err(corrupt)?;
+        }
+    }
+    while !stream.finished() {
+        let out = stream.feed(&[]).map_err(corrupt)?;
+        if out.is_empty() {
+            return Err(corrupt(compression::inflate::InflateError::Corrupt(
+                "the stream ends early".to_owned(),
+            )));
+        }
+        session.write_response_body(Some(out), false).await?;
+    }
+    session.write_response_body(None, true).await
 }
 
 /// Answers a failed request with the JSON error `errors::classify` maps it

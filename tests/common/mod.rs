@@ -53,6 +53,32 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
     dir
 }
 
+/// A listener entry for [`TollgateProcess::start_with_listener`]: TLS with
+/// a throwaway self-signed certificate for `localhost` (HTTP/2 offered).
+pub fn tls_listener(tag: &str) -> impl Fn(u16) -> String {
+    let dir = scratch_dir(tag);
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    move |port| {
+        format!("{{ address: \"127.0.0.1:{port}\", tls: {{ cert: \"{cert}\", key: \"{key}\" }} }}")
+    }
+}
+
 /// A port for a process the test starts (proxy, admin, redis-server).
 ///
 /// Taken below the kernel's ephemeral range (32768+ on Linux), where the
