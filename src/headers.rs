@@ -218,7 +218,7 @@ pub fn forward(req: &mut RequestHeader, f: &Forwarding<'_>) -> pingora::Result<(
     // `$host`); HTTP/2 has `:authority`, and `Host` is set for the
     // upstream in `upstream_request_filter`.
     if let Some(host) = &received_host {
-        if req.headers.contains_key(HOST) {
+        if req.headers.get(HOST).is_some_and(|sent| sent != host) {
             req.insert_header(HOST, host.clone())?;
         }
     }

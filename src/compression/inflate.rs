@@ -19,10 +19,18 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
-/// Most decoded bytes one call returns.
-pub const MAX_OUTPUT_PER_CALL: usize = 2 * 1024 * 1024;
-/// Most compressed bytes held undecoded between calls.
-pub const MAX_HELD_INPUT: usize = 512 * 1024;
+/// Most decoded bytes one call returns. Pingora batches up to five body
+/// chunks through the filter before writing them, so this times five is
+/// the decoded bytes one response can hold at once.
+pub const MAX_OUTPUT_PER_CALL: usize = 1024 * 1024;
+/// Most compressed bytes held undecoded between calls: a body whose ratio
+/// stays above ~16:1 per 64 KiB read falls behind by this much before it
+/// is cut (a 25:1 body after some 250 MiB decoded).
+pub const MAX_HELD_INPUT: usize = 4 * 1024 * 1024;
+/// Most decoded bytes the last call of a streamed body may return: what a
+/// body that fell behind still owes at its end. A body projected (from its
+/// ratio so far) to owe more is refused before any of it is decoded.
+pub const MAX_OUTPUT_AT_END: usize = 4 * 1024 * 1024;
 
 /// Why a body could not be decoded within the bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +103,15 @@ pub struct InflateStream {
     decoder: Decoder,
     held: BytesMut,
     finished: bool,
+    /// Where each step decodes to, made on the first call.
+    scratch: Option<Box<[u8]>>,
+    /// Compressed bytes decoded and bytes they decoded to: the ratio.
+    decoded_in: usize,
+    decoded_out: usize,
 }
+
+/// The scratch buffer's size: what one decoder step may produce.
+const SCRATCH: usize = 64 * 1024;
 
 impl InflateStream {
     /// A decoder for a body in `coding`.
@@ -115,23 +131,43 @@ impl InflateStream {
             decoder,
             held: BytesMut::new(),
             finished: false,
+            scratch: None,
+            decoded_in: 0,
+            decoded_out: 0,
         }
     }
 
     /// Takes `input` and returns what it decodes to, at most
     /// [`MAX_OUTPUT_PER_CALL`] bytes; the rest stays held for the next call.
     pub fn feed(&mut self, input: &[u8]) -> Result<Bytes, InflateError> {
+        self.feed_up_to(input, MAX_OUTPUT_PER_CALL)
+    }
+
+    /// `feed` with its own bound on the output.
+    fn feed_up_to(&mut self, input: &[u8], limit: usize) -> Result<Bytes, InflateError> {
         if !self.finished {
             self.held.extend_from_slice(input);
         }
-        let mut out = BytesMut::new();
-        while !self.finished && out.len() < MAX_OUTPUT_PER_CALL {
-            let room = (MAX_OUTPUT_PER_CALL - out.len()).min(64 * 1024);
-            let start = out.len();
-            out.resize(start + room, 0);
-            let (consumed, produced) = self.step(start, &mut out)?;
-            out.truncate(start + produced);
+        // Decoded through a scratch buffer made once per body, and grown
+        // exactly: a doubling buffer would hold up to twice the bound, and
+        // keep it alive in the `Bytes` it becomes.
+        let scratch = self
+            .scratch
+            .get_or_insert_with(|| vec![0; SCRATCH].into_boxed_slice());
+        let mut out: Vec<u8> = Vec::new();
+        while !self.finished && out.len() < limit {
+            let room = (limit - out.len()).min(SCRATCH);
+            let (consumed, produced) = step(
+                &mut self.decoder,
+                &self.held,
+                &mut scratch[..room],
+                &mut self.finished,
+            )?;
+            out.reserve_exact(produced);
+            out.extend_from_slice(&scratch[..produced]);
             self.held.advance(consumed);
+            self.decoded_in += consumed;
+            self.decoded_out += produced;
             if consumed == 0 && produced == 0 {
                 break; // needs more input
             }
@@ -139,16 +175,21 @@ impl InflateStream {
         if self.finished {
             self.held.clear(); // a gzip trailer, or bytes after the stream
         }
-        Ok(out.freeze())
+        Ok(Bytes::from(out))
     }
 
     /// For Pingora's body filter, which gives one output per upstream
     /// chunk: `feed`, then refuse a body that holds more than
-    /// [`MAX_HELD_INPUT`] undecoded, or that ends (`end`) with input still
-    /// to decode — it could only be inflated whole.
+    /// [`MAX_HELD_INPUT`] undecoded, or that ends (`end`) owing more than
+    /// [`MAX_OUTPUT_AT_END`] — it could only be inflated whole.
     pub fn feed_chunk(&mut self, input: &[u8], end: bool) -> Result<Bytes, InflateError> {
-        let out = self.feed(input)?;
-        if self.held.len() > MAX_HELD_INPUT || (end && !self.finished && !self.held.is_empty()) {
+        let limit = if end {
+            MAX_OUTPUT_AT_END
+        } else {
+            MAX_OUTPUT_PER_CALL
+        };
+        let out = self.feed_up_to(input, limit)?;
+        if self.held.len() > MAX_HELD_INPUT || (end && !self.finished && out.len() >= limit) {
             return Err(InflateError::TooExpansive);
         }
         if end && !self.finished {
@@ -166,59 +207,62 @@ impl InflateStream {
     pub fn has_held_input(&self) -> bool {
         !self.held.is_empty()
     }
+}
 
-    /// Decodes from the held input into `out[start..]`: bytes consumed and
-    /// bytes produced.
-    fn step(&mut self, start: usize, out: &mut [u8]) -> Result<(usize, usize), InflateError> {
-        let out = &mut out[start..];
-        match &mut self.decoder {
-            Decoder::Gzip {
-                header_done,
-                inflate,
-            } => {
-                if !*header_done {
-                    return match gzip_header_len(&self.held)? {
-                        Some(len) => {
-                            *header_done = true;
-                            Ok((len, 0))
-                        }
-                        None => Ok((0, 0)),
-                    };
-                }
-                let (before_in, before_out) = (inflate.total_in(), inflate.total_out());
-                let status = inflate
-                    .decompress(&self.held, out, flate2::FlushDecompress::None)
-                    .map_err(|e| InflateError::Corrupt(e.to_string()))?;
-                if status == flate2::Status::StreamEnd {
-                    self.finished = true;
-                }
-                let consumed = usize::try_from(inflate.total_in() - before_in).unwrap_or(0);
-                let produced = usize::try_from(inflate.total_out() - before_out).unwrap_or(0);
-                Ok((consumed, produced))
-            }
-            Decoder::Brotli(state) => {
-                let (mut available_in, mut input_offset) = (self.held.len(), 0usize);
-                let (mut available_out, mut output_offset, mut total) = (out.len(), 0usize, 0usize);
-                let result = brotli::BrotliDecompressStream(
-                    &mut available_in,
-                    &mut input_offset,
-                    &self.held,
-                    &mut available_out,
-                    &mut output_offset,
-                    out,
-                    &mut total,
-                    state,
-                );
-                match result {
-                    brotli::BrotliResult::ResultSuccess => self.finished = true,
-                    brotli::BrotliResult::ResultFailure => {
-                        return Err(InflateError::Corrupt("invalid brotli stream".to_owned()))
+/// Decodes from `held` into `out`: bytes consumed and bytes produced;
+/// `finished` is set at the end of the stream.
+fn step(
+    decoder: &mut Decoder,
+    held: &[u8],
+    out: &mut [u8],
+    finished: &mut bool,
+) -> Result<(usize, usize), InflateError> {
+    match decoder {
+        Decoder::Gzip {
+            header_done,
+            inflate,
+        } => {
+            if !*header_done {
+                return match gzip_header_len(held)? {
+                    Some(len) => {
+                        *header_done = true;
+                        Ok((len, 0))
                     }
-                    brotli::BrotliResult::NeedsMoreInput
-                    | brotli::BrotliResult::NeedsMoreOutput => {}
-                }
-                Ok((input_offset, output_offset))
+                    None => Ok((0, 0)),
+                };
             }
+            let (before_in, before_out) = (inflate.total_in(), inflate.total_out());
+            let status = inflate
+                .decompress(held, out, flate2::FlushDecompress::None)
+                .map_err(|e| InflateError::Corrupt(e.to_string()))?;
+            if status == flate2::Status::StreamEnd {
+                *finished = true;
+            }
+            let consumed = usize::try_from(inflate.total_in() - before_in).unwrap_or(0);
+            let produced = usize::try_from(inflate.total_out() - before_out).unwrap_or(0);
+            Ok((consumed, produced))
+        }
+        Decoder::Brotli(state) => {
+            let (mut available_in, mut input_offset) = (held.len(), 0usize);
+            let (mut available_out, mut output_offset, mut total) = (out.len(), 0usize, 0usize);
+            let result = brotli::BrotliDecompressStream(
+                &mut available_in,
+                &mut input_offset,
+                held,
+                &mut available_out,
+                &mut output_offset,
+                out,
+                &mut total,
+                state,
+            );
+            match result {
+                brotli::BrotliResult::ResultSuccess => *finished = true,
+                brotli::BrotliResult::ResultFailure => {
+                    return Err(InflateError::Corrupt("invalid brotli stream".to_owned()))
+                }
+                brotli::BrotliResult::NeedsMoreInput | brotli::BrotliResult::NeedsMoreOutput => {}
+            }
+            Ok((input_offset, output_offset))
         }
     }
 }
@@ -297,15 +341,17 @@ mod tests {
         let text: Vec<u8> = (0..200_000u32)
             .flat_map(|i| format!("{{\"n\":{i}}},").into_bytes())
             .collect();
+        let (gz, br) = (gzip(&text), brotli(&text));
         for chunk in [1, 7, 100, 4096, 65536] {
-            assert_eq!(
-                through_filter(Coding::Gzip, &gzip(&text), chunk).as_deref(),
-                Ok(&text[..])
-            );
-            assert_eq!(
-                through_filter(Coding::Brotli, &brotli(&text), chunk).as_deref(),
-                Ok(&text[..])
-            );
+            for (coding, body) in [(Coding::Gzip, &gz), (Coding::Brotli, &br)] {
+                let decoded = through_filter(coding, body, chunk);
+                let len = decoded.as_ref().map(Vec::len).map_err(Clone::clone);
+                assert_eq!(len, Ok(text.len()), "{coding:?} in chunks of {chunk}");
+                assert!(
+                    decoded.is_ok_and(|d| d == text),
+                    "{coding:?} in chunks of {chunk}"
+                );
+            }
         }
     }
 

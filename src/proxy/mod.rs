@@ -388,22 +388,24 @@ impl ProxyHttp for Proxy {
     }
 
     /// `Host`: the pool's override, else the normalised host that was
-    /// routed and keyed (Pingora has just written an HTTP/2 request's
-    /// `:authority` into it as received). Everything else the upstream
-    /// receives was written into the request once, in `request_filter`
-    /// (`forwarded`), so the cache reads the same fields.
+    /// routed and keyed — already in an HTTP/1 request (`forwarded`);
+    /// Pingora has just written an HTTP/2 request's `:authority` into it
+    /// as received. Everything else the upstream receives was written into
+    /// the request once, in `request_filter`, so the cache reads the same
+    /// fields.
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let host = match ctx.route().and_then(|r| r.upstream.host_header()) {
             Some(host) => Some(host.clone()),
-            None => ctx
+            None if session.req_header().version == http::Version::HTTP_2 => ctx
                 .host
                 .as_ref()
                 .and_then(|h| http::HeaderValue::from_str(h.as_str()).ok()),
+            None => None,
         };
         if let Some(host) = host {
             upstream_request.insert_header(http::header::HOST, host)?;
