@@ -72,8 +72,10 @@ pub struct FreshResponse {
 }
 
 /// Looks the request up in the memory store and, on a fresh hit, prepares
-/// the response (choosing an encoded copy when the client takes one).
-pub fn lookup(
+/// the response (choosing an encoded copy when the client takes one). The
+/// key of a miss carries the store's [`FillTicket`](super::store::FillTicket)
+/// from now, so a purge recorded while it is fetched drops its fill.
+pub async fn lookup(
     session: &mut Session,
     host: Option<&Host>,
     route: &CachedRoute<'_>,
@@ -89,9 +91,10 @@ pub fn lookup(
     {
         return Ok(Lookup::NotEligible);
     }
-    let key = key::cache_key(req, host, route.scope, route.policy);
+    let mut key = key::cache_key(req, host, route.scope, route.policy);
     let now = SystemTime::now();
     let Some(hit) = cache.store.fresh(&key.primary_bin(), now) else {
+        key.extensions.insert(cache.store.ticket());
         return Ok(Lookup::Miss(key));
     };
     metrics
@@ -121,9 +124,10 @@ pub fn lookup(
     if let Some((coding, level)) = coding {
         let encoded = cache
             .store
-            .encoded_body(&hit.entry, coding.as_str(), level, |b| {
+            .encoded_body(&hit.entry, coding.as_str(), |b| {
                 compression::encode(coding, level, b)
-            });
+            })
+            .await;
         match encoded {
             Ok(encoded) => {
                 compression::mark_encoded(&mut header, coding, encoded.len())?;

@@ -6,7 +6,7 @@
 //! Evictions leave Redis alone: another instance may still want the entry.
 
 use super::l2::{ttl_of, EntryNames, L2Entry, RedisTier};
-use super::store::MemoryStore;
+use super::store::{ticket_of, MemoryStore};
 use crate::cache::key::{route_part, uri_of};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -40,12 +40,20 @@ impl TieredStorage {
         &self.redis
     }
 
-    /// Queues `meta` + `body` for Redis under `key`.
+    /// Queues `meta` + `body` for Redis under `key`, unless a purge
+    /// recorded since the request began names it.
     fn write_through(&self, key: &CacheKey, meta: &CacheMeta, body: Bytes) {
         let (Some(uri), Some(route)) = (uri_of(key), key.primary_key_str().and_then(route_part))
         else {
             return;
         };
+        let tags = self.memory.tags_of(meta.response_header());
+        if self
+            .memory
+            .overtaken(ticket_of(self.memory, key), uri, route, &tags)
+        {
+            return;
+        }
         let Ok((internal, header)) = meta.serialize() else {
             return;
         };
@@ -58,7 +66,6 @@ impl TieredStorage {
             header,
             body,
         };
-        let tags = self.memory.tags_of(meta.response_header());
         let names = EntryNames {
             uri,
             route,
@@ -181,8 +188,10 @@ impl Storage for TieredStorage {
         trace: &SpanHandle,
     ) -> Result<bool> {
         let updated = self.memory.update_meta(key, meta, trace).await?;
-        if let Some(body) = self.memory.body(&key.combined_bin()) {
-            self.write_through(key, meta, body);
+        if updated {
+            if let Some(body) = self.memory.body(&key.primary_bin(), &key.combined_bin()) {
+                self.write_through(key, meta, body);
+            }
         }
         Ok(updated)
     }

@@ -280,12 +280,11 @@ impl ProxyHttp for Proxy {
                 "cache key for a route without cache",
             )
         })?;
-        Ok(cache::key::cache_key(
-            session.req_header(),
-            ctx.host.as_ref(),
-            scope,
-            policy,
-        ))
+        let mut key = cache::key::cache_key(session.req_header(), ctx.host.as_ref(), scope, policy);
+        // What this request fetches is dropped if a purge naming it is
+        // recorded before it is stored (cache::store::purges).
+        key.extensions.insert(self.state.cache.store.ticket());
+        Ok(key)
     }
 
     /// RFC 9111 storability and freshness, in `cache::policy`.

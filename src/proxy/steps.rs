@@ -368,7 +368,9 @@ impl Proxy {
             &cached,
             &state.cache,
             &state.metrics,
-        )? {
+        )
+        .await?
+        {
             fresh::Lookup::Hit(hit) => hit,
             fresh::Lookup::Miss(key) => {
                 ctx.cache_key = Some(key);

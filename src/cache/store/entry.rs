@@ -8,7 +8,7 @@ use pingora::cache::CacheMeta;
 use pingora::http::ResponseHeader;
 use pingora::Result;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// Memory an entry costs beyond its body and header: the `Entry` and its
@@ -70,11 +70,16 @@ pub struct FreshHit {
 /// A handle on a stored entry (opaque outside the store).
 pub struct StoredEntry(pub(super) Arc<Entry>);
 
-/// An encoded copy of a stored body (`Content-Encoding` token and level).
-pub(super) struct EncodedBody {
-    pub(super) coding: &'static str,
-    pub(super) level: u32,
-    pub(super) body: Bytes,
+/// The codings an entry keeps one encoded copy of, by slot.
+pub(super) const ENCODED_CODINGS: [&str; 3] = ["gzip", "zstd", "br"];
+
+/// What a cache tag costs in an entry's weight beyond its bytes (the
+/// `Arc<str>` and the tag index's set slot).
+pub(super) const TAG_OVERHEAD: usize = 64;
+
+/// The weight of a primary's tags.
+pub(super) fn tags_weight(tags: &[std::sync::Arc<str>]) -> usize {
+    tags.iter().map(|t| t.len() + TAG_OVERHEAD).sum()
 }
 
 /// What an encoded copy weighs beyond its bytes.
@@ -127,6 +132,8 @@ fn entry_weight(body: &Bytes, header: &ResponseHeader, internal: &[u8]) -> usize
 }
 
 /// One stored response: what a hit needs, parsed once when it is stored.
+/// Its weight counts its body, header, internal meta, its primary's tags
+/// and its encoded copies.
 pub(super) struct Entry {
     /// Pingora's serialized internal meta (freshness, variance): small msgpack.
     pub(super) internal: Vec<u8>,
@@ -138,15 +145,19 @@ pub(super) struct Entry {
     /// The key the eviction manager tracks this entry under.
     pub(super) compact: CompactCacheKey,
     pub(super) times: StoredTimes,
+    /// The tags' part of the weight (kept for the entry's replacements).
+    pub(super) tags_weight: usize,
     /// Grows when an encoded copy is added.
     pub(super) weight: AtomicUsize,
-    /// Encoded copies of `body`, at most one per coding, made on demand by
-    /// [`MemoryStore::encoded_body`].
-    pub(super) encoded: Mutex<Vec<EncodedBody>>,
+    /// Encoded copies of `body`, one slot per [`ENCODED_CODINGS`], each
+    /// made once however many first hits ask for it together
+    /// ([`super::MemoryStore::encoded_body`]).
+    pub(super) encoded: [tokio::sync::OnceCell<Bytes>; 3],
 }
 
 impl Entry {
-    /// An entry without encoded copies, weighed by what it holds.
+    /// An entry without encoded copies, weighed by what it holds and its
+    /// primary's tags (`tags_weight`).
     pub(super) fn new(
         internal: Vec<u8>,
         header: ResponseHeader,
@@ -154,8 +165,9 @@ impl Entry {
         primary: HashBinary,
         compact: CompactCacheKey,
         times: StoredTimes,
+        tags_weight: usize,
     ) -> Self {
-        let weight = entry_weight(&body, &header, &internal);
+        let weight = entry_weight(&body, &header, &internal) + tags_weight;
         Self {
             internal,
             header,
@@ -163,8 +175,9 @@ impl Entry {
             primary,
             compact,
             times,
+            tags_weight,
             weight: AtomicUsize::new(weight),
-            encoded: Mutex::new(Vec::new()),
+            encoded: Default::default(),
         }
     }
 
@@ -185,14 +198,11 @@ impl Entry {
             self.primary,
             self.compact.clone(),
             times,
+            self.tags_weight,
         ))
     }
 
     pub(super) fn weight(&self) -> usize {
         self.weight.load(Ordering::Relaxed)
-    }
-
-    pub(super) fn encoded(&self) -> std::sync::MutexGuard<'_, Vec<EncodedBody>> {
-        self.encoded.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -1,67 +1,108 @@
-//! The store's index: every entry by its combined key (primary +
-//! variance), every variant of a primary key, and every primary key by its
-//! request URI, which is what purges by URL and prefix walk.
+//! The store's secondary indexes: primaries by URI (ordered, for prefix
+//! purges), by route and by tag. One lock over the three, never taken by
+//! a hit: fills, removals and purges take it after the shard of the entry
+//! they change (lock order: purge log → shard → index).
+//!
+//! Invariant: a primary key is in `by_uri[uri]`, `by_route[route]` and
+//! `by_tag[t]` for each of its tags exactly while its shard holds at least
+//! one variant of it, with that URI, route and tags. Every change is a
+//! hash-set insert or remove (the URI map is a B-tree, O(log n)): removing
+//! an entry costs the same whatever the index sizes, so a purge of n
+//! entries is O(n).
 
-use super::entry::Entry;
+use super::shard::{Gone, IndexChange};
 use pingora::cache::key::HashBinary;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-/// All variants stored for one request URI.
-pub(super) struct Primary {
-    pub(super) uri: Arc<str>,
-    /// The route that stored them (from the key's scope line).
-    pub(super) route: Arc<str>,
-    /// Combined keys (primary + variance) of the stored variants.
-    pub(super) variants: Vec<HashBinary>,
-    /// Cache tags (surrogate keys) its responses carried.
-    pub(super) tags: Vec<Arc<str>>,
-}
-
-/// Entries by combined key, variants by primary key, primaries by URI.
+/// Primary keys by URI, route and tag.
 #[derive(Default)]
-pub(super) struct Index {
-    pub(super) entries: HashMap<HashBinary, Arc<Entry>>,
-    pub(super) primaries: HashMap<HashBinary, Primary>,
-    /// URI → primaries (more than one when request headers are in the key).
-    pub(super) by_uri: BTreeMap<Arc<str>, Vec<HashBinary>>,
-    /// Tag → primaries whose responses carried it.
-    pub(super) by_tag: HashMap<Arc<str>, Vec<HashBinary>>,
+pub(super) struct Indexes {
+    pub(super) by_uri: BTreeMap<Arc<str>, HashSet<HashBinary>>,
+    pub(super) by_route: HashMap<Arc<str>, HashSet<HashBinary>>,
+    pub(super) by_tag: HashMap<Arc<str>, HashSet<HashBinary>>,
 }
 
-impl Index {
-    /// The combined keys of a primary's stored variants.
-    pub(super) fn variants_of(&self, primary: &HashBinary) -> Vec<HashBinary> {
-        self.primaries
-            .get(primary)
-            .map(|p| p.variants.clone())
-            .unwrap_or_default()
+impl Indexes {
+    /// A primary that now has its first variant.
+    pub(super) fn add_primary(
+        &mut self,
+        primary: HashBinary,
+        uri: &Arc<str>,
+        route: &Arc<str>,
+        tags: &[Arc<str>],
+    ) {
+        self.by_uri.entry(uri.clone()).or_default().insert(primary);
+        self.by_route
+            .entry(route.clone())
+            .or_default()
+            .insert(primary);
+        for tag in tags {
+            self.by_tag.entry(tag.clone()).or_default().insert(primary);
+        }
     }
 
-    pub(super) fn remove_entry(&mut self, combined: &HashBinary) -> Option<Arc<Entry>> {
-        let entry = self.entries.remove(combined)?;
-        if let Some(p) = self.primaries.get_mut(&entry.primary) {
-            p.variants.retain(|v| v != combined);
-            if p.variants.is_empty() {
-                let uri = p.uri.clone();
-                let tags = std::mem::take(&mut p.tags);
-                self.primaries.remove(&entry.primary);
-                for tag in tags {
-                    if let Some(list) = self.by_tag.get_mut(&tag) {
-                        list.retain(|p| *p != entry.primary);
-                        if list.is_empty() {
-                            self.by_tag.remove(&tag);
-                        }
-                    }
-                }
-                if let Some(list) = self.by_uri.get_mut(&uri) {
-                    list.retain(|p| *p != entry.primary);
-                    if list.is_empty() {
-                        self.by_uri.remove(&uri);
-                    }
-                }
+    /// A primary whose last variant is gone.
+    pub(super) fn remove_primary(
+        &mut self,
+        primary: &HashBinary,
+        uri: &Arc<str>,
+        route: &Arc<str>,
+        tags: &[Arc<str>],
+    ) {
+        if let Some(set) = self.by_uri.get_mut(uri) {
+            set.remove(primary);
+            if set.is_empty() {
+                self.by_uri.remove(uri);
             }
         }
-        Some(entry)
+        remove_from(&mut self.by_route, route, primary);
+        for tag in tags {
+            remove_from(&mut self.by_tag, tag, primary);
+        }
+    }
+
+    /// What a fill changed (see [`super::shard::Shard::insert`]).
+    pub(super) fn learn(
+        &mut self,
+        primary: HashBinary,
+        change: &IndexChange,
+        uri: &Arc<str>,
+        route: &Arc<str>,
+        tags: &[Arc<str>],
+    ) {
+        match change {
+            IndexChange::None => {}
+            IndexChange::Added => self.add_primary(primary, uri, route, tags),
+            IndexChange::Retagged(old) => self.retag(primary, old, tags),
+        }
+    }
+
+    /// A primary that left its shard.
+    pub(super) fn forget(&mut self, gone: &Gone) {
+        self.remove_primary(&gone.primary, &gone.uri, &gone.route, &gone.tags);
+    }
+
+    /// A primary refilled with other tags: the old ones go, the new come.
+    pub(super) fn retag(&mut self, primary: HashBinary, old: &[Arc<str>], new: &[Arc<str>]) {
+        for tag in old.iter().filter(|t| !new.contains(t)) {
+            remove_from(&mut self.by_tag, tag, &primary);
+        }
+        for tag in new.iter().filter(|t| !old.contains(t)) {
+            self.by_tag.entry(tag.clone()).or_default().insert(primary);
+        }
+    }
+}
+
+fn remove_from(
+    map: &mut HashMap<Arc<str>, HashSet<HashBinary>>,
+    key: &Arc<str>,
+    primary: &HashBinary,
+) {
+    if let Some(set) = map.get_mut(key) {
+        set.remove(primary);
+        if set.is_empty() {
+            map.remove(key);
+        }
     }
 }

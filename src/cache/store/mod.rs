@@ -3,41 +3,69 @@
 //! pingora-cache's `MemCache` is a test store (unbounded, copies bodies on
 //! every write), so this is our own: entries are `Bytes` shared by every
 //! hit, size is bounded by Pingora's LRU eviction manager (which tells
-//! Pingora what to purge once the total weight passes `cache.max_size`), and
-//! an index by request URI supports purge by exact URL and by prefix.
-//! A Redis tier can sit behind the same trait later.
+//! Pingora what to purge once the total weight passes `cache.max_size`),
+//! and indexes by URI, route and tag support purges.
+//!
+//! Layout (built to stay flat at a million entries):
+//! - **Shards.** Entries live in [`SHARDS`] shards chosen by their primary
+//!   key's hash, each behind its own `RwLock` (`shard.rs`). A hit takes one
+//!   shard's read lock and nothing else, so a write on one shard never
+//!   blocks hits on another.
+//! - **Indexes** (`index.rs`): primaries by URI, route and tag in hash
+//!   sets, so removing an entry is O(1) in each; a purge of n entries is
+//!   O(n), removed in batches of [`PURGE_BATCH`] primaries that release
+//!   the shard and index locks between them.
+//! - **Purges win over fills** (`purges.rs`): every purge is recorded with
+//!   a generation before it selects anything; a fill carries the
+//!   generation its request began at ([`FillTicket`]) and is dropped when
+//!   a purge recorded since names it. Lock order: purge log → shard →
+//!   indexes.
 //!
 //! Memory: the eviction manager weighs what an entry really holds — its
-//! body, its header as kept in memory, and a fixed per-entry allowance for
-//! the index and the LRU node ([`ENTRY_OVERHEAD`]) — so `cache.max_size`
-//! bounds resident memory, not only body bytes. Two things keep an entry
-//! from holding more than that: bodies are copied to an exact-size buffer
-//! when the collected one has spare capacity, and the stored header is
-//! rebuilt from its serialized form, because the header Pingora parsed from
-//! the upstream slices into the connection's 4 KiB+ read buffer and would
-//! keep all of it alive (`benches/load/memory.sh` measured 8 KiB per 1 KiB
-//! entry before). README, Caching, has the numbers.
+//! body, its header as kept in memory, its tags, its encoded copies and a
+//! fixed per-entry allowance for the indexes and the LRU node
+//! ([`ENTRY_OVERHEAD`]) — so `cache.max_size` bounds resident memory, not
+//! only body bytes. Bodies are copied to an exact-size buffer when the
+//! collected one has spare capacity, and the stored header is rebuilt from
+//! its serialized form, because the header Pingora parsed from the upstream
+//! slices into the connection's 4 KiB+ read buffer and would keep all of it
+//! alive. README, Caching, has the numbers (`benches/load/memory.sh`).
 //!
 //! Fresh hits of entries without `Vary` can be served by [`MemoryStore::fresh`]
 //! without Pingora's cache state machine; see `cache::fresh`.
 
 mod entry;
 mod index;
+mod purges;
+mod shard;
 mod storage;
+#[cfg(test)]
+mod tests;
 
 pub use entry::{FreshHit, StoredEntry, ENTRY_OVERHEAD};
-pub use storage::hit_of;
+pub use purges::FillTicket;
+pub use storage::{hit_of, ticket_of};
 
 use bytes::Bytes;
-use entry::{EncodedBody, Entry, ENCODED_OVERHEAD};
-use index::Index;
+use entry::{Entry, ENCODED_CODINGS, ENCODED_OVERHEAD};
+use index::Indexes;
 use pingora::cache::eviction::EvictionManager;
-use pingora::cache::key::HashBinary;
+use pingora::cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
 use pingora::cache::CacheEntryKeyRef;
+use pingora::http::ResponseHeader;
 use pingora::Result;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use purges::{FillNames, PurgeLog, PurgeRecord};
+use shard::{Gone, Shard};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
+
+/// Shards of the store: enough that two worker threads rarely meet on one,
+/// few enough that a walk over all of them is cheap.
+const SHARDS: usize = 64;
+
+/// Primaries removed under one taking of a shard's lock during a purge.
+const PURGE_BATCH: usize = 256;
 
 /// Which stored entries a purge names.
 #[derive(Debug, Clone, Copy)]
@@ -54,10 +82,36 @@ pub enum Selection<'a> {
     Tag(&'a str),
 }
 
+impl Selection<'_> {
+    fn record(&self) -> PurgeRecord {
+        match *self {
+            Selection::Uri(uri) => PurgeRecord::Uri(uri.into()),
+            Selection::Prefix(prefix) => PurgeRecord::Prefix(prefix.into()),
+            Selection::PathPrefix(prefix) => PurgeRecord::PathPrefix(prefix.into()),
+            Selection::Route(route) => PurgeRecord::Route(route.into()),
+            Selection::Tag(tag) => PurgeRecord::Tag(tag.into()),
+        }
+    }
+}
+
+/// A response about to be stored, with what the indexes and the purge
+/// check need to know of it.
+struct Fill {
+    combined: HashBinary,
+    entry: Arc<Entry>,
+    uri: Arc<str>,
+    route: Arc<str>,
+    tags: Arc<[Arc<str>]>,
+    ticket: FillTicket,
+}
+
 /// The bounded memory store. One per process (Pingora needs `'static`).
 pub struct MemoryStore {
-    index: RwLock<Index>,
+    shards: Box<[RwLock<Shard>]>,
+    indexes: RwLock<Indexes>,
+    purges: PurgeLog,
     bytes: AtomicU64,
+    count: AtomicUsize,
     /// Told when a purge removes an entry, so it stops weighing it.
     eviction: OnceLock<&'static (dyn EvictionManager + Sync)>,
     /// Response fields that carry cache tags (`cache.tag_headers`).
@@ -70,11 +124,9 @@ const MAX_TAGS: usize = 64;
 const MAX_TAG_LEN: usize = 256;
 
 /// The cache tags in `header`'s `names` fields: separated by spaces (as
-/// `Surrogate-Key` is) or commas (as `Cache-Tag` is).
-pub fn tags_in(
-    header: &pingora::http::ResponseHeader,
-    names: &[http::HeaderName],
-) -> Vec<Arc<str>> {
+/// `Surrogate-Key` is) or commas (as `Cache-Tag` is); at most [`MAX_TAGS`],
+/// each at most [`MAX_TAG_LEN`] bytes, without duplicates.
+pub fn tags_in(header: &ResponseHeader, names: &[http::HeaderName]) -> Vec<Arc<str>> {
     let mut tags: Vec<Arc<str>> = Vec::new();
     for name in names {
         for value in header.headers.get_all(name) {
@@ -96,6 +148,10 @@ pub fn tags_in(
     tags
 }
 
+fn shard_of(primary: &HashBinary) -> usize {
+    usize::from(primary[0]) % SHARDS
+}
+
 impl Default for MemoryStore {
     fn default() -> Self {
         Self::new()
@@ -106,8 +162,11 @@ impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self {
-            index: RwLock::new(Index::default()),
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            indexes: RwLock::default(),
+            purges: PurgeLog::default(),
             bytes: AtomicU64::new(0),
+            count: AtomicUsize::new(0),
             eviction: OnceLock::new(),
             tag_headers: OnceLock::new(),
         }
@@ -119,34 +178,10 @@ impl MemoryStore {
     }
 
     /// The cache tags a response carries.
-    pub fn tags_of(&self, header: &pingora::http::ResponseHeader) -> Vec<Arc<str>> {
+    pub fn tags_of(&self, header: &ResponseHeader) -> Vec<Arc<str>> {
         self.tag_headers
             .get()
             .map_or_else(Vec::new, |names| tags_in(header, names))
-    }
-
-    /// Marks every variant of these primaries stale now instead of
-    /// removing it (a soft purge): the next request revalidates, and the
-    /// response's stale windows still apply. Returns how many.
-    fn expire_primaries(&self, primaries: &[HashBinary], now: SystemTime) -> usize {
-        let mut index = self.write();
-        let mut expired = 0;
-        for primary in primaries {
-            for combined in index.variants_of(primary) {
-                let Some(old) = index.entries.get(&combined).cloned() else {
-                    continue;
-                };
-                let Some(replacement) = old.expired_at(now) else {
-                    continue;
-                };
-                self.bytes
-                    .fetch_add(replacement.weight() as u64, Ordering::Relaxed);
-                self.forget(&old);
-                index.entries.insert(combined, Arc::new(replacement));
-                expired += 1;
-            }
-        }
-        expired
     }
 
     /// Connects the eviction manager that purges must keep in step.
@@ -154,14 +189,42 @@ impl MemoryStore {
         let _ = self.eviction.set(eviction);
     }
 
-    /// Bytes held (bodies + serialized headers).
+    /// The ticket of a request beginning now: set it on the request's cache
+    /// key, so that what it fetches is dropped if a purge naming it is
+    /// recorded before it is stored.
+    pub fn ticket(&self) -> FillTicket {
+        self.purges.ticket()
+    }
+
+    /// Whether a purge recorded since `ticket` names this response (so it
+    /// must not be stored anywhere, Redis included).
+    pub fn overtaken(&self, ticket: FillTicket, uri: &str, route: &str, tags: &[Arc<str>]) -> bool {
+        self.purges
+            .lock()
+            .overtaken(ticket, &FillNames { uri, route, tags })
+    }
+
+    /// Bytes held (bodies, headers, tags, encoded copies, overheads).
     pub fn size_bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
 
     /// Entries held (each variant counts).
     pub fn entries(&self) -> usize {
-        self.read().entries.len()
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn read_shard(&self, primary: &HashBinary) -> RwLockReadGuard<'_, Shard> {
+        read(&self.shards[shard_of(primary)])
+    }
+
+    fn write_shard(&self, primary: &HashBinary) -> RwLockWriteGuard<'_, Shard> {
+        write(&self.shards[shard_of(primary)])
+    }
+
+    /// The entry stored under `combined` (of `primary`).
+    fn get(&self, primary: &HashBinary, combined: &HashBinary) -> Option<Arc<Entry>> {
+        self.read_shard(primary).entries.get(combined).cloned()
     }
 
     /// The entry stored under `key` if it can be served as it is: fresh at
@@ -170,7 +233,7 @@ impl MemoryStore {
     /// Pingora's hit path does. `None` means "let Pingora's cache decide",
     /// not "absent".
     pub fn fresh(&self, key: &HashBinary, now: SystemTime) -> Option<FreshHit> {
-        let entry = self.read().entries.get(key).cloned()?;
+        let entry = self.get(key, key)?;
         let t = &entry.times;
         if t.variance.is_some() || t.fresh_until < now {
             return None;
@@ -195,12 +258,93 @@ impl MemoryStore {
         })
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
-        self.index.read().unwrap_or_else(|p| p.into_inner())
+    /// Stores a complete response unless a purge recorded since its
+    /// request began names it. Returns the weight the eviction manager
+    /// should hold for the key: the fill's when stored, otherwise what is
+    /// stored there now (0 when nothing).
+    fn store_fill(&self, fill: Fill) -> (bool, usize) {
+        let primary = fill.entry.primary;
+        let weight = fill.entry.weight();
+        let replaced = {
+            let log = self.purges.lock();
+            let names = FillNames {
+                uri: &fill.uri,
+                route: &fill.route,
+                tags: &fill.tags,
+            };
+            if log.overtaken(fill.ticket, &names) {
+                drop(log);
+                let current = self.get(&primary, &fill.combined);
+                return (false, current.map_or(0, |e| e.weight()));
+            }
+            let mut shard = self.write_shard(&primary);
+            let (replaced, change) = shard.insert(
+                fill.combined,
+                fill.entry,
+                &fill.uri,
+                &fill.route,
+                &fill.tags,
+            );
+            write(&self.indexes).learn(primary, &change, &fill.uri, &fill.route, &fill.tags);
+            replaced
+        };
+        self.bytes.fetch_add(weight as u64, Ordering::Relaxed);
+        match replaced {
+            Some(old) => self.forget(&old),
+            None => {
+                self.count.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        (true, weight)
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
-        self.index.write().unwrap_or_else(|p| p.into_inner())
+    /// Replaces a stored entry's meta (a 304's revalidation) unless a purge
+    /// recorded since `ticket` names it; the eviction manager learns the
+    /// new weight. Returns whether it was replaced.
+    fn replace_meta(
+        &self,
+        primary: &HashBinary,
+        combined: &HashBinary,
+        ticket: FillTicket,
+        rebuild: impl FnOnce(&Entry) -> Entry,
+    ) -> bool {
+        let (old, new) = {
+            let log = self.purges.lock();
+            let mut shard = self.write_shard(primary);
+            let (Some(old), Some(p)) = (shard.entries.get(combined), shard.primaries.get(primary))
+            else {
+                return false;
+            };
+            let names = FillNames {
+                uri: &p.uri,
+                route: &p.route,
+                tags: &p.tags,
+            };
+            if log.overtaken(ticket, &names) {
+                return false;
+            }
+            drop(log);
+            let new = Arc::new(rebuild(old));
+            let old = shard.entries.insert(*combined, new.clone());
+            match old {
+                Some(old) => (old, new),
+                None => return false,
+            }
+        };
+        let new_weight = new.weight();
+        self.bytes.fetch_add(new_weight as u64, Ordering::Relaxed);
+        self.forget(&old);
+        self.reweigh(&new.compact, new_weight, new.times.fresh_until);
+        true
+    }
+
+    /// Tells the eviction manager an entry's weight changed (a 304, a soft
+    /// purge), and removes what it evicts to make room.
+    fn reweigh(&self, compact: &CompactCacheKey, weight: usize, fresh_until: SystemTime) {
+        if let Some(eviction) = self.eviction.get() {
+            let item = pingora::cache::CacheEntryKey::from_entry_id(compact.clone(), None);
+            self.remove_evicted(eviction.admit(item, weight, fresh_until));
+        }
     }
 
     fn forget(&self, entry: &Entry) {
@@ -208,143 +352,127 @@ impl MemoryStore {
             .fetch_sub(entry.weight() as u64, Ordering::Relaxed);
     }
 
-    /// The body of a stored entry encoded as `coding` (a `Content-Encoding` token) at
-    /// `level`: made with `encode` the first time and then kept with the
-    /// entry, weighed with it (the eviction manager is told, and whatever it
-    /// evicts to make room is removed), and dropped with it. One copy per
-    /// coding: a different level (after a reload) replaces it. An entry
-    /// purged or replaced meanwhile gets nothing stored.
-    pub fn encoded_body(
-        &self,
-        entry: &StoredEntry,
-        coding: &'static str,
-        level: u32,
-        encode: impl FnOnce(&[u8]) -> Result<Bytes>,
-    ) -> Result<Bytes> {
-        let entry = &entry.0;
-        if let Some(e) = entry
-            .encoded()
-            .iter()
-            .find(|e| e.coding == coding && e.level == level)
-        {
-            return Ok(e.body.clone());
-        }
-        let body = encode(&entry.body)?;
-        let delta = body.len() + ENCODED_OVERHEAD;
-        {
-            let index = self.write();
-            let combined = pingora::cache::key::CacheHashKey::combined_bin(&entry.compact);
-            if !index
-                .entries
-                .get(&combined)
-                .is_some_and(|current| Arc::ptr_eq(current, entry))
-            {
-                return Ok(body);
-            }
-            let mut encoded = entry.encoded();
-            if let Some(e) = encoded
-                .iter()
-                .find(|e| e.coding == coding && e.level == level)
-            {
-                return Ok(e.body.clone()); // another request was faster
-            }
-            if let Some(pos) = encoded.iter().position(|e| e.coding == coding) {
-                let old = encoded.swap_remove(pos);
-                let old_delta = old.body.len() + ENCODED_OVERHEAD;
-                entry.weight.fetch_sub(old_delta, Ordering::Relaxed);
-                self.bytes.fetch_sub(old_delta as u64, Ordering::Relaxed);
-            }
-            encoded.push(EncodedBody {
-                coding,
-                level,
-                body: body.clone(),
-            });
-            entry.weight.fetch_add(delta, Ordering::Relaxed);
-            self.bytes.fetch_add(delta as u64, Ordering::Relaxed);
-        }
-        if let Some(eviction) = self.eviction.get() {
-            let item = pingora::cache::CacheEntryKey::from_entry_id(entry.compact.clone(), None);
-            self.remove_evicted(eviction.increment_weight(&item, delta, None));
-        }
-        Ok(body)
-    }
-
-    /// Removes what the eviction manager evicted to make room.
-    fn remove_evicted(&self, evicted: Vec<pingora::cache::CacheEntryKey>) {
-        for evicted in evicted {
-            let combined = pingora::cache::key::CacheHashKey::combined_bin(evicted.key());
-            let removed = self.write().remove_entry(&combined);
-            if let Some(removed) = removed {
-                self.forget(&removed);
-            }
-        }
-    }
-
-    /// Tells the eviction manager about an entry stored outside Pingora's
-    /// miss path (promoted from the Redis tier), as that path does, and
-    /// removes what it evicts to make room.
-    pub fn admit(
-        &self,
-        key: &pingora::cache::key::CompactCacheKey,
-        weight: usize,
-        fresh_until: SystemTime,
-    ) {
-        if let Some(eviction) = self.eviction.get() {
-            let item = pingora::cache::CacheEntryKey::from_entry_id(key.clone(), None);
-            self.remove_evicted(eviction.admit(item, weight, fresh_until));
-        }
-    }
-
-    /// The body stored under a combined key.
-    pub fn body(&self, combined: &HashBinary) -> Option<Bytes> {
-        self.read().entries.get(combined).map(|e| e.body.clone())
-    }
-
-    /// Removes every variant stored for these primaries; returns how many.
-    fn remove_primaries(&self, primaries: &[HashBinary]) -> usize {
-        self.remove_variants_where(primaries, |_| true)
-    }
-
-    /// Removes the variants of these primaries whose stored header
-    /// `matches`; returns how many.
-    fn remove_variants_where(
-        &self,
-        primaries: &[HashBinary],
-        matches: impl Fn(&pingora::http::ResponseHeader) -> bool,
-    ) -> usize {
-        let mut removed = Vec::new();
-        {
-            let mut index = self.write();
-            for primary in primaries {
-                for combined in index.variants_of(primary) {
-                    if !index
-                        .entries
-                        .get(&combined)
-                        .is_some_and(|entry| matches(&entry.header))
-                    {
-                        continue;
-                    }
-                    if let Some(entry) = index.remove_entry(&combined) {
-                        removed.push((combined, entry));
-                    }
-                }
-            }
-        }
-        for (_, entry) in &removed {
+    /// Accounts for entries a removal took out (outside every lock: the
+    /// bodies are freed here) and tells the eviction manager.
+    fn release(&self, removed: Vec<Arc<Entry>>) {
+        self.count.fetch_sub(removed.len(), Ordering::Relaxed);
+        for entry in &removed {
             self.forget(entry);
             if let Some(eviction) = self.eviction.get() {
                 eviction.remove(CacheEntryKeyRef::from_entry_id(&entry.compact, None));
             }
         }
-        removed.len()
+    }
+
+    /// The body of a stored entry encoded as `coding` (a `Content-Encoding`
+    /// token), made with `encode` by the first request that asks — others
+    /// asking meanwhile wait for that copy instead of encoding it again —
+    /// and then kept with the entry, weighed with it (the eviction manager
+    /// is told, and whatever it evicts to make room is removed), and
+    /// dropped with it. One copy per coding: after a reload changes the
+    /// compression level, entries keep the copy they have (the content is
+    /// the same) until they are refilled.
+    pub async fn encoded_body(
+        &self,
+        entry: &StoredEntry,
+        coding: &'static str,
+        encode: impl FnOnce(&[u8]) -> Result<Bytes>,
+    ) -> Result<Bytes> {
+        let entry = &entry.0;
+        let Some(slot) = ENCODED_CODINGS.iter().position(|c| *c == coding) else {
+            return encode(&entry.body);
+        };
+        let mut made = false;
+        let copy = entry.encoded[slot]
+            .get_or_try_init(|| async {
+                made = true;
+                encode(&entry.body)
+            })
+            .await?;
+        if made {
+            self.account_encoded(entry, copy.len() + ENCODED_OVERHEAD);
+        }
+        Ok(copy.clone())
+    }
+
+    /// Adds an encoded copy's weight to its entry, if the entry is still
+    /// the stored one (a replaced or purged entry is weighed by nobody).
+    fn account_encoded(&self, entry: &Arc<Entry>, delta: usize) {
+        let combined = entry.compact.combined_bin();
+        let evicted = {
+            let shard = self.read_shard(&entry.primary);
+            if !shard
+                .entries
+                .get(&combined)
+                .is_some_and(|current| Arc::ptr_eq(current, entry))
+            {
+                return;
+            }
+            entry.weight.fetch_add(delta, Ordering::Relaxed);
+            self.bytes.fetch_add(delta as u64, Ordering::Relaxed);
+            // Under the shard's lock, so a removal of the entry (which takes
+            // the write lock first) tells the eviction manager after this.
+            self.eviction.get().map(|eviction| {
+                let item =
+                    pingora::cache::CacheEntryKey::from_entry_id(entry.compact.clone(), None);
+                eviction.increment_weight(&item, delta, None)
+            })
+        };
+        if let Some(evicted) = evicted {
+            self.remove_evicted(evicted);
+        }
+    }
+
+    /// Removes what the eviction manager evicted to make room.
+    fn remove_evicted(&self, evicted: Vec<pingora::cache::CacheEntryKey>) {
+        for evicted in evicted {
+            self.remove_key(evicted.key());
+        }
+    }
+
+    /// Removes the entry stored under `key` (an eviction); whether there
+    /// was one.
+    fn remove_key(&self, key: &CompactCacheKey) -> bool {
+        let primary = key.primary_bin();
+        let combined = key.combined_bin();
+        let removed = {
+            let mut shard = self.write_shard(&primary);
+            let Some((entry, gone)) = shard.remove(&combined) else {
+                return false;
+            };
+            if let Some(gone) = gone {
+                write(&self.indexes).forget(&gone);
+            }
+            entry
+        };
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        self.forget(&removed);
+        true
+    }
+
+    /// Tells the eviction manager about an entry stored outside Pingora's
+    /// miss path (promoted from the Redis tier), as that path does, and
+    /// removes what it evicts to make room.
+    pub fn admit(&self, key: &CompactCacheKey, weight: usize, fresh_until: SystemTime) {
+        if weight > 0 {
+            self.reweigh(key, weight, fresh_until);
+        }
+    }
+
+    /// The body stored under a combined key.
+    pub fn body(&self, primary: &HashBinary, combined: &HashBinary) -> Option<Bytes> {
+        self.get(primary, combined).map(|e| e.body.clone())
     }
 
     /// The primaries a purge names (all their variants go, or are marked
     /// stale, together).
-    pub fn select(&self, selection: Selection<'_>) -> Vec<HashBinary> {
-        let index = self.read();
+    fn select(&self, selection: Selection<'_>) -> Vec<HashBinary> {
+        let index = read(&self.indexes);
+        let all = |set: Option<&std::collections::HashSet<HashBinary>>| {
+            set.map(|s| s.iter().copied().collect()).unwrap_or_default()
+        };
         match selection {
-            Selection::Uri(uri) => index.by_uri.get(uri).cloned().unwrap_or_default(),
+            Selection::Uri(uri) => all(index.by_uri.get(uri)),
             Selection::Prefix(prefix) => index
                 .by_uri
                 .range::<str, _>((
@@ -354,7 +482,7 @@ impl MemoryStore {
                 .take_while(|(uri, _)| uri.starts_with(prefix))
                 .flat_map(|(_, p)| p.iter().copied())
                 .collect(),
-            // Walks the whole index: an admin operation, not a request's.
+            // Walks the URI index: an admin operation, not a request's.
             Selection::PathPrefix(path_prefix) => index
                 .by_uri
                 .iter()
@@ -364,27 +492,101 @@ impl MemoryStore {
                 })
                 .flat_map(|(_, p)| p.iter().copied())
                 .collect(),
-            Selection::Route(route) => index
-                .primaries
-                .iter()
-                .filter(|(_, p)| &*p.route == route)
-                .map(|(hash, _)| *hash)
-                .collect(),
-            Selection::Tag(tag) => index.by_tag.get(tag).cloned().unwrap_or_default(),
+            Selection::Route(route) => all(index.by_route.get(route)),
+            Selection::Tag(tag) => all(index.by_tag.get(tag)),
         }
     }
 
-    /// Removes every entry `selection` names; returns how many.
+    /// Removes the variants of `primaries` whose stored header `matches`,
+    /// shard by shard in batches of [`PURGE_BATCH`] that release the locks
+    /// between them; returns how many.
+    fn remove_primaries_where(
+        &self,
+        primaries: Vec<HashBinary>,
+        matches: impl Fn(&ResponseHeader) -> bool,
+    ) -> usize {
+        let mut removed_total = 0;
+        for (shard, primaries) in by_shard(primaries).iter().enumerate() {
+            for batch in primaries.chunks(PURGE_BATCH) {
+                let mut removed = Vec::new();
+                {
+                    let mut shard = write(&self.shards[shard]);
+                    let mut gone: Vec<Gone> = Vec::new();
+                    for primary in batch {
+                        let (r, g) = shard.remove_variants_where(primary, &matches);
+                        removed.extend(r);
+                        gone.extend(g);
+                    }
+                    if !gone.is_empty() {
+                        let mut index = write(&self.indexes);
+                        for g in &gone {
+                            index.forget(g);
+                        }
+                    }
+                }
+                removed_total += removed.len();
+                self.release(removed);
+            }
+        }
+        removed_total
+    }
+
+    /// Marks every variant of these primaries stale now instead of
+    /// removing it (a soft purge): the next request revalidates, and the
+    /// response's stale windows still apply. Batched like removals; the
+    /// eviction manager learns the new weights. Returns how many.
+    fn expire_primaries(&self, primaries: Vec<HashBinary>, now: SystemTime) -> usize {
+        let mut expired = 0;
+        for (shard, primaries) in by_shard(primaries).iter().enumerate() {
+            for batch in primaries.chunks(PURGE_BATCH) {
+                let mut changed = Vec::new();
+                {
+                    let mut shard = write(&self.shards[shard]);
+                    for primary in batch {
+                        let variants = shard
+                            .primaries
+                            .get(primary)
+                            .map(|p| p.variants.clone())
+                            .unwrap_or_default();
+                        for combined in variants {
+                            let Some(old) = shard.entries.get(&combined) else {
+                                continue;
+                            };
+                            let Some(replacement) = old.expired_at(now) else {
+                                continue;
+                            };
+                            let replacement = Arc::new(replacement);
+                            if let Some(old) = shard.entries.insert(combined, replacement.clone()) {
+                                changed.push((old, replacement));
+                            }
+                        }
+                    }
+                }
+                expired += changed.len();
+                for (old, new) in changed {
+                    self.bytes.fetch_add(new.weight() as u64, Ordering::Relaxed);
+                    self.forget(&old);
+                    self.reweigh(&new.compact, new.weight(), new.times.fresh_until);
+                }
+            }
+        }
+        expired
+    }
+
+    /// Removes every entry `selection` names, after recording the purge so
+    /// that fills in flight for them are dropped; returns how many.
     pub fn purge_selection(&self, selection: Selection<'_>) -> usize {
+        self.purges.record(selection.record());
         let primaries = self.select(selection);
-        self.remove_primaries(&primaries)
+        self.remove_primaries_where(primaries, |_| true)
     }
 
     /// Marks every entry `selection` names stale from `now` on (a soft
-    /// purge); returns how many.
+    /// purge), after recording it like a purge; returns how many.
     pub fn expire_selection(&self, selection: Selection<'_>, now: SystemTime) -> usize {
+        self.purges.record(selection.record());
         let primaries = self.select(selection);
-        self.expire_primaries(&primaries, now)
+        self.expire_primaries(primaries, now)
     }
 
     /// Removes every stored variant of exactly this URI (as built by
@@ -395,34 +597,54 @@ impl MemoryStore {
 
     /// Removes the stored variants of exactly this URI whose header
     /// `matches` (RFC 9111 §4.3.5: those a HEAD response shows changed).
-    pub fn purge_uri_where(
-        &self,
-        uri: &str,
-        matches: impl Fn(&pingora::http::ResponseHeader) -> bool,
-    ) -> usize {
-        let primaries = self.select(Selection::Uri(uri));
-        self.remove_variants_where(&primaries, matches)
+    /// Fills in flight for the URI are dropped whichever variant they are.
+    pub fn purge_uri_where(&self, uri: &str, matches: impl Fn(&ResponseHeader) -> bool) -> usize {
+        let selection = Selection::Uri(uri);
+        self.purges.record(selection.record());
+        let primaries = self.select(selection);
+        self.remove_primaries_where(primaries, matches)
     }
 
-    /// Removes every entry stored (created) before `cutoff`; returns how
-    /// many. Walks the whole index.
+    /// Removes every entry stored (created) before `cutoff`, and drops
+    /// every fill in flight; returns how many. Walks every shard, one
+    /// batch at a time.
     pub fn purge_created_before(&self, cutoff: SystemTime) -> usize {
-        let primaries: Vec<HashBinary> = {
-            let index = self.read();
-            index
-                .primaries
-                .iter()
-                .filter(|(_, p)| {
-                    p.variants.iter().any(|v| {
-                        index
-                            .entries
-                            .get(v)
-                            .is_some_and(|e| e.times.created < cutoff)
+        self.purges.record(PurgeRecord::Everything);
+        let mut primaries = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = read(shard);
+            primaries.extend(
+                shard
+                    .primaries
+                    .iter()
+                    .filter(|(_, p)| {
+                        p.variants.iter().any(|v| {
+                            shard
+                                .entries
+                                .get(v)
+                                .is_some_and(|e| e.times.created < cutoff)
+                        })
                     })
-                })
-                .map(|(hash, _)| *hash)
-                .collect()
-        };
-        self.remove_variants_where(&primaries, |_| true)
+                    .map(|(hash, _)| *hash),
+            );
+        }
+        self.remove_primaries_where(primaries, |_| true)
     }
+}
+
+/// `primaries` grouped by the shard they live in.
+fn by_shard(primaries: Vec<HashBinary>) -> Vec<Vec<HashBinary>> {
+    let mut grouped = vec![Vec::new(); SHARDS];
+    for primary in primaries {
+        grouped[shard_of(&primary)].push(primary);
+    }
+    grouped
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
 }

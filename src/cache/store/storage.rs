@@ -2,9 +2,8 @@
 //! meta from what the entry keeps parsed, misses collect the body and
 //! insert the entry when it is complete, revalidations replace the meta.
 
-use super::entry::{compact_header, Entry, StoredTimes};
-use super::index::Primary;
-use super::MemoryStore;
+use super::entry::{compact_header, tags_weight, Entry, StoredTimes};
+use super::{Fill, FillTicket, MemoryStore};
 use crate::cache::key::{route_part, uri_of};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -15,7 +14,6 @@ use pingora::cache::{CacheMeta, HitHandler, MissHandler, PurgeType, Storage};
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 use std::any::Any;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 /// The serialized form of an empty response header: lets a hit rebuild a
@@ -93,7 +91,18 @@ pub fn hit_of(body: Bytes) -> HitHandler {
     })
 }
 
-/// Collects a response body; the entry appears only when `finish` runs.
+/// The ticket a request's cache key carries (set when the key was built);
+/// a key built elsewhere (a test, a promotion without one) gets the
+/// current generation.
+pub fn ticket_of(store: &MemoryStore, key: &CacheKey) -> FillTicket {
+    key.extensions
+        .get::<FillTicket>()
+        .copied()
+        .unwrap_or_else(|| store.ticket())
+}
+
+/// Collects a response body; the entry appears only when `finish` runs,
+/// and not at all if a purge overtook the request meanwhile.
 struct Miss {
     store: &'static MemoryStore,
     combined: HashBinary,
@@ -101,7 +110,8 @@ struct Miss {
     compact: CompactCacheKey,
     uri: Arc<str>,
     route: Arc<str>,
-    tags: Vec<Arc<str>>,
+    tags: Arc<[Arc<str>]>,
+    ticket: FillTicket,
     internal: Vec<u8>,
     header: ResponseHeader,
     times: StoredTimes,
@@ -130,44 +140,18 @@ impl HandleMiss for Miss {
             self.primary,
             self.compact,
             self.times,
+            tags_weight(&self.tags),
         ));
-        let weight = entry.weight();
-        let store = self.store;
-        let replaced = {
-            let mut index = store.write();
-            let replaced = index.entries.insert(self.combined, entry);
-            let primary = index
-                .primaries
-                .entry(self.primary)
-                .or_insert_with(|| Primary {
-                    uri: self.uri.clone(),
-                    route: self.route.clone(),
-                    variants: Vec::new(),
-                    tags: Vec::new(),
-                });
-            if !primary.variants.contains(&self.combined) {
-                primary.variants.push(self.combined);
-            }
-            let new_tags: Vec<Arc<str>> = self
-                .tags
-                .iter()
-                .filter(|t| !primary.tags.contains(t))
-                .cloned()
-                .collect();
-            primary.tags.extend(new_tags.iter().cloned());
-            for tag in new_tags {
-                index.by_tag.entry(tag).or_default().push(self.primary);
-            }
-            let list = index.by_uri.entry(self.uri.clone()).or_default();
-            if !list.contains(&self.primary) {
-                list.push(self.primary);
-            }
-            replaced
-        };
-        store.bytes.fetch_add(weight as u64, Ordering::Relaxed);
-        if let Some(old) = replaced {
-            store.forget(&old);
-        }
+        let (_, weight) = self.store.store_fill(Fill {
+            combined: self.combined,
+            entry,
+            uri: self.uri,
+            route: self.route,
+            tags: self.tags,
+            ticket: self.ticket,
+        });
+        // Pingora admits the key with this weight: the stored entry's, or
+        // when the fill was dropped, whatever is stored there now.
         Ok(MissFinishType::Created(weight))
     }
 }
@@ -179,7 +163,7 @@ impl Storage for MemoryStore {
         key: &CacheKey,
         _: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let Some(entry) = self.read().entries.get(&key.combined_bin()).cloned() else {
+        let Some(entry) = self.get(&key.primary_bin(), &key.combined_bin()) else {
             return Ok(None);
         };
         let t = &entry.times;
@@ -228,7 +212,8 @@ impl Storage for MemoryStore {
             compact: key.to_compact(),
             uri: uri.into(),
             route: route.into(),
-            tags: self.tags_of(meta.response_header()),
+            tags: self.tags_of(meta.response_header()).into(),
+            ticket: ticket_of(self, key),
             header: compact_header(&internal, &header_bytes)?,
             internal,
             times: StoredTimes::of(meta),
@@ -242,14 +227,10 @@ impl Storage for MemoryStore {
         _: PurgeType,
         _: &SpanHandle,
     ) -> Result<PurgeOutcome> {
-        let combined = target.key().combined_bin();
-        let removed = self.write().remove_entry(&combined);
-        Ok(match removed {
-            Some(entry) => {
-                self.forget(&entry);
-                PurgeOutcome::Purged(None)
-            }
-            None => PurgeOutcome::NotFound,
+        Ok(if self.remove_key(target.key()) {
+            PurgeOutcome::Purged(None)
+        } else {
+            PurgeOutcome::NotFound
         })
     }
 
@@ -261,26 +242,25 @@ impl Storage for MemoryStore {
     ) -> Result<bool> {
         let (internal, header_bytes) = meta.serialize()?;
         let header = compact_header(&internal, &header_bytes)?;
-        let mut index = self.write();
-        let Some(old) = index.entries.get(&key.combined_bin()).cloned() else {
-            return Ok(false);
-        };
+        let times = StoredTimes::of(meta);
         // Encoded copies are not carried over: the new header may carry a
         // new validator, and they are cheap to make again.
-        let updated = Arc::new(Entry::new(
-            internal,
-            header,
-            old.body.clone(),
-            old.primary,
-            old.compact.clone(),
-            StoredTimes::of(meta),
-        ));
-        let weight = updated.weight();
-        index.entries.insert(key.combined_bin(), updated);
-        drop(index);
-        self.bytes.fetch_add(weight as u64, Ordering::Relaxed);
-        self.forget(&old);
-        Ok(true)
+        Ok(self.replace_meta(
+            &key.primary_bin(),
+            &key.combined_bin(),
+            ticket_of(self, key),
+            |old| {
+                Entry::new(
+                    internal,
+                    header,
+                    old.body.clone(),
+                    old.primary,
+                    old.compact.clone(),
+                    times,
+                    old.tags_weight,
+                )
+            },
+        ))
     }
 
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {

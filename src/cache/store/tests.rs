@@ -1,0 +1,384 @@
+//! The store's invariants, under any sequence of fills, evictions, purges
+//! and soft purges, and the purge-over-fill rule.
+
+use super::*;
+use pingora::cache::key::CacheKey;
+use pingora::cache::trace::Span;
+use pingora::cache::{CacheMeta, Storage};
+use proptest::prelude::*;
+use std::collections::HashSet;
+use std::time::Duration;
+
+const URIS: [&str; 5] = ["h/a", "h/a?x=1", "h/ab", "g/a", "h/b/c"];
+const ROUTES: [&str; 2] = ["api", "web"];
+const TAGS: [&str; 4] = ["t1", "t2", "t3", "t4"];
+
+fn leak() -> &'static MemoryStore {
+    let store: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new()));
+    store.set_tag_headers(vec![http::HeaderName::from_static("cache-tag")]);
+    store
+}
+
+/// The key of `uri` on `route`, as `cache::key` builds one, with a
+/// variance when `variant` is not 0, and the store's ticket from now.
+fn key_of(store: &MemoryStore, uri: &str, route: &str, variant: u8) -> CacheKey {
+    let primary = format!("{uri}\nhttp {route} up");
+    let hash = pingora::cache::key::hash_key(&primary);
+    let mut key = CacheKey::new(primary, "");
+    key.set_primary_bin_override(hash);
+    if variant != 0 {
+        key.set_variance_key([variant; 16]);
+    }
+    key.extensions.insert(store.ticket());
+    key
+}
+
+fn meta_of(key: &CacheKey, tags: &[&str]) -> CacheMeta {
+    let mut resp = ResponseHeader::build(200, None).expect("resp");
+    resp.insert_header("content-length", "2").expect("length");
+    if !tags.is_empty() {
+        resp.insert_header("cache-tag", tags.join(","))
+            .expect("tags");
+    }
+    let now = SystemTime::now();
+    let mut meta = CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, resp);
+    if let Some(variance) = key.variance_bin() {
+        meta.set_variance(variance);
+    }
+    meta
+}
+
+/// Runs a miss for `key` to the end, as Pingora's miss path does.
+async fn fill(store: &'static MemoryStore, key: &CacheKey, tags: &[&str]) -> usize {
+    let span = Span::inactive().handle();
+    let mut miss = store
+        .get_miss_handler(key, &meta_of(key, tags), &span)
+        .await
+        .expect("miss handler");
+    miss.write_body(Bytes::from_static(b"{}"), true)
+        .await
+        .expect("body");
+    match miss.finish().await.expect("finish") {
+        pingora::cache::storage::MissFinishType::Created(w) => w,
+        pingora::cache::storage::MissFinishType::Appended(w, _) => w,
+    }
+}
+
+async fn present(store: &'static MemoryStore, key: &CacheKey) -> bool {
+    let span = Span::inactive().handle();
+    store.lookup(key, &span).await.expect("lookup").is_some()
+}
+
+impl MemoryStore {
+    /// Panics unless every index agrees with the entries and the counters
+    /// with both.
+    fn assert_consistent(&self) {
+        let index = read(&self.indexes);
+        let mut primaries_seen = HashSet::new();
+        let (mut count, mut bytes) = (0usize, 0u64);
+        for (n, shard) in self.shards.iter().enumerate() {
+            let shard = read(shard);
+            for (combined, entry) in &shard.entries {
+                assert_eq!(shard_of(&entry.primary), n, "entry in its primary's shard");
+                let p = shard
+                    .primaries
+                    .get(&entry.primary)
+                    .expect("entry's primary");
+                assert!(p.variants.contains(combined), "primary lists its entry");
+                count += 1;
+                bytes += entry.weight() as u64;
+            }
+            for (hash, p) in &shard.primaries {
+                assert!(!p.variants.is_empty(), "a primary has a variant");
+                for v in &p.variants {
+                    assert!(shard.entries.contains_key(v), "variant stored");
+                }
+                assert!(index.by_uri.get(&p.uri).is_some_and(|s| s.contains(hash)));
+                assert!(index
+                    .by_route
+                    .get(&p.route)
+                    .is_some_and(|s| s.contains(hash)));
+                for tag in p.tags.iter() {
+                    assert!(index.by_tag.get(tag).is_some_and(|s| s.contains(hash)));
+                }
+                primaries_seen.insert(*hash);
+            }
+        }
+        let primary = |hash: &HashBinary| {
+            let shard = read(&self.shards[shard_of(hash)]);
+            let p = shard.primaries.get(hash).expect("indexed primary exists");
+            (p.uri.clone(), p.route.clone(), p.tags.clone())
+        };
+        for (uri, set) in &index.by_uri {
+            assert!(!set.is_empty(), "no empty sets kept");
+            for hash in set {
+                assert_eq!(primary(hash).0, *uri);
+            }
+        }
+        for (route, set) in &index.by_route {
+            assert!(!set.is_empty(), "no empty sets kept");
+            for hash in set {
+                assert_eq!(primary(hash).1, *route);
+            }
+        }
+        for (tag, set) in &index.by_tag {
+            assert!(!set.is_empty(), "no empty sets kept");
+            for hash in set {
+                assert!(primary(hash).2.contains(tag));
+            }
+        }
+        let indexed: HashSet<HashBinary> = index.by_uri.values().flatten().copied().collect();
+        assert_eq!(
+            indexed, primaries_seen,
+            "URI index holds exactly the primaries"
+        );
+        assert_eq!(self.entries(), count, "entry count");
+        assert_eq!(self.size_bytes(), bytes, "bytes");
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Fill {
+        uri: usize,
+        route: usize,
+        variant: u8,
+        tags: Vec<usize>,
+    },
+    Evict {
+        uri: usize,
+        route: usize,
+        variant: u8,
+    },
+    Purge(usize, usize),
+    Expire(usize, usize),
+    Everything,
+    Encode {
+        uri: usize,
+        route: usize,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..URIS.len(), 0..ROUTES.len(), 0u8..3, proptest::collection::vec(0..TAGS.len(), 0..4))
+            .prop_map(|(uri, route, variant, tags)| Op::Fill { uri, route, variant, tags }),
+        1 => (0..URIS.len(), 0..ROUTES.len(), 0u8..3)
+            .prop_map(|(uri, route, variant)| Op::Evict { uri, route, variant }),
+        2 => (0usize..5, 0usize..5).prop_map(|(kind, what)| Op::Purge(kind, what)),
+        1 => (0usize..5, 0usize..5).prop_map(|(kind, what)| Op::Expire(kind, what)),
+        1 => Just(Op::Everything),
+        1 => (0..URIS.len(), 0..ROUTES.len()).prop_map(|(uri, route)| Op::Encode { uri, route }),
+    ]
+}
+
+/// A selection of each kind, from small tables.
+fn selection(kind: usize, what: usize) -> Selection<'static> {
+    match kind {
+        0 => Selection::Uri(URIS[what % URIS.len()]),
+        1 => Selection::Prefix(["h/a", "h/", "g", "h/b", "x"][what]),
+        2 => Selection::PathPrefix(["/a", "/", "/b/", "/ab", "/z"][what]),
+        3 => Selection::Route(ROUTES[what % ROUTES.len()]),
+        _ => Selection::Tag(TAGS[what % TAGS.len()]),
+    }
+}
+
+async fn apply(store: &'static MemoryStore, op: &Op) {
+    match op {
+        Op::Fill {
+            uri,
+            route,
+            variant,
+            tags,
+        } => {
+            let key = key_of(store, URIS[*uri], ROUTES[*route], *variant);
+            let tags: Vec<&str> = tags.iter().map(|t| TAGS[*t]).collect();
+            fill(store, &key, &tags).await;
+        }
+        Op::Evict {
+            uri,
+            route,
+            variant,
+        } => {
+            let key = key_of(store, URIS[*uri], ROUTES[*route], *variant);
+            store.remove_key(&key.to_compact());
+        }
+        Op::Purge(kind, what) => {
+            store.purge_selection(selection(*kind, *what));
+        }
+        Op::Expire(kind, what) => {
+            store.expire_selection(selection(*kind, *what), SystemTime::now());
+        }
+        Op::Everything => {
+            store.purge_created_before(SystemTime::now() + Duration::from_secs(1));
+        }
+        Op::Encode { uri, route } => {
+            let key = key_of(store, URIS[*uri], ROUTES[*route], 0);
+            if let Some(hit) = store.fresh(&key.primary_bin(), SystemTime::now()) {
+                store
+                    .encoded_body(&hit.entry, "gzip", |b| Ok(Bytes::from(b.repeat(3))))
+                    .await
+                    .expect("encode");
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn any_sequence_of_changes_keeps_every_index_consistent(ops in proptest::collection::vec(op(), 1..60)) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let store = leak();
+        rt.block_on(async {
+            for op in &ops {
+                apply(store, op).await;
+                store.assert_consistent();
+            }
+        });
+    }
+}
+
+#[tokio::test]
+async fn a_fill_that_began_before_a_purge_naming_it_is_dropped() {
+    let store = leak();
+    for selection in [
+        Selection::Uri("h/a"),
+        Selection::Prefix("h/"),
+        Selection::PathPrefix("/a"),
+        Selection::Route("api"),
+        Selection::Tag("t1"),
+    ] {
+        let key = key_of(store, "h/a", "api", 0);
+        store.purge_selection(selection);
+        fill(store, &key, &["t1"]).await;
+        assert!(!present(store, &key).await, "{selection:?}");
+        let later = key_of(store, "h/a", "api", 0);
+        fill(store, &later, &["t1"]).await;
+        assert!(
+            present(store, &later).await,
+            "a fill begun after it is stored"
+        );
+        store.purge_uri("h/a");
+    }
+    // A purge that names something else leaves the fill alone.
+    let key = key_of(store, "h/a", "api", 0);
+    store.purge_selection(Selection::Tag("other"));
+    store.purge_uri("h/b");
+    fill(store, &key, &["t1"]).await;
+    assert!(present(store, &key).await);
+    // A soft purge and a purge of everything count too.
+    let key = key_of(store, "h/c", "api", 0);
+    store.expire_selection(Selection::Route("api"), SystemTime::now());
+    fill(store, &key, &[]).await;
+    assert!(!present(store, &key).await, "soft purge");
+    let key = key_of(store, "h/c", "api", 0);
+    store.purge_created_before(SystemTime::now());
+    fill(store, &key, &[]).await;
+    assert!(!present(store, &key).await, "everything");
+    store.assert_consistent();
+}
+
+#[tokio::test]
+async fn a_revalidation_that_began_before_a_purge_does_not_resurrect() {
+    let store = leak();
+    let first = key_of(store, "h/a", "api", 0);
+    fill(store, &first, &[]).await;
+    let revalidating = key_of(store, "h/a", "api", 0);
+    store.purge_uri("h/a");
+    let refilled = key_of(store, "h/a", "api", 0);
+    fill(store, &refilled, &[]).await;
+    let span = Span::inactive().handle();
+    let updated = store
+        .update_meta(&revalidating, &meta_of(&revalidating, &[]), &span)
+        .await
+        .expect("update");
+    assert!(
+        !updated,
+        "the old request's 304 is not applied to the new entry"
+    );
+    let later = key_of(store, "h/a", "api", 0);
+    let updated = store
+        .update_meta(&later, &meta_of(&later, &[]), &span)
+        .await
+        .expect("update");
+    assert!(updated);
+    store.assert_consistent();
+}
+
+#[tokio::test]
+async fn a_refill_replaces_the_tags_and_weighs_them() {
+    // The same response in a store that reads no tags weighs the tags less.
+    let untagging: &'static MemoryStore = Box::leak(Box::new(MemoryStore::new()));
+    let key = key_of(untagging, "h/a", "api", 0);
+    let untagged = fill(untagging, &key, &["t1", "t2"]).await;
+    let store = leak();
+    let key = key_of(store, "h/a", "api", 0);
+    let tagged = fill(store, &key, &["t1", "t2"]).await;
+    assert_eq!(tagged, untagged + 2 * (2 + entry::TAG_OVERHEAD));
+    let key = key_of(store, "h/a", "api", 0);
+    fill(store, &key, &["t3"]).await;
+    assert_eq!(
+        store.purge_selection(Selection::Tag("t1")),
+        0,
+        "t1 replaced"
+    );
+    assert_eq!(store.purge_selection(Selection::Tag("t3")), 1);
+    store.assert_consistent();
+}
+
+#[tokio::test]
+async fn concurrent_first_hits_encode_once() {
+    let store = leak();
+    let key = key_of(store, "h/a", "api", 0);
+    let before = fill(store, &key, &[]).await;
+    let encodings = std::sync::atomic::AtomicUsize::new(0);
+    let hits: Vec<FreshHit> = (0..8)
+        .map(|_| {
+            store
+                .fresh(&key.primary_bin(), SystemTime::now())
+                .expect("fresh")
+        })
+        .collect();
+    let encoded = futures::future::join_all(hits.iter().map(|hit| {
+        store.encoded_body(&hit.entry, "gzip", |b| {
+            encodings.fetch_add(1, Ordering::Relaxed);
+            Ok(Bytes::from(b.repeat(4)))
+        })
+    }))
+    .await;
+    assert_eq!(encodings.load(Ordering::Relaxed), 1);
+    assert!(encoded
+        .iter()
+        .all(|e| e.as_ref().is_ok_and(|b| b.len() == 8)));
+    assert_eq!(
+        store.size_bytes(),
+        (before + 8 + ENCODED_OVERHEAD) as u64,
+        "the copy is weighed once"
+    );
+    store.assert_consistent();
+}
+
+#[test]
+fn a_large_purge_removes_exactly_what_it_names() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let store = leak();
+    rt.block_on(async {
+        for i in 0..20_000 {
+            let uri = format!("h/item/{i}");
+            let key = key_of(store, &uri, "api", 0);
+            let tags: &[&str] = if i % 2 == 0 { &["even"] } else { &["odd"] };
+            fill(store, &key, tags).await;
+        }
+    });
+    assert_eq!(store.purge_selection(Selection::Tag("even")), 10_000);
+    assert_eq!(store.entries(), 10_000);
+    store.assert_consistent();
+    assert_eq!(store.purge_selection(Selection::Route("api")), 10_000);
+    assert_eq!(store.entries(), 0);
+    assert_eq!(store.size_bytes(), 0);
+    assert!(read(&store.indexes).by_tag.is_empty());
+}
