@@ -52,9 +52,6 @@ pub struct RequestCtx {
     pub rate_headers: Option<RateHeaders>,
     /// Response body bytes before compression.
     pub body_bytes_in: u64,
-    /// Cache tags the upstream asked to purge (`cache.invalidation_header`)
-    /// in its answer to an unsafe request; purged if it succeeded.
-    pub invalidate_tags: Vec<std::sync::Arc<str>>,
     /// What tollgate does to this response's body itself: brotli encoding,
     /// or decoding for a client that cannot take its coding.
     pub body_coding: Option<crate::compression::BodyCoding>,
@@ -89,7 +86,6 @@ impl RequestCtx {
             rate_headers: None,
             body_bytes_in: 0,
             body_coding: None,
-            invalidate_tags: Vec::new(),
             request_body_bytes: 0,
             cache_key: None,
             not_modified: None,

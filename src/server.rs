@@ -252,6 +252,10 @@ fn cache_redis_tier(
         max_object_size: usize::try_from(settings.max_object_size).unwrap_or(usize::MAX),
         key_prefix: settings.key_prefix.clone(),
         lookup_timeout: settings.lookup_timeout,
+        write_timeout: settings.write_timeout,
+        purge_timeout: settings.purge_timeout,
+        listen_timeout: settings.listen_timeout,
+        purge_marker_ttl: settings.purge_marker_ttl,
     };
     let breaker = CircuitBreaker::new(redis.breaker_failures, redis.breaker_open_for);
     RedisTier::start(&redis.target(), l2, breaker, metrics.clone()).map(Some)

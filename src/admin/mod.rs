@@ -297,7 +297,7 @@ impl AdminApp {
         let Some(tier) = state.cache.redis() else {
             return respond_json(StatusCode::OK, &json!({"purged": removed}));
         };
-        match purge_shared(tier, &state.instance, &purge).await {
+        match purge_shared(tier, state.cache.store, &state.instance, &purge).await {
             Ok(shared) => respond_json(
                 StatusCode::OK,
                 &json!({"purged": removed, "redis_purged": shared, "published": true}),

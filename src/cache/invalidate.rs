@@ -15,13 +15,13 @@ use crate::metrics::Metrics;
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::sync::Arc;
 
-/// A finished request, as invalidation sees it.
+/// An answered request, as invalidation sees it.
 pub struct Finished<'a> {
     /// The request as the client sent it.
     pub req: &'a RequestHeader,
     /// Its normalised host.
     pub host: Option<&'a Host>,
-    /// The response sent, if any.
+    /// Its response (the upstream's, before it is sent), if any.
     pub resp: Option<&'a ResponseHeader>,
     /// The route's cache policy, when the route caches.
     pub policy: Option<&'a RouteCache>,
@@ -101,7 +101,9 @@ pub fn after_request(
 /// Purges `uris` from memory; counts what it removed in
 /// `tollgate_cache_purges_total{reason="invalidation"}` and returns it.
 fn purge_stale(store: &MemoryStore, metrics: &Metrics, uris: &[String]) -> usize {
-    if uris.is_empty() || store.entries() == 0 {
+    // Even with nothing stored: the purge is recorded, so a fill of these
+    // URIs in flight is dropped (`cache::store::purges`).
+    if uris.is_empty() {
         return 0;
     }
     let removed: usize = uris.iter().map(|uri| store.purge_uri(uri)).sum();

@@ -5,14 +5,19 @@
 //!   timeout (`cache.redis.lookup_timeout`, default 20 ms) behind a
 //!   circuit breaker; a slow or absent Redis is a miss, never an error.
 //! - **Writes** happen off the request path: a stored response is queued
-//!   (bounded) for a writer task that `SET`s it with `PX` = its freshness
-//!   plus its stale windows, and adds its key to the URI's and the route's
-//!   index sets (for purges). A full queue drops the write and counts it.
+//!   (bounded) for a writer task that stores it with `PX` = its freshness
+//!   plus its stale windows and adds it to its URI's, route's and tags'
+//!   index sets (for purges), in one script that first checks the purge
+//!   markers (`cache::markers`): a write a purge overtook is dropped. Each
+//!   write has its own bound (`write_timeout`). A full queue drops the
+//!   write and counts it.
 //! - **Format**: `TGC1`, then the lengths (u32, big-endian) and bytes of
 //!   Pingora's serialized internal meta and header, then the body. An entry
 //!   that does not decode (an older format, a truncated value) is a miss,
 //!   counted as an error; it is never served.
 
+use super::markers::{self, MarkedWrite};
+use super::store::FillTicket;
 use crate::breaker::{CircuitBreaker, Permit, Transition};
 use crate::metrics::Metrics;
 use crate::redis_link::RedisLink;
@@ -37,6 +42,26 @@ pub struct L2Settings {
     pub key_prefix: String,
     /// How long a lookup may take before it counts as a miss.
     pub lookup_timeout: Duration,
+    /// How long one write may take.
+    pub write_timeout: Duration,
+    /// How long a purge of the tier may take, all batches together.
+    pub purge_timeout: Duration,
+    /// How long the purge channel may take to connect, or to hear this
+    /// instance's own heartbeat, before it counts as lost.
+    pub listen_timeout: Duration,
+    /// How long purge markers live (and so the oldest write checked).
+    pub purge_marker_ttl: Duration,
+}
+
+impl L2Settings {
+    /// The longest any one command of the tier may take: the bound of the
+    /// connection, under which each kind of work sets its own.
+    pub fn longest_command(&self) -> Duration {
+        self.lookup_timeout
+            .max(self.write_timeout)
+            .max(self.purge_timeout)
+            .max(self.listen_timeout)
+    }
 }
 
 /// A response as the tier stores it.
@@ -89,14 +114,6 @@ pub struct EntryNames<'a> {
     pub tags: &'a [std::sync::Arc<str>],
 }
 
-/// One write for the writer task.
-struct Write {
-    key: String,
-    value: Vec<u8>,
-    ttl: Duration,
-    indexes: Vec<String>,
-}
-
 /// Why a lookup found nothing, for `tollgate_cache_l2_requests_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LookupResult {
@@ -128,7 +145,7 @@ pub struct RedisTier {
     link: Arc<RedisLink>,
     breaker: Arc<CircuitBreaker>,
     settings: L2Settings,
-    writes: tokio::sync::mpsc::Sender<Write>,
+    writes: tokio::sync::mpsc::Sender<MarkedWrite>,
     metrics: Arc<Metrics>,
     /// Whether the last lookup or write got an answer (for `/health`).
     answering: Arc<AtomicBool>,
@@ -143,7 +160,9 @@ impl RedisTier {
         breaker: CircuitBreaker,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, String> {
-        let link = RedisLink::connect(target, settings.lookup_timeout, "cache", || {})?;
+        // Each kind of work bounds its own commands; the connection's bound
+        // is the longest of them, so a purge is not cut at a lookup's.
+        let link = RedisLink::connect(target, settings.longest_command(), "cache", || {})?;
         let (writes, queue) = tokio::sync::mpsc::channel(WRITE_QUEUE);
         let answering = Arc::new(AtomicBool::new(false));
         let tier = Arc::new(Self {
@@ -154,8 +173,10 @@ impl RedisTier {
             metrics: metrics.clone(),
             answering: answering.clone(),
         });
+        let (write_timeout, marker_ttl) =
+            (tier.settings.write_timeout, tier.settings.purge_marker_ttl);
         crate::redis_link::spawn_runtime_thread("tollgate-cache-l2-writer".into(), move || {
-            write_loop(link, queue, metrics, answering)
+            write_loop(link, queue, metrics, answering, write_timeout, marker_ttl)
         })
         .map_err(|e| format!("cache redis tier: cannot start the writer: {e}"))?;
         Ok(tier)
@@ -187,19 +208,41 @@ impl RedisTier {
         format!("{}c:{}", self.settings.key_prefix, hex::encode(combined))
     }
 
-    /// The index set of a URI's entries.
+    /// The index of a URI's entries (a sorted set scored by expiry).
     pub fn uri_index(&self, uri: &str) -> String {
-        format!("{}u:{uri}", self.settings.key_prefix)
+        format!("{}i:u:{uri}", self.settings.key_prefix)
     }
 
-    /// The index set of a tag's entries.
+    /// The index of a tag's entries.
     pub fn tag_index(&self, tag: &str) -> String {
-        format!("{}t:{tag}", self.settings.key_prefix)
+        format!("{}i:t:{tag}", self.settings.key_prefix)
     }
 
-    /// The index set of a route's entries.
+    /// The index of a route's entries.
     pub fn route_index(&self, route: &str) -> String {
-        format!("{}r:{route}", self.settings.key_prefix)
+        format!("{}i:r:{route}", self.settings.key_prefix)
+    }
+
+    /// An index as earlier versions named it (a plain set that never
+    /// shrank): purges still drain it, so entries written by an instance
+    /// of an earlier version during a rolling upgrade are purged too.
+    pub fn legacy_index(&self, kind: char, name: &str) -> String {
+        format!("{}{kind}:{name}", self.settings.key_prefix)
+    }
+
+    /// The purge marker of a URI (`u`), route (`r`) or tag (`t`).
+    pub fn marker(&self, kind: char, name: &str) -> String {
+        format!("{}x:{kind}:{name}", self.settings.key_prefix)
+    }
+
+    /// The sorted set of prefix purge markers.
+    pub fn prefix_markers(&self) -> String {
+        format!("{}x:prefixes", self.settings.key_prefix)
+    }
+
+    /// The shared purge generation's counter.
+    pub fn generation_key(&self) -> String {
+        format!("{}gen", self.settings.key_prefix)
     }
 
     /// Looks an entry up; anything but a decoded hit is `None`, counted.
@@ -260,13 +303,15 @@ impl RedisTier {
     }
 
     /// Queues an entry for writing; never waits. `ttl` is how long Redis
-    /// keeps it; its URI, route and tags are the purge indexes it joins.
+    /// keeps it; its URI, route and tags are the purge indexes it joins and
+    /// the markers that drop it; `ticket`, when its request began.
     pub fn store(
         &self,
         combined: &HashBinary,
         entry: &L2Entry,
         ttl: Duration,
         names: &EntryNames<'_>,
+        ticket: FillTicket,
     ) {
         if entry.body.len() > self.settings.max_object_size || ttl.is_zero() {
             return;
@@ -274,14 +319,21 @@ impl RedisTier {
         let Some(value) = encode(&entry.internal, &entry.header, &entry.body) else {
             return;
         };
-        let write = Write {
+        let write = MarkedWrite {
             key: self.entry_key(combined),
             value,
-            ttl,
+            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1),
+            uri: names.uri.to_owned(),
+            markers: [self.marker('u', names.uri), self.marker('r', names.route)]
+                .into_iter()
+                .chain(names.tags.iter().map(|t| self.marker('t', t)))
+                .collect(),
+            prefix_markers: self.prefix_markers(),
             indexes: [self.uri_index(names.uri), self.route_index(names.route)]
                 .into_iter()
                 .chain(names.tags.iter().map(|t| self.tag_index(t)))
                 .collect(),
+            ticket,
         };
         if self.writes.try_send(write).is_err() {
             self.metrics
@@ -301,60 +353,40 @@ pub fn ttl_of(fresh_until: SystemTime, stale_secs: u32, now: SystemTime) -> Dura
         .unwrap_or(Duration::ZERO)
 }
 
-/// The writer task: one `SET … PX` and two index updates per entry, in one
-/// pipeline, with the lookup timeout ×10 as its bound.
+/// The writer task: one script per entry (`cache::markers::write`), each
+/// bounded by `write_timeout`. A write whose request began so long ago
+/// that the markers which could drop it may be gone is dropped unsent.
 async fn write_loop(
     link: Arc<RedisLink>,
-    mut queue: tokio::sync::mpsc::Receiver<Write>,
+    mut queue: tokio::sync::mpsc::Receiver<MarkedWrite>,
     metrics: Arc<Metrics>,
     answering: Arc<AtomicBool>,
+    write_timeout: Duration,
+    marker_ttl: Duration,
 ) {
     while let Some(write) = queue.recv().await {
-        let result = match link.conn() {
-            None => "error",
-            Some(mut conn) => {
-                let ttl_ms = u64::try_from(write.ttl.as_millis())
-                    .unwrap_or(u64::MAX)
-                    .max(1);
-                let mut commands = vec![redis::cmd("SET")];
-                commands[0]
-                    .arg(&write.key)
-                    .arg(&write.value)
-                    .arg("PX")
-                    .arg(ttl_ms);
-                for index in &write.indexes {
-                    let mut add = redis::cmd("SADD");
-                    add.arg(index).arg(&write.key);
-                    // An index lives as long as its longest-lived entry.
-                    let mut longer = redis::cmd("PEXPIRE");
-                    longer.arg(index).arg(ttl_ms).arg("GT");
-                    let mut first = redis::cmd("PEXPIRE");
-                    first.arg(index).arg(ttl_ms).arg("NX");
-                    commands.extend([add, longer, first]);
-                }
-                let bound = link.timeout().saturating_mul(10);
-                let sent = async {
-                    if link.is_cluster() {
-                        // Keys in many slots: one command at a time.
-                        for c in &commands {
-                            c.query_async::<redis::Value>(&mut conn).await?;
+        let result = if write.ticket.began.elapsed() + write_timeout >= marker_ttl {
+            "overtaken"
+        } else {
+            match link.conn() {
+                None => "error",
+                Some(mut conn) => {
+                    let sent = markers::write(&mut conn, &write, link.is_cluster());
+                    match tokio::time::timeout(write_timeout, sent).await {
+                        Ok(Ok(true)) => "ok",
+                        Ok(Ok(false)) => "overtaken",
+                        Ok(Err(e)) => {
+                            log::debug!("cache redis tier: writing {}: {e}", write.key);
+                            "error"
                         }
-                        Ok(())
-                    } else {
-                        let mut pipe = redis::pipe();
-                        for c in commands {
-                            pipe.add_command(c).ignore();
-                        }
-                        pipe.query_async::<()>(&mut conn).await
+                        Err(_) => "error",
                     }
-                };
-                match tokio::time::timeout(bound, sent).await {
-                    Ok(Ok(())) => "ok",
-                    _ => "error",
                 }
             }
         };
-        answering.store(result == "ok", Ordering::Relaxed);
+        if result != "overtaken" {
+            answering.store(result == "ok", Ordering::Relaxed);
+        }
         metrics.cache_l2_writes.with_label_values(&[result]).inc();
     }
 }

@@ -12,6 +12,7 @@ pub mod freshness;
 pub mod invalidate;
 pub mod key;
 pub mod l2;
+pub mod markers;
 pub mod policy;
 pub mod purge;
 mod refusal;

@@ -12,8 +12,10 @@
 //! channel again it drops every entry it stored before, once.
 
 use super::l2::RedisTier;
+use super::markers;
 use super::store::{MemoryStore, Selection};
 use crate::metrics::Metrics;
+use crate::redis_link::RedisConn;
 use futures::StreamExt;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -24,6 +26,9 @@ use std::time::{Duration, SystemTime};
 /// The longest an instance serves a memory entry while it cannot hear
 /// other instances' purges.
 pub const DEAF_GRACE: Duration = Duration::from_secs(5);
+
+/// How often the purge channel's connection is asked to prove it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// What a purge removes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +66,10 @@ struct Announcement {
     /// The instance that purged (it does not apply its own twice).
     from: String,
     purge: Purge,
+    /// The purge's shared generation (`cache::markers`); absent from
+    /// instances of earlier versions.
+    #[serde(default)]
+    generation: Option<u64>,
 }
 
 /// Applies `purge` to this instance's memory; how many entries it
@@ -104,105 +113,89 @@ fn glob_escape(literal: &str) -> String {
     out
 }
 
-/// Removes `target` from the Redis tier and tells the other instances.
-/// Returns how many Redis entries went; errors say what failed.
+/// Entries taken out of an index per command: each command stays within a
+/// few milliseconds of Redis's time however large the index.
+const REDIS_BATCH: usize = 1000;
+
+/// Removes `target` from the Redis tier and tells the other instances,
+/// within `cache.redis.purge_timeout`. Returns how many Redis entries went
+/// (or were marked stale); errors say what failed.
+///
+/// Order: the purge takes the next shared generation and leaves its
+/// markers first (from then on, writes that began before it are dropped,
+/// `cache::markers`), then drains the index sets in batches, then
+/// publishes (with the generation, so other instances' later requests may
+/// write again).
 pub async fn purge_shared(
     tier: &RedisTier,
+    store: &MemoryStore,
+    instance: &str,
+    purge: &Purge,
+) -> Result<usize, String> {
+    let bound = tier.settings().purge_timeout;
+    tokio::time::timeout(bound, purge_shared_within(tier, store, instance, purge))
+        .await
+        .map_err(|_| {
+            format!("the purge of the Redis tier took longer than purge_timeout ({bound:?})")
+        })?
+}
+
+async fn purge_shared_within(
+    tier: &RedisTier,
+    store: &MemoryStore,
     instance: &str,
     purge: &Purge,
 ) -> Result<usize, String> {
     let target = &purge.target;
+    let cluster = tier.link().is_cluster();
+    if cluster && matches!(target, PurgeTarget::Prefix { .. }) {
+        return Err(
+            "prefix purges of the Redis tier are not supported on a Redis Cluster (purge by url, route or tag)"
+                .to_owned(),
+        );
+    }
     let mut conn = tier
         .link()
         .conn()
         .ok_or_else(|| "the cache's Redis tier is not connected".to_owned())?;
+    let generation: u64 = redis::cmd("INCR")
+        .arg(tier.generation_key())
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| format!("taking a purge generation: {e}"))?;
+    leave_marker(tier, &mut conn, target, generation).await?;
+    store.heard_shared_generation(generation);
     let indexes: Vec<String> = match target {
-        PurgeTarget::Uri(uri) => vec![tier.uri_index(uri)],
-        PurgeTarget::Route(route) => vec![tier.route_index(route)],
-        PurgeTarget::Tag(tag) => vec![tier.tag_index(tag)],
-        PurgeTarget::Prefix { .. } if tier.link().is_cluster() => {
-            return Err(
-                "prefix purges of the Redis tier are not supported on a Redis Cluster (purge by url, route or tag)"
-                    .to_owned(),
-            )
-        }
+        PurgeTarget::Uri(uri) => vec![tier.uri_index(uri), tier.legacy_index('u', uri)],
+        PurgeTarget::Route(route) => vec![tier.route_index(route), tier.legacy_index('r', route)],
+        PurgeTarget::Tag(tag) => vec![tier.tag_index(tag), tier.legacy_index('t', tag)],
         PurgeTarget::Prefix { prefix, host } => {
-            let (pattern, any_host) = match host {
-                Some(host) => (
-                    format!(
-                        "{}*",
-                        glob_escape(&tier.uri_index(&format!("{host}{prefix}")))
-                    ),
-                    false,
-                ),
-                None => (format!("{}*", glob_escape(&tier.uri_index(""))), true),
-            };
-            let uri_start = tier.uri_index("").len();
-            let mut found = Vec::new();
-            let mut iter: redis::AsyncIter<String> = redis::cmd("SCAN")
-                .cursor_arg(0)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .clone()
-                .iter_async(&mut conn)
-                .await
-                .map_err(|e| format!("scanning the Redis tier: {e}"))?;
-            while let Some(item) = iter.next().await {
-                let key = item.map_err(|e| format!("scanning the Redis tier: {e}"))?;
-                let keep = !any_host || {
-                    let uri = key.get(uri_start..).unwrap_or("");
-                    let path = uri.find('/').map_or("", |i| &uri[i..]);
-                    path.starts_with(prefix.as_str())
-                };
-                if keep {
-                    found.push(key);
-                }
-            }
-            drop(iter);
+            let mut found =
+                scan_uri_indexes(&mut conn, &tier.uri_index(""), prefix, host.as_deref()).await?;
+            found.extend(
+                scan_uri_indexes(
+                    &mut conn,
+                    &tier.legacy_index('u', ""),
+                    prefix,
+                    host.as_deref(),
+                )
+                .await?,
+            );
             found
         }
     };
     let mut removed = 0usize;
     for index in &indexes {
-        let members: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(index)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| format!("reading {index}: {e}"))?;
-        if purge.soft {
-            for key in &members {
-                removed += usize::from(expire_entry(&mut conn, key).await?);
-            }
-            continue;
-        }
-        if tier.link().is_cluster() {
-            // One key per command: the entries live in many slots.
-            for key in members.iter().chain(std::iter::once(index)) {
-                let gone: usize = redis::cmd("DEL")
-                    .arg(key)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| format!("deleting {key}: {e}"))?;
-                removed += usize::from(gone > 0 && key != index);
-            }
-            continue;
-        }
-        let mut del = redis::cmd("DEL");
-        del.arg(index);
-        for m in &members {
-            del.arg(m);
-        }
-        let gone: usize = del
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| format!("deleting what {index} lists: {e}"))?;
-        removed += gone.saturating_sub(1);
+        removed += if purge.soft {
+            expire_index(&mut conn, index).await?
+        } else {
+            drain_index(&mut conn, index, cluster).await?
+        };
     }
     let announcement = serde_json::to_string(&Announcement {
         from: instance.to_owned(),
         purge: purge.clone(),
+        generation: Some(generation),
     })
     .map_err(|e| e.to_string())?;
     redis::cmd("PUBLISH")
@@ -214,15 +207,238 @@ pub async fn purge_shared(
     Ok(removed)
 }
 
+/// Leaves the purge's marker (`cache::markers`).
+async fn leave_marker(
+    tier: &RedisTier,
+    conn: &mut RedisConn,
+    target: &PurgeTarget,
+    generation: u64,
+) -> Result<(), String> {
+    let ttl_ms = u64::try_from(tier.settings().purge_marker_ttl.as_millis()).unwrap_or(u64::MAX);
+    let marked = match target {
+        PurgeTarget::Uri(uri) => {
+            markers::mark(conn, &tier.marker('u', uri), generation, ttl_ms).await
+        }
+        PurgeTarget::Route(route) => {
+            markers::mark(conn, &tier.marker('r', route), generation, ttl_ms).await
+        }
+        PurgeTarget::Tag(tag) => {
+            markers::mark(conn, &tier.marker('t', tag), generation, ttl_ms).await
+        }
+        PurgeTarget::Prefix { prefix, host } => {
+            let member = match host {
+                Some(host) => format!("h{host}{prefix}"),
+                None => format!("p{prefix}"),
+            };
+            markers::mark_prefix(conn, &tier.prefix_markers(), &member, generation, ttl_ms).await
+        }
+    };
+    marked.map_err(|e| format!("leaving the purge marker: {e}"))
+}
+
+/// The URI index keys (named from `uri_index_start`) below `prefix`, on
+/// `host` or any host, by a cursor-based `SCAN`.
+async fn scan_uri_indexes(
+    conn: &mut RedisConn,
+    uri_index_start: &str,
+    prefix: &str,
+    host: Option<&str>,
+) -> Result<Vec<String>, String> {
+    let pattern = match host {
+        Some(host) => format!(
+            "{}*",
+            glob_escape(&format!("{uri_index_start}{host}{prefix}"))
+        ),
+        None => format!("{}*", glob_escape(uri_index_start)),
+    };
+    let uri_start = uri_index_start.len();
+    let mut found = Vec::new();
+    let mut iter: redis::AsyncIter<String> = redis::cmd("SCAN")
+        .cursor_arg(0)
+        .arg("MATCH")
+        .arg(&pattern)
+        .arg("COUNT")
+        .arg(REDIS_BATCH)
+        .clone()
+        .iter_async(conn)
+        .await
+        .map_err(|e| format!("scanning the Redis tier: {e}"))?;
+    while let Some(item) = iter.next().await {
+        let key = item.map_err(|e| format!("scanning the Redis tier: {e}"))?;
+        let keep = host.is_some() || {
+            let uri = key.get(uri_start..).unwrap_or("");
+            let path = uri.find('/').map_or("", |i| &uri[i..]);
+            path.starts_with(prefix)
+        };
+        if keep {
+            found.push(key);
+        }
+    }
+    Ok(found)
+}
+
+/// The members of an index, a batch at a time: taken out of a sorted set
+/// (`ZPOPMIN`), or read from a set of the earlier format (`SSCAN`) that is
+/// deleted once read. At most as many as it held when the purge began, so
+/// a purge ends however fast new entries arrive.
+struct IndexBatches<'a> {
+    index: &'a str,
+    sorted: bool,
+    left: usize,
+    cursor: Option<u64>,
+}
+
+impl<'a> IndexBatches<'a> {
+    async fn open(conn: &mut RedisConn, index: &'a str) -> Result<Option<Self>, String> {
+        let kind: String = redis::cmd("TYPE")
+            .arg(index)
+            .query_async(conn)
+            .await
+            .map_err(|e| format!("reading {index}: {e}"))?;
+        let sorted = match kind.as_str() {
+            "zset" => true,
+            "set" => false,
+            _ => return Ok(None),
+        };
+        let left: usize = redis::cmd(if sorted { "ZCARD" } else { "SCARD" })
+            .arg(index)
+            .query_async(conn)
+            .await
+            .map_err(|e| format!("reading {index}: {e}"))?;
+        Ok(Some(Self {
+            index,
+            sorted,
+            left,
+            cursor: Some(0),
+        }))
+    }
+
+    /// The next batch, removed from the index (sorted sets) or read (sets);
+    /// `None` at the end.
+    async fn next(
+        &mut self,
+        conn: &mut RedisConn,
+        remove: bool,
+    ) -> Result<Option<Vec<String>>, String> {
+        let index = self.index;
+        let failed = |e: redis::RedisError| format!("reading {index}: {e}");
+        if self.left == 0 {
+            return Ok(None);
+        }
+        if self.sorted {
+            let batch: Vec<String> = if remove {
+                let popped: Vec<(String, f64)> = redis::cmd("ZPOPMIN")
+                    .arg(index)
+                    .arg(REDIS_BATCH.min(self.left))
+                    .query_async(conn)
+                    .await
+                    .map_err(failed)?;
+                popped.into_iter().map(|(m, _)| m).collect()
+            } else {
+                let start = self.cursor.unwrap_or(0);
+                let stop = start + REDIS_BATCH.min(self.left) as u64 - 1;
+                self.cursor = Some(stop + 1);
+                redis::cmd("ZRANGE")
+                    .arg(index)
+                    .arg(start)
+                    .arg(stop)
+                    .query_async(conn)
+                    .await
+                    .map_err(failed)?
+            };
+            self.left = self.left.saturating_sub(batch.len());
+            if batch.is_empty() {
+                self.left = 0;
+                return Ok(None);
+            }
+            return Ok(Some(batch));
+        }
+        let Some(cursor) = self.cursor else {
+            self.left = 0;
+            if remove {
+                let _: i64 = redis::cmd("UNLINK")
+                    .arg(index)
+                    .query_async(conn)
+                    .await
+                    .map_err(failed)?;
+            }
+            return Ok(None);
+        };
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SSCAN")
+            .arg(index)
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(REDIS_BATCH)
+            .query_async(conn)
+            .await
+            .map_err(failed)?;
+        self.cursor = (next != 0).then_some(next);
+        Ok(Some(batch))
+    }
+}
+
+/// Removes every entry an index lists, and the index, in batches of
+/// [`REDIS_BATCH`] (`UNLINK`: Redis frees the values off its main
+/// thread); how many entries went.
+async fn drain_index(conn: &mut RedisConn, index: &str, cluster: bool) -> Result<usize, String> {
+    let Some(mut batches) = IndexBatches::open(conn, index).await? else {
+        return Ok(0);
+    };
+    let mut removed = 0usize;
+    while let Some(batch) = batches.next(conn, true).await? {
+        if batch.is_empty() {
+            continue;
+        }
+        if cluster {
+            // One key per command: the entries live in many slots.
+            for key in &batch {
+                let gone: usize = redis::cmd("UNLINK")
+                    .arg(key)
+                    .query_async(conn)
+                    .await
+                    .map_err(|e| format!("deleting {key}: {e}"))?;
+                removed += gone;
+            }
+        } else {
+            let gone: usize = redis::cmd("UNLINK")
+                .arg(&batch)
+                .query_async(conn)
+                .await
+                .map_err(|e| format!("deleting what {index} lists: {e}"))?;
+            removed += gone;
+        }
+    }
+    Ok(removed)
+}
+
+/// Marks every entry an index lists stale now (a soft purge), a batch at
+/// a time; how many.
+async fn expire_index(conn: &mut RedisConn, index: &str) -> Result<usize, String> {
+    let Some(mut batches) = IndexBatches::open(conn, index).await? else {
+        return Ok(0);
+    };
+    let mut expired = 0usize;
+    while let Some(batch) = batches.next(conn, false).await? {
+        for key in &batch {
+            expired += usize::from(expire_entry(conn, key).await?);
+        }
+    }
+    Ok(expired)
+}
+
 /// Marks one Redis entry stale now (a soft purge), keeping its expiry;
-/// `false` when it is gone or does not decode.
-async fn expire_entry(conn: &mut crate::redis_link::RedisConn, key: &str) -> Result<bool, String> {
+/// `false` when it is gone, does not decode, or was rewritten meanwhile
+/// (by a write newer than the purge: the markers drop older ones).
+async fn expire_entry(conn: &mut RedisConn, key: &str) -> Result<bool, String> {
     let value: Option<Vec<u8>> = redis::cmd("GET")
         .arg(key)
         .query_async(conn)
         .await
         .map_err(|e| format!("reading {key}: {e}"))?;
-    let Some(entry) = value.as_deref().and_then(super::l2::decode) else {
+    let Some(old) = value else {
+        return Ok(false);
+    };
+    let Some(entry) = super::l2::decode(&old) else {
         return Ok(false);
     };
     let Ok(mut meta) = pingora::cache::CacheMeta::deserialize(&entry.internal, &entry.header)
@@ -233,18 +449,12 @@ async fn expire_entry(conn: &mut crate::redis_link::RedisConn, key: &str) -> Res
     let Ok((internal, header)) = meta.serialize() else {
         return Ok(false);
     };
-    let Some(value) = super::l2::encode(&internal, &header, &entry.body) else {
+    let Some(new) = super::l2::encode(&internal, &header, &entry.body) else {
         return Ok(false);
     };
-    let set: Option<String> = redis::cmd("SET")
-        .arg(key)
-        .arg(value)
-        .arg("KEEPTTL")
-        .arg("XX")
-        .query_async(conn)
+    markers::replace_if_unchanged(conn, key, &old, &new)
         .await
-        .map_err(|e| format!("marking {key} stale: {e}"))?;
-    Ok(set.is_some())
+        .map_err(|e| format!("marking {key} stale: {e}"))
 }
 
 /// Listens for other instances' purges and applies them to memory; keeps
@@ -277,10 +487,16 @@ impl PurgeListener {
             log::warn!("cache purge channel: a message that is not a purge; ignored");
             return;
         };
-        if announcement.from == self.instance {
-            return;
+        let removed = if announcement.from == self.instance {
+            0
+        } else {
+            purge_memory(self.store, &announcement.purge)
+        };
+        // After the memory purge: requests beginning from now on may write
+        // what this purge named to Redis again.
+        if let Some(generation) = announcement.generation {
+            self.store.heard_shared_generation(generation);
         }
-        let removed = purge_memory(self.store, &announcement.purge);
         self.metrics
             .cache_purges
             .with_label_values(&["remote"])
@@ -298,27 +514,57 @@ impl PurgeListener {
         }
     }
 
-    /// One subscription, until it breaks or shutdown.
+    /// Connects and subscribes, within `listen_timeout`.
+    async fn subscribe(&self) -> Result<redis::aio::PubSub, String> {
+        let connect = async {
+            let mut pubsub = self.tier.link().client().get_async_pubsub().await?;
+            pubsub.subscribe(channel(&self.tier)).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let bound = self.tier.settings().listen_timeout;
+        match tokio::time::timeout(bound, connect).await {
+            Ok(Ok(pubsub)) => Ok(pubsub),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within listen_timeout ({bound:?})")),
+        }
+    }
+
+    /// The shared purge generation now (after subscribing, so no purge
+    /// falls between it and the first message); `None` if Redis does not
+    /// say, which only keeps older tickets (more writes dropped).
+    async fn current_generation(&self) -> Option<u64> {
+        let mut conn = self.tier.link().conn()?;
+        let mut get = redis::cmd("GET");
+        get.arg(self.tier.generation_key());
+        let get = get.query_async::<Option<u64>>(&mut conn);
+        match tokio::time::timeout(self.tier.settings().listen_timeout, get).await {
+            Ok(Ok(generation)) => Some(generation.unwrap_or(0)),
+            _ => None,
+        }
+    }
+
+    /// One subscription, until it breaks, stops answering its heartbeat
+    /// (a `PING` every [`HEARTBEAT`], answered within `listen_timeout`:
+    /// a half-open or black-holed connection is noticed), or shutdown.
     async fn listen(
         &self,
         shutdown: &mut ShutdownWatch,
         deaf_since: &mut Option<SystemTime>,
     ) -> bool {
-        let mut pubsub = match self.tier.link().client().get_async_pubsub().await {
+        let pubsub = match self.subscribe().await {
             Ok(p) => p,
             Err(e) => {
-                log::debug!("cache purge channel: cannot connect: {e}");
+                log::debug!("cache purge channel: cannot subscribe: {e}");
                 return false;
             }
         };
-        if let Err(e) = pubsub.subscribe(channel(&self.tier)).await {
-            log::debug!("cache purge channel: cannot subscribe: {e}");
-            return false;
-        }
         log::info!(
             "cache: listening for other instances' purges on {}",
             channel(&self.tier)
         );
+        if let Some(generation) = self.current_generation().await {
+            self.store.heard_shared_generation(generation);
+        }
         if let Some(since) = deaf_since.take() {
             // Whatever was stored before may have been purged unheard.
             let removed = self.store.purge_created_before(SystemTime::now());
@@ -327,13 +573,23 @@ impl PurgeListener {
                 since.elapsed().unwrap_or_default()
             );
         }
-        let mut messages = pubsub.on_message();
+        let (mut sink, mut messages) = pubsub.split();
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let bound = self.tier.settings().listen_timeout;
         loop {
             tokio::select! {
                 message = messages.next() => match message {
                     Some(m) => self.apply(m.get_payload_bytes()),
                     None => return false,
                 },
+                _ = heartbeat.tick() => {
+                    let ping = tokio::time::timeout(bound, sink.ping::<redis::Value>()).await;
+                    if !matches!(ping, Ok(Ok(_))) {
+                        log::warn!("cache purge channel: no heartbeat answer within {bound:?}; reconnecting");
+                        return false;
+                    }
+                }
                 _ = shutdown.changed() => return true,
             }
         }
@@ -381,9 +637,16 @@ mod tests {
                 },
                 soft: true,
             },
+            generation: Some(7),
         };
         let text = serde_json::to_string(&a).expect("json");
         let back: Announcement = serde_json::from_str(&text).expect("parse");
         assert_eq!(back.purge, a.purge);
+        assert_eq!(back.generation, Some(7));
+        // An earlier version's announcement (no generation) is still heard.
+        let old = r#"{"from":"i0","purge":{"target":{"uri":"h/a"},"soft":false}}"#;
+        let back: Announcement = serde_json::from_str(old).expect("parse");
+        assert_eq!(back.generation, None);
+        assert_eq!(back.purge.target, PurgeTarget::Uri("h/a".into()));
     }
 }

@@ -48,10 +48,8 @@ impl TieredStorage {
             return;
         };
         let tags = self.memory.tags_of(meta.response_header());
-        if self
-            .memory
-            .overtaken(ticket_of(self.memory, key), uri, route, &tags)
-        {
+        let ticket = ticket_of(self.memory, key);
+        if self.memory.overtaken(ticket, uri, route, &tags) {
             return;
         }
         let Ok((internal, header)) = meta.serialize() else {
@@ -71,7 +69,8 @@ impl TieredStorage {
             route,
             tags: &tags,
         };
-        self.redis.store(&key.combined_bin(), &entry, ttl, &names);
+        self.redis
+            .store(&key.combined_bin(), &entry, ttl, &names, ticket);
     }
 
     /// Puts an entry found in Redis into memory, as a miss would have.

@@ -30,12 +30,30 @@ impl Checker<'_> {
                 .key_prefix
                 .clone()
                 .unwrap_or_else(|| "tollgate:cache:".to_owned()),
-            lookup_timeout: spec
-                .lookup_timeout
-                .map_or(std::time::Duration::from_millis(20), |d| d.0),
+            lookup_timeout: spec.lookup_timeout.map_or(ms(20), |d| d.0),
+            write_timeout: spec.write_timeout.map_or(ms(1000), |d| d.0),
+            purge_timeout: spec.purge_timeout.map_or(ms(60_000), |d| d.0),
+            listen_timeout: spec.listen_timeout.map_or(ms(2000), |d| d.0),
+            purge_marker_ttl: spec.purge_marker_ttl.map_or(ms(60_000), |d| d.0),
         };
-        if config.lookup_timeout.is_zero() {
-            self.problem(path.key("lookup_timeout"), "must be longer than zero");
+        for (field, value) in [
+            ("lookup_timeout", config.lookup_timeout),
+            ("write_timeout", config.write_timeout),
+            ("purge_timeout", config.purge_timeout),
+            ("listen_timeout", config.listen_timeout),
+        ] {
+            if value.is_zero() {
+                self.problem(path.key(field), "must be longer than zero");
+            }
+        }
+        if config.purge_marker_ttl <= config.write_timeout * 2 {
+            self.problem(
+                path.key("purge_marker_ttl"),
+                format!(
+                    "must be longer than twice write_timeout ({:?}): writes older than the markers are dropped",
+                    config.write_timeout
+                ),
+            );
         }
         if redis.is_some_and(|r| r.key_prefix == config.key_prefix) {
             self.problem(
@@ -233,4 +251,8 @@ impl Checker<'_> {
                 .collect(),
         }
     }
+}
+
+fn ms(millis: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(millis)
 }

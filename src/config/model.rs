@@ -454,6 +454,14 @@ pub struct CacheRedisConfig {
     pub key_prefix: String,
     /// A lookup slower than this is a miss.
     pub lookup_timeout: Duration,
+    /// Bound on one write.
+    pub write_timeout: Duration,
+    /// Bound on a purge of the tier, all batches together.
+    pub purge_timeout: Duration,
+    /// Bound on connecting the purge channel and on hearing its heartbeat.
+    pub listen_timeout: Duration,
+    /// How long purge markers live: the oldest write they can still drop.
+    pub purge_marker_ttl: Duration,
 }
 
 /// Global cache limits with defaults applied.

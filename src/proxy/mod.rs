@@ -238,13 +238,9 @@ impl ProxyHttp for Proxy {
                 ));
             }
         }
-        if let Some(name) = &ctx.gateway.config.cache_tags.invalidation_header {
-            if upstream_response.headers.contains_key(name)
-                && !crate::methods::is_safe(&session.req_header().method)
-            {
-                ctx.invalidate_tags =
-                    cache::store::tags_in(upstream_response, std::slice::from_ref(name));
-            }
+        if !crate::methods::is_safe(&session.req_header().method) {
+            self.invalidate_before_answering(session, ctx, upstream_response)
+                .await;
         }
         // A HEAD reached the upstream as a HEAD only with the cache off
         // (with it on, Pingora sent a GET and the answer is stored).
@@ -512,26 +508,6 @@ impl ProxyHttp for Proxy {
         let state = &self.state;
         crate::request_log::finish(&state.metrics, &state.access_log, session, e, ctx);
         compression::count(&state.metrics, session, ctx.body_bytes_in);
-        let named_tags = std::mem::take(&mut ctx.invalidate_tags);
-        let finished = invalidate::Finished {
-            req: session.req_header(),
-            host: ctx.host.as_ref(),
-            resp: session.response_written(),
-            policy: ctx.route().and_then(|r| r.cache.as_ref()),
-        };
-        let purges =
-            invalidate::after_request(state.cache.store, &state.metrics, &finished, named_tags);
-        // With the Redis tier, Redis and the other instances too; awaited,
-        // so the client's next request on this connection sees it done.
-        // (Not while the tier's breaker is open: Redis is not answering,
-        // and the entries expire there by their own TTL.)
-        if let Some(tier) = state.cache.redis().filter(|t| !t.breaker_is_open()) {
-            for purge in &purges {
-                if let Err(e) = cache::purge::purge_shared(tier, &state.instance, purge).await {
-                    log::warn!("invalidation not shared: {e}");
-                }
-            }
-        }
     }
 
     /// Client disconnects are counted as 499, not logged as errors.

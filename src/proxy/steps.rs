@@ -4,7 +4,7 @@
 //! response.
 
 use super::{respond, Proxy};
-use crate::cache::fresh;
+use crate::cache::{fresh, invalidate, purge};
 use crate::ctx::RequestCtx;
 use crate::errors::ErrorResponse;
 use crate::forwarded;
@@ -379,5 +379,46 @@ impl Proxy {
             fresh::Lookup::NotEligible => return Ok(false),
         };
         respond::fresh_hit(session, ctx, hit).await.map(|()| true)
+    }
+
+    /// RFC 9111 §4.4 for an unsafe request whose upstream answered: the
+    /// stored responses it makes stale, and the tags its upstream named in
+    /// `cache.invalidation_header`, are purged before the answer is sent
+    /// (in memory, then with the Redis tier in Redis and on the other
+    /// instances), so a client that sees its write done never reads what
+    /// it replaced — and a fill in flight for them is dropped.
+    pub(super) async fn invalidate_before_answering(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        upstream_response: &pingora::http::ResponseHeader,
+    ) {
+        let state = &self.state;
+        let named_tags = ctx
+            .gateway
+            .config
+            .cache_tags
+            .invalidation_header
+            .as_ref()
+            .map(|name| crate::cache::store::tags_in(upstream_response, std::slice::from_ref(name)))
+            .unwrap_or_default();
+        let finished = invalidate::Finished {
+            req: session.req_header(),
+            host: ctx.host.as_ref(),
+            resp: Some(upstream_response),
+            policy: ctx.route().and_then(|r| r.cache.as_ref()),
+        };
+        let purges =
+            invalidate::after_request(state.cache.store, &state.metrics, &finished, named_tags);
+        // Not while the tier's breaker is open: Redis is not answering, and
+        // the entries expire there by their own TTL.
+        if let Some(tier) = state.cache.redis().filter(|t| !t.breaker_is_open()) {
+            for purge in &purges {
+                let shared = purge::purge_shared(tier, state.cache.store, &state.instance, purge);
+                if let Err(e) = shared.await {
+                    log::warn!("invalidation not shared: {e}");
+                }
+            }
+        }
     }
 }

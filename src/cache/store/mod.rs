@@ -110,6 +110,9 @@ pub struct MemoryStore {
     shards: Box<[RwLock<Shard>]>,
     indexes: RwLock<Indexes>,
     purges: PurgeLog,
+    /// The newest shared (Redis) purge generation this instance has heard
+    /// of, for the tickets' `shared` part.
+    shared_generation: AtomicU64,
     bytes: AtomicU64,
     count: AtomicUsize,
     /// Told when a purge removes an entry, so it stops weighing it.
@@ -165,6 +168,7 @@ impl MemoryStore {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             indexes: RwLock::default(),
             purges: PurgeLog::default(),
+            shared_generation: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             count: AtomicUsize::new(0),
             eviction: OnceLock::new(),
@@ -193,7 +197,15 @@ impl MemoryStore {
     /// key, so that what it fetches is dropped if a purge naming it is
     /// recorded before it is stored.
     pub fn ticket(&self) -> FillTicket {
-        self.purges.ticket()
+        self.purges
+            .ticket(self.shared_generation.load(Ordering::Acquire))
+    }
+
+    /// Learns that the shared purge generation has reached `generation`
+    /// (a purge heard on the channel, or made here).
+    pub fn heard_shared_generation(&self, generation: u64) {
+        self.shared_generation
+            .fetch_max(generation, Ordering::AcqRel);
     }
 
     /// Whether a purge recorded since `ticket` names this response (so it

@@ -21,10 +21,21 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// kept is dropped: what it would need to be checked against is gone.
 const MAX_RECORDS: usize = 16 * 1024;
 
-/// The purge generation a fill's request began at, carried in the cache
-/// key's extensions from the moment the key is built.
+/// When a fill's request began, in the purge generations it can be
+/// checked against, carried in the cache key's extensions from the moment
+/// the key is built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FillTicket(pub u64);
+pub struct FillTicket {
+    /// This instance's purge generation ([`PurgeLog`]).
+    pub local: u64,
+    /// The shared (Redis) purge generation this instance had heard of:
+    /// the Redis tier's write script drops a write that a purge marker
+    /// newer than this names (`cache::l2`).
+    pub shared: u64,
+    /// When the request began: a Redis write older than the markers live
+    /// is dropped, as it can no longer be checked.
+    pub began: std::time::Instant,
+}
 
 /// What one purge named, as its fills are matched against it.
 #[derive(Debug, Clone)]
@@ -101,22 +112,27 @@ impl Locked<'_> {
     /// Whether a purge recorded after `ticket` names `fill` (or the
     /// records it would need are gone): then the fill must not be stored.
     pub fn overtaken(&self, ticket: FillTicket, fill: &FillNames<'_>) -> bool {
-        if ticket.0 < self.0.floor {
+        if ticket.local < self.0.floor {
             return true;
         }
         self.0
             .recent
             .iter()
             .rev()
-            .take_while(|(generation, _)| *generation > ticket.0)
+            .take_while(|(generation, _)| *generation > ticket.local)
             .any(|(_, record)| record.names(fill))
     }
 }
 
 impl PurgeLog {
-    /// The ticket of a fill beginning now.
-    pub fn ticket(&self) -> FillTicket {
-        FillTicket(self.generation.load(Ordering::Acquire))
+    /// The ticket of a fill beginning now, with the shared generation
+    /// this instance has heard of.
+    pub fn ticket(&self, shared: u64) -> FillTicket {
+        FillTicket {
+            local: self.generation.load(Ordering::Acquire),
+            shared,
+            began: std::time::Instant::now(),
+        }
     }
 
     /// Records a purge before it removes anything; returns its generation.
@@ -153,7 +169,7 @@ mod tests {
     #[test]
     fn a_purge_after_the_ticket_that_names_the_fill_wins() {
         let log = PurgeLog::default();
-        let ticket = log.ticket();
+        let ticket = log.ticket(0);
         let tags: Vec<Arc<str>> = vec!["product-1".into()];
         let f = fill("h/a?x=1", "api", &tags);
         assert!(!log.lock().overtaken(ticket, &f));
@@ -161,7 +177,7 @@ mod tests {
         assert!(!log.lock().overtaken(ticket, &f), "another URI");
         log.record(PurgeRecord::Tag("product-1".into()));
         assert!(log.lock().overtaken(ticket, &f));
-        let later = log.ticket();
+        let later = log.ticket(0);
         assert!(
             !log.lock().overtaken(later, &f),
             "a fill that began after it"
@@ -173,7 +189,7 @@ mod tests {
             PurgeRecord::Route("api".into()),
             PurgeRecord::Everything,
         ] {
-            let t = log.ticket();
+            let t = log.ticket(0);
             log.record(record.clone());
             assert!(log.lock().overtaken(t, &f), "{record:?}");
         }
@@ -182,12 +198,12 @@ mod tests {
     #[test]
     fn a_fill_older_than_what_is_remembered_is_dropped() {
         let log = PurgeLog::default();
-        let ticket = log.ticket();
+        let ticket = log.ticket(0);
         for i in 0..MAX_RECORDS + 1 {
             log.record(PurgeRecord::Uri(format!("h/{i}").into()));
         }
         let f = fill("h/unrelated", "api", &[]);
         assert!(log.lock().overtaken(ticket, &f));
-        assert!(!log.lock().overtaken(log.ticket(), &f));
+        assert!(!log.lock().overtaken(log.ticket(0), &f));
     }
 }

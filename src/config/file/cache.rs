@@ -47,6 +47,19 @@ pub struct CacheRedisSpec {
     /// A lookup slower than this is a miss. Default 20ms.
     #[serde(default)]
     pub lookup_timeout: Option<HumanDuration>,
+    /// Bound on one write. Default 1s.
+    #[serde(default)]
+    pub write_timeout: Option<HumanDuration>,
+    /// Bound on a purge of the tier, all batches. Default 60s.
+    #[serde(default)]
+    pub purge_timeout: Option<HumanDuration>,
+    /// Bound on connecting the purge channel and on hearing its heartbeat.
+    /// Default 2s.
+    #[serde(default)]
+    pub listen_timeout: Option<HumanDuration>,
+    /// How long purge markers live. Default 60s.
+    #[serde(default)]
+    pub purge_marker_ttl: Option<HumanDuration>,
 }
 
 /// A route's cache settings.
