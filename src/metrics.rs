@@ -117,7 +117,7 @@ pub struct Metrics {
     /// `tollgate_cache_l2_requests_total{result}`: Redis-tier lookups,
     /// `hit`, `miss`, `error`, `timeout`.
     pub cache_l2_requests: IntCounterVec,
-    /// `tollgate_cache_l2_writes_total{result}`: `ok`, `dropped`, `error`.
+    /// `tollgate_cache_l2_writes_total{result}`: `ok`, `dropped`, `overtaken`, `error`.
     pub cache_l2_writes: IntCounterVec,
     /// `tollgate_cache_l2_lookup_duration_seconds`.
     pub cache_l2_lookup_seconds: Histogram,
@@ -339,7 +339,7 @@ impl Metrics {
         let cache_l2_writes = IntCounterVec::new(
             Opts::new(
                 "tollgate_cache_l2_writes_total",
-                "Responses written to the cache's Redis tier: ok, dropped (queue full), error",
+                "Responses written to the cache's Redis tier: ok, dropped (queue full), overtaken (a newer purge names it), error",
             ),
             &["result"],
         )?;

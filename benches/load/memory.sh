@@ -5,7 +5,8 @@
 #   benches/load/memory.sh [FILL_SECONDS]
 #
 # 1. cache: fills a cache of CACHE_MAX (64 MiB) with distinct 1 KB and
-#    16 KB responses well past its size; reports RSS before and after, the
+#    16 KB responses, and 1 KB ones with 4 cache tags (one per entry,
+#    three shared), well past its size; reports RSS before and after, the
 #    bytes the cache weighs, and RSS above (idle RSS + cache.max_size).
 # 2. routes: 1, 10, 100, 1000 routes; RSS after a request to every route.
 # 3. tenants: 10 ... 100,000 tenants in the config; RSS idle and after
@@ -19,6 +20,7 @@
 # overhead (MAX_OVERHEAD_PCT of max_size).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. benches/load/setup.sh
 FILL_SECONDS="${1:-15}"
 CACHE_MAX_MIB="${CACHE_MAX_MIB:-64}"
 PARTS="${PARTS:-cache routes tenants anonymous}" # which of the checks to run
@@ -46,24 +48,13 @@ for name, size in (("small.json", 1024), ("large.json", 16384)):
     open(f"{work}/{name}", "w").write(body)
 PY
 
-cat > "$WORK/origin.conf" <<NGX
-worker_processes 1;
-pid $WORK/origin.pid;
-error_log $WORK/origin-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen $ORIGIN reuseport;
-    default_type application/json;
-    root $WORK;
+origin_locations "$WORK" "$ORIGIN" "$(cat <<LOC
     location /small/ { add_header Cache-Control "public, max-age=3600"; try_files /small.json =404; }
     location /large/ { add_header Cache-Control "public, max-age=3600"; try_files /large.json =404; }
+    location /tagged/ { add_header Cache-Control "public, max-age=3600"; add_header Surrogate-Key "item-\$uri catalogue en-gb v2"; try_files /small.json =404; }
     location /       { add_header Cache-Control "no-store"; try_files /small.json =404; }
-  }
-}
-NGX
+LOC
+)" > "$WORK/origin.conf"
 
 tollgate_pid=""
 cleanup() {
@@ -156,7 +147,7 @@ routes:
   - { name: api, match: { path_prefix: / }, upstream: origin, cache: {} }
 YAML
 } > "$WORK/cache.yaml"
-for size in small large; do
+for size in small large tagged; do
   start "$WORK/cache.yaml"
   curl -fsS -o /dev/null "http://$PROXY/$size/warm"
   idle=$(rss_kib)

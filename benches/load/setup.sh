@@ -1,5 +1,5 @@
-# Sourced by run.sh and instructions.sh: the origin both measure against,
-# and the rate-limit tenant both configure.
+# Sourced by the load benchmarks: the origin they measure against, and the
+# rate-limit tenant run.sh and instructions.sh configure.
 
 # bench_document PATH: a 1 KB JSON document.
 bench_document() {
@@ -43,4 +43,25 @@ tenants:
   bench: { tier: bench, api_keys: ["$1"] }
 anonymous: { reject: true }
 YAML
+}
+
+# origin_locations WORK ADDR LOCATIONS: an nginx config (one worker, no
+# access log, root WORK) serving the given `location` blocks.
+origin_locations() {
+  cat <<NGX
+worker_processes 1;
+pid $1/origin.pid;
+error_log $1/origin-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen $2 reuseport;
+    default_type application/json;
+    root $1;
+$3
+  }
+}
+NGX
 }

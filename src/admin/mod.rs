@@ -7,7 +7,7 @@
 mod origin;
 mod status_page;
 
-use crate::cache::purge::{purge_memory, purge_shared, Purge, PurgeTarget};
+use crate::cache::purge::{purge_memory_off_runtime, purge_shared, Purge, PurgeTarget};
 
 use crate::state::AppState;
 use async_trait::async_trait;
@@ -288,16 +288,24 @@ impl AdminApp {
             Err(refusal) => return *refusal,
         };
         let state = &self.state;
-        let removed = purge_memory(state.cache.store, &purge);
-        state
-            .metrics
-            .cache_purges
-            .with_label_values(&["admin"])
-            .inc_by(removed as u64);
+        let count = |removed: usize| {
+            state
+                .metrics
+                .cache_purges
+                .with_label_values(&["admin"])
+                .inc_by(removed as u64);
+            removed
+        };
+        let memory = purge_memory_off_runtime(state.cache.store, &purge);
         let Some(tier) = state.cache.redis() else {
+            let removed = count(memory.await);
             return respond_json(StatusCode::OK, &json!({"purged": removed}));
         };
-        match purge_shared(tier, state.cache.store, &state.instance, &purge).await {
+        // Memory (on a blocking thread) and Redis (Redis's own work) at once.
+        let shared = purge_shared(tier, state.cache.store, &state.instance, &purge);
+        let (removed, shared) = tokio::join!(memory, shared);
+        let removed = count(removed);
+        match shared {
             Ok(shared) => respond_json(
                 StatusCode::OK,
                 &json!({"purged": removed, "redis_purged": shared, "published": true}),

@@ -72,6 +72,21 @@ struct Announcement {
     generation: Option<u64>,
 }
 
+/// Applies `purge` to this instance's memory off the async runtime (a
+/// purge of a million entries takes seconds of CPU, which must not stall
+/// the admin endpoints or the purge channel's heartbeat); how many entries
+/// it removed (or marked stale).
+pub async fn purge_memory_off_runtime(store: &'static MemoryStore, purge: &Purge) -> usize {
+    let purge = purge.clone();
+    match tokio::task::spawn_blocking(move || purge_memory(store, &purge)).await {
+        Ok(removed) => removed,
+        Err(e) => {
+            log::error!("cache: a memory purge failed: {e}");
+            0
+        }
+    }
+}
+
 /// Applies `purge` to this instance's memory; how many entries it
 /// removed (or marked stale).
 pub fn purge_memory(store: &MemoryStore, purge: &Purge) -> usize {
@@ -482,7 +497,7 @@ impl PurgeListener {
         }
     }
 
-    fn apply(&self, payload: &[u8]) {
+    async fn apply(&self, payload: &[u8]) {
         let Ok(announcement) = serde_json::from_slice::<Announcement>(payload) else {
             log::warn!("cache purge channel: a message that is not a purge; ignored");
             return;
@@ -490,7 +505,7 @@ impl PurgeListener {
         let removed = if announcement.from == self.instance {
             0
         } else {
-            purge_memory(self.store, &announcement.purge)
+            purge_memory_off_runtime(self.store, &announcement.purge).await
         };
         // After the memory purge: requests beginning from now on may write
         // what this purge named to Redis again.
@@ -503,12 +518,20 @@ impl PurgeListener {
             .inc_by(removed as u64);
     }
 
+    /// Removes memory entries stored before `cutoff`, off the runtime.
+    async fn drop_created_before(&self, cutoff: SystemTime) -> usize {
+        let store = self.store;
+        tokio::task::spawn_blocking(move || store.purge_created_before(cutoff))
+            .await
+            .unwrap_or(0)
+    }
+
     /// Removes memory entries older than the grace, while deaf.
-    fn sweep(&self) {
+    async fn sweep(&self) {
         let Some(cutoff) = SystemTime::now().checked_sub(DEAF_GRACE) else {
             return;
         };
-        let removed = self.store.purge_created_before(cutoff);
+        let removed = self.drop_created_before(cutoff).await;
         if removed > 0 {
             log::debug!("cache: {removed} memory entries dropped while purges cannot be heard");
         }
@@ -567,7 +590,7 @@ impl PurgeListener {
         }
         if let Some(since) = deaf_since.take() {
             // Whatever was stored before may have been purged unheard.
-            let removed = self.store.purge_created_before(SystemTime::now());
+            let removed = self.drop_created_before(SystemTime::now()).await;
             log::info!(
                 "cache: hearing purges again after {:?}; dropped {removed} memory entries stored meanwhile",
                 since.elapsed().unwrap_or_default()
@@ -580,7 +603,7 @@ impl PurgeListener {
         loop {
             tokio::select! {
                 message = messages.next() => match message {
-                    Some(m) => self.apply(m.get_payload_bytes()),
+                    Some(m) => self.apply(m.get_payload_bytes()).await,
                     None => return false,
                 },
                 _ = heartbeat.tick() => {
@@ -608,7 +631,7 @@ impl BackgroundService for PurgeListener {
                 log::warn!("cache: cannot hear other instances' purges; memory entries live at most {DEAF_GRACE:?} until it can");
                 SystemTime::now()
             });
-            self.sweep();
+            self.sweep().await;
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = shutdown.changed() => return,

@@ -103,8 +103,30 @@ pub(super) fn compact_header(internal: &[u8], header_bytes: &[u8]) -> Result<Res
     roomy.set_version(parsed.version);
     roomy.set_reason_phrase(parsed.get_reason_phrase())?;
     if parsed.has_case() {
+        // Every name and value as a slice of one buffer: one allocation
+        // where each field took two, so an entry costs less to keep and to
+        // free (a purge of a million entries is mostly frees).
+        let mut buf = bytes::BytesMut::new();
+        let mut spans = Vec::with_capacity(parsed.headers.len());
         for (name, value) in parsed.case_header_iter() {
-            roomy.append_header(name.clone(), value.clone())?;
+            let start = buf.len();
+            buf.extend_from_slice(name.as_slice());
+            let middle = buf.len();
+            buf.extend_from_slice(value.as_bytes());
+            spans.push((start, middle, buf.len(), value.is_sensitive()));
+        }
+        let buf = buf.freeze();
+        for (start, middle, end, sensitive) in spans {
+            let mut value =
+                http::HeaderValue::from_maybe_shared(buf.slice(middle..end)).map_err(|e| {
+                    pingora::Error::because(
+                        pingora::ErrorType::InternalError,
+                        "a stored header value",
+                        e,
+                    )
+                })?;
+            value.set_sensitive(sensitive);
+            roomy.append_header(buf.slice(start..middle), value)?;
         }
     } else {
         for (name, value) in &parsed.headers {

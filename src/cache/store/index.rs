@@ -10,17 +10,18 @@
 //! an entry costs the same whatever the index sizes, so a purge of n
 //! entries is O(n).
 
+use super::keyhash::{KeySet, NameMap};
 use super::shard::{Gone, IndexChange};
 use pingora::cache::key::HashBinary;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Primary keys by URI, route and tag.
 #[derive(Default)]
 pub(super) struct Indexes {
-    pub(super) by_uri: BTreeMap<Arc<str>, HashSet<HashBinary>>,
-    pub(super) by_route: HashMap<Arc<str>, HashSet<HashBinary>>,
-    pub(super) by_tag: HashMap<Arc<str>, HashSet<HashBinary>>,
+    pub(super) by_uri: BTreeMap<Arc<str>, KeySet>,
+    pub(super) by_route: NameMap<KeySet>,
+    pub(super) by_tag: NameMap<KeySet>,
 }
 
 impl Indexes {
@@ -94,11 +95,7 @@ impl Indexes {
     }
 }
 
-fn remove_from(
-    map: &mut HashMap<Arc<str>, HashSet<HashBinary>>,
-    key: &Arc<str>,
-    primary: &HashBinary,
-) {
+fn remove_from(map: &mut NameMap<KeySet>, key: &Arc<str>, primary: &HashBinary) {
     if let Some(set) = map.get_mut(key) {
         set.remove(primary);
         if set.is_empty() {

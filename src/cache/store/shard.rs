@@ -9,10 +9,10 @@
 //! through the changes these methods return.
 
 use super::entry::Entry;
+use super::keyhash::KeyMap;
 use pingora::cache::key::HashBinary;
 use pingora::http::ResponseHeader;
 use smallvec::SmallVec;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// All variants stored for one primary key (one request URI, or one URI
@@ -48,8 +48,8 @@ pub(super) enum IndexChange {
 /// Entries and primaries of one shard.
 #[derive(Default)]
 pub(super) struct Shard {
-    pub(super) entries: HashMap<HashBinary, Arc<Entry>>,
-    pub(super) primaries: HashMap<HashBinary, Primary>,
+    pub(super) entries: KeyMap<Arc<Entry>>,
+    pub(super) primaries: KeyMap<Primary>,
 }
 
 impl Shard {
