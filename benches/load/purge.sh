@@ -182,7 +182,18 @@ if [[ " $PARTS " == *" index "* ]]; then
   config 1 1 > "$WORK/index.yaml"
   start "$WORK/index.yaml"
   empty=$(redis_used)
-  load fill "$PROXY" /short/ "$REDIS_WRITES" 32 > /dev/null
+  load fill "$PROXY" /short/ "$REDIS_WRITES" 32 > /dev/null &
+  filler=$!
+  # While the writes run: the route's index against the live entries.
+  samples=()
+  entry_bytes=0
+  while kill -0 "$filler" 2>/dev/null; do
+    sleep 2 # sample every 2 s while the writes run
+    samples+=("$(redis_cli --scan --pattern 'tollgate:cache:c:*' | wc -l)/$(redis_cli zcard tollgate:cache:i:r:short)/$(( $(redis_used) - empty ))")
+    one=$(redis_cli --scan --pattern 'tollgate:cache:c:*' | head -1 || true)
+    [ -n "$one" ] && entry_bytes=$(redis_cli memory usage "$one")
+  done
+  wait "$filler" || true
   for _ in $(seq 1 600); do
     q=$(curl -fsS "http://$ADMIN/metrics" | awk '$1 ~ /^tollgate_cache_l2_writes_total/ { s += $2 } END { printf "%d", s }')
     [ "$q" -ge "$REDIS_WRITES" ] && break
@@ -191,14 +202,12 @@ if [[ " $PARTS " == *" index "* ]]; then
   used=$(redis_used)
   live=$(redis_cli --scan --pattern 'tollgate:cache:c:*' | wc -l)
   members=$(redis_cli zcard tollgate:cache:i:r:short)
-  sample=$(redis_cli --scan --pattern 'tollgate:cache:c:*' | head -1)
-  entry_bytes=0
-  [ -n "$sample" ] && entry_bytes=$(redis_cli memory usage "$sample")
   stop
   stop_redis
   live_bytes=$((live * entry_bytes))
   index_row="$REDIS_WRITES $live $members $entry_bytes $((used - empty)) $live_bytes"
-  json_parts+=("\"index\": {\"writes\": $REDIS_WRITES, \"live_entries\": $live, \"route_index_members\": $members, \"entry_bytes\": $entry_bytes, \"redis_used_growth\": $((used - empty)), \"live_entries_bytes\": $live_bytes}")
+  sampled=$(printf '"%s",' ${samples[@]+"${samples[@]}"})
+  json_parts+=("\"index\": {\"writes\": $REDIS_WRITES, \"during_live_members_growth\": [${sampled%,}], \"after_live_entries\": $live, \"after_route_index_members\": $members, \"entry_bytes\": $entry_bytes, \"after_redis_used_growth\": $((used - empty)), \"after_live_entries_bytes\": $live_bytes}")
 fi
 
 hit_rows=()
@@ -228,8 +237,10 @@ done
 if [ -n "$index_row" ]; then
   read -r writes live members entry_bytes growth live_bytes <<<"$index_row"
   echo
-  echo "index: $writes short-lived writes; $live live entries, route index holds $members members"
-  echo "       Redis memory grew $growth B for live entries of about $live_bytes B ($entry_bytes B each)"
+  echo "index: $writes short-lived writes (max-age=1) on one route"
+  echo "  while writing, every 2 s (live entries / route index members / Redis memory growth B; an entry is $entry_bytes B):"
+  printf '    %s\n' ${samples[@]+"${samples[@]}"}
+  echo "  after: $live live entries, route index holds $members members; Redis memory $growth B above empty"
 fi
 if [ ${#hit_rows[@]} -gt 0 ]; then
   echo

@@ -69,9 +69,9 @@ const SHARDS: usize = 64;
 /// between batches the purging thread yields the CPU, so on a core shared
 /// with a busy worker a hit waits about one batch (~100 µs), and the purge
 /// takes the CPU the workers leave. Larger batches purge faster on a
-/// saturated core and cost hits more (`benches/load/purge.sh`: 64 took
-/// a million-entry purge from ~35 s to ~10 s and hits' p99 from 1.5× to
-/// 6× of without).
+/// saturated core and cost hits more (`benches/load/purge.sh`, pinned to
+/// one core: with 64, hits' p99 was 3.5–11× of without during purges;
+/// with 16, 1.5–1.8× for 100,000 entries; docs/BENCHMARKS.md).
 const PURGE_BATCH: usize = 16;
 
 /// Which stored entries a purge names.
