@@ -215,7 +215,15 @@ fn a_routes_redis_index_stays_near_its_live_entries() {
         get(a.addr, &format!("/items/{i}")).expect("fill");
     }
     a.wait_metric(r#"tollgate_cache_l2_writes_total{result="ok"}"#, 200.0);
-    assert_eq!(card(&redis), 200);
+    // Every live entry is indexed, and nothing else is: on a slow machine
+    // the first fills may already have expired and been trimmed by later
+    // writes, so the count is bounded both ways rather than exact.
+    let live = redis_entries(&redis);
+    let indexed = card(&redis);
+    assert!(
+        (live..=200).contains(&indexed),
+        "{indexed} indexed for {live} live entries of 200 written"
+    );
     wait_until("the entries expired in Redis", || {
         redis_entries(&redis) == 0
     });

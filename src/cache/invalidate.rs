@@ -8,7 +8,7 @@
 
 use crate::cache::key;
 use crate::cache::purge::{Purge, PurgeTarget};
-use crate::cache::store::{MemoryStore, Selection};
+use crate::cache::store::MemoryStore;
 use crate::config::model::RouteCache;
 use crate::host::Host;
 use crate::metrics::Metrics;
@@ -66,11 +66,13 @@ fn succeeded(done: &Finished<'_>) -> bool {
         .is_some_and(|r| r.status.is_success() || r.status.is_redirection())
 }
 
-/// Everything a finished request invalidates: the URIs it made stale
-/// (§4.4) and, when it succeeded, the cache tags its upstream named in the
-/// invalidation field (`named_tags`, collected from unsafe requests only).
-/// Removes them from memory, counts them, and returns them as purges for
-/// the Redis tier and the other instances.
+/// Everything an answered request invalidates: the URIs it made stale
+/// (§4.4), removed from memory here, and, when it succeeded, the cache
+/// tags its upstream named in the invalidation field (`named_tags`,
+/// collected from unsafe requests only), returned for the caller to purge
+/// (a tag can name many entries: the caller does it off the request's
+/// thread). Returns every purge, for memory (tags), the Redis tier and
+/// the other instances.
 pub fn after_request(
     store: &MemoryStore,
     metrics: &Metrics,
@@ -84,9 +86,6 @@ pub fn after_request(
     } else {
         Vec::new()
     };
-    for tag in &tags {
-        counted(metrics, store.purge_selection(Selection::Tag(tag)));
-    }
     stale
         .into_iter()
         .map(PurgeTarget::Uri)
@@ -112,7 +111,7 @@ fn purge_stale(store: &MemoryStore, metrics: &Metrics, uris: &[String]) -> usize
 
 /// Counts entries an invalidation removed in
 /// `tollgate_cache_purges_total{reason="invalidation"}`; returns them.
-fn counted(metrics: &Metrics, removed: usize) -> usize {
+pub fn counted(metrics: &Metrics, removed: usize) -> usize {
     if removed > 0 {
         metrics
             .cache_purges

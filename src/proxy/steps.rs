@@ -410,6 +410,13 @@ impl Proxy {
         };
         let purges =
             invalidate::after_request(state.cache.store, &state.metrics, &finished, named_tags);
+        for tagged in purges
+            .iter()
+            .filter(|p| matches!(p.target, purge::PurgeTarget::Tag(_)))
+        {
+            let removed = purge::purge_memory_off_runtime(state.cache.store, tagged).await;
+            invalidate::counted(&state.metrics, removed);
+        }
         // Not while the tier's breaker is open: Redis is not answering, and
         // the entries expire there by their own TTL.
         if let Some(tier) = state.cache.redis().filter(|t| !t.breaker_is_open()) {
