@@ -191,7 +191,10 @@ fn rate_limiting(c: &mut Criterion) {
     });
 
     let config = tollgate::config::parse(RATE_CONFIG, "bench.yaml").expect("bench config");
-    let limiter = RateLimiter::new(config.rate_limit.as_ref().expect("rate limiting"));
+    let limiter = RateLimiter::new(
+        config.rate_limit.as_ref().expect("rate limiting"),
+        &Default::default(),
+    );
     let mut keyed = RequestHeader::build("GET", b"/v1/products", None).expect("request");
     keyed
         .insert_header("authorization", "Bearer bench-key")

@@ -34,6 +34,8 @@ pub struct ErrorResponse {
     pub message: Cow<'static, str>,
     /// Extra fields for this kind of error (the 429's `tier`, `retry_after`).
     pub extra: Option<serde_json::Map<String, serde_json::Value>>,
+    /// `WWW-Authenticate` of a 401.
+    pub challenge: Option<Cow<'static, str>>,
 }
 
 impl ErrorResponse {
@@ -166,13 +168,29 @@ impl ErrorResponse {
         )
     }
 
-    /// 401: no API key, and anonymous requests are refused.
-    pub fn api_key_required() -> Self {
-        Self::new(
-            401,
-            "api_key_required",
-            Cow::Borrowed("An API key is required (Authorization: Bearer <key> or X-API-Key)"),
-        )
+    /// 401: no API key, and anonymous requests are refused. With `bearer`
+    /// (keys and tokens are read from `Authorization`), the answer names
+    /// the scheme (`WWW-Authenticate: Bearer`, no error code: RFC 6750 §3).
+    pub fn api_key_required(bearer: bool) -> Self {
+        Self {
+            challenge: bearer.then_some(Cow::Borrowed("Bearer")),
+            ..Self::new(
+                401,
+                "api_key_required",
+                Cow::Borrowed("An API key is required (Authorization: Bearer <key> or X-API-Key)"),
+            )
+        }
+    }
+
+    /// 401: a bearer JWT did not verify; `WWW-Authenticate` says why
+    /// (RFC 6750 §3), the same words as the JSON body's message.
+    pub fn invalid_token(description: &'static str) -> Self {
+        Self {
+            challenge: Some(Cow::Owned(format!(
+                "Bearer error=\"invalid_token\", error_description=\"{description}\""
+            ))),
+            ..Self::new(401, "invalid_token", Cow::Borrowed(description))
+        }
     }
 
     /// 429: over budget.
@@ -192,6 +210,7 @@ impl ErrorResponse {
             code,
             message,
             extra: None,
+            challenge: None,
         }
     }
 
@@ -201,6 +220,9 @@ impl ErrorResponse {
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         resp.insert_header(http::header::CONTENT_LENGTH, body_len)?;
         resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+        if let Some(challenge) = &self.challenge {
+            resp.insert_header(http::header::WWW_AUTHENTICATE, challenge.as_ref())?;
+        }
         Ok(resp)
     }
 }

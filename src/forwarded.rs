@@ -21,6 +21,7 @@
 //!   `tests/seams.rs` pins both.
 
 use crate::headers::{self, Forwarding};
+use crate::ratelimit::identity::Identity;
 use crate::ratelimit::RateLimiter;
 use http::HeaderName;
 use pingora::http::RequestHeader;
@@ -46,8 +47,8 @@ pub struct Edge<'a> {
     pub keep_overrides: &'a [HeaderName],
     /// The rate limiter, which says what the upstream learns of the tenant.
     pub limiter: Option<&'a RateLimiter>,
-    /// The tenant identified, if any (index into the limiter's tenants).
-    pub tenant: Option<usize>,
+    /// The requester identified, if any.
+    pub who: Option<&'a Identity>,
 }
 
 /// Rewrites `req` into the request the upstream receives. Called once per
@@ -65,7 +66,7 @@ pub fn rewrite(req: &mut RequestHeader, edge: &Edge<'_>) -> pingora::Result<()> 
         },
     )?;
     match edge.limiter {
-        Some(limiter) => limiter.forward_identity(req, edge.tenant),
+        Some(limiter) => limiter.forward_identity(req, edge.who),
         None => {
             req.remove_header(&DEFAULT_TENANT_HEADER);
             Ok(())
@@ -91,7 +92,7 @@ mod tests {
             tls: false,
             keep_overrides: &[],
             limiter: None,
-            tenant: None,
+            who: None,
         };
         rewrite(&mut req, &edge).expect("rewrite");
         assert!(req.headers.get("x-tenant").is_none());

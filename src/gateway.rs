@@ -4,6 +4,7 @@
 //! Requests take an `Arc` of the current generation when they start and keep
 //! it to the end, so a later reload never changes a request mid-flight.
 
+use crate::auth::keyring::{KeyRing, KeySource};
 use crate::config::model::{RouteCache, RouteTimeouts};
 use crate::config::Config;
 use crate::metrics::{Metrics, RouteMetrics};
@@ -70,6 +71,7 @@ impl Gateway {
         config: Config,
         metrics: &Metrics,
         memory: &UpstreamMemory,
+        keys: &Arc<KeyRing>,
     ) -> Result<Self, String> {
         let pools = config
             .upstreams
@@ -102,13 +104,25 @@ impl Gateway {
             })
             .collect();
         Ok(Self {
-            rate_limiter: config.rate_limit.as_ref().map(RateLimiter::new),
+            rate_limiter: config
+                .rate_limit
+                .as_ref()
+                .map(|rl| RateLimiter::new(rl, keys)),
             router: Router::new(&matches),
             routes,
             pools: pools.into_boxed_slice(),
             config: Arc::new(config),
             loaded_at: SystemTime::now(),
         })
+    }
+
+    /// The JWT key sources this generation reads (none without `auth.jwt`).
+    pub fn key_sources(&self) -> Vec<Arc<KeySource>> {
+        self.rate_limiter
+            .as_ref()
+            .and_then(|l| l.jwt.as_ref())
+            .map(|jwt| jwt.key_sources().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The route with this id.

@@ -9,6 +9,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod auth;
 pub mod breaker;
 pub mod cache;
 pub mod compression;

@@ -83,6 +83,11 @@ pub struct Metrics {
     pub ratelimit_decisions: IntCounterVec,
     /// `tollgate_ratelimit_fallback_total{tier}`: decisions made locally because Redis failed.
     pub ratelimit_fallback: IntCounterVec,
+    /// `tollgate_auth_failures_total{reason}`: requests refused with 401,
+    /// by why (a JWT's failure, `api_key`, `missing`).
+    pub auth_failures: IntCounterVec,
+    /// `tollgate_auth_jwks_fetches_total{result}`: key-set fetches (`ok`, `error`).
+    pub jwks_fetches: IntCounterVec,
     /// `tollgate_ratelimit_tenant_decisions_total{tenant,decision}`, only for tiers with `tenant_metrics`.
     pub ratelimit_tenant_decisions: IntCounterVec,
     /// `tollgate_ratelimit_buckets`: in-process buckets held.
@@ -257,6 +262,20 @@ impl Metrics {
             ),
             &["tier"],
         )?;
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "tollgate_auth_failures_total",
+                "Requests refused with 401, by reason",
+            ),
+            &["reason"],
+        )?;
+        let jwks_fetches = IntCounterVec::new(
+            Opts::new(
+                "tollgate_auth_jwks_fetches_total",
+                "Fetches of issuers' JSON Web Key Sets, by result",
+            ),
+            &["result"],
+        )?;
         let ratelimit_tenant_decisions = IntCounterVec::new(
             Opts::new(
                 "tollgate_ratelimit_tenant_decisions_total",
@@ -371,6 +390,8 @@ impl Metrics {
         )?;
         register(&registry, &mut names, Box::new(ratelimit_decisions.clone()))?;
         register(&registry, &mut names, Box::new(ratelimit_fallback.clone()))?;
+        register(&registry, &mut names, Box::new(auth_failures.clone()))?;
+        register(&registry, &mut names, Box::new(jwks_fetches.clone()))?;
         register(
             &registry,
             &mut names,
@@ -417,6 +438,8 @@ impl Metrics {
             cache_purges,
             ratelimit_decisions,
             ratelimit_fallback,
+            auth_failures,
+            jwks_fetches,
             ratelimit_tenant_decisions,
             ratelimit_buckets,
             ratelimit_buckets_evicted,

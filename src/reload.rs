@@ -139,7 +139,7 @@ fn load_and_swap(state: &AppState) -> Result<ReloadReport, ReloadError> {
         upstreams: config.upstreams.len(),
         warnings,
     };
-    let gateway = match Gateway::build(config, &state.metrics, &state.memory) {
+    let gateway = match Gateway::build(config, &state.metrics, &state.memory, &state.keys) {
         Ok(gateway) => gateway,
         Err(e) => {
             // A refused reload changes nothing: the upstream memory goes
@@ -148,6 +148,7 @@ fn load_and_swap(state: &AppState) -> Result<ReloadReport, ReloadError> {
             state
                 .memory
                 .revert_to(&current.config, &current.pools, &state.metrics);
+            state.keys.schedule(current.key_sources());
             return Err(ReloadError::Build(e));
         }
     };
@@ -224,16 +225,18 @@ mod tests {
             )
             .expect("config")
         };
-        let live = Gateway::build(file("5s", ""), &metrics, &memory).expect("live");
+        let keys = Arc::new(crate::auth::keyring::KeyRing::default());
+        let live = Gateway::build(file("5s", ""), &metrics, &memory, &keys).expect("live");
         let refused = Gateway::build(
             file("7s", "  extra: { backends: [\"127.0.0.1:3\"] }\n"),
             &metrics,
             &memory,
+            &keys,
         )
         .expect("built, then refused");
         drop(refused);
         memory.revert_to(&live.config, &live.pools, &metrics);
-        let again = Gateway::build(file("5s", ""), &metrics, &memory).expect("rebuilt");
+        let again = Gateway::build(file("5s", ""), &metrics, &memory, &keys).expect("rebuilt");
         let health = |g: &Gateway| g.pools[0].active_health().cloned().expect("checked");
         assert!(
             Arc::ptr_eq(&health(&live), &health(&again)),

@@ -4,6 +4,7 @@
 
 use crate::access_log::{AccessLog, Destination, ReopenOnSignal};
 use crate::admin::AdminApp;
+use crate::auth::keyring::{KeyRefresher, KeyRing};
 use crate::breaker::CircuitBreaker;
 use crate::cache::l2::{L2Settings, RedisTier};
 use crate::cache::purge::PurgeListener;
@@ -130,7 +131,8 @@ pub fn build(
     let listeners = config.listeners.clone();
     let admin_listen = config.admin_listen;
     let memory = Arc::new(UpstreamMemory::default());
-    let gateway = Gateway::build(config, &metrics, &memory).map_err(StartError::Setup)?;
+    let keys = Arc::new(KeyRing::default());
+    let gateway = Gateway::build(config, &metrics, &memory, &keys).map_err(StartError::Setup)?;
     let redis_tier = cache_redis_tier(&gateway.config, &metrics).map_err(StartError::Setup)?;
     let cache = CacheRuntime::new(gateway.config.cache, redis_tier.clone());
     cache
@@ -150,6 +152,7 @@ pub fn build(
         gateway,
         metrics,
         memory,
+        keys.clone(),
         cache,
         rate,
         source,
@@ -210,6 +213,10 @@ pub fn build(
         HealthChecker::new(state.memory.clone()),
     ));
     server.add_service(background_service(
+        "tollgate JWT key sets",
+        KeyRefresher::new(keys, state.metrics.clone()),
+    ));
+    server.add_service(background_service(
         "tollgate rate-limit bucket sweeper",
         BucketSweeper::new(state.rate.clone(), state.metrics.ratelimit_buckets.clone()),
     ));
@@ -264,6 +271,9 @@ fn cache_redis_tier(
 /// Marks the process ready once every listener accepts connections, and not
 /// ready as soon as shutdown starts, so load balancers stop sending before
 /// we stop taking.
+/// Longest wait for the first key-set fetches before `/ready` says yes.
+const FIRST_KEY_FETCH_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 struct Lifecycle {
     state: Arc<AppState>,
     listeners: Vec<SocketAddr>,
@@ -298,6 +308,10 @@ impl BackgroundService for Lifecycle {
         if !self.wait_until_listening(&mut shutdown).await {
             return;
         }
+        // Tokens are verified with fetched keys: not ready before each
+        // issuer's key set was tried once (bounded, so an identity
+        // provider being down does not hold the whole proxy back).
+        self.state.keys.first_fetches(FIRST_KEY_FETCH_WAIT).await;
         self.state.set_ready(true);
         log::info!("tollgate is ready");
         let _ = shutdown.changed().await;

@@ -2,6 +2,7 @@
 //! the current config generation, upstream memory, the metrics, readiness.
 
 use crate::access_log::AccessLog;
+use crate::auth::keyring::KeyRing;
 use crate::cache::CacheRuntime;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Backend and health state that survives reloads.
     pub memory: Arc<UpstreamMemory>,
+    /// Issuers' key sets (JWT), fetched in the background; survive reloads.
+    pub keys: Arc<KeyRing>,
     /// The response cache (created once; survives reloads).
     pub cache: CacheRuntime,
     /// Rate-limit buckets (created once; survive reloads).
@@ -62,21 +65,28 @@ pub struct ReloadRecord {
 }
 
 impl AppState {
-    /// Wraps the first config generation and schedules its health checks.
+    /// Wraps the first config generation and schedules its health checks
+    /// and key-set fetches.
+    // Each argument is one process-wide part `server::build` creates before
+    // the state that holds them; a builder would only rename the list.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         gateway: Gateway,
         metrics: Arc<Metrics>,
         memory: Arc<UpstreamMemory>,
+        keys: Arc<KeyRing>,
         cache: CacheRuntime,
         rate: Arc<RateStore>,
         source: ConfigSource,
         access_log: Arc<AccessLog>,
     ) -> Self {
         memory.schedule(&gateway.pools);
+        keys.schedule(gateway.key_sources());
         Self {
             gateway: ArcSwap::from_pointee(gateway),
             metrics,
             memory,
+            keys,
             cache,
             rate,
             source,
@@ -119,6 +129,7 @@ impl AppState {
         let gateway = Arc::new(gateway);
         self.gateway.store(gateway.clone());
         self.memory.schedule(&gateway.pools);
+        self.keys.schedule(gateway.key_sources());
     }
 
     /// Whether `/ready` should say yes: listeners up and not shutting down.

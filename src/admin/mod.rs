@@ -92,6 +92,8 @@ impl AdminApp {
                 }),
             );
         }
+        let jwks = self.state.keys.health();
+        degraded |= self.state.keys.is_degraded();
         json!({
             "status": if degraded { "degraded" } else { "ok" },
             "version": env!("CARGO_PKG_VERSION"),
@@ -107,6 +109,7 @@ impl AdminApp {
                 },
                 "upstreams": upstreams,
                 "redis": components.remove("redis"),
+                "jwks": if jwks.is_empty() { serde_json::Value::Null } else { jwks.into() },
                 "cache_redis": self.state.cache.redis().map(|tier| json!({
                     "status": if tier.is_answering() { "ok" } else { "degraded" },
                     "detail": if tier.is_answering() { "cache tier shared" } else { "memory only until Redis answers" },

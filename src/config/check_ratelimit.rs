@@ -15,10 +15,10 @@ impl Checker<'_> {
     ) -> Option<RateLimitConfig> {
         let root = FieldPath::root();
         if raw.tiers.is_empty() {
-            if !raw.tenants.is_empty() || raw.anonymous.is_some() {
+            if !raw.tenants.is_empty() || raw.anonymous.is_some() || raw.auth.jwt.is_some() {
                 self.problem(
                     root.key("tiers"),
-                    "tenants and anonymous need tiers to refer to",
+                    "tenants, anonymous and auth.jwt need tiers to refer to",
                 );
             }
             return None;
@@ -83,8 +83,11 @@ impl Checker<'_> {
                     0
                 }
             };
-            if spec.api_keys.is_empty() {
-                self.problem(path.key("api_keys"), "a tenant needs at least one API key");
+            if spec.api_keys.is_empty() && raw.auth.jwt.is_none() {
+                self.problem(
+                    path.key("api_keys"),
+                    "a tenant needs at least one API key (or auth.jwt, whose tokens name it)",
+                );
             }
             let mut key_hashes = Vec::new();
             for (i, key) in spec.api_keys.iter().enumerate() {
@@ -167,6 +170,12 @@ impl Checker<'_> {
         if key_sources.is_empty() {
             self.problem(rl_path.key("api_key_headers"), "list at least one header");
         }
+        if raw.auth.jwt.is_some() && !key_sources.contains(&KeySource::Bearer) {
+            self.problem(
+                rl_path.key("api_key_headers"),
+                "auth.jwt reads tokens from Authorization: Bearer: list authorization here",
+            );
+        }
         let tenant_header = raw
             .rate_limit
             .tenant_header
@@ -210,7 +219,9 @@ impl Checker<'_> {
             );
         }
 
+        let jwt = self.jwt(raw, &tier_index, &tenant_header);
         Some(RateLimitConfig {
+            jwt,
             tiers,
             tenants,
             anonymous,
@@ -391,7 +402,7 @@ const RESERVED_FIELDS: [&str; 18] = [
 ];
 
 /// Why `name` cannot be an API-key field or the tenant field, if it cannot.
-fn identity_field_problem(name: &http::HeaderName, raw: &FileConfig) -> Option<String> {
+pub(super) fn identity_field_problem(name: &http::HeaderName, raw: &FileConfig) -> Option<String> {
     if RESERVED_FIELDS.contains(&name.as_str())
         || crate::headers::FORWARDING_FIELDS.contains(&name.as_str())
     {

@@ -8,6 +8,7 @@
 //! proxy reads. Every problem is reported as `file:line:col: field: message`.
 
 mod aliases;
+mod check_auth;
 mod check_cache;
 mod check_ratelimit;
 mod check_route;

@@ -360,6 +360,73 @@ pub struct RateLimitConfig {
     pub max_local_buckets: usize,
     /// Shared state, if configured.
     pub redis: Option<RedisConfig>,
+    /// Tenants from JSON Web Tokens, if configured.
+    pub jwt: Option<JwtConfig>,
+}
+
+/// `auth.jwt`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtConfig {
+    /// Trusted issuers.
+    pub issuers: Vec<IssuerConfig>,
+    /// The claim naming the tenant.
+    pub tenant_claim: String,
+    /// The claim naming a tier, if any.
+    pub tier_claim: Option<String>,
+    /// Index into `RateLimitConfig::tiers` for tenants nothing else places.
+    pub default_tier: usize,
+    /// Clock skew allowed for `exp`, `nbf`, `iat`.
+    pub leeway: Duration,
+    /// Claims sent upstream, and the header each goes in.
+    pub forward_claims: Vec<(String, http::HeaderName)>,
+    /// Most verified tokens remembered.
+    pub cache_size: usize,
+}
+
+/// One trusted issuer, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuerConfig {
+    /// Its exact `iss`.
+    pub issuer: String,
+    /// Accepted audiences (empty: `aud` not checked).
+    pub audiences: Vec<String>,
+    /// Its published keys, if any.
+    pub jwks: Option<JwksConfig>,
+    /// Algorithms accepted from it (never `none`; HMAC only with `secret`).
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// The HMAC secret, from `secret_env`.
+    pub secret: Option<Secret>,
+}
+
+/// Where and how often an issuer's JSON Web Key Set is read.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct JwksConfig {
+    /// URL or file.
+    pub source: JwksSource,
+    /// Time between two scheduled fetches.
+    pub refresh: Duration,
+    /// Least time between two fetches caused by unknown key ids.
+    pub unknown_kid_cooldown: Duration,
+    /// Longest wait for one fetch.
+    pub timeout: Duration,
+}
+
+/// Where a key set is published.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum JwksSource {
+    /// Fetched with a GET (`http` or `https`).
+    Url(String),
+    /// Read from disk.
+    File(std::path::PathBuf),
+}
+
+impl std::fmt::Display for JwksSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JwksSource::Url(url) => f.write_str(url),
+            JwksSource::File(path) => write!(f, "file {}", path.display()),
+        }
+    }
 }
 
 /// A tier.

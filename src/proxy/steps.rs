@@ -12,7 +12,6 @@ use crate::headers;
 use crate::host::Host;
 use crate::hygiene;
 use crate::ratelimit::admission::{self, Stage};
-use crate::ratelimit::identity::Identity;
 use crate::target;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
@@ -204,7 +203,11 @@ pub(super) fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
 /// Who sent the request, decided once and before the cache is asked — a
 /// missing or bad key is a 401 here whatever stage the budget is counted
 /// at. On an exempt route a key that identifies nobody refuses nothing.
-fn identify(session: &Session, ctx: &mut RequestCtx) -> Result<(), ErrorResponse> {
+fn identify(
+    session: &Session,
+    ctx: &mut RequestCtx,
+    metrics: &crate::metrics::Metrics,
+) -> Result<(), ErrorResponse> {
     let gateway = &ctx.gateway;
     let limiter = gateway.rate_limiter.as_ref();
     let req = session.req_header();
@@ -216,7 +219,7 @@ fn identify(session: &Session, ctx: &mut RequestCtx) -> Result<(), ErrorResponse
     let budgeted = ctx
         .route
         .is_some_and(|id| gateway.route(id).rate_budget.is_some());
-    match admission::identify(limiter, req, client_ip(session)) {
+    match admission::identify(limiter, metrics, req, client_ip(session)) {
         Ok(who) => ctx.identity = Some(who),
         Err(refusal) if budgeted => return Err(refusal),
         Err(_) => {}
@@ -242,10 +245,7 @@ fn forward(session: &mut Session, ctx: &RequestCtx) -> Result<(), ErrorResponse>
         tls: ctx.tls,
         keep_overrides: &server.keep_override_headers,
         limiter: ctx.gateway.rate_limiter.as_ref(),
-        tenant: match ctx.identity {
-            Some(Identity::Tenant(i)) => Some(i),
-            _ => None,
-        },
+        who: ctx.identity.as_ref(),
     };
     forwarded::rewrite(session.req_header_mut(), &edge).map_err(|e| {
         log::error!("rewriting the request for the upstream: {e}");
@@ -280,7 +280,7 @@ impl Proxy {
         if session.subrequest_ctx.is_some() {
             ctx.mark_subrequest();
         }
-        if let Err(refusal) = identify(session, ctx) {
+        if let Err(refusal) = identify(session, ctx, &self.state.metrics) {
             return respond::error(session, ctx, &refusal).await.map(|()| true);
         }
         if self.admit(session, ctx, Stage::BeforeCache).await? {
@@ -316,9 +316,11 @@ impl Proxy {
         if ctx.subrequest {
             return Ok(false);
         }
-        let (Some(limiter), Some(route), Some(who)) =
-            (ctx.gateway.rate_limiter.as_ref(), ctx.route(), ctx.identity)
-        else {
+        let (Some(limiter), Some(route), Some(who)) = (
+            ctx.gateway.rate_limiter.as_ref(),
+            ctx.route(),
+            ctx.identity.clone(),
+        ) else {
             return Ok(false);
         };
         let Some(budget) = route

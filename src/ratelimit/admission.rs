@@ -7,6 +7,7 @@
 use super::identity::{Identity, Refusal};
 use super::local::Check;
 use super::{count, RateHeaders, RateLimiter, RateStore, RouteBudget};
+use crate::config::model::KeySource;
 use crate::errors::ErrorResponse;
 use crate::metrics::Metrics;
 use pingora::http::RequestHeader;
@@ -54,15 +55,22 @@ pub struct Budget<'a> {
 /// missing or bad key is a 401 even for a response the cache holds.
 pub fn identify(
     limiter: &RateLimiter,
+    metrics: &Metrics,
     req: &RequestHeader,
     peer: Option<IpAddr>,
 ) -> Result<Identity, ErrorResponse> {
-    limiter
-        .identify(req, peer)
-        .map_err(|refusal| match refusal {
+    limiter.identify(req, peer).map_err(|refusal| {
+        metrics
+            .auth_failures
+            .with_label_values(&[refusal.reason()])
+            .inc();
+        let bearer = limiter.config.key_sources.contains(&KeySource::Bearer);
+        match refusal {
             Refusal::InvalidKey => ErrorResponse::invalid_api_key(),
-            Refusal::KeyRequired => ErrorResponse::api_key_required(),
-        })
+            Refusal::KeyRequired => ErrorResponse::api_key_required(bearer),
+            Refusal::InvalidToken(failure) => ErrorResponse::invalid_token(failure.description()),
+        }
+    })
 }
 
 /// Decides the tier's and the route's budgets of an identified requester
@@ -129,7 +137,10 @@ routes: [{{ name: all, upstream: api }}]
             "test.yaml",
         )
         .expect("config");
-        RateLimiter::new(config.rate_limit.as_ref().expect("rate limit"))
+        RateLimiter::new(
+            config.rate_limit.as_ref().expect("rate limit"),
+            &Default::default(),
+        )
     }
 
     #[test]
@@ -163,7 +174,7 @@ routes: [{{ name: all, upstream: api }}]
                 route: "all",
                 budget: &budget,
             };
-            let who = identify(&l, &req, peer).expect("anonymous allowed");
+            let who = identify(&l, &metrics, &req, peer).expect("anonymous allowed");
             last = admit(&l, &store, &metrics, route, who).await;
         }
         let refusal = last.refusal.expect("third request refused");

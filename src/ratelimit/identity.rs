@@ -1,18 +1,23 @@
-//! Who is asking: the tenant behind an API key, or an anonymous client IP.
-//! Keys are compared by SHA-256, so the config never holds a usable key.
+//! Who is asking: the tenant behind an API key or a verified JWT, or an
+//! anonymous client IP. Keys are compared by SHA-256, so the config never
+//! holds a usable key; the same digest finds a token verified before.
 
 use super::RateLimiter;
+use crate::auth::jwt::{Bearer, Failure, TokenTenant};
 use crate::config::model::{Anonymous, KeySource};
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// A requester.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Identity {
-    /// A tenant, by index.
+    /// A tenant, by index, identified by its API key.
     Tenant(usize),
+    /// A tenant named by a verified JWT (configured or not).
+    Token(Arc<TokenTenant>),
     /// No key: the client's IP (IPv6: its network, see [`anonymous_network`]).
     Anonymous(IpAddr),
 }
@@ -24,6 +29,30 @@ pub enum Refusal {
     InvalidKey,
     /// No key, and anonymous requests are refused: 401 `api_key_required`.
     KeyRequired,
+    /// A JWT that did not verify: 401 `invalid_token`.
+    InvalidToken(Failure),
+}
+
+impl Refusal {
+    /// The `tollgate_auth_failures_total` reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::InvalidKey => "api_key",
+            Refusal::KeyRequired => "missing",
+            Refusal::InvalidToken(failure) => failure.reason(),
+        }
+    }
+}
+
+impl Identity {
+    /// The tenant's name, if the requester is a tenant.
+    pub fn tenant_name<'a>(&'a self, limiter: &'a RateLimiter) -> Option<&'a str> {
+        match self {
+            Identity::Tenant(i) => limiter.tenants.get(*i).map(|(name, _)| &**name),
+            Identity::Token(t) => Some(&t.name),
+            Identity::Anonymous(_) => None,
+        }
+    }
 }
 
 /// `sha256:<hex>` of a key, as the config stores it.
@@ -58,6 +87,13 @@ impl RateLimiter {
                 return Err(Refusal::InvalidKey);
             }
             let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+            if let (KeySource::Bearer, Some(jwt)) = (source, &self.jwt) {
+                match jwt.read(key, &digest) {
+                    Bearer::ApiKey => {}
+                    Bearer::Token(tenant) => return Ok(Identity::Token(tenant)),
+                    Bearer::Refused(failure) => return Err(Refusal::InvalidToken(failure)),
+                }
+            }
             return self
                 .keys
                 .get(&digest)
@@ -89,17 +125,28 @@ impl RateLimiter {
     }
 
     /// Sets what the upstream learns about the requester: the tenant's
-    /// name in `tenant_header` (a client's own copy of it removed first, so
-    /// it cannot claim to be another tenant), and, unless
-    /// `forward_api_key`, no API key headers.
+    /// name in `tenant_header` and a verified token's `forward_claims`
+    /// (a client's own copies of these fields removed first, so it cannot
+    /// claim to be another tenant), and, unless `forward_api_key`, no API
+    /// key headers.
     pub fn forward_identity(
         &self,
         upstream: &mut RequestHeader,
-        tenant: Option<usize>,
+        who: Option<&Identity>,
     ) -> pingora::Result<()> {
         upstream.remove_header(&self.config.tenant_header);
-        if let Some((name, _)) = tenant.and_then(|i| self.tenants.get(i)) {
-            upstream.insert_header(self.config.tenant_header.clone(), &**name)?;
+        if let Some(jwt) = &self.config.jwt {
+            for (_, header) in &jwt.forward_claims {
+                upstream.remove_header(header);
+            }
+        }
+        if let Some(name) = who.and_then(|w| w.tenant_name(self)) {
+            upstream.insert_header(self.config.tenant_header.clone(), name)?;
+        }
+        if let Some(Identity::Token(token)) = who {
+            for (header, value) in &token.forward {
+                upstream.insert_header(header.clone(), value.clone())?;
+            }
         }
         if !self.config.forward_api_key {
             for source in &self.config.key_sources {

@@ -17,6 +17,8 @@ mod sweeper;
 
 pub use sweeper::BucketSweeper;
 
+use crate::auth::jwt::JwtVerifier;
+use crate::auth::keyring::KeyRing;
 use crate::config::model::{Anonymous, RateLimitConfig, RouteRateLimit};
 use crate::metrics::Metrics;
 use gcra::{Verdict, Window};
@@ -28,7 +30,7 @@ use prometheus::IntCounter;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// A tier as decisions use it.
 pub struct Tier {
@@ -71,6 +73,8 @@ pub struct RateLimiter {
     tenant_keys: Vec<Box<str>>,
     /// SHA-256 of a key → tenant index.
     pub keys: HashMap<[u8; 32], usize>,
+    /// Bearer JWTs, when `auth.jwt` is configured.
+    pub jwt: Option<JwtVerifier>,
     /// The config it came from (key sources, proxies, anonymous policy),
     /// without its tenant list: that is compiled into `tenants` and `keys`
     /// and kept once more in the gateway's config, not a third time
@@ -209,18 +213,17 @@ pub fn count(metrics: &Metrics, limiter: &RateLimiter, who: &Identity, d: &Decis
             .with_label_values(&[&*tier.name])
             .inc();
     }
+    let tenant = who.tenant_name(limiter);
     if !d.allowed {
-        match who {
-            Identity::Tenant(i) => metrics.rejected_tenants.reject(&*limiter.tenants[*i].0),
-            anonymous => metrics
-                .rejected_tenants
-                .reject(limiter.bucket_key(anonymous)),
+        match tenant {
+            Some(name) => metrics.rejected_tenants.reject(name),
+            None => metrics.rejected_tenants.reject(limiter.bucket_key(who)),
         }
     }
-    if let (true, Identity::Tenant(i)) = (tier.tenant_metrics, who) {
+    if let (true, Some(name)) = (tier.tenant_metrics, tenant) {
         metrics
             .ratelimit_tenant_decisions
-            .with_label_values(&[&*limiter.tenants[*i].0, outcome])
+            .with_label_values(&[name, outcome])
             .inc();
     }
 }
@@ -280,9 +283,9 @@ fn combined_policy(tier: &HeaderValue, route: &HeaderValue) -> HeaderValue {
 }
 
 impl RateLimiter {
-    /// Compiles the validated config.
-    pub fn new(config: &RateLimitConfig) -> Self {
-        let tiers = config
+    /// Compiles the validated config; JWT key sources come from `keys`.
+    pub fn new(config: &RateLimitConfig, ring: &Arc<KeyRing>) -> Self {
+        let tiers: Vec<Tier> = config
             .tiers
             .iter()
             .map(|t| {
@@ -310,13 +313,19 @@ impl RateLimiter {
                 keys.insert(*h, i);
             }
         }
+        let tenants: Vec<(Box<str>, usize)> = config
+            .tenants
+            .iter()
+            .map(|t| (t.name.as_str().into(), t.tier))
+            .collect();
+        let jwt = config.jwt.as_ref().map(|jwt| {
+            let tier_names: Vec<Box<str>> = tiers.iter().map(|t: &Tier| t.name.clone()).collect();
+            JwtVerifier::new(jwt, ring, &tenants, &tier_names)
+        });
         Self {
+            jwt,
             tiers,
-            tenants: config
-                .tenants
-                .iter()
-                .map(|t| (t.name.as_str().into(), t.tier))
-                .collect(),
+            tenants,
             tenant_keys: config
                 .tenants
                 .iter()
@@ -335,6 +344,7 @@ impl RateLimiter {
                 tenant_header: config.tenant_header.clone(),
                 max_local_buckets: config.max_local_buckets,
                 redis: config.redis.clone(),
+                jwt: config.jwt.clone(),
             },
         }
     }
@@ -343,6 +353,7 @@ impl RateLimiter {
     pub fn tier_of(&self, who: &Identity) -> Option<usize> {
         match who {
             Identity::Tenant(i) => self.tenants.get(*i).map(|(_, t)| *t),
+            Identity::Token(t) => Some(t.tier),
             Identity::Anonymous(_) => match self.config.anonymous {
                 Anonymous::Tier(t) => Some(t),
                 Anonymous::Reject => None,
@@ -351,9 +362,10 @@ impl RateLimiter {
     }
 
     /// The bucket key of a requester.
-    pub fn bucket_key(&self, who: &Identity) -> std::borrow::Cow<'_, str> {
+    pub fn bucket_key<'a>(&'a self, who: &'a Identity) -> std::borrow::Cow<'a, str> {
         match who {
             Identity::Tenant(i) => std::borrow::Cow::Borrowed(&self.tenant_keys[*i]),
+            Identity::Token(t) => std::borrow::Cow::Borrowed(&t.bucket_key),
             Identity::Anonymous(IpAddr::V4(ip)) => std::borrow::Cow::Owned(format!("ip:{ip}")),
             Identity::Anonymous(IpAddr::V6(net)) => {
                 std::borrow::Cow::Owned(format!("ip:{net}/{}", self.config.ipv6_prefix))

@@ -5,6 +5,7 @@
 //! Every struct denies unknown fields so a typo is an error with a line
 //! number, never a silently ignored setting.
 
+mod auth;
 mod cache;
 mod ratelimit;
 
@@ -49,6 +50,9 @@ pub struct FileConfig {
     /// How requests without an API key are treated.
     #[serde(default)]
     pub anonymous: Option<AnonymousSpec>,
+    /// Tenants identified by JSON Web Tokens.
+    #[serde(default)]
+    pub auth: AuthSpec,
     /// Where API keys are read and which proxies are trusted for client IPs.
     #[serde(default)]
     pub rate_limit: RateLimitSpec,
@@ -460,6 +464,7 @@ pub struct RouteCompressionSpec {
     pub min_size: Option<crate::config::units::ByteSize>,
 }
 
+pub use auth::*;
 pub use cache::*;
 pub use ratelimit::*;
 

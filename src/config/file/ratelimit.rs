@@ -33,7 +33,9 @@ pub struct TierSpec {
 pub struct TenantSpec {
     /// Tier name.
     pub tier: String,
-    /// `sha256:<hex>` of each key (`tollgate hash-key` prints one).
+    /// `sha256:<hex>` of each key (`tollgate hash-key` prints one). May be
+    /// empty for a tenant that only comes with JWTs (`auth.jwt`).
+    #[serde(default)]
     pub api_keys: Vec<String>,
 }
 

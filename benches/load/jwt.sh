@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Tenants from JWTs against tenants from API keys, side by side in one run:
+# the same cached hit through one tollgate with rate limiting, asked with
+# an API key and with a JWT (the same token reused: the verified-token
+# cache answers), and through a second tollgate whose verified-token cache
+# is off (`cache_size: 0`: every request checks the RS256 signature).
+#
+#   benches/load/jwt.sh [DURATION_SECONDS=10] [ROUNDS=3]
+#
+# Proxies and the origin on CPU 0, wrk on CPU 1; rounds alternate. Prints
+# requests/s and p50/p99 per case (median of the rounds) and the ratios.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. benches/load/setup.sh
+DURATION="${1:-10}"
+ROUNDS="${2:-3}"
+CONNS=64
+PROXY_CPU=0
+LOAD_CPU=1
+WORK="$(mktemp -d /tmp/tollgate-jwt.XXXXXX)"
+chmod 755 "$WORK"
+
+scripts/install-deps build-essential cmake pkg-config libssl-dev nginx wrk
+cargo build --release --locked --bin tollgate --example jwt_bench_keys >&2
+
+ORIGIN=127.0.0.1:18281
+PROXY=127.0.0.1:18280
+ADMIN=127.0.0.1:18290
+NOCACHE=127.0.0.1:18282
+NOCACHE_ADMIN=127.0.0.1:18291
+BENCH_KEY=bench-key
+ISSUER=https://auth.bench/
+AUDIENCE=bench-api
+
+bench_document "$WORK/doc.json"
+origin_conf "$WORK" "$ORIGIN" > "$WORK/origin.conf"
+TOKEN=$(target/release/examples/jwt_bench_keys "$WORK/jwks.json" "$ISSUER" "$AUDIENCE")
+KEY_HASH=$(target/release/tollgate hash-key "$BENCH_KEY")
+
+config() { # listen admin cache_size
+  cat <<YAML
+listen: ["$1"]
+admin: { listen: "$2" }
+server: { threads: 1, work_stealing: false, pid_file: $WORK/tollgate-$1.pid, upgrade_sock: $WORK/upgrade-$1.sock }
+logging: { access_log: false }
+$(bench_rate_limits "$KEY_HASH")
+auth:
+  jwt:
+    issuers:
+      - issuer: "$ISSUER"
+        audiences: [$AUDIENCE]
+        jwks: { file: $WORK/jwks.json }
+        algorithms: [RS256]
+    tenant_claim: org_id
+    default_tier: bench
+    cache_size: $3
+upstreams:
+  origin: { backends: ["$ORIGIN"] }
+routes:
+  - { name: cached, upstream: origin, cache: {} }
+YAML
+}
+config "$PROXY" "$ADMIN" 100000 > "$WORK/tollgate.yaml"
+config "$NOCACHE" "$NOCACHE_ADMIN" 0 > "$WORK/tollgate-nocache.yaml"
+
+pids=()
+cleanup() {
+  nginx -c "$WORK/origin.conf" -s stop 2>/dev/null || true
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+taskset -c $PROXY_CPU nginx -c "$WORK/origin.conf"
+for name in tollgate tollgate-nocache; do
+  taskset -c $PROXY_CPU target/release/tollgate run -c "$WORK/$name.yaml" > "$WORK/$name.log" 2>&1 &
+  pids+=($!)
+done
+for addr in "$ADMIN" "$NOCACHE_ADMIN"; do
+  for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://$addr/ready" 2>/dev/null && break; sleep 0.1; done
+done
+# Both credentials answer, from the cache, as tenant bench.
+for addr in "$PROXY" "$NOCACHE"; do
+  for credential in "$BENCH_KEY" "$TOKEN"; do
+    curl -fsS -o /dev/null -H "Authorization: Bearer $credential" "http://$addr/cached"
+    curl -fsS -o /dev/null -D - -H "Authorization: Bearer $credential" "http://$addr/cached" \
+      | grep -qi '^cache-status: .*hit' || { echo "$addr: not a cache hit" >&2; exit 1; }
+  done
+done
+
+to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
+measure() { # addr credential -> "rps p50 p99"
+  local out
+  out=$(taskset -c $LOAD_CPU wrk -t1 -c$CONNS -d"${DURATION}s" --latency \
+    -H "Authorization: Bearer $2" "http://$1/cached")
+  if grep -q "Non-2xx" <<<"$out"; then echo "warning: non-2xx responses" >&2; fi
+  echo "$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out") $(to_ms "$(awk '$1 == "50%" { print $2 }' <<<"$out")") $(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")"
+}
+
+declare -A results
+cases=("api-key:$PROXY:$BENCH_KEY" "jwt:$PROXY:$TOKEN" "jwt-unremembered:$NOCACHE:$TOKEN")
+for round in $(seq 1 "$ROUNDS"); do
+  for c in "${cases[@]}"; do
+    IFS=: read -r name host port credential <<<"$c"
+    results["$name/$round"]=$(measure "$host:$port" "$credential")
+    echo "round $round $name: ${results[$name/$round]}" >&2
+  done
+done
+
+python3 - "$ROUNDS" "$DURATION" "$CONNS" <<PY
+import statistics, sys
+rounds, duration, conns = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+raw = {
+$(for k in "${!results[@]}"; do echo "  \"$k\": \"${results[$k]}\","; done)
+}
+def med(name, i):
+    return statistics.median(float(raw[f"{name}/{r}"].split()[i]) for r in range(1, rounds + 1))
+print(f"cached hit, median of {rounds} rounds, {duration}s each, wrk -t1 -c{conns}; tollgate on CPU 0, wrk on CPU 1")
+print(f"{'case':<18}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+for name in ("api-key", "jwt", "jwt-unremembered"):
+    print(f"{name:<18}{med(name,0):>10.0f}{med(name,1):>9.3f}{med(name,2):>9.3f}")
+print(f"\njwt / api-key:              {med('jwt',0)/med('api-key',0):.3f}x req/s")
+print(f"jwt-unremembered / api-key: {med('jwt-unremembered',0)/med('api-key',0):.3f}x req/s")
+PY

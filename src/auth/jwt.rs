@@ -1,0 +1,463 @@
+//! Bearer JWTs (RFC 7519) as identities: the signature checked with the
+//! key the token's `kid` names in its issuer's set, the algorithm taken
+//! from the issuer's list (never from the token alone), `iss`, `aud`,
+//! `exp`, `nbf` and `iat` checked with the leeway, then the tenant read
+//! from its claim and its tier decided. Signatures and registered claims
+//! are jsonwebtoken's; what is ours is choosing the key and the reasons.
+
+use super::keyring::{KeyRing, KeySource};
+use super::keys::{is_hmac, Lookup};
+use super::verified::{Verified, VerifiedTokens};
+use crate::config::model::JwtConfig;
+use base64::Engine as _;
+use http::{HeaderName, HeaderValue};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The caller a verified token names.
+#[derive(Debug)]
+pub struct TokenTenant {
+    /// The tenant claim's value.
+    pub name: Box<str>,
+    /// Index into the rate limiter's tiers.
+    pub tier: usize,
+    /// Its budget's key (`t:<name>`: the same as the tenant's API keys use).
+    pub bucket_key: Box<str>,
+    /// `forward_claims` headers for the upstream.
+    pub forward: Vec<(HeaderName, HeaderValue)>,
+}
+
+#[cfg(test)]
+impl TokenTenant {
+    /// A tenant for unit tests.
+    pub fn for_tests(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            tier: 0,
+            bucket_key: format!("t:{name}").into(),
+            forward: Vec::new(),
+        }
+    }
+}
+
+/// Why a token was refused: a `tollgate_auth_failures_total` reason and
+/// the `error_description` of the 401's `WWW-Authenticate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Not three base64url parts of JSON, or a `crit` header.
+    Malformed,
+    /// `alg` missing, `none`, not in the issuer's list, or not the key's.
+    Algorithm,
+    /// The set has no key by the token's `kid`.
+    UnknownKid,
+    /// The signature does not verify.
+    Signature,
+    /// Past `exp` (plus leeway).
+    Expired,
+    /// Before `nbf`, or `iat` in the future (beyond leeway).
+    NotYetValid,
+    /// `iss` missing or not a configured issuer.
+    Issuer,
+    /// `aud` missing or not an accepted audience.
+    Audience,
+    /// Signed, but a needed claim is missing or unusable.
+    Claims(&'static str),
+}
+
+impl Failure {
+    /// The metric label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Failure::Malformed => "malformed",
+            Failure::Algorithm => "algorithm",
+            Failure::UnknownKid => "unknown_kid",
+            Failure::Signature => "signature",
+            Failure::Expired => "expired",
+            Failure::NotYetValid => "not_yet_valid",
+            Failure::Issuer => "issuer",
+            Failure::Audience => "audience",
+            Failure::Claims(_) => "claims",
+        }
+    }
+
+    /// The `error_description` (no detail of the token itself).
+    pub fn description(self) -> &'static str {
+        match self {
+            Failure::Malformed => "The token is malformed",
+            Failure::Algorithm => "The token's algorithm is not accepted",
+            Failure::UnknownKid => "The token is signed with an unknown key",
+            Failure::Signature => "The token's signature is invalid",
+            Failure::Expired => "The token has expired",
+            Failure::NotYetValid => "The token is not valid yet",
+            Failure::Issuer => "The token's issuer is not trusted",
+            Failure::Audience => "The token is not for this audience",
+            Failure::Claims(what) => what,
+        }
+    }
+}
+
+/// One trusted issuer, compiled.
+struct Issuer {
+    iss: String,
+    /// Validation per accepted algorithm (jsonwebtoken wants the list).
+    validations: Vec<(Algorithm, Validation)>,
+    keys: Option<Arc<KeySource>>,
+    secret: Option<DecodingKey>,
+}
+
+/// The compiled `auth.jwt` of one config generation.
+pub struct JwtVerifier {
+    issuers: Vec<Issuer>,
+    tenant_claim: String,
+    tier_claim: Option<String>,
+    default_tier: usize,
+    leeway: u64,
+    forward_claims: Vec<(String, HeaderName)>,
+    /// Configured tenants' tiers, by name.
+    tenant_tiers: HashMap<Box<str>, usize>,
+    /// Tiers by name.
+    tier_names: HashMap<Box<str>, usize>,
+    verified: VerifiedTokens,
+    ring: Arc<KeyRing>,
+}
+
+/// What a bearer value is.
+pub enum Bearer {
+    /// Not a JWT: an API key.
+    ApiKey,
+    /// A JWT that verified.
+    Token(Arc<TokenTenant>),
+    /// A JWT that did not.
+    Refused(Failure),
+}
+
+impl JwtVerifier {
+    /// Compiles `config`; key sources come from (and stay in) `ring`.
+    pub fn new(
+        config: &JwtConfig,
+        ring: &Arc<KeyRing>,
+        tenants: &[(Box<str>, usize)],
+        tiers: &[Box<str>],
+    ) -> Self {
+        let issuers = config
+            .issuers
+            .iter()
+            .map(|i| Issuer {
+                iss: i.issuer.clone(),
+                validations: i
+                    .algorithms
+                    .iter()
+                    .map(|&alg| {
+                        let mut v = Validation::new(alg);
+                        v.leeway = config.leeway.as_secs();
+                        v.validate_nbf = true;
+                        v.set_issuer(&[&i.issuer]);
+                        let mut required = vec!["exp", "iss"];
+                        if i.audiences.is_empty() {
+                            v.validate_aud = false;
+                        } else {
+                            v.set_audience(&i.audiences);
+                            required.push("aud");
+                        }
+                        v.set_required_spec_claims(&required);
+                        (alg, v)
+                    })
+                    .collect(),
+                keys: i.jwks.as_ref().map(|j| ring.source(j)),
+                secret: i
+                    .secret
+                    .as_ref()
+                    .and_then(|s| DecodingKey::from_secret(s.expose().as_bytes()).ok()),
+            })
+            .collect();
+        Self {
+            issuers,
+            tenant_claim: config.tenant_claim.clone(),
+            tier_claim: config.tier_claim.clone(),
+            default_tier: config.default_tier,
+            leeway: config.leeway.as_secs(),
+            forward_claims: config.forward_claims.clone(),
+            tenant_tiers: tenants.iter().map(|(n, t)| (n.clone(), *t)).collect(),
+            tier_names: tiers
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.clone(), i))
+                .collect(),
+            verified: VerifiedTokens::new(config.cache_size),
+            ring: ring.clone(),
+        }
+    }
+
+    /// The key sources this generation reads, for [`KeyRing::schedule`].
+    pub fn key_sources(&self) -> impl Iterator<Item = &Arc<KeySource>> {
+        self.issuers.iter().filter_map(|i| i.keys.as_ref())
+    }
+
+    /// Reads a bearer value whose SHA-256 is `digest`: an API key unless
+    /// it has a JWT's shape and header; else the token's tenant or why not.
+    pub fn read(&self, value: &str, digest: &[u8; 32]) -> Bearer {
+        if !has_jwt_shape(value) {
+            return Bearer::ApiKey;
+        }
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(known) = self.verified.get(digest, now) {
+            if self.still_current(&known) {
+                return Bearer::Token(known.tenant);
+            }
+            self.verified.remove(digest);
+        }
+        let mut parts = value.split('.');
+        let (Some(header), Some(payload)) = (parts.next(), parts.next()) else {
+            return Bearer::ApiKey;
+        };
+        let Some(header) = json_part(header) else {
+            return Bearer::ApiKey;
+        };
+        if !header.contains_key("alg") {
+            return Bearer::ApiKey;
+        }
+        match self.verify(value, &header, payload, now) {
+            Ok(verified) => {
+                let tenant = verified.tenant.clone();
+                self.verified.insert(*digest, verified, now);
+                Bearer::Token(tenant)
+            }
+            Err(failure) => Bearer::Refused(failure),
+        }
+    }
+
+    /// Whether a remembered token's key set is still the one that verified it.
+    fn still_current(&self, known: &Verified) -> bool {
+        match self.issuers.get(known.issuer) {
+            Some(issuer) => match &issuer.keys {
+                Some(keys) if known.fingerprint != [0; 32] => {
+                    keys.keys().fingerprint == known.fingerprint
+                }
+                _ => true,
+            },
+            None => false,
+        }
+    }
+
+    fn verify(
+        &self,
+        token: &str,
+        header: &Map<String, Value>,
+        payload: &str,
+        now: u64,
+    ) -> Result<Verified, Failure> {
+        if header.contains_key("crit") {
+            return Err(Failure::Malformed);
+        }
+        let alg = match header.get("alg").and_then(Value::as_str) {
+            Some(name) => name.parse::<Algorithm>().map_err(|_| Failure::Algorithm)?,
+            None => return Err(Failure::Algorithm),
+        };
+        let claims = json_part(payload).ok_or(Failure::Malformed)?;
+        let (index, issuer) = claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .and_then(|iss| self.issuers.iter().enumerate().find(|(_, i)| i.iss == iss))
+            .ok_or(Failure::Issuer)?;
+        let validation = issuer
+            .validations
+            .iter()
+            .find(|(a, _)| *a == alg)
+            .map(|(_, v)| v)
+            .ok_or(Failure::Algorithm)?;
+        let kid = header.get("kid").and_then(Value::as_str);
+        let keys;
+        let (key, fingerprint) = if is_hmac(alg) {
+            (issuer.secret.as_ref().ok_or(Failure::Algorithm)?, [0; 32])
+        } else {
+            let source = issuer.keys.as_ref().ok_or(Failure::Algorithm)?;
+            keys = source.keys();
+            match keys.find(kid, alg) {
+                Lookup::Found(key) => (key, keys.fingerprint),
+                Lookup::WrongAlgorithm => return Err(Failure::Algorithm),
+                Lookup::UnknownKid => {
+                    source.want_refresh(&self.ring);
+                    return Err(Failure::UnknownKid);
+                }
+            }
+        };
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
+            .map_err(|e| failure_of(e.kind()))?;
+        let claims = data.claims;
+        if claims
+            .get("iat")
+            .and_then(Value::as_u64)
+            .is_some_and(|iat| iat > now + self.leeway)
+        {
+            return Err(Failure::NotYetValid);
+        }
+        let exp = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .ok_or(Failure::Expired)?;
+        let tenant = self.tenant(&claims)?;
+        Ok(Verified {
+            tenant: Arc::new(tenant),
+            expires_at: exp.saturating_add(self.leeway),
+            issuer: index,
+            fingerprint,
+        })
+    }
+
+    /// The tenant and tier a verified token's claims name.
+    fn tenant(&self, claims: &Map<String, Value>) -> Result<TokenTenant, Failure> {
+        let name = claims
+            .get(&self.tenant_claim)
+            .and_then(claim_text)
+            .filter(|n| is_tenant_name(n))
+            .ok_or(Failure::Claims("The token has no usable tenant claim"))?;
+        let tier = self
+            .tenant_tiers
+            .get(name.as_str())
+            .copied()
+            .or_else(|| {
+                let claim = claims.get(self.tier_claim.as_deref()?)?.as_str()?;
+                self.tier_names.get(claim).copied()
+            })
+            .unwrap_or(self.default_tier);
+        let forward = self
+            .forward_claims
+            .iter()
+            .filter_map(|(claim, header)| {
+                let text = claims.get(claim).and_then(claim_text)?;
+                Some((header.clone(), HeaderValue::from_str(&text).ok()?))
+            })
+            .collect();
+        Ok(TokenTenant {
+            bucket_key: format!("t:{name}").into(),
+            name: name.into(),
+            tier,
+            forward,
+        })
+    }
+
+    /// How many verified tokens are remembered.
+    pub fn remembered(&self) -> usize {
+        self.verified.len()
+    }
+}
+
+/// Whether a claim may name a tenant: 1 to 256 printable ASCII characters
+/// without space, `"`, `\\`, `{`, `}` or `|` — the name becomes part of
+/// budget keys (`t:<name>|r:<route>`, Redis hash tags `{…}`) and a header.
+fn is_tenant_name(name: &str) -> bool {
+    (1..=256).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b'{' | b'}' | b'|'))
+}
+
+/// Three dot-separated parts, the first two non-empty, all base64url.
+fn has_jwt_shape(value: &str) -> bool {
+    let mut dots = 0;
+    let mut part_len = 0;
+    for b in value.bytes() {
+        match b {
+            b'.' => {
+                if part_len == 0 && dots < 2 {
+                    return false;
+                }
+                dots += 1;
+                part_len = 0;
+            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => part_len += 1,
+            _ => return false,
+        }
+    }
+    dots == 2
+}
+
+/// A base64url part decoded as a JSON object.
+fn json_part(part: &str) -> Option<Map<String, Value>> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// A claim as header text: a string as is (printable ASCII only), a
+/// number or boolean as written; anything else is not a value to forward.
+fn claim_text(value: &Value) -> Option<String> {
+    let text = match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        _ => return None,
+    };
+    text.bytes()
+        .all(|b| (0x20..0x7f).contains(&b))
+        .then_some(text)
+}
+
+fn failure_of(kind: &ErrorKind) -> Failure {
+    match kind {
+        ErrorKind::ExpiredSignature => Failure::Expired,
+        ErrorKind::ImmatureSignature => Failure::NotYetValid,
+        ErrorKind::InvalidAudience => Failure::Audience,
+        ErrorKind::InvalidIssuer => Failure::Issuer,
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::InvalidAlgorithmName
+        | ErrorKind::MissingAlgorithm => Failure::Algorithm,
+        ErrorKind::MissingRequiredClaim(claim) => match claim.as_str() {
+            "aud" => Failure::Audience,
+            "iss" => Failure::Issuer,
+            "exp" => Failure::Claims("The token has no exp claim"),
+            _ => Failure::Claims("The token lacks a required claim"),
+        },
+        ErrorKind::InvalidClaimFormat(_) => {
+            Failure::Claims("A registered claim has the wrong type")
+        }
+        ErrorKind::InvalidToken
+        | ErrorKind::Base64(_)
+        | ErrorKind::Json(_)
+        | ErrorKind::Utf8(_) => Failure::Malformed,
+        _ => Failure::Signature,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_three_base64url_parts_look_like_a_jwt() {
+        assert!(has_jwt_shape("eyJh.eyJz.c2ln"));
+        assert!(has_jwt_shape("eyJh.eyJz."), "alg none: read, then refused");
+        assert!(!has_jwt_shape("eyJh..c2ln"));
+        assert!(!has_jwt_shape(".eyJz.c2ln"));
+        assert!(!has_jwt_shape("eyJh.eyJz.c2ln.more"));
+        assert!(!has_jwt_shape("sk_live_abc123"));
+        assert!(!has_jwt_shape("eyJh.eyJz.c2l+"));
+    }
+
+    #[test]
+    fn tenant_names_cannot_reach_into_budget_keys() {
+        assert!(is_tenant_name("org_123"));
+        assert!(is_tenant_name("acme.example:eu-1"));
+        assert!(
+            !is_tenant_name("acme|r:reports"),
+            "another tenant's route bucket"
+        );
+        assert!(!is_tenant_name("{acme}"), "a Redis hash tag");
+        assert!(!is_tenant_name("two words"));
+        assert!(!is_tenant_name(""));
+        assert!(!is_tenant_name(&"a".repeat(257)));
+    }
+
+    #[test]
+    fn claims_become_header_text_only_when_plain() {
+        assert_eq!(claim_text(&Value::from("acme")), Some("acme".into()));
+        assert_eq!(claim_text(&Value::from(42)), Some("42".into()));
+        assert_eq!(claim_text(&Value::from("a\r\nX-Evil: 1")), None);
+        assert_eq!(claim_text(&Value::from("café")), None);
+        assert_eq!(claim_text(&serde_json::json!(["a"])), None);
+    }
+}

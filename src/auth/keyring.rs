@@ -1,0 +1,400 @@
+//! The issuers' key sets for the life of the process: fetched in the
+//! background (never on the request path), refreshed every `refresh`, and
+//! at once — at most once per `unknown_kid_cooldown` — when a token names
+//! a key the set does not have, so a rotation needs no reload. A failed
+//! fetch keeps the last good set and shows in `/health`.
+//!
+//! Sources are kept by their config, so a reload that keeps an issuer's
+//! `jwks` block keeps its keys (no gap while the new generation fetches).
+
+use super::keys::KeySet;
+use crate::config::model::{JwksConfig, JwksSource};
+use crate::metrics::Metrics;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use pingora::upstreams::peer::HttpPeer;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::Notify;
+
+/// Largest key-set document read.
+const MAX_DOCUMENT: usize = 1024 * 1024;
+/// Retry delay after a failed fetch, when `refresh` is longer.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
+
+/// One published key set and what is known of its fetches.
+pub struct KeySource {
+    /// Where and how often.
+    pub config: JwksConfig,
+    keys: ArcSwap<KeySet>,
+    status: Mutex<FetchStatus>,
+    /// A token named an unknown key: fetch as soon as the cooldown allows.
+    wanted: AtomicBool,
+    /// A fetch is running.
+    fetching: AtomicBool,
+}
+
+#[derive(Default)]
+struct FetchStatus {
+    last_attempt: Option<Instant>,
+    last_ok: Option<SystemTime>,
+    last_error: Option<(SystemTime, String)>,
+    failed_last: bool,
+}
+
+impl KeySource {
+    fn new(config: JwksConfig) -> Self {
+        Self {
+            config,
+            keys: ArcSwap::from_pointee(KeySet::empty()),
+            status: Mutex::new(FetchStatus::default()),
+            wanted: AtomicBool::new(false),
+            fetching: AtomicBool::new(false),
+        }
+    }
+
+    /// The keys as last read (empty before the first good fetch).
+    pub fn keys(&self) -> arc_swap::Guard<Arc<KeySet>> {
+        self.keys.load()
+    }
+
+    /// Asks for a fetch because a token named an unknown key; the refresher
+    /// does it once the cooldown since the last fetch has passed.
+    pub fn want_refresh(&self, ring: &KeyRing) {
+        if !self.wanted.swap(true, Ordering::Relaxed) {
+            ring.wake.notify_one();
+        }
+    }
+
+    fn status(&self) -> std::sync::MutexGuard<'_, FetchStatus> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// When the next fetch is due (`now` if never tried), or `None`
+    /// while one runs.
+    fn due_at(&self, now: Instant) -> Option<Instant> {
+        if self.fetching.load(Ordering::Relaxed) {
+            return None;
+        }
+        let status = self.status();
+        let Some(last) = status.last_attempt else {
+            return Some(now);
+        };
+        let mut wait = self.config.refresh;
+        if status.failed_last {
+            wait = wait.min(RETRY_AFTER_FAILURE);
+        }
+        if self.wanted.load(Ordering::Relaxed) {
+            wait = wait.min(self.config.unknown_kid_cooldown);
+        }
+        Some(last + wait)
+    }
+
+    /// Whether a first fetch has been tried (ready or not).
+    fn attempted(&self) -> bool {
+        self.status().last_attempt.is_some() && !self.fetching.load(Ordering::Relaxed)
+    }
+
+    /// Fetches and installs the set; a failure keeps the last good one.
+    async fn refresh(&self, connector: &Connector, metrics: &Metrics) {
+        self.wanted.store(false, Ordering::Relaxed);
+        self.status().last_attempt = Some(Instant::now());
+        let fetched = match tokio::time::timeout(self.config.timeout, self.read(connector)).await {
+            Ok(result) => result.and_then(|body| KeySet::parse(&body)),
+            Err(_) => Err(format!(
+                "no answer within {}",
+                crate::config::units::seconds_one_decimal(self.config.timeout)
+            )),
+        };
+        let mut status = self.status();
+        match fetched {
+            Ok(set) => {
+                if set.fingerprint != self.keys.load().fingerprint {
+                    log::info!(
+                        "JWKS {}: {} keys ({})",
+                        self.config.source,
+                        set.len(),
+                        set.kids().join(", ")
+                    );
+                    self.keys.store(Arc::new(set));
+                }
+                status.last_ok = Some(SystemTime::now());
+                status.failed_last = false;
+                metrics.jwks_fetches.with_label_values(&["ok"]).inc();
+            }
+            Err(e) => {
+                log::warn!(
+                    "JWKS {}: {e}; keeping the last good keys",
+                    self.config.source
+                );
+                status.last_error = Some((SystemTime::now(), e));
+                status.failed_last = true;
+                metrics.jwks_fetches.with_label_values(&["error"]).inc();
+            }
+        }
+    }
+
+    async fn read(&self, connector: &Connector) -> Result<Vec<u8>, String> {
+        match &self.config.source {
+            JwksSource::File(path) => tokio::fs::read(path)
+                .await
+                .map_err(|e| format!("cannot read {}: {e}", path.display())),
+            JwksSource::Url(url) => get(connector, url).await,
+        }
+    }
+
+    /// What `/health` shows of this source.
+    pub fn health(&self) -> serde_json::Value {
+        let unix = |t: SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        };
+        let status = self.status();
+        let keys = self.keys.load();
+        serde_json::json!({
+            "source": self.config.source.to_string(),
+            "status": if keys.is_empty() { "down" } else if status.failed_last { "degraded" } else { "ok" },
+            "keys": keys.kids(),
+            "last_ok_unix": status.last_ok.map(unix),
+            "last_error": status.last_error.as_ref().map(|(_, e)| e.clone()),
+            "last_error_unix": status.last_error.as_ref().map(|(t, _)| unix(*t)),
+        })
+    }
+
+    /// Whether the keys are missing or the last fetch failed.
+    pub fn is_degraded(&self) -> bool {
+        self.keys.load().is_empty() || self.status().failed_last
+    }
+}
+
+/// A GET of an `http(s)://` URL through Pingora's connector (TLS verified
+/// against the system's roots and the URL's host name); the body of a 200.
+async fn get(connector: &Connector, url: &str) -> Result<Vec<u8>, String> {
+    let (tls, rest) = match url.strip_prefix("https://") {
+        Some(rest) => (true, rest),
+        None => (false, url.strip_prefix("http://").unwrap_or(url)),
+    };
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let path = if path.starts_with('?') {
+        format!("/{path}")
+    } else {
+        path.to_owned()
+    };
+    let default_port = if tls { 443 } else { 80 };
+    let (host, port) = split_authority(authority, default_port)?;
+    let addr = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host} has no address"))?;
+    let peer = HttpPeer::new(addr, tls, host.to_owned());
+    let (mut session, _) = connector
+        .get_http_session(&peer)
+        .await
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let mut req = RequestHeader::build("GET", path.as_bytes(), None)
+        .map_err(|e| format!("bad request target {path:?}: {e}"))?;
+    let header = |e: pingora::BError| format!("request header: {e}");
+    req.insert_header(http::header::HOST, authority)
+        .map_err(header)?;
+    req.insert_header(http::header::ACCEPT, "application/json")
+        .map_err(header)?;
+    req.insert_header(
+        http::header::USER_AGENT,
+        concat!("tollgate/", env!("CARGO_PKG_VERSION")),
+    )
+    .map_err(header)?;
+    session
+        .write_request_header(Box::new(req))
+        .await
+        .map_err(|e| format!("sending the request: {e}"))?;
+    session
+        .finish_request_body()
+        .await
+        .map_err(|e| format!("sending the request: {e}"))?;
+    session
+        .read_response_header()
+        .await
+        .map_err(|e| format!("reading the answer: {e}"))?;
+    let status = session
+        .response_header()
+        .map(|h| h.status.as_u16())
+        .unwrap_or(0);
+    if status != 200 {
+        return Err(format!("answered {status}"));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = session
+        .read_response_body()
+        .await
+        .map_err(|e| format!("reading the body: {e}"))?
+    {
+        if body.len() + chunk.len() > MAX_DOCUMENT {
+            return Err(format!("the key set is larger than {MAX_DOCUMENT} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// `host[:port]` or `[v6]:port` → host and port.
+fn split_authority(authority: &str, default_port: u16) -> Result<(&str, u16), String> {
+    let bad = || format!("bad host {authority:?}");
+    if let Some(v6) = authority.strip_prefix('[') {
+        let (host, rest) = v6.split_once(']').ok_or_else(bad)?;
+        let port = match rest.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| bad())?,
+            None if rest.is_empty() => default_port,
+            None => return Err(bad()),
+        };
+        return Ok((host, port));
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) => Ok((host, port.parse().map_err(|_| bad())?)),
+        None => Ok((authority, default_port)),
+    }
+}
+
+/// Every key source of the process.
+pub struct KeyRing {
+    sources: Mutex<HashMap<JwksConfig, Arc<KeySource>>>,
+    scheduled: ArcSwap<Vec<Arc<KeySource>>>,
+    wake: Notify,
+}
+
+impl Default for KeyRing {
+    fn default() -> Self {
+        Self {
+            sources: Mutex::new(HashMap::new()),
+            scheduled: ArcSwap::from_pointee(Vec::new()),
+            wake: Notify::new(),
+        }
+    }
+}
+
+impl KeyRing {
+    /// The source for `config`: the one already running for an equal
+    /// block, or a new one (a file is read at once, so its keys are there
+    /// before the first request).
+    pub fn source(&self, config: &JwksConfig) -> Arc<KeySource> {
+        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        sources
+            .entry(config.clone())
+            .or_insert_with(|| {
+                let source = KeySource::new(config.clone());
+                if let JwksSource::File(path) = &config.source {
+                    if let Ok(set) = std::fs::read(path)
+                        .map_err(|e| e.to_string())
+                        .and_then(|body| KeySet::parse(&body))
+                    {
+                        source.keys.store(Arc::new(set));
+                    }
+                }
+                Arc::new(source)
+            })
+            .clone()
+    }
+
+    /// Publishes the sources of a generation that went live: from now on
+    /// these and only these are refreshed; the others are forgotten.
+    pub fn schedule(&self, live: Vec<Arc<KeySource>>) {
+        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        sources.retain(|_, s| live.iter().any(|l| Arc::ptr_eq(l, s)));
+        self.scheduled.store(Arc::new(live));
+        self.wake.notify_one();
+    }
+
+    /// `/health`'s view: one entry per scheduled source.
+    pub fn health(&self) -> Vec<serde_json::Value> {
+        self.scheduled.load().iter().map(|s| s.health()).collect()
+    }
+
+    /// Whether any scheduled source has no keys or failed its last fetch.
+    pub fn is_degraded(&self) -> bool {
+        self.scheduled.load().iter().any(|s| s.is_degraded())
+    }
+
+    /// Waits (up to `limit`) until every scheduled source had its first
+    /// fetch, so `/ready` does not send traffic to a proxy without keys.
+    pub async fn first_fetches(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline && !self.scheduled.load().iter().all(|s| s.attempted()) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// The background service that fetches key sets when they are due.
+pub struct KeyRefresher {
+    ring: Arc<KeyRing>,
+    metrics: Arc<Metrics>,
+}
+
+impl KeyRefresher {
+    /// A refresher of `ring`'s scheduled sources.
+    pub fn new(ring: Arc<KeyRing>, metrics: Arc<Metrics>) -> Self {
+        Self { ring, metrics }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for KeyRefresher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let connector = Arc::new(Connector::new(None));
+        loop {
+            let now = Instant::now();
+            let mut next = now + Duration::from_secs(1);
+            for source in self.ring.scheduled.load().iter() {
+                match source.due_at(now) {
+                    Some(due) if due <= now => {
+                        source.fetching.store(true, Ordering::Relaxed);
+                        let (source, connector, metrics) =
+                            (source.clone(), connector.clone(), self.metrics.clone());
+                        tokio::spawn(async move {
+                            source.refresh(&connector, &metrics).await;
+                            source.fetching.store(false, Ordering::Relaxed);
+                        });
+                    }
+                    Some(due) => next = next.min(due),
+                    None => {}
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(next.into()) => {}
+                _ = self.ring.wake.notified() => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities_split_into_host_and_port() {
+        assert_eq!(
+            split_authority("auth.example.com", 443),
+            Ok(("auth.example.com", 443))
+        );
+        assert_eq!(
+            split_authority("127.0.0.1:8080", 80),
+            Ok(("127.0.0.1", 8080))
+        );
+        assert_eq!(split_authority("[::1]:9000", 80), Ok(("::1", 9000)));
+        assert_eq!(split_authority("[::1]", 443), Ok(("::1", 443)));
+        assert!(split_authority("host:port", 80).is_err());
+        assert!(split_authority("[::1", 80).is_err());
+    }
+}
