@@ -29,6 +29,7 @@ fn router() -> Router {
                 host: Some(HostPattern::Exact(format!("api{h}.example.com"))),
                 path_prefix: format!("/v1/resource{p}/"),
                 case_insensitive: false,
+                headers: Vec::new(),
                 methods: MethodSet::ANY,
             });
         }
@@ -37,6 +38,7 @@ fn router() -> Router {
         host: HostPattern::parse("*.example.com").ok(),
         path_prefix: "/".into(),
         case_insensitive: false,
+        headers: Vec::new(),
         methods: MethodSet::ANY,
     });
     Router::new(&routes)
@@ -52,6 +54,7 @@ fn route_match(c: &mut Criterion) {
                 Host::parse(black_box(b"API7.example.com:8080")).as_ref(),
                 black_box("/v1/resource17/items/42"),
                 &Method::GET,
+                &http::HeaderMap::new(),
             )
         })
     });
@@ -61,6 +64,7 @@ fn route_match(c: &mut Criterion) {
                 Host::parse(black_box(b"api7.example.com")).as_ref(),
                 black_box("/other"),
                 &Method::GET,
+                &http::HeaderMap::new(),
             )
         })
     });

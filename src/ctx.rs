@@ -29,6 +29,8 @@ pub struct RequestCtx {
     pub tls: bool,
     /// The matched route, set in `request_filter`.
     pub route: Option<RouteId>,
+    /// The path the upstream received, when the route rewrote it.
+    pub upstream_path: Option<String>,
     /// The request id (client's or generated), sent upstream and back.
     pub request_id: Option<HeaderValue>,
     /// The backend leased, attempts made, their timings and deadlines.
@@ -83,6 +85,7 @@ impl RequestCtx {
             identity: None,
             credentialed: false,
             subrequest: false,
+            upstream_path: None,
             rate_headers: None,
             body_bytes_in: 0,
             body_coding: None,

@@ -34,6 +34,12 @@ pub struct Route {
     pub max_body_size: u64,
     /// `encoded_slash` when the route overrides the global one.
     pub encoded_slash: Option<crate::hygiene::EncodedSlash>,
+    /// The upstream's path, when it differs from the client's.
+    pub rewrite: Option<crate::rewrite::Rewrite>,
+    /// Field changes to the request.
+    pub request_headers: crate::header_policy::HeaderPolicy,
+    /// Field changes to every response.
+    pub response_headers: crate::header_policy::HeaderPolicy,
 }
 
 impl Route {
@@ -86,6 +92,7 @@ impl Gateway {
                 path_prefix: r.path_prefix.clone(),
                 case_insensitive: r.case_insensitive,
                 methods: r.methods,
+                headers: r.match_headers.clone(),
             })
             .collect();
         let routes = config
@@ -101,6 +108,9 @@ impl Gateway {
                 compression: r.compression,
                 max_body_size: r.max_body_size,
                 encoded_slash: r.encoded_slash,
+                rewrite: r.rewrite.clone(),
+                request_headers: r.request_headers.clone(),
+                response_headers: r.response_headers.clone(),
             })
             .collect();
         Ok(Self {

@@ -190,7 +190,7 @@ fn valid_ipv6_literal(literal: &[u8]) -> bool {
 }
 
 /// A route's host condition.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum HostPattern {
     /// `api.example.com`: this host only.
     Exact(String),

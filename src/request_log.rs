@@ -39,6 +39,10 @@ impl Summary<'_> {
             out.extend_from_slice(label.as_bytes());
             out.extend_from_slice(value.as_bytes());
         }
+        if let Some(path) = &self.ctx.upstream_path {
+            out.extend_from_slice(b" upstream_path=");
+            out.extend_from_slice(path.as_bytes());
+        }
     }
 }
 
@@ -148,6 +152,7 @@ pub fn finish(
             "route": route.map_or(NO_ROUTE, |r| &r.name),
             "upstream": route.map(|r| r.upstream.name()),
             "backend": ctx.upstream.backend(),
+            "upstream_path": ctx.upstream_path,
             "duration_ms": elapsed.as_secs_f64() * 1000.0,
             "request_id": request_id,
             "error": e.map(|e| e.etype().as_str()),

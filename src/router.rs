@@ -1,22 +1,30 @@
-//! The compiled routing table: host, then longest path prefix, then method.
+//! The compiled routing table: host, then longest path prefix, then
+//! header conditions and method.
 //!
-//! Built once per config generation; [`Router::find`] does not allocate.
+//! Built once per config generation; [`Router::find`] does not allocate
+//! (beyond a lower-cased copy of the path when a bucket has
+//! case-insensitive routes) and does not scan the route list: the host is
+//! one hash lookup (a wildcard one per label of the host), the longest
+//! prefix one hash lookup per distinct prefix length no longer than the
+//! path, so 100,000 routes cost what a handful do.
 //!
 //! Matching rules (documented in the README):
 //! 1. Host buckets are tried from most to least specific: the exact host,
 //!    then wildcard hosts (`*.example.com`, longest suffix first), then routes
 //!    without a host. A request falls through to a less specific bucket when
-//!    nothing in a more specific one matches its path and method.
+//!    nothing in a more specific one matches its path, headers and method.
 //! 2. Inside a bucket the longest matching `path_prefix` wins; prefixes are
 //!    plain byte prefixes of the path (without the query), as in nginx, of
 //!    the path as `hygiene` normalised it; a route may ask for ASCII
 //!    case-insensitive matching.
-//! 3. Among routes with the same prefix, the first one in the file whose
-//!    method set contains the request method wins.
+//! 3. Among routes with the same prefix, routes with header conditions
+//!    (every listed field has the exact value) come before routes without;
+//!    then the first one in the file whose method set contains the request
+//!    method and whose conditions hold wins.
 
 pub use crate::host::{Host, HostPattern};
 pub use crate::methods::MethodSet;
-use http::Method;
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use std::collections::HashMap;
 
 /// Index of a route in the config's route list.
@@ -34,23 +42,96 @@ pub struct RouteMatch {
     pub case_insensitive: bool,
     /// Allowed methods.
     pub methods: MethodSet,
+    /// Header fields that must each have this exact value.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 #[derive(Debug)]
 struct Entry {
-    prefix: Box<str>,
-    case_insensitive: bool,
     methods: MethodSet,
+    headers: Box<[(HeaderName, HeaderValue)]>,
     route: RouteId,
+}
+
+impl Entry {
+    /// Whether the request's method and fields satisfy this route.
+    fn accepts(&self, method: &Method, fields: &HeaderMap) -> bool {
+        self.methods.contains(method)
+            && self
+                .headers
+                .iter()
+                .all(|(name, value)| fields.get_all(name).iter().any(|v| v == value))
+    }
+}
+
+type PrefixMap = HashMap<Box<[u8]>, Vec<Entry>, ahash::RandomState>;
+
+/// The routes of one host condition, by prefix.
+#[derive(Debug, Default)]
+struct Bucket {
+    /// Case-sensitive prefixes; entries in precedence order.
+    exact: PrefixMap,
+    /// Case-insensitive prefixes, ASCII lower-cased.
+    folded: PrefixMap,
+    /// Every distinct prefix length of either map, longest first.
+    lengths: Vec<usize>,
+}
+
+impl Bucket {
+    fn add(&mut self, prefix: &str, case_insensitive: bool, entry: Entry) {
+        let (map, key) = if case_insensitive {
+            (&mut self.folded, prefix.to_ascii_lowercase().into_bytes())
+        } else {
+            (&mut self.exact, prefix.as_bytes().to_vec())
+        };
+        map.entry(key.into_boxed_slice()).or_default().push(entry);
+    }
+
+    /// Orders each prefix's entries (header conditions first, then file
+    /// order) and lists the prefix lengths to probe.
+    fn seal(&mut self) {
+        for entries in self.exact.values_mut().chain(self.folded.values_mut()) {
+            entries.sort_by_key(|e| (e.headers.is_empty(), e.route.0));
+        }
+        let mut lengths: Vec<usize> = self
+            .exact
+            .keys()
+            .chain(self.folded.keys())
+            .map(|k| k.len())
+            .collect();
+        lengths.sort_unstable_by(|a, b| b.cmp(a));
+        lengths.dedup();
+        self.lengths = lengths;
+    }
+
+    fn find(&self, path: &[u8], method: &Method, fields: &HeaderMap) -> Option<RouteId> {
+        let folded_path = (!self.folded.is_empty()).then(|| path.to_ascii_lowercase());
+        for &len in self.lengths.iter().filter(|&&len| len <= path.len()) {
+            let exact = self.exact.get(&path[..len]);
+            let folded = folded_path
+                .as_ref()
+                .and_then(|p| self.folded.get(&p[..len]));
+            // Both spellings may hold this length: the better ranked wins.
+            let best = exact
+                .into_iter()
+                .chain(folded)
+                .flat_map(|entries| entries.iter().find(|e| e.accepts(method, fields)))
+                .min_by_key(|e| (e.headers.is_empty(), e.route.0));
+            if let Some(entry) = best {
+                return Some(entry.route);
+            }
+        }
+        None
+    }
 }
 
 /// The compiled routing table. See the module docs for the rules.
 #[derive(Debug, Default)]
 pub struct Router {
-    exact: HashMap<Box<str>, Vec<Entry>>,
-    /// Sorted by suffix length, longest first.
-    wildcard: Vec<(Box<str>, Vec<Entry>)>,
-    any_host: Vec<Entry>,
+    exact: HashMap<Box<str>, Bucket, ahash::RandomState>,
+    /// By suffix (`.example.com`).
+    wildcard: HashMap<Box<str>, Bucket, ahash::RandomState>,
+    any_host: Bucket,
 }
 
 impl Router {
@@ -59,76 +140,59 @@ impl Router {
         let mut router = Router::default();
         for (i, r) in routes.iter().enumerate() {
             let entry = Entry {
-                prefix: r.path_prefix.clone().into_boxed_str(),
-                case_insensitive: r.case_insensitive,
                 methods: r.methods,
+                headers: r.headers.clone().into_boxed_slice(),
                 route: RouteId(i),
             };
-            match &r.host {
-                None => router.any_host.push(entry),
-                Some(HostPattern::Exact(h)) => router
-                    .exact
-                    .entry(h.clone().into_boxed_str())
-                    .or_default()
-                    .push(entry),
+            let bucket = match &r.host {
+                None => &mut router.any_host,
+                Some(HostPattern::Exact(h)) => router.exact.entry(h.as_str().into()).or_default(),
                 Some(HostPattern::Wildcard(suffix)) => {
-                    match router.wildcard.iter_mut().find(|(s, _)| **s == **suffix) {
-                        Some((_, bucket)) => bucket.push(entry),
-                        None => router
-                            .wildcard
-                            .push((suffix.clone().into_boxed_str(), vec![entry])),
-                    }
+                    router.wildcard.entry(suffix.as_str().into()).or_default()
                 }
-            }
+            };
+            bucket.add(&r.path_prefix, r.case_insensitive, entry);
         }
-        // Longest prefix first; the sort is stable so file order breaks ties.
-        let by_prefix = |v: &mut Vec<Entry>| v.sort_by_key(|e| std::cmp::Reverse(e.prefix.len()));
-        router.exact.values_mut().for_each(by_prefix);
-        router.wildcard.iter_mut().for_each(|(_, v)| by_prefix(v));
-        by_prefix(&mut router.any_host);
-        router
-            .wildcard
-            .sort_by_key(|w| std::cmp::Reverse(w.0.len()));
+        router.exact.values_mut().for_each(Bucket::seal);
+        router.wildcard.values_mut().for_each(Bucket::seal);
+        router.any_host.seal();
         router
     }
 
     /// Finds the route for a request. `host` is the request's normalised
     /// host ([`Host::parse`]), `None` when it sent none; `path` excludes the
-    /// query string.
-    pub fn find(&self, host: Option<&Host>, path: &str, method: &Method) -> Option<RouteId> {
+    /// query string; `fields` are the request's header fields.
+    pub fn find(
+        &self,
+        host: Option<&Host>,
+        path: &str,
+        method: &Method,
+        fields: &HeaderMap,
+    ) -> Option<RouteId> {
+        let path = path.as_bytes();
         if let Some(host) = host.map(Host::as_str) {
-            if let Some(found) = self.exact.get(host).and_then(|b| find_in(b, path, method)) {
+            if let Some(found) = self
+                .exact
+                .get(host)
+                .and_then(|b| b.find(path, method, fields))
+            {
                 return Some(found);
             }
-            for (suffix, bucket) in &self.wildcard {
-                if crate::host::is_below(host, suffix) {
-                    if let Some(found) = find_in(bucket, path, method) {
+            if !self.wildcard.is_empty() {
+                // `.b.example.com`, `.example.com`, `.com`: longest first.
+                for (i, _) in host.match_indices('.') {
+                    if let Some(found) = self
+                        .wildcard
+                        .get(&host[i..])
+                        .and_then(|b| b.find(path, method, fields))
+                    {
                         return Some(found);
                     }
                 }
             }
         }
-        find_in(&self.any_host, path, method)
+        self.any_host.find(path, method, fields)
     }
-}
-
-impl Entry {
-    fn matches_path(&self, path: &str) -> bool {
-        if self.case_insensitive {
-            path.as_bytes()
-                .get(..self.prefix.len())
-                .is_some_and(|head| head.eq_ignore_ascii_case(self.prefix.as_bytes()))
-        } else {
-            path.starts_with(&*self.prefix)
-        }
-    }
-}
-
-fn find_in(bucket: &[Entry], path: &str, method: &Method) -> Option<RouteId> {
-    bucket
-        .iter()
-        .find(|e| e.matches_path(path) && e.methods.contains(method))
-        .map(|e| e.route)
 }
 
 #[cfg(test)]
@@ -143,6 +207,7 @@ mod tests {
             methods: methods.map_or(MethodSet::ANY, |m| {
                 MethodSet::from_names(m).expect("methods")
             }),
+            headers: Vec::new(),
         }
     }
 
@@ -161,7 +226,8 @@ mod tests {
 
     fn find(r: &Router, host: &str, path: &str, method: Method) -> Option<usize> {
         let host = (!host.is_empty()).then(|| Host::parse_str(host).expect("valid host"));
-        r.find(host.as_ref(), path, &method).map(|id| id.0)
+        r.find(host.as_ref(), path, &method, &HeaderMap::new())
+            .map(|id| id.0)
     }
 
     #[test]
@@ -230,6 +296,56 @@ mod tests {
             find(&r, "api.example.com", "/admin/x", Method::POST),
             Some(4)
         );
+    }
+
+    #[test]
+    fn header_conditions_win_over_plain_routes_of_the_same_prefix() {
+        let mut canary = route(None, "/api/", None);
+        canary.headers = vec![(
+            HeaderName::from_static("x-canary"),
+            HeaderValue::from_static("on"),
+        )];
+        // The plain route comes first in the file; the conditioned one
+        // still wins when its condition holds.
+        let r = Router::new(&[route(None, "/", None), route(None, "/api/", None), canary]);
+        let mut fields = HeaderMap::new();
+        let get = |fields: &HeaderMap, path: &str| {
+            r.find(None, path, &Method::GET, fields).map(|id| id.0)
+        };
+        assert_eq!(get(&fields, "/api/x"), Some(1));
+        fields.insert("x-canary", HeaderValue::from_static("off"));
+        assert_eq!(get(&fields, "/api/x"), Some(1), "exact value only");
+        fields.append("x-canary", HeaderValue::from_static("on"));
+        assert_eq!(get(&fields, "/api/x"), Some(2), "any line with the value");
+        assert_eq!(
+            get(&fields, "/other"),
+            Some(0),
+            "a longer prefix still comes first"
+        );
+    }
+
+    #[test]
+    fn a_hundred_thousand_routes_build_and_resolve() {
+        let mut routes = Vec::new();
+        for i in 0..50_000 {
+            routes.push(route(Some(&format!("h{i}.example.com")), "/", None));
+            routes.push(route(None, &format!("/svc-{i}/"), None));
+        }
+        routes.push(route(Some("*.wild.example.com"), "/w/", None));
+        let r = Router::new(&routes);
+        assert_eq!(
+            find(&r, "h49999.example.com", "/x", Method::GET),
+            Some(99_998)
+        );
+        assert_eq!(
+            find(&r, "nohost.test", "/svc-777/x", Method::GET),
+            Some(1_555)
+        );
+        assert_eq!(
+            find(&r, "a.b.wild.example.com", "/w/1", Method::GET),
+            Some(100_000)
+        );
+        assert_eq!(find(&r, "nohost.test", "/svc-x", Method::GET), None);
     }
 
     #[test]

@@ -103,6 +103,7 @@ fn route(host: Option<&str>, prefix: &str) -> RouteMatch {
         host: host.map(|h| HostPattern::parse(h).expect("pattern")),
         path_prefix: prefix.to_owned(),
         case_insensitive: false,
+        headers: Vec::new(),
         methods: MethodSet::ANY,
     }
 }
@@ -232,7 +233,7 @@ proptest! {
         // A route for exactly this host catches every spelling of it.
         if !host.as_str().starts_with('[') {
             let router = Router::new(&[route(Some(host.as_str()), "/"), route(None, "/")]);
-            let found = router.find(Some(&host), "/x", &http::Method::GET);
+            let found = router.find(Some(&host), "/x", &http::Method::GET, &http::HeaderMap::new());
             prop_assert_eq!(found.map(|r| r.0), Some(0));
         }
         // The key holds the very host the router matched.
@@ -268,7 +269,7 @@ proptest! {
         let keyed = |(host, path): &(String, String)| {
             let host = Host::parse_str(host)?;
             let path = normalise_path(path).ok()?.into_owned();
-            let id = router.find(Some(&host), &path, &http::Method::GET)?;
+            let id = router.find(Some(&host), &path, &http::Method::GET, &http::HeaderMap::new())?;
             let req = pingora::http::RequestHeader::build("GET", path.as_bytes(), None).ok()?;
             let scope = Scope { scheme: "https", route: ROUTE_NAMES[id.0], upstream: "up" };
             Some((id, key::primary(&req, Some(&host), scope, &policy())))

@@ -6,9 +6,36 @@ use super::file::RouteSpec;
 use super::locate::FieldPath;
 use super::model::*;
 use super::{name_rule, valid_name, Checker};
+use crate::header_policy::HeaderPolicy;
 use crate::host::HostPattern;
 use crate::methods::MethodSet;
+use crate::template::{Template, Values, HEADER_PLACEHOLDERS};
 use std::collections::HashMap;
+
+/// Request fields tollgate writes itself for the upstream (the tenant
+/// field is checked where it is known, with the rate-limit settings).
+const WRITTEN_FIELDS: [&str; 6] = [
+    "x-request-id",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+    "via",
+];
+
+/// Fields a route's `headers` may not touch: framing, hop-by-hop, `Host`.
+const FRAMING_FIELDS: [&str; 10] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+    "expect",
+];
 
 impl Checker<'_> {
     pub(super) fn route(
@@ -103,6 +130,18 @@ impl Checker<'_> {
                 ),
             }
         }
+        let mut match_headers = Vec::new();
+        for (name, value) in &spec.matcher.headers {
+            let at = m.key("headers").key(name);
+            match (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                http::HeaderValue::from_str(value),
+            ) {
+                (Ok(name), Ok(value)) => match_headers.push((name, value)),
+                (Err(_), _) => self.problem(at, format!("{name:?} is not a valid header name")),
+                (_, Err(_)) => self.problem(at, format!("{value:?} is not a valid header value")),
+            }
+        }
         let methods = match &spec.matcher.methods {
             None => MethodSet::ANY,
             Some(names) => MethodSet::from_names(names).unwrap_or_else(|e| {
@@ -151,11 +190,33 @@ impl Checker<'_> {
                 .and_then(|c| c.min_size)
                 .map(|s| s.0),
         };
+        let rewrite = match &spec.rewrite {
+            None => None,
+            Some(r) => {
+                match crate::rewrite::Rewrite::new(
+                    &path_prefix,
+                    r.strip_prefix,
+                    r.replace_prefix.as_deref(),
+                ) {
+                    Ok(rewrite) => rewrite,
+                    Err(problem) => {
+                        self.problem(path.key("rewrite"), problem);
+                        None
+                    }
+                }
+            }
+        };
+        let headers = path.key("headers");
+        let request_headers =
+            self.header_changes(&spec.headers.request, &headers.key("request"), true);
+        let response_headers =
+            self.header_changes(&spec.headers.response, &headers.key("response"), false);
         (self.problems.len() == before).then(|| RouteConfig {
             name: spec.name.clone(),
             host,
             path_prefix,
             case_insensitive: spec.matcher.case_insensitive,
+            match_headers,
             max_body_size,
             methods,
             upstream,
@@ -168,27 +229,134 @@ impl Checker<'_> {
             rate_limit,
             compression,
             encoded_slash,
+            rewrite,
+            request_headers,
+            response_headers,
         })
     }
 
-    /// A route is unreachable when an earlier route has the same host and
-    /// prefix and already takes all of its methods.
-    pub(super) fn shadowed_routes(&mut self, routes: &[RouteConfig], paths: &[FieldPath]) {
-        for (i, later) in routes.iter().enumerate() {
-            let shadow = routes[..i].iter().position(|earlier| {
-                earlier.host == later.host
-                    && earlier.path_prefix == later.path_prefix
-                    && earlier.methods.covers(later.methods)
-            });
-            if let Some(j) = shadow {
-                self.warn(
-                    &paths[i],
-                    format!(
-                        "route {:?} is unreachable: route {:?} earlier in the file matches the same host, path prefix and methods",
-                        later.name, routes[j].name
-                    ),
+    /// One direction of `routes[].headers`: names a route may change (not
+    /// framing, hop-by-hop or `Host`; on requests not the forwarding
+    /// fields tollgate writes itself) and values whose placeholders exist.
+    fn header_changes(
+        &mut self,
+        spec: &super::file::HeaderChangesSpec,
+        at: &FieldPath,
+        request: bool,
+    ) -> HeaderPolicy {
+        let mut policy = HeaderPolicy::default();
+        let name_of = |this: &mut Self, name: &str, at: FieldPath| {
+            let parsed = http::HeaderName::from_bytes(name.as_bytes());
+            let Ok(parsed) = parsed else {
+                this.problem(at, format!("{name:?} is not a valid header name"));
+                return None;
+            };
+            if FRAMING_FIELDS.contains(&parsed.as_str()) {
+                this.problem(
+                    at,
+                    format!("{name:?} is framing, hop-by-hop or Host: it has its own settings, not headers"),
                 );
+                return None;
             }
+            if request && WRITTEN_FIELDS.contains(&parsed.as_str()) {
+                this.problem(
+                    at,
+                    format!("{name:?} is a forwarding field tollgate writes itself (server.trusted_proxies decides whose stand)"),
+                );
+                return None;
+            }
+            Some(parsed)
+        };
+        for (kind, entries) in [("set", &spec.set), ("add", &spec.add)] {
+            for (name, value) in entries {
+                let field = at.key(kind).key(name);
+                let Some(header) = name_of(self, name, field.clone()) else {
+                    continue;
+                };
+                let template = match Template::parse(value, HEADER_PLACEHOLDERS) {
+                    Ok(t) => t,
+                    Err(problem) => {
+                        self.problem(field, problem);
+                        continue;
+                    }
+                };
+                let sample = Values {
+                    client_ip: Some(std::net::IpAddr::from([192, 0, 2, 1])),
+                    request_id: Some("0"),
+                    tenant: Some("t"),
+                    route: Some("r"),
+                    host: Some("h"),
+                    ..Values::default()
+                };
+                let valid = template
+                    .render(&sample)
+                    .is_some_and(|v| http::HeaderValue::from_str(&v).is_ok());
+                if !valid {
+                    self.problem(field, format!("{value:?} is not a valid header value"));
+                    continue;
+                }
+                let list = if kind == "set" {
+                    &mut policy.set
+                } else {
+                    &mut policy.add
+                };
+                list.push((header, template));
+            }
+        }
+        for (i, name) in spec.remove.iter().enumerate() {
+            if let Some(header) = name_of(self, name, at.key("remove").index(i)) {
+                policy.remove.push(header);
+            }
+        }
+        policy
+    }
+
+    /// A route is unreachable when a route ranked before it (header
+    /// conditions first, then file order) has the same host and prefix,
+    /// takes all of its methods, and asks for no field it does not ask for.
+    /// Routes are grouped by host and prefix first, so 100,000 routes are
+    /// checked in linear time.
+    pub(super) fn shadowed_routes(&mut self, routes: &[RouteConfig], paths: &[FieldPath]) {
+        let mut groups: HashMap<(Option<&HostPattern>, &str, bool), Vec<usize>> = HashMap::new();
+        for (i, r) in routes.iter().enumerate() {
+            groups
+                .entry((r.host.as_ref(), r.path_prefix.as_str(), r.case_insensitive))
+                .or_default()
+                .push(i);
+        }
+        let rank = |i: usize| (routes[i].match_headers.is_empty(), i);
+        let mut shadowed = Vec::new();
+        for members in groups.values().filter(|m| m.len() > 1) {
+            for &i in members {
+                let later = &routes[i];
+                let shadow = members.iter().copied().find(|&j| {
+                    let earlier = &routes[j];
+                    rank(j) < rank(i)
+                        && earlier.methods.covers(later.methods)
+                        && earlier
+                            .match_headers
+                            .iter()
+                            .all(|h| later.match_headers.contains(h))
+                });
+                if let Some(j) = shadow {
+                    shadowed.push((i, j));
+                }
+            }
+        }
+        shadowed.sort_unstable();
+        for (i, j) in shadowed {
+            let why = if routes[j].match_headers.is_empty() {
+                "earlier in the file matches the same host, path prefix and methods"
+            } else {
+                "matches the same host, path prefix and methods with fewer header conditions, and header conditions are tried first"
+            };
+            self.warn(
+                &paths[i],
+                format!(
+                    "route {:?} is unreachable: route {:?} {why}",
+                    routes[i].name, routes[j].name
+                ),
+            );
         }
     }
 }

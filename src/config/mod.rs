@@ -227,6 +227,26 @@ impl Checker<'_> {
             }
         }
         self.shadowed_routes(&routes, &route_paths);
+        let tenant_header = rate_limit
+            .as_ref()
+            .map_or(crate::forwarded::DEFAULT_TENANT_HEADER, |rl| {
+                rl.tenant_header.clone()
+            });
+        for (route, at) in routes.iter().zip(&route_paths) {
+            let policy = &route.request_headers;
+            let touches = policy
+                .set
+                .iter()
+                .chain(&policy.add)
+                .any(|(n, _)| *n == tenant_header)
+                || policy.remove.contains(&tenant_header);
+            if touches {
+                self.problem(
+                    at.key("headers").key("request"),
+                    format!("{tenant_header} carries the identified tenant: tollgate writes it (rate_limit.tenant_header)"),
+                );
+            }
+        }
 
         Config {
             source: file.to_owned(),

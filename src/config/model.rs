@@ -249,6 +249,8 @@ pub struct RouteConfig {
     pub path_prefix: String,
     /// Whether the prefix matches without regard to ASCII case.
     pub case_insensitive: bool,
+    /// Request fields that must each have this exact value.
+    pub match_headers: Vec<(http::HeaderName, HeaderValue)>,
     /// Largest request body, in bytes (413 beyond).
     pub max_body_size: u64,
     /// Allowed methods.
@@ -265,6 +267,12 @@ pub struct RouteConfig {
     pub compression: RouteCompression,
     /// `encoded_slash` for this route, when it overrides the global one.
     pub encoded_slash: Option<crate::hygiene::EncodedSlash>,
+    /// The upstream's path, when it differs from the client's.
+    pub rewrite: Option<crate::rewrite::Rewrite>,
+    /// Field changes to the request.
+    pub request_headers: crate::header_policy::HeaderPolicy,
+    /// Field changes to the response.
+    pub response_headers: crate::header_policy::HeaderPolicy,
 }
 
 /// `hygiene`: what tollgate does with parts of a request that backends

@@ -98,10 +98,10 @@ impl ProxyHttp for Proxy {
             return Ok(true);
         }
         let req = session.req_header();
-        ctx.route = ctx
-            .gateway
-            .router
-            .find(ctx.host.as_ref(), req.uri.path(), &req.method);
+        ctx.route =
+            ctx.gateway
+                .router
+                .find(ctx.host.as_ref(), req.uri.path(), &req.method, &req.headers);
         let Some(max_body) = ctx.route().map(|r| r.max_body_size) else {
             respond::error(session, ctx, &ErrorResponse::no_route()).await?;
             return Ok(true);
@@ -404,6 +404,22 @@ impl ProxyHttp for Proxy {
         };
         if let Some(host) = host {
             upstream_request.insert_header(http::header::HOST, host)?;
+        }
+        if let Some(rewrite) = ctx.route().and_then(|r| r.rewrite.as_ref()) {
+            let path = rewrite.apply(upstream_request.uri.path());
+            let target = match upstream_request.uri.query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path.clone(),
+            };
+            let uri = target.parse::<http::Uri>().map_err(|e| {
+                Error::because(
+                    ErrorType::InternalError,
+                    format!("rewritten target {target:?}"),
+                    e,
+                )
+            })?;
+            upstream_request.set_uri(uri);
+            ctx.upstream_path = Some(path);
         }
         Ok(())
     }

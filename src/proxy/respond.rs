@@ -35,7 +35,18 @@ pub fn finish_header(
     if let Some(name) = &tags.invalidation_header {
         resp.remove_header(name);
     }
-    headers::decorate(resp, ctx.request_id.as_ref(), decoration(ctx, true))
+    headers::decorate(resp, ctx.request_id.as_ref(), decoration(ctx, true))?;
+    route_fields(session, resp, ctx);
+    Ok(())
+}
+
+/// The route's `headers.response`, last, so it can replace or remove
+/// what the upstream or tollgate wrote (`Server`, `Strict-Transport-Security`).
+fn route_fields(session: &Session, resp: &mut ResponseHeader, ctx: &RequestCtx) {
+    if let Some(route) = ctx.route().filter(|r| !r.response_headers.is_empty()) {
+        let values = super::steps::template_values(session, ctx);
+        route.response_headers.apply(resp, &values);
+    }
 }
 
 /// tollgate's own fields as `response_headers` says; `proxied` responses
@@ -104,6 +115,7 @@ async fn write_error(
     let body = err.body();
     let mut resp = err.header(body.len())?;
     headers::decorate(&mut resp, ctx.request_id.as_ref(), decoration(ctx, false))?;
+    route_fields(session, &mut resp, ctx);
     if let Some(rate) = &ctx.rate_headers {
         ratelimit::apply_headers(&mut resp, rate)?;
         if err.status == 429 {

@@ -13,6 +13,7 @@ use crate::host::Host;
 use crate::hygiene;
 use crate::ratelimit::admission::{self, Stage};
 use crate::target;
+use crate::template::Values;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 use std::borrow::Cow;
@@ -227,6 +228,29 @@ fn identify(
     Ok(())
 }
 
+/// What a route's header and redirect templates are filled with for this
+/// request: the same client address rate limiting and forwarding use, the
+/// request id, the tenant, the route, the normalised host.
+pub(super) fn template_values<'a>(session: &Session, ctx: &'a RequestCtx) -> Values<'a> {
+    let trusted = &ctx.gateway.config.server.trusted_proxies;
+    Values {
+        client_ip: crate::ratelimit::identity::client_ip(
+            session.req_header(),
+            client_ip(session),
+            trusted,
+        ),
+        request_id: ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
+        tenant: ctx.gateway.rate_limiter.as_ref().and_then(|limiter| {
+            ctx.identity
+                .as_ref()
+                .and_then(|who| who.tenant_name(limiter))
+        }),
+        route: ctx.route().map(|r| &*r.name),
+        host: ctx.host.as_ref().map(Host::as_str),
+        ..Values::default()
+    }
+}
+
 /// Rewrites the request into what the upstream receives (`forwarded`),
 /// so that the cache key and `Vary` read what the upstream reads. Once per
 /// request, after `identify`, before anything reads those fields.
@@ -250,7 +274,16 @@ fn forward(session: &mut Session, ctx: &RequestCtx) -> Result<(), ErrorResponse>
     forwarded::rewrite(session.req_header_mut(), &edge).map_err(|e| {
         log::error!("rewriting the request for the upstream: {e}");
         ErrorResponse::internal()
-    })
+    })?;
+    // Then the route's own fields (`check` keeps them off the fields the
+    // rewrite writes: forwarding, request id, tenant).
+    if let Some(route) = ctx.route().filter(|r| !r.request_headers.is_empty()) {
+        let values = template_values(session, ctx);
+        route
+            .request_headers
+            .apply(session.req_header_mut(), &values);
+    }
+    Ok(())
 }
 
 /// Whether the route's cache key reads request fields (`key.headers`):

@@ -379,6 +379,51 @@ pub struct RouteSpec {
     /// `hygiene.encoded_slash` for this route: `keep` or `reject`.
     #[serde(default)]
     pub encoded_slash: Option<crate::hygiene::EncodedSlash>,
+    /// What path the upstream receives.
+    #[serde(default)]
+    pub rewrite: Option<RewriteSpec>,
+    /// Fields set, added or removed on the request and the response.
+    #[serde(default)]
+    pub headers: RouteHeadersSpec,
+}
+
+/// `routes[].rewrite`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewriteSpec {
+    /// Drop the route's prefix (but its final `/`).
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Put this in place of the route's prefix.
+    #[serde(default)]
+    pub replace_prefix: Option<String>,
+}
+
+/// `routes[].headers`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteHeadersSpec {
+    /// Changes to what the upstream receives.
+    #[serde(default)]
+    pub request: HeaderChangesSpec,
+    /// Changes to what the client receives.
+    #[serde(default)]
+    pub response: HeaderChangesSpec,
+}
+
+/// `set` / `add` / `remove` for one direction.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderChangesSpec {
+    /// Fields whose every line is replaced by this value.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Fields that get one more line.
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    /// Fields removed, every line.
+    #[serde(default)]
+    pub remove: Vec<String>,
 }
 
 /// `hygiene`: what tollgate does with parts of a request that backends
@@ -485,6 +530,9 @@ pub struct MatchSpec {
     /// treat `/API/` and `/api/` alike). Default false.
     #[serde(default)]
     pub case_insensitive: bool,
+    /// Request fields that must each have this exact value (all of them).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
 }
 
 /// Per-route timeouts.
