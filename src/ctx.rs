@@ -8,6 +8,7 @@ use crate::ratelimit::identity::Identity;
 use crate::ratelimit::RateHeaders;
 use crate::router::RouteId;
 use crate::upstream::attempt::Attempts;
+use crate::upstream::UpstreamPool;
 use http::HeaderValue;
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,6 +32,11 @@ pub struct RequestCtx {
     pub route: Option<RouteId>,
     /// The path the upstream received, when the route rewrote it.
     pub upstream_path: Option<String>,
+    /// The pool this request goes to (a split route chose it), set with
+    /// the route; `None` without a route and on a redirect route.
+    pub pool: Option<Arc<UpstreamPool>>,
+    /// A sticky split's cookie to set on the response.
+    pub set_cookie: Option<String>,
     /// The request id (client's or generated), sent upstream and back.
     pub request_id: Option<HeaderValue>,
     /// The backend leased, attempts made, their timings and deadlines.
@@ -86,6 +92,8 @@ impl RequestCtx {
             credentialed: false,
             subrequest: false,
             upstream_path: None,
+            pool: None,
+            set_cookie: None,
             rate_headers: None,
             body_bytes_in: 0,
             body_coding: None,
@@ -117,12 +125,16 @@ impl RequestCtx {
         self.route.map(|id| self.gateway.route(id))
     }
 
-    /// The matched route and the request's attempts, borrowed together so
-    /// an upstream phase can read one and update the other.
-    pub fn route_and_attempts(&mut self) -> (Option<&Route>, &mut Attempts) {
-        (
-            self.route.map(|id| self.gateway.route(id)),
-            &mut self.upstream,
-        )
+    /// The matched route with the pool chosen for this request, and the
+    /// request's attempts, borrowed together so an upstream phase can read
+    /// one and update the other.
+    pub fn route_and_attempts(&mut self) -> (Option<(&Route, &Arc<UpstreamPool>)>, &mut Attempts) {
+        let route = self.route.map(|id| self.gateway.route(id));
+        (route.zip(self.pool.as_ref()), &mut self.upstream)
+    }
+
+    /// The name of the pool chosen for this request (`-` if none).
+    pub fn pool_name(&self) -> &str {
+        self.pool.as_ref().map_or("-", |p| p.name())
     }
 }

@@ -5,11 +5,12 @@
 //! it to the end, so a later reload never changes a request mid-flight.
 
 use crate::auth::keyring::{KeyRing, KeySource};
-use crate::config::model::{RouteCache, RouteTimeouts};
+use crate::config::model::{RedirectConfig, RouteCache, RouteTarget, RouteTimeouts};
 use crate::config::Config;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::ratelimit::{RateLimiter, RouteBudget};
 use crate::router::{RouteId, RouteMatch, Router};
+use crate::split::{Choice, Split};
 use crate::upstream::{UpstreamMemory, UpstreamPool};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -18,8 +19,8 @@ use std::time::SystemTime;
 pub struct Route {
     /// The route's name (metrics label).
     pub name: Box<str>,
-    /// Where it sends requests.
-    pub upstream: Arc<UpstreamPool>,
+    /// Where it sends requests (or the redirect it answers with).
+    pub target: Target,
     /// Connect, read and total timeouts.
     pub timeouts: RouteTimeouts,
     /// Pre-resolved metric children.
@@ -42,14 +43,38 @@ pub struct Route {
     pub response_headers: crate::header_policy::HeaderPolicy,
 }
 
+/// Where a route's requests go, compiled.
+pub enum Target {
+    /// One pool.
+    Pool(Arc<UpstreamPool>),
+    /// Pools by weight.
+    Split(Split),
+    /// A redirect, no upstream.
+    Redirect(RedirectConfig),
+}
+
 impl Route {
-    /// The cache key's scope for a request on this route: a response is
-    /// only served to requests of the same route, upstream and scheme.
-    pub fn key_scope(&self, tls: bool) -> crate::cache::key::Scope<'_> {
+    /// The cache key's scope for a request on this route sent to
+    /// `upstream`: a response is only served to requests of the same
+    /// route, upstream and scheme.
+    pub fn key_scope<'a>(&'a self, tls: bool, upstream: &'a str) -> crate::cache::key::Scope<'a> {
         crate::cache::key::Scope {
             scheme: if tls { "https" } else { "http" },
             route: &self.name,
-            upstream: self.upstream.name(),
+            upstream,
+        }
+    }
+
+    /// The pool this request goes to (and a sticky cookie to set), or
+    /// `None` for a redirect route.
+    pub fn choose(&self, req: &pingora::http::RequestHeader, tls: bool) -> Option<Choice> {
+        match &self.target {
+            Target::Pool(pool) => Some(Choice {
+                pool: pool.clone(),
+                set_cookie: None,
+            }),
+            Target::Split(split) => Some(split.choose(req, tls)),
+            Target::Redirect(_) => None,
         }
     }
 }
@@ -98,21 +123,41 @@ impl Gateway {
         let routes = config
             .routes
             .iter()
-            .map(|r| Route {
-                name: r.name.clone().into_boxed_str(),
-                upstream: pools[r.upstream].clone(),
-                timeouts: r.timeouts,
-                metrics: metrics.route(&r.name),
-                cache: r.cache.clone(),
-                rate_budget: RouteBudget::new(&r.rate_limit),
-                compression: r.compression,
-                max_body_size: r.max_body_size,
-                encoded_slash: r.encoded_slash,
-                rewrite: r.rewrite.clone(),
-                request_headers: r.request_headers.clone(),
-                response_headers: r.response_headers.clone(),
+            .map(|r| -> Result<Route, String> {
+                Ok(Route {
+                    name: r.name.clone().into_boxed_str(),
+                    target: match &r.target {
+                        RouteTarget::Pool(i) => Target::Pool(pools[*i].clone()),
+                        RouteTarget::Split { members, sticky } => {
+                            let members = members
+                                .iter()
+                                .map(|(i, w)| (pools[*i].clone(), *w))
+                                .collect();
+                            match Split::new(members, sticky.clone()) {
+                                Some(split) => Target::Split(split),
+                                None => {
+                                    return Err(format!(
+                                        "route {}: a split without upstreams",
+                                        r.name
+                                    ))
+                                }
+                            }
+                        }
+                        RouteTarget::Redirect(redirect) => Target::Redirect(redirect.clone()),
+                    },
+                    timeouts: r.timeouts,
+                    metrics: metrics.route(&r.name),
+                    cache: r.cache.clone(),
+                    rate_budget: RouteBudget::new(&r.rate_limit),
+                    compression: r.compression,
+                    max_body_size: r.max_body_size,
+                    encoded_slash: r.encoded_slash,
+                    rewrite: r.rewrite.clone(),
+                    request_headers: r.request_headers.clone(),
+                    response_headers: r.response_headers.clone(),
+                })
             })
-            .collect();
+            .collect::<Result<Box<[Route]>, String>>()?;
         Ok(Self {
             rate_limiter: config
                 .rate_limit

@@ -35,6 +35,7 @@ pub mod request_log;
 pub mod rewrite;
 pub mod router;
 pub mod server;
+pub mod split;
 pub mod state;
 pub mod status;
 pub mod target;

@@ -142,7 +142,10 @@ fn summary(c: &Config) -> String {
         let _ = writeln!(
             out,
             "  route     {}: {host}{} -> {} (total timeout {:?}{cache})",
-            r.name, r.path_prefix, c.upstreams[r.upstream].name, r.timeouts.total
+            r.name,
+            r.path_prefix,
+            r.target.describe(&c.upstreams),
+            r.timeouts.total
         );
     }
     for w in &c.warnings {

@@ -33,7 +33,7 @@ impl Summary<'_> {
             (" ", req.uri.path()),
             (" status=", digits.format(self.status)),
             (" route=", route.map_or(NO_ROUTE, |r| &r.name)),
-            (" upstream=", route.map_or("-", |r| r.upstream.name())),
+            (" upstream=", self.ctx.pool_name()),
             (" backend=", self.ctx.upstream.backend().unwrap_or("-")),
         ] {
             out.extend_from_slice(label.as_bytes());
@@ -150,7 +150,7 @@ pub fn finish(
             "path": req.uri.path(),
             "status": status,
             "route": route.map_or(NO_ROUTE, |r| &r.name),
-            "upstream": route.map(|r| r.upstream.name()),
+            "upstream": ctx.pool.as_ref().map(|p| p.name()),
             "backend": ctx.upstream.backend(),
             "upstream_path": ctx.upstream_path,
             "duration_ms": elapsed.as_secs_f64() * 1000.0,

@@ -132,6 +132,13 @@ impl Template {
         Ok(Self { parts })
     }
 
+    /// A template of plain text.
+    pub fn text(text: &str) -> Self {
+        Self {
+            parts: vec![Part::Literal(text.to_owned())],
+        }
+    }
+
     /// The text with placeholders filled; `None` when one has no value.
     pub fn render(&self, values: &Values<'_>) -> Option<String> {
         let mut out = String::new();
@@ -162,6 +169,18 @@ impl Template {
             [Part::Literal(text)] => Some(text),
             _ => None,
         }
+    }
+}
+
+impl std::fmt::Display for Template {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for part in &self.parts {
+            match part {
+                Part::Literal(text) => f.write_str(text)?,
+                Part::Value(p) => f.write_str(p.name())?,
+            }
+        }
+        Ok(())
     }
 }
 

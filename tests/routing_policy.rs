@@ -265,3 +265,114 @@ routes:
         );
     }
 }
+
+#[test]
+fn a_weighted_split_shares_requests_by_weight_and_sticky_cookies_hold() {
+    let (v1, v2) = (echo("v1"), echo("v2"));
+    let proxy = TollgateProcess::start(&format!(
+        "upstreams:
+  v1: {{ backends: [\"{}\"] }}
+  v2: {{ backends: [\"{}\"] }}
+routes:
+  - {{ name: split, upstreams: [{{ name: v1, weight: 90 }}, {{ name: v2, weight: 10 }}], match: {{ path_prefix: /api/ }} }}
+  - {{ name: sticky, upstreams: [{{ name: v1, weight: 1 }}, {{ name: v2, weight: 1 }}], sticky: {{ cookie: tg_pool }}, match: {{ path_prefix: /s/ }} }}
+",
+        v1.addr, v2.addr
+    ));
+    let mut to_v2 = 0;
+    for _ in 0..1000 {
+        if send(&proxy, "/api/x", &[]).text().starts_with("v2") {
+            to_v2 += 1;
+        }
+    }
+    // Binomial(1000, 0.1): mean 100, sd 9.5; 40..=160 is over 6 sd each way.
+    assert!((40..=160).contains(&to_v2), "{to_v2} of 1000 went to v2");
+    let first = send(&proxy, "/s/x", &[]);
+    let cookie = first
+        .header("set-cookie")
+        .expect("a sticky cookie")
+        .to_owned();
+    let pair = cookie.split(';').next().expect("pair").to_owned();
+    let pool = pair.split('=').nth(1).expect("value").to_owned();
+    assert!(
+        first.text().starts_with(&pool),
+        "{cookie} / {}",
+        first.text()
+    );
+    for _ in 0..50 {
+        let r = send(&proxy, "/s/x", &[("Cookie", &pair)]);
+        assert!(r.text().starts_with(&pool));
+        assert_eq!(r.header("set-cookie"), None);
+    }
+}
+
+#[test]
+fn redirects_answer_without_an_upstream_and_keep_the_query() {
+    let api = echo("api");
+    let proxy = TollgateProcess::start(&format!(
+        "upstreams:
+  api: {{ backends: [\"{}\"] }}
+routes:
+  - {{ name: api, upstream: api }}
+  - {{ name: moved, match: {{ path_prefix: /moved/ }}, redirect: {{ to: \"https://new.example.com{{uri}}\" }} }}
+  - {{ name: gone, match: {{ path_prefix: /old/ }}, redirect: {{ to: \"/new{{path}}\", status: 301, max_age: 1h }} }}
+",
+        api.addr
+    ));
+    let r = send(&proxy, "/moved/a//b?x=1&y=2", &[]);
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.header("location"),
+        Some("https://new.example.com/moved/a/b?x=1&y=2")
+    );
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let r = send(&proxy, "/old/p", &[]);
+    assert_eq!(r.status, 301);
+    assert_eq!(r.header("location"), Some("/new/old/p"));
+    assert_eq!(r.header("cache-control"), Some("public, max-age=3600"));
+    assert_eq!(api.count(), 0);
+}
+
+#[test]
+fn check_refuses_bad_splits_and_redirects_with_their_line() {
+    let dir = scratch_dir("split-check");
+    let cases = [
+        (
+            "upstreams: [{ name: api, weight: 0 }]",
+            "a weight must be at least 1",
+        ),
+        (
+            "upstreams: [{ name: nope, weight: 1 }]",
+            "unknown upstream \"nope\"",
+        ),
+        (
+            "redirect: { to: \"https://x{query}\" }",
+            "{query} is not a placeholder here",
+        ),
+        (
+            "redirect: { to: /x, status: 200 }",
+            "200 is not a redirect status",
+        ),
+    ];
+    for (i, (field, message)) in cases.iter().enumerate() {
+        let file = dir.join(format!("case{i}.yaml"));
+        std::fs::write(
+            &file,
+            format!(
+                "upstreams: {{ api: {{ backends: [\"127.0.0.1:9\"] }} }}
+routes:
+  - name: r
+    {field}
+"
+            ),
+        )
+        .expect("write");
+        let (ok, _, err) = run_cli(&["check", &file.to_string_lossy()]);
+        assert!(!ok, "{field}");
+        assert!(
+            err.lines()
+                .any(|l| l.contains(".yaml:4:") && l.contains(message)),
+            "{field}: {err}"
+        );
+    }
+}

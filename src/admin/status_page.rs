@@ -57,7 +57,7 @@ pub fn report(state: &AppState, health: &Value) -> Value {
     let routes: Vec<Value> = config
         .routes
         .iter()
-        .map(|r| route_json(&history, &r.name, &config.upstreams[r.upstream].name))
+        .map(|r| route_json(&history, &r.name, &r.target.describe(&config.upstreams)))
         .collect();
 
     let mut upstreams = Vec::new();

@@ -64,22 +64,7 @@ impl Checker<'_> {
         if !valid_name(&spec.name) {
             self.problem(path.key("name"), name_rule("route", &spec.name));
         }
-        let upstream = match upstreams.get(spec.upstream.as_str()) {
-            Some(i) => *i,
-            None => {
-                let mut known: Vec<&str> = upstreams.keys().copied().collect();
-                known.sort_unstable();
-                self.problem(
-                    path.key("upstream"),
-                    format!(
-                        "unknown upstream {:?} (defined: {})",
-                        spec.upstream,
-                        known.join(", ")
-                    ),
-                );
-                0
-            }
-        };
+        let target = self.target(spec, path, upstreams);
         let m = path.key("match");
         let host = spec
             .matcher
@@ -219,7 +204,7 @@ impl Checker<'_> {
             match_headers,
             max_body_size,
             methods,
-            upstream,
+            target,
             timeouts: RouteTimeouts {
                 connect,
                 read,
@@ -233,6 +218,158 @@ impl Checker<'_> {
             request_headers,
             response_headers,
         })
+    }
+
+    /// `upstream`, `upstreams` (+ `sticky`) or `redirect`: exactly one.
+    fn target(
+        &mut self,
+        spec: &RouteSpec,
+        path: &FieldPath,
+        upstreams: &HashMap<&str, usize>,
+    ) -> RouteTarget {
+        let pool = |this: &mut Self, name: &str, at: FieldPath| match upstreams.get(name) {
+            Some(i) => *i,
+            None => {
+                let mut known: Vec<&str> = upstreams.keys().copied().collect();
+                known.sort_unstable();
+                this.problem(
+                    at,
+                    format!("unknown upstream {name:?} (defined: {})", known.join(", ")),
+                );
+                0
+            }
+        };
+        if spec.sticky.is_some() && spec.upstreams.is_none() {
+            self.problem(
+                path.key("sticky"),
+                "sticky keeps a client on one pool of a split: it needs upstreams",
+            );
+        }
+        match (&spec.upstream, &spec.upstreams, &spec.redirect) {
+            (Some(name), None, None) => RouteTarget::Pool(pool(self, name, path.key("upstream"))),
+            (None, Some(members), None) => {
+                let at = path.key("upstreams");
+                if members.is_empty() {
+                    self.problem(at.clone(), "list at least one upstream");
+                }
+                let mut split = Vec::with_capacity(members.len());
+                for (i, m) in members.iter().enumerate() {
+                    let index = pool(self, &m.name, at.index(i).key("name"));
+                    if m.weight == 0 {
+                        self.problem(
+                            at.index(i).key("weight"),
+                            "a weight must be at least 1 (leave the upstream out to send it nothing)",
+                        );
+                    }
+                    if split.iter().any(|(j, _)| *j == index)
+                        && upstreams.contains_key(m.name.as_str())
+                    {
+                        self.problem(
+                            at.index(i).key("name"),
+                            format!("{:?} is listed twice", m.name),
+                        );
+                    }
+                    split.push((index, m.weight));
+                }
+                let sticky = spec.sticky.as_ref().and_then(|s| {
+                    let at = path.key("sticky");
+                    match (&s.cookie, &s.header) {
+                        (Some(name), None) => {
+                            let valid = !name.is_empty()
+                                && name
+                                    .bytes()
+                                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                            if !valid {
+                                self.problem(
+                                    at.key("cookie"),
+                                    format!(
+                                        "{name:?}: a cookie name is letters, digits, '-', '_', '.'"
+                                    ),
+                                );
+                            }
+                            Some(crate::split::Sticky::Cookie(name.clone()))
+                        }
+                        (None, Some(field)) => match http::HeaderName::from_bytes(field.as_bytes())
+                        {
+                            Ok(name) => Some(crate::split::Sticky::Header(name)),
+                            Err(_) => {
+                                self.problem(
+                                    at.key("header"),
+                                    format!("{field:?} is not a valid header name"),
+                                );
+                                None
+                            }
+                        },
+                        _ => {
+                            self.problem(at, "set exactly one of cookie or header");
+                            None
+                        }
+                    }
+                });
+                RouteTarget::Split {
+                    members: split,
+                    sticky,
+                }
+            }
+            (None, None, Some(redirect)) => {
+                let at = path.key("redirect");
+                for (set, field) in [
+                    (spec.rewrite.is_some(), "rewrite"),
+                    (spec.cache.is_some(), "cache"),
+                ] {
+                    if set {
+                        self.problem(
+                            path.key(field),
+                            format!("a redirect route has no upstream: {field} would never apply (redirect.max_age lets clients keep the redirect)"),
+                        );
+                    }
+                }
+                let status = redirect.status.unwrap_or(308);
+                if ![301, 302, 303, 307, 308].contains(&status) {
+                    self.problem(
+                        at.key("status"),
+                        format!("{status} is not a redirect status (301, 302, 303, 307, 308)"),
+                    );
+                }
+                let to = match crate::template::Template::parse(
+                    &redirect.to,
+                    crate::template::REDIRECT_PLACEHOLDERS,
+                ) {
+                    Ok(t) => t,
+                    Err(problem) => {
+                        self.problem(at.key("to"), problem);
+                        crate::template::Template::text("/")
+                    }
+                };
+                let sample = crate::template::Values {
+                    uri: Some("/a?b=c"),
+                    path: Some("/a"),
+                    host: Some("h"),
+                    ..crate::template::Values::default()
+                };
+                if to
+                    .render(&sample)
+                    .is_none_or(|v| http::HeaderValue::from_str(&v).is_err())
+                {
+                    self.problem(
+                        at.key("to"),
+                        format!("{:?} is not a valid Location value", redirect.to),
+                    );
+                }
+                RouteTarget::Redirect(RedirectConfig {
+                    to,
+                    status,
+                    max_age: redirect.max_age.map(|d| d.0),
+                })
+            }
+            _ => {
+                self.problem(
+                    path.clone(),
+                    "set exactly one of upstream, upstreams (a weighted split) or redirect",
+                );
+                RouteTarget::Pool(0)
+            }
+        }
     }
 
     /// One direction of `routes[].headers`: names a route may change (not

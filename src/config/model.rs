@@ -255,8 +255,8 @@ pub struct RouteConfig {
     pub max_body_size: u64,
     /// Allowed methods.
     pub methods: MethodSet,
-    /// Index into `Config::upstreams`.
-    pub upstream: usize,
+    /// Where its requests go.
+    pub target: RouteTarget,
     /// Timeouts.
     pub timeouts: RouteTimeouts,
     /// Response caching, when enabled for this route.
@@ -273,6 +273,59 @@ pub struct RouteConfig {
     pub request_headers: crate::header_policy::HeaderPolicy,
     /// Field changes to the response.
     pub response_headers: crate::header_policy::HeaderPolicy,
+}
+
+/// Where a route's requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteTarget {
+    /// One pool (index into `Config::upstreams`).
+    Pool(usize),
+    /// Pools by weight, optionally sticky.
+    Split {
+        /// (pool index, weight ≥ 1).
+        members: Vec<(usize, u32)>,
+        /// How a client stays on the pool it got first.
+        sticky: Option<crate::split::Sticky>,
+    },
+    /// No upstream: a redirect.
+    Redirect(RedirectConfig),
+}
+
+impl RouteTarget {
+    /// What the route sends to, for people: `api`, `v1 (90), v2 (10)`,
+    /// `redirect 308 https://new.example.com{uri}`.
+    pub fn describe(&self, upstreams: &[UpstreamConfig]) -> String {
+        let name = |i: usize| upstreams.get(i).map_or("?", |u| u.name.as_str());
+        match self {
+            RouteTarget::Pool(i) => name(*i).to_owned(),
+            RouteTarget::Split { members, .. } => members
+                .iter()
+                .map(|(i, w)| format!("{} ({w})", name(*i)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            RouteTarget::Redirect(r) => format!("redirect {} {}", r.status, r.to),
+        }
+    }
+
+    /// The pools it may send to.
+    pub fn pools(&self) -> Vec<usize> {
+        match self {
+            RouteTarget::Pool(i) => vec![*i],
+            RouteTarget::Split { members, .. } => members.iter().map(|(i, _)| *i).collect(),
+            RouteTarget::Redirect(_) => Vec::new(),
+        }
+    }
+}
+
+/// A redirect route's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedirectConfig {
+    /// `Location`, with `{uri}`, `{path}`, `{host}`.
+    pub to: crate::template::Template,
+    /// 301, 302, 303, 307 or 308.
+    pub status: u16,
+    /// `Cache-Control: public, max-age` when set; `no-store` otherwise.
+    pub max_age: Option<Duration>,
 }
 
 /// `hygiene`: what tollgate does with parts of a request that backends

@@ -106,6 +106,14 @@ impl ProxyHttp for Proxy {
             respond::error(session, ctx, &ErrorResponse::no_route()).await?;
             return Ok(true);
         };
+        // A split picks its pool once per request; retries stay in it.
+        if let Some(choice) = ctx
+            .route()
+            .and_then(|r| r.choose(session.req_header(), ctx.tls))
+        {
+            ctx.pool = Some(choice.pool);
+            ctx.set_cookie = choice.set_cookie;
+        }
         let checks = steps::encoded_slash_allowed(session, ctx)
             .and_then(|()| steps::declared_body_fits(session, max_body));
         if let Err(refusal) = checks {
@@ -128,8 +136,8 @@ impl ProxyHttp for Proxy {
         // bytes, not the same bytes once per attempt.
         ctx.request_body_bytes = 0;
         let (route, attempts) = ctx.route_and_attempts();
-        let route = route.ok_or_else(no_route)?;
-        attempts.start(&route.upstream, &route.timeouts, started)
+        let (route, pool) = route.ok_or_else(no_route)?;
+        attempts.start(pool, &route.timeouts, started)
     }
 
     /// The route's total deadline is armed on the connection (see
@@ -144,7 +152,7 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let started = ctx.started;
-        if let (Some(route), attempts) = ctx.route_and_attempts() {
+        if let (Some((route, _)), attempts) = ctx.route_and_attempts() {
             attempts.connected(fd, started, route.timeouts.total);
         }
         Ok(())
@@ -159,16 +167,10 @@ impl ProxyHttp for Proxy {
         e: Box<Error>,
     ) -> Box<Error> {
         let started = ctx.started;
-        let (Some(route), attempts) = ctx.route_and_attempts() else {
+        let (Some((route, pool)), attempts) = ctx.route_and_attempts() else {
             return e;
         };
-        attempts.connect_failed(
-            &route.upstream,
-            &route.timeouts,
-            started,
-            e,
-            &self.state.metrics,
-        )
+        attempts.connect_failed(pool, &route.timeouts, started, e, &self.state.metrics)
     }
 
     /// A failure after connecting: passive health, and a replay when allowed.
@@ -183,11 +185,11 @@ impl ProxyHttp for Proxy {
         let e = e.more_context(format!("Peer: {peer}"));
         let replay = replay_of(session, upstream_reused);
         let started = ctx.started;
-        let (Some(route), attempts) = ctx.route_and_attempts() else {
+        let (Some((route, pool)), attempts) = ctx.route_and_attempts() else {
             return e;
         };
         attempts.proxy_failed(
-            &route.upstream,
+            pool,
             &route.timeouts,
             started,
             e,
@@ -224,13 +226,13 @@ impl ProxyHttp for Proxy {
         }
         let started = ctx.started;
         let body_expected = response_has_body(session, upstream_response);
-        if let (Some(route), attempts) = ctx.route_and_attempts() {
-            attempts.response_header(&route.upstream, status, body_expected, &self.state.metrics);
+        if let (Some((route, pool)), attempts) = ctx.route_and_attempts() {
+            attempts.response_header(pool, status, body_expected, &self.state.metrics);
             // Pingora retries what `error_while_proxy` marks retryable: a
             // 5xx the pool retries becomes such an error, before any of it
             // is sent or stored.
             let replay = replay_of(session, false);
-            let (pool, timeouts) = (&route.upstream, &route.timeouts);
+            let timeouts = &route.timeouts;
             if attempts.should_retry_status(pool, timeouts, started, status, replay) {
                 return Err(Error::explain(
                     crate::errors::RETRY_STATUS,
@@ -269,7 +271,8 @@ impl ProxyHttp for Proxy {
             return Ok(key);
         }
         let route = ctx.route();
-        let cached = route.and_then(|r| Some((r.key_scope(ctx.tls), r.cache.as_ref()?)));
+        let cached =
+            route.and_then(|r| Some((r.key_scope(ctx.tls, ctx.pool_name()), r.cache.as_ref()?)));
         let (scope, policy) = cached.ok_or_else(|| {
             Error::explain(
                 ErrorType::InternalError,
@@ -394,7 +397,7 @@ impl ProxyHttp for Proxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let host = match ctx.route().and_then(|r| r.upstream.host_header()) {
+        let host = match ctx.pool.as_ref().and_then(|p| p.host_header()) {
             Some(host) => Some(host.clone()),
             None if session.req_header().version == http::Version::HTTP_2 => ctx
                 .host
@@ -487,11 +490,11 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
         let started = ctx.started;
-        let (Some(route), attempts) = ctx.route_and_attempts() else {
+        let (Some((route, pool)), attempts) = ctx.route_and_attempts() else {
             return Ok(None);
         };
         if end_of_stream {
-            attempts.response_finished(&route.upstream);
+            attempts.response_finished(pool);
             return Ok(None);
         }
         attempts
@@ -518,8 +521,8 @@ impl ProxyHttp for Proxy {
     /// when `ctx` drops right after this.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         respond::limit_keepalive(session, ctx);
-        if let (Some(route), attempts) = ctx.route_and_attempts() {
-            attempts.request_finished(&route.upstream);
+        if let (Some((_, pool)), attempts) = ctx.route_and_attempts() {
+            attempts.request_finished(pool);
         }
         let state = &self.state;
         crate::request_log::finish(&state.metrics, &state.access_log, session, e, ctx);

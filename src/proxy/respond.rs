@@ -4,10 +4,12 @@
 
 use crate::cache::fresh::FreshResponse;
 use crate::compression::{self, BodyCoding};
+use crate::config::model::RedirectConfig;
 use crate::ctx::RequestCtx;
 use crate::errors::{self, ErrorResponse};
 use crate::headers;
 use crate::ratelimit;
+use crate::template::Values;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, Result};
@@ -36,8 +38,55 @@ pub fn finish_header(
         resp.remove_header(name);
     }
     headers::decorate(resp, ctx.request_id.as_ref(), decoration(ctx, true))?;
+    if let Some(cookie) = ctx.set_cookie.take() {
+        resp.append_header(http::header::SET_COOKIE, cookie)?;
+    }
     route_fields(session, resp, ctx);
     Ok(())
+}
+
+/// Answers a redirect route: `Location` from its template (`{uri}` is the
+/// normalised path and the query as received), no body, `no-store`
+/// unless the route lets clients keep it (`max_age`).
+pub async fn redirect(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    redirect: &RedirectConfig,
+) -> Result<()> {
+    let req = session.req_header();
+    let uri = match req.uri.path_and_query() {
+        Some(pq) => pq.as_str().to_owned(),
+        None => req.uri.path().to_owned(),
+    };
+    let values = Values {
+        uri: Some(&uri),
+        path: Some(req.uri.path()),
+        host: ctx.host.as_ref().map(crate::host::Host::as_str),
+        ..Values::default()
+    };
+    let Some(location) = redirect.to.render(&values) else {
+        // `{host}` on a request without a host (HTTP/1.0).
+        return error(
+            session,
+            ctx,
+            &ErrorResponse::bad_request("This redirect needs a Host"),
+        )
+        .await;
+    };
+    let mut resp = ResponseHeader::build(redirect.status, Some(6))?;
+    resp.insert_header(http::header::LOCATION, location)?;
+    resp.insert_header(http::header::CONTENT_LENGTH, 0)?;
+    let cache_control = match redirect.max_age {
+        Some(age) => format!("public, max-age={}", age.as_secs()),
+        None => "no-store".to_owned(),
+    };
+    resp.insert_header(http::header::CACHE_CONTROL, cache_control)?;
+    if let Some(rate) = &ctx.rate_headers {
+        ratelimit::apply_headers(&mut resp, rate)?;
+    }
+    headers::decorate(&mut resp, ctx.request_id.as_ref(), decoration(ctx, false))?;
+    route_fields(session, &mut resp, ctx);
+    session.write_response_header(Box::new(resp), true).await
 }
 
 /// The route's `headers.response`, last, so it can replace or remove
@@ -202,7 +251,7 @@ pub async fn failure(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> 
     let route = ctx.route();
     let cx = ctx
         .upstream
-        .failure_context(route.map(|r| &*r.upstream), route.map(|r| r.timeouts));
+        .failure_context(ctx.pool.as_deref(), route.map(|r| r.timeouts));
     let classified = if *e.etype() == errors::PAYLOAD_TOO_LARGE {
         Some(ErrorResponse::payload_too_large(
             route.map_or(0, |r| r.max_body_size),

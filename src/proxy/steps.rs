@@ -8,6 +8,7 @@ use crate::cache::{fresh, invalidate, purge};
 use crate::ctx::RequestCtx;
 use crate::errors::ErrorResponse;
 use crate::forwarded;
+use crate::gateway::Target;
 use crate::headers;
 use crate::host::Host;
 use crate::hygiene;
@@ -319,6 +320,14 @@ impl Proxy {
         if self.admit(session, ctx, Stage::BeforeCache).await? {
             return Ok(true);
         }
+        // A redirect route answers here: identified and counted like any
+        // request, never sent upstream.
+        let gateway = ctx.gateway.clone();
+        if let Some(Target::Redirect(redirect)) = ctx.route.map(|id| &gateway.route(id).target) {
+            return respond::redirect(session, ctx, redirect)
+                .await
+                .map(|()| true);
+        }
         let rewrite_first = ctx.subrequest || key_reads_fields(ctx);
         if rewrite_first {
             if let Err(refusal) = forward(session, ctx) {
@@ -392,7 +401,7 @@ impl Proxy {
         let cached = fresh::CachedRoute {
             name: &route.name,
             policy,
-            scope: route.key_scope(ctx.tls),
+            scope: route.key_scope(ctx.tls, ctx.pool_name()),
             compression: ctx.gateway.config.compression.as_ref(),
             route_compression: route.compression,
         };

@@ -359,8 +359,18 @@ pub struct RouteSpec {
     /// What requests this route takes. Defaults to every request.
     #[serde(default, rename = "match")]
     pub matcher: MatchSpec,
-    /// Name of the upstream pool to send to.
-    pub upstream: String,
+    /// Name of the upstream pool to send to (or `upstreams`, or `redirect`).
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// A weighted split between pools: `[{ name: v1, weight: 90 }, …]`.
+    #[serde(default)]
+    pub upstreams: Option<Vec<WeightedUpstreamSpec>>,
+    /// Keep a client on the pool of a split it got first.
+    #[serde(default)]
+    pub sticky: Option<StickySpec>,
+    /// Answer with a redirect instead of proxying.
+    #[serde(default)]
+    pub redirect: Option<RedirectSpec>,
     /// Connect, read and total timeouts.
     #[serde(default)]
     pub timeouts: TimeoutsSpec,
@@ -385,6 +395,43 @@ pub struct RouteSpec {
     /// Fields set, added or removed on the request and the response.
     #[serde(default)]
     pub headers: RouteHeadersSpec,
+}
+
+/// One member of a weighted split.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedUpstreamSpec {
+    /// The pool.
+    pub name: String,
+    /// Its share: weight / sum of weights.
+    pub weight: u32,
+}
+
+/// `routes[].sticky`: `{ cookie: NAME }` or `{ header: NAME }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StickySpec {
+    /// A cookie tollgate sets to the pool it chose, and reads back.
+    #[serde(default)]
+    pub cookie: Option<String>,
+    /// A request field (a user or session id) whose value picks the pool.
+    #[serde(default)]
+    pub header: Option<String>,
+}
+
+/// `routes[].redirect`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectSpec {
+    /// Target, with `{uri}`, `{path}`, `{host}`.
+    pub to: String,
+    /// 301, 302, 303, 307 or 308. Default 308.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// Let clients and shared caches keep the redirect this long
+    /// (`Cache-Control: public, max-age=…`). Default: `no-store`.
+    #[serde(default)]
+    pub max_age: Option<HumanDuration>,
 }
 
 /// `routes[].rewrite`.
