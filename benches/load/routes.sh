@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The router at size: the same cached hit and pass-through through three
+# tollgates whose files hold 1, 10,000 and 100,000 routes (half host
+# routes, half prefix routes, the measured route among them), side by
+# side in one run, and `tollgate check` time per file.
+#
+#   benches/load/routes.sh [DURATION_SECONDS=5] [ROUNDS=3]
+#
+# Proxies and the origin on CPU 0, wrk on CPU 1; rounds alternate.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. benches/load/setup.sh
+DURATION="${1:-5}"
+ROUNDS="${2:-3}"
+WORK="$(mktemp -d /tmp/tollgate-routes.XXXXXX)"
+chmod 755 "$WORK"
+scripts/install-deps build-essential cmake pkg-config libssl-dev nginx wrk
+cargo build --release --locked --bin tollgate >&2
+
+ORIGIN=127.0.0.1:18381
+bench_document "$WORK/doc.json"
+origin_conf "$WORK" "$ORIGIN" > "$WORK/origin.conf"
+
+config() { # routes listen admin
+  python3 - "$1" "$2" "$3" "$ORIGIN" "$WORK" <<'PY'
+import sys
+n, listen, admin, origin, work = int(sys.argv[1]), *sys.argv[2:]
+out = [f'listen: ["{listen}"]', f'admin: {{ listen: "{admin}" }}',
+       f'server: {{ threads: 1, work_stealing: false, pid_file: {work}/{listen}.pid, upgrade_sock: {work}/{listen}.sock }}',
+       'logging: { access_log: false }',
+       f'upstreams: {{ origin: {{ backends: ["{origin}"] }} }}', 'routes:']
+extra = n - 2
+for i in range(extra):
+    if i % 2:
+        out.append(f'  - {{ name: h{i}, upstream: origin, match: {{ host: "h{i}.example.com" }} }}')
+    else:
+        out.append(f'  - {{ name: p{i}, upstream: origin, match: {{ path_prefix: /svc-{i}/ }} }}')
+out.append('  - { name: plain, upstream: origin, match: { path_prefix: /plain/ } }')
+out.append('  - { name: api, upstream: origin, cache: {} }')
+print("\n".join(out))
+PY
+}
+pids=()
+cleanup() {
+  nginx -c "$WORK/origin.conf" -s stop 2>/dev/null || true
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+taskset -c 0 nginx -c "$WORK/origin.conf"
+declare -A addr
+port=18380
+for n in 2 10000 100000; do
+  port=$((port + 10))
+  config "$n" "127.0.0.1:$port" "127.0.0.1:$((port + 1))" > "$WORK/r$n.yaml"
+  start=$(date +%s.%N)
+  target/release/tollgate check "$WORK/r$n.yaml" > /dev/null
+  echo "check, $n routes: $(echo "$(date +%s.%N) - $start" | bc) s" >&2
+  taskset -c 0 target/release/tollgate run -c "$WORK/r$n.yaml" > "$WORK/r$n.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 300); do curl -fsS -o /dev/null "http://127.0.0.1:$((port + 1))/ready" 2>/dev/null && break; sleep 0.1; done
+  addr[$n]="127.0.0.1:$port"
+  curl -fsS -o /dev/null "http://${addr[$n]}/cached"
+done
+rps() { taskset -c 1 wrk -t1 -c64 -d"${DURATION}s" "http://$1$2" | awk '/^Requests\/sec:/ { print $2 }'; }
+declare -A r
+for round in $(seq 1 "$ROUNDS"); do
+  for n in 2 10000 100000; do
+    for s in cached:/cached passthrough:/plain/uncached; do
+      r["$n/${s%%:*}/$round"]=$(rps "${addr[$n]}" "${s#*:}")
+    done
+  done
+done
+for s in cached passthrough; do
+  for n in 2 10000 100000; do
+    m=$(for round in $(seq 1 "$ROUNDS"); do echo "${r[$n/$s/$round]}"; done | sort -n | sed -n "$(( (ROUNDS + 1) / 2 ))p")
+    eval "med_${s}_$n=$m"
+    echo "$s, $n routes: $m req/s"
+  done
+  b=$(eval echo "\$med_${s}_2")
+  for n in 10000 100000; do
+    echo "$s: $n routes / 1 route = $(echo "scale=3; $(eval echo "\$med_${s}_$n") / $b" | bc)x"
+  done
+done
