@@ -380,18 +380,9 @@ pub fn parse_key_hash(s: &str) -> Option<[u8; 32]> {
 /// Fields that carry the request's framing, routing or hop-by-hop meaning,
 /// or that tollgate itself sets: never an API key or the tenant field
 /// (removing or setting one would change how the request is delivered).
-const RESERVED_FIELDS: [&str; 18] = [
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-connection",
+/// These, and the framing fields (`check_route::FRAMING_FIELDS`).
+const RESERVED_FIELDS: [&str; 8] = [
     "proxy-authorization",
-    "expect",
     "content-type",
     "content-encoding",
     "cookie",
@@ -404,6 +395,7 @@ const RESERVED_FIELDS: [&str; 18] = [
 /// Why `name` cannot be an API-key field or the tenant field, if it cannot.
 pub(super) fn identity_field_problem(name: &http::HeaderName, raw: &FileConfig) -> Option<String> {
     if RESERVED_FIELDS.contains(&name.as_str())
+        || super::check_route::FRAMING_FIELDS.contains(&name.as_str())
         || crate::headers::FORWARDING_FIELDS.contains(&name.as_str())
     {
         return Some(format!(

@@ -24,7 +24,7 @@ const WRITTEN_FIELDS: [&str; 6] = [
 ];
 
 /// Fields a route's `headers` may not touch: framing, hop-by-hop, `Host`.
-const FRAMING_FIELDS: [&str; 10] = [
+pub(super) const FRAMING_FIELDS: [&str; 10] = [
     "host",
     "content-length",
     "transfer-encoding",
