@@ -82,6 +82,7 @@ fn least_connections(c: &mut Criterion) {
                     weight: 1 + usize::from(i % 3),
                 })
                 .collect(),
+            names: Vec::new(),
             tls: None,
             host_header: None,
             health_check: None,

@@ -17,6 +17,7 @@ pub mod config;
 pub mod connections;
 pub mod ctx;
 pub mod demo;
+pub mod discovery;
 pub mod errors;
 pub mod forwarded;
 pub mod gateway;

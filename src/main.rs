@@ -110,9 +110,15 @@ fn summary(c: &Config) -> String {
         let backends: Vec<String> = u
             .backends
             .iter()
-            .map(|b| match b.weight {
-                1 => b.addr.to_string(),
-                w => format!("{} (weight {w})", b.addr),
+            .map(|b| (b.addr.to_string(), b.weight))
+            .chain(
+                u.names
+                    .iter()
+                    .map(|n| (format!("{} (dns)", n.query), n.weight)),
+            )
+            .map(|(b, weight)| match weight {
+                1 => b,
+                w => format!("{b} (weight {w})"),
             })
             .collect();
         let health = if u.health_check.is_some() {
@@ -156,9 +162,21 @@ fn summary(c: &Config) -> String {
 
 fn check(path: &Path) -> ExitCode {
     match config::load(path) {
-        Ok(c) => {
+        Ok(mut c) => {
+            // Backend names are asked once, as `run` would at start.
+            let memory = tollgate::upstream::UpstreamMemory::default();
+            let unresolved = tollgate::discovery::resolve_first(&c, &memory, None);
+            let refused = c.dns.require_at_start && !unresolved.is_empty();
+            c.warnings.extend(unresolved);
             // A closed pipe (`| head`) is not an error worth a panic.
             let _ = std::io::Write::write_all(&mut std::io::stdout(), summary(&c).as_bytes());
+            if refused {
+                eprintln!(
+                    "{}: dns.require_at_start is set and backend names did not resolve: `run` would refuse to start",
+                    c.source
+                );
+                return ExitCode::FAILURE;
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -64,6 +64,11 @@ pub struct Metrics {
     pub upstream_retries: IntCounterVec,
     /// `tollgate_upstream_panic_total{upstream}`.
     pub upstream_panic: IntCounterVec,
+    /// `tollgate_upstream_backends{upstream}`: the pool's current addresses
+    /// (config addresses plus what its DNS names resolve to now).
+    pub upstream_backends: IntGaugeVec,
+    /// `tollgate_dns_resolutions_total{upstream,result}`.
+    pub dns_resolutions: IntCounterVec,
     /// `tollgate_upstream_request_duration_seconds{upstream}`: from choosing
     /// a backend to the end of its response, per attempt.
     pub upstream_duration: HistogramVec,
@@ -203,6 +208,21 @@ impl Metrics {
                  rotation: they go to all of them instead of failing (panic mode)",
             ),
             &["upstream"],
+        )?;
+        let upstream_backends = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_upstream_backends",
+                "Addresses currently in the pool: config addresses plus what its DNS names resolve to",
+            ),
+            &["upstream"],
+        )?;
+        let dns_resolutions = IntCounterVec::new(
+            Opts::new(
+                "tollgate_dns_resolutions_total",
+                "Resolutions of backend names, by result: ok, or timeout, nxdomain, no_records, \
+                 servfail, refused, unreachable, error (the last good addresses stay in use)",
+            ),
+            &["upstream", "result"],
         )?;
         let upstream_duration = HistogramVec::new(
             HistogramOpts::new(
@@ -410,6 +430,8 @@ impl Metrics {
         register(&registry, &mut names, Box::new(upstream_failures.clone()))?;
         register(&registry, &mut names, Box::new(upstream_retries.clone()))?;
         register(&registry, &mut names, Box::new(upstream_panic.clone()))?;
+        register(&registry, &mut names, Box::new(upstream_backends.clone()))?;
+        register(&registry, &mut names, Box::new(dns_resolutions.clone()))?;
         register(&registry, &mut names, Box::new(upstream_duration.clone()))?;
         register(&registry, &mut names, Box::new(config_reloads.clone()))?;
         register(&registry, &mut names, Box::new(requests.clone()))?;
@@ -429,6 +451,8 @@ impl Metrics {
             upstream_failures,
             upstream_retries,
             upstream_panic,
+            upstream_backends,
+            dns_resolutions,
             upstream_duration,
             config_reloads,
             cache_requests,
@@ -476,6 +500,12 @@ impl Metrics {
     pub fn forget_upstream(&self, upstream: &str) {
         let _ = self.upstream_retries.remove_label_values(&[upstream]);
         let _ = self.upstream_panic.remove_label_values(&[upstream]);
+        let _ = self.upstream_backends.remove_label_values(&[upstream]);
+        for result in crate::discovery::RESULTS {
+            let _ = self
+                .dns_resolutions
+                .remove_label_values(&[upstream, result]);
+        }
         let _ = self.upstream_duration.remove_label_values(&[upstream]);
     }
 

@@ -134,6 +134,13 @@ fn load_and_swap(state: &AppState) -> Result<ReloadReport, ReloadError> {
     let current = state.gateway();
     let mut warnings = restart_only_changes(&current.config, &config);
     warnings.extend(config.warnings.iter().cloned());
+    // New backend names get their first answers before the generation that
+    // uses them is built, so their pools do not start empty.
+    warnings.extend(crate::discovery::resolve_first(
+        &config,
+        &state.memory,
+        Some(&state.metrics),
+    ));
     let report = ReloadReport {
         routes: config.routes.len(),
         upstreams: config.upstreams.len(),

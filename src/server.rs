@@ -131,6 +131,16 @@ pub fn build(
     let listeners = config.listeners.clone();
     let admin_listen = config.admin_listen;
     let memory = Arc::new(UpstreamMemory::default());
+    let unresolved = crate::discovery::resolve_first(&config, &memory, Some(&metrics));
+    if config.dns.require_at_start && !unresolved.is_empty() {
+        return Err(StartError::Setup(format!(
+            "dns.require_at_start is set and backend names did not resolve:\n{}",
+            unresolved.join("\n")
+        )));
+    }
+    for problem in &unresolved {
+        log::warn!("{problem}");
+    }
     let keys = Arc::new(KeyRing::default());
     let gateway = Gateway::build(config, &metrics, &memory, &keys).map_err(StartError::Setup)?;
     let redis_tier = cache_redis_tier(&gateway.config, &metrics).map_err(StartError::Setup)?;
@@ -211,6 +221,10 @@ pub fn build(
     server.add_service(background_service(
         "tollgate health checks",
         HealthChecker::new(state.memory.clone()),
+    ));
+    server.add_service(background_service(
+        "tollgate DNS refresher",
+        crate::discovery::DnsRefresher::new(state.memory.clone(), state.metrics.clone()),
     ));
     server.add_service(background_service(
         "tollgate JWT key sets",

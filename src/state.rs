@@ -80,7 +80,7 @@ impl AppState {
         source: ConfigSource,
         access_log: Arc<AccessLog>,
     ) -> Self {
-        memory.schedule(&gateway.pools);
+        memory.schedule(&gateway.pools, &gateway.config.dns);
         keys.schedule(gateway.key_sources());
         Self {
             gateway: ArcSwap::from_pointee(gateway),
@@ -128,7 +128,7 @@ impl AppState {
     pub fn replace_gateway(&self, gateway: Gateway) {
         let gateway = Arc::new(gateway);
         self.gateway.store(gateway.clone());
-        self.memory.schedule(&gateway.pools);
+        self.memory.schedule(&gateway.pools, &gateway.config.dns);
         self.keys.schedule(gateway.key_sources());
     }
 

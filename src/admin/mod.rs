@@ -10,6 +10,7 @@ mod status_page;
 use crate::cache::purge::{purge_memory_off_runtime, purge_shared, Purge, PurgeTarget};
 
 use crate::state::AppState;
+use crate::upstream::BackendOrigin;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
@@ -40,12 +41,24 @@ impl AdminApp {
         let mut degraded = false;
         let mut upstreams = serde_json::Map::new();
         for pool in gateway.pools.iter() {
-            let backends: Vec<_> = pool
+            let members = pool.members();
+            let backends: Vec<_> = members
                 .slots()
                 .iter()
                 .map(|s| {
+                    let (source, since) = match s.origin() {
+                        BackendOrigin::Config => ("config".to_owned(), None),
+                        BackendOrigin::Dns { name, since, .. } => (
+                            format!("dns {name}"),
+                            since.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs()),
+                        ),
+                    };
                     json!({
                         "address": s.addr().to_string(),
+                        "source": source,
+                        "since_unix": since,
+                        "priority": s.priority(),
+                        "weight": s.weight(),
                         "healthy": pool.is_ready(s),
                         "active_check": if pool.active_health().is_none() {
                             "none"
@@ -59,8 +72,10 @@ impl AdminApp {
                     })
                 })
                 .collect();
-            let healthy = pool.slots().iter().filter(|s| pool.is_ready(s)).count();
+            let healthy = members.slots().iter().filter(|s| pool.is_ready(s)).count();
             degraded |= healthy == 0;
+            let names: Vec<_> = pool.dns_targets().map(|t| t.report()).collect();
+            degraded |= pool.dns_targets().any(|t| t.is_failing());
             // Panic: passive health has them all out, so all take traffic.
             let status = match (healthy, pool.in_panic()) {
                 (0, true) => "panic",
@@ -72,8 +87,9 @@ impl AdminApp {
                 json!({
                     "status": status,
                     "healthy": healthy,
-                    "total": pool.slots().len(),
+                    "total": members.slots().len(),
                     "backends": backends,
+                    "dns": names,
                 }),
             );
         }
@@ -206,7 +222,7 @@ impl AdminApp {
         }
         let gateway = self.state.gateway();
         for pool in gateway.pools.iter() {
-            for slot in pool.slots() {
+            for slot in pool.members().slots() {
                 let backend = slot.addr().to_string();
                 self.state
                     .metrics

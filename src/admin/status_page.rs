@@ -235,11 +235,25 @@ pub fn text_summary(report: &Value) -> String {
             u["healthy"],
             u["total"],
         );
+        for d in u["dns"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "    dns {} {} ({} addresses){}",
+                d["name"].as_str().unwrap_or("?"),
+                d["status"].as_str().unwrap_or("?"),
+                d["addresses"].as_array().map_or(0, Vec::len),
+                match d["last_error"]["message"].as_str() {
+                    Some(m) => format!(", last error: {m}"),
+                    None => String::new(),
+                },
+            );
+        }
         for b in u["backends"].as_array().into_iter().flatten() {
             let _ = writeln!(
                 out,
-                "    {} {} in-flight {} failures/min {}",
+                "    {} ({}) {} in-flight {} failures/min {}",
                 b["address"].as_str().unwrap_or("?"),
+                b["source"].as_str().unwrap_or("config"),
                 if b["healthy"].as_bool() == Some(true) {
                     "healthy"
                 } else {

@@ -1,14 +1,68 @@
-//! Validation of upstream pools: backends (resolved once, here), TLS, the
-//! Host override, active health checks and passive health.
+//! Validation of upstream pools: backends (IP addresses, host names and SRV
+//! names; names are resolved later, by `discovery`), TLS, the Host
+//! override, active health checks and passive health; and the `dns`
+//! section that says how names are resolved.
 
-use super::file::{self, UpstreamSpec};
-use super::io;
+use super::file::{self, DnsSpec, UpstreamSpec};
 use super::locate::FieldPath;
 use super::model::*;
 use super::{name_rule, valid_name, Checker};
 use std::net::SocketAddr;
 
 impl Checker<'_> {
+    /// `dns`, with defaults applied.
+    pub(super) fn dns(&mut self, spec: &DnsSpec, path: &FieldPath) -> DnsSettings {
+        let mut servers = Vec::new();
+        for (i, raw) in spec.servers.iter().flatten().enumerate() {
+            let parsed = raw.parse::<SocketAddr>().ok().or_else(|| {
+                raw.parse::<std::net::IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
+            match parsed {
+                Some(addr) => servers.push(addr),
+                None => self.problem(
+                    path.key("servers").index(i),
+                    format!("invalid name server {raw:?} (write ip or ip:port)"),
+                ),
+            }
+        }
+        if spec.servers.as_ref().is_some_and(Vec::is_empty) {
+            self.problem(
+                path.key("servers"),
+                "servers must list at least one name server (leave it out for the system's)",
+            );
+        }
+        let settings = DnsSettings {
+            servers,
+            min_ttl: spec.min_ttl.map_or(defaults::DNS_MIN_TTL, |d| d.0),
+            max_ttl: spec.max_ttl.map_or(defaults::DNS_MAX_TTL, |d| d.0),
+            timeout: spec.timeout.map_or(defaults::DNS_TIMEOUT, |d| d.0),
+            require_at_start: spec.require_at_start.unwrap_or(false),
+            family: match spec.family {
+                None | Some(file::AddressFamilySpec::Any) => AddressFamily::Any,
+                Some(file::AddressFamilySpec::Ipv4) => AddressFamily::Ipv4,
+                Some(file::AddressFamilySpec::Ipv6) => AddressFamily::Ipv6,
+            },
+        };
+        if settings.min_ttl.is_zero() {
+            self.problem(path.key("min_ttl"), "min_ttl must be greater than zero");
+        }
+        if settings.max_ttl < settings.min_ttl {
+            self.problem(
+                path.key("max_ttl"),
+                format!(
+                    "max_ttl ({:?}) must not be below min_ttl ({:?})",
+                    settings.max_ttl, settings.min_ttl
+                ),
+            );
+        }
+        if settings.timeout.is_zero() {
+            self.problem(path.key("timeout"), "timeout must be greater than zero");
+        }
+        settings
+    }
+
     pub(super) fn upstream(
         &mut self,
         name: &str,
@@ -26,25 +80,47 @@ impl Checker<'_> {
             );
         }
         let mut backends: Vec<BackendConfig> = Vec::with_capacity(spec.backends.len());
+        let mut names: Vec<NamedBackend> = Vec::new();
         for (i, b) in spec.backends.iter().enumerate() {
             let item = backends_path.index(i);
             if b.weight == 0 {
                 self.problem(item.key("weight"), "weight must be at least 1");
             }
-            let Some(addr) = self.resolve(&b.address, &item) else {
-                continue;
+            let weight = b.weight.max(1);
+            let source = match (&b.address, &b.srv) {
+                (Some(address), None) => self.backend_address(address, &item),
+                (None, Some(srv)) => match dns_name_problem(srv) {
+                    None => Some(BackendSource::Name(DnsQuery::Srv { name: srv.clone() })),
+                    Some(why) => {
+                        self.problem(item.key("srv"), format!("invalid SRV name {srv:?}: {why}"));
+                        None
+                    }
+                },
+                _ => {
+                    self.problem(
+                        item.clone(),
+                        "write either address (host:port) or srv (an SRV name), not both",
+                    );
+                    None
+                }
             };
-            if backends.iter().any(|existing| existing.addr == addr) {
-                self.problem(
-                    item,
-                    format!("backend {} ({addr}) is listed twice", b.address),
-                );
-                continue;
+            match source {
+                None => {}
+                Some(BackendSource::Static(addr)) => {
+                    if backends.iter().any(|existing| existing.addr == addr) {
+                        self.problem(item, format!("backend {addr} is listed twice"));
+                        continue;
+                    }
+                    backends.push(BackendConfig { addr, weight });
+                }
+                Some(BackendSource::Name(query)) => {
+                    if names.iter().any(|existing| existing.query == query) {
+                        self.problem(item, format!("backend {query} is listed twice"));
+                        continue;
+                    }
+                    names.push(NamedBackend { query, weight });
+                }
             }
-            backends.push(BackendConfig {
-                addr,
-                weight: b.weight.max(1),
-            });
         }
         let tls = spec.tls.as_ref().map(|t| {
             if t.sni.trim().is_empty() {
@@ -86,6 +162,7 @@ impl Checker<'_> {
         UpstreamConfig {
             name: name.to_owned(),
             backends,
+            names,
             tls,
             host_header,
             health_check,
@@ -173,14 +250,71 @@ impl Checker<'_> {
         check
     }
 
-    /// Resolves a backend address once, at load time (see [`io::resolve`]).
-    fn resolve(&mut self, raw: &str, path: &FieldPath) -> Option<SocketAddr> {
-        match io::resolve(raw) {
-            Ok(addr) => Some(addr),
-            Err(message) => {
-                self.problem(path.clone(), message);
-                None
-            }
+    /// Reads a backend `address`: an IP address with a port is used as
+    /// it is; a host name with a port is resolved through DNS while the
+    /// process runs (see `discovery`).
+    fn backend_address(&mut self, raw: &str, path: &FieldPath) -> Option<BackendSource> {
+        if let Ok(addr) = raw.parse::<SocketAddr>() {
+            return Some(BackendSource::Static(addr));
+        }
+        let parsed = raw
+            .rsplit_once(':')
+            .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)));
+        let Some((host, port)) = parsed.filter(|(host, port)| !host.is_empty() && *port != 0)
+        else {
+            self.problem(
+                path.clone(),
+                format!("invalid backend address {raw:?} (write host:port)"),
+            );
+            return None;
+        };
+        if let Some(why) = dns_name_problem(host) {
+            self.problem(
+                path.clone(),
+                format!("invalid backend address {raw:?}: {why}"),
+            );
+            return None;
+        }
+        Some(BackendSource::Name(DnsQuery::Host {
+            name: host.to_owned(),
+            port,
+        }))
+    }
+}
+
+/// Where a backend's addresses come from.
+enum BackendSource {
+    Static(SocketAddr),
+    Name(DnsQuery),
+}
+
+/// Why `name` is not a DNS name a backend can have (RFC 1035 lengths;
+/// letters, digits, `-` and `_` in labels, an optional final dot), or
+/// `None` when it is one.
+pub(super) fn dns_name_problem(name: &str) -> Option<String> {
+    let bare = name.strip_suffix('.').unwrap_or(name);
+    if bare.is_empty() || bare.len() > 253 {
+        return Some("a name has 1 to 253 characters".to_owned());
+    }
+    for label in bare.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Some(format!("label {label:?} must have 1 to 63 characters"));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+        {
+            return Some(format!(
+                "label {label:?} may hold only letters, digits, '-' and '_'"
+            ));
         }
     }
+    if bare
+        .rsplit('.')
+        .next()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Some("not an IP address, and a name's last label is not all digits".to_owned());
+    }
+    None
 }

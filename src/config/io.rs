@@ -4,7 +4,6 @@
 //! the text plus these answers.
 
 use super::error::ConfigError;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 
 /// Largest config file read: far above any real deployment, small enough
@@ -52,29 +51,6 @@ pub fn env_secret(var: &str) -> Result<String, String> {
         Ok(value) if !value.trim().is_empty() => Ok(value.trim().to_owned()),
         _ => Err(format!("environment variable {var} is not set or empty")),
     }
-}
-
-/// Resolves a backend `host:port` once, at load time, preferring IPv4.
-pub fn resolve(raw: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = raw.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    let has_port = raw
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-    if !has_port {
-        return Err(format!("invalid backend address {raw:?} (write host:port)"));
-    }
-    let addrs: Vec<SocketAddr> = raw
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve backend {raw:?}: {e}"))?
-        .collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(addrs.first())
-        .copied()
-        .ok_or_else(|| format!("backend {raw:?} resolved to no address"))
 }
 
 /// Checks that a file a listener needs (certificate, key) is a regular

@@ -192,6 +192,7 @@ impl Checker<'_> {
         let logging = self.logging(&raw.logging, &root.key("logging"));
         let limits = self.limits(&raw.limits, &root.key("limits"));
 
+        let dns = self.dns(&raw.dns, &root.key("dns"));
         let mut upstreams = Vec::with_capacity(raw.upstreams.len());
         for (name, spec) in &raw.upstreams {
             upstreams.push(self.upstream(name, spec, &root.key("upstreams").key(name)));
@@ -270,6 +271,7 @@ impl Checker<'_> {
                 path_parameters: raw.hygiene.path_parameters.unwrap_or_default(),
                 underscore_headers: raw.hygiene.underscore_headers.unwrap_or_default(),
             },
+            dns,
             upstreams,
             routes,
             warnings: std::mem::take(&mut self.warnings),

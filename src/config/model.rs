@@ -51,6 +51,8 @@ pub struct Config {
     pub limits: RequestLimits,
     /// How paths and field names backends read differently are treated.
     pub hygiene: Hygiene,
+    /// How backend names are resolved.
+    pub dns: DnsSettings,
     /// Upstream pools, sorted by name.
     pub upstreams: Vec<UpstreamConfig>,
     /// Routes in file order.
@@ -161,8 +163,11 @@ pub struct LoggingSettings {
 pub struct UpstreamConfig {
     /// The name routes refer to; also a metrics label.
     pub name: String,
-    /// The servers, in file order.
+    /// The servers given as IP addresses, in file order.
     pub backends: Vec<BackendConfig>,
+    /// The servers given as DNS names (A/AAAA or SRV), re-resolved while
+    /// the process runs; their addresses join the pool as they appear.
+    pub names: Vec<NamedBackend>,
     /// TLS towards the servers.
     pub tls: Option<UpstreamTls>,
     /// `Host` header to send instead of the client's.
@@ -227,6 +232,83 @@ pub struct BackendConfig {
     pub addr: SocketAddr,
     /// Relative weight (≥ 1).
     pub weight: usize,
+}
+
+/// A backend given by name: its addresses come from DNS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedBackend {
+    /// What to ask.
+    pub query: DnsQuery,
+    /// Relative weight (≥ 1) of each of its addresses; an SRV record's own
+    /// weight multiplies it.
+    pub weight: usize,
+}
+
+/// A DNS question that yields backend addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DnsQuery {
+    /// Every A/AAAA address of `name`, on `port`.
+    Host {
+        /// The host name, as written.
+        name: String,
+        /// The port every address gets.
+        port: u16,
+    },
+    /// The targets of an SRV record, with their ports, priorities, weights.
+    Srv {
+        /// The SRV owner name, e.g. `_http._tcp.users.internal`.
+        name: String,
+    },
+}
+
+impl std::fmt::Display for DnsQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DnsQuery::Host { name, port } => write!(f, "{name}:{port}"),
+            DnsQuery::Srv { name } => write!(f, "srv {name}"),
+        }
+    }
+}
+
+/// `dns`, with defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// Name servers; empty means the system's (`/etc/resolv.conf`).
+    pub servers: Vec<SocketAddr>,
+    /// Lower bound on a record's TTL.
+    pub min_ttl: Duration,
+    /// Upper bound on a record's TTL.
+    pub max_ttl: Duration,
+    /// Timeout of one query.
+    pub timeout: Duration,
+    /// Refuse to start while a name has never resolved.
+    pub require_at_start: bool,
+    /// Which address records count.
+    pub family: AddressFamily,
+}
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            min_ttl: defaults::DNS_MIN_TTL,
+            max_ttl: defaults::DNS_MAX_TTL,
+            timeout: defaults::DNS_TIMEOUT,
+            require_at_start: false,
+            family: AddressFamily::Any,
+        }
+    }
+}
+
+/// `dns.family`: which address records a name contributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressFamily {
+    /// A and AAAA.
+    Any,
+    /// A only.
+    Ipv4,
+    /// AAAA only.
+    Ipv6,
 }
 
 /// TLS settings towards a pool.
@@ -726,6 +808,12 @@ pub mod defaults {
     pub const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
     /// Default health-check timeout.
     pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+    /// Default lower bound on a DNS record's TTL.
+    pub const DNS_MIN_TTL: Duration = Duration::from_secs(1);
+    /// Default upper bound on a DNS record's TTL.
+    pub const DNS_MAX_TTL: Duration = Duration::from_secs(60);
+    /// Default timeout of one DNS query.
+    pub const DNS_TIMEOUT: Duration = Duration::from_secs(2);
     /// Default consecutive successes to come back.
     pub const HEALTHY_THRESHOLD: usize = 2;
     /// Default consecutive failures to go out.

@@ -1,4 +1,6 @@
 use super::*;
+use crate::config::model::DnsQuery;
+use std::time::Duration;
 
 const MINIMAL: &str = "\
 upstreams:
@@ -102,9 +104,61 @@ fn backends_accept_strings_and_maps() {
     );
     let c = parse(&src, "t.yaml").expect("valid");
     let b = &c.upstreams[0].backends;
-    assert_eq!(b.len(), 2);
-    assert_eq!(b[1].weight, 3);
-    assert_eq!(b[1].addr.port(), 9001);
+    assert_eq!(b.len(), 1, "the IP address is used as it is");
+    let names = &c.upstreams[0].names;
+    assert_eq!(names.len(), 1, "the host name is resolved while running");
+    assert_eq!(names[0].weight, 3);
+    assert_eq!(
+        names[0].query,
+        DnsQuery::Host {
+            name: "localhost".into(),
+            port: 9001
+        }
+    );
+}
+
+#[test]
+fn srv_backends_and_the_dns_section_are_read_with_defaults() {
+    let src = MINIMAL.replace(
+        "[\"127.0.0.1:9000\"]",
+        "[{ srv: \"_http._tcp.users.internal\", weight: 2 }]",
+    );
+    let src = format!("dns: {{ servers: [\"10.0.0.2\", \"10.0.0.3:5353\"], max_ttl: 30s }}\n{src}");
+    let c = parse(&src, "t.yaml").expect("valid");
+    assert_eq!(
+        c.upstreams[0].names[0].query,
+        DnsQuery::Srv {
+            name: "_http._tcp.users.internal".into()
+        }
+    );
+    assert_eq!(c.dns.servers[0].port(), 53);
+    assert_eq!(c.dns.servers[1].port(), 5353);
+    assert_eq!(c.dns.max_ttl, Duration::from_secs(30));
+    assert_eq!(c.dns.min_ttl, Duration::from_secs(1));
+    assert!(!c.dns.require_at_start);
+}
+
+#[test]
+fn bad_names_and_dns_settings_are_refused_with_their_field() {
+    let src = MINIMAL.replace(
+        "[\"127.0.0.1:9000\"]",
+        "[\"bad name:80\", { address: \"a.internal:80\", srv: \"_x._tcp.a\" }, { srv: \"-..\" }, \"10.0.0.300:80\", \"a.internal:80\", \"a.internal:80\"]",
+    );
+    let src = format!("dns: {{ servers: [\"ns1\"], min_ttl: 10s, max_ttl: 5s }}\n{src}");
+    let p = problems(&src);
+    let expect = [
+        "dns.servers[0]: invalid name server \"ns1\"",
+        "dns.max_ttl: max_ttl (5s) must not be below min_ttl (10s)",
+        "upstreams.api.backends[0]: invalid backend address \"bad name:80\"",
+        "upstreams.api.backends[1]: write either address (host:port) or srv",
+        "upstreams.api.backends[2].srv: invalid SRV name \"-..\"",
+        "upstreams.api.backends[3]: invalid backend address \"10.0.0.300:80\"",
+        "upstreams.api.backends[5]: backend a.internal:80 is listed twice",
+    ];
+    assert_eq!(p.len(), expect.len(), "{p:#?}");
+    for (problem, want) in p.iter().zip(expect) {
+        assert!(problem.contains(want), "{problem} lacks {want}");
+    }
 }
 
 #[test]

@@ -104,6 +104,7 @@ impl Attempts {
             ));
         }
         let fresh = self.fresh_replay.take().and_then(|addr| pool.slot(addr));
+        let replaying_fresh = fresh.is_some();
         let avoid = self.lease.as_ref().map(BackendLease::socket_addr);
         let slot = fresh.or_else(|| pool.select(avoid)).ok_or_else(|| {
             Error::explain(
@@ -127,8 +128,8 @@ impl Attempts {
             connect: remaining < timeouts.connect,
             read: remaining < timeouts.read,
         };
-        let mut peer = pool.peer(slot);
-        if fresh.is_some() {
+        let mut peer = pool.peer(&slot);
+        if replaying_fresh {
             // A pool key of its own: Pingora cannot hand out another idle
             // (and maybe equally stale) connection to the same backend.
             peer.group_key = rand::random();

@@ -207,6 +207,7 @@ mod tests {
                 addr: SocketAddr::from(([127, 0, 0, 1], closed.port())),
                 weight: 1,
             }],
+            names: Vec::new(),
             tls: None,
             host_header: None,
             health_check: Some(HealthCheckConfig {
@@ -236,12 +237,12 @@ mod tests {
 
         // Built but not scheduled (a reload that failed later): not run.
         assert!(memory.scheduled_checks().is_empty());
-        memory.schedule(std::slice::from_ref(&live));
+        memory.schedule(std::slice::from_ref(&live), &Default::default());
         assert_eq!(memory.scheduled_checks().len(), 1);
         let (tx, rx) = tokio::sync::watch::channel(false);
         let service = tokio::spawn(async move { checker.start(rx).await });
         let deadline = Instant::now() + Duration::from_secs(10);
-        while live.actively_healthy(&live.slots()[0]) {
+        while live.actively_healthy(&live.members().slots()[0]) {
             assert!(
                 Instant::now() < deadline,
                 "the closed backend was never marked down"

@@ -13,32 +13,39 @@ pub mod attempt;
 pub mod backend;
 pub mod deadline;
 pub mod health;
+mod membership;
 pub mod memory;
 pub mod replay;
 
 pub use backend::{BackendLease, BackendState, FailureKind};
+pub use membership::{BackendOrigin, Members};
 pub use memory::UpstreamMemory;
 
 use crate::config::model::{PassiveHealth, UpstreamConfig};
+use crate::discovery::DnsTarget;
 use crate::metrics::Metrics;
+use arc_swap::ArcSwap;
 use futures::FutureExt;
 use health::PoolHealth;
 use http::HeaderValue;
-use pingora::lb::discovery::Static;
+use membership::MembershipSource;
 use pingora::lb::{Backend, Backends};
 use pingora::upstreams::peer::HttpPeer;
-use prometheus::{Histogram, IntCounter};
+use prometheus::{Histogram, IntCounter, IntGauge, IntGaugeVec};
 use rand::Rng;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// One backend of a pool with what selection needs to know about it.
 pub struct BackendSlot {
     backend: Backend,
     weight: u64,
+    /// RFC 2782 priority (SRV); 0 otherwise. Lower is preferred.
+    priority: u16,
     peer: HttpPeer,
     state: Arc<BackendState>,
+    origin: BackendOrigin,
 }
 
 impl BackendSlot {
@@ -61,81 +68,191 @@ impl BackendSlot {
     pub fn lease(&self) -> BackendLease {
         self.state.lease()
     }
+
+    /// Its selection weight (config weight × SRV weight factor).
+    pub fn weight(&self) -> u64 {
+        self.weight
+    }
+
+    /// Its SRV priority (0 unless it came from an SRV record).
+    pub fn priority(&self) -> u16 {
+        self.priority
+    }
+
+    /// Where it came from: the config file, or a DNS name.
+    pub fn origin(&self) -> &BackendOrigin {
+        &self.origin
+    }
 }
 
-/// A named pool of backends.
+/// A named pool of backends. Its members change while it runs when some
+/// backends are DNS names: [`UpstreamPool::sync`] rebuilds them from the
+/// names' last good answers, and a request works on the members it loaded.
 pub struct UpstreamPool {
     name: Box<str>,
-    slots: Box<[BackendSlot]>,
+    config: UpstreamConfig,
+    /// The DNS names among the backends, with their configured weight.
+    names: Vec<(Arc<DnsTarget>, u64)>,
+    members: ArcSwap<Members>,
+    /// The names' answer versions `members` was built from; also makes
+    /// rebuilds one at a time (Pingora's view must not update concurrently).
+    built_from: Mutex<Option<Vec<u64>>>,
+    membership: Arc<MembershipSource>,
     /// Pingora's view of the same backends: membership, enablement, health.
     view: Backends,
     active_health: Option<Arc<PoolHealth>>,
-    host_header: Option<HeaderValue>,
-    passive: PassiveHealth,
-    retries: usize,
-    retry_on_5xx: bool,
+    in_flight_gauges: IntGaugeVec,
+    backends_gauge: IntGauge,
     retries_total: IntCounter,
     panic_total: IntCounter,
     duration: Histogram,
 }
 
 impl UpstreamPool {
-    /// Builds a pool from its validated config, reusing the backend and
-    /// health state `memory` holds from earlier generations.
+    /// Builds a pool from its validated config, reusing the backend,
+    /// health and DNS state `memory` holds from earlier generations (so a
+    /// reload starts from a name's last good addresses, not from nothing).
     pub fn new(
         config: &UpstreamConfig,
         metrics: &Metrics,
         memory: &UpstreamMemory,
     ) -> Result<Self, String> {
-        let mut slots = Vec::with_capacity(config.backends.len());
-        let mut members = BTreeSet::new();
-        for b in &config.backends {
-            let backend = Backend::new_with_weight(&b.addr.to_string(), b.weight)
-                .map_err(|e| format!("upstream {}: backend {}: {e}", config.name, b.addr))?;
-            members.insert(backend.clone());
-            slots.push(BackendSlot {
-                backend,
-                weight: b.weight as u64,
-                peer: make_peer(b.addr, config),
-                state: memory.backend(&config.name, b.addr, metrics),
-            });
-        }
         let active_health = memory.health(config)?;
-        let discovery = Static::new(members);
+        let membership = Arc::new(MembershipSource::default());
+        let discovery = Box::new(membership::SharedMembership(membership.clone()));
         let view = match &active_health {
             Some(h) => Backends::new_with_health_registry(discovery, h.registry.clone()),
             None => Backends::new(discovery),
         };
-        // Static discovery never waits, so the first update completes at once.
-        match view.update(|_| {}).now_or_never() {
-            Some(Ok(())) => {}
-            Some(Err(e)) => {
-                return Err(format!(
-                    "upstream {}: backend discovery failed: {e}",
-                    config.name
-                ))
-            }
-            None => {
-                return Err(format!(
-                    "upstream {}: static discovery did not complete",
-                    config.name
-                ))
-            }
-        }
+        let names = config
+            .names
+            .iter()
+            .map(|n| (memory.dns_target(&config.name, &n.query), n.weight as u64))
+            .collect();
         let name = config.name.as_str();
-        Ok(Self {
+        let pool = Self {
             name: name.into(),
-            slots: slots.into_boxed_slice(),
+            config: config.clone(),
+            names,
+            members: ArcSwap::from_pointee(Members::default()),
+            built_from: Mutex::new(None),
+            membership,
             view,
             active_health,
-            host_header: config.host_header.clone(),
-            passive: config.passive,
-            retries: config.retries,
-            retry_on_5xx: config.retry_on_5xx,
+            in_flight_gauges: metrics.upstream_in_flight.clone(),
+            backends_gauge: metrics.upstream_backends.with_label_values(&[name]),
             retries_total: metrics.upstream_retries.with_label_values(&[name]),
             panic_total: metrics.upstream_panic.with_label_values(&[name]),
             duration: metrics.upstream_duration.with_label_values(&[name]),
-        })
+        };
+        pool.rebuild(memory)?;
+        Ok(pool)
+    }
+
+    /// Rebuilds the members if a DNS name's answer changed since the last
+    /// build: addresses that stay keep their slot (and so their count and
+    /// health), new ones join healthy unless an active check says otherwise,
+    /// removed ones get no new requests and finish what they have. True
+    /// when the members changed.
+    pub fn sync(&self, memory: &UpstreamMemory) -> bool {
+        match self.rebuild(memory) {
+            Ok(changed) => changed,
+            Err(e) => {
+                log::error!("{e}");
+                false
+            }
+        }
+    }
+
+    fn name_versions(&self) -> Vec<u64> {
+        self.names
+            .iter()
+            .map(|(t, _)| t.resolved().version)
+            .collect()
+    }
+
+    fn rebuild(&self, memory: &UpstreamMemory) -> Result<bool, String> {
+        let mut built_from = self.built_from.lock().unwrap_or_else(|p| p.into_inner());
+        if built_from.as_ref() == Some(&self.name_versions()) {
+            return Ok(false);
+        }
+        let current = self.members.load_full();
+        let mut slots: Vec<Arc<BackendSlot>> = Vec::new();
+        let mut resolved_versions = Vec::with_capacity(self.names.len());
+        let mut add = |addr: SocketAddr, weight: u64, priority: u16, origin: BackendOrigin| {
+            if slots.iter().any(|s| s.addr() == addr) {
+                return Ok(()); // one slot per address, first listing wins
+            }
+            if let Some(kept) = current
+                .slots()
+                .iter()
+                .find(|s| s.addr() == addr && s.weight == weight && s.priority == priority)
+            {
+                slots.push(kept.clone());
+                return Ok(());
+            }
+            let backend = Backend::new_with_weight(&addr.to_string(), weight as usize)
+                .map_err(|e| format!("upstream {}: backend {addr}: {e}", self.name))?;
+            slots.push(Arc::new(BackendSlot {
+                backend,
+                weight,
+                priority,
+                peer: make_peer(addr, &self.config),
+                state: memory.backend(&self.name, addr, &self.in_flight_gauges),
+                origin,
+            }));
+            Ok::<(), String>(())
+        };
+        for b in &self.config.backends {
+            add(b.addr, b.weight as u64, 0, BackendOrigin::Config)?;
+        }
+        for (target, weight) in &self.names {
+            let resolved = target.resolved();
+            resolved_versions.push(resolved.version);
+            for m in &resolved.members {
+                let origin = BackendOrigin::Dns {
+                    name: target.query().to_string().into(),
+                    target: m.target.clone(),
+                    since: m.since,
+                };
+                add(m.addr, weight * m.weight_factor, m.priority, origin)?;
+            }
+        }
+        let changed = built_from.is_none()
+            || slots.len() != current.slots().len()
+            || slots
+                .iter()
+                .zip(current.slots())
+                .any(|(a, b)| !Arc::ptr_eq(a, b));
+        let set: BTreeSet<Backend> = slots.iter().map(|s| s.backend.clone()).collect();
+        self.membership.set(set);
+        // Our membership source never waits, so the update completes at once.
+        match self.view.update(|_| {}).now_or_never() {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(format!("upstream {}: backend membership: {e}", self.name)),
+            None => {
+                return Err(format!(
+                    "upstream {}: membership update did not complete",
+                    self.name
+                ))
+            }
+        }
+        self.backends_gauge.set(slots.len() as i64);
+        self.members.store(Arc::new(Members::new(slots)));
+        // The versions the slots were built from: a change that lands
+        // later makes the next sync build again.
+        *built_from = Some(resolved_versions);
+        Ok(changed)
+    }
+
+    /// The current members (a snapshot: later DNS changes do not alter it).
+    pub fn members(&self) -> Arc<Members> {
+        self.members.load_full()
+    }
+
+    /// The DNS names feeding this pool.
+    pub fn dns_targets(&self) -> impl Iterator<Item = &Arc<DnsTarget>> {
+        self.names.iter().map(|(t, _)| t)
     }
 
     /// The pool's name.
@@ -145,12 +262,7 @@ impl UpstreamPool {
 
     /// The `Host` header to send, when configured.
     pub fn host_header(&self) -> Option<&HeaderValue> {
-        self.host_header.as_ref()
-    }
-
-    /// All backends, in config order.
-    pub fn slots(&self) -> &[BackendSlot] {
-        &self.slots
+        self.config.host_header.as_ref()
     }
 
     /// The pool's active health checks, if configured.
@@ -160,17 +272,17 @@ impl UpstreamPool {
 
     /// Passive health policy.
     pub fn passive(&self) -> &PassiveHealth {
-        &self.passive
+        &self.config.passive
     }
 
     /// How many extra attempts a request may make on other backends.
     pub fn retries(&self) -> usize {
-        self.retries
+        self.config.retries
     }
 
     /// Whether idempotent requests answered 502/503/504 are retried.
     pub fn retries_on_5xx(&self) -> bool {
-        self.retry_on_5xx
+        self.config.retry_on_5xx
     }
 
     /// `tollgate_upstream_retries_total{upstream}` of this pool.
@@ -204,14 +316,16 @@ impl UpstreamPool {
     /// misbehaving endpoint cannot turn into an outage. Backends that fail
     /// their *active* check stay out: that is evidence, not a guess.
     pub fn in_panic(&self) -> bool {
-        !self.slots.iter().any(|s| self.is_ready(s))
-            && self.slots.iter().any(|s| self.actively_healthy(s))
+        let members = self.members.load();
+        !members.slots().iter().any(|s| self.is_ready(s))
+            && members.slots().iter().any(|s| self.actively_healthy(s))
     }
 
     /// Whether a backend other than `except` may take traffic (a retry has
     /// somewhere to go); in panic mode, any other actively healthy one.
     pub fn has_other_ready(&self, except: SocketAddr) -> bool {
-        let others = || self.slots.iter().filter(|s| s.addr() != except);
+        let members = self.members.load();
+        let others = || members.slots().iter().filter(|s| s.addr() != except);
         others().any(|s| self.is_ready(s))
             || (self.in_panic() && others().any(|s| self.actively_healthy(s)))
     }
@@ -219,61 +333,31 @@ impl UpstreamPool {
     /// Weighted least-connections: the ready backend with the fewest
     /// in-flight requests per unit of weight. Ties are broken at random in
     /// proportion to weight, so idle equal backends share load evenly.
-    /// `avoid` skips one backend (the one a retry just failed on) unless it
-    /// is the only candidate. When no backend is ready, panic mode picks
-    /// among the actively healthy ones and counts it. Does not allocate.
-    pub fn select(&self, avoid: Option<SocketAddr>) -> Option<&BackendSlot> {
+    /// With SRV priorities, only the lowest priority that has a candidate
+    /// is considered (RFC 2782). `avoid` skips one backend (the one a retry
+    /// just failed on) unless it is the only candidate. When no backend is
+    /// ready, panic mode picks among the actively healthy ones and counts
+    /// it. Does not allocate.
+    pub fn select(&self, avoid: Option<SocketAddr>) -> Option<Arc<BackendSlot>> {
+        let members = self.members.load();
         let ready = |s: &BackendSlot| self.is_ready(s);
-        if let Some(slot) = self.pick(avoid, ready) {
-            return Some(slot);
+        if let Some(slot) = pick(&members, avoid, ready) {
+            return Some(slot.clone());
         }
-        let panic = self.pick(avoid, |s| self.actively_healthy(s))?;
+        let panic = pick(&members, avoid, |s| self.actively_healthy(s))?;
         self.panic_total.inc();
-        Some(panic)
+        Some(panic.clone())
     }
 
-    /// The least-loaded candidate, avoiding `avoid` if another one exists.
-    fn pick(
-        &self,
-        avoid: Option<SocketAddr>,
-        candidate: impl Fn(&BackendSlot) -> bool,
-    ) -> Option<&BackendSlot> {
-        let pick = |skip: Option<SocketAddr>| {
-            let mut best: Option<&BackendSlot> = None;
-            let mut tied_weight = 0u64;
-            for slot in self.slots.iter() {
-                if skip == Some(slot.addr()) || !candidate(slot) {
-                    continue;
-                }
-                let Some(current) = best else {
-                    best = Some(slot);
-                    tied_weight = slot.weight;
-                    continue;
-                };
-                // Compare in_flight/weight without division.
-                let lhs = slot.in_flight().max(0) as u64 * current.weight;
-                let rhs = current.in_flight().max(0) as u64 * slot.weight;
-                if lhs < rhs {
-                    best = Some(slot);
-                    tied_weight = slot.weight;
-                } else if lhs == rhs {
-                    tied_weight += slot.weight;
-                    if rand::thread_rng().gen_range(0..tied_weight) < slot.weight {
-                        best = Some(slot);
-                    }
-                }
-            }
-            best
-        };
-        match avoid {
-            Some(addr) => pick(Some(addr)).or_else(|| pick(None)),
-            None => pick(None),
-        }
-    }
-
-    /// The slot of a backend, by address (a retry on the same backend).
-    pub fn slot(&self, addr: SocketAddr) -> Option<&BackendSlot> {
-        self.slots.iter().find(|s| s.addr() == addr)
+    /// The slot of a backend, by address (a retry on the same backend), if
+    /// it is still a member.
+    pub fn slot(&self, addr: SocketAddr) -> Option<Arc<BackendSlot>> {
+        self.members
+            .load()
+            .slots()
+            .iter()
+            .find(|s| s.addr() == addr)
+            .cloned()
     }
 
     /// The peer to connect to for `slot`; the caller sets per-request timeouts.
@@ -292,19 +376,73 @@ impl UpstreamPool {
             .upstream_failures
             .with_label_values(&[&*self.name, backend.label(), kind.as_str()])
             .inc();
-        if !kind.counts_toward_max_fails() || self.slots.len() < 2 {
+        if !kind.counts_toward_max_fails() || self.members.load().slots().len() < 2 {
             return;
         }
-        if backend.record_failure(&self.passive) {
+        let passive = &self.config.passive;
+        if backend.record_failure(passive) {
             log::warn!(
                 "upstream {} backend {}: {} failures within {:?}, out of rotation for {:?}",
                 self.name,
                 backend.label(),
-                self.passive.max_fails,
-                self.passive.fail_timeout,
-                self.passive.fail_timeout
+                passive.max_fails,
+                passive.fail_timeout,
+                passive.fail_timeout
             );
         }
+    }
+}
+
+/// The least-loaded candidate of `members`, avoiding `avoid` if another
+/// candidate exists; with priorities, within the lowest priority that has
+/// a candidate.
+fn pick(
+    members: &Members,
+    avoid: Option<SocketAddr>,
+    candidate: impl Fn(&BackendSlot) -> bool,
+) -> Option<&Arc<BackendSlot>> {
+    let pick_among = |skip: Option<SocketAddr>| {
+        let eligible = |slot: &BackendSlot| skip != Some(slot.addr()) && candidate(slot);
+        let priority = if members.prioritized() {
+            let lowest = members
+                .slots()
+                .iter()
+                .filter(|s| eligible(s))
+                .map(|s| s.priority)
+                .min()?;
+            Some(lowest)
+        } else {
+            None
+        };
+        let mut best: Option<&Arc<BackendSlot>> = None;
+        let mut tied_weight = 0u64;
+        for slot in members.slots() {
+            if priority.is_some_and(|p| slot.priority != p) || !eligible(slot) {
+                continue;
+            }
+            let Some(current) = best else {
+                best = Some(slot);
+                tied_weight = slot.weight;
+                continue;
+            };
+            // Compare in_flight/weight without division.
+            let lhs = slot.in_flight().max(0) as u64 * current.weight;
+            let rhs = current.in_flight().max(0) as u64 * slot.weight;
+            if lhs < rhs {
+                best = Some(slot);
+                tied_weight = slot.weight;
+            } else if lhs == rhs {
+                tied_weight += slot.weight;
+                if rand::thread_rng().gen_range(0..tied_weight) < slot.weight {
+                    best = Some(slot);
+                }
+            }
+        }
+        best
+    };
+    match avoid {
+        Some(addr) => pick_among(Some(addr)).or_else(|| pick_among(None)),
+        None => pick_among(None),
     }
 }
 

@@ -91,6 +91,15 @@ pub struct TestUpstream {
 impl TestUpstream {
     /// Starts an upstream that answers every request with `handler`.
     pub fn start(handler: impl Fn(&Recorded) -> Action + Send + Sync + 'static) -> Self {
+        Self::start_at(SocketAddr::from(([127, 0, 0, 1], 0)), handler)
+    }
+
+    /// Like [`Self::start`], listening on `addr` (any 127.0.0.0/8 address;
+    /// port 0 picks a free one).
+    pub fn start_at(
+        addr: SocketAddr,
+        handler: impl Fn(&Recorded) -> Action + Send + Sync + 'static,
+    ) -> Self {
         let (gate, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             handler: Box::new(handler),
@@ -117,7 +126,7 @@ impl TestUpstream {
             accept: Mutex::new(None),
             generation,
         };
-        let addr = up.listen(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let addr = up.listen(addr);
         Self { addr, ..up }
     }
 

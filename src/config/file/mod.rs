@@ -69,6 +69,9 @@ pub struct FileConfig {
     /// Headers tollgate adds to every response.
     #[serde(default)]
     pub response_headers: ResponseHeadersSpec,
+    /// How backend host names are resolved (and re-resolved) through DNS.
+    #[serde(default)]
+    pub dns: DnsSpec,
     /// Named pools of backend servers.
     pub upstreams: BTreeMap<String, UpstreamSpec>,
     /// Routes, matched by host, longest path prefix and method.
@@ -324,15 +327,59 @@ pub enum HealthCheckKind {
     Tcp,
 }
 
-/// One backend: `"10.0.0.1:8000"` or `{ address: "10.0.0.1:8000", weight: 2 }`.
+/// One backend: `"10.0.0.1:8000"`, `"api.internal:8080"`,
+/// `{ address: "10.0.0.1:8000", weight: 2 }` or `{ srv: "_http._tcp.users" }`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendSpec {
-    /// `host:port`; host names are resolved when the config is loaded.
-    pub address: String,
-    /// Relative share of traffic under equal load. Default 1.
+    /// `ip:port`, or `name:port`: every A/AAAA address of the name,
+    /// re-resolved in the background as its records' TTL says.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// An SRV name: its targets, ports, priorities and weights (RFC 2782).
+    #[serde(default)]
+    pub srv: Option<String>,
+    /// Relative share of traffic under equal load, per address. Default 1.
     #[serde(default = "default_weight")]
     pub weight: usize,
+}
+
+/// `dns`: how backend names are resolved. Defaults come from
+/// `/etc/resolv.conf`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSpec {
+    /// Name servers (`ip` or `ip:port`) instead of the system's.
+    #[serde(default)]
+    pub servers: Option<Vec<String>>,
+    /// Lower bound on a record's TTL. Default 1s.
+    #[serde(default)]
+    pub min_ttl: Option<HumanDuration>,
+    /// Upper bound on a record's TTL, so a long TTL still refreshes. Default 60s.
+    #[serde(default)]
+    pub max_ttl: Option<HumanDuration>,
+    /// Timeout of one query. Default 2s.
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+    /// Refuse to start while a backend name has never resolved. Default false.
+    #[serde(default)]
+    pub require_at_start: Option<bool>,
+    /// Which address records a name contributes: `any` (A and AAAA, the
+    /// default), `ipv4` or `ipv6`.
+    #[serde(default)]
+    pub family: Option<AddressFamilySpec>,
+}
+
+/// `dns.family`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AddressFamilySpec {
+    /// A and AAAA records.
+    Any,
+    /// A records only.
+    Ipv4,
+    /// AAAA records only.
+    Ipv6,
 }
 
 fn default_weight() -> usize {
@@ -616,7 +663,8 @@ impl FromShorthand for ListenerSpec {
 impl FromShorthand for BackendSpec {
     fn from_shorthand(s: &str) -> Self {
         Self {
-            address: s.to_owned(),
+            address: Some(s.to_owned()),
+            srv: None,
             weight: default_weight(),
         }
     }
