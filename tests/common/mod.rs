@@ -42,7 +42,9 @@ pub fn one_route(backend: std::net::SocketAddr) -> String {
     format!("upstreams:\n  api: {{ backends: [\"{backend}\"] }}\nroutes:\n  - {{ name: api, upstream: api }}\n")
 }
 
-/// A fresh scratch directory under the system temp dir.
+/// A fresh scratch directory under the system temp dir. Emptied first: a
+/// directory of the same name may be left by an earlier run whose process
+/// had the same PID.
 pub fn scratch_dir(tag: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
@@ -50,6 +52,7 @@ pub fn scratch_dir(tag: &str) -> PathBuf {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     ));
+    let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).expect("create scratch dir");
     dir
 }
