@@ -71,6 +71,34 @@ fn route_match(c: &mut Criterion) {
     g.finish();
 }
 
+/// Building the table for 100,000 routes (50,000 host routes, 50,000
+/// prefixes), as a reload of such a file does.
+fn route_table_build(c: &mut Criterion) {
+    let mut routes = Vec::with_capacity(100_000);
+    for i in 0..50_000 {
+        routes.push(RouteMatch {
+            host: Some(HostPattern::Exact(format!("h{i}.example.com"))),
+            path_prefix: "/".into(),
+            case_insensitive: false,
+            headers: Vec::new(),
+            methods: MethodSet::ANY,
+        });
+        routes.push(RouteMatch {
+            host: None,
+            path_prefix: format!("/svc-{i}/"),
+            case_insensitive: false,
+            headers: Vec::new(),
+            methods: MethodSet::ANY,
+        });
+    }
+    let mut g = c.benchmark_group("route_table");
+    g.sample_size(10);
+    g.bench_function("build (100,000 routes)", |b| {
+        b.iter(|| Router::new(black_box(&routes)))
+    });
+    g.finish();
+}
+
 fn least_connections(c: &mut Criterion) {
     let metrics = Metrics::new().expect("metrics");
     let pool = UpstreamPool::new(
@@ -223,6 +251,7 @@ fn rate_limiting(c: &mut Criterion) {
 criterion_group!(
     hot_path,
     route_match,
+    route_table_build,
     least_connections,
     cache_decisions,
     rate_limiting

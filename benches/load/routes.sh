@@ -2,7 +2,9 @@
 # The router at size: the same cached hit and pass-through through three
 # tollgates whose files hold 1, 10,000 and 100,000 routes (half host
 # routes, half prefix routes, the measured route among them), side by
-# side in one run, and `tollgate check` time per file.
+# side in one run; `tollgate check` time, reload time (`POST
+# /config/reload`: parse, validate, build, swap) and resident memory per
+# file, and from those the memory one route costs.
 #
 #   benches/load/routes.sh [DURATION_SECONDS=5] [ROUNDS=3]
 #
@@ -25,7 +27,7 @@ config() { # routes listen admin
   python3 - "$1" "$2" "$3" "$ORIGIN" "$WORK" <<'PY'
 import sys
 n, listen, admin, origin, work = int(sys.argv[1]), *sys.argv[2:]
-out = [f'listen: ["{listen}"]', f'admin: {{ listen: "{admin}" }}',
+out = [f'listen: ["{listen}"]', f'admin: {{ listen: "{admin}", token_env: TG_BENCH_TOKEN }}',
        f'server: {{ threads: 1, work_stealing: false, pid_file: {work}/{listen}.pid, upgrade_sock: {work}/{listen}.sock }}',
        'logging: { access_log: false }',
        f'upstreams: {{ origin: {{ backends: ["{origin}"] }} }}', 'routes:']
@@ -48,6 +50,9 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+export TG_BENCH_TOKEN=bench-token
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+declare -A rss
 taskset -c 0 nginx -c "$WORK/origin.conf"
 declare -A addr
 port=18380
@@ -62,7 +67,13 @@ for n in 2 10000 100000; do
   for _ in $(seq 1 300); do curl -fsS -o /dev/null "http://127.0.0.1:$((port + 1))/ready" 2>/dev/null && break; sleep 0.1; done
   addr[$n]="127.0.0.1:$port"
   curl -fsS -o /dev/null "http://${addr[$n]}/cached"
+  start=$(date +%s.%N)
+  curl -fsS -o /dev/null -X POST -H "Authorization: Bearer $TG_BENCH_TOKEN" -H "Content-Type: application/json" --data "{}" "http://127.0.0.1:$((port + 1))/config/reload"
+  echo "reload, $n routes: $(echo "$(date +%s.%N) - $start" | bc) s" >&2
+  rss[$n]=$(rss_kib "${pids[-1]}")
+  echo "resident memory, $n routes: ${rss[$n]} KiB" >&2
 done
+echo "memory per route (100,000 routes vs 2): $(echo "scale=0; (${rss[100000]} - ${rss[2]}) * 1024 / 99998" | bc) bytes" >&2
 rps() { taskset -c 1 wrk -t1 -c64 -d"${DURATION}s" "http://$1$2" | awk '/^Requests\/sec:/ { print $2 }'; }
 declare -A r
 for round in $(seq 1 "$ROUNDS"); do
