@@ -121,6 +121,8 @@ fn least_connections(c: &mut Criterion) {
             },
             retries: 1,
             retry_on_5xx: false,
+            protocol: tollgate::config::model::UpstreamProtocol::Http1,
+            max_streams: 100,
         },
         &metrics,
         &UpstreamMemory::default(),

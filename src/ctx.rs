@@ -1,6 +1,7 @@
 //! The per-request context every `ProxyHttp` phase reads and fills.
 
 use crate::cache::policy::RequestDirectives;
+use crate::config::model::RouteTimeouts;
 use crate::gateway::{Gateway, Route};
 use crate::host::Host;
 use crate::metrics::InFlightGuard;
@@ -71,6 +72,22 @@ pub struct RequestCtx {
     /// The cache key, when the fresh-hit path built it and found nothing to
     /// serve: Pingora's `cache_key_callback` takes it instead of building it again.
     pub cache_key: Option<pingora::cache::key::CacheKey>,
+    /// The request is a gRPC call (`Content-Type: application/grpc…`):
+    /// never cached or compressed, and tollgate's own answers are gRPC
+    /// statuses in a trailers-only response.
+    pub grpc: bool,
+    /// The client's `grpc-timeout`, which caps the route's total for this call.
+    pub deadline_cap: Option<std::time::Duration>,
+    /// The request asked to switch protocols (WebSocket): its answer is
+    /// never cached or compressed, and once the backend says 101 the
+    /// connection is a tunnel bounded by `timeouts.idle`.
+    pub upgrade: bool,
+    /// The backend switched protocols: the tunnel's bytes are streamed
+    /// and counted, and the total timeout no longer applies.
+    pub tunnel: Option<crate::tunnel::OpenTunnel>,
+    /// `grpc-status` of the answer (its trailers, or a trailers-only
+    /// header), for the access line and metrics.
+    pub grpc_status: Option<u16>,
     /// `tollgate_requests_in_flight`, released early for a subrequest.
     in_flight: Option<InFlightGuard>,
 }
@@ -100,6 +117,11 @@ impl RequestCtx {
             request_body_bytes: 0,
             cache_key: None,
             not_modified: None,
+            grpc: false,
+            deadline_cap: None,
+            upgrade: false,
+            tunnel: None,
+            grpc_status: None,
             in_flight: Some(InFlightGuard::new(in_flight)),
         }
     }
@@ -125,12 +147,27 @@ impl RequestCtx {
         self.route.map(|id| self.gateway.route(id))
     }
 
-    /// The matched route with the pool chosen for this request, and the
+    /// The route's timeouts as they hold for this request: the total
+    /// capped by a gRPC client's `grpc-timeout` (and connect and read by
+    /// that total), read and write stretched to `idle` for an upgrade.
+    pub fn timeouts(&self) -> Option<RouteTimeouts> {
+        let mut t = self.route()?.timeouts;
+        if let Some(cap) = self.deadline_cap {
+            t.total = t.total.min(cap);
+            t.connect = t.connect.min(t.total);
+            t.read = t.read.min(t.total);
+        }
+        Some(t)
+    }
+
+    /// This request's timeouts with the pool chosen for it, and the
     /// request's attempts, borrowed together so an upstream phase can read
-    /// one and update the other.
-    pub fn route_and_attempts(&mut self) -> (Option<(&Route, &Arc<UpstreamPool>)>, &mut Attempts) {
-        let route = self.route.map(|id| self.gateway.route(id));
-        (route.zip(self.pool.as_ref()), &mut self.upstream)
+    /// the first and update the other.
+    pub fn timeouts_and_attempts(
+        &mut self,
+    ) -> (Option<(RouteTimeouts, &Arc<UpstreamPool>)>, &mut Attempts) {
+        let timeouts = self.timeouts();
+        (timeouts.zip(self.pool.as_ref()), &mut self.upstream)
     }
 
     /// The name of the pool chosen for this request (`-` if none).

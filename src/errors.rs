@@ -290,6 +290,7 @@ mod tests {
                 connect: Duration::from_secs(2),
                 read: Duration::from_secs(10),
                 total: Duration::from_secs(30),
+                idle: Duration::from_secs(300),
             }),
             connect_bound_by_total: connect_bound,
             read_bound_by_total: read_bound,

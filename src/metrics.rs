@@ -115,6 +115,23 @@ pub struct Metrics {
     /// `tollgate_request_header_timeouts_total`: connections closed because a
     /// request head did not arrive within `limits.header_timeout`.
     pub header_timeouts: IntCounter,
+    /// `tollgate_requests_by_protocol_total{protocol}`: client requests by
+    /// the HTTP version they came in (`http1`, `h2`).
+    pub requests_by_protocol: IntCounterVec,
+    /// `tollgate_requests_by_protocol_total{protocol="http1"}`, resolved once.
+    pub requests_h1: IntCounter,
+    /// `tollgate_requests_by_protocol_total{protocol="h2"}`, resolved once.
+    pub requests_h2: IntCounter,
+    /// `tollgate_grpc_calls_total{route,grpc_status}`: gRPC calls by the
+    /// status they ended with (the backend's trailers, or tollgate's own).
+    pub grpc_calls: IntCounterVec,
+    /// `tollgate_tunnels_open`: upgraded connections (WebSockets) open now.
+    pub tunnels_open: IntGauge,
+    /// `tollgate_tunnels_total`: upgraded connections opened.
+    pub tunnels_total: IntCounter,
+    /// `tollgate_tunnel_bytes_total{direction}`: bytes carried by tunnels,
+    /// `to_backend` and `from_backend`.
+    pub tunnel_bytes: IntCounterVec,
     /// `tollgate_compression_bytes_total{encoding,direction}`: body bytes
     /// before (`in`) and after (`out`) compression.
     pub compression_bytes: IntCounterVec,
@@ -355,6 +372,49 @@ impl Metrics {
         register(&registry, &mut names, Box::new(client_connections.clone()))?;
         register(&registry, &mut names, Box::new(connections_refused.clone()))?;
         register(&registry, &mut names, Box::new(header_timeouts.clone()))?;
+        let requests_by_protocol = IntCounterVec::new(
+            Opts::new(
+                "tollgate_requests_by_protocol_total",
+                "Client requests by the HTTP version they came in: http1, h2",
+            ),
+            &["protocol"],
+        )?;
+        let requests_h1 = requests_by_protocol.with_label_values(&["http1"]);
+        let requests_h2 = requests_by_protocol.with_label_values(&["h2"]);
+        let grpc_calls = IntCounterVec::new(
+            Opts::new(
+                "tollgate_grpc_calls_total",
+                "gRPC calls by route and the grpc-status they ended with (backend's or tollgate's own)",
+            ),
+            &["route", "grpc_status"],
+        )?;
+        let tunnels_open = IntGauge::new(
+            "tollgate_tunnels_open",
+            "Upgraded connections (WebSockets) open now",
+        )?;
+        let tunnels_total = IntCounter::new(
+            "tollgate_tunnels_total",
+            "Upgraded connections (WebSockets) opened",
+        )?;
+        let tunnel_bytes = IntCounterVec::new(
+            Opts::new(
+                "tollgate_tunnel_bytes_total",
+                "Bytes carried by upgraded connections, to_backend and from_backend",
+            ),
+            &["direction"],
+        )?;
+        for direction in ["to_backend", "from_backend"] {
+            tunnel_bytes.with_label_values(&[direction]);
+        }
+        register(
+            &registry,
+            &mut names,
+            Box::new(requests_by_protocol.clone()),
+        )?;
+        register(&registry, &mut names, Box::new(grpc_calls.clone()))?;
+        register(&registry, &mut names, Box::new(tunnels_open.clone()))?;
+        register(&registry, &mut names, Box::new(tunnels_total.clone()))?;
+        register(&registry, &mut names, Box::new(tunnel_bytes.clone()))?;
         let compression_bytes = IntCounterVec::new(
             Opts::new(
                 "tollgate_compression_bytes_total",
@@ -473,6 +533,13 @@ impl Metrics {
             client_connections,
             connections_refused,
             header_timeouts,
+            requests_by_protocol,
+            requests_h1,
+            requests_h2,
+            grpc_calls,
+            tunnels_open,
+            tunnels_total,
+            tunnel_bytes,
             compression_bytes,
             rejected_tenants: Default::default(),
             access_log_dropped,

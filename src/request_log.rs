@@ -43,6 +43,28 @@ impl Summary<'_> {
             out.extend_from_slice(b" upstream_path=");
             out.extend_from_slice(path.as_bytes());
         }
+        out.extend_from_slice(b" proto=");
+        out.extend_from_slice(protocol(self.session, self.ctx).as_bytes());
+        if self.ctx.grpc {
+            out.extend_from_slice(b" grpc_status=");
+            match self.ctx.grpc_status {
+                Some(code) => out.extend_from_slice(digits.format(code).as_bytes()),
+                None => out.push(b'-'),
+            }
+        }
+    }
+}
+
+/// How the client spoke: `http/1.0`, `http/1.1`, `h2`, or `websocket` for
+/// a connection the backend switched to a tunnel.
+fn protocol(session: &Session, ctx: &RequestCtx) -> &'static str {
+    if ctx.tunnel.is_some() {
+        return "websocket";
+    }
+    match session.req_header().version {
+        http::Version::HTTP_2 => "h2",
+        http::Version::HTTP_10 => "http/1.0",
+        _ => "http/1.1",
     }
 }
 
@@ -105,6 +127,14 @@ pub fn finish(
         method,
         status_code.as_str(),
     );
+    if ctx.grpc {
+        let mut digits = itoa::Buffer::new();
+        let code = ctx.grpc_status.map_or("none", |c| digits.format(c));
+        metrics
+            .grpc_calls
+            .with_label_values(&[route.map_or(NO_ROUTE, |r| &r.name), code])
+            .inc();
+    }
     match route {
         Some(r) => r.metrics.duration(method).observe(elapsed.as_secs_f64()),
         None => metrics
@@ -153,6 +183,8 @@ pub fn finish(
             "upstream": ctx.pool.as_ref().map(|p| p.name()),
             "backend": ctx.upstream.backend(),
             "upstream_path": ctx.upstream_path,
+            "proto": protocol(session, ctx),
+            "grpc_status": ctx.grpc_status,
             "duration_ms": elapsed.as_secs_f64() * 1000.0,
             "request_id": request_id,
             "error": e.map(|e| e.etype().as_str()),

@@ -107,6 +107,22 @@ fn client_buffers() -> L4BufferSettings {
     L4BufferSettings::new(DEFAULT_L4_READ_BUFFER_SIZE, 16 * 1024)
 }
 
+/// Client connection window of HTTP/2 connections (RFC 9113 §6.9.2).
+const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+
+/// HTTP/2 settings towards clients: Pingora's bounded defaults (100
+/// concurrent streams, 64 KiB header list) with a 1 MiB connection
+/// window. The h2 crate closes a connection (`ENHANCE_YOUR_CALM`) whose
+/// small DATA frames wait unread beyond a budget of half that window; at
+/// the 64 KiB default, a gRPC client streaming ~150 small messages while
+/// the upstream connection is still being made was cut off. 1 MiB allows
+/// ~2,000 such frames, and bounds what one connection can make us buffer.
+fn h2_server_options() -> pingora::protocols::http::v2::server::H2Options {
+    let mut options = pingora::protocols::http::v2::server::default_h2_options();
+    options.initial_connection_window_size(H2_CONNECTION_WINDOW);
+    options
+}
+
 /// Builds the server for `config`, read from `source`.
 pub fn build(
     config: Config,
@@ -169,14 +185,31 @@ pub fn build(
         access_log.clone(),
     ));
 
-    let gate = ConnectionGate::new(
-        pingora::proxy::http_proxy(&server.configuration, Proxy::new(state.clone())),
-        state.clone(),
-    );
+    let mut app = pingora::proxy::http_proxy(&server.configuration, Proxy::new(state.clone()));
+    app.h2_options = Some(h2_server_options());
+    let gate = ConnectionGate::new(app, state.clone());
     let client_hello = std::sync::Arc::new(gate.client_hello_deadline());
+    // Cleartext HTTP/2 is a setting of Pingora's HTTP app, not of a
+    // listener: `h2c` listeners get a service of their own (same proxy
+    // logic, same connection limits).
+    let h2c_listeners: Vec<_> = listeners.iter().filter(|l| l.h2c).collect();
+    let h2c_handle = (!h2c_listeners.is_empty()).then(|| {
+        let mut app = pingora::proxy::http_proxy(&server.configuration, Proxy::new(state.clone()));
+        app.h2_options = Some(h2_server_options());
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2c = true;
+        app.server_options = Some(options);
+        let mut service = Service::new("tollgate proxy (h2c)".to_owned(), gate.h2c_sibling(app));
+        for l in &h2c_listeners {
+            service
+                .add_listener(ListenerConfig::tcp(l.addr.to_string()).l4_buffer(client_buffers()));
+        }
+        server.add_service(service)
+    });
     let mut proxy = Service::new("tollgate proxy".to_owned(), gate);
     proxy.endpoints().set_pre_tls_callback(client_hello);
-    for l in &listeners {
+    // (A service with no listeners, when every listener is h2c, just exits.)
+    for l in listeners.iter().filter(|l| !l.h2c) {
         let addr = l.addr.to_string();
         let endpoint = ListenerConfig::tcp(addr.clone()).l4_buffer(client_buffers());
         match &l.tls {
@@ -216,6 +249,9 @@ pub fn build(
         },
     ));
     lifecycle.add_dependency(&proxy_handle);
+    if let Some(h2c) = &h2c_handle {
+        lifecycle.add_dependency(h2c);
+    }
     lifecycle.add_dependency(&admin_handle);
     // Background services get the narrow handle they work on, not AppState.
     server.add_service(background_service(

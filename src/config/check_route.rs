@@ -141,7 +141,13 @@ impl Checker<'_> {
             .connect
             .map_or(defaults::CONNECT_TIMEOUT.min(total), |d| d.0);
         let read = spec.timeouts.read.map_or(total, |d| d.0);
-        for (field, value) in [("total", total), ("connect", connect), ("read", read)] {
+        let idle = spec.timeouts.idle.map_or(defaults::IDLE_TIMEOUT, |d| d.0);
+        for (field, value) in [
+            ("total", total),
+            ("connect", connect),
+            ("read", read),
+            ("idle", idle),
+        ] {
             if value.is_zero() {
                 self.problem(t.key(field), "timeout must be greater than zero");
             }
@@ -209,6 +215,7 @@ impl Checker<'_> {
                 connect,
                 read,
                 total,
+                idle,
             },
             cache,
             rate_limit,

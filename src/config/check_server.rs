@@ -47,7 +47,17 @@ impl Checker<'_> {
                     }
                 }
             }
-            out.push(Listener { addr, tls });
+            if spec.h2c && tls.is_some() {
+                self.problem(
+                    item.key("h2c"),
+                    "h2c is cleartext HTTP/2; a TLS listener already offers HTTP/2 through ALPN",
+                );
+            }
+            out.push(Listener {
+                addr,
+                tls,
+                h2c: spec.h2c,
+            });
         }
         out
     }

@@ -159,7 +159,14 @@ impl Checker<'_> {
                 "fail_timeout must be greater than zero",
             );
         }
+        let protocol = self.upstream_protocol(spec, path);
+        let max_streams = spec.max_streams.unwrap_or(defaults::MAX_STREAMS);
+        if max_streams == 0 {
+            self.problem(path.key("max_streams"), "max_streams must be at least 1");
+        }
         UpstreamConfig {
+            protocol,
+            max_streams: max_streams.max(1),
             name: name.to_owned(),
             backends,
             names,
@@ -170,6 +177,35 @@ impl Checker<'_> {
             retries: spec.retries.unwrap_or(defaults::RETRIES),
             retry_on_5xx: spec.retry_on_5xx.unwrap_or(false),
         }
+    }
+
+    /// `protocol`, checked against `tls`: HTTP/2 over TLS needs `tls`
+    /// (ALPN is how both sides agree), and `h2c` is cleartext only.
+    fn upstream_protocol(&mut self, spec: &UpstreamSpec, path: &FieldPath) -> UpstreamProtocol {
+        use file::UpstreamProtocolSpec as Spec;
+        let protocol = match spec.protocol.unwrap_or(Spec::Http1) {
+            Spec::Http1 => UpstreamProtocol::Http1,
+            Spec::H2 => UpstreamProtocol::H2,
+            Spec::H2c => UpstreamProtocol::H2c,
+            Spec::Auto => UpstreamProtocol::Auto,
+        };
+        let at = path.key("protocol");
+        match (protocol, spec.tls.is_some()) {
+            (UpstreamProtocol::H2 | UpstreamProtocol::Auto, false) => self.problem(
+                at,
+                format!(
+                    "protocol {} negotiates HTTP/2 through TLS (ALPN) and needs tls: {{ sni: ... }}; \
+                     for cleartext HTTP/2 write protocol: h2c",
+                    protocol.as_str()
+                ),
+            ),
+            (UpstreamProtocol::H2c, true) => self.problem(
+                at,
+                "protocol h2c is cleartext HTTP/2; over TLS write protocol: h2 (or auto)",
+            ),
+            _ => {}
+        }
+        protocol
     }
 
     fn health_check(

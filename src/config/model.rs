@@ -108,6 +108,8 @@ pub struct Listener {
     pub addr: SocketAddr,
     /// TLS certificate and key, for HTTPS (and HTTP/2 through ALPN).
     pub tls: Option<ListenerTls>,
+    /// Cleartext HTTP/2 with prior knowledge accepted beside HTTP/1.1.
+    pub h2c: bool,
 }
 
 /// PEM files of a TLS listener.
@@ -180,6 +182,43 @@ pub struct UpstreamConfig {
     pub retries: usize,
     /// Retry idempotent requests answered 502/503/504 on another backend.
     pub retry_on_5xx: bool,
+    /// What the backends speak.
+    pub protocol: UpstreamProtocol,
+    /// Concurrent streams on one HTTP/2 connection to a backend.
+    pub max_streams: usize,
+}
+
+/// What an upstream's backends speak, and so how tollgate connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (over TLS when `tls` is set).
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS, ALPN `h2` only.
+    H2,
+    /// HTTP/2 over cleartext TCP, prior knowledge (RFC 9113 §3.3).
+    H2c,
+    /// TLS offering `h2` and `http/1.1`; the backend picks.
+    Auto,
+}
+
+impl UpstreamProtocol {
+    /// Whether connections may carry HTTP/2, so several requests share
+    /// one connection (no per-connection deadline timer; see
+    /// `upstream::deadline`).
+    pub fn multiplexed(self) -> bool {
+        !matches!(self, UpstreamProtocol::Http1)
+    }
+
+    /// The name used in config, metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2 => "h2",
+            UpstreamProtocol::H2c => "h2c",
+            UpstreamProtocol::Auto => "auto",
+        }
+    }
 }
 
 /// An active health check with defaults applied.
@@ -755,6 +794,9 @@ pub struct RouteTimeouts {
     pub read: Duration,
     /// The whole request; exceeded → 504 `request_timeout`.
     pub total: Duration,
+    /// An upgraded tunnel (WebSocket) closes after this long without a
+    /// byte from the backend.
+    pub idle: Duration,
 }
 
 /// Defaults, kept together so the README can quote them.
@@ -764,6 +806,10 @@ pub mod defaults {
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     /// Default total timeout.
     pub const TOTAL_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Default idle timeout of an upgraded tunnel (WebSocket).
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+    /// Default concurrent streams per HTTP/2 connection to a backend.
+    pub const MAX_STREAMS: usize = 100;
     /// Default graceful-shutdown grace period.
     pub const GRACE_PERIOD: Duration = Duration::from_secs(10);
     /// Default time runtimes get to stop.

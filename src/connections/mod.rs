@@ -41,6 +41,9 @@ pub struct ConnectionGate<A> {
     /// Whether connections count toward the client connection limits
     /// (not on the admin listener, which only gets the head deadline).
     counted: bool,
+    /// Cleartext connections may open with the HTTP/2 preface (an `h2c`
+    /// listener): the head deadline then times HTTP/2 streams.
+    h2c: bool,
 }
 
 impl<A> ConnectionGate<A> {
@@ -51,6 +54,20 @@ impl<A> ConnectionGate<A> {
             state,
             open: Arc::new(OpenConnections::default()),
             counted: true,
+            h2c: false,
+        }
+    }
+
+    /// A gate for the `h2c` listeners' service (`inner` set up for
+    /// cleartext HTTP/2), counting against the same limits as this one:
+    /// the connection limits are per instance, whatever the listener.
+    pub fn h2c_sibling<B>(&self, inner: B) -> ConnectionGate<B> {
+        ConnectionGate {
+            inner: Arc::new(inner),
+            state: self.state.clone(),
+            open: self.open.clone(),
+            counted: self.counted,
+            h2c: true,
         }
     }
 
@@ -207,7 +224,22 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionGate<A> {
         }
         // What is left of the first head's time, counted from the accept.
         let left = limits.header_timeout.saturating_sub(accepted.elapsed());
-        let http2 = io.selected_alpn_proto() == Some(ALPN::H2);
+        let mut http2 = io.selected_alpn_proto() == Some(ALPN::H2);
+        if self.h2c && io.get_ssl_digest().is_none() {
+            // Pingora reads the same 24 bytes next (they are rewound) to
+            // choose HTTP/2 or HTTP/1.1, and would wait for them forever.
+            let mut preface = [0u8; H2_PREFACE.len()];
+            match tokio::time::timeout(left, io.try_peek(&mut preface)).await {
+                Ok(Ok(_)) => http2 = preface == *H2_PREFACE,
+                Ok(Err(_)) => return None,
+                Err(_) => {
+                    metrics.header_timeouts.inc();
+                    Shutdown::shutdown(io.as_mut()).await;
+                    return None;
+                }
+            }
+        }
+        let left = limits.header_timeout.saturating_sub(accepted.elapsed());
         let io: pingora::protocols::Stream = Box::new(TimedHeads::new(
             io,
             http2,
@@ -222,6 +254,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionGate<A> {
         self.inner.cleanup().await;
     }
 }
+
+/// The client connection preface of HTTP/2 (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// `tollgate_client_connections` up for as long as the connection is served.
 struct OpenGauge(prometheus::IntGauge);

@@ -93,6 +93,7 @@ impl ProxyHttp for Proxy {
     /// then identity (401), the budget when cached responses count (429),
     /// the request as forwarded, and the fresh-hit path (`steps`).
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        steps::protocol(session, ctx, &self.state.metrics);
         if let Err(refusal) = steps::accept(session, ctx) {
             respond::error(session, ctx, &refusal).await?;
             return Ok(true);
@@ -135,9 +136,18 @@ impl ProxyHttp for Proxy {
         // `proxy_h1.rs`), so the route's body limit counts this attempt's
         // bytes, not the same bytes once per attempt.
         ctx.request_body_bytes = 0;
-        let (route, attempts) = ctx.route_and_attempts();
-        let (route, pool) = route.ok_or_else(no_route)?;
-        attempts.start(pool, &route.timeouts, started)
+        let upgrade = ctx.upgrade;
+        let (route, attempts) = ctx.timeouts_and_attempts();
+        let (timeouts, pool) = route.ok_or_else(no_route)?;
+        let mut peer = attempts.start(pool, &timeouts, started)?;
+        if upgrade {
+            // A tunnel lives past the total (the deadline timer holds the
+            // wait for the 101, and is let go at it): it ends when the
+            // backend stays silent for `idle`.
+            peer.options.read_timeout = Some(timeouts.idle);
+            peer.options.write_timeout = Some(timeouts.idle);
+        }
+        Ok(peer)
     }
 
     /// The route's total deadline is armed on the connection (see
@@ -152,8 +162,13 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let started = ctx.started;
-        if let (Some((route, _)), attempts) = ctx.route_and_attempts() {
-            attempts.connected(fd, started, route.timeouts.total);
+        if let (Some((timeouts, pool)), attempts) = ctx.timeouts_and_attempts() {
+            // On HTTP/2 the descriptor is the connection every stream to
+            // that backend shares: cutting it would end them all, so those
+            // requests keep their per-read bounds and the body's deadline
+            // check (`upstream_response_body_filter`) instead.
+            let shared = pool.protocol().multiplexed();
+            attempts.connected(fd, started, timeouts.total, shared);
         }
         Ok(())
     }
@@ -167,10 +182,10 @@ impl ProxyHttp for Proxy {
         e: Box<Error>,
     ) -> Box<Error> {
         let started = ctx.started;
-        let (Some((route, pool)), attempts) = ctx.route_and_attempts() else {
+        let (Some((timeouts, pool)), attempts) = ctx.timeouts_and_attempts() else {
             return e;
         };
-        attempts.connect_failed(pool, &route.timeouts, started, e, &self.state.metrics)
+        attempts.connect_failed(pool, &timeouts, started, e, &self.state.metrics)
     }
 
     /// A failure after connecting: passive health, and a replay when allowed.
@@ -185,17 +200,10 @@ impl ProxyHttp for Proxy {
         let e = e.more_context(format!("Peer: {peer}"));
         let replay = replay_of(session, upstream_reused);
         let started = ctx.started;
-        let (Some((route, pool)), attempts) = ctx.route_and_attempts() else {
+        let (Some((timeouts, pool)), attempts) = ctx.timeouts_and_attempts() else {
             return e;
         };
-        attempts.proxy_failed(
-            pool,
-            &route.timeouts,
-            started,
-            e,
-            replay,
-            &self.state.metrics,
-        )
+        attempts.proxy_failed(pool, &timeouts, started, e, replay, &self.state.metrics)
     }
 
     /// Hop-by-hop fields go (before the cache stores anything); time to
@@ -219,6 +227,9 @@ impl ProxyHttp for Proxy {
             )
             .into_up());
         }
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            ctx.tunnel = Some(crate::tunnel::OpenTunnel::open(&self.state.metrics));
+        }
         headers::strip_response_hop_by_hop(upstream_response);
         let status = upstream_response.status.as_u16();
         if status == 304 && session.cache.enabled() {
@@ -226,14 +237,13 @@ impl ProxyHttp for Proxy {
         }
         let started = ctx.started;
         let body_expected = response_has_body(session, upstream_response);
-        if let (Some((route, pool)), attempts) = ctx.route_and_attempts() {
+        if let (Some((timeouts, pool)), attempts) = ctx.timeouts_and_attempts() {
             attempts.response_header(pool, status, body_expected, &self.state.metrics);
             // Pingora retries what `error_while_proxy` marks retryable: a
             // 5xx the pool retries becomes such an error, before any of it
             // is sent or stored.
             let replay = replay_of(session, false);
-            let timeouts = &route.timeouts;
-            if attempts.should_retry_status(pool, timeouts, started, status, replay) {
+            if attempts.should_retry_status(pool, &timeouts, started, status, replay) {
                 return Err(Error::explain(
                     crate::errors::RETRY_STATUS,
                     format!("upstream {} answered {status}: retrying", pool.name()),
@@ -259,8 +269,12 @@ impl ProxyHttp for Proxy {
     }
 
     /// Turns the cache on for GET/HEAD on routes that have it.
+    /// Never for an upgrade (its 101 is a connection, not a representation).
     fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
-        let policy = ctx.route().and_then(|r| r.cache.as_ref());
+        let policy = ctx
+            .route()
+            .filter(|_| !ctx.upgrade)
+            .and_then(|r| r.cache.as_ref());
         ctx.cache_directives = self.state.cache.enable_for(session, policy);
         Ok(())
     }
@@ -445,7 +459,9 @@ impl ProxyHttp for Proxy {
         respond::finish_header(session, upstream_response, ctx)
     }
 
-    /// A streamed (chunked) request body is stopped at the route's limit.
+    /// A streamed (chunked) request body is stopped at the route's limit;
+    /// a tunnel's bytes are counted, not limited (they are a connection's
+    /// traffic, not a body).
     async fn request_body_filter(
         &self,
         _session: &mut Session,
@@ -453,6 +469,10 @@ impl ProxyHttp for Proxy {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(tunnel) = &ctx.tunnel {
+            tunnel.to_backend(body.as_ref().map_or(0, Bytes::len));
+            return Ok(());
+        }
         match body {
             Some(chunk) => steps::body_within_limit(ctx, chunk.len()),
             None => Ok(()),
@@ -485,21 +505,41 @@ impl ProxyHttp for Proxy {
     fn upstream_response_body_filter(
         &self,
         _session: &mut Session,
-        _body: &mut Option<Bytes>,
+        body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
         let started = ctx.started;
-        let (Some((route, pool)), attempts) = ctx.route_and_attempts() else {
+        if let (Some(tunnel), Some(bytes)) = (&ctx.tunnel, body.as_ref()) {
+            tunnel.from_backend(bytes.len());
+        }
+        let tunnel = ctx.tunnel.is_some();
+        let (Some((timeouts, pool)), attempts) = ctx.timeouts_and_attempts() else {
             return Ok(None);
         };
         if end_of_stream {
             attempts.response_finished(pool);
             return Ok(None);
         }
+        if tunnel {
+            return Ok(None); // bounded by `timeouts.idle`, not the total
+        }
         attempts
-            .check_deadline(started, route.timeouts.total)
+            .check_deadline(started, timeouts.total)
             .map(|()| None)
+    }
+
+    /// A gRPC call's status, from the backend's trailers.
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        upstream_trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Bytes>> {
+        if ctx.grpc {
+            ctx.grpc_status = crate::grpc::status_in(upstream_trailers);
+        }
+        Ok(None)
     }
 
     /// Turns any failure into our JSON error (or nothing, if the client left).
@@ -521,7 +561,7 @@ impl ProxyHttp for Proxy {
     /// when `ctx` drops right after this.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         respond::limit_keepalive(session, ctx);
-        if let (Some((_, pool)), attempts) = ctx.route_and_attempts() {
+        if let (Some((_, pool)), attempts) = ctx.timeouts_and_attempts() {
             attempts.request_finished(pool);
         }
         let state = &self.state;

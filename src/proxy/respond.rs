@@ -25,9 +25,18 @@ pub fn finish_header(
     if let Some(rate) = &ctx.rate_headers {
         ratelimit::apply_headers(resp, rate)?;
     }
-    let route_compression = ctx.route().map(|r| r.compression);
-    let config = ctx.gateway.config.compression.as_ref();
-    ctx.body_coding = compression::on_response(session, resp, config, route_compression)?;
+    if ctx.grpc || resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        // gRPC frames its messages (and compresses them itself, per
+        // message); a tunnel's bytes are not a body. Neither is touched.
+        compression::bypass_module(session);
+        if ctx.grpc {
+            ctx.grpc_status = crate::grpc::status_in(&resp.headers);
+        }
+    } else {
+        let route_compression = ctx.route().map(|r| r.compression);
+        let config = ctx.gateway.config.compression.as_ref();
+        ctx.body_coding = compression::on_response(session, resp, config, route_compression)?;
+    }
     let tags = &ctx.gateway.config.cache_tags;
     if tags.strip {
         for name in &tags.headers {
@@ -161,6 +170,9 @@ async fn write_error(
     keep_connection: bool,
 ) -> Result<()> {
     ctx.error_status = Some(err.status);
+    if ctx.grpc {
+        return write_grpc_error(session, ctx, err, keep_connection).await;
+    }
     let body = err.body();
     let mut resp = err.header(body.len())?;
     headers::decorate(&mut resp, ctx.request_id.as_ref(), decoration(ctx, false))?;
@@ -176,6 +188,39 @@ async fn write_error(
     }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await
+}
+
+/// One of our errors to a gRPC call: a trailers-only answer (one header
+/// block ending the stream) with the mapped `grpc-status`, the same
+/// request id and rate-limit fields as the JSON form.
+async fn write_grpc_error(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    err: &ErrorResponse,
+    keep_connection: bool,
+) -> Result<()> {
+    let mut resp = crate::grpc::trailers_only(err)?;
+    ctx.grpc_status = Some(crate::grpc::status_for(err.status));
+    headers::decorate(&mut resp, ctx.request_id.as_ref(), decoration(ctx, false))?;
+    route_fields(session, &mut resp, ctx);
+    if let Some(rate) = &ctx.rate_headers {
+        ratelimit::apply_headers(&mut resp, rate)?;
+        if err.status == 429 {
+            resp.insert_header("Retry-After", rate.retry_after.max(1))?;
+        }
+    }
+    if !keep_connection {
+        session.set_keepalive(None);
+    }
+    compression::bypass_module(session);
+    if session.req_header().version < http::Version::HTTP_2 {
+        resp.insert_header(http::header::CONTENT_LENGTH, 0)?;
+    }
+    // One header block that ends the stream (`write_response_header`
+    // leaves an HTTP/2 stream open, and a gRPC client reads a header
+    // followed by an empty end of stream as a missing-trailers error).
+    let ended = pingora::protocols::http::HttpTask::Header(Box::new(resp), true);
+    session.write_response_tasks(vec![ended]).await.map(drop)
 }
 
 /// Sends a fresh hit found by `cache::fresh`.
@@ -251,7 +296,7 @@ pub async fn failure(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> 
     let route = ctx.route();
     let cx = ctx
         .upstream
-        .failure_context(ctx.pool.as_deref(), route.map(|r| r.timeouts));
+        .failure_context(ctx.pool.as_deref(), ctx.timeouts());
     let classified = if *e.etype() == errors::PAYLOAD_TOO_LARGE {
         Some(ErrorResponse::payload_too_large(
             route.map_or(0, |r| r.max_body_size),

@@ -12,12 +12,30 @@ use crate::gateway::Target;
 use crate::headers;
 use crate::host::Host;
 use crate::hygiene;
+use crate::metrics::Metrics;
 use crate::ratelimit::admission::{self, Stage};
 use crate::target;
 use crate::template::Values;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 use std::borrow::Cow;
+
+/// What kind of exchange this is, read once before anything answers: a
+/// gRPC call (own answers become gRPC statuses, its `grpc-timeout` caps
+/// the total) or an upgrade (WebSocket: never cached, a tunnel after 101).
+pub(super) fn protocol(session: &Session, ctx: &mut RequestCtx, metrics: &Metrics) {
+    let req = session.req_header();
+    match req.version {
+        _ if session.subrequest_ctx.is_some() => {}
+        http::Version::HTTP_2 => metrics.requests_h2.inc(),
+        _ => metrics.requests_h1.inc(),
+    }
+    ctx.grpc = crate::grpc::is_call(req);
+    if ctx.grpc {
+        ctx.deadline_cap = crate::grpc::timeout(req);
+    }
+    ctx.upgrade = hygiene::asks_for_upgrade(req);
+}
 
 /// Reads what every later step relies on — the request id, the target's
 /// form, the normalised path (written back into the request, so the
@@ -392,7 +410,7 @@ impl Proxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<bool> {
-        let Some(route) = ctx.route() else {
+        let Some(route) = ctx.route().filter(|_| !ctx.upgrade) else {
             return Ok(false);
         };
         let Some(policy) = route.cache.as_ref() else {

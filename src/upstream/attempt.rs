@@ -144,9 +144,19 @@ impl Attempts {
 
     /// The connection `fd` is up (new or reused): the route's total
     /// deadline, which started at `started`, is armed on it (`deadline`).
-    pub fn connected(&mut self, fd: std::os::fd::RawFd, started: Instant, total: Duration) {
+    /// A connection `shared` by several requests (HTTP/2) gets no timer.
+    pub fn connected(
+        &mut self,
+        fd: std::os::fd::RawFd,
+        started: Instant,
+        total: Duration,
+        shared: bool,
+    ) {
         self.timing.connected_at = Some(Instant::now());
-        self.deadline = DeadlineTimer::arm(fd, started + total);
+        self.deadline = match shared {
+            true => None,
+            false => DeadlineTimer::arm(fd, started + total),
+        };
     }
 
     /// The connection is done with (its response complete, or the attempt

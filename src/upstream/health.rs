@@ -8,7 +8,9 @@
 //! to registries known at start-up, and pools come and go with reloads.
 
 use super::UpstreamMemory;
-use crate::config::model::{HealthCheckConfig, Probe, UpstreamTls};
+use crate::config::model::{
+    HealthCheckConfig, Probe, UpstreamConfig, UpstreamProtocol, UpstreamTls,
+};
 use async_trait::async_trait;
 use pingora::http::RequestHeader;
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
@@ -26,30 +28,36 @@ pub struct PoolHealth {
     pub registry: Arc<HealthRegistry>,
     /// The config it was built from; a changed check gets a new registry.
     pub config: HealthCheckConfig,
+    /// How the checks connect (TLS, protocol): a change rebuilds them too.
+    transport: (Option<UpstreamTls>, UpstreamProtocol, usize),
     running: AtomicBool,
     next_due: Mutex<Instant>,
 }
 
 impl PoolHealth {
     /// Builds the Pingora check for `config` and a registry that uses it.
-    pub fn new(
-        upstream: &str,
-        config: &HealthCheckConfig,
-        tls: Option<&UpstreamTls>,
-    ) -> Result<Self, String> {
+    pub fn new(pool: &UpstreamConfig, config: &HealthCheckConfig) -> Result<Self, String> {
+        let upstream = &pool.name;
+        let inner = pingora_check(config, pool)
+            .map_err(|e| format!("upstream {upstream}: health check: {e}"))?;
         let check = NamedCheck {
             upstream: upstream.to_owned(),
-            inner: pingora_check(config, tls)
-                .map_err(|e| format!("upstream {upstream}: health check: {e}"))?,
+            inner,
         };
         let registry = Arc::new(HealthRegistry::new());
         registry.set_health_check(Box::new(check));
         Ok(Self {
             registry,
             config: config.clone(),
+            transport: transport_of(pool),
             running: AtomicBool::new(false),
             next_due: Mutex::new(Instant::now()),
         })
+    }
+
+    /// Whether checks built for `pool` would connect the way these do.
+    pub fn speaks_like(&self, pool: &UpstreamConfig) -> bool {
+        self.transport == transport_of(pool)
     }
 
     /// Starts a check pass if one is due and none is running.
@@ -69,10 +77,18 @@ impl PoolHealth {
     }
 }
 
+/// The key of how a pool's checks connect.
+fn transport_of(pool: &UpstreamConfig) -> (Option<UpstreamTls>, UpstreamProtocol, usize) {
+    (pool.tls.clone(), pool.protocol, pool.max_streams)
+}
+
+/// Pingora's check for `config`, connecting as the pool's requests do
+/// (TLS, and HTTP/2 when the pool speaks it).
 fn pingora_check(
     config: &HealthCheckConfig,
-    tls: Option<&UpstreamTls>,
+    pool: &UpstreamConfig,
 ) -> pingora::Result<Box<dyn HealthCheck + Send + Sync>> {
+    let tls = pool.tls.as_ref();
     match &config.probe {
         Probe::Tcp => {
             let mut check = match tls {
@@ -83,6 +99,7 @@ fn pingora_check(
             check.consecutive_failure = config.unhealthy_threshold;
             check.peer_template.options.connection_timeout = Some(config.timeout);
             check.peer_template.options.total_connection_timeout = Some(config.timeout);
+            super::speak(&mut check.peer_template.options, pool.protocol, 1);
             if let Some(t) = tls {
                 check.peer_template.options.verify_cert = t.verify;
                 check.peer_template.options.verify_hostname = t.verify;
@@ -104,6 +121,7 @@ fn pingora_check(
             check.peer_template.options.connection_timeout = Some(config.timeout);
             check.peer_template.options.total_connection_timeout = Some(config.timeout);
             check.peer_template.options.read_timeout = Some(config.timeout);
+            super::speak(&mut check.peer_template.options, pool.protocol, 1);
             if let Some(t) = tls {
                 check.peer_template.sni = t.sni.clone();
                 check.peer_template.options.verify_cert = t.verify;
@@ -224,6 +242,8 @@ mod tests {
             },
             retries: 0,
             retry_on_5xx: false,
+            protocol: crate::config::model::UpstreamProtocol::Http1,
+            max_streams: 100,
         };
         UpstreamPool::new(&config, metrics, memory).expect("pool")
     }

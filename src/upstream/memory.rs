@@ -111,11 +111,11 @@ impl UpstreamMemory {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         let pool = pools.entry(config.name.clone()).or_default();
         if let Some(existing) = &pool.health {
-            if existing.config == *check {
+            if existing.config == *check && existing.speaks_like(config) {
                 return Ok(Some(existing.clone()));
             }
         }
-        let fresh = Arc::new(PoolHealth::new(&config.name, check, config.tls.as_ref())?);
+        let fresh = Arc::new(PoolHealth::new(config, check)?);
         pool.health = Some(fresh.clone());
         Ok(Some(fresh))
     }

@@ -21,7 +21,7 @@ pub use backend::{BackendLease, BackendState, FailureKind};
 pub use membership::{BackendOrigin, Members};
 pub use memory::UpstreamMemory;
 
-use crate::config::model::{PassiveHealth, UpstreamConfig};
+use crate::config::model::{PassiveHealth, UpstreamConfig, UpstreamProtocol};
 use crate::discovery::DnsTarget;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
@@ -265,6 +265,11 @@ impl UpstreamPool {
         self.config.host_header.as_ref()
     }
 
+    /// What the pool's backends speak (access line, metrics, deadlines).
+    pub fn protocol(&self) -> UpstreamProtocol {
+        self.config.protocol
+    }
+
     /// The pool's active health checks, if configured.
     pub fn active_health(&self) -> Option<&Arc<PoolHealth>> {
         self.active_health.as_ref()
@@ -447,7 +452,7 @@ fn pick(
 }
 
 fn make_peer(addr: SocketAddr, config: &UpstreamConfig) -> HttpPeer {
-    match &config.tls {
+    let mut peer = match &config.tls {
         Some(tls) => {
             let mut peer = HttpPeer::new(addr, true, tls.sni.clone());
             peer.options.verify_cert = tls.verify;
@@ -455,7 +460,28 @@ fn make_peer(addr: SocketAddr, config: &UpstreamConfig) -> HttpPeer {
             peer
         }
         None => HttpPeer::new(addr, false, String::new()),
+    };
+    speak(&mut peer.options, config.protocol, config.max_streams);
+    peer
+}
+
+/// Sets what a connection to a backend of this upstream speaks: the
+/// ALPN offer over TLS, prior-knowledge HTTP/2 over cleartext (Pingora's
+/// connector starts HTTP/2 without ALPN when the minimum version is 2),
+/// and how many streams one HTTP/2 connection carries before Pingora
+/// opens another. Also used by the health checks, so they speak the
+/// pool's protocol.
+pub fn speak(
+    options: &mut pingora::upstreams::peer::PeerOptions,
+    protocol: UpstreamProtocol,
+    max_streams: usize,
+) {
+    match protocol {
+        UpstreamProtocol::Http1 => options.set_http_version(1, 1),
+        UpstreamProtocol::H2 | UpstreamProtocol::H2c => options.set_http_version(2, 2),
+        UpstreamProtocol::Auto => options.set_http_version(2, 1),
     }
+    options.max_h2_streams = max_streams;
 }
 
 #[cfg(test)]

@@ -32,6 +32,8 @@ fn pool_with(weights: &[usize], health_check: Option<HealthCheckConfig>) -> Upst
         },
         retries: 1,
         retry_on_5xx: false,
+        protocol: crate::config::model::UpstreamProtocol::Http1,
+        max_streams: 100,
     };
     UpstreamPool::new(&config, &metrics, &UpstreamMemory::default()).expect("pool")
 }
@@ -174,6 +176,8 @@ fn dns_pool(
         },
         retries: 1,
         retry_on_5xx: false,
+        protocol: crate::config::model::UpstreamProtocol::Http1,
+        max_streams: 100,
     };
     let pool = UpstreamPool::new(&config, &metrics, memory).expect("pool");
     (pool, memory.dns_target("users", &query))

@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod dns;
+pub mod grpc;
 pub mod redis;
 pub mod upstream;
 

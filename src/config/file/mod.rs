@@ -82,6 +82,7 @@ fn default_listen() -> Vec<ListenerSpec> {
     vec![ListenerSpec {
         address: "0.0.0.0:8080".to_owned(),
         tls: None,
+        h2c: false,
     }]
 }
 
@@ -95,6 +96,10 @@ pub struct ListenerSpec {
     /// Serve TLS (with HTTP/2 offered through ALPN) using these PEM files.
     #[serde(default)]
     pub tls: Option<ListenerTlsSpec>,
+    /// Accept cleartext HTTP/2 with prior knowledge (gRPC inside a
+    /// cluster) beside HTTP/1.1 on this plain listener.
+    #[serde(default)]
+    pub h2c: bool,
 }
 
 /// Certificate and key files for a TLS listener.
@@ -284,6 +289,29 @@ pub struct UpstreamSpec {
     /// Default false.
     #[serde(default)]
     pub retry_on_5xx: Option<bool>,
+    /// What the backends speak: `http1` (default), `h2` (TLS + ALPN),
+    /// `h2c` (cleartext HTTP/2, prior knowledge) or `auto` (TLS, ALPN
+    /// picks HTTP/2 or HTTP/1.1).
+    #[serde(default)]
+    pub protocol: Option<UpstreamProtocolSpec>,
+    /// Concurrent streams tollgate opens on one HTTP/2 connection to a
+    /// backend before it opens another. Default 100.
+    #[serde(default)]
+    pub max_streams: Option<usize>,
+}
+
+/// `upstreams.<name>.protocol`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocolSpec {
+    /// HTTP/1.1, over TLS or not.
+    Http1,
+    /// HTTP/2 over TLS, negotiated by ALPN; a backend that does not agree fails.
+    H2,
+    /// HTTP/2 over cleartext TCP with prior knowledge.
+    H2c,
+    /// TLS, offering HTTP/2 and HTTP/1.1 through ALPN.
+    Auto,
 }
 
 /// An active health check.
@@ -642,6 +670,10 @@ pub struct TimeoutsSpec {
     /// Whole request, from arrival to the last upstream byte. Default 30s.
     #[serde(default)]
     pub total: Option<HumanDuration>,
+    /// A WebSocket (or other upgraded) tunnel closes after this long
+    /// without a byte from the backend. Default 5m.
+    #[serde(default)]
+    pub idle: Option<HumanDuration>,
 }
 
 /// Lets a list item be written either as a plain string or as a map, with
@@ -656,6 +688,7 @@ impl FromShorthand for ListenerSpec {
         Self {
             address: s.to_owned(),
             tls: None,
+            h2c: false,
         }
     }
 }

@@ -1,0 +1,220 @@
+//! WebSockets (RFC 6455) through tollgate: the upgrade is routed, limited
+//! and never answered from the cache; then both directions stream until
+//! the close handshake, or until the tunnel idles past `timeouts.idle`.
+
+mod common;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+/// A backend that echoes every WebSocket message, and answers a plain GET
+/// (no upgrade) with a cacheable `plain`.
+struct EchoBackend {
+    addr: SocketAddr,
+    upgrades: Arc<AtomicUsize>,
+}
+
+impl EchoBackend {
+    fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let upgrades = Arc::new(AtomicUsize::new(0));
+        let counted = upgrades.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                loop {
+                    let Ok((socket, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    tokio::spawn(serve(socket, counted.clone()));
+                }
+            });
+        });
+        Self { addr, upgrades }
+    }
+}
+
+async fn serve(socket: tokio::net::TcpStream, upgrades: Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Look at the head without taking it, so the WebSocket handshake can
+    // read it again.
+    let mut head = [0u8; 4096];
+    let n = loop {
+        let Ok(n) = socket.peek(&mut head).await else {
+            return;
+        };
+        if n == 0 || head[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let text = String::from_utf8_lossy(&head[..n]).to_ascii_lowercase();
+    if !text.contains("upgrade: websocket") {
+        let mut socket = socket;
+        let _ = socket.read(&mut head).await;
+        let _ = socket
+            .write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nCache-Control: max-age=60\r\n\r\nplain",
+            )
+            .await;
+        return;
+    }
+    upgrades.fetch_add(1, Ordering::SeqCst);
+    let Ok(mut ws) = tokio_tungstenite::accept_async(socket).await else {
+        return;
+    };
+    // Data frames are echoed. tungstenite answers a close frame itself:
+    // it queues the reply, and the next read sends it and ends the stream.
+    while let Some(Ok(message)) = ws.next().await {
+        let data = matches!(message, Message::Text(_) | Message::Binary(_));
+        if data && ws.send(message).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn edge(backend: &EchoBackend, idle: &str) -> TollgateProcess {
+    TollgateProcess::start(&format!(
+        "tiers:\n  open: {{ per_minute: 10000 }}\n\
+         anonymous: {{ tier: open }}\n\
+         upstreams:\n  ws: {{ backends: [\"{}\"] }}\n\
+         routes:\n\
+         \x20 - {{ name: limited, upstream: ws, match: {{ path_prefix: /limited }}, rate_limit: {{ per_minute: 1 }} }}\n\
+         \x20 - {{ name: ws, upstream: ws, cache: {{ default_ttl: 60s }}, max_body_size: 1KiB, timeouts: {{ total: 1s, idle: {idle} }} }}\n",
+        backend.addr
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_stream_both_ways_past_the_total_timeout_and_close_cleanly() {
+    let backend = EchoBackend::start();
+    let proxy = edge(&backend, "2s");
+    // A cached plain GET at the same URL must never answer an upgrade.
+    assert_eq!(get(proxy.addr, "/chat").expect("get").text(), "plain");
+    let again = get(proxy.addr, "/chat").expect("get");
+    assert_eq!(
+        again.cache_status().as_deref(),
+        Some("tollgate; hit"),
+        "{again:?}"
+    );
+
+    let (mut ws, response) = tokio_tungstenite::connect_async(format!("ws://{}/chat", proxy.addr))
+        .await
+        .expect("upgrade through tollgate");
+    assert_eq!(response.status(), 101);
+    let opened = Instant::now();
+    for i in 0..1000 {
+        ws.send(Message::text(format!("text-{i}")))
+            .await
+            .expect("send");
+        ws.send(Message::binary(vec![(i % 251) as u8; 100]))
+            .await
+            .expect("send");
+    }
+    for i in 0..1000 {
+        let text = ws.next().await.expect("message").expect("ok");
+        assert_eq!(text, Message::text(format!("text-{i}")));
+        let binary = ws.next().await.expect("message").expect("ok");
+        assert_eq!(binary, Message::binary(vec![(i % 251) as u8; 100]));
+    }
+    // The route's total (1s) and body limit (1 KiB) bound requests, not
+    // tunnels: keep talking past both.
+    while opened.elapsed() < Duration::from_millis(1500) {
+        ws.send(Message::text("still here")).await.expect("send");
+        let echo = ws.next().await.expect("message").expect("ok");
+        assert_eq!(echo, Message::text("still here"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Close handshake: our close, the backend's answer, then the end.
+    ws.close(None).await.expect("close");
+    let mut closed_by_peer = false;
+    while let Some(message) = ws.next().await {
+        if matches!(message, Ok(Message::Close(_))) {
+            closed_by_peer = true;
+        }
+    }
+    assert!(closed_by_peer, "the backend's close frame came through");
+    assert_eq!(backend.upgrades.load(Ordering::SeqCst), 1);
+    proxy.wait_metric("tollgate_tunnels_open", 0.0);
+    assert_eq!(proxy.metric("tollgate_tunnels_total"), Some(1.0));
+    for direction in ["to_backend", "from_backend"] {
+        let bytes = proxy
+            .metric(&format!(
+                "tollgate_tunnel_bytes_total{{direction=\"{direction}\"}}"
+            ))
+            .unwrap_or(0.0);
+        assert!(bytes > 100_000.0, "{direction}: {bytes}");
+    }
+    wait_until("the tunnel's access line", || {
+        proxy
+            .log_text()
+            .contains("GET /chat status=101 route=ws upstream=ws")
+    });
+    assert!(
+        proxy.log_text().contains("proto=websocket"),
+        "{}",
+        proxy.log_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tunnel_is_closed_after_the_idle_timeout() {
+    let backend = EchoBackend::start();
+    let proxy = edge(&backend, "300ms");
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/idle", proxy.addr))
+        .await
+        .expect("upgrade");
+    ws.send(Message::text("one")).await.expect("send");
+    assert_eq!(
+        ws.next().await.expect("message").expect("ok"),
+        Message::text("one")
+    );
+    proxy.wait_metric("tollgate_tunnels_open", 1.0);
+    // Nothing more is said: tollgate ends the tunnel.
+    let ended = tokio::time::timeout(DEADLINE, async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the idle tunnel was closed");
+    proxy.wait_metric("tollgate_tunnels_open", 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_upgrade_is_refused_with_429_before_the_upgrade() {
+    let backend = EchoBackend::start();
+    let proxy = edge(&backend, "2s");
+    let url = format!("ws://{}/limited", proxy.addr);
+    let (mut first, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .expect("first upgrade");
+    first.send(Message::text("hi")).await.expect("send");
+    assert_eq!(
+        first.next().await.expect("message").expect("ok"),
+        Message::text("hi")
+    );
+    let refused = tokio_tungstenite::connect_async(&url).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 429);
+            assert!(response.headers().contains_key("retry-after"));
+        }
+        other => panic!("expected a 429, got {other:?}"),
+    }
+    assert_eq!(
+        backend.upgrades.load(Ordering::SeqCst),
+        1,
+        "the refused upgrade never reached the backend"
+    );
+    assert_eq!(proxy.metric("tollgate_tunnels_total"), Some(1.0));
+}
