@@ -227,6 +227,49 @@ async fn tollgates_own_answers_are_grpc_statuses() {
     });
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_health_check_takes_a_backend_out_when_it_is_not_serving() {
+    let (a, b) = (GrpcServer::start(), GrpcServer::start());
+    let edge = TollgateProcess::start_with_listener(
+        |port| format!("{{ address: \"127.0.0.1:{port}\", h2c: true }}"),
+        &format!(
+            "upstreams:\n  grpc:\n    backends: [\"{}\", \"{}\"]\n    protocol: h2c\n    \
+             health_check: {{ type: grpc, interval: 100ms, timeout: 1s, healthy_threshold: 1, unhealthy_threshold: 1 }}\n\
+             routes:\n  - {{ name: echo, upstream: grpc }}\n",
+            a.addr, b.addr
+        ),
+    );
+    let check = |addr: std::net::SocketAddr| {
+        edge.health()["components"]["upstreams"]["grpc"]["backends"]
+            .as_array()
+            .and_then(|all| {
+                all.iter()
+                    .find(|x| x["address"] == addr.to_string())
+                    .cloned()
+            })
+            .map_or(serde_json::Value::Null, |b| b["active_check"].clone())
+    };
+    wait_until("both backends pass the gRPC check", || {
+        check(a.addr) == "passing" && check(b.addr) == "passing"
+    });
+    b.set_serving(false);
+    wait_until("the NOT_SERVING backend fails its check", || {
+        check(b.addr) == "failing"
+    });
+    let before = b.calls();
+    let mut client = GrpcClient::cleartext(edge.addr).await;
+    for _ in 0..20 {
+        assert_ok(&client.call("/test.Echo/Unary", &[b"x"], &[]).await);
+    }
+    assert_eq!(
+        b.calls(),
+        before,
+        "no call went to the backend out of rotation"
+    );
+    b.set_serving(true);
+    wait_until("it comes back", || check(b.addr) == "passing");
+}
+
 #[test]
 fn protocols_that_cannot_work_are_refused_by_check() {
     let dir = scratch_dir("grpc-check");
@@ -237,6 +280,7 @@ fn protocols_that_cannot_work_are_refused_by_check() {
          upstreams:\n  a: { backends: [\"127.0.0.1:1\"], protocol: h2 }\n\
          \x20 b: { backends: [\"127.0.0.1:2\"], protocol: h2c, tls: { sni: x } }\n\
          \x20 c: { backends: [\"127.0.0.1:3\"], protocol: h2c, max_streams: 0 }\n\
+         \x20 d: { backends: [\"127.0.0.1:4\"], health_check: { type: grpc } }\n\
          routes:\n  - { name: r, upstream: a }\n",
     )
     .expect("write");
@@ -248,6 +292,7 @@ fn protocols_that_cannot_work_are_refused_by_check() {
         "upstreams.a.protocol: protocol h2 negotiates HTTP/2 through TLS",
         "upstreams.b.protocol: protocol h2c is cleartext HTTP/2",
         "upstreams.c.max_streams: max_streams must be at least 1",
+        "upstreams.d.health_check.type: a grpc health check speaks HTTP/2",
     ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }

@@ -144,10 +144,17 @@ impl Checker<'_> {
                         None
                     }
                 });
-        let health_check = spec
-            .health_check
-            .as_ref()
-            .map(|h| self.health_check(h, host_header.as_ref(), &path.key("health_check")));
+        let protocol = self.upstream_protocol(spec, path);
+        let health_check = spec.health_check.as_ref().map(|h| {
+            let at = path.key("health_check");
+            if h.kind == file::HealthCheckKind::Grpc && !protocol.multiplexed() {
+                self.problem(
+                    at.key("type"),
+                    "a grpc health check speaks HTTP/2: set the upstream's protocol to h2, h2c or auto",
+                );
+            }
+            self.health_check(h, host_header.as_ref(), &at)
+        });
         let passive = PassiveHealth {
             max_fails: spec.max_fails.unwrap_or(defaults::MAX_FAILS),
             fail_timeout: spec.fail_timeout.map_or(defaults::FAIL_TIMEOUT, |d| d.0),
@@ -159,7 +166,6 @@ impl Checker<'_> {
                 "fail_timeout must be greater than zero",
             );
         }
-        let protocol = self.upstream_protocol(spec, path);
         let max_streams = spec.max_streams.unwrap_or(defaults::MAX_STREAMS);
         if max_streams == 0 {
             self.problem(path.key("max_streams"), "max_streams must be at least 1");
@@ -258,7 +264,34 @@ impl Checker<'_> {
                 }
                 Probe::Tcp
             }
+            file::HealthCheckKind::Grpc => {
+                for (field, set) in [
+                    ("path", spec.path.is_some()),
+                    ("expect_status", spec.expect_status.is_some()),
+                ] {
+                    if set {
+                        self.problem(
+                            path.key(field),
+                            format!(
+                                "{field} applies to http checks; a grpc check calls \
+                                 grpc.health.v1.Health/Check and expects SERVING"
+                            ),
+                        );
+                    }
+                }
+                Probe::Grpc {
+                    service: spec.service.clone().unwrap_or_default(),
+                    host: spec
+                        .host
+                        .clone()
+                        .or_else(|| host_header.and_then(|h| h.to_str().ok()).map(str::to_owned))
+                        .unwrap_or_else(|| "localhost".to_owned()),
+                }
+            }
         };
+        if spec.service.is_some() && spec.kind != file::HealthCheckKind::Grpc {
+            self.problem(path.key("service"), "service applies to grpc checks only");
+        }
         let check = HealthCheckConfig {
             probe,
             interval: spec.interval.map_or(defaults::HEALTH_INTERVAL, |d| d.0),

@@ -250,6 +250,14 @@ pub enum Probe {
     },
     /// A TCP (and TLS, if the upstream uses TLS) connection.
     Tcp,
+    /// The standard gRPC health check of `service` (empty: the server),
+    /// healthy when it answers `SERVING`.
+    Grpc {
+        /// The service asked about.
+        service: String,
+        /// `:authority` of the check.
+        host: String,
+    },
 }
 
 /// nginx-style passive health: `max_fails` within `fail_timeout` take a

@@ -17,6 +17,7 @@ use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::{Backend, HealthRegistry};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -139,6 +140,29 @@ fn pingora_check(
                     )
                 }
             }));
+            Ok(Box::new(check))
+        }
+        Probe::Grpc { service, host } => {
+            let mut peer = match tls {
+                Some(t) => HttpPeer::new("0.0.0.0:1", true, t.sni.clone()),
+                None => HttpPeer::new("0.0.0.0:1", false, String::new()),
+            };
+            peer.options.connection_timeout = Some(config.timeout);
+            peer.options.total_connection_timeout = Some(config.timeout);
+            peer.options.read_timeout = Some(config.timeout);
+            peer.options.write_timeout = Some(config.timeout);
+            super::speak(&mut peer.options, pool.protocol, 1);
+            if let Some(t) = tls {
+                peer.options.verify_cert = t.verify;
+                peer.options.verify_hostname = t.verify;
+            }
+            let check = super::grpc_health::GrpcHealthCheck::new(
+                peer,
+                service,
+                host,
+                config.healthy_threshold,
+                config.unhealthy_threshold,
+            )?;
             Ok(Box::new(check))
         }
     }

@@ -12,6 +12,7 @@
 pub mod attempt;
 pub mod backend;
 pub mod deadline;
+mod grpc_health;
 pub mod health;
 mod membership;
 pub mod memory;

@@ -11,6 +11,8 @@
 //! - `ServerStream`: the message is a decimal count N; answers N messages
 //!   `message-<i>`.
 //! - `ClientStream`: answers one message `count=<n> bytes=<total>`.
+//! - `grpc.health.v1.Health/Check`: `SERVING` (1) or, after
+//!   [`GrpcServer::set_serving`]`(false)`, `NOT_SERVING` (2).
 //! - `Fail`: no message, `grpc-status: 5` (NOT_FOUND), `grpc-message:
 //!   no such thing`, trailing metadata `x-detail: kept`.
 
@@ -18,7 +20,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,6 +63,7 @@ pub struct GrpcServer {
     /// Where it listens.
     pub addr: SocketAddr,
     calls: Arc<AtomicUsize>,
+    serving: Arc<AtomicBool>,
 }
 
 impl GrpcServer {
@@ -71,6 +74,8 @@ impl GrpcServer {
         let addr = listener.local_addr().expect("addr");
         let calls = Arc::new(AtomicUsize::new(0));
         let counted = calls.clone();
+        let serving = Arc::new(AtomicBool::new(true));
+        let health = serving.clone();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -84,6 +89,7 @@ impl GrpcServer {
                         continue;
                     };
                     let calls = counted.clone();
+                    let health = health.clone();
                     tokio::spawn(async move {
                         // Like gRPC servers (grpc-go, grpc-java), no budget
                         // on small DATA frames waiting unread (see
@@ -95,23 +101,39 @@ impl GrpcServer {
                             return;
                         };
                         while let Some(Ok((req, respond))) = conn.accept().await {
-                            calls.fetch_add(1, Ordering::SeqCst);
-                            tokio::spawn(serve(req, respond));
+                            let serving = health.load(Ordering::SeqCst);
+                            if req.uri().path() != "/grpc.health.v1.Health/Check" {
+                                calls.fetch_add(1, Ordering::SeqCst);
+                            }
+                            tokio::spawn(serve(req, respond, serving));
                         }
                     });
                 }
             });
         });
-        Self { addr, calls }
+        Self {
+            addr,
+            calls,
+            serving,
+        }
     }
 
-    /// Calls that reached the service.
+    /// Calls that reached the service (health checks not counted).
     pub fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
     }
+
+    /// What the health service answers from now on.
+    pub fn set_serving(&self, serving: bool) {
+        self.serving.store(serving, Ordering::SeqCst);
+    }
 }
 
-async fn serve(req: http::Request<h2::RecvStream>, mut respond: h2::server::SendResponse<Bytes>) {
+async fn serve(
+    req: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    serving: bool,
+) {
     let (parts, mut body) = req.into_parts();
     let meta = |name: &str| {
         parts
@@ -150,6 +172,14 @@ async fn serve(req: http::Request<h2::RecvStream>, mut respond: h2::server::Send
                 "count={} bytes={total}",
                 messages.len()
             )));
+        }
+        "/grpc.health.v1.Health/Check" => {
+            // HealthCheckResponse { status: SERVING (1) | NOT_SERVING (2) }
+            out.push(Bytes::from_static(if serving {
+                &[0x08, 1]
+            } else {
+                &[0x08, 2]
+            }));
         }
         "/test.Echo/Fail" => {
             trailers.insert("grpc-status", "5".parse().expect("value"));

@@ -318,9 +318,12 @@ pub enum UpstreamProtocolSpec {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckSpec {
-    /// `http` (default) or `tcp`.
+    /// `http` (default), `tcp` or `grpc`.
     #[serde(default, rename = "type")]
     pub kind: HealthCheckKind,
+    /// grpc only: the service name asked about. Default `""` (the server).
+    #[serde(default)]
+    pub service: Option<String>,
     /// HTTP path to GET. Default `/health`.
     #[serde(default)]
     pub path: Option<String>,
@@ -353,6 +356,8 @@ pub enum HealthCheckKind {
     Http,
     /// A TCP (and TLS, if the upstream uses TLS) connection.
     Tcp,
+    /// `grpc.health.v1.Health/Check`, expecting `SERVING`.
+    Grpc,
 }
 
 /// One backend: `"10.0.0.1:8000"`, `"api.internal:8080"`,
