@@ -103,7 +103,8 @@ fn summary(c: &Config) -> String {
     let _ = writeln!(out, "{}: OK", c.source);
     for l in &c.listeners {
         let scheme = if l.tls.is_some() { "https" } else { "http" };
-        let _ = writeln!(out, "  listen    {scheme}://{}", l.addr);
+        let h2c = if l.h2c { " (+ h2c)" } else { "" };
+        let _ = writeln!(out, "  listen    {scheme}://{}{h2c}", l.addr);
     }
     let _ = writeln!(out, "  admin     http://{}", c.admin_listen);
     for u in &c.upstreams {
@@ -126,9 +127,13 @@ fn summary(c: &Config) -> String {
         } else {
             ""
         };
+        let protocol = match u.protocol {
+            tollgate::config::model::UpstreamProtocol::Http1 => String::new(),
+            p => format!(", {}", p.as_str()),
+        };
         let _ = writeln!(
             out,
-            "  upstream  {}: {}{health}",
+            "  upstream  {}: {}{protocol}{health}",
             u.name,
             backends.join(", ")
         );

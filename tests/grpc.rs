@@ -70,6 +70,16 @@ async fn the_calls_pass_through(client: &mut GrpcClient) {
     let reply = client.call("/test.Echo/ClientStream", &parts, &[]).await;
     assert_ok(&reply);
     assert_eq!(&reply.messages[0][..], b"count=200 bytes=1800");
+    // Bidirectional streaming, message by message: each answer arrives
+    // while the call is still open (nothing waits for the end of a stream).
+    let mut chat = client.open("/test.Echo/Chat").await;
+    for i in 0..100 {
+        let message = format!("turn-{i}");
+        chat.send(message.as_bytes());
+        let echo = chat.next().await.expect("an echo while the stream is open");
+        assert_eq!(&echo[..], message.as_bytes());
+    }
+    assert_eq!(chat.finish().await, Some(0));
     // An error status from the service, with its message and metadata.
     let reply = client.call("/test.Echo/Fail", &[b""], &[]).await;
     assert_eq!(reply.status, Some(5), "{reply:?}");
@@ -110,10 +120,10 @@ async fn calls_pass_through_an_h2c_listener_to_an_h2c_upstream() {
             && log.contains("POST /test.Echo/Fail status=200 route=echo")
             && log.contains("grpc_status=5")
     });
-    // 4 calls above and 50 concurrent ones; all but `Fail` end with 0.
+    // 5 calls above and 50 concurrent ones; all but `Fail` end with 0.
     edge.wait_metric(
         r#"tollgate_grpc_calls_total{grpc_status="0",route="echo"}"#,
-        53.0,
+        54.0,
     );
     edge.wait_metric(
         r#"tollgate_grpc_calls_total{grpc_status="5",route="echo"}"#,
@@ -121,7 +131,7 @@ async fn calls_pass_through_an_h2c_listener_to_an_h2c_upstream() {
     );
     assert_eq!(
         edge.metric(r#"tollgate_requests_by_protocol_total{protocol="h2"}"#),
-        Some(54.0)
+        Some(55.0)
     );
     // HTTP/1.1 is still served on the h2c listener (the service answers
     // any request), and sent upstream as HTTP/2 all the same.

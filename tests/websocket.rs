@@ -218,3 +218,34 @@ async fn a_rate_limited_upgrade_is_refused_with_429_before_the_upgrade() {
     );
     assert_eq!(proxy.metric("tollgate_tunnels_total"), Some(1.0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_tunnel_keeps_working_through_the_shutdown_grace_period() {
+    let backend = EchoBackend::start();
+    let mut proxy = edge(&backend, "30s");
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/drain", proxy.addr))
+        .await
+        .expect("upgrade");
+    proxy.wait_metric("tollgate_tunnels_open", 1.0);
+    proxy.signal("TERM");
+    wait_until("shutdown began", || {
+        proxy.log_text().contains("shutting down")
+    });
+    // Inside the grace period (1 s in the tests) the tunnel still carries
+    // messages both ways.
+    ws.send(Message::text("during shutdown"))
+        .await
+        .expect("send");
+    assert_eq!(
+        ws.next().await.expect("message").expect("ok"),
+        Message::text("during shutdown")
+    );
+    // When the grace period and the shutdown timeout are over, the process
+    // is gone and so is the tunnel.
+    proxy.wait_exit(); // asserts the exit comes within the deadline
+    let ended = tokio::time::timeout(DEADLINE, async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the tunnel ended with the process");
+}

@@ -11,6 +11,8 @@
 //! - `ServerStream`: the message is a decimal count N; answers N messages
 //!   `message-<i>`.
 //! - `ClientStream`: answers one message `count=<n> bytes=<total>`.
+//! - `Chat` (bidirectional): echoes each message as soon as it has
+//!   arrived whole, before the client's stream has ended.
 //! - `grpc.health.v1.Health/Check`: `SERVING` (1) or, after
 //!   [`GrpcServer::set_serving`]`(false)`, `NOT_SERVING` (2).
 //! - `Fail`: no message, `grpc-status: 5` (NOT_FOUND), `grpc-message:
@@ -134,6 +136,9 @@ async fn serve(
     mut respond: h2::server::SendResponse<Bytes>,
     serving: bool,
 ) {
+    if req.uri().path() == "/test.Echo/Chat" {
+        return chat(req, respond).await;
+    }
     let (parts, mut body) = req.into_parts();
     let meta = |name: &str| {
         parts
@@ -207,6 +212,74 @@ async fn serve(
         }
     }
     let _ = send.send_trailers(trailers);
+}
+
+/// `Chat`: the answer's header at once, then every message echoed as it
+/// completes, then `grpc-status: 0` once the client's stream ends.
+async fn chat(req: http::Request<h2::RecvStream>, mut respond: h2::server::SendResponse<Bytes>) {
+    let mut body = req.into_body();
+    let head = http::Response::builder()
+        .status(200)
+        .header("content-type", "application/grpc")
+        .body(())
+        .expect("response");
+    let Ok(mut send) = respond.send_response(head, false) else {
+        return;
+    };
+    let mut buf = BytesMut::new();
+    while let Some(Ok(chunk)) = body.data().await {
+        let _ = body.flow_control().release_capacity(chunk.len());
+        buf.extend_from_slice(&chunk);
+        for message in unframe(&mut buf) {
+            if send.send_data(frame(&message), false).is_err() {
+                return;
+            }
+        }
+    }
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", "0".parse().expect("value"));
+    let _ = send.send_trailers(trailers);
+}
+
+/// One message of an open call, as [`GrpcClient::open`] streams it.
+pub struct OpenCall {
+    send: h2::SendStream<Bytes>,
+    body: h2::RecvStream,
+    buf: BytesMut,
+}
+
+impl OpenCall {
+    /// Sends one message, the stream staying open.
+    pub fn send(&mut self, message: &[u8]) {
+        self.send
+            .send_data(frame(message), false)
+            .expect("send message");
+    }
+
+    /// The next whole message of the answer.
+    pub async fn next(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(message) = unframe(&mut self.buf).into_iter().next() {
+                return Some(message);
+            }
+            let chunk = self.body.data().await?.expect("answer data");
+            let _ = self.body.flow_control().release_capacity(chunk.len());
+            self.buf.extend_from_slice(&chunk);
+        }
+    }
+
+    /// Ends the client's stream and returns the call's `grpc-status`.
+    pub async fn finish(mut self) -> Option<u16> {
+        self.send
+            .send_data(Bytes::new(), true)
+            .expect("end of stream");
+        while let Some(chunk) = self.body.data().await {
+            let chunk = chunk.expect("answer data");
+            let _ = self.body.flow_control().release_capacity(chunk.len());
+        }
+        let trailers = self.body.trailers().await.expect("trailers")?;
+        trailers.get("grpc-status")?.to_str().ok()?.parse().ok()
+    }
 }
 
 /// What a call came back with.
@@ -290,6 +363,27 @@ impl GrpcClient {
         Self {
             send,
             scheme: "https",
+        }
+    }
+
+    /// Opens a call to `path` whose messages are sent and read one by one
+    /// (bidirectional streaming); the answer's header has arrived.
+    pub async fn open(&mut self, path: &str) -> OpenCall {
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!("{}://localhost{path}", self.scheme))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .expect("request");
+        let mut ready = self.send.clone().ready().await.expect("connection ready");
+        let (response, send) = ready.send_request(req, false).expect("send request");
+        let response = response.await.expect("response header");
+        assert_eq!(response.status(), 200);
+        OpenCall {
+            send,
+            body: response.into_body(),
+            buf: BytesMut::new(),
         }
     }
 
