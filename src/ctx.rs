@@ -149,7 +149,8 @@ impl RequestCtx {
 
     /// The route's timeouts as they hold for this request: the total
     /// capped by a gRPC client's `grpc-timeout` (and connect and read by
-    /// that total), read and write stretched to `idle` for an upgrade.
+    /// that total). An upgrade's tunnel gets `idle` as its read and write
+    /// timeout in `upstream_peer`.
     pub fn timeouts(&self) -> Option<RouteTimeouts> {
         let mut t = self.route()?.timeouts;
         if let Some(cap) = self.deadline_cap {

@@ -36,13 +36,17 @@ pub mod code {
     pub const UNKNOWN: u16 = 2;
 }
 
-/// Whether `req` is a gRPC call: `Content-Type: application/grpc`, alone
-/// or with a `+codec` suffix or parameters (not `application/grpc-web`,
-/// which is HTTP/1-compatible and carries its trailers in the body).
+/// Whether `req` is a gRPC call: a POST (the only method gRPC uses, so
+/// other requests cost no field lookup) with `Content-Type:
+/// application/grpc`, alone or with a `+codec` suffix or parameters (not
+/// `application/grpc-web`, which is HTTP/1-compatible and carries its
+/// trailers in the body).
 pub fn is_call(req: &RequestHeader) -> bool {
-    req.headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| is_grpc_type(v.as_bytes()))
+    req.method == http::Method::POST
+        && req
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| is_grpc_type(v.as_bytes()))
 }
 
 /// Whether a `Content-Type` value is gRPC's.
