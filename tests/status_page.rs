@@ -10,10 +10,10 @@ use serde_json::Value;
 const TENANTS: usize = 15;
 const ROUTES: usize = 40;
 
-/// Many routes, and tenants on a one-per-second tier so a burst is mostly
-/// rejected.
+/// Many routes, and tenants on a one-per-minute tier so a burst is
+/// rejected after its first request however slowly it is sent.
 fn config(up: &TestUpstream) -> String {
-    let mut text = String::from("tiers:\n  tiny: { per_second: 1 }\ntenants:\n");
+    let mut text = String::from("tiers:\n  tiny: { per_minute: 1 }\ntenants:\n");
     for t in 0..TENANTS {
         let hash = tollgate::ratelimit::identity::hash_key(&format!("key-{t}"));
         text.push_str(&format!(
@@ -94,6 +94,9 @@ fn status_json_moves_with_traffic_and_its_lists_stay_bounded() {
             && now["rate_limiting"]["top_rejected_tenants"]
                 .as_array()
                 .is_some_and(|t| t.len() == 10)
+            && now["rate_limiting"]["tiers"][0]["limited_last_minute"]
+                .as_u64()
+                .is_some_and(|n| n >= 2 * TENANTS as u64)
     });
     let now = status(&proxy);
     let r0 = route(&now, "r0");
