@@ -235,3 +235,65 @@ fn a_routes_redis_index_stays_near_its_live_entries() {
         "expired members are trimmed by the next write"
     );
 }
+
+#[test]
+fn a_redis_lookup_in_flight_during_a_remote_purge_is_not_promoted_into_memory() {
+    use common::redis::ReplyGate;
+    let redis = RedisServer::start();
+    let gate = ReplyGate::start(redis.addr);
+    // Every GET answers its own version, so a body tells which fill it is.
+    let fills = Arc::new(AtomicUsize::new(0));
+    let counted = fills.clone();
+    let up = TestUpstream::start(move |_| {
+        let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+        Action::Reply(Reply {
+            status: 200,
+            headers: vec![
+                ("Cache-Control".into(), "max-age=300".into()),
+                ("Surrogate-Key".into(), "product-7".into()),
+            ],
+            body: format!("v{n}").into(),
+        })
+    });
+    let routes = format!(
+        "upstreams:\n  api: {{ backends: [\"{}\"] }}\n\
+         routes:\n  - {{ name: items, upstream: api, match: {{ path_prefix: /items/ }}, cache: {{}} }}\n",
+        up.addr
+    );
+    // A reaches Redis through the gate, with a lookup bound long enough to
+    // outlast the hold; B directly.
+    let a = TollgateProcess::start(&format!(
+        "redis: {{ url: \"{}\", timeout: 10s }}\ncache: {{ redis: {{ lookup_timeout: 10s }} }}\n{routes}",
+        gate.url()
+    ));
+    let b = TollgateProcess::start(&format!(
+        "redis: {{ url: \"{}\", timeout: 1s }}\ncache: {{ redis: {{}} }}\n{routes}",
+        redis.url()
+    ));
+    // An entry of the same tag in A's memory (v1), so that A's hearing of
+    // the purge shows in its metrics.
+    assert_eq!(get(a.addr, "/items/9").expect("fill on A").text(), "v1");
+    // B fills /items/7 (v2) into Redis; A's memory does not have it.
+    assert_eq!(get(b.addr, "/items/7").expect("fill on B").text(), "v2");
+    b.wait_metric(r#"tollgate_cache_l2_writes_total{result="ok"}"#, 1.0);
+    // A's lookup of it is answered by Redis, and the answer held.
+    gate.hold();
+    let addr = a.addr;
+    let client = std::thread::spawn(move || get(addr, "/items/7").expect("get on A"));
+    wait_until("A's lookup reply is held", || gate.held() >= 1);
+    // Meanwhile B purges the tag; A hears of it.
+    admin_purge(&b, "{\"tag\": \"product-7\"}");
+    a.wait_metric(r#"tollgate_cache_purges_total{reason="remote"}"#, 1.0);
+    gate.release();
+    // The request in flight began before the purge: whatever it got, the
+    // entry it found in Redis must not live on in A's memory.
+    let first = client.join().expect("client");
+    assert_eq!(first.status, 200);
+    let next = get(a.addr, "/items/7").expect("next get on A");
+    assert_eq!(
+        next.text(),
+        "v3",
+        "the purged entry was promoted into A's memory: {next:?}"
+    );
+    assert_eq!(fills.load(Ordering::SeqCst), 3);
+}

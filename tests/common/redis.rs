@@ -207,3 +207,113 @@ impl Drop for RedisCluster {
         }
     }
 }
+
+/// A TCP relay in front of a Redis server that can hold back the replies
+/// on connections that have asked `GET` (the tier's lookups), while every
+/// other connection — the purge channel's subscription among them — goes
+/// on. It makes "a lookup in flight while something else happens"
+/// deterministic.
+pub struct ReplyGate {
+    /// Where clients connect instead of the server.
+    pub addr: SocketAddr,
+    state: std::sync::Arc<GateState>,
+}
+
+#[derive(Default)]
+struct GateState {
+    hold: std::sync::Mutex<bool>,
+    released: std::sync::Condvar,
+    held: std::sync::atomic::AtomicUsize,
+}
+
+impl ReplyGate {
+    /// Relays to `server`.
+    pub fn start(server: SocketAddr) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let state = std::sync::Arc::new(GateState::default());
+        let shared = state.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(upstream) = TcpStream::connect(server) else {
+                    continue;
+                };
+                relay(client, upstream, shared.clone());
+            }
+        });
+        Self { addr, state }
+    }
+
+    /// The `redis://` URL of the relay.
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// From now on, replies to connections that asked `GET` wait.
+    pub fn hold(&self) {
+        *self.state.hold.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    }
+
+    /// Lets every held reply through, and later ones pass.
+    pub fn release(&self) {
+        *self.state.hold.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        self.state.released.notify_all();
+    }
+
+    /// Replies waiting now.
+    pub fn held(&self) -> usize {
+        self.state.held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn relay(client: TcpStream, upstream: TcpStream, state: std::sync::Arc<GateState>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let asked_get = std::sync::Arc::new(AtomicBool::new(false));
+    let (mut client_in, mut upstream_out) = match (client.try_clone(), upstream.try_clone()) {
+        (Ok(c), Ok(u)) => (c, u),
+        _ => return,
+    };
+    let seen = asked_get.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        while let Ok(n) = client_in.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            // `*2\r\n$3\r\nGET\r\n$…`: the command name as a RESP bulk string.
+            if buf[..n]
+                .windows(8)
+                .any(|w| w.eq_ignore_ascii_case(b"\r\nGET\r\n$"))
+            {
+                seen.store(true, Ordering::SeqCst);
+            }
+            if upstream_out.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = upstream_out.shutdown(std::net::Shutdown::Both);
+    });
+    let (mut upstream_in, mut client_out) = (upstream, client);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        while let Ok(n) = upstream_in.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if asked_get.load(Ordering::SeqCst) {
+                let mut hold = state.hold.lock().unwrap_or_else(|p| p.into_inner());
+                if *hold {
+                    state.held.fetch_add(1, Ordering::SeqCst);
+                    while *hold {
+                        hold = state.released.wait(hold).unwrap_or_else(|p| p.into_inner());
+                    }
+                    state.held.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            if client_out.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = client_out.shutdown(std::net::Shutdown::Both);
+    });
+}
