@@ -20,27 +20,9 @@ struct EchoBackend {
 
 impl EchoBackend {
     fn start() -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("addr");
         let upgrades = Arc::new(AtomicUsize::new(0));
         let counted = upgrades.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                loop {
-                    let Ok((socket, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    tokio::spawn(serve(socket, counted.clone()));
-                }
-            });
-        });
+        let addr = serve_connections(move |socket| serve(socket, counted.clone()));
         Self { addr, upgrades }
     }
 }

@@ -213,15 +213,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionGate<A> {
         // the head deadline is closed.
         let accepted = tokio::time::Instant::now();
         let mut first = [0u8; 1];
-        match tokio::time::timeout(limits.header_timeout, io.try_peek(&mut first)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => return None,
-            Err(_) => {
-                metrics.header_timeouts.inc();
-                Shutdown::shutdown(io.as_mut()).await;
-                return None;
-            }
-        }
+        peek_within(&mut io, &mut first, limits.header_timeout, metrics).await?;
         // What is left of the first head's time, counted from the accept.
         let left = limits.header_timeout.saturating_sub(accepted.elapsed());
         let mut http2 = io.selected_alpn_proto() == Some(ALPN::H2);
@@ -229,15 +221,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionGate<A> {
             // Pingora reads the same 24 bytes next (they are rewound) to
             // choose HTTP/2 or HTTP/1.1, and would wait for them forever.
             let mut preface = [0u8; H2_PREFACE.len()];
-            match tokio::time::timeout(left, io.try_peek(&mut preface)).await {
-                Ok(Ok(_)) => http2 = preface == *H2_PREFACE,
-                Ok(Err(_)) => return None,
-                Err(_) => {
-                    metrics.header_timeouts.inc();
-                    Shutdown::shutdown(io.as_mut()).await;
-                    return None;
-                }
-            }
+            peek_within(&mut io, &mut preface, left, metrics).await?;
+            http2 = preface == *H2_PREFACE;
         }
         let left = limits.header_timeout.saturating_sub(accepted.elapsed());
         let io: pingora::protocols::Stream = Box::new(TimedHeads::new(
@@ -252,6 +237,26 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionGate<A> {
 
     async fn cleanup(&self) {
         self.inner.cleanup().await;
+    }
+}
+
+/// Waits up to `limit` for `buf.len()` bytes without taking them from the
+/// stream; `None` when the peer closed (or failed), or — counted as a head
+/// timeout, the connection shut down — when they did not come in time.
+async fn peek_within(
+    io: &mut pingora::protocols::Stream,
+    buf: &mut [u8],
+    limit: Duration,
+    metrics: &Metrics,
+) -> Option<()> {
+    match tokio::time::timeout(limit, io.try_peek(buf)).await {
+        Ok(Ok(_)) => Some(()),
+        Ok(Err(_)) => None,
+        Err(_) => {
+            metrics.header_timeouts.inc();
+            Shutdown::shutdown(io.as_mut()).await;
+            None
+        }
     }
 }
 

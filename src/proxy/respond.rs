@@ -175,10 +175,25 @@ async fn write_error(
     }
     let body = err.body();
     let mut resp = err.header(body.len())?;
-    headers::decorate(&mut resp, ctx.request_id.as_ref(), decoration(ctx, false))?;
-    route_fields(session, &mut resp, ctx);
+    own_answer_fields(session, ctx, &mut resp, err, keep_connection)?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+/// What every one of our errors carries, in JSON or gRPC form: request id
+/// and timing, the route's response fields, the rate-limit fields (and
+/// `Retry-After` on a 429), and `Connection: close` unless kept.
+fn own_answer_fields(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    resp: &mut ResponseHeader,
+    err: &ErrorResponse,
+    keep_connection: bool,
+) -> Result<()> {
+    headers::decorate(resp, ctx.request_id.as_ref(), decoration(ctx, false))?;
+    route_fields(session, resp, ctx);
     if let Some(rate) = &ctx.rate_headers {
-        ratelimit::apply_headers(&mut resp, rate)?;
+        ratelimit::apply_headers(resp, rate)?;
         if err.status == 429 {
             resp.insert_header("Retry-After", rate.retry_after.max(1))?;
         }
@@ -186,8 +201,7 @@ async fn write_error(
     if !keep_connection {
         session.set_keepalive(None);
     }
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(body), true).await
+    Ok(())
 }
 
 /// One of our errors to a gRPC call: a trailers-only answer (one header
@@ -201,17 +215,7 @@ async fn write_grpc_error(
 ) -> Result<()> {
     let mut resp = crate::grpc::trailers_only(err)?;
     ctx.grpc_status = Some(crate::grpc::status_for(err.status));
-    headers::decorate(&mut resp, ctx.request_id.as_ref(), decoration(ctx, false))?;
-    route_fields(session, &mut resp, ctx);
-    if let Some(rate) = &ctx.rate_headers {
-        ratelimit::apply_headers(&mut resp, rate)?;
-        if err.status == 429 {
-            resp.insert_header("Retry-After", rate.retry_after.max(1))?;
-        }
-    }
-    if !keep_connection {
-        session.set_keepalive(None);
-    }
+    own_answer_fields(session, ctx, &mut resp, err, keep_connection)?;
     compression::bypass_module(session);
     if session.req_header().version < http::Version::HTTP_2 {
         resp.insert_header(http::header::CONTENT_LENGTH, 0)?;

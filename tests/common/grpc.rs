@@ -71,47 +71,30 @@ pub struct GrpcServer {
 impl GrpcServer {
     /// Starts the service on its own thread and runtime.
     pub fn start() -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("addr");
         let calls = Arc::new(AtomicUsize::new(0));
         let counted = calls.clone();
         let serving = Arc::new(AtomicBool::new(true));
         let health = serving.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                loop {
-                    let Ok((socket, _)) = listener.accept().await else {
-                        continue;
-                    };
-                    let calls = counted.clone();
-                    let health = health.clone();
-                    tokio::spawn(async move {
-                        // Like gRPC servers (grpc-go, grpc-java), no budget
-                        // on small DATA frames waiting unread (see
-                        // `client_builder`): a client stream of 200 small
-                        // messages arrives in one burst.
-                        let mut builder = h2::server::Builder::new();
-                        builder.data_frame_budget(usize::MAX / 2);
-                        let Ok(mut conn) = builder.handshake(socket).await else {
-                            return;
-                        };
-                        while let Some(Ok((req, respond))) = conn.accept().await {
-                            let serving = health.load(Ordering::SeqCst);
-                            if req.uri().path() != "/grpc.health.v1.Health/Check" {
-                                calls.fetch_add(1, Ordering::SeqCst);
-                            }
-                            tokio::spawn(serve(req, respond, serving));
-                        }
-                    });
+        let addr = super::serve_connections(move |socket| {
+            let calls = counted.clone();
+            let health = health.clone();
+            async move {
+                // Like gRPC servers (grpc-go, grpc-java), no budget on
+                // small DATA frames waiting unread (see `client_builder`):
+                // a client stream of 200 small messages arrives in one burst.
+                let mut builder = h2::server::Builder::new();
+                builder.data_frame_budget(usize::MAX / 2);
+                let Ok(mut conn) = builder.handshake(socket).await else {
+                    return;
+                };
+                while let Some(Ok((req, respond))) = conn.accept().await {
+                    let serving = health.load(Ordering::SeqCst);
+                    if req.uri().path() != "/grpc.health.v1.Health/Check" {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                    }
+                    tokio::spawn(serve(req, respond, serving));
                 }
-            });
+            }
         });
         Self {
             addr,
@@ -366,18 +349,29 @@ impl GrpcClient {
         }
     }
 
-    /// Opens a call to `path` whose messages are sent and read one by one
-    /// (bidirectional streaming); the answer's header has arrived.
-    pub async fn open(&mut self, path: &str) -> OpenCall {
-        let req = http::Request::builder()
+    /// Sends a call's header (a gRPC POST with `metadata`) on a new stream.
+    async fn start_call(
+        &mut self,
+        path: &str,
+        metadata: &[(&str, &str)],
+    ) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
+        let mut req = http::Request::builder()
             .method("POST")
             .uri(format!("{}://localhost{path}", self.scheme))
             .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .expect("request");
+            .header("te", "trailers");
+        for (name, value) in metadata {
+            req = req.header(*name, *value);
+        }
+        let req = req.body(()).expect("request");
         let mut ready = self.send.clone().ready().await.expect("connection ready");
-        let (response, send) = ready.send_request(req, false).expect("send request");
+        ready.send_request(req, false).expect("send request")
+    }
+
+    /// Opens a call to `path` whose messages are sent and read one by one
+    /// (bidirectional streaming); the answer's header has arrived.
+    pub async fn open(&mut self, path: &str) -> OpenCall {
+        let (response, send) = self.start_call(path, &[]).await;
         let response = response.await.expect("response header");
         assert_eq!(response.status(), 200);
         OpenCall {
@@ -395,17 +389,7 @@ impl GrpcClient {
         messages: &[&[u8]],
         metadata: &[(&str, &str)],
     ) -> GrpcReply {
-        let mut req = http::Request::builder()
-            .method("POST")
-            .uri(format!("{}://localhost{path}", self.scheme))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers");
-        for (name, value) in metadata {
-            req = req.header(*name, *value);
-        }
-        let req = req.body(()).expect("request");
-        let mut ready = self.send.clone().ready().await.expect("connection ready");
-        let (response, mut body) = ready.send_request(req, false).expect("send request");
+        let (response, mut body) = self.start_call(path, metadata).await;
         for message in messages {
             body.send_data(frame(message), false).expect("send message");
         }
