@@ -231,3 +231,45 @@ async fn an_open_tunnel_keeps_working_through_the_shutdown_grace_period() {
     .await;
     assert!(ended.is_ok(), "the tunnel ended with the process");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_tunnel_counts_against_the_connection_limits() {
+    let backend = EchoBackend::start();
+    let proxy = TollgateProcess::start(&format!(
+        "limits: {{ max_connections_per_ip: 1 }}\n\
+         upstreams:\n  ws: {{ backends: [\"{}\"] }}\n\
+         routes:\n  - {{ name: ws, upstream: ws }}\n",
+        backend.addr
+    ));
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/one", proxy.addr))
+        .await
+        .expect("upgrade");
+    // While the tunnel is open, this client has no second connection.
+    let second = tokio_tungstenite::connect_async(format!("ws://{}/two", proxy.addr)).await;
+    match second {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503)
+        }
+        other => panic!("expected the 503 of the connection limit, got {other:?}"),
+    }
+    proxy.wait_metric(
+        r#"tollgate_connections_refused_total{reason="max_connections_per_ip"}"#,
+        1.0,
+    );
+    // The tunnel itself is unaffected; once it closes, a new one opens.
+    ws.send(Message::text("still mine")).await.expect("send");
+    assert_eq!(
+        ws.next().await.expect("message").expect("ok"),
+        Message::text("still mine")
+    );
+    ws.close(None).await.expect("close");
+    while ws.next().await.is_some() {}
+    proxy.wait_metric("tollgate_tunnels_open", 0.0);
+    wait_until("the closed tunnel's connection is released", || {
+        proxy.metric("tollgate_client_connections") == Some(0.0)
+    });
+    let (mut again, _) = tokio_tungstenite::connect_async(format!("ws://{}/three", proxy.addr))
+        .await
+        .expect("a new tunnel after the first closed");
+    again.close(None).await.expect("close");
+}
