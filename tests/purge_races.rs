@@ -297,3 +297,42 @@ fn a_redis_lookup_in_flight_during_a_remote_purge_is_not_promoted_into_memory() 
     );
     assert_eq!(fills.load(Ordering::SeqCst), 3);
 }
+
+/// The members every index of the tier holds, by index key.
+fn index_members(redis: &RedisServer) -> Vec<(String, usize)> {
+    redis
+        .cli(&["--scan", "--pattern", "tollgate:cache:i:*"])
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|index| {
+            let n = redis.cli(&["ZCARD", index]).trim().parse().unwrap_or(usize::MAX);
+            (index.to_owned(), n)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+#[test]
+fn a_purge_takes_its_entries_out_of_their_other_indexes_too() {
+    let redis = RedisServer::start();
+    let up = versioned(); // every /items/N but the first /items/7: tags product-7, catalogue
+    let a = TollgateProcess::start(&proxy_config(&up, Some(&redis)));
+    for i in 0..30 {
+        get(a.addr, &format!("/items/{}", 100 + i)).expect("fill");
+    }
+    a.wait_metric(r#"tollgate_cache_l2_writes_total{result="ok"}"#, 30.0);
+    let before = index_members(&redis);
+    assert!(
+        before.iter().any(|(i, n)| i == "tollgate:cache:i:r:items" && *n == 30),
+        "{before:?}"
+    );
+    assert!(
+        before.iter().any(|(i, n)| i == "tollgate:cache:i:t:catalogue" && *n == 30),
+        "{before:?}"
+    );
+    // Purging one tag removes the entries, and their members in the route,
+    // URI and other tag indexes — not only in the index it drained.
+    admin_purge(&a, "{\"tag\": \"product-7\"}");
+    assert_eq!(redis_entries(&redis), 0);
+    assert_eq!(index_members(&redis), Vec::new(), "members left behind");
+}

@@ -11,10 +11,15 @@
 //!   markers (`cache::markers`): a write a purge overtook is dropped. Each
 //!   write has its own bound (`write_timeout`). A full queue drops the
 //!   write and counts it.
-//! - **Format**: `TGC1`, then the lengths (u32, big-endian) and bytes of
-//!   Pingora's serialized internal meta and header, then the body. An entry
-//!   that does not decode (an older format, a truncated value) is a miss,
-//!   counted as an error; it is never served.
+//! - **Format**: `TGC2`, then the length (u32, big-endian) and bytes of
+//!   the entry's index keys (newline-separated: a purge that drains one
+//!   index reads them with `GETRANGE` to take the entry out of its other
+//!   indexes too), then the lengths and bytes of Pingora's serialized
+//!   internal meta and header, then the body. `TGC1` (no index keys,
+//!   written by earlier versions during a rolling upgrade) still decodes;
+//!   an earlier version reads `TGC2` as a miss. Anything else that does not
+//!   decode (a truncated value) is a miss, counted as an error; it is never
+//!   served.
 
 use super::markers::{self, MarkedWrite};
 use super::store::FillTicket;
@@ -28,7 +33,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// The format tag every stored value starts with.
-const MAGIC: &[u8; 4] = b"TGC1";
+const MAGIC: &[u8; 4] = b"TGC2";
+
+/// The previous format: no index keys.
+const MAGIC_V1: &[u8; 4] = b"TGC1";
+
+/// The most bytes of index keys an entry carries; an entry with more (an
+/// unusual number of long tags) carries none, and a purge then leaves its
+/// members in its other indexes until they expire, as before `TGC2`.
+pub const MAX_INDEX_NAMES: usize = 4096;
+
+/// Bytes a purge reads from the front of an entry to find its index keys
+/// (most fit; a longer block is read again whole).
+pub const HEAD_READ: usize = 512;
 
 /// Writes queued for the writer task before new ones are dropped.
 pub const WRITE_QUEUE: usize = 1024;
@@ -66,6 +83,9 @@ impl L2Settings {
 
 /// A response as the tier stores it.
 pub struct L2Entry {
+    /// The index keys the entry was added to, newline-separated (kept
+    /// as written so a soft purge can write them back unchanged).
+    pub index_names: Vec<u8>,
     /// Pingora's serialized internal meta.
     pub internal: Vec<u8>,
     /// Pingora's serialized header.
@@ -74,28 +94,67 @@ pub struct L2Entry {
     pub body: Bytes,
 }
 
+/// The index keys of an entry as the format carries them: joined by
+/// newlines, or nothing past [`MAX_INDEX_NAMES`] bytes.
+pub fn index_names(indexes: &[String]) -> Vec<u8> {
+    let joined = indexes.join("\n").into_bytes();
+    match joined.len() <= MAX_INDEX_NAMES {
+        true => joined,
+        false => Vec::new(),
+    }
+}
+
 /// Encodes an entry in the tier's format.
-pub fn encode(internal: &[u8], header: &[u8], body: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(12 + internal.len() + header.len() + body.len());
+pub fn encode(index_names: &[u8], internal: &[u8], header: &[u8], body: &[u8]) -> Option<Vec<u8>> {
+    let sized = index_names.len() + internal.len() + header.len();
+    let mut out = Vec::with_capacity(16 + sized + body.len());
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&u32::try_from(internal.len()).ok()?.to_be_bytes());
-    out.extend_from_slice(internal);
-    out.extend_from_slice(&u32::try_from(header.len()).ok()?.to_be_bytes());
-    out.extend_from_slice(header);
+    for part in [index_names, internal, header] {
+        out.extend_from_slice(&u32::try_from(part.len()).ok()?.to_be_bytes());
+        out.extend_from_slice(part);
+    }
     out.extend_from_slice(body);
     Some(out)
 }
 
-/// Decodes a stored value; `None` for anything not in the current format.
+/// Decodes a stored value; `None` for anything not in the current format
+/// or `TGC1`.
 pub fn decode(value: &[u8]) -> Option<L2Entry> {
-    let rest = value.strip_prefix(MAGIC)?;
+    let (index_names, rest) = match value.strip_prefix(MAGIC) {
+        Some(rest) => take_sized(rest)?,
+        None => (&b""[..], value.strip_prefix(MAGIC_V1)?),
+    };
     let (internal, rest) = take_sized(rest)?;
     let (header, body) = take_sized(rest)?;
     Some(L2Entry {
+        index_names: index_names.to_vec(),
         internal: internal.to_vec(),
         header: header.to_vec(),
         body: Bytes::copy_from_slice(body),
     })
+}
+
+/// The index keys in the front of a stored value (`head`, at least its
+/// first [`HEAD_READ`] bytes): `Ok` with the keys, `Err(n)` when the block
+/// is longer than `head` and the first `n` bytes are needed, `Ok(empty)`
+/// for a value without them (`TGC1`, or not ours).
+pub fn index_names_in(head: &[u8]) -> Result<Vec<&str>, usize> {
+    let Some(rest) = head.strip_prefix(MAGIC) else {
+        return Ok(Vec::new());
+    };
+    let Some(len) = rest.get(..4).and_then(|b| b.try_into().ok()) else {
+        return Ok(Vec::new());
+    };
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_INDEX_NAMES {
+        return Ok(Vec::new());
+    }
+    let Some(block) = rest.get(4..4 + len) else {
+        return Err(8 + len);
+    };
+    Ok(std::str::from_utf8(block)
+        .map(|names| names.split('\n').filter(|n| !n.is_empty()).collect())
+        .unwrap_or_default())
 }
 
 fn take_sized(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
@@ -316,7 +375,16 @@ impl RedisTier {
         if entry.body.len() > self.settings.max_object_size || ttl.is_zero() {
             return;
         }
-        let Some(value) = encode(&entry.internal, &entry.header, &entry.body) else {
+        let indexes: Vec<String> = [self.uri_index(names.uri), self.route_index(names.route)]
+            .into_iter()
+            .chain(names.tags.iter().map(|t| self.tag_index(t)))
+            .collect();
+        let Some(value) = encode(
+            &index_names(&indexes),
+            &entry.internal,
+            &entry.header,
+            &entry.body,
+        ) else {
             return;
         };
         let write = MarkedWrite {
@@ -329,10 +397,7 @@ impl RedisTier {
                 .chain(names.tags.iter().map(|t| self.marker('t', t)))
                 .collect(),
             prefix_markers: self.prefix_markers(),
-            indexes: [self.uri_index(names.uri), self.route_index(names.route)]
-                .into_iter()
-                .chain(names.tags.iter().map(|t| self.tag_index(t)))
-                .collect(),
+            indexes,
             ticket,
         };
         if self.writes.try_send(write).is_err() {
@@ -397,18 +462,51 @@ mod tests {
 
     #[test]
     fn entries_round_trip_and_anything_else_is_refused() {
-        let value = encode(b"meta", b"header", b"body bytes").expect("encode");
+        let names = index_names(&["p:i:u:a/x".to_owned(), "p:i:r:api".to_owned()]);
+        let value = encode(&names, b"meta", b"header", b"body bytes").expect("encode");
         let entry = decode(&value).expect("decode");
         assert_eq!(
             (&entry.internal[..], &entry.header[..], &entry.body[..]),
             (&b"meta"[..], &b"header"[..], &b"body bytes"[..])
         );
+        assert_eq!(entry.index_names, names);
+        assert_eq!(index_names_in(&value), Ok(vec!["p:i:u:a/x", "p:i:r:api"]));
         assert!(decode(b"TGC0....").is_none(), "another format");
         assert!(decode(&value[..10]).is_none(), "truncated");
         assert!(decode(b"").is_none());
         let mut lying = value.clone();
         lying[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
         assert!(decode(&lying).is_none(), "a length past the end");
+    }
+
+    #[test]
+    fn the_previous_format_still_decodes_and_carries_no_index_keys() {
+        let mut v1 = b"TGC1".to_vec();
+        for part in [&b"meta"[..], b"header"] {
+            v1.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            v1.extend_from_slice(part);
+        }
+        v1.extend_from_slice(b"body");
+        let entry = decode(&v1).expect("TGC1 decodes");
+        assert_eq!(
+            (&entry.header[..], &entry.body[..]),
+            (&b"header"[..], &b"body"[..])
+        );
+        assert!(entry.index_names.is_empty());
+        assert_eq!(index_names_in(&v1), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn a_long_index_block_asks_for_more_and_an_oversized_one_is_not_written() {
+        let long: Vec<String> = (0..40)
+            .map(|i| format!("prefix:i:t:tag-number-{i:04}"))
+            .collect();
+        let names = index_names(&long);
+        let value = encode(&names, b"m", b"h", b"b").expect("encode");
+        assert_eq!(index_names_in(&value[..HEAD_READ]), Err(8 + names.len()));
+        assert_eq!(index_names_in(&value).map(|n| n.len()), Ok(40));
+        let huge: Vec<String> = (0..1000).map(|i| format!("t{i:08}")).collect();
+        assert!(index_names(&huge).is_empty(), "over MAX_INDEX_NAMES: none");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! misses refill from Redis or the upstream), and when it hears the
 //! channel again it drops every entry it stored before, once.
 
-use super::l2::RedisTier;
+use super::l2::{self, RedisTier};
 use super::markers;
 use super::store::{MemoryStore, Selection};
 use crate::metrics::Metrics;
@@ -20,6 +20,7 @@ use futures::StreamExt;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -404,6 +405,7 @@ async fn drain_index(conn: &mut RedisConn, index: &str, cluster: bool) -> Result
         if batch.is_empty() {
             continue;
         }
+        leave_other_indexes(conn, index, &batch, cluster).await?;
         if cluster {
             // One key per command: the entries live in many slots.
             for key in &batch {
@@ -424,6 +426,78 @@ async fn drain_index(conn: &mut RedisConn, index: &str, cluster: bool) -> Result
         }
     }
     Ok(removed)
+}
+
+/// Takes a batch of entries about to be deleted out of their other
+/// indexes (the keys each entry's `TGC2` header lists), so that purging a
+/// tag does not leave its entries' members in their URI and route indexes
+/// until they expire. Entries without the header (`TGC1`, or too many
+/// index keys) keep that old behaviour.
+async fn leave_other_indexes(
+    conn: &mut RedisConn,
+    drained: &str,
+    batch: &[String],
+    cluster: bool,
+) -> Result<(), String> {
+    let read = |key: &str, len: usize| {
+        let mut cmd = redis::cmd("GETRANGE");
+        cmd.arg(key).arg(0).arg(len.saturating_sub(1));
+        cmd
+    };
+    let failed =
+        |e: redis::RedisError| format!("reading the index keys of {drained}'s entries: {e}");
+    let mut heads: Vec<Vec<u8>> = if cluster {
+        let mut heads = Vec::with_capacity(batch.len());
+        for key in batch {
+            heads.push(
+                read(key, l2::HEAD_READ)
+                    .query_async(conn)
+                    .await
+                    .map_err(failed)?,
+            );
+        }
+        heads
+    } else {
+        let mut pipe = redis::pipe();
+        for key in batch {
+            pipe.add_command(read(key, l2::HEAD_READ));
+        }
+        pipe.query_async(conn).await.map_err(failed)?
+    };
+    let mut members: HashMap<String, Vec<&str>> = HashMap::new();
+    for (key, head) in batch.iter().zip(heads.iter_mut()) {
+        if let Err(whole) = l2::index_names_in(head) {
+            *head = read(key, whole).query_async(conn).await.map_err(failed)?;
+        }
+        for name in l2::index_names_in(head).unwrap_or_default() {
+            if name != drained {
+                members.entry(name.to_owned()).or_default().push(key);
+            }
+        }
+    }
+    if members.is_empty() {
+        return Ok(());
+    }
+    let zrem = |index: &str, keys: &[&str]| {
+        let mut cmd = redis::cmd("ZREM");
+        cmd.arg(index).arg(keys);
+        cmd
+    };
+    let failed = |e: redis::RedisError| {
+        format!("taking {drained}'s entries out of their other indexes: {e}")
+    };
+    if cluster {
+        for (index, keys) in &members {
+            let _: i64 = zrem(index, keys).query_async(conn).await.map_err(failed)?;
+        }
+    } else {
+        let mut pipe = redis::pipe();
+        for (index, keys) in &members {
+            pipe.add_command(zrem(index, keys)).ignore();
+        }
+        let _: () = pipe.query_async(conn).await.map_err(failed)?;
+    }
+    Ok(())
 }
 
 /// Marks every entry an index lists stale now (a soft purge), a batch at
@@ -464,7 +538,7 @@ async fn expire_entry(conn: &mut RedisConn, key: &str) -> Result<bool, String> {
     let Ok((internal, header)) = meta.serialize() else {
         return Ok(false);
     };
-    let Some(new) = super::l2::encode(&internal, &header, &entry.body) else {
+    let Some(new) = super::l2::encode(&entry.index_names, &internal, &header, &entry.body) else {
         return Ok(false);
     };
     markers::replace_if_unchanged(conn, key, &old, &new)

@@ -60,6 +60,7 @@ impl TieredStorage {
             .max(meta.stale_if_error_sec());
         let ttl = ttl_of(meta.fresh_until(), stale, SystemTime::now());
         let entry = L2Entry {
+            index_names: Vec::new(), // `RedisTier::store` names them
             internal,
             header,
             body,
