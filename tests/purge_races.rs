@@ -305,7 +305,11 @@ fn index_members(redis: &RedisServer) -> Vec<(String, usize)> {
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|index| {
-            let n = redis.cli(&["ZCARD", index]).trim().parse().unwrap_or(usize::MAX);
+            let n = redis
+                .cli(&["ZCARD", index])
+                .trim()
+                .parse()
+                .unwrap_or(usize::MAX);
             (index.to_owned(), n)
         })
         .filter(|(_, n)| *n > 0)
@@ -323,11 +327,15 @@ fn a_purge_takes_its_entries_out_of_their_other_indexes_too() {
     a.wait_metric(r#"tollgate_cache_l2_writes_total{result="ok"}"#, 30.0);
     let before = index_members(&redis);
     assert!(
-        before.iter().any(|(i, n)| i == "tollgate:cache:i:r:items" && *n == 30),
+        before
+            .iter()
+            .any(|(i, n)| i == "tollgate:cache:i:r:items" && *n == 30),
         "{before:?}"
     );
     assert!(
-        before.iter().any(|(i, n)| i == "tollgate:cache:i:t:catalogue" && *n == 30),
+        before
+            .iter()
+            .any(|(i, n)| i == "tollgate:cache:i:t:catalogue" && *n == 30),
         "{before:?}"
     );
     // Purging one tag removes the entries, and their members in the route,
