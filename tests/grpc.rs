@@ -174,6 +174,42 @@ async fn calls_pass_through_a_tls_listener_to_an_h2_tls_upstream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_auto_lets_alpn_choose_http2_over_tls() {
+    let service = GrpcServer::start();
+    let tls_front = TollgateProcess::start_with_listener(
+        tls_listener("grpc-auto-front"),
+        &format!(
+            "upstreams:\n  grpc: {{ backends: [\"{}\"], protocol: h2c }}\n\
+             routes:\n  - {{ name: all, upstream: grpc }}\n",
+            service.addr
+        ),
+    );
+    let edge = TollgateProcess::start_with_listener(
+        |port| format!("{{ address: \"127.0.0.1:{port}\", h2c: true }}"),
+        &format!(
+            "upstreams:\n  grpc: {{ backends: [\"{}\"], protocol: auto, tls: {{ sni: localhost, verify: false }} }}\n\
+             routes:\n  - {{ name: echo, upstream: grpc }}\n",
+            tls_front.addr
+        ),
+    );
+    let mut client = GrpcClient::cleartext(edge.addr).await;
+    let reply = client
+        .call("/test.Echo/Unary", &[b"over alpn"], &[("x-trailer", "t")])
+        .await;
+    assert_ok(&reply);
+    assert_eq!(
+        reply.trailers.get("x-echo-trailer").map(|v| v.as_bytes()),
+        Some(&b"t"[..])
+    );
+    wait_until("the TLS front saw HTTP/2 (ALPN chose h2)", || {
+        tls_front
+            .log_text()
+            .contains("POST /test.Echo/Unary status=200 route=all")
+            && tls_front.log_text().contains("proto=h2")
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tollgates_own_answers_are_grpc_statuses() {
     let service = GrpcServer::start();
     let edge = h2c_edge(&service);
