@@ -3,7 +3,36 @@
 //! on; this counts the tunnel while it is open and the bytes it carries.
 
 use crate::metrics::Metrics;
+use bytes::Bytes;
+use pingora::upstreams::peer::HttpPeer;
 use prometheus::{IntCounter, IntGauge};
+use std::time::Duration;
+
+/// An upgrade's attempt: a tunnel lives past the route's total (the
+/// deadline timer holds the wait for the 101 and is let go at it) and
+/// ends when the backend stays silent for `idle`.
+pub fn bound_by_idle(peer: &mut HttpPeer, idle: Duration) {
+    peer.options.read_timeout = Some(idle);
+    peer.options.write_timeout = Some(idle);
+}
+
+/// Counts a chunk the client sent, if the connection is a tunnel; true
+/// when it is (its bytes are then traffic, not a body to limit).
+pub fn count_to_backend(tunnel: Option<&OpenTunnel>, chunk: Option<&Bytes>) -> bool {
+    if let Some(tunnel) = tunnel {
+        tunnel.to_backend(chunk.map_or(0, Bytes::len));
+    }
+    tunnel.is_some()
+}
+
+/// Counts a chunk the backend sent, if the connection is a tunnel; true
+/// when it is (the route's total then no longer applies).
+pub fn count_from_backend(tunnel: Option<&OpenTunnel>, chunk: Option<&Bytes>) -> bool {
+    if let Some(tunnel) = tunnel {
+        tunnel.from_backend(chunk.map_or(0, Bytes::len));
+    }
+    tunnel.is_some()
+}
 
 /// One open tunnel: `tollgate_tunnels_open` while it lives (RAII), and
 /// its bytes in `tollgate_tunnel_bytes_total`.

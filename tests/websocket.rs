@@ -27,35 +27,46 @@ impl EchoBackend {
     }
 }
 
-async fn serve(socket: tokio::net::TcpStream, upgrades: Arc<AtomicUsize>) {
+async fn serve(mut socket: tokio::net::TcpStream, upgrades: Arc<AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // Look at the head without taking it, so the WebSocket handshake can
-    // read it again.
-    let mut head = [0u8; 4096];
-    let n = loop {
-        let Ok(n) = socket.peek(&mut head).await else {
-            return;
-        };
-        if n == 0 || head[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-            break n;
+    // The request head, byte by byte up to its blank line (nothing of a
+    // WebSocket frame can follow it before our answer).
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        match socket.read_u8().await {
+            Ok(b) if head.len() < 16 * 1024 => head.push(b),
+            _ => return,
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    let text = String::from_utf8_lossy(&head[..n]).to_ascii_lowercase();
-    if !text.contains("upgrade: websocket") {
-        let mut socket = socket;
-        let _ = socket.read(&mut head).await;
+    }
+    let head = String::from_utf8_lossy(&head);
+    let upgrade = head.to_ascii_lowercase().contains("upgrade: websocket");
+    let key = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-key"))
+        .map(|(_, key)| key.trim().to_owned());
+    let Some(key) = key.filter(|_| upgrade) else {
         let _ = socket
             .write_all(
                 b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nCache-Control: max-age=60\r\n\r\nplain",
             )
             .await;
         return;
-    }
-    upgrades.fetch_add(1, Ordering::SeqCst);
-    let Ok(mut ws) = tokio_tungstenite::accept_async(socket).await else {
-        return;
     };
+    upgrades.fetch_add(1, Ordering::SeqCst);
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let answer = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    if socket.write_all(answer.as_bytes()).await.is_err() {
+        return;
+    }
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        socket,
+        tokio_tungstenite::tungstenite::protocol::Role::Server,
+        None,
+    )
+    .await;
     // Data frames are echoed. tungstenite answers a close frame itself:
     // it queues the reply, and the next read sends it and ends the stream.
     while let Some(Ok(message)) = ws.next().await {
@@ -116,6 +127,8 @@ async fn messages_stream_both_ways_past_the_total_timeout_and_close_cleanly() {
         ws.send(Message::text("still here")).await.expect("send");
         let echo = ws.next().await.expect("message").expect("ok");
         assert_eq!(echo, Message::text("still here"));
+        // The client's pace, not a wait for a condition: the tunnel must
+        // stay in use until time has passed the route's total.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Close handshake: our close, the backend's answer, then the end.

@@ -141,11 +141,7 @@ impl ProxyHttp for Proxy {
         let (timeouts, pool) = route.ok_or_else(no_route)?;
         let mut peer = attempts.start(pool, &timeouts, started)?;
         if upgrade {
-            // A tunnel lives past the total (the deadline timer holds the
-            // wait for the 101, and is let go at it): it ends when the
-            // backend stays silent for `idle`.
-            peer.options.read_timeout = Some(timeouts.idle);
-            peer.options.write_timeout = Some(timeouts.idle);
+            crate::tunnel::bound_by_idle(&mut peer, timeouts.idle);
         }
         Ok(peer)
     }
@@ -469,8 +465,7 @@ impl ProxyHttp for Proxy {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(tunnel) = &ctx.tunnel {
-            tunnel.to_backend(body.as_ref().map_or(0, Bytes::len));
+        if crate::tunnel::count_to_backend(ctx.tunnel.as_ref(), body.as_ref()) {
             return Ok(());
         }
         match body {
@@ -510,10 +505,7 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
         let started = ctx.started;
-        if let (Some(tunnel), Some(bytes)) = (&ctx.tunnel, body.as_ref()) {
-            tunnel.from_backend(bytes.len());
-        }
-        let tunnel = ctx.tunnel.is_some();
+        let tunnel = crate::tunnel::count_from_backend(ctx.tunnel.as_ref(), body.as_ref());
         let (Some((timeouts, pool)), attempts) = ctx.timeouts_and_attempts() else {
             return Ok(None);
         };
