@@ -149,6 +149,35 @@ async fn purge(p: &PurgeAt, started: Instant) -> (Duration, Duration, String) {
     (from, started.elapsed(), body)
 }
 
+/// Polls the admin metrics until the purge's entries are freed
+/// (`tollgate_cache_purged_unreclaimed_entries` back at 0, at most two
+/// minutes); when that was, since `started`.
+async fn reclaimed(p: &PurgeAt, started: Instant) -> Duration {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let request = "GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n";
+    while Instant::now() < deadline {
+        let text = async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut stream = TcpStream::connect(&p.admin).await?;
+            stream.write_all(request.as_bytes()).await?;
+            let mut out = Vec::new();
+            stream.read_to_end(&mut out).await?;
+            Ok::<_, std::io::Error>(String::from_utf8_lossy(&out).into_owned())
+        }
+        .await
+        .unwrap_or_default();
+        let left = text
+            .lines()
+            .find_map(|l| l.strip_prefix("tollgate_cache_purged_unreclaimed_entries "))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        if left == Some(0.0) || left.is_none() && !text.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    started.elapsed()
+}
+
 fn stats(mut latencies: Vec<Duration>) -> serde_json::Value {
     if latencies.is_empty() {
         return serde_json::json!({"requests": 0});
@@ -207,9 +236,11 @@ async fn hits(
     let purged = match &purge_at {
         Some(p) => {
             let (from, to, answer) = purge(p, started).await;
-            // Keep loading for a second after the purge answered.
-            *stop.lock().unwrap_or_else(|p| p.into_inner()) = started + to + Duration::from_secs(1);
-            Some((from, to, answer))
+            let freed = reclaimed(p, started).await;
+            // Keep loading for a second after the purge's memory is freed.
+            *stop.lock().unwrap_or_else(|p| p.into_inner()) =
+                started + freed + Duration::from_secs(1);
+            Some((from, to, answer, freed))
         }
         None => None,
     };
@@ -224,7 +255,7 @@ async fn hits(
         "all": stats(samples.iter().map(|s| s.latency).collect()),
         "not_200": not_ok,
     });
-    if let Some((from, to, answer)) = purged {
+    if let Some((from, to, answer, freed)) = purged {
         let before: Vec<Duration> = samples
             .iter()
             .filter(|s| s.start + s.latency < from)
@@ -235,8 +266,15 @@ async fn hits(
             .filter(|s| s.start < to && s.start + s.latency > from)
             .map(|s| s.latency)
             .collect();
+        let reclaiming: Vec<Duration> = samples
+            .iter()
+            .filter(|s| s.start < freed && s.start + s.latency > to)
+            .map(|s| s.latency)
+            .collect();
         report["before_purge"] = stats(before);
         report["during_purge"] = stats(during);
+        report["during_reclaim"] = stats(reclaiming);
+        report["reclaim_ms"] = serde_json::json!((freed - to).as_secs_f64() * 1000.0);
         report["purge_ms"] = serde_json::json!((to - from).as_secs_f64() * 1000.0);
         report["purge_answer"] =
             serde_json::from_str(&answer).unwrap_or(serde_json::Value::String(answer));

@@ -80,6 +80,8 @@ pub struct Metrics {
     pub cache_size: IntGauge,
     /// `tollgate_cache_entries`.
     pub cache_entries: IntGauge,
+    /// `tollgate_cache_purged_unreclaimed_entries`: entries a large purge took out of service whose memory is still being freed.
+    pub cache_unreclaimed: IntGauge,
     /// `tollgate_cache_evictions_total`.
     pub cache_evictions: IntCounter,
     /// `tollgate_cache_purges_total{reason}`: `admin` or `invalidation`; counts entries removed.
@@ -271,6 +273,10 @@ impl Metrics {
             "Memory held by the response cache: bodies, headers and per-entry overhead",
         )?;
         let cache_entries = IntGauge::new("tollgate_cache_entries", "Responses held by the cache")?;
+        let cache_unreclaimed = IntGauge::new(
+            "tollgate_cache_purged_unreclaimed_entries",
+            "Entries a large purge took out of service (no longer served) whose memory the reclaimer has yet to free",
+        )?;
         let cache_evictions = IntCounter::new(
             "tollgate_cache_evictions_total",
             "Entries evicted to stay within cache.max_size",
@@ -484,6 +490,7 @@ impl Metrics {
         register(&registry, &mut names, Box::new(cache_requests.clone()))?;
         register(&registry, &mut names, Box::new(cache_size.clone()))?;
         register(&registry, &mut names, Box::new(cache_entries.clone()))?;
+        register(&registry, &mut names, Box::new(cache_unreclaimed.clone()))?;
         register(&registry, &mut names, Box::new(cache_evictions.clone()))?;
         register(&registry, &mut names, Box::new(cache_purges.clone()))?;
         register(&registry, &mut names, Box::new(upstream_healthy.clone()))?;
@@ -518,6 +525,7 @@ impl Metrics {
             cache_requests,
             cache_size,
             cache_entries,
+            cache_unreclaimed,
             cache_evictions,
             cache_purges,
             ratelimit_decisions,

@@ -392,3 +392,103 @@ fn the_redis_tier_works_on_a_redis_cluster() {
     assert_eq!(prefix.status, 502, "{}", prefix.text());
     assert_eq!(prefix.json()["error"], "purge_incomplete");
 }
+
+/// A purge takes effect in Redis when its marker is set, before its
+/// entries are deleted: an entry a marker newer than its write names is
+/// never served from Redis, while it is still there.
+#[test]
+fn a_purge_marker_hides_a_redis_entry_that_is_still_there() {
+    let redis = RedisServer::start();
+    let up = upstream();
+    let a = instance(&up, &redis);
+    for path in ["/items/1", "/other/x"] {
+        get(a.addr, path).expect("fill A");
+    }
+    wait_written(&a, 2.0);
+    let keys = redis.cli(&["--scan", "--pattern", "tollgate:cache:c:*"]);
+    assert_eq!(keys.lines().count(), 2, "{keys}");
+    // As another instance's purge of the route would, before its drain:
+    // a marker far newer than every write.
+    redis.cli(&["SET", "tollgate:cache:x:r:items", "1000000", "PX", "60000"]);
+    let b = instance(&up, &redis);
+    let hidden = get(b.addr, "/items/1").expect("get");
+    assert_eq!(
+        hidden.cache_status().as_deref(),
+        Some("tollgate; fwd=uri-miss; stored"),
+        "the marked entry was served from Redis"
+    );
+    assert_eq!(count(&up, "/items/1"), 2);
+    let kept = get(b.addr, "/other/x").expect("get");
+    let status = kept.header("cache-status").expect("Cache-Status");
+    assert!(
+        status.ends_with("detail=l2"),
+        "another route's entry: {status}"
+    );
+    for key in keys.lines() {
+        assert_eq!(redis.cli(&["EXISTS", key.trim()]).trim(), "1", "{key}");
+    }
+}
+
+/// A large purge answers once its markers are set and published, and
+/// deletes its Redis entries afterwards; memory and Redis both end empty
+/// of them, and nothing purged is served in between.
+#[test]
+fn a_large_purge_answers_first_and_empties_redis_after() {
+    const N: usize = 1_100; // above the batch a purge drains before answering
+    let redis = RedisServer::start();
+    let up = upstream();
+    let a = instance(&up, &redis);
+    let b = instance(&up, &redis);
+    for i in 0..N {
+        get(a.addr, &format!("/items/{i}")).expect("fill A");
+    }
+    get(a.addr, "/other/x").expect("fill A");
+    wait_written(&a, (N + 1) as f64);
+    let purged = admin_purge(&a, "{\"route\": \"items\"}");
+    assert_eq!(purged.status, 200, "{}", purged.text());
+    assert_eq!(purged.json()["purged"], N, "{}", purged.text());
+    assert_eq!(purged.json()["redis_purged"], N, "{}", purged.text());
+    // The route's marker outlives the longest-lived entry it hides (they
+    // live 300 s; markers alone, purge_marker_ttl, 60 s).
+    let marker_ms: u64 = redis
+        .cli(&["PTTL", "tollgate:cache:x:r:items"])
+        .trim()
+        .parse()
+        .expect("marker TTL");
+    assert!(marker_ms > 290_000, "marker lives {marker_ms} ms");
+    // (Each instance asks for other URLs: what one fetches after the purge
+    // the other may rightly find in Redis.)
+    for (node, path) in [
+        (&b, "/items/0"),
+        (&b, "/items/1099"),
+        (&a, "/items/1"),
+        (&a, "/items/1098"),
+    ] {
+        let r = get(node.addr, path).expect("get");
+        assert_eq!(
+            r.cache_status().as_deref(),
+            Some("tollgate; fwd=uri-miss; stored"),
+            "{path} was served after its purge"
+        );
+    }
+    // Only what was fetched after the purge is left: in Redis at most the
+    // four refetched and /other/x, in the route's index at most the four.
+    wait_until("Redis drained the route", || {
+        let members: usize = redis
+            .cli(&["ZCARD", "tollgate:cache:i:r:items"])
+            .trim()
+            .parse()
+            .unwrap_or(usize::MAX);
+        let entries = redis
+            .cli(&["--scan", "--pattern", "tollgate:cache:c:*"])
+            .lines()
+            .count();
+        members <= 4 && entries <= 5
+    });
+    wait_until("A freed the purged entries", || {
+        a.metric("tollgate_cache_purged_unreclaimed_entries") == Some(0.0)
+            && a.metric("tollgate_cache_entries") == Some(3.0)
+    });
+    let kept = get(a.addr, "/other/x").expect("get");
+    assert_eq!(kept.cache_status().as_deref(), Some("tollgate; hit"));
+}

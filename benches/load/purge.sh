@@ -157,12 +157,15 @@ purge_run() { # label with_redis n purge_json
   stop
   [ "$with_redis" = 1 ] && stop_redis
   echo "$label n=$n: $result" >&2
-  local b99 bmax d99 dmax dn ms purged
+  local b99 bmax d99 dmax dn ms purged r99 rmax rms
   b99=$(field "$result" before_purge p99_ms); bmax=$(field "$result" before_purge max_ms)
   d99=$(field "$result" during_purge p99_ms); dmax=$(field "$result" during_purge max_ms)
   dn=$(field "$result" during_purge requests); ms=$(field "$result" purge_ms)
   purged=$(field "$result" purge_answer purged)
-  rows+=("$label $n $entries $purged $ms $b99 $d99 $bmax $dmax $dn $idle $filled $after $used_filled $used_after")
+  rms=$(field "$result" reclaim_ms)
+  r99=$(field "$result" during_reclaim p99_ms 2>/dev/null || echo 0)
+  rmax=$(field "$result" during_reclaim max_ms 2>/dev/null || echo 0)
+  rows+=("$label $n $entries $purged $ms $b99 $d99 $bmax $dmax $dn $rms $r99 $rmax $idle $filled $after $used_filled $used_after")
   json_parts+=("\"${label}_$n\": {\"fill\": $fill_json, \"entries\": $entries, \"hits\": $result, \"rss_idle_kib\": $idle, \"rss_filled_kib\": $filled, \"rss_after_kib\": $after, \"redis_used_before\": \"$used_before\", \"redis_used_filled\": \"$used_filled\", \"redis_used_after\": \"$used_after\"}")
 }
 
@@ -229,10 +232,10 @@ if [[ " $PARTS " == *" hits "* ]]; then
 fi
 
 echo
-printf '%-13s %8s %8s %8s %9s %22s %22s %7s %26s %24s\n' run entries held purged "purge ms" "hit p99 before/during" "hit max before/during" "during" "RSS KiB idle/filled/after" "Redis B filled/after"
+printf '%-13s %8s %8s %8s %9s %22s %22s %7s %10s %22s %26s %24s\n' run entries held purged "purge ms" "hit p99 before/during" "hit max before/during" "during" "reclaim ms" "reclaiming p99/max" "RSS KiB idle/filled/after" "Redis B filled/after"
 for r in ${rows[@]+"${rows[@]}"}; do
-  read -r label n entries purged ms b99 d99 bmax dmax dn idle filled after uf ua <<<"$r"
-  printf '%-13s %8s %8s %8s %9.0f %10.2f / %-9.2f %10.2f / %-9.2f %7s %26s %24s\n' "$label" "$n" "$entries" "$purged" "$ms" "$b99" "$d99" "$bmax" "$dmax" "$dn" "$idle/$filled/$after" "$uf/$ua"
+  read -r label n entries purged ms b99 d99 bmax dmax dn rms r99 rmax idle filled after uf ua <<<"$r"
+  printf '%-13s %8s %8s %8s %9.0f %10.2f / %-9.2f %10.2f / %-9.2f %7s %10.0f %10.2f / %-9.2f %26s %24s\n' "$label" "$n" "$entries" "$purged" "$ms" "$b99" "$d99" "$bmax" "$dmax" "$dn" "$rms" "$r99" "$rmax" "$idle/$filled/$after" "$uf/$ua"
 done
 if [ -n "$index_row" ]; then
   read -r writes live members entry_bytes growth live_bytes <<<"$index_row"

@@ -205,6 +205,9 @@ impl AdminApp {
         metrics
             .cache_entries
             .set(i64::try_from(cache.store.entries()).unwrap_or(i64::MAX));
+        metrics
+            .cache_unreclaimed
+            .set(i64::try_from(cache.store.unreclaimed()).unwrap_or(i64::MAX));
         let evicted = cache.evicted_items() as u64;
         let counted = metrics.cache_evictions.get();
         if evicted > counted {

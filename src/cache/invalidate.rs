@@ -74,7 +74,7 @@ fn succeeded(done: &Finished<'_>) -> bool {
 /// thread). Returns every purge, for memory (tags), the Redis tier and
 /// the other instances.
 pub fn after_request(
-    store: &MemoryStore,
+    store: &'static MemoryStore,
     metrics: &Metrics,
     done: &Finished<'_>,
     named_tags: Vec<Arc<str>>,
@@ -99,7 +99,7 @@ pub fn after_request(
 
 /// Purges `uris` from memory; counts what it removed in
 /// `tollgate_cache_purges_total{reason="invalidation"}` and returns it.
-fn purge_stale(store: &MemoryStore, metrics: &Metrics, uris: &[String]) -> usize {
+fn purge_stale(store: &'static MemoryStore, metrics: &Metrics, uris: &[String]) -> usize {
     // Even with nothing stored: the purge is recorded, so a fill of these
     // URIs in flight is dropped (`cache::store::purges`).
     if uris.is_empty() {
@@ -181,7 +181,7 @@ mod tests {
     use super::*;
 
     /// The URI part of `after_request`, returning how many entries went.
-    fn invalidate(store: &MemoryStore, metrics: &Metrics, done: &Finished<'_>) -> usize {
+    fn invalidate(store: &'static MemoryStore, metrics: &Metrics, done: &Finished<'_>) -> usize {
         purge_stale(store, metrics, &stale_uris(done))
     }
     use pingora::cache::key::CacheKey;

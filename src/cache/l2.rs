@@ -11,15 +11,22 @@
 //!   markers (`cache::markers`): a write a purge overtook is dropped. Each
 //!   write has its own bound (`write_timeout`). A full queue drops the
 //!   write and counts it.
-//! - **Format**: `TGC2`, then the length (u32, big-endian) and bytes of
+//! - **Format**: `TGC3`, then the length (u32, big-endian) and bytes of
 //!   the entry's index keys (newline-separated: a purge that drains one
 //!   index reads them with `GETRANGE` to take the entry out of its other
-//!   indexes too), then the lengths and bytes of Pingora's serialized
-//!   internal meta and header, then the body. `TGC1` (no index keys,
-//!   written by earlier versions during a rolling upgrade) still decodes;
-//!   an earlier version reads `TGC2` as a miss. Anything else that does not
-//!   decode (a truncated value) is a miss, counted as an error; it is never
-//!   served.
+//!   indexes too), then the length and bytes of its write's shared purge
+//!   generation (decimal: the lookup script compares it with the purge
+//!   markers of those index keys, `cache::markers`), then the lengths and
+//!   bytes of Pingora's serialized internal meta and header, then the body.
+//!   `TGC2` (no generation, written by the previous version during a
+//!   rolling upgrade) still decodes, as generation 0: any live marker that
+//!   names it hides it. `TGC1` (no index keys) is a miss: it cannot be
+//!   checked against the markers. An earlier version reads `TGC3` as a
+//!   miss. Anything else that does not decode (a truncated value) is a
+//!   miss, counted as an error; it is never served.
+//! - **Purges** answer once their markers are set and published; a large
+//!   index is drained afterwards (`cache::purge`). Until then its entries
+//!   are still in Redis, and the lookup script hides them.
 
 use super::markers::{self, MarkedWrite};
 use super::store::FillTicket;
@@ -33,14 +40,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// The format tag every stored value starts with.
-const MAGIC: &[u8; 4] = b"TGC2";
+const MAGIC: &[u8; 4] = b"TGC3";
 
-/// The previous format: no index keys.
-const MAGIC_V1: &[u8; 4] = b"TGC1";
+/// The previous format: index keys, no generation.
+const MAGIC_V2: &[u8; 4] = b"TGC2";
 
 /// The most bytes of index keys an entry carries; an entry with more (an
-/// unusual number of long tags) carries none, and a purge then leaves its
-/// members in its other indexes until they expire, as before `TGC2`.
+/// unusual number of long tags) is kept in memory only: without its index
+/// keys a lookup could not check it against the purge markers.
 pub const MAX_INDEX_NAMES: usize = 4096;
 
 /// Bytes a purge reads from the front of an entry to find its index keys
@@ -86,6 +93,9 @@ pub struct L2Entry {
     /// The index keys the entry was added to, newline-separated (kept
     /// as written so a soft purge can write them back unchanged).
     pub index_names: Vec<u8>,
+    /// The shared purge generation its write began at (0 when unknown):
+    /// a purge marker newer than it that names it hides it.
+    pub generation: u64,
     /// Pingora's serialized internal meta.
     pub internal: Vec<u8>,
     /// Pingora's serialized header.
@@ -105,11 +115,18 @@ pub fn index_names(indexes: &[String]) -> Vec<u8> {
 }
 
 /// Encodes an entry in the tier's format.
-pub fn encode(index_names: &[u8], internal: &[u8], header: &[u8], body: &[u8]) -> Option<Vec<u8>> {
-    let sized = index_names.len() + internal.len() + header.len();
-    let mut out = Vec::with_capacity(16 + sized + body.len());
+pub fn encode(
+    index_names: &[u8],
+    generation: u64,
+    internal: &[u8],
+    header: &[u8],
+    body: &[u8],
+) -> Option<Vec<u8>> {
+    let generation = generation.to_string();
+    let sized = index_names.len() + generation.len() + internal.len() + header.len();
+    let mut out = Vec::with_capacity(20 + sized + body.len());
     out.extend_from_slice(MAGIC);
-    for part in [index_names, internal, header] {
+    for part in [index_names, generation.as_bytes(), internal, header] {
         out.extend_from_slice(&u32::try_from(part.len()).ok()?.to_be_bytes());
         out.extend_from_slice(part);
     }
@@ -118,16 +135,29 @@ pub fn encode(index_names: &[u8], internal: &[u8], header: &[u8], body: &[u8]) -
 }
 
 /// Decodes a stored value; `None` for anything not in the current format
-/// or `TGC1`.
+/// or `TGC2`.
 pub fn decode(value: &[u8]) -> Option<L2Entry> {
-    let (index_names, rest) = match value.strip_prefix(MAGIC) {
-        Some(rest) => take_sized(rest)?,
-        None => (&b""[..], value.strip_prefix(MAGIC_V1)?),
+    let (index_names, generation, rest) = match value.strip_prefix(MAGIC) {
+        Some(rest) => {
+            let (index_names, rest) = take_sized(rest)?;
+            let (generation, rest) = take_sized(rest)?;
+            let generation = std::str::from_utf8(generation).ok()?.parse().ok()?;
+            (index_names, generation, rest)
+        }
+        None => {
+            let (index_names, rest) = take_sized(value.strip_prefix(MAGIC_V2)?)?;
+            (index_names, 0, rest)
+        }
     };
+    if index_names.is_empty() {
+        // Nothing the purge markers could be checked against.
+        return None;
+    }
     let (internal, rest) = take_sized(rest)?;
     let (header, body) = take_sized(rest)?;
     Some(L2Entry {
         index_names: index_names.to_vec(),
+        generation,
         internal: internal.to_vec(),
         header: header.to_vec(),
         body: Bytes::copy_from_slice(body),
@@ -139,7 +169,10 @@ pub fn decode(value: &[u8]) -> Option<L2Entry> {
 /// is longer than `head` and the first `n` bytes are needed, `Ok(empty)`
 /// for a value without them (`TGC1`, or not ours).
 pub fn index_names_in(head: &[u8]) -> Result<Vec<&str>, usize> {
-    let Some(rest) = head.strip_prefix(MAGIC) else {
+    let Some(rest) = head
+        .strip_prefix(MAGIC)
+        .or_else(|| head.strip_prefix(MAGIC_V2))
+    else {
         return Ok(Vec::new());
     };
     let Some(len) = rest.get(..4).and_then(|b| b.try_into().ok()) else {
@@ -332,9 +365,15 @@ impl RedisTier {
             return (LookupResult::Error, None);
         };
         let key = self.entry_key(combined);
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(&key);
-        let get = cmd.query_async::<Option<Vec<u8>>>(&mut conn);
+        let prefix_markers = self.prefix_markers();
+        let get = async {
+            if self.link.is_cluster() {
+                redis::cmd("GET").arg(&key).query_async(&mut conn).await
+            } else {
+                let prefix_len = self.settings.key_prefix.len();
+                markers::lookup(&mut conn, &key, &prefix_markers, prefix_len).await
+            }
+        };
         // `answered`: Redis did its part (a value that does not decode is
         // ours to refuse, not a reason to open the breaker).
         let (result, entry, answered) =
@@ -379,8 +418,13 @@ impl RedisTier {
             .into_iter()
             .chain(names.tags.iter().map(|t| self.tag_index(t)))
             .collect();
+        let names_block = index_names(&indexes);
+        if names_block.is_empty() {
+            return; // too many index keys to check against purges: memory only
+        }
         let Some(value) = encode(
-            &index_names(&indexes),
+            &names_block,
+            ticket.shared,
             &entry.internal,
             &entry.header,
             &entry.body,
@@ -463,12 +507,13 @@ mod tests {
     #[test]
     fn entries_round_trip_and_anything_else_is_refused() {
         let names = index_names(&["p:i:u:a/x".to_owned(), "p:i:r:api".to_owned()]);
-        let value = encode(&names, b"meta", b"header", b"body bytes").expect("encode");
+        let value = encode(&names, 42, b"meta", b"header", b"body bytes").expect("encode");
         let entry = decode(&value).expect("decode");
         assert_eq!(
             (&entry.internal[..], &entry.header[..], &entry.body[..]),
             (&b"meta"[..], &b"header"[..], &b"body bytes"[..])
         );
+        assert_eq!(entry.generation, 42);
         assert_eq!(entry.index_names, names);
         assert_eq!(index_names_in(&value), Ok(vec!["p:i:u:a/x", "p:i:r:api"]));
         assert!(decode(b"TGC0....").is_none(), "another format");
@@ -479,20 +524,30 @@ mod tests {
         assert!(decode(&lying).is_none(), "a length past the end");
     }
 
-    #[test]
-    fn the_previous_format_still_decodes_and_carries_no_index_keys() {
-        let mut v1 = b"TGC1".to_vec();
-        for part in [&b"meta"[..], b"header"] {
-            v1.extend_from_slice(&(part.len() as u32).to_be_bytes());
-            v1.extend_from_slice(part);
+    fn value_of(magic: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+        let mut value = magic.to_vec();
+        for part in parts {
+            value.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            value.extend_from_slice(part);
         }
-        v1.extend_from_slice(b"body");
-        let entry = decode(&v1).expect("TGC1 decodes");
+        value.extend_from_slice(b"body");
+        value
+    }
+
+    #[test]
+    fn the_previous_format_decodes_as_generation_0_and_the_one_before_not() {
+        let v2 = value_of(b"TGC2", &[b"p:i:u:a/x", b"meta", b"header"]);
+        let entry = decode(&v2).expect("TGC2 decodes");
         assert_eq!(
-            (&entry.header[..], &entry.body[..]),
-            (&b"header"[..], &b"body"[..])
+            (&entry.header[..], &entry.body[..], entry.generation),
+            (&b"header"[..], &b"body"[..], 0)
         );
-        assert!(entry.index_names.is_empty());
+        assert_eq!(index_names_in(&v2), Ok(vec!["p:i:u:a/x"]));
+        let v1 = value_of(b"TGC1", &[b"meta", b"header"]);
+        assert!(
+            decode(&v1).is_none(),
+            "no index keys: cannot be checked against purge markers"
+        );
         assert_eq!(index_names_in(&v1), Ok(Vec::new()));
     }
 
@@ -502,11 +557,13 @@ mod tests {
             .map(|i| format!("prefix:i:t:tag-number-{i:04}"))
             .collect();
         let names = index_names(&long);
-        let value = encode(&names, b"m", b"h", b"b").expect("encode");
+        let value = encode(&names, 7, b"m", b"h", b"b").expect("encode");
         assert_eq!(index_names_in(&value[..HEAD_READ]), Err(8 + names.len()));
         assert_eq!(index_names_in(&value).map(|n| n.len()), Ok(40));
         let huge: Vec<String> = (0..1000).map(|i| format!("t{i:08}")).collect();
         assert!(index_names(&huge).is_empty(), "over MAX_INDEX_NAMES: none");
+        let value = encode(&[], 7, b"m", b"h", b"b").expect("encode");
+        assert!(decode(&value).is_none(), "no index keys: never served");
     }
 
     #[test]

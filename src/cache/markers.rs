@@ -24,10 +24,18 @@
 //! write, so an index holds about the live entries however long a route is
 //! in use.
 //!
+//! Lookups check the same markers ([`LOOKUP_LUA`]): an entry carries its
+//! write's generation and its index keys (`cache::l2`'s format), and a
+//! marker newer than it that names it hides it. So a purge takes effect
+//! when its markers are set, before its entries are deleted: a large
+//! index is drained after the purge answers, and a marker lives as long
+//! as the longest-lived entry its index held when it was set.
+//!
 //! On a Redis Cluster the entry, its markers and its indexes live in
 //! different slots, so one script cannot cover them: the markers are read
 //! and the entry written in separate commands, and a purge landing between
-//! the two (one round trip) can still be overtaken.
+//! the two (one round trip) can still be overtaken. Lookups there are a
+//! plain `GET`, so cluster purges delete their entries before answering.
 
 use crate::cache::store::FillTicket;
 use crate::redis_link::RedisConn;
@@ -78,13 +86,78 @@ end
 return 1
 "#;
 
-/// Leaves a marker: the larger of its generation and ARGV[1], for ARGV[2] ms.
+/// Leaves a marker: the larger of its generation and ARGV[1], for at
+/// least ARGV[2] ms, as long as it already had left, and — KEYS[2], the
+/// index the purge drains, when given — until the last entry that index
+/// lists expires (its highest score), so every entry it names stays hidden
+/// until deleted or expired however long the drain takes.
 const MARK_LUA: &str = r#"
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 local generation = tonumber(ARGV[1])
 if current > generation then generation = current end
-redis.call('SET', KEYS[1], generation, 'PX', ARGV[2])
+local ttl = tonumber(ARGV[2])
+local left = redis.call('PTTL', KEYS[1])
+if left > ttl then ttl = left end
+if KEYS[2] and redis.call('TYPE', KEYS[2]).ok == 'zset' then
+  local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+  if last[2] then
+    local time = redis.call('TIME')
+    local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+    local needed = tonumber(last[2]) - now + 1000
+    if needed > ttl then ttl = needed end
+  end
+end
+redis.call('SET', KEYS[1], generation, 'PX', math.floor(ttl))
 return generation
+"#;
+
+/// Reads an entry unless a purge marker newer than its write names it
+/// (then `nil`, as if absent). The markers are found from the entry's own
+/// index keys: `{prefix}i:K:name` is marked by `{prefix}x:K:name`.
+///
+/// KEYS: the entry, the prefix markers. ARGV: the key prefix's length,
+/// [`PREFIXES_KEPT`]. A value in another format is returned as it is (the
+/// caller refuses it); `TGC2` counts as generation 0.
+pub const LOOKUP_LUA: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if not v then return false end
+local magic = string.sub(v, 1, 4)
+if magic ~= 'TGC3' and magic ~= 'TGC2' then return v end
+local function u32(at)
+  local a, b, c, d = string.byte(v, at, at + 3)
+  if not d then return nil end
+  return ((a * 256 + b) * 256 + c) * 256 + d
+end
+local len = u32(5)
+if not len then return v end
+local names = string.sub(v, 9, 8 + len)
+local generation = 0
+if magic == 'TGC3' then
+  local glen = u32(9 + len)
+  if not glen then return v end
+  generation = tonumber(string.sub(v, 13 + len, 12 + len + glen)) or 0
+end
+local skip = tonumber(ARGV[1])
+local uri = nil
+for name in string.gmatch(names, '[^\n]+') do
+  local marked = redis.call('GET', string.sub(name, 1, skip) .. 'x' .. string.sub(name, skip + 2))
+  if marked and tonumber(marked) > generation then return false end
+  if string.sub(name, skip + 1, skip + 4) == 'i:u:' then uri = string.sub(name, skip + 5) end
+end
+if not uri then return false end
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then
+  local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  if oldest[2] and tonumber(oldest[2]) > generation then return false end
+end
+local slash = string.find(uri, '/', 1, true)
+local path = slash and string.sub(uri, slash) or ''
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. generation, '+inf')) do
+  local subject = path
+  if string.sub(m, 1, 1) == 'h' then subject = uri end
+  local prefix = string.sub(m, 2)
+  if string.sub(subject, 1, #prefix) == prefix then return false end
+end
+return v
 "#;
 
 /// Leaves a prefix marker (member ARGV[2], score ARGV[1]), keeps the
@@ -116,6 +189,7 @@ fn script(
 
 static WRITE: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
 static MARK: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+static LOOKUP: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
 static MARK_PREFIX: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
 static REPLACE_IF_UNCHANGED: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
 
@@ -243,20 +317,43 @@ pub async fn write(conn: &mut RedisConn, w: &MarkedWrite, cluster: bool) -> Redi
     Ok(true)
 }
 
-/// Leaves a marker of `generation` on `key` for `ttl_ms`.
+/// Leaves a marker of `generation` on `key` for at least `ttl_ms`, and
+/// until the last entry `index` lists expires (`None` on a cluster, where
+/// the two live in different slots).
 pub async fn mark(
     conn: &mut RedisConn,
     key: &str,
+    index: Option<&str>,
     generation: u64,
     ttl_ms: u64,
 ) -> RedisResult<()> {
-    let _: u64 = script(MARK_LUA, &MARK)
-        .key(key)
+    let mut invocation = script(MARK_LUA, &MARK).prepare_invoke();
+    invocation.key(key);
+    if let Some(index) = index {
+        invocation.key(index);
+    }
+    let _: u64 = invocation
         .arg(generation)
         .arg(ttl_ms)
         .invoke_async(conn)
         .await?;
     Ok(())
+}
+
+/// Reads `key` unless a purge marker hides it ([`LOOKUP_LUA`]).
+pub async fn lookup(
+    conn: &mut RedisConn,
+    key: &str,
+    prefix_markers: &str,
+    key_prefix_len: usize,
+) -> RedisResult<Option<Vec<u8>>> {
+    script(LOOKUP_LUA, &LOOKUP)
+        .key(key)
+        .key(prefix_markers)
+        .arg(key_prefix_len)
+        .arg(PREFIXES_KEPT)
+        .invoke_async(conn)
+        .await
 }
 
 /// Leaves a prefix marker: `member` is `h` + host and path prefix, or `p`

@@ -90,7 +90,7 @@ pub async fn purge_memory_off_runtime(store: &'static MemoryStore, purge: &Purge
 
 /// Applies `purge` to this instance's memory; how many entries it
 /// removed (or marked stale).
-pub fn purge_memory(store: &MemoryStore, purge: &Purge) -> usize {
+pub fn purge_memory(store: &'static MemoryStore, purge: &Purge) -> usize {
     let host_prefix;
     let selection = match &purge.target {
         PurgeTarget::Uri(uri) => Selection::Uri(uri),
@@ -133,15 +133,26 @@ fn glob_escape(literal: &str) -> String {
 /// few milliseconds of Redis's time however large the index.
 const REDIS_BATCH: usize = 1000;
 
+/// A drain after the purge answered rests as long as each batch took, so
+/// it takes at most half of Redis's time from the lookups beside it.
+const DRAIN_REST: u32 = 1;
+
 /// Removes `target` from the Redis tier and tells the other instances,
 /// within `cache.redis.purge_timeout`. Returns how many Redis entries went
 /// (or were marked stale); errors say what failed.
 ///
 /// Order: the purge takes the next shared generation and leaves its
-/// markers first (from then on, writes that began before it are dropped,
-/// `cache::markers`), then drains the index sets in batches, then
-/// publishes (with the generation, so other instances' later requests may
-/// write again).
+/// markers first (from then on, writes that began before it are dropped
+/// and lookups no longer see the entries it names, `cache::markers`), then
+/// drains the index sets in batches, then publishes (with the generation,
+/// so other instances' later requests may write again). A hard purge of
+/// a URL, route or tag whose indexes list more than [`REDIS_BATCH`]
+/// entries publishes first and drains after answering, paced
+/// ([`DRAIN_REST`]): the markers hide its entries meanwhile, so it takes
+/// effect in milliseconds however large. The answer then counts the
+/// entries the indexes listed. On a Redis Cluster (lookups there do not
+/// read the markers) and for prefix and soft purges, the drain comes
+/// first, as described.
 pub async fn purge_shared(
     tier: &RedisTier,
     store: &MemoryStore,
@@ -179,7 +190,17 @@ async fn purge_shared_within(
         .query_async(&mut conn)
         .await
         .map_err(|e| format!("taking a purge generation: {e}"))?;
-    leave_marker(tier, &mut conn, target, generation).await?;
+    // The index whose entries' lifetimes the marker must outlast (the
+    // lookups read markers only outside a cluster).
+    let drained_later = !cluster && !purge.soft;
+    let marked_index = match target {
+        PurgeTarget::Uri(uri) => Some(tier.uri_index(uri)),
+        PurgeTarget::Route(route) => Some(tier.route_index(route)),
+        PurgeTarget::Tag(tag) => Some(tier.tag_index(tag)),
+        PurgeTarget::Prefix { .. } => None,
+    }
+    .filter(|_| drained_later);
+    leave_marker(tier, &mut conn, target, marked_index.as_deref(), generation).await?;
     store.heard_shared_generation(generation);
     let indexes: Vec<String> = match target {
         PurgeTarget::Uri(uri) => vec![tier.uri_index(uri), tier.legacy_index('u', uri)],
@@ -200,14 +221,35 @@ async fn purge_shared_within(
             found
         }
     };
+    if marked_index.is_some() {
+        let listed = listed_in(&mut conn, &indexes).await?;
+        if listed > REDIS_BATCH {
+            publish(tier, &mut conn, instance, purge, generation).await?;
+            let link = tier.link().clone();
+            tokio::spawn(async move { drain_after_answer(&link, &indexes).await });
+            return Ok(listed);
+        }
+    }
     let mut removed = 0usize;
     for index in &indexes {
         removed += if purge.soft {
             expire_index(&mut conn, index).await?
         } else {
-            drain_index(&mut conn, index, cluster).await?
+            drain_index(&mut conn, index, cluster, 0).await?
         };
     }
+    publish(tier, &mut conn, instance, purge, generation).await?;
+    Ok(removed)
+}
+
+/// Tells the other instances about a purge.
+async fn publish(
+    tier: &RedisTier,
+    conn: &mut RedisConn,
+    instance: &str,
+    purge: &Purge,
+    generation: u64,
+) -> Result<(), String> {
     let announcement = serde_json::to_string(&Announcement {
         from: instance.to_owned(),
         purge: purge.clone(),
@@ -217,10 +259,47 @@ async fn purge_shared_within(
     redis::cmd("PUBLISH")
         .arg(channel(tier))
         .arg(announcement)
-        .query_async::<i64>(&mut conn)
+        .query_async::<i64>(conn)
         .await
         .map_err(|e| format!("publishing the purge: {e}"))?;
-    Ok(removed)
+    Ok(())
+}
+
+/// How many entries these indexes list.
+async fn listed_in(conn: &mut RedisConn, indexes: &[String]) -> Result<usize, String> {
+    let mut listed = 0;
+    for index in indexes {
+        if let Some(batches) = IndexBatches::open(conn, index).await? {
+            listed += batches.left;
+        }
+    }
+    Ok(listed)
+}
+
+/// Drains a purge's indexes after it answered (its markers hide the
+/// entries meanwhile), paced by [`DRAIN_REST`]. Failures are logged: the
+/// entries left stay hidden until they expire, and their index members
+/// are trimmed as they do.
+async fn drain_after_answer(link: &crate::redis_link::RedisLink, indexes: &[String]) {
+    let started = std::time::Instant::now();
+    let mut removed = 0;
+    for index in indexes {
+        let Some(mut conn) = link.conn() else {
+            log::warn!("cache: draining {index} after its purge: Redis is not connected; its entries stay hidden until they expire");
+            return;
+        };
+        match drain_index(&mut conn, index, false, DRAIN_REST).await {
+            Ok(n) => removed += n,
+            Err(e) => {
+                log::warn!("cache: draining {index} after its purge: {e}; the entries left stay hidden until they expire");
+                return;
+            }
+        }
+    }
+    log::info!(
+        "cache: deleted {removed} purged Redis entries in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// Leaves the purge's marker (`cache::markers`).
@@ -228,18 +307,19 @@ async fn leave_marker(
     tier: &RedisTier,
     conn: &mut RedisConn,
     target: &PurgeTarget,
+    index: Option<&str>,
     generation: u64,
 ) -> Result<(), String> {
     let ttl_ms = u64::try_from(tier.settings().purge_marker_ttl.as_millis()).unwrap_or(u64::MAX);
     let marked = match target {
         PurgeTarget::Uri(uri) => {
-            markers::mark(conn, &tier.marker('u', uri), generation, ttl_ms).await
+            markers::mark(conn, &tier.marker('u', uri), index, generation, ttl_ms).await
         }
         PurgeTarget::Route(route) => {
-            markers::mark(conn, &tier.marker('r', route), generation, ttl_ms).await
+            markers::mark(conn, &tier.marker('r', route), index, generation, ttl_ms).await
         }
         PurgeTarget::Tag(tag) => {
-            markers::mark(conn, &tier.marker('t', tag), generation, ttl_ms).await
+            markers::mark(conn, &tier.marker('t', tag), index, generation, ttl_ms).await
         }
         PurgeTarget::Prefix { prefix, host } => {
             let member = match host {
@@ -395,13 +475,23 @@ impl<'a> IndexBatches<'a> {
 
 /// Removes every entry an index lists, and the index, in batches of
 /// [`REDIS_BATCH`] (`UNLINK`: Redis frees the values off its main
-/// thread); how many entries went.
-async fn drain_index(conn: &mut RedisConn, index: &str, cluster: bool) -> Result<usize, String> {
+/// thread), resting `rest` times as long as each batch took; how many
+/// entries went.
+async fn drain_index(
+    conn: &mut RedisConn,
+    index: &str,
+    cluster: bool,
+    rest: u32,
+) -> Result<usize, String> {
     let Some(mut batches) = IndexBatches::open(conn, index).await? else {
         return Ok(0);
     };
     let mut removed = 0usize;
-    while let Some(batch) = batches.next(conn, true).await? {
+    loop {
+        let started = std::time::Instant::now();
+        let Some(batch) = batches.next(conn, true).await? else {
+            break;
+        };
         if batch.is_empty() {
             continue;
         }
@@ -423,6 +513,9 @@ async fn drain_index(conn: &mut RedisConn, index: &str, cluster: bool) -> Result
                 .await
                 .map_err(|e| format!("deleting what {index} lists: {e}"))?;
             removed += gone;
+        }
+        if rest > 0 {
+            tokio::time::sleep(started.elapsed() * rest).await;
         }
     }
     Ok(removed)
@@ -538,7 +631,13 @@ async fn expire_entry(conn: &mut RedisConn, key: &str) -> Result<bool, String> {
     let Ok((internal, header)) = meta.serialize() else {
         return Ok(false);
     };
-    let Some(new) = super::l2::encode(&entry.index_names, &internal, &header, &entry.body) else {
+    let Some(new) = super::l2::encode(
+        &entry.index_names,
+        entry.generation,
+        &internal,
+        &header,
+        &entry.body,
+    ) else {
         return Ok(false);
     };
     markers::replace_if_unchanged(conn, key, &old, &new)

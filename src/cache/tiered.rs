@@ -61,6 +61,7 @@ impl TieredStorage {
         let ttl = ttl_of(meta.fresh_until(), stale, SystemTime::now());
         let entry = L2Entry {
             index_names: Vec::new(), // `RedisTier::store` names them
+            generation: 0,           // and stamps them with the ticket's
             internal,
             header,
             body,

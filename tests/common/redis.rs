@@ -209,7 +209,8 @@ impl Drop for RedisCluster {
 }
 
 /// A TCP relay in front of a Redis server that can hold back the replies
-/// on connections that have asked `GET` (the tier's lookups), while every
+/// on connections that have asked `GET` or run the lookup script (the
+/// tier's lookups, `tollgate::cache::markers::LOOKUP_LUA`), while every
 /// other connection — the purge channel's subscription among them — goes
 /// on. It makes "a lookup in flight while something else happens"
 /// deterministic.
@@ -274,6 +275,9 @@ fn relay(client: TcpStream, upstream: TcpStream, state: std::sync::Arc<GateState
         _ => return,
     };
     let seen = asked_get.clone();
+    let lookup_script = redis::Script::new(tollgate::cache::markers::LOOKUP_LUA)
+        .get_hash()
+        .to_owned();
     std::thread::spawn(move || {
         let mut buf = [0u8; 16 * 1024];
         while let Ok(n) = client_in.read(&mut buf) {
@@ -281,9 +285,11 @@ fn relay(client: TcpStream, upstream: TcpStream, state: std::sync::Arc<GateState
                 break;
             }
             // `*2\r\n$3\r\nGET\r\n$…`: the command name as a RESP bulk string.
+            let lookup = lookup_script.as_bytes();
             if buf[..n]
                 .windows(8)
                 .any(|w| w.eq_ignore_ascii_case(b"\r\nGET\r\n$"))
+                || buf[..n].windows(lookup.len()).any(|w| w == lookup)
             {
                 seen.store(true, Ordering::SeqCst);
             }

@@ -175,6 +175,10 @@ pub(super) struct Entry {
     /// made once however many first hits ask for it together
     /// ([`super::MemoryStore::encoded_body`]).
     pub(super) encoded: [tokio::sync::OnceCell<Bytes>; 3],
+    /// The purge generation its request began at (its fill's
+    /// [`super::FillTicket`]): a purge recorded later names it, one
+    /// recorded earlier does not (or the fill would have been dropped).
+    pub(super) generation: u64,
 }
 
 impl Entry {
@@ -200,6 +204,7 @@ impl Entry {
             tags_weight,
             weight: AtomicUsize::new(weight),
             encoded: Default::default(),
+            generation: 0,
         }
     }
 
@@ -213,15 +218,24 @@ impl Entry {
         let (internal, _) = meta.serialize().ok()?;
         let mut times = StoredTimes::of(&meta);
         times.variance = self.times.variance;
-        Some(Entry::new(
-            internal,
-            self.header.clone(),
-            self.body.clone(),
-            self.primary,
-            self.compact.clone(),
-            times,
-            self.tags_weight,
-        ))
+        Some(
+            Entry::new(
+                internal,
+                self.header.clone(),
+                self.body.clone(),
+                self.primary,
+                self.compact.clone(),
+                times,
+                self.tags_weight,
+            )
+            .stamped(self.generation),
+        )
+    }
+
+    /// This entry, stored by a request that began at purge `generation`.
+    pub(super) fn stamped(mut self, generation: u64) -> Self {
+        self.generation = generation;
+        self
     }
 
     pub(super) fn weight(&self) -> usize {

@@ -55,7 +55,7 @@ use pingora::cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
 use pingora::cache::CacheEntryKeyRef;
 use pingora::http::ResponseHeader;
 use pingora::Result;
-use purges::{FillNames, PurgeLog, PurgeRecord};
+use purges::{FillNames, PendingPurges, PurgeLog, PurgeRecord};
 use shard::{Gone, Shard};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -73,6 +73,19 @@ const SHARDS: usize = 64;
 /// one core: with 64, hits' p99 was 3.5–11× of without during purges;
 /// with 16, 1.5–1.8× for 100,000 entries; docs/BENCHMARKS.md).
 const PURGE_BATCH: usize = 16;
+
+/// Primaries a purge removes before it answers. A larger purge answers
+/// once its entries are banned (recorded as pending: lookups treat them as
+/// absent, `purges::PendingPurges`) and leaves their removal to the
+/// reclaimer thread, so a purge of a million entries takes effect in the
+/// time it takes to select them, not to free them.
+const INLINE_PURGE: usize = 1024;
+
+/// The reclaimer rests this many times as long as each batch took, so it
+/// takes at most a quarter of a core from the workers while freeing a
+/// large purge's entries (`benches/load/purge.sh`: on a core saturated by
+/// hits, their p99 stays within 2× of without).
+const RECLAIM_REST: u32 = 3;
 
 /// Which stored entries a purge names.
 #[derive(Debug, Clone, Copy)]
@@ -112,11 +125,26 @@ struct Fill {
     ticket: FillTicket,
 }
 
+/// A large purge's removal, for the reclaimer: the entries `record`
+/// names stored before `generation`.
+struct Reclaim {
+    generation: u64,
+    record: PurgeRecord,
+    /// How many primaries it banned (counted in `unreclaimed` until done).
+    banned: usize,
+}
+
 /// The bounded memory store. One per process (Pingora needs `'static`).
 pub struct MemoryStore {
     shards: Box<[RwLock<Shard>]>,
     indexes: RwLock<Indexes>,
     purges: PurgeLog,
+    /// Large purges whose entries the reclaimer is still removing.
+    pending: PendingPurges,
+    /// Entries banned by pending purges and not yet removed.
+    unreclaimed: AtomicUsize,
+    /// The reclaimer thread's queue (started by the first large purge).
+    reclaimer: OnceLock<Option<std::sync::mpsc::Sender<Reclaim>>>,
     /// The newest shared (Redis) purge generation this instance has heard
     /// of, for the tickets' `shared` part.
     shared_generation: AtomicU64,
@@ -175,6 +203,9 @@ impl MemoryStore {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             indexes: RwLock::default(),
             purges: PurgeLog::default(),
+            pending: PendingPurges::default(),
+            unreclaimed: AtomicUsize::new(0),
+            reclaimer: OnceLock::new(),
             shared_generation: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             count: AtomicUsize::new(0),
@@ -228,9 +259,16 @@ impl MemoryStore {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    /// Entries held (each variant counts).
+    /// Entries held (each variant counts), purged ones not yet reclaimed
+    /// included.
     pub fn entries(&self) -> usize {
         self.count.load(Ordering::Relaxed)
+    }
+
+    /// Entries a large purge took out of service whose memory the
+    /// reclaimer has yet to free.
+    pub fn unreclaimed(&self) -> usize {
+        self.unreclaimed.load(Ordering::Relaxed)
     }
 
     fn read_shard(&self, primary: &HashBinary) -> RwLockReadGuard<'_, Shard> {
@@ -246,13 +284,32 @@ impl MemoryStore {
         self.read_shard(primary).entries.get(combined).cloned()
     }
 
+    /// The entry stored under `combined` unless a pending purge names it
+    /// (then it is as good as gone: the reclaimer has yet to remove it).
+    fn get_live(&self, primary: &HashBinary, combined: &HashBinary) -> Option<Arc<Entry>> {
+        let shard = self.read_shard(primary);
+        let entry = shard.entries.get(combined)?;
+        if self.pending.any() {
+            let p = shard.primaries.get(primary)?;
+            let names = FillNames {
+                uri: &p.uri,
+                route: &p.route,
+                tags: &p.tags,
+            };
+            if self.pending.bans(entry.generation, &names) {
+                return None;
+            }
+        }
+        Some(entry.clone())
+    }
+
     /// The entry stored under `key` if it can be served as it is: fresh at
     /// `now`, stored without variance (no `Vary`), so the key alone selects
     /// it, and framed by `Content-Length`. Tells the eviction manager about the access, as
     /// Pingora's hit path does. `None` means "let Pingora's cache decide",
     /// not "absent".
     pub fn fresh(&self, key: &HashBinary, now: SystemTime) -> Option<FreshHit> {
-        let entry = self.get(key, key)?;
+        let entry = self.get_live(key, key)?;
         let t = &entry.times;
         if t.variance.is_some() || t.fresh_until < now {
             return None;
@@ -480,53 +537,39 @@ impl MemoryStore {
 
     /// The body stored under a combined key.
     pub fn body(&self, primary: &HashBinary, combined: &HashBinary) -> Option<Bytes> {
-        self.get(primary, combined).map(|e| e.body.clone())
+        self.get_live(primary, combined).map(|e| e.body.clone())
     }
 
     /// The primaries a purge names (all their variants go, or are marked
     /// stale, together).
     fn select(&self, selection: Selection<'_>) -> Vec<HashBinary> {
         let index = read(&self.indexes);
-        let all = |set: Option<&keyhash::KeySet>| {
-            set.map(|s| s.iter().copied().collect()).unwrap_or_default()
-        };
-        match selection {
-            Selection::Uri(uri) => all(index.by_uri.get(uri)),
-            Selection::Prefix(prefix) => index
-                .by_uri
-                .range::<str, _>((
-                    std::ops::Bound::Included(prefix),
-                    std::ops::Bound::Unbounded,
-                ))
-                .take_while(|(uri, _)| uri.starts_with(prefix))
-                .flat_map(|(_, p)| p.iter().copied())
-                .collect(),
-            // Walks the URI index: an admin operation, not a request's.
-            Selection::PathPrefix(path_prefix) => index
-                .by_uri
-                .iter()
-                .filter(|(uri, _)| {
-                    let split = uri.find('/').unwrap_or(uri.len());
-                    uri[split..].starts_with(path_prefix)
-                })
-                .flat_map(|(_, p)| p.iter().copied())
-                .collect(),
-            Selection::Route(route) => all(index.by_route.get(route)),
-            Selection::Tag(tag) => all(index.by_tag.get(tag)),
-        }
+        named_sets(&index, selection)
+            .flat_map(|set| set.iter().copied())
+            .collect()
     }
 
-    /// Removes the variants of `primaries` whose stored header `matches`,
-    /// shard by shard in batches of [`PURGE_BATCH`] that release the locks
-    /// between them; returns how many.
+    /// How many primaries a purge names now (without collecting them).
+    fn count_named(&self, selection: Selection<'_>) -> usize {
+        let index = read(&self.indexes);
+        named_sets(&index, selection).map(|set| set.len()).sum()
+    }
+
+    /// Removes the variants of `primaries` (grouped by shard) that
+    /// `matches`, in batches of [`PURGE_BATCH`] that release the locks
+    /// between them; returns how many. Between batches the thread yields
+    /// the CPU, or, `paced` (the reclaimer), rests [`RECLAIM_REST`] times as
+    /// long as the batch took.
     fn remove_primaries_where(
         &self,
-        primaries: Vec<HashBinary>,
-        matches: impl Fn(&ResponseHeader) -> bool,
+        by_shard: &[Vec<HashBinary>],
+        matches: impl Fn(&Entry) -> bool,
+        paced: bool,
     ) -> usize {
         let mut removed_total = 0;
-        for (shard, primaries) in by_shard(primaries).iter().enumerate() {
+        for (shard, primaries) in by_shard.iter().enumerate() {
             for batch in primaries.chunks(PURGE_BATCH) {
+                let started = std::time::Instant::now();
                 let mut removed = Vec::new();
                 {
                     let mut shard = write(&self.shards[shard]);
@@ -545,10 +588,68 @@ impl MemoryStore {
                 }
                 removed_total += removed.len();
                 self.release(removed);
-                std::thread::yield_now();
+                if paced {
+                    std::thread::sleep(started.elapsed() * RECLAIM_REST);
+                } else {
+                    std::thread::yield_now();
+                }
             }
         }
         removed_total
+    }
+
+    /// Bans what `record` names among the entries stored before
+    /// `generation` (lookups no longer see them) and counts `named`
+    /// primaries as unreclaimed; returns the job that removes them.
+    fn ban(&self, generation: u64, record: PurgeRecord, named: usize) -> Reclaim {
+        self.pending.add(generation, record.clone());
+        self.unreclaimed.fetch_add(named, Ordering::Relaxed);
+        Reclaim {
+            generation,
+            record,
+            banned: named,
+        }
+    }
+
+    /// Removes a banned purge's entries, then lifts the ban.
+    fn reclaim(&self, job: Reclaim, paced: bool) {
+        let generation = job.generation;
+        if let Some(selection) = selection_of(&job.record) {
+            let primaries = by_shard(self.select(selection));
+            self.remove_primaries_where(&primaries, |e| e.generation < generation, paced);
+        }
+        self.pending.done(generation);
+        // Entries evicted or replaced meanwhile were banned but not removed
+        // here: the whole count goes.
+        let _ = self
+            .unreclaimed
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(job.banned))
+            });
+    }
+
+    /// The reclaimer's queue, its thread started on first use; `None` when
+    /// the thread cannot start (purges then remove everything at once).
+    fn reclaimer(&'static self) -> Option<&'static std::sync::mpsc::Sender<Reclaim>> {
+        self.reclaimer
+            .get_or_init(|| {
+                let (jobs, queue) = std::sync::mpsc::channel::<Reclaim>();
+                let started = std::thread::Builder::new()
+                    .name("tollgate-purge-reclaim".into())
+                    .spawn(move || {
+                        for job in queue {
+                            self.reclaim(job, true);
+                        }
+                    });
+                match started {
+                    Ok(_) => Some(jobs),
+                    Err(e) => {
+                        log::error!("cache: cannot start the purge reclaimer ({e}); purges remove their entries before answering");
+                        None
+                    }
+                }
+            })
+            .as_ref()
     }
 
     /// Marks every variant of these primaries stale now instead of
@@ -596,10 +697,26 @@ impl MemoryStore {
 
     /// Removes every entry `selection` names, after recording the purge so
     /// that fills in flight for them are dropped; returns how many.
-    pub fn purge_selection(&self, selection: Selection<'_>) -> usize {
-        self.purges.record(selection.record());
-        let primaries = self.select(selection);
-        self.remove_primaries_where(primaries, |_| true)
+    ///
+    /// A purge naming more than [`INLINE_PURGE`] primaries answers once
+    /// they are banned (lookups treat them as absent) and counts primaries
+    /// (a URL stored in several variants counts once); the reclaimer thread
+    /// frees them afterwards.
+    pub fn purge_selection(&'static self, selection: Selection<'_>) -> usize {
+        let record = selection.record();
+        let generation = self.purges.record(record.clone());
+        let named = self.count_named(selection);
+        if named > INLINE_PURGE {
+            if let Some(reclaimer) = self.reclaimer() {
+                let job = self.ban(generation, record, named);
+                if let Err(std::sync::mpsc::SendError(job)) = reclaimer.send(job) {
+                    self.reclaim(job, false);
+                }
+                return named;
+            }
+        }
+        let primaries = by_shard(self.select(selection));
+        self.remove_primaries_where(&primaries, |e| e.generation < generation, false)
     }
 
     /// Marks every entry `selection` names stale from `now` on (a soft
@@ -612,7 +729,7 @@ impl MemoryStore {
 
     /// Removes every stored variant of exactly this URI (as built by
     /// [`crate::cache::key`]); returns how many entries went.
-    pub fn purge_uri(&self, uri: &str) -> usize {
+    pub fn purge_uri(&'static self, uri: &str) -> usize {
         self.purge_selection(Selection::Uri(uri))
     }
 
@@ -621,9 +738,10 @@ impl MemoryStore {
     /// Fills in flight for the URI are dropped whichever variant they are.
     pub fn purge_uri_where(&self, uri: &str, matches: impl Fn(&ResponseHeader) -> bool) -> usize {
         let selection = Selection::Uri(uri);
-        self.purges.record(selection.record());
+        let generation = self.purges.record(selection.record());
         let primaries = self.select(selection);
-        self.remove_primaries_where(primaries, matches)
+        let matches = |e: &Entry| e.generation < generation && matches(&e.header);
+        self.remove_primaries_where(&by_shard(primaries), matches, false)
     }
 
     /// Removes every entry stored (created) before `cutoff`, and drops
@@ -649,8 +767,53 @@ impl MemoryStore {
                     .map(|(hash, _)| *hash),
             );
         }
-        self.remove_primaries_where(primaries, |_| true)
+        self.remove_primaries_where(&by_shard(primaries), |_| true, false)
     }
+}
+
+/// The index sets whose primaries `selection` names.
+fn named_sets<'a>(
+    index: &'a Indexes,
+    selection: Selection<'a>,
+) -> Box<dyn Iterator<Item = &'a keyhash::KeySet> + 'a> {
+    match selection {
+        Selection::Uri(uri) => Box::new(index.by_uri.get(uri).into_iter()),
+        Selection::Prefix(prefix) => Box::new(
+            index
+                .by_uri
+                .range::<str, _>((
+                    std::ops::Bound::Included(prefix),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take_while(move |(uri, _)| uri.starts_with(prefix))
+                .map(|(_, set)| set),
+        ),
+        // Walks the URI index: an admin operation, not a request's.
+        Selection::PathPrefix(path_prefix) => Box::new(
+            index
+                .by_uri
+                .iter()
+                .filter(move |(uri, _)| {
+                    let split = uri.find('/').unwrap_or(uri.len());
+                    uri[split..].starts_with(path_prefix)
+                })
+                .map(|(_, set)| set),
+        ),
+        Selection::Route(route) => Box::new(index.by_route.get(route).into_iter()),
+        Selection::Tag(tag) => Box::new(index.by_tag.get(tag).into_iter()),
+    }
+}
+
+/// What a recorded purge selects (`None` for "everything").
+fn selection_of(record: &PurgeRecord) -> Option<Selection<'_>> {
+    Some(match record {
+        PurgeRecord::Uri(uri) => Selection::Uri(uri),
+        PurgeRecord::Prefix(prefix) => Selection::Prefix(prefix),
+        PurgeRecord::PathPrefix(prefix) => Selection::PathPrefix(prefix),
+        PurgeRecord::Route(route) => Selection::Route(route),
+        PurgeRecord::Tag(tag) => Selection::Tag(tag),
+        PurgeRecord::Everything => return None,
+    })
 }
 
 /// `primaries` grouped by the shard they live in.

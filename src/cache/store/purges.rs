@@ -14,7 +14,7 @@
 //! after it selects (and removes) the stored fill.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Purges remembered. A fill whose ticket is older than the oldest one
@@ -155,6 +155,50 @@ impl PurgeLog {
 
     fn lock_records(&self) -> MutexGuard<'_, Records> {
         self.records.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Purges whose entries are still being removed in the background (a
+/// large purge answers once it is recorded and its entries are selected;
+/// `MemoryStore` reclaims them afterwards, paced). Until its removal ends,
+/// a lookup treats an entry stored before such a purge that the purge
+/// names as absent — Varnish's bans, with the "lurker" bounded to the
+/// entries the purge selected. Empty almost always: a hit pays one atomic
+/// load for it.
+#[derive(Default)]
+pub struct PendingPurges {
+    count: AtomicUsize,
+    purges: std::sync::RwLock<Vec<(u64, PurgeRecord)>>,
+}
+
+impl PendingPurges {
+    /// Adds a purge (before it answers).
+    pub fn add(&self, generation: u64, record: PurgeRecord) {
+        let mut purges = self.purges.write().unwrap_or_else(|p| p.into_inner());
+        purges.push((generation, record));
+        self.count.store(purges.len(), Ordering::Release);
+    }
+
+    /// A purge whose entries are all removed.
+    pub fn done(&self, generation: u64) {
+        let mut purges = self.purges.write().unwrap_or_else(|p| p.into_inner());
+        purges.retain(|(g, _)| *g != generation);
+        self.count.store(purges.len(), Ordering::Release);
+    }
+
+    /// Whether any purge is pending (the hit path's fast check).
+    pub fn any(&self) -> bool {
+        self.count.load(Ordering::Acquire) > 0
+    }
+
+    /// Whether a pending purge recorded after an entry stored at
+    /// `generation` names it.
+    pub fn bans(&self, generation: u64, entry: &FillNames<'_>) -> bool {
+        self.purges
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|(g, record)| *g > generation && record.names(entry))
     }
 }
 

@@ -11,7 +11,6 @@
 use super::entry::Entry;
 use super::keyhash::KeyMap;
 use pingora::cache::key::HashBinary;
-use pingora::http::ResponseHeader;
 use smallvec::SmallVec;
 use std::sync::Arc;
 
@@ -99,11 +98,11 @@ impl Shard {
         Some((entry, gone))
     }
 
-    /// Removes the variants of `primary` whose stored header `matches`.
+    /// Removes the variants of `primary` that `matches`.
     pub(super) fn remove_variants_where(
         &mut self,
         primary: &HashBinary,
-        matches: &impl Fn(&ResponseHeader) -> bool,
+        matches: &impl Fn(&Entry) -> bool,
     ) -> (Vec<Arc<Entry>>, Option<Gone>) {
         let Some(p) = self.primaries.get(primary) else {
             return (Vec::new(), None);
@@ -111,7 +110,7 @@ impl Shard {
         let doomed: SmallVec<[HashBinary; 2]> = p
             .variants
             .iter()
-            .filter(|v| self.entries.get(*v).is_some_and(|e| matches(&e.header)))
+            .filter(|v| self.entries.get(*v).is_some_and(|e| matches(e)))
             .copied()
             .collect();
         let mut removed = Vec::with_capacity(doomed.len());

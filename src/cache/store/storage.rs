@@ -133,15 +133,18 @@ impl HandleMiss for Miss {
         } else {
             self.body.freeze()
         };
-        let entry = Arc::new(Entry::new(
-            self.internal,
-            self.header,
-            body,
-            self.primary,
-            self.compact,
-            self.times,
-            tags_weight(&self.tags),
-        ));
+        let entry = Arc::new(
+            Entry::new(
+                self.internal,
+                self.header,
+                body,
+                self.primary,
+                self.compact,
+                self.times,
+                tags_weight(&self.tags),
+            )
+            .stamped(self.ticket.local),
+        );
         let (_, weight) = self.store.store_fill(Fill {
             combined: self.combined,
             entry,
@@ -163,7 +166,7 @@ impl Storage for MemoryStore {
         key: &CacheKey,
         _: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let Some(entry) = self.get(&key.primary_bin(), &key.combined_bin()) else {
+        let Some(entry) = self.get_live(&key.primary_bin(), &key.combined_bin()) else {
             return Ok(None);
         };
         let t = &entry.times;
@@ -250,6 +253,8 @@ impl Storage for MemoryStore {
             &key.combined_bin(),
             ticket_of(self, key),
             |old| {
+                // Keeps the old stamp: a purge pending over the entry still
+                // names it (its revalidation began before that purge ended).
                 Entry::new(
                     internal,
                     header,
@@ -259,6 +264,7 @@ impl Storage for MemoryStore {
                     times,
                     old.tags_weight,
                 )
+                .stamped(old.generation)
             },
         ))
     }

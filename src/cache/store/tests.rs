@@ -360,25 +360,91 @@ async fn concurrent_first_hits_encode_once() {
     store.assert_consistent();
 }
 
-#[test]
-fn a_large_purge_removes_exactly_what_it_names() {
+/// Waits (with a deadline) until the reclaimer has removed every banned
+/// entry.
+fn wait_reclaimed(store: &MemoryStore) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while store.pending.any() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reclaimer did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn fill_items(store: &'static MemoryStore, n: usize) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
-    let store = leak();
     rt.block_on(async {
-        for i in 0..20_000 {
+        for i in 0..n {
             let uri = format!("h/item/{i}");
             let key = key_of(store, &uri, "api", 0);
             let tags: &[&str] = if i % 2 == 0 { &["even"] } else { &["odd"] };
             fill(store, &key, tags).await;
         }
     });
+}
+
+#[test]
+fn a_large_purge_removes_exactly_what_it_names() {
+    let store = leak();
+    fill_items(store, 20_000);
     assert_eq!(store.purge_selection(Selection::Tag("even")), 10_000);
+    wait_reclaimed(store);
     assert_eq!(store.entries(), 10_000);
     store.assert_consistent();
     assert_eq!(store.purge_selection(Selection::Route("api")), 10_000);
+    wait_reclaimed(store);
     assert_eq!(store.entries(), 0);
     assert_eq!(store.size_bytes(), 0);
     assert!(read(&store.indexes).by_tag.is_empty());
+}
+
+#[test]
+fn a_banned_purge_hides_its_entries_at_once_and_reclaims_only_them() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let store = leak();
+    fill_items(store, 4_000);
+    let purged_key = |i: usize| key_of(store, &format!("h/item/{i}"), "api", 0);
+    let early = purged_key(0);
+    let record = Selection::Tag("even").record();
+    let generation = store.purges.record(record.clone());
+    assert_eq!(store.count_named(Selection::Tag("even")), 2_000);
+    let job = store.ban(generation, record, 2_000);
+    assert_eq!(store.unreclaimed(), 2_000);
+    rt.block_on(async {
+        for i in 0..4_000 {
+            let key = purged_key(i);
+            let banned = i % 2 == 0;
+            assert_eq!(present(store, &key).await, !banned, "item {i}");
+            assert_eq!(
+                store.fresh(&key.primary_bin(), SystemTime::now()).is_some(),
+                !banned,
+                "item {i} on the fresh-hit path"
+            );
+        }
+        // A request that began before the purge fetched item 0: dropped.
+        // One that began after it stores item 2 again: kept, and served
+        // although the old entries are still being reclaimed.
+        fill(store, &early, &["even"]).await;
+        assert!(!present(store, &purged_key(0)).await, "an overtaken fill");
+        let refill = purged_key(2);
+        fill(store, &refill, &["even"]).await;
+        assert!(present(store, &refill).await, "a refill after the purge");
+    });
+    assert_eq!(store.entries(), 4_000, "nothing freed yet");
+    store.reclaim(job, false);
+    assert!(!store.pending.any());
+    assert_eq!(store.unreclaimed(), 0);
+    assert_eq!(store.entries(), 2_001, "the odd items and the refill");
+    store.assert_consistent();
+    rt.block_on(async {
+        assert!(present(store, &purged_key(2)).await);
+        assert!(!present(store, &purged_key(4)).await);
+        assert!(present(store, &purged_key(3)).await);
+    });
 }
