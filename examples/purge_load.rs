@@ -119,6 +119,17 @@ struct PurgeAt {
     at: Duration,
 }
 
+/// Sends one request on a connection of its own and reads the answer to
+/// the end (`Connection: close`).
+async fn admin_exchange(addr: &str, request: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.write_all(request.as_bytes()).await?;
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).await?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
 /// Sends the purge; when it started and ended (since `started`), and what
 /// it answered.
 async fn purge(p: &PurgeAt, started: Instant) -> (Duration, Duration, String) {
@@ -131,16 +142,9 @@ async fn purge(p: &PurgeAt, started: Instant) -> (Duration, Duration, String) {
         p.body
     );
     let from = started.elapsed();
-    let answer = async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = TcpStream::connect(&p.admin).await?;
-        stream.write_all(request.as_bytes()).await?;
-        let mut out = Vec::new();
-        stream.read_to_end(&mut out).await?;
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&out).into_owned())
-    }
-    .await
-    .unwrap_or_else(|e| format!("error: {e}"));
+    let answer = admin_exchange(&p.admin, &request)
+        .await
+        .unwrap_or_else(|e| format!("error: {e}"));
     let body = answer
         .split_once("\r\n\r\n")
         .map_or(answer.as_str(), |(_, b)| b)
@@ -149,28 +153,23 @@ async fn purge(p: &PurgeAt, started: Instant) -> (Duration, Duration, String) {
     (from, started.elapsed(), body)
 }
 
-/// Polls the admin metrics until the purge's entries are freed
-/// (`tollgate_cache_purged_unreclaimed_entries` back at 0, at most two
-/// minutes); when that was, since `started`.
+/// Polls the admin metrics until the purge's entries are freed, in
+/// memory and Redis (`tollgate_cache_purged_unreclaimed_entries` and
+/// `tollgate_cache_l2_purge_drains` back at 0, at most two minutes); when
+/// that was, since `started`.
 async fn reclaimed(p: &PurgeAt, started: Instant) -> Duration {
     let deadline = Instant::now() + Duration::from_secs(120);
     let request = "GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n";
     while Instant::now() < deadline {
-        let text = async {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut stream = TcpStream::connect(&p.admin).await?;
-            stream.write_all(request.as_bytes()).await?;
-            let mut out = Vec::new();
-            stream.read_to_end(&mut out).await?;
-            Ok::<_, std::io::Error>(String::from_utf8_lossy(&out).into_owned())
-        }
-        .await
-        .unwrap_or_default();
-        let left = text
-            .lines()
-            .find_map(|l| l.strip_prefix("tollgate_cache_purged_unreclaimed_entries "))
-            .and_then(|v| v.trim().parse::<f64>().ok());
-        if left == Some(0.0) || left.is_none() && !text.is_empty() {
+        let text = admin_exchange(&p.admin, request).await.unwrap_or_default();
+        let gauge = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        };
+        let memory = gauge("tollgate_cache_purged_unreclaimed_entries");
+        let redis = gauge("tollgate_cache_l2_purge_drains").unwrap_or(0.0);
+        if memory == Some(0.0) && redis == 0.0 || memory.is_none() && !text.is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -148,6 +148,8 @@ pub struct Metrics {
     pub cache_l2_requests: IntCounterVec,
     /// `tollgate_cache_l2_writes_total{result}`: `ok`, `dropped`, `overtaken`, `error`.
     pub cache_l2_writes: IntCounterVec,
+    /// `tollgate_cache_l2_purge_drains`: purges whose Redis entries are still being deleted after they answered.
+    pub cache_l2_drains: IntGauge,
     /// `tollgate_cache_l2_lookup_duration_seconds`.
     pub cache_l2_lookup_seconds: Histogram,
     /// `tollgate_cache_background_refreshes_total{route,status}`: Pingora's
@@ -441,6 +443,10 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let cache_l2_drains = IntGauge::new(
+            "tollgate_cache_l2_purge_drains",
+            "Purges that answered and whose Redis entries (hidden by their markers) are still being deleted",
+        )?;
         let cache_l2_writes = IntCounterVec::new(
             Opts::new(
                 "tollgate_cache_l2_writes_total",
@@ -469,6 +475,7 @@ impl Metrics {
         )?;
         register(&registry, &mut names, Box::new(cache_l2_requests.clone()))?;
         register(&registry, &mut names, Box::new(cache_l2_writes.clone()))?;
+        register(&registry, &mut names, Box::new(cache_l2_drains.clone()))?;
         register(
             &registry,
             &mut names,
@@ -553,6 +560,7 @@ impl Metrics {
             access_log_dropped,
             cache_l2_requests,
             cache_l2_writes,
+            cache_l2_drains,
             cache_l2_lookup_seconds,
             cache_background_refreshes,
         })

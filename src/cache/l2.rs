@@ -279,6 +279,11 @@ impl RedisTier {
         &self.settings
     }
 
+    /// The metrics the tier counts in (purges count their drains there).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// The connection, for purges and the purge channel.
     pub fn link(&self) -> &Arc<RedisLink> {
         &self.link

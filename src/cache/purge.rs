@@ -133,9 +133,12 @@ fn glob_escape(literal: &str) -> String {
 /// few milliseconds of Redis's time however large the index.
 const REDIS_BATCH: usize = 1000;
 
-/// A drain after the purge answered rests as long as each batch took, so
-/// it takes at most half of Redis's time from the lookups beside it.
-const DRAIN_REST: u32 = 1;
+/// A drain after the purge answered rests three times as long as each
+/// batch took, so it takes at most a quarter of Redis's time from the
+/// lookups and writes beside it (with 1, the hits beside a 1,000,000-entry
+/// drain in `benches/load/purge.sh` — whose load client shares a core
+/// with Redis — had 8.8× their p99).
+const DRAIN_REST: u32 = 3;
 
 /// Removes `target` from the Redis tier and tells the other instances,
 /// within `cache.redis.purge_timeout`. Returns how many Redis entries went
@@ -190,23 +193,38 @@ async fn purge_shared_within(
         .query_async(&mut conn)
         .await
         .map_err(|e| format!("taking a purge generation: {e}"))?;
-    // The index whose entries' lifetimes the marker must outlast (the
-    // lookups read markers only outside a cluster).
-    let drained_later = !cluster && !purge.soft;
-    let marked_index = match target {
-        PurgeTarget::Uri(uri) => Some(tier.uri_index(uri)),
-        PurgeTarget::Route(route) => Some(tier.route_index(route)),
-        PurgeTarget::Tag(tag) => Some(tier.tag_index(tag)),
+    // A hard purge of a URL, route or tag whose indexes list many entries
+    // is drained after it answers: its marker (read by lookups, outside a
+    // cluster) hides them meanwhile, so it must outlast every entry its
+    // index lists. Smaller ones are drained first and their markers need
+    // only outlast the writes in flight (`purge_marker_ttl`).
+    let named = match target {
+        PurgeTarget::Uri(uri) => Some([tier.uri_index(uri), tier.legacy_index('u', uri)]),
+        PurgeTarget::Route(route) => Some([tier.route_index(route), tier.legacy_index('r', route)]),
+        PurgeTarget::Tag(tag) => Some([tier.tag_index(tag), tier.legacy_index('t', tag)]),
         PurgeTarget::Prefix { .. } => None,
-    }
-    .filter(|_| drained_later);
-    leave_marker(tier, &mut conn, target, marked_index.as_deref(), generation).await?;
+    };
+    let deferred = match &named {
+        Some(indexes) if !cluster && !purge.soft => {
+            let listed = listed_in(&mut conn, indexes).await?;
+            (listed > REDIS_BATCH).then_some(listed)
+        }
+        _ => None,
+    };
+    let outlast = named
+        .as_ref()
+        .filter(|_| deferred.is_some())
+        .map(|i| i[0].as_str());
+    leave_marker(tier, &mut conn, target, outlast, generation).await?;
     store.heard_shared_generation(generation);
-    let indexes: Vec<String> = match target {
-        PurgeTarget::Uri(uri) => vec![tier.uri_index(uri), tier.legacy_index('u', uri)],
-        PurgeTarget::Route(route) => vec![tier.route_index(route), tier.legacy_index('r', route)],
-        PurgeTarget::Tag(tag) => vec![tier.tag_index(tag), tier.legacy_index('t', tag)],
-        PurgeTarget::Prefix { prefix, host } => {
+    if let (Some(listed), Some(indexes)) = (deferred, named.clone()) {
+        publish(tier, &mut conn, instance, purge, generation).await?;
+        spawn_drain(tier, indexes);
+        return Ok(listed);
+    }
+    let indexes: Vec<String> = match (named, target) {
+        (Some(indexes), _) => indexes.into(),
+        (None, PurgeTarget::Prefix { prefix, host }) => {
             let mut found =
                 scan_uri_indexes(&mut conn, &tier.uri_index(""), prefix, host.as_deref()).await?;
             found.extend(
@@ -220,16 +238,8 @@ async fn purge_shared_within(
             );
             found
         }
+        (None, _) => Vec::new(),
     };
-    if marked_index.is_some() {
-        let listed = listed_in(&mut conn, &indexes).await?;
-        if listed > REDIS_BATCH {
-            publish(tier, &mut conn, instance, purge, generation).await?;
-            let link = tier.link().clone();
-            tokio::spawn(async move { drain_after_answer(&link, &indexes).await });
-            return Ok(listed);
-        }
-    }
     let mut removed = 0usize;
     for index in &indexes {
         removed += if purge.soft {
@@ -274,6 +284,17 @@ async fn listed_in(conn: &mut RedisConn, indexes: &[String]) -> Result<usize, St
         }
     }
     Ok(listed)
+}
+
+/// Starts draining a purge's indexes after it answered, counted in
+/// `tollgate_cache_l2_purge_drains` while it runs.
+fn spawn_drain(tier: &RedisTier, indexes: [String; 2]) {
+    let (link, metrics) = (tier.link().clone(), tier.metrics().clone());
+    metrics.cache_l2_drains.inc();
+    tokio::spawn(async move {
+        drain_after_answer(&link, &indexes).await;
+        metrics.cache_l2_drains.dec();
+    });
 }
 
 /// Drains a purge's indexes after it answered (its markers hide the

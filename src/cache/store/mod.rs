@@ -78,14 +78,19 @@ const PURGE_BATCH: usize = 16;
 /// once its entries are banned (recorded as pending: lookups treat them as
 /// absent, `purges::PendingPurges`) and leaves their removal to the
 /// reclaimer thread, so a purge of a million entries takes effect in the
-/// time it takes to select them, not to free them.
+/// time it takes to count them (O(1) for a URL, route or tag), not to
+/// free them.
 const INLINE_PURGE: usize = 1024;
 
-/// The reclaimer rests this many times as long as each batch took, so it
-/// takes at most a quarter of a core from the workers while freeing a
-/// large purge's entries (`benches/load/purge.sh`: on a core saturated by
-/// hits, their p99 stays within 2× of without).
-const RECLAIM_REST: u32 = 3;
+/// The reclaimer removes this many primaries at a time (a hit on a core
+/// it shares waits at most about one batch, ~50 µs) and then rests
+/// [`RECLAIM_REST`] times as long as the batch took, so it takes at most
+/// a fifth of a core from the workers while freeing a large purge's
+/// entries (`benches/load/purge.sh`, 1,000,000 entries on a core
+/// saturated by hits: with 16 and 3, their p99 was 2.0–2.4× of without;
+/// docs/BENCHMARKS.md).
+const RECLAIM_BATCH: usize = 8;
+const RECLAIM_REST: u32 = 4;
 
 /// Which stored entries a purge names.
 #[derive(Debug, Clone, Copy)]
@@ -341,7 +346,7 @@ impl MemoryStore {
     fn store_fill(&self, fill: Fill) -> (bool, usize) {
         let primary = fill.entry.primary;
         let weight = fill.entry.weight();
-        let replaced = {
+        let (replaced, banned) = {
             let log = self.purges.lock();
             let names = FillNames {
                 uri: &fill.uri,
@@ -354,6 +359,7 @@ impl MemoryStore {
                 return (false, current.map_or(0, |e| e.weight()));
             }
             let mut shard = self.write_shard(&primary);
+            let (banned, banned_gone) = self.take_banned(&mut shard, &primary);
             let (replaced, change) = shard.insert(
                 fill.combined,
                 fill.entry,
@@ -361,9 +367,14 @@ impl MemoryStore {
                 &fill.route,
                 &fill.tags,
             );
-            write(&self.indexes).learn(primary, &change, &fill.uri, &fill.route, &fill.tags);
-            replaced
+            let mut index = write(&self.indexes);
+            if let Some(gone) = &banned_gone {
+                index.forget(gone);
+            }
+            index.learn(primary, &change, &fill.uri, &fill.route, &fill.tags);
+            (replaced, banned)
         };
+        self.release(banned);
         self.bytes.fetch_add(weight as u64, Ordering::Relaxed);
         match replaced {
             Some(old) => self.forget(&old),
@@ -372,6 +383,32 @@ impl MemoryStore {
             }
         }
         (true, weight)
+    }
+
+    /// Takes out the variants of `primary` that a pending purge bans, before
+    /// a fill changes the primary: the fill may replace its tags, and the
+    /// purge must still take what it named when it was made (the reclaimer
+    /// finds primaries by their names at its own time).
+    fn take_banned(
+        &self,
+        shard: &mut Shard,
+        primary: &HashBinary,
+    ) -> (Vec<Arc<Entry>>, Option<Gone>) {
+        if !self.pending.any() {
+            return (Vec::new(), None);
+        }
+        let Some(p) = shard.primaries.get(primary) else {
+            return (Vec::new(), None);
+        };
+        let (uri, route, tags) = (p.uri.clone(), p.route.clone(), p.tags.clone());
+        let names = FillNames {
+            uri: &uri,
+            route: &route,
+            tags: &tags,
+        };
+        shard.remove_variants_where(primary, &|e: &Entry| {
+            self.pending.bans(e.generation, &names)
+        })
     }
 
     /// Replaces a stored entry's meta (a 304's revalidation) unless a purge
@@ -556,7 +593,7 @@ impl MemoryStore {
     }
 
     /// Removes the variants of `primaries` (grouped by shard) that
-    /// `matches`, in batches of [`PURGE_BATCH`] that release the locks
+    /// `matches`, in batches of [`PURGE_BATCH`] (paced: [`RECLAIM_BATCH`]) that release the locks
     /// between them; returns how many. Between batches the thread yields
     /// the CPU, or, `paced` (the reclaimer), rests [`RECLAIM_REST`] times as
     /// long as the batch took.
@@ -568,7 +605,7 @@ impl MemoryStore {
     ) -> usize {
         let mut removed_total = 0;
         for (shard, primaries) in by_shard.iter().enumerate() {
-            for batch in primaries.chunks(PURGE_BATCH) {
+            for batch in primaries.chunks(if paced { RECLAIM_BATCH } else { PURGE_BATCH }) {
                 let started = std::time::Instant::now();
                 let mut removed = Vec::new();
                 {

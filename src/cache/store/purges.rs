@@ -65,7 +65,7 @@ pub struct FillNames<'a> {
 }
 
 impl PurgeRecord {
-    fn names(&self, fill: &FillNames<'_>) -> bool {
+    pub(super) fn names(&self, fill: &FillNames<'_>) -> bool {
         match self {
             PurgeRecord::Uri(uri) => **uri == *fill.uri,
             PurgeRecord::Prefix(prefix) => fill.uri.starts_with(&**prefix),

@@ -240,6 +240,114 @@ proptest! {
     }
 }
 
+/// A store's changes, with large purges' bans and reclaims among them.
+#[derive(Debug, Clone)]
+enum Deferred {
+    Op(Op),
+    /// A purge as a large one runs: banned now, reclaimed later.
+    Ban(usize, usize),
+    /// The oldest ban's reclaim runs.
+    Reclaim,
+}
+
+fn deferred() -> impl Strategy<Value = Deferred> {
+    prop_oneof![
+        6 => op().prop_map(Deferred::Op),
+        2 => (0usize..5, 0usize..5).prop_map(|(kind, what)| Deferred::Ban(kind, what)),
+        2 => Just(Deferred::Reclaim),
+    ]
+}
+
+/// The entries (primary, combined key) stored before `generation` that
+/// `record` names now: what a purge recorded at `generation` takes.
+fn named_before(
+    store: &MemoryStore,
+    generation: u64,
+    record: &PurgeRecord,
+) -> Vec<(HashBinary, HashBinary)> {
+    let mut named = Vec::new();
+    for shard in store.shards.iter() {
+        let shard = read(shard);
+        for (combined, e) in &shard.entries {
+            let p = shard.primaries.get(&e.primary).expect("primary");
+            let names = FillNames {
+                uri: &p.uri,
+                route: &p.route,
+                tags: &p.tags,
+            };
+            if e.generation < generation && record.names(&names) {
+                named.push((e.primary, *combined));
+            }
+        }
+    }
+    named
+}
+
+/// A ban held by the test: its generation and record, the entries it
+/// took when it was set, and its reclaim.
+type HeldBan = (u64, PurgeRecord, Vec<(HashBinary, HashBinary)>, Reclaim);
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Bans hide what they took from every lookup until reclaimed —
+    /// whatever fills (of other variants, with other tags) and evictions
+    /// happen in between — every index stays consistent, and a reclaim
+    /// leaves nothing its purge names that was stored before it.
+    #[test]
+    fn bans_and_reclaims_among_any_changes_keep_the_store_consistent(
+        steps in proptest::collection::vec(deferred(), 1..60)
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let store = leak();
+        let mut held: std::collections::VecDeque<HeldBan> = Default::default();
+        rt.block_on(async {
+            for step in &steps {
+                match step {
+                    Deferred::Op(op) => apply(store, op).await,
+                    Deferred::Ban(kind, what) => {
+                        let selection = selection(*kind, *what);
+                        let record = selection.record();
+                        let generation = store.purges.record(record.clone());
+                        let took = named_before(store, generation, &record);
+                        let job = store.ban(generation, record.clone(), store.count_named(selection));
+                        held.push_back((generation, record, took, job));
+                    }
+                    Deferred::Reclaim => {
+                        if let Some((generation, record, _, job)) = held.pop_front() {
+                            store.reclaim(job, false);
+                            prop_assert!(named_before(store, generation, &record).is_empty());
+                        }
+                    }
+                }
+                store.assert_consistent();
+                for (generation, _, took, _) in &held {
+                    for (primary, combined) in took {
+                        let Some(entry) = store.get(primary, combined) else {
+                            continue;
+                        };
+                        if entry.generation >= *generation {
+                            continue; // stored again since: not what the ban took
+                        }
+                        prop_assert!(store.get_live(primary, combined).is_none(), "a banned entry is served");
+                        if primary == combined {
+                            prop_assert!(store.fresh(primary, SystemTime::now()).is_none());
+                        }
+                    }
+                }
+            }
+            while let Some((generation, record, _, job)) = held.pop_front() {
+                store.reclaim(job, false);
+                prop_assert!(named_before(store, generation, &record).is_empty());
+            }
+            prop_assert!(!store.pending.any());
+            prop_assert_eq!(store.unreclaimed(), 0);
+            store.assert_consistent();
+            Ok(())
+        })?;
+    }
+}
+
 #[tokio::test]
 async fn a_fill_that_began_before_a_purge_naming_it_is_dropped() {
     let store = leak();
