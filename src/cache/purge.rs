@@ -133,12 +133,31 @@ fn glob_escape(literal: &str) -> String {
 /// few milliseconds of Redis's time however large the index.
 const REDIS_BATCH: usize = 1000;
 
-/// A drain after the purge answered rests three times as long as each
-/// batch took, so it takes at most a quarter of Redis's time from the
-/// lookups and writes beside it (with 1, the hits beside a 1,000,000-entry
-/// drain in `benches/load/purge.sh` — whose load client shares a core
-/// with Redis — had 8.8× their p99).
-const DRAIN_REST: u32 = 3;
+/// How a drain goes: entries per batch, and how many times as long as a
+/// batch took it rests after it.
+#[derive(Clone, Copy)]
+struct Pace {
+    batch: usize,
+    rest: u32,
+}
+
+/// A drain before the purge answers: as fast as Redis allows, each
+/// command within a few milliseconds of Redis's time.
+const EAGER: Pace = Pace {
+    batch: REDIS_BATCH,
+    rest: 0,
+};
+
+/// A drain after the purge answered: small batches (Redis is never busy
+/// with it for more than a fraction of a millisecond at a time) and rests
+/// three times as long as each took (at most a quarter of Redis's time).
+/// With batches of 1,000 and a rest of 1, the hits beside a
+/// 1,000,000-entry drain in `benches/load/purge.sh` — whose load client
+/// shares a core with Redis — had 8.8× their p99.
+const BACKGROUND: Pace = Pace {
+    batch: 100,
+    rest: 3,
+};
 
 /// Removes `target` from the Redis tier and tells the other instances,
 /// within `cache.redis.purge_timeout`. Returns how many Redis entries went
@@ -151,7 +170,7 @@ const DRAIN_REST: u32 = 3;
 /// so other instances' later requests may write again). A hard purge of
 /// a URL, route or tag whose indexes list more than [`REDIS_BATCH`]
 /// entries publishes first and drains after answering, paced
-/// ([`DRAIN_REST`]): the markers hide its entries meanwhile, so it takes
+/// ([`BACKGROUND`]): the markers hide its entries meanwhile, so it takes
 /// effect in milliseconds however large. The answer then counts the
 /// entries the indexes listed. On a Redis Cluster (lookups there do not
 /// read the markers) and for prefix and soft purges, the drain comes
@@ -245,7 +264,7 @@ async fn purge_shared_within(
         removed += if purge.soft {
             expire_index(&mut conn, index).await?
         } else {
-            drain_index(&mut conn, index, cluster, 0).await?
+            drain_index(&mut conn, index, cluster, EAGER).await?
         };
     }
     publish(tier, &mut conn, instance, purge, generation).await?;
@@ -279,7 +298,7 @@ async fn publish(
 async fn listed_in(conn: &mut RedisConn, indexes: &[String]) -> Result<usize, String> {
     let mut listed = 0;
     for index in indexes {
-        if let Some(batches) = IndexBatches::open(conn, index).await? {
+        if let Some(batches) = IndexBatches::open(conn, index, REDIS_BATCH).await? {
             listed += batches.left;
         }
     }
@@ -298,7 +317,7 @@ fn spawn_drain(tier: &RedisTier, indexes: [String; 2]) {
 }
 
 /// Drains a purge's indexes after it answered (its markers hide the
-/// entries meanwhile), paced by [`DRAIN_REST`]. Failures are logged: the
+/// entries meanwhile), paced ([`BACKGROUND`]). Failures are logged: the
 /// entries left stay hidden until they expire, and their index members
 /// are trimmed as they do.
 async fn drain_after_answer(link: &crate::redis_link::RedisLink, indexes: &[String]) {
@@ -309,7 +328,7 @@ async fn drain_after_answer(link: &crate::redis_link::RedisLink, indexes: &[Stri
             log::warn!("cache: draining {index} after its purge: Redis is not connected; its entries stay hidden until they expire");
             return;
         };
-        match drain_index(&mut conn, index, false, DRAIN_REST).await {
+        match drain_index(&mut conn, index, false, BACKGROUND).await {
             Ok(n) => removed += n,
             Err(e) => {
                 log::warn!("cache: draining {index} after its purge: {e}; the entries left stay hidden until they expire");
@@ -403,10 +422,16 @@ struct IndexBatches<'a> {
     sorted: bool,
     left: usize,
     cursor: Option<u64>,
+    /// Members per batch.
+    size: usize,
 }
 
 impl<'a> IndexBatches<'a> {
-    async fn open(conn: &mut RedisConn, index: &'a str) -> Result<Option<Self>, String> {
+    async fn open(
+        conn: &mut RedisConn,
+        index: &'a str,
+        size: usize,
+    ) -> Result<Option<Self>, String> {
         let kind: String = redis::cmd("TYPE")
             .arg(index)
             .query_async(conn)
@@ -427,6 +452,7 @@ impl<'a> IndexBatches<'a> {
             sorted,
             left,
             cursor: Some(0),
+            size,
         }))
     }
 
@@ -446,14 +472,14 @@ impl<'a> IndexBatches<'a> {
             let batch: Vec<String> = if remove {
                 let popped: Vec<(String, f64)> = redis::cmd("ZPOPMIN")
                     .arg(index)
-                    .arg(REDIS_BATCH.min(self.left))
+                    .arg(self.size.min(self.left))
                     .query_async(conn)
                     .await
                     .map_err(failed)?;
                 popped.into_iter().map(|(m, _)| m).collect()
             } else {
                 let start = self.cursor.unwrap_or(0);
-                let stop = start + REDIS_BATCH.min(self.left) as u64 - 1;
+                let stop = start + self.size.min(self.left) as u64 - 1;
                 self.cursor = Some(stop + 1);
                 redis::cmd("ZRANGE")
                     .arg(index)
@@ -485,7 +511,7 @@ impl<'a> IndexBatches<'a> {
             .arg(index)
             .arg(cursor)
             .arg("COUNT")
-            .arg(REDIS_BATCH)
+            .arg(self.size)
             .query_async(conn)
             .await
             .map_err(failed)?;
@@ -494,17 +520,16 @@ impl<'a> IndexBatches<'a> {
     }
 }
 
-/// Removes every entry an index lists, and the index, in batches of
-/// [`REDIS_BATCH`] (`UNLINK`: Redis frees the values off its main
-/// thread), resting `rest` times as long as each batch took; how many
-/// entries went.
+/// Removes every entry an index lists, and the index, in batches
+/// (`UNLINK`: Redis frees the values off its main thread) at `pace`; how
+/// many entries went.
 async fn drain_index(
     conn: &mut RedisConn,
     index: &str,
     cluster: bool,
-    rest: u32,
+    pace: Pace,
 ) -> Result<usize, String> {
-    let Some(mut batches) = IndexBatches::open(conn, index).await? else {
+    let Some(mut batches) = IndexBatches::open(conn, index, pace.batch).await? else {
         return Ok(0);
     };
     let mut removed = 0usize;
@@ -535,8 +560,8 @@ async fn drain_index(
                 .map_err(|e| format!("deleting what {index} lists: {e}"))?;
             removed += gone;
         }
-        if rest > 0 {
-            tokio::time::sleep(started.elapsed() * rest).await;
+        if pace.rest > 0 {
+            tokio::time::sleep(started.elapsed() * pace.rest).await;
         }
     }
     Ok(removed)
@@ -617,7 +642,7 @@ async fn leave_other_indexes(
 /// Marks every entry an index lists stale now (a soft purge), a batch at
 /// a time; how many.
 async fn expire_index(conn: &mut RedisConn, index: &str) -> Result<usize, String> {
-    let Some(mut batches) = IndexBatches::open(conn, index).await? else {
+    let Some(mut batches) = IndexBatches::open(conn, index, REDIS_BATCH).await? else {
         return Ok(0);
     };
     let mut expired = 0usize;
