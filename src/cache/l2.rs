@@ -1,9 +1,11 @@
 //! The cache's second tier in Redis: what one instance fetched, the others
 //! find there instead of asking the upstream again.
 //!
-//! - **Lookups** (on a memory miss) are one `GET` with their own short
-//!   timeout (`cache.redis.lookup_timeout`, default 20 ms) behind a
-//!   circuit breaker; a slow or absent Redis is a miss, never an error.
+//! - **Lookups** (on a memory miss) are one script — the entry, unless a
+//!   purge marker hides it (`cache::markers::LOOKUP_LUA`; a plain `GET` on
+//!   a cluster) — with their own short timeout
+//!   (`cache.redis.lookup_timeout`, default 20 ms) behind a circuit
+//!   breaker; a slow or absent Redis is a miss, never an error.
 //! - **Writes** happen off the request path: a stored response is queued
 //!   (bounded) for a writer task that stores it with `PX` = its freshness
 //!   plus its stale windows and adds it to its URI's, route's and tags'

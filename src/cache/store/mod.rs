@@ -13,13 +13,17 @@
 //!   blocks hits on another.
 //! - **Indexes** (`index.rs`): primaries by URI, route and tag in hash
 //!   sets, so removing an entry is O(1) in each; a purge of n entries is
-//!   O(n), removed in batches of [`PURGE_BATCH`] primaries that release
-//!   the shard and index locks between them.
+//!   O(n), removed in small batches that release the shard and index
+//!   locks between them (`purging.rs`).
 //! - **Purges win over fills** (`purges.rs`): every purge is recorded with
 //!   a generation before it selects anything; a fill carries the
 //!   generation its request began at ([`FillTicket`]) and is dropped when
 //!   a purge recorded since names it. Lock order: purge log → shard →
-//!   indexes.
+//!   indexes; a lookup reads the pending purges under its shard's lock.
+//! - **Large purges take effect before they free** (`purging.rs`): they
+//!   ban what they name (lookups treat an entry stored before the purge
+//!   that it names as absent) and answer; a reclaimer thread frees the
+//!   entries afterwards, paced.
 //!
 //! Memory: the eviction manager weighs what an entry really holds — its
 //! body, its header as kept in memory, its tags, its encoded copies and a
@@ -38,6 +42,7 @@ mod entry;
 mod index;
 mod keyhash;
 mod purges;
+mod purging;
 mod shard;
 mod storage;
 #[cfg(test)]
@@ -56,6 +61,7 @@ use pingora::cache::CacheEntryKeyRef;
 use pingora::http::ResponseHeader;
 use pingora::Result;
 use purges::{FillNames, PendingPurges, PurgeLog, PurgeRecord};
+use purging::Reclaim;
 use shard::{Gone, Shard};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -64,33 +70,6 @@ use std::time::SystemTime;
 /// Shards of the store: enough that two worker threads rarely meet on one,
 /// few enough that a walk over all of them is cheap.
 const SHARDS: usize = 64;
-
-/// Primaries removed under one taking of a shard's lock during a purge;
-/// between batches the purging thread yields the CPU, so on a core shared
-/// with a busy worker a hit waits about one batch (~100 µs), and the purge
-/// takes the CPU the workers leave. Larger batches purge faster on a
-/// saturated core and cost hits more (`benches/load/purge.sh`, pinned to
-/// one core: with 64, hits' p99 was 3.5–11× of without during purges;
-/// with 16, 1.5–1.8× for 100,000 entries; docs/BENCHMARKS.md).
-const PURGE_BATCH: usize = 16;
-
-/// Primaries a purge removes before it answers. A larger purge answers
-/// once its entries are banned (recorded as pending: lookups treat them as
-/// absent, `purges::PendingPurges`) and leaves their removal to the
-/// reclaimer thread, so a purge of a million entries takes effect in the
-/// time it takes to count them (O(1) for a URL, route or tag), not to
-/// free them.
-const INLINE_PURGE: usize = 1024;
-
-/// The reclaimer removes this many primaries at a time (a hit on a core
-/// it shares waits at most about one batch, ~50 µs) and then rests
-/// [`RECLAIM_REST`] times as long as the batch took, so it takes at most
-/// a fifth of a core from the workers while freeing a large purge's
-/// entries (`benches/load/purge.sh`, 1,000,000 entries on a core
-/// saturated by hits: with 16 and 3, their p99 was 2.0–2.4× of without;
-/// docs/BENCHMARKS.md).
-const RECLAIM_BATCH: usize = 8;
-const RECLAIM_REST: u32 = 4;
 
 /// Which stored entries a purge names.
 #[derive(Debug, Clone, Copy)]
@@ -128,15 +107,6 @@ struct Fill {
     route: Arc<str>,
     tags: Arc<[Arc<str>]>,
     ticket: FillTicket,
-}
-
-/// A large purge's removal, for the reclaimer: the entries `record`
-/// names stored before `generation`.
-struct Reclaim {
-    generation: u64,
-    record: PurgeRecord,
-    /// How many primaries it banned (counted in `unreclaimed` until done).
-    banned: usize,
 }
 
 /// The bounded memory store. One per process (Pingora needs `'static`).
@@ -576,290 +546,6 @@ impl MemoryStore {
     pub fn body(&self, primary: &HashBinary, combined: &HashBinary) -> Option<Bytes> {
         self.get_live(primary, combined).map(|e| e.body.clone())
     }
-
-    /// The primaries a purge names (all their variants go, or are marked
-    /// stale, together).
-    fn select(&self, selection: Selection<'_>) -> Vec<HashBinary> {
-        let index = read(&self.indexes);
-        named_sets(&index, selection)
-            .flat_map(|set| set.iter().copied())
-            .collect()
-    }
-
-    /// How many primaries a purge names now (without collecting them).
-    fn count_named(&self, selection: Selection<'_>) -> usize {
-        let index = read(&self.indexes);
-        named_sets(&index, selection).map(|set| set.len()).sum()
-    }
-
-    /// Removes the variants of `primaries` (grouped by shard) that
-    /// `matches`, in batches of [`PURGE_BATCH`] (paced: [`RECLAIM_BATCH`]) that release the locks
-    /// between them; returns how many. Between batches the thread yields
-    /// the CPU, or, `paced` (the reclaimer), rests [`RECLAIM_REST`] times as
-    /// long as the batch took.
-    fn remove_primaries_where(
-        &self,
-        by_shard: &[Vec<HashBinary>],
-        matches: impl Fn(&Entry) -> bool,
-        paced: bool,
-    ) -> usize {
-        let mut removed_total = 0;
-        for (shard, primaries) in by_shard.iter().enumerate() {
-            for batch in primaries.chunks(if paced { RECLAIM_BATCH } else { PURGE_BATCH }) {
-                let started = std::time::Instant::now();
-                let mut removed = Vec::new();
-                {
-                    let mut shard = write(&self.shards[shard]);
-                    let mut gone: Vec<Gone> = Vec::new();
-                    for primary in batch {
-                        let (r, g) = shard.remove_variants_where(primary, &matches);
-                        removed.extend(r);
-                        gone.extend(g);
-                    }
-                    if !gone.is_empty() {
-                        let mut index = write(&self.indexes);
-                        for g in &gone {
-                            index.forget(g);
-                        }
-                    }
-                }
-                removed_total += removed.len();
-                self.release(removed);
-                if paced {
-                    std::thread::sleep(started.elapsed() * RECLAIM_REST);
-                } else {
-                    std::thread::yield_now();
-                }
-            }
-        }
-        removed_total
-    }
-
-    /// Bans what `record` names among the entries stored before
-    /// `generation` (lookups no longer see them) and counts `named`
-    /// primaries as unreclaimed; returns the job that removes them.
-    fn ban(&self, generation: u64, record: PurgeRecord, named: usize) -> Reclaim {
-        self.pending.add(generation, record.clone());
-        self.unreclaimed.fetch_add(named, Ordering::Relaxed);
-        Reclaim {
-            generation,
-            record,
-            banned: named,
-        }
-    }
-
-    /// Removes a banned purge's entries, then lifts the ban.
-    fn reclaim(&self, job: Reclaim, paced: bool) {
-        let generation = job.generation;
-        if let Some(selection) = selection_of(&job.record) {
-            let primaries = by_shard(self.select(selection));
-            self.remove_primaries_where(&primaries, |e| e.generation < generation, paced);
-        }
-        self.pending.done(generation);
-        // Entries evicted or replaced meanwhile were banned but not removed
-        // here: the whole count goes.
-        let _ = self
-            .unreclaimed
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                Some(n.saturating_sub(job.banned))
-            });
-    }
-
-    /// The reclaimer's queue, its thread started on first use; `None` when
-    /// the thread cannot start (purges then remove everything at once).
-    fn reclaimer(&'static self) -> Option<&'static std::sync::mpsc::Sender<Reclaim>> {
-        self.reclaimer
-            .get_or_init(|| {
-                let (jobs, queue) = std::sync::mpsc::channel::<Reclaim>();
-                let started = std::thread::Builder::new()
-                    .name("tollgate-purge-reclaim".into())
-                    .spawn(move || {
-                        for job in queue {
-                            self.reclaim(job, true);
-                        }
-                    });
-                match started {
-                    Ok(_) => Some(jobs),
-                    Err(e) => {
-                        log::error!("cache: cannot start the purge reclaimer ({e}); purges remove their entries before answering");
-                        None
-                    }
-                }
-            })
-            .as_ref()
-    }
-
-    /// Marks every variant of these primaries stale now instead of
-    /// removing it (a soft purge): the next request revalidates, and the
-    /// response's stale windows still apply. Batched like removals; the
-    /// eviction manager learns the new weights. Returns how many.
-    fn expire_primaries(&self, primaries: Vec<HashBinary>, now: SystemTime) -> usize {
-        let mut expired = 0;
-        for (shard, primaries) in by_shard(primaries).iter().enumerate() {
-            for batch in primaries.chunks(PURGE_BATCH) {
-                let mut changed = Vec::new();
-                {
-                    let mut shard = write(&self.shards[shard]);
-                    for primary in batch {
-                        let variants = shard
-                            .primaries
-                            .get(primary)
-                            .map(|p| p.variants.clone())
-                            .unwrap_or_default();
-                        for combined in variants {
-                            let Some(old) = shard.entries.get(&combined) else {
-                                continue;
-                            };
-                            let Some(replacement) = old.expired_at(now) else {
-                                continue;
-                            };
-                            let replacement = Arc::new(replacement);
-                            if let Some(old) = shard.entries.insert(combined, replacement.clone()) {
-                                changed.push((old, replacement));
-                            }
-                        }
-                    }
-                }
-                expired += changed.len();
-                for (old, new) in changed {
-                    self.bytes.fetch_add(new.weight() as u64, Ordering::Relaxed);
-                    self.forget(&old);
-                    self.reweigh(&new.compact, new.weight(), new.times.fresh_until);
-                }
-                std::thread::yield_now();
-            }
-        }
-        expired
-    }
-
-    /// Removes every entry `selection` names, after recording the purge so
-    /// that fills in flight for them are dropped; returns how many.
-    ///
-    /// A purge naming more than [`INLINE_PURGE`] primaries answers once
-    /// they are banned (lookups treat them as absent) and counts primaries
-    /// (a URL stored in several variants counts once); the reclaimer thread
-    /// frees them afterwards.
-    pub fn purge_selection(&'static self, selection: Selection<'_>) -> usize {
-        let record = selection.record();
-        let generation = self.purges.record(record.clone());
-        let named = self.count_named(selection);
-        if named > INLINE_PURGE {
-            if let Some(reclaimer) = self.reclaimer() {
-                let job = self.ban(generation, record, named);
-                if let Err(std::sync::mpsc::SendError(job)) = reclaimer.send(job) {
-                    self.reclaim(job, false);
-                }
-                return named;
-            }
-        }
-        let primaries = by_shard(self.select(selection));
-        self.remove_primaries_where(&primaries, |e| e.generation < generation, false)
-    }
-
-    /// Marks every entry `selection` names stale from `now` on (a soft
-    /// purge), after recording it like a purge; returns how many.
-    pub fn expire_selection(&self, selection: Selection<'_>, now: SystemTime) -> usize {
-        self.purges.record(selection.record());
-        let primaries = self.select(selection);
-        self.expire_primaries(primaries, now)
-    }
-
-    /// Removes every stored variant of exactly this URI (as built by
-    /// [`crate::cache::key`]); returns how many entries went.
-    pub fn purge_uri(&'static self, uri: &str) -> usize {
-        self.purge_selection(Selection::Uri(uri))
-    }
-
-    /// Removes the stored variants of exactly this URI whose header
-    /// `matches` (RFC 9111 §4.3.5: those a HEAD response shows changed).
-    /// Fills in flight for the URI are dropped whichever variant they are.
-    pub fn purge_uri_where(&self, uri: &str, matches: impl Fn(&ResponseHeader) -> bool) -> usize {
-        let selection = Selection::Uri(uri);
-        let generation = self.purges.record(selection.record());
-        let primaries = self.select(selection);
-        let matches = |e: &Entry| e.generation < generation && matches(&e.header);
-        self.remove_primaries_where(&by_shard(primaries), matches, false)
-    }
-
-    /// Removes every entry stored (created) before `cutoff`, and drops
-    /// every fill in flight; returns how many. Walks every shard, one
-    /// batch at a time.
-    pub fn purge_created_before(&self, cutoff: SystemTime) -> usize {
-        self.purges.record(PurgeRecord::Everything);
-        let mut primaries = Vec::new();
-        for shard in self.shards.iter() {
-            let shard = read(shard);
-            primaries.extend(
-                shard
-                    .primaries
-                    .iter()
-                    .filter(|(_, p)| {
-                        p.variants.iter().any(|v| {
-                            shard
-                                .entries
-                                .get(v)
-                                .is_some_and(|e| e.times.created < cutoff)
-                        })
-                    })
-                    .map(|(hash, _)| *hash),
-            );
-        }
-        self.remove_primaries_where(&by_shard(primaries), |_| true, false)
-    }
-}
-
-/// The index sets whose primaries `selection` names.
-fn named_sets<'a>(
-    index: &'a Indexes,
-    selection: Selection<'a>,
-) -> Box<dyn Iterator<Item = &'a keyhash::KeySet> + 'a> {
-    match selection {
-        Selection::Uri(uri) => Box::new(index.by_uri.get(uri).into_iter()),
-        Selection::Prefix(prefix) => Box::new(
-            index
-                .by_uri
-                .range::<str, _>((
-                    std::ops::Bound::Included(prefix),
-                    std::ops::Bound::Unbounded,
-                ))
-                .take_while(move |(uri, _)| uri.starts_with(prefix))
-                .map(|(_, set)| set),
-        ),
-        // Walks the URI index: an admin operation, not a request's.
-        Selection::PathPrefix(path_prefix) => Box::new(
-            index
-                .by_uri
-                .iter()
-                .filter(move |(uri, _)| {
-                    let split = uri.find('/').unwrap_or(uri.len());
-                    uri[split..].starts_with(path_prefix)
-                })
-                .map(|(_, set)| set),
-        ),
-        Selection::Route(route) => Box::new(index.by_route.get(route).into_iter()),
-        Selection::Tag(tag) => Box::new(index.by_tag.get(tag).into_iter()),
-    }
-}
-
-/// What a recorded purge selects (`None` for "everything").
-fn selection_of(record: &PurgeRecord) -> Option<Selection<'_>> {
-    Some(match record {
-        PurgeRecord::Uri(uri) => Selection::Uri(uri),
-        PurgeRecord::Prefix(prefix) => Selection::Prefix(prefix),
-        PurgeRecord::PathPrefix(prefix) => Selection::PathPrefix(prefix),
-        PurgeRecord::Route(route) => Selection::Route(route),
-        PurgeRecord::Tag(tag) => Selection::Tag(tag),
-        PurgeRecord::Everything => return None,
-    })
-}
-
-/// `primaries` grouped by the shard they live in.
-fn by_shard(primaries: Vec<HashBinary>) -> Vec<Vec<HashBinary>> {
-    let mut grouped = vec![Vec::new(); SHARDS];
-    for primary in primaries {
-        grouped[shard_of(&primary)].push(primary);
-    }
-    grouped
 }
 
 fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
