@@ -155,10 +155,10 @@ async fn purge(p: &PurgeAt, started: Instant) -> (Duration, Duration, String) {
 
 /// Polls the admin metrics until the purge's entries are freed, in
 /// memory and Redis (`tollgate_cache_purged_unreclaimed_entries` and
-/// `tollgate_cache_l2_purge_drains` back at 0, at most two minutes); when
+/// `tollgate_cache_l2_purge_drains` back at 0, at most five minutes); when
 /// that was, since `started`.
 async fn reclaimed(p: &PurgeAt, started: Instant) -> Duration {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(300);
     let request = "GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n";
     while Instant::now() < deadline {
         let text = admin_exchange(&p.admin, request).await.unwrap_or_default();

@@ -150,14 +150,12 @@ const EAGER: Pace = Pace {
 
 /// A drain after the purge answered: small batches (Redis is never busy
 /// with it for more than a fraction of a millisecond at a time) and rests
-/// three times as long as each took (at most a quarter of Redis's time).
+/// four times as long as each took (at most a fifth of Redis's time).
 /// With batches of 1,000 and a rest of 1, the hits beside a
 /// 1,000,000-entry drain in `benches/load/purge.sh` — whose load client
-/// shares a core with Redis — had 8.8× their p99.
-const BACKGROUND: Pace = Pace {
-    batch: 100,
-    rest: 3,
-};
+/// shares a core with Redis — had 8.8× their p99; with 100 and 3, 2.85×;
+/// with these, 2.16–2.29×, and 1,000,000 entries take ~135 s to delete.
+const BACKGROUND: Pace = Pace { batch: 50, rest: 4 };
 
 /// Removes `target` from the Redis tier and tells the other instances,
 /// within `cache.redis.purge_timeout`. Returns how many Redis entries went
