@@ -38,7 +38,8 @@ const INLINE_PURGE: usize = 1024;
 /// [`RECLAIM_REST`] times as long as the batch took, so it takes at most
 /// a fifth of a core from the workers while freeing a large purge's
 /// entries (`benches/load/purge.sh`, 1,000,000 entries on a core
-/// saturated by hits: with 16 and 3, their p99 was 2.0–2.4× of without;
+/// saturated by hits: with these, their p99 was 1.9–2.1× of without and
+/// the entries were free after ~90 s; with 16 and 3, 2.0–2.4× and ~65 s;
 /// docs/BENCHMARKS.md).
 const RECLAIM_BATCH: usize = 8;
 const RECLAIM_REST: u32 = 4;
