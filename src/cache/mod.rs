@@ -15,6 +15,7 @@ pub mod l2;
 pub mod markers;
 pub mod policy;
 pub mod purge;
+mod redis_drain;
 mod refusal;
 pub mod revalidation;
 pub mod store;

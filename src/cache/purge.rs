@@ -11,8 +11,11 @@
 //! misses refill from Redis or the upstream), and when it hears the
 //! channel again it drops every entry it stored before, once.
 
-use super::l2::{self, RedisTier};
+use super::l2::RedisTier;
 use super::markers;
+use super::redis_drain::{
+    drain_index, expire_index, listed_in, scan_uri_indexes, spawn_drain, EAGER, REDIS_BATCH,
+};
 use super::store::{MemoryStore, Selection};
 use crate::metrics::Metrics;
 use crate::redis_link::RedisConn;
@@ -20,7 +23,6 @@ use futures::StreamExt;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -116,46 +118,6 @@ pub fn purge_memory(store: &'static MemoryStore, purge: &Purge) -> usize {
 pub fn channel(tier: &RedisTier) -> String {
     format!("{}purge", tier.settings().key_prefix)
 }
-
-/// A glob (Redis `MATCH`) that matches `literal` exactly.
-fn glob_escape(literal: &str) -> String {
-    let mut out = String::with_capacity(literal.len());
-    for c in literal.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// Entries taken out of an index per command: each command stays within a
-/// few milliseconds of Redis's time however large the index.
-const REDIS_BATCH: usize = 1000;
-
-/// How a drain goes: entries per batch, and how many times as long as a
-/// batch took it rests after it.
-#[derive(Clone, Copy)]
-struct Pace {
-    batch: usize,
-    rest: u32,
-}
-
-/// A drain before the purge answers: as fast as Redis allows, each
-/// command within a few milliseconds of Redis's time.
-const EAGER: Pace = Pace {
-    batch: REDIS_BATCH,
-    rest: 0,
-};
-
-/// A drain after the purge answered: small batches (Redis is never busy
-/// with it for more than a fraction of a millisecond at a time) and rests
-/// four times as long as each took (at most a fifth of Redis's time).
-/// With batches of 1,000 and a rest of 1, the hits beside a
-/// 1,000,000-entry drain in `benches/load/purge.sh` — whose load client
-/// shares a core with Redis — had 8.8× their p99; with 100 and 3, 2.85×;
-/// with these, 2.16–2.29×, and 1,000,000 entries take ~135 s to delete.
-const BACKGROUND: Pace = Pace { batch: 50, rest: 4 };
 
 /// Removes `target` from the Redis tier and tells the other instances,
 /// within `cache.redis.purge_timeout`. Returns how many Redis entries went
@@ -292,54 +254,6 @@ async fn publish(
     Ok(())
 }
 
-/// How many entries these indexes list.
-async fn listed_in(conn: &mut RedisConn, indexes: &[String]) -> Result<usize, String> {
-    let mut listed = 0;
-    for index in indexes {
-        if let Some(batches) = IndexBatches::open(conn, index, REDIS_BATCH).await? {
-            listed += batches.left;
-        }
-    }
-    Ok(listed)
-}
-
-/// Starts draining a purge's indexes after it answered, counted in
-/// `tollgate_cache_l2_purge_drains` while it runs.
-fn spawn_drain(tier: &RedisTier, indexes: [String; 2]) {
-    let (link, metrics) = (tier.link().clone(), tier.metrics().clone());
-    metrics.cache_l2_drains.inc();
-    tokio::spawn(async move {
-        drain_after_answer(&link, &indexes).await;
-        metrics.cache_l2_drains.dec();
-    });
-}
-
-/// Drains a purge's indexes after it answered (its markers hide the
-/// entries meanwhile), paced ([`BACKGROUND`]). Failures are logged: the
-/// entries left stay hidden until they expire, and their index members
-/// are trimmed as they do.
-async fn drain_after_answer(link: &crate::redis_link::RedisLink, indexes: &[String]) {
-    let started = std::time::Instant::now();
-    let mut removed = 0;
-    for index in indexes {
-        let Some(mut conn) = link.conn() else {
-            log::warn!("cache: draining {index} after its purge: Redis is not connected; its entries stay hidden until they expire");
-            return;
-        };
-        match drain_index(&mut conn, index, false, BACKGROUND).await {
-            Ok(n) => removed += n,
-            Err(e) => {
-                log::warn!("cache: draining {index} after its purge: {e}; the entries left stay hidden until they expire");
-                return;
-            }
-        }
-    }
-    log::info!(
-        "cache: deleted {removed} purged Redis entries in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-}
-
 /// Leaves the purge's marker (`cache::markers`).
 async fn leave_marker(
     tier: &RedisTier,
@@ -368,325 +282,6 @@ async fn leave_marker(
         }
     };
     marked.map_err(|e| format!("leaving the purge marker: {e}"))
-}
-
-/// The URI index keys (named from `uri_index_start`) below `prefix`, on
-/// `host` or any host, by a cursor-based `SCAN`.
-async fn scan_uri_indexes(
-    conn: &mut RedisConn,
-    uri_index_start: &str,
-    prefix: &str,
-    host: Option<&str>,
-) -> Result<Vec<String>, String> {
-    let pattern = match host {
-        Some(host) => format!(
-            "{}*",
-            glob_escape(&format!("{uri_index_start}{host}{prefix}"))
-        ),
-        None => format!("{}*", glob_escape(uri_index_start)),
-    };
-    let uri_start = uri_index_start.len();
-    let mut found = Vec::new();
-    let mut iter: redis::AsyncIter<String> = redis::cmd("SCAN")
-        .cursor_arg(0)
-        .arg("MATCH")
-        .arg(&pattern)
-        .arg("COUNT")
-        .arg(REDIS_BATCH)
-        .clone()
-        .iter_async(conn)
-        .await
-        .map_err(|e| format!("scanning the Redis tier: {e}"))?;
-    while let Some(item) = iter.next().await {
-        let key = item.map_err(|e| format!("scanning the Redis tier: {e}"))?;
-        let keep = host.is_some() || {
-            let uri = key.get(uri_start..).unwrap_or("");
-            let path = uri.find('/').map_or("", |i| &uri[i..]);
-            path.starts_with(prefix)
-        };
-        if keep {
-            found.push(key);
-        }
-    }
-    Ok(found)
-}
-
-/// The members of an index, a batch at a time: taken out of a sorted set
-/// (`ZPOPMIN`), or read from a set of the earlier format (`SSCAN`) that is
-/// deleted once read. At most as many as it held when the purge began, so
-/// a purge ends however fast new entries arrive.
-struct IndexBatches<'a> {
-    index: &'a str,
-    sorted: bool,
-    left: usize,
-    cursor: Option<u64>,
-    /// Members per batch.
-    size: usize,
-}
-
-impl<'a> IndexBatches<'a> {
-    async fn open(
-        conn: &mut RedisConn,
-        index: &'a str,
-        size: usize,
-    ) -> Result<Option<Self>, String> {
-        let kind: String = redis::cmd("TYPE")
-            .arg(index)
-            .query_async(conn)
-            .await
-            .map_err(|e| format!("reading {index}: {e}"))?;
-        let sorted = match kind.as_str() {
-            "zset" => true,
-            "set" => false,
-            _ => return Ok(None),
-        };
-        let left: usize = redis::cmd(if sorted { "ZCARD" } else { "SCARD" })
-            .arg(index)
-            .query_async(conn)
-            .await
-            .map_err(|e| format!("reading {index}: {e}"))?;
-        Ok(Some(Self {
-            index,
-            sorted,
-            left,
-            cursor: Some(0),
-            size,
-        }))
-    }
-
-    /// The next batch, removed from the index (sorted sets) or read (sets);
-    /// `None` at the end.
-    async fn next(
-        &mut self,
-        conn: &mut RedisConn,
-        remove: bool,
-    ) -> Result<Option<Vec<String>>, String> {
-        let index = self.index;
-        let failed = |e: redis::RedisError| format!("reading {index}: {e}");
-        if self.left == 0 {
-            return Ok(None);
-        }
-        if self.sorted {
-            let batch: Vec<String> = if remove {
-                let popped: Vec<(String, f64)> = redis::cmd("ZPOPMIN")
-                    .arg(index)
-                    .arg(self.size.min(self.left))
-                    .query_async(conn)
-                    .await
-                    .map_err(failed)?;
-                popped.into_iter().map(|(m, _)| m).collect()
-            } else {
-                let start = self.cursor.unwrap_or(0);
-                let stop = start + self.size.min(self.left) as u64 - 1;
-                self.cursor = Some(stop + 1);
-                redis::cmd("ZRANGE")
-                    .arg(index)
-                    .arg(start)
-                    .arg(stop)
-                    .query_async(conn)
-                    .await
-                    .map_err(failed)?
-            };
-            self.left = self.left.saturating_sub(batch.len());
-            if batch.is_empty() {
-                self.left = 0;
-                return Ok(None);
-            }
-            return Ok(Some(batch));
-        }
-        let Some(cursor) = self.cursor else {
-            self.left = 0;
-            if remove {
-                let _: i64 = redis::cmd("UNLINK")
-                    .arg(index)
-                    .query_async(conn)
-                    .await
-                    .map_err(failed)?;
-            }
-            return Ok(None);
-        };
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SSCAN")
-            .arg(index)
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(self.size)
-            .query_async(conn)
-            .await
-            .map_err(failed)?;
-        self.cursor = (next != 0).then_some(next);
-        Ok(Some(batch))
-    }
-}
-
-/// Removes every entry an index lists, and the index, in batches
-/// (`UNLINK`: Redis frees the values off its main thread) at `pace`; how
-/// many entries went.
-async fn drain_index(
-    conn: &mut RedisConn,
-    index: &str,
-    cluster: bool,
-    pace: Pace,
-) -> Result<usize, String> {
-    let Some(mut batches) = IndexBatches::open(conn, index, pace.batch).await? else {
-        return Ok(0);
-    };
-    let mut removed = 0usize;
-    loop {
-        let started = std::time::Instant::now();
-        let Some(batch) = batches.next(conn, true).await? else {
-            break;
-        };
-        if batch.is_empty() {
-            continue;
-        }
-        leave_other_indexes(conn, index, &batch, cluster).await?;
-        if cluster {
-            // One key per command: the entries live in many slots.
-            for key in &batch {
-                let gone: usize = redis::cmd("UNLINK")
-                    .arg(key)
-                    .query_async(conn)
-                    .await
-                    .map_err(|e| format!("deleting {key}: {e}"))?;
-                removed += gone;
-            }
-        } else {
-            let gone: usize = redis::cmd("UNLINK")
-                .arg(&batch)
-                .query_async(conn)
-                .await
-                .map_err(|e| format!("deleting what {index} lists: {e}"))?;
-            removed += gone;
-        }
-        if pace.rest > 0 {
-            tokio::time::sleep(started.elapsed() * pace.rest).await;
-        }
-    }
-    Ok(removed)
-}
-
-/// Takes a batch of entries about to be deleted out of their other
-/// indexes (the keys each entry's `TGC2` header lists), so that purging a
-/// tag does not leave its entries' members in their URI and route indexes
-/// until they expire. Entries without the header (`TGC1`, or too many
-/// index keys) keep that old behaviour.
-async fn leave_other_indexes(
-    conn: &mut RedisConn,
-    drained: &str,
-    batch: &[String],
-    cluster: bool,
-) -> Result<(), String> {
-    let read = |key: &str, len: usize| {
-        let mut cmd = redis::cmd("GETRANGE");
-        cmd.arg(key).arg(0).arg(len.saturating_sub(1));
-        cmd
-    };
-    let failed =
-        |e: redis::RedisError| format!("reading the index keys of {drained}'s entries: {e}");
-    let mut heads: Vec<Vec<u8>> = if cluster {
-        let mut heads = Vec::with_capacity(batch.len());
-        for key in batch {
-            heads.push(
-                read(key, l2::HEAD_READ)
-                    .query_async(conn)
-                    .await
-                    .map_err(failed)?,
-            );
-        }
-        heads
-    } else {
-        let mut pipe = redis::pipe();
-        for key in batch {
-            pipe.add_command(read(key, l2::HEAD_READ));
-        }
-        pipe.query_async(conn).await.map_err(failed)?
-    };
-    let mut members: HashMap<String, Vec<&str>> = HashMap::new();
-    for (key, head) in batch.iter().zip(heads.iter_mut()) {
-        if let Err(whole) = l2::index_names_in(head) {
-            *head = read(key, whole).query_async(conn).await.map_err(failed)?;
-        }
-        for name in l2::index_names_in(head).unwrap_or_default() {
-            if name != drained {
-                members.entry(name.to_owned()).or_default().push(key);
-            }
-        }
-    }
-    if members.is_empty() {
-        return Ok(());
-    }
-    let zrem = |index: &str, keys: &[&str]| {
-        let mut cmd = redis::cmd("ZREM");
-        cmd.arg(index).arg(keys);
-        cmd
-    };
-    let failed = |e: redis::RedisError| {
-        format!("taking {drained}'s entries out of their other indexes: {e}")
-    };
-    if cluster {
-        for (index, keys) in &members {
-            let _: i64 = zrem(index, keys).query_async(conn).await.map_err(failed)?;
-        }
-    } else {
-        let mut pipe = redis::pipe();
-        for (index, keys) in &members {
-            pipe.add_command(zrem(index, keys)).ignore();
-        }
-        let _: () = pipe.query_async(conn).await.map_err(failed)?;
-    }
-    Ok(())
-}
-
-/// Marks every entry an index lists stale now (a soft purge), a batch at
-/// a time; how many.
-async fn expire_index(conn: &mut RedisConn, index: &str) -> Result<usize, String> {
-    let Some(mut batches) = IndexBatches::open(conn, index, REDIS_BATCH).await? else {
-        return Ok(0);
-    };
-    let mut expired = 0usize;
-    while let Some(batch) = batches.next(conn, false).await? {
-        for key in &batch {
-            expired += usize::from(expire_entry(conn, key).await?);
-        }
-    }
-    Ok(expired)
-}
-
-/// Marks one Redis entry stale now (a soft purge), keeping its expiry;
-/// `false` when it is gone, does not decode, or was rewritten meanwhile
-/// (by a write newer than the purge: the markers drop older ones).
-async fn expire_entry(conn: &mut RedisConn, key: &str) -> Result<bool, String> {
-    let value: Option<Vec<u8>> = redis::cmd("GET")
-        .arg(key)
-        .query_async(conn)
-        .await
-        .map_err(|e| format!("reading {key}: {e}"))?;
-    let Some(old) = value else {
-        return Ok(false);
-    };
-    let Some(entry) = super::l2::decode(&old) else {
-        return Ok(false);
-    };
-    let Ok(mut meta) = pingora::cache::CacheMeta::deserialize(&entry.internal, &entry.header)
-    else {
-        return Ok(false);
-    };
-    meta.expire_at(SystemTime::now());
-    let Ok((internal, header)) = meta.serialize() else {
-        return Ok(false);
-    };
-    let Some(new) = super::l2::encode(
-        &entry.index_names,
-        entry.generation,
-        &internal,
-        &header,
-        &entry.body,
-    ) else {
-        return Ok(false);
-    };
-    markers::replace_if_unchanged(conn, key, &old, &new)
-        .await
-        .map_err(|e| format!("marking {key} stale: {e}"))
 }
 
 /// Listens for other instances' purges and applies them to memory; keeps
@@ -860,11 +455,6 @@ impl BackgroundService for PurgeListener {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn globs_match_only_the_literal() {
-        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
-    }
 
     #[test]
     fn announcements_round_trip() {
