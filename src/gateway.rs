@@ -96,6 +96,21 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// Whether a GET or HEAD of `uri` (the cache key's form,
+    /// `host/path?query`) could reach a route that caches, by host and
+    /// path (header conditions ignored: a "yes" too many only costs the
+    /// work of sharing an invalidation). An unsafe request to a URI no
+    /// caching route serves has nothing in any cache to invalidate.
+    pub fn may_cache_uri(&self, uri: &str) -> bool {
+        let (host, path) = uri.split_at(uri.find('/').unwrap_or(uri.len()));
+        let path = path.split('?').next().unwrap_or(path);
+        let host = crate::host::Host::parse_str(host);
+        let caches = |id: RouteId| self.routes.get(id.0).is_some_and(|r| r.cache.is_some());
+        [http::Method::GET, http::Method::HEAD]
+            .iter()
+            .any(|m| self.router.any_candidate(host.as_ref(), path, m, caches))
+    }
+
     /// Compiles a validated config; pools reuse backend and health state
     /// that `memory` keeps from earlier generations.
     pub fn build(

@@ -152,6 +152,25 @@ pub struct Metrics {
     pub cache_l2_drains: IntGauge,
     /// `tollgate_cache_l2_lookup_duration_seconds`.
     pub cache_l2_lookup_seconds: Histogram,
+    /// `tollgate_cache_l2_implausible_generations_total`: shared purge
+    /// generations heard far ahead of the clock and ignored.
+    pub cache_implausible_generations: IntCounter,
+    /// `tollgate_cache_l2_write_queue_bytes`: values waiting for the
+    /// Redis tier's writer.
+    pub cache_l2_write_queue_bytes: IntGauge,
+    /// `tollgate_cache_l2_redis_too_old`: 1 while the Redis found is older
+    /// than the tier needs (the tier stays off).
+    pub cache_l2_redis_too_old: IntGauge,
+    /// `tollgate_cache_invalidation_queue`: shared parts of invalidations
+    /// and purges waiting or in flight (`cache::invalidation::outbox`).
+    pub cache_invalidation_queue: IntGauge,
+    /// `tollgate_cache_invalidation_queue_bytes`: the memory they hold.
+    pub cache_invalidation_queue_bytes: IntGauge,
+    /// `tollgate_cache_invalidations_shared_total{result}`: shared parts
+    /// `sent`, `coalesced` (an identical one was waiting), `dropped` (the
+    /// queue was full), `failed` (Redis did not take it), `local` (no
+    /// caching route serves the URI: nothing to share).
+    pub cache_invalidations_shared: IntCounterVec,
     /// `tollgate_cache_background_refreshes_total{route,status}`: Pingora's
     /// stale-while-revalidate subrequests, which are not client requests
     /// and so are not in `tollgate_requests_total` or the access log.
@@ -454,6 +473,46 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let cache_implausible_generations = IntCounter::new(
+            "tollgate_cache_l2_implausible_generations_total",
+            "Shared purge generations heard more than a minute ahead of the clock and ignored",
+        )?;
+        let cache_l2_redis_too_old = IntGauge::new(
+            "tollgate_cache_l2_redis_too_old",
+            "1 while the Redis server is older than the cache tier needs (7.0); the tier stays off",
+        )?;
+        let cache_l2_write_queue_bytes = IntGauge::new(
+            "tollgate_cache_l2_write_queue_bytes",
+            "Bytes of responses waiting to be written to the cache's Redis tier",
+        )?;
+        let cache_invalidation_queue = IntGauge::new(
+            "tollgate_cache_invalidation_queue",
+            "Shared parts of invalidations and purges waiting for Redis or in flight",
+        )?;
+        let cache_invalidation_queue_bytes = IntGauge::new(
+            "tollgate_cache_invalidation_queue_bytes",
+            "Memory held by the shared parts of invalidations waiting for Redis",
+        )?;
+        let cache_invalidations_shared = IntCounterVec::new(
+            Opts::new(
+                "tollgate_cache_invalidations_shared_total",
+                "Shared parts of invalidations: sent, coalesced, dropped (queue full), failed, local (no caching route serves the URI)",
+            ),
+            &["result"],
+        )?;
+        for result in ["sent", "coalesced", "dropped", "failed", "local"] {
+            cache_invalidations_shared.with_label_values(&[result]);
+        }
+        for m in [
+            Box::new(cache_implausible_generations.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(cache_l2_redis_too_old.clone()),
+            Box::new(cache_l2_write_queue_bytes.clone()),
+            Box::new(cache_invalidation_queue.clone()),
+            Box::new(cache_invalidation_queue_bytes.clone()),
+            Box::new(cache_invalidations_shared.clone()),
+        ] {
+            register(&registry, &mut names, m)?;
+        }
         let cache_l2_lookup_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "tollgate_cache_l2_lookup_duration_seconds",
@@ -562,6 +621,12 @@ impl Metrics {
             cache_l2_writes,
             cache_l2_drains,
             cache_l2_lookup_seconds,
+            cache_implausible_generations,
+            cache_l2_redis_too_old,
+            cache_l2_write_queue_bytes,
+            cache_invalidation_queue,
+            cache_invalidation_queue_bytes,
+            cache_invalidations_shared,
             cache_background_refreshes,
         })
     }

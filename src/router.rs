@@ -195,6 +195,56 @@ impl Router {
     }
 }
 
+impl Router {
+    /// Whether any route that accepts `method` on `host` + `path`, by host
+    /// and path prefix alone, satisfies `wanted` — header conditions
+    /// ignored and shorter prefixes included, so it answers "could a
+    /// request like this reach such a route" conservatively (a superset
+    /// of what [`Router::find`] would pick for some header fields). Used
+    /// where a false "yes" only costs work: whether an unsafe request's
+    /// URI can be cached by any route (`cache::invalidation`).
+    pub fn any_candidate(
+        &self,
+        host: Option<&Host>,
+        path: &str,
+        method: &Method,
+        wanted: impl Fn(RouteId) -> bool,
+    ) -> bool {
+        let path = path.as_bytes();
+        let accepts =
+            |b: &Bucket| b.any_entry(path, |e| e.methods.contains(method) && wanted(e.route));
+        if let Some(host) = host.map(Host::as_str) {
+            if self.exact.get(host).is_some_and(accepts) {
+                return true;
+            }
+            for (i, _) in host.match_indices('.') {
+                if self.wildcard.get(&host[i..]).is_some_and(accepts) {
+                    return true;
+                }
+            }
+        }
+        accepts(&self.any_host)
+    }
+}
+
+impl Bucket {
+    /// Whether any entry whose prefix (either spelling) the path starts
+    /// with satisfies `f`.
+    fn any_entry(&self, path: &[u8], f: impl Fn(&Entry) -> bool) -> bool {
+        let folded_path = (!self.folded.is_empty()).then(|| path.to_ascii_lowercase());
+        self.lengths
+            .iter()
+            .filter(|&&len| len <= path.len())
+            .any(|&len| {
+                let exact = self.exact.get(&path[..len]);
+                let folded = folded_path
+                    .as_ref()
+                    .and_then(|p| self.folded.get(&p[..len]));
+                exact.into_iter().chain(folded).flatten().any(&f)
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +278,23 @@ mod tests {
         let host = (!host.is_empty()).then(|| Host::parse_str(host).expect("valid host"));
         r.find(host.as_ref(), path, &method, &HeaderMap::new())
             .map(|id| id.0)
+    }
+
+    #[test]
+    fn any_candidate_sees_every_route_a_path_could_reach() {
+        let t = table();
+        let get = Method::GET;
+        // /api/v2/x: routes 0, 1, 2 accept GET by prefix (3 is POST only).
+        for (id, expected) in [(0, true), (1, true), (2, true), (3, false), (4, false)] {
+            assert_eq!(
+                t.any_candidate(None, "/api/v2/x", &get, |r| r == RouteId(id)),
+                expected,
+                "route {id}"
+            );
+        }
+        let host = Host::parse_str("api.example.com");
+        assert!(t.any_candidate(host.as_ref(), "/x", &get, |r| r == RouteId(4)));
+        assert!(t.any_candidate(host.as_ref(), "/x", &get, |r| r == RouteId(0)));
     }
 
     #[test]

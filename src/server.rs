@@ -6,8 +6,9 @@ use crate::access_log::{AccessLog, Destination, ReopenOnSignal};
 use crate::admin::AdminApp;
 use crate::auth::keyring::{KeyRefresher, KeyRing};
 use crate::breaker::CircuitBreaker;
+use crate::cache::invalidation::listener::PurgeListener;
+use crate::cache::invalidation::outbox::OutboxSender;
 use crate::cache::l2::{L2Settings, RedisTier};
-use crate::cache::purge::PurgeListener;
 use crate::cache::CacheRuntime;
 use crate::config::model::ServerSettings;
 use crate::config::Config;
@@ -275,6 +276,10 @@ pub fn build(
         ReopenOnSignal::new(access_log),
     ));
     if let Some(tier) = redis_tier {
+        server.add_service(background_service(
+            "tollgate cache invalidation outbox",
+            OutboxSender::new(tier.clone(), state.cache.store, state.instance.clone()),
+        ));
         server.add_service(background_service(
             "tollgate cache purge listener",
             PurgeListener::new(

@@ -7,7 +7,8 @@
 mod origin;
 mod status_page;
 
-use crate::cache::purge::{purge_memory_off_runtime, purge_shared, Purge, PurgeTarget};
+use crate::cache::invalidation::shared::purge_shared;
+use crate::cache::invalidation::{purge_memory_off_runtime, Purge, PurgeTarget};
 
 use crate::state::AppState;
 use crate::upstream::BackendOrigin;
@@ -128,8 +129,13 @@ impl AdminApp {
                 "jwks": if jwks.is_empty() { serde_json::Value::Null } else { jwks.into() },
                 "cache_redis": self.state.cache.redis().map(|tier| json!({
                     "status": if tier.is_answering() { "ok" } else { "degraded" },
-                    "detail": if tier.is_answering() { "cache tier shared" } else { "memory only until Redis answers" },
+                    "detail": match tier.too_old() {
+                        Some(version) => format!("Redis {version} is older than 7.0, which the cache tier needs: memory only"),
+                        None if tier.is_answering() => "cache tier shared".to_owned(),
+                        None => "memory only until Redis answers".to_owned(),
+                    },
                     "breaker": if tier.breaker_is_open() { "open" } else { "closed" },
+                    "invalidations_queued": tier.outbox().len(),
                 })),
             }
         })
@@ -303,7 +309,7 @@ impl AdminApp {
     /// `POST /cache/purge` with one of `{"url": "http://host/path?q"}`,
     /// `{"prefix": "/path/", "host": "optional"}` or `{"route": "name"}`:
     /// this instance's memory, then, with the Redis tier, Redis and every
-    /// other instance (`cache::purge`).
+    /// other instance (`cache::invalidation`).
     async fn purge(&self, body: &[u8]) -> Response<Vec<u8>> {
         let purge = match self.purge_target(body) {
             Ok(purge) => purge,
@@ -323,10 +329,16 @@ impl AdminApp {
             let removed = count(memory.await);
             return respond_json(StatusCode::OK, &json!({"purged": removed}));
         };
+        // Hidden from this instance's Redis lookups until its markers are
+        // set and memory is purged again (invariant 4, `cache::invalidation`).
+        let hold = tier.outbox().hold(&purge.target);
         // Memory (on a blocking thread) and Redis (Redis's own work) at once.
         let shared = purge_shared(tier, state.cache.store, &state.instance, &purge);
         let (removed, shared) = tokio::join!(memory, shared);
         let removed = count(removed);
+        // What a lookup under way took from Redis before the markers.
+        purge_memory_off_runtime(state.cache.store, &purge).await;
+        drop(hold);
         match shared {
             Ok(shared) => respond_json(
                 StatusCode::OK,

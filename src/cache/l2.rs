@@ -2,7 +2,7 @@
 //! find there instead of asking the upstream again.
 //!
 //! - **Lookups** (on a memory miss) are one script — the entry, unless a
-//!   purge marker hides it (`cache::markers::LOOKUP_LUA`; a plain `GET` on
+//!   purge marker hides it (`invalidation::markers::LOOKUP_LUA`; a plain `GET` on
 //!   a cluster) — with their own short timeout
 //!   (`cache.redis.lookup_timeout`, default 20 ms) behind a circuit
 //!   breaker; a slow or absent Redis is a miss, never an error.
@@ -10,7 +10,7 @@
 //!   (bounded) for a writer task that stores it with `PX` = its freshness
 //!   plus its stale windows and adds it to its URI's, route's and tags'
 //!   index sets (for purges), in one script that first checks the purge
-//!   markers (`cache::markers`): a write a purge overtook is dropped. Each
+//!   markers (`cache::invalidation`): a write a purge overtook is dropped. Each
 //!   write has its own bound (`write_timeout`). A full queue drops the
 //!   write and counts it.
 //! - **Format**: `TGC3`, then the length (u32, big-endian) and bytes of
@@ -18,7 +18,7 @@
 //!   index reads them with `GETRANGE` to take the entry out of its other
 //!   indexes too), then the length and bytes of its write's shared purge
 //!   generation (decimal: the lookup script compares it with the purge
-//!   markers of those index keys, `cache::markers`), then the lengths and
+//!   markers of those index keys, `cache::invalidation`), then the lengths and
 //!   bytes of Pingora's serialized internal meta and header, then the body.
 //!   `TGC2` (no generation, written by the previous version during a
 //!   rolling upgrade) still decodes, as generation 0: any live marker that
@@ -27,17 +27,18 @@
 //!   miss. Anything else that does not decode (a truncated value) is a
 //!   miss, counted as an error; it is never served.
 //! - **Purges** answer once their markers are set and published; a large
-//!   index is drained afterwards (`cache::purge`). Until then its entries
+//!   index is drained afterwards (`cache::invalidation`). Until then its entries
 //!   are still in Redis, and the lookup script hides them.
 
-use super::markers::{self, MarkedWrite};
+use super::invalidation::markers::{self, MarkedWrite};
+use super::invalidation::outbox::{Outbox, DEFAULT_LIMIT_BYTES};
 use super::store::FillTicket;
 use crate::breaker::{CircuitBreaker, Permit, Transition};
 use crate::metrics::Metrics;
 use crate::redis_link::RedisLink;
 use bytes::Bytes;
 use pingora::cache::key::HashBinary;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -58,6 +59,11 @@ pub const HEAD_READ: usize = 512;
 
 /// Writes queued for the writer task before new ones are dropped.
 pub const WRITE_QUEUE: usize = 1024;
+
+/// Bytes of values queued for the writer task before new writes are
+/// dropped: a burst of large misses cannot hold [`WRITE_QUEUE`] × 1 MiB
+/// outside `cache.max_size` (`tollgate_cache_l2_write_queue_bytes`).
+pub const WRITE_QUEUE_BYTES: usize = 32 << 20;
 
 /// Settings of the tier (`cache.redis`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,6 +249,30 @@ pub struct RedisTier {
     metrics: Arc<Metrics>,
     /// Whether the last lookup or write got an answer (for `/health`).
     answering: Arc<AtomicBool>,
+    /// Shared parts of invalidations waiting to be sent.
+    outbox: Arc<Outbox>,
+    /// Bytes of the values queued for the writer.
+    queued_bytes: Arc<AtomicUsize>,
+    /// The version of a Redis found too old for the tier's scripts (then
+    /// the tier stays off: memory only).
+    too_old: std::sync::Mutex<Option<String>>,
+}
+
+/// The oldest Redis the tier's scripts run on: `PEXPIRE … GT/NX` and
+/// `ZADD … GT` came with 7.0.
+pub const REDIS_NEEDED: (u32, u32) = (7, 0);
+
+/// The `redis_version` in an `INFO server` answer, as (major, minor) and
+/// as written.
+pub fn redis_version(info: &str) -> Option<((u32, u32), String)> {
+    let version = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))?
+        .trim();
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+    let major = parts.next()??;
+    let minor = parts.next().flatten().unwrap_or(0);
+    Some(((major, minor), version.to_owned()))
 }
 
 impl RedisTier {
@@ -266,11 +296,23 @@ impl RedisTier {
             writes,
             metrics: metrics.clone(),
             answering: answering.clone(),
+            outbox: Arc::new(Outbox::new(DEFAULT_LIMIT_BYTES, metrics.clone())),
+            too_old: std::sync::Mutex::new(None),
+            queued_bytes: Arc::new(AtomicUsize::new(0)),
         });
         let (write_timeout, marker_ttl) =
             (tier.settings.write_timeout, tier.settings.purge_marker_ttl);
+        let queued_bytes = tier.queued_bytes.clone();
         crate::redis_link::spawn_runtime_thread("tollgate-cache-l2-writer".into(), move || {
-            write_loop(link, queue, metrics, answering, write_timeout, marker_ttl)
+            let writer = Writer {
+                link,
+                metrics,
+                answering,
+                queued_bytes,
+                write_timeout,
+                marker_ttl,
+            };
+            writer.run(queue)
         })
         .map_err(|e| format!("cache redis tier: cannot start the writer: {e}"))?;
         Ok(tier)
@@ -291,15 +333,91 @@ impl RedisTier {
         &self.link
     }
 
-    /// Whether Redis answered the tier's last lookup or write, and the
-    /// breaker is closed: `/health` says `degraded` otherwise.
+    /// Whether Redis answered the tier's last lookup or write, the
+    /// breaker is closed and the server is recent enough: `/health` says
+    /// `degraded` otherwise.
     pub fn is_answering(&self) -> bool {
-        self.answering.load(Ordering::Relaxed) && !self.breaker.is_open()
+        self.answering.load(Ordering::Relaxed) && !self.breaker.is_open() && !self.is_off()
+    }
+
+    /// The version of the Redis found, when it is older than
+    /// [`REDIS_NEEDED`] (the tier is off).
+    pub fn too_old(&self) -> Option<String> {
+        self.too_old
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether the tier is off because Redis is too old.
+    fn is_off(&self) -> bool {
+        self.too_old
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Asks Redis its version (after each (re)connection of the purge
+    /// channel: a failover may bring another server) and turns the tier
+    /// off while it is older than [`REDIS_NEEDED`], with a log line, the
+    /// gauge `tollgate_cache_l2_redis_too_old` and `/health` saying so,
+    /// rather than failing every write.
+    pub async fn check_version(&self) {
+        let Some(mut conn) = self.link.conn() else {
+            return;
+        };
+        let mut ask = redis::cmd("INFO");
+        ask.arg("server");
+        let info = ask.query_async::<String>(&mut conn);
+        let Ok(Ok(info)) = tokio::time::timeout(self.settings.listen_timeout, info).await else {
+            return;
+        };
+        let Some((found, version)) = redis_version(&info) else {
+            return;
+        };
+        let old = found < REDIS_NEEDED;
+        let mut too_old = self.too_old.lock().unwrap_or_else(|p| p.into_inner());
+        if old && too_old.is_none() {
+            log::error!(
+                "cache redis tier: Redis {version} is older than {}.{}, which the tier needs (PEXPIRE GT, ZADD GT); the tier stays off (memory only)",
+                REDIS_NEEDED.0,
+                REDIS_NEEDED.1
+            );
+        }
+        *too_old = old.then_some(version);
+        self.metrics.cache_l2_redis_too_old.set(i64::from(old));
     }
 
     /// Whether the breaker keeps lookups away from Redis.
     pub fn breaker_is_open(&self) -> bool {
         self.breaker.is_open()
+    }
+
+    /// Whether the breaker lets work through now (`SkipAndProbe`: the
+    /// caller's work is the probe, and its [`RedisTier::record_answer`]
+    /// closes or reopens the breaker).
+    pub fn permit(&self) -> Permit {
+        match self.is_off() {
+            true => Permit::Skip,
+            false => self.breaker.permit(),
+        }
+    }
+
+    /// Records whether Redis answered work of the tier (a lookup, a
+    /// shared invalidation) for the breaker and `/health`.
+    pub fn record_answer(&self, answered: bool) {
+        self.answering.store(answered, Ordering::Relaxed);
+        if self.breaker.record(answered) == Transition::Opened {
+            log::warn!(
+                "cache redis tier: circuit breaker open, memory only for {:?}",
+                self.breaker.open_for()
+            );
+        }
+    }
+
+    /// The queue of invalidations' shared parts.
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
     }
 
     /// The Redis key of an entry.
@@ -359,6 +477,9 @@ impl RedisTier {
     }
 
     async fn try_lookup(&self, combined: &HashBinary) -> (LookupResult, Option<L2Entry>) {
+        if self.is_off() {
+            return (LookupResult::Error, None);
+        }
         match self.breaker.permit() {
             Permit::Ask => {}
             Permit::Skip => return (LookupResult::Timeout, None),
@@ -397,13 +518,7 @@ impl RedisTier {
                     }
                 },
             };
-        self.answering.store(answered, Ordering::Relaxed);
-        if self.breaker.record(answered) == Transition::Opened {
-            log::warn!(
-                "cache redis tier: circuit breaker open, memory only for {:?}",
-                self.breaker.open_for()
-            );
-        }
+        self.record_answer(answered);
         (result, entry)
     }
 
@@ -418,7 +533,7 @@ impl RedisTier {
         names: &EntryNames<'_>,
         ticket: FillTicket,
     ) {
-        if entry.body.len() > self.settings.max_object_size || ttl.is_zero() {
+        if entry.body.len() > self.settings.max_object_size || ttl.is_zero() || self.is_off() {
             return;
         }
         let indexes: Vec<String> = [self.uri_index(names.uri), self.route_index(names.route)]
@@ -451,12 +566,19 @@ impl RedisTier {
             indexes,
             ticket,
         };
-        if self.writes.try_send(write).is_err() {
+        let bytes = write.value.len();
+        let queued = self.queued_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        if queued > WRITE_QUEUE_BYTES || self.writes.try_send(write).is_err() {
+            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
             self.metrics
                 .cache_l2_writes
                 .with_label_values(&["dropped"])
                 .inc();
+            return;
         }
+        self.metrics
+            .cache_l2_write_queue_bytes
+            .set(i64::try_from(queued).unwrap_or(i64::MAX));
     }
 }
 
@@ -469,41 +591,58 @@ pub fn ttl_of(fresh_until: SystemTime, stale_secs: u32, now: SystemTime) -> Dura
         .unwrap_or(Duration::ZERO)
 }
 
-/// The writer task: one script per entry (`cache::markers::write`), each
-/// bounded by `write_timeout`. A write whose request began so long ago
-/// that the markers which could drop it may be gone is dropped unsent.
-async fn write_loop(
+/// The writer task's state: one script per entry
+/// (`invalidation::markers::write`), each bounded by `write_timeout`. A
+/// write whose request began so long ago that the markers which could
+/// drop it may be gone is dropped unsent.
+struct Writer {
     link: Arc<RedisLink>,
-    mut queue: tokio::sync::mpsc::Receiver<MarkedWrite>,
     metrics: Arc<Metrics>,
     answering: Arc<AtomicBool>,
+    queued_bytes: Arc<AtomicUsize>,
     write_timeout: Duration,
     marker_ttl: Duration,
-) {
-    while let Some(write) = queue.recv().await {
-        let result = if write.ticket.began.elapsed() + write_timeout >= marker_ttl {
-            "overtaken"
-        } else {
-            match link.conn() {
-                None => "error",
-                Some(mut conn) => {
-                    let sent = markers::write(&mut conn, &write, link.is_cluster());
-                    match tokio::time::timeout(write_timeout, sent).await {
-                        Ok(Ok(true)) => "ok",
-                        Ok(Ok(false)) => "overtaken",
-                        Ok(Err(e)) => {
-                            log::debug!("cache redis tier: writing {}: {e}", write.key);
-                            "error"
-                        }
-                        Err(_) => "error",
-                    }
-                }
+}
+
+impl Writer {
+    async fn run(self, mut queue: tokio::sync::mpsc::Receiver<MarkedWrite>) {
+        while let Some(write) = queue.recv().await {
+            let result = self.write(&write).await;
+            let left = self
+                .queued_bytes
+                .fetch_sub(write.value.len(), Ordering::AcqRel)
+                .saturating_sub(write.value.len());
+            self.metrics
+                .cache_l2_write_queue_bytes
+                .set(i64::try_from(left).unwrap_or(i64::MAX));
+            if result != "overtaken" {
+                self.answering.store(result == "ok", Ordering::Relaxed);
             }
-        };
-        if result != "overtaken" {
-            answering.store(result == "ok", Ordering::Relaxed);
+            self.metrics
+                .cache_l2_writes
+                .with_label_values(&[result])
+                .inc();
         }
-        metrics.cache_l2_writes.with_label_values(&[result]).inc();
+    }
+
+    /// Sends one write; the metric label of how it went.
+    async fn write(&self, write: &MarkedWrite) -> &'static str {
+        if write.ticket.began.elapsed() + self.write_timeout >= self.marker_ttl {
+            return "overtaken";
+        }
+        let Some(mut conn) = self.link.conn() else {
+            return "error";
+        };
+        let sent = markers::write(&mut conn, write, self.link.is_cluster());
+        match tokio::time::timeout(self.write_timeout, sent).await {
+            Ok(Ok(true)) => "ok",
+            Ok(Ok(false)) => "overtaken",
+            Ok(Err(e)) => {
+                log::debug!("cache redis tier: writing {}: {e}", write.key);
+                "error"
+            }
+            Err(_) => "error",
+        }
     }
 }
 
@@ -571,6 +710,16 @@ mod tests {
         assert!(index_names(&huge).is_empty(), "over MAX_INDEX_NAMES: none");
         let value = encode(&[], 7, b"m", b"h", b"b").expect("encode");
         assert!(decode(&value).is_none(), "no index keys: never served");
+    }
+
+    #[test]
+    fn the_redis_version_is_read_from_info() {
+        let info = "# Server\r\nredis_version:6.2.14\r\nredis_mode:standalone\r\n";
+        assert_eq!(redis_version(info), Some(((6, 2), "6.2.14".to_owned())));
+        assert!(redis_version(info).expect("v").0 < REDIS_NEEDED);
+        let info = "redis_version:7.0.15\n";
+        assert!(redis_version(info).expect("v").0 >= REDIS_NEEDED);
+        assert_eq!(redis_version("# Server\r\n"), None);
     }
 
     #[test]

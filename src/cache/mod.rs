@@ -9,13 +9,10 @@
 
 pub mod fresh;
 pub mod freshness;
-pub mod invalidate;
+pub mod invalidation;
 pub mod key;
 pub mod l2;
-pub mod markers;
 pub mod policy;
-pub mod purge;
-mod redis_drain;
 mod refusal;
 pub mod revalidation;
 pub mod store;

@@ -6,7 +6,7 @@
 //! Evictions leave Redis alone: another instance may still want the entry.
 
 use super::l2::{ttl_of, EntryNames, L2Entry, RedisTier};
-use super::store::{ticket_of, MemoryStore};
+use super::store::{ticket_of, FillNames, MemoryStore};
 use crate::cache::key::{route_part, uri_of};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -132,6 +132,16 @@ impl Storage for TieredStorage {
         if let Some(hit) = self.memory.lookup(key, trace).await? {
             return Ok(Some(hit));
         }
+        let (Some(uri), Some(route)) = (uri_of(key), key.primary_key_str().and_then(route_part))
+        else {
+            return Ok(None);
+        };
+        // Invariant 4 (`cache::invalidation`): nothing a purge whose shared
+        // part is not done names comes from Redis.
+        let outbox = self.redis.outbox();
+        if outbox.hides_uri(uri) {
+            return Ok(None);
+        }
         let Some(entry) = self.redis.lookup(&key.combined_bin()).await else {
             return Ok(None);
         };
@@ -142,6 +152,18 @@ impl Storage for TieredStorage {
                 return Ok(None);
             }
         };
+        let tags = self.memory.tags_of(meta.response_header());
+        let names = FillNames {
+            uri,
+            route,
+            tags: &tags,
+        };
+        // A purge made while the lookup was under way: its markers may have
+        // come after Redis answered.
+        let ticket = ticket_of(self.memory, key);
+        if outbox.hides(&names) || self.memory.overtaken(ticket, uri, route, &tags) {
+            return Ok(None);
+        }
         self.promote(key, &meta, entry.body.clone()).await?;
         let (mut meta, hit) = match self.memory.lookup(key, trace).await? {
             Some(found) => found,
@@ -178,7 +200,7 @@ impl Storage for TieredStorage {
     ) -> Result<PurgeOutcome> {
         // Only this instance's memory: an eviction here is no reason to
         // take the entry from the others (admin purges reach Redis
-        // through `cache::purge`).
+        // through `cache::invalidation`).
         self.memory.purge(target, kind, trace).await
     }
 

@@ -7,7 +7,8 @@
 mod respond;
 mod steps;
 
-use crate::cache::{self, invalidate, vary};
+use crate::cache::invalidation::answered as invalidate;
+use crate::cache::{self, vary};
 use crate::compression;
 use crate::ctx::RequestCtx;
 use crate::errors::ErrorResponse;

@@ -4,7 +4,8 @@
 //! response.
 
 use super::{respond, Proxy};
-use crate::cache::{fresh, invalidate, purge};
+use crate::cache::fresh;
+use crate::cache::invalidation::{answered as invalidate, purge_memory_off_runtime, PurgeTarget};
 use crate::ctx::RequestCtx;
 use crate::errors::ErrorResponse;
 use crate::forwarded;
@@ -445,10 +446,12 @@ impl Proxy {
 
     /// RFC 9111 §4.4 for an unsafe request whose upstream answered: the
     /// stored responses it makes stale, and the tags its upstream named in
-    /// `cache.invalidation_header`, are purged before the answer is sent
-    /// (in memory, then with the Redis tier in Redis and on the other
-    /// instances), so a client that sees its write done never reads what
-    /// it replaced — and a fill in flight for them is dropped.
+    /// `cache.invalidation_header`, are purged from memory before the
+    /// answer is sent, so a client that sees its write done never reads
+    /// what it replaced — and a fill in flight for them is dropped. With
+    /// the Redis tier, their shared part (Redis and the other instances)
+    /// is queued first, never waited for (`cache::invalidation::outbox`);
+    /// a URI that no caching route serves is not shared at all.
     pub(super) async fn invalidate_before_answering(
         &self,
         session: &Session,
@@ -470,24 +473,33 @@ impl Proxy {
             resp: Some(upstream_response),
             policy: ctx.route().and_then(|r| r.cache.as_ref()),
         };
-        let purges =
-            invalidate::after_request(state.cache.store, &state.metrics, &finished, named_tags);
-        for tagged in purges
-            .iter()
-            .filter(|p| matches!(p.target, purge::PurgeTarget::Tag(_)))
-        {
-            let removed = purge::purge_memory_off_runtime(state.cache.store, tagged).await;
-            invalidate::counted(&state.metrics, removed);
-        }
-        // Not while the tier's breaker is open: Redis is not answering, and
-        // the entries expire there by their own TTL.
-        if let Some(tier) = state.cache.redis().filter(|t| !t.breaker_is_open()) {
-            for purge in &purges {
-                let shared = purge::purge_shared(tier, state.cache.store, &state.instance, purge);
-                if let Err(e) = shared.await {
-                    log::warn!("invalidation not shared: {e}");
-                }
+        let outbox = state.cache.redis().map(|tier| tier.outbox());
+        let share = |purge: &crate::cache::invalidation::Purge| {
+            let Some(outbox) = outbox else { return };
+            let cacheable = match &purge.target {
+                PurgeTarget::Uri(uri) => ctx.gateway.may_cache_uri(uri),
+                _ => true,
+            };
+            if cacheable {
+                outbox.push(purge.clone());
+            } else {
+                state
+                    .metrics
+                    .cache_invalidations_shared
+                    .with_label_values(&["local"])
+                    .inc();
             }
+        };
+        let tagged = invalidate::after_request(
+            state.cache.store,
+            &state.metrics,
+            &finished,
+            named_tags,
+            share,
+        );
+        for purge in &tagged {
+            let removed = purge_memory_off_runtime(state.cache.store, purge).await;
+            invalidate::counted(&state.metrics, removed);
         }
     }
 }

@@ -210,7 +210,7 @@ impl Drop for RedisCluster {
 
 /// A TCP relay in front of a Redis server that can hold back the replies
 /// on connections that have asked `GET` or run the lookup script (the
-/// tier's lookups, `tollgate::cache::markers::LOOKUP_LUA`), while every
+/// tier's lookups, `tollgate::cache::invalidation::markers::LOOKUP_LUA`), while every
 /// other connection — the purge channel's subscription among them — goes
 /// on. It makes "a lookup in flight while something else happens"
 /// deterministic.
@@ -228,8 +228,19 @@ struct GateState {
 }
 
 impl ReplyGate {
-    /// Relays to `server`.
+    /// Relays to `server`, holding replies on connections that asked
+    /// `GET` or ran the lookup script.
     pub fn start(server: SocketAddr) -> Self {
+        let lookup = redis::Script::new(tollgate::cache::invalidation::markers::LOOKUP_LUA)
+            .get_hash()
+            .as_bytes()
+            .to_vec();
+        Self::start_matching(server, vec![b"\r\nGET\r\n$".to_vec(), lookup])
+    }
+
+    /// Relays to `server`, holding replies on connections that sent any of
+    /// `patterns` (bytes of a command, e.g. a script's SHA).
+    pub fn start_matching(server: SocketAddr, patterns: Vec<Vec<u8>>) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         let state = std::sync::Arc::new(GateState::default());
@@ -239,7 +250,7 @@ impl ReplyGate {
                 let Ok(upstream) = TcpStream::connect(server) else {
                     continue;
                 };
-                relay(client, upstream, shared.clone());
+                relay(client, upstream, shared.clone(), patterns.clone());
             }
         });
         Self { addr, state }
@@ -250,7 +261,7 @@ impl ReplyGate {
         format!("redis://{}", self.addr)
     }
 
-    /// From now on, replies to connections that asked `GET` wait.
+    /// From now on, replies to connections that sent a pattern wait.
     pub fn hold(&self) {
         *self.state.hold.lock().unwrap_or_else(|p| p.into_inner()) = true;
     }
@@ -267,7 +278,12 @@ impl ReplyGate {
     }
 }
 
-fn relay(client: TcpStream, upstream: TcpStream, state: std::sync::Arc<GateState>) {
+fn relay(
+    client: TcpStream,
+    upstream: TcpStream,
+    state: std::sync::Arc<GateState>,
+    patterns: Vec<Vec<u8>>,
+) {
     use std::sync::atomic::{AtomicBool, Ordering};
     let asked_get = std::sync::Arc::new(AtomicBool::new(false));
     let (mut client_in, mut upstream_out) = match (client.try_clone(), upstream.try_clone()) {
@@ -275,21 +291,17 @@ fn relay(client: TcpStream, upstream: TcpStream, state: std::sync::Arc<GateState
         _ => return,
     };
     let seen = asked_get.clone();
-    let lookup_script = redis::Script::new(tollgate::cache::markers::LOOKUP_LUA)
-        .get_hash()
-        .to_owned();
     std::thread::spawn(move || {
         let mut buf = [0u8; 16 * 1024];
         while let Ok(n) = client_in.read(&mut buf) {
             if n == 0 {
                 break;
             }
-            // `*2\r\n$3\r\nGET\r\n$…`: the command name as a RESP bulk string.
-            let lookup = lookup_script.as_bytes();
-            if buf[..n]
-                .windows(8)
-                .any(|w| w.eq_ignore_ascii_case(b"\r\nGET\r\n$"))
-                || buf[..n].windows(lookup.len()).any(|w| w == lookup)
+            // E.g. `*2\r\n$3\r\nGET\r\n$…`: a command name as a RESP
+            // bulk string, or a script's SHA.
+            if patterns
+                .iter()
+                .any(|p| buf[..n].windows(p.len()).any(|w| w.eq_ignore_ascii_case(p)))
             {
                 seen.store(true, Ordering::SeqCst);
             }

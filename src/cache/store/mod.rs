@@ -49,7 +49,7 @@ mod storage;
 mod tests;
 
 pub use entry::{FreshHit, StoredEntry, ENTRY_OVERHEAD};
-pub use purges::FillTicket;
+pub use purges::{FillNames, FillTicket};
 pub use storage::{hit_of, ticket_of};
 
 use bytes::Bytes;
@@ -60,7 +60,7 @@ use pingora::cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
 use pingora::cache::CacheEntryKeyRef;
 use pingora::http::ResponseHeader;
 use pingora::Result;
-use purges::{FillNames, PendingPurges, PurgeLog, PurgeRecord};
+use purges::{PendingPurges, PurgeLog, PurgeRecord};
 use purging::Reclaim;
 use shard::{Gone, Shard};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

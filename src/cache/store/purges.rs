@@ -38,7 +38,7 @@ pub struct FillTicket {
 }
 
 /// What one purge named, as its fills are matched against it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PurgeRecord {
     /// Every variant of one URI (`host/path?query`).
     Uri(Arc<str>),
@@ -65,6 +65,7 @@ pub struct FillNames<'a> {
 }
 
 impl PurgeRecord {
+    /// Whether this purge names a fill or entry with these names.
     pub(super) fn names(&self, fill: &FillNames<'_>) -> bool {
         match self {
             PurgeRecord::Uri(uri) => **uri == *fill.uri,
@@ -165,25 +166,90 @@ impl PurgeLog {
 /// names as absent — Varnish's bans, with the "lurker" bounded to the
 /// entries the purge selected. Empty almost always: a hit pays one atomic
 /// load for it.
+///
+/// One ban per distinct target: a purge identical to a pending one raises
+/// that ban's generation instead of adding another (and, if its reclaim
+/// is under way, asks for one more pass once it ends), so repeating a
+/// large purge neither grows this list nor queues the same entries again.
 #[derive(Default)]
 pub struct PendingPurges {
     count: AtomicUsize,
-    purges: std::sync::RwLock<Vec<(u64, PurgeRecord)>>,
+    bans: std::sync::RwLock<Vec<Ban>>,
+}
+
+/// One pending purge.
+struct Ban {
+    record: PurgeRecord,
+    /// Entries stored before this that `record` names are banned.
+    generation: u64,
+    /// Its reclaim is under way.
+    running: bool,
+    /// Raised while its reclaim ran: one more pass is needed.
+    again: bool,
+    /// Primaries counted as unreclaimed for it.
+    banned: usize,
+}
+
+/// What the reclaimer does after a pass over a ban's entries.
+pub enum AfterPass {
+    /// The ban was raised meanwhile: another pass, below this generation.
+    Again(u64),
+    /// Lifted; this many primaries are no longer unreclaimed.
+    Lifted(usize),
 }
 
 impl PendingPurges {
-    /// Adds a purge (before it answers).
-    pub fn add(&self, generation: u64, record: PurgeRecord) {
-        let mut purges = self.purges.write().unwrap_or_else(|p| p.into_inner());
-        purges.push((generation, record));
-        self.count.store(purges.len(), Ordering::Release);
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Ban>> {
+        self.bans.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A purge whose entries are all removed.
-    pub fn done(&self, generation: u64) {
-        let mut purges = self.purges.write().unwrap_or_else(|p| p.into_inner());
-        purges.retain(|(g, _)| *g != generation);
-        self.count.store(purges.len(), Ordering::Release);
+    /// Bans what `record` names below `generation` (before the purge
+    /// answers), `named` primaries. Returns how many more primaries are
+    /// unreclaimed now, and whether a reclaim must be queued (false when
+    /// an identical ban was pending and was raised instead).
+    pub fn add(&self, generation: u64, record: PurgeRecord, named: usize) -> (usize, bool) {
+        let mut bans = self.write();
+        if let Some(ban) = bans.iter_mut().find(|b| b.record == record) {
+            ban.generation = ban.generation.max(generation);
+            ban.again |= ban.running;
+            let more = named.saturating_sub(ban.banned);
+            ban.banned += more;
+            return (more, false);
+        }
+        bans.push(Ban {
+            record,
+            generation,
+            running: false,
+            again: false,
+            banned: named,
+        });
+        self.count.store(bans.len(), Ordering::Release);
+        (named, true)
+    }
+
+    /// The reclaimer starts on `record`'s ban: the generation to reclaim
+    /// below (`None` if there is no such ban).
+    pub fn start(&self, record: &PurgeRecord) -> Option<u64> {
+        let mut bans = self.write();
+        let ban = bans.iter_mut().find(|b| b.record == *record)?;
+        ban.running = true;
+        ban.again = false;
+        Some(ban.generation)
+    }
+
+    /// The reclaimer finished a pass over `record`'s entries.
+    pub fn after_pass(&self, record: &PurgeRecord) -> AfterPass {
+        let mut bans = self.write();
+        let Some(at) = bans.iter().position(|b| b.record == *record) else {
+            return AfterPass::Lifted(0);
+        };
+        if bans[at].again {
+            bans[at].again = false;
+            return AfterPass::Again(bans[at].generation);
+        }
+        let ban = bans.swap_remove(at);
+        self.count.store(bans.len(), Ordering::Release);
+        AfterPass::Lifted(ban.banned)
     }
 
     /// Whether any purge is pending (the hit path's fast check).
@@ -191,14 +257,20 @@ impl PendingPurges {
         self.count.load(Ordering::Acquire) > 0
     }
 
+    /// How many bans are pending.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
     /// Whether a pending purge recorded after an entry stored at
     /// `generation` names it.
     pub fn bans(&self, generation: u64, entry: &FillNames<'_>) -> bool {
-        self.purges
+        self.bans
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .any(|(g, record)| *g > generation && record.names(entry))
+            .any(|b| b.generation > generation && b.record.names(entry))
     }
 }
 
@@ -249,5 +321,23 @@ mod tests {
         let f = fill("h/unrelated", "api", &[]);
         assert!(log.lock().overtaken(ticket, &f));
         assert!(!log.lock().overtaken(log.ticket(0), &f));
+    }
+
+    #[test]
+    fn a_repeated_ban_raises_the_pending_one_instead_of_adding_another() {
+        let pending = PendingPurges::default();
+        let tag = || PurgeRecord::Tag("t".into());
+        assert_eq!(pending.add(5, tag(), 100), (100, true));
+        assert_eq!(pending.add(9, tag(), 100), (0, false), "raised, not queued");
+        assert_eq!(pending.len(), 1);
+        let tags: Vec<Arc<str>> = vec!["t".into()];
+        let entry = fill("h/a", "api", &tags);
+        assert!(pending.bans(7, &entry), "stored between the two purges");
+        assert_eq!(pending.start(&tag()), Some(9));
+        assert_eq!(pending.add(12, tag(), 150), (50, false), "50 more named");
+        assert!(matches!(pending.after_pass(&tag()), AfterPass::Again(12)));
+        assert!(matches!(pending.after_pass(&tag()), AfterPass::Lifted(150)));
+        assert!(!pending.any());
+        assert!(!pending.bans(7, &entry));
     }
 }

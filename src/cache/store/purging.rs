@@ -7,7 +7,7 @@
 use super::entry::Entry;
 use super::index::Indexes;
 use super::keyhash::KeySet;
-use super::purges::PurgeRecord;
+use super::purges::{AfterPass, PurgeRecord};
 use super::shard::Gone;
 use super::{read, shard_of, write, MemoryStore, Selection, SHARDS};
 use pingora::cache::key::HashBinary;
@@ -45,12 +45,10 @@ const RECLAIM_BATCH: usize = 8;
 const RECLAIM_REST: u32 = 4;
 
 /// A large purge's removal, for the reclaimer: the entries `record`
-/// names stored before `generation`.
+/// names stored before its ban's generation (read when it starts, as a
+/// repeated purge may have raised it).
 pub(super) struct Reclaim {
-    generation: u64,
     record: PurgeRecord,
-    /// How many primaries it banned (counted in `unreclaimed` until done).
-    banned: usize,
 }
 
 impl MemoryStore {
@@ -114,31 +112,42 @@ impl MemoryStore {
 
     /// Bans what `record` names among the entries stored before
     /// `generation` (lookups no longer see them) and counts `named`
-    /// primaries as unreclaimed; returns the job that removes them.
-    pub(super) fn ban(&self, generation: u64, record: PurgeRecord, named: usize) -> Reclaim {
-        self.pending.add(generation, record.clone());
-        self.unreclaimed.fetch_add(named, Ordering::Relaxed);
-        Reclaim {
-            generation,
-            record,
-            banned: named,
-        }
+    /// primaries as unreclaimed; returns the job that removes them, or
+    /// `None` when an identical ban was pending and was raised instead
+    /// (its reclaim takes these too).
+    pub(super) fn ban(
+        &self,
+        generation: u64,
+        record: PurgeRecord,
+        named: usize,
+    ) -> Option<Reclaim> {
+        let (more, new) = self.pending.add(generation, record.clone(), named);
+        self.unreclaimed.fetch_add(more, Ordering::Relaxed);
+        new.then_some(Reclaim { record })
     }
 
-    /// Removes a banned purge's entries, then lifts the ban.
+    /// Removes a banned purge's entries (again, if the ban was raised
+    /// meanwhile), then lifts the ban.
     pub(super) fn reclaim(&self, job: Reclaim, paced: bool) {
-        let generation = job.generation;
-        if let Some(selection) = selection_of(&job.record) {
-            let primaries = by_shard(self.select(selection));
-            self.remove_primaries_where(&primaries, |e| e.generation < generation, paced);
-        }
-        self.pending.done(generation);
+        let Some(mut generation) = self.pending.start(&job.record) else {
+            return;
+        };
+        let banned = loop {
+            if let Some(selection) = selection_of(&job.record) {
+                let primaries = by_shard(self.select(selection));
+                self.remove_primaries_where(&primaries, |e| e.generation < generation, paced);
+            }
+            match self.pending.after_pass(&job.record) {
+                AfterPass::Again(raised) => generation = raised,
+                AfterPass::Lifted(banned) => break banned,
+            }
+        };
         // Entries evicted or replaced meanwhile were banned but not removed
         // here: the whole count goes.
         let _ = self
             .unreclaimed
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                Some(n.saturating_sub(job.banned))
+                Some(n.saturating_sub(banned))
             });
     }
 
@@ -222,9 +231,10 @@ impl MemoryStore {
         let named = self.count_named(selection);
         if named > INLINE_PURGE {
             if let Some(reclaimer) = self.reclaimer() {
-                let job = self.ban(generation, record, named);
-                if let Err(std::sync::mpsc::SendError(job)) = reclaimer.send(job) {
-                    self.reclaim(job, false);
+                if let Some(job) = self.ban(generation, record, named) {
+                    if let Err(std::sync::mpsc::SendError(job)) = reclaimer.send(job) {
+                        self.reclaim(job, false);
+                    }
                 }
                 return named;
             }

@@ -285,7 +285,12 @@ fn named_before(
 
 /// A ban held by the test: its generation and record, the entries it
 /// took when it was set, and its reclaim.
-type HeldBan = (u64, PurgeRecord, Vec<(HashBinary, HashBinary)>, Reclaim);
+type HeldBan = (
+    u64,
+    PurgeRecord,
+    Vec<(HashBinary, HashBinary)>,
+    Option<Reclaim>,
+);
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
@@ -315,7 +320,11 @@ proptest! {
                     }
                     Deferred::Reclaim => {
                         if let Some((generation, record, _, job)) = held.pop_front() {
-                            store.reclaim(job, false);
+                            // None: an identical ban was raised instead, and
+                            // its (earlier) reclaim has taken these too.
+                            if let Some(job) = job {
+                                store.reclaim(job, false);
+                            }
                             prop_assert!(named_before(store, generation, &record).is_empty());
                         }
                     }
@@ -337,7 +346,9 @@ proptest! {
                 }
             }
             while let Some((generation, record, _, job)) = held.pop_front() {
-                store.reclaim(job, false);
+                if let Some(job) = job {
+                    store.reclaim(job, false);
+                }
                 prop_assert!(named_before(store, generation, &record).is_empty());
             }
             prop_assert!(!store.pending.any());
@@ -522,7 +533,7 @@ fn a_banned_purge_hides_its_entries_at_once_and_reclaims_only_them() {
     let record = Selection::Tag("even").record();
     let generation = store.purges.record(record.clone());
     assert_eq!(store.count_named(Selection::Tag("even")), 2_000);
-    let job = store.ban(generation, record, 2_000);
+    let job = store.ban(generation, record, 2_000).expect("a new ban");
     assert_eq!(store.unreclaimed(), 2_000);
     rt.block_on(async {
         for i in 0..4_000 {

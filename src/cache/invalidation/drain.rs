@@ -2,10 +2,13 @@
 //! time, deleting what it lists (and its entries' members of their other
 //! indexes), before a purge answers or after it (paced), scanning URI
 //! indexes for prefix purges, and marking entries stale for soft purges.
-//! `cache::purge` decides which of these a purge needs and in what order.
+//! `invalidation::shared` decides which of these a purge needs and in what
+//! order. Entries are deleted before their index members are taken out,
+//! so a drain cut short (Redis gone, a timeout) leaves nothing that a
+//! later purge could not find.
 
-use super::l2::{self, RedisTier};
 use super::markers;
+use crate::cache::l2::{self, RedisTier};
 use crate::redis_link::RedisConn;
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -140,10 +143,11 @@ pub(super) async fn scan_uri_indexes(
     Ok(found)
 }
 
-/// The members of an index, a batch at a time: taken out of a sorted set
-/// (`ZPOPMIN`), or read from a set of the earlier format (`SSCAN`) that is
-/// deleted once read. At most as many as it held when the purge began, so
-/// a purge ends however fast new entries arrive.
+/// The members of an index, a batch at a time: the first ones of a sorted
+/// set (`ZRANGE`; a drain takes them out with [`IndexBatches::forget`] once
+/// their entries are deleted), or read from a set of the earlier format
+/// (`SSCAN`) that is deleted once read whole. At most as many as it held
+/// when the purge began, so a purge ends however fast new entries arrive.
 struct IndexBatches<'a> {
     index: &'a str,
     sorted: bool,
@@ -197,13 +201,14 @@ impl<'a> IndexBatches<'a> {
         }
         if self.sorted {
             let batch: Vec<String> = if remove {
-                let popped: Vec<(String, f64)> = redis::cmd("ZPOPMIN")
+                // The front of the set: the previous batch was forgotten.
+                redis::cmd("ZRANGE")
                     .arg(index)
-                    .arg(self.size.min(self.left))
+                    .arg(0)
+                    .arg(self.size.min(self.left) - 1)
                     .query_async(conn)
                     .await
-                    .map_err(failed)?;
-                popped.into_iter().map(|(m, _)| m).collect()
+                    .map_err(failed)?
             } else {
                 let start = self.cursor.unwrap_or(0);
                 let stop = start + self.size.min(self.left) as u64 - 1;
@@ -244,6 +249,21 @@ impl<'a> IndexBatches<'a> {
             .map_err(failed)?;
         self.cursor = (next != 0).then_some(next);
         Ok(Some(batch))
+    }
+
+    /// Takes a batch whose entries are deleted out of a sorted index (a
+    /// set of the earlier format goes whole at its end).
+    async fn forget(&self, conn: &mut RedisConn, batch: &[String]) -> Result<(), String> {
+        if !self.sorted {
+            return Ok(());
+        }
+        let _: i64 = redis::cmd("ZREM")
+            .arg(self.index)
+            .arg(batch)
+            .query_async(conn)
+            .await
+            .map_err(|e| format!("taking deleted entries out of {}: {e}", self.index))?;
+        Ok(())
     }
 }
 
@@ -287,6 +307,7 @@ pub(super) async fn drain_index(
                 .map_err(|e| format!("deleting what {index} lists: {e}"))?;
             removed += gone;
         }
+        batches.forget(conn, &batch).await?;
         if pace.rest > 0 {
             tokio::time::sleep(started.elapsed() * pace.rest).await;
         }
@@ -367,55 +388,67 @@ async fn leave_other_indexes(
 }
 
 /// Marks every entry an index lists stale now (a soft purge), a batch at
-/// a time; how many.
+/// a time: one pipelined read of the batch, the new values made here
+/// (Pingora's meta is not something a script can rewrite), one pipelined
+/// compare-and-set of them; how many.
 pub(super) async fn expire_index(conn: &mut RedisConn, index: &str) -> Result<usize, String> {
     let Some(mut batches) = IndexBatches::open(conn, index, REDIS_BATCH).await? else {
         return Ok(0);
     };
     let mut expired = 0usize;
     while let Some(batch) = batches.next(conn, false).await? {
-        for key in &batch {
-            expired += usize::from(expire_entry(conn, key).await?);
-        }
+        expired += expire_batch(conn, &batch).await?;
     }
     Ok(expired)
 }
 
-/// Marks one Redis entry stale now (a soft purge), keeping its expiry;
-/// `false` when it is gone, does not decode, or was rewritten meanwhile
-/// (by a write newer than the purge: the markers drop older ones).
-async fn expire_entry(conn: &mut RedisConn, key: &str) -> Result<bool, String> {
-    let value: Option<Vec<u8>> = redis::cmd("GET")
-        .arg(key)
+/// Marks a batch of Redis entries stale now, keeping their expiry; an
+/// entry that is gone, does not decode, or was rewritten meanwhile (by a
+/// write newer than the purge: the markers drop older ones) is left.
+async fn expire_batch(conn: &mut RedisConn, keys: &[String]) -> Result<usize, String> {
+    let mut read = redis::pipe();
+    for key in keys {
+        read.get(key);
+    }
+    let values: Vec<Option<Vec<u8>>> = read
         .query_async(conn)
         .await
-        .map_err(|e| format!("reading {key}: {e}"))?;
-    let Some(old) = value else {
-        return Ok(false);
-    };
-    let Some(entry) = super::l2::decode(&old) else {
-        return Ok(false);
-    };
-    let Ok(mut meta) = pingora::cache::CacheMeta::deserialize(&entry.internal, &entry.header)
-    else {
-        return Ok(false);
-    };
-    meta.expire_at(SystemTime::now());
-    let Ok((internal, header)) = meta.serialize() else {
-        return Ok(false);
-    };
-    let Some(new) = super::l2::encode(
+        .map_err(|e| format!("reading entries to mark stale: {e}"))?;
+    let now = SystemTime::now();
+    let mut replace = redis::pipe();
+    let mut replacing = 0usize;
+    for (key, old) in keys.iter().zip(values) {
+        let Some((old, new)) = old.and_then(|old| expired_value(&old, now).map(|new| (old, new)))
+        else {
+            continue;
+        };
+        replace.add_command(markers::replace_if_unchanged_cmd(key, &old, &new));
+        replacing += 1;
+    }
+    if replacing == 0 {
+        return Ok(0);
+    }
+    let replaced: Vec<i64> = replace
+        .query_async(conn)
+        .await
+        .map_err(|e| format!("marking entries stale: {e}"))?;
+    Ok(replaced.iter().filter(|r| **r == 1).count())
+}
+
+/// A stored value with its meta expired at `now`; `None` when it does not
+/// decode.
+fn expired_value(old: &[u8], now: SystemTime) -> Option<Vec<u8>> {
+    let entry = l2::decode(old)?;
+    let mut meta = pingora::cache::CacheMeta::deserialize(&entry.internal, &entry.header).ok()?;
+    meta.expire_at(now);
+    let (internal, header) = meta.serialize().ok()?;
+    l2::encode(
         &entry.index_names,
         entry.generation,
         &internal,
         &header,
         &entry.body,
-    ) else {
-        return Ok(false);
-    };
-    markers::replace_if_unchanged(conn, key, &old, &new)
-        .await
-        .map_err(|e| format!("marking {key} stale: {e}"))
+    )
 }
 
 #[cfg(test)]

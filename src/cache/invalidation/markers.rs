@@ -50,11 +50,18 @@ pub const PREFIXES_KEPT: usize = 1024;
 ///
 /// KEYS: entry, prefix markers, the `n` markers (URI, route, tags), then
 /// the index sets. ARGV: value, ttl (ms), the write's shared generation,
-/// `n`, the entry's URI, [`PREFIXES_KEPT`]. Returns 1 when stored, 0 when
-/// a purge overtook it.
+/// `n`, the entry's URI, [`PREFIXES_KEPT`], how far ahead of Redis's
+/// clock a generation may be (µs, `generation::MAX_AHEAD`). Returns 1 when
+/// stored, 0 when a purge overtook it or its generation is implausible.
+/// Numbers go back to Redis as integer strings (`%.0f`): a Lua number
+/// would be written as `1.7e+15`.
 pub const WRITE_LUA: &str = r#"
 local generation = tonumber(ARGV[3])
 local n = tonumber(ARGV[4])
+local time = redis.call('TIME')
+if generation > tonumber(time[1]) * 1000000 + tonumber(time[2]) + tonumber(ARGV[7]) then
+  return 0
+end
 for i = 3, 2 + n do
   local marked = redis.call('GET', KEYS[i])
   if marked and tonumber(marked) > generation then return 0 end
@@ -72,13 +79,12 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[3], '+inf'))
   local prefix = string.sub(m, 2)
   if string.sub(subject, 1, #prefix) == prefix then return 0 end
 end
-local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local ttl = tonumber(ARGV[2])
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 for i = 3 + n, #KEYS do
-  redis.call('ZADD', KEYS[i], now + ttl, KEYS[1])
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+  redis.call('ZADD', KEYS[i], string.format('%.0f', now + ttl), KEYS[1])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', string.format('%.0f', now))
   if redis.call('PEXPIRE', KEYS[i], ttl, 'GT') == 0 then
     redis.call('PEXPIRE', KEYS[i], ttl, 'NX')
   end
@@ -107,8 +113,8 @@ if KEYS[2] and redis.call('TYPE', KEYS[2]).ok == 'zset' then
     if needed > ttl then ttl = needed end
   end
 end
-redis.call('SET', KEYS[1], generation, 'PX', math.floor(ttl))
-return generation
+redis.call('SET', KEYS[1], string.format('%.0f', generation), 'PX', string.format('%.0f', ttl))
+return 1
 "#;
 
 /// Reads an entry unless a purge marker newer than its write names it
@@ -131,12 +137,14 @@ end
 local len = u32(5)
 if not len then return v end
 local names = string.sub(v, 9, 8 + len)
-local generation = 0
+local stamp = '0'
 if magic == 'TGC3' then
   local glen = u32(9 + len)
   if not glen then return v end
-  generation = tonumber(string.sub(v, 13 + len, 12 + len + glen)) or 0
+  stamp = string.sub(v, 13 + len, 12 + len + glen)
+  if not tonumber(stamp) then return v end
 end
+local generation = tonumber(stamp)
 local skip = tonumber(ARGV[1])
 local uri = nil
 for name in string.gmatch(names, '[^\n]+') do
@@ -151,7 +159,7 @@ if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then
 end
 local slash = string.find(uri, '/', 1, true)
 local path = slash and string.sub(uri, slash) or ''
-for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. generation, '+inf')) do
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. stamp, '+inf')) do
   local subject = path
   if string.sub(m, 1, 1) == 'h' then subject = uri end
   local prefix = string.sub(m, 2)
@@ -191,7 +199,6 @@ static WRITE: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
 static MARK: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
 static LOOKUP: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
 static MARK_PREFIX: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
-static REPLACE_IF_UNCHANGED: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
 
 /// An entry to write, with what purges find it by.
 pub struct MarkedWrite {
@@ -255,7 +262,8 @@ pub async fn write(conn: &mut RedisConn, w: &MarkedWrite, cluster: bool) -> Redi
             .arg(w.ticket.shared)
             .arg(w.markers.len())
             .arg(&w.uri)
-            .arg(PREFIXES_KEPT);
+            .arg(PREFIXES_KEPT)
+            .arg(super::generation::max_ahead_micros());
         let stored: i64 = invocation.invoke_async(conn).await?;
         return Ok(stored == 1);
     }
@@ -273,7 +281,8 @@ pub async fn write(conn: &mut RedisConn, w: &MarkedWrite, cluster: bool) -> Redi
         .query_async(conn)
         .await?;
     let full = prefixes.len() >= PREFIXES_KEPT;
-    if overtaken(w.ticket.shared, &marked, &prefixes, full, &w.uri) {
+    let implausible = !super::generation::plausible(w.ticket.shared, std::time::SystemTime::now());
+    if implausible || overtaken(w.ticket.shared, &marked, &prefixes, full, &w.uri) {
         return Ok(false);
     }
     let _: () = redis::cmd("SET")
@@ -332,7 +341,7 @@ pub async fn mark(
     if let Some(index) = index {
         invocation.key(index);
     }
-    let _: u64 = invocation
+    let _: i64 = invocation
         .arg(generation)
         .arg(ttl_ms)
         .invoke_async(conn)
@@ -376,21 +385,18 @@ pub async fn mark_prefix(
     Ok(())
 }
 
-/// Replaces `key`'s value `old` by `new` (keeping its TTL) unless it
-/// changed meanwhile; whether it did.
-pub async fn replace_if_unchanged(
-    conn: &mut RedisConn,
-    key: &str,
-    old: &[u8],
-    new: &[u8],
-) -> RedisResult<bool> {
-    let replaced: i64 = script(REPLACE_IF_UNCHANGED_LUA, &REPLACE_IF_UNCHANGED)
-        .key(key)
+/// The command that replaces `key`'s value `old` by `new` (keeping its
+/// TTL) unless it changed meanwhile; answers 1 when it did (pipelined by
+/// soft purges). `EVAL`, not `EVALSHA`: inside a pipeline there is no
+/// retry after `NOSCRIPT`, and the script is short.
+pub fn replace_if_unchanged_cmd(key: &str, old: &[u8], new: &[u8]) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(REPLACE_IF_UNCHANGED_LUA)
+        .arg(1)
+        .arg(key)
         .arg(old)
-        .arg(new)
-        .invoke_async(conn)
-        .await?;
-    Ok(replaced == 1)
+        .arg(new);
+    cmd
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@
 //! the request's normalised host and the route's key policy — so it is
 //! tested without a proxy around it.
 
+use super::{Purge, PurgeTarget};
 use crate::cache::key;
-use crate::cache::purge::{Purge, PurgeTarget};
 use crate::cache::store::MemoryStore;
 use crate::config::model::RouteCache;
 use crate::host::Host;
@@ -67,34 +67,42 @@ fn succeeded(done: &Finished<'_>) -> bool {
 }
 
 /// Everything an answered request invalidates: the URIs it made stale
-/// (§4.4), removed from memory here, and, when it succeeded, the cache
-/// tags its upstream named in the invalidation field (`named_tags`,
-/// collected from unsafe requests only), returned for the caller to purge
-/// (a tag can name many entries: the caller does it off the request's
-/// thread). Returns every purge, for memory (tags), the Redis tier and
-/// the other instances.
+/// (§4.4) and, when it succeeded, the cache tags its upstream named in the
+/// invalidation field (`named_tags`, collected from unsafe requests only).
+///
+/// Each purge is first handed to `share` (which queues its shared part,
+/// and so hides it from Redis lookups, `outbox`), then the URIs are
+/// removed from memory here: in that order, no request can take a Redis
+/// copy of them into memory after the memory part (invariant 4 of
+/// `invalidation`). Tag purges (a tag can name many entries) are returned
+/// for the caller to apply to memory off the request's thread.
 pub fn after_request(
     store: &'static MemoryStore,
     metrics: &Metrics,
     done: &Finished<'_>,
     named_tags: Vec<Arc<str>>,
+    mut share: impl FnMut(&Purge),
 ) -> Vec<Purge> {
     let stale = stale_uris(done);
-    purge_stale(store, metrics, &stale);
     let tags = if succeeded(done) {
         named_tags
     } else {
         Vec::new()
     };
-    stale
-        .into_iter()
-        .map(PurgeTarget::Uri)
-        .chain(tags.iter().map(|t| PurgeTarget::Tag(t.to_string())))
-        .map(|target| Purge {
-            target,
-            soft: false,
-        })
-        .collect()
+    let hard = |target| Purge {
+        target,
+        soft: false,
+    };
+    for uri in &stale {
+        share(&hard(PurgeTarget::Uri(uri.clone())));
+    }
+    let tagged: Vec<Purge> = tags
+        .iter()
+        .map(|t| hard(PurgeTarget::Tag(t.to_string())))
+        .collect();
+    tagged.iter().for_each(&mut share);
+    purge_stale(store, metrics, &stale);
+    tagged
 }
 
 /// Purges `uris` from memory; counts what it removed in

@@ -1,0 +1,196 @@
+//! Cache invalidation: the one protocol by which purges win over fills —
+//! in this instance's memory, in the Redis tier and on every other
+//! instance. Memory store, Redis tier, admin API and purge channel call
+//! into it; none of them re-derives its rules.
+//!
+//! # Words
+//! - A **purge** ([`Purge`]) names entries by a [`PurgeTarget`] (a URI, a
+//!   path prefix, a route, a tag) and removes them, or marks them stale
+//!   (`soft`). Admin purges, invalidations by unsafe methods (RFC 9111
+//!   §4.4, `answered`) and purges heard from other instances are all
+//!   purges.
+//! - A **fill** stores an entry: a miss's response, a 304's new meta, an
+//!   entry promoted from Redis into memory, a write to Redis.
+//! - A fill carries a **ticket** (`store::FillTicket`) taken when its
+//!   request began: the local generation and the shared generation this
+//!   instance had heard of by then.
+//!
+//! # Generations
+//! - The **local generation** (`store::purges`) counts this process's
+//!   purges of memory; a purge takes the next one before it selects
+//!   anything. It lives and dies with the process.
+//! - The **shared generation** ([`generation`]) is taken in Redis by every
+//!   shared purge, in one script: the larger of the stored counter + 1 and
+//!   Redis's clock in microseconds. It never goes backwards: when the
+//!   counter is lost (a restart without persistence, `FLUSHALL`, an
+//!   eviction, a failover to a replica that missed it) the clock carries
+//!   the next generation past every one handed out before. Instances learn
+//!   generations from the purge channel and from the counter when they
+//!   subscribe, only ever raise what they heard, and ignore a generation
+//!   more than [`generation::MAX_AHEAD`] ahead of their own clock; the
+//!   write script refuses a write stamped that far ahead of Redis's clock.
+//!   A buggy or hostile publisher therefore cannot freeze the generation.
+//!
+//! # Invariants
+//! 1. **Memory.** A purge is recorded (local generation `g`) before it
+//!    selects; a fill is checked against the purges recorded since its
+//!    ticket and inserted under the same lock. Once a purge has selected,
+//!    no fill that began before it is stored: the check saw the purge or
+//!    the selection saw the fill.
+//! 2. **Redis writes.** A write stamped with shared generation `s` is
+//!    stored only if no purge marker newer than `s` names it, checked in
+//!    the script that stores it (`markers::WRITE_LUA`). A shared purge sets
+//!    its markers before it drains anything.
+//! 3. **Redis lookups.** An entry is returned only if no marker newer than
+//!    its stamp names it (`markers::LOOKUP_LUA`), so a purge takes effect
+//!    in Redis when its markers are set, however long its drain takes.
+//! 4. **Across the tiers.** A purge is applied to this instance's memory
+//!    before its shared part and again once its markers are set
+//!    ([`outbox`]). While its shared part is queued or in flight, this
+//!    instance takes no Redis entry it names ([`outbox::Outbox::hides`]);
+//!    a promotion whose lookup raced the markers began before the second
+//!    pass and is dropped by (1).
+//! 5. **The answer path never waits on Redis.** An unsafe request's memory
+//!    part is done before it is answered; its shared part is queued in the
+//!    [`outbox`] (coalesced per target, bounded in bytes, sent off the
+//!    request path, failures feeding the tier's breaker). A write whose URI
+//!    no caching route serves queues nothing. What a client reads on this
+//!    instance after its write is answered is never a copy the write
+//!    replaced (4); on other instances, once the outbox has sent it plus
+//!    one channel round trip.
+//! 6. **Other instances** apply a heard purge to memory, then raise their
+//!    shared generation. An instance that cannot hear the channel keeps no
+//!    memory entry longer than [`listener::DEAF_GRACE`], and drops all it
+//!    stored before once it hears again.
+//! 7. **Large purges** ban what they name (lookups treat it as absent)
+//!    and answer; one ban per distinct target — repeating a purge raises
+//!    its ban's generation instead of queueing the same entries again —
+//!    freed by the reclaimer afterwards (`store::purging`).
+//!
+//! # What survives what
+//! | event | what happens |
+//! |---|---|
+//! | Redis restarts empty, `FLUSHALL`, the counter evicted | entries and markers go with it; the next generation comes from Redis's clock, above every stamp; memory is unaffected |
+//! | failover to a replica that missed writes | markers it missed are lost, so entries it still holds that those purges named can be found again (memory was purged over the channel); the bound is the replication lag at the failover; generations stay ahead as long as the servers' clocks agree within the failover's duration |
+//! | an instance cut off from Redis | the breaker opens; lookups are misses; shared parts wait in the outbox (bounded) and go once it closes; its memory lives at most [`listener::DEAF_GRACE`] |
+//! | a Redis older than 7.0 (`PEXPIRE … GT`, `ZADD GT`) | found on connect, reported (log, `/health`, `tollgate_cache_l2_redis_too_old`), and the tier stays off |
+//!
+//! # Files
+//! `generation.rs` (the shared generation), `markers.rs` (the Redis
+//! scripts: write, lookup, markers), `shared.rs` (one purge of the Redis
+//! tier: markers, drain, publish), `drain.rs` (taking entries out of
+//! Redis), `outbox.rs` (shared parts queued off the answer path),
+//! `listener.rs` (other instances' purges), `answered.rs` (what an
+//! answered request invalidates). The memory side is `store::purges` (the
+//! purge log, bans) and `store::purging` (selection, reclaimer).
+
+pub mod answered;
+pub mod drain;
+pub mod generation;
+pub mod listener;
+pub mod markers;
+pub mod outbox;
+pub mod shared;
+
+use super::store::{FillNames, MemoryStore, Selection};
+use serde::{Deserialize, Serialize};
+use std::time::SystemTime;
+
+/// What a purge removes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PurgeTarget {
+    /// Every variant of one URI (`host/path?query`, as the key holds it).
+    Uri(String),
+    /// URIs below `prefix` (a path), on `host` or on any host.
+    Prefix {
+        /// The path prefix.
+        prefix: String,
+        /// Only this (normalised) host, if set.
+        host: Option<String>,
+    },
+    /// What one route stored.
+    Route(String),
+    /// Every entry whose response carried this cache tag.
+    Tag(String),
+}
+
+impl PurgeTarget {
+    /// Whether this names an entry with these names (URI as the key holds
+    /// it, `host/path?query`).
+    pub fn names(&self, entry: &FillNames<'_>) -> bool {
+        match self {
+            PurgeTarget::Uri(uri) => uri == entry.uri,
+            PurgeTarget::Prefix { prefix, host } => {
+                let split = entry.uri.find('/').unwrap_or(entry.uri.len());
+                let (entry_host, path) = entry.uri.split_at(split);
+                path.starts_with(prefix.as_str()) && host.as_deref().is_none_or(|h| h == entry_host)
+            }
+            PurgeTarget::Route(route) => route == entry.route,
+            PurgeTarget::Tag(tag) => entry.tags.iter().any(|t| **t == **tag),
+        }
+    }
+}
+
+/// A purge: what, and whether entries are removed or only marked stale
+/// (`soft`: the next request revalidates; stale windows still apply).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Purge {
+    /// What it removes.
+    pub target: PurgeTarget,
+    /// Mark stale instead of removing.
+    #[serde(default)]
+    pub soft: bool,
+}
+
+/// A purge as published on the channel.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Announcement {
+    /// The instance that purged (it does not apply its own twice).
+    pub(crate) from: String,
+    /// What it purged.
+    pub(crate) purge: Purge,
+    /// The purge's shared generation ([`generation`]); absent from
+    /// instances of earlier versions.
+    #[serde(default)]
+    pub(crate) generation: Option<u64>,
+}
+
+/// Applies `purge` to this instance's memory off the async runtime (a
+/// purge of a million entries takes seconds of CPU, which must not stall
+/// the admin endpoints or the purge channel's heartbeat); how many entries
+/// it removed (or marked stale).
+pub async fn purge_memory_off_runtime(store: &'static MemoryStore, purge: &Purge) -> usize {
+    let purge = purge.clone();
+    match tokio::task::spawn_blocking(move || purge_memory(store, &purge)).await {
+        Ok(removed) => removed,
+        Err(e) => {
+            log::error!("cache: a memory purge failed: {e}");
+            0
+        }
+    }
+}
+
+/// Applies `purge` to this instance's memory; how many entries it
+/// removed (or marked stale).
+pub fn purge_memory(store: &'static MemoryStore, purge: &Purge) -> usize {
+    let host_prefix;
+    let selection = match &purge.target {
+        PurgeTarget::Uri(uri) => Selection::Uri(uri),
+        PurgeTarget::Prefix {
+            prefix,
+            host: Some(host),
+        } => {
+            host_prefix = format!("{host}{prefix}");
+            Selection::Prefix(&host_prefix)
+        }
+        PurgeTarget::Prefix { prefix, host: None } => Selection::PathPrefix(prefix),
+        PurgeTarget::Route(route) => Selection::Route(route),
+        PurgeTarget::Tag(tag) => Selection::Tag(tag),
+    };
+    if purge.soft {
+        store.expire_selection(selection, SystemTime::now())
+    } else {
+        store.purge_selection(selection)
+    }
+}

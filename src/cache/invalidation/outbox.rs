@@ -1,0 +1,448 @@
+//! The shared parts of invalidations, queued off the answer path.
+//!
+//! An unsafe request's invalidation takes effect in this instance's memory
+//! before it is answered; its shared part (markers in Redis, the drain,
+//! the announcement to the other instances, `shared`) waits here and is
+//! sent by a task of its own, so no answer waits on Redis, and a hung
+//! Redis costs a request nothing.
+//!
+//! - **Coalesced**: a purge identical to one still waiting is not queued
+//!   again (the waiting one's markers, set later, cover both). One already
+//!   in flight is not a reason to skip: its markers may predate the new
+//!   write.
+//! - **Bounded in bytes** ([`Outbox::new`]'s limit, counted in
+//!   `tollgate_cache_invalidation_queue_bytes`): past it, a purge's shared
+//!   part is dropped and counted (`…_shared_total{result="dropped"}`);
+//!   the other instances then keep their copy until it expires.
+//! - **Hiding**: from the moment a purge is queued (or held by an admin
+//!   purge) until its markers are set and memory has been purged a second
+//!   time, this instance takes nothing it names from Redis
+//!   ([`Outbox::hides`]): invariant 4 of `invalidation`.
+//! - **Failures** feed the tier's circuit breaker; while it is open the
+//!   queue waits (bounded) and the first purge after `open_for` is the
+//!   breaker's probe. A failed purge goes back to the front and is tried
+//!   again.
+//!
+//! Hand-written: Pingora has no queue of this kind (its background
+//! services are whole tasks, not bounded, coalescing work queues).
+
+use super::{purge_memory_off_runtime, shared, Purge, PurgeTarget};
+use crate::breaker::Permit;
+use crate::cache::l2::RedisTier;
+use crate::cache::store::{FillNames, MemoryStore};
+use crate::metrics::Metrics;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Shared parts sent at once: each is a few round trips, independent of
+/// the others, so several overlap on the multiplexed connection.
+const IN_FLIGHT: usize = 16;
+
+/// Bytes a queued purge is counted as beside its names (its place in the
+/// queue, the coalescing set and the hiding counts).
+const QUEUED_OVERHEAD: usize = 160;
+
+/// The default bound of the queue's memory.
+pub const DEFAULT_LIMIT_BYTES: usize = 8 << 20;
+
+/// What is queued, in flight, and hidden from Redis lookups.
+#[derive(Default)]
+struct Queue {
+    /// Waiting, oldest first.
+    waiting: VecDeque<Purge>,
+    /// The same, for coalescing.
+    waiting_set: HashSet<Purge>,
+    /// URIs named by purges waiting, in flight or held (with counts).
+    hidden_uris: HashMap<Box<str>, usize>,
+    /// Other targets named by purges waiting, in flight or held.
+    hidden_other: Vec<(PurgeTarget, usize)>,
+    /// Bytes counted for the waiting and in-flight purges.
+    bytes: usize,
+    /// Waiting plus in flight.
+    len: usize,
+}
+
+impl Queue {
+    fn hide(&mut self, target: &PurgeTarget) {
+        match target {
+            PurgeTarget::Uri(uri) => *self.hidden_uris.entry(uri.as_str().into()).or_default() += 1,
+            other => match self.hidden_other.iter_mut().find(|(t, _)| t == other) {
+                Some((_, n)) => *n += 1,
+                None => self.hidden_other.push((other.clone(), 1)),
+            },
+        }
+    }
+
+    fn unhide(&mut self, target: &PurgeTarget) {
+        match target {
+            PurgeTarget::Uri(uri) => {
+                if let Some(n) = self.hidden_uris.get_mut(uri.as_str()) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.hidden_uris.remove(uri.as_str());
+                    }
+                }
+            }
+            other => {
+                if let Some(i) = self.hidden_other.iter().position(|(t, _)| t == other) {
+                    self.hidden_other[i].1 -= 1;
+                    if self.hidden_other[i].1 == 0 {
+                        self.hidden_other.swap_remove(i);
+                    }
+                }
+            }
+        }
+    }
+
+    fn hides(&self, names: &FillNames<'_>) -> bool {
+        self.hidden_uris.contains_key(names.uri)
+            || self
+                .hidden_other
+                .iter()
+                .any(|(target, _)| target.names(names))
+    }
+}
+
+/// The bytes a purge is counted as while queued.
+fn weight(purge: &Purge) -> usize {
+    QUEUED_OVERHEAD
+        + match &purge.target {
+            PurgeTarget::Uri(s) | PurgeTarget::Route(s) | PurgeTarget::Tag(s) => 2 * s.len(),
+            PurgeTarget::Prefix { prefix, host } => {
+                2 * (prefix.len() + host.as_ref().map_or(0, String::len))
+            }
+        }
+}
+
+/// The queue of shared parts of one instance, and what it hides.
+pub struct Outbox {
+    queue: Mutex<Queue>,
+    /// How many purges are hidden (waiting, in flight or held): the
+    /// lookup path's one atomic load when there are none.
+    hiding: AtomicUsize,
+    wake: tokio::sync::Notify,
+    limit_bytes: usize,
+    metrics: Arc<Metrics>,
+}
+
+/// An admin purge's hold on what it names: hidden from Redis lookups
+/// until dropped (after its shared part and second memory pass).
+pub struct Hold<'a> {
+    outbox: &'a Outbox,
+    target: PurgeTarget,
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        self.outbox.unhide(&self.target);
+    }
+}
+
+impl Outbox {
+    /// An empty outbox whose queue holds at most `limit_bytes`.
+    pub fn new(limit_bytes: usize, metrics: Arc<Metrics>) -> Self {
+        Self {
+            queue: Mutex::new(Queue::default()),
+            hiding: AtomicUsize::new(0),
+            wake: tokio::sync::Notify::new(),
+            limit_bytes,
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `purge`'s shared part (its memory part is done); never
+    /// waits. Returns false when it was dropped (the queue is full).
+    pub fn push(&self, purge: Purge) -> bool {
+        let mut queue = self.lock();
+        if queue.waiting_set.contains(&purge) {
+            drop(queue);
+            self.count("coalesced");
+            return true;
+        }
+        let bytes = weight(&purge);
+        if queue.bytes + bytes > self.limit_bytes {
+            drop(queue);
+            self.count("dropped");
+            log::warn!("cache: the invalidation queue is full ({} bytes); a purge is not shared with Redis and the other instances", self.limit_bytes);
+            return false;
+        }
+        queue.hide(&purge.target);
+        queue.waiting_set.insert(purge.clone());
+        queue.waiting.push_back(purge);
+        queue.bytes += bytes;
+        queue.len += 1;
+        self.hiding.fetch_add(1, Ordering::AcqRel);
+        self.publish_gauges(&queue);
+        drop(queue);
+        self.wake.notify_one();
+        true
+    }
+
+    /// Hides what `target` names from Redis lookups until the hold is
+    /// dropped (an admin purge, which sends its shared part itself).
+    pub fn hold(&self, target: &PurgeTarget) -> Hold<'_> {
+        self.lock().hide(target);
+        self.hiding.fetch_add(1, Ordering::AcqRel);
+        Hold {
+            outbox: self,
+            target: target.clone(),
+        }
+    }
+
+    fn unhide(&self, target: &PurgeTarget) {
+        self.lock().unhide(target);
+        self.hiding.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Whether a purge whose shared part is not done names this URI (the
+    /// check before a Redis lookup; one atomic load when nothing waits).
+    pub fn hides_uri(&self, uri: &str) -> bool {
+        self.hiding.load(Ordering::Acquire) > 0 && self.lock().hidden_uris.contains_key(uri)
+    }
+
+    /// Whether a purge whose shared part is not done names an entry (the
+    /// check of what a Redis lookup returned, before it is served or
+    /// promoted).
+    pub fn hides(&self, names: &FillNames<'_>) -> bool {
+        self.hiding.load(Ordering::Acquire) > 0 && self.lock().hides(names)
+    }
+
+    /// Shared parts waiting or in flight.
+    pub fn len(&self) -> usize {
+        self.lock().len
+    }
+
+    /// Whether nothing waits or is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn count(&self, result: &str) {
+        self.metrics
+            .cache_invalidations_shared
+            .with_label_values(&[result])
+            .inc();
+    }
+
+    fn publish_gauges(&self, queue: &Queue) {
+        self.metrics
+            .cache_invalidation_queue
+            .set(i64::try_from(queue.len).unwrap_or(i64::MAX));
+        self.metrics
+            .cache_invalidation_queue_bytes
+            .set(i64::try_from(queue.bytes).unwrap_or(i64::MAX));
+    }
+
+    /// The oldest waiting purge, now in flight (still hidden and counted).
+    fn take(&self) -> Option<Purge> {
+        let mut queue = self.lock();
+        let purge = queue.waiting.pop_front()?;
+        queue.waiting_set.remove(&purge);
+        Some(purge)
+    }
+
+    /// A purge whose shared part failed, back at the front (unless an
+    /// identical one is waiting: it covers this one).
+    fn retry(&self, purge: Purge) {
+        let mut queue = self.lock();
+        if queue.waiting_set.contains(&purge) {
+            drop(queue);
+            self.finish(&purge);
+            return;
+        }
+        queue.waiting_set.insert(purge.clone());
+        queue.waiting.push_front(purge);
+    }
+
+    /// A purge whose shared part is done: no longer hidden or counted.
+    fn finish(&self, purge: &Purge) {
+        let mut queue = self.lock();
+        queue.unhide(&purge.target);
+        queue.bytes = queue.bytes.saturating_sub(weight(purge));
+        queue.len = queue.len.saturating_sub(1);
+        self.hiding.fetch_sub(1, Ordering::AcqRel);
+        self.publish_gauges(&queue);
+    }
+
+    /// Sends the queued shared parts, [`IN_FLIGHT`] at a time, for as long
+    /// as the process lives: each through `shared::purge_shared` within
+    /// `write_timeout`, then memory is purged again (invariant 4) and
+    /// the purge stops being hidden.
+    pub async fn run(
+        self: Arc<Self>,
+        tier: Arc<RedisTier>,
+        store: &'static MemoryStore,
+        instance: String,
+    ) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+        loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let Some(purge) = self.next_sendable(&tier).await else {
+                continue;
+            };
+            let (outbox, tier, instance) = (self.clone(), tier.clone(), instance.clone());
+            tokio::spawn(async move {
+                let bound = tier.settings().write_timeout;
+                let sent = tokio::time::timeout(
+                    bound,
+                    shared::purge_shared_within(&tier, store, &instance, &purge),
+                )
+                .await;
+                let ok = matches!(sent, Ok(Ok(_)));
+                tier.record_answer(ok);
+                if ok {
+                    purge_memory_off_runtime(store, &purge).await;
+                    outbox.count("sent");
+                    outbox.finish(&purge);
+                } else {
+                    let why = match sent {
+                        Ok(Err(e)) => e,
+                        _ => format!("no answer within write_timeout ({bound:?})"),
+                    };
+                    log::debug!("cache: sharing an invalidation failed ({why}); tried again");
+                    outbox.count("failed");
+                    outbox.retry(purge);
+                    outbox.wake.notify_one();
+                }
+                drop(slot);
+            });
+        }
+    }
+
+    /// Waits for a purge that may be sent now: one is waiting and the
+    /// tier's breaker lets it through (or wants it as its probe).
+    async fn next_sendable(&self, tier: &RedisTier) -> Option<Purge> {
+        loop {
+            let notified = self.wake.notified();
+            if !self.lock().waiting.is_empty() {
+                match tier.permit() {
+                    Permit::Ask | Permit::SkipAndProbe => return self.take(),
+                    Permit::Skip => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Sends an instance's outbox as a background service of the server.
+pub struct OutboxSender {
+    tier: Arc<RedisTier>,
+    store: &'static MemoryStore,
+    instance: String,
+}
+
+impl OutboxSender {
+    /// The sender of `tier`'s outbox, for this instance.
+    pub fn new(tier: Arc<RedisTier>, store: &'static MemoryStore, instance: String) -> Self {
+        Self {
+            tier,
+            store,
+            instance,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for OutboxSender {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let outbox = self.tier.outbox().clone();
+        let run = outbox.run(self.tier.clone(), self.store, self.instance.clone());
+        tokio::select! {
+            () = run => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uri(u: &str) -> Purge {
+        Purge {
+            target: PurgeTarget::Uri(u.into()),
+            soft: false,
+        }
+    }
+
+    fn names<'a>(uri: &'a str, route: &'a str, tags: &'a [Arc<str>]) -> FillNames<'a> {
+        FillNames { uri, route, tags }
+    }
+
+    #[test]
+    fn waiting_purges_coalesce_hide_what_they_name_and_are_bounded_in_bytes() {
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let outbox = Outbox::new(4 * weight(&uri("h/a")), metrics.clone());
+        assert!(!outbox.hides_uri("h/a"));
+        assert!(outbox.push(uri("h/a")));
+        assert!(outbox.push(uri("h/a")), "coalesced");
+        assert_eq!(outbox.len(), 1);
+        assert!(outbox.hides_uri("h/a"));
+        assert!(outbox.hides(&names("h/a", "api", &[])));
+        assert!(!outbox.hides(&names("h/b", "api", &[])));
+        let tag = Purge {
+            target: PurgeTarget::Tag("t1".into()),
+            soft: false,
+        };
+        assert!(outbox.push(tag.clone()));
+        let tags: Vec<Arc<str>> = vec!["t1".into()];
+        assert!(outbox.hides(&names("h/c", "api", &tags)));
+        assert!(outbox.push(uri("h/b")));
+        assert!(!outbox.push(uri("h/long-enough-to-pass-the-bound")), "full");
+        assert!(!outbox.hides_uri("h/long-enough-to-pass-the-bound"));
+        let shared = |r: &str| {
+            metrics
+                .cache_invalidations_shared
+                .with_label_values(&[r])
+                .get()
+        };
+        assert_eq!((shared("coalesced"), shared("dropped")), (1, 1));
+
+        // In flight: still hidden, no longer coalescing.
+        let first = outbox.take().expect("waiting");
+        assert_eq!(first, uri("h/a"));
+        assert!(outbox.hides_uri("h/a"));
+        assert!(
+            outbox.push(uri("h/a")),
+            "queued again behind the one in flight"
+        );
+        outbox.finish(&first);
+        assert!(outbox.hides_uri("h/a"), "the second one still hides it");
+        // A failed one goes back, unless an identical one waits.
+        let tag_sent = outbox.take().expect("tag");
+        assert_eq!(tag_sent, tag);
+        outbox.retry(tag_sent);
+        assert_eq!(outbox.take(), Some(tag.clone()), "at the front again");
+        outbox.finish(&tag);
+        assert!(!outbox.hides(&names("h/c", "api", &tags)));
+        while let Some(p) = outbox.take() {
+            outbox.finish(&p);
+        }
+        assert!(outbox.is_empty());
+        assert!(!outbox.hides_uri("h/a"));
+        assert_eq!(metrics.cache_invalidation_queue_bytes.get(), 0);
+    }
+
+    #[test]
+    fn a_hold_hides_until_dropped() {
+        let outbox = Outbox::new(DEFAULT_LIMIT_BYTES, Arc::new(Metrics::new().expect("m")));
+        let route = PurgeTarget::Route("api".into());
+        let hold = outbox.hold(&route);
+        assert!(outbox.hides(&names("h/x", "api", &[])));
+        assert!(!outbox.hides(&names("h/x", "other", &[])));
+        drop(hold);
+        assert!(!outbox.hides(&names("h/x", "api", &[])));
+    }
+}
