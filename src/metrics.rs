@@ -155,6 +155,9 @@ pub struct Metrics {
     /// `tollgate_cache_l2_implausible_generations_total`: shared purge
     /// generations heard far ahead of the clock and ignored.
     pub cache_implausible_generations: IntCounter,
+    /// `tollgate_cache_fills_too_old_total`: responses not stored because
+    /// their request began before every purge the log still remembers.
+    pub cache_fills_too_old: IntCounter,
     /// `tollgate_cache_l2_write_queue_bytes`: values waiting for the
     /// Redis tier's writer.
     pub cache_l2_write_queue_bytes: IntGauge,
@@ -481,6 +484,10 @@ impl Metrics {
             "tollgate_cache_l2_redis_too_old",
             "1 while the Redis server is older than the cache tier needs (7.0); the tier stays off",
         )?;
+        let cache_fills_too_old = IntCounter::new(
+            "tollgate_cache_fills_too_old_total",
+            "Responses not stored in memory because their request began before every purge the purge log still remembers",
+        )?;
         let cache_l2_write_queue_bytes = IntGauge::new(
             "tollgate_cache_l2_write_queue_bytes",
             "Bytes of responses waiting to be written to the cache's Redis tier",
@@ -507,6 +514,7 @@ impl Metrics {
             Box::new(cache_implausible_generations.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(cache_l2_redis_too_old.clone()),
             Box::new(cache_l2_write_queue_bytes.clone()),
+            Box::new(cache_fills_too_old.clone()),
             Box::new(cache_invalidation_queue.clone()),
             Box::new(cache_invalidation_queue_bytes.clone()),
             Box::new(cache_invalidations_shared.clone()),
@@ -624,6 +632,7 @@ impl Metrics {
             cache_implausible_generations,
             cache_l2_redis_too_old,
             cache_l2_write_queue_bytes,
+            cache_fills_too_old,
             cache_invalidation_queue,
             cache_invalidation_queue_bytes,
             cache_invalidations_shared,

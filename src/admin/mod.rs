@@ -214,6 +214,11 @@ impl AdminApp {
         metrics
             .cache_unreclaimed
             .set(i64::try_from(cache.store.unreclaimed()).unwrap_or(i64::MAX));
+        let too_old = cache.store.fills_too_old() as u64;
+        let counted = metrics.cache_fills_too_old.get();
+        if too_old > counted {
+            metrics.cache_fills_too_old.inc_by(too_old - counted);
+        }
         let evicted = cache.evicted_items() as u64;
         let counted = metrics.cache_evictions.get();
         if evicted > counted {

@@ -1,7 +1,7 @@
-//! The store's secondary indexes: primaries by URI (ordered, for prefix
-//! purges), by route and by tag. One lock over the three, never taken by
-//! a hit: fills, removals and purges take it after the shard of the entry
-//! they change (lock order: purge log → shard → index).
+//! A shard's secondary indexes: its primaries by URI (ordered, for prefix
+//! purges), by route and by tag. Each shard keeps its own under its own
+//! lock, so a fill touches nothing outside its shard; a purge asks every
+//! shard (64 hash lookups for a URL, route or tag).
 //!
 //! Invariant: a primary key is in `by_uri[uri]`, `by_route[route]` and
 //! `by_tag[t]` for each of its tags exactly while its shard holds at least
@@ -11,7 +11,6 @@
 //! entries is O(n).
 
 use super::keyhash::{KeySet, NameMap};
-use super::shard::{Gone, IndexChange};
 use pingora::cache::key::HashBinary;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -61,27 +60,6 @@ impl Indexes {
         for tag in tags {
             remove_from(&mut self.by_tag, tag, primary);
         }
-    }
-
-    /// What a fill changed (see [`super::shard::Shard::insert`]).
-    pub(super) fn learn(
-        &mut self,
-        primary: HashBinary,
-        change: &IndexChange,
-        uri: &Arc<str>,
-        route: &Arc<str>,
-        tags: &[Arc<str>],
-    ) {
-        match change {
-            IndexChange::None => {}
-            IndexChange::Added => self.add_primary(primary, uri, route, tags),
-            IndexChange::Retagged(old) => self.retag(primary, old, tags),
-        }
-    }
-
-    /// A primary that left its shard.
-    pub(super) fn forget(&mut self, gone: &Gone) {
-        self.remove_primary(&gone.primary, &gone.uri, &gone.route, &gone.tags);
     }
 
     /// A primary refilled with other tags: the old ones go, the new come.

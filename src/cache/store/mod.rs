@@ -8,18 +8,20 @@
 //!
 //! Layout (built to stay flat at a million entries):
 //! - **Shards.** Entries live in [`SHARDS`] shards chosen by their primary
-//!   key's hash, each behind its own `RwLock` (`shard.rs`). A hit takes one
-//!   shard's read lock and nothing else, so a write on one shard never
-//!   blocks hits on another.
-//! - **Indexes** (`index.rs`): primaries by URI, route and tag in hash
-//!   sets, so removing an entry is O(1) in each; a purge of n entries is
-//!   O(n), removed in small batches that release the shard and index
-//!   locks between them (`purging.rs`).
+//!   key's hash, each behind its own `RwLock` (`shard.rs`) with its own
+//!   indexes. A hit takes one shard's read lock and nothing else; a fill
+//!   takes one shard's write lock and no other lock of the store's.
+//! - **Indexes** (`index.rs`, one per shard): primaries by URI, route and
+//!   tag in hash sets, so removing an entry is O(1) in each; a purge of n
+//!   entries is O(n), asks every shard, and removes in small batches that
+//!   release the shard's lock between them (`purging.rs`).
 //! - **Purges win over fills** (`purges.rs`): every purge is recorded with
 //!   a generation before it selects anything; a fill carries the
 //!   generation its request began at ([`FillTicket`]) and is dropped when
-//!   a purge recorded since names it. Lock order: purge log → shard →
-//!   indexes; a lookup reads the pending purges under its shard's lock.
+//!   a purge recorded since names it, checked by its own names in a keyed
+//!   log. Lock order: purge log (broad list, then the fill's log shards)
+//!   → store shard; a lookup reads the pending bans under its shard's
+//!   lock.
 //! - **Large purges take effect before they free** (`purging.rs`): they
 //!   ban what they name (lookups treat an entry stored before the purge
 //!   that it names as absent) and answer; a reclaimer thread frees the
@@ -54,7 +56,6 @@ pub use storage::{hit_of, ticket_of};
 
 use bytes::Bytes;
 use entry::{Entry, ENCODED_CODINGS, ENCODED_OVERHEAD};
-use index::Indexes;
 use pingora::cache::eviction::EvictionManager;
 use pingora::cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
 use pingora::cache::CacheEntryKeyRef;
@@ -62,7 +63,7 @@ use pingora::http::ResponseHeader;
 use pingora::Result;
 use purges::{PendingPurges, PurgeLog, PurgeRecord};
 use purging::Reclaim;
-use shard::{Gone, Shard};
+use shard::Shard;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
@@ -112,7 +113,6 @@ struct Fill {
 /// The bounded memory store. One per process (Pingora needs `'static`).
 pub struct MemoryStore {
     shards: Box<[RwLock<Shard>]>,
-    indexes: RwLock<Indexes>,
     purges: PurgeLog,
     /// Large purges whose entries the reclaimer is still removing.
     pending: PendingPurges,
@@ -176,7 +176,6 @@ impl MemoryStore {
     pub fn new() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
-            indexes: RwLock::default(),
             purges: PurgeLog::default(),
             pending: PendingPurges::default(),
             unreclaimed: AtomicUsize::new(0),
@@ -224,9 +223,14 @@ impl MemoryStore {
     /// Whether a purge recorded since `ticket` names this response (so it
     /// must not be stored anywhere, Redis included).
     pub fn overtaken(&self, ticket: FillTicket, uri: &str, route: &str, tags: &[Arc<str>]) -> bool {
-        self.purges
-            .lock()
-            .overtaken(ticket, &FillNames { uri, route, tags })
+        let names = FillNames { uri, route, tags };
+        self.purges.guard(&names).overtaken(ticket, &names)
+    }
+
+    /// Fills not stored because their request began before every purge
+    /// the log still remembers (`tollgate_cache_fills_too_old_total`).
+    pub fn fills_too_old(&self) -> usize {
+        self.purges.too_old()
     }
 
     /// Bytes held (bodies, headers, tags, encoded copies, overheads).
@@ -317,31 +321,26 @@ impl MemoryStore {
         let primary = fill.entry.primary;
         let weight = fill.entry.weight();
         let (replaced, banned) = {
-            let log = self.purges.lock();
             let names = FillNames {
                 uri: &fill.uri,
                 route: &fill.route,
                 tags: &fill.tags,
             };
+            let log = self.purges.guard(&names);
             if log.overtaken(fill.ticket, &names) {
                 drop(log);
                 let current = self.get(&primary, &fill.combined);
                 return (false, current.map_or(0, |e| e.weight()));
             }
             let mut shard = self.write_shard(&primary);
-            let (banned, banned_gone) = self.take_banned(&mut shard, &primary);
-            let (replaced, change) = shard.insert(
+            let banned = self.take_banned(&mut shard, &primary);
+            let replaced = shard.insert(
                 fill.combined,
                 fill.entry,
                 &fill.uri,
                 &fill.route,
                 &fill.tags,
             );
-            let mut index = write(&self.indexes);
-            if let Some(gone) = &banned_gone {
-                index.forget(gone);
-            }
-            index.learn(primary, &change, &fill.uri, &fill.route, &fill.tags);
             (replaced, banned)
         };
         self.release(banned);
@@ -359,16 +358,12 @@ impl MemoryStore {
     /// a fill changes the primary: the fill may replace its tags, and the
     /// purge must still take what it named when it was made (the reclaimer
     /// finds primaries by their names at its own time).
-    fn take_banned(
-        &self,
-        shard: &mut Shard,
-        primary: &HashBinary,
-    ) -> (Vec<Arc<Entry>>, Option<Gone>) {
+    fn take_banned(&self, shard: &mut Shard, primary: &HashBinary) -> Vec<Arc<Entry>> {
         if !self.pending.any() {
-            return (Vec::new(), None);
+            return Vec::new();
         }
         let Some(p) = shard.primaries.get(primary) else {
-            return (Vec::new(), None);
+            return Vec::new();
         };
         let (uri, route, tags) = (p.uri.clone(), p.route.clone(), p.tags.clone());
         let names = FillNames {
@@ -391,22 +386,37 @@ impl MemoryStore {
         ticket: FillTicket,
         rebuild: impl FnOnce(&Entry) -> Entry,
     ) -> bool {
-        let (old, new) = {
-            let log = self.purges.lock();
-            let mut shard = self.write_shard(primary);
-            let (Some(old), Some(p)) = (shard.entries.get(combined), shard.primaries.get(primary))
-            else {
+        // The names to lock the log by, read first: the log's locks come
+        // before the shard's.
+        let (uri, route, tags) = {
+            let shard = self.read_shard(primary);
+            let Some(p) = shard.primaries.get(primary) else {
                 return false;
             };
-            let names = FillNames {
-                uri: &p.uri,
-                route: &p.route,
-                tags: &p.tags,
-            };
+            (p.uri.clone(), p.route.clone(), p.tags.clone())
+        };
+        let names = FillNames {
+            uri: &uri,
+            route: &route,
+            tags: &tags,
+        };
+        let (old, new) = {
+            let log = self.purges.guard(&names);
             if log.overtaken(ticket, &names) {
                 return false;
             }
-            drop(log);
+            let mut shard = self.write_shard(primary);
+            // Refilled with other tags meanwhile: not what was checked.
+            if !shard
+                .primaries
+                .get(primary)
+                .is_some_and(|p| Arc::ptr_eq(&p.tags, &tags))
+            {
+                return false;
+            }
+            let Some(old) = shard.entries.get(combined) else {
+                return false;
+            };
             let new = Arc::new(rebuild(old));
             let old = shard.entries.insert(*combined, new.clone());
             match old {
@@ -518,15 +528,8 @@ impl MemoryStore {
     fn remove_key(&self, key: &CompactCacheKey) -> bool {
         let primary = key.primary_bin();
         let combined = key.combined_bin();
-        let removed = {
-            let mut shard = self.write_shard(&primary);
-            let Some((entry, gone)) = shard.remove(&combined) else {
-                return false;
-            };
-            if let Some(gone) = gone {
-                write(&self.indexes).forget(&gone);
-            }
-            entry
+        let Some(removed) = self.write_shard(&primary).remove(&combined) else {
+            return false;
         };
         self.count.fetch_sub(1, Ordering::Relaxed);
         self.forget(&removed);

@@ -7,19 +7,34 @@
 //! stored, a purge recorded since its ticket that names it wins: the fill
 //! is dropped.
 //!
-//! Invariant (the store keeps it, `MemoryStore::store_fill`): the check
-//! and the insert happen under this log's lock, and a purge is recorded
-//! under the same lock before it selects what to remove. So a purge
-//! recorded before a fill's check is seen by the check, and one recorded
-//! after it selects (and removes) the stored fill.
+//! The log is keyed, so a fill's check costs its own names, never a scan:
+//! purges of one URI, route or tag keep only their newest generation, in
+//! one of [`LOG_SHARDS`] shards chosen by the name's hash; the few purges
+//! that name no single key (prefixes, "everything") are a short list
+//! beside them.
+//!
+//! Invariant (kept with `MemoryStore::store_fill`): a fill takes a
+//! [`Guard`] — the broad list's read lock and the locks of the shards its
+//! names hash to, in ascending order — checks, and inserts into the store
+//! while holding it; a purge is recorded under the one lock its name needs
+//! before it selects what to remove, and holds no other lock meanwhile. So
+//! a purge recorded before a fill's check is seen by the check, and one
+//! recorded after the fill released its guard selects the stored fill.
+//! Lock order: broad list → log shards (ascending) → store shard.
 
-use std::collections::VecDeque;
+use smallvec::SmallVec;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
-/// Purges remembered. A fill whose ticket is older than the oldest one
-/// kept is dropped: what it would need to be checked against is gone.
-const MAX_RECORDS: usize = 16 * 1024;
+/// Shards of the keyed log: fills of different names rarely meet on one.
+const LOG_SHARDS: usize = 16;
+
+/// Records kept per shard (and of broad purges). A fill whose ticket is
+/// older than a forgotten record is dropped: what it would need to be
+/// checked against is gone. 64 Ki names in all: at 10,000 invalidations a
+/// second of distinct URIs, fills slower than ~6 s are not stored.
+const RECORDS_PER_SHARD: usize = 4096;
 
 /// When a fill's request began, in the purge generations it can be
 /// checked against, carried in the cache key's extensions from the moment
@@ -30,7 +45,7 @@ pub struct FillTicket {
     pub local: u64,
     /// The shared (Redis) purge generation this instance had heard of:
     /// the Redis tier's write script drops a write that a purge marker
-    /// newer than this names (`cache::l2`).
+    /// newer than this names (`cache::invalidation`).
     pub shared: u64,
     /// When the request began: a Redis write older than the markers live
     /// is dropped, as it can no longer be checked.
@@ -79,49 +94,121 @@ impl PurgeRecord {
             PurgeRecord::Everything => true,
         }
     }
+
+    /// The one name it is keyed by, if it has one.
+    fn key(&self) -> Option<(Kind, &Arc<str>)> {
+        match self {
+            PurgeRecord::Uri(name) => Some((Kind::Uri, name)),
+            PurgeRecord::Route(name) => Some((Kind::Route, name)),
+            PurgeRecord::Tag(name) => Some((Kind::Tag, name)),
+            _ => None,
+        }
+    }
 }
 
-struct Records {
-    /// (generation, what it purged), oldest first.
-    recent: VecDeque<(u64, PurgeRecord)>,
-    /// Fills with a ticket below this cannot be checked (records dropped).
-    floor: u64,
+/// Which map of a shard a name lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Uri,
+    Route,
+    Tag,
+}
+
+type Latest = HashMap<Arc<str>, u64, ahash::RandomState>;
+
+/// One shard of the keyed log: the newest generation that purged each
+/// name, and the order they came in (to forget the oldest).
+#[derive(Default)]
+struct Named {
+    uris: Latest,
+    routes: Latest,
+    tags: Latest,
+    order: VecDeque<(u64, Kind, Arc<str>)>,
+}
+
+impl Named {
+    fn map(&self, kind: Kind) -> &Latest {
+        match kind {
+            Kind::Uri => &self.uris,
+            Kind::Route => &self.routes,
+            Kind::Tag => &self.tags,
+        }
+    }
+
+    fn map_mut(&mut self, kind: Kind) -> &mut Latest {
+        match kind {
+            Kind::Uri => &mut self.uris,
+            Kind::Route => &mut self.routes,
+            Kind::Tag => &mut self.tags,
+        }
+    }
+
+    /// Whether a purge of `name` newer than `since` is recorded.
+    fn newer(&self, kind: Kind, name: &str, since: u64) -> bool {
+        self.map(kind).get(name).is_some_and(|g| *g > since)
+    }
 }
 
 /// The recent purges and the current generation.
 pub struct PurgeLog {
     generation: AtomicU64,
-    records: Mutex<Records>,
+    /// Fills with a ticket below this cannot be checked (a record that
+    /// might name them was forgotten).
+    floor: AtomicU64,
+    named: Box<[Mutex<Named>]>,
+    /// Purges that name no single key, oldest first.
+    broad: RwLock<VecDeque<(u64, PurgeRecord)>>,
+    hasher: ahash::RandomState,
+    /// Fills dropped because their ticket was below the floor.
+    too_old: AtomicUsize,
 }
 
 impl Default for PurgeLog {
     fn default() -> Self {
         Self {
             generation: AtomicU64::new(0),
-            records: Mutex::new(Records {
-                recent: VecDeque::new(),
-                floor: 0,
-            }),
+            floor: AtomicU64::new(0),
+            named: (0..LOG_SHARDS).map(|_| Mutex::default()).collect(),
+            broad: RwLock::default(),
+            hasher: ahash::RandomState::new(),
+            too_old: AtomicUsize::new(0),
         }
     }
 }
 
-/// The log held locked: fills are checked and stored while holding it.
-pub struct Locked<'a>(MutexGuard<'a, Records>);
+/// A fill's hold on the log while it is checked and stored.
+pub struct Guard<'a> {
+    log: &'a PurgeLog,
+    broad: RwLockReadGuard<'a, VecDeque<(u64, PurgeRecord)>>,
+    named: SmallVec<[(usize, MutexGuard<'a, Named>); 4]>,
+}
 
-impl Locked<'_> {
+impl Guard<'_> {
     /// Whether a purge recorded after `ticket` names `fill` (or the
     /// records it would need are gone): then the fill must not be stored.
+    /// Costs the fill's own names, and the broad purges since its ticket.
     pub fn overtaken(&self, ticket: FillTicket, fill: &FillNames<'_>) -> bool {
-        if ticket.local < self.0.floor {
+        if ticket.local < self.log.floor.load(Ordering::Acquire) {
+            self.log.too_old.fetch_add(1, Ordering::Relaxed);
             return true;
         }
-        self.0
-            .recent
-            .iter()
-            .rev()
-            .take_while(|(generation, _)| *generation > ticket.local)
-            .any(|(_, record)| record.names(fill))
+        let since = ticket.local;
+        let named = |kind: Kind, name: &str| {
+            let at = self.log.shard_of(kind, name);
+            self.named
+                .iter()
+                .find(|(i, _)| *i == at)
+                .is_some_and(|(_, shard)| shard.newer(kind, name, since))
+        };
+        named(Kind::Uri, fill.uri)
+            || named(Kind::Route, fill.route)
+            || fill.tags.iter().any(|t| named(Kind::Tag, t))
+            || self
+                .broad
+                .iter()
+                .rev()
+                .take_while(|(g, _)| *g > since)
+                .any(|(_, record)| record.names(fill))
     }
 }
 
@@ -136,27 +223,74 @@ impl PurgeLog {
         }
     }
 
+    fn shard_of(&self, kind: Kind, name: &str) -> usize {
+        (self.hasher.hash_one((kind as u8, name)) as usize) % LOG_SHARDS
+    }
+
     /// Records a purge before it removes anything; returns its generation.
+    /// The generation is taken under the lock it is recorded under, so a
+    /// fill holding that lock sees the purge whole or not at all.
     pub fn record(&self, record: PurgeRecord) -> u64 {
-        let mut records = self.lock_records();
+        let Some((kind, name)) = record.key() else {
+            let mut broad = self.broad.write().unwrap_or_else(|p| p.into_inner());
+            let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+            broad.push_back((generation, record));
+            while broad.len() > RECORDS_PER_SHARD {
+                if let Some((forgotten, _)) = broad.pop_front() {
+                    self.floor.fetch_max(forgotten, Ordering::AcqRel);
+                }
+            }
+            return generation;
+        };
+        let mut shard = lock(&self.named[self.shard_of(kind, name)]);
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        records.recent.push_back((generation, record));
-        while records.recent.len() > MAX_RECORDS {
-            if let Some((dropped, _)) = records.recent.pop_front() {
-                records.floor = dropped;
+        shard.map_mut(kind).insert(name.clone(), generation);
+        shard.order.push_back((generation, kind, name.clone()));
+        while shard.order.len() > RECORDS_PER_SHARD {
+            let Some((forgotten, kind, name)) = shard.order.pop_front() else {
+                break;
+            };
+            // Only the newest record of a name is live; an older one of the
+            // same name is covered by it and forgetting it loses nothing.
+            let map = shard.map_mut(kind);
+            if map.get(&name) == Some(&forgotten) {
+                map.remove(&name);
+                self.floor.fetch_max(forgotten, Ordering::AcqRel);
             }
         }
         generation
     }
 
-    /// The log, locked for a fill's check and insert.
-    pub fn lock(&self) -> Locked<'_> {
-        Locked(self.lock_records())
+    /// The log held for a fill with these names: its check, then its
+    /// insert, under the guard.
+    pub fn guard(&self, fill: &FillNames<'_>) -> Guard<'_> {
+        let mut shards: SmallVec<[usize; 8]> = SmallVec::new();
+        shards.push(self.shard_of(Kind::Uri, fill.uri));
+        shards.push(self.shard_of(Kind::Route, fill.route));
+        shards.extend(fill.tags.iter().map(|t| self.shard_of(Kind::Tag, t)));
+        shards.sort_unstable();
+        shards.dedup();
+        let broad = self.broad.read().unwrap_or_else(|p| p.into_inner());
+        let named = shards
+            .into_iter()
+            .map(|i| (i, lock(&self.named[i])))
+            .collect();
+        Guard {
+            log: self,
+            broad,
+            named,
+        }
     }
 
-    fn lock_records(&self) -> MutexGuard<'_, Records> {
-        self.records.lock().unwrap_or_else(|p| p.into_inner())
+    /// Fills dropped so far because they were older than every record
+    /// kept (`tollgate_cache_fills_too_old_total`).
+    pub fn too_old(&self) -> usize {
+        self.too_old.load(Ordering::Relaxed)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Purges whose entries are still being removed in the background (a
@@ -288,14 +422,14 @@ mod tests {
         let ticket = log.ticket(0);
         let tags: Vec<Arc<str>> = vec!["product-1".into()];
         let f = fill("h/a?x=1", "api", &tags);
-        assert!(!log.lock().overtaken(ticket, &f));
+        assert!(!log.guard(&f).overtaken(ticket, &f));
         log.record(PurgeRecord::Uri("h/other".into()));
-        assert!(!log.lock().overtaken(ticket, &f), "another URI");
+        assert!(!log.guard(&f).overtaken(ticket, &f), "another URI");
         log.record(PurgeRecord::Tag("product-1".into()));
-        assert!(log.lock().overtaken(ticket, &f));
+        assert!(log.guard(&f).overtaken(ticket, &f));
         let later = log.ticket(0);
         assert!(
-            !log.lock().overtaken(later, &f),
+            !log.guard(&f).overtaken(later, &f),
             "a fill that began after it"
         );
         for record in [
@@ -307,7 +441,7 @@ mod tests {
         ] {
             let t = log.ticket(0);
             log.record(record.clone());
-            assert!(log.lock().overtaken(t, &f), "{record:?}");
+            assert!(log.guard(&f).overtaken(t, &f), "{record:?}");
         }
     }
 
@@ -315,12 +449,40 @@ mod tests {
     fn a_fill_older_than_what_is_remembered_is_dropped() {
         let log = PurgeLog::default();
         let ticket = log.ticket(0);
-        for i in 0..MAX_RECORDS + 1 {
-            log.record(PurgeRecord::Uri(format!("h/{i}").into()));
+        // Repeating one name forgets nothing: only its newest record lives.
+        for _ in 0..LOG_SHARDS * RECORDS_PER_SHARD * 2 {
+            log.record(PurgeRecord::Uri("h/hot".into()));
         }
         let f = fill("h/unrelated", "api", &[]);
-        assert!(log.lock().overtaken(ticket, &f));
-        assert!(!log.lock().overtaken(log.ticket(0), &f));
+        assert!(
+            !log.guard(&f).overtaken(ticket, &f),
+            "nothing live forgotten"
+        );
+        for i in 0..LOG_SHARDS * RECORDS_PER_SHARD * 2 {
+            log.record(PurgeRecord::Uri(format!("h/{i}").into()));
+        }
+        assert!(log.guard(&f).overtaken(ticket, &f));
+        assert_eq!(log.too_old(), 1);
+        assert!(!log.guard(&f).overtaken(log.ticket(0), &f));
+    }
+
+    #[test]
+    fn a_fill_checks_only_its_own_names_and_the_broad_purges() {
+        let log = PurgeLog::default();
+        let tags: Vec<Arc<str>> = vec!["t1".into(), "t2".into()];
+        let f = fill("h/a", "api", &tags);
+        let ticket = log.ticket(0);
+        for i in 0..1000 {
+            log.record(PurgeRecord::Uri(format!("h/other-{i}").into()));
+        }
+        assert!(!log.guard(&f).overtaken(ticket, &f));
+        log.record(PurgeRecord::Tag("t2".into()));
+        assert!(log.guard(&f).overtaken(ticket, &f), "its second tag");
+        let later = log.ticket(0);
+        log.record(PurgeRecord::PathPrefix("/b".into()));
+        assert!(!log.guard(&f).overtaken(later, &f), "another prefix");
+        log.record(PurgeRecord::Prefix("h/".into()));
+        assert!(log.guard(&f).overtaken(later, &f), "its host");
     }
 
     #[test]

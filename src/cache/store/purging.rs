@@ -8,8 +8,7 @@ use super::entry::Entry;
 use super::index::Indexes;
 use super::keyhash::KeySet;
 use super::purges::{AfterPass, PurgeRecord};
-use super::shard::Gone;
-use super::{read, shard_of, write, MemoryStore, Selection, SHARDS};
+use super::{read, write, MemoryStore, Selection};
 use pingora::cache::key::HashBinary;
 use pingora::http::ResponseHeader;
 use std::sync::atomic::Ordering;
@@ -53,18 +52,31 @@ pub(super) struct Reclaim {
 
 impl MemoryStore {
     /// The primaries a purge names (all their variants go, or are marked
-    /// stale, together).
-    pub(super) fn select(&self, selection: Selection<'_>) -> Vec<HashBinary> {
-        let index = read(&self.indexes);
-        named_sets(&index, selection)
-            .flat_map(|set| set.iter().copied())
+    /// stale, together), by shard: each shard's index is read under its
+    /// own lock, one shard at a time.
+    pub(super) fn select(&self, selection: Selection<'_>) -> Vec<Vec<HashBinary>> {
+        self.shards
+            .iter()
+            .map(|shard| {
+                let shard = read(shard);
+                named_sets(&shard.index, selection)
+                    .flat_map(|set| set.iter().copied())
+                    .collect()
+            })
             .collect()
     }
 
     /// How many primaries a purge names now (without collecting them).
     pub(super) fn count_named(&self, selection: Selection<'_>) -> usize {
-        let index = read(&self.indexes);
-        named_sets(&index, selection).map(|set| set.len()).sum()
+        self.shards
+            .iter()
+            .map(|shard| {
+                let shard = read(shard);
+                named_sets(&shard.index, selection)
+                    .map(|set| set.len())
+                    .sum::<usize>()
+            })
+            .sum()
     }
 
     /// Removes the variants of `primaries` (grouped by shard) that
@@ -85,17 +97,8 @@ impl MemoryStore {
                 let mut removed = Vec::new();
                 {
                     let mut shard = write(&self.shards[shard]);
-                    let mut gone: Vec<Gone> = Vec::new();
                     for primary in batch {
-                        let (r, g) = shard.remove_variants_where(primary, &matches);
-                        removed.extend(r);
-                        gone.extend(g);
-                    }
-                    if !gone.is_empty() {
-                        let mut index = write(&self.indexes);
-                        for g in &gone {
-                            index.forget(g);
-                        }
+                        removed.extend(shard.remove_variants_where(primary, &matches));
                     }
                 }
                 removed_total += removed.len();
@@ -134,7 +137,7 @@ impl MemoryStore {
         };
         let banned = loop {
             if let Some(selection) = selection_of(&job.record) {
-                let primaries = by_shard(self.select(selection));
+                let primaries = self.select(selection);
                 self.remove_primaries_where(&primaries, |e| e.generation < generation, paced);
             }
             match self.pending.after_pass(&job.record) {
@@ -179,9 +182,9 @@ impl MemoryStore {
     /// removing it (a soft purge): the next request revalidates, and the
     /// response's stale windows still apply. Batched like removals; the
     /// eviction manager learns the new weights. Returns how many.
-    fn expire_primaries(&self, primaries: Vec<HashBinary>, now: SystemTime) -> usize {
+    fn expire_primaries(&self, primaries: Vec<Vec<HashBinary>>, now: SystemTime) -> usize {
         let mut expired = 0;
-        for (shard, primaries) in by_shard(primaries).iter().enumerate() {
+        for (shard, primaries) in primaries.iter().enumerate() {
             for batch in primaries.chunks(PURGE_BATCH) {
                 let mut changed = Vec::new();
                 {
@@ -239,7 +242,7 @@ impl MemoryStore {
                 return named;
             }
         }
-        let primaries = by_shard(self.select(selection));
+        let primaries = self.select(selection);
         self.remove_primaries_where(&primaries, |e| e.generation < generation, false)
     }
 
@@ -265,7 +268,7 @@ impl MemoryStore {
         let generation = self.purges.record(selection.record());
         let primaries = self.select(selection);
         let matches = |e: &Entry| e.generation < generation && matches(&e.header);
-        self.remove_primaries_where(&by_shard(primaries), matches, false)
+        self.remove_primaries_where(&primaries, matches, false)
     }
 
     /// Removes every entry stored (created) before `cutoff`, and drops
@@ -273,10 +276,11 @@ impl MemoryStore {
     /// batch at a time.
     pub fn purge_created_before(&self, cutoff: SystemTime) -> usize {
         self.purges.record(PurgeRecord::Everything);
-        let mut primaries = Vec::new();
-        for shard in self.shards.iter() {
-            let shard = read(shard);
-            primaries.extend(
+        let primaries: Vec<Vec<HashBinary>> = self
+            .shards
+            .iter()
+            .map(|shard| {
+                let shard = read(shard);
                 shard
                     .primaries
                     .iter()
@@ -288,10 +292,11 @@ impl MemoryStore {
                                 .is_some_and(|e| e.times.created < cutoff)
                         })
                     })
-                    .map(|(hash, _)| *hash),
-            );
-        }
-        self.remove_primaries_where(&by_shard(primaries), |_| true, false)
+                    .map(|(hash, _)| *hash)
+                    .collect()
+            })
+            .collect();
+        self.remove_primaries_where(&primaries, |_| true, false)
     }
 }
 
@@ -338,13 +343,4 @@ fn selection_of(record: &PurgeRecord) -> Option<Selection<'_>> {
         PurgeRecord::Tag(tag) => Selection::Tag(tag),
         PurgeRecord::Everything => return None,
     })
-}
-
-/// `primaries` grouped by the shard they live in.
-fn by_shard(primaries: Vec<HashBinary>) -> Vec<Vec<HashBinary>> {
-    let mut grouped = vec![Vec::new(); SHARDS];
-    for primary in primaries {
-        grouped[shard_of(&primary)].push(primary);
-    }
-    grouped
 }

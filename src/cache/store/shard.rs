@@ -1,14 +1,16 @@
 //! One shard of the store: the entries whose primary key hashes to it,
-//! and its primaries with their variants. A hit takes one shard's read
-//! lock and nothing else; a write on one shard never blocks hits on
-//! another.
+//! its primaries with their variants, and its own indexes of them by URI,
+//! route and tag. A hit takes one shard's read lock and nothing else; a
+//! fill takes one shard's write lock and nothing else of the store's, so a
+//! write on one shard never blocks hits or fills on another.
 //!
 //! Invariant: every variant listed by a primary is in `entries`, and every
 //! entry's primary lists it; a primary exists only with at least one
-//! variant. The secondary indexes (`index.rs`) follow the primaries
-//! through the changes these methods return.
+//! variant; the indexes (`index.rs`) list exactly this shard's primaries
+//! under their URI, route and tags. These methods keep all three.
 
 use super::entry::Entry;
+use super::index::Indexes;
 use super::keyhash::KeyMap;
 use pingora::cache::key::HashBinary;
 use smallvec::SmallVec;
@@ -26,34 +28,16 @@ pub(super) struct Primary {
     pub(super) tags: Arc<[Arc<str>]>,
 }
 
-/// A primary that left the shard: what the indexes must forget.
-pub(super) struct Gone {
-    pub(super) primary: HashBinary,
-    pub(super) uri: Arc<str>,
-    pub(super) route: Arc<str>,
-    pub(super) tags: Arc<[Arc<str>]>,
-}
-
-/// What a fill changed in the indexes' view.
-pub(super) enum IndexChange {
-    /// Nothing: the primary existed with the same tags.
-    None,
-    /// The primary is new.
-    Added,
-    /// The primary existed; its tags were these and are now the fill's.
-    Retagged(Arc<[Arc<str>]>),
-}
-
-/// Entries and primaries of one shard.
+/// Entries, primaries and indexes of one shard.
 #[derive(Default)]
 pub(super) struct Shard {
     pub(super) entries: KeyMap<Arc<Entry>>,
     pub(super) primaries: KeyMap<Primary>,
+    pub(super) index: Indexes,
 }
 
 impl Shard {
-    /// Stores `entry` under `combined`: returns the entry it replaced and
-    /// what the indexes must learn.
+    /// Stores `entry` under `combined`; returns the entry it replaced.
     pub(super) fn insert(
         &mut self,
         combined: HashBinary,
@@ -61,18 +45,17 @@ impl Shard {
         uri: &Arc<str>,
         route: &Arc<str>,
         tags: &Arc<[Arc<str>]>,
-    ) -> (Option<Arc<Entry>>, IndexChange) {
+    ) -> Option<Arc<Entry>> {
         let primary = entry.primary;
         let replaced = self.entries.insert(combined, entry);
-        let change = match self.primaries.get_mut(&primary) {
+        match self.primaries.get_mut(&primary) {
             Some(p) => {
                 if !p.variants.contains(&combined) {
                     p.variants.push(combined);
                 }
-                if p.tags[..] == tags[..] {
-                    IndexChange::None
-                } else {
-                    IndexChange::Retagged(std::mem::replace(&mut p.tags, tags.clone()))
+                if p.tags[..] != tags[..] {
+                    let old = std::mem::replace(&mut p.tags, tags.clone());
+                    self.index.retag(primary, &old, tags);
                 }
             }
             None => {
@@ -85,17 +68,17 @@ impl Shard {
                         tags: tags.clone(),
                     },
                 );
-                IndexChange::Added
+                self.index.add_primary(primary, uri, route, tags);
             }
-        };
-        (replaced, change)
+        }
+        replaced
     }
 
     /// Removes one entry; with it its primary, when it was the last variant.
-    pub(super) fn remove(&mut self, combined: &HashBinary) -> Option<(Arc<Entry>, Option<Gone>)> {
+    pub(super) fn remove(&mut self, combined: &HashBinary) -> Option<Arc<Entry>> {
         let entry = self.entries.remove(combined)?;
-        let gone = self.forget_variant(&entry.primary, combined);
-        Some((entry, gone))
+        self.forget_variant(&entry.primary, combined);
+        Some(entry)
     }
 
     /// Removes the variants of `primary` that `matches`.
@@ -103,9 +86,9 @@ impl Shard {
         &mut self,
         primary: &HashBinary,
         matches: &impl Fn(&Entry) -> bool,
-    ) -> (Vec<Arc<Entry>>, Option<Gone>) {
+    ) -> Vec<Arc<Entry>> {
         let Some(p) = self.primaries.get(primary) else {
-            return (Vec::new(), None);
+            return Vec::new();
         };
         let doomed: SmallVec<[HashBinary; 2]> = p
             .variants
@@ -113,29 +96,23 @@ impl Shard {
             .filter(|v| self.entries.get(*v).is_some_and(|e| matches(e)))
             .copied()
             .collect();
-        let mut removed = Vec::with_capacity(doomed.len());
-        let mut gone = None;
-        for combined in doomed {
-            if let Some((entry, g)) = self.remove(&combined) {
-                removed.push(entry);
-                gone = gone.or(g);
-            }
-        }
-        (removed, gone)
+        doomed
+            .into_iter()
+            .filter_map(|combined| self.remove(&combined))
+            .collect()
     }
 
-    fn forget_variant(&mut self, primary: &HashBinary, combined: &HashBinary) -> Option<Gone> {
-        let p = self.primaries.get_mut(primary)?;
+    fn forget_variant(&mut self, primary: &HashBinary, combined: &HashBinary) {
+        let Some(p) = self.primaries.get_mut(primary) else {
+            return;
+        };
         p.variants.retain(|v| v != combined);
         if !p.variants.is_empty() {
-            return None;
+            return;
         }
-        let p = self.primaries.remove(primary)?;
-        Some(Gone {
-            primary: *primary,
-            uri: p.uri,
-            route: p.route,
-            tags: p.tags,
-        })
+        if let Some(p) = self.primaries.remove(primary) {
+            self.index
+                .remove_primary(primary, &p.uri, &p.route, &p.tags);
+        }
     }
 }

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Writes through tollgate with the cache's Redis tier off, on, and on with
+# Redis hung (SIGSTOP): every successful POST invalidates its URI (RFC 9111
+# §4.4), and with the tier on its shared part goes to Redis and the other
+# instances. Today against BASE (an earlier commit, built in a worktree
+# under /tmp and kept), side by side, rounds alternating.
+#
+#   benches/load/invalidation.sh [BASE=b106e4e] [DURATION_SECONDS=5] [ROUNDS=3]
+#
+# tollgate and the origin on CPU 0; wrk (POSTs to 1,000 URIs of a cached
+# route, 64 connections) and Redis on CPU 1. purge_timeout is 2s for both
+# builds, so a build that waits on a hung Redis shows it without wrk's
+# requests timing out. Prints req/s and p99 per build and state, and the
+# ratios on/off and hung/off.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BASE="${1:-b106e4e}"
+DURATION="${2:-5}"
+ROUNDS="${3:-3}"
+scripts/install-deps build-essential cmake pkg-config libssl-dev nginx wrk redis-server curl bc
+cargo build --release --locked --bin tollgate >&2
+BASE_DIR="/tmp/tollgate-base-$(git rev-parse --short "$BASE")"
+if [ ! -x "$BASE_DIR/target/release/tollgate" ]; then
+  [ -d "$BASE_DIR" ] || git worktree add -f "$BASE_DIR" "$BASE" >&2
+  (cd "$BASE_DIR" && cargo build --release --locked --bin tollgate >&2)
+fi
+declare -A BIN=([today]="target/release/tollgate" [base]="$BASE_DIR/target/release/tollgate")
+
+WORK="$(mktemp -d /tmp/tollgate-invalidation.XXXXXX)"
+chmod 755 "$WORK"
+ORIGIN=127.0.0.1:18681
+PROXY=127.0.0.1:18680
+ADMIN=127.0.0.1:18682
+REDIS_PORT=18686
+cat > "$WORK/origin.conf" <<NGX
+worker_processes 1;
+pid $WORK/origin.pid;
+error_log $WORK/origin-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen $ORIGIN reuseport;
+    default_type application/json;
+    location /items/ { add_header Cache-Control "max-age=300"; return 200 '{"ok":true}'; }
+  }
+}
+NGX
+cat > "$WORK/post.lua" <<'LUA'
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("POST", "/items/" .. (n % 1000), { ["Content-Type"] = "application/json" }, "{}")
+end
+LUA
+config() { # tier: off | on
+  local tier=""
+  if [ "$1" != off ]; then
+    tier="redis: { url: \"redis://127.0.0.1:$REDIS_PORT\", timeout: 2s }
+cache: { redis: { purge_timeout: 2s } }"
+  fi
+  cat <<YAML
+listen: ["$PROXY"]
+admin: { listen: "$ADMIN" }
+server: { threads: 1, work_stealing: false, pid_file: $WORK/tollgate.pid, upgrade_sock: $WORK/upgrade.sock }
+logging: { access_log: false }
+$tier
+upstreams:
+  origin: { backends: ["$ORIGIN"] }
+routes:
+  - { name: items, upstream: origin, cache: {} }
+YAML
+}
+proxy_pid="" redis_pid=""
+cleanup() {
+  nginx -c "$WORK/origin.conf" -s stop 2>/dev/null || true
+  [ -n "$proxy_pid" ] && kill "$proxy_pid" 2>/dev/null || true
+  [ -n "$redis_pid" ] && kill -CONT "$redis_pid" 2>/dev/null && kill "$redis_pid" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+taskset -c 0 nginx -c "$WORK/origin.conf"
+taskset -c 1 redis-server --port "$REDIS_PORT" --save "" --appendonly no > "$WORK/redis.log" 2>&1 &
+redis_pid=$!
+for _ in $(seq 1 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
+
+# measure WHICH STATE: "req/s p99_ms" of POSTs.
+measure() {
+  local tier=on
+  [ "$2" = off ] && tier=off
+  config "$tier" > "$WORK/tollgate.yaml"
+  taskset -c 0 "${BIN[$1]}" run -c "$WORK/tollgate.yaml" > "$WORK/$1.log" 2>&1 &
+  proxy_pid=$!
+  for _ in $(seq 1 300); do curl -fsS -o /dev/null "http://$ADMIN/ready" 2>/dev/null && break; sleep 0.1; done
+  curl -fsS -o /dev/null -X POST "http://$PROXY/items/warm" || { echo "$1: POST failed" >&2; exit 1; }
+  [ "$2" = hung ] && kill -STOP "$redis_pid"
+  local out
+  out=$(taskset -c 1 wrk -t1 -c64 -d"${DURATION}s" --timeout 10s --latency -s "$WORK/post.lua" "http://$PROXY")
+  [ "$2" = hung ] && kill -CONT "$redis_pid"
+  kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true; proxy_pid=""
+  local rps p99
+  rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
+  p99=$(awk '$1 == "99%" { v = $2; if (v ~ /us$/) { sub("us", "", v); v = v / 1000 } else if (v ~ /ms$/) { sub("ms", "", v) } else if (v ~ /s$/) { sub("s", "", v); v = v * 1000 }; print v }' <<<"$out")
+  echo "$rps ${p99:-0}"
+}
+declare -A r
+for round in $(seq 1 "$ROUNDS"); do
+  for state in off on hung; do
+    for which in base today; do
+      r["$which/$state/$round"]=$(measure "$which" "$state")
+    done
+  done
+done
+median() { sort -n | sed -n "$(( (ROUNDS + 1) / 2 ))p"; }
+printf '%-6s %-5s %12s %10s\n' build tier "POST req/s" "p99 ms"
+declare -A med
+for which in base today; do
+  for state in off on hung; do
+    rps=$(for round in $(seq 1 "$ROUNDS"); do echo "${r[$which/$state/$round]}" | cut -d' ' -f1; done | median)
+    p99=$(for round in $(seq 1 "$ROUNDS"); do echo "${r[$which/$state/$round]}" | cut -d' ' -f2; done | median)
+    med["$which/$state"]=$rps
+    printf '%-6s %-5s %12s %10s\n' "$which" "$state" "$rps" "$p99"
+  done
+done
+for which in base today; do
+  on=$(echo "scale=3; ${med[$which/on]} / ${med[$which/off]}" | bc)
+  hung=$(echo "scale=3; ${med[$which/hung]} / ${med[$which/off]}" | bc)
+  echo "$which: tier on / off ${on}x, Redis hung / off ${hung}x"
+done
