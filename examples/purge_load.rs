@@ -112,6 +112,7 @@ async fn fill(addr: String, prefix: String, count: usize, connections: usize) ->
 }
 
 /// The purge to run during `hits`.
+#[derive(Clone)]
 struct PurgeAt {
     admin: String,
     token: String,
@@ -134,6 +135,11 @@ async fn admin_exchange(addr: &str, request: &str) -> std::io::Result<String> {
 /// it answered.
 async fn purge(p: &PurgeAt, started: Instant) -> (Duration, Duration, String) {
     tokio::time::sleep_until((started + p.at).into()).await;
+    purge_now(p, started).await
+}
+
+/// Sends the purge now; when it started and ended, and what it answered.
+async fn purge_now(p: &PurgeAt, started: Instant) -> (Duration, Duration, String) {
     let request = format!(
         "POST /cache/purge HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
@@ -155,10 +161,16 @@ async fn purge(p: &PurgeAt, started: Instant) -> (Duration, Duration, String) {
 
 /// Polls the admin metrics until the purge's entries are freed, in
 /// memory and Redis (`tollgate_cache_purged_unreclaimed_entries` and
-/// `tollgate_cache_l2_purge_drains` back at 0, at most five minutes); when
-/// that was, since `started`.
-async fn reclaimed(p: &PurgeAt, started: Instant) -> Duration {
+/// `tollgate_cache_l2_purge_drains` back at 0, at most five minutes) and
+/// the repeated purges (`again`) are sent; when that was, since
+/// `started`, and the most unreclaimed entries seen.
+async fn reclaimed(
+    p: &PurgeAt,
+    started: Instant,
+    mut again: Option<tokio::task::JoinHandle<()>>,
+) -> (Duration, f64) {
     let deadline = Instant::now() + Duration::from_secs(300);
+    let mut most = 0.0f64;
     let request = "GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n";
     while Instant::now() < deadline {
         let text = admin_exchange(&p.admin, request).await.unwrap_or_default();
@@ -168,13 +180,40 @@ async fn reclaimed(p: &PurgeAt, started: Instant) -> Duration {
                 .and_then(|v| v.trim().parse::<f64>().ok())
         };
         let memory = gauge("tollgate_cache_purged_unreclaimed_entries");
+        most = most.max(memory.unwrap_or(0.0));
         let redis = gauge("tollgate_cache_l2_purge_drains").unwrap_or(0.0);
-        if memory == Some(0.0) && redis == 0.0 || memory.is_none() && !text.is_empty() {
+        if again.as_ref().is_some_and(|a| a.is_finished()) {
+            again = None;
+        }
+        let done = memory == Some(0.0) && redis == 0.0 || memory.is_none() && !text.is_empty();
+        if done && again.is_none() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    started.elapsed()
+    (started.elapsed(), most)
+}
+
+/// `PURGE_REPEAT` − 1 more sends of the purge, `PURGE_EVERY` seconds
+/// apart (defaults 1 and 1 s): a purge repeated while its entries are
+/// still being freed.
+fn repeat_purge(p: &PurgeAt, started: Instant) -> Option<tokio::task::JoinHandle<()>> {
+    let env = |name: &str, default: f64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(default)
+    };
+    let (repeat, every) = (env("PURGE_REPEAT", 1.0) as usize, env("PURGE_EVERY", 1.0));
+    let p = p.clone();
+    (repeat > 1).then(|| {
+        tokio::spawn(async move {
+            for _ in 1..repeat {
+                tokio::time::sleep(Duration::from_secs_f64(every)).await;
+                purge_now(&p, started).await;
+            }
+        })
+    })
 }
 
 fn stats(mut latencies: Vec<Duration>) -> serde_json::Value {
@@ -235,11 +274,12 @@ async fn hits(
     let purged = match &purge_at {
         Some(p) => {
             let (from, to, answer) = purge(p, started).await;
-            let freed = reclaimed(p, started).await;
+            let again = repeat_purge(p, started);
+            let (freed, most) = reclaimed(p, started, again).await;
             // Keep loading for a second after the purge's memory is freed.
             *stop.lock().unwrap_or_else(|p| p.into_inner()) =
                 started + freed + Duration::from_secs(1);
-            Some((from, to, answer, freed))
+            Some((from, to, answer, freed, most))
         }
         None => None,
     };
@@ -254,7 +294,8 @@ async fn hits(
         "all": stats(samples.iter().map(|s| s.latency).collect()),
         "not_200": not_ok,
     });
-    if let Some((from, to, answer, freed)) = purged {
+    if let Some((from, to, answer, freed, most)) = purged {
+        report["unreclaimed_max"] = serde_json::json!(most);
         let before: Vec<Duration> = samples
             .iter()
             .filter(|s| s.start + s.latency < from)

@@ -155,6 +155,10 @@ pub struct Metrics {
     /// `tollgate_cache_l2_implausible_generations_total`: shared purge
     /// generations heard far ahead of the clock and ignored.
     pub cache_implausible_generations: IntCounter,
+    /// `tollgate_cache_purge_channel_listening`: 1 while this instance
+    /// hears the other instances' purges (subscribed, and caught up after
+    /// a time it could not hear them).
+    pub cache_purge_channel_listening: IntGauge,
     /// `tollgate_cache_fills_too_old_total`: responses not stored because
     /// their request began before every purge the log still remembers.
     pub cache_fills_too_old: IntCounter,
@@ -484,6 +488,10 @@ impl Metrics {
             "tollgate_cache_l2_redis_too_old",
             "1 while the Redis server is older than the cache tier needs (7.0); the tier stays off",
         )?;
+        let cache_purge_channel_listening = IntGauge::new(
+            "tollgate_cache_purge_channel_listening",
+            "1 while this instance hears the other instances' purges on the Redis channel (0: its memory entries live at most 5 s)",
+        )?;
         let cache_fills_too_old = IntCounter::new(
             "tollgate_cache_fills_too_old_total",
             "Responses not stored in memory because their request began before every purge the purge log still remembers",
@@ -515,6 +523,7 @@ impl Metrics {
             Box::new(cache_l2_redis_too_old.clone()),
             Box::new(cache_l2_write_queue_bytes.clone()),
             Box::new(cache_fills_too_old.clone()),
+            Box::new(cache_purge_channel_listening.clone()),
             Box::new(cache_invalidation_queue.clone()),
             Box::new(cache_invalidation_queue_bytes.clone()),
             Box::new(cache_invalidations_shared.clone()),
@@ -633,6 +642,7 @@ impl Metrics {
             cache_l2_redis_too_old,
             cache_l2_write_queue_bytes,
             cache_fills_too_old,
+            cache_purge_channel_listening,
             cache_invalidation_queue,
             cache_invalidation_queue_bytes,
             cache_invalidations_shared,

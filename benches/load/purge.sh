@@ -16,6 +16,10 @@
 #   index   REDIS_WRITES (1,000,000) short-lived (max-age=1) writes on one
 #           route through the Redis tier: the route's index size against
 #           the live entries, and Redis's memory against theirs.
+#   repeat  the memory part's tag purge sent PURGE_REPEAT (5) times,
+#           PURGE_EVERY (2) seconds apart, while the first one's entries
+#           are being freed: the hits beside it and the most unreclaimed
+#           entries seen (never more than the entries that exist).
 #   hits    cache-hit throughput with 1 and 2 worker threads, against
 #           OLD_TOLLGATE (a binary of the store before, if given): ratio.
 # tollgate (and the origin) on CPU 0, the load client and Redis on CPU 1;
@@ -26,6 +30,8 @@ cd "$(dirname "$0")/../.."
 . benches/load/setup.sh
 SIZES="${1:-100000 1000000}"
 PARTS="${PARTS:-memory redis index hits}"
+PURGE_REPEAT="${PURGE_REPEAT:-5}"
+PURGE_EVERY="${PURGE_EVERY:-2}"
 HIT_SECONDS="${HIT_SECONDS:-6}"
 REDIS_WRITES="${REDIS_WRITES:-1000000}"
 OLD_TOLLGATE="${OLD_TOLLGATE:-}"
@@ -157,6 +163,7 @@ purge_run() { # label with_redis n purge_json
   stop
   [ "$with_redis" = 1 ] && stop_redis
   echo "$label n=$n: $result" >&2
+  [ "$label" = repeat-tag ] && echo "repeat-tag n=$n: $PURGE_REPEAT purges ${PURGE_EVERY}s apart; most unreclaimed $(field "$result" unreclaimed_max) of $entries entries" >&2
   local b99 bmax d99 dmax dn ms purged r99 rmax rms
   b99=$(field "$result" before_purge p99_ms); bmax=$(field "$result" before_purge max_ms)
   d99=$(field "$result" during_purge p99_ms); dmax=$(field "$result" during_purge max_ms)
@@ -169,6 +176,11 @@ purge_run() { # label with_redis n purge_json
   json_parts+=("\"${label}_$n\": {\"fill\": $fill_json, \"entries\": $entries, \"hits\": $result, \"rss_idle_kib\": $idle, \"rss_filled_kib\": $filled, \"rss_after_kib\": $after, \"redis_used_before\": \"$used_before\", \"redis_used_filled\": \"$used_filled\", \"redis_used_after\": \"$used_after\"}")
 }
 
+if [[ " $PARTS " == *" repeat "* ]]; then
+  for n in $SIZES; do
+    PURGE_REPEAT=$PURGE_REPEAT PURGE_EVERY=$PURGE_EVERY purge_run "repeat-tag" 0 "$n" '{"tag": "bulk"}'
+  done
+fi
 for part in memory redis; do
   [[ " $PARTS " == *" $part "* ]] || continue
   with_redis=0; [ "$part" = redis ] && with_redis=1

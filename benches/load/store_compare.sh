@@ -6,6 +6,10 @@
 #
 #   benches/load/store_compare.sh [BASE=c08892c~1] [DURATION_SECONDS=5] [ROUNDS=3]
 #
+# SCENARIO=fills makes every request a miss that is stored (a unique query
+# on a cacheable URL: the store's fill path, its purge log and indexes)
+# instead of a hit.
+#
 # BASE defaults to the commit before the sharded store (issue 26). It is
 # built in a git worktree under /tmp (kept between runs, with its target
 # directory, so a second run does not rebuild it). TODAY_DIR=<checkout>
@@ -18,6 +22,7 @@ cd "$(dirname "$0")/../.."
 BASE="${1:-c08892c~1}"
 DURATION="${2:-5}"
 ROUNDS="${3:-3}"
+SCENARIO="${SCENARIO:-hits}"
 scripts/install-deps build-essential cmake pkg-config libssl-dev nginx wrk
 cargo build --release --locked --bin tollgate >&2
 BASE_DIR="/tmp/tollgate-base-$(git rev-parse --short "$BASE")"
@@ -33,6 +38,13 @@ ORIGIN=127.0.0.1:18581
 PROXY=127.0.0.1:18580
 ADMIN=127.0.0.1:18582
 bench_document "$WORK/doc.json"
+cat > "$WORK/unique.lua" <<'LUA'
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, "/cached?n=" .. n .. "-" .. math.random(1000000000))
+end
+LUA
 origin_conf "$WORK" "$ORIGIN" > "$WORK/origin.conf"
 config() { # threads
   cat <<YAML
@@ -67,7 +79,9 @@ measure() {
   curl -fsS -o /dev/null "http://$PROXY/cached"
   curl -fsS -D - -o /dev/null "http://$PROXY/cached" | grep -qi "cache-status:.*hit" \
     || { echo "$1: no cache hit" >&2; exit 1; }
-  taskset -c "$wrk_cpus" wrk -t"$wrk_threads" -c64 -d"${DURATION}s" "http://$PROXY/cached" \
+  local script=()
+  [ "$SCENARIO" = fills ] && script=(-s "$WORK/unique.lua")
+  taskset -c "$wrk_cpus" wrk -t"$wrk_threads" -c64 -d"${DURATION}s" "${script[@]}" "http://$PROXY/cached" \
     | awk '/^Requests\/sec:/ { print $2 }'
   kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true; proxy_pid=""
 }
@@ -84,7 +98,7 @@ for threads in 1 2; do
   for which in base today; do
     m=$(for round in $(seq 1 "$ROUNDS"); do echo "${r[$which/$threads/$round]}"; done | median)
     eval "med_${which}_$threads=$m"
-    echo "$which ($BASE for base), $threads worker thread(s): $m hits/s"
+    echo "$which ($BASE for base), $threads worker thread(s): $m $SCENARIO/s"
   done
   echo "today / base, $threads worker thread(s): $(echo "scale=3; $(eval echo "\$med_today_$threads") / $(eval echo "\$med_base_$threads")" | bc)x"
 done

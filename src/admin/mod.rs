@@ -7,8 +7,7 @@
 mod origin;
 mod status_page;
 
-use crate::cache::invalidation::shared::purge_shared;
-use crate::cache::invalidation::{purge_memory_off_runtime, Purge, PurgeTarget};
+use crate::cache::invalidation::{purge_everywhere, Purge, PurgeTarget};
 
 use crate::state::AppState;
 use crate::upstream::BackendOrigin;
@@ -329,21 +328,17 @@ impl AdminApp {
                 .inc_by(removed as u64);
             removed
         };
-        let memory = purge_memory_off_runtime(state.cache.store, &purge);
-        let Some(tier) = state.cache.redis() else {
-            let removed = count(memory.await);
+        let done = purge_everywhere(
+            state.cache.store,
+            state.cache.redis().map(|t| &**t),
+            &state.instance,
+            &purge,
+        )
+        .await;
+        let removed = count(done.memory);
+        let Some(shared) = done.shared else {
             return respond_json(StatusCode::OK, &json!({"purged": removed}));
         };
-        // Hidden from this instance's Redis lookups until its markers are
-        // set and memory is purged again (invariant 4, `cache::invalidation`).
-        let hold = tier.outbox().hold(&purge.target);
-        // Memory (on a blocking thread) and Redis (Redis's own work) at once.
-        let shared = purge_shared(tier, state.cache.store, &state.instance, &purge);
-        let (removed, shared) = tokio::join!(memory, shared);
-        let removed = count(removed);
-        // What a lookup under way took from Redis before the markers.
-        purge_memory_off_runtime(state.cache.store, &purge).await;
-        drop(hold);
         match shared {
             Ok(shared) => respond_json(
                 StatusCode::OK,

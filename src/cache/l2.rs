@@ -30,6 +30,7 @@
 //!   index is drained afterwards (`cache::invalidation`). Until then its entries
 //!   are still in Redis, and the lookup script hides them.
 
+use super::invalidation::generation;
 use super::invalidation::markers::{self, MarkedWrite};
 use super::invalidation::outbox::{Outbox, DEFAULT_LIMIT_BYTES};
 use super::store::FillTicket;
@@ -38,7 +39,7 @@ use crate::metrics::Metrics;
 use crate::redis_link::RedisLink;
 use bytes::Bytes;
 use pingora::cache::key::HashBinary;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -253,6 +254,9 @@ pub struct RedisTier {
     outbox: Arc<Outbox>,
     /// Bytes of the values queued for the writer.
     queued_bytes: Arc<AtomicUsize>,
+    /// The epoch of Redis's data as last learned (0: not yet), for
+    /// writes whose request began before this instance knew any.
+    epoch: Arc<AtomicU64>,
     /// The version of a Redis found too old for the tier's scripts (then
     /// the tier stays off: memory only).
     too_old: std::sync::Mutex<Option<String>>,
@@ -299,16 +303,20 @@ impl RedisTier {
             outbox: Arc::new(Outbox::new(DEFAULT_LIMIT_BYTES, metrics.clone())),
             too_old: std::sync::Mutex::new(None),
             queued_bytes: Arc::new(AtomicUsize::new(0)),
+            epoch: Arc::new(AtomicU64::new(0)),
         });
         let (write_timeout, marker_ttl) =
             (tier.settings.write_timeout, tier.settings.purge_marker_ttl);
         let queued_bytes = tier.queued_bytes.clone();
+        let (epoch, epoch_key) = (tier.epoch.clone(), tier.epoch_key());
         crate::redis_link::spawn_runtime_thread("tollgate-cache-l2-writer".into(), move || {
             let writer = Writer {
                 link,
                 metrics,
                 answering,
                 queued_bytes,
+                epoch,
+                epoch_key,
                 write_timeout,
                 marker_ttl,
             };
@@ -415,6 +423,12 @@ impl RedisTier {
         }
     }
 
+    /// Learns the epoch of Redis's data (the purge listener asks it when
+    /// it subscribes and with every heartbeat); returns the one before.
+    pub fn learn_epoch(&self, epoch: u64) -> u64 {
+        self.epoch.swap(epoch, Ordering::AcqRel)
+    }
+
     /// The queue of invalidations' shared parts.
     pub fn outbox(&self) -> &Arc<Outbox> {
         &self.outbox
@@ -455,6 +469,11 @@ impl RedisTier {
     /// The sorted set of prefix purge markers.
     pub fn prefix_markers(&self) -> String {
         format!("{}x:prefixes", self.settings.key_prefix)
+    }
+
+    /// The epoch of Redis's data (`invalidation::generation`).
+    pub fn epoch_key(&self) -> String {
+        format!("{}epoch", self.settings.key_prefix)
     }
 
     /// The shared purge generation's counter.
@@ -563,6 +582,7 @@ impl RedisTier {
                 .chain(names.tags.iter().map(|t| self.marker('t', t)))
                 .collect(),
             prefix_markers: self.prefix_markers(),
+            epoch_key: self.epoch_key(),
             indexes,
             ticket,
         };
@@ -600,6 +620,8 @@ struct Writer {
     metrics: Arc<Metrics>,
     answering: Arc<AtomicBool>,
     queued_bytes: Arc<AtomicUsize>,
+    epoch: Arc<AtomicU64>,
+    epoch_key: String,
     write_timeout: Duration,
     marker_ttl: Duration,
 }
@@ -633,7 +655,23 @@ impl Writer {
         let Some(mut conn) = self.link.conn() else {
             return "error";
         };
-        let sent = markers::write(&mut conn, write, self.link.is_cluster());
+        // A request that began before this instance knew Redis's epoch (its
+        // first moments) is checked in the epoch known now: it had heard no
+        // generation either, so every marker of this epoch drops it.
+        let epoch = match write.ticket.epoch {
+            0 => match self.epoch.load(Ordering::Acquire) {
+                0 => match generation::epoch(&mut conn, &self.epoch_key).await {
+                    Ok(epoch) => {
+                        self.epoch.store(epoch, Ordering::Release);
+                        epoch
+                    }
+                    Err(_) => return "error",
+                },
+                known => known,
+            },
+            own => own,
+        };
+        let sent = markers::write(&mut conn, write, epoch, self.link.is_cluster());
         match tokio::time::timeout(self.write_timeout, sent).await {
             Ok(Ok(true)) => "ok",
             Ok(Ok(false)) => "overtaken",

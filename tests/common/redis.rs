@@ -335,3 +335,66 @@ fn relay(
         let _ = client_out.shutdown(std::net::Shutdown::Both);
     });
 }
+
+/// A TCP relay in front of a Redis server that can be cut off like a
+/// network partition: while cut, bytes in both directions wait (nothing
+/// is lost or reset, as TCP across a partition), and flow again when it
+/// heals. One per instance gives each its own link to partition.
+pub struct Relay {
+    /// Where clients connect instead of the server.
+    pub addr: SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    /// Relays to `server`.
+    pub fn start(server: SocketAddr) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let cut = std::sync::Arc::new(AtomicBool::new(false));
+        let shared = cut.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(upstream) = TcpStream::connect(server) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (client.try_clone(), upstream.try_clone()),
+                    (upstream.try_clone(), client.try_clone()),
+                ]
+                .into_iter()
+                .filter_map(|(a, b)| Some((a.ok()?, b.ok()?)))
+                {
+                    let cut = shared.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16 * 1024];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 {
+                                break;
+                            }
+                            while cut.load(Ordering::SeqCst) {
+                                std::thread::sleep(Duration::from_millis(5)); // pace of a partition's poll
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Self { addr, cut }
+    }
+
+    /// The `redis://` URL of the relay.
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// Cuts the link (bytes wait) or heals it.
+    pub fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
+    }
+}

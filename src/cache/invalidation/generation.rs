@@ -12,6 +12,17 @@
 //! within the time the loss took). Generations far ahead of the clock are
 //! refused wherever they can enter: by instances hearing them
 //! ([`plausible`]) and by the write script.
+//!
+//! The clock keeps new generations ahead, but what Redis lost with its
+//! data also includes the markers older writes must be checked against:
+//! a write stamped before the loss and sent after it would find no marker
+//! and be stored. So each life of Redis's data has an **epoch**, a random
+//! id under `{prefix}epoch` made by the first instance to find it missing
+//! ([`EPOCH_LUA`]); instances read it when they subscribe and with every
+//! heartbeat, tickets carry the one known when their request began, and
+//! the write script refuses a write of another epoch (or when there is
+//! none). A restart, `FLUSHALL` or eviction of the key starts a new epoch;
+//! writes queued across it are dropped (they stay in memory).
 
 use crate::redis_link::RedisConn;
 use redis::RedisResult;
@@ -38,6 +49,37 @@ return text
 "#;
 
 static NEXT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+
+/// The epoch of Redis's data: the stored one, or ARGV[1] set now when
+/// there is none (the first instance to find it missing makes it).
+/// KEYS: the epoch key.
+pub const EPOCH_LUA: &str = r#"
+local epoch = redis.call('GET', KEYS[1])
+if epoch then return epoch end
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[1]
+"#;
+
+static EPOCH: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+
+/// The epoch of Redis's data at `key`, made (a random id, never 0) if
+/// there is none.
+pub async fn epoch(conn: &mut RedisConn, key: &str) -> RedisResult<u64> {
+    let made = rand::random::<u64>().max(1);
+    let text: String = EPOCH
+        .get_or_init(|| redis::Script::new(EPOCH_LUA))
+        .key(key)
+        .arg(made.to_string())
+        .invoke_async(conn)
+        .await?;
+    text.parse().map_err(|_| {
+        redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "the Redis epoch is not an integer",
+            text,
+        ))
+    })
+}
 
 /// Takes the next shared generation from the counter at `key`.
 pub async fn next(conn: &mut RedisConn, key: &str) -> RedisResult<u64> {

@@ -91,6 +91,26 @@ impl PurgeListener {
         }
     }
 
+    /// Reads the epoch of Redis's data (making one when it has none) for
+    /// this instance's tickets and writer: a change means Redis lost its
+    /// data, and writes stamped before are dropped (`generation`).
+    async fn learn_epoch(&self) {
+        let Some(mut conn) = self.tier.link().conn() else {
+            return;
+        };
+        let key = self.tier.epoch_key();
+        let asked = generation::epoch(&mut conn, &key);
+        let Ok(Ok(epoch)) = tokio::time::timeout(self.tier.settings().listen_timeout, asked).await
+        else {
+            return;
+        };
+        self.tier.learn_epoch(epoch);
+        let before = self.store.learn_redis_epoch(epoch);
+        if before != 0 && before != epoch {
+            log::warn!("cache: Redis's data began a new epoch (restarted empty, flushed, or failed over to a server without it); Redis writes of requests that began before are dropped");
+        }
+    }
+
     /// Removes memory entries stored before `cutoff`, off the runtime.
     async fn drop_created_before(&self, cutoff: SystemTime) -> usize {
         let store = self.store;
@@ -159,6 +179,7 @@ impl PurgeListener {
             channel(&self.tier)
         );
         self.tier.check_version().await;
+        self.learn_epoch().await;
         if let Some(generation) = self.current_generation().await {
             self.hear(generation, "stored in Redis");
         }
@@ -170,6 +191,7 @@ impl PurgeListener {
                 since.elapsed().unwrap_or_default()
             );
         }
+        self.metrics.cache_purge_channel_listening.set(1);
         let (mut sink, mut messages) = pubsub.split();
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -186,6 +208,7 @@ impl PurgeListener {
                         log::warn!("cache purge channel: no heartbeat answer within {bound:?}; reconnecting");
                         return false;
                     }
+                    self.learn_epoch().await;
                 }
                 _ = shutdown.changed() => return true,
             }
@@ -201,6 +224,7 @@ impl BackgroundService for PurgeListener {
             if self.listen(&mut shutdown, &mut deaf_since).await {
                 return;
             }
+            self.metrics.cache_purge_channel_listening.set(0);
             deaf_since.get_or_insert_with(|| {
                 log::warn!("cache: cannot hear other instances' purges; memory entries live at most {DEAF_GRACE:?} until it can");
                 SystemTime::now()

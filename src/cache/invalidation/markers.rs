@@ -3,8 +3,8 @@
 //! purge of the same entry; left alone, the purged copy would live there
 //! (and be promoted into every memory) for its whole TTL.
 //!
-//! So every shared purge takes the next **shared generation** (`INCR` of
-//! `{prefix}gen`) and leaves **purge markers** holding it: one key per
+//! So every shared purge takes the next **shared generation** (`generation`:
+//! never lower than Redis's clock) and leaves **purge markers** holding it: one key per
 //! purged URI, route and tag (`{prefix}x:u:…`, `x:r:…`, `x:t:…`), and a
 //! bounded sorted set of purged prefixes (`{prefix}x:prefixes`). Every
 //! instance learns the generations from the purge channel; a request's
@@ -48,16 +48,19 @@ pub const PREFIXES_KEPT: usize = 1024;
 /// Stores an entry unless a purge marker newer than the write names it;
 /// adds it to its indexes (scored by expiry, expired members trimmed).
 ///
-/// KEYS: entry, prefix markers, the `n` markers (URI, route, tags), then
-/// the index sets. ARGV: value, ttl (ms), the write's shared generation,
-/// `n`, the entry's URI, [`PREFIXES_KEPT`], how far ahead of Redis's
-/// clock a generation may be (µs, `generation::MAX_AHEAD`). Returns 1 when
-/// stored, 0 when a purge overtook it or its generation is implausible.
+/// KEYS: entry, prefix markers, the `n` markers (URI, route, tags), the
+/// epoch, then the index sets. ARGV: value, ttl (ms), the write's shared
+/// generation, `n`, the entry's URI, [`PREFIXES_KEPT`], how far ahead of
+/// Redis's clock a generation may be (µs, `generation::MAX_AHEAD`), the
+/// write's epoch. Returns 1 when stored, 0 when a purge overtook it, its
+/// generation is implausible, or it was stamped in another epoch of
+/// Redis's data (`generation`).
 /// Numbers go back to Redis as integer strings (`%.0f`): a Lua number
 /// would be written as `1.7e+15`.
 pub const WRITE_LUA: &str = r#"
 local generation = tonumber(ARGV[3])
 local n = tonumber(ARGV[4])
+if redis.call('GET', KEYS[3 + n]) ~= ARGV[8] then return 0 end
 local time = redis.call('TIME')
 if generation > tonumber(time[1]) * 1000000 + tonumber(time[2]) + tonumber(ARGV[7]) then
   return 0
@@ -82,7 +85,7 @@ end
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local ttl = tonumber(ARGV[2])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-for i = 3 + n, #KEYS do
+for i = 4 + n, #KEYS do
   redis.call('ZADD', KEYS[i], string.format('%.0f', now + ttl), KEYS[1])
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', string.format('%.0f', now))
   if redis.call('PEXPIRE', KEYS[i], ttl, 'GT') == 0 then
@@ -214,6 +217,8 @@ pub struct MarkedWrite {
     pub markers: Vec<String>,
     /// The prefix markers' set.
     pub prefix_markers: String,
+    /// The key of Redis's epoch (`generation`).
+    pub epoch_key: String,
     /// Index sets it joins (URI, route, tags).
     pub indexes: Vec<String>,
     /// When its request began, in generations.
@@ -248,14 +253,21 @@ fn overtaken(
         })
 }
 
-/// Writes `w` unless a purge overtook it; `Ok(false)` when dropped.
-pub async fn write(conn: &mut RedisConn, w: &MarkedWrite, cluster: bool) -> RedisResult<bool> {
+/// Writes `w` unless a purge overtook it or it belongs to another `epoch`
+/// of Redis's data; `Ok(false)` when dropped.
+pub async fn write(
+    conn: &mut RedisConn,
+    w: &MarkedWrite,
+    epoch: u64,
+    cluster: bool,
+) -> RedisResult<bool> {
     if !cluster {
         let mut invocation = script(WRITE_LUA, &WRITE).prepare_invoke();
         invocation
             .key(&w.key)
             .key(&w.prefix_markers)
             .key(&w.markers[..])
+            .key(&w.epoch_key)
             .key(&w.indexes[..])
             .arg(&w.value[..])
             .arg(w.ttl_ms)
@@ -263,7 +275,8 @@ pub async fn write(conn: &mut RedisConn, w: &MarkedWrite, cluster: bool) -> Redi
             .arg(w.markers.len())
             .arg(&w.uri)
             .arg(PREFIXES_KEPT)
-            .arg(super::generation::max_ahead_micros());
+            .arg(super::generation::max_ahead_micros())
+            .arg(epoch);
         let stored: i64 = invocation.invoke_async(conn).await?;
         return Ok(stored == 1);
     }
@@ -281,7 +294,12 @@ pub async fn write(conn: &mut RedisConn, w: &MarkedWrite, cluster: bool) -> Redi
         .query_async(conn)
         .await?;
     let full = prefixes.len() >= PREFIXES_KEPT;
-    let implausible = !super::generation::plausible(w.ticket.shared, std::time::SystemTime::now());
+    let current: Option<u64> = redis::cmd("GET")
+        .arg(&w.epoch_key)
+        .query_async(conn)
+        .await?;
+    let implausible = current != Some(epoch)
+        || !super::generation::plausible(w.ticket.shared, std::time::SystemTime::now());
     if implausible || overtaken(w.ticket.shared, &marked, &prefixes, full, &w.uri) {
         return Ok(false);
     }

@@ -30,6 +30,10 @@
 //!   more than [`generation::MAX_AHEAD`] ahead of their own clock; the
 //!   write script refuses a write stamped that far ahead of Redis's clock.
 //!   A buggy or hostile publisher therefore cannot freeze the generation.
+//! - The **epoch** ([`generation::epoch`]) names one life of Redis's data.
+//!   Tickets carry the epoch their instance knew; the write script refuses
+//!   a write of another epoch, whose markers may have been lost with the
+//!   data.
 //!
 //! # Invariants
 //! 1. **Memory.** A purge is recorded (local generation `g`) before it
@@ -70,7 +74,7 @@
 //! # What survives what
 //! | event | what happens |
 //! |---|---|
-//! | Redis restarts empty, `FLUSHALL`, the counter evicted | entries and markers go with it; the next generation comes from Redis's clock, above every stamp; memory is unaffected |
+//! | Redis restarts empty, `FLUSHALL`, the counter evicted | entries and markers go with it; the next generation comes from Redis's clock, above every stamp; a new epoch refuses writes stamped before; memory is unaffected |
 //! | failover to a replica that missed writes | markers it missed are lost, so entries it still holds that those purges named can be found again (memory was purged over the channel); the bound is the replication lag at the failover; generations stay ahead as long as the servers' clocks agree within the failover's duration |
 //! | an instance cut off from Redis | the breaker opens; lookups are misses; shared parts wait in the outbox (bounded) and go once it closes; its memory lives at most [`listener::DEAF_GRACE`] |
 //! | a Redis older than 7.0 (`PEXPIRE … GT`, `ZADD GT`) | found on connect, reported (log, `/health`, `tollgate_cache_l2_redis_too_old`), and the tier stays off |
@@ -92,6 +96,7 @@ pub mod markers;
 pub mod outbox;
 pub mod shared;
 
+use super::l2::RedisTier;
 use super::store::{FillNames, MemoryStore, Selection};
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
@@ -168,6 +173,47 @@ pub async fn purge_memory_off_runtime(store: &'static MemoryStore, purge: &Purge
             log::error!("cache: a memory purge failed: {e}");
             0
         }
+    }
+}
+
+/// What a purge made here for every instance did.
+pub struct Everywhere {
+    /// Entries removed from (or marked stale in) this instance's memory.
+    pub memory: usize,
+    /// The shared part's outcome: Redis entries it took; `None` without a
+    /// Redis tier.
+    pub shared: Option<Result<usize, String>>,
+}
+
+/// A purge for every instance (the admin API's): this instance's memory
+/// and the shared part (`shared::purge_shared`) at once, what it names
+/// hidden from this instance's Redis lookups meanwhile, and memory purged
+/// again once the markers are set (invariant 4). With a failed shared
+/// part, only this instance's memory is purged, and a later Redis lookup
+/// here can find the old copy again: the caller must say so.
+pub async fn purge_everywhere(
+    store: &'static MemoryStore,
+    tier: Option<&RedisTier>,
+    instance: &str,
+    purge: &Purge,
+) -> Everywhere {
+    let memory = purge_memory_off_runtime(store, purge);
+    let Some(tier) = tier else {
+        return Everywhere {
+            memory: memory.await,
+            shared: None,
+        };
+    };
+    let hold = tier.outbox().hold(&purge.target);
+    // Memory (on a blocking thread) and Redis (Redis's own work) at once.
+    let shared = shared::purge_shared(tier, store, instance, purge);
+    let (removed, shared) = tokio::join!(memory, shared);
+    // What a lookup under way took from Redis before the markers.
+    purge_memory_off_runtime(store, purge).await;
+    drop(hold);
+    Everywhere {
+        memory: removed,
+        shared: Some(shared),
     }
 }
 

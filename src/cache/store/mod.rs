@@ -123,6 +123,9 @@ pub struct MemoryStore {
     /// The newest shared (Redis) purge generation this instance has heard
     /// of, for the tickets' `shared` part.
     shared_generation: AtomicU64,
+    /// The Redis epoch this instance knows (`invalidation::generation`),
+    /// for the tickets' `epoch` part.
+    redis_epoch: AtomicU64,
     bytes: AtomicU64,
     count: AtomicUsize,
     /// Told when a purge removes an entry, so it stops weighing it.
@@ -181,6 +184,7 @@ impl MemoryStore {
             unreclaimed: AtomicUsize::new(0),
             reclaimer: OnceLock::new(),
             shared_generation: AtomicU64::new(0),
+            redis_epoch: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             count: AtomicUsize::new(0),
             eviction: OnceLock::new(),
@@ -209,8 +213,10 @@ impl MemoryStore {
     /// key, so that what it fetches is dropped if a purge naming it is
     /// recorded before it is stored.
     pub fn ticket(&self) -> FillTicket {
-        self.purges
-            .ticket(self.shared_generation.load(Ordering::Acquire))
+        self.purges.ticket(
+            self.shared_generation.load(Ordering::Acquire),
+            self.redis_epoch.load(Ordering::Acquire),
+        )
     }
 
     /// Learns that the shared purge generation has reached `generation`
@@ -218,6 +224,22 @@ impl MemoryStore {
     pub fn heard_shared_generation(&self, generation: u64) {
         self.shared_generation
             .fetch_max(generation, Ordering::AcqRel);
+    }
+
+    /// Learns the Redis epoch (`invalidation::generation`); returns the
+    /// one known before.
+    pub fn learn_redis_epoch(&self, epoch: u64) -> u64 {
+        self.redis_epoch.swap(epoch, Ordering::AcqRel)
+    }
+
+    /// The Redis epoch this instance knows (0: none yet).
+    pub fn redis_epoch(&self) -> u64 {
+        self.redis_epoch.load(Ordering::Acquire)
+    }
+
+    /// The newest shared purge generation this instance has heard of.
+    pub fn shared_generation(&self) -> u64 {
+        self.shared_generation.load(Ordering::Acquire)
     }
 
     /// Whether a purge recorded since `ticket` names this response (so it

@@ -47,6 +47,10 @@ pub struct FillTicket {
     /// the Redis tier's write script drops a write that a purge marker
     /// newer than this names (`cache::invalidation`).
     pub shared: u64,
+    /// The Redis epoch this instance knew (0: none yet): a write stamped
+    /// in another epoch is dropped, as the markers it should be checked
+    /// against may have been lost with Redis's data.
+    pub epoch: u64,
     /// When the request began: a Redis write older than the markers live
     /// is dropped, as it can no longer be checked.
     pub began: std::time::Instant,
@@ -215,10 +219,11 @@ impl Guard<'_> {
 impl PurgeLog {
     /// The ticket of a fill beginning now, with the shared generation
     /// this instance has heard of.
-    pub fn ticket(&self, shared: u64) -> FillTicket {
+    pub fn ticket(&self, shared: u64, epoch: u64) -> FillTicket {
         FillTicket {
             local: self.generation.load(Ordering::Acquire),
             shared,
+            epoch,
             began: std::time::Instant::now(),
         }
     }
@@ -419,7 +424,7 @@ mod tests {
     #[test]
     fn a_purge_after_the_ticket_that_names_the_fill_wins() {
         let log = PurgeLog::default();
-        let ticket = log.ticket(0);
+        let ticket = log.ticket(0, 0);
         let tags: Vec<Arc<str>> = vec!["product-1".into()];
         let f = fill("h/a?x=1", "api", &tags);
         assert!(!log.guard(&f).overtaken(ticket, &f));
@@ -427,7 +432,7 @@ mod tests {
         assert!(!log.guard(&f).overtaken(ticket, &f), "another URI");
         log.record(PurgeRecord::Tag("product-1".into()));
         assert!(log.guard(&f).overtaken(ticket, &f));
-        let later = log.ticket(0);
+        let later = log.ticket(0, 0);
         assert!(
             !log.guard(&f).overtaken(later, &f),
             "a fill that began after it"
@@ -439,7 +444,7 @@ mod tests {
             PurgeRecord::Route("api".into()),
             PurgeRecord::Everything,
         ] {
-            let t = log.ticket(0);
+            let t = log.ticket(0, 0);
             log.record(record.clone());
             assert!(log.guard(&f).overtaken(t, &f), "{record:?}");
         }
@@ -448,7 +453,7 @@ mod tests {
     #[test]
     fn a_fill_older_than_what_is_remembered_is_dropped() {
         let log = PurgeLog::default();
-        let ticket = log.ticket(0);
+        let ticket = log.ticket(0, 0);
         // Repeating one name forgets nothing: only its newest record lives.
         for _ in 0..LOG_SHARDS * RECORDS_PER_SHARD * 2 {
             log.record(PurgeRecord::Uri("h/hot".into()));
@@ -463,7 +468,7 @@ mod tests {
         }
         assert!(log.guard(&f).overtaken(ticket, &f));
         assert_eq!(log.too_old(), 1);
-        assert!(!log.guard(&f).overtaken(log.ticket(0), &f));
+        assert!(!log.guard(&f).overtaken(log.ticket(0, 0), &f));
     }
 
     #[test]
@@ -471,14 +476,14 @@ mod tests {
         let log = PurgeLog::default();
         let tags: Vec<Arc<str>> = vec!["t1".into(), "t2".into()];
         let f = fill("h/a", "api", &tags);
-        let ticket = log.ticket(0);
+        let ticket = log.ticket(0, 0);
         for i in 0..1000 {
             log.record(PurgeRecord::Uri(format!("h/other-{i}").into()));
         }
         assert!(!log.guard(&f).overtaken(ticket, &f));
         log.record(PurgeRecord::Tag("t2".into()));
         assert!(log.guard(&f).overtaken(ticket, &f), "its second tag");
-        let later = log.ticket(0);
+        let later = log.ticket(0, 0);
         log.record(PurgeRecord::PathPrefix("/b".into()));
         assert!(!log.guard(&f).overtaken(later, &f), "another prefix");
         log.record(PurgeRecord::Prefix("h/".into()));
