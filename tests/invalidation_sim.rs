@@ -37,7 +37,7 @@ use tollgate::breaker::CircuitBreaker;
 use tollgate::cache::invalidation::listener::PurgeListener;
 use tollgate::cache::invalidation::markers::{self, MarkedWrite};
 use tollgate::cache::invalidation::outbox::OutboxSender;
-use tollgate::cache::invalidation::{self, purge_everywhere, Purge, PurgeTarget};
+use tollgate::cache::invalidation::{self, purge_everywhere, Purge, Selection};
 use tollgate::cache::l2::{L2Settings, RedisTier};
 use tollgate::cache::store::{FillTicket, MemoryStore};
 use tollgate::cache::tiered::TieredStorage;
@@ -291,7 +291,7 @@ async fn run(seed: u64, steps: usize) {
 
 fn hard(k: usize) -> Purge {
     Purge {
-        target: PurgeTarget::Uri(uri(k)),
+        target: Selection::Uri(uri(k)),
         soft: false,
     }
 }
@@ -319,7 +319,7 @@ async fn settle(nodes: &[Instance], model: &mut Model, at: &str) {
         )
     });
     let probe = Purge {
-        target: PurgeTarget::Uri("sim.test/probe".into()),
+        target: Selection::Uri("sim.test/probe".into()),
         soft: false,
     };
     let node = &nodes[0];

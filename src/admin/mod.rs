@@ -7,7 +7,7 @@
 mod origin;
 mod status_page;
 
-use crate::cache::invalidation::{purge_everywhere, Purge, PurgeTarget};
+use crate::cache::invalidation::{purge_everywhere, Purge, Selection};
 
 use crate::state::AppState;
 use crate::upstream::BackendOrigin;
@@ -373,7 +373,7 @@ impl AdminApp {
                 tag: None,
                 ..
             } => crate::cache::key::uri_of_url(&url, &self.state.gateway().config.hygiene)
-                .map(PurgeTarget::Uri)
+                .map(Selection::Uri)
                 .ok_or_else(|| bad("url must be absolute: http://host/path"))?,
             PurgeRequest {
                 prefix: Some(prefix),
@@ -393,7 +393,7 @@ impl AdminApp {
                     Some(None) => return Err(bad("host is not a valid host name")),
                     None => None,
                 };
-                PurgeTarget::Prefix { prefix, host }
+                Selection::Prefix { prefix, host }
             }
             PurgeRequest {
                 route: Some(name),
@@ -409,7 +409,7 @@ impl AdminApp {
                         &json!({"error": "not_found", "message": format!("no route named {name:?}")}),
                     )));
                 }
-                PurgeTarget::Route(name)
+                Selection::Route(name)
             }
             PurgeRequest {
                 tag: Some(tag),
@@ -417,7 +417,7 @@ impl AdminApp {
                 prefix: None,
                 route: None,
                 ..
-            } if !tag.is_empty() && !tag.contains([' ', ',']) => PurgeTarget::Tag(tag),
+            } if !tag.is_empty() && !tag.contains([' ', ',']) => Selection::Tag(tag),
             PurgeRequest {
                 tag: Some(_),
                 url: None,

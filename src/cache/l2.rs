@@ -33,6 +33,7 @@
 use super::invalidation::generation;
 use super::invalidation::markers::{self, MarkedWrite};
 use super::invalidation::outbox::{Outbox, DEFAULT_LIMIT_BYTES};
+use super::names::EntryNames;
 use super::store::FillTicket;
 use crate::breaker::{CircuitBreaker, Permit, Transition};
 use crate::metrics::Metrics;
@@ -203,16 +204,6 @@ fn take_sized(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
     let rest = &bytes[4..];
     (rest.len() >= len).then(|| rest.split_at(len))
-}
-
-/// What an entry is found by in a purge.
-pub struct EntryNames<'a> {
-    /// Its URI (`host/path?query`).
-    pub uri: &'a str,
-    /// The route that stored it.
-    pub route: &'a str,
-    /// Its cache tags.
-    pub tags: &'a [std::sync::Arc<str>],
 }
 
 /// Why a lookup found nothing, for `tollgate_cache_l2_requests_total`.

@@ -12,6 +12,7 @@ pub mod freshness;
 pub mod invalidation;
 pub mod key;
 pub mod l2;
+pub mod names;
 pub mod policy;
 mod refusal;
 pub mod revalidation;

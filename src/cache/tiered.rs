@@ -5,8 +5,9 @@
 //! is queued for Redis once complete; a revalidation (304) updates both.
 //! Evictions leave Redis alone: another instance may still want the entry.
 
-use super::l2::{ttl_of, EntryNames, L2Entry, RedisTier};
-use super::store::{ticket_of, FillNames, MemoryStore};
+use super::l2::{ttl_of, L2Entry, RedisTier};
+use super::names::EntryNames;
+use super::store::{ticket_of, MemoryStore};
 use crate::cache::key::{route_part, uri_of};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -153,7 +154,7 @@ impl Storage for TieredStorage {
             }
         };
         let tags = self.memory.tags_of(meta.response_header());
-        let names = FillNames {
+        let names = EntryNames {
             uri,
             route,
             tags: &tags,

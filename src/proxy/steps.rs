@@ -5,7 +5,7 @@
 
 use super::{respond, Proxy};
 use crate::cache::fresh;
-use crate::cache::invalidation::{answered as invalidate, purge_memory_off_runtime, PurgeTarget};
+use crate::cache::invalidation::{answered as invalidate, purge_memory_off_runtime, Selection};
 use crate::ctx::RequestCtx;
 use crate::errors::ErrorResponse;
 use crate::forwarded;
@@ -477,7 +477,7 @@ impl Proxy {
         let share = |purge: &crate::cache::invalidation::Purge| {
             let Some(outbox) = outbox else { return };
             let cacheable = match &purge.target {
-                PurgeTarget::Uri(uri) => ctx.gateway.may_cache_uri(uri),
+                Selection::Uri(uri) => ctx.gateway.may_cache_uri(uri),
                 _ => true,
             };
             if cacheable {

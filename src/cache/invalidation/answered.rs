@@ -6,7 +6,7 @@
 //! the request's normalised host and the route's key policy — so it is
 //! tested without a proxy around it.
 
-use super::{Purge, PurgeTarget};
+use super::{Purge, Selection};
 use crate::cache::key;
 use crate::cache::store::MemoryStore;
 use crate::config::model::RouteCache;
@@ -94,11 +94,11 @@ pub fn after_request(
         soft: false,
     };
     for uri in &stale {
-        share(&hard(PurgeTarget::Uri(uri.clone())));
+        share(&hard(Selection::Uri(uri.clone())));
     }
     let tagged: Vec<Purge> = tags
         .iter()
-        .map(|t| hard(PurgeTarget::Tag(t.to_string())))
+        .map(|t| hard(Selection::Tag(t.to_string())))
         .collect();
     tagged.iter().for_each(&mut share);
     purge_stale(store, metrics, &stale);

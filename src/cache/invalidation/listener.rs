@@ -241,14 +241,14 @@ impl BackgroundService for PurgeListener {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::invalidation::{Purge, PurgeTarget};
+    use crate::cache::invalidation::{Purge, Selection};
 
     #[test]
     fn announcements_round_trip() {
         let a = Announcement {
             from: "i1".into(),
             purge: Purge {
-                target: PurgeTarget::Prefix {
+                target: Selection::Prefix {
                     prefix: "/p/".into(),
                     host: None,
                 },
@@ -264,6 +264,6 @@ mod tests {
         let old = r#"{"from":"i0","purge":{"target":{"uri":"h/a"},"soft":false}}"#;
         let back: Announcement = serde_json::from_str(old).expect("parse");
         assert_eq!(back.generation, None);
-        assert_eq!(back.purge.target, PurgeTarget::Uri("h/a".into()));
+        assert_eq!(back.purge.target, Selection::Uri("h/a".into()));
     }
 }

@@ -4,7 +4,7 @@
 //! into it; none of them re-derives its rules.
 //!
 //! # Words
-//! - A **purge** ([`Purge`]) names entries by a [`PurgeTarget`] (a URI, a
+//! - A **purge** ([`Purge`]) names entries by a [`Selection`] (a URI, a
 //!   path prefix, a route, a tag) and removes them, or marks them stale
 //!   (`soft`). Admin purges, invalidations by unsafe methods (RFC 9111
 //!   §4.4, `answered`) and purges heard from other instances are all
@@ -97,52 +97,17 @@ pub mod outbox;
 pub mod shared;
 
 use super::l2::RedisTier;
-use super::store::{FillNames, MemoryStore, Selection};
+pub use super::names::Selection;
+use super::store::MemoryStore;
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
-
-/// What a purge removes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PurgeTarget {
-    /// Every variant of one URI (`host/path?query`, as the key holds it).
-    Uri(String),
-    /// URIs below `prefix` (a path), on `host` or on any host.
-    Prefix {
-        /// The path prefix.
-        prefix: String,
-        /// Only this (normalised) host, if set.
-        host: Option<String>,
-    },
-    /// What one route stored.
-    Route(String),
-    /// Every entry whose response carried this cache tag.
-    Tag(String),
-}
-
-impl PurgeTarget {
-    /// Whether this names an entry with these names (URI as the key holds
-    /// it, `host/path?query`).
-    pub fn names(&self, entry: &FillNames<'_>) -> bool {
-        match self {
-            PurgeTarget::Uri(uri) => uri == entry.uri,
-            PurgeTarget::Prefix { prefix, host } => {
-                let split = entry.uri.find('/').unwrap_or(entry.uri.len());
-                let (entry_host, path) = entry.uri.split_at(split);
-                path.starts_with(prefix.as_str()) && host.as_deref().is_none_or(|h| h == entry_host)
-            }
-            PurgeTarget::Route(route) => route == entry.route,
-            PurgeTarget::Tag(tag) => entry.tags.iter().any(|t| **t == **tag),
-        }
-    }
-}
 
 /// A purge: what, and whether entries are removed or only marked stale
 /// (`soft`: the next request revalidates; stale windows still apply).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Purge {
     /// What it removes.
-    pub target: PurgeTarget,
+    pub target: Selection,
     /// Mark stale instead of removing.
     #[serde(default)]
     pub soft: bool,
@@ -220,23 +185,9 @@ pub async fn purge_everywhere(
 /// Applies `purge` to this instance's memory; how many entries it
 /// removed (or marked stale).
 pub fn purge_memory(store: &'static MemoryStore, purge: &Purge) -> usize {
-    let host_prefix;
-    let selection = match &purge.target {
-        PurgeTarget::Uri(uri) => Selection::Uri(uri),
-        PurgeTarget::Prefix {
-            prefix,
-            host: Some(host),
-        } => {
-            host_prefix = format!("{host}{prefix}");
-            Selection::Prefix(&host_prefix)
-        }
-        PurgeTarget::Prefix { prefix, host: None } => Selection::PathPrefix(prefix),
-        PurgeTarget::Route(route) => Selection::Route(route),
-        PurgeTarget::Tag(tag) => Selection::Tag(tag),
-    };
     if purge.soft {
-        store.expire_selection(selection, SystemTime::now())
+        store.expire_selection(&purge.target, SystemTime::now())
     } else {
-        store.purge_selection(selection)
+        store.purge_selection(&purge.target)
     }
 }

@@ -26,10 +26,11 @@
 //! Hand-written: Pingora has no queue of this kind (its background
 //! services are whole tasks, not bounded, coalescing work queues).
 
-use super::{purge_memory_off_runtime, shared, Purge, PurgeTarget};
+use super::{purge_memory_off_runtime, shared, Purge, Selection};
 use crate::breaker::Permit;
 use crate::cache::l2::RedisTier;
-use crate::cache::store::{FillNames, MemoryStore};
+use crate::cache::names::EntryNames;
+use crate::cache::store::MemoryStore;
 use crate::metrics::Metrics;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -57,7 +58,7 @@ struct Queue {
     /// URIs named by purges waiting, in flight or held (with counts).
     hidden_uris: HashMap<Box<str>, usize>,
     /// Other targets named by purges waiting, in flight or held.
-    hidden_other: Vec<(PurgeTarget, usize)>,
+    hidden_other: Vec<(Selection, usize)>,
     /// Bytes counted for the waiting and in-flight purges.
     bytes: usize,
     /// Waiting plus in flight.
@@ -65,9 +66,9 @@ struct Queue {
 }
 
 impl Queue {
-    fn hide(&mut self, target: &PurgeTarget) {
+    fn hide(&mut self, target: &Selection) {
         match target {
-            PurgeTarget::Uri(uri) => *self.hidden_uris.entry(uri.as_str().into()).or_default() += 1,
+            Selection::Uri(uri) => *self.hidden_uris.entry(uri.as_str().into()).or_default() += 1,
             other => match self.hidden_other.iter_mut().find(|(t, _)| t == other) {
                 Some((_, n)) => *n += 1,
                 None => self.hidden_other.push((other.clone(), 1)),
@@ -75,9 +76,9 @@ impl Queue {
         }
     }
 
-    fn unhide(&mut self, target: &PurgeTarget) {
+    fn unhide(&mut self, target: &Selection) {
         match target {
-            PurgeTarget::Uri(uri) => {
+            Selection::Uri(uri) => {
                 if let Some(n) = self.hidden_uris.get_mut(uri.as_str()) {
                     *n -= 1;
                     if *n == 0 {
@@ -96,7 +97,7 @@ impl Queue {
         }
     }
 
-    fn hides(&self, names: &FillNames<'_>) -> bool {
+    fn hides(&self, names: &EntryNames<'_>) -> bool {
         self.hidden_uris.contains_key(names.uri)
             || self
                 .hidden_other
@@ -109,8 +110,8 @@ impl Queue {
 fn weight(purge: &Purge) -> usize {
     QUEUED_OVERHEAD
         + match &purge.target {
-            PurgeTarget::Uri(s) | PurgeTarget::Route(s) | PurgeTarget::Tag(s) => 2 * s.len(),
-            PurgeTarget::Prefix { prefix, host } => {
+            Selection::Uri(s) | Selection::Route(s) | Selection::Tag(s) => 2 * s.len(),
+            Selection::Prefix { prefix, host } => {
                 2 * (prefix.len() + host.as_ref().map_or(0, String::len))
             }
         }
@@ -131,7 +132,7 @@ pub struct Outbox {
 /// until dropped (after its shared part and second memory pass).
 pub struct Hold<'a> {
     outbox: &'a Outbox,
-    target: PurgeTarget,
+    target: Selection,
 }
 
 impl Drop for Hold<'_> {
@@ -186,7 +187,7 @@ impl Outbox {
 
     /// Hides what `target` names from Redis lookups until the hold is
     /// dropped (an admin purge, which sends its shared part itself).
-    pub fn hold(&self, target: &PurgeTarget) -> Hold<'_> {
+    pub fn hold(&self, target: &Selection) -> Hold<'_> {
         self.lock().hide(target);
         self.hiding.fetch_add(1, Ordering::AcqRel);
         Hold {
@@ -195,7 +196,7 @@ impl Outbox {
         }
     }
 
-    fn unhide(&self, target: &PurgeTarget) {
+    fn unhide(&self, target: &Selection) {
         self.lock().unhide(target);
         self.hiding.fetch_sub(1, Ordering::AcqRel);
     }
@@ -209,7 +210,7 @@ impl Outbox {
     /// Whether a purge whose shared part is not done names an entry (the
     /// check of what a Redis lookup returned, before it is served or
     /// promoted).
-    pub fn hides(&self, names: &FillNames<'_>) -> bool {
+    pub fn hides(&self, names: &EntryNames<'_>) -> bool {
         self.hiding.load(Ordering::Acquire) > 0 && self.lock().hides(names)
     }
 
@@ -372,13 +373,13 @@ mod tests {
 
     fn uri(u: &str) -> Purge {
         Purge {
-            target: PurgeTarget::Uri(u.into()),
+            target: Selection::Uri(u.into()),
             soft: false,
         }
     }
 
-    fn names<'a>(uri: &'a str, route: &'a str, tags: &'a [Arc<str>]) -> FillNames<'a> {
-        FillNames { uri, route, tags }
+    fn names<'a>(uri: &'a str, route: &'a str, tags: &'a [Arc<str>]) -> EntryNames<'a> {
+        EntryNames { uri, route, tags }
     }
 
     #[test]
@@ -393,7 +394,7 @@ mod tests {
         assert!(outbox.hides(&names("h/a", "api", &[])));
         assert!(!outbox.hides(&names("h/b", "api", &[])));
         let tag = Purge {
-            target: PurgeTarget::Tag("t1".into()),
+            target: Selection::Tag("t1".into()),
             soft: false,
         };
         assert!(outbox.push(tag.clone()));
@@ -438,7 +439,7 @@ mod tests {
     #[test]
     fn a_hold_hides_until_dropped() {
         let outbox = Outbox::new(DEFAULT_LIMIT_BYTES, Arc::new(Metrics::new().expect("m")));
-        let route = PurgeTarget::Route("api".into());
+        let route = Selection::Route("api".into());
         let hold = outbox.hold(&route);
         assert!(outbox.hides(&names("h/x", "api", &[])));
         assert!(!outbox.hides(&names("h/x", "other", &[])));

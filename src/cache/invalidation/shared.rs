@@ -5,7 +5,7 @@
 use super::drain::{
     drain_index, expire_index, listed_in, scan_uri_indexes, spawn_drain, EAGER, REDIS_BATCH,
 };
-use super::{generation, markers, Announcement, Purge, PurgeTarget};
+use super::{generation, markers, Announcement, Purge, Selection};
 use crate::cache::l2::RedisTier;
 use crate::cache::store::MemoryStore;
 use crate::redis_link::RedisConn;
@@ -53,7 +53,7 @@ pub(super) async fn purge_shared_within(
 ) -> Result<usize, String> {
     let target = &purge.target;
     let cluster = tier.link().is_cluster();
-    if cluster && matches!(target, PurgeTarget::Prefix { .. }) {
+    if cluster && matches!(target, Selection::Prefix { .. }) {
         return Err(
             "prefix purges of the Redis tier are not supported on a Redis Cluster (purge by url, route or tag)"
                 .to_owned(),
@@ -79,10 +79,10 @@ pub(super) async fn purge_shared_within(
     // index lists. Smaller ones are drained first and their markers need
     // only outlast the writes in flight (`purge_marker_ttl`).
     let named = match target {
-        PurgeTarget::Uri(uri) => Some([tier.uri_index(uri), tier.legacy_index('u', uri)]),
-        PurgeTarget::Route(route) => Some([tier.route_index(route), tier.legacy_index('r', route)]),
-        PurgeTarget::Tag(tag) => Some([tier.tag_index(tag), tier.legacy_index('t', tag)]),
-        PurgeTarget::Prefix { .. } => None,
+        Selection::Uri(uri) => Some([tier.uri_index(uri), tier.legacy_index('u', uri)]),
+        Selection::Route(route) => Some([tier.route_index(route), tier.legacy_index('r', route)]),
+        Selection::Tag(tag) => Some([tier.tag_index(tag), tier.legacy_index('t', tag)]),
+        Selection::Prefix { .. } => None,
     };
     let deferred = match &named {
         Some(indexes) if !cluster && !purge.soft => {
@@ -104,7 +104,7 @@ pub(super) async fn purge_shared_within(
     }
     let indexes: Vec<String> = match (named, target) {
         (Some(indexes), _) => indexes.into(),
-        (None, PurgeTarget::Prefix { prefix, host }) => {
+        (None, Selection::Prefix { prefix, host }) => {
             let mut found =
                 scan_uri_indexes(&mut conn, &tier.uri_index(""), prefix, host.as_deref()).await?;
             found.extend(
@@ -159,22 +159,22 @@ async fn publish(
 async fn leave_marker(
     tier: &RedisTier,
     conn: &mut RedisConn,
-    target: &PurgeTarget,
+    target: &Selection,
     index: Option<&str>,
     generation: u64,
 ) -> Result<(), String> {
     let ttl_ms = u64::try_from(tier.settings().purge_marker_ttl.as_millis()).unwrap_or(u64::MAX);
     let marked = match target {
-        PurgeTarget::Uri(uri) => {
+        Selection::Uri(uri) => {
             markers::mark(conn, &tier.marker('u', uri), index, generation, ttl_ms).await
         }
-        PurgeTarget::Route(route) => {
+        Selection::Route(route) => {
             markers::mark(conn, &tier.marker('r', route), index, generation, ttl_ms).await
         }
-        PurgeTarget::Tag(tag) => {
+        Selection::Tag(tag) => {
             markers::mark(conn, &tier.marker('t', tag), index, generation, ttl_ms).await
         }
-        PurgeTarget::Prefix { prefix, host } => {
+        Selection::Prefix { prefix, host } => {
             let member = match host {
                 Some(host) => format!("h{host}{prefix}"),
                 None => format!("p{prefix}"),

@@ -51,9 +51,10 @@ mod storage;
 mod tests;
 
 pub use entry::{FreshHit, StoredEntry, ENTRY_OVERHEAD};
-pub use purges::{FillNames, FillTicket};
+pub use purges::FillTicket;
 pub use storage::{hit_of, ticket_of};
 
+use crate::cache::names::EntryNames;
 use bytes::Bytes;
 use entry::{Entry, ENCODED_CODINGS, ENCODED_OVERHEAD};
 use pingora::cache::eviction::EvictionManager;
@@ -61,7 +62,7 @@ use pingora::cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
 use pingora::cache::CacheEntryKeyRef;
 use pingora::http::ResponseHeader;
 use pingora::Result;
-use purges::{PendingPurges, PurgeLog, PurgeRecord};
+use purges::{PendingPurges, PurgeLog};
 use purging::Reclaim;
 use shard::Shard;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -71,33 +72,6 @@ use std::time::SystemTime;
 /// Shards of the store: enough that two worker threads rarely meet on one,
 /// few enough that a walk over all of them is cheap.
 const SHARDS: usize = 64;
-
-/// Which stored entries a purge names.
-#[derive(Debug, Clone, Copy)]
-pub enum Selection<'a> {
-    /// Every variant of one URI (`host/path?query`).
-    Uri(&'a str),
-    /// URIs starting with this (`host` + path prefix).
-    Prefix(&'a str),
-    /// URIs whose path (any host) starts with this.
-    PathPrefix(&'a str),
-    /// What one route stored.
-    Route(&'a str),
-    /// Entries whose response carried this cache tag.
-    Tag(&'a str),
-}
-
-impl Selection<'_> {
-    fn record(&self) -> PurgeRecord {
-        match *self {
-            Selection::Uri(uri) => PurgeRecord::Uri(uri.into()),
-            Selection::Prefix(prefix) => PurgeRecord::Prefix(prefix.into()),
-            Selection::PathPrefix(prefix) => PurgeRecord::PathPrefix(prefix.into()),
-            Selection::Route(route) => PurgeRecord::Route(route.into()),
-            Selection::Tag(tag) => PurgeRecord::Tag(tag.into()),
-        }
-    }
-}
 
 /// A response about to be stored, with what the indexes and the purge
 /// check need to know of it.
@@ -245,7 +219,7 @@ impl MemoryStore {
     /// Whether a purge recorded since `ticket` names this response (so it
     /// must not be stored anywhere, Redis included).
     pub fn overtaken(&self, ticket: FillTicket, uri: &str, route: &str, tags: &[Arc<str>]) -> bool {
-        let names = FillNames { uri, route, tags };
+        let names = EntryNames { uri, route, tags };
         self.purges.guard(&names).overtaken(ticket, &names)
     }
 
@@ -292,7 +266,7 @@ impl MemoryStore {
         let entry = shard.entries.get(combined)?;
         if self.pending.any() {
             let p = shard.primaries.get(primary)?;
-            let names = FillNames {
+            let names = EntryNames {
                 uri: &p.uri,
                 route: &p.route,
                 tags: &p.tags,
@@ -343,7 +317,7 @@ impl MemoryStore {
         let primary = fill.entry.primary;
         let weight = fill.entry.weight();
         let (replaced, banned) = {
-            let names = FillNames {
+            let names = EntryNames {
                 uri: &fill.uri,
                 route: &fill.route,
                 tags: &fill.tags,
@@ -388,7 +362,7 @@ impl MemoryStore {
             return Vec::new();
         };
         let (uri, route, tags) = (p.uri.clone(), p.route.clone(), p.tags.clone());
-        let names = FillNames {
+        let names = EntryNames {
             uri: &uri,
             route: &route,
             tags: &tags,
@@ -417,7 +391,7 @@ impl MemoryStore {
             };
             (p.uri.clone(), p.route.clone(), p.tags.clone())
         };
-        let names = FillNames {
+        let names = EntryNames {
             uri: &uri,
             route: &route,
             tags: &tags,

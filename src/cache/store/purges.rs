@@ -22,6 +22,7 @@
 //! recorded after the fill released its guard selects the stored fill.
 //! Lock order: broad list → log shards (ascending) → store shard.
 
+use crate::cache::names::{EntryNames, NameKind, Selection};
 use smallvec::SmallVec;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -56,66 +57,22 @@ pub struct FillTicket {
     pub began: std::time::Instant,
 }
 
-/// What one purge named, as its fills are matched against it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PurgeRecord {
-    /// Every variant of one URI (`host/path?query`).
-    Uri(Arc<str>),
-    /// URIs starting with this (`host/path-prefix`).
-    Prefix(Arc<str>),
-    /// URIs whose path, on any host, starts with this.
-    PathPrefix(Arc<str>),
-    /// What one route stored.
-    Route(Arc<str>),
-    /// Entries carrying this tag.
-    Tag(Arc<str>),
+/// A recorded purge that names no single key.
+#[derive(Debug, Clone)]
+enum Broad {
+    /// A prefix selection.
+    Prefix(Selection),
     /// Everything (entries stored before the purges could be heard again).
     Everything,
 }
 
-/// What a fill is, for matching against purges.
-pub struct FillNames<'a> {
-    /// Its URI (`host/path?query`).
-    pub uri: &'a str,
-    /// The route that fetched it.
-    pub route: &'a str,
-    /// Its cache tags.
-    pub tags: &'a [Arc<str>],
-}
-
-impl PurgeRecord {
-    /// Whether this purge names a fill or entry with these names.
-    pub(super) fn names(&self, fill: &FillNames<'_>) -> bool {
+impl Broad {
+    fn names(&self, entry: &EntryNames<'_>) -> bool {
         match self {
-            PurgeRecord::Uri(uri) => **uri == *fill.uri,
-            PurgeRecord::Prefix(prefix) => fill.uri.starts_with(&**prefix),
-            PurgeRecord::PathPrefix(prefix) => {
-                let split = fill.uri.find('/').unwrap_or(fill.uri.len());
-                fill.uri[split..].starts_with(&**prefix)
-            }
-            PurgeRecord::Route(route) => **route == *fill.route,
-            PurgeRecord::Tag(tag) => fill.tags.iter().any(|t| t == tag),
-            PurgeRecord::Everything => true,
+            Broad::Prefix(selection) => selection.names(entry),
+            Broad::Everything => true,
         }
     }
-
-    /// The one name it is keyed by, if it has one.
-    fn key(&self) -> Option<(Kind, &Arc<str>)> {
-        match self {
-            PurgeRecord::Uri(name) => Some((Kind::Uri, name)),
-            PurgeRecord::Route(name) => Some((Kind::Route, name)),
-            PurgeRecord::Tag(name) => Some((Kind::Tag, name)),
-            _ => None,
-        }
-    }
-}
-
-/// Which map of a shard a name lives in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Uri,
-    Route,
-    Tag,
 }
 
 type Latest = HashMap<Arc<str>, u64, ahash::RandomState>;
@@ -127,28 +84,28 @@ struct Named {
     uris: Latest,
     routes: Latest,
     tags: Latest,
-    order: VecDeque<(u64, Kind, Arc<str>)>,
+    order: VecDeque<(u64, NameKind, Arc<str>)>,
 }
 
 impl Named {
-    fn map(&self, kind: Kind) -> &Latest {
+    fn map(&self, kind: NameKind) -> &Latest {
         match kind {
-            Kind::Uri => &self.uris,
-            Kind::Route => &self.routes,
-            Kind::Tag => &self.tags,
+            NameKind::Uri => &self.uris,
+            NameKind::Route => &self.routes,
+            NameKind::Tag => &self.tags,
         }
     }
 
-    fn map_mut(&mut self, kind: Kind) -> &mut Latest {
+    fn map_mut(&mut self, kind: NameKind) -> &mut Latest {
         match kind {
-            Kind::Uri => &mut self.uris,
-            Kind::Route => &mut self.routes,
-            Kind::Tag => &mut self.tags,
+            NameKind::Uri => &mut self.uris,
+            NameKind::Route => &mut self.routes,
+            NameKind::Tag => &mut self.tags,
         }
     }
 
     /// Whether a purge of `name` newer than `since` is recorded.
-    fn newer(&self, kind: Kind, name: &str, since: u64) -> bool {
+    fn newer(&self, kind: NameKind, name: &str, since: u64) -> bool {
         self.map(kind).get(name).is_some_and(|g| *g > since)
     }
 }
@@ -161,7 +118,7 @@ pub struct PurgeLog {
     floor: AtomicU64,
     named: Box<[Mutex<Named>]>,
     /// Purges that name no single key, oldest first.
-    broad: RwLock<VecDeque<(u64, PurgeRecord)>>,
+    broad: RwLock<VecDeque<(u64, Broad)>>,
     hasher: ahash::RandomState,
     /// Fills dropped because their ticket was below the floor.
     too_old: AtomicUsize,
@@ -183,7 +140,7 @@ impl Default for PurgeLog {
 /// A fill's hold on the log while it is checked and stored.
 pub struct Guard<'a> {
     log: &'a PurgeLog,
-    broad: RwLockReadGuard<'a, VecDeque<(u64, PurgeRecord)>>,
+    broad: RwLockReadGuard<'a, VecDeque<(u64, Broad)>>,
     named: SmallVec<[(usize, MutexGuard<'a, Named>); 4]>,
 }
 
@@ -191,22 +148,22 @@ impl Guard<'_> {
     /// Whether a purge recorded after `ticket` names `fill` (or the
     /// records it would need are gone): then the fill must not be stored.
     /// Costs the fill's own names, and the broad purges since its ticket.
-    pub fn overtaken(&self, ticket: FillTicket, fill: &FillNames<'_>) -> bool {
+    pub fn overtaken(&self, ticket: FillTicket, fill: &EntryNames<'_>) -> bool {
         if ticket.local < self.log.floor.load(Ordering::Acquire) {
             self.log.too_old.fetch_add(1, Ordering::Relaxed);
             return true;
         }
         let since = ticket.local;
-        let named = |kind: Kind, name: &str| {
+        let named = |kind: NameKind, name: &str| {
             let at = self.log.shard_of(kind, name);
             self.named
                 .iter()
                 .find(|(i, _)| *i == at)
                 .is_some_and(|(_, shard)| shard.newer(kind, name, since))
         };
-        named(Kind::Uri, fill.uri)
-            || named(Kind::Route, fill.route)
-            || fill.tags.iter().any(|t| named(Kind::Tag, t))
+        named(NameKind::Uri, fill.uri)
+            || named(NameKind::Route, fill.route)
+            || fill.tags.iter().any(|t| named(NameKind::Tag, t))
             || self
                 .broad
                 .iter()
@@ -228,29 +185,22 @@ impl PurgeLog {
         }
     }
 
-    fn shard_of(&self, kind: Kind, name: &str) -> usize {
+    fn shard_of(&self, kind: NameKind, name: &str) -> usize {
         (self.hasher.hash_one((kind as u8, name)) as usize) % LOG_SHARDS
     }
 
     /// Records a purge before it removes anything; returns its generation.
     /// The generation is taken under the lock it is recorded under, so a
     /// fill holding that lock sees the purge whole or not at all.
-    pub fn record(&self, record: PurgeRecord) -> u64 {
-        let Some((kind, name)) = record.key() else {
-            let mut broad = self.broad.write().unwrap_or_else(|p| p.into_inner());
-            let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-            broad.push_back((generation, record));
-            while broad.len() > RECORDS_PER_SHARD {
-                if let Some((forgotten, _)) = broad.pop_front() {
-                    self.floor.fetch_max(forgotten, Ordering::AcqRel);
-                }
-            }
-            return generation;
+    pub fn record(&self, selection: &Selection) -> u64 {
+        let Some((kind, name)) = selection.key() else {
+            return self.record_broad(Broad::Prefix(selection.clone()));
         };
         let mut shard = lock(&self.named[self.shard_of(kind, name)]);
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let name: Arc<str> = name.into();
         shard.map_mut(kind).insert(name.clone(), generation);
-        shard.order.push_back((generation, kind, name.clone()));
+        shard.order.push_back((generation, kind, name));
         while shard.order.len() > RECORDS_PER_SHARD {
             let Some((forgotten, kind, name)) = shard.order.pop_front() else {
                 break;
@@ -266,13 +216,31 @@ impl PurgeLog {
         generation
     }
 
+    /// Records a purge of everything (entries stored before the purges
+    /// could be heard again); returns its generation.
+    pub fn record_everything(&self) -> u64 {
+        self.record_broad(Broad::Everything)
+    }
+
+    fn record_broad(&self, record: Broad) -> u64 {
+        let mut broad = self.broad.write().unwrap_or_else(|p| p.into_inner());
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        broad.push_back((generation, record));
+        while broad.len() > RECORDS_PER_SHARD {
+            if let Some((forgotten, _)) = broad.pop_front() {
+                self.floor.fetch_max(forgotten, Ordering::AcqRel);
+            }
+        }
+        generation
+    }
+
     /// The log held for a fill with these names: its check, then its
     /// insert, under the guard.
-    pub fn guard(&self, fill: &FillNames<'_>) -> Guard<'_> {
+    pub fn guard(&self, fill: &EntryNames<'_>) -> Guard<'_> {
         let mut shards: SmallVec<[usize; 8]> = SmallVec::new();
-        shards.push(self.shard_of(Kind::Uri, fill.uri));
-        shards.push(self.shard_of(Kind::Route, fill.route));
-        shards.extend(fill.tags.iter().map(|t| self.shard_of(Kind::Tag, t)));
+        shards.push(self.shard_of(NameKind::Uri, fill.uri));
+        shards.push(self.shard_of(NameKind::Route, fill.route));
+        shards.extend(fill.tags.iter().map(|t| self.shard_of(NameKind::Tag, t)));
         shards.sort_unstable();
         shards.dedup();
         let broad = self.broad.read().unwrap_or_else(|p| p.into_inner());
@@ -318,7 +286,7 @@ pub struct PendingPurges {
 
 /// One pending purge.
 struct Ban {
-    record: PurgeRecord,
+    selection: Selection,
     /// Entries stored before this that `record` names are banned.
     generation: u64,
     /// Its reclaim is under way.
@@ -346,9 +314,9 @@ impl PendingPurges {
     /// answers), `named` primaries. Returns how many more primaries are
     /// unreclaimed now, and whether a reclaim must be queued (false when
     /// an identical ban was pending and was raised instead).
-    pub fn add(&self, generation: u64, record: PurgeRecord, named: usize) -> (usize, bool) {
+    pub fn add(&self, generation: u64, selection: &Selection, named: usize) -> (usize, bool) {
         let mut bans = self.write();
-        if let Some(ban) = bans.iter_mut().find(|b| b.record == record) {
+        if let Some(ban) = bans.iter_mut().find(|b| b.selection == *selection) {
             ban.generation = ban.generation.max(generation);
             ban.again |= ban.running;
             let more = named.saturating_sub(ban.banned);
@@ -356,7 +324,7 @@ impl PendingPurges {
             return (more, false);
         }
         bans.push(Ban {
-            record,
+            selection: selection.clone(),
             generation,
             running: false,
             again: false,
@@ -366,20 +334,20 @@ impl PendingPurges {
         (named, true)
     }
 
-    /// The reclaimer starts on `record`'s ban: the generation to reclaim
-    /// below (`None` if there is no such ban).
-    pub fn start(&self, record: &PurgeRecord) -> Option<u64> {
+    /// The reclaimer starts on `selection`'s ban: the generation to
+    /// reclaim below (`None` if there is no such ban).
+    pub fn start(&self, selection: &Selection) -> Option<u64> {
         let mut bans = self.write();
-        let ban = bans.iter_mut().find(|b| b.record == *record)?;
+        let ban = bans.iter_mut().find(|b| b.selection == *selection)?;
         ban.running = true;
         ban.again = false;
         Some(ban.generation)
     }
 
-    /// The reclaimer finished a pass over `record`'s entries.
-    pub fn after_pass(&self, record: &PurgeRecord) -> AfterPass {
+    /// The reclaimer finished a pass over `selection`'s entries.
+    pub fn after_pass(&self, selection: &Selection) -> AfterPass {
         let mut bans = self.write();
-        let Some(at) = bans.iter().position(|b| b.record == *record) else {
+        let Some(at) = bans.iter().position(|b| b.selection == *selection) else {
             return AfterPass::Lifted(0);
         };
         if bans[at].again {
@@ -404,12 +372,12 @@ impl PendingPurges {
 
     /// Whether a pending purge recorded after an entry stored at
     /// `generation` names it.
-    pub fn bans(&self, generation: u64, entry: &FillNames<'_>) -> bool {
+    pub fn bans(&self, generation: u64, entry: &EntryNames<'_>) -> bool {
         self.bans
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .any(|b| b.generation > generation && b.record.names(entry))
+            .any(|b| b.generation > generation && b.selection.names(entry))
     }
 }
 
@@ -417,8 +385,23 @@ impl PendingPurges {
 mod tests {
     use super::*;
 
-    fn fill<'a>(uri: &'a str, route: &'a str, tags: &'a [Arc<str>]) -> FillNames<'a> {
-        FillNames { uri, route, tags }
+    fn fill<'a>(uri: &'a str, route: &'a str, tags: &'a [Arc<str>]) -> EntryNames<'a> {
+        EntryNames { uri, route, tags }
+    }
+
+    fn uri(u: &str) -> Selection {
+        Selection::Uri(u.into())
+    }
+
+    fn tag(t: &str) -> Selection {
+        Selection::Tag(t.into())
+    }
+
+    fn prefix(p: &str, host: Option<&str>) -> Selection {
+        Selection::Prefix {
+            prefix: p.into(),
+            host: host.map(Into::into),
+        }
     }
 
     #[test]
@@ -428,9 +411,9 @@ mod tests {
         let tags: Vec<Arc<str>> = vec!["product-1".into()];
         let f = fill("h/a?x=1", "api", &tags);
         assert!(!log.guard(&f).overtaken(ticket, &f));
-        log.record(PurgeRecord::Uri("h/other".into()));
+        log.record(&uri("h/other"));
         assert!(!log.guard(&f).overtaken(ticket, &f), "another URI");
-        log.record(PurgeRecord::Tag("product-1".into()));
+        log.record(&tag("product-1"));
         assert!(log.guard(&f).overtaken(ticket, &f));
         let later = log.ticket(0, 0);
         assert!(
@@ -438,16 +421,18 @@ mod tests {
             "a fill that began after it"
         );
         for record in [
-            PurgeRecord::Uri("h/a?x=1".into()),
-            PurgeRecord::Prefix("h/a".into()),
-            PurgeRecord::PathPrefix("/a".into()),
-            PurgeRecord::Route("api".into()),
-            PurgeRecord::Everything,
+            uri("h/a?x=1"),
+            prefix("/a", Some("h")),
+            prefix("/a", None),
+            Selection::Route("api".into()),
         ] {
             let t = log.ticket(0, 0);
-            log.record(record.clone());
+            log.record(&record);
             assert!(log.guard(&f).overtaken(t, &f), "{record:?}");
         }
+        let t = log.ticket(0, 0);
+        log.record_everything();
+        assert!(log.guard(&f).overtaken(t, &f), "everything");
     }
 
     #[test]
@@ -456,7 +441,7 @@ mod tests {
         let ticket = log.ticket(0, 0);
         // Repeating one name forgets nothing: only its newest record lives.
         for _ in 0..LOG_SHARDS * RECORDS_PER_SHARD * 2 {
-            log.record(PurgeRecord::Uri("h/hot".into()));
+            log.record(&uri("h/hot"));
         }
         let f = fill("h/unrelated", "api", &[]);
         assert!(
@@ -464,7 +449,7 @@ mod tests {
             "nothing live forgotten"
         );
         for i in 0..LOG_SHARDS * RECORDS_PER_SHARD * 2 {
-            log.record(PurgeRecord::Uri(format!("h/{i}").into()));
+            log.record(&uri(&format!("h/{i}")));
         }
         assert!(log.guard(&f).overtaken(ticket, &f));
         assert_eq!(log.too_old(), 1);
@@ -478,30 +463,34 @@ mod tests {
         let f = fill("h/a", "api", &tags);
         let ticket = log.ticket(0, 0);
         for i in 0..1000 {
-            log.record(PurgeRecord::Uri(format!("h/other-{i}").into()));
+            log.record(&uri(&format!("h/other-{i}")));
         }
         assert!(!log.guard(&f).overtaken(ticket, &f));
-        log.record(PurgeRecord::Tag("t2".into()));
+        log.record(&tag("t2"));
         assert!(log.guard(&f).overtaken(ticket, &f), "its second tag");
         let later = log.ticket(0, 0);
-        log.record(PurgeRecord::PathPrefix("/b".into()));
+        log.record(&prefix("/b", None));
         assert!(!log.guard(&f).overtaken(later, &f), "another prefix");
-        log.record(PurgeRecord::Prefix("h/".into()));
+        log.record(&prefix("/", Some("h")));
         assert!(log.guard(&f).overtaken(later, &f), "its host");
     }
 
     #[test]
     fn a_repeated_ban_raises_the_pending_one_instead_of_adding_another() {
         let pending = PendingPurges::default();
-        let tag = || PurgeRecord::Tag("t".into());
-        assert_eq!(pending.add(5, tag(), 100), (100, true));
-        assert_eq!(pending.add(9, tag(), 100), (0, false), "raised, not queued");
+        let tag = || tag("t");
+        assert_eq!(pending.add(5, &tag(), 100), (100, true));
+        assert_eq!(
+            pending.add(9, &tag(), 100),
+            (0, false),
+            "raised, not queued"
+        );
         assert_eq!(pending.len(), 1);
         let tags: Vec<Arc<str>> = vec!["t".into()];
         let entry = fill("h/a", "api", &tags);
         assert!(pending.bans(7, &entry), "stored between the two purges");
         assert_eq!(pending.start(&tag()), Some(9));
-        assert_eq!(pending.add(12, tag(), 150), (50, false), "50 more named");
+        assert_eq!(pending.add(12, &tag(), 150), (50, false), "50 more named");
         assert!(matches!(pending.after_pass(&tag()), AfterPass::Again(12)));
         assert!(matches!(pending.after_pass(&tag()), AfterPass::Lifted(150)));
         assert!(!pending.any());

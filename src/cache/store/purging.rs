@@ -7,8 +7,9 @@
 use super::entry::Entry;
 use super::index::Indexes;
 use super::keyhash::KeySet;
-use super::purges::{AfterPass, PurgeRecord};
-use super::{read, write, MemoryStore, Selection};
+use super::purges::AfterPass;
+use super::{read, write, MemoryStore};
+use crate::cache::names::Selection;
 use pingora::cache::key::HashBinary;
 use pingora::http::ResponseHeader;
 use std::sync::atomic::Ordering;
@@ -43,23 +44,24 @@ const INLINE_PURGE: usize = 1024;
 const RECLAIM_BATCH: usize = 8;
 const RECLAIM_REST: u32 = 4;
 
-/// A large purge's removal, for the reclaimer: the entries `record`
+/// A large purge's removal, for the reclaimer: the entries `selection`
 /// names stored before its ban's generation (read when it starts, as a
 /// repeated purge may have raised it).
 pub(super) struct Reclaim {
-    record: PurgeRecord,
+    selection: Selection,
 }
 
 impl MemoryStore {
     /// The primaries a purge names (all their variants go, or are marked
     /// stale, together), by shard: each shard's index is read under its
     /// own lock, one shard at a time.
-    pub(super) fn select(&self, selection: Selection<'_>) -> Vec<Vec<HashBinary>> {
+    pub(super) fn select(&self, selection: &Selection) -> Vec<Vec<HashBinary>> {
+        let scope = Scope::of(selection);
         self.shards
             .iter()
             .map(|shard| {
                 let shard = read(shard);
-                named_sets(&shard.index, selection)
+                named_sets(&shard.index, &scope)
                     .flat_map(|set| set.iter().copied())
                     .collect()
             })
@@ -67,12 +69,13 @@ impl MemoryStore {
     }
 
     /// How many primaries a purge names now (without collecting them).
-    pub(super) fn count_named(&self, selection: Selection<'_>) -> usize {
+    pub(super) fn count_named(&self, selection: &Selection) -> usize {
+        let scope = Scope::of(selection);
         self.shards
             .iter()
             .map(|shard| {
                 let shard = read(shard);
-                named_sets(&shard.index, selection)
+                named_sets(&shard.index, &scope)
                     .map(|set| set.len())
                     .sum::<usize>()
             })
@@ -113,7 +116,7 @@ impl MemoryStore {
         removed_total
     }
 
-    /// Bans what `record` names among the entries stored before
+    /// Bans what `selection` names among the entries stored before
     /// `generation` (lookups no longer see them) and counts `named`
     /// primaries as unreclaimed; returns the job that removes them, or
     /// `None` when an identical ban was pending and was raised instead
@@ -121,26 +124,26 @@ impl MemoryStore {
     pub(super) fn ban(
         &self,
         generation: u64,
-        record: PurgeRecord,
+        selection: &Selection,
         named: usize,
     ) -> Option<Reclaim> {
-        let (more, new) = self.pending.add(generation, record.clone(), named);
+        let (more, new) = self.pending.add(generation, selection, named);
         self.unreclaimed.fetch_add(more, Ordering::Relaxed);
-        new.then_some(Reclaim { record })
+        new.then(|| Reclaim {
+            selection: selection.clone(),
+        })
     }
 
     /// Removes a banned purge's entries (again, if the ban was raised
     /// meanwhile), then lifts the ban.
     pub(super) fn reclaim(&self, job: Reclaim, paced: bool) {
-        let Some(mut generation) = self.pending.start(&job.record) else {
+        let Some(mut generation) = self.pending.start(&job.selection) else {
             return;
         };
         let banned = loop {
-            if let Some(selection) = selection_of(&job.record) {
-                let primaries = self.select(selection);
-                self.remove_primaries_where(&primaries, |e| e.generation < generation, paced);
-            }
-            match self.pending.after_pass(&job.record) {
+            let primaries = self.select(&job.selection);
+            self.remove_primaries_where(&primaries, |e| e.generation < generation, paced);
+            match self.pending.after_pass(&job.selection) {
                 AfterPass::Again(raised) => generation = raised,
                 AfterPass::Lifted(banned) => break banned,
             }
@@ -228,13 +231,12 @@ impl MemoryStore {
     /// they are banned (lookups treat them as absent) and counts primaries
     /// (a URL stored in several variants counts once); the reclaimer thread
     /// frees them afterwards.
-    pub fn purge_selection(&'static self, selection: Selection<'_>) -> usize {
-        let record = selection.record();
-        let generation = self.purges.record(record.clone());
+    pub fn purge_selection(&'static self, selection: &Selection) -> usize {
+        let generation = self.purges.record(selection);
         let named = self.count_named(selection);
         if named > INLINE_PURGE {
             if let Some(reclaimer) = self.reclaimer() {
-                if let Some(job) = self.ban(generation, record, named) {
+                if let Some(job) = self.ban(generation, selection, named) {
                     if let Err(std::sync::mpsc::SendError(job)) = reclaimer.send(job) {
                         self.reclaim(job, false);
                     }
@@ -248,8 +250,8 @@ impl MemoryStore {
 
     /// Marks every entry `selection` names stale from `now` on (a soft
     /// purge), after recording it like a purge; returns how many.
-    pub fn expire_selection(&self, selection: Selection<'_>, now: SystemTime) -> usize {
-        self.purges.record(selection.record());
+    pub fn expire_selection(&self, selection: &Selection, now: SystemTime) -> usize {
+        self.purges.record(selection);
         let primaries = self.select(selection);
         self.expire_primaries(primaries, now)
     }
@@ -257,16 +259,16 @@ impl MemoryStore {
     /// Removes every stored variant of exactly this URI (as built by
     /// [`crate::cache::key`]); returns how many entries went.
     pub fn purge_uri(&'static self, uri: &str) -> usize {
-        self.purge_selection(Selection::Uri(uri))
+        self.purge_selection(&Selection::Uri(uri.to_owned()))
     }
 
     /// Removes the stored variants of exactly this URI whose header
     /// `matches` (RFC 9111 §4.3.5: those a HEAD response shows changed).
     /// Fills in flight for the URI are dropped whichever variant they are.
     pub fn purge_uri_where(&self, uri: &str, matches: impl Fn(&ResponseHeader) -> bool) -> usize {
-        let selection = Selection::Uri(uri);
-        let generation = self.purges.record(selection.record());
-        let primaries = self.select(selection);
+        let selection = Selection::Uri(uri.to_owned());
+        let generation = self.purges.record(&selection);
+        let primaries = self.select(&selection);
         let matches = |e: &Entry| e.generation < generation && matches(&e.header);
         self.remove_primaries_where(&primaries, matches, false)
     }
@@ -275,7 +277,7 @@ impl MemoryStore {
     /// every fill in flight; returns how many. Walks every shard, one
     /// batch at a time.
     pub fn purge_created_before(&self, cutoff: SystemTime) -> usize {
-        self.purges.record(PurgeRecord::Everything);
+        self.purges.record_everything();
         let primaries: Vec<Vec<HashBinary>> = self
             .shards
             .iter()
@@ -300,47 +302,62 @@ impl MemoryStore {
     }
 }
 
-/// The index sets whose primaries `selection` names.
+/// A selection as the indexes are searched for it (a host prefix
+/// joined once, not per shard).
+enum Scope<'a> {
+    Uri(&'a str),
+    /// URIs starting with this (`host` + path prefix).
+    UriPrefix(String),
+    /// URIs whose path (any host) starts with this.
+    PathPrefix(&'a str),
+    Route(&'a str),
+    Tag(&'a str),
+}
+
+impl<'a> Scope<'a> {
+    fn of(selection: &'a Selection) -> Self {
+        match selection {
+            Selection::Uri(uri) => Scope::Uri(uri),
+            Selection::Prefix {
+                prefix,
+                host: Some(host),
+            } => Scope::UriPrefix(format!("{host}{prefix}")),
+            Selection::Prefix { prefix, host: None } => Scope::PathPrefix(prefix),
+            Selection::Route(route) => Scope::Route(route),
+            Selection::Tag(tag) => Scope::Tag(tag),
+        }
+    }
+}
+
+/// The index sets whose primaries `scope` names.
 fn named_sets<'a>(
     index: &'a Indexes,
-    selection: Selection<'a>,
+    scope: &'a Scope<'a>,
 ) -> Box<dyn Iterator<Item = &'a KeySet> + 'a> {
-    match selection {
-        Selection::Uri(uri) => Box::new(index.by_uri.get(uri).into_iter()),
-        Selection::Prefix(prefix) => Box::new(
+    match scope {
+        Scope::Uri(uri) => Box::new(index.by_uri.get(*uri).into_iter()),
+        Scope::UriPrefix(prefix) => Box::new(
             index
                 .by_uri
                 .range::<str, _>((
-                    std::ops::Bound::Included(prefix),
+                    std::ops::Bound::Included(prefix.as_str()),
                     std::ops::Bound::Unbounded,
                 ))
-                .take_while(move |(uri, _)| uri.starts_with(prefix))
+                .take_while(move |(uri, _)| uri.starts_with(prefix.as_str()))
                 .map(|(_, set)| set),
         ),
-        // Walks the URI index: an admin operation, not a request's.
-        Selection::PathPrefix(path_prefix) => Box::new(
+        // Walks the shard's URI index: an admin operation, not a request's.
+        Scope::PathPrefix(path_prefix) => Box::new(
             index
                 .by_uri
                 .iter()
                 .filter(move |(uri, _)| {
                     let split = uri.find('/').unwrap_or(uri.len());
-                    uri[split..].starts_with(path_prefix)
+                    uri[split..].starts_with(*path_prefix)
                 })
                 .map(|(_, set)| set),
         ),
-        Selection::Route(route) => Box::new(index.by_route.get(route).into_iter()),
-        Selection::Tag(tag) => Box::new(index.by_tag.get(tag).into_iter()),
+        Scope::Route(route) => Box::new(index.by_route.get(*route).into_iter()),
+        Scope::Tag(tag) => Box::new(index.by_tag.get(*tag).into_iter()),
     }
-}
-
-/// What a recorded purge selects (`None` for "everything").
-fn selection_of(record: &PurgeRecord) -> Option<Selection<'_>> {
-    Some(match record {
-        PurgeRecord::Uri(uri) => Selection::Uri(uri),
-        PurgeRecord::Prefix(prefix) => Selection::Prefix(prefix),
-        PurgeRecord::PathPrefix(prefix) => Selection::PathPrefix(prefix),
-        PurgeRecord::Route(route) => Selection::Route(route),
-        PurgeRecord::Tag(tag) => Selection::Tag(tag),
-        PurgeRecord::Everything => return None,
-    })
 }

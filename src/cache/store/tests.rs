@@ -2,6 +2,7 @@
 //! and soft purges, and the purge-over-fill rule.
 
 use super::*;
+use crate::cache::names::Selection;
 use pingora::cache::key::CacheKey;
 use pingora::cache::trace::Span;
 use pingora::cache::{CacheMeta, Storage};
@@ -175,13 +176,20 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 /// A selection of each kind, from small tables.
-fn selection(kind: usize, what: usize) -> Selection<'static> {
+fn selection(kind: usize, what: usize) -> Selection {
+    let prefix = |host: Option<&str>, prefix: &str| Selection::Prefix {
+        prefix: prefix.into(),
+        host: host.map(Into::into),
+    };
     match kind {
-        0 => Selection::Uri(URIS[what % URIS.len()]),
-        1 => Selection::Prefix(["h/a", "h/", "g", "h/b", "x"][what]),
-        2 => Selection::PathPrefix(["/a", "/", "/b/", "/ab", "/z"][what]),
-        3 => Selection::Route(ROUTES[what % ROUTES.len()]),
-        _ => Selection::Tag(TAGS[what % TAGS.len()]),
+        0 => Selection::Uri(URIS[what % URIS.len()].into()),
+        1 => {
+            let (host, path) = [("h", "/a"), ("h", "/"), ("g", "/"), ("h", "/b"), ("x", "/")][what];
+            prefix(Some(host), path)
+        }
+        2 => prefix(None, ["/a", "/", "/b/", "/ab", "/z"][what]),
+        3 => Selection::Route(ROUTES[what % ROUTES.len()].into()),
+        _ => Selection::Tag(TAGS[what % TAGS.len()].into()),
     }
 }
 
@@ -206,10 +214,10 @@ async fn apply(store: &'static MemoryStore, op: &Op) {
             store.remove_key(&key.to_compact());
         }
         Op::Purge(kind, what) => {
-            store.purge_selection(selection(*kind, *what));
+            store.purge_selection(&selection(*kind, *what));
         }
         Op::Expire(kind, what) => {
-            store.expire_selection(selection(*kind, *what), SystemTime::now());
+            store.expire_selection(&selection(*kind, *what), SystemTime::now());
         }
         Op::Everything => {
             store.purge_created_before(SystemTime::now() + Duration::from_secs(1));
@@ -265,14 +273,14 @@ fn deferred() -> impl Strategy<Value = Deferred> {
 fn named_before(
     store: &MemoryStore,
     generation: u64,
-    record: &PurgeRecord,
+    record: &Selection,
 ) -> Vec<(HashBinary, HashBinary)> {
     let mut named = Vec::new();
     for shard in store.shards.iter() {
         let shard = read(shard);
         for (combined, e) in &shard.entries {
             let p = shard.primaries.get(&e.primary).expect("primary");
-            let names = FillNames {
+            let names = EntryNames {
                 uri: &p.uri,
                 route: &p.route,
                 tags: &p.tags,
@@ -289,7 +297,7 @@ fn named_before(
 /// took when it was set, and its reclaim.
 type HeldBan = (
     u64,
-    PurgeRecord,
+    Selection,
     Vec<(HashBinary, HashBinary)>,
     Option<Reclaim>,
 );
@@ -313,11 +321,10 @@ proptest! {
                 match step {
                     Deferred::Op(op) => apply(store, op).await,
                     Deferred::Ban(kind, what) => {
-                        let selection = selection(*kind, *what);
-                        let record = selection.record();
-                        let generation = store.purges.record(record.clone());
+                        let record = selection(*kind, *what);
+                        let generation = store.purges.record(&record);
                         let took = named_before(store, generation, &record);
-                        let job = store.ban(generation, record.clone(), store.count_named(selection));
+                        let job = store.ban(generation, &record, store.count_named(&record));
                         held.push_back((generation, record, took, job));
                     }
                     Deferred::Reclaim => {
@@ -374,14 +381,14 @@ proptest! {
 async fn a_fill_that_began_before_a_purge_naming_it_is_dropped() {
     let store = leak();
     for selection in [
-        Selection::Uri("h/a"),
-        Selection::Prefix("h/"),
-        Selection::PathPrefix("/a"),
-        Selection::Route("api"),
-        Selection::Tag("t1"),
+        Selection::Uri("h/a".into()),
+        selection(1, 1),
+        selection(2, 0),
+        Selection::Route("api".into()),
+        Selection::Tag("t1".into()),
     ] {
         let key = key_of(store, "h/a", "api", 0);
-        store.purge_selection(selection);
+        store.purge_selection(&selection);
         fill(store, &key, &["t1"]).await;
         assert!(!present(store, &key).await, "{selection:?}");
         let later = key_of(store, "h/a", "api", 0);
@@ -394,13 +401,13 @@ async fn a_fill_that_began_before_a_purge_naming_it_is_dropped() {
     }
     // A purge that names something else leaves the fill alone.
     let key = key_of(store, "h/a", "api", 0);
-    store.purge_selection(Selection::Tag("other"));
+    store.purge_selection(&Selection::Tag("other".into()));
     store.purge_uri("h/b");
     fill(store, &key, &["t1"]).await;
     assert!(present(store, &key).await);
     // A soft purge and a purge of everything count too.
     let key = key_of(store, "h/c", "api", 0);
-    store.expire_selection(Selection::Route("api"), SystemTime::now());
+    store.expire_selection(&Selection::Route("api".into()), SystemTime::now());
     fill(store, &key, &[]).await;
     assert!(!present(store, &key).await, "soft purge");
     let key = key_of(store, "h/c", "api", 0);
@@ -450,11 +457,11 @@ async fn a_refill_replaces_the_tags_and_weighs_them() {
     let key = key_of(store, "h/a", "api", 0);
     fill(store, &key, &["t3"]).await;
     assert_eq!(
-        store.purge_selection(Selection::Tag("t1")),
+        store.purge_selection(&Selection::Tag("t1".into())),
         0,
         "t1 replaced"
     );
-    assert_eq!(store.purge_selection(Selection::Tag("t3")), 1);
+    assert_eq!(store.purge_selection(&Selection::Tag("t3".into())), 1);
     store.assert_consistent();
 }
 
@@ -521,11 +528,17 @@ fn fill_items(store: &'static MemoryStore, n: usize) {
 fn a_large_purge_removes_exactly_what_it_names() {
     let store = leak();
     fill_items(store, 20_000);
-    assert_eq!(store.purge_selection(Selection::Tag("even")), 10_000);
+    assert_eq!(
+        store.purge_selection(&Selection::Tag("even".into())),
+        10_000
+    );
     wait_reclaimed(store);
     assert_eq!(store.entries(), 10_000);
     store.assert_consistent();
-    assert_eq!(store.purge_selection(Selection::Route("api")), 10_000);
+    assert_eq!(
+        store.purge_selection(&Selection::Route("api".into())),
+        10_000
+    );
     wait_reclaimed(store);
     assert_eq!(store.entries(), 0);
     assert_eq!(store.size_bytes(), 0);
@@ -541,10 +554,10 @@ fn a_banned_purge_hides_its_entries_at_once_and_reclaims_only_them() {
     fill_items(store, 4_000);
     let purged_key = |i: usize| key_of(store, &format!("h/item/{i}"), "api", 0);
     let early = purged_key(0);
-    let record = Selection::Tag("even").record();
-    let generation = store.purges.record(record.clone());
-    assert_eq!(store.count_named(Selection::Tag("even")), 2_000);
-    let job = store.ban(generation, record, 2_000).expect("a new ban");
+    let record = Selection::Tag("even".into());
+    let generation = store.purges.record(&record);
+    assert_eq!(store.count_named(&record), 2_000);
+    let job = store.ban(generation, &record, 2_000).expect("a new ban");
     assert_eq!(store.unreclaimed(), 2_000);
     rt.block_on(async {
         for i in 0..4_000 {
