@@ -17,7 +17,8 @@
 //! - **Hiding**: from the moment a purge is queued (or held by an admin
 //!   purge) until its markers are set and memory has been purged a second
 //!   time, this instance takes nothing it names from Redis
-//!   ([`Outbox::hides`]): invariant 4 of `invalidation`.
+//!   ([`Outbox::hides`]: one atomic load when nothing is hidden, else one
+//!   of 16 shards' locks): invariant 4 of `invalidation`.
 //! - **Failures** feed the tier's circuit breaker; while it is open the
 //!   queue waits (bounded) and the first purge after `open_for` is the
 //!   breaker's probe. A failed purge goes back to the front and is tried
@@ -48,62 +49,111 @@ const QUEUED_OVERHEAD: usize = 160;
 /// The default bound of the queue's memory.
 pub const DEFAULT_LIMIT_BYTES: usize = 8 << 20;
 
-/// What is queued, in flight, and hidden from Redis lookups.
+/// What is queued and in flight.
 #[derive(Default)]
 struct Queue {
     /// Waiting, oldest first.
     waiting: VecDeque<Purge>,
     /// The same, for coalescing.
     waiting_set: HashSet<Purge>,
-    /// URIs named by purges waiting, in flight or held (with counts).
-    hidden_uris: HashMap<Box<str>, usize>,
-    /// Other targets named by purges waiting, in flight or held.
-    hidden_other: Vec<(Selection, usize)>,
     /// Bytes counted for the waiting and in-flight purges.
     bytes: usize,
     /// Waiting plus in flight.
     len: usize,
 }
 
-impl Queue {
-    fn hide(&mut self, target: &Selection) {
+/// Shards of the hidden URIs: a lookup locks one.
+const HIDDEN_SHARDS: usize = 16;
+
+type Counts = HashMap<Box<str>, usize, ahash::RandomState>;
+
+/// What purges whose shared part is not done name, as the lookup path
+/// asks it: URIs in shards chosen by their hash (a lookup takes one
+/// shard's lock, and none when nothing is hidden), other selections in a
+/// short list.
+struct Hidden {
+    uris: Box<[Mutex<Counts>]>,
+    other: Mutex<Vec<(Selection, usize)>>,
+    /// Hidden purges in all (the lookup path's one atomic load).
+    count: AtomicUsize,
+    /// Hidden purges that are not of one URI.
+    other_count: AtomicUsize,
+    hasher: ahash::RandomState,
+}
+
+impl Default for Hidden {
+    fn default() -> Self {
+        Self {
+            uris: (0..HIDDEN_SHARDS).map(|_| Mutex::default()).collect(),
+            other: Mutex::default(),
+            count: AtomicUsize::new(0),
+            other_count: AtomicUsize::new(0),
+            hasher: ahash::RandomState::new(),
+        }
+    }
+}
+
+impl Hidden {
+    fn shard(&self, uri: &str) -> MutexGuard<'_, Counts> {
+        let at = (self.hasher.hash_one(uri) as usize) % HIDDEN_SHARDS;
+        lock(&self.uris[at])
+    }
+
+    fn hide(&self, target: &Selection) {
+        self.count.fetch_add(1, Ordering::AcqRel);
         match target {
-            Selection::Uri(uri) => *self.hidden_uris.entry(uri.as_str().into()).or_default() += 1,
-            other => match self.hidden_other.iter_mut().find(|(t, _)| t == other) {
-                Some((_, n)) => *n += 1,
-                None => self.hidden_other.push((other.clone(), 1)),
-            },
+            Selection::Uri(uri) => *self.shard(uri).entry(uri.as_str().into()).or_default() += 1,
+            other => {
+                self.other_count.fetch_add(1, Ordering::AcqRel);
+                let mut list = lock(&self.other);
+                match list.iter_mut().find(|(t, _)| t == other) {
+                    Some((_, n)) => *n += 1,
+                    None => list.push((other.clone(), 1)),
+                }
+            }
         }
     }
 
-    fn unhide(&mut self, target: &Selection) {
+    fn unhide(&self, target: &Selection) {
         match target {
             Selection::Uri(uri) => {
-                if let Some(n) = self.hidden_uris.get_mut(uri.as_str()) {
+                let mut shard = self.shard(uri);
+                if let Some(n) = shard.get_mut(uri.as_str()) {
                     *n -= 1;
                     if *n == 0 {
-                        self.hidden_uris.remove(uri.as_str());
+                        shard.remove(uri.as_str());
                     }
                 }
             }
             other => {
-                if let Some(i) = self.hidden_other.iter().position(|(t, _)| t == other) {
-                    self.hidden_other[i].1 -= 1;
-                    if self.hidden_other[i].1 == 0 {
-                        self.hidden_other.swap_remove(i);
+                let mut list = lock(&self.other);
+                if let Some(i) = list.iter().position(|(t, _)| t == other) {
+                    list[i].1 -= 1;
+                    if list[i].1 == 0 {
+                        list.swap_remove(i);
                     }
                 }
+                self.other_count.fetch_sub(1, Ordering::AcqRel);
             }
         }
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn hides_uri(&self, uri: &str) -> bool {
+        self.count.load(Ordering::Acquire) > 0 && self.shard(uri).contains_key(uri)
     }
 
     fn hides(&self, names: &EntryNames<'_>) -> bool {
-        self.hidden_uris.contains_key(names.uri)
-            || self
-                .hidden_other
-                .iter()
-                .any(|(target, _)| target.names(names))
+        self.hides_uri(names.uri)
+            || self.other_count.load(Ordering::Acquire) > 0
+                && lock(&self.other)
+                    .iter()
+                    .any(|(target, _)| target.names(names))
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The bytes a purge is counted as while queued.
@@ -120,9 +170,8 @@ fn weight(purge: &Purge) -> usize {
 /// The queue of shared parts of one instance, and what it hides.
 pub struct Outbox {
     queue: Mutex<Queue>,
-    /// How many purges are hidden (waiting, in flight or held): the
-    /// lookup path's one atomic load when there are none.
-    hiding: AtomicUsize,
+    /// What purges waiting, in flight or held name.
+    hidden: Hidden,
     wake: tokio::sync::Notify,
     limit_bytes: usize,
     metrics: Arc<Metrics>,
@@ -146,7 +195,7 @@ impl Outbox {
     pub fn new(limit_bytes: usize, metrics: Arc<Metrics>) -> Self {
         Self {
             queue: Mutex::new(Queue::default()),
-            hiding: AtomicUsize::new(0),
+            hidden: Hidden::default(),
             wake: tokio::sync::Notify::new(),
             limit_bytes,
             metrics,
@@ -154,7 +203,7 @@ impl Outbox {
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.queue)
     }
 
     /// Queues `purge`'s shared part (its memory part is done); never
@@ -173,12 +222,11 @@ impl Outbox {
             log::warn!("cache: the invalidation queue is full ({} bytes); a purge is not shared with Redis and the other instances", self.limit_bytes);
             return false;
         }
-        queue.hide(&purge.target);
+        self.hidden.hide(&purge.target);
         queue.waiting_set.insert(purge.clone());
         queue.waiting.push_back(purge);
         queue.bytes += bytes;
         queue.len += 1;
-        self.hiding.fetch_add(1, Ordering::AcqRel);
         self.publish_gauges(&queue);
         drop(queue);
         self.wake.notify_one();
@@ -188,8 +236,7 @@ impl Outbox {
     /// Hides what `target` names from Redis lookups until the hold is
     /// dropped (an admin purge, which sends its shared part itself).
     pub fn hold(&self, target: &Selection) -> Hold<'_> {
-        self.lock().hide(target);
-        self.hiding.fetch_add(1, Ordering::AcqRel);
+        self.hidden.hide(target);
         Hold {
             outbox: self,
             target: target.clone(),
@@ -197,21 +244,20 @@ impl Outbox {
     }
 
     fn unhide(&self, target: &Selection) {
-        self.lock().unhide(target);
-        self.hiding.fetch_sub(1, Ordering::AcqRel);
+        self.hidden.unhide(target);
     }
 
     /// Whether a purge whose shared part is not done names this URI (the
     /// check before a Redis lookup; one atomic load when nothing waits).
     pub fn hides_uri(&self, uri: &str) -> bool {
-        self.hiding.load(Ordering::Acquire) > 0 && self.lock().hidden_uris.contains_key(uri)
+        self.hidden.hides_uri(uri)
     }
 
     /// Whether a purge whose shared part is not done names an entry (the
     /// check of what a Redis lookup returned, before it is served or
     /// promoted).
     pub fn hides(&self, names: &EntryNames<'_>) -> bool {
-        self.hiding.load(Ordering::Acquire) > 0 && self.lock().hides(names)
+        self.hidden.hides(names)
     }
 
     /// Shared parts waiting or in flight.
@@ -263,11 +309,10 @@ impl Outbox {
 
     /// A purge whose shared part is done: no longer hidden or counted.
     fn finish(&self, purge: &Purge) {
+        self.hidden.unhide(&purge.target);
         let mut queue = self.lock();
-        queue.unhide(&purge.target);
         queue.bytes = queue.bytes.saturating_sub(weight(purge));
         queue.len = queue.len.saturating_sub(1);
-        self.hiding.fetch_sub(1, Ordering::AcqRel);
         self.publish_gauges(&queue);
     }
 
