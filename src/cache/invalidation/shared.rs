@@ -10,6 +10,97 @@ use crate::cache::l2::RedisTier;
 use crate::cache::store::MemoryStore;
 use crate::redis_link::RedisConn;
 
+/// A batch of hard URI invalidations in one round trip (standalone Redis):
+/// the next shared generation (as [`generation::NEXT_LUA`] takes it), then
+/// for each URI its marker — never lowered, kept at least ARGV[1] ms, as
+/// long as it had left, and until the last entry its index lists expires
+/// — and its announcement on the channel. Nothing is drained: the markers
+/// hide the entries until they expire or are refilled, as for a large
+/// purge; this is what lets a write's invalidation cost one script.
+///
+/// KEYS: the counter, then per URI its marker and its index. ARGV: the
+/// markers' least TTL (ms), the channel, then per URI the announcement
+/// before and after its generation. Returns the generation.
+pub const INVALIDATE_URIS_LUA: &str = r#"
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local now_ms = math.floor(now / 1000)
+local next = tonumber(redis.call('GET', KEYS[1]) or '0') + 1
+if now > next then next = now end
+local generation = string.format('%.0f', next)
+redis.call('SET', KEYS[1], generation)
+for i = 1, (#KEYS - 1) / 2 do
+  local marker, index = KEYS[2 * i], KEYS[2 * i + 1]
+  local ttl = tonumber(ARGV[1])
+  local left = redis.call('PTTL', marker)
+  if left > ttl then ttl = left end
+  if redis.call('TYPE', index).ok == 'zset' then
+    local last = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')
+    if last[2] then
+      local needed = tonumber(last[2]) - now_ms + 1000
+      if needed > ttl then ttl = needed end
+    end
+  end
+  local value = generation
+  local current = tonumber(redis.call('GET', marker) or '0')
+  if current > next then value = string.format('%.0f', current) end
+  redis.call('SET', marker, value, 'PX', string.format('%.0f', ttl))
+  redis.call('PUBLISH', ARGV[2], ARGV[1 + 2 * i] .. generation .. ARGV[2 + 2 * i])
+end
+return generation
+"#;
+
+static INVALIDATE_URIS: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+
+/// The shared part of hard URI invalidations (a write's), in one round
+/// trip ([`INVALIDATE_URIS_LUA`]): markers and announcements, no drain.
+/// Not on a Redis Cluster (the keys live in many slots): there each goes
+/// through [`purge_shared`]'s steps.
+pub(super) async fn invalidate_uris(
+    tier: &RedisTier,
+    store: &MemoryStore,
+    instance: &str,
+    purges: &[Purge],
+) -> Result<(), String> {
+    let mut conn = tier
+        .link()
+        .conn()
+        .ok_or_else(|| "the cache's Redis tier is not connected".to_owned())?;
+    let script = INVALIDATE_URIS.get_or_init(|| redis::Script::new(INVALIDATE_URIS_LUA));
+    let mut invocation = script.prepare_invoke();
+    invocation.key(tier.generation_key());
+    let ttl_ms = u64::try_from(tier.settings().purge_marker_ttl.as_millis()).unwrap_or(u64::MAX);
+    invocation.arg(ttl_ms).arg(channel(tier));
+    // The announcement's text around its generation (a sentinel replaced).
+    let sentinel = u64::MAX.to_string();
+    for purge in purges {
+        let Selection::Uri(uri) = &purge.target else {
+            return Err("a batch of URI invalidations named something else".to_owned());
+        };
+        invocation
+            .key(tier.marker('u', uri))
+            .key(tier.uri_index(uri));
+        let text = serde_json::to_string(&Announcement {
+            from: instance.to_owned(),
+            purge: purge.clone(),
+            generation: Some(u64::MAX),
+        })
+        .map_err(|e| e.to_string())?;
+        let (before, after) = text
+            .rsplit_once(&sentinel)
+            .ok_or_else(|| "an announcement without its generation".to_owned())?;
+        invocation.arg(before).arg(after);
+    }
+    let generation: String = invocation
+        .invoke_async(&mut conn)
+        .await
+        .map_err(|e| format!("invalidating in Redis: {e}"))?;
+    if let Ok(generation) = generation.parse() {
+        store.heard_shared_generation(generation);
+    }
+    Ok(())
+}
+
 /// The channel purges are published on.
 pub fn channel(tier: &RedisTier) -> String {
     format!("{}purge", tier.settings().key_prefix)
