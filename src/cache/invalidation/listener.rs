@@ -36,6 +36,8 @@ pub struct PurgeListener {
     store: &'static MemoryStore,
     metrics: Arc<Metrics>,
     instance: String,
+    /// How this instance's own announcements begin.
+    own_prefix: String,
 }
 
 impl PurgeListener {
@@ -46,24 +48,32 @@ impl PurgeListener {
         metrics: Arc<Metrics>,
         instance: String,
     ) -> Self {
+        let own_prefix = own_prefix(&instance);
         Self {
             tier,
             store,
             metrics,
             instance,
+            own_prefix,
         }
     }
 
     async fn apply(&self, payload: &[u8]) {
+        // This instance's own purges (every write's, under a write load)
+        // are known here already: not parsed again.
+        if payload.starts_with(self.own_prefix.as_bytes()) {
+            return;
+        }
         let Ok(announcement) = serde_json::from_slice::<Announcement>(payload) else {
             log::warn!("cache purge channel: a message that is not a purge; ignored");
             return;
         };
-        let removed = if announcement.from == self.instance {
-            0
-        } else {
-            purge_memory_off_runtime(self.store, &announcement.purge).await
-        };
+        let mut removed = 0;
+        if announcement.from != self.instance {
+            for purge in std::iter::once(&announcement.purge).chain(&announcement.purges) {
+                removed += purge_memory_off_runtime(self.store, purge).await;
+            }
+        }
         // After the memory purge: requests beginning from now on may write
         // what this purge named to Redis again.
         if let Some(generation) = announcement.generation {
@@ -216,6 +226,13 @@ impl PurgeListener {
     }
 }
 
+/// The start of `instance`'s announcements as serialized: `from` comes
+/// first (the field order of `Announcement`).
+fn own_prefix(instance: &str) -> String {
+    let from = serde_json::to_string(instance).unwrap_or_default();
+    format!("{{\"from\":{from},")
+}
+
 #[async_trait::async_trait]
 impl BackgroundService for PurgeListener {
     async fn start(&self, mut shutdown: ShutdownWatch) {
@@ -254,16 +271,27 @@ mod tests {
                 },
                 soft: true,
             },
+            purges: vec![Purge {
+                target: Selection::Tag("t".into()),
+                soft: false,
+            }],
             generation: Some(7),
         };
         let text = serde_json::to_string(&a).expect("json");
+        assert!(text.starts_with(&own_prefix("i1")), "{text}");
+        assert!(
+            !text.starts_with(&own_prefix("i")),
+            "a prefix of another id"
+        );
         let back: Announcement = serde_json::from_str(&text).expect("parse");
         assert_eq!(back.purge, a.purge);
         assert_eq!(back.generation, Some(7));
+        assert_eq!(back.purges.len(), 1, "a batch");
         // An earlier version's announcement (no generation) is still heard.
         let old = r#"{"from":"i0","purge":{"target":{"uri":"h/a"},"soft":false}}"#;
         let back: Announcement = serde_json::from_str(old).expect("parse");
         assert_eq!(back.generation, None);
+        assert!(back.purges.is_empty());
         assert_eq!(back.purge.target, Selection::Uri("h/a".into()));
     }
 }

@@ -120,6 +120,11 @@ pub(crate) struct Announcement {
     pub(crate) from: String,
     /// What it purged.
     pub(crate) purge: Purge,
+    /// More purges sent with it, under the same generation (a batch of a
+    /// write load's invalidations). Absent from earlier versions, which
+    /// read only `purge`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) purges: Vec<Purge>,
     /// The purge's shared generation ([`generation`]); absent from
     /// instances of earlier versions.
     #[serde(default)]

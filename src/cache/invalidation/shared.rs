@@ -16,11 +16,12 @@ use crate::redis_link::RedisConn;
 /// long as it had left, and until the last entry its index lists expires
 /// — and its announcement on the channel. Nothing is drained: the markers
 /// hide the entries until they expire or are refilled, as for a large
-/// purge; this is what lets a write's invalidation cost one script.
+/// purge; this is what lets a write's invalidation cost one script. One
+/// announcement carries the whole batch.
 ///
 /// KEYS: the counter, then per URI its marker and its index. ARGV: the
-/// markers' least TTL (ms), the channel, then per URI the announcement
-/// before and after its generation. Returns the generation.
+/// markers' least TTL (ms), the channel, the announcement before and after
+/// its generation. Returns the generation.
 pub const INVALIDATE_URIS_LUA: &str = r#"
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
@@ -45,8 +46,8 @@ for i = 1, (#KEYS - 1) / 2 do
   local current = tonumber(redis.call('GET', marker) or '0')
   if current > next then value = string.format('%.0f', current) end
   redis.call('SET', marker, value, 'PX', string.format('%.0f', ttl))
-  redis.call('PUBLISH', ARGV[2], ARGV[1 + 2 * i] .. generation .. ARGV[2 + 2 * i])
 end
+redis.call('PUBLISH', ARGV[2], ARGV[3] .. generation .. ARGV[4])
 return generation
 "#;
 
@@ -71,8 +72,6 @@ pub(super) async fn invalidate_uris(
     invocation.key(tier.generation_key());
     let ttl_ms = u64::try_from(tier.settings().purge_marker_ttl.as_millis()).unwrap_or(u64::MAX);
     invocation.arg(ttl_ms).arg(channel(tier));
-    // The announcement's text around its generation (a sentinel replaced).
-    let sentinel = u64::MAX.to_string();
     for purge in purges {
         let Selection::Uri(uri) = &purge.target else {
             return Err("a batch of URI invalidations named something else".to_owned());
@@ -80,17 +79,23 @@ pub(super) async fn invalidate_uris(
         invocation
             .key(tier.marker('u', uri))
             .key(tier.uri_index(uri));
-        let text = serde_json::to_string(&Announcement {
-            from: instance.to_owned(),
-            purge: purge.clone(),
-            generation: Some(u64::MAX),
-        })
-        .map_err(|e| e.to_string())?;
-        let (before, after) = text
-            .rsplit_once(&sentinel)
-            .ok_or_else(|| "an announcement without its generation".to_owned())?;
-        invocation.arg(before).arg(after);
     }
+    let Some((first, rest)) = purges.split_first() else {
+        return Ok(());
+    };
+    // The announcement's text around its generation (a sentinel replaced).
+    let sentinel = u64::MAX.to_string();
+    let text = serde_json::to_string(&Announcement {
+        from: instance.to_owned(),
+        purge: first.clone(),
+        purges: rest.to_vec(),
+        generation: Some(u64::MAX),
+    })
+    .map_err(|e| e.to_string())?;
+    let (before, after) = text
+        .rsplit_once(&sentinel)
+        .ok_or_else(|| "an announcement without its generation".to_owned())?;
+    invocation.arg(before).arg(after);
     let generation: String = invocation
         .invoke_async(&mut conn)
         .await
@@ -234,6 +239,7 @@ async fn publish(
     let announcement = serde_json::to_string(&Announcement {
         from: instance.to_owned(),
         purge: purge.clone(),
+        purges: Vec::new(),
         generation: Some(generation),
     })
     .map_err(|e| e.to_string())?;
