@@ -72,13 +72,13 @@ pub async fn epoch(conn: &mut RedisConn, key: &str) -> RedisResult<u64> {
         .arg(made.to_string())
         .invoke_async(conn)
         .await?;
-    text.parse().map_err(|_| {
-        redis::RedisError::from((
-            redis::ErrorKind::UnexpectedReturnType,
-            "the Redis epoch is not an integer",
-            text,
-        ))
-    })
+    integer(text, "the Redis epoch is not an integer")
+}
+
+/// A script's integer answer, or an error saying what it was.
+fn integer(text: String, what: &'static str) -> RedisResult<u64> {
+    text.parse()
+        .map_err(|_| redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, what, text)))
 }
 
 /// Takes the next shared generation from the counter at `key`.
@@ -88,13 +88,7 @@ pub async fn next(conn: &mut RedisConn, key: &str) -> RedisResult<u64> {
         .key(key)
         .invoke_async(conn)
         .await?;
-    text.parse().map_err(|_| {
-        redis::RedisError::from((
-            redis::ErrorKind::UnexpectedReturnType,
-            "the purge generation script answered a non-integer",
-            text,
-        ))
-    })
+    integer(text, "the purge generation script answered a non-integer")
 }
 
 /// The clock in the generations' unit (µs since the epoch).

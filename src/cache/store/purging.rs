@@ -53,33 +53,36 @@ pub(super) struct Reclaim {
 
 impl MemoryStore {
     /// The primaries a purge names (all their variants go, or are marked
-    /// stale, together), by shard: each shard's index is read under its
-    /// own lock, one shard at a time.
+    /// stale, together), by shard.
     pub(super) fn select(&self, selection: &Selection) -> Vec<Vec<HashBinary>> {
-        let scope = Scope::of(selection);
-        self.shards
-            .iter()
-            .map(|shard| {
-                let shard = read(shard);
-                named_sets(&shard.index, &scope)
-                    .flat_map(|set| set.iter().copied())
-                    .collect()
-            })
-            .collect()
+        self.per_shard(selection, |sets| {
+            sets.flat_map(|set| set.iter().copied()).collect()
+        })
     }
 
     /// How many primaries a purge names now (without collecting them).
     pub(super) fn count_named(&self, selection: &Selection) -> usize {
+        self.per_shard(selection, |sets| sets.map(|set| set.len()).sum::<usize>())
+            .into_iter()
+            .sum()
+    }
+
+    /// `f` of each shard's index sets that `selection` names, each shard's
+    /// index read under its own lock, one shard at a time.
+    fn per_shard<T>(
+        &self,
+        selection: &Selection,
+        f: impl Fn(&mut dyn Iterator<Item = &KeySet>) -> T,
+    ) -> Vec<T> {
         let scope = Scope::of(selection);
         self.shards
             .iter()
             .map(|shard| {
                 let shard = read(shard);
-                named_sets(&shard.index, &scope)
-                    .map(|set| set.len())
-                    .sum::<usize>()
+                let mut sets = named_sets(&shard.index, &scope);
+                f(&mut sets)
             })
-            .sum()
+            .collect()
     }
 
     /// Removes the variants of `primaries` (grouped by shard) that
