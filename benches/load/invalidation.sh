@@ -14,17 +14,14 @@
 # ratios on/off and hung/off.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. benches/load/setup.sh
 BASE="${1:-b106e4e}"
 DURATION="${2:-5}"
 ROUNDS="${3:-3}"
 scripts/install-deps build-essential cmake pkg-config libssl-dev nginx wrk redis-server curl bc
 cargo build --release --locked --bin tollgate >&2
-BASE_DIR="/tmp/tollgate-base-$(git rev-parse --short "$BASE")"
-if [ ! -x "$BASE_DIR/target/release/tollgate" ]; then
-  [ -d "$BASE_DIR" ] || git worktree add -f "$BASE_DIR" "$BASE" >&2
-  (cd "$BASE_DIR" && cargo build --release --locked --bin tollgate >&2)
-fi
-declare -A BIN=([today]="target/release/tollgate" [base]="$BASE_DIR/target/release/tollgate")
+BASE_BIN=$(base_binary "$BASE")
+declare -A BIN=([today]="target/release/tollgate" [base]="$BASE_BIN")
 
 WORK="$(mktemp -d /tmp/tollgate-invalidation.XXXXXX)"
 chmod 755 "$WORK"
@@ -32,21 +29,9 @@ ORIGIN=127.0.0.1:18681
 PROXY=127.0.0.1:18680
 ADMIN=127.0.0.1:18682
 REDIS_PORT=18686
-cat > "$WORK/origin.conf" <<NGX
-worker_processes 1;
-pid $WORK/origin.pid;
-error_log $WORK/origin-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen $ORIGIN reuseport;
-    default_type application/json;
-    location /items/ { add_header Cache-Control "max-age=300"; return 200 '{"ok":true}'; }
-  }
-}
-NGX
+origin_locations "$WORK" "$ORIGIN" \
+  '    location /items/ { add_header Cache-Control "max-age=300"; return 200 '"'"'{"ok":true}'"'"'; }' \
+  > "$WORK/origin.conf"
 cat > "$WORK/post.lua" <<'LUA'
 local n = 0
 request = function()

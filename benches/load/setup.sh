@@ -65,3 +65,16 @@ $3
 }
 NGX
 }
+
+# base_binary BASE: the path of a release build of commit BASE, made in a
+# git worktree under /tmp (kept between runs, with its target directory,
+# so a second run does not rebuild it). For today-against-base runs.
+base_binary() {
+  local dir
+  dir="/tmp/tollgate-base-$(git rev-parse --short "$1")"
+  if [ ! -x "$dir/target/release/tollgate" ]; then
+    [ -d "$dir" ] || git worktree add -f "$dir" "$1" >&2
+    (cd "$dir" && cargo build --release --locked --bin tollgate >&2)
+  fi
+  echo "$dir/target/release/tollgate"
+}

@@ -25,12 +25,8 @@ ROUNDS="${3:-3}"
 SCENARIO="${SCENARIO:-hits}"
 scripts/install-deps build-essential cmake pkg-config libssl-dev nginx wrk
 cargo build --release --locked --bin tollgate >&2
-BASE_DIR="/tmp/tollgate-base-$(git rev-parse --short "$BASE")"
-if [ ! -x "$BASE_DIR/target/release/tollgate" ]; then
-  [ -d "$BASE_DIR" ] || git worktree add -f "$BASE_DIR" "$BASE" >&2
-  (cd "$BASE_DIR" && cargo build --release --locked --bin tollgate >&2)
-fi
-declare -A BIN=([today]="${TODAY_DIR:-.}/target/release/tollgate" [base]="$BASE_DIR/target/release/tollgate")
+BASE_BIN=$(base_binary "$BASE")
+declare -A BIN=([today]="${TODAY_DIR:-.}/target/release/tollgate" [base]="$BASE_BIN")
 
 WORK="$(mktemp -d /tmp/tollgate-store.XXXXXX)"
 chmod 755 "$WORK"

@@ -7,8 +7,7 @@
 mod respond;
 mod steps;
 
-use crate::cache::invalidation::answered as invalidate;
-use crate::cache::{self, vary};
+use crate::cache::{self, invalidation::answered as invalidate, vary};
 use crate::compression;
 use crate::ctx::RequestCtx;
 use crate::errors::ErrorResponse;
