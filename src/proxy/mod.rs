@@ -541,11 +541,7 @@ impl ProxyHttp for Proxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let code = respond::failure(session, e, ctx).await;
-        FailToProxy {
-            error_code: code,
-            can_reuse_downstream: false,
-        }
+        respond::failure(session, e, ctx).await
     }
 
     /// Metrics, the access log, the slow-request log, and invalidation after

@@ -11,7 +11,7 @@ use crate::headers;
 use crate::ratelimit;
 use crate::template::Values;
 use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
+use pingora::proxy::{FailToProxy, Session};
 use pingora::{Error, Result};
 
 /// What every response from an upstream or the cache gets on its way out:
@@ -287,16 +287,17 @@ async fn stream_decoded(
 }
 
 /// Answers a failed request with the JSON error `errors::classify` maps it
-/// to, unless the client is gone or the response had already started;
-/// returns the status to log (0: the client was gone).
+/// to, unless the client is gone or the response had already started.
 ///
-/// The answer says `Connection: close`, and the connection is closed:
-/// after a failure on the upstream path Pingora closes the client's
-/// connection whatever `fail_to_proxy` answers (pingora-proxy 0.9
-/// `lib.rs`, `process_request` hands `finish` the upstream's `server_reuse`,
-/// false after any upstream error, and reads `can_reuse_downstream` only
-/// in `handle_error`), so announcing keep-alive would be a lie.
-pub async fn failure(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> u16 {
+/// The connection is kept when the answer went out whole and what is left
+/// of the request body is known and small enough to drain
+/// ([`keeps_connection`]), or was read whole, and the failure was not in
+/// reading the request: an error from a flaky
+/// backend must not cost the client a new connection (and handshake).
+/// Pingora reuses the connection on our word (`can_reuse_downstream`,
+/// patch 0001 in `pingora-patched/PATCHES.md`); otherwise the answer says
+/// `Connection: close`. The status to log is 0 when the client was gone.
+pub async fn failure(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
     let route = ctx.route();
     let cx = ctx
         .upstream
@@ -308,10 +309,17 @@ pub async fn failure(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> 
     } else {
         errors::classify(e, &cx)
     };
+    let mut kept = false;
     let code = match classified {
         Some(resp) if session.response_written().is_none() => {
-            if let Err(write_err) = write_error(session, ctx, &resp, false).await {
-                log::debug!("could not send {} to the client: {write_err}", resp.status);
+            // A request whose own reading failed leaves nothing to trust.
+            let keep = *e.esource() != pingora::ErrorSource::Downstream
+                && (session.as_mut().is_body_done() || keeps_connection(session));
+            match write_error(session, ctx, &resp, keep).await {
+                Ok(()) => kept = keep,
+                Err(write_err) => {
+                    log::debug!("could not send {} to the client: {write_err}", resp.status)
+                }
             }
             resp.status
         }
@@ -319,5 +327,8 @@ pub async fn failure(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> 
         None => 0,
     };
     ctx.error_status = Some(code);
-    code
+    FailToProxy {
+        error_code: code,
+        can_reuse_downstream: kept,
+    }
 }

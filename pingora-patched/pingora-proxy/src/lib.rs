@@ -1327,8 +1327,10 @@ where
         };
 
         let final_error = if let Some((reuse, stale_cache_error)) = serve_stale_result {
-            // don't reuse server conn if serve stale polluted it
-            server_reuse = server_reuse && reuse;
+            // The failed attempt wrote nothing downstream (stale is served only then), so
+            // whether the downstream can be reused is what serving the stale answer says:
+            // it announced keep-alive or close on that basis.
+            server_reuse = reuse;
             stale_cache_error
         } else {
             proxy_error
@@ -1345,6 +1347,9 @@ where
                 session.cache.disable(reason);
             }
             let res = self.inner.fail_to_proxy(&mut session, e, &mut ctx).await;
+            // As in `handle_error`: the error answer's writer knows whether the downstream
+            // can be reused after it.
+            server_reuse = server_reuse || res.can_reuse_downstream;
 
             // final error will have > 0 status unless downstream connection is dead
             if !self.inner.suppress_error_log(&session, &ctx, e) {

@@ -1,0 +1,96 @@
+//! The Pingora defects tollgate carries patches for
+//! (`pingora-patched/PATCHES.md`), each seen from the client's side. Every
+//! test here fails on unpatched Pingora 0.9.1; the patch it guards is named
+//! in its doc comment.
+
+mod common;
+use common::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+fn reply(status: u16, headers: &[(&str, &str)], body: &str) -> Action {
+    Action::Reply(Reply {
+        status,
+        headers: headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect(),
+        body: body.as_bytes().to_vec(),
+    })
+}
+
+fn cached_route(up: &TestUpstream, route: &str) -> TollgateProcess {
+    TollgateProcess::start(&format!(
+        "upstreams:\n  api: {{ backends: [\"{}\"], max_fails: 0 }}\n\
+         routes:\n  - {{ name: api, upstream: api, {route} }}\n",
+        up.addr
+    ))
+}
+
+/// Patch 0001 (keep-alive after an upstream error): a route-timeout 504
+/// for a bodiless request is an ordinary answer; the client's connection
+/// stays open for its next request, as nginx and HAProxy keep it. So does
+/// a 502 from a backend that hangs up.
+#[test]
+fn an_upstream_error_answer_keeps_the_connection_alive() {
+    let up = TestUpstream::start(|req| match req.path.as_str() {
+        "/slow" => Action::ReplyWhenReleased(Reply::ok("late")),
+        "/hangup" => Action::Close,
+        _ => Action::Reply(Reply::ok("fine")),
+    });
+    let proxy = TollgateProcess::start(&format!(
+        "upstreams:\n  api: {{ backends: [\"{}\"], max_fails: 0 }}\n\
+         routes:\n  - {{ name: api, upstream: api, timeouts: {{ total: 300ms }} }}\n",
+        up.addr
+    ));
+    let mut client = KeptAlive::open(proxy.addr).expect("connect");
+    let timed_out = client.send("GET", "/slow", &[], b"").expect("the 504");
+    assert_eq!(timed_out.status, 504, "{}", timed_out.text());
+    assert_ne!(timed_out.header("connection"), Some("close"));
+    let next = client
+        .send("GET", "/next", &[], b"")
+        .expect("the next request on the same connection is answered");
+    assert_eq!((next.status, next.text().as_str()), (200, "fine"));
+    let hung_up = client.send("GET", "/hangup", &[], b"").expect("the 502");
+    assert_eq!(hung_up.status, 502, "{}", hung_up.text());
+    let after = client
+        .send("GET", "/after", &[], b"")
+        .expect("the connection outlives the 502 too");
+    assert_eq!(after.status, 200);
+}
+
+/// Patch 0001, the stale-if-error half: a stale answer served because the
+/// upstream failed (hung up, or answered 503) says `Connection:
+/// keep-alive` and keeps its word: each next request on the connection is
+/// answered. Before the patch the connection was closed after an answer
+/// that announced keep-alive, and a client's next request on it failed.
+#[test]
+fn a_stale_if_error_answer_never_announces_keep_alive_and_then_closes() {
+    let calls = AtomicUsize::new(0);
+    let up = TestUpstream::start(move |_| match calls.fetch_add(1, Ordering::SeqCst) {
+        0 => reply(
+            200,
+            &[("Cache-Control", "max-age=0, stale-if-error=600")],
+            "v1",
+        ),
+        n if n % 2 == 1 => Action::Close,
+        _ => reply(503, &[], "down"),
+    });
+    let proxy = cached_route(&up, "cache: { default_ttl: 60s }");
+    let mut client = KeptAlive::open(proxy.addr).expect("connect");
+    let filled = client.send("GET", "/page", &[], b"").expect("the fill");
+    assert_eq!(filled.text(), "v1");
+    for round in 0..4 {
+        let stale = client
+            .send("GET", "/page", &[], b"")
+            .unwrap_or_else(|e| panic!("round {round}: the connection was closed: {e}"));
+        assert_eq!(stale.text(), "v1", "round {round}: served stale");
+        match stale.header("connection") {
+            Some(c) if c.eq_ignore_ascii_case("close") => {
+                assert!(client.closed_by_peer(), "round {round}: said close");
+                return;
+            }
+            _ => {} // kept alive: the next round sends on it
+        }
+    }
+    assert!(up.count() >= 5, "every round asked the upstream first");
+}
