@@ -89,9 +89,8 @@ fn a_date_in_the_past_makes_a_response_older() {
 }
 
 /// §4, §5.1: every response from the cache carries `Age`, and it counts
-/// from the upstream's `Date` (§4.2.3). The `Date` a client sees is the one
-/// Pingora's HTTP/1 writer stamps on every response (see docs/DECISIONS.md):
-/// `Age` is what carries the stored response's age downstream.
+/// from the upstream's `Date` (§4.2.3), which the hit keeps
+/// (`pingora_patches::a_cached_response_keeps_the_origins_date`).
 #[test]
 fn age_is_sent_on_every_hit_and_counts_from_the_upstreams_date() {
     let up = TestUpstream::start(|_| {

@@ -6,6 +6,7 @@
 mod common;
 use common::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
 
 fn reply(status: u16, headers: &[(&str, &str)], body: &str) -> Action {
     Action::Reply(Reply {
@@ -93,4 +94,41 @@ fn a_stale_if_error_answer_never_announces_keep_alive_and_then_closes() {
         }
     }
     assert!(up.count() >= 5, "every round asked the upstream first");
+}
+
+fn http_date(offset_secs: u64) -> String {
+    httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(offset_secs))
+}
+
+/// Patch 0002 (`Date` kept): a response's `Date` is when its origin made
+/// it (RFC 9110 §6.6.1), so a cached answer carries the origin's `Date`
+/// on the miss and on every hit (RFC 9111 §4; `Age` says how long it has
+/// been stored); a response without one gets the proxy's clock.
+#[test]
+fn a_cached_response_keeps_the_origins_date() {
+    let origin_date = http_date(30);
+    let date = origin_date.clone();
+    let up = TestUpstream::start(move |req| match req.path.as_str() {
+        "/dated" => reply(
+            200,
+            &[("Cache-Control", "max-age=600"), ("Date", &date)],
+            "x",
+        ),
+        _ => reply(200, &[("Cache-Control", "max-age=600")], "y"),
+    });
+    let proxy = cached_route(&up, "cache: { default_ttl: 60s }");
+    let miss = get(proxy.addr, "/dated").expect("miss");
+    assert_eq!(miss.header("date"), Some(origin_date.as_str()), "the miss");
+    let hit = get(proxy.addr, "/dated").expect("hit");
+    assert_eq!(up.count(), 1, "the second answer came from the cache");
+    assert_eq!(hit.header("date"), Some(origin_date.as_str()), "the hit");
+    let age: u64 = hit.header("age").expect("Age").parse().expect("age");
+    assert!(age >= 30, "the age counts from the origin's Date: {age}");
+    let undated = get(proxy.addr, "/undated").expect("undated");
+    let stamped = undated.header("date").expect("a Date is added");
+    let stamped = httpdate::parse_http_date(stamped).expect("an HTTP-date");
+    let drift = SystemTime::now()
+        .duration_since(stamped)
+        .unwrap_or(Duration::ZERO);
+    assert!(drift < Duration::from_secs(300), "the proxy's clock");
 }
