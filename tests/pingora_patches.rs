@@ -5,6 +5,7 @@
 
 mod common;
 use common::*;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -131,4 +132,66 @@ fn a_cached_response_keeps_the_origins_date() {
         .duration_since(stamped)
         .unwrap_or(Duration::ZERO);
     assert!(drift < Duration::from_secs(300), "the proxy's clock");
+}
+
+/// One HTTP/2 (prior knowledge) GET on its own connection: the status and
+/// body.
+async fn h2_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (send, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri(format!("http://localhost{path}"))
+        .body(())
+        .expect("request");
+    let mut send = send.ready().await.expect("ready");
+    let (response, _) = send.send_request(req, true).expect("send");
+    let response = response.await.expect("response");
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("body");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        text.extend_from_slice(&chunk);
+    }
+    (status, String::from_utf8_lossy(&text).into_owned())
+}
+
+/// Patch 0003 (background refreshes for HTTP/2 clients): a stale entry
+/// served to an HTTP/2 client within `stale-while-revalidate` is
+/// refreshed in the background, once; the next request sees the new body
+/// without asking the upstream again. Before the patch the refresh was
+/// rebuilt with the request line `HTTP/2`, which the HTTP/1 parser
+/// refused, and never ran.
+#[test]
+fn a_stale_entry_served_to_an_http2_client_is_refreshed_in_the_background() {
+    let calls = AtomicUsize::new(0);
+    let up = TestUpstream::start(move |_| match calls.fetch_add(1, Ordering::SeqCst) {
+        0 => reply(
+            200,
+            &[("Cache-Control", "max-age=0, stale-while-revalidate=600")],
+            "v1",
+        ),
+        _ => reply(200, &[("Cache-Control", "max-age=600")], "v2"),
+    });
+    let proxy = TollgateProcess::start_with_listener(
+        |port| format!("{{ address: \"127.0.0.1:{port}\", h2c: true }}"),
+        &format!(
+            "upstreams:\n  api: {{ backends: [\"{}\"], max_fails: 0 }}\n\
+             routes:\n  - {{ name: api, upstream: api, cache: {{ default_ttl: 60s }} }}\n",
+            up.addr
+        ),
+    );
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let h2 = |path| rt.block_on(h2_get(proxy.addr, path));
+    assert_eq!(h2("/swr"), (200, "v1".to_owned()));
+    assert_eq!(h2("/swr"), (200, "v1".to_owned()), "served stale");
+    proxy.wait_metric(
+        "tollgate_cache_background_refreshes_total{route=\"api\",status=\"200\"}",
+        1.0,
+    );
+    assert_eq!(up.count(), 2, "one background fetch");
+    assert_eq!(h2("/swr"), (200, "v2".to_owned()));
+    assert_eq!(up.count(), 2, "the refreshed entry answered");
 }

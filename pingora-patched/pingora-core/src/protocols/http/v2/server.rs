@@ -21,7 +21,7 @@ use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use http::header::HeaderName;
 use http::uri::PathAndQuery;
-use http::{header, HeaderMap, Response, StatusCode};
+use http::{header, HeaderMap, Response, StatusCode, Version};
 use log::{debug, warn};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_timeout::timeout;
@@ -857,12 +857,26 @@ impl HttpSession {
     // This is a hack for pingora-proxy to create subrequests from h2 server session
     // TODO: be able to convert from h2 to h1 subrequest
     pub fn pseudo_raw_h1_request_header(&self) -> Bytes {
+        // The pseudo header is parsed by the HTTP/1 parser (subrequests such
+        // as stale-while-revalidate refreshes), which rejects a request line
+        // saying `HTTP/2`: write it as HTTP/1.1, and carry `:authority` as
+        // `Host` when the client sent no `Host` (RFC 9113 §8.3.1).
+        let mut h1_header = self.request_header.clone();
+        h1_header.set_version(Version::HTTP_11);
+        if !h1_header.headers.contains_key(header::HOST) {
+            if let Some(authority) = h1_header.uri.authority().map(|a| a.as_str().to_owned()) {
+                // An authority that is not a valid field value is left out:
+                // the HTTP/1 parser then sees what an HTTP/1 client without
+                // `Host` would have sent.
+                let _ = h1_header.insert_header(header::HOST, authority);
+            }
+        }
         // `http_req_header_to_wire` returns `None` for an unsupported HTTP
         // version or a request target containing forbidden delimiter bytes.
-        // Neither should happen here: H2 sessions always carry `HTTP_2`, and
-        // forbidden targets are rejected when the session is created (see
+        // Neither should happen here: the version is HTTP/1.1, and forbidden
+        // targets are rejected when the session is created (see
         // `from_h2_conn`).
-        http_req_header_to_wire(&self.request_header)
+        http_req_header_to_wire(&h1_header)
             .map(|buf| buf.freeze())
             .expect("http_req_header_to_wire should not fail for a validated h2 request")
     }
