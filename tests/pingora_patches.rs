@@ -5,8 +5,10 @@
 
 mod common;
 use common::*;
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 fn reply(status: u16, headers: &[(&str, &str)], body: &str) -> Action {
@@ -194,4 +196,108 @@ fn a_stale_entry_served_to_an_http2_client_is_refreshed_in_the_background() {
     assert_eq!(up.count(), 2, "one background fetch");
     assert_eq!(h2("/swr"), (200, "v2".to_owned()));
     assert_eq!(up.count(), 2, "the refreshed entry answered");
+}
+
+/// A backend that accepts a WebSocket upgrade and then never says a word;
+/// it reads (and drops) whatever the client sends. How many upgrades it
+/// accepted.
+fn silent_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let upgrades = Arc::new(AtomicUsize::new(0));
+    let counted = upgrades.clone();
+    let addr = serve_connections(move |mut socket| {
+        let counted = counted.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                match socket.read_u8().await {
+                    Ok(b) if head.len() < 16 * 1024 => head.push(b),
+                    _ => return,
+                }
+            }
+            let head = String::from_utf8_lossy(&head);
+            let Some(key) = head
+                .lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-key"))
+                .map(|(_, key)| key.trim().to_owned())
+            else {
+                return;
+            };
+            let accept =
+                tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let answer = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            );
+            if socket.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+            counted.fetch_add(1, Ordering::SeqCst);
+            let mut sink = [0u8; 4096];
+            while matches!(socket.read(&mut sink).await, Ok(n) if n > 0) {}
+        }
+    });
+    (addr, upgrades)
+}
+
+/// Patch 0004 (tunnel idle bound): `timeouts.idle` ends a tunnel to a
+/// backend that stays silent, also while the client keeps sending. Before
+/// the patch each client read re-armed the backend's read timer, so the
+/// tunnel lived as long as the client talked.
+#[test]
+fn a_tunnel_to_a_silent_backend_ends_after_idle_while_the_client_sends() {
+    let (backend, upgrades) = silent_backend();
+    let proxy = TollgateProcess::start(&format!(
+        "upstreams:\n  ws: {{ backends: [\"{backend}\"] }}\n\
+         routes:\n  - {{ name: ws, upstream: ws, timeouts: {{ total: 1s, idle: 500ms }} }}\n"
+    ));
+    let mut client = TcpStream::connect(proxy.addr).expect("connect");
+    client
+        .write_all(
+            b"GET /chat HTTP/1.1\r\nHost: test.local\r\nUpgrade: websocket\r\n\
+              Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+              Sec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .expect("upgrade request");
+    let answer = client::read_response_from(&mut client).expect("the 101");
+    assert_eq!(answer.status, 101);
+    assert_eq!(upgrades.load(Ordering::SeqCst), 1);
+    proxy.wait_metric("tollgate_tunnels_open", 1.0);
+    // A masked WebSocket ping every 100 ms (the idle bound is 500 ms),
+    // until tollgate ends the tunnel or 20 s pass.
+    client
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let ping = [0x89u8, 0x80, 1, 2, 3, 4];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut ended = false;
+    let mut byte = [0u8; 64];
+    while std::time::Instant::now() < deadline {
+        if client.write_all(&ping).is_err() {
+            ended = true;
+            break;
+        }
+        match client.read(&mut byte) {
+            Ok(0) => {
+                ended = true;
+                break;
+            }
+            Ok(_) => {} // nothing is expected from a silent backend
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => {
+                ended = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        ended,
+        "the tunnel outlived its idle bound while the client talked"
+    );
+    proxy.wait_metric("tollgate_tunnels_open", 0.0);
 }

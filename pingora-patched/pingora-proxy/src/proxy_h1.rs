@@ -261,11 +261,21 @@ where
         let mut upstream_can_reuse = true;
         let mut send_error = None;
         let mut upgraded = false;
+        // An upgraded (tunnelled) connection is idle when the upstream sends
+        // nothing for `read_timeout`. The read below is restarted whenever
+        // the downstream side sends, which re-arms its own timer, so the
+        // bound is kept here from the last upstream read.
+        let mut upstream_read_at = time::Instant::now();
 
         /* duplex mode, wait for either to complete */
         while !request_done || !response_done {
+            let upgraded_idle_deadline = client_session
+                .read_timeout
+                .filter(|_| upgraded && !response_done)
+                .map(|idle| upstream_read_at + idle);
             tokio::select! {
                 res = client_session.read_response_task(), if !response_done => {
+                    upstream_read_at = time::Instant::now();
                     match res {
                         Ok(task) => {
                             response_done = task.is_end();
@@ -348,6 +358,17 @@ where
                         }
                     }
                 },
+
+                _ = time::sleep_until(upgraded_idle_deadline.unwrap_or(upstream_read_at)),
+                    if upgraded_idle_deadline.is_some() => {
+                    let e = Error::explain(
+                        ReadTimedout,
+                        "upstream sent nothing on the upgraded connection within read_timeout",
+                    );
+                    // Don't care if send fails: downstream already gone
+                    let _ = tx.send(HttpTask::Failed(e.into_up())).await;
+                    return Ok(false);
+                }
 
                 else => {
                     // this shouldn't be reached as the while loop would already exit
