@@ -301,3 +301,47 @@ fn a_tunnel_to_a_silent_backend_ends_after_idle_while_the_client_sends() {
     );
     proxy.wait_metric("tollgate_tunnels_open", 0.0);
 }
+
+/// Patch 0005 (h2c preface peek): an HTTP/1 request shorter than the
+/// 24-byte HTTP/2 preface, on a listener that also takes h2c, is answered
+/// at once; before the patch the listener waited for bytes that never
+/// came (until `header_timeout`, here far longer than the client waits).
+#[test]
+fn a_short_http1_request_on_an_h2c_listener_is_answered() {
+    let up = TestUpstream::fixed("fine");
+    let proxy = TollgateProcess::start_with_listener(
+        |port| format!("{{ address: \"127.0.0.1:{port}\", h2c: true }}"),
+        &format!(
+            "limits: {{ header_timeout: 60s }}\n\
+             upstreams:\n  api: {{ backends: [\"{}\"] }}\n\
+             routes:\n  - {{ name: api, upstream: api }}\n",
+            up.addr
+        ),
+    );
+    for request in [
+        &b"GET / HTTP/1.0\r\n\r\n"[..],  // 18 bytes
+        &b"GET / HTTP/1.0\r\n\n"[..],    // 17 bytes
+        &b"GET / HTTP/1.0\n\n"[..],      // 16 bytes, bare line feeds
+        &b"PUT / HTTP/1.0\r\n\r\n"[..],  // its first byte is the preface's
+        &b"PRI / HTTP/1.0\r\n\r\n"[..],  // four bytes of the preface
+        &b"HEAD / HTTP/1.0\r\n\r\n"[..], // 19 bytes
+    ] {
+        let mut client = TcpStream::connect(proxy.addr).expect("connect");
+        client
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .expect("timeout");
+        client.write_all(request).expect("send");
+        let mut first = [0u8; 7];
+        let text = String::from_utf8_lossy(request);
+        match client.read_exact(&mut first) {
+            Ok(()) => assert_eq!(&first, b"HTTP/1.", "{text:?}"),
+            Err(e) => panic!("{text:?} was not answered: {e}"),
+        }
+    }
+    // HTTP/2 with prior knowledge still works on the same listener.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    assert_eq!(
+        rt.block_on(h2_get(proxy.addr, "/")),
+        (200, "fine".to_owned())
+    );
+}

@@ -23,7 +23,7 @@ pub use stream::TimedHeads;
 use crate::metrics::Metrics;
 use crate::state::AppState;
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use pingora::apps::{peek_h2c_preface, ServerApp};
 use pingora::protocols::{Shutdown, ALPN};
 use pingora::server::ShutdownWatch;
 use std::collections::HashMap;
@@ -213,16 +213,20 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionGate<A> {
         // the head deadline is closed.
         let accepted = tokio::time::Instant::now();
         let mut first = [0u8; 1];
-        peek_within(&mut io, &mut first, limits.header_timeout, metrics).await?;
+        let peeked = tokio::time::timeout(limits.header_timeout, io.try_peek(&mut first)).await;
+        settle_peek(&mut io, peeked, metrics).await?;
         // What is left of the first head's time, counted from the accept.
         let left = limits.header_timeout.saturating_sub(accepted.elapsed());
         let mut http2 = io.selected_alpn_proto() == Some(ALPN::H2);
         if self.h2c && io.get_ssl_digest().is_none() {
-            // Pingora reads the same 24 bytes next (they are rewound) to
-            // choose HTTP/2 or HTTP/1.1, and would wait for them forever.
-            let mut preface = [0u8; H2_PREFACE.len()];
-            peek_within(&mut io, &mut preface, left, metrics).await?;
-            http2 = preface == *H2_PREFACE;
+            // Pingora peeks the same bytes next (they stay in the stream)
+            // to choose HTTP/2 or HTTP/1.1, with the same helper (Pingora
+            // patch 0005): it stops at the first byte that is not the
+            // preface's, so only a client sending the preface slowly waits
+            // here, within the head deadline. A stream that cannot be
+            // peeked is taken for HTTP/2, as Pingora takes it.
+            let peeked = tokio::time::timeout(left, peek_h2c_preface(&mut io)).await;
+            http2 = settle_peek(&mut io, peeked, metrics).await?.unwrap_or(true);
         }
         let left = limits.header_timeout.saturating_sub(accepted.elapsed());
         let io: pingora::protocols::Stream = Box::new(TimedHeads::new(
@@ -240,17 +244,16 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionGate<A> {
     }
 }
 
-/// Waits up to `limit` for `buf.len()` bytes without taking them from the
-/// stream; `None` when the peer closed (or failed), or — counted as a head
-/// timeout, the connection shut down — when they did not come in time.
-async fn peek_within(
+/// What a peek bounded by the head deadline came to: its value; `None`
+/// when the peer closed (or failed), or — counted as a head timeout, the
+/// connection shut down — when the bytes did not come in time.
+async fn settle_peek<T>(
     io: &mut pingora::protocols::Stream,
-    buf: &mut [u8],
-    limit: Duration,
+    peeked: Result<std::io::Result<T>, tokio::time::error::Elapsed>,
     metrics: &Metrics,
-) -> Option<()> {
-    match tokio::time::timeout(limit, io.try_peek(buf)).await {
-        Ok(Ok(_)) => Some(()),
+) -> Option<T> {
+    match peeked {
+        Ok(Ok(value)) => Some(value),
         Ok(Err(_)) => None,
         Err(_) => {
             metrics.header_timeouts.inc();
@@ -259,9 +262,6 @@ async fn peek_within(
         }
     }
 }
-
-/// The client connection preface of HTTP/2 (RFC 9113 §3.4).
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// `tollgate_client_connections` up for as long as the connection is served.
 struct OpenGauge(prometheus::IntGauge);

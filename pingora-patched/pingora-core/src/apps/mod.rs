@@ -33,6 +33,27 @@ use crate::protocols::ALPN;
 // https://datatracker.ietf.org/doc/html/rfc9113#section-3.4
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// Whether a cleartext stream starts with the HTTP/2 connection preface
+/// (RFC 9113 §3.4), peeked without consuming anything.
+///
+/// Peeks only as many bytes as it takes to tell: `Ok(Some(false))` at the
+/// first byte that differs from the preface, so an HTTP/1 request shorter
+/// than the 24-byte preface (`GET / HTTP/1.0\r\n\r\n`) is not left waiting
+/// for bytes that will never come. `Ok(None)` when the stream does not
+/// support peeking.
+pub async fn peek_h2c_preface(stream: &mut Stream) -> std::io::Result<Option<bool>> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    for len in 1..=H2_PREFACE.len() {
+        if !stream.try_peek(&mut buf[..len]).await? {
+            return Ok(None);
+        }
+        if buf[len - 1] != H2_PREFACE[len - 1] {
+            return Ok(Some(false));
+        }
+    }
+    Ok(Some(true))
+}
+
 #[async_trait]
 /// This trait defines the interface of a transport layer (TCP or TLS) application.
 pub trait ServerApp {
@@ -280,9 +301,7 @@ where
         }
         // try to read h2 preface
         else if h2c && !custom {
-            let mut buf = [0u8; H2_PREFACE.len()];
-            let peeked = stream
-                .try_peek(&mut buf)
+            let is_preface = peek_h2c_preface(&mut stream)
                 .await
                 .map_err(|e| {
                     // this error is normal when h1 reuse and close the connection
@@ -291,9 +310,9 @@ where
                 })
                 .ok()?;
             // not all streams support peeking
-            if peeked {
+            if let Some(is_preface) = is_preface {
                 // turn off h2c (use h1) if h2 preface doesn't exist
-                h2c = buf == H2_PREFACE;
+                h2c = is_preface;
             }
         }
         if h2c || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
