@@ -8,17 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 
-fn reply(status: u16, headers: &[(&str, &str)], body: &str) -> Action {
-    Action::Reply(Reply {
-        status,
-        headers: headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect(),
-        body: body.as_bytes().to_vec(),
-    })
-}
-
 /// The API behind the cache: each path shows one caching rule.
 fn origin(failing: Arc<AtomicBool>) -> TestUpstream {
     TestUpstream::start(move |req| {

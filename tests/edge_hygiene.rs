@@ -10,17 +10,6 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-fn reply(status: u16, headers: &[(&str, &str)], body: &str) -> Action {
-    Action::Reply(Reply {
-        status,
-        headers: headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect(),
-        body: body.as_bytes().to_vec(),
-    })
-}
-
 /// An upstream that answers with the path it received.
 fn echo_path() -> TestUpstream {
     TestUpstream::start(|req| reply(200, &[], &req.path))

@@ -11,17 +11,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-fn reply(status: u16, headers: &[(&str, &str)], body: &str) -> Action {
-    Action::Reply(Reply {
-        status,
-        headers: headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect(),
-        body: body.as_bytes().to_vec(),
-    })
-}
-
 fn cached_route(up: &TestUpstream, route: &str) -> TollgateProcess {
     TollgateProcess::start(&format!(
         "upstreams:\n  api: {{ backends: [\"{}\"], max_fails: 0 }}\n\

@@ -14,17 +14,6 @@ use tollgate::ratelimit::identity::hash_key;
 const ACME: &str = "acme-secret-key";
 const GLOBEX: &str = "globex-secret-key";
 
-fn reply(status: u16, headers: &[(&str, &str)], body: &str) -> Action {
-    Action::Reply(Reply {
-        status,
-        headers: headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_string()))
-            .collect(),
-        body: body.as_bytes().to_vec(),
-    })
-}
-
 /// Two tenants (`acme`, `globex`) in tier `pro`, anonymous clients in
 /// `free` unless `anonymous` says otherwise, `rate_limit` settings, and
 /// one cached route in front of `up`.

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub use client::{get, request, send_raw, KeptAlive, Response};
-pub use upstream::{Action, Reply, TestUpstream};
+pub use upstream::{reply, Action, Reply, TestUpstream};
 
 /// The admin token every test proxy runs with.
 pub const ADMIN_TOKEN: &str = "test-admin-token";

@@ -33,6 +33,18 @@ impl Recorded {
     }
 }
 
+/// The upstream's answer `status` with `headers` and a text `body`.
+pub fn reply(status: u16, headers: &[(&str, &str)], body: &str) -> Action {
+    Action::Reply(Reply {
+        status,
+        headers: headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect(),
+        body: body.as_bytes().to_vec(),
+    })
+}
+
 /// A reply: status, extra headers and body.
 #[derive(Debug, Clone)]
 pub struct Reply {
