@@ -88,6 +88,10 @@ pub struct RequestCtx {
     /// `grpc-status` of the answer (its trailers, or a trailers-only
     /// header), for the access line and metrics.
     pub grpc_status: Option<u16>,
+    /// Why the request's `Connection` header is refused, found when its
+    /// nominated fields were removed (before anything read the request);
+    /// answered as a 400 by the first step that can answer.
+    pub connection_problem: Option<crate::connection_options::ConnectionProblem>,
     /// `tollgate_requests_in_flight`, released early for a subrequest.
     in_flight: Option<InFlightGuard>,
 }
@@ -122,6 +126,7 @@ impl RequestCtx {
             upgrade: false,
             tunnel: None,
             grpc_status: None,
+            connection_problem: None,
             in_flight: Some(InFlightGuard::new(in_flight)),
         }
     }

@@ -75,13 +75,17 @@ impl ProxyHttp for Proxy {
         compression::register(modules);
     }
 
-    /// Runs before the modules read the request: compression levels, and
-    /// in-order answers to pipelined requests.
+    /// Runs before the modules read the request: the fields the client's
+    /// `Connection` nominates go (RFC 9110 §7.6.1; refused in `accept`
+    /// when they cannot), compression levels, and in-order answers to
+    /// pipelined requests.
     async fn early_request_filter(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        ctx.connection_problem =
+            crate::connection_options::strip_nominated(session.req_header_mut()).err();
         compression::on_request(session, ctx.gateway.config.compression.as_ref());
         // Pipelined HTTP/1.1 requests are answered in order (RFC 9112
         // §9.3.2) rather than dropped after the first response.

@@ -48,6 +48,9 @@ pub(super) fn accept(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), 
     ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
     let req = session.req_header();
     ctx.request_id = Some(headers::request_id(req.headers.get(headers::X_REQUEST_ID)));
+    if let Some(problem) = ctx.connection_problem {
+        return Err(ErrorResponse::bad_request(problem.message()));
+    }
     let config = &ctx.gateway.config;
     let limits = &config.limits;
     if req.raw_path().len() > limits.max_uri_length {

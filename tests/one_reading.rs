@@ -1,0 +1,171 @@
+//! One reading, third round (issue 38): what tollgate routes on, keys,
+//! varies and vouches for is what the upstream receives. Each test is
+//! written as the attacker sends it and checks what the upstream, or the
+//! next client, sees.
+
+mod common;
+use common::upstream::Recorded;
+use common::*;
+use tollgate::ratelimit::identity::hash_key;
+
+const ACME: &str = "acme-secret-key";
+
+/// Tenant `acme` by API key, and one route that sets `X-Route` on the
+/// request it forwards.
+fn vouching_config(up: &TestUpstream) -> String {
+    format!(
+        "tiers:
+  pro: {{ per_minute: 10000 }}
+tenants:
+  acme: {{ tier: pro, api_keys: [\"{}\"] }}
+anonymous: {{ tier: pro }}
+upstreams:
+  api: {{ backends: [\"{}\"] }}
+routes:
+  - name: api
+    upstream: api
+    headers: {{ request: {{ set: {{ X-Route: api }} }} }}
+",
+        hash_key(ACME),
+        up.addr
+    )
+}
+
+/// Every field tollgate writes on the forwarded request, with the value
+/// the upstream must see (a `contains` check), and the forged copy the
+/// attacker sends, which must not reach it (`Via` is a list tollgate
+/// appends to: the client's entry stays unless nominated).
+const WRITTEN: [(&str, &str, &str); 8] = [
+    ("X-Tenant", "acme", "globex"),
+    ("X-Route", "api", "evil"),
+    ("X-Forwarded-For", "127.0.0.1", "6.6.6.6"),
+    ("X-Forwarded-Proto", "http", "https"),
+    ("X-Forwarded-Host", "test.local", "bank.example"),
+    ("Forwarded", "for=127.0.0.1", "for=6.6.6.6"),
+    ("Via", "tollgate", "1.1 evil"),
+    ("X-Request-Id", "", "forged id with spaces"),
+];
+
+fn assert_vouched(seen: &Recorded, nominated: &str) {
+    for (field, want, forged) in WRITTEN {
+        let got = seen.header(&field.to_ascii_lowercase());
+        let got = got.unwrap_or_else(|| panic!("Connection: {nominated} removed {field}"));
+        let forged_kept = field != "Via" && got.contains(forged);
+        assert!(
+            got.contains(want) && !forged_kept,
+            "Connection: {nominated}: {field} reached the upstream as {got:?}"
+        );
+    }
+}
+
+/// RFC 9110 §7.6.1 removes what the client's `Connection` nominates from
+/// the message *received*: a client cannot use it to delete the tenant,
+/// the forwarding fields or the route's `set` fields tollgate writes, one
+/// at a time or all at once, in any spelling.
+#[test]
+fn a_clients_connection_header_cannot_remove_what_tollgate_writes() {
+    let up = TestUpstream::fixed("ok");
+    let proxy = TollgateProcess::start(&vouching_config(&up));
+    let bearer = format!("Bearer {ACME}");
+    let all: Vec<&str> = WRITTEN.iter().map(|(f, _, _)| *f).collect();
+    let all = all.join(", ");
+    let upper: Vec<String> = WRITTEN
+        .iter()
+        .map(|(f, _, _)| f.to_ascii_uppercase())
+        .collect();
+    let upper = upper.join(",");
+    let mut nominations: Vec<String> = WRITTEN.iter().map(|(f, _, _)| f.to_string()).collect();
+    nominations.push(all);
+    nominations.push(upper);
+    nominations.push("keep-alive, x-tenant, Via".to_owned());
+    for (i, nominated) in nominations.iter().enumerate() {
+        let mut headers: Vec<(&str, &str)> = WRITTEN.iter().map(|(f, _, v)| (*f, *v)).collect();
+        headers.push(("Authorization", &bearer));
+        headers.push(("Connection", nominated));
+        let r = request(proxy.addr, "GET", "/vouched", &headers, b"").expect("request");
+        assert_eq!(r.status, 200, "Connection: {nominated}");
+        wait_until("the upstream saw the request", || up.count() == i + 1);
+        let seen = up.recorded().pop().expect("recorded");
+        assert_vouched(&seen, nominated);
+        assert!(
+            seen.header("connection").is_none_or(|c| !c.contains('-')),
+            "nominations forwarded: {:?}",
+            seen.header("connection")
+        );
+    }
+}
+
+/// `Origin` nominated by `Connection` is not part of the request: the
+/// answer made without it is keyed without it, and a browser sending the
+/// same `Origin` normally gets the answer made for that origin, not the
+/// attacker's (before: stored under the origin's variant for the TTL).
+#[test]
+fn a_nominated_origin_cannot_poison_that_origins_cached_variant() {
+    let up = TestUpstream::start(|req| {
+        let origin = req.header("origin").unwrap_or("none").to_owned();
+        let mut headers = vec![("Cache-Control", "max-age=300"), ("Vary", "Origin")];
+        if origin != "none" {
+            headers.push(("Access-Control-Allow-Origin", origin.as_str()));
+        }
+        reply(200, &headers, &origin)
+    });
+    let proxy = TollgateProcess::start(&format!(
+        "upstreams:\n  api: {{ backends: [\"{}\"] }}\n\
+         routes:\n  - {{ name: api, upstream: api, cache: {{ default_ttl: 60s }} }}\n",
+        up.addr
+    ));
+    let origin = ("Origin", "https://app.example");
+    let attack = request(
+        proxy.addr,
+        "GET",
+        "/cors",
+        &[origin, ("Connection", "Origin")],
+        b"",
+    )
+    .expect("attack");
+    assert_eq!(attack.text(), "none", "the upstream saw no Origin");
+    let victim = request(proxy.addr, "GET", "/cors", &[origin], b"").expect("victim");
+    assert_eq!(victim.text(), "https://app.example");
+    assert_eq!(
+        victim.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert_eq!(up.count(), 2, "the victim's variant was fetched for it");
+}
+
+/// What `Connection` may not do: name `Host` or a framing field, hide a
+/// name behind quotes or a pseudo-header spelling, or name more options
+/// than a client ever needs. Each is a 400 and nothing reaches the
+/// upstream.
+#[test]
+fn connection_options_that_would_hide_or_unframe_are_refused() {
+    let up = TestUpstream::fixed("ok");
+    let proxy = TollgateProcess::start(&one_route(up.addr));
+    let many = vec!["X-A"; 17].join(", ");
+    for (method, nominated, body) in [
+        ("GET", "Host", &b""[..]),
+        ("POST", "Content-Length", &b"abc"[..]),
+        ("GET", "Transfer-Encoding", &b""[..]),
+        ("GET", "\"X-Tenant\"", &b""[..]),
+        ("GET", ":authority", &b""[..]),
+        ("GET", "X-A;q=1", &b""[..]),
+        ("GET", many.as_str(), &b""[..]),
+    ] {
+        let r =
+            request(proxy.addr, method, "/", &[("Connection", nominated)], body).expect("request");
+        assert_eq!(r.status, 400, "Connection: {nominated}");
+        assert_eq!(r.json()["error"], "bad_request", "Connection: {nominated}");
+    }
+    assert_eq!(up.count(), 0);
+    // Options about the connection still act on it.
+    let mut client = KeptAlive::open(proxy.addr).expect("connect");
+    let kept = client
+        .send("GET", "/", &[("Connection", "keep-alive, X-Debug")], b"")
+        .expect("first");
+    assert_eq!(kept.status, 200);
+    let closing = client
+        .send("GET", "/", &[("Connection", "X-Debug, close")], b"")
+        .expect("second, on the same connection");
+    assert_eq!(closing.status, 200);
+    assert!(client.closed_by_peer(), "Connection: close was honoured");
+}
