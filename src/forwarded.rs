@@ -27,10 +27,6 @@ use http::HeaderName;
 use pingora::http::RequestHeader;
 use std::net::IpAddr;
 
-/// The tenant field when rate limiting is not configured: a client's own
-/// copy is removed all the same, so nobody can claim a tenant upstream.
-pub const DEFAULT_TENANT_HEADER: HeaderName = HeaderName::from_static("x-tenant");
-
 /// What the rewrite needs to know besides the request.
 pub struct Edge<'a> {
     /// The request id (the client's, if sane, or a fresh one).
@@ -68,7 +64,7 @@ pub fn rewrite(req: &mut RequestHeader, edge: &Edge<'_>) -> pingora::Result<()> 
     match edge.limiter {
         Some(limiter) => limiter.forward_identity(req, edge.who),
         None => {
-            req.remove_header(&DEFAULT_TENANT_HEADER);
+            req.remove_header(&crate::headers::DEFAULT_TENANT_HEADER);
             Ok(())
         }
     }

@@ -65,6 +65,12 @@ impl Route {
         }
     }
 
+    /// Whether the route splits its traffic over pools: its pool is chosen
+    /// per request, on the request as forwarded.
+    pub fn splits(&self) -> bool {
+        matches!(self.target, Target::Split(_))
+    }
+
     /// The pool this request goes to (and a sticky cookie to set), or
     /// `None` for a redirect route.
     pub fn choose(&self, req: &pingora::http::RequestHeader, tls: bool) -> Option<Choice> {

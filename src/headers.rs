@@ -13,6 +13,9 @@ use std::time::Duration;
 // wire (HTTP/1.1 header names are case-insensitive; people still read them).
 /// `X-Request-Id`.
 pub const X_REQUEST_ID: &str = "X-Request-Id";
+/// The tenant field when rate limiting is not configured: a client's own
+/// copy is removed all the same, so nobody can claim a tenant upstream.
+pub const DEFAULT_TENANT_HEADER: http::HeaderName = http::HeaderName::from_static("x-tenant");
 /// `X-Response-Time`.
 pub const X_RESPONSE_TIME: &str = "X-Response-Time";
 /// `X-Forwarded-For`.

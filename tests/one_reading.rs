@@ -169,3 +169,45 @@ fn connection_options_that_would_hide_or_unframe_are_refused() {
     assert_eq!(closing.status, 200);
     assert!(client.closed_by_peer(), "Connection: close was honoured");
 }
+
+/// A split's `sticky.header` reads the field the upstream receives: with
+/// `X-Tenant`, which tollgate writes for the identified tenant, one
+/// tenant stays on one pool whatever copy it sends, and no client picks
+/// its pool by forging the field (before: the client's copy was hashed).
+#[test]
+fn a_sticky_split_hashes_the_field_tollgate_wrote_not_the_clients_copy() {
+    let a = TestUpstream::fixed("a");
+    let b = TestUpstream::fixed("b");
+    let proxy = TollgateProcess::start(&format!(
+        "tiers:
+  pro: {{ per_minute: 10000 }}
+tenants:
+  acme: {{ tier: pro, api_keys: [\"{}\"] }}
+anonymous: {{ tier: pro }}
+upstreams:
+  a: {{ backends: [\"{}\"] }}
+  b: {{ backends: [\"{}\"] }}
+routes:
+  - {{ name: split, upstreams: [{{ name: a, weight: 1 }}, {{ name: b, weight: 1 }}], sticky: {{ header: X-Tenant }} }}
+",
+        hash_key(ACME),
+        a.addr,
+        b.addr
+    ));
+    let bearer = format!("Bearer {ACME}");
+    let mut pools = std::collections::BTreeSet::new();
+    for i in 0..16 {
+        let forged = format!("tenant-{i}");
+        let r = request(
+            proxy.addr,
+            "GET",
+            "/sticky",
+            &[("Authorization", &bearer), ("X-Tenant", &forged)],
+            b"",
+        )
+        .expect("request");
+        assert_eq!(r.status, 200);
+        pools.insert(r.text());
+    }
+    assert_eq!(pools.len(), 1, "one tenant, one pool: {pools:?}");
+}

@@ -37,6 +37,60 @@ pub(super) const FRAMING_FIELDS: [&str; 10] = [
     "expect",
 ];
 
+/// What tollgate does to request fields before they reach the upstream,
+/// as far as the config decides it: what a route may read to choose
+/// itself (`match.headers`) or a pool (`sticky.header`).
+pub(super) struct FieldFates<'a> {
+    /// Fields tollgate writes from the verified identity (the tenant
+    /// field, a JWT's `forward_claims`); a client's copy is removed.
+    pub identity: Vec<http::HeaderName>,
+    /// `server.keep_override_headers`: override fields that are kept.
+    pub keep_overrides: &'a [http::HeaderName],
+    /// `hygiene.underscore_headers`.
+    pub underscores: crate::hygiene::UnderscoreHeaders,
+}
+
+impl FieldFates<'_> {
+    /// Why `name` never reaches the upstream as the client sent it, if it
+    /// does not. `sticky.header` reads the request as forwarded, so only
+    /// fields that never reach the upstream at all matter there.
+    fn rewritten(&self, name: &http::HeaderName, as_forwarded: bool) -> Option<String> {
+        let n = name.as_str();
+        let framing = FRAMING_FIELDS.contains(&n) && n != "upgrade";
+        if n == "host" && !as_forwarded {
+            return Some(
+                "route on the host with match.host: it is normalised once, as the cache keys it"
+                    .to_owned(),
+            );
+        }
+        if framing && n != "host" {
+            return Some(format!(
+                "{n:?} is framing or hop-by-hop: it does not reach the upstream as sent"
+            ));
+        }
+        if crate::hygiene::has_underscore(name)
+            && self.underscores != crate::hygiene::UnderscoreHeaders::Allow
+        {
+            return Some(format!("{n:?} has an underscore, and hygiene.underscore_headers drops or refuses such fields"));
+        }
+        if crate::headers::OVERRIDE_HEADERS.contains(&n) && !self.keep_overrides.contains(name) {
+            return Some(format!(
+                "{n:?} is an override field tollgate drops (server.keep_override_headers keeps it)"
+            ));
+        }
+        if as_forwarded {
+            return None;
+        }
+        if self.identity.contains(name) {
+            return Some(format!("{n:?} is written by tollgate from the verified identity and a client's copy is removed: routing on the copy would let any client choose this route"));
+        }
+        if crate::headers::FORWARDING_FIELDS.contains(&n) || WRITTEN_FIELDS.contains(&n) {
+            return Some(format!("{n:?} is a field tollgate writes itself (forwarding, request id): a client outside server.trusted_proxies could choose this route with its own copy"));
+        }
+        None
+    }
+}
+
 impl Checker<'_> {
     pub(super) fn route(
         &mut self,
@@ -44,6 +98,7 @@ impl Checker<'_> {
         path: &FieldPath,
         upstreams: &HashMap<&str, usize>,
         limits: &RequestLimits,
+        fates: &FieldFates<'_>,
     ) -> Option<RouteConfig> {
         let before = self.problems.len();
         let encoded_slash = spec.encoded_slash;
@@ -64,7 +119,7 @@ impl Checker<'_> {
         if !valid_name(&spec.name) {
             self.problem(path.key("name"), name_rule("route", &spec.name));
         }
-        let target = self.target(spec, path, upstreams);
+        let target = self.target(spec, path, upstreams, fates);
         let m = path.key("match");
         let host = spec
             .matcher
@@ -122,7 +177,12 @@ impl Checker<'_> {
                 http::HeaderName::from_bytes(name.as_bytes()),
                 http::HeaderValue::from_str(value),
             ) {
-                (Ok(name), Ok(value)) => match_headers.push((name, value)),
+                (Ok(name), Ok(value)) => {
+                    if let Some(why) = fates.rewritten(&name, false) {
+                        self.problem(at, why);
+                    }
+                    match_headers.push((name, value))
+                }
                 (Err(_), _) => self.problem(at, format!("{name:?} is not a valid header name")),
                 (_, Err(_)) => self.problem(at, format!("{value:?} is not a valid header value")),
             }
@@ -233,6 +293,7 @@ impl Checker<'_> {
         spec: &RouteSpec,
         path: &FieldPath,
         upstreams: &HashMap<&str, usize>,
+        fates: &FieldFates<'_>,
     ) -> RouteTarget {
         let pool = |this: &mut Self, name: &str, at: FieldPath| match upstreams.get(name) {
             Some(i) => *i,
@@ -298,7 +359,12 @@ impl Checker<'_> {
                         }
                         (None, Some(field)) => match http::HeaderName::from_bytes(field.as_bytes())
                         {
-                            Ok(name) => Some(crate::split::Sticky::Header(name)),
+                            Ok(name) => {
+                                if let Some(why) = fates.rewritten(&name, true) {
+                                    self.problem(at.key("header"), why);
+                                }
+                                Some(crate::split::Sticky::Header(name))
+                            }
                             Err(_) => {
                                 self.problem(
                                     at.key("header"),

@@ -206,6 +206,19 @@ impl Checker<'_> {
         if raw.routes.is_empty() {
             self.problem(routes_path.clone(), "at least one route is needed");
         }
+        let fates = check_route::FieldFates {
+            identity: rate_limit.as_ref().map_or_else(
+                || vec![crate::headers::DEFAULT_TENANT_HEADER],
+                |rl| {
+                    let claims = rl.jwt.iter().flat_map(|j| &j.forward_claims);
+                    std::iter::once(rl.tenant_header.clone())
+                        .chain(claims.map(|(_, header)| header.clone()))
+                        .collect()
+                },
+            ),
+            keep_overrides: &server.keep_override_headers,
+            underscores: raw.hygiene.underscore_headers.unwrap_or_default(),
+        };
         let mut routes: Vec<RouteConfig> = Vec::with_capacity(raw.routes.len());
         let mut route_paths = Vec::with_capacity(raw.routes.len());
         let mut first_use: HashMap<&str, usize> = HashMap::new();
@@ -222,7 +235,7 @@ impl Checker<'_> {
             } else {
                 first_use.insert(&spec.name, i);
             }
-            if let Some(route) = self.route(spec, &path, &upstream_index, &limits) {
+            if let Some(route) = self.route(spec, &path, &upstream_index, &limits, &fates) {
                 routes.push(route);
                 route_paths.push(path);
             }
@@ -230,7 +243,7 @@ impl Checker<'_> {
         self.shadowed_routes(&routes, &route_paths);
         let tenant_header = rate_limit
             .as_ref()
-            .map_or(crate::forwarded::DEFAULT_TENANT_HEADER, |rl| {
+            .map_or(crate::headers::DEFAULT_TENANT_HEADER, |rl| {
                 rl.tenant_header.clone()
             });
         for (route, at) in routes.iter().zip(&route_paths) {

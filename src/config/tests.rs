@@ -259,3 +259,70 @@ fn redis_is_a_url_or_a_cluster_never_both() {
     let redis = c.redis.expect("redis");
     assert_eq!(redis.cluster, ["redis://b:2", "rediss://c:3"]);
 }
+
+/// A route chosen on a field tollgate removes, replaces or never forwards
+/// would be chosen by whoever forges it (issue 38): `check` refuses each,
+/// with its line, and keeps plain fields and `Upgrade`.
+#[test]
+fn routes_may_not_match_on_fields_tollgate_rewrites() {
+    let route = |field: &str| {
+        format!(
+            "tiers:\n  pro: {{ per_minute: 10 }}\ntenants:\n  acme: {{ tier: pro, api_keys: [\"sha256:{}\"] }}\nanonymous: {{ tier: pro }}\n{}",
+            "ab".repeat(32),
+            MINIMAL.replace(
+                "    upstream: api",
+                &format!("    upstream: api\n    match: {{ headers: {{ {field}: \"on\" }} }}"),
+            )
+        )
+    };
+    for field in [
+        "X-Tenant",
+        "X-Forwarded-For",
+        "forwarded",
+        "X-Real-IP",
+        "Via",
+        "X-Request-Id",
+        "Host",
+        "Content-Length",
+        "Connection",
+        "X-HTTP-Method-Override",
+        "X_Internal",
+    ] {
+        let p = problems(&route(field));
+        assert_eq!(p.len(), 1, "{field}: {p:?}");
+        assert!(
+            p[0].contains(&format!("routes[0].match.headers.{field}"))
+                && p[0].contains("t.yaml:12:"),
+            "{field}: {}",
+            p[0]
+        );
+    }
+    for field in ["X-Canary", "Upgrade", "Accept"] {
+        assert_eq!(problems(&route(field)), Vec::<String>::new(), "{field}");
+    }
+}
+
+/// `sticky.header` reads the request as forwarded: fields tollgate writes
+/// (the tenant, the forwarding fields) are fine there, fields that never
+/// reach the upstream are not.
+#[test]
+fn a_sticky_field_must_reach_the_upstream() {
+    let split = |field: &str| {
+        format!(
+            "upstreams:\n  a: {{ backends: [\"127.0.0.1:9000\"] }}\n  b: {{ backends: [\"127.0.0.1:9001\"] }}\n\
+             routes:\n  - name: s\n    upstreams: [{{ name: a, weight: 1 }}, {{ name: b, weight: 1 }}]\n    sticky: {{ header: {field} }}\n"
+        )
+    };
+    for field in ["Content-Length", "X_User", "X-Original-URL"] {
+        let p = problems(&split(field));
+        assert_eq!(p.len(), 1, "{field}: {p:?}");
+        assert!(
+            p[0].contains("routes[0].sticky.header"),
+            "{field}: {}",
+            p[0]
+        );
+    }
+    for field in ["X-Tenant", "X-Forwarded-For", "X-User-Id"] {
+        assert_eq!(problems(&split(field)), Vec::<String>::new(), "{field}");
+    }
+}

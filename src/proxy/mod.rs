@@ -111,9 +111,12 @@ impl ProxyHttp for Proxy {
             respond::error(session, ctx, &ErrorResponse::no_route()).await?;
             return Ok(true);
         };
-        // A split picks its pool once per request; retries stay in it.
+        // A route's one pool is known now; a split picks its pool on the
+        // request as forwarded (`steps::forward`), so a sticky field is
+        // the one the upstream receives.
         if let Some(choice) = ctx
             .route()
+            .filter(|r| !r.splits())
             .and_then(|r| r.choose(session.req_header(), ctx.tls))
         {
             ctx.pool = Some(choice.pool);

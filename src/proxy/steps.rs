@@ -277,7 +277,7 @@ pub(super) fn template_values<'a>(session: &Session, ctx: &'a RequestCtx) -> Val
 /// Rewrites the request into what the upstream receives (`forwarded`),
 /// so that the cache key and `Vary` read what the upstream reads. Once per
 /// request, after `identify`, before anything reads those fields.
-fn forward(session: &mut Session, ctx: &RequestCtx) -> Result<(), ErrorResponse> {
+fn forward(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ErrorResponse> {
     let peer_ip = client_ip(session);
     let server = &ctx.gateway.config.server;
     let Some(request_id) = ctx.request_id.as_ref() else {
@@ -306,18 +306,30 @@ fn forward(session: &mut Session, ctx: &RequestCtx) -> Result<(), ErrorResponse>
             .request_headers
             .apply(session.req_header_mut(), &values);
     }
+    // A split picks its pool once per request, here, on the request as
+    // the upstream receives it: `sticky.header` reads the field tollgate
+    // wrote (a verified claim, the tenant), not the client's copy.
+    // Retries stay in the pool.
+    if let Some(choice) = ctx
+        .route()
+        .filter(|r| r.splits())
+        .and_then(|r| r.choose(session.req_header(), ctx.tls))
+    {
+        ctx.pool = Some(choice.pool);
+        ctx.set_cookie = choice.set_cookie;
+    }
     Ok(())
 }
 
-/// Whether the route's cache key reads request fields (`key.headers`):
-/// then the request must be rewritten before the fresh-hit lookup builds
-/// the key. Otherwise the fresh-hit path reads no field the rewrite
+/// Whether the fresh-hit lookup needs the request as forwarded: when the
+/// route's cache key reads request fields (`key.headers`), or the route
+/// splits (the key is scoped by the pool, chosen on the rewritten
+/// request). Otherwise the fresh-hit path reads no field the rewrite
 /// touches (it serves only entries without `Vary`), and the rewrite waits
 /// until the request goes further — a hit never pays for it.
 fn key_reads_fields(ctx: &RequestCtx) -> bool {
     ctx.route()
-        .and_then(|r| r.cache.as_ref())
-        .is_some_and(|c| !c.key_headers.is_empty())
+        .is_some_and(|r| r.splits() || r.cache.as_ref().is_some_and(|c| !c.key_headers.is_empty()))
 }
 
 impl Proxy {
