@@ -191,10 +191,18 @@ pub fn apply_path_rules(
     Ok(current)
 }
 
-/// Whether a request asks to switch protocols (RFC 9110 §7.8): an
-/// `Upgrade` field, named in `Connection`.
-pub fn asks_for_upgrade(req: &pingora::http::RequestHeader) -> bool {
-    req.headers.contains_key(http::header::UPGRADE)
+/// Whether a request is a WebSocket handshake that reaches the upstream as
+/// one: HTTP/1.1, `Upgrade: websocket`, and `upgrade` named in
+/// `Connection` (RFC 6455 §4.1, RFC 9110 §7.8). Pingora forwards no other
+/// upgrade (pingora-proxy `proxy_common.rs`, `H1UpgradePolicy::
+/// WebSocketOnly`): any other `Upgrade` goes upstream as a plain request,
+/// so it is cached and compressed like one.
+pub fn is_websocket_handshake(req: &pingora::http::RequestHeader) -> bool {
+    req.version == http::Version::HTTP_11
+        && req
+            .headers
+            .get(http::header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
         && req
             .headers
             .get_all(http::header::CONNECTION)

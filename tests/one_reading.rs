@@ -211,3 +211,37 @@ routes:
     }
     assert_eq!(pools.len(), 1, "one tenant, one pool: {pools:?}");
 }
+
+/// Only a WebSocket handshake is forwarded as an upgrade (Pingora strips
+/// any other `Upgrade`), so only it bypasses the cache: an attacker
+/// adding `Upgrade: h2c` (or any protocol) with `Connection: upgrade` to a
+/// cached GET is answered from the cache like anyone else, and cannot
+/// use it to reach the origin at will (before: every such request went
+/// upstream).
+#[test]
+fn a_non_websocket_upgrade_cannot_bypass_the_cache() {
+    let up = TestUpstream::start(|_| reply(200, &[("Cache-Control", "max-age=300")], "cached"));
+    let proxy = TollgateProcess::start(&format!(
+        "upstreams:\n  api: {{ backends: [\"{}\"] }}\n\
+         routes:\n  - {{ name: api, upstream: api, cache: {{ default_ttl: 60s }} }}\n",
+        up.addr
+    ));
+    assert_eq!(get(proxy.addr, "/shielded").expect("warm").text(), "cached");
+    for protocol in ["h2c", "foo/1", "websocket2", "WebSocket, h2c", "TLS/1.0"] {
+        let r = request(
+            proxy.addr,
+            "GET",
+            "/shielded",
+            &[("Upgrade", protocol), ("Connection", "Upgrade")],
+            b"",
+        )
+        .expect("request");
+        assert_eq!(r.status, 200, "Upgrade: {protocol}");
+        assert_eq!(
+            r.cache_status().as_deref(),
+            Some("tollgate; hit"),
+            "Upgrade: {protocol}"
+        );
+    }
+    assert_eq!(up.count(), 1, "the origin was asked once");
+}

@@ -222,7 +222,7 @@ impl ProxyHttp for Proxy {
         // only that both sides agree, pingora-proxy `lib.rs`
         // `reject_mismatched_h1_upgrade_101`).
         if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS
-            && !crate::hygiene::asks_for_upgrade(session.req_header())
+            && !crate::hygiene::is_websocket_handshake(session.req_header())
         {
             return Err(Error::explain(
                 ErrorType::InvalidHTTPHeader,

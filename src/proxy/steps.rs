@@ -35,7 +35,7 @@ pub(super) fn protocol(session: &Session, ctx: &mut RequestCtx, metrics: &Metric
     if ctx.grpc {
         ctx.deadline_cap = crate::grpc::timeout(req);
     }
-    ctx.upgrade = hygiene::asks_for_upgrade(req);
+    ctx.upgrade = hygiene::is_websocket_handshake(req);
 }
 
 /// Reads what every later step relies on — the request id, the target's
