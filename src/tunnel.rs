@@ -16,6 +16,16 @@ pub fn bound_by_idle(peer: &mut HttpPeer, idle: Duration) {
     peer.options.write_timeout = Some(idle);
 }
 
+/// The client's side of a tunnel that just opened: its reads are bounded
+/// by `idle`, as the backend's are, no longer by `limits.body_timeout`
+/// (which is for request bodies). Pingora restarts the client's read
+/// whenever the backend sends, so a client that only listens is kept
+/// while the backend speaks (live feeds); a tunnel where nobody speaks
+/// ends after `idle`.
+pub fn bound_client_by_idle(session: &mut pingora::proxy::Session, idle: Duration) {
+    session.as_mut().set_read_timeout(Some(idle));
+}
+
 /// Counts a chunk the client sent, if the connection is a tunnel; true
 /// when it is (its bytes are then traffic, not a body to limit).
 pub fn count_to_backend(tunnel: Option<&OpenTunnel>, chunk: Option<&Bytes>) -> bool {

@@ -6,6 +6,11 @@
 mod common;
 use common::upstream::Recorded;
 use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tollgate::ratelimit::identity::hash_key;
 
 const ACME: &str = "acme-secret-key";
@@ -244,4 +249,118 @@ fn a_non_websocket_upgrade_cannot_bypass_the_cache() {
         );
     }
     assert_eq!(up.count(), 1, "the origin was asked once");
+}
+
+/// A backend that accepts WebSocket handshakes and then either stays
+/// silent or sends a byte every 100 ms (`speaks`); it counts the bytes it
+/// receives through the tunnel.
+fn tunnel_backend(speaks: bool) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let received = Arc::new(AtomicUsize::new(0));
+    let counted = received.clone();
+    let addr = serve_connections(move |mut socket| {
+        let counted = counted.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            if !matches!(
+                accept_websocket(&mut socket).await,
+                Some(Handshake::Upgraded)
+            ) {
+                return;
+            }
+            let mut sink = [0u8; 4096];
+            let mut beat = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    read = socket.read(&mut sink) => match read {
+                        Ok(n) if n > 0 => { counted.fetch_add(n, Ordering::SeqCst); }
+                        _ => return,
+                    },
+                    _ = beat.tick(), if speaks => {
+                        // An unmasked binary frame of one byte.
+                        if socket.write_all(&[0x82, 0x01, b'x']).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    (addr, received)
+}
+
+fn tunnel_proxy(backend: std::net::SocketAddr, idle: &str) -> TollgateProcess {
+    TollgateProcess::start(&format!(
+        "limits: {{ body_timeout: 1s }}\n\
+         upstreams:\n  ws: {{ backends: [\"{backend}\"] }}\n\
+         routes:\n  - {{ name: ws, upstream: ws, timeouts: {{ total: 1s, idle: {idle} }} }}\n"
+    ))
+}
+
+fn open_tunnel(proxy: &TollgateProcess) -> TcpStream {
+    let mut client = TcpStream::connect(proxy.addr).expect("connect");
+    client
+        .write_all(&websocket_handshake("/tunnel"))
+        .expect("handshake");
+    let answer = client::read_response_from(&mut client).expect("the 101");
+    assert_eq!(answer.status, 101);
+    proxy.wait_metric("tollgate_tunnels_open", 1.0);
+    client
+}
+
+/// A masked one-byte binary frame from the client.
+const CLIENT_FRAME: [u8; 7] = [0x82, 0x81, 1, 2, 3, 4, b'y' ^ 1];
+
+/// After the 101 the client's side is bounded by `timeouts.idle`, not by
+/// `limits.body_timeout` (a request body's bound): a client silent for
+/// longer than the body timeout keeps its tunnel, and a tunnel where
+/// nobody speaks ends after `idle`.
+#[test]
+fn a_silent_client_keeps_its_tunnel_past_the_body_timeout_until_idle() {
+    let (backend, received) = tunnel_backend(false);
+    let proxy = tunnel_proxy(backend, "4s");
+    let mut client = open_tunnel(&proxy);
+    // Silent for over twice the body timeout (time passing is what is
+    // tested: a slow machine only makes the wait longer).
+    let opened = Instant::now();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(opened.elapsed() >= Duration::from_secs(2));
+    client
+        .write_all(&CLIENT_FRAME)
+        .expect("the tunnel is still open");
+    wait_until("the backend got the frame", || {
+        received.load(Ordering::SeqCst) == CLIENT_FRAME.len()
+    });
+    // Nobody speaks now: the tunnel ends after idle.
+    client
+        .set_read_timeout(Some(DEADLINE))
+        .expect("read timeout");
+    let mut byte = [0u8; 1];
+    assert!(
+        matches!(client.read(&mut byte), Ok(0) | Err(_)),
+        "tunnel closed"
+    );
+    proxy.wait_metric("tollgate_tunnels_open", 0.0);
+}
+
+/// A client that only listens to a backend that speaks (a live feed) is
+/// kept past `idle`: the backend's bytes are the tunnel's life.
+#[test]
+fn a_listening_client_keeps_a_tunnel_to_a_speaking_backend() {
+    let (backend, _) = tunnel_backend(true);
+    let proxy = tunnel_proxy(backend, "1s");
+    let mut client = open_tunnel(&proxy);
+    client
+        .set_read_timeout(Some(DEADLINE))
+        .expect("read timeout");
+    // Three times the idle bound of frames from the backend (each frame
+    // is 3 bytes, one every 100 ms): the tunnel must carry them all.
+    let opened = Instant::now();
+    let mut frames = [0u8; 3];
+    while opened.elapsed() < Duration::from_secs(3) {
+        client
+            .read_exact(&mut frames)
+            .expect("the backend's frames keep coming");
+        assert_eq!(frames, [0x82, 0x01, b'x']);
+    }
+    assert_eq!(proxy.metric("tollgate_tunnels_open"), Some(1.0));
 }

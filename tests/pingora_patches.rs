@@ -196,30 +196,11 @@ fn silent_backend() -> (SocketAddr, Arc<AtomicUsize>) {
     let addr = serve_connections(move |mut socket| {
         let counted = counted.clone();
         async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut head = Vec::new();
-            while !head.ends_with(b"\r\n\r\n") {
-                match socket.read_u8().await {
-                    Ok(b) if head.len() < 16 * 1024 => head.push(b),
-                    _ => return,
-                }
-            }
-            let head = String::from_utf8_lossy(&head);
-            let Some(key) = head
-                .lines()
-                .filter_map(|l| l.split_once(':'))
-                .find(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-key"))
-                .map(|(_, key)| key.trim().to_owned())
-            else {
-                return;
-            };
-            let accept =
-                tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-            let answer = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-                 Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-            );
-            if socket.write_all(answer.as_bytes()).await.is_err() {
+            use tokio::io::AsyncReadExt;
+            if !matches!(
+                accept_websocket(&mut socket).await,
+                Some(Handshake::Upgraded)
+            ) {
                 return;
             }
             counted.fetch_add(1, Ordering::SeqCst);
@@ -243,11 +224,7 @@ fn a_tunnel_to_a_silent_backend_ends_after_idle_while_the_client_sends() {
     ));
     let mut client = TcpStream::connect(proxy.addr).expect("connect");
     client
-        .write_all(
-            b"GET /chat HTTP/1.1\r\nHost: test.local\r\nUpgrade: websocket\r\n\
-              Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-              Sec-WebSocket-Version: 13\r\n\r\n",
-        )
+        .write_all(&websocket_handshake("/chat"))
         .expect("upgrade request");
     let answer = client::read_response_from(&mut client).expect("the 101");
     assert_eq!(answer.status, 101);

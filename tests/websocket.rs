@@ -28,38 +28,20 @@ impl EchoBackend {
 }
 
 async fn serve(mut socket: tokio::net::TcpStream, upgrades: Arc<AtomicUsize>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // The request head, byte by byte up to its blank line (nothing of a
-    // WebSocket frame can follow it before our answer).
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        match socket.read_u8().await {
-            Ok(b) if head.len() < 16 * 1024 => head.push(b),
-            _ => return,
+    use tokio::io::AsyncWriteExt;
+    match accept_websocket(&mut socket).await {
+        None => return,
+        Some(Handshake::Plain(_)) => {
+            let _ = socket
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nCache-Control: max-age=60\r\n\r\nplain",
+                )
+                .await;
+            return;
         }
-    }
-    let head = String::from_utf8_lossy(&head);
-    let upgrade = head.to_ascii_lowercase().contains("upgrade: websocket");
-    let key = head
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .find(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-key"))
-        .map(|(_, key)| key.trim().to_owned());
-    let Some(key) = key.filter(|_| upgrade) else {
-        let _ = socket
-            .write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nCache-Control: max-age=60\r\n\r\nplain",
-            )
-            .await;
-        return;
-    };
-    upgrades.fetch_add(1, Ordering::SeqCst);
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let answer = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-    );
-    if socket.write_all(answer.as_bytes()).await.is_err() {
-        return;
+        Some(Handshake::Upgraded) => {
+            upgrades.fetch_add(1, Ordering::SeqCst);
+        }
     }
     let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
         socket,

@@ -232,6 +232,9 @@ impl ProxyHttp for Proxy {
         }
         if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
             ctx.tunnel = Some(crate::tunnel::OpenTunnel::open(&self.state.metrics));
+            if let Some(timeouts) = ctx.timeouts() {
+                crate::tunnel::bound_client_by_idle(session, timeouts.idle);
+            }
         }
         headers::strip_response_hop_by_hop(upstream_response);
         let status = upstream_response.status.as_u16();

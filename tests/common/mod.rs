@@ -408,3 +408,55 @@ where
     });
     addr
 }
+
+/// What a backend read of a request head came to: a WebSocket handshake
+/// it answered with `101` (the socket is then the tunnel), or another
+/// request (its head, unanswered).
+pub enum Handshake {
+    /// `101 Switching Protocols` was sent.
+    Upgraded,
+    /// Not a WebSocket handshake: the request head, for the backend to
+    /// answer as it likes.
+    Plain(String),
+}
+
+/// Reads a request head off `socket` (byte by byte up to its blank line,
+/// at most 16 KiB: nothing of a WebSocket frame can follow it before the
+/// answer) and, for a WebSocket handshake, answers `101` (RFC 6455 §4.2.2).
+/// `None` when the peer went away or the head is too large.
+pub async fn accept_websocket(socket: &mut tokio::net::TcpStream) -> Option<Handshake> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        match socket.read_u8().await {
+            Ok(b) if head.len() < 16 * 1024 => head.push(b),
+            _ => return None,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let upgrade = head.to_ascii_lowercase().contains("upgrade: websocket");
+    let key = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-key"))
+        .map(|(_, key)| key.trim().to_owned());
+    let Some(key) = key.filter(|_| upgrade) else {
+        return Some(Handshake::Plain(head));
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let answer = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    socket.write_all(answer.as_bytes()).await.ok()?;
+    Some(Handshake::Upgraded)
+}
+
+/// The request a WebSocket client sends to open a tunnel to `path`.
+pub fn websocket_handshake(path: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: test.local\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes()
+}
