@@ -39,11 +39,17 @@ fn cached_route(up: &TestUpstream, cache: &str) -> TollgateProcess {
 }
 
 /// §4.2.3: an upstream `Age` counts; `Age: 3600` with `max-age=3600` is
-/// already stale on arrival.
+/// already stale on arrival, and so is `Age: 7200, 0` (§5.1: the first
+/// member of a list).
 #[test]
 fn upstream_age_counts_toward_freshness() {
     let up = TestUpstream::start(|req| {
-        let age = if req.path == "/old" { "3600" } else { "10" };
+        let age = match req.path.as_str() {
+            "/old" => "3600",
+            // §5.1: a list is read by its first member.
+            "/old-list" => "7200, 0",
+            _ => "10",
+        };
         reply(
             200,
             h(&[("Cache-Control", "max-age=3600"), ("Age", age)]),
@@ -54,9 +60,12 @@ fn upstream_age_counts_toward_freshness() {
     get(proxy.addr, "/old").expect("get");
     get(proxy.addr, "/old").expect("get");
     assert_eq!(up.count(), 2, "a response as old as its lifetime is stale");
+    get(proxy.addr, "/old-list").expect("get");
+    get(proxy.addr, "/old-list").expect("get");
+    assert_eq!(up.count(), 4, "Age: 7200, 0 is 7200 seconds old");
     get(proxy.addr, "/young").expect("get");
     let hit = get(proxy.addr, "/young").expect("get");
-    assert_eq!(up.count(), 3);
+    assert_eq!(up.count(), 5);
     let age: u64 = hit
         .header("age")
         .expect("Age on a hit")

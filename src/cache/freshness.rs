@@ -122,13 +122,16 @@ pub fn heuristic_lifetime(resp: &ResponseHeader, response_time: SystemTime) -> O
     Some((since * HEURISTIC_FRACTION / 100).min(HEURISTIC_MAX))
 }
 
-/// `Age` as delta-seconds (§5.1): 0 when absent or invalid.
+/// `Age` as delta-seconds (§5.1): a list (`7200, 0`, or two fields) is
+/// read by its first member, as §5.1 says, so a response an upstream
+/// cache says is old is not taken for fresh; 0 when absent or when that
+/// member is not a non-negative integer.
 pub fn age_value(resp: &ResponseHeader) -> u64 {
-    let mut values = resp.headers.get_all(http::header::AGE).iter();
-    let (Some(value), None) = (values.next(), values.next()) else {
+    let Some(value) = resp.headers.get(http::header::AGE) else {
         return 0;
     };
-    let bytes = value.as_bytes();
+    let first = value.as_bytes().split(|b| *b == b',').next().unwrap_or(&[]);
+    let bytes = first.trim_ascii();
     if bytes.is_empty() || !bytes.iter().all(u8::is_ascii_digit) {
         return 0;
     }
@@ -246,7 +249,8 @@ mod tests {
         }
     }
 
-    /// §5.1, §1.2.2: delta-seconds, saturating; anything else is absent.
+    /// §5.1, §1.2.2: delta-seconds, saturating, the first member of a
+    /// list; anything else is absent.
     #[test]
     fn age_is_parsed_strictly() {
         assert_eq!(age_value(&resp(200, &[("age", "3600")])), 3600);
@@ -254,10 +258,13 @@ mod tests {
             age_value(&resp(200, &[("age", "99999999999999999999")])),
             1 << 31
         );
-        for bad in ["-1", "1.5", "10, 20", "abc", "10;x=1", ""] {
+        for bad in ["-1", "1.5", "abc", "10;x=1", "", ", 10", "1 0"] {
             assert_eq!(age_value(&resp(200, &[("age", bad)])), 0, "{bad:?}");
         }
-        assert_eq!(age_value(&resp(200, &[("age", "1"), ("age", "2")])), 0);
+        // A list is read by its first member (§5.1).
+        assert_eq!(age_value(&resp(200, &[("age", "7200, 0")])), 7200);
+        assert_eq!(age_value(&resp(200, &[("age", "10,x")])), 10);
+        assert_eq!(age_value(&resp(200, &[("age", "1"), ("age", "2")])), 1);
     }
 
     /// §4.2.3: the older of the apparent age and Age + response delay.
