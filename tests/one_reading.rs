@@ -364,3 +364,35 @@ fn a_listening_client_keeps_a_tunnel_to_a_speaking_backend() {
     }
     assert_eq!(proxy.metric("tollgate_tunnels_open"), Some(1.0));
 }
+
+/// A trusted proxy that writes `X-Forwarded-For` entries with ports (IIS
+/// ARR, Azure) still gives each client its own budget: the entry is the
+/// client's address, not an unreadable hop that left everyone behind the
+/// proxy in its bucket.
+#[test]
+fn forwarded_entries_with_ports_keep_clients_apart() {
+    let up = TestUpstream::fixed("ok");
+    let proxy = TollgateProcess::start_with_server(
+        "  trusted_proxies: [127.0.0.1]\n",
+        &format!(
+            "tiers:\n  free: {{ per_minute: 1 }}\n\
+         anonymous: {{ tier: free }}\n\
+         upstreams:\n  api: {{ backends: [\"{}\"] }}\n\
+         routes:\n  - {{ name: api, upstream: api }}\n",
+            up.addr
+        ),
+    );
+    let from = |xff: &str| {
+        request(proxy.addr, "GET", "/", &[("X-Forwarded-For", xff)], b"")
+            .expect("request")
+            .status
+    };
+    assert_eq!(from("203.0.113.1:50000"), 200);
+    assert_eq!(from("[2001:db8::1]:443"), 200, "another client");
+    assert_eq!(from("203.0.113.2:50001, 10.0.0.1:8080"), 200, "a third");
+    assert_eq!(
+        from("203.0.113.1:61000"),
+        429,
+        "the first again, other port"
+    );
+}

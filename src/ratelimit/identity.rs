@@ -187,7 +187,7 @@ pub fn client_ip(req: &RequestHeader, peer: Option<IpAddr>, trusted: &[IpNet]) -
     for value in req.headers.get_all("x-forwarded-for").iter().rev() {
         let Ok(text) = value.to_str() else { break };
         for hop in text.rsplit(',') {
-            let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+            let Some(ip) = forwarded_address(hop.trim()) else {
                 return Some(client);
             };
             client = ip;
@@ -197,6 +197,30 @@ pub fn client_ip(req: &RequestHeader, peer: Option<IpAddr>, trusted: &[IpNet]) -
         }
     }
     Some(client)
+}
+
+/// One `X-Forwarded-For` entry as proxies write it: an address, or an
+/// address with a port (`203.0.113.9:51234`, `[2001:db8::1]:443`, as IIS
+/// ARR and Azure front doors append), or a bracketed IPv6 address.
+/// Anything else (`unknown`, an obfuscated RFC 7239 node) is not an
+/// address.
+fn forwarded_address(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Some(rest) = hop.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']')?;
+        let port_ok = after.is_empty()
+            || after
+                .strip_prefix(':')
+                .is_some_and(|p| p.parse::<u16>().is_ok());
+        return port_ok
+            .then(|| v6.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6))
+            .flatten();
+    }
+    hop.parse::<std::net::SocketAddrV4>()
+        .ok()
+        .map(|a| IpAddr::V4(*a.ip()))
 }
 
 #[cfg(test)]
@@ -242,5 +266,37 @@ mod tests {
         let stranger: IpAddr = "192.0.2.50".parse().expect("ip");
         assert_eq!(client_ip(&r, Some(stranger), &trusted), Some(stranger));
         assert_eq!(client_ip(&req(&[]), Some(peer), &trusted), Some(peer));
+    }
+
+    /// Entries with a port are addresses too: every client behind a proxy
+    /// that writes them would otherwise share the proxy's budget.
+    #[test]
+    fn forwarded_entries_with_ports_are_read() {
+        let trusted: [IpNet; 1] = ["10.0.0.0/8".parse().expect("cidr")];
+        let peer: IpAddr = "10.1.2.3".parse().expect("ip");
+        for (entry, client) in [
+            ("203.0.113.9:51234", "203.0.113.9"),
+            ("[2001:db8::1]:443", "2001:db8::1"),
+            ("[2001:db8::1]", "2001:db8::1"),
+            ("2001:db8::1", "2001:db8::1"),
+            ("10.9.9.9:80, 198.51.100.7:1", "198.51.100.7"),
+        ] {
+            let r = req(&[("x-forwarded-for", &format!("{entry}, 10.0.0.1:8080"))]);
+            assert_eq!(
+                client_ip(&r, Some(peer), &trusted),
+                Some(client.parse().expect("ip")),
+                "{entry}"
+            );
+        }
+        for junk in [
+            "unknown",
+            "[2001:db8::1]:x",
+            "203.0.113.9:99999",
+            "_hidden",
+            "[::1",
+        ] {
+            let r = req(&[("x-forwarded-for", junk)]);
+            assert_eq!(client_ip(&r, Some(peer), &trusted), Some(peer), "{junk}");
+        }
     }
 }
