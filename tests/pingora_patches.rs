@@ -311,3 +311,55 @@ fn a_short_http1_request_on_an_h2c_listener_is_answered() {
         (200, "fine".to_owned())
     );
 }
+
+/// Patch 0006 (strict chunk-size lines): a chunk-size line RFC 9112 §7.1
+/// does not allow — empty or blank (which Pingora's parser took for the
+/// last chunk), with a bare LF or a non-token in its extension — is a
+/// 400, and nothing after it is read as a request: the attacker's
+/// pipelined `GET /smuggled` never reaches the upstream.
+#[test]
+fn malformed_chunk_size_lines_are_refused_and_smuggle_nothing() {
+    let up = TestUpstream::start(|req| reply(200, &[], &req.path));
+    let proxy = TollgateProcess::start(&one_route(up.addr));
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: test.local\r\n\r\n";
+    for body in [
+        format!("\r\n{smuggled}"),
+        format!(" \r\n{smuggled}"),
+        format!("\t\r\n{smuggled}"),
+        format!("3;a\nb\r\nabc\r\n0\r\n\r\n{smuggled}"),
+        format!("3;\"quoted\"\r\nabc\r\n0\r\n\r\n{smuggled}"),
+        format!("3;a=\"open\r\nabc\r\n0\r\n\r\n{smuggled}"),
+        format!("3;a=b c\r\nabc\r\n0\r\n\r\n{smuggled}"),
+        format!("0x3\r\nabc\r\n0\r\n\r\n{smuggled}"),
+    ] {
+        let mut client = TcpStream::connect(proxy.addr).expect("connect");
+        client
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let head = "POST /p HTTP/1.1\r\nHost: test.local\r\nTransfer-Encoding: chunked\r\n\r\n";
+        client
+            .write_all(format!("{head}{body}").as_bytes())
+            .expect("send");
+        let answer = client::read_response_from(&mut client).expect("an answer");
+        assert_eq!(answer.status, 400, "{body:?}");
+        let mut rest = Vec::new();
+        let _ = client.read_to_end(&mut rest);
+        assert!(
+            !String::from_utf8_lossy(&rest).contains("smuggled"),
+            "{body:?}: {rest:?}"
+        );
+    }
+    // Well-formed extensions still pass.
+    for body in [
+        "3;name=value\r\nabc\r\n0\r\n\r\n",
+        "3 ; a = \"q \\\" x\" ;b\r\nabc\r\n0\r\n\r\n",
+    ] {
+        let head = "POST /ok HTTP/1.1\r\nHost: test.local\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+        let r = send_raw(proxy.addr, format!("{head}{body}").as_bytes()).expect("answer");
+        assert_eq!(r.status, 200, "{body:?}");
+    }
+    assert!(
+        up.recorded().iter().all(|r| r.path != "/smuggled"),
+        "a smuggled request reached the upstream"
+    );
+}

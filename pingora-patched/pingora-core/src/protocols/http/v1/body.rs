@@ -45,6 +45,88 @@ const CRLF: &[u8; 2] = &[CR, LF];
 const TRAILERS_END: &[u8; 4] = &[CR, LF, CR, LF];
 
 pub const INVALID_CHUNK: ErrorType = ErrorType::new("InvalidChunk");
+
+/// Whether a chunk-size line (up to and including its CRLF) is what RFC
+/// 9112 §7.1 allows: `1*HEXDIG *( BWS ";" BWS token [ BWS "=" BWS ( token
+/// / quoted-string ) ] ) BWS CRLF`. `httparse::parse_chunk_size` takes
+/// an empty or blank line for the last chunk (size 0) and any octet,
+/// bare LF included, in an extension; two parsers that read those
+/// differently disagree about where a body, and so the next request,
+/// ends.
+fn is_strict_chunk_head(line: &[u8]) -> bool {
+    fn is_tchar(b: u8) -> bool {
+        b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    }
+    fn skip_bws(line: &[u8], mut i: usize) -> usize {
+        while i < line.len() && (line[i] == b' ' || line[i] == b'\t') {
+            i += 1;
+        }
+        i
+    }
+    fn token_end(line: &[u8], mut i: usize) -> Option<usize> {
+        let start = i;
+        while i < line.len() && is_tchar(line[i]) {
+            i += 1;
+        }
+        (i > start).then_some(i)
+    }
+    fn quoted_end(line: &[u8], mut i: usize) -> Option<usize> {
+        // line[i] is the opening DQUOTE
+        i += 1;
+        while i < line.len() {
+            match line[i] {
+                b'"' => return Some(i + 1),
+                b'\\' => {
+                    let escaped = *line.get(i + 1)?;
+                    if !(escaped == b'\t' || (0x20..0x7f).contains(&escaped) || escaped >= 0x80) {
+                        return None;
+                    }
+                    i += 2;
+                }
+                b if b == b'\t' || b == b' ' || b == 0x21 || (0x23..0x7f).contains(&b) || b >= 0x80 => {
+                    i += 1
+                }
+                _ => return None,
+            }
+        }
+        None
+    }
+    let Some(body) = line.strip_suffix(b"\r\n") else {
+        return false;
+    };
+    let mut i = 0;
+    while i < body.len() && body[i].is_ascii_hexdigit() {
+        i += 1;
+    }
+    if i == 0 {
+        return false;
+    }
+    loop {
+        i = skip_bws(body, i);
+        if i == body.len() {
+            return true;
+        }
+        if body[i] != b';' {
+            return false;
+        }
+        let Some(end) = token_end(body, skip_bws(body, i + 1)) else {
+            return false;
+        };
+        i = skip_bws(body, end);
+        if i < body.len() && body[i] == b'=' {
+            let value = skip_bws(body, i + 1);
+            let end = match body.get(value) {
+                Some(b'"') => quoted_end(body, value),
+                Some(_) => token_end(body, value),
+                None => None,
+            };
+            let Some(end) = end else {
+                return false;
+            };
+            i = end;
+        }
+    }
+}
 pub const INVALID_TRAILER_END: ErrorType = ErrorType::new("InvalidTrailerEnd");
 pub const PREMATURE_BODY_END: ErrorType = ErrorType::new("PrematureBodyEnd");
 
@@ -671,6 +753,10 @@ impl BodyReader {
             Ok(status) => {
                 match status {
                     httparse::Status::Complete((payload_index, chunk_size)) => {
+                        if !is_strict_chunk_head(&buf[..payload_index]) {
+                            self.body_state = self.body_state.done(0);
+                            return Error::e_explain(INVALID_CHUNK, "malformed chunk-size line");
+                        }
                         trace!(
                             "Got size {chunk_size}, payload_index: {payload_index}, chunk: {:?}",
                             String::from_utf8_lossy(buf).escape_default(),
