@@ -113,12 +113,20 @@ pub fn trailers_only(err: &ErrorResponse) -> pingora::Result<ResponseHeader> {
     Ok(resp)
 }
 
-/// The `grpc-status` a response header carries (a trailers-only answer).
+/// The highest status code gRPC defines (`UNAUTHENTICATED`).
+const LAST_CODE: u16 = 16;
+
+/// The `grpc-status` a response header (or trailer block) carries. A code
+/// gRPC does not define (above 16, or not a number) is `UNKNOWN`, as gRPC
+/// clients read it: a backend cannot grow `tollgate_grpc_calls_total` by
+/// one series per number it sends.
 pub fn status_in(headers: &http::HeaderMap) -> Option<u16> {
-    std::str::from_utf8(headers.get("grpc-status")?.as_bytes())
-        .ok()?
-        .parse()
+    let value = headers.get("grpc-status")?;
+    let code = std::str::from_utf8(value.as_bytes())
         .ok()
+        .and_then(|text| text.parse::<u16>().ok())
+        .filter(|code| *code <= LAST_CODE);
+    Some(code.unwrap_or(code::UNKNOWN))
 }
 
 /// `grpc-message` encoding: bytes outside printable ASCII, and `%`, as `%XX`.
@@ -188,6 +196,21 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn statuses_outside_the_defined_codes_are_unknown() {
+        let with = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("grpc-status", value.parse().expect("value"));
+            status_in(&headers)
+        };
+        assert_eq!(with("0"), Some(0));
+        assert_eq!(with("16"), Some(16));
+        for wild in ["17", "65535", "99999999", "-1", "ok", ""] {
+            assert_eq!(with(wild), Some(code::UNKNOWN), "{wild:?}");
+        }
+        assert_eq!(status_in(&http::HeaderMap::new()), None);
     }
 
     #[test]
