@@ -193,3 +193,45 @@ fn the_access_log_file_is_reopened_on_sigusr1() {
     assert!(read(&rotated).contains("before-rotation"));
     assert_eq!(proxy.metric("tollgate_access_log_dropped_total"), Some(0.0));
 }
+
+/// DNS rebinding: a page on `attacker.example`, re-pointed at the admin
+/// listener, reads nothing — every path answers 421 to a `Host` that is
+/// not an address, `localhost` or a name in `admin.hosts` (the harness
+/// lists `test.local`), and the same paths answer by address.
+#[test]
+fn the_admin_listener_answers_only_to_its_own_names() {
+    let up = TestUpstream::fixed("ok");
+    let proxy = TollgateProcess::start(&one_route(up.addr));
+    for path in ["/", "/status.json", "/metrics", "/health", "/ready"] {
+        for host in [
+            "attacker.example",
+            "attacker.example:9090",
+            "127.0.0.1.nip.io",
+        ] {
+            let r = request(proxy.admin, "GET", path, &[("Host", host)], b"").expect("request");
+            assert_eq!(r.status, 421, "{host} {path}");
+            assert!(
+                !r.text().contains("tollgate_"),
+                "{host} {path}: {}",
+                r.text()
+            );
+        }
+        for host in ["127.0.0.1", "localhost:9090", "test.local"] {
+            let r = request(proxy.admin, "GET", path, &[("Host", host)], b"").expect("request");
+            assert_eq!(r.status, 200, "{host} {path}");
+        }
+    }
+    let purge = request(
+        proxy.admin,
+        "POST",
+        "/cache/purge",
+        &[
+            ("Host", "attacker.example"),
+            ("Content-Type", "application/json"),
+            ("Authorization", &format!("Bearer {ADMIN_TOKEN}")),
+        ],
+        br#"{"route": "default"}"#,
+    )
+    .expect("purge");
+    assert_eq!(purge.status, 421);
+}

@@ -5,6 +5,7 @@
 //! answers from shared state without touching upstreams.
 
 mod origin;
+mod rebinding;
 mod status_page;
 
 use crate::cache::invalidation::{purge_everywhere, Purge, Selection};
@@ -446,6 +447,15 @@ struct PurgeRequest {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        if !rebinding::host_allowed(
+            session.req_header(),
+            &self.state.gateway().config.admin_hosts,
+        ) {
+            return respond_json(
+                StatusCode::MISDIRECTED_REQUEST,
+                &json!({"error": "misdirected", "message": "The admin listener answers to its IP addresses, localhost and the names in admin.hosts"}),
+            );
+        }
         if session.req_header().method == Method::POST {
             if let Err(refused) = origin::check(session.req_header()) {
                 let status = match refused {

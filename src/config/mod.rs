@@ -166,6 +166,16 @@ impl Checker<'_> {
                         None
                     }
                 });
+        let mut admin_hosts = Vec::with_capacity(raw.admin.hosts.len());
+        for (i, name) in raw.admin.hosts.iter().enumerate() {
+            match crate::host::Host::parse_str(name) {
+                Some(host) => admin_hosts.push(host.as_str().to_owned()),
+                None => self.problem(
+                    root.key("admin").key("hosts").index(i),
+                    format!("{name:?} is not a host name"),
+                ),
+            }
+        }
         if raw.admin.require_token_for_reads && raw.admin.token_env.is_none() {
             self.problem(
                 root.key("admin").key("require_token_for_reads"),
@@ -268,6 +278,7 @@ impl Checker<'_> {
             admin_listen: admin_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
             admin_token,
             admin_reads_need_token: raw.admin.require_token_for_reads,
+            admin_hosts,
             server,
             logging,
             cache,

@@ -30,6 +30,9 @@ pub struct Config {
     /// `admin.require_token_for_reads`: the status page and `/metrics`
     /// need the token too.
     pub admin_reads_need_token: bool,
+    /// `admin.hosts`, normalised: names the admin listener answers to
+    /// besides IP addresses and `localhost`.
+    pub admin_hosts: Vec<String>,
     /// Process settings.
     pub server: ServerSettings,
     /// Logging settings.

@@ -175,7 +175,7 @@ impl TollgateProcess {
             let config = dir.join("tollgate.yaml");
             let text = format!(
                 "listen: [{listener}]\n\
-                 admin: {{ listen: \"127.0.0.1:{admin_port}\", token_env: TOLLGATE_TEST_ADMIN_TOKEN{admin} }}\n\
+                 admin: {{ listen: \"127.0.0.1:{admin_port}\", token_env: TOLLGATE_TEST_ADMIN_TOKEN, hosts: [test.local]{admin} }}\n\
                  server:\n  threads: 2\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\n  \
                  pid_file: {d}/tollgate.pid\n  upgrade_sock: {d}/upgrade.sock\n\
                  {server}{body}",

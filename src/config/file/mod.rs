@@ -127,6 +127,10 @@ pub struct AdminSpec {
     /// `/metrics`); `/health` and `/ready` stay open for probes.
     #[serde(default)]
     pub require_token_for_reads: bool,
+    /// Host names the admin listener answers to, besides IP addresses and
+    /// `localhost` (any other `Host` is a DNS rebinding page's).
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 fn default_admin_listen() -> String {
@@ -139,6 +143,7 @@ impl Default for AdminSpec {
             listen: default_admin_listen(),
             token_env: None,
             require_token_for_reads: false,
+            hosts: Vec::new(),
         }
     }
 }
