@@ -418,3 +418,49 @@ fn a_reload_keeps_a_names_addresses_and_resolves_new_names_before_serving_them()
     }
     assert!(a.count() > 1 && b.count() > 0, "both names take traffic");
 }
+
+/// What a DNS answer may not do (issue 38): aim a pool at the cloud
+/// metadata address, at multicast or the unspecified address, nor grow a
+/// pool without bound (tollgate's own listeners are refused too:
+/// `discovery/screen.rs`). The refused records are left out; the
+/// answer's good addresses are used.
+#[test]
+fn an_answer_cannot_aim_a_pool_at_metadata_or_flood_it() {
+    let dns = DnsServer::start();
+    let up = TestUpstream::start_at(SocketAddr::new("127.0.0.2".parse().expect("ip"), 0), |_| {
+        Action::Reply(Reply::ok("real"))
+    });
+    let port = up.addr.port();
+    dns.set_a(
+        "api.test",
+        &["169.254.169.254", "0.0.0.0", "224.0.0.1", "127.0.0.2"],
+    );
+    // 200 addresses: ten SRV targets of twenty A records each (one UDP
+    // answer of the test server holds a few dozen records).
+    let targets: Vec<String> = (0..10).map(|t| format!("t{t}.flood.test")).collect();
+    for (t, target) in targets.iter().enumerate() {
+        let ips: Vec<String> = (1..=20).map(|i| format!("10.0.{t}.{i}")).collect();
+        let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
+        dns.set_a(target, &ips);
+    }
+    let records: Vec<(u16, u16, u16, &str)> =
+        targets.iter().map(|t| (0, 1, 80, t.as_str())).collect();
+    dns.set_srv("_http._tcp.flood.test", &records);
+    let p = TollgateProcess::start(&format!(
+        "{}upstreams:\n  api:\n    backends: [\"api.test:{port}\"]\n  \
+         flood:\n    backends: [{{ srv: \"_http._tcp.flood.test\" }}]\n\
+         routes:\n  - {{ name: api, upstream: api }}\n",
+        dns.config(),
+    ));
+    assert_eq!(members(&p), [format!("127.0.0.2:{port}")]);
+    assert_eq!(body_of(&p), (200, "real".to_owned()));
+    let flooded = p.health()["components"]["upstreams"]["flood"]["backends"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(
+        flooded,
+        128,
+        "an answer adds at most 128 backends: {}",
+        p.log_text()
+    );
+}

@@ -44,6 +44,8 @@ impl Checker<'_> {
                 Some(file::AddressFamilySpec::Ipv4) => AddressFamily::Ipv4,
                 Some(file::AddressFamilySpec::Ipv6) => AddressFamily::Ipv6,
             },
+            // Filled in by the caller, which knows the listeners.
+            own_addresses: Vec::new(),
         };
         if settings.min_ttl.is_zero() {
             self.problem(path.key("min_ttl"), "min_ttl must be greater than zero");

@@ -202,7 +202,9 @@ impl Checker<'_> {
         let logging = self.logging(&raw.logging, &root.key("logging"));
         let limits = self.limits(&raw.limits, &root.key("limits"));
 
-        let dns = self.dns(&raw.dns, &root.key("dns"));
+        let mut dns = self.dns(&raw.dns, &root.key("dns"));
+        dns.own_addresses = listeners.iter().map(|l| l.addr).collect();
+        dns.own_addresses.extend(admin_listen);
         let mut upstreams = Vec::with_capacity(raw.upstreams.len());
         for (name, spec) in &raw.upstreams {
             upstreams.push(self.upstream(name, spec, &root.key("upstreams").key(name)));

@@ -12,6 +12,7 @@
 //!   when DNS answers.
 
 pub mod resolver;
+pub mod screen;
 pub mod target;
 
 pub use resolver::DnsClient;
@@ -48,6 +49,21 @@ fn record(
     settings: &DnsSettings,
     metrics: Option<&Metrics>,
 ) -> Applied {
+    let result = result.and_then(|answer| {
+        let (screened, left_out) =
+            screen::screen(answer, &settings.own_addresses, &target.query().to_string());
+        if left_out != screen::Screened::default() {
+            log::warn!(
+                "upstream {} backend {}: left out of the answer: {:?}, and {} past the limit of {}",
+                target.upstream(),
+                target.query(),
+                left_out.refused,
+                left_out.over_limit,
+                screen::MAX_ADDRESSES
+            );
+        }
+        screened
+    });
     let label = match &result {
         Ok(_) => "ok",
         Err(f) => f.result,

@@ -178,6 +178,9 @@ pub struct DnsSettings {
     pub require_at_start: bool,
     /// Which address records count.
     pub family: AddressFamily,
+    /// tollgate's own listeners (proxy and admin): an answer may not aim
+    /// a pool at them (a request would loop, or reach the admin port).
+    pub own_addresses: Vec<SocketAddr>,
 }
 
 impl Default for DnsSettings {
@@ -189,6 +192,7 @@ impl Default for DnsSettings {
             timeout: defaults::DNS_TIMEOUT,
             require_at_start: false,
             family: AddressFamily::Any,
+            own_addresses: Vec::new(),
         }
     }
 }
