@@ -27,6 +27,11 @@ const CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
 /// `HealthCheckResponse.status` of a service that may take traffic.
 const SERVING: u64 = 1;
 
+/// The most of an answer's body a check reads: a `HealthCheckResponse`
+/// is a few bytes, and a backend streaming more would otherwise grow the
+/// checker's memory without bound.
+const MAX_BODY: usize = 64 * 1024;
+
 /// The gRPC health check of one pool.
 pub struct GrpcHealthCheck {
     /// Peer options of the pool (TLS, HTTP/2, timeouts); the address is
@@ -35,6 +40,8 @@ pub struct GrpcHealthCheck {
     connector: Connector,
     request: RequestHeader,
     body: Bytes,
+    /// `health_check.timeout`: the whole check, connect to trailers.
+    deadline: std::time::Duration,
     consecutive_success: usize,
     consecutive_failure: usize,
 }
@@ -46,6 +53,7 @@ impl GrpcHealthCheck {
         peer_template: HttpPeer,
         service: &str,
         host: &str,
+        deadline: std::time::Duration,
         consecutive_success: usize,
         consecutive_failure: usize,
     ) -> Result<Self> {
@@ -58,6 +66,7 @@ impl GrpcHealthCheck {
             peer_template,
             connector: Connector::new(None),
             request,
+            deadline,
             body: request_message(service),
             consecutive_success,
             consecutive_failure,
@@ -103,7 +112,7 @@ fn varint(bytes: &[u8]) -> Option<(u64, usize)> {
 /// skipped, as protobuf readers do); 0 (`UNKNOWN`) when absent.
 fn serving_status(framed: &[u8]) -> Option<u64> {
     let len = u32::from_be_bytes(framed.get(1..5)?.try_into().ok()?) as usize;
-    let mut message = framed.get(5..5 + len)?;
+    let mut message = framed.get(5..5usize.checked_add(len)?)?;
     let mut status = 0;
     while !message.is_empty() {
         let (key, used) = varint(message)?;
@@ -118,7 +127,8 @@ fn serving_status(framed: &[u8]) -> Option<u64> {
             }
             2 => {
                 let (len, used) = varint(message)?;
-                message = message.get(used + len as usize..)?;
+                let skip = usize::try_from(len).ok()?.checked_add(used)?;
+                message = message.get(skip..)?;
             }
             1 => message = message.get(8..)?,
             5 => message = message.get(4..)?,
@@ -142,6 +152,17 @@ impl HealthCheck for GrpcHealthCheck {
     }
 
     async fn check(&self, target: &Backend) -> Result<()> {
+        // Each read has its timeout; a backend that trickles bytes is
+        // bounded by the check's own deadline.
+        match tokio::time::timeout(self.deadline, self.check_within(target)).await {
+            Ok(result) => result,
+            Err(_) => Err(failed(format!("no answer within {:?}", self.deadline))),
+        }
+    }
+}
+
+impl GrpcHealthCheck {
+    async fn check_within(&self, target: &Backend) -> Result<()> {
         let mut peer = self.peer_template.clone();
         peer._address = target.addr.clone();
         let (mut session, _) = self.connector.get_http_session(&peer).await?;
@@ -166,6 +187,9 @@ impl HealthCheck for GrpcHealthCheck {
             .map(str::to_owned);
         let mut body = BytesMut::new();
         while let Some(chunk) = session.read_response_body().await? {
+            if body.len() + chunk.len() > MAX_BODY {
+                return Err(failed(format!("answer body over {MAX_BODY} bytes")));
+            }
             body.extend_from_slice(&chunk);
         }
         if grpc_status.is_none() {
@@ -210,5 +234,21 @@ mod tests {
         );
         assert_eq!(serving_status(&[0, 0, 0, 0, 9, 0x08]), None, "truncated");
         assert_eq!(serving_status(&[0, 0]), None);
+    }
+
+    /// A backend's answer is outside input: lengths that would overflow
+    /// (a field claiming 2^64 - 1 bytes, a frame claiming 4 GiB) are a
+    /// malformed answer, never a panic or a wrapped offset.
+    #[test]
+    fn lengths_that_overflow_are_malformed() {
+        let mut huge_field = vec![0, 0, 0, 0, 12, 0x12];
+        huge_field.extend_from_slice(&[0xff; 9]);
+        huge_field.push(0x01);
+        huge_field.extend_from_slice(&[0x08, 1]);
+        assert_eq!(serving_status(&huge_field), None);
+        let mut almost = vec![0, 0, 0, 0, 11, 0x12];
+        almost.extend_from_slice(&[0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+        assert_eq!(serving_status(&almost), None);
+        assert_eq!(serving_status(&[0, 0xff, 0xff, 0xff, 0xff, 0x08, 1]), None);
     }
 }

@@ -160,6 +160,7 @@ fn pingora_check(
                 peer,
                 service,
                 host,
+                config.timeout,
                 config.healthy_threshold,
                 config.unhealthy_threshold,
             )?;
