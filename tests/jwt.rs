@@ -143,7 +143,7 @@ auth:
     issuers:
       - issuer: \"{ISSUER}\"
         audiences: [{AUDIENCE}]
-        jwks: {{ url: \"http://{}/jwks.json\", refresh: 1s, unknown_kid_cooldown: 100ms, timeout: 1s }}
+        jwks: {{ url: \"http://{}/jwks.json\", refresh: 1s, unknown_kid_cooldown: 1s, timeout: 1s }}
         algorithms: [RS256, ES256, EdDSA]
     tenant_claim: org_id
     tier_claim: plan
@@ -545,4 +545,40 @@ routes: [{{ name: all, upstream: api }}]
             "{err}"
         );
     }
+}
+
+/// Cold start (issue 38): a valid token that arrives before the issuer's
+/// key set was ever fetched — seconds after a start, or in the process a
+/// graceful upgrade just handed the sockets to — waits for that first
+/// fetch (at most the fetch's `timeout`) instead of being refused 401.
+/// Here the key server holds its first answer past the 10 s `/ready`
+/// waits for it, and lets it go once the request is in flight.
+#[test]
+fn a_valid_token_waits_for_the_first_key_set_instead_of_a_401() {
+    let key = Key::rsa("cold");
+    let document = json!({"keys": [key.jwk.clone()]}).to_string();
+    let upstream = TestUpstream::start(move |_| {
+        Action::ReplyWhenReleased(Reply {
+            status: 200,
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: document.clone().into_bytes(),
+        })
+    });
+    let keys = KeyServer {
+        upstream,
+        document: Arc::new(Mutex::new(String::new())),
+    };
+    let api = TestUpstream::fixed("ok");
+    let proxy = TollgateProcess::start(
+        &config(&keys, &api).replace("unknown_kid_cooldown: 1s, timeout: 1s", "timeout: 30s"),
+    );
+    let token = key.sign(&claims("coldco"));
+    let (addr, bearer) = (proxy.addr, format!("Bearer {token}"));
+    let caller = std::thread::spawn(move || {
+        request(addr, "GET", "/orders", &[("Authorization", &bearer)], b"").expect("request")
+    });
+    proxy.wait_metric("tollgate_requests_in_flight", 1.0);
+    keys.upstream.release();
+    let answer = caller.join().expect("caller");
+    assert_eq!(answer.status, 200, "{}", answer.text());
 }

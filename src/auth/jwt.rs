@@ -191,6 +191,19 @@ impl JwtVerifier {
         }
     }
 
+    /// Before a bearer value that has a JWT's shape is read: waits (each
+    /// source at most its fetch `timeout`) for the key sets that were
+    /// never fetched yet, so a valid token is not refused because the
+    /// process is seconds old. One atomic load per source afterwards.
+    pub async fn await_first_keys(&self, bearer: &str) {
+        if !has_jwt_shape(bearer) {
+            return;
+        }
+        for source in self.key_sources() {
+            source.first_fetch(source.config.timeout).await;
+        }
+    }
+
     /// The key sources this generation reads, for [`KeyRing::schedule`].
     pub fn key_sources(&self) -> impl Iterator<Item = &Arc<KeySource>> {
         self.issuers.iter().filter_map(|i| i.keys.as_ref())

@@ -38,6 +38,11 @@ pub struct KeySource {
     wanted: AtomicBool,
     /// A fetch is running.
     fetching: AtomicBool,
+    /// The first fetch has been tried (ready or failed): requests stop
+    /// waiting for it ([`KeySource::first_fetch`]).
+    tried: AtomicBool,
+    /// Wakes requests waiting for the first fetch.
+    first_done: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -56,7 +61,27 @@ impl KeySource {
             status: Mutex::new(FetchStatus::default()),
             wanted: AtomicBool::new(false),
             fetching: AtomicBool::new(false),
+            tried: AtomicBool::new(false),
+            first_done: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Waits, at most `bound`, until the first fetch has been tried. A
+    /// token that arrives before the set was ever read — right after a
+    /// start, or in the process a graceful upgrade just handed the
+    /// listening sockets to — would otherwise be refused for a key the
+    /// set has; after the first fetch this is one atomic load.
+    pub async fn first_fetch(&self, bound: Duration) {
+        if self.tried.load(Ordering::Acquire) {
+            return;
+        }
+        let notified = self.first_done.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.tried.load(Ordering::Acquire) {
+            return;
+        }
+        let _ = tokio::time::timeout(bound, notified).await;
     }
 
     /// The keys as last read (empty before the first good fetch).
@@ -113,14 +138,17 @@ impl KeySource {
             )),
         };
         let mut status = self.status();
+        let first = !self.tried.load(Ordering::Acquire);
         match fetched {
             Ok(set) => {
                 if set.fingerprint != self.keys.load().fingerprint {
+                    // Key ids are the publisher's text: logged quoted and
+                    // escaped, so a kid cannot forge log lines.
                     log::info!(
-                        "JWKS {}: {} keys ({})",
+                        "JWKS {}: {} keys {:?}",
                         self.config.source,
                         set.len(),
-                        set.kids().join(", ")
+                        set.kids()
                     );
                     self.keys.store(Arc::new(set));
                 }
@@ -137,6 +165,11 @@ impl KeySource {
                 status.failed_last = true;
                 metrics.jwks_fetches.with_label_values(&["error"]).inc();
             }
+        }
+        drop(status);
+        if first {
+            self.tried.store(true, Ordering::Release);
+            self.first_done.notify_waiters();
         }
     }
 

@@ -212,12 +212,21 @@ impl Checker<'_> {
         if timeout.is_zero() {
             self.problem(at.key("timeout"), "must be more than 0");
         }
+        let unknown_kid_cooldown = spec
+            .unknown_kid_cooldown
+            .map_or(Duration::from_secs(10), |d| d.0);
+        // Each token with an unknown `kid` asks for a fetch: without a
+        // floor, a stream of forged kids makes back-to-back fetches.
+        if unknown_kid_cooldown < Duration::from_secs(1) {
+            self.problem(
+                at.key("unknown_kid_cooldown"),
+                "at least 1s: every token with an unknown kid asks for a fetch",
+            );
+        }
         Some(JwksConfig {
             source,
             refresh,
-            unknown_kid_cooldown: spec
-                .unknown_kid_cooldown
-                .map_or(Duration::from_secs(10), |d| d.0),
+            unknown_kid_cooldown,
             timeout,
         })
     }

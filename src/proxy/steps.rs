@@ -348,6 +348,26 @@ impl Proxy {
         if session.subrequest_ctx.is_some() {
             ctx.mark_subrequest();
         }
+        let jwt = ctx
+            .gateway
+            .rate_limiter
+            .as_ref()
+            .and_then(|l| l.jwt.as_ref());
+        if let Some(jwt) = jwt {
+            let bearer = session
+                .req_header()
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
+                .map(str::trim);
+            if let Some(bearer) = bearer {
+                jwt.await_first_keys(bearer).await;
+            }
+        }
         if let Err(refusal) = identify(session, ctx, &self.state.metrics) {
             return respond::error(session, ctx, &refusal).await.map(|()| true);
         }
