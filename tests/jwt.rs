@@ -582,3 +582,57 @@ fn a_valid_token_waits_for_the_first_key_set_instead_of_a_401() {
     let answer = caller.join().expect("caller");
     assert_eq!(answer.status, 200, "{}", answer.text());
 }
+
+/// RFC 8725 §3.8 (issue 38): a tenant name means something only with its
+/// issuer. A token cannot name a tenant configured with API keys (its
+/// tier, budget and `X-Tenant` are the key holder's), nor a tenant that
+/// lists other issuers; with `unlisted_tenants: false` an issuer names
+/// only the tenants that list it. Each refusal is a 401 `tenant`.
+#[test]
+fn an_issuer_names_only_the_tenants_it_may() {
+    let key = Key::rsa("r1");
+    let keys = KeyServer::start(&[&key]);
+    let api = TestUpstream::fixed("ok");
+    let base = config(&keys, &api).replace(
+        "  acme: { tier: tiny }\n",
+        "  acme: { tier: tiny }\n  partner: { tier: pro, issuers: [\"https://auth.test/\"] }\n  elsewhere: { tier: pro, issuers: [\"https://other.test/\"] }\n",
+    ).replace(
+        "    issuers:\n      - issuer: \"https://auth.test/\"\n",
+        &format!(
+            "    issuers:\n      - issuer: \"https://other.test/\"\n        jwks: {{ url: \"http://{}/jwks.json\" }}\n      - issuer: \"https://auth.test/\"\n",
+            keys.upstream.addr
+        ),
+    );
+    assert!(
+        base.contains("partner") && base.contains("other.test"),
+        "{base}"
+    );
+    let proxy = TollgateProcess::start(&base);
+    for (org, status) in [
+        ("keyco", 401),     // an API-key tenant
+        ("elsewhere", 401), // lists another issuer
+        ("partner", 200),   // lists this one
+        ("acme", 200),      // no keys, no list: any issuer
+        ("newco", 200),     // not configured: unlisted_tenants defaults to true
+    ] {
+        let r = call(&proxy, &key.sign(&claims(org)));
+        assert_eq!(r.status, status, "{org}: {}", r.text());
+        if status == 401 {
+            assert!(
+                r.text().contains("may not name this tenant"),
+                "{org}: {}",
+                r.text()
+            );
+        }
+    }
+    assert_eq!(
+        proxy.metric("tollgate_auth_failures_total{reason=\"tenant\"}"),
+        Some(2.0)
+    );
+    let strict = TollgateProcess::start(&base.replace(
+        "        algorithms: [RS256, ES256, EdDSA]\n",
+        "        algorithms: [RS256, ES256, EdDSA]\n        unlisted_tenants: false\n",
+    ));
+    assert_eq!(call(&strict, &key.sign(&claims("newco"))).status, 401);
+    assert_eq!(call(&strict, &key.sign(&claims("partner"))).status, 200);
+}

@@ -8,7 +8,7 @@
 use super::keyring::{KeyRing, KeySource};
 use super::keys::{is_hmac, Lookup};
 use super::verified::{Verified, VerifiedTokens};
-use crate::config::model::JwtConfig;
+use crate::config::model::{ClaimableBy, JwtConfig, TenantConfig};
 use base64::Engine as _;
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::errors::ErrorKind;
@@ -65,6 +65,10 @@ pub enum Failure {
     Audience,
     /// Signed, but a needed claim is missing or unusable.
     Claims(&'static str),
+    /// The tenant it names may not be named by its issuer (RFC 8725
+    /// §3.8): a configured tenant that does not list the issuer, or an
+    /// unlisted tenant from an issuer with `unlisted_tenants: false`.
+    Tenant,
 }
 
 impl Failure {
@@ -80,6 +84,7 @@ impl Failure {
             Failure::Issuer => "issuer",
             Failure::Audience => "audience",
             Failure::Claims(_) => "claims",
+            Failure::Tenant => "tenant",
         }
     }
 
@@ -95,6 +100,7 @@ impl Failure {
             Failure::Issuer => "The token's issuer is not trusted",
             Failure::Audience => "The token is not for this audience",
             Failure::Claims(what) => what,
+            Failure::Tenant => "The token's issuer may not name this tenant",
         }
     }
 }
@@ -106,6 +112,15 @@ struct Issuer {
     validations: Vec<(Algorithm, Validation)>,
     keys: Option<Arc<KeySource>>,
     secret: Option<DecodingKey>,
+    /// Whether its tokens may name tenants the config does not list.
+    unlisted_tenants: bool,
+}
+
+/// A configured tenant as tokens see it.
+struct KnownTenant {
+    tier: usize,
+    /// Indexes of the issuers that may name it; `None`: any.
+    issuers: Option<Vec<usize>>,
 }
 
 /// The compiled `auth.jwt` of one config generation.
@@ -116,8 +131,8 @@ pub struct JwtVerifier {
     default_tier: usize,
     leeway: u64,
     forward_claims: Vec<(String, HeaderName)>,
-    /// Configured tenants' tiers, by name.
-    tenant_tiers: HashMap<Box<str>, usize>,
+    /// Configured tenants: tier and who may name them, by name.
+    tenant_tiers: HashMap<Box<str>, KnownTenant>,
     /// Tiers by name.
     tier_names: HashMap<Box<str>, usize>,
     verified: VerifiedTokens,
@@ -139,7 +154,7 @@ impl JwtVerifier {
     pub fn new(
         config: &JwtConfig,
         ring: &Arc<KeyRing>,
-        tenants: &[(Box<str>, usize)],
+        tenants: &[TenantConfig],
         tiers: &[Box<str>],
     ) -> Self {
         let issuers = config
@@ -171,6 +186,24 @@ impl JwtVerifier {
                     .secret
                     .as_ref()
                     .and_then(|s| DecodingKey::from_secret(s.expose().as_bytes()).ok()),
+                unlisted_tenants: i.unlisted_tenants,
+            })
+            .collect();
+        let issuer_index = |iss: &String| config.issuers.iter().position(|i| &i.issuer == iss);
+        let tenant_tiers = tenants
+            .iter()
+            .map(|t| {
+                let issuers = match &t.claimable_by {
+                    ClaimableBy::AnyIssuer => None,
+                    ClaimableBy::Issuers(list) => {
+                        Some(list.iter().filter_map(issuer_index).collect())
+                    }
+                };
+                let known = KnownTenant {
+                    tier: t.tier,
+                    issuers,
+                };
+                (t.name.as_str().into(), known)
             })
             .collect();
         Self {
@@ -180,7 +213,7 @@ impl JwtVerifier {
             default_tier: config.default_tier,
             leeway: config.leeway.as_secs(),
             forward_claims: config.forward_claims.clone(),
-            tenant_tiers: tenants.iter().map(|(n, t)| (n.clone(), *t)).collect(),
+            tenant_tiers,
             tier_names: tiers
                 .iter()
                 .enumerate()
@@ -311,7 +344,7 @@ impl JwtVerifier {
             .get("exp")
             .and_then(Value::as_u64)
             .ok_or(Failure::Expired)?;
-        let tenant = self.tenant(&claims)?;
+        let tenant = self.tenant(&claims, index)?;
         Ok(Verified {
             tenant: Arc::new(tenant),
             expires_at: exp.saturating_add(self.leeway),
@@ -320,17 +353,27 @@ impl JwtVerifier {
         })
     }
 
-    /// The tenant and tier a verified token's claims name.
-    fn tenant(&self, claims: &Map<String, Value>) -> Result<TokenTenant, Failure> {
+    /// The tenant and tier a verified token's claims name, if its issuer
+    /// (index `issuer`) may name that tenant.
+    fn tenant(&self, claims: &Map<String, Value>, issuer: usize) -> Result<TokenTenant, Failure> {
         let name = claims
             .get(&self.tenant_claim)
             .and_then(claim_text)
             .filter(|n| is_tenant_name(n))
             .ok_or(Failure::Claims("The token has no usable tenant claim"))?;
-        let tier = self
-            .tenant_tiers
-            .get(name.as_str())
-            .copied()
+        let known = self.tenant_tiers.get(name.as_str());
+        let allowed = match known {
+            Some(known) => known
+                .issuers
+                .as_ref()
+                .is_none_or(|list| list.contains(&issuer)),
+            None => self.issuers.get(issuer).is_some_and(|i| i.unlisted_tenants),
+        };
+        if !allowed {
+            return Err(Failure::Tenant);
+        }
+        let tier = known
+            .map(|k| k.tier)
             .or_else(|| {
                 let claim = claims.get(self.tier_claim.as_deref()?)?.as_str()?;
                 self.tier_names.get(claim).copied()

@@ -175,6 +175,7 @@ impl Checker<'_> {
             jwks,
             algorithms,
             secret,
+            unlisted_tenants: spec.unlisted_tenants,
         }
     }
 

@@ -107,10 +107,36 @@ impl Checker<'_> {
                     ),
                 }
             }
+            let configured_issuers: Vec<&str> = raw
+                .auth
+                .jwt
+                .iter()
+                .flat_map(|j| &j.issuers)
+                .map(|i| i.issuer.as_str())
+                .collect();
+            let claimable_by = match &spec.issuers {
+                None if key_hashes.is_empty() => ClaimableBy::AnyIssuer,
+                None => ClaimableBy::Issuers(Vec::new()),
+                Some(issuers) => {
+                    for (i, iss) in issuers.iter().enumerate() {
+                        if !configured_issuers.contains(&iss.as_str()) {
+                            self.problem(
+                                path.key("issuers").index(i),
+                                format!(
+                                    "{iss:?} is not an issuer of auth.jwt.issuers (configured: {})",
+                                    configured_issuers.join(", ")
+                                ),
+                            );
+                        }
+                    }
+                    ClaimableBy::Issuers(issuers.clone())
+                }
+            };
             tenants.push(TenantConfig {
                 name: name.clone(),
                 tier,
                 key_hashes,
+                claimable_by,
             });
         }
 

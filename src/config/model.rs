@@ -385,6 +385,9 @@ pub struct IssuerConfig {
     pub algorithms: Vec<jsonwebtoken::Algorithm>,
     /// The HMAC secret, from `secret_env`.
     pub secret: Option<Secret>,
+    /// `unlisted_tenants`: its tokens may name tenants `tenants` does not
+    /// list.
+    pub unlisted_tenants: bool,
 }
 
 /// Where and how often an issuer's JSON Web Key Set is read.
@@ -440,6 +443,18 @@ pub struct TenantConfig {
     pub tier: usize,
     /// SHA-256 digests of its API keys.
     pub key_hashes: Vec<[u8; 32]>,
+    /// Which JWT issuers may name it (RFC 8725 §3.8: a name is only
+    /// meaningful with its issuer).
+    pub claimable_by: ClaimableBy,
+}
+
+/// The JWT issuers whose tokens may name a configured tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimableBy {
+    /// Every configured issuer (a tenant without API keys, no `issuers`).
+    AnyIssuer,
+    /// These `iss` values only (none: API keys only).
+    Issuers(Vec<String>),
 }
 
 /// What happens to a request without an API key.

@@ -320,7 +320,7 @@ impl RateLimiter {
             .collect();
         let jwt = config.jwt.as_ref().map(|jwt| {
             let tier_names: Vec<Box<str>> = tiers.iter().map(|t: &Tier| t.name.clone()).collect();
-            JwtVerifier::new(jwt, ring, &tenants, &tier_names)
+            JwtVerifier::new(jwt, ring, &config.tenants, &tier_names)
         });
         Self {
             jwt,

@@ -56,6 +56,14 @@ pub struct IssuerSpec {
     /// Environment variable holding the HMAC secret, for HS256/384/512.
     #[serde(default)]
     pub secret_env: Option<String>,
+    /// Whether its tokens may name tenants `tenants` does not list
+    /// (default true); false: only tenants that list this issuer.
+    #[serde(default = "default_true")]
+    pub unlisted_tenants: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// A JSON Web Key Set: `{ url: https://…, refresh: 10m }` or `{ file: path }`.

@@ -37,6 +37,11 @@ pub struct TenantSpec {
     /// empty for a tenant that only comes with JWTs (`auth.jwt`).
     #[serde(default)]
     pub api_keys: Vec<String>,
+    /// The `auth.jwt` issuers whose tokens may name this tenant. Default:
+    /// none for a tenant with API keys (its name is its keys'), every
+    /// issuer for a tenant without (it exists for tokens).
+    #[serde(default)]
+    pub issuers: Option<Vec<String>>,
 }
 
 /// Anonymous requests: `{ tier: free }` (keyed by client IP) or `{ reject: true }`.
