@@ -7,7 +7,7 @@
 
 use super::keyring::{KeyRing, KeySource};
 use super::keys::{is_hmac, Lookup};
-use super::verified::{Verified, VerifiedTokens};
+use super::verified::{Refused, RefusedTokens, Verified, VerifiedTokens};
 use crate::config::model::{ClaimableBy, JwtConfig, TenantConfig};
 use base64::Engine as _;
 use http::{HeaderName, HeaderValue};
@@ -136,8 +136,17 @@ pub struct JwtVerifier {
     /// Tiers by name.
     tier_names: HashMap<Box<str>, usize>,
     verified: VerifiedTokens,
+    /// Tokens refused, so a replayed forgery costs a lookup.
+    refused: RefusedTokens,
     ring: Arc<KeyRing>,
 }
+
+/// How long a refused token is remembered (seconds).
+const REFUSED_FOR: u64 = 60;
+
+/// At most this many refused tokens are remembered (fewer when
+/// `cache_size` is smaller).
+const MAX_REFUSED: usize = 10_000;
 
 /// What a bearer value is.
 pub enum Bearer {
@@ -220,6 +229,7 @@ impl JwtVerifier {
                 .map(|(i, n)| (n.clone(), i))
                 .collect(),
             verified: VerifiedTokens::new(config.cache_size),
+            refused: RefusedTokens::new(config.cache_size.min(MAX_REFUSED)),
             ring: ring.clone(),
         }
     }
@@ -255,6 +265,12 @@ impl JwtVerifier {
             }
             self.verified.remove(digest);
         }
+        if let Some(refused) = self.refused.get(digest, now) {
+            if self.still_refused(&refused) {
+                return Bearer::Refused(refused.failure);
+            }
+            self.refused.remove(digest);
+        }
         let mut parts = value.split('.');
         let (Some(header), Some(payload)) = (parts.next(), parts.next()) else {
             return Bearer::ApiKey;
@@ -265,13 +281,42 @@ impl JwtVerifier {
         if !header.contains_key("alg") {
             return Bearer::ApiKey;
         }
-        match self.verify(value, &header, payload, now) {
+        let mut decided = None;
+        match self.verify(value, &header, payload, now, &mut decided) {
             Ok(verified) => {
                 let tenant = verified.tenant.clone();
-                self.verified.insert(*digest, verified, now);
+                self.verified.insert(*digest, verified);
                 Bearer::Token(tenant)
             }
-            Err(failure) => Bearer::Refused(failure),
+            Err(failure) => {
+                // Time or a key refresh can turn these into successes.
+                if !matches!(failure, Failure::NotYetValid | Failure::UnknownKid) {
+                    let (issuer, fingerprint) = decided.unwrap_or((usize::MAX, [0; 32]));
+                    let refused = Refused {
+                        failure,
+                        until: now.saturating_add(REFUSED_FOR),
+                        issuer,
+                        fingerprint,
+                    };
+                    self.refused.insert(*digest, refused);
+                }
+                Bearer::Refused(failure)
+            }
+        }
+    }
+
+    /// Whether a remembered refusal still holds: always, unless a key set
+    /// decided it and has changed since.
+    fn still_refused(&self, refused: &Refused) -> bool {
+        match self
+            .issuers
+            .get(refused.issuer)
+            .and_then(|i| i.keys.as_ref())
+        {
+            Some(keys) if refused.fingerprint != [0; 32] => {
+                keys.keys().fingerprint == refused.fingerprint
+            }
+            _ => true,
         }
     }
 
@@ -294,6 +339,7 @@ impl JwtVerifier {
         header: &Map<String, Value>,
         payload: &str,
         now: u64,
+        decided: &mut Option<(usize, [u8; 32])>,
     ) -> Result<Verified, Failure> {
         if header.contains_key("crit") {
             return Err(Failure::Malformed);
@@ -330,6 +376,7 @@ impl JwtVerifier {
                 }
             }
         };
+        *decided = Some((index, fingerprint));
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
             .map_err(|e| failure_of(e.kind()))?;
         let claims = data.claims;
@@ -482,6 +529,79 @@ fn failure_of(kind: &ErrorKind) -> Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SECRET: &str = "a-test-secret-of-at-least-32-bytes!!";
+
+    fn hmac_verifier() -> JwtVerifier {
+        let config = JwtConfig {
+            issuers: vec![crate::config::model::IssuerConfig {
+                issuer: "https://auth.test/".into(),
+                audiences: Vec::new(),
+                jwks: None,
+                algorithms: vec![Algorithm::HS256],
+                secret: Some(crate::config::model::Secret::new(SECRET)),
+                unlisted_tenants: true,
+            }],
+            tenant_claim: "org".into(),
+            tier_claim: None,
+            default_tier: 0,
+            leeway: std::time::Duration::ZERO,
+            forward_claims: Vec::new(),
+            cache_size: 100,
+        };
+        JwtVerifier::new(
+            &config,
+            &Arc::new(KeyRing::default()),
+            &[],
+            &["free".into()],
+        )
+    }
+
+    fn token(claims: Value, secret: &str) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).expect("key"),
+        )
+        .expect("token")
+    }
+
+    fn digest(token: &str) -> [u8; 32] {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(token.as_bytes()).into()
+    }
+
+    /// A refused token is remembered (a replayed forgery costs a lookup);
+    /// one that time can make valid (`nbf` ahead) is not.
+    #[test]
+    fn refusals_that_cannot_change_are_remembered() {
+        let verifier = hmac_verifier();
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims =
+            serde_json::json!({"iss": "https://auth.test/", "org": "acme", "exp": now + 600});
+        let forged = token(claims.clone(), "another-secret-of-at-least-32-bytes!!");
+        for _ in 0..3 {
+            assert!(matches!(
+                verifier.read(&forged, &digest(&forged)),
+                Bearer::Refused(Failure::Signature)
+            ));
+        }
+        assert!(verifier.refused.get(&digest(&forged), now).is_some());
+        let mut early = claims.clone();
+        early["nbf"] = (now + 3600).into();
+        let early = token(early, SECRET);
+        assert!(matches!(
+            verifier.read(&early, &digest(&early)),
+            Bearer::Refused(Failure::NotYetValid)
+        ));
+        assert!(verifier.refused.get(&digest(&early), now).is_none());
+        let good = token(claims, SECRET);
+        assert!(matches!(
+            verifier.read(&good, &digest(&good)),
+            Bearer::Token(_)
+        ));
+        assert_eq!(verifier.refused.len(), 1);
+    }
 
     #[test]
     fn only_three_base64url_parts_look_like_a_jwt() {
