@@ -81,8 +81,14 @@ impl Key {
     }
 
     fn sign(&self, claims: &Value) -> String {
+        self.sign_typed(claims, Some("JWT"))
+    }
+
+    /// Signs with the header's `typ` set to `typ` (none: left out).
+    fn sign_typed(&self, claims: &Value, typ: Option<&str>) -> String {
         let mut header = Header::new(self.alg);
         header.kid = Some(self.kid.clone());
+        header.typ = typ.map(str::to_owned);
         jsonwebtoken::encode(&header, claims, &self.signing).expect("sign")
     }
 }
@@ -635,4 +641,30 @@ fn an_issuer_names_only_the_tenants_it_may() {
     ));
     assert_eq!(call(&strict, &key.sign(&claims("newco"))).status, 401);
     assert_eq!(call(&strict, &key.sign(&claims("partner"))).status, 200);
+}
+
+/// RFC 8725 §3.11 (issue 38): with `types: [at+jwt]` an issuer's ID
+/// token or logout token — signed by the same key, for another purpose —
+/// is not an access token here; `application/at+jwt` and any case are the
+/// same type (RFC 7515 §4.1.9).
+#[test]
+fn an_issuer_with_types_accepts_only_tokens_of_those_types() {
+    let key = Key::rsa("t1");
+    let keys = KeyServer::start(&[&key]);
+    let api = TestUpstream::fixed("ok");
+    let proxy = TollgateProcess::start(&config(&keys, &api).replace(
+        "        algorithms: [RS256, ES256, EdDSA]\n",
+        "        algorithms: [RS256, ES256, EdDSA]\n        types: [at+jwt]\n",
+    ));
+    let c = claims("typed");
+    for (typ, status) in [
+        (Some("at+jwt"), 200),
+        (Some("application/AT+JWT"), 200),
+        (Some("JWT"), 401),
+        (Some("logout+jwt"), 401),
+        (None, 401),
+    ] {
+        let r = call(&proxy, &key.sign_typed(&c, typ));
+        assert_eq!(r.status, status, "{typ:?}: {}", r.text());
+    }
 }

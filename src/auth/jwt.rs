@@ -8,7 +8,7 @@
 use super::keyring::{KeyRing, KeySource};
 use super::keys::{is_hmac, Lookup};
 use super::verified::{Refused, RefusedTokens, Verified, VerifiedTokens};
-use crate::config::model::{ClaimableBy, JwtConfig, TenantConfig};
+use crate::config::model::{normal_typ, ClaimableBy, JwtConfig, TenantConfig};
 use base64::Engine as _;
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::errors::ErrorKind;
@@ -114,6 +114,8 @@ struct Issuer {
     secret: Option<DecodingKey>,
     /// Whether its tokens may name tenants the config does not list.
     unlisted_tenants: bool,
+    /// Accepted `typ` values, normalised (empty: not checked).
+    types: Vec<String>,
 }
 
 /// A configured tenant as tokens see it.
@@ -196,6 +198,7 @@ impl JwtVerifier {
                     .as_ref()
                     .and_then(|s| DecodingKey::from_secret(s.expose().as_bytes()).ok()),
                 unlisted_tenants: i.unlisted_tenants,
+                types: i.types.clone(),
             })
             .collect();
         let issuer_index = |iss: &String| config.issuers.iter().position(|i| &i.issuer == iss);
@@ -354,6 +357,14 @@ impl JwtVerifier {
             .and_then(Value::as_str)
             .and_then(|iss| self.issuers.iter().enumerate().find(|(_, i)| i.iss == iss))
             .ok_or(Failure::Issuer)?;
+        // RFC 8725 §3.11: a token of another kind (an ID token, a logout
+        // token) signed by the same issuer is not an access token here.
+        if !issuer.types.is_empty() {
+            let typ = header.get("typ").and_then(Value::as_str).map(normal_typ);
+            if !typ.is_some_and(|t| issuer.types.contains(&t)) {
+                return Err(Failure::Claims("The token's type (typ) is not accepted"));
+            }
+        }
         let validation = issuer
             .validations
             .iter()
@@ -541,6 +552,7 @@ mod tests {
                 algorithms: vec![Algorithm::HS256],
                 secret: Some(crate::config::model::Secret::new(SECRET)),
                 unlisted_tenants: true,
+                types: Vec::new(),
             }],
             tenant_claim: "org".into(),
             tier_claim: None,

@@ -95,6 +95,12 @@ impl Checker<'_> {
         if spec.issuer.is_empty() {
             self.problem(at.key("issuer"), "the issuer's `iss` value is needed");
         }
+        if spec.audiences.is_empty() {
+            self.warn(
+                &at.key("issuer"),
+                "no audiences: a token this issuer minted for any other service is accepted here (RFC 8725 §3.9); list this API's aud values",
+            );
+        }
         let mut algorithms = Vec::new();
         match &spec.algorithms {
             None => algorithms.extend(ASYMMETRIC),
@@ -176,6 +182,7 @@ impl Checker<'_> {
             algorithms,
             secret,
             unlisted_tenants: spec.unlisted_tenants,
+            types: spec.types.iter().map(|t| normal_typ(t)).collect(),
         }
     }
 

@@ -388,6 +388,19 @@ pub struct IssuerConfig {
     /// `unlisted_tenants`: its tokens may name tenants `tenants` does not
     /// list.
     pub unlisted_tenants: bool,
+    /// Accepted `typ` values, lower-cased without `application/` (empty:
+    /// not checked).
+    pub types: Vec<String>,
+}
+
+/// A `typ` value as compared (RFC 7515 §4.1.9: media types, `application/`
+/// may be left out, case-insensitive).
+pub fn normal_typ(typ: &str) -> String {
+    let lower = typ.trim().to_ascii_lowercase();
+    match lower.strip_prefix("application/") {
+        Some(rest) => rest.to_owned(),
+        None => lower,
+    }
 }
 
 /// Where and how often an issuer's JSON Web Key Set is read.

@@ -60,6 +60,10 @@ pub struct IssuerSpec {
     /// (default true); false: only tenants that list this issuer.
     #[serde(default = "default_true")]
     pub unlisted_tenants: bool,
+    /// Accepted `typ` header values (RFC 8725 §3.11, e.g. `at+jwt`);
+    /// empty: `typ` is not checked.
+    #[serde(default)]
+    pub types: Vec<String>,
 }
 
 fn default_true() -> bool {
