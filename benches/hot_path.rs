@@ -71,6 +71,63 @@ fn route_match(c: &mut Criterion) {
     g.finish();
 }
 
+/// Routes that share a prefix and differ by a header condition (one per
+/// customer, `X-Customer: c<i>`), from 10 to 100,000: matching the last
+/// one must cost the same at every size (the conditions are indexed, not
+/// scanned). The ratio of the 100,000 to the 10 case is the check.
+fn header_route_match(c: &mut Criterion) {
+    let mut g = c.benchmark_group("header_route_match");
+    for n in [10usize, 1_000, 100_000] {
+        let mut routes: Vec<RouteMatch> = (0..n)
+            .map(|i| RouteMatch {
+                host: None,
+                path_prefix: "/api/".into(),
+                case_insensitive: false,
+                methods: MethodSet::ANY,
+                headers: vec![(
+                    http::HeaderName::from_static("x-customer"),
+                    http::HeaderValue::from_str(&format!("c{i}")).expect("value"),
+                )],
+            })
+            .collect();
+        routes.push(RouteMatch {
+            host: None,
+            path_prefix: "/api/".into(),
+            case_insensitive: false,
+            methods: MethodSet::ANY,
+            headers: Vec::new(),
+        });
+        let router = Router::new(&routes);
+        let mut fields = http::HeaderMap::new();
+        fields.insert(
+            "x-customer",
+            http::HeaderValue::from_str(&format!("c{}", n - 1)).expect("value"),
+        );
+        let plain = http::HeaderMap::new();
+        g.bench_function(format!("last of {n} header routes"), |b| {
+            b.iter(|| {
+                router.find(
+                    None,
+                    black_box("/api/orders"),
+                    &Method::GET,
+                    black_box(&fields),
+                )
+            })
+        });
+        g.bench_function(format!("fallback past {n} header routes"), |b| {
+            b.iter(|| {
+                router.find(
+                    None,
+                    black_box("/api/orders"),
+                    &Method::GET,
+                    black_box(&plain),
+                )
+            })
+        });
+    }
+    g.finish();
+}
+
 /// Building the table for 100,000 routes (50,000 host routes, 50,000
 /// prefixes), as a reload of such a file does.
 fn route_table_build(c: &mut Criterion) {
@@ -253,6 +310,7 @@ fn rate_limiting(c: &mut Criterion) {
 criterion_group!(
     hot_path,
     route_match,
+    header_route_match,
     route_table_build,
     least_connections,
     cache_decisions,

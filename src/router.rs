@@ -64,7 +64,76 @@ impl Entry {
     }
 }
 
-type PrefixMap = HashMap<Box<[u8]>, Vec<Entry>, ahash::RandomState>;
+/// The routes of one prefix, and an index of their header conditions, so
+/// a request is matched against the routes its own fields name rather
+/// than against every route of the prefix.
+#[derive(Debug, Default)]
+struct Slot {
+    /// In precedence order: routes with header conditions (file order),
+    /// then routes without (file order).
+    entries: Vec<Entry>,
+    /// Routes with header conditions by their first condition (by field
+    /// name): field → value → positions in `entries`, ascending.
+    keyed: HashMap<
+        HeaderName,
+        HashMap<HeaderValue, Vec<usize>, ahash::RandomState>,
+        ahash::RandomState,
+    >,
+    /// Position of the first route without header conditions.
+    plain_from: usize,
+}
+
+impl Slot {
+    /// Orders the entries (header conditions first, then file order) and
+    /// indexes the conditioned ones by their first condition.
+    fn seal(&mut self) {
+        self.entries
+            .sort_by_key(|e| (e.headers.is_empty(), e.route.0));
+        self.plain_from = self.entries.partition_point(|e| !e.headers.is_empty());
+        self.keyed.clear();
+        for (i, entry) in self.entries[..self.plain_from].iter().enumerate() {
+            if let Some((name, value)) = entry.headers.first() {
+                self.keyed
+                    .entry(name.clone())
+                    .or_default()
+                    .entry(value.clone())
+                    .or_default()
+                    .push(i);
+            }
+        }
+    }
+
+    /// The best-ranked entry that accepts the request: among the
+    /// conditioned entries its fields name (one hash lookup per value of
+    /// each indexed field), the first; else the first plain entry.
+    fn find(&self, method: &Method, fields: &HeaderMap) -> Option<&Entry> {
+        let mut best: Option<usize> = None;
+        for (name, by_value) in &self.keyed {
+            for value in fields.get_all(name) {
+                let Some(positions) = by_value.get(value) else {
+                    continue;
+                };
+                for &i in positions {
+                    if best.is_some_and(|b| b <= i) {
+                        break;
+                    }
+                    if self.entries[i].accepts(method, fields) {
+                        best = Some(i);
+                        break;
+                    }
+                }
+            }
+        }
+        match best {
+            Some(i) => self.entries.get(i),
+            None => self.entries[self.plain_from..]
+                .iter()
+                .find(|e| e.accepts(method, fields)),
+        }
+    }
+}
+
+type PrefixMap = HashMap<Box<[u8]>, Slot, ahash::RandomState>;
 
 /// The routes of one host condition, by prefix.
 #[derive(Debug, Default)]
@@ -84,14 +153,17 @@ impl Bucket {
         } else {
             (&mut self.exact, prefix.as_bytes().to_vec())
         };
-        map.entry(key.into_boxed_slice()).or_default().push(entry);
+        map.entry(key.into_boxed_slice())
+            .or_default()
+            .entries
+            .push(entry);
     }
 
     /// Orders each prefix's entries (header conditions first, then file
     /// order) and lists the prefix lengths to probe.
     fn seal(&mut self) {
-        for entries in self.exact.values_mut().chain(self.folded.values_mut()) {
-            entries.sort_by_key(|e| (e.headers.is_empty(), e.route.0));
+        for slot in self.exact.values_mut().chain(self.folded.values_mut()) {
+            slot.seal();
         }
         let mut lengths: Vec<usize> = self
             .exact
@@ -115,7 +187,7 @@ impl Bucket {
             let best = exact
                 .into_iter()
                 .chain(folded)
-                .flat_map(|entries| entries.iter().find(|e| e.accepts(method, fields)))
+                .filter_map(|slot| slot.find(method, fields))
                 .min_by_key(|e| (e.headers.is_empty(), e.route.0));
             if let Some(entry) = best {
                 return Some(entry.route);
@@ -240,7 +312,11 @@ impl Bucket {
                 let folded = folded_path
                     .as_ref()
                     .and_then(|p| self.folded.get(&p[..len]));
-                exact.into_iter().chain(folded).flatten().any(&f)
+                exact
+                    .into_iter()
+                    .chain(folded)
+                    .flat_map(|slot| &slot.entries)
+                    .any(&f)
             })
     }
 }
@@ -420,5 +496,53 @@ mod tests {
         let r = Router::new(&[route(None, "/only/", Some(&["GET"]))]);
         assert_eq!(find(&r, "", "/other", Method::GET), None);
         assert_eq!(find(&r, "", "/only/x", Method::PUT), None);
+    }
+
+    proptest::proptest! {
+        /// The header index picks what a scan of every route in precedence
+        /// order would: the first route with conditions that accepts the
+        /// request, else the first without.
+        #[test]
+        fn the_header_index_agrees_with_a_scan(
+            specs in proptest::collection::vec(
+                (
+                    proptest::collection::vec((0..3usize, 0..3usize), 0..3),
+                    proptest::bool::ANY,
+                ),
+                1..24,
+            ),
+            request in proptest::collection::vec((0..3usize, 0..3usize), 0..4),
+            post in proptest::bool::ANY,
+        ) {
+            let names = ["x-a", "x-b", "x-c"];
+            let values = ["1", "2", "3"];
+            let routes: Vec<RouteMatch> = specs
+                .iter()
+                .map(|(conditions, get_only)| {
+                    let mut r = route(None, "/api/", get_only.then_some(&["GET"][..]));
+                    r.headers = conditions
+                        .iter()
+                        .map(|(n, v)| (HeaderName::from_static(names[*n]), HeaderValue::from_static(values[*v])))
+                        .collect();
+                    r
+                })
+                .collect();
+            let mut fields = HeaderMap::new();
+            for (n, v) in &request {
+                fields.append(HeaderName::from_static(names[*n]), HeaderValue::from_static(values[*v]));
+            }
+            let method = if post { Method::POST } else { Method::GET };
+            let scan = routes
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| {
+                    r.methods.contains(&method)
+                        && r.headers.iter().all(|(n, v)| fields.get_all(n).iter().any(|f| f == v))
+                })
+                .min_by_key(|(i, r)| (r.headers.is_empty(), *i))
+                .map(|(i, _)| RouteId(i));
+            let router = Router::new(&routes);
+            proptest::prop_assert_eq!(router.find(None, "/api/x", &method, &fields), scan);
+        }
     }
 }
