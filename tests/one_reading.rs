@@ -8,8 +8,7 @@ use common::upstream::Recorded;
 use common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tollgate::ratelimit::identity::hash_key;
 
@@ -251,43 +250,6 @@ fn a_non_websocket_upgrade_cannot_bypass_the_cache() {
     assert_eq!(up.count(), 1, "the origin was asked once");
 }
 
-/// A backend that accepts WebSocket handshakes and then either stays
-/// silent or sends a byte every 100 ms (`speaks`); it counts the bytes it
-/// receives through the tunnel.
-fn tunnel_backend(speaks: bool) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-    let received = Arc::new(AtomicUsize::new(0));
-    let counted = received.clone();
-    let addr = serve_connections(move |mut socket| {
-        let counted = counted.clone();
-        async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            if !matches!(
-                accept_websocket(&mut socket).await,
-                Some(Handshake::Upgraded)
-            ) {
-                return;
-            }
-            let mut sink = [0u8; 4096];
-            let mut beat = tokio::time::interval(Duration::from_millis(100));
-            loop {
-                tokio::select! {
-                    read = socket.read(&mut sink) => match read {
-                        Ok(n) if n > 0 => { counted.fetch_add(n, Ordering::SeqCst); }
-                        _ => return,
-                    },
-                    _ = beat.tick(), if speaks => {
-                        // An unmasked binary frame of one byte.
-                        if socket.write_all(&[0x82, 0x01, b'x']).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        }
-    });
-    (addr, received)
-}
-
 fn tunnel_proxy(backend: std::net::SocketAddr, idle: &str) -> TollgateProcess {
     TollgateProcess::start(&format!(
         "limits: {{ body_timeout: 1s }}\n\
@@ -316,7 +278,9 @@ const CLIENT_FRAME: [u8; 7] = [0x82, 0x81, 1, 2, 3, 4, b'y' ^ 1];
 /// nobody speaks ends after `idle`.
 #[test]
 fn a_silent_client_keeps_its_tunnel_past_the_body_timeout_until_idle() {
-    let (backend, received) = tunnel_backend(false);
+    let backend = TunnelBackend::start(false);
+    let received = backend.received.clone();
+    let backend = backend.addr;
     let proxy = tunnel_proxy(backend, "4s");
     let mut client = open_tunnel(&proxy);
     // Silent for over twice the body timeout (time passing is what is
@@ -346,7 +310,7 @@ fn a_silent_client_keeps_its_tunnel_past_the_body_timeout_until_idle() {
 /// kept past `idle`: the backend's bytes are the tunnel's life.
 #[test]
 fn a_listening_client_keeps_a_tunnel_to_a_speaking_backend() {
-    let (backend, _) = tunnel_backend(true);
+    let backend = TunnelBackend::start(true).addr;
     let proxy = tunnel_proxy(backend, "1s");
     let mut client = open_tunnel(&proxy);
     client

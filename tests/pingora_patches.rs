@@ -8,7 +8,6 @@ use common::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 fn cached_route(up: &TestUpstream, route: &str) -> TollgateProcess {
@@ -187,37 +186,14 @@ fn a_stale_entry_served_to_an_http2_client_is_refreshed_in_the_background() {
     assert_eq!(up.count(), 2, "the refreshed entry answered");
 }
 
-/// A backend that accepts a WebSocket upgrade and then never says a word;
-/// it reads (and drops) whatever the client sends. How many upgrades it
-/// accepted.
-fn silent_backend() -> (SocketAddr, Arc<AtomicUsize>) {
-    let upgrades = Arc::new(AtomicUsize::new(0));
-    let counted = upgrades.clone();
-    let addr = serve_connections(move |mut socket| {
-        let counted = counted.clone();
-        async move {
-            use tokio::io::AsyncReadExt;
-            if !matches!(
-                accept_websocket(&mut socket).await,
-                Some(Handshake::Upgraded)
-            ) {
-                return;
-            }
-            counted.fetch_add(1, Ordering::SeqCst);
-            let mut sink = [0u8; 4096];
-            while matches!(socket.read(&mut sink).await, Ok(n) if n > 0) {}
-        }
-    });
-    (addr, upgrades)
-}
-
 /// Patch 0004 (tunnel idle bound): `timeouts.idle` ends a tunnel to a
 /// backend that stays silent, also while the client keeps sending. Before
 /// the patch each client read re-armed the backend's read timer, so the
 /// tunnel lived as long as the client talked.
 #[test]
 fn a_tunnel_to_a_silent_backend_ends_after_idle_while_the_client_sends() {
-    let (backend, upgrades) = silent_backend();
+    let silent = TunnelBackend::start(false);
+    let (backend, upgrades) = (silent.addr, silent.upgrades.clone());
     let proxy = TollgateProcess::start(&format!(
         "upstreams:\n  ws: {{ backends: [\"{backend}\"] }}\n\
          routes:\n  - {{ name: ws, upstream: ws, timeouts: {{ total: 1s, idle: 500ms }} }}\n"

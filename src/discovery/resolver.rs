@@ -243,3 +243,20 @@ fn failure(name: &str, error: &NetError) -> Failure {
         message: format!("{name}: {error}"),
     }
 }
+
+/// An answer of `addrs` (`ip:port`) with `ttl`, for unit tests.
+#[cfg(test)]
+pub(crate) fn answer_for_tests(addrs: &[&str], ttl: Duration) -> Answer {
+    Answer {
+        addrs: addrs
+            .iter()
+            .map(|a| Address {
+                addr: a.parse().expect("addr"),
+                priority: 0,
+                srv_weight: None,
+                target: None,
+            })
+            .collect(),
+        ttl,
+    }
+}

@@ -90,18 +90,7 @@ mod tests {
     use std::time::Duration;
 
     fn answer(addrs: &[&str]) -> Answer {
-        Answer {
-            addrs: addrs
-                .iter()
-                .map(|a| Address {
-                    addr: a.parse().expect("addr"),
-                    priority: 0,
-                    srv_weight: None,
-                    target: None,
-                })
-                .collect(),
-            ttl: Duration::from_secs(30),
-        }
+        super::super::resolver::answer_for_tests(addrs, Duration::from_secs(30))
     }
 
     fn kept(result: &Result<Answer, Failure>) -> Vec<String> {

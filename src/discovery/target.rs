@@ -244,22 +244,10 @@ fn left(deadline: Instant) -> std::time::Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::resolver::Address;
     use std::time::Duration;
 
     fn answer(addrs: &[&str], ttl: u64) -> Answer {
-        Answer {
-            addrs: addrs
-                .iter()
-                .map(|a| Address {
-                    addr: a.parse().expect("addr"),
-                    priority: 0,
-                    srv_weight: None,
-                    target: None,
-                })
-                .collect(),
-            ttl: Duration::from_secs(ttl),
-        }
+        super::super::resolver::answer_for_tests(addrs, Duration::from_secs(ttl))
     }
 
     fn target() -> DnsTarget {

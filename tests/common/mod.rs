@@ -460,3 +460,58 @@ pub fn websocket_handshake(path: &str) -> Vec<u8> {
     )
     .into_bytes()
 }
+
+/// A backend that accepts WebSocket handshakes and then either stays
+/// silent or sends a one-byte binary frame every 100 ms (`speaks`); it
+/// counts the upgrades it accepted and the bytes it received through
+/// them.
+pub struct TunnelBackend {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Handshakes answered with 101.
+    pub upgrades: std::sync::Arc<AtomicUsize>,
+    /// Bytes received after the handshakes.
+    pub received: std::sync::Arc<AtomicUsize>,
+}
+
+impl TunnelBackend {
+    /// Starts one on a fresh loopback port.
+    pub fn start(speaks: bool) -> Self {
+        let upgrades = std::sync::Arc::new(AtomicUsize::new(0));
+        let received = std::sync::Arc::new(AtomicUsize::new(0));
+        let (up, rx) = (upgrades.clone(), received.clone());
+        let addr = serve_connections(move |mut socket| {
+            let (up, rx) = (up.clone(), rx.clone());
+            async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                if !matches!(
+                    accept_websocket(&mut socket).await,
+                    Some(Handshake::Upgraded)
+                ) {
+                    return;
+                }
+                up.fetch_add(1, Ordering::SeqCst);
+                let mut sink = [0u8; 4096];
+                let mut beat = tokio::time::interval(Duration::from_millis(100));
+                loop {
+                    tokio::select! {
+                        read = socket.read(&mut sink) => match read {
+                            Ok(n) if n > 0 => { rx.fetch_add(n, Ordering::SeqCst); }
+                            _ => return,
+                        },
+                        _ = beat.tick(), if speaks => {
+                            if socket.write_all(&[0x82, 0x01, b'x']).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Self {
+            addr,
+            upgrades,
+            received,
+        }
+    }
+}
