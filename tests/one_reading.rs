@@ -286,7 +286,7 @@ fn a_silent_client_keeps_its_tunnel_past_the_body_timeout_until_idle() {
     // Silent for over twice the body timeout (time passing is what is
     // tested: a slow machine only makes the wait longer).
     let opened = Instant::now();
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(Duration::from_millis(2500)); // pace: the silence is what is tested
     assert!(opened.elapsed() >= Duration::from_secs(2));
     client
         .write_all(&CLIENT_FRAME)

@@ -217,24 +217,8 @@ impl ProxyHttp for Proxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // A 101 to a request that asked for no upgrade would turn the
-        // client's connection into a tunnel to the backend (Pingora checks
-        // only that both sides agree, pingora-proxy `lib.rs`
-        // `reject_mismatched_h1_upgrade_101`).
-        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS
-            && !crate::hygiene::is_websocket_handshake(session.req_header())
-        {
-            return Err(Error::explain(
-                ErrorType::InvalidHTTPHeader,
-                "upstream switched protocols on a request that asked for no upgrade",
-            )
-            .into_up());
-        }
         if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
-            ctx.tunnel = Some(crate::tunnel::OpenTunnel::open(&self.state.metrics));
-            if let Some(timeouts) = ctx.timeouts() {
-                crate::tunnel::bound_client_by_idle(session, timeouts.idle);
-            }
+            steps::switch_protocols(session, ctx, &self.state.metrics)?;
         }
         headers::strip_response_hop_by_hop(upstream_response);
         let status = upstream_response.status.as_u16();

@@ -38,6 +38,30 @@ pub(super) fn protocol(session: &Session, ctx: &mut RequestCtx, metrics: &Metric
     ctx.upgrade = hygiene::is_websocket_handshake(req);
 }
 
+/// The backend answered 101: refused (502) when the request asked for no
+/// WebSocket handshake — it would turn the client's connection into a
+/// tunnel to the backend (Pingora checks only that both sides agree,
+/// pingora-proxy `lib.rs` `reject_mismatched_h1_upgrade_101`); otherwise
+/// the tunnel is counted and the client's side bounded by `idle`.
+pub(super) fn switch_protocols(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    metrics: &Metrics,
+) -> Result<()> {
+    if !hygiene::is_websocket_handshake(session.req_header()) {
+        return Err(Error::explain(
+            ErrorType::InvalidHTTPHeader,
+            "upstream switched protocols on a request that asked for no upgrade",
+        )
+        .into_up());
+    }
+    ctx.tunnel = Some(crate::tunnel::OpenTunnel::open(metrics));
+    if let Some(timeouts) = ctx.timeouts() {
+        crate::tunnel::bound_client_by_idle(session, timeouts.idle);
+    }
+    Ok(())
+}
+
 /// Reads what every later step relies on — the request id, the target's
 /// form, the normalised path (written back into the request, so the
 /// upstream gets the path that was routed and keyed), the one normalised
