@@ -280,7 +280,7 @@ fn head_deadlines_run_from_the_accept_and_empty_lines_do_not_end_them() {
             if writer.write_all(b"\r\n").is_err() {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(100)); // pace: the attacker's trickle
         }
     });
     closed_by_proxy(&mut blank);

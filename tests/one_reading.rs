@@ -14,23 +14,26 @@ use tollgate::ratelimit::identity::hash_key;
 
 const ACME: &str = "acme-secret-key";
 
+/// Tenant `acme` (API key `ACME`) in a roomy tier; anonymous clients too.
+fn acme_tenant() -> String {
+    format!(
+        "tiers:\n  pro: {{ per_minute: 10000 }}\ntenants:\n  acme: {{ tier: pro, api_keys: [\"{}\"] }}\nanonymous: {{ tier: pro }}\n",
+        hash_key(ACME)
+    )
+}
+
 /// Tenant `acme` by API key, and one route that sets `X-Route` on the
 /// request it forwards.
 fn vouching_config(up: &TestUpstream) -> String {
     format!(
-        "tiers:
-  pro: {{ per_minute: 10000 }}
-tenants:
-  acme: {{ tier: pro, api_keys: [\"{}\"] }}
-anonymous: {{ tier: pro }}
-upstreams:
+        "{}upstreams:
   api: {{ backends: [\"{}\"] }}
 routes:
   - name: api
     upstream: api
     headers: {{ request: {{ set: {{ X-Route: api }} }} }}
 ",
-        hash_key(ACME),
+        acme_tenant(),
         up.addr
     )
 }
@@ -183,18 +186,13 @@ fn a_sticky_split_hashes_the_field_tollgate_wrote_not_the_clients_copy() {
     let a = TestUpstream::fixed("a");
     let b = TestUpstream::fixed("b");
     let proxy = TollgateProcess::start(&format!(
-        "tiers:
-  pro: {{ per_minute: 10000 }}
-tenants:
-  acme: {{ tier: pro, api_keys: [\"{}\"] }}
-anonymous: {{ tier: pro }}
-upstreams:
+        "{}upstreams:
   a: {{ backends: [\"{}\"] }}
   b: {{ backends: [\"{}\"] }}
 routes:
   - {{ name: split, upstreams: [{{ name: a, weight: 1 }}, {{ name: b, weight: 1 }}], sticky: {{ header: X-Tenant }} }}
 ",
-        hash_key(ACME),
+        acme_tenant(),
         a.addr,
         b.addr
     ));

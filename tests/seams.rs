@@ -369,7 +369,7 @@ fn a_trickled_request_body_cannot_hold_the_upstream_past_the_deadline() {
                 return;
             }
             // The client's pace: one byte per 100 ms, until the proxy stops reading.
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            std::thread::sleep(std::time::Duration::from_millis(100)); // pace
         }
     });
     let r = common::client::read_response_from(&mut stream).expect("a response");

@@ -111,7 +111,7 @@ async fn messages_stream_both_ways_past_the_total_timeout_and_close_cleanly() {
         assert_eq!(echo, Message::text("still here"));
         // The client's pace, not a wait for a condition: the tunnel must
         // stay in use until time has passed the route's total.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await; // pace
     }
     // Close handshake: our close, the backend's answer, then the end.
     ws.close(None).await.expect("close");

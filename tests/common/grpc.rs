@@ -136,7 +136,7 @@ async fn serve(
     let messages = unframe(&mut buf);
     if let Some(ms) = meta("x-sleep-ms").and_then(|v| v.parse::<u64>().ok()) {
         // A slow service (the deadline tests' subject), not a wait.
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+        tokio::time::sleep(Duration::from_millis(ms)).await; // pace: the slow service
     }
     let method = parts.uri.path().to_owned();
     let mut trailers = http::HeaderMap::new();
