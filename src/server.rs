@@ -23,7 +23,7 @@ use crate::upstream::health::HealthChecker;
 use crate::upstream::UpstreamMemory;
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_READ_BUFFER_SIZE};
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -97,16 +97,33 @@ fn check_bindable(addr: SocketAddr, what: &'static str) -> Result<(), StartError
         .map_err(|source| StartError::Bind { addr, what, source })
 }
 
-/// Socket buffering of client connections. Pingora's default write
-/// buffer is 1460 bytes (one MSS): a response whose header and body pass
-/// that is written in two syscalls (header, then body) — a ~1 KiB API
-/// answer with tollgate's headers lands just past it (30 % fewer hits per
-/// second in `benches/load`). 16 KiB keeps typical API responses to one
-/// write; Pingora still flushes at the end of each response and at once
-/// for streamed (no `Content-Length`) ones, so nothing is held back.
-fn client_buffers() -> L4BufferSettings {
-    L4BufferSettings::new(DEFAULT_L4_READ_BUFFER_SIZE, 16 * 1024)
+/// Socket buffering of client connections.
+///
+/// Writes: Pingora's default write buffer is 1460 bytes (one MSS): a
+/// response whose header and body pass that is written in two syscalls
+/// (header, then body) — a ~1 KiB API answer with tollgate's headers lands
+/// just past it (30 % fewer hits per second in `benches/load`). 16 KiB
+/// keeps typical API responses to one write; Pingora still flushes at the
+/// end of each response and at once for streamed (no `Content-Length`)
+/// ones, so nothing is held back. The buffer is allocated at the first
+/// write and freed by the flush (Pingora patch 0007), so an idle
+/// connection holds none.
+///
+/// Reads: on cleartext listeners none. Pingora's HTTP/1 reader and the
+/// HTTP/2 codec read into buffers of their own, so a read buffer under
+/// them only adds a copy — and 64 KiB (Pingora's default) allocated for
+/// the connection's whole life, most of what an idle keep-alive
+/// connection cost. Over TLS OpenSSL reads a record's 5-byte header and
+/// then its body: without a buffer under it that is two syscalls per
+/// record, so TLS listeners keep one the size of the largest record.
+fn client_buffers(tls: bool) -> L4BufferSettings {
+    let read = if tls { TLS_RECORD_READ_BUFFER } else { 0 };
+    L4BufferSettings::new(read, 16 * 1024)
 }
+
+/// The largest TLS record (16 KiB of plaintext, RFC 8446 §5.1) with its
+/// header and the most expansion a cipher may add (256 bytes).
+const TLS_RECORD_READ_BUFFER: usize = 16 * 1024 + 5 + 256;
 
 /// Client connection window of HTTP/2 connections (RFC 9113 §6.9.2).
 const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
@@ -202,8 +219,9 @@ pub fn build(
         app.server_options = Some(options);
         let mut service = Service::new("tollgate proxy (h2c)".to_owned(), gate.h2c_sibling(app));
         for l in &h2c_listeners {
-            service
-                .add_listener(ListenerConfig::tcp(l.addr.to_string()).l4_buffer(client_buffers()));
+            service.add_listener(
+                ListenerConfig::tcp(l.addr.to_string()).l4_buffer(client_buffers(false)),
+            );
         }
         server.add_service(service)
     });
@@ -212,7 +230,7 @@ pub fn build(
     // (A service with no listeners, when every listener is h2c, just exits.)
     for l in listeners.iter().filter(|l| !l.h2c) {
         let addr = l.addr.to_string();
-        let endpoint = ListenerConfig::tcp(addr.clone()).l4_buffer(client_buffers());
+        let endpoint = ListenerConfig::tcp(addr.clone()).l4_buffer(client_buffers(l.tls.is_some()));
         match &l.tls {
             None => proxy.add_listener(endpoint),
             Some(tls) => {
