@@ -198,6 +198,11 @@ impl KeptAlive {
         read_one(&mut self.reader, method == "HEAD")
     }
 
+    /// The socket, to watch for the proxy's end of it.
+    pub fn into_stream(self) -> TcpStream {
+        self.reader.into_inner()
+    }
+
     /// Whether the proxy closed the connection (a read sees its end).
     pub fn closed_by_peer(&mut self) -> bool {
         let mut byte = [0u8; 1];

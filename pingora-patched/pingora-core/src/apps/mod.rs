@@ -161,6 +161,13 @@ impl HttpPersistentSettings {
         self.user_context.take()
     }
 
+    /// Whether bytes of the next request are already held.
+    fn has_pipelined_prefix(&self) -> bool {
+        self.pipelined_prefix
+            .as_ref()
+            .is_some_and(|prefix| !prefix.is_empty())
+    }
+
     /// Set pipelined-prefix bytes to be fed to the next session on this
     /// connection. Called by the proxy layer when HTTP/1.1 pipelining is
     /// enabled on the current session and overread bytes were present at
@@ -200,6 +207,73 @@ impl HttpPersistentSettings {
         }
     }
 }
+
+/// Waits on a kept-alive HTTP/1 connection for the first bytes of its next
+/// request, and returns them (to be parsed as the start of the request).
+/// `None` when the client closes or fails, the keep-alive time (`Some(0)` or
+/// `None`: none) passes, or the service starts shutting down: the connection
+/// is then done, as when the request reader sees the same.
+///
+/// The read goes through a buffer on the stack of each poll, so the pending
+/// future holds no buffer: an idle connection costs its stream and this small
+/// future, and the request's buffer is allocated once bytes have come.
+async fn await_next_request(
+    stream: &mut Stream,
+    keepalive_secs: Option<u64>,
+    shutdown: &ShutdownWatch,
+) -> Option<BytesMut> {
+    use std::future::poll_fn;
+    use std::pin::Pin;
+    use std::task::Poll;
+    use tokio::io::{AsyncRead, ReadBuf};
+
+    let first_bytes = poll_fn(|cx| {
+        let mut scratch = [0u8; INIT_HEADER_BUF_SIZE];
+        let mut buf = ReadBuf::new(&mut scratch);
+        match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) => {
+                let filled = buf.filled();
+                let mut bytes = BytesMut::with_capacity(INIT_HEADER_BUF_SIZE);
+                bytes.extend_from_slice(filled);
+                Poll::Ready(Ok(bytes))
+            }
+        }
+    });
+    let read = async {
+        match keepalive_secs {
+            Some(secs) if secs > 0 => tokio::time::timeout(Duration::from_secs(secs), first_bytes)
+                .await
+                .ok(),
+            _ => Some(first_bytes.await),
+        }
+    };
+    let mut shutdown = shutdown.clone();
+    let read = tokio::select! {
+        biased;
+        read = read => read,
+        _ = shutdown.wait_for(|down| *down) => None,
+    };
+    match read {
+        Some(Ok(bytes)) if !bytes.is_empty() => Some(bytes),
+        Some(Ok(_)) => {
+            debug!("Client closed a kept-alive connection");
+            None
+        }
+        Some(Err(e)) => {
+            debug!("Read error on a kept-alive connection: {e}");
+            None
+        }
+        None => {
+            debug!("Kept-alive connection done waiting (idle timeout or shutdown)");
+            None
+        }
+    }
+}
+
+/// The header buffer a request starts with (as the HTTP/1 reader's own).
+const INIT_HEADER_BUF_SIZE: usize = 4096;
 
 #[derive(Debug)]
 pub struct ReusedHttpStream {
@@ -316,48 +390,54 @@ where
             }
         }
         if h2c || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            // create a shared connection digest
-            let digest = Arc::new(Digest {
-                ssl_digest: stream.get_ssl_digest(),
-                // TODO: log h2 handshake time
-                timing_digest: stream.get_timing_digest(),
-                proxy_digest: stream.get_proxy_digest(),
-                socket_digest: stream.get_socket_digest(),
-            });
+            // Boxed, so that an HTTP/1 connection's future (this one, kept for
+            // the connection's life) is not sized for the HTTP/2 handshake and
+            // accept loop inline (patch 0008).
+            Box::pin(async move {
+                // create a shared connection digest
+                let digest = Arc::new(Digest {
+                    ssl_digest: stream.get_ssl_digest(),
+                    // TODO: log h2 handshake time
+                    timing_digest: stream.get_timing_digest(),
+                    proxy_digest: stream.get_proxy_digest(),
+                    socket_digest: stream.get_socket_digest(),
+                });
 
-            let h2_options = self.h2_options();
-            let h2_conn = match server::handshake(stream, h2_options).await {
-                Err(e) => {
-                    error!("H2 handshake error {e}");
-                    return None;
-                }
-                Ok(c) => c,
-            };
+                let h2_options = self.h2_options();
+                let h2_conn = match server::handshake(stream, h2_options).await {
+                    Err(e) => {
+                        error!("H2 handshake error {e}");
+                        return;
+                    }
+                    Ok(c) => c,
+                };
 
-            // The accept-loop body — including the graceful-shutdown state
-            // machine — lives in `server::accept_downstream_sessions` so that
-            // the same code path is exercised by tests in `protocols::http::v2`.
-            let app = self.clone();
-            let shutdown_for_session = shutdown.clone();
-            let h2_idle_timeout = self.server_options().and_then(|o| o.h2_idle_timeout);
-            server::accept_downstream_sessions(
-                h2_conn,
-                digest,
-                shutdown.clone(),
-                h2_idle_timeout,
-                |h2_stream, guard| {
-                    let app = app.clone();
-                    let shutdown = shutdown_for_session.clone();
-                    pingora_runtime::current_handle().spawn(async move {
-                        // hold `guard` for the session's lifetime so the accept
-                        // loop's idle timeout sees this connection as busy.
-                        let _guard = guard;
-                        // Note, `PersistentSettings` not currently relevant for h2
-                        app.process_new_http(ServerSession::new_http2(h2_stream), &shutdown)
-                            .await;
-                    });
-                },
-            )
+                // The accept-loop body — including the graceful-shutdown state
+                // machine — lives in `server::accept_downstream_sessions` so that
+                // the same code path is exercised by tests in `protocols::http::v2`.
+                let app = self.clone();
+                let shutdown_for_session = shutdown.clone();
+                let h2_idle_timeout = self.server_options().and_then(|o| o.h2_idle_timeout);
+                server::accept_downstream_sessions(
+                    h2_conn,
+                    digest,
+                    shutdown.clone(),
+                    h2_idle_timeout,
+                    |h2_stream, guard| {
+                        let app = app.clone();
+                        let shutdown = shutdown_for_session.clone();
+                        pingora_runtime::current_handle().spawn(async move {
+                            // hold `guard` for the session's lifetime so the accept
+                            // loop's idle timeout sees this connection as busy.
+                            let _guard = guard;
+                            // Note, `PersistentSettings` not currently relevant for h2
+                            app.process_new_http(ServerSession::new_http2(h2_stream), &shutdown)
+                                .await;
+                        });
+                    },
+                )
+                .await;
+            })
             .await;
         } else if custom || matches!(stream.selected_alpn_proto(), Some(ALPN::Custom(_))) {
             return self.clone().process_custom_session(stream, shutdown).await;
@@ -377,10 +457,25 @@ where
             );
 
             let mut result = self.process_new_http(session, shutdown).await;
-            while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
+            while let Some((mut stream, persistent_settings)) = result.map(|r| r.consume()) {
+                // Wait for the next request here, where the wait holds nothing
+                // but the stream, rather than inside `process_new_http`, whose
+                // future is as large as the whole request's state and would be
+                // kept, with its header buffer, for as long as the connection
+                // sits idle (patch 0008).
+                let first_bytes = match &persistent_settings {
+                    Some(settings) if settings.has_pipelined_prefix() => None,
+                    settings => {
+                        let keepalive = settings.as_ref().and_then(|s| s.keepalive_timeout);
+                        Some(await_next_request(&mut stream, keepalive, shutdown).await?)
+                    }
+                };
                 let mut session = ServerSession::new_http1(stream);
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
+                }
+                if let Some(first_bytes) = first_bytes {
+                    session.set_pipelined_prefix(first_bytes);
                 }
 
                 result = self.process_new_http(session, shutdown).await;

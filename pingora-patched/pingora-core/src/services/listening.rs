@@ -229,9 +229,15 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                 Ok(io) => {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
+                    // The handshake (TLS state included) is boxed: the task's
+                    // future lives as long as the connection, and sized for the
+                    // handshake inline every idle connection would carry it
+                    // (patch 0008). So is the stream until then.
+                    let io = Box::new(io);
                     current_handle().spawn(async move {
                         let peer_addr = io.peer_addr();
-                        match timeout(Duration::from_secs(60), io.handshake()).await {
+                        let handshake = Box::pin(timeout(Duration::from_secs(60), io.handshake()));
+                        match handshake.await {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
