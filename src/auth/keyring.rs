@@ -383,27 +383,42 @@ impl KeyRefresher {
 #[async_trait]
 impl BackgroundService for KeyRefresher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let connector = Arc::new(Connector::new(None));
+        // Made at the first fetch: a connector loads the system's CA
+        // store (megabytes, and tens of milliseconds of CPU), which a
+        // proxy without key sets to fetch never needs.
+        let mut connector: Option<Arc<Connector>> = None;
         loop {
             let now = Instant::now();
-            let mut next = now + Duration::from_secs(1);
-            for source in self.ring.scheduled.load().iter() {
+            let scheduled = self.ring.scheduled.load();
+            // Without sources there is nothing to look at until a reload
+            // schedules some (`wake`).
+            let mut next = (!scheduled.is_empty()).then(|| now + Duration::from_secs(1));
+            for source in scheduled.iter() {
                 match source.due_at(now) {
                     Some(due) if due <= now => {
                         source.fetching.store(true, Ordering::Relaxed);
-                        let (source, connector, metrics) =
-                            (source.clone(), connector.clone(), self.metrics.clone());
+                        let connector = connector
+                            .get_or_insert_with(|| Arc::new(Connector::new(None)))
+                            .clone();
+                        let (source, metrics) = (source.clone(), self.metrics.clone());
                         tokio::spawn(async move {
                             source.refresh(&connector, &metrics).await;
                             source.fetching.store(false, Ordering::Relaxed);
                         });
                     }
-                    Some(due) => next = next.min(due),
+                    Some(due) => next = next.map(|n| n.min(due)),
                     None => {}
                 }
             }
+            drop(scheduled);
+            let sleep = async {
+                match next {
+                    Some(next) => tokio::time::sleep_until(next.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep_until(next.into()) => {}
+                _ = sleep => {}
                 _ = self.ring.wake.notified() => {}
                 _ = shutdown.changed() => return,
             }
