@@ -21,12 +21,13 @@ mkdir -p "$OUT"
 WORK="$(mktemp -d /tmp/tollgate-bench.XXXXXX)"
 chmod 755 "$WORK" # nginx workers run unprivileged and must read the document
 
-scripts/install-deps build-essential cmake pkg-config libssl-dev nginx wrk redis-server
+scripts/install-deps build-essential cmake pkg-config libssl-dev nginx haproxy wrk redis-server
 cargo build --release --locked --bin tollgate --example bare_proxy >&2
 
 ORIGIN=127.0.0.1:18081
 NGINX=127.0.0.1:18082
 BARE=127.0.0.1:18083
+HAPROXY=127.0.0.1:18089
 TOLLGATE=127.0.0.1:18080
 TOLLGATE_ADMIN=127.0.0.1:18090
 TOLLGATE_RL=127.0.0.1:18084          # + rate limiting, local buckets
@@ -44,30 +45,7 @@ bench_document "$WORK/doc.json"
 
 origin_conf "$WORK" "$ORIGIN" > "$WORK/origin.conf"
 
-cat > "$WORK/nginx-proxy.conf" <<NGX
-worker_processes 1;
-pid $WORK/nginx-proxy.pid;
-error_log $WORK/nginx-proxy-error.log warn;
-events { worker_connections 4096; }
-http {
-  # Buffered, as a production nginx logs: tollgate logs every request too.
-  access_log $WORK/nginx-access.log combined buffer=64k flush=1s;
-  keepalive_requests 1000000;
-  proxy_cache_path $WORK/nginx-cache levels=1:2 keys_zone=api:10m max_size=100m inactive=10m use_temp_path=off;
-  upstream origin { server $ORIGIN; keepalive 128; }
-  gzip on; gzip_types application/json; gzip_min_length 1000; gzip_comp_level 6; gzip_proxied any;
-  server {
-    listen $NGINX reuseport;
-    location / {
-      proxy_pass http://origin;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_cache api;
-      proxy_cache_valid 200 5m;
-    }
-  }
-}
-NGX
+peer_configs "$WORK" "$ORIGIN" "$NGINX" "$HAPROXY"
 
 cat > "$WORK/tollgate.yaml" <<YAML
 listen: ["$TOLLGATE"]
@@ -130,6 +108,8 @@ trap cleanup EXIT
 
 taskset -c $PROXY_CPU nginx -c "$WORK/origin.conf"
 taskset -c $PROXY_CPU nginx -c "$WORK/nginx-proxy.conf"
+taskset -c $PROXY_CPU haproxy -db -f "$WORK/haproxy.cfg" > "$WORK/haproxy.log" 2>&1 &
+pids+=($!)
 taskset -c $PROXY_CPU target/release/tollgate run -c "$WORK/tollgate.yaml" > "$WORK/tollgate.log" 2>&1 &
 pids+=($!)
 taskset -c $PROXY_CPU target/release/examples/bare_proxy "$BARE" "$ORIGIN" "$WORK/doc.json" > "$WORK/bare.log" 2>&1 &
@@ -147,7 +127,7 @@ pids+=($!)
 taskset -c $PROXY_CPU target/release/tollgate run -c "$WORK/tollgate-l2.yaml" > "$WORK/tollgate-l2.log" 2>&1 &
 pids+=($!)
 
-for addr in $ORIGIN $NGINX $TOLLGATE $BARE $TOLLGATE_RL $TOLLGATE_REDIS $TOLLGATE_NOLOG $TOLLGATE_L2; do
+for addr in $ORIGIN $NGINX $HAPROXY $TOLLGATE $BARE $TOLLGATE_RL $TOLLGATE_REDIS $TOLLGATE_NOLOG $TOLLGATE_L2; do
   for _ in $(seq 1 200); do
     curl -fsS -o /dev/null -H "Authorization: Bearer $BENCH_KEY" "http://$addr/uncached" 2>/dev/null && break
     sleep 0.05 # poll until the server answers
@@ -164,6 +144,11 @@ for addr in $NGINX $TOLLGATE; do # the compressed scenario must really be compre
     | grep -qi '^content-encoding: gzip' || { echo "$addr does not gzip /cached" >&2; exit 1; }
 done
 
+# HAProxy's hits must really come from its cache (its log names <CACHE>).
+curl -fsS -o /dev/null "http://$HAPROXY/cached"; curl -fsS -o /dev/null "http://$HAPROXY/cached"
+for _ in $(seq 1 100); do grep -q 'origin/<CACHE>' "$WORK/haproxy.log" && break; sleep 0.05; done # poll: the log line follows the answer
+grep -q 'origin/<CACHE>' "$WORK/haproxy.log" || { echo "$HAPROXY does not serve /cached from its cache" >&2; exit 1; }
+
 # The Redis-tier scenario must really be served from Redis.
 curl -fsS -o /dev/null -H "Authorization: Bearer $BENCH_KEY" "http://$TOLLGATE_L2/cached"
 for _ in $(seq 1 200); do
@@ -178,8 +163,12 @@ curl -fsS -o /dev/null -D - -H "Authorization: Bearer $BENCH_KEY" "http://$TOLLG
 to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
 
 measure() { # name addr path [accept-encoding] -> "rps p50 p99"
-  local out
-  out=$(taskset -c $LOAD_CPU wrk -t1 -c$CONNS -d"${DURATION}s" --latency -H "Authorization: Bearer $BENCH_KEY" \
+  local out auth="Authorization: Bearer $BENCH_KEY"
+  # HAProxy's cache never answers a request that carries Authorization
+  # (nginx's and tollgate's do, for a response marked public): its
+  # requests go without, or its hits would be fetches.
+  [ "$1" = haproxy ] && auth="X-No-Auth: 1"
+  out=$(taskset -c $LOAD_CPU wrk -t1 -c$CONNS -d"${DURATION}s" --latency -H "$auth" \
     ${4:+-H "Accept-Encoding: $4"} "http://$2$3")
   local rps p50 p99
   rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
@@ -196,7 +185,7 @@ declare -A results
 # module here). "passthrough" is a route with a cache and a no-store
 # response; "passthrough-nocache" a route without cache settings.
 scenarios=("passthrough:/uncached" "passthrough-nocache:/plain/uncached" "cached:/cached" "compressed:/cached:gzip" "brotli:/cached:br")
-targets=("nginx:$NGINX" "tollgate:$TOLLGATE" "bare-pingora:$BARE" "tollgate+ratelimit:$TOLLGATE_RL" "tollgate+redis:$TOLLGATE_REDIS" "tollgate-nolog:$TOLLGATE_NOLOG" "tollgate-l2:$TOLLGATE_L2")
+targets=("nginx:$NGINX" "haproxy:$HAPROXY" "tollgate:$TOLLGATE" "bare-pingora:$BARE" "tollgate+ratelimit:$TOLLGATE_RL" "tollgate+redis:$TOLLGATE_REDIS" "tollgate-nolog:$TOLLGATE_NOLOG" "tollgate-l2:$TOLLGATE_L2")
 for round in $(seq 1 "$ROUNDS"); do
   for s in "${scenarios[@]}"; do
     IFS=: read -r scen path encoding <<<"$s"
@@ -207,8 +196,8 @@ for round in $(seq 1 "$ROUNDS"); do
       if [ "$encoding" = br ] && [ "$name" != tollgate ]; then continue; fi
       # The Redis-tier instance: its cache hits only.
       if [ "$name" = tollgate-l2 ] && [ "$scen" != cached ]; then continue; fi
-      # The no-cache route: against nginx and bare Pingora only.
-      if [ "$scen" = passthrough-nocache ] && [ "$name" != nginx ] && [ "$name" != tollgate ] && [ "$name" != bare-pingora ]; then continue; fi
+      # The no-cache route: against the peers and bare Pingora only.
+      if [ "$scen" = passthrough-nocache ] && [ "$name" != nginx ] && [ "$name" != haproxy ] && [ "$name" != tollgate ] && [ "$name" != bare-pingora ]; then continue; fi
       r=$(measure "$name" "$addr" "$path" "$encoding")
       results["$scen/$name"]+="$r;"
       echo "round $round $scen $name: $r" >&2
@@ -263,14 +252,16 @@ for key, runs in raw.items():
         "rounds": [dict(zip(("rps", "p50_ms", "p99_ms"), v)) for v in vals],
     }
 print(f"\nmedian of {rounds} rounds, {duration}s each, wrk -t1 -c{conns}; proxies+origin on CPU 0, wrk on CPU 1")
-print(f"{'scenario':<12} {'proxy':<19} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs nginx':>9}")
+print(f"{'scenario':<12} {'proxy':<19} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'vs nginx':>9} {'vs haproxy':>11}")
 for scen in ("passthrough", "passthrough-nocache", "cached", "compressed", "brotli"):
     base = res.get(f"{scen}/nginx", {}).get("rps")
-    for name in ("nginx", "tollgate", "bare-pingora", "tollgate+ratelimit", "tollgate+redis", "tollgate-nolog", "tollgate-l2"):
+    hap = res.get(f"{scen}/haproxy", {}).get("rps")
+    for name in ("nginx", "haproxy", "tollgate", "bare-pingora", "tollgate+ratelimit", "tollgate+redis", "tollgate-nolog", "tollgate-l2"):
         r = res.get(f"{scen}/{name}")
         if not r: continue
         ratio = f"{r['rps']/base:.2f}x" if base else "-"
-        print(f"{scen:<12} {name:<19} {r['rps']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {ratio:>9}")
+        hratio = f"{r['rps']/hap:.2f}x" if hap else "-"
+        print(f"{scen:<12} {name:<19} {r['rps']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {ratio:>9} {hratio:>11}")
 tg = {scen: res.get(f"{scen}/tollgate", {}).get("rps") for scen in ("passthrough", "passthrough-nocache", "cached", "brotli")}
 for scen in ("passthrough", "cached"):
     for name in ("tollgate+ratelimit", "tollgate+redis"):
@@ -281,6 +272,12 @@ for scen in ("passthrough", "cached"):
     r = res.get(f"{scen}/tollgate-nolog")
     if r and tg[scen]:
         print(f"{scen:<12} tollgate access log on / off: {tg[scen] / r['rps']:.2f}x")
+for scen in ("passthrough", "passthrough-nocache", "cached"):
+    peers = {n: res.get(f"{scen}/{n}", {}).get("rps") for n in ("nginx", "haproxy")}
+    peers = {n: v for n, v in peers.items() if v}
+    if peers and tg.get(scen):
+        best = max(peers, key=peers.get)
+        print(f"{scen:<12} tollgate / fastest peer ({best}): {tg[scen] / peers[best]:.2f}x")
 for scen in ("passthrough", "passthrough-nocache", "cached"):
     bare = res.get(f"{scen}/bare-pingora", {}).get("rps")
     if bare and tg.get(scen):

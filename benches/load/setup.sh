@@ -78,3 +78,92 @@ base_binary() {
   fi
   echo "$dir/target/release/tollgate"
 }
+
+# peer_configs WORK ORIGIN NGINX HAPROXY [NGINX_H2C HAPROXY_H2C] [MAXCONN]:
+# writes WORK/nginx-proxy.conf and WORK/haproxy.cfg, the two peers as a
+# production deployment would run them in front of ORIGIN: one worker
+# (thread), keep-alive to the origin, the access log on (nginx buffered
+# as production nginx writes it; HAProxy's httplog to its standard output,
+# which the caller sends to a file), a cache for what the origin allows
+# (nginx proxy_cache; HAProxy's cache, which keeps objects in shared
+# memory), gzip in nginx as in tollgate. With the _H2C addresses each also
+# listens for HTTP/2 with prior knowledge.
+peer_configs() {
+  local work=$1 origin=$2 nginx=$3 haproxy=$4 nginx_h2c=${5:-} haproxy_h2c=${6:-} maxconn=${7:-4096}
+  # A connection can take two descriptors (client and origin side): within
+  # the process's hard limit (20,000 on the project's machines), HAProxy
+  # refuses to start otherwise.
+  local fds hap_maxconn
+  fds=$(ulimit -Hn)
+  [ "$fds" = unlimited ] && fds=1048576
+  hap_maxconn=$(( maxconn * 2 + 100 > fds ? (fds - 100) / 2 : maxconn ))
+  cat > "$work/nginx-proxy.conf" <<NGX
+worker_processes 1;
+worker_rlimit_nofile $(( maxconn * 2 + 100 > fds ? fds : maxconn * 2 + 100 ));
+pid $work/nginx-proxy.pid;
+error_log $work/nginx-proxy-error.log warn;
+events { worker_connections $maxconn; }
+http {
+  access_log $work/nginx-access.log combined buffer=64k flush=1s;
+  keepalive_requests 1000000;
+  keepalive_timeout 300s;
+  proxy_cache_path $work/nginx-cache levels=1:2 keys_zone=api:10m max_size=100m inactive=10m use_temp_path=off;
+  upstream origin { server $origin; keepalive 128; }
+  gzip on; gzip_types application/json; gzip_min_length 1000; gzip_comp_level 6; gzip_proxied any;
+  server {
+    listen $nginx reuseport;
+    ${nginx_h2c:+listen $nginx_h2c http2;}
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_cache api;
+      proxy_cache_valid 200 5m;
+    }
+  }
+}
+NGX
+  cat > "$work/haproxy.cfg" <<HAP
+global
+  nbthread 1
+  maxconn $hap_maxconn
+  log stdout format raw local0
+defaults
+  mode http
+  log global
+  option httplog
+  option http-keep-alive
+  timeout connect 5s
+  timeout client 300s
+  timeout server 60s
+  timeout http-keep-alive 300s
+cache api
+  total-max-size 100
+  max-object-size 65536
+  max-age 300
+frontend front
+  bind $haproxy
+  ${haproxy_h2c:+bind $haproxy_h2c proto h2}
+  maxconn $hap_maxconn
+  default_backend origin
+backend origin
+  http-reuse always
+  http-request cache-use api
+  http-response cache-store api
+  server origin $origin maxconn 1000
+HAP
+}
+
+# wait_answers ADDR...: polls each until it answers GET /uncached, fails
+# the run when one never does.
+wait_answers() {
+  local addr
+  for addr in "$@"; do
+    for _ in $(seq 1 200); do
+      curl -fsS -o /dev/null -H "Authorization: Bearer ${BENCH_KEY:-bench-key}" "http://$addr/uncached" 2>/dev/null && break
+      sleep 0.05 # poll until the server answers
+    done
+    curl -fsS -o /dev/null -H "Authorization: Bearer ${BENCH_KEY:-bench-key}" "http://$addr/uncached" \
+      || { echo "$addr does not answer" >&2; return 1; }
+  done
+}
