@@ -7,6 +7,7 @@
 #   SCENARIOS="cached grpc-unary" benches/budget/check.sh
 #   BUDGET_TOLERANCE_PCT=5 BUDGET_REQUESTS=1000 benches/budget/check.sh
 #   BUDGET_KEEP=target/bench/budget benches/budget/check.sh   # keep the callgrind files
+#   TOLLGATE_BIN=/path/to/tollgate benches/budget/check.sh    # count another build
 #
 # For each scenario a release build of tollgate serves a fixed sequence of
 # requests, one after another on one keep-alive connection, from the
@@ -41,7 +42,7 @@ LOAD_CPU=1
 
 scripts/install-deps build-essential cmake pkg-config libssl-dev python3 valgrind linux-perf redis-server
 cargo build --release --locked --bin tollgate --example budget_peers --example jwt_bench_keys >&2
-TOLLGATE=target/release/tollgate
+TOLLGATE="${TOLLGATE_BIN:-target/release/tollgate}" # another build, to compare
 PEERS=target/release/examples/budget_peers
 
 WORK="$(mktemp -d /tmp/tollgate-budget.XXXXXX)"

@@ -228,8 +228,10 @@ async fn await_next_request(
     use tokio::io::{AsyncRead, ReadBuf};
 
     let first_bytes = poll_fn(|cx| {
-        let mut scratch = [0u8; INIT_HEADER_BUF_SIZE];
-        let mut buf = ReadBuf::new(&mut scratch);
+        // Uninitialised: zeroing 4 KiB on every poll cost more than the rest
+        // of the wait (the reader only writes into it).
+        let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); INIT_HEADER_BUF_SIZE];
+        let mut buf = ReadBuf::uninit(&mut scratch);
         match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
