@@ -27,6 +27,10 @@ use crate::utils::KVRef;
 pub(super) const MAX_HEADERS: usize = 256;
 
 pub(super) const INIT_HEADER_BUF_SIZE: usize = 4096;
+/// Room left in a parsed header's maps for the fields a proxy adds
+/// (forwarding, request id, cache status, …): without it every added
+/// field past the parsed count grows and rehashes both maps (patch 0009).
+pub(super) const PROXY_HEADER_ROOM: usize = 8;
 pub(super) const MAX_HEADER_SIZE: usize = 1048575;
 
 pub(crate) const BODY_BUF_LIMIT: usize = 1024 * 64;
