@@ -223,6 +223,7 @@ for scen in $SCENARIOS; do
   perf stat -x, -e raw_syscalls:sys_enter -p "$proxy_pid" -o "$WORK/perf.csv" -- "${CMD[@]}"
   switches=$(( $(voluntary_switches "$proxy_pid") - switched_before ))
   syscalls=$(awk -F, '$3 == "raw_syscalls:sys_enter" { print $1 }' "$WORK/perf.csv")
+  [[ "$syscalls" =~ ^[0-9]+$ ]] || { echo "$scen: perf counted no system calls (needs root or kernel.perf_event_paranoid <= 1):" >&2; cat "$WORK/perf.csv" >&2; exit 1; }
   stop_proxy
 
   # Instructions, under callgrind.
@@ -236,6 +237,7 @@ for scen in $SCENARIOS; do
   callgrind_control -d "budget-$scen" "$proxy_pid" >/dev/null
   # One dump file per thread: sum the totals of the dump taken after the run.
   instructions=$(grep -h '^totals:' $(grep -l "^desc: Trigger: .*budget-$scen" "$out"*) | awk '{ s += $2 } END { print s }')
+  [[ "$instructions" =~ ^[0-9]+$ ]] && [ "$instructions" -gt 0 ] || { echo "$scen: callgrind counted no instructions" >&2; exit 1; }
   stop_proxy
   if [ -n "${BUDGET_KEEP:-}" ]; then mkdir -p "$BUDGET_KEEP" && for f in "$out"*; do mv "$f" "$BUDGET_KEEP/$scen.${f##*/}"; done; else rm -f "$out"*; fi
 
