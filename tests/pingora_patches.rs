@@ -204,7 +204,11 @@ fn a_tunnel_to_a_silent_backend_ends_after_idle_while_the_client_sends() {
         .expect("upgrade request");
     let answer = client::read_response_from(&mut client).expect("the 101");
     assert_eq!(answer.status, 101);
-    assert_eq!(upgrades.load(Ordering::SeqCst), 1);
+    // The backend counts the upgrade after writing its 101, which the
+    // client may read first.
+    wait_until("the backend counted the upgrade", || {
+        upgrades.load(Ordering::SeqCst) == 1
+    });
     proxy.wait_metric("tollgate_tunnels_open", 1.0);
     // A masked WebSocket ping every 100 ms (the idle bound is 500 ms),
     // until tollgate ends the tunnel or 20 s pass.
