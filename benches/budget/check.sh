@@ -31,6 +31,7 @@
 # failure, after printing the whole table.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. benches/load/setup.sh # settle
 BUDGETS=benches/budget/budgets.txt
 REQUESTS="${BUDGET_REQUESTS:-1000}"
 WARM="${BUDGET_WARM:-300}"
@@ -167,20 +168,6 @@ start_proxy() {
   echo "tollgate with $config.yaml never answered $path:" >&2
   tail -n 20 "$WORK/proxy.log" >&2
   exit 1
-}
-
-# settle PID: waits (at most a minute) until the process has used at most
-# 2 % of a core over half a second, so start-up work still running in the
-# background (key sets, connectors) is not counted as the requests'.
-settle() {
-  local before after
-  for _ in $(seq 1 120); do
-    before=$(awk '{ print $14 + $15 }' "/proc/$1/stat")
-    sleep 0.5 # pace: the sampling interval; the loop ends on the condition
-    after=$(awk '{ print $14 + $15 }' "/proc/$1/stat")
-    [ $((after - before)) -le 1 ] && return 0
-  done
-  echo "warning: tollgate (pid $1) did not settle within a minute" >&2
 }
 
 # voluntary_switches PID: the voluntary context switches of all its threads.

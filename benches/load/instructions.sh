@@ -92,6 +92,7 @@ measure() { # name scenario path encoding command...
     sleep 0.1 # poll until the proxy (slow under valgrind) answers
   done
   client "$PROXY" "$path" 200 $enc
+  settle "$proxy_pid" # start-up work still running is not the requests'
   callgrind_control -z "$proxy_pid" >/dev/null
   client "$PROXY" "$path" "$REQUESTS" $enc
   callgrind_control -d "$name-$scen" "$proxy_pid" >/dev/null

@@ -167,3 +167,17 @@ wait_answers() {
       || { echo "$addr does not answer" >&2; return 1; }
   done
 }
+
+# settle PID: waits (at most a minute) until the process has used at most
+# 2 % of a core over half a second, so start-up work still running in the
+# background (key sets, connectors) is not counted as the requests'.
+settle() {
+  local before after
+  for _ in $(seq 1 120); do
+    before=$(awk '{ print $14 + $15 }' "/proc/$1/stat")
+    sleep 0.5 # pace: the sampling interval; the loop ends on the condition
+    after=$(awk '{ print $14 + $15 }' "/proc/$1/stat")
+    [ $((after - before)) -le 1 ] && return 0
+  done
+  echo "warning: process $1 did not settle within a minute" >&2
+}
