@@ -31,7 +31,7 @@
 # failure, after printing the whole table.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-. benches/load/setup.sh # settle
+. benches/load/setup.sh # settle, bench_rate_limits, bench_jwt_auth
 BUDGETS=benches/budget/budgets.txt
 REQUESTS="${BUDGET_REQUESTS:-1000}"
 WARM="${BUDGET_WARM:-300}"
@@ -99,30 +99,10 @@ YAML
 }
 base_config > "$WORK/base.yaml"
 # Rate limiting by API key: a budget the requests cannot reach.
-{ base_config; cat <<YAML
-tiers:
-  budget: { per_minute: 100000000, per_hour: 1000000000 }
-tenants:
-  budget: { tier: budget, api_keys: ["$KEY_HASH"] }
-anonymous: { reject: true }
-YAML
-} > "$WORK/ratelimit.yaml"
-# Tenants from JWTs (RS256, the verified-token cache on).
-{ base_config; cat <<YAML
-tiers:
-  budget: { per_minute: 100000000, per_hour: 1000000000 }
-anonymous: { reject: true }
-auth:
-  jwt:
-    issuers:
-      - issuer: "$ISSUER"
-        audiences: [$AUDIENCE]
-        jwks: { file: $WORK/jwks.json }
-        algorithms: [RS256]
-    tenant_claim: org_id
-    default_tier: budget
-YAML
-} > "$WORK/jwt.yaml"
+{ base_config; bench_rate_limits "$KEY_HASH"; } > "$WORK/ratelimit.yaml"
+# Tenants from JWTs (RS256, the verified-token cache on): the token names
+# the same tenant, which lists the issuer.
+{ base_config; bench_rate_limits "$KEY_HASH" "$ISSUER"; bench_jwt_auth "$WORK/jwks.json" "$ISSUER" "$AUDIENCE"; } > "$WORK/jwt.yaml"
 # The Redis tier alone: a memory tier too small to keep the document, so
 # every hit is a Redis lookup.
 { base_config; cat <<YAML

@@ -43,17 +43,8 @@ listen: ["$1"]
 admin: { listen: "$2" }
 server: { threads: 1, work_stealing: false, pid_file: $WORK/tollgate-$1.pid, upgrade_sock: $WORK/upgrade-$1.sock }
 logging: { access_log: false }
-$(bench_rate_limits "$KEY_HASH")
-auth:
-  jwt:
-    issuers:
-      - issuer: "$ISSUER"
-        audiences: [$AUDIENCE]
-        jwks: { file: $WORK/jwks.json }
-        algorithms: [RS256]
-    tenant_claim: org_id
-    default_tier: bench
-    cache_size: $3
+$(bench_rate_limits "$KEY_HASH" "$ISSUER")
+$(bench_jwt_auth "$WORK/jwks.json" "$ISSUER" "$AUDIENCE" "$3")
 upstreams:
   origin: { backends: ["$ORIGIN"] }
 routes:

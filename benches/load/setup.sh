@@ -33,16 +33,36 @@ http {
 NGX
 }
 
-# bench_rate_limits KEY_HASH: a tier whose budget the load cannot reach
-# (every request is decided, none refused) and the tenant holding the key.
+# bench_rate_limits KEY_HASH [ISSUER]: a tier whose budget the load cannot
+# reach (every request is decided, none refused) and the tenant holding
+# the key; with ISSUER, that issuer's tokens may name the tenant too (a
+# tenant with keys is not claimable by tokens otherwise).
 bench_rate_limits() {
   cat <<YAML
 tiers:
   bench: { per_second: 100000000, per_hour: 100000000000 }
 tenants:
-  bench: { tier: bench, api_keys: ["$1"] }
+  bench: { tier: bench, api_keys: ["$1"]${2:+, issuers: [\"$2\"]} }
 anonymous: { reject: true }
 YAML
+}
+
+# bench_jwt_auth JWKS_FILE ISSUER AUDIENCE [CACHE_SIZE]: tenants from RS256
+# JWTs (examples/jwt_bench_keys.rs makes the key set and a token), the
+# tenant named by `org_id`, on bench_rate_limits' tier.
+bench_jwt_auth() {
+  cat <<YAML
+auth:
+  jwt:
+    issuers:
+      - issuer: "$2"
+        audiences: [$3]
+        jwks: { file: $1 }
+        algorithms: [RS256]
+    tenant_claim: org_id
+    default_tier: bench
+YAML
+  [ -z "${4:-}" ] || echo "    cache_size: $4"
 }
 
 # origin_locations WORK ADDR LOCATIONS: an nginx config (one worker, no
