@@ -3,13 +3,13 @@
 use crate::cache::policy::RequestDirectives;
 use crate::config::model::RouteTimeouts;
 use crate::gateway::{Gateway, Route};
-use crate::host::Host;
 use crate::metrics::InFlightGuard;
 use crate::ratelimit::identity::Identity;
 use crate::ratelimit::RateHeaders;
 use crate::router::RouteId;
 use crate::upstream::attempt::Attempts;
 use crate::upstream::UpstreamPool;
+use crate::values::host::Host;
 use http::HeaderValue;
 use std::sync::Arc;
 use std::time::Instant;

@@ -64,7 +64,7 @@ pub fn rewrite(req: &mut RequestHeader, edge: &Edge<'_>) -> pingora::Result<()> 
     match edge.limiter {
         Some(limiter) => limiter.forward_identity(req, edge.who),
         None => {
-            req.remove_header(&crate::headers::DEFAULT_TENANT_HEADER);
+            req.remove_header(&crate::values::fields::DEFAULT_TENANT_HEADER);
             Ok(())
         }
     }

@@ -34,13 +34,13 @@ pub struct Route {
     /// Largest request body (413 beyond).
     pub max_body_size: u64,
     /// `encoded_slash` when the route overrides the global one.
-    pub encoded_slash: Option<crate::hygiene::EncodedSlash>,
+    pub encoded_slash: Option<crate::values::hygiene::EncodedSlash>,
     /// The upstream's path, when it differs from the client's.
-    pub rewrite: Option<crate::rewrite::Rewrite>,
+    pub rewrite: Option<crate::values::rewrite::Rewrite>,
     /// Field changes to the request.
-    pub request_headers: crate::header_policy::HeaderPolicy,
+    pub request_headers: crate::values::header_policy::HeaderPolicy,
     /// Field changes to every response.
-    pub response_headers: crate::header_policy::HeaderPolicy,
+    pub response_headers: crate::values::header_policy::HeaderPolicy,
 }
 
 /// Where a route's requests go, compiled.
@@ -110,7 +110,7 @@ impl Gateway {
     pub fn may_cache_uri(&self, uri: &str) -> bool {
         let (host, path) = uri.split_at(uri.find('/').unwrap_or(uri.len()));
         let path = path.split('?').next().unwrap_or(path);
-        let host = crate::host::Host::parse_str(host);
+        let host = crate::values::host::Host::parse_str(host);
         let caches = |id: RouteId| self.routes.get(id.0).is_some_and(|r| r.cache.is_some());
         [http::Method::GET, http::Method::HEAD]
             .iter()

@@ -170,7 +170,7 @@ fn check(path: &Path) -> ExitCode {
         Ok(mut c) => {
             // Backend names are asked once, as `run` would at start.
             let memory = tollgate::upstream::UpstreamMemory::default();
-            let unresolved = tollgate::discovery::resolve_first(&c, &memory, None);
+            let unresolved = tollgate::upstream::refresh::resolve_first(&c, &memory, None);
             let refused = c.dns.require_at_start && !unresolved.is_empty();
             c.warnings.extend(unresolved);
             // A closed pipe (`| head`) is not an error worth a panic.

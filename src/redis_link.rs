@@ -10,6 +10,7 @@
 //! which follows slot moves and node failures itself).
 
 use crate::breaker::{CircuitBreaker, Transition};
+use crate::config::model::RedisConfig;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use std::sync::{Arc, Mutex, Weak};
@@ -22,6 +23,17 @@ pub enum RedisTarget {
     Url(String),
     /// Seed nodes of a Redis Cluster (`redis://host:port` each).
     Cluster(Vec<String>),
+}
+
+impl RedisTarget {
+    /// Where a configured Redis's connections go.
+    pub fn of(config: &RedisConfig) -> Self {
+        if config.cluster.is_empty() {
+            RedisTarget::Url(config.url.expose().to_owned())
+        } else {
+            RedisTarget::Cluster(config.cluster.clone())
+        }
+    }
 }
 
 /// A connection to either kind; cheap to clone.

@@ -136,7 +136,7 @@ fn load_and_swap(state: &AppState) -> Result<ReloadReport, ReloadError> {
     warnings.extend(config.warnings.iter().cloned());
     // New backend names get their first answers before the generation that
     // uses them is built, so their pools do not start empty.
-    warnings.extend(crate::discovery::resolve_first(
+    warnings.extend(crate::upstream::refresh::resolve_first(
         &config,
         &state.memory,
         Some(&state.metrics),

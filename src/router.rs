@@ -22,8 +22,8 @@
 //!    then the first one in the file whose method set contains the request
 //!    method and whose conditions hold wins.
 
-pub use crate::host::{Host, HostPattern};
-pub use crate::methods::MethodSet;
+pub use crate::values::host::{Host, HostPattern};
+pub use crate::values::methods::MethodSet;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use std::collections::HashMap;
 

@@ -17,6 +17,7 @@ use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::ratelimit::{BucketSweeper, RateStore};
+use crate::redis_link::RedisTarget;
 use crate::reload::ReloadOnSignal;
 use crate::state::{AppState, ConfigSource};
 use crate::upstream::health::HealthChecker;
@@ -165,7 +166,7 @@ pub fn build(
     let listeners = config.listeners.clone();
     let admin_listen = config.admin_listen;
     let memory = Arc::new(UpstreamMemory::default());
-    let unresolved = crate::discovery::resolve_first(&config, &memory, Some(&metrics));
+    let unresolved = crate::upstream::refresh::resolve_first(&config, &memory, Some(&metrics));
     if config.dns.require_at_start && !unresolved.is_empty() {
         return Err(StartError::Setup(format!(
             "dns.require_at_start is set and backend names did not resolve:\n{}",
@@ -279,7 +280,7 @@ pub fn build(
     ));
     server.add_service(background_service(
         "tollgate DNS refresher",
-        crate::discovery::DnsRefresher::new(state.memory.clone(), state.metrics.clone()),
+        crate::upstream::refresh::DnsRefresher::new(state.memory.clone(), state.metrics.clone()),
     ));
     server.add_service(background_service(
         "tollgate JWT key sets",
@@ -338,7 +339,7 @@ fn cache_redis_tier(
         purge_marker_ttl: settings.purge_marker_ttl,
     };
     let breaker = CircuitBreaker::new(redis.breaker_failures, redis.breaker_open_for);
-    RedisTier::start(&redis.target(), l2, breaker, metrics.clone()).map(Some)
+    RedisTier::start(&RedisTarget::of(redis), l2, breaker, metrics.clone()).map(Some)
 }
 
 /// Marks the process ready once every listener accepts connections, and not

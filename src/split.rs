@@ -5,19 +5,11 @@
 //! or a request field (a user id) whose hash picks the pool, the same on
 //! every instance.
 
+use crate::config::model::Sticky;
 use crate::upstream::UpstreamPool;
 use pingora::http::RequestHeader;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
-
-/// How a split keeps a client on one pool.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sticky {
-    /// A cookie holding the pool's name.
-    Cookie(String),
-    /// A request field whose value picks the pool.
-    Header(http::HeaderName),
-}
 
 /// A compiled split.
 pub struct Split {

@@ -7,9 +7,9 @@ use proptest::prelude::*;
 use std::borrow::Cow;
 use tollgate::cache::key::{self, Scope};
 use tollgate::config::model::RouteCache;
-use tollgate::host::{Host, HostPattern};
-use tollgate::hygiene::normalise_path;
 use tollgate::router::{MethodSet, RouteMatch, Router};
+use tollgate::values::host::{Host, HostPattern};
+use tollgate::values::hygiene::normalise_path;
 
 fn config() -> ProptestConfig {
     ProptestConfig {

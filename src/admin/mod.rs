@@ -385,11 +385,11 @@ impl AdminApp {
                 ..
             } => {
                 // The prefix is a path: normalised as requests' paths are.
-                let Ok(prefix) = crate::hygiene::normalise_path(&prefix).map(|p| p.into_owned())
+                let Ok(prefix) = crate::values::hygiene::normalise_path(&prefix).map(|p| p.into_owned())
                 else {
                     return Err(bad("prefix must be a path starting with / (no dot segments)"));
                 };
-                let host = match host.as_deref().map(crate::host::Host::parse_str) {
+                let host = match host.as_deref().map(crate::values::host::Host::parse_str) {
                     Some(Some(host)) => Some(host.as_str().to_owned()),
                     Some(None) => return Err(bad("host is not a valid host name")),
                     None => None,

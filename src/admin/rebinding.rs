@@ -15,7 +15,7 @@ pub fn host_allowed(req: &RequestHeader, allowed: &[String]) -> bool {
     let Some(value) = req.headers.get(http::header::HOST) else {
         return true;
     };
-    let Some(host) = crate::host::Host::parse(value.as_bytes()) else {
+    let Some(host) = crate::values::host::Host::parse(value.as_bytes()) else {
         return false;
     };
     let name = host.as_str();

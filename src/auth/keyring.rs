@@ -7,9 +7,9 @@
 //! Sources are kept by their config, so a reload that keeps an issuer's
 //! `jwks` block keeps its keys (no gap while the new generation fetches).
 
-use super::keys::KeySet;
 use crate::config::model::{JwksConfig, JwksSource};
 use crate::metrics::Metrics;
+use crate::values::key_set::KeySet;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::connectors::http::Connector;

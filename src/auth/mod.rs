@@ -3,5 +3,5 @@
 
 pub mod jwt;
 pub mod keyring;
-pub mod keys;
+pub mod verdict;
 mod verified;

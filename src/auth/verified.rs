@@ -9,7 +9,7 @@
 //! rotation removes their key, and the map is keyed by the SHA-256 the
 //! API-key lookup computes anyway.
 
-use super::jwt::TokenTenant;
+use super::verdict::TokenTenant;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -36,7 +36,7 @@ pub struct Verified {
 #[derive(Clone, Copy)]
 pub struct Refused {
     /// Why.
-    pub failure: super::jwt::Failure,
+    pub failure: super::verdict::Failure,
     /// Unix seconds until which it is remembered.
     pub until: u64,
     /// Index of its issuer, when a key set decided (`usize::MAX`: none).

@@ -12,8 +12,8 @@
 use super::{key, CacheRuntime, Outcome};
 use crate::compression;
 use crate::config::model::{CompressionConfig, RouteCache, RouteCompression};
-use crate::host::Host;
 use crate::metrics::Metrics;
+use crate::values::host::Host;
 use bytes::Bytes;
 use pingora::cache::key::{CacheHashKey, CacheKey};
 use pingora::http::ResponseHeader;

@@ -7,7 +7,7 @@
 //!         + ("\n" + name + (":" + value)?)*       (configured headers)
 //! ```
 //!
-//! - `host`: the request's host as [`crate::host::Host`] normalised it,
+//! - `host`: the request's host as [`crate::values::host::Host`] normalised it,
 //!   once per request — the very value the router matched (empty when the
 //!   request had no host, which only HTTP/1.0 may omit).
 //! - `path`: as routed — normalised once (`crate::path`), so every spelling
@@ -31,7 +31,7 @@
 //! variance key on top of this primary key.
 
 use crate::config::model::RouteCache;
-use crate::host::Host;
+use crate::values::host::Host;
 use pingora::cache::key::CacheKey;
 use pingora::http::RequestHeader;
 
@@ -171,9 +171,10 @@ pub fn route_part(primary: &str) -> Option<&str> {
 pub fn uri_of_url(url: &str, rules: &crate::config::model::Hygiene) -> Option<String> {
     let uri: http::Uri = url.parse().ok()?;
     let host = Host::parse_str(uri.authority()?.as_str())?;
-    let path = crate::hygiene::normalise_path(uri.path()).ok()?;
+    let path = crate::values::hygiene::normalise_path(uri.path()).ok()?;
     let path =
-        crate::hygiene::apply_path_rules(&path, rules.encoded_slash, rules.path_parameters).ok()?;
+        crate::values::hygiene::apply_path_rules(&path, rules.encoded_slash, rules.path_parameters)
+            .ok()?;
     Some(match uri.query() {
         Some(query) => format!("{}{path}?{query}", host.as_str()),
         None => format!("{}{path}", host.as_str()),

@@ -5,7 +5,7 @@ use super::file::{FileConfig, IssuerSpec, JwksSpec, JwtSpec};
 use super::locate::FieldPath;
 use super::model::*;
 use super::Checker;
-use crate::auth::keys::is_hmac;
+use crate::values::key_set::is_hmac;
 use jsonwebtoken::Algorithm;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -199,7 +199,8 @@ impl Checker<'_> {
                 let read = std::fs::read(file)
                     .map_err(|e| format!("cannot read {file}: {e}"))
                     .and_then(|body| {
-                        crate::auth::keys::KeySet::parse(&body).map_err(|e| format!("{file}: {e}"))
+                        crate::values::key_set::KeySet::parse(&body)
+                            .map_err(|e| format!("{file}: {e}"))
                     });
                 if let Err(problem) = read {
                     self.problem(at.key("file"), problem);

@@ -422,7 +422,7 @@ const RESERVED_FIELDS: [&str; 8] = [
 pub(super) fn identity_field_problem(name: &http::HeaderName, raw: &FileConfig) -> Option<String> {
     if RESERVED_FIELDS.contains(&name.as_str())
         || super::check_route::FRAMING_FIELDS.contains(&name.as_str())
-        || crate::headers::FORWARDING_FIELDS.contains(&name.as_str())
+        || crate::values::fields::FORWARDING_FIELDS.contains(&name.as_str())
     {
         return Some(format!(
             "{:?} carries the request's framing, routing or forwarding: it cannot be an identity field",
@@ -430,8 +430,8 @@ pub(super) fn identity_field_problem(name: &http::HeaderName, raw: &FileConfig) 
         ));
     }
     let underscores = raw.hygiene.underscore_headers.unwrap_or_default();
-    if crate::hygiene::has_underscore(name)
-        && underscores != crate::hygiene::UnderscoreHeaders::Allow
+    if crate::values::hygiene::has_underscore(name)
+        && underscores != crate::values::hygiene::UnderscoreHeaders::Allow
     {
         return Some(format!(
             "{:?} has an underscore, and hygiene.underscore_headers drops or refuses such fields: use '-' or set underscore_headers: allow",

@@ -6,10 +6,10 @@ use super::file::RouteSpec;
 use super::locate::FieldPath;
 use super::model::*;
 use super::{name_rule, valid_name, Checker};
-use crate::header_policy::HeaderPolicy;
-use crate::host::HostPattern;
-use crate::methods::MethodSet;
-use crate::template::{Template, Values, HEADER_PLACEHOLDERS};
+use crate::values::header_policy::HeaderPolicy;
+use crate::values::host::HostPattern;
+use crate::values::methods::MethodSet;
+use crate::values::template::{Template, Values, HEADER_PLACEHOLDERS};
 use std::collections::HashMap;
 
 /// Request fields tollgate writes itself for the upstream (the tenant
@@ -47,7 +47,7 @@ pub(super) struct FieldFates<'a> {
     /// `server.keep_override_headers`: override fields that are kept.
     pub keep_overrides: &'a [http::HeaderName],
     /// `hygiene.underscore_headers`.
-    pub underscores: crate::hygiene::UnderscoreHeaders,
+    pub underscores: crate::values::hygiene::UnderscoreHeaders,
 }
 
 impl FieldFates<'_> {
@@ -68,12 +68,14 @@ impl FieldFates<'_> {
                 "{n:?} is framing or hop-by-hop: it does not reach the upstream as sent"
             ));
         }
-        if crate::hygiene::has_underscore(name)
-            && self.underscores != crate::hygiene::UnderscoreHeaders::Allow
+        if crate::values::hygiene::has_underscore(name)
+            && self.underscores != crate::values::hygiene::UnderscoreHeaders::Allow
         {
             return Some(format!("{n:?} has an underscore, and hygiene.underscore_headers drops or refuses such fields"));
         }
-        if crate::headers::OVERRIDE_HEADERS.contains(&n) && !self.keep_overrides.contains(name) {
+        if crate::values::fields::OVERRIDE_HEADERS.contains(&n)
+            && !self.keep_overrides.contains(name)
+        {
             return Some(format!(
                 "{n:?} is an override field tollgate drops (server.keep_override_headers keeps it)"
             ));
@@ -84,7 +86,7 @@ impl FieldFates<'_> {
         if self.identity.contains(name) {
             return Some(format!("{n:?} is written by tollgate from the verified identity and a client's copy is removed: routing on the copy would let any client choose this route"));
         }
-        if crate::headers::FORWARDING_FIELDS.contains(&n) || WRITTEN_FIELDS.contains(&n) {
+        if crate::values::fields::FORWARDING_FIELDS.contains(&n) || WRITTEN_FIELDS.contains(&n) {
             return Some(format!("{n:?} is a field tollgate writes itself (forwarding, request id): a client outside server.trusted_proxies could choose this route with its own copy"));
         }
         None
@@ -102,7 +104,7 @@ impl Checker<'_> {
     ) -> Option<RouteConfig> {
         let before = self.problems.len();
         let encoded_slash = spec.encoded_slash;
-        if encoded_slash == Some(crate::hygiene::EncodedSlash::Decode) {
+        if encoded_slash == Some(crate::values::hygiene::EncodedSlash::Decode) {
             self.problem(
                 path.key("encoded_slash"),
                 "a route may say keep or reject; decode is global (hygiene.encoded_slash), as it changes which route a path reaches",
@@ -158,7 +160,7 @@ impl Checker<'_> {
         } else {
             // Requests are matched after normalisation: a prefix in another
             // spelling would never match anything.
-            match crate::hygiene::normalise_path(&path_prefix) {
+            match crate::values::hygiene::normalise_path(&path_prefix) {
                 Ok(normal) if normal == path_prefix => {}
                 Ok(normal) => self.problem(
                     m.key("path_prefix"),
@@ -244,7 +246,7 @@ impl Checker<'_> {
         let rewrite = match &spec.rewrite {
             None => None,
             Some(r) => {
-                match crate::rewrite::Rewrite::new(
+                match crate::values::rewrite::Rewrite::new(
                     &path_prefix,
                     r.strip_prefix,
                     r.replace_prefix.as_deref(),
@@ -355,7 +357,7 @@ impl Checker<'_> {
                                     ),
                                 );
                             }
-                            Some(crate::split::Sticky::Cookie(name.clone()))
+                            Some(Sticky::Cookie(name.clone()))
                         }
                         (None, Some(field)) => match http::HeaderName::from_bytes(field.as_bytes())
                         {
@@ -363,7 +365,7 @@ impl Checker<'_> {
                                 if let Some(why) = fates.rewritten(&name, true) {
                                     self.problem(at.key("header"), why);
                                 }
-                                Some(crate::split::Sticky::Header(name))
+                                Some(Sticky::Header(name))
                             }
                             Err(_) => {
                                 self.problem(
@@ -404,21 +406,21 @@ impl Checker<'_> {
                         format!("{status} is not a redirect status (301, 302, 303, 307, 308)"),
                     );
                 }
-                let to = match crate::template::Template::parse(
+                let to = match crate::values::template::Template::parse(
                     &redirect.to,
-                    crate::template::REDIRECT_PLACEHOLDERS,
+                    crate::values::template::REDIRECT_PLACEHOLDERS,
                 ) {
                     Ok(t) => t,
                     Err(problem) => {
                         self.problem(at.key("to"), problem);
-                        crate::template::Template::text("/")
+                        crate::values::template::Template::text("/")
                     }
                 };
-                let sample = crate::template::Values {
+                let sample = crate::values::template::Values {
                     uri: Some("/a?b=c"),
                     path: Some("/a"),
                     host: Some("h"),
-                    ..crate::template::Values::default()
+                    ..crate::values::template::Values::default()
                 };
                 if to
                     .render(&sample)

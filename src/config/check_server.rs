@@ -75,12 +75,12 @@ impl Checker<'_> {
         let mut keep_override_headers = Vec::new();
         for (i, name) in spec.keep_override_headers.iter().enumerate() {
             let lower = name.to_ascii_lowercase();
-            if !crate::headers::OVERRIDE_HEADERS.contains(&lower.as_str()) {
+            if !crate::values::fields::OVERRIDE_HEADERS.contains(&lower.as_str()) {
                 self.problem(
                     path.key("keep_override_headers").index(i),
                     format!(
                         "{name:?} is not one of the headers dropped by default ({})",
-                        crate::headers::OVERRIDE_HEADERS.join(", ")
+                        crate::values::fields::OVERRIDE_HEADERS.join(", ")
                     ),
                 );
                 continue;

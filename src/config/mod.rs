@@ -168,7 +168,7 @@ impl Checker<'_> {
                 });
         let mut admin_hosts = Vec::with_capacity(raw.admin.hosts.len());
         for (i, name) in raw.admin.hosts.iter().enumerate() {
-            match crate::host::Host::parse_str(name) {
+            match crate::values::host::Host::parse_str(name) {
                 Some(host) => admin_hosts.push(host.as_str().to_owned()),
                 None => self.problem(
                     root.key("admin").key("hosts").index(i),
@@ -220,7 +220,7 @@ impl Checker<'_> {
         }
         let fates = check_route::FieldFates {
             identity: rate_limit.as_ref().map_or_else(
-                || vec![crate::headers::DEFAULT_TENANT_HEADER],
+                || vec![crate::values::fields::DEFAULT_TENANT_HEADER],
                 |rl| {
                     let claims = rl.jwt.iter().flat_map(|j| &j.forward_claims);
                     std::iter::once(rl.tenant_header.clone())
@@ -255,7 +255,7 @@ impl Checker<'_> {
         self.shadowed_routes(&routes, &route_paths);
         let tenant_header = rate_limit
             .as_ref()
-            .map_or(crate::headers::DEFAULT_TENANT_HEADER, |rl| {
+            .map_or(crate::values::fields::DEFAULT_TENANT_HEADER, |rl| {
                 rl.tenant_header.clone()
             });
         for (route, at) in routes.iter().zip(&route_paths) {

@@ -5,8 +5,8 @@
 //! the file could have told us about.
 
 pub use super::secret::Secret;
-use crate::host::HostPattern;
-use crate::methods::MethodSet;
+use crate::values::host::HostPattern;
+use crate::values::methods::MethodSet;
 use http::HeaderValue;
 use ipnet::IpNet;
 use std::net::SocketAddr;
@@ -194,13 +194,22 @@ pub struct RouteConfig {
     /// Compression: off for this route, or its own minimum size.
     pub compression: RouteCompression,
     /// `encoded_slash` for this route, when it overrides the global one.
-    pub encoded_slash: Option<crate::hygiene::EncodedSlash>,
+    pub encoded_slash: Option<crate::values::hygiene::EncodedSlash>,
     /// The upstream's path, when it differs from the client's.
-    pub rewrite: Option<crate::rewrite::Rewrite>,
+    pub rewrite: Option<crate::values::rewrite::Rewrite>,
     /// Field changes to the request.
-    pub request_headers: crate::header_policy::HeaderPolicy,
+    pub request_headers: crate::values::header_policy::HeaderPolicy,
     /// Field changes to the response.
-    pub response_headers: crate::header_policy::HeaderPolicy,
+    pub response_headers: crate::values::header_policy::HeaderPolicy,
+}
+
+/// How a split keeps a client on one pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    /// A cookie holding the pool's name.
+    Cookie(String),
+    /// A request field whose value picks the pool.
+    Header(http::HeaderName),
 }
 
 /// Where a route's requests go.
@@ -213,7 +222,7 @@ pub enum RouteTarget {
         /// (pool index, weight ≥ 1).
         members: Vec<(usize, u32)>,
         /// How a client stays on the pool it got first.
-        sticky: Option<crate::split::Sticky>,
+        sticky: Option<Sticky>,
     },
     /// No upstream: a redirect.
     Redirect(RedirectConfig),
@@ -249,7 +258,7 @@ impl RouteTarget {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedirectConfig {
     /// `Location`, with `{uri}`, `{path}`, `{host}`.
-    pub to: crate::template::Template,
+    pub to: crate::values::template::Template,
     /// 301, 302, 303, 307 or 308.
     pub status: u16,
     /// `Cache-Control: public, max-age` when set; `no-store` otherwise.
@@ -261,11 +270,11 @@ pub struct RedirectConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Hygiene {
     /// `%2F`, `%5C` and `\\` in paths.
-    pub encoded_slash: crate::hygiene::EncodedSlash,
+    pub encoded_slash: crate::values::hygiene::EncodedSlash,
     /// `;` path parameters.
-    pub path_parameters: crate::hygiene::PathParameters,
+    pub path_parameters: crate::values::hygiene::PathParameters,
     /// Request fields with `_` in the name.
-    pub underscore_headers: crate::hygiene::UnderscoreHeaders,
+    pub underscore_headers: crate::values::hygiene::UnderscoreHeaders,
 }
 
 /// Global compression settings with defaults applied.
@@ -504,17 +513,6 @@ pub struct RedisConfig {
     pub breaker_failures: u32,
     /// How long the open breaker keeps requests away from Redis before a probe.
     pub breaker_open_for: Duration,
-}
-
-impl RedisConfig {
-    /// Where the connections go.
-    pub fn target(&self) -> crate::redis_link::RedisTarget {
-        if self.cluster.is_empty() {
-            crate::redis_link::RedisTarget::Url(self.url.expose().to_owned())
-        } else {
-            crate::redis_link::RedisTarget::Cluster(self.cluster.clone())
-        }
-    }
 }
 
 /// Cache tags (surrogate keys) with defaults applied.

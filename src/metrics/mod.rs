@@ -40,6 +40,18 @@ pub fn method_index(method: &Method) -> usize {
 /// Route label used for requests that matched no route.
 pub const NO_ROUTE: &str = "(none)";
 
+/// Every `result` label of `tollgate_dns_resolutions_total`.
+pub const DNS_RESULTS: [&str; 8] = [
+    "ok",
+    "timeout",
+    "nxdomain",
+    "no_records",
+    "servfail",
+    "refused",
+    "unreachable",
+    "error",
+];
+
 /// The process's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -668,7 +680,7 @@ impl Metrics {
         let _ = self.upstream_retries.remove_label_values(&[upstream]);
         let _ = self.upstream_panic.remove_label_values(&[upstream]);
         let _ = self.upstream_backends.remove_label_values(&[upstream]);
-        for result in crate::discovery::RESULTS {
+        for result in DNS_RESULTS {
             let _ = self
                 .dns_resolutions
                 .remove_label_values(&[upstream, result]);

@@ -4,6 +4,7 @@
 //! composite steps (rate-limit admission, fresh hit), `respond` how
 //! responses and errors are written.
 
+mod client;
 mod respond;
 mod steps;
 
@@ -240,7 +241,7 @@ impl ProxyHttp for Proxy {
                 ));
             }
         }
-        if !crate::methods::is_safe(&session.req_header().method) {
+        if !crate::values::methods::is_safe(&session.req_header().method) {
             self.invalidate_before_answering(session, ctx, upstream_response)
                 .await;
         }

@@ -9,7 +9,7 @@ use crate::ctx::RequestCtx;
 use crate::errors::{self, ErrorResponse};
 use crate::headers;
 use crate::ratelimit;
-use crate::template::Values;
+use crate::values::template::Values;
 use pingora::http::ResponseHeader;
 use pingora::proxy::{FailToProxy, Session};
 use pingora::{Error, Result};
@@ -70,7 +70,7 @@ pub async fn redirect(
     let values = Values {
         uri: Some(&uri),
         path: Some(req.uri.path()),
-        host: ctx.host.as_ref().map(crate::host::Host::as_str),
+        host: ctx.host.as_ref().map(crate::values::host::Host::as_str),
         ..Values::default()
     };
     let Some(location) = redirect.to.render(&values) else {
@@ -102,7 +102,7 @@ pub async fn redirect(
 /// what the upstream or tollgate wrote (`Server`, `Strict-Transport-Security`).
 fn route_fields(session: &Session, resp: &mut ResponseHeader, ctx: &RequestCtx) {
     if let Some(route) = ctx.route().filter(|r| !r.response_headers.is_empty()) {
-        let values = super::steps::template_values(session, ctx);
+        let values = super::client::template_values(session, ctx);
         route.response_headers.apply(resp, &values);
     }
 }

@@ -3,6 +3,7 @@
 //! its stage and the fresh-hit fast path, each wiring a module's answer into the request context and the
 //! response.
 
+use super::client::{client_ip, template_values};
 use super::{respond, Proxy};
 use crate::cache::fresh;
 use crate::cache::invalidation::{answered as invalidate, purge_memory_off_runtime, Selection};
@@ -11,12 +12,11 @@ use crate::errors::ErrorResponse;
 use crate::forwarded;
 use crate::gateway::Target;
 use crate::headers;
-use crate::host::Host;
-use crate::hygiene;
 use crate::metrics::Metrics;
 use crate::ratelimit::admission::{self, Stage};
 use crate::target;
-use crate::template::Values;
+use crate::values::host::Host;
+use crate::values::hygiene;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 use std::borrow::Cow;
@@ -241,13 +241,6 @@ pub(super) fn no_route() -> Box<Error> {
     Error::explain(ErrorType::InternalError, "upstream phase without a route")
 }
 
-pub(super) fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| a.ip())
-}
-
 /// Who sent the request, decided once and before the cache is asked — a
 /// missing or bad key is a 401 here whatever stage the budget is counted
 /// at. On an exempt route a key that identifies nobody refuses nothing.
@@ -273,29 +266,6 @@ fn identify(
         Err(_) => {}
     }
     Ok(())
-}
-
-/// What a route's header and redirect templates are filled with for this
-/// request: the same client address rate limiting and forwarding use, the
-/// request id, the tenant, the route, the normalised host.
-pub(super) fn template_values<'a>(session: &Session, ctx: &'a RequestCtx) -> Values<'a> {
-    let trusted = &ctx.gateway.config.server.trusted_proxies;
-    Values {
-        client_ip: crate::ratelimit::identity::client_ip(
-            session.req_header(),
-            client_ip(session),
-            trusted,
-        ),
-        request_id: ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
-        tenant: ctx.gateway.rate_limiter.as_ref().and_then(|limiter| {
-            ctx.identity
-                .as_ref()
-                .and_then(|who| who.tenant_name(limiter))
-        }),
-        route: ctx.route().map(|r| &*r.name),
-        host: ctx.host.as_ref().map(Host::as_str),
-        ..Values::default()
-    }
 }
 
 /// Rewrites the request into what the upstream receives (`forwarded`),

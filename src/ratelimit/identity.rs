@@ -3,7 +3,8 @@
 //! holds a usable key; the same digest finds a token verified before.
 
 use super::RateLimiter;
-use crate::auth::jwt::{Bearer, Failure, TokenTenant};
+use crate::auth::jwt::Bearer;
+use crate::auth::verdict::{Failure, TokenTenant};
 use crate::config::model::{Anonymous, KeySource};
 use ipnet::IpNet;
 use pingora::http::RequestHeader;

@@ -14,7 +14,7 @@ use super::gcra::{Verdict, WindowState};
 use super::local::Check;
 use crate::breaker::{CircuitBreaker, Permit, Transition};
 use crate::config::model::RedisConfig;
-use crate::redis_link::RedisLink;
+use crate::redis_link::{RedisLink, RedisTarget};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
@@ -111,11 +111,16 @@ impl RedisBuckets {
         // before that is noticed by the first decision instead).
         let owner: Arc<OnceLock<Weak<Self>>> = Arc::new(OnceLock::new());
         let told = owner.clone();
-        let link = RedisLink::connect(&config.target(), config.timeout, "ratelimit", move || {
-            if let Some(me) = told.get().and_then(Weak::upgrade) {
-                me.note(None);
-            }
-        })?;
+        let link = RedisLink::connect(
+            &RedisTarget::of(config),
+            config.timeout,
+            "ratelimit",
+            move || {
+                if let Some(me) = told.get().and_then(Weak::upgrade) {
+                    me.note(None);
+                }
+            },
+        )?;
         let me = Arc::new(Self {
             link,
             script: redis::Script::new(GCRA_LUA),

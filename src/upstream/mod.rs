@@ -16,6 +16,7 @@ mod grpc_health;
 pub mod health;
 mod membership;
 pub mod memory;
+pub mod refresh;
 pub mod replay;
 
 pub use backend::{BackendLease, BackendState, FailureKind};

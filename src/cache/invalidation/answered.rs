@@ -10,8 +10,8 @@ use super::{Purge, Selection};
 use crate::cache::key;
 use crate::cache::store::MemoryStore;
 use crate::config::model::RouteCache;
-use crate::host::Host;
 use crate::metrics::Metrics;
+use crate::values::host::Host;
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::sync::Arc;
 
@@ -33,7 +33,7 @@ pub struct Finished<'a> {
 fn stale_uris(done: &Finished<'_>) -> Vec<String> {
     // §4.4: every method not defined as safe (RFC 9110 §9.2.1) — POST,
     // PUT, PATCH, DELETE and any method the cache does not know.
-    if crate::methods::is_safe(&done.req.method) || !succeeded(done) {
+    if crate::values::methods::is_safe(&done.req.method) || !succeeded(done) {
         return Vec::new();
     }
     let fallback;

@@ -8,8 +8,21 @@ use pingora::cache::CacheMeta;
 use pingora::http::ResponseHeader;
 use pingora::Result;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
+
+/// The serialized form of an empty response header: lets a hit rebuild a
+/// `CacheMeta` from its internal part and then put the parsed header in.
+pub(super) fn empty_header() -> Result<&'static [u8]> {
+    static EMPTY: OnceLock<Vec<u8>> = OnceLock::new();
+    if let Some(bytes) = EMPTY.get() {
+        return Ok(bytes);
+    }
+    let now = std::time::SystemTime::now();
+    let meta = CacheMeta::new(now, now, 0, 0, ResponseHeader::build(200, Some(0))?);
+    let (_, header) = meta.serialize()?;
+    Ok(EMPTY.get_or_init(|| header))
+}
 
 /// Memory an entry costs beyond its body and header: the `Entry` and its
 /// `Arc`, three index slots (hash maps and the URI B-tree), the URI string
@@ -211,8 +224,7 @@ impl Entry {
     /// This entry, stale from `now` on (a soft purge); `None` when its
     /// internal meta does not decode.
     pub(super) fn expired_at(&self, now: SystemTime) -> Option<Entry> {
-        let mut meta =
-            CacheMeta::deserialize(&self.internal, super::storage::empty_header().ok()?).ok()?;
+        let mut meta = CacheMeta::deserialize(&self.internal, empty_header().ok()?).ok()?;
         *meta.response_header_mut() = self.header.clone();
         meta.expire_at(now);
         let (internal, _) = meta.serialize().ok()?;

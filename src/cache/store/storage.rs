@@ -2,7 +2,7 @@
 //! meta from what the entry keeps parsed, misses collect the body and
 //! insert the entry when it is complete, revalidations replace the meta.
 
-use super::entry::{compact_header, tags_weight, Entry, StoredTimes};
+use super::entry::{compact_header, empty_header, tags_weight, Entry, StoredTimes};
 use super::{Fill, FillTicket, MemoryStore};
 use crate::cache::key::{route_part, uri_of};
 use async_trait::async_trait;
@@ -14,20 +14,7 @@ use pingora::cache::{CacheMeta, HitHandler, MissHandler, PurgeType, Storage};
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 use std::any::Any;
-use std::sync::{Arc, OnceLock};
-
-/// The serialized form of an empty response header: lets a hit rebuild a
-/// `CacheMeta` from its internal part and then put the parsed header in.
-pub(super) fn empty_header() -> Result<&'static [u8]> {
-    static EMPTY: OnceLock<Vec<u8>> = OnceLock::new();
-    if let Some(bytes) = EMPTY.get() {
-        return Ok(bytes);
-    }
-    let now = std::time::SystemTime::now();
-    let meta = CacheMeta::new(now, now, 0, 0, ResponseHeader::build(200, Some(0))?);
-    let (_, header) = meta.serialize()?;
-    Ok(EMPTY.get_or_init(|| header))
-}
+use std::sync::Arc;
 
 /// Serves a stored body; bodies are `Bytes`, so a hit copies nothing.
 struct Hit {

@@ -473,7 +473,7 @@ pub struct RouteSpec {
     pub max_body_size: Option<crate::config::units::ByteSize>,
     /// `hygiene.encoded_slash` for this route: `keep` or `reject`.
     #[serde(default)]
-    pub encoded_slash: Option<crate::hygiene::EncodedSlash>,
+    pub encoded_slash: Option<crate::values::hygiene::EncodedSlash>,
     /// What path the upstream receives.
     #[serde(default)]
     pub rewrite: Option<RewriteSpec>,
@@ -565,13 +565,13 @@ pub struct HeaderChangesSpec {
 pub struct HygieneSpec {
     /// `%2F`, `%5C` and `\` in paths: `reject` (default), `decode`, `keep`.
     #[serde(default)]
-    pub encoded_slash: Option<crate::hygiene::EncodedSlash>,
+    pub encoded_slash: Option<crate::values::hygiene::EncodedSlash>,
     /// `;` path parameters: `keep` (default), `reject`, `strip`.
     #[serde(default)]
-    pub path_parameters: Option<crate::hygiene::PathParameters>,
+    pub path_parameters: Option<crate::values::hygiene::PathParameters>,
     /// Request fields with `_` in the name: `drop` (default), `reject`, `allow`.
     #[serde(default)]
-    pub underscore_headers: Option<crate::hygiene::UnderscoreHeaders>,
+    pub underscore_headers: Option<crate::values::hygiene::UnderscoreHeaders>,
 }
 
 /// `limits`: what a client may send and hold, with production defaults.

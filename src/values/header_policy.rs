@@ -4,7 +4,7 @@
 //! the request, before the cache key and `Vary` read it; response fields
 //! to every answer of the route (proxied, cached, and tollgate's own).
 
-use crate::template::{Template, Values};
+use crate::values::template::{Template, Values};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 
@@ -97,7 +97,7 @@ fn value_of(template: &Template, values: &Values<'_>) -> Option<HeaderValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::template::HEADER_PLACEHOLDERS;
+    use crate::values::template::HEADER_PLACEHOLDERS;
 
     #[test]
     fn set_replaces_every_line_add_appends_remove_removes_all() {

@@ -66,7 +66,7 @@ impl Rewrite {
                         "replace_prefix {with:?} may hold only a path (visible ASCII, no '?' or '#')"
                     ));
                 }
-                match crate::hygiene::normalise_path(with) {
+                match crate::values::hygiene::normalise_path(with) {
                     Ok(normal) if normal == with => {}
                     Ok(normal) => {
                         return Err(format!(
