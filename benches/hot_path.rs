@@ -4,7 +4,7 @@
 //!
 //! `cargo bench --bench hot_path` measures; `cargo test --benches` (part of
 //! `scripts/test`) runs each once so they keep compiling and working.
-//! Latest numbers: docs/BENCHMARKS.md.
+//! Latest numbers: docs/book/src/benchmarks-history.md.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::Method;

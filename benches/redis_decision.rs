@@ -2,7 +2,7 @@
 //! trip), with criterion. Needs a Redis: set `TOLLGATE_BENCH_REDIS`, e.g.
 //! `TOLLGATE_BENCH_REDIS=redis://127.0.0.1:6379 cargo bench --bench redis_decision`;
 //! without it the benchmark says so and measures nothing. The local store
-//! is measured in `benches/hot_path.rs`. Numbers: docs/BENCHMARKS.md.
+//! is measured in `benches/hot_path.rs`. Numbers: docs/book/src/benchmarks-history.md.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::time::{Duration, Instant};

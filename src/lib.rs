@@ -1,6 +1,6 @@
 //! tollgate: a reverse proxy for HTTP APIs, built on Cloudflare's Pingora.
-//! See README.md for what it does today and how to run it, and docs/ for
-//! design decisions.
+//! See README.md for what it is and how to run it, and the book in
+//! docs/book for everything else (the architecture and decisions too).
 
 // One audited exception: `upstream::deadline` borrows the upstream
 // connection's descriptor Pingora hands to `connected_to_upstream`.

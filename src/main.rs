@@ -9,7 +9,7 @@ use tollgate::state::ConfigSource;
 use tollgate::{demo, server};
 
 // mimalloc: measured faster than glibc malloc for Pingora's many small,
-// short-lived allocations (see docs/BENCHMARKS.md and DESIGN.md).
+// short-lived allocations (see docs/book/src/benchmarks-history.md and DESIGN.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -44,6 +44,9 @@ enum Command {
         /// The YAML config file.
         config: PathBuf,
     },
+    /// Print the configuration's JSON Schema (the copy shipped as
+    /// conf/tollgate.schema.json), for editors and CI linters.
+    Schema,
     /// Print the `sha256:<hex>` form of an API key for `tenants.*.api_keys`.
     /// Reads the key from standard input when not given (keeps it out of
     /// the shell history).
@@ -232,6 +235,10 @@ fn main() -> ExitCode {
             }
         },
         Command::Check { config } => check(&config),
+        Command::Schema => {
+            print!("{}", config::schema::json());
+            ExitCode::SUCCESS
+        }
         Command::HashKey { key } => {
             let key = match key {
                 Some(k) => k,

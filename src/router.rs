@@ -8,7 +8,7 @@
 //! prefix one hash lookup per distinct prefix length no longer than the
 //! path, so 100,000 routes cost what a handful do.
 //!
-//! Matching rules (documented in the README):
+//! Matching rules (documented in the book, `docs/book/src/routing.md`):
 //! 1. Host buckets are tried from most to least specific: the exact host,
 //!    then wildcard hosts (`*.example.com`, longest suffix first), then routes
 //!    without a host. A request falls through to a less specific bucket when

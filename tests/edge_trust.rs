@@ -129,7 +129,7 @@ fn missing_or_invalid_host_is_refused() {
         assert_eq!(r.json()["error"], "bad_request", "{raw:?}");
     }
     // These Pingora's parser refuses before any hook of ours runs: 400,
-    // with Pingora's empty body (see docs/DECISIONS.md).
+    // with Pingora's empty body (see docs/book/src/decisions.md).
     for raw in [
         "GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\nConnection: close\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: user@a.test\r\nConnection: close\r\n\r\n",

@@ -14,7 +14,7 @@
 //!   shared part failed is reported as failed and promises nothing);
 //! - on every other instance, the same holds once the shared part is sent
 //!   and heard (a "settle" step heals every fault and waits for it: the
-//!   propagation bound the README states).
+//!   propagation bound the book's Running several instances states).
 //!
 //! Seeds: `TOLLGATE_SIM_SEEDS` (default 6) seeds of `TOLLGATE_SIM_STEPS`
 //! (default 60) steps, from `TOLLGATE_SIM_SEED` (default 1). A failure

@@ -7,7 +7,7 @@
 //! common case with what that path would send (`Age`, `Cache-Status: hit`,
 //! the LRU touched) and leaves every other case to it. A compressed hit is
 //! served from an encoded copy kept with the entry. Measured in
-//! docs/BENCHMARKS.md.
+//! docs/book/src/benchmarks-history.md.
 
 use super::{key, CacheRuntime, Outcome};
 use crate::compression;

@@ -19,6 +19,7 @@ pub mod file;
 mod io;
 pub mod locate;
 pub mod model;
+pub mod schema;
 mod secret;
 mod shape;
 pub mod units;

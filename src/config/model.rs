@@ -632,7 +632,7 @@ pub struct RouteTimeouts {
     pub idle: Duration,
 }
 
-/// Defaults, kept together so the README can quote them.
+/// Defaults, kept together so the configuration reference can quote them.
 pub mod defaults {
     use std::time::Duration;
     /// Default connect timeout.

@@ -147,6 +147,41 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+// The schema says what the parsers above accept, so an editor flags a
+// unitless duration or an unknown size unit before `check` does.
+impl schemars::JsonSchema for HumanDuration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A duration with its unit: 250ms, 30s, 15m, 1h, 1d, or compounds such as 1h30m.",
+            "type": "string",
+            "pattern": "^\\s*(([0-9]+\\.?[0-9]*|\\.[0-9]+)(ms|s|m|h|d))+\\s*$",
+            "examples": ["250ms", "30s", "1h30m"]
+        })
+    }
+}
+
+impl schemars::JsonSchema for ByteSize {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ByteSize".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A size in bytes: 4096, or a number and a unit (64KiB, 512MiB, 1GiB, 10MB).",
+            "anyOf": [
+                { "type": "integer", "minimum": 0 },
+                {
+                    "type": "string",
+                    "pattern": "^\\s*([0-9]+\\.?[0-9]*|\\.[0-9]+)\\s*(B|KB|kB|MB|GB|KiB|MiB|GiB|TiB)?\\s*$"
+                }
+            ],
+            "examples": ["64KiB", "512MiB", 4096]
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,4 @@
-//! The metrics' own checks: the README's table lists exactly what is
+//! The metrics' own checks: the book's table (and README's list) name exactly what is
 //! exported.
 
 use super::*;
@@ -50,15 +50,28 @@ fn dashboard_and_alerts_use_only_metrics_that_exist() {
 }
 
 #[test]
-fn the_readme_metrics_table_matches_what_is_exported() {
+fn the_book_metrics_table_and_the_readme_list_match_what_is_exported() {
     let metrics = Metrics::new().expect("metrics");
     let known: BTreeSet<String> = metrics.names().iter().cloned().collect();
-    let readme = file("README.md");
-    let table: BTreeSet<String> = readme
+    let chapter = file("docs/book/src/operations.md");
+    let table: BTreeSet<String> = chapter
         .lines()
         .filter_map(|l| l.strip_prefix("| `tollgate_"))
         .filter_map(|rest| rest.split('`').next())
         .map(|name| format!("tollgate_{name}"))
         .collect();
-    assert_eq!(table, known, "README metrics table vs exported metrics");
+    assert_eq!(table, known, "the book's metrics table vs exported metrics");
+    // The README's list: every `tollgate_…` name in its Metrics section.
+    let readme = file("README.md");
+    let section = readme
+        .split("\n## Metrics")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("README has a Metrics section");
+    let listed: BTreeSet<String> = section
+        .split('`')
+        .filter(|w| w.starts_with("tollgate_") && !w.contains(' '))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(listed, known, "README's metrics list vs exported metrics");
 }

@@ -1,6 +1,6 @@
 //! The `ProxyHttp` implementation: the order of things, and nothing else.
 //! Each phase is a few calls into the module that owns the behaviour
-//! (docs/ARCHITECTURE.md maps phase → module). `steps` holds the two
+//! (docs/book/src/architecture.md maps phase → module). `steps` holds the two
 //! composite steps (rate-limit admission, fresh hit), `respond` how
 //! responses and errors are written.
 

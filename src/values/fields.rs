@@ -16,7 +16,7 @@ pub const DEFAULT_TENANT_HEADER: http::HeaderName = http::HeaderName::from_stati
 /// https, say) would have that answer stored for everyone. From a peer
 /// that is not a trusted proxy every one of them is removed, and
 /// tollgate's own `X-Forwarded-For/-Proto/-Host` and `Forwarded` are set.
-/// The one list (lower-case), documented in the README's Security section.
+/// The one list (lower-case), documented in the book's Security chapter.
 pub const FORWARDING_FIELDS: [&str; 38] = [
     // RFC 7239 and the de-facto X-Forwarded family.
     "forwarded",

@@ -38,7 +38,7 @@ pub enum PathProblem {
 /// `/public%2F..%2Fadmin` or `/admin%2Fusers` as another path than the
 /// proxy routed, so the proxy must either refuse them or route on the
 /// decoded form.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EncodedSlash {
     /// 400 (the default, as Apache's `AllowEncodedSlashes Off`).
@@ -52,7 +52,7 @@ pub enum EncodedSlash {
 
 /// What a `;` parameter in a path segment means (`hygiene.path_parameters`):
 /// Tomcat and Spring drop `;…` before mapping `/admin;x=1/` to `/admin/`.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PathParameters {
     /// Part of the path, routed and forwarded as sent (the default).
@@ -68,7 +68,7 @@ pub enum PathParameters {
 /// What a request field whose name has `_` gets (`hygiene.underscore_headers`):
 /// CGI, WSGI and Rack map `X_Tenant` and `X-Tenant` to the same variable,
 /// so a client's `X_Tenant` could stand in for the field tollgate sets.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum UnderscoreHeaders {
     /// Removed before anything reads the request (nginx's default).

@@ -3,7 +3,7 @@
 //! path rewrites, path rules, JSON Web Key Sets, field names) and the pure
 //! functions that judge them.
 //!
-//! This is the bottom layer (`docs/ARCHITECTURE.md`, "Layers"): nothing
+//! This is the bottom layer (`docs/book/src/architecture.md`, "Layers"): nothing
 //! here imports another tollgate module outside `values/`, so `config/`
 //! can check a file with the same code the runtime later runs, without
 //! reaching up into the runtime.

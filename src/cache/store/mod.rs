@@ -35,7 +35,7 @@
 //! collected one has spare capacity, and the stored header is rebuilt from
 //! its serialized form, because the header Pingora parsed from the upstream
 //! slices into the connection's 4 KiB+ read buffer and would keep all of it
-//! alive. README, Caching, has the numbers (`benches/load/memory.sh`).
+//! alive. The book's Caching chapter has the numbers (`benches/load/memory.sh`).
 //!
 //! Fresh hits of entries without `Vary` can be served by [`MemoryStore::fresh`]
 //! without Pingora's cache state machine; see `cache::fresh`.

@@ -22,7 +22,7 @@ use std::time::SystemTime;
 /// takes the CPU the workers leave. Larger batches purge faster on a
 /// saturated core and cost hits more (`benches/load/purge.sh`, pinned to
 /// one core: with 64, hits' p99 was 3.5–11× of without during purges;
-/// with 16, 1.5–1.8× for 100,000 entries; docs/BENCHMARKS.md).
+/// with 16, 1.5–1.8× for 100,000 entries; docs/book/src/benchmarks-history.md).
 const PURGE_BATCH: usize = 16;
 
 /// Primaries a purge removes before it answers. A larger purge answers
@@ -40,7 +40,7 @@ const INLINE_PURGE: usize = 1024;
 /// entries (`benches/load/purge.sh`, 1,000,000 entries on a core
 /// saturated by hits: with these, their p99 was 1.9–2.1× of without and
 /// the entries were free after ~90 s; with 16 and 3, 2.0–2.4× and ~65 s;
-/// docs/BENCHMARKS.md).
+/// docs/book/src/benchmarks-history.md).
 const RECLAIM_BATCH: usize = 8;
 const RECLAIM_REST: u32 = 4;
 

@@ -4,7 +4,7 @@
 use super::*;
 
 /// `auth`: ways to identify a tenant besides API keys.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSpec {
     /// Bearer JWTs from trusted issuers.
@@ -13,7 +13,7 @@ pub struct AuthSpec {
 }
 
 /// `auth.jwt`: who may issue tokens and which claims say who the caller is.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JwtSpec {
     /// Trusted issuers, each with its keys and audiences.
@@ -38,7 +38,7 @@ pub struct JwtSpec {
 }
 
 /// One trusted issuer.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerSpec {
     /// The `iss` value its tokens carry, compared exactly.
@@ -71,7 +71,7 @@ fn default_true() -> bool {
 }
 
 /// A JSON Web Key Set: `{ url: https://…, refresh: 10m }` or `{ file: path }`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JwksSpec {
     /// `http://` or `https://` URL, fetched in the background.

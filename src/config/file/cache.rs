@@ -3,7 +3,7 @@
 use super::*;
 
 /// Global cache limits.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSpec {
     /// Memory for cached bodies and headers. Default 256MiB.
@@ -32,7 +32,7 @@ pub struct CacheSpec {
 }
 
 /// `cache.redis`: a second cache tier shared by every instance.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CacheRedisSpec {
     /// Default true when the block is present.
@@ -63,7 +63,7 @@ pub struct CacheRedisSpec {
 }
 
 /// A route's cache settings.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteCacheSpec {
     /// Default true when the block is present.
@@ -111,7 +111,7 @@ pub struct RouteCacheSpec {
 }
 
 /// Cache key options.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CacheKeySpec {
     /// Query parameters to leave out of the key (e.g. tracking parameters).
@@ -129,7 +129,7 @@ pub struct CacheKeySpec {
 }
 
 /// `cache.set_cookie`.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SetCookieSpec {
     /// Never store a response that sets a cookie.

@@ -17,7 +17,7 @@ use std::fmt;
 use std::marker::PhantomData;
 
 /// The root of the configuration file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// Client-facing listeners. Defaults to `0.0.0.0:8080` (plain HTTP).
@@ -25,6 +25,7 @@ pub struct FileConfig {
         default = "default_listen",
         deserialize_with = "string_or_struct_vec::deserialize"
     )]
+    #[schemars(with = "Vec<StringOr<ListenerSpec>>")]
     pub listen: Vec<ListenerSpec>,
     /// The admin listener (metrics, health, readiness).
     #[serde(default)]
@@ -88,7 +89,7 @@ fn default_listen() -> Vec<ListenerSpec> {
 
 /// A client-facing listener: `"0.0.0.0:8080"` or
 /// `{ address: "0.0.0.0:8443", tls: { cert: ..., key: ... } }`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerSpec {
     /// `ip:port` to bind.
@@ -103,7 +104,7 @@ pub struct ListenerSpec {
 }
 
 /// Certificate and key files for a TLS listener.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTlsSpec {
     /// PEM certificate chain.
@@ -113,7 +114,7 @@ pub struct ListenerTlsSpec {
 }
 
 /// The admin listener.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSpec {
     /// `ip:port` for /metrics, /health, /ready. Keep it private.
@@ -148,15 +149,15 @@ impl Default for AdminSpec {
     }
 }
 
-/// Process settings. Defaults suit a small API gateway; see README.
-#[derive(Debug, Default, Deserialize)]
+/// Process settings. Defaults suit a small API gateway; see the configuration reference.
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSpec {
     /// Worker threads for the proxy service.
     #[serde(default)]
     pub threads: Option<usize>,
     /// Let idle worker threads steal tasks from busy ones. Off by default:
-    /// measured faster for short API requests (see docs/BENCHMARKS.md).
+    /// measured faster for short API requests (see docs/book/src/benchmarks-history.md).
     #[serde(default)]
     pub work_stealing: Option<bool>,
     /// How long a graceful shutdown waits for in-flight requests.
@@ -185,7 +186,7 @@ pub struct ServerSpec {
 }
 
 /// `response_headers`: what tollgate adds to every response.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResponseHeadersSpec {
     /// `X-Response-Time: 1.234ms`. Default true.
@@ -206,7 +207,7 @@ impl Default for ResponseHeadersSpec {
 }
 
 /// Logging settings. `RUST_LOG`, when set, overrides `level`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoggingSpec {
     /// `error`, `warn`, `info`, `debug` or `trace`.
@@ -228,7 +229,7 @@ pub struct LoggingSpec {
 }
 
 /// How access-log lines are written.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AccessLogFormat {
     /// `GET /path status=200 route=… duration_ms=…` after the log prefix.
@@ -259,11 +260,12 @@ impl Default for LoggingSpec {
 }
 
 /// A named pool of backends that routes send traffic to.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSpec {
     /// `host:port` strings or `{ address, weight }` maps.
     #[serde(deserialize_with = "string_or_struct_vec::deserialize")]
+    #[schemars(with = "Vec<StringOr<BackendSpec>>")]
     pub backends: Vec<BackendSpec>,
     /// Connect to the backends over TLS.
     #[serde(default)]
@@ -306,7 +308,7 @@ pub struct UpstreamSpec {
 }
 
 /// `upstreams.<name>.protocol`.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamProtocolSpec {
     /// HTTP/1.1, over TLS or not.
@@ -320,7 +322,7 @@ pub enum UpstreamProtocolSpec {
 }
 
 /// An active health check.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckSpec {
     /// `http` (default), `tcp` or `grpc`.
@@ -353,7 +355,7 @@ pub struct HealthCheckSpec {
 }
 
 /// How a health check probes.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthCheckKind {
     /// `GET path`, expecting one of `expect_status`.
@@ -367,7 +369,7 @@ pub enum HealthCheckKind {
 
 /// One backend: `"10.0.0.1:8000"`, `"api.internal:8080"`,
 /// `{ address: "10.0.0.1:8000", weight: 2 }` or `{ srv: "_http._tcp.users" }`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackendSpec {
     /// `ip:port`, or `name:port`: every A/AAAA address of the name,
@@ -384,7 +386,7 @@ pub struct BackendSpec {
 
 /// `dns`: how backend names are resolved. Defaults come from
 /// `/etc/resolv.conf`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DnsSpec {
     /// Name servers (`ip` or `ip:port`) instead of the system's.
@@ -409,7 +411,7 @@ pub struct DnsSpec {
 }
 
 /// `dns.family`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AddressFamilySpec {
     /// A and AAAA records.
@@ -425,7 +427,7 @@ fn default_weight() -> usize {
 }
 
 /// TLS towards the backends.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTlsSpec {
     /// Server name sent in the TLS handshake and checked in the certificate.
@@ -436,7 +438,7 @@ pub struct UpstreamTlsSpec {
 }
 
 /// One route.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteSpec {
     /// Unique name; used as the metrics label.
@@ -483,7 +485,7 @@ pub struct RouteSpec {
 }
 
 /// One member of a weighted split.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WeightedUpstreamSpec {
     /// The pool.
@@ -493,7 +495,7 @@ pub struct WeightedUpstreamSpec {
 }
 
 /// `routes[].sticky`: `{ cookie: NAME }` or `{ header: NAME }`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StickySpec {
     /// A cookie tollgate sets to the pool it chose, and reads back.
@@ -505,7 +507,7 @@ pub struct StickySpec {
 }
 
 /// `routes[].redirect`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedirectSpec {
     /// Target, with `{uri}`, `{path}`, `{host}`.
@@ -520,7 +522,7 @@ pub struct RedirectSpec {
 }
 
 /// `routes[].rewrite`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RewriteSpec {
     /// Drop the route's prefix (but its final `/`).
@@ -532,7 +534,7 @@ pub struct RewriteSpec {
 }
 
 /// `routes[].headers`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteHeadersSpec {
     /// Changes to what the upstream receives.
@@ -544,7 +546,7 @@ pub struct RouteHeadersSpec {
 }
 
 /// `set` / `add` / `remove` for one direction.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderChangesSpec {
     /// Fields whose every line is replaced by this value.
@@ -560,7 +562,7 @@ pub struct HeaderChangesSpec {
 
 /// `hygiene`: what tollgate does with parts of a request that backends
 /// read differently from how tollgate routes them.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HygieneSpec {
     /// `%2F`, `%5C` and `\` in paths: `reject` (default), `decode`, `keep`.
@@ -575,7 +577,7 @@ pub struct HygieneSpec {
 }
 
 /// `limits`: what a client may send and hold, with production defaults.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSpec {
     /// Request line plus header fields. Default 32KiB (431 beyond).
@@ -609,7 +611,7 @@ pub struct LimitsSpec {
 }
 
 /// Global compression settings.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompressionSpec {
     /// Responses with a smaller `Content-Length` are sent as they are. Default 1000 bytes.
@@ -630,7 +632,7 @@ pub struct CompressionSpec {
 }
 
 /// A route's compression overrides.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteCompressionSpec {
     /// Set false to never compress this route's responses.
@@ -646,7 +648,7 @@ pub use cache::*;
 pub use ratelimit::*;
 
 /// The request side of a route.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MatchSpec {
     /// Exact host (`api.example.com`) or wildcard (`*.example.com`). Any host when absent.
@@ -668,7 +670,7 @@ pub struct MatchSpec {
 }
 
 /// Per-route timeouts.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutsSpec {
     /// TCP (+TLS) connect to a backend. Default 5s.
@@ -735,6 +737,17 @@ where
             }
         }
         d.deserialize_any(V(PhantomData)).map(StringOr)
+    }
+}
+
+// In the schema, a shorthand item is a string or the map it stands for.
+impl<T: schemars::JsonSchema> schemars::JsonSchema for StringOr<T> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        format!("StringOr{}", T::schema_name()).into()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let map = generator.subschema_for::<T>();
+        schemars::json_schema!({ "anyOf": [{ "type": "string" }, map] })
     }
 }
 

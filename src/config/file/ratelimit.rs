@@ -4,7 +4,7 @@
 use super::*;
 
 /// A tier's budgets; at least one window.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TierSpec {
     /// Requests per second.
@@ -28,7 +28,7 @@ pub struct TierSpec {
 }
 
 /// A tenant.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantSpec {
     /// Tier name.
@@ -45,7 +45,7 @@ pub struct TenantSpec {
 }
 
 /// Anonymous requests: `{ tier: free }` (keyed by client IP) or `{ reject: true }`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AnonymousSpec {
     /// Tier applied per client IP.
@@ -57,7 +57,7 @@ pub struct AnonymousSpec {
 }
 
 /// Where keys come from.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSpec {
     /// `authorization` (Bearer) and/or header names. Default both `authorization` and `x-api-key`.
@@ -88,7 +88,7 @@ pub struct RateLimitSpec {
 }
 
 /// Redis for shared budgets.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSpec {
     /// `redis://[:password@]host:port[/db]`; or use `url_env`.
@@ -114,7 +114,7 @@ pub struct RedisSpec {
 
 /// `redis.circuit_breaker`: after `failures` consecutive timeouts or errors,
 /// decide locally for `open_for`, then probe once.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakerSpec {
     /// Consecutive failures that open it. Default 3.
@@ -126,7 +126,7 @@ pub struct CircuitBreakerSpec {
 }
 
 /// A route's rate-limit settings.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteRateLimitSpec {
     /// Not rate limited (and no key required).
