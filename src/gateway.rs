@@ -4,8 +4,8 @@
 //! Requests take an `Arc` of the current generation when they start and keep
 //! it to the end, so a later reload never changes a request mid-flight.
 
-use crate::auth::keyring::{KeyRing, KeySource};
-use crate::config::model::{RedirectConfig, RouteCache, RouteTarget, RouteTimeouts};
+use crate::auth::keyring::{KeyRing, PublishedKeySet};
+use crate::config::model::{RedirectConfig, RouteCache, RouteDestination, RouteTimeouts};
 use crate::config::Config;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::ratelimit::{RateLimiter, RouteBudget};
@@ -20,7 +20,7 @@ pub struct Route {
     /// The route's name (metrics label).
     pub name: Box<str>,
     /// Where it sends requests (or the redirect it answers with).
-    pub target: Target,
+    pub destination: Destination,
     /// Connect, read and total timeouts.
     pub timeouts: RouteTimeouts,
     /// Pre-resolved metric children.
@@ -44,7 +44,7 @@ pub struct Route {
 }
 
 /// Where a route's requests go, compiled.
-pub enum Target {
+pub enum Destination {
     /// One pool.
     Pool(Arc<UpstreamPool>),
     /// Pools by weight.
@@ -68,19 +68,19 @@ impl Route {
     /// Whether the route splits its traffic over pools: its pool is chosen
     /// per request, on the request as forwarded.
     pub fn splits(&self) -> bool {
-        matches!(self.target, Target::Split(_))
+        matches!(self.destination, Destination::Split(_))
     }
 
     /// The pool this request goes to (and a sticky cookie to set), or
     /// `None` for a redirect route.
     pub fn choose(&self, req: &pingora::http::RequestHeader, tls: bool) -> Option<Choice> {
-        match &self.target {
-            Target::Pool(pool) => Some(Choice {
+        match &self.destination {
+            Destination::Pool(pool) => Some(Choice {
                 pool: pool.clone(),
                 set_cookie: None,
             }),
-            Target::Split(split) => Some(split.choose(req, tls)),
-            Target::Redirect(_) => None,
+            Destination::Split(split) => Some(split.choose(req, tls)),
+            Destination::Redirect(_) => None,
         }
     }
 }
@@ -147,15 +147,15 @@ impl Gateway {
             .map(|r| -> Result<Route, String> {
                 Ok(Route {
                     name: r.name.clone().into_boxed_str(),
-                    target: match &r.target {
-                        RouteTarget::Pool(i) => Target::Pool(pools[*i].clone()),
-                        RouteTarget::Split { members, sticky } => {
+                    destination: match &r.destination {
+                        RouteDestination::Pool(i) => Destination::Pool(pools[*i].clone()),
+                        RouteDestination::Split { members, sticky } => {
                             let members = members
                                 .iter()
                                 .map(|(i, w)| (pools[*i].clone(), *w))
                                 .collect();
                             match Split::new(members, sticky.clone()) {
-                                Some(split) => Target::Split(split),
+                                Some(split) => Destination::Split(split),
                                 None => {
                                     return Err(format!(
                                         "route {}: a split without upstreams",
@@ -164,7 +164,9 @@ impl Gateway {
                                 }
                             }
                         }
-                        RouteTarget::Redirect(redirect) => Target::Redirect(redirect.clone()),
+                        RouteDestination::Redirect(redirect) => {
+                            Destination::Redirect(redirect.clone())
+                        }
                     },
                     timeouts: r.timeouts,
                     metrics: metrics.route(&r.name),
@@ -193,11 +195,11 @@ impl Gateway {
     }
 
     /// The JWT key sources this generation reads (none without `auth.jwt`).
-    pub fn key_sources(&self) -> Vec<Arc<KeySource>> {
+    pub fn key_sets(&self) -> Vec<Arc<PublishedKeySet>> {
         self.rate_limiter
             .as_ref()
             .and_then(|l| l.jwt.as_ref())
-            .map(|jwt| jwt.key_sources().cloned().collect())
+            .map(|jwt| jwt.key_sets().cloned().collect())
             .unwrap_or_default()
     }
 

@@ -158,7 +158,7 @@ fn summary(c: &Config) -> String {
             "  route     {}: {host}{} -> {} (total timeout {:?}{cache})",
             r.name,
             r.path_prefix,
-            r.target.describe(&c.upstreams),
+            r.destination.describe(&c.upstreams),
             r.timeouts.total
         );
     }

@@ -18,20 +18,20 @@ use std::time::Duration;
 
 /// Where to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RedisTarget {
+pub enum RedisEndpoint {
     /// One Redis (or a proxy in front of a primary).
     Url(String),
     /// Seed nodes of a Redis Cluster (`redis://host:port` each).
     Cluster(Vec<String>),
 }
 
-impl RedisTarget {
+impl RedisEndpoint {
     /// Where a configured Redis's connections go.
     pub fn of(config: &RedisConfig) -> Self {
         if config.cluster.is_empty() {
-            RedisTarget::Url(config.url.expose().to_owned())
+            RedisEndpoint::Url(config.url.expose().to_owned())
         } else {
-            RedisTarget::Cluster(config.cluster.clone())
+            RedisEndpoint::Cluster(config.cluster.clone())
         }
     }
 }
@@ -85,9 +85,9 @@ thread_local! {
 }
 
 /// Makes one connection to `target` on the current runtime.
-async fn make(target: &RedisTarget, timeout: Duration) -> redis::RedisResult<RedisConn> {
+async fn make(target: &RedisEndpoint, timeout: Duration) -> redis::RedisResult<RedisConn> {
     match target {
-        RedisTarget::Url(url) => {
+        RedisEndpoint::Url(url) => {
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(Duration::from_secs(1)))
                 .set_response_timeout(Some(timeout.max(Duration::from_millis(10))))
@@ -98,7 +98,7 @@ async fn make(target: &RedisTarget, timeout: Duration) -> redis::RedisResult<Red
                 .await
                 .map(RedisConn::Single)
         }
-        RedisTarget::Cluster(nodes) => redis::cluster::ClusterClient::builder(nodes.clone())
+        RedisEndpoint::Cluster(nodes) => redis::cluster::ClusterClient::builder(nodes.clone())
             .connection_timeout(Duration::from_secs(1))
             .response_timeout(timeout.max(Duration::from_millis(10)))
             .build()?
@@ -118,7 +118,7 @@ async fn make(target: &RedisTarget, timeout: Duration) -> redis::RedisResult<Red
 /// multi-threaded runtimes, the shared connection serves.
 pub struct RedisLink {
     id: u64,
-    target: RedisTarget,
+    target: RedisEndpoint,
     slot: Mutex<Option<RedisConn>>,
     /// A client for one node: pub/sub (on a cluster, any node hears every
     /// `PUBLISH`).
@@ -132,14 +132,14 @@ impl RedisLink {
     /// the log, `on_connect` runs once connected. Fails only on a
     /// malformed URL.
     pub fn connect(
-        target: &RedisTarget,
+        target: &RedisEndpoint,
         timeout: Duration,
         name: &'static str,
         on_connect: impl Fn() + Send + 'static,
     ) -> Result<Arc<Self>, String> {
         let (first, cluster) = match target {
-            RedisTarget::Url(url) => (url.as_str(), false),
-            RedisTarget::Cluster(nodes) => {
+            RedisEndpoint::Url(url) => (url.as_str(), false),
+            RedisEndpoint::Cluster(nodes) => {
                 let first = nodes.first().ok_or("redis.cluster lists no node")?;
                 // Checked now, so a bad list fails the start, not later.
                 redis::cluster::ClusterClient::new(nodes.clone())

@@ -155,7 +155,7 @@ fn load_and_swap(state: &AppState) -> Result<ReloadReport, ReloadError> {
             state
                 .memory
                 .revert_to(&current.config, &current.pools, &state.metrics);
-            state.keys.schedule(current.key_sources());
+            state.keys.schedule(current.key_sets());
             return Err(ReloadError::Build(e));
         }
     };

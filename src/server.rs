@@ -17,7 +17,7 @@ use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::ratelimit::{BucketSweeper, RateStore};
-use crate::redis_link::RedisTarget;
+use crate::redis_link::RedisEndpoint;
 use crate::reload::ReloadOnSignal;
 use crate::state::{AppState, ConfigSource};
 use crate::upstream::health::HealthChecker;
@@ -339,7 +339,7 @@ fn cache_redis_tier(
         purge_marker_ttl: settings.purge_marker_ttl,
     };
     let breaker = CircuitBreaker::new(redis.breaker_failures, redis.breaker_open_for);
-    RedisTier::start(&RedisTarget::of(redis), l2, breaker, metrics.clone()).map(Some)
+    RedisTier::start(&RedisEndpoint::of(redis), l2, breaker, metrics.clone()).map(Some)
 }
 
 /// Marks the process ready once every listener accepts connections, and not

@@ -81,7 +81,7 @@ impl AppState {
         access_log: Arc<AccessLog>,
     ) -> Self {
         memory.schedule(&gateway.pools, &gateway.config.dns);
-        keys.schedule(gateway.key_sources());
+        keys.schedule(gateway.key_sets());
         Self {
             gateway: ArcSwap::from_pointee(gateway),
             metrics,
@@ -129,7 +129,7 @@ impl AppState {
         let gateway = Arc::new(gateway);
         self.gateway.store(gateway.clone());
         self.memory.schedule(&gateway.pools, &gateway.config.dns);
-        self.keys.schedule(gateway.key_sources());
+        self.keys.schedule(gateway.key_sets());
     }
 
     /// Whether `/ready` should say yes: listeners up and not shutting down.

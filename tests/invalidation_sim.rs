@@ -42,7 +42,7 @@ use tollgate::cache::l2::{L2Settings, RedisTier};
 use tollgate::cache::store::{FillTicket, MemoryStore};
 use tollgate::cache::tiered::TieredStorage;
 use tollgate::metrics::Metrics;
-use tollgate::redis_link::RedisTarget;
+use tollgate::redis_link::RedisEndpoint;
 
 const INSTANCES: usize = 3;
 const KEYS: usize = 4;
@@ -76,7 +76,7 @@ impl Instance {
         let metrics = Arc::new(Metrics::new().expect("metrics"));
         let breaker = CircuitBreaker::new(3, Duration::from_millis(300));
         let tier = RedisTier::start(
-            &RedisTarget::Url(relay.url()),
+            &RedisEndpoint::Url(relay.url()),
             settings(),
             breaker,
             metrics.clone(),
@@ -291,7 +291,7 @@ async fn run(seed: u64, steps: usize) {
 
 fn hard(k: usize) -> Purge {
     Purge {
-        target: Selection::Uri(uri(k)),
+        selection: Selection::Uri(uri(k)),
         soft: false,
     }
 }
@@ -319,7 +319,7 @@ async fn settle(nodes: &[Instance], model: &mut Model, at: &str) {
         )
     });
     let probe = Purge {
-        target: Selection::Uri("sim.test/probe".into()),
+        selection: Selection::Uri("sim.test/probe".into()),
         soft: false,
     };
     let node = &nodes[0];

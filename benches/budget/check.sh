@@ -29,24 +29,18 @@
 # BUDGET_TOLERANCE_PCT (5 %). A change that spends more raises the budget
 # in the same commit and says why (see budgets.txt). Exits non-zero on any
 # failure, after printing the whole table.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-. benches/load/setup.sh # settle, bench_rate_limits, bench_jwt_auth
+. "$(dirname "$0")/../load/setup.sh" # strict mode, the repository's root, the helpers # the work directory, settle, the shared config pieces
 BUDGETS=benches/budget/budgets.txt
 REQUESTS="${BUDGET_REQUESTS:-1000}"
 WARM="${BUDGET_WARM:-300}"
 TOLERANCE_PCT="${BUDGET_TOLERANCE_PCT:-5}"
 ALL_SCENARIOS="cached passthrough passthrough-ratelimit jwt-hit grpc-unary redis-hit"
 SCENARIOS="${SCENARIOS:-$ALL_SCENARIOS}"
-PROXY_CPU=0
-LOAD_CPU=1
 
-scripts/install-deps build-essential cmake pkg-config libssl-dev python3 valgrind linux-perf redis-server
-cargo build --release --locked --bin tollgate --example budget_peers --example jwt_bench_keys >&2
+bench_setup budget "python3 valgrind linux-perf redis-server" budget_peers jwt_bench_keys
 TOLLGATE="${TOLLGATE_BIN:-target/release/tollgate}" # another build, to compare
 PEERS=target/release/examples/budget_peers
 
-WORK="$(mktemp -d /tmp/tollgate-budget.XXXXXX)"
 # Free ports for this run: the kernel picks them (bound, then released).
 read -r ORIGIN ORIGIN_H2C PROXY PROXY_H2C ADMIN REDIS_PORT < <(python3 -c '
 import socket
@@ -62,31 +56,18 @@ BENCH_KEY=budget-key
 ISSUER=https://auth.budget/
 AUDIENCE=budget-api
 
-pids=()
 proxy_pid=""
-cleanup() {
-  [ -n "$proxy_pid" ] && kill "$proxy_pid" 2>/dev/null || true
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-taskset -c $LOAD_CPU "$PEERS" origin "$ORIGIN" "$ORIGIN_H2C" > "$WORK/origin.log" 2>&1 &
-pids+=($!)
-taskset -c $LOAD_CPU redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no > "$WORK/redis.log" 2>&1 &
-pids+=($!)
+bench_at_exit '[ -z "$proxy_pid" ] || kill "$proxy_pid"'
+bench_bg $LOAD_CPU "$WORK/origin.log" "$PEERS" origin "$ORIGIN" "$ORIGIN_H2C"
+bench_bg $LOAD_CPU "$WORK/redis.log" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no
 TOKEN=$(target/release/examples/jwt_bench_keys "$WORK/jwks.json" "$ISSUER" "$AUDIENCE")
 KEY_HASH=$("$TOLLGATE" hash-key "$BENCH_KEY")
 
 # The configuration every scenario shares: what a deployment turns on by
 # default (access log to a file, forwarding headers), one worker thread.
 base_config() {
+  tollgate_server_yaml "[\"$PROXY\", { address: \"$PROXY_H2C\", h2c: true }]" "$ADMIN"
   cat <<YAML
-listen: ["$PROXY", { address: "$PROXY_H2C", h2c: true }]
-admin: { listen: "$ADMIN" }
-server: { threads: 1, work_stealing: false, grace_period: 0s, graceful_shutdown_timeout: 1s,
-          pid_file: $WORK/tollgate.pid, upgrade_sock: $WORK/upgrade.sock }
 logging: { level: warn, access_log: true, access_log_path: $WORK/access.log }
 upstreams:
   origin: { backends: ["$ORIGIN"] }

@@ -12,24 +12,16 @@
 # target/bench/faults-results.json. Everything runs on loopback; tollgate,
 # the upstreams and Redis on CPU 0, the client on CPU 1. Not part of the
 # test command.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
+. "$(dirname "$0")/../load/setup.sh" # strict mode, the repository's root, the helpers
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-12}"
 FAULT_FROM=4
 FAULT_TO=8
 RATE="${RATE:-1000}"          # requests per second across all connections
 CONNS="${CONNS:-32}"
-PROXY_CPU=0
-LOAD_CPU=1
-OUT=target/bench
-mkdir -p "$OUT"
-WORK="$(mktemp -d /tmp/tollgate-faults.XXXXXX)"
-chmod 755 "$WORK"
 ALL="backend_killed backend_hung backend_5xx backend_idle_close redis_killed redis_hung reload_storm broken_reload graceful_upgrade sigterm_in_flight"
 SCENARIOS="${*:-$ALL}"
 
-scripts/install-deps build-essential cmake pkg-config libssl-dev nginx redis-server curl
-cargo build --release --locked --bin tollgate --example fault_client >&2
+bench_setup faults "nginx redis-server curl" fault_client
 
 PROXY=127.0.0.1:18300
 ADMIN=127.0.0.1:18310
@@ -89,16 +81,10 @@ redis_start() {
 }
 redis_pid() { cat "$WORK/redis.pid"; }
 
+UPGRADE_SOCK="$WORK/upgrade-${ADMIN##*:}.sock" # tollgate_server_yaml's name for it
 tollgate_config() { # [extra route line]
+  tollgate_server_yaml "$PROXY" "$ADMIN" 3s
   cat <<YAML
-listen: ["$PROXY"]
-admin: { listen: "$ADMIN" }
-server:
-  threads: 1
-  grace_period: 3s
-  graceful_shutdown_timeout: 1s
-  pid_file: $WORK/tollgate.pid
-  upgrade_sock: $WORK/upgrade.sock
 logging: { level: warn, access_log: false }
 tiers:
   standard: { per_second: 100000, per_hour: 100000000 }
@@ -125,16 +111,11 @@ YAML
 }
 
 tollgate_pid=""
-tollgate_start() { # [extra args]
+# tollgate_launch [ARGS]: tollgate on the current config, not waited for
+# (a graceful upgrade's new process waits for the old one's sockets).
+tollgate_launch() {
   taskset -c $PROXY_CPU $BIN run -c "$WORK/tollgate.yaml" "$@" >> "$WORK/tollgate.log" 2>&1 &
   tollgate_pid=$!
-}
-wait_ready() {
-  for _ in $(seq 1 200); do
-    curl -fsS -o /dev/null "http://$ADMIN/ready" 2>/dev/null && return 0
-    sleep 0.05 # poll until ready
-  done
-  tail -20 "$WORK/tollgate.log" >&2; echo "tollgate did not become ready" >&2; exit 1
 }
 wait_redis_shared() {
   for _ in $(seq 1 200); do
@@ -145,27 +126,25 @@ wait_redis_shared() {
   echo "redis did not come back in tollgate's view" >&2
 }
 
-cleanup() {
-  for p in $(pgrep -f "$BIN run -c $WORK" || true); do kill -9 "$p" 2>/dev/null || true; done
-  for i in 0 1 2; do backend_signal "$i" CONT; backend_kill "$i"; done
-  [ -f "$WORK/redis.pid" ] && { kill -CONT "$(redis_pid)" 2>/dev/null || true; kill -9 "$(redis_pid)" 2>/dev/null || true; }
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-fresh_world() { # keepalive seconds for the backends
+# stop_world: every tollgate, backend and Redis of this run, whatever state
+# a scenario left them in (stopped, hung).
+stop_world() {
   for p in $(pgrep -f "$BIN run -c $WORK" || true); do kill -9 "$p" 2>/dev/null || true; done
   for i in 0 1 2; do backend_signal "$i" CONT; backend_kill "$i"; done
   [ -f "$WORK/redis.pid" ] && { kill -CONT "$(redis_pid)" 2>/dev/null || true; kill -9 "$(redis_pid)" 2>/dev/null || true; rm -f "$WORK/redis.pid"; }
+}
+bench_at_exit stop_world
+
+fresh_world() { # keepalive seconds for the backends
+  stop_world
   sleep 0.2 # let the ports go
   for i in 0 1 2; do backend_conf "$i" ok "$1"; backend_start "$i"; done
   for i in 0 1 2; do wait_backend "$i"; done
   redis_start
   tollgate_config > "$WORK/tollgate.yaml"
-  rm -f "$WORK/upgrade.sock"
-  tollgate_start
-  wait_ready
+  rm -f "$UPGRADE_SOCK"
+  tollgate_launch
+  tollgate_wait_ready
   wait_redis_shared
 }
 
@@ -203,8 +182,8 @@ scenario() {
       at $((FAULT_TO - FAULT_FROM)); tollgate_config > "$WORK/tollgate.yaml"; kill -HUP "$tollgate_pid" ;;
     graceful_upgrade)
       local old=$tollgate_pid
-      tollgate_start --upgrade
-      for _ in $(seq 1 100); do [ -S "$WORK/upgrade.sock" ] && break; sleep 0.05; done # until the new one listens for the hand-over
+      tollgate_launch --upgrade
+      for _ in $(seq 1 100); do [ -S "$UPGRADE_SOCK" ] && break; sleep 0.05; done # until the new one listens for the hand-over
       kill -QUIT "$old"; at $((FAULT_TO - FAULT_FROM)) ;;
     sigterm_in_flight) kill -TERM "$tollgate_pid"; at $((FAULT_TO - FAULT_FROM)) ;;
   esac

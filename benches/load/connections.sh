@@ -15,64 +15,34 @@
 #    connections; prints each proxy's 10k / 100 ratio (rounds alternate).
 # Proxies and the origin on CPU 0, the clients on CPU 1. Writes
 # target/bench/connections-results.json.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-. benches/load/setup.sh
+. "$(dirname "$0")/../load/setup.sh" # strict mode, the repository's root, the helpers
 IDLE="${1:-3000}"
 DURATION="${2:-5}"
 ROUNDS="${3:-3}"
 PARTS="${PARTS:-idle wide}"
 TOLLGATE_BIN="${TOLLGATE_BIN:-target/release/tollgate}" # another build, to compare
-PROXY_CPU=0
-LOAD_CPU=1
-OUT=target/bench
-mkdir -p "$OUT"
-WORK="$(mktemp -d /tmp/tollgate-conns.XXXXXX)"
-chmod 755 "$WORK"
 
-scripts/install-deps build-essential cmake pkg-config libssl-dev nginx haproxy wrk
-cargo build --release --locked --bin tollgate --example bare_proxy --example idle_clients >&2
+bench_setup conns "nginx haproxy wrk" bare_proxy idle_clients
 ulimit -n "$(ulimit -Hn)" # 10,000 connections need more than the usual 1,024 descriptors
 
-ORIGIN=127.0.0.1:18281
-TOLLGATE=127.0.0.1:18280
-TOLLGATE_H2C=127.0.0.1:18285
-ADMIN=127.0.0.1:18290
-NGINX=127.0.0.1:18282
-NGINX_H2C=127.0.0.1:18286
-HAPROXY=127.0.0.1:18284
-HAPROXY_H2C=127.0.0.1:18287
-BARE=127.0.0.1:18283
+bench_addresses 18280 TOLLGATE ORIGIN NGINX BARE HAPROXY TOLLGATE_H2C NGINX_H2C HAPROXY_H2C ADMIN
 
 bench_document "$WORK/doc.json"
 origin_conf "$WORK" "$ORIGIN" | sed -e 's/worker_connections 4096/worker_connections 20000/' > "$WORK/origin.conf"
 peer_configs "$WORK" "$ORIGIN" "$NGINX" "$HAPROXY" "$NGINX_H2C" "$HAPROXY_H2C" 10500
 
-cat > "$WORK/tollgate.yaml" <<YAML
-listen: ["$TOLLGATE", { address: "$TOLLGATE_H2C", h2c: true }]
-admin: { listen: "$ADMIN" }
-server: { threads: 1, work_stealing: false, grace_period: 0s, graceful_shutdown_timeout: 1s,
-          pid_file: $WORK/tollgate.pid, upgrade_sock: $WORK/upgrade.sock }
+{ tollgate_server_yaml "[\"$TOLLGATE\", { address: \"$TOLLGATE_H2C\", h2c: true }]" "$ADMIN"
+  cat <<YAML
 limits: { max_connections: 10500, keepalive_timeout: 300s }
 logging: { level: warn, access_log: true, access_log_path: $WORK/tollgate-access.log }
-upstreams:
-  origin: { backends: ["$ORIGIN"] }
-routes:
-  - { name: plain, match: { path_prefix: /plain/ }, upstream: origin }
-  - { name: api, match: { path_prefix: / }, upstream: origin, cache: {} }
 YAML
+  origin_routes_yaml
+} > "$WORK/tollgate.yaml"
 
 peer_pid=""
-cleanup() {
-  nginx -c "$WORK/nginx-proxy.conf" -s stop 2>/dev/null || true
-  nginx -c "$WORK/origin.conf" -s stop 2>/dev/null || true
-  [ -n "$peer_pid" ] && kill "$peer_pid" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-taskset -c $PROXY_CPU nginx -c "$WORK/origin.conf"
+bench_at_exit 'nginx -c "$WORK/nginx-proxy.conf" -s stop'
+bench_at_exit '[ -z "$peer_pid" ] || kill "$peer_pid"'
+bench_nginx "$WORK/origin.conf"
 wait_answers "$ORIGIN"
 
 # start_peer NAME: starts that proxy afresh (so memory freed by an earlier
@@ -85,16 +55,16 @@ start_peer() {
       wait_answers "$NGINX"
       peer_pid=$(pgrep -P "$(cat "$WORK/nginx-proxy.pid")" | head -n 1) ;;
     haproxy)
-      taskset -c $PROXY_CPU haproxy -db -f "$WORK/haproxy.cfg" > "$WORK/haproxy.log" 2>&1 &
-      peer_pid=$!
+      bench_bg $PROXY_CPU "$WORK/haproxy.log" haproxy -db -f "$WORK/haproxy.cfg"
+      peer_pid=$bench_last_pid
       wait_answers "$HAPROXY" ;;
     tollgate)
-      taskset -c $PROXY_CPU "$TOLLGATE_BIN" run -c "$WORK/tollgate.yaml" > "$WORK/tollgate.log" 2>&1 &
-      peer_pid=$!
+      bench_bg $PROXY_CPU "$WORK/tollgate.log" "$TOLLGATE_BIN" run -c "$WORK/tollgate.yaml"
+      peer_pid=$bench_last_pid
       wait_answers "$TOLLGATE" ;;
     bare-pingora)
-      taskset -c $PROXY_CPU target/release/examples/bare_proxy "$BARE" "$ORIGIN" "$WORK/doc.json" > "$WORK/bare.log" 2>&1 &
-      peer_pid=$!
+      bench_bg $PROXY_CPU "$WORK/bare.log" target/release/examples/bare_proxy "$BARE" "$ORIGIN" "$WORK/doc.json"
+      peer_pid=$bench_last_pid
       wait_answers "$BARE" ;;
   esac
 }
@@ -106,8 +76,6 @@ stop_peer() {
   esac
   peer_pid=""
 }
-
-rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
 declare -A idle_cost
 # idle NAME ADDR PROTO: RSS growth per idle connection of a fresh NAME, in bytes.
@@ -166,8 +134,8 @@ fi
 
 python3 - "$OUT/connections-results.json" "$IDLE" "$ROUNDS" "$DURATION" <<PY
 import json, statistics, sys
-idle = {$(for k in "${!idle_cost[@]}"; do printf '"%s": %s,' "$k" "${idle_cost[$k]}"; done)}
-wide_raw = {$(for k in "${!wide[@]}"; do printf '"%s": "%s",' "$k" "${wide[$k]}"; done)}
+idle = {k: int(v) for k, v in $(py_dict idle_cost).items()}
+wide_raw = $(py_dict wide)
 out, count, rounds, duration = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 names = ("tollgate", "bare-pingora", "nginx", "haproxy")
 if idle:

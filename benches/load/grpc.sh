@@ -13,19 +13,12 @@
 # is one framed 64-byte message. tollgate (1 worker), nginx (1 worker) and the origin on
 # CPU 0, h2load on CPU 1 (16 connections, 10 concurrent streams each);
 # rounds alternate between the two targets.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
+. "$(dirname "$0")/../load/setup.sh" # strict mode, the repository's root, the helpers
 DURATION="${1:-5}"
 ROUNDS="${2:-3}"
-WORK="$(mktemp -d /tmp/tollgate-grpc.XXXXXX)"
-chmod 755 "$WORK"
-scripts/install-deps build-essential cmake pkg-config libssl-dev nginx nghttp2-client
-cargo build --release --locked --bin tollgate >&2
+bench_setup grpc "nginx nghttp2-client"
 
-ORIGIN=127.0.0.1:18481
-PROXY=127.0.0.1:18480
-ADMIN=127.0.0.1:18482
-NGINX_PROXY=127.0.0.1:18483
+bench_addresses 18480 PROXY ORIGIN ADMIN NGINX_PROXY
 # A framed gRPC message (flag 0, 4-byte length) of 64 bytes, as request and reply.
 python3 - "$WORK" <<'PY'
 import sys, struct
@@ -73,30 +66,18 @@ http {
   }
 }
 NGX
-cat > "$WORK/tollgate.yaml" <<YAML
-listen: [{ address: "$PROXY", h2c: true }]
-admin: { listen: "$ADMIN" }
-server: { threads: 1, work_stealing: false, pid_file: $WORK/tollgate.pid, upgrade_sock: $WORK/upgrade.sock }
+{ tollgate_server_yaml "[{ address: \"$PROXY\", h2c: true }]" "$ADMIN"
+  cat <<YAML
 logging: { access_log: false }
 upstreams:
   grpc: { backends: ["$ORIGIN"], protocol: h2c }
 routes:
   - { name: echo, upstream: grpc, match: { path_prefix: /bench.Echo/ } }
 YAML
-pids=()
-cleanup() {
-  nginx -c "$WORK/origin.conf" -s stop 2>/dev/null || true
-  nginx -c "$WORK/nginx-proxy.conf" -s stop 2>/dev/null || true
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-taskset -c 0 nginx -c "$WORK/origin.conf"
-taskset -c 0 nginx -c "$WORK/nginx-proxy.conf"
-taskset -c 0 target/release/tollgate run -c "$WORK/tollgate.yaml" > "$WORK/tollgate.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 300); do curl -fsS -o /dev/null "http://$ADMIN/ready" 2>/dev/null && break; sleep 0.1; done
+} > "$WORK/tollgate.yaml"
+bench_nginx "$WORK/origin.conf"
+bench_nginx "$WORK/nginx-proxy.conf"
+tollgate_start "$WORK/tollgate.yaml"
 
 # One call each way first: both must end with grpc-status 0 (in trailers,
 # which nghttp prints; curl does not).
@@ -128,7 +109,6 @@ for round in $(seq 1 "$ROUNDS"); do
     echo "calls through tollgate failed:" >&2; cat "$WORK/tollgate-$round.out" >&2; exit 1
   fi
 done
-median() { sort -n | sed -n "$(( (ROUNDS + 1) / 2 ))p"; }
 for t in direct tollgate nginx; do
   m=$(for round in $(seq 1 "$ROUNDS"); do echo "${r[$t/$round]}"; done | median)
   eval "med_$t=$m"

@@ -12,53 +12,32 @@
 # are sent one after another, and the counters are dumped. Printed: the
 # proxy's instructions per request (all its threads), and where the output
 # files are for `callgrind_annotate`. See benches/load/README.md.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-. benches/load/setup.sh
+. "$(dirname "$0")/../load/setup.sh" # strict mode, the repository's root, the helpers
 REQUESTS="${1:-2000}"
 OUT=target/bench/callgrind
-mkdir -p "$OUT"
-WORK="$(mktemp -d /tmp/tollgate-instr.XXXXXX)"
-chmod 755 "$WORK"
 
-scripts/install-deps build-essential cmake pkg-config libssl-dev nginx valgrind
-cargo build --release --locked --bin tollgate --example bare_proxy >&2
+bench_setup instr "nginx valgrind" bare_proxy
 
-ORIGIN=127.0.0.1:18181
-PROXY=127.0.0.1:18180
-ADMIN=127.0.0.1:18190
+bench_addresses 18180 PROXY ORIGIN ADMIN
 BENCH_KEY=bench-key
 
 bench_document "$WORK/doc.json"
 origin_conf "$WORK" "$ORIGIN" > "$WORK/origin.conf"
 tollgate_config() { # extra yaml appended
+  tollgate_server_yaml "$PROXY" "$ADMIN"
   cat <<YAML
-listen: ["$PROXY"]
-admin: { listen: "$ADMIN" }
-server: { threads: 1, work_stealing: false, grace_period: 0s, graceful_shutdown_timeout: 1s,
-          pid_file: $WORK/tollgate.pid, upgrade_sock: $WORK/upgrade.sock }
 logging: { level: info, access_log: true, access_log_path: $WORK/access.log, slow_request_threshold: 10s }
 compression: { min_size: 1000, gzip_level: 6, brotli_quality: 4 }
-upstreams:
-  origin: { backends: ["$ORIGIN"] }
-routes:
-  - { name: plain, match: { path_prefix: /plain/ }, upstream: origin }
-  - { name: api, match: { path_prefix: / }, upstream: origin, cache: {} }
 YAML
+  origin_routes_yaml
   cat
 }
 tollgate_config </dev/null > "$WORK/tollgate.yaml"
 KEY_HASH=$(target/release/tollgate hash-key "$BENCH_KEY")
 bench_rate_limits "$KEY_HASH" | tollgate_config > "$WORK/tollgate-rl.yaml"
 
-cleanup() {
-  nginx -c "$WORK/origin.conf" -s stop 2>/dev/null || true
-  [ -n "${proxy_pid:-}" ] && kill "$proxy_pid" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-nginx -c "$WORK/origin.conf"
+bench_at_exit '[ -z "${proxy_pid:-}" ] || kill "$proxy_pid"'
+bench_nginx "$WORK/origin.conf"
 
 # Sends N requests on one keep-alive connection, headers as wrk sends
 # them; fails on a non-2xx.

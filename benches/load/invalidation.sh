@@ -12,22 +12,14 @@
 # builds, so a build that waits on a hung Redis shows it without wrk's
 # requests timing out. Prints req/s and p99 per build and state, and the
 # ratios on/off and hung/off.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-. benches/load/setup.sh
+. "$(dirname "$0")/../load/setup.sh" # strict mode, the repository's root, the helpers
 BASE="${1:-b106e4e}"
 DURATION="${2:-5}"
 ROUNDS="${3:-3}"
-scripts/install-deps build-essential cmake pkg-config libssl-dev nginx wrk redis-server curl bc
-cargo build --release --locked --bin tollgate >&2
-BASE_BIN=$(base_binary "$BASE")
-declare -A BIN=([today]="target/release/tollgate" [base]="$BASE_BIN")
+bench_setup invalidation "nginx wrk redis-server curl bc"
+compare_builds "$BASE"
 
-WORK="$(mktemp -d /tmp/tollgate-invalidation.XXXXXX)"
-chmod 755 "$WORK"
-ORIGIN=127.0.0.1:18681
-PROXY=127.0.0.1:18680
-ADMIN=127.0.0.1:18682
+bench_addresses 18680 PROXY ORIGIN ADMIN
 REDIS_PORT=18686
 origin_locations "$WORK" "$ORIGIN" \
   '    location /items/ { add_header Cache-Control "max-age=300"; return 200 '"'"'{"ok":true}'"'"'; }' \
@@ -45,30 +37,17 @@ config() { # tier: off | on
     tier="redis: { url: \"redis://127.0.0.1:$REDIS_PORT\", timeout: 2s }
 cache: { redis: { purge_timeout: 2s } }"
   fi
+  tollgate_server_yaml "$PROXY" "$ADMIN"
   cat <<YAML
-listen: ["$PROXY"]
-admin: { listen: "$ADMIN" }
-server: { threads: 1, work_stealing: false, pid_file: $WORK/tollgate.pid, upgrade_sock: $WORK/upgrade.sock }
 logging: { access_log: false }
 $tier
-upstreams:
-  origin: { backends: ["$ORIGIN"] }
-routes:
-  - { name: items, upstream: origin, cache: {} }
 YAML
+  origin_routes_yaml "items / cache"
 }
-proxy_pid="" redis_pid=""
-cleanup() {
-  nginx -c "$WORK/origin.conf" -s stop 2>/dev/null || true
-  [ -n "$proxy_pid" ] && kill "$proxy_pid" 2>/dev/null || true
-  [ -n "$redis_pid" ] && kill -CONT "$redis_pid" 2>/dev/null && kill "$redis_pid" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-taskset -c 0 nginx -c "$WORK/origin.conf"
-taskset -c 1 redis-server --port "$REDIS_PORT" --save "" --appendonly no > "$WORK/redis.log" 2>&1 &
-redis_pid=$!
+bench_nginx "$WORK/origin.conf"
+bench_bg $LOAD_CPU "$WORK/redis.log" redis-server --port "$REDIS_PORT" --save "" --appendonly no
+redis_pid=$bench_last_pid
+bench_at_exit 'kill -CONT "$redis_pid"' # a stopped Redis would not die of the kill
 for _ in $(seq 1 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
 
 # measure WHICH STATE: "req/s p99_ms" of POSTs.
@@ -76,19 +55,14 @@ measure() {
   local tier=on
   [ "$2" = off ] && tier=off
   config "$tier" > "$WORK/tollgate.yaml"
-  taskset -c 0 "${BIN[$1]}" run -c "$WORK/tollgate.yaml" > "$WORK/$1.log" 2>&1 &
-  proxy_pid=$!
-  for _ in $(seq 1 300); do curl -fsS -o /dev/null "http://$ADMIN/ready" 2>/dev/null && break; sleep 0.1; done
+  tollgate_start "$WORK/tollgate.yaml" "${BIN[$1]}"
   curl -fsS -o /dev/null -X POST "http://$PROXY/items/warm" || { echo "$1: POST failed" >&2; exit 1; }
   [ "$2" = hung ] && kill -STOP "$redis_pid"
   local out
-  out=$(taskset -c 1 wrk -t1 -c64 -d"${DURATION}s" --timeout 10s --latency -s "$WORK/post.lua" "http://$PROXY")
+  out=$(taskset -c $LOAD_CPU wrk -t1 -c64 -d"${DURATION}s" --timeout 10s --latency -s "$WORK/post.lua" "http://$PROXY")
   [ "$2" = hung ] && kill -CONT "$redis_pid"
-  kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true; proxy_pid=""
-  local rps p99
-  rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
-  p99=$(awk '$1 == "99%" { v = $2; if (v ~ /us$/) { sub("us", "", v); v = v / 1000 } else if (v ~ /ms$/) { sub("ms", "", v) } else if (v ~ /s$/) { sub("s", "", v); v = v * 1000 }; print v }' <<<"$out")
-  echo "$rps ${p99:-0}"
+  tollgate_stop
+  wrk_summary <<<"$out" | awk '{ print $1, $3 }'  # req/s, p99
 }
 declare -A r
 for round in $(seq 1 "$ROUNDS"); do
@@ -98,7 +72,6 @@ for round in $(seq 1 "$ROUNDS"); do
     done
   done
 done
-median() { sort -n | sed -n "$(( (ROUNDS + 1) / 2 ))p"; }
 printf '%-6s %-5s %12s %10s\n' build tier "POST req/s" "p99 ms"
 declare -A med
 for which in base today; do

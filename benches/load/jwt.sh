@@ -9,25 +9,14 @@
 #
 # Proxies and the origin on CPU 0, wrk on CPU 1; rounds alternate. Prints
 # requests/s and p50/p99 per case (median of the rounds) and the ratios.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-. benches/load/setup.sh
+. "$(dirname "$0")/../load/setup.sh" # strict mode, the repository's root, the helpers
 DURATION="${1:-10}"
 ROUNDS="${2:-3}"
 CONNS=64
-PROXY_CPU=0
-LOAD_CPU=1
-WORK="$(mktemp -d /tmp/tollgate-jwt.XXXXXX)"
-chmod 755 "$WORK"
 
-scripts/install-deps build-essential cmake pkg-config libssl-dev nginx wrk
-cargo build --release --locked --bin tollgate --example jwt_bench_keys >&2
+bench_setup jwt "nginx wrk" jwt_bench_keys
 
-ORIGIN=127.0.0.1:18281
-PROXY=127.0.0.1:18280
-ADMIN=127.0.0.1:18290
-NOCACHE=127.0.0.1:18282
-NOCACHE_ADMIN=127.0.0.1:18291
+bench_addresses 18280 PROXY ORIGIN NOCACHE ADMIN NOCACHE_ADMIN
 BENCH_KEY=bench-key
 ISSUER=https://auth.bench/
 AUDIENCE=bench-api
@@ -38,10 +27,8 @@ TOKEN=$(target/release/examples/jwt_bench_keys "$WORK/jwks.json" "$ISSUER" "$AUD
 KEY_HASH=$(target/release/tollgate hash-key "$BENCH_KEY")
 
 config() { # listen admin cache_size
+  tollgate_server_yaml "$1" "$2"
   cat <<YAML
-listen: ["$1"]
-admin: { listen: "$2" }
-server: { threads: 1, work_stealing: false, pid_file: $WORK/tollgate-$1.pid, upgrade_sock: $WORK/upgrade-$1.sock }
 logging: { access_log: false }
 $(bench_rate_limits "$KEY_HASH" "$ISSUER")
 $(bench_jwt_auth "$WORK/jwks.json" "$ISSUER" "$AUDIENCE" "$3")
@@ -54,23 +41,11 @@ YAML
 config "$PROXY" "$ADMIN" 100000 > "$WORK/tollgate.yaml"
 config "$NOCACHE" "$NOCACHE_ADMIN" 0 > "$WORK/tollgate-nocache.yaml"
 
-pids=()
-cleanup() {
-  nginx -c "$WORK/origin.conf" -s stop 2>/dev/null || true
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-taskset -c $PROXY_CPU nginx -c "$WORK/origin.conf"
+bench_nginx "$WORK/origin.conf"
 for name in tollgate tollgate-nocache; do
-  taskset -c $PROXY_CPU target/release/tollgate run -c "$WORK/$name.yaml" > "$WORK/$name.log" 2>&1 &
-  pids+=($!)
+  bench_bg $PROXY_CPU "$WORK/$name.log" target/release/tollgate run -c "$WORK/$name.yaml"
 done
-for addr in "$ADMIN" "$NOCACHE_ADMIN"; do
-  for _ in $(seq 1 100); do curl -fsS -o /dev/null "http://$addr/ready" 2>/dev/null && break; sleep 0.1; done
-done
+wait_answers "$PROXY" "$NOCACHE"
 # Both credentials answer, from the cache, as tenant bench.
 for addr in "$PROXY" "$NOCACHE"; do
   for credential in "$BENCH_KEY" "$TOKEN"; do
@@ -80,13 +55,12 @@ for addr in "$PROXY" "$NOCACHE"; do
   done
 done
 
-to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
 measure() { # addr credential -> "rps p50 p99"
   local out
   out=$(taskset -c $LOAD_CPU wrk -t1 -c$CONNS -d"${DURATION}s" --latency \
     -H "Authorization: Bearer $2" "http://$1/cached")
   if grep -q "Non-2xx" <<<"$out"; then echo "warning: non-2xx responses" >&2; fi
-  echo "$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out") $(to_ms "$(awk '$1 == "50%" { print $2 }' <<<"$out")") $(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")"
+  wrk_summary <<<"$out"
 }
 
 declare -A results
@@ -102,9 +76,7 @@ done
 python3 - "$ROUNDS" "$DURATION" "$CONNS" <<PY
 import statistics, sys
 rounds, duration, conns = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-raw = {
-$(for k in "${!results[@]}"; do echo "  \"$k\": \"${results[$k]}\","; done)
-}
+raw = $(py_dict results)
 def med(name, i):
     return statistics.median(float(raw[f"{name}/{r}"].split()[i]) for r in range(1, rounds + 1))
 print(f"cached hit, median of {rounds} rounds, {duration}s each, wrk -t1 -c{conns}; tollgate on CPU 0, wrk on CPU 1")

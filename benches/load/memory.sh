@@ -18,27 +18,16 @@
 # Prints tables and writes target/bench/memory-results.json. Exits non-zero
 # if the filled cache leaves RSS above idle + max_size + the documented
 # overhead (MAX_OVERHEAD_PCT of max_size).
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-. benches/load/setup.sh
+. "$(dirname "$0")/../load/setup.sh" # strict mode, the repository's root, the helpers
 FILL_SECONDS="${1:-15}"
 CACHE_MAX_MIB="${CACHE_MAX_MIB:-64}"
 PARTS="${PARTS:-cache routes tenants anonymous}" # which of the checks to run
 ANON_KEYS="${ANON_KEYS:-1000000}"
 MAX_OVERHEAD_PCT="${MAX_OVERHEAD_PCT:-25}"
-PROXY_CPU=0
-LOAD_CPU=1
-OUT=target/bench
-mkdir -p "$OUT"
-WORK="$(mktemp -d /tmp/tollgate-mem.XXXXXX)"
-chmod 755 "$WORK"
 
-scripts/install-deps build-essential cmake pkg-config libssl-dev nginx wrk curl
-cargo build --release --locked --bin tollgate >&2
+bench_setup mem "nginx wrk curl"
 
-ORIGIN=127.0.0.1:18181
-PROXY=127.0.0.1:18180
-ADMIN=127.0.0.1:18190
+bench_addresses 18180 PROXY ORIGIN ADMIN
 
 python3 - "$WORK" <<'PY'
 import sys
@@ -56,55 +45,18 @@ origin_locations "$WORK" "$ORIGIN" "$(cat <<LOC
 LOC
 )" > "$WORK/origin.conf"
 
-tollgate_pid=""
-cleanup() {
-  [ -n "$tollgate_pid" ] && kill "$tollgate_pid" 2>/dev/null || true
-  nginx -c "$WORK/origin.conf" -s stop 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-taskset -c $PROXY_CPU nginx -c "$WORK/origin.conf"
+bench_nginx "$WORK/origin.conf"
 
 # Writes the common head of a config: listeners, one worker, the origin.
 config_head() {
+  tollgate_server_yaml "$PROXY" "$ADMIN"
   cat <<YAML
-listen: ["$PROXY"]
-admin: { listen: "$ADMIN" }
-server:
-  threads: 1
-  grace_period: 0s
-  graceful_shutdown_timeout: 1s
-  pid_file: $WORK/tollgate.pid
-  upgrade_sock: $WORK/upgrade.sock
 logging: { level: warn, access_log: false }
 upstreams:
   origin: { backends: ["$ORIGIN"] }
 cache: { max_size: ${CACHE_MAX_MIB}MiB }
 YAML
 }
-
-start() { # config-file
-  taskset -c $PROXY_CPU target/release/tollgate run -c "$1" > "$WORK/tollgate.log" 2>&1 &
-  tollgate_pid=$!
-  for _ in $(seq 1 400); do
-    curl -fsS -o /dev/null "http://$ADMIN/ready" 2>/dev/null && return 0
-    kill -0 "$tollgate_pid" 2>/dev/null || break
-    sleep 0.05 # poll until ready
-  done
-  cat "$WORK/tollgate.log" >&2
-  echo "tollgate did not become ready with $1" >&2
-  exit 1
-}
-
-stop() {
-  kill "$tollgate_pid" 2>/dev/null || true
-  wait "$tollgate_pid" 2>/dev/null || true
-  tollgate_pid=""
-}
-
-rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$tollgate_pid/status"; }
-metric() { curl -fsS "http://$ADMIN/metrics" | awk -v m="$1" '$1 == m { printf "%d", $2 }'; }
 
 # wrk script: every request a new path under $PREFIX, or a new API key.
 cat > "$WORK/distinct.lua" <<'LUA'
@@ -130,33 +82,33 @@ LUA
 load() { # seconds [env...]
   local secs=$1; shift
   env "$@" taskset -c $LOAD_CPU wrk -t1 -c16 -d"${secs}s" -s "$WORK/distinct.lua" "http://$PROXY" > "$WORK/wrk.out"
-  awk '/^Requests\/sec:/ { print $2 }' "$WORK/wrk.out" >&2
+  wrk_rps < "$WORK/wrk.out" >&2
 }
 
 declare -a json_parts
 
-# --- 1. cache fill ---------------------------------------------------------
+# 1. cache fill
 cache_rows=()
 cache_ok=1
 route_rows=()
 tenant_rows=()
-if [[ " $PARTS " == *" cache "* ]]; then
-echo "== cache: max_size ${CACHE_MAX_MIB} MiB, filled for ${FILL_SECONDS}s per body size" >&2
+part_cache() {
+echo "   max_size ${CACHE_MAX_MIB} MiB, filled for ${FILL_SECONDS}s per body size" >&2
 { config_head; cat <<YAML
 routes:
   - { name: api, match: { path_prefix: / }, upstream: origin, cache: {} }
 YAML
 } > "$WORK/cache.yaml"
 for size in small large tagged; do
-  start "$WORK/cache.yaml"
+  tollgate_start "$WORK/cache.yaml"
   curl -fsS -o /dev/null "http://$PROXY/$size/warm"
-  idle=$(rss_kib)
+  idle=$(rss_kib "$tollgate_pid")
   load "$FILL_SECONDS" PREFIX="/$size/"
-  filled=$(rss_kib)
+  filled=$(rss_kib "$tollgate_pid")
   bytes=$(metric tollgate_cache_size_bytes)
   entries=$(metric tollgate_cache_entries)
   evictions=$(metric tollgate_cache_evictions_total)
-  stop
+  tollgate_stop
   max_kib=$((CACHE_MAX_MIB * 1024))
   over_kib=$((filled - idle - max_kib))
   limit_kib=$((max_kib * MAX_OVERHEAD_PCT / 100))
@@ -165,32 +117,28 @@ for size in small large tagged; do
   cache_rows+=("$size $idle $filled $bytes $entries $evictions $over_kib $per_entry")
   json_parts+=("\"cache_$size\": {\"rss_idle_kib\": $idle, \"rss_filled_kib\": $filled, \"cache_bytes\": $bytes, \"entries\": $entries, \"evictions\": $evictions, \"rss_over_idle_plus_max_kib\": $over_kib, \"rss_per_entry_bytes\": $per_entry}")
 done
+}
 
-fi
-
-# --- 2. routes -------------------------------------------------------------
-if [[ " $PARTS " == *" routes "* ]]; then
-echo "== routes" >&2
+# 2. routes
+part_routes() {
 for n in 1 10 100 1000; do
   { config_head; echo "routes:"
     for i in $(seq 1 "$n"); do
       echo "  - { name: r$i, match: { path_prefix: /r$i/ }, upstream: origin, cache: {} }"
     done
   } > "$WORK/routes.yaml"
-  start "$WORK/routes.yaml"
+  tollgate_start "$WORK/routes.yaml"
   for i in $(seq 1 "$n"); do echo "url = \"http://$PROXY/r$i/x\""; echo "output = /dev/null"; done > "$WORK/curl.cfg"
   curl -fsS --no-progress-meter --parallel --parallel-max 16 -K "$WORK/curl.cfg"
-  rss=$(rss_kib)
-  stop
+  rss=$(rss_kib "$tollgate_pid")
+  tollgate_stop
   route_rows+=("$n $rss")
   json_parts+=("\"routes_$n\": {\"rss_kib\": $rss}")
 done
+}
 
-fi
-
-# --- 3. tenants ------------------------------------------------------------
-if [[ " $PARTS " == *" tenants "* ]]; then
-echo "== tenants" >&2
+# 3. tenants
+part_tenants() {
 for n in 10 1000 10000 100000; do
   { config_head; cat <<YAML
 routes:
@@ -208,22 +156,22 @@ for i in range(int(sys.argv[1])):
     print(f'  t{i}: {{ tier: standard, api_keys: ["sha256:{h}"] }}')
 PY
   } > "$WORK/tenants.yaml"
-  start "$WORK/tenants.yaml"
-  idle=$(rss_kib)
+  tollgate_start "$WORK/tenants.yaml"
+  idle=$(rss_kib "$tollgate_pid")
   # Long enough for every tenant to be seen at least once at the rates here.
   load $(( n >= 100000 ? 10 : 3 )) KEYS="$n"
-  active=$(rss_kib)
-  stop
+  active=$(rss_kib "$tollgate_pid")
+  tollgate_stop
   tenant_rows+=("$n $idle $active")
   json_parts+=("\"tenants_$n\": {\"rss_idle_kib\": $idle, \"rss_after_traffic_kib\": $active}")
 done
-fi
+}
 
-# --- 4. anonymous keys ----------------------------------------------------
+# 4. anonymous keys
 anon_rows=()
-if [[ " $PARTS " == *" anonymous "* ]]; then
-echo "== anonymous: $ANON_KEYS distinct client addresses, then twice as many" >&2
-{ config_head | sed 's/^server:$/server:\n  trusted_proxies: [127.0.0.1]/'; cat <<YAML
+part_anonymous() {
+echo "   $ANON_KEYS distinct client addresses, then twice as many" >&2
+{ config_head | sed 's/^server: { /server: { trusted_proxies: [127.0.0.1], /'; cat <<YAML
 routes:
   - { name: api, match: { path_prefix: / }, upstream: origin, cache: {} }
 tiers:
@@ -232,9 +180,9 @@ anonymous: { tier: free }
 rate_limit: { max_local_buckets: $ANON_KEYS }
 YAML
 } > "$WORK/anon.yaml"
-start "$WORK/anon.yaml"
+tollgate_start "$WORK/anon.yaml"
 curl -fsS -o /dev/null "http://$PROXY/small/anon"
-idle=$(rss_kib)
+idle=$(rss_kib "$tollgate_pid")
 # wrk's threads each count from 1: one thread, and enough time for ANON_KEYS
 # requests; BASE moves the second round past the first round's addresses.
 anon_load() { # base
@@ -246,15 +194,20 @@ anon_load() { # base
   echo "$sent"
 }
 first=$(anon_load 0)
-one=$(rss_kib)
+one=$(rss_kib "$tollgate_pid")
 buckets_one=$(metric tollgate_ratelimit_buckets)
 second=$(anon_load "$first")
-two=$(rss_kib)
+two=$(rss_kib "$tollgate_pid")
 evicted=$(metric tollgate_ratelimit_buckets_evicted_total)
-stop
+tollgate_stop
 anon_rows+=("$idle $first $one $buckets_one $second $two $evicted")
 json_parts+=("\"anonymous\": {\"rss_idle_kib\": $idle, \"keys_first\": $first, \"rss_after_first_kib\": $one, \"keys_second\": $second, \"rss_after_second_kib\": $two, \"buckets_evicted\": $evicted}")
-fi
+}
+
+for part in $PARTS; do
+  echo "== $part" >&2
+  "part_$part"
+done
 
 echo
 echo "cache (max_size ${CACHE_MAX_MIB} MiB = $((CACHE_MAX_MIB * 1024)) KiB; allowed overhead ${MAX_OVERHEAD_PCT}% of max_size)"

@@ -25,9 +25,7 @@
 # tollgate (and the origin) on CPU 0, the load client and Redis on CPU 1;
 # PROXY_CPUS=0,1 lets tollgate's purge thread run beside the load.
 # Prints tables and writes target/bench/purge-results.json.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-. benches/load/setup.sh
+. "$(dirname "$0")/../load/setup.sh" # strict mode, the repository's root, the helpers
 SIZES="${1:-100000 1000000}"
 PARTS="${PARTS:-memory redis index hits}"
 PURGE_REPEAT="${PURGE_REPEAT:-5}"
@@ -36,20 +34,13 @@ HIT_SECONDS="${HIT_SECONDS:-6}"
 REDIS_WRITES="${REDIS_WRITES:-1000000}"
 OLD_TOLLGATE="${OLD_TOLLGATE:-}"
 PROXY_CPU="${PROXY_CPUS:-0}"  # "0,1" lets the purge thread use the load's core too
-LOAD_CPU=1
-OUT=target/bench
-mkdir -p "$OUT"
-WORK="$(mktemp -d /tmp/tollgate-purge.XXXXXX)"
-chmod 755 "$WORK"
 TOKEN=bench-admin-token
+export BENCH_ADMIN_TOKEN=$TOKEN # the admin token the configs name
 
-scripts/install-deps build-essential cmake pkg-config libssl-dev nginx wrk redis-server curl
-cargo build --release --locked --bin tollgate --example purge_load >&2
+bench_setup purge "nginx wrk redis-server curl" purge_load
 LOADER=target/release/examples/purge_load
 
-ORIGIN=127.0.0.1:18281
-PROXY=127.0.0.1:18280
-ADMIN=127.0.0.1:18290
+bench_addresses 18280 PROXY ORIGIN ADMIN
 REDIS_PORT=18286
 
 echo '{"data":"a small document for the purge benchmark"}' > "$WORK/doc.json"
@@ -60,22 +51,12 @@ origin_locations "$WORK" "$ORIGIN" "$(cat <<LOC
 LOC
 )" > "$WORK/origin.conf"
 
-tollgate_pid=""
-redis_pid=""
-cleanup() {
-  [ -n "$tollgate_pid" ] && kill "$tollgate_pid" 2>/dev/null || true
-  [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null || true
-  nginx -c "$WORK/origin.conf" -s stop 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-taskset -c 0 nginx -c "$WORK/origin.conf"
+bench_nginx "$WORK/origin.conf"
 
 redis_cli() { redis-cli -p "$REDIS_PORT" "$@"; }
 start_redis() {
-  taskset -c $LOAD_CPU redis-server --port "$REDIS_PORT" --save "" --appendonly no > "$WORK/redis.log" 2>&1 &
-  redis_pid=$!
+  bench_bg $LOAD_CPU "$WORK/redis.log" redis-server --port "$REDIS_PORT" --save "" --appendonly no
+  redis_pid=$bench_last_pid
   for _ in $(seq 1 100); do redis_cli ping >/dev/null 2>&1 && return 0; sleep 0.05; done
   echo "redis-server did not start" >&2; exit 1
 }
@@ -83,15 +64,9 @@ stop_redis() { kill "$redis_pid" 2>/dev/null || true; wait "$redis_pid" 2>/dev/n
 redis_used() { redis_cli info memory | awk -F: '/^used_memory:/ { gsub("\r", "", $2); print $2 }'; }
 
 config() { # threads with_redis
+  tollgate_server_yaml "$PROXY" "$ADMIN" \
+    | sed -e "s/threads: 1,/threads: $1,/" -e "s/{ listen: \"$ADMIN\" }/{ listen: \"$ADMIN\", token_env: BENCH_ADMIN_TOKEN }/"
   cat <<YAML
-listen: ["$PROXY"]
-admin: { listen: "$ADMIN", token_env: BENCH_ADMIN_TOKEN }
-server:
-  threads: $1
-  grace_period: 0s
-  graceful_shutdown_timeout: 1s
-  pid_file: $WORK/tollgate.pid
-  upgrade_sock: $WORK/upgrade.sock
 logging: { level: warn, access_log: false }
 upstreams:
   origin: { backends: ["$ORIGIN"] }
@@ -110,22 +85,6 @@ routes:
 YAML
 }
 
-start() { # config-file [binary] [cpus]
-  local bin="${2:-target/release/tollgate}" cpus="${3:-$PROXY_CPU}"
-  BENCH_ADMIN_TOKEN=$TOKEN taskset -c "$cpus" "$bin" run -c "$1" > "$WORK/tollgate.log" 2>&1 &
-  tollgate_pid=$!
-  for _ in $(seq 1 400); do
-    curl -fsS -o /dev/null "http://$ADMIN/ready" 2>/dev/null && return 0
-    kill -0 "$tollgate_pid" 2>/dev/null || break
-    sleep 0.05 # poll until ready
-  done
-  cat "$WORK/tollgate.log" >&2
-  echo "tollgate did not become ready with $1" >&2
-  exit 1
-}
-stop() { kill "$tollgate_pid" 2>/dev/null || true; wait "$tollgate_pid" 2>/dev/null || true; tollgate_pid=""; }
-rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$tollgate_pid/status"; }
-metric() { curl -fsS "http://$ADMIN/metrics" | awk -v m="$1" '$1 == m { printf "%d", $2 }'; }
 load() { taskset -c $LOAD_CPU "$LOADER" "$@"; }
 field() { python3 -c 'import json,sys; d=json.loads(sys.argv[1]); [d := d[k] for k in sys.argv[2:]]; print(d)' "$@"; }
 
@@ -137,9 +96,9 @@ purge_run() { # label with_redis n purge_json
   local label=$1 with_redis=$2 n=$3 purge_json=$4
   config 1 "$with_redis" > "$WORK/purge.yaml"
   [ "$with_redis" = 1 ] && start_redis
-  start "$WORK/purge.yaml"
+  tollgate_start "$WORK/purge.yaml"
   local idle used_before="-" used_filled="-" used_after="-"
-  idle=$(rss_kib)
+  idle=$(rss_kib "$tollgate_pid")
   [ "$with_redis" = 1 ] && used_before=$(redis_used)
   load fill "$PROXY" /hot/ 1000 16 > /dev/null
   local fill_json
@@ -153,14 +112,14 @@ purge_run() { # label with_redis n purge_json
     used_filled=$(redis_used)
   fi
   local filled entries
-  filled=$(rss_kib)
+  filled=$(rss_kib "$tollgate_pid")
   entries=$(metric tollgate_cache_entries)
   local result
   result=$(load hits "$PROXY" /hot/ 1000 16 "$HIT_SECONDS" "$ADMIN" "$TOKEN" "$purge_json" 2)
   local after
-  after=$(rss_kib)
+  after=$(rss_kib "$tollgate_pid")
   [ "$with_redis" = 1 ] && used_after=$(redis_used)
-  stop
+  tollgate_stop
   [ "$with_redis" = 1 ] && stop_redis
   echo "$label n=$n: $result" >&2
   [ "$label" = repeat-tag ] && echo "repeat-tag n=$n: $PURGE_REPEAT purges ${PURGE_EVERY}s apart; most unreclaimed $(field "$result" unreclaimed_max) of $entries entries" >&2
@@ -195,7 +154,7 @@ if [[ " $PARTS " == *" index "* ]]; then
   echo "== index: $REDIS_WRITES short-lived writes on one route" >&2
   start_redis
   config 1 1 > "$WORK/index.yaml"
-  start "$WORK/index.yaml"
+  tollgate_start "$WORK/index.yaml"
   empty=$(redis_used)
   load fill "$PROXY" /short/ "$REDIS_WRITES" 32 > /dev/null &
   filler=$!
@@ -217,7 +176,7 @@ if [[ " $PARTS " == *" index "* ]]; then
   used=$(redis_used)
   live=$(redis_cli --scan --pattern 'tollgate:cache:c:*' | wc -l)
   members=$(redis_cli zcard tollgate:cache:i:r:short)
-  stop
+  tollgate_stop
   stop_redis
   live_bytes=$((live * entry_bytes))
   index_row="$REDIS_WRITES $live $members $entry_bytes $((used - empty)) $live_bytes"
@@ -232,11 +191,11 @@ if [[ " $PARTS " == *" hits "* ]]; then
     config "$threads" 0 > "$WORK/hits.yaml"
     cpus=0; [ "$threads" = 2 ] && cpus=0,1
     for bin in target/release/tollgate $OLD_TOLLGATE; do
-      start "$WORK/hits.yaml" "$bin" "$cpus"
+      tollgate_start "$WORK/hits.yaml" "$bin" "$cpus"
       load fill "$PROXY" /hot/ 1000 16 > /dev/null
       taskset -c $LOAD_CPU wrk -t1 -c64 -d10s "http://$PROXY/hot/1" > "$WORK/wrk.out"
-      rps=$(awk '/^Requests\/sec:/ { print $2 }' "$WORK/wrk.out")
-      stop
+      rps=$(wrk_rps < "$WORK/wrk.out")
+      tollgate_stop
       hit_rows+=("$threads $bin $rps")
       json_parts+=("\"hits_${threads}_$(basename "$(dirname "$(dirname "$bin")")")\": {\"binary\": \"$bin\", \"threads\": $threads, \"rps\": $rps}")
     done

@@ -9,15 +9,10 @@
 #   benches/load/routes.sh [DURATION_SECONDS=5] [ROUNDS=3]
 #
 # Proxies and the origin on CPU 0, wrk on CPU 1; rounds alternate.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-. benches/load/setup.sh
+. "$(dirname "$0")/../load/setup.sh" # strict mode, the repository's root, the helpers
 DURATION="${1:-5}"
 ROUNDS="${2:-3}"
-WORK="$(mktemp -d /tmp/tollgate-routes.XXXXXX)"
-chmod 755 "$WORK"
-scripts/install-deps build-essential cmake pkg-config libssl-dev nginx wrk
-cargo build --release --locked --bin tollgate >&2
+bench_setup routes "nginx wrk"
 
 ORIGIN=127.0.0.1:18381
 bench_document "$WORK/doc.json"
@@ -42,19 +37,10 @@ out.append('  - { name: api, upstream: origin, cache: {} }')
 print("\n".join(out))
 PY
 }
-pids=()
-cleanup() {
-  nginx -c "$WORK/origin.conf" -s stop 2>/dev/null || true
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
 export TG_BENCH_TOKEN=bench-token
-rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 declare -A rss
-taskset -c 0 nginx -c "$WORK/origin.conf"
-declare -A addr
+bench_nginx "$WORK/origin.conf"
+declare -A addr pid
 port=18380
 for n in 2 10000 100000; do
   port=$((port + 10))
@@ -62,19 +48,19 @@ for n in 2 10000 100000; do
   start=$(date +%s.%N)
   target/release/tollgate check "$WORK/r$n.yaml" > /dev/null
   echo "check, $n routes: $(echo "$(date +%s.%N) - $start" | bc) s" >&2
-  taskset -c 0 target/release/tollgate run -c "$WORK/r$n.yaml" > "$WORK/r$n.log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 1 300); do curl -fsS -o /dev/null "http://127.0.0.1:$((port + 1))/ready" 2>/dev/null && break; sleep 0.1; done
+  bench_bg $PROXY_CPU "$WORK/r$n.log" target/release/tollgate run -c "$WORK/r$n.yaml"
+  pid[$n]=$bench_last_pid
   addr[$n]="127.0.0.1:$port"
+  wait_answers "${addr[$n]}"
   curl -fsS -o /dev/null "http://${addr[$n]}/cached"
   start=$(date +%s.%N)
   curl -fsS -o /dev/null -X POST -H "Authorization: Bearer $TG_BENCH_TOKEN" -H "Content-Type: application/json" --data "{}" "http://127.0.0.1:$((port + 1))/config/reload"
   echo "reload, $n routes: $(echo "$(date +%s.%N) - $start" | bc) s" >&2
-  rss[$n]=$(rss_kib "${pids[-1]}")
+  rss[$n]=$(rss_kib "${pid[$n]}")
   echo "resident memory, $n routes: ${rss[$n]} KiB" >&2
 done
 echo "memory per route (100,000 routes vs 2): $(echo "scale=0; (${rss[100000]} - ${rss[2]}) * 1024 / 99998" | bc) bytes" >&2
-rps() { taskset -c 1 wrk -t1 -c64 -d"${DURATION}s" "http://$1$2" | awk '/^Requests\/sec:/ { print $2 }'; }
+rps() { taskset -c $LOAD_CPU wrk -t1 -c64 -d"${DURATION}s" "http://$1$2" | wrk_rps; }
 declare -A r
 for round in $(seq 1 "$ROUNDS"); do
   for n in 2 10000 100000; do
@@ -85,7 +71,7 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 for s in cached passthrough; do
   for n in 2 10000 100000; do
-    m=$(for round in $(seq 1 "$ROUNDS"); do echo "${r[$n/$s/$round]}"; done | sort -n | sed -n "$(( (ROUNDS + 1) / 2 ))p")
+    m=$(for round in $(seq 1 "$ROUNDS"); do echo "${r[$n/$s/$round]}"; done | median)
     eval "med_${s}_$n=$m"
     echo "$s, $n routes: $m req/s"
   done

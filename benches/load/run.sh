@@ -8,37 +8,19 @@
 # alternate between the proxies so drift on a shared machine hits all of
 # them alike. Prints requests/s and p50/p99 per scenario and the ratios,
 # and writes target/bench/load-results.json.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-. benches/load/setup.sh
+. "$(dirname "$0")/../load/setup.sh" # strict mode, the repository's root, the helpers
 DURATION="${1:-10}"
 ROUNDS="${2:-3}"
 CONNS=64
-PROXY_CPU=0
-LOAD_CPU=1
-OUT=target/bench
-mkdir -p "$OUT"
-WORK="$(mktemp -d /tmp/tollgate-bench.XXXXXX)"
-chmod 755 "$WORK" # nginx workers run unprivileged and must read the document
 
-scripts/install-deps build-essential cmake pkg-config libssl-dev nginx haproxy wrk redis-server
-cargo build --release --locked --bin tollgate --example bare_proxy >&2
+bench_setup bench "nginx haproxy wrk redis-server" bare_proxy
 
-ORIGIN=127.0.0.1:18081
-NGINX=127.0.0.1:18082
-BARE=127.0.0.1:18083
-HAPROXY=127.0.0.1:18089
-TOLLGATE=127.0.0.1:18080
-TOLLGATE_ADMIN=127.0.0.1:18090
-TOLLGATE_RL=127.0.0.1:18084          # + rate limiting, local buckets
-TOLLGATE_RL_ADMIN=127.0.0.1:18091
-TOLLGATE_REDIS=127.0.0.1:18085       # + rate limiting through Redis
-TOLLGATE_REDIS_ADMIN=127.0.0.1:18092
-TOLLGATE_NOLOG=127.0.0.1:18087       # the same tollgate with the access log off
-TOLLGATE_NOLOG_ADMIN=127.0.0.1:18093
-TOLLGATE_L2=127.0.0.1:18088          # memory too small to keep anything: every hit from Redis
-TOLLGATE_L2_ADMIN=127.0.0.1:18094
-REDIS_PORT=18086
+# TOLLGATE_RL: + rate limiting, local buckets
+# TOLLGATE_REDIS: + rate limiting through Redis
+# TOLLGATE_NOLOG: the same tollgate with the access log off
+# TOLLGATE_L2: memory too small to keep anything: every hit from Redis
+bench_addresses 18080 TOLLGATE ORIGIN NGINX BARE TOLLGATE_RL TOLLGATE_REDIS TOLLGATE_NOLOG TOLLGATE_L2 HAPROXY TOLLGATE_ADMIN TOLLGATE_RL_ADMIN TOLLGATE_REDIS_ADMIN TOLLGATE_NOLOG_ADMIN TOLLGATE_L2_ADMIN
+REDIS_PORT=18099 # outside the addresses above
 BENCH_KEY=bench-key
 
 bench_document "$WORK/doc.json"
@@ -47,93 +29,45 @@ origin_conf "$WORK" "$ORIGIN" > "$WORK/origin.conf"
 
 peer_configs "$WORK" "$ORIGIN" "$NGINX" "$HAPROXY"
 
-cat > "$WORK/tollgate.yaml" <<YAML
-listen: ["$TOLLGATE"]
-admin: { listen: "$TOLLGATE_ADMIN" }
-server:
-  threads: 1
-  work_stealing: false
-  grace_period: 0s
-  graceful_shutdown_timeout: 1s
-  pid_file: $WORK/tollgate.pid
-  upgrade_sock: $WORK/tollgate-upgrade.sock
-logging: { level: info, access_log: true, access_log_path: $WORK/tollgate-access.log, slow_request_threshold: 10s }
+tollgate_config() { # listen admin: the base config, its files under $WORK named by the port
+  tollgate_server_yaml "$1" "$2"
+  cat <<YAML
+logging: { level: info, access_log: true, access_log_path: $WORK/tollgate-access-${1##*:}.log, slow_request_threshold: 10s }
 compression: { min_size: 1000, gzip_level: 6, brotli_quality: 4 }
-upstreams:
-  origin:
-    backends: ["$ORIGIN"]
-routes:
-  - name: plain            # no cache: pass-through without pingora-cache
-    match: { path_prefix: /plain/ }
-    upstream: origin
-  - name: api
-    match: { path_prefix: / }
-    upstream: origin
-    cache: {}
 YAML
-
+  origin_routes_yaml # plain: pass-through without pingora-cache; api: cached
+}
+tollgate_config "$TOLLGATE" "$TOLLGATE_ADMIN" > "$WORK/tollgate.yaml"
+tollgate_config "$TOLLGATE_NOLOG" "$TOLLGATE_NOLOG_ADMIN" | sed -e "s/access_log: true/access_log: false/" > "$WORK/tollgate-nolog.yaml"
 # The same tollgate with rate limiting on: a tenant with a budget far above
 # what the load can reach, so every request is decided and none refused.
 KEY_HASH=$(target/release/tollgate hash-key "$BENCH_KEY")
-variant() { # listen admin: the base config on other addresses and files
-  sed -e "s/$TOLLGATE_ADMIN/$2/" -e "s/\"$TOLLGATE\"/\"$1\"/" \
-      -e "s|$WORK/tollgate.pid|$WORK/tollgate-$1.pid|" -e "s|$WORK/tollgate-upgrade.sock|$WORK/upgrade-$1.sock|" \
-      -e "s|$WORK/tollgate-access.log|$WORK/tollgate-access-$1.log|" \
-      "$WORK/tollgate.yaml"
-}
-variant "$TOLLGATE_NOLOG" "$TOLLGATE_NOLOG_ADMIN" | sed -e "s/access_log: true/access_log: false/" > "$WORK/tollgate-nolog.yaml"
 rl_config() { # listen admin [redis-url]
-  variant "$1" "$2"
+  tollgate_config "$1" "$2"
   bench_rate_limits "$KEY_HASH"
   if [ -n "${3:-}" ]; then echo "redis: { url: \"$3\", timeout: 50ms }"; fi
 }
 rl_config "$TOLLGATE_RL" "$TOLLGATE_RL_ADMIN" > "$WORK/tollgate-rl.yaml"
 # The Redis tier on its own: a memory tier that cannot hold a 1 KiB entry
 # (each is evicted as it is promoted), so every hit is a Redis lookup.
-{ variant "$TOLLGATE_L2" "$TOLLGATE_L2_ADMIN"
+{ tollgate_config "$TOLLGATE_L2" "$TOLLGATE_L2_ADMIN"
   echo "redis: { url: \"redis://127.0.0.1:$REDIS_PORT\", timeout: 50ms }"
   echo "cache: { max_size: 3KiB, max_object_size: 2KiB, redis: { lookup_timeout: 50ms } }"
 } > "$WORK/tollgate-l2.yaml"
 rl_config "$TOLLGATE_REDIS" "$TOLLGATE_REDIS_ADMIN" "redis://127.0.0.1:$REDIS_PORT" > "$WORK/tollgate-redis.yaml"
 
-pids=()
-cleanup() {
-  nginx -c "$WORK/nginx-proxy.conf" -s stop 2>/dev/null || true
-  nginx -c "$WORK/origin.conf" -s stop 2>/dev/null || true
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-taskset -c $PROXY_CPU nginx -c "$WORK/origin.conf"
-taskset -c $PROXY_CPU nginx -c "$WORK/nginx-proxy.conf"
-taskset -c $PROXY_CPU haproxy -db -f "$WORK/haproxy.cfg" > "$WORK/haproxy.log" 2>&1 &
-pids+=($!)
-taskset -c $PROXY_CPU target/release/tollgate run -c "$WORK/tollgate.yaml" > "$WORK/tollgate.log" 2>&1 &
-pids+=($!)
-taskset -c $PROXY_CPU target/release/examples/bare_proxy "$BARE" "$ORIGIN" "$WORK/doc.json" > "$WORK/bare.log" 2>&1 &
-pids+=($!)
+bench_nginx "$WORK/origin.conf"
+bench_nginx "$WORK/nginx-proxy.conf"
+bench_bg $PROXY_CPU "$WORK/haproxy.log" haproxy -db -f "$WORK/haproxy.cfg"
+bench_bg $PROXY_CPU "$WORK/bare.log" target/release/examples/bare_proxy "$BARE" "$ORIGIN" "$WORK/doc.json"
 # Redis on the load generator's core: it is another machine's work in a
 # deployment, and must not take the proxy's core.
-taskset -c $LOAD_CPU redis-server --port $REDIS_PORT --bind 127.0.0.1 --save "" --appendonly no > "$WORK/redis.log" 2>&1 &
-pids+=($!)
-taskset -c $PROXY_CPU target/release/tollgate run -c "$WORK/tollgate-rl.yaml" > "$WORK/tollgate-rl.log" 2>&1 &
-pids+=($!)
-taskset -c $PROXY_CPU target/release/tollgate run -c "$WORK/tollgate-redis.yaml" > "$WORK/tollgate-redis.log" 2>&1 &
-pids+=($!)
-taskset -c $PROXY_CPU target/release/tollgate run -c "$WORK/tollgate-nolog.yaml" > "$WORK/tollgate-nolog.log" 2>&1 &
-pids+=($!)
-taskset -c $PROXY_CPU target/release/tollgate run -c "$WORK/tollgate-l2.yaml" > "$WORK/tollgate-l2.log" 2>&1 &
-pids+=($!)
-
-for addr in $ORIGIN $NGINX $HAPROXY $TOLLGATE $BARE $TOLLGATE_RL $TOLLGATE_REDIS $TOLLGATE_NOLOG $TOLLGATE_L2; do
-  for _ in $(seq 1 200); do
-    curl -fsS -o /dev/null -H "Authorization: Bearer $BENCH_KEY" "http://$addr/uncached" 2>/dev/null && break
-    sleep 0.05 # poll until the server answers
-  done
-  curl -fsS -o /dev/null -H "Authorization: Bearer $BENCH_KEY" "http://$addr/uncached" || { echo "$addr does not answer" >&2; exit 1; }
+bench_bg $LOAD_CPU "$WORK/redis.log" redis-server --port $REDIS_PORT --bind 127.0.0.1 --save "" --appendonly no
+for variant in "" -rl -redis -nolog -l2; do
+  bench_bg $PROXY_CPU "$WORK/tollgate$variant.log" target/release/tollgate run -c "$WORK/tollgate$variant.yaml"
 done
+
+wait_answers $ORIGIN $NGINX $HAPROXY $TOLLGATE $BARE $TOLLGATE_RL $TOLLGATE_REDIS $TOLLGATE_NOLOG $TOLLGATE_L2
 for _ in $(seq 1 200); do
   curl -fsS "http://$TOLLGATE_REDIS_ADMIN/health" | grep -q '"redis":{[^}]*"status":"ok"' && break
   sleep 0.05 # poll until tollgate is connected to Redis
@@ -159,9 +93,6 @@ done
 curl -fsS -o /dev/null -D - -H "Authorization: Bearer $BENCH_KEY" "http://$TOLLGATE_L2/cached" \
   | grep -qi '^cache-status:.*detail=l2' || { echo "$TOLLGATE_L2 does not serve /cached from Redis" >&2; exit 1; }
 
-# wrk prints latency with units; normalise to milliseconds.
-to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
-
 measure() { # name addr path [accept-encoding] -> "rps p50 p99"
   local out auth="Authorization: Bearer $BENCH_KEY"
   # HAProxy's cache never answers a request that carries Authorization
@@ -170,12 +101,8 @@ measure() { # name addr path [accept-encoding] -> "rps p50 p99"
   [ "$1" = haproxy ] && auth="X-No-Auth: 1"
   out=$(taskset -c $LOAD_CPU wrk -t1 -c$CONNS -d"${DURATION}s" --latency -H "$auth" \
     ${4:+-H "Accept-Encoding: $4"} "http://$2$3")
-  local rps p50 p99
-  rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
-  p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' <<<"$out")")
-  p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")
   if grep -q "Non-2xx" <<<"$out"; then echo "warning: $1 $3 had non-2xx responses" >&2; fi
-  echo "$rps $p50 $p99"
+  wrk_summary <<<"$out"
 }
 
 declare -A results
@@ -218,7 +145,7 @@ paced() { # addr path conns [seconds] -> "rps p50 p99"
   local out
   out=$(taskset -c $LOAD_CPU wrk -t1 -c"$3" -d"${4:-$DURATION}s" --latency -s "$WORK/paced.lua" \
     -H "Authorization: Bearer $BENCH_KEY" "http://$1$2")
-  echo "$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out") $(to_ms "$(awk '$1 == "50%" { print $2 }' <<<"$out")") $(to_ms "$(awk '$1 == "99%" { print $2 }' <<<"$out")")"
+  wrk_summary <<<"$out"
 }
 declare -A half
 for s in "passthrough:/uncached" "cached:/cached"; do
@@ -239,8 +166,8 @@ done
 
 python3 - "$OUT/load-results.json" "$DURATION" "$ROUNDS" "$CONNS" <<PY
 import json, statistics, sys, platform, os
-raw = {$(for k in "${!results[@]}"; do printf '"%s": "%s",' "$k" "${results[$k]}"; done)}
-half_raw = {$(for k in "${!half[@]}"; do printf '"%s": "%s",' "$k" "${half[$k]}"; done)}
+raw = $(py_dict results)
+half_raw = $(py_dict half)
 out, duration, rounds, conns = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 res = {}
 for key, runs in raw.items():

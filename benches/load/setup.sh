@@ -1,5 +1,162 @@
-# Sourced by the load benchmarks: the origin they measure against, and the
-# rate-limit tenant run.sh and instructions.sh configure.
+# Sourced by every benchmark script (benches/load, benches/faults,
+# benches/budget): the machine layout, the work directory and what is
+# stopped at exit, starting tollgate and waiting for it, the origin they
+# measure against, the peers' configs, and the config pieces they share.
+
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.." # the repository's root
+
+# Proxies and the origin on CPU 0, the load generator on CPU 1 (a script
+# may change them after sourcing this file).
+PROXY_CPU=0
+LOAD_CPU=1
+OUT=target/bench
+
+# bench_setup NAME "PACKAGES" [EXAMPLE...]: the work directory
+# (bench_workdir NAME), the Debian packages the bench needs besides the
+# build's own, and release builds of tollgate and the named examples.
+bench_setup() {
+  bench_workdir "$1"
+  local packages=$2 args=() example
+  shift 2
+  for example in "$@"; do args+=(--example "$example"); done
+  # shellcheck disable=SC2086 # the package list splits on purpose
+  scripts/install-deps build-essential cmake pkg-config libssl-dev $packages
+  cargo build --release --locked --bin tollgate "${args[@]}" >&2
+}
+
+# bench_addresses BASE NAME...: sets NAME to 127.0.0.1:BASE, the next NAME
+# to 127.0.0.1:BASE+1, and so on (each bench has its own range).
+bench_addresses() {
+  local port=$1 name
+  shift
+  for name in "$@"; do
+    printf -v "$name" '127.0.0.1:%d' "$port"
+    port=$((port + 1))
+  done
+}
+
+# bench_workdir NAME: a fresh $WORK under /tmp (readable by nginx's
+# unprivileged workers) and $OUT; at exit, bench_cleanup runs what
+# bench_at_exit registered, stops the nginx instances bench_nginx started
+# and the processes bench_bg started, and removes $WORK.
+bench_workdir() {
+  WORK="$(mktemp -d "/tmp/tollgate-$1.XXXXXX")"
+  chmod 755 "$WORK"
+  mkdir -p "$OUT"
+  bench_exit_commands=()
+  bench_nginx_confs=()
+  bench_pids=()
+  trap bench_cleanup EXIT
+}
+bench_cleanup() {
+  local c p
+  for c in "${bench_exit_commands[@]}"; do eval "$c" 2>/dev/null || true; done
+  for c in "${bench_nginx_confs[@]}"; do nginx -c "$c" -s stop 2>/dev/null || true; done
+  for p in "${bench_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+# bench_at_exit COMMAND: run (by eval) at exit, before the kills.
+bench_at_exit() { bench_exit_commands+=("$1"); }
+# bench_nginx CONF [CPU]: an nginx with CONF pinned to CPU (default the
+# proxy's), stopped at exit.
+bench_nginx() {
+  taskset -c "${2:-$PROXY_CPU}" nginx -c "$1"
+  bench_nginx_confs+=("$1")
+}
+# bench_bg CPU LOG COMMAND...: COMMAND pinned to CPU in the background, its
+# output in LOG, killed at exit; its pid in $bench_last_pid.
+bench_bg() {
+  local cpu=$1 log=$2
+  shift 2
+  taskset -c "$cpu" "$@" > "$log" 2>&1 &
+  bench_last_pid=$!
+  bench_pids+=("$bench_last_pid")
+}
+
+# tollgate_start CONFIG [BINARY] [CPUS] [ADMIN]: a tollgate serving CONFIG
+# (in $tollgate_pid, log in $WORK/tollgate.log), once its admin listener
+# (default $ADMIN) says it is ready; the run fails with its log otherwise.
+tollgate_start() {
+  local bin="${2:-target/release/tollgate}"
+  bench_bg "${3:-$PROXY_CPU}" "$WORK/tollgate.log" "$bin" run -c "$1"
+  tollgate_pid=$bench_last_pid
+  tollgate_wait_ready "${4:-$ADMIN}"
+}
+# tollgate_wait_ready [ADMIN]: waits (at most 20 s) until $tollgate_pid's
+# admin listener says it is ready; fails the run with its log otherwise.
+tollgate_wait_ready() {
+  for _ in $(seq 1 400); do
+    curl -fsS -o /dev/null "http://${1:-$ADMIN}/ready" 2>/dev/null && return 0
+    kill -0 "$tollgate_pid" 2>/dev/null || break
+    sleep 0.05 # poll until ready
+  done
+  tail -20 "$WORK/tollgate.log" >&2
+  echo "tollgate did not become ready" >&2
+  exit 1
+}
+# tollgate_stop: stops the tollgate tollgate_start started, and waits.
+tollgate_stop() {
+  kill "$tollgate_pid" 2>/dev/null || true
+  wait "$tollgate_pid" 2>/dev/null || true
+  tollgate_pid=""
+}
+# metric NAME: the value of an unlabelled metric on $ADMIN, as an integer.
+metric() { curl -fsS "http://$ADMIN/metrics" | awk -v m="$1" '$1 == m { printf "%d", $2 }'; }
+# rss_kib PID: the resident memory of PID, in KiB.
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+
+# origin_routes_yaml [ROUTE...]: the `origin` pool (at $ORIGIN) and routes
+# to it: each ROUTE is `NAME PREFIX [cache]`; without any, `plain` (/plain/,
+# no cache) and `api` (/, cached) — the pair most benches measure.
+origin_routes_yaml() {
+  [ $# -gt 0 ] || set -- "plain /plain/" "api / cache"
+  printf 'upstreams:\n  origin: { backends: ["%s"] }\nroutes:\n' "$ORIGIN"
+  local route name prefix cache
+  for route in "$@"; do
+    read -r name prefix cache <<<"$route"
+    [ -z "$cache" ] || cache=", cache: {}"
+    printf '  - { name: %s, match: { path_prefix: %s }, upstream: origin%s }\n' "$name" "$prefix" "$cache"
+  done
+}
+
+# tollgate_server_yaml LISTEN ADMIN [GRACE]: the listener, admin and
+# server lines of a bench config: LISTEN is `ip:port` or a YAML list; one
+# worker thread; its files under $WORK named by the admin port (several
+# tollgates may share $WORK).
+tollgate_server_yaml() {
+  local listen=$1
+  [[ $listen == \[* ]] || listen="[\"$listen\"]"
+  cat <<YAML
+listen: $listen
+admin: { listen: "$2" }
+server: { threads: 1, work_stealing: false, grace_period: ${3:-0s}, graceful_shutdown_timeout: 1s,
+          pid_file: $WORK/tollgate-${2##*:}.pid, upgrade_sock: $WORK/upgrade-${2##*:}.sock }
+YAML
+}
+
+# median: the median of the numbers on standard input, one per line.
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
+# wrk_summary: "req/s p50_ms p99_ms" from `wrk --latency` output on
+# standard input.
+wrk_summary() {
+  awk 'function ms(v) { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; return n }
+       /^Requests\/sec:/ { rps = $2 } $1 == "50%" { p50 = ms($2) } $1 == "99%" { p99 = ms($2) }
+       END { printf "%s %.3f %.3f\n", rps, p50, p99 }'
+}
+# wrk_rps: req/s from wrk's output on standard input.
+wrk_rps() { awk '/^Requests\/sec:/ { print $2 }'; }
+
+# py_dict NAME: the associative array NAME as a Python dict of strings,
+# for the scripts' summaries.
+py_dict() {
+  local -n dict=$1
+  local k
+  printf '{'
+  for k in "${!dict[@]}"; do printf '"%s": "%s",' "$k" "${dict[$k]}"; done
+  printf '}'
+}
 
 # bench_document PATH: a 1 KB JSON document.
 bench_document() {
@@ -14,23 +171,9 @@ PY
 # origin_conf WORK ADDR: an nginx config serving WORK/doc.json at /cached
 # (`public, max-age=300`, ETag), /uncached and /plain/uncached (`no-store`).
 origin_conf() {
-  cat <<NGX
-worker_processes 1;
-pid $1/origin.pid;
-error_log $1/origin-error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server {
-    listen $2 reuseport;
-    default_type application/json;
-    location = /cached   { add_header Cache-Control "public, max-age=300"; etag on; alias $1/doc.json; }
-    location = /uncached { add_header Cache-Control "no-store"; alias $1/doc.json; }
-    location = /plain/uncached { add_header Cache-Control "no-store"; alias $1/doc.json; }
-  }
-}
-NGX
+  origin_locations "$1" "$2" "    location = /cached   { add_header Cache-Control \"public, max-age=300\"; etag on; alias $1/doc.json; }
+    location = /uncached { add_header Cache-Control \"no-store\"; alias $1/doc.json; }
+    location = /plain/uncached { add_header Cache-Control \"no-store\"; alias $1/doc.json; }"
 }
 
 # bench_rate_limits KEY_HASH [ISSUER]: a tier whose budget the load cannot
@@ -84,6 +227,14 @@ $3
   }
 }
 NGX
+}
+
+# compare_builds BASE [TODAY_DIR]: BIN[base] is a release build of commit
+# BASE, BIN[today] this checkout's (or TODAY_DIR's) release build.
+declare -A BIN
+compare_builds() {
+  BIN[base]=$(base_binary "$1")
+  BIN[today]="${2:-.}/target/release/tollgate"
 }
 
 # base_binary BASE: the path of a release build of commit BASE, made in a
@@ -174,12 +325,13 @@ backend origin
 HAP
 }
 
-# wait_answers ADDR...: polls each until it answers GET /uncached, fails
-# the run when one never does.
+# wait_answers ADDR...: polls each until it answers GET /uncached (for at
+# most 30 s: a file of 100,000 routes takes seconds to load), fails the
+# run when one never does.
 wait_answers() {
   local addr
   for addr in "$@"; do
-    for _ in $(seq 1 200); do
+    for _ in $(seq 1 600); do
       curl -fsS -o /dev/null -H "Authorization: Bearer ${BENCH_KEY:-bench-key}" "http://$addr/uncached" 2>/dev/null && break
       sleep 0.05 # poll until the server answers
     done

@@ -16,23 +16,15 @@
 # measures that checkout's release build instead of this one (e.g. the
 # commit that finished the store, to leave later work out). Rounds
 # alternate.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-. benches/load/setup.sh
+. "$(dirname "$0")/../load/setup.sh" # strict mode, the repository's root, the helpers
 BASE="${1:-c08892c~1}"
 DURATION="${2:-5}"
 ROUNDS="${3:-3}"
 SCENARIO="${SCENARIO:-hits}"
-scripts/install-deps build-essential cmake pkg-config libssl-dev nginx wrk
-cargo build --release --locked --bin tollgate >&2
-BASE_BIN=$(base_binary "$BASE")
-declare -A BIN=([today]="${TODAY_DIR:-.}/target/release/tollgate" [base]="$BASE_BIN")
+bench_setup store "nginx wrk"
+compare_builds "$BASE" "${TODAY_DIR:-.}"
 
-WORK="$(mktemp -d /tmp/tollgate-store.XXXXXX)"
-chmod 755 "$WORK"
-ORIGIN=127.0.0.1:18581
-PROXY=127.0.0.1:18580
-ADMIN=127.0.0.1:18582
+bench_addresses 18580 PROXY ORIGIN ADMIN
 bench_document "$WORK/doc.json"
 cat > "$WORK/unique.lua" <<'LUA'
 local n = 0
@@ -43,43 +35,28 @@ end
 LUA
 origin_conf "$WORK" "$ORIGIN" > "$WORK/origin.conf"
 config() { # threads
+  tollgate_server_yaml "$PROXY" "$ADMIN" | sed -e "s/threads: 1,/threads: $1,/"
   cat <<YAML
-listen: ["$PROXY"]
-admin: { listen: "$ADMIN" }
-server: { threads: $1, work_stealing: false, pid_file: $WORK/tollgate.pid, upgrade_sock: $WORK/upgrade.sock }
 logging: { access_log: false }
-upstreams:
-  origin: { backends: ["$ORIGIN"] }
-routes:
-  - { name: api, upstream: origin, cache: {} }
 YAML
+  origin_routes_yaml "api / cache"
 }
-proxy_pid=""
-cleanup() {
-  nginx -c "$WORK/origin.conf" -s stop 2>/dev/null || true
-  [ -n "$proxy_pid" ] && kill "$proxy_pid" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-nginx -c "$WORK/origin.conf"
+bench_nginx "$WORK/origin.conf"
 
 # measure WHICH THREADS: req/s of cached hits.
 measure() {
   config "$2" > "$WORK/tollgate.yaml"
   local cpus=0 wrk_cpus=1 wrk_threads=1
   if [ "$2" = 2 ]; then cpus=0,1; wrk_cpus=0,1; wrk_threads=2; fi
-  taskset -c "$cpus" "${BIN[$1]}" run -c "$WORK/tollgate.yaml" > "$WORK/$1.log" 2>&1 &
-  proxy_pid=$!
-  for _ in $(seq 1 300); do curl -fsS -o /dev/null "http://$ADMIN/ready" 2>/dev/null && break; sleep 0.1; done
+  tollgate_start "$WORK/tollgate.yaml" "${BIN[$1]}" "$cpus"
   curl -fsS -o /dev/null "http://$PROXY/cached"
   curl -fsS -D - -o /dev/null "http://$PROXY/cached" | grep -qi "cache-status:.*hit" \
     || { echo "$1: no cache hit" >&2; exit 1; }
   local script=()
   [ "$SCENARIO" = fills ] && script=(-s "$WORK/unique.lua")
   taskset -c "$wrk_cpus" wrk -t"$wrk_threads" -c64 -d"${DURATION}s" "${script[@]}" "http://$PROXY/cached" \
-    | awk '/^Requests\/sec:/ { print $2 }'
-  kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true; proxy_pid=""
+    | wrk_rps
+  tollgate_stop
 }
 declare -A r
 for round in $(seq 1 "$ROUNDS"); do
@@ -89,7 +66,6 @@ for round in $(seq 1 "$ROUNDS"); do
     done
   done
 done
-median() { sort -n | sed -n "$(( (ROUNDS + 1) / 2 ))p"; }
 for threads in 1 2; do
   for which in base today; do
     m=$(for round in $(seq 1 "$ROUNDS"); do echo "${r[$which/$threads/$round]}"; done | median)

@@ -428,7 +428,10 @@ impl AdminApp {
             } => return Err(bad("tag must be one tag: no spaces or commas")),
             _ => return Err(bad("Send exactly one of url, prefix, route or tag (and soft: true to mark stale instead of removing)")),
         };
-        Ok(Purge { target, soft })
+        Ok(Purge {
+            selection: target,
+            soft,
+        })
     }
 }
 

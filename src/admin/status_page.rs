@@ -57,7 +57,13 @@ pub fn report(state: &AppState, health: &Value) -> Value {
     let routes: Vec<Value> = config
         .routes
         .iter()
-        .map(|r| route_json(&history, &r.name, &r.target.describe(&config.upstreams)))
+        .map(|r| {
+            route_json(
+                &history,
+                &r.name,
+                &r.destination.describe(&config.upstreams),
+            )
+        })
         .collect();
 
     let mut upstreams = Vec::new();

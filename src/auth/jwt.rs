@@ -5,7 +5,7 @@
 //! from its claim and its tier decided. Signatures and registered claims
 //! are jsonwebtoken's; what is ours is choosing the key and the reasons.
 
-use super::keyring::{KeyRing, KeySource};
+use super::keyring::{KeyRing, PublishedKeySet};
 use super::verdict::{Failure, TokenTenant};
 use super::verified::{Refused, RefusedTokens, Verified, VerifiedTokens};
 use crate::config::model::{normal_typ, ClaimableBy, JwtConfig, TenantConfig};
@@ -23,7 +23,7 @@ struct Issuer {
     iss: String,
     /// Validation per accepted algorithm (jsonwebtoken wants the list).
     validations: Vec<(Algorithm, Validation)>,
-    keys: Option<Arc<KeySource>>,
+    keys: Option<Arc<PublishedKeySet>>,
     secret: Option<DecodingKey>,
     /// Whether its tokens may name tenants the config does not list.
     unlisted_tenants: bool,
@@ -158,13 +158,13 @@ impl JwtVerifier {
         if !has_jwt_shape(bearer) {
             return;
         }
-        for source in self.key_sources() {
+        for source in self.key_sets() {
             source.first_fetch(source.config.timeout).await;
         }
     }
 
     /// The key sources this generation reads, for [`KeyRing::schedule`].
-    pub fn key_sources(&self) -> impl Iterator<Item = &Arc<KeySource>> {
+    pub fn key_sets(&self) -> impl Iterator<Item = &Arc<PublishedKeySet>> {
         self.issuers.iter().filter_map(|i| i.keys.as_ref())
     }
 

@@ -29,7 +29,7 @@ const MAX_DOCUMENT: usize = 1024 * 1024;
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
 
 /// One published key set and what is known of its fetches.
-pub struct KeySource {
+pub struct PublishedKeySet {
     /// Where and how often.
     pub config: JwksConfig,
     keys: ArcSwap<KeySet>,
@@ -39,7 +39,7 @@ pub struct KeySource {
     /// A fetch is running.
     fetching: AtomicBool,
     /// The first fetch has been tried (ready or failed): requests stop
-    /// waiting for it ([`KeySource::first_fetch`]).
+    /// waiting for it ([`PublishedKeySet::first_fetch`]).
     tried: AtomicBool,
     /// Wakes requests waiting for the first fetch.
     first_done: tokio::sync::Notify,
@@ -53,7 +53,7 @@ struct FetchStatus {
     failed_last: bool,
 }
 
-impl KeySource {
+impl PublishedKeySet {
     fn new(config: JwksConfig) -> Self {
         Self {
             config,
@@ -300,8 +300,8 @@ fn split_authority(authority: &str, default_port: u16) -> Result<(&str, u16), St
 
 /// Every key source of the process.
 pub struct KeyRing {
-    sources: Mutex<HashMap<JwksConfig, Arc<KeySource>>>,
-    scheduled: ArcSwap<Vec<Arc<KeySource>>>,
+    sources: Mutex<HashMap<JwksConfig, Arc<PublishedKeySet>>>,
+    scheduled: ArcSwap<Vec<Arc<PublishedKeySet>>>,
     wake: Notify,
 }
 
@@ -319,12 +319,12 @@ impl KeyRing {
     /// The source for `config`: the one already running for an equal
     /// block, or a new one (a file is read at once, so its keys are there
     /// before the first request).
-    pub fn source(&self, config: &JwksConfig) -> Arc<KeySource> {
+    pub fn source(&self, config: &JwksConfig) -> Arc<PublishedKeySet> {
         let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
         sources
             .entry(config.clone())
             .or_insert_with(|| {
-                let source = KeySource::new(config.clone());
+                let source = PublishedKeySet::new(config.clone());
                 if let JwksSource::File(path) = &config.source {
                     if let Ok(set) = std::fs::read(path)
                         .map_err(|e| e.to_string())
@@ -340,7 +340,7 @@ impl KeyRing {
 
     /// Publishes the sources of a generation that went live: from now on
     /// these and only these are refreshed; the others are forgotten.
-    pub fn schedule(&self, live: Vec<Arc<KeySource>>) {
+    pub fn schedule(&self, live: Vec<Arc<PublishedKeySet>>) {
         let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
         sources.retain(|_, s| live.iter().any(|l| Arc::ptr_eq(l, s)));
         self.scheduled.store(Arc::new(live));

@@ -274,7 +274,7 @@ impl RedisTier {
     /// Connects in the background and starts the writer; fails only on a
     /// malformed URL or when a thread cannot start.
     pub fn start(
-        target: &crate::redis_link::RedisTarget,
+        target: &crate::redis_link::RedisEndpoint,
         settings: L2Settings,
         breaker: CircuitBreaker,
         metrics: Arc<Metrics>,

@@ -174,17 +174,17 @@ impl Checker<'_> {
             .api_key_headers
             .clone()
             .unwrap_or_else(|| vec!["authorization".into(), "x-api-key".into()]);
-        let mut key_sources = Vec::new();
+        let mut key_sets = Vec::new();
         for (i, h) in headers.iter().enumerate() {
             if h.eq_ignore_ascii_case("authorization") {
-                key_sources.push(KeySource::Bearer);
+                key_sets.push(ApiKeyField::Bearer);
             } else {
                 match http::HeaderName::from_bytes(h.as_bytes()) {
                     Ok(name) => match identity_field_problem(&name, raw) {
                         Some(problem) => {
                             self.problem(rl_path.key("api_key_headers").index(i), problem)
                         }
-                        None => key_sources.push(KeySource::Header(name)),
+                        None => key_sets.push(ApiKeyField::Header(name)),
                     },
                     Err(_) => self.problem(
                         rl_path.key("api_key_headers").index(i),
@@ -193,10 +193,10 @@ impl Checker<'_> {
                 }
             }
         }
-        if key_sources.is_empty() {
+        if key_sets.is_empty() {
             self.problem(rl_path.key("api_key_headers"), "list at least one header");
         }
-        if raw.auth.jwt.is_some() && !key_sources.contains(&KeySource::Bearer) {
+        if raw.auth.jwt.is_some() && !key_sets.contains(&ApiKeyField::Bearer) {
             self.problem(
                 rl_path.key("api_key_headers"),
                 "auth.jwt reads tokens from Authorization: Bearer: list authorization here",
@@ -251,7 +251,7 @@ impl Checker<'_> {
             tiers,
             tenants,
             anonymous,
-            key_sources,
+            key_sets,
             trusted_proxies,
             count_cached_responses: raw.rate_limit.count_cached_responses.unwrap_or(true),
             ipv6_prefix,

@@ -121,7 +121,7 @@ impl Checker<'_> {
         if !valid_name(&spec.name) {
             self.problem(path.key("name"), name_rule("route", &spec.name));
         }
-        let target = self.target(spec, path, upstreams, fates);
+        let target = self.destination(spec, path, upstreams, fates);
         let m = path.key("match");
         let host = spec
             .matcher
@@ -272,7 +272,7 @@ impl Checker<'_> {
             match_headers,
             max_body_size,
             methods,
-            target,
+            destination: target,
             timeouts: RouteTimeouts {
                 connect,
                 read,
@@ -290,13 +290,13 @@ impl Checker<'_> {
     }
 
     /// `upstream`, `upstreams` (+ `sticky`) or `redirect`: exactly one.
-    fn target(
+    fn destination(
         &mut self,
         spec: &RouteSpec,
         path: &FieldPath,
         upstreams: &HashMap<&str, usize>,
         fates: &FieldFates<'_>,
-    ) -> RouteTarget {
+    ) -> RouteDestination {
         let pool = |this: &mut Self, name: &str, at: FieldPath| match upstreams.get(name) {
             Some(i) => *i,
             None => {
@@ -316,7 +316,9 @@ impl Checker<'_> {
             );
         }
         match (&spec.upstream, &spec.upstreams, &spec.redirect) {
-            (Some(name), None, None) => RouteTarget::Pool(pool(self, name, path.key("upstream"))),
+            (Some(name), None, None) => {
+                RouteDestination::Pool(pool(self, name, path.key("upstream")))
+            }
             (None, Some(members), None) => {
                 let at = path.key("upstreams");
                 if members.is_empty() {
@@ -381,7 +383,7 @@ impl Checker<'_> {
                         }
                     }
                 });
-                RouteTarget::Split {
+                RouteDestination::Split {
                     members: split,
                     sticky,
                 }
@@ -431,7 +433,7 @@ impl Checker<'_> {
                         format!("{:?} is not a valid Location value", redirect.to),
                     );
                 }
-                RouteTarget::Redirect(RedirectConfig {
+                RouteDestination::Redirect(RedirectConfig {
                     to,
                     status,
                     max_age: redirect.max_age.map(|d| d.0),
@@ -442,7 +444,7 @@ impl Checker<'_> {
                     path.clone(),
                     "set exactly one of upstream, upstreams (a weighted split) or redirect",
                 );
-                RouteTarget::Pool(0)
+                RouteDestination::Pool(0)
             }
         }
     }

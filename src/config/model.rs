@@ -184,7 +184,7 @@ pub struct RouteConfig {
     /// Allowed methods.
     pub methods: MethodSet,
     /// Where its requests go.
-    pub target: RouteTarget,
+    pub destination: RouteDestination,
     /// Timeouts.
     pub timeouts: RouteTimeouts,
     /// Response caching, when enabled for this route.
@@ -214,7 +214,7 @@ pub enum Sticky {
 
 /// Where a route's requests go.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RouteTarget {
+pub enum RouteDestination {
     /// One pool (index into `Config::upstreams`).
     Pool(usize),
     /// Pools by weight, optionally sticky.
@@ -228,28 +228,28 @@ pub enum RouteTarget {
     Redirect(RedirectConfig),
 }
 
-impl RouteTarget {
+impl RouteDestination {
     /// What the route sends to, for people: `api`, `v1 (90), v2 (10)`,
     /// `redirect 308 https://new.example.com{uri}`.
     pub fn describe(&self, upstreams: &[UpstreamConfig]) -> String {
         let name = |i: usize| upstreams.get(i).map_or("?", |u| u.name.as_str());
         match self {
-            RouteTarget::Pool(i) => name(*i).to_owned(),
-            RouteTarget::Split { members, .. } => members
+            RouteDestination::Pool(i) => name(*i).to_owned(),
+            RouteDestination::Split { members, .. } => members
                 .iter()
                 .map(|(i, w)| format!("{} ({w})", name(*i)))
                 .collect::<Vec<_>>()
                 .join(", "),
-            RouteTarget::Redirect(r) => format!("redirect {} {}", r.status, r.to),
+            RouteDestination::Redirect(r) => format!("redirect {} {}", r.status, r.to),
         }
     }
 
     /// The pools it may send to.
     pub fn pools(&self) -> Vec<usize> {
         match self {
-            RouteTarget::Pool(i) => vec![*i],
-            RouteTarget::Split { members, .. } => members.iter().map(|(i, _)| *i).collect(),
-            RouteTarget::Redirect(_) => Vec::new(),
+            RouteDestination::Pool(i) => vec![*i],
+            RouteDestination::Split { members, .. } => members.iter().map(|(i, _)| *i).collect(),
+            RouteDestination::Redirect(_) => Vec::new(),
         }
     }
 }
@@ -343,7 +343,7 @@ pub struct RateLimitConfig {
     /// Anonymous policy.
     pub anonymous: Anonymous,
     /// Where keys are read, in order.
-    pub key_sources: Vec<KeySource>,
+    pub key_sets: Vec<ApiKeyField>,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
     /// Decide before the cache lookup (true) or only for requests that go upstream.
@@ -490,7 +490,7 @@ pub enum Anonymous {
 
 /// Where an API key may be.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
+pub enum ApiKeyField {
     /// `Authorization: Bearer <key>`.
     Bearer,
     /// A header whose whole value is the key.

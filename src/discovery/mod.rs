@@ -4,17 +4,17 @@
 //! among the members a pool last built from its names' last good answers.
 //!
 //! - [`resolver`]: the questions, asked through `hickory-resolver`.
-//! - [`target`]: one name's last good answer, schedule and last error.
+//! - [`name`]: one name's last good answer, schedule and last error.
 //! - [`record`]: what an answer does to a name (screened, counted, logged).
 //!
 //! Who asks, and when, is `upstream::refresh`: the pools own their names.
 
+pub mod name;
 pub mod resolver;
 pub mod screen;
-pub mod target;
 
+pub use name::{Applied, DnsName};
 pub use resolver::DnsClient;
-pub use target::{Applied, DnsTarget};
 
 use crate::config::model::DnsSettings;
 use crate::metrics::Metrics;
@@ -23,7 +23,7 @@ use resolver::{Answer, Failure};
 /// Counts a resolution, logs a change or a failure, and records it on the
 /// target; returns what applying it did.
 pub fn record(
-    target: &DnsTarget,
+    target: &DnsName,
     result: Result<Answer, Failure>,
     settings: &DnsSettings,
     metrics: Option<&Metrics>,

@@ -10,7 +10,7 @@ use crate::cache::invalidation::{answered as invalidate, purge_memory_off_runtim
 use crate::ctx::RequestCtx;
 use crate::errors::ErrorResponse;
 use crate::forwarded;
-use crate::gateway::Target;
+use crate::gateway::Destination;
 use crate::headers;
 use crate::metrics::Metrics;
 use crate::ratelimit::admission::{self, Stage};
@@ -371,7 +371,9 @@ impl Proxy {
         // A redirect route answers here: identified and counted like any
         // request, never sent upstream.
         let gateway = ctx.gateway.clone();
-        if let Some(Target::Redirect(redirect)) = ctx.route.map(|id| &gateway.route(id).target) {
+        if let Some(Destination::Redirect(redirect)) =
+            ctx.route.map(|id| &gateway.route(id).destination)
+        {
             return respond::redirect(session, ctx, redirect)
                 .await
                 .map(|()| true);
@@ -505,7 +507,7 @@ impl Proxy {
         let outbox = state.cache.redis().map(|tier| tier.outbox());
         let share = |purge: &crate::cache::invalidation::Purge| {
             let Some(outbox) = outbox else { return };
-            let cacheable = match &purge.target {
+            let cacheable = match &purge.selection {
                 Selection::Uri(uri) => ctx.gateway.may_cache_uri(uri),
                 _ => true,
             };

@@ -7,7 +7,7 @@
 use super::identity::{Identity, Refusal};
 use super::local::Check;
 use super::{count, RateHeaders, RateLimiter, RateStore, RouteBudget};
-use crate::config::model::KeySource;
+use crate::config::model::ApiKeyField;
 use crate::errors::ErrorResponse;
 use crate::metrics::Metrics;
 use pingora::http::RequestHeader;
@@ -64,7 +64,7 @@ pub fn identify(
             .auth_failures
             .with_label_values(&[refusal.reason()])
             .inc();
-        let bearer = limiter.config.key_sources.contains(&KeySource::Bearer);
+        let bearer = limiter.config.key_sets.contains(&ApiKeyField::Bearer);
         match refusal {
             Refusal::InvalidKey => ErrorResponse::invalid_api_key(),
             Refusal::KeyRequired => ErrorResponse::api_key_required(bearer),

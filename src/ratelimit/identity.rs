@@ -5,7 +5,7 @@
 use super::RateLimiter;
 use crate::auth::jwt::Bearer;
 use crate::auth::verdict::{Failure, TokenTenant};
-use crate::config::model::{Anonymous, KeySource};
+use crate::config::model::{Anonymous, ApiKeyField};
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
 use sha2::{Digest, Sha256};
@@ -64,9 +64,9 @@ pub fn hash_key(key: &str) -> String {
 impl RateLimiter {
     /// Identifies the requester of `req` arriving from `peer`.
     pub fn identify(&self, req: &RequestHeader, peer: Option<IpAddr>) -> Result<Identity, Refusal> {
-        for source in &self.config.key_sources {
+        for source in &self.config.key_sets {
             let key = match source {
-                KeySource::Bearer => match req.headers.get(http::header::AUTHORIZATION) {
+                ApiKeyField::Bearer => match req.headers.get(http::header::AUTHORIZATION) {
                     None => continue,
                     Some(v) => {
                         let v = v.to_str().map_err(|_| Refusal::InvalidKey)?;
@@ -79,7 +79,7 @@ impl RateLimiter {
                         }
                     }
                 },
-                KeySource::Header(name) => match req.headers.get(name) {
+                ApiKeyField::Header(name) => match req.headers.get(name) {
                     None => continue,
                     Some(v) => v.to_str().map_err(|_| Refusal::InvalidKey)?.trim(),
                 },
@@ -88,7 +88,7 @@ impl RateLimiter {
                 return Err(Refusal::InvalidKey);
             }
             let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-            if let (KeySource::Bearer, Some(jwt)) = (source, &self.jwt) {
+            if let (ApiKeyField::Bearer, Some(jwt)) = (source, &self.jwt) {
                 match jwt.read(key, &digest) {
                     Bearer::ApiKey => {}
                     Bearer::Token(tenant) => return Ok(Identity::Token(tenant)),
@@ -119,9 +119,9 @@ impl RateLimiter {
     /// the configured API-key headers. Such a request's response is stored
     /// only when it says so (RFC 9111 §3.5), as for `Authorization`.
     pub fn carries_credentials(&self, req: &RequestHeader) -> bool {
-        self.config.key_sources.iter().any(|source| match source {
-            KeySource::Bearer => false, // `Authorization`, checked by the cache itself
-            KeySource::Header(name) => req.headers.contains_key(name),
+        self.config.key_sets.iter().any(|source| match source {
+            ApiKeyField::Bearer => false, // `Authorization`, checked by the cache itself
+            ApiKeyField::Header(name) => req.headers.contains_key(name),
         })
     }
 
@@ -150,10 +150,10 @@ impl RateLimiter {
             }
         }
         if !self.config.forward_api_key {
-            for source in &self.config.key_sources {
+            for source in &self.config.key_sets {
                 match source {
-                    KeySource::Bearer => upstream.remove_header(&http::header::AUTHORIZATION),
-                    KeySource::Header(name) => upstream.remove_header(name),
+                    ApiKeyField::Bearer => upstream.remove_header(&http::header::AUTHORIZATION),
+                    ApiKeyField::Header(name) => upstream.remove_header(name),
                 };
             }
         }

@@ -336,7 +336,7 @@ impl RateLimiter {
                 tiers: config.tiers.clone(),
                 tenants: Vec::new(),
                 anonymous: config.anonymous,
-                key_sources: config.key_sources.clone(),
+                key_sets: config.key_sets.clone(),
                 trusted_proxies: config.trusted_proxies.clone(),
                 count_cached_responses: config.count_cached_responses,
                 ipv6_prefix: config.ipv6_prefix,

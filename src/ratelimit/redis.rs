@@ -14,7 +14,7 @@ use super::gcra::{Verdict, WindowState};
 use super::local::Check;
 use crate::breaker::{CircuitBreaker, Permit, Transition};
 use crate::config::model::RedisConfig;
-use crate::redis_link::{RedisLink, RedisTarget};
+use crate::redis_link::{RedisEndpoint, RedisLink};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
@@ -112,7 +112,7 @@ impl RedisBuckets {
         let owner: Arc<OnceLock<Weak<Self>>> = Arc::new(OnceLock::new());
         let told = owner.clone();
         let link = RedisLink::connect(
-            &RedisTarget::of(config),
+            &RedisEndpoint::of(config),
             config.timeout,
             "ratelimit",
             move || {

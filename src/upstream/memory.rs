@@ -10,7 +10,7 @@ use super::health::PoolHealth;
 use super::UpstreamPool;
 use crate::config::model::{DnsQuery, DnsSettings, UpstreamConfig};
 use crate::config::Config;
-use crate::discovery::DnsTarget;
+use crate::discovery::DnsName;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 use prometheus::IntGaugeVec;
@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 struct PoolMemory {
     backends: HashMap<SocketAddr, Arc<BackendState>>,
     health: Option<Arc<PoolHealth>>,
-    names: HashMap<DnsQuery, Arc<DnsTarget>>,
+    names: HashMap<DnsQuery, Arc<DnsName>>,
 }
 
 /// Upstream state kept for the life of the process.
@@ -59,12 +59,12 @@ impl UpstreamMemory {
 
     /// The live state of a backend name of pool `upstream`, created (never
     /// asked yet) on first use.
-    pub fn dns_target(&self, upstream: &str, query: &DnsQuery) -> Arc<DnsTarget> {
+    pub fn dns_target(&self, upstream: &str, query: &DnsQuery) -> Arc<DnsName> {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         let pool = pools.entry(upstream.to_owned()).or_default();
         pool.names
             .entry(query.clone())
-            .or_insert_with(|| Arc::new(DnsTarget::new(upstream, query.clone())))
+            .or_insert_with(|| Arc::new(DnsName::new(upstream, query.clone())))
             .clone()
     }
 

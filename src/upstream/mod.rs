@@ -24,7 +24,7 @@ pub use membership::{BackendOrigin, Members};
 pub use memory::UpstreamMemory;
 
 use crate::config::model::{PassiveHealth, UpstreamConfig, UpstreamProtocol};
-use crate::discovery::DnsTarget;
+use crate::discovery::DnsName;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 use futures::FutureExt;
@@ -94,7 +94,7 @@ pub struct UpstreamPool {
     name: Box<str>,
     config: UpstreamConfig,
     /// The DNS names among the backends, with their configured weight.
-    names: Vec<(Arc<DnsTarget>, u64)>,
+    names: Vec<(Arc<DnsName>, u64)>,
     members: ArcSwap<Members>,
     /// The names' answer versions `members` was built from; also makes
     /// rebuilds one at a time (Pingora's view must not update concurrently).
@@ -253,7 +253,7 @@ impl UpstreamPool {
     }
 
     /// The DNS names feeding this pool.
-    pub fn dns_targets(&self) -> impl Iterator<Item = &Arc<DnsTarget>> {
+    pub fn dns_targets(&self) -> impl Iterator<Item = &Arc<DnsName>> {
         self.names.iter().map(|(t, _)| t)
     }
 

@@ -9,7 +9,7 @@ use super::UpstreamMemory;
 use crate::config::model::DnsSettings;
 use crate::config::Config;
 use crate::discovery::resolver::{Answer, Failure};
-use crate::discovery::{record, Applied, DnsClient, DnsTarget};
+use crate::discovery::{record, Applied, DnsClient, DnsName};
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -29,7 +29,7 @@ pub fn resolve_first(
     metrics: Option<&Metrics>,
 ) -> Vec<String> {
     let now = Instant::now();
-    let targets: Vec<Arc<DnsTarget>> = config
+    let targets: Vec<Arc<DnsName>> = config
         .upstreams
         .iter()
         .flat_map(|u| u.names.iter().map(|n| memory.dns_target(&u.name, &n.query)))

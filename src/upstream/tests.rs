@@ -2,7 +2,7 @@ use super::*;
 use crate::config::model::{
     BackendConfig, HealthCheckConfig, PassiveHealth, Probe, UpstreamConfig,
 };
-use crate::discovery::DnsTarget;
+use crate::discovery::DnsName;
 use std::time::Duration;
 
 fn pool(weights: &[usize]) -> UpstreamPool {
@@ -153,7 +153,7 @@ fn backends_pingora_marks_not_ready_are_not_selected() {
 fn dns_pool(
     memory: &UpstreamMemory,
     check: Option<HealthCheckConfig>,
-) -> (UpstreamPool, Arc<DnsTarget>) {
+) -> (UpstreamPool, Arc<DnsName>) {
     use crate::config::model::{DnsQuery, NamedBackend};
     let metrics = Metrics::new().expect("metrics");
     let query = DnsQuery::Srv {

@@ -90,7 +90,7 @@ pub fn after_request(
         Vec::new()
     };
     let hard = |target| Purge {
-        target,
+        selection: target,
         soft: false,
     };
     for uri in &stale {

@@ -45,13 +45,9 @@ pub(super) const EAGER: Pace = Pace {
     rest: 0,
 };
 
-/// A drain after the purge answered: small batches (Redis is never busy
-/// with it for more than a fraction of a millisecond at a time) and rests
-/// four times as long as each took (at most a fifth of Redis's time).
-/// With batches of 1,000 and a rest of 1, the hits beside a
-/// 1,000,000-entry drain in `benches/load/purge.sh` — whose load client
-/// shares a core with Redis — had 8.8× their p99; with 100 and 3, 2.85×;
-/// with these, 2.16–2.29×, and 1,000,000 entries take ~135 s to delete.
+/// A drain after the purge answered: small batches, resting four times as
+/// long as each took (at most a fifth of Redis's time). Measured in the
+/// book's benchmark history, "Tuned constants".
 const BACKGROUND: Pace = Pace { batch: 50, rest: 4 };
 
 /// How many entries these indexes list.

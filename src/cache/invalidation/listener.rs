@@ -265,14 +265,14 @@ mod tests {
         let a = Announcement {
             from: "i1".into(),
             purge: Purge {
-                target: Selection::Prefix {
+                selection: Selection::Prefix {
                     prefix: "/p/".into(),
                     host: None,
                 },
                 soft: true,
             },
             purges: vec![Purge {
-                target: Selection::Tag("t".into()),
+                selection: Selection::Tag("t".into()),
                 soft: false,
             }],
             generation: Some(7),
@@ -292,6 +292,6 @@ mod tests {
         let back: Announcement = serde_json::from_str(old).expect("parse");
         assert_eq!(back.generation, None);
         assert!(back.purges.is_empty());
-        assert_eq!(back.purge.target, Selection::Uri("h/a".into()));
+        assert_eq!(back.purge.selection, Selection::Uri("h/a".into()));
     }
 }

@@ -106,8 +106,10 @@ use std::time::SystemTime;
 /// (`soft`: the next request revalidates; stale windows still apply).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Purge {
-    /// What it removes.
-    pub target: Selection,
+    /// What it removes. (`target` on the purge channel, as earlier
+    /// versions read it.)
+    #[serde(rename = "target")]
+    pub selection: Selection,
     /// Mark stale instead of removing.
     #[serde(default)]
     pub soft: bool,
@@ -174,7 +176,7 @@ pub async fn purge_everywhere(
             shared: None,
         };
     };
-    let hold = tier.outbox().hold(&purge.target);
+    let hold = tier.outbox().hold(&purge.selection);
     // Memory (on a blocking thread) and Redis (Redis's own work) at once.
     let shared = shared::purge_shared(tier, store, instance, purge);
     let (removed, shared) = tokio::join!(memory, shared);
@@ -191,8 +193,8 @@ pub async fn purge_everywhere(
 /// removed (or marked stale).
 pub fn purge_memory(store: &'static MemoryStore, purge: &Purge) -> usize {
     if purge.soft {
-        store.expire_selection(&purge.target, SystemTime::now())
+        store.expire_selection(&purge.selection, SystemTime::now())
     } else {
-        store.purge_selection(&purge.target)
+        store.purge_selection(&purge.selection)
     }
 }

@@ -39,9 +39,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 /// Batches sent at once: several overlap on the multiplexed connection,
-/// few enough that under load the queue gathers what arrives meanwhile
-/// into the next batch (with 16, batches averaged 1.2 purges and the
-/// sender cost more: `benches/load/invalidation.sh`).
+/// few enough that under load the queue gathers the next batch. Measured
+/// in the book's benchmark history, "Tuned constants".
 const IN_FLIGHT: usize = 4;
 
 /// Hard URI invalidations sent in one script (`shared::invalidate_uris`).
@@ -169,7 +168,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The bytes a purge is counted as while queued.
 fn weight(purge: &Purge) -> usize {
     QUEUED_OVERHEAD
-        + match &purge.target {
+        + match &purge.selection {
             Selection::Uri(s) | Selection::Route(s) | Selection::Tag(s) => 2 * s.len(),
             Selection::Prefix { prefix, host } => {
                 2 * (prefix.len() + host.as_ref().map_or(0, String::len))
@@ -232,7 +231,7 @@ impl Outbox {
             log::warn!("cache: the invalidation queue is full ({} bytes); a purge is not shared with Redis and the other instances", self.limit_bytes);
             return false;
         }
-        self.hidden.hide(&purge.target);
+        self.hidden.hide(&purge.selection);
         queue.waiting_set.insert(purge.clone());
         queue.waiting.push_back(purge);
         queue.bytes += bytes;
@@ -306,7 +305,7 @@ impl Outbox {
             let Some(front) = queue.waiting.front() else {
                 break;
             };
-            let batchable = !front.soft && matches!(front.target, Selection::Uri(_));
+            let batchable = !front.soft && matches!(front.selection, Selection::Uri(_));
             if !taken.is_empty() && !batchable {
                 break;
             }
@@ -337,7 +336,7 @@ impl Outbox {
 
     /// A purge whose shared part is done: no longer hidden or counted.
     fn finish(&self, purge: &Purge) {
-        self.hidden.unhide(&purge.target);
+        self.hidden.unhide(&purge.selection);
         let mut queue = self.lock();
         queue.bytes = queue.bytes.saturating_sub(weight(purge));
         queue.len = queue.len.saturating_sub(1);
@@ -382,7 +381,7 @@ impl Outbox {
         let uris_only = !tier.link().is_cluster()
             && purges
                 .iter()
-                .all(|p| !p.soft && matches!(p.target, Selection::Uri(_)));
+                .all(|p| !p.soft && matches!(p.selection, Selection::Uri(_)));
         let sent = tokio::time::timeout(bound, async {
             match (uris_only, purges.first()) {
                 (true, _) => shared::invalidate_uris(tier, store, instance, &purges).await,
@@ -411,7 +410,7 @@ impl Outbox {
         for purge in &purges {
             // Invariant 4's second pass: a URI inline (a few microseconds),
             // anything larger off the runtime.
-            match purge.target {
+            match purge.selection {
                 Selection::Uri(_) => {
                     purge_memory(store, purge);
                 }
@@ -504,7 +503,7 @@ mod tests {
 
     fn uri(u: &str) -> Purge {
         Purge {
-            target: Selection::Uri(u.into()),
+            selection: Selection::Uri(u.into()),
             soft: false,
         }
     }
@@ -525,7 +524,7 @@ mod tests {
         assert!(outbox.hides(&names("h/a", "api", &[])));
         assert!(!outbox.hides(&names("h/b", "api", &[])));
         let tag = Purge {
-            target: Selection::Tag("t1".into()),
+            selection: Selection::Tag("t1".into()),
             soft: false,
         };
         assert!(outbox.push(tag.clone()));
@@ -575,7 +574,7 @@ mod tests {
     fn uri_invalidations_are_taken_in_batches_and_others_alone() {
         let outbox = Outbox::new(DEFAULT_LIMIT_BYTES, Arc::new(Metrics::new().expect("m")));
         let tag = Purge {
-            target: Selection::Tag("t".into()),
+            selection: Selection::Tag("t".into()),
             soft: false,
         };
         for purge in [uri("h/a"), uri("h/b"), tag.clone(), uri("h/c")] {

@@ -73,7 +73,7 @@ pub(super) async fn invalidate_uris(
     let ttl_ms = u64::try_from(tier.settings().purge_marker_ttl.as_millis()).unwrap_or(u64::MAX);
     invocation.arg(ttl_ms).arg(channel(tier));
     for purge in purges {
-        let Selection::Uri(uri) = &purge.target else {
+        let Selection::Uri(uri) = &purge.selection else {
             return Err("a batch of URI invalidations named something else".to_owned());
         };
         invocation
@@ -147,7 +147,7 @@ pub(super) async fn purge_shared_within(
     instance: &str,
     purge: &Purge,
 ) -> Result<usize, String> {
-    let target = &purge.target;
+    let target = &purge.selection;
     let cluster = tier.link().is_cluster();
     if cluster && matches!(target, Selection::Prefix { .. }) {
         return Err(

@@ -10,7 +10,7 @@
 //! an entry costs the same whatever the index sizes, so a purge of n
 //! entries is O(n).
 
-use super::keyhash::{KeySet, NameMap};
+use super::keyhash::{KeyHashSet, NameMap};
 use pingora::cache::key::HashBinary;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,9 +18,9 @@ use std::sync::Arc;
 /// Primary keys by URI, route and tag.
 #[derive(Default)]
 pub(super) struct Indexes {
-    pub(super) by_uri: BTreeMap<Arc<str>, KeySet>,
-    pub(super) by_route: NameMap<KeySet>,
-    pub(super) by_tag: NameMap<KeySet>,
+    pub(super) by_uri: BTreeMap<Arc<str>, KeyHashSet>,
+    pub(super) by_route: NameMap<KeyHashSet>,
+    pub(super) by_tag: NameMap<KeyHashSet>,
 }
 
 impl Indexes {
@@ -73,7 +73,7 @@ impl Indexes {
     }
 }
 
-fn remove_from(map: &mut NameMap<KeySet>, key: &Arc<str>, primary: &HashBinary) {
+fn remove_from(map: &mut NameMap<KeyHashSet>, key: &Arc<str>, primary: &HashBinary) {
     if let Some(set) = map.get_mut(key) {
         set.remove(primary);
         if set.is_empty() {

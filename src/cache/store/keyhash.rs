@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 pub(super) type KeyMap<V> = HashMap<pingora::cache::key::HashBinary, V, ahash::RandomState>;
 
 /// A set of cache-key hashes.
-pub(super) type KeySet = HashSet<pingora::cache::key::HashBinary, ahash::RandomState>;
+pub(super) type KeyHashSet = HashSet<pingora::cache::key::HashBinary, ahash::RandomState>;
 
 /// A map keyed by route or tag names.
 pub(super) type NameMap<V> = HashMap<std::sync::Arc<str>, V, ahash::RandomState>;

@@ -14,15 +14,15 @@
 //! - **Indexes** (`index.rs`, one per shard): primaries by URI, route and
 //!   tag in hash sets, so removing an entry is O(1) in each; a purge of n
 //!   entries is O(n), asks every shard, and removes in small batches that
-//!   release the shard's lock between them (`purging.rs`).
-//! - **Purges win over fills** (`purges.rs`): every purge is recorded with
+//!   release the shard's lock between them (`removal.rs`).
+//! - **Purges win over fills** (`purge_log.rs`): every purge is recorded with
 //!   a generation before it selects anything; a fill carries the
 //!   generation its request began at ([`FillTicket`]) and is dropped when
 //!   a purge recorded since names it, checked by its own names in a keyed
 //!   log. Lock order: purge log (broad list, then the fill's log shards)
 //!   → store shard; a lookup reads the pending bans under its shard's
 //!   lock.
-//! - **Large purges take effect before they free** (`purging.rs`): they
+//! - **Large purges take effect before they free** (`removal.rs`): they
 //!   ban what they name (lookups treat an entry stored before the purge
 //!   that it names as absent) and answer; a reclaimer thread frees the
 //!   entries afterwards, paced.
@@ -43,15 +43,15 @@
 mod entry;
 mod index;
 mod keyhash;
-mod purges;
-mod purging;
+mod purge_log;
+mod removal;
 mod shard;
 mod storage;
 #[cfg(test)]
 mod tests;
 
 pub use entry::{FreshHit, StoredEntry, ENTRY_OVERHEAD};
-pub use purges::FillTicket;
+pub use purge_log::FillTicket;
 pub use storage::{hit_of, ticket_of};
 
 use crate::cache::names::EntryNames;
@@ -62,8 +62,8 @@ use pingora::cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
 use pingora::cache::CacheEntryKeyRef;
 use pingora::http::ResponseHeader;
 use pingora::Result;
-use purges::{PendingPurges, PurgeLog};
-use purging::Reclaim;
+use purge_log::{PendingPurges, PurgeLog};
+use removal::Reclaim;
 use shard::Shard;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};

@@ -2,12 +2,12 @@
 //! indexes, removing it in batches that release the locks, soft purges,
 //! and large purges' bans and their reclaimer thread (a purge naming
 //! more than [`INLINE_PURGE`] cached URLs answers once banned; see
-//! `purges::PendingPurges`).
+//! `purge_log::PendingPurges`).
 
 use super::entry::Entry;
 use super::index::Indexes;
-use super::keyhash::KeySet;
-use super::purges::AfterPass;
+use super::keyhash::KeyHashSet;
+use super::purge_log::AfterPass;
 use super::{read, write, MemoryStore};
 use crate::cache::names::Selection;
 use pingora::cache::key::HashBinary;
@@ -16,31 +16,24 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-/// Primaries removed under one taking of a shard's lock during a purge;
-/// between batches the purging thread yields the CPU, so on a core shared
-/// with a busy worker a hit waits about one batch (~100 µs), and the purge
-/// takes the CPU the workers leave. Larger batches purge faster on a
-/// saturated core and cost hits more (`benches/load/purge.sh`, pinned to
-/// one core: with 64, hits' p99 was 3.5–11× of without during purges;
-/// with 16, 1.5–1.8× for 100,000 entries; docs/book/src/benchmarks-history.md).
+/// Primaries removed under one taking of a shard's lock during a purge
+/// (the purging thread yields between batches): bounds how long a hit
+/// waits behind a purge, about one batch. Measured in the book's benchmark
+/// history, "Tuned constants".
 const PURGE_BATCH: usize = 16;
 
 /// Primaries a purge removes before it answers. A larger purge answers
 /// once its entries are banned (recorded as pending: lookups treat them as
-/// absent, `purges::PendingPurges`) and leaves their removal to the
+/// absent, `purge_log::PendingPurges`) and leaves their removal to the
 /// reclaimer thread, so a purge of a million entries takes effect in the
 /// time it takes to count them (O(1) for a URL, route or tag), not to
 /// free them.
 const INLINE_PURGE: usize = 1024;
 
-/// The reclaimer removes this many primaries at a time (a hit on a core
-/// it shares waits at most about one batch, ~50 µs) and then rests
-/// [`RECLAIM_REST`] times as long as the batch took, so it takes at most
-/// a fifth of a core from the workers while freeing a large purge's
-/// entries (`benches/load/purge.sh`, 1,000,000 entries on a core
-/// saturated by hits: with these, their p99 was 1.9–2.1× of without and
-/// the entries were free after ~90 s; with 16 and 3, 2.0–2.4× and ~65 s;
-/// docs/book/src/benchmarks-history.md).
+/// The reclaimer removes this many primaries at a time and then rests
+/// [`RECLAIM_REST`] times as long as the batch took: bounds it to a fifth
+/// of a core beside the workers. Measured in the book's benchmark history,
+/// "Tuned constants".
 const RECLAIM_BATCH: usize = 8;
 const RECLAIM_REST: u32 = 4;
 
@@ -72,7 +65,7 @@ impl MemoryStore {
     fn per_shard<T>(
         &self,
         selection: &Selection,
-        f: impl Fn(&mut dyn Iterator<Item = &KeySet>) -> T,
+        f: impl Fn(&mut dyn Iterator<Item = &KeyHashSet>) -> T,
     ) -> Vec<T> {
         let scope = Scope::of(selection);
         self.shards
@@ -336,7 +329,7 @@ impl<'a> Scope<'a> {
 fn named_sets<'a>(
     index: &'a Indexes,
     scope: &'a Scope<'a>,
-) -> Box<dyn Iterator<Item = &'a KeySet> + 'a> {
+) -> Box<dyn Iterator<Item = &'a KeyHashSet> + 'a> {
     match scope {
         Scope::Uri(uri) => Box::new(index.by_uri.get(*uri).into_iter()),
         Scope::UriPrefix(prefix) => Box::new(

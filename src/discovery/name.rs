@@ -55,7 +55,7 @@ struct Status {
 }
 
 /// A name's live state, shared by every config generation that has it.
-pub struct DnsTarget {
+pub struct DnsName {
     upstream: Box<str>,
     query: DnsQuery,
     resolved: ArcSwap<Resolved>,
@@ -74,7 +74,7 @@ pub enum Applied {
     Failed,
 }
 
-impl DnsTarget {
+impl DnsName {
     /// A name not yet asked.
     pub fn new(upstream: &str, query: DnsQuery) -> Self {
         Self {
@@ -250,8 +250,8 @@ mod tests {
         super::super::resolver::answer_for_tests(addrs, Duration::from_secs(ttl))
     }
 
-    fn target() -> DnsTarget {
-        DnsTarget::new(
+    fn target() -> DnsName {
+        DnsName::new(
             "api",
             DnsQuery::Host {
                 name: "api.internal".into(),
