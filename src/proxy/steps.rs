@@ -237,6 +237,31 @@ fn with_path(uri: &http::Uri, path: &str) -> Result<http::Uri, ErrorResponse> {
         .map_err(|_| ErrorResponse::bad_request("The request path is not a valid URI path"))
 }
 
+/// The route (404 if none) and, for a route with one pool, its pool; a
+/// split picks its pool on the request as forwarded (`forward`), so a
+/// sticky field is the one the upstream receives. Then the route's own
+/// checks: an encoded slash it refuses (400), a declared body over its
+/// limit (413).
+pub(super) fn route(session: &Session, ctx: &mut RequestCtx) -> Result<(), ErrorResponse> {
+    let req = session.req_header();
+    ctx.route =
+        ctx.gateway
+            .router
+            .find(ctx.host.as_ref(), req.uri.path(), &req.method, &req.headers);
+    let Some(max_body) = ctx.route().map(|r| r.max_body_size) else {
+        return Err(ErrorResponse::no_route());
+    };
+    if let Some(choice) = ctx
+        .route()
+        .filter(|r| !r.splits())
+        .and_then(|r| r.choose(req, ctx.tls))
+    {
+        ctx.pool = Some(choice.pool);
+        ctx.set_cookie = choice.set_cookie;
+    }
+    encoded_slash_allowed(session, ctx).and_then(|()| declared_body_fits(session, max_body))
+}
+
 pub(super) fn no_route() -> Box<Error> {
     Error::explain(ErrorType::InternalError, "upstream phase without a route")
 }
@@ -475,6 +500,32 @@ impl Proxy {
         respond::fresh_hit(session, ctx, hit).await.map(|()| true)
     }
 
+    /// What an answered request invalidates: an unsafe request's targets
+    /// (below), and a HEAD's mismatch with the stored GET — a HEAD reaches
+    /// the upstream as a HEAD only with the cache off (with it on, Pingora
+    /// sent a GET and the answer is stored).
+    pub(super) async fn invalidate_on_answer(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        upstream_response: &pingora::http::ResponseHeader,
+    ) {
+        let method = &session.req_header().method;
+        if !crate::values::methods::is_safe(method) {
+            self.invalidate_before_answering(session, ctx, upstream_response)
+                .await;
+        }
+        if *method == http::Method::HEAD && !session.cache.enabled() {
+            let answered = invalidate::Finished {
+                req: session.req_header(),
+                host: ctx.host.as_ref(),
+                resp: Some(upstream_response),
+                policy: ctx.route().and_then(|r| r.cache.as_ref()),
+            };
+            invalidate::after_head_response(self.state.cache.store, &self.state.metrics, &answered);
+        }
+    }
+
     /// RFC 9111 §4.4 for an unsafe request whose upstream answered: the
     /// stored responses it makes stale, and the tags its upstream named in
     /// `cache.invalidation_header`, are purged from memory before the
@@ -483,7 +534,7 @@ impl Proxy {
     /// the Redis tier, their shared part (Redis and the other instances)
     /// is queued first, never waited for (`cache::invalidation::outbox`);
     /// a URI that no caching route serves is not shared at all.
-    pub(super) async fn invalidate_before_answering(
+    async fn invalidate_before_answering(
         &self,
         session: &Session,
         ctx: &RequestCtx,
