@@ -7,7 +7,7 @@ use crate::admin::AdminApp;
 use crate::auth::keyring::{KeyRefresher, KeyRing};
 use crate::breaker::CircuitBreaker;
 use crate::cache::invalidation::listener::PurgeListener;
-use crate::cache::invalidation::outbox::OutboxSender;
+use crate::cache::invalidation::sender::OutboxSender;
 use crate::cache::l2::{L2Settings, RedisTier};
 use crate::cache::CacheRuntime;
 use crate::config::model::ServerSettings;

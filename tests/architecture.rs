@@ -158,12 +158,12 @@ fn imports() -> BTreeMap<ModPath, BTreeSet<ModPath>> {
 
 /// The layer list: module (top-level name, `x/` or `x.rs`) → layer.
 fn layers() -> BTreeMap<String, u32> {
-    let doc =
-        std::fs::read_to_string("docs/book/src/architecture.md").expect("read ARCHITECTURE.md");
+    let doc = std::fs::read_to_string("docs/book/src/architecture.md")
+        .expect("read the architecture chapter");
     let section = doc
         .split("## Layers")
         .nth(1)
-        .expect("ARCHITECTURE.md has a Layers section");
+        .expect("the architecture chapter has a Layers section");
     let block = section
         .split("```")
         .nth(1)
@@ -290,10 +290,6 @@ fn every_module_is_on_one_layer_and_imports_none_above_it() {
     );
 }
 
-/// Circles not undone yet, each with its reason in `docs/book/src/architecture.md`
-/// ("Layers"). Nothing may be added here: undo the circle instead.
-const KNOWN_CIRCLES: &[&str] = &["cache/invalidation ↔ cache/l2"];
-
 #[test]
 fn no_modules_import_each_other_in_a_circle() {
     // Between siblings of each folder: an import from `a/x/…` to `a/y/…`
@@ -314,7 +310,6 @@ fn no_modules_import_each_other_in_a_circle() {
     let found: Vec<String> = circles(&siblings)
         .iter()
         .map(|c| c.iter().map(show).collect::<Vec<_>>().join(" ↔ "))
-        .filter(|c| !KNOWN_CIRCLES.contains(&c.as_str()))
         .collect();
     assert!(found.is_empty(), "import circles:\n{}", found.join("\n"));
 }

@@ -290,7 +290,7 @@ fn a_repeated_large_purge_counts_its_entries_once() {
 fn a_request_between_a_purges_memory_part_and_its_markers_does_not_bring_it_back() {
     use common::redis::ReplyGate;
     let redis = RedisServer::start();
-    let next = ::redis::Script::new(tollgate::cache::invalidation::generation::NEXT_LUA)
+    let next = ::redis::Script::new(tollgate::cache::l2::generation::NEXT_LUA)
         .get_hash()
         .as_bytes()
         .to_vec();

@@ -78,6 +78,19 @@ pub enum NameKind {
     Tag,
 }
 
+/// A purge: what, and whether entries are removed or only marked stale
+/// (`soft`: the next request revalidates; stale windows still apply).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Purge {
+    /// What it removes. (`target` on the purge channel, as earlier
+    /// versions read it.)
+    #[serde(rename = "target")]
+    pub selection: Selection,
+    /// Mark stale instead of removing.
+    #[serde(default)]
+    pub soft: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

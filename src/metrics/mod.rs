@@ -181,7 +181,7 @@ pub struct Metrics {
     /// than the tier needs (the tier stays off).
     pub cache_l2_redis_too_old: IntGauge,
     /// `tollgate_cache_invalidation_queue`: shared parts of invalidations
-    /// and purges waiting or in flight (`cache::invalidation::outbox`).
+    /// and purges waiting or in flight (`cache::l2::outbox`).
     pub cache_invalidation_queue: IntGauge,
     /// `tollgate_cache_invalidation_queue_bytes`: the memory they hold.
     pub cache_invalidation_queue_bytes: IntGauge,

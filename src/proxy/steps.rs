@@ -532,7 +532,7 @@ impl Proxy {
     /// answer is sent, so a client that sees its write done never reads
     /// what it replaced — and a fill in flight for them is dropped. With
     /// the Redis tier, their shared part (Redis and the other instances)
-    /// is queued first, never waited for (`cache::invalidation::outbox`);
+    /// is queued first, never waited for (`cache::l2::outbox`);
     /// a URI that no caching route serves is not shared at all.
     async fn invalidate_before_answering(
         &self,

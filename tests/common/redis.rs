@@ -210,7 +210,7 @@ impl Drop for RedisCluster {
 
 /// A TCP relay in front of a Redis server that can hold back the replies
 /// on connections that have asked `GET` or run the lookup script (the
-/// tier's lookups, `tollgate::cache::invalidation::markers::LOOKUP_LUA`), while every
+/// tier's lookups, `tollgate::cache::l2::markers::LOOKUP_LUA`), while every
 /// other connection — the purge channel's subscription among them — goes
 /// on. It makes "a lookup in flight while something else happens"
 /// deterministic.
@@ -231,7 +231,7 @@ impl ReplyGate {
     /// Relays to `server`, holding replies on connections that asked
     /// `GET` or ran the lookup script.
     pub fn start(server: SocketAddr) -> Self {
-        let lookup = redis::Script::new(tollgate::cache::invalidation::markers::LOOKUP_LUA)
+        let lookup = redis::Script::new(tollgate::cache::l2::markers::LOOKUP_LUA)
             .get_hash()
             .as_bytes()
             .to_vec();

@@ -7,8 +7,7 @@
 //! so a drain cut short (Redis gone, a timeout) leaves nothing that a
 //! later purge could not find.
 
-use super::markers;
-use crate::cache::l2::{self, RedisTier};
+use crate::cache::l2::{self, markers, RedisTier};
 use crate::redis_link::RedisConn;
 use futures::StreamExt;
 use std::collections::HashMap;

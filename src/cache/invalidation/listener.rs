@@ -12,7 +12,8 @@
 //! channel again it drops every entry it stored before, once.
 
 use super::shared::channel;
-use super::{generation, purge_memory_off_runtime, Announcement};
+use super::{purge_memory_off_runtime, Announcement};
+use crate::cache::l2::generation;
 use crate::cache::l2::RedisTier;
 use crate::cache::store::MemoryStore;
 use crate::metrics::Metrics;

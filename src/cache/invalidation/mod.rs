@@ -19,7 +19,7 @@
 //! - The **local generation** (`store::purges`) counts this process's
 //!   purges of memory; a purge takes the next one before it selects
 //!   anything. It lives and dies with the process.
-//! - The **shared generation** ([`generation`]) is taken in Redis by every
+//! - The **shared generation** (`l2::generation`) is taken in Redis by every
 //!   shared purge, in one script: the larger of the stored counter + 1 and
 //!   Redis's clock in microseconds. It never goes backwards: when the
 //!   counter is lost (a restart without persistence, `FLUSHALL`, an
@@ -50,13 +50,13 @@
 //!    in Redis when its markers are set, however long its drain takes.
 //! 4. **Across the tiers.** A purge is applied to this instance's memory
 //!    before its shared part and again once its markers are set
-//!    ([`outbox`]). While its shared part is queued or in flight, this
-//!    instance takes no Redis entry it names ([`outbox::Outbox::hides`]);
+//!    (`l2::outbox`, sent by [`sender`]). While its shared part is queued or in flight, this
+//!    instance takes no Redis entry it names (`Outbox::hides`);
 //!    a promotion whose lookup raced the markers began before the second
 //!    pass and is dropped by (1).
 //! 5. **The answer path never waits on Redis.** An unsafe request's memory
 //!    part is done before it is answered; its shared part is queued in the
-//!    [`outbox`] (coalesced per target, bounded in bytes, sent off the
+//!    outbox (`l2::outbox`: coalesced per target, bounded in bytes, sent off the
 //!    request path, failures feeding the tier's breaker). A write whose URI
 //!    no caching route serves queues nothing. What a client reads on this
 //!    instance after its write is answered is never a copy the write
@@ -80,40 +80,29 @@
 //! | a Redis older than 7.0 (`PEXPIRE … GT`, `ZADD GT`) | found on connect, reported (log, `/health`, `tollgate_cache_l2_redis_too_old`), and the tier stays off |
 //!
 //! # Files
-//! `generation.rs` (the shared generation), `markers.rs` (the Redis
-//! scripts: write, lookup, markers), `shared.rs` (one purge of the Redis
-//! tier: markers, drain, publish), `drain.rs` (taking entries out of
-//! Redis), `outbox.rs` (shared parts queued off the answer path),
-//! `listener.rs` (other instances' purges), `answered.rs` (what an
-//! answered request invalidates). The memory side is `store::purges` (the
-//! purge log, bans) and `store::purging` (selection, reclaimer).
+//! Here, the processes: `shared.rs` (one purge of the Redis tier:
+//! markers, drain, publish), `drain.rs` (taking entries out of Redis),
+//! `sender.rs` (sends the outbox), `listener.rs` (other instances'
+//! purges), `answered.rs` (what an answered request invalidates). What
+//! Redis holds for the protocol is the tier's, in `cache/l2/`, because its
+//! every lookup and write runs it: `generation.rs` (the shared generation
+//! and the epoch), `markers.rs` (the Redis scripts: write, lookup,
+//! markers), `outbox.rs` (shared parts queued off the answer path, hidden
+//! from lookups). The memory side is `store::purge_log` (the purge log,
+//! bans) and `store::removal` (selection, reclaimer). The words — `Purge`,
+//! `Selection`, `EntryNames` — are `cache::names`, below all of them.
 
 pub mod answered;
 pub mod drain;
-pub mod generation;
 pub mod listener;
-pub mod markers;
-pub mod outbox;
+pub mod sender;
 pub mod shared;
 
 use super::l2::RedisTier;
-pub use super::names::Selection;
+pub use super::names::{Purge, Selection};
 use super::store::MemoryStore;
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
-
-/// A purge: what, and whether entries are removed or only marked stale
-/// (`soft`: the next request revalidates; stale windows still apply).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Purge {
-    /// What it removes. (`target` on the purge channel, as earlier
-    /// versions read it.)
-    #[serde(rename = "target")]
-    pub selection: Selection,
-    /// Mark stale instead of removing.
-    #[serde(default)]
-    pub soft: bool,
-}
 
 /// A purge as published on the channel.
 #[derive(Debug, Serialize, Deserialize)]
@@ -127,7 +116,7 @@ pub(crate) struct Announcement {
     /// read only `purge`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) purges: Vec<Purge>,
-    /// The purge's shared generation ([`generation`]); absent from
+    /// The purge's shared generation (`l2::generation`); absent from
     /// instances of earlier versions.
     #[serde(default)]
     pub(crate) generation: Option<u64>,

@@ -5,8 +5,9 @@
 use super::drain::{
     drain_index, expire_index, listed_in, scan_uri_indexes, spawn_drain, EAGER, REDIS_BATCH,
 };
-use super::{generation, markers, Announcement, Purge, Selection};
+use super::{Announcement, Purge, Selection};
 use crate::cache::l2::RedisTier;
+use crate::cache::l2::{generation, markers};
 use crate::cache::store::MemoryStore;
 use crate::redis_link::RedisConn;
 
@@ -117,7 +118,7 @@ pub fn channel(tier: &RedisTier) -> String {
 ///
 /// Order: the purge takes the next shared generation and leaves its
 /// markers first (from then on, writes that began before it are dropped
-/// and lookups no longer see the entries it names, `invalidation::markers`), then
+/// and lookups no longer see the entries it names, `l2::markers`), then
 /// drains the index sets in batches, then publishes (with the generation,
 /// so other instances' later requests may write again). A hard purge of
 /// a URL, route or tag whose indexes list more than [`REDIS_BATCH`]
@@ -252,7 +253,7 @@ async fn publish(
     Ok(())
 }
 
-/// Leaves the purge's marker (`invalidation::markers`).
+/// Leaves the purge's marker (`l2::markers`).
 async fn leave_marker(
     tier: &RedisTier,
     conn: &mut RedisConn,

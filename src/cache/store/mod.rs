@@ -97,7 +97,7 @@ pub struct MemoryStore {
     /// The newest shared (Redis) purge generation this instance has heard
     /// of, for the tickets' `shared` part.
     shared_generation: AtomicU64,
-    /// The Redis epoch this instance knows (`invalidation::generation`),
+    /// The Redis epoch this instance knows (`l2::generation`),
     /// for the tickets' `epoch` part.
     redis_epoch: AtomicU64,
     bytes: AtomicU64,
@@ -200,7 +200,7 @@ impl MemoryStore {
             .fetch_max(generation, Ordering::AcqRel);
     }
 
-    /// Learns the Redis epoch (`invalidation::generation`); returns the
+    /// Learns the Redis epoch (`l2::generation`); returns the
     /// one known before.
     pub fn learn_redis_epoch(&self, epoch: u64) -> u64 {
         self.redis_epoch.swap(epoch, Ordering::AcqRel)

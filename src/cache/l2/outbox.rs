@@ -1,10 +1,11 @@
-//! The shared parts of invalidations, queued off the answer path.
+//! The shared parts of invalidations, queued off the answer path: the
+//! tier's queue for purges, as its writer's queue is for fills.
 //!
 //! An unsafe request's invalidation takes effect in this instance's memory
 //! before it is answered; its shared part (markers in Redis, the drain,
-//! the announcement to the other instances, `shared`) waits here and is
-//! sent by a task of its own, so no answer waits on Redis, and a hung
-//! Redis costs a request nothing.
+//! the announcement to the other instances, `invalidation::shared`) waits
+//! here and is sent by a task of its own (`invalidation::sender`), so no
+//! answer waits on Redis, and a hung Redis costs a request nothing.
 //!
 //! - **Coalesced**: a purge identical to one still waiting is not queued
 //!   again (the waiting one's markers, set later, cover both). One already
@@ -27,27 +28,17 @@
 //! Hand-written: Pingora has no queue of this kind (its background
 //! services are whole tasks, not bounded, coalescing work queues).
 
-use super::{purge_memory, purge_memory_off_runtime, shared, Purge, Selection};
+use super::RedisTier;
 use crate::breaker::Permit;
-use crate::cache::l2::RedisTier;
-use crate::cache::names::EntryNames;
-use crate::cache::store::MemoryStore;
+use crate::cache::names::{EntryNames, Purge, Selection};
 use crate::metrics::Metrics;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-/// Batches sent at once: several overlap on the multiplexed connection,
-/// few enough that under load the queue gathers the next batch. Measured
-/// in the book's benchmark history, "Tuned constants".
-const IN_FLIGHT: usize = 4;
-
-/// Hard URI invalidations sent in one script (`shared::invalidate_uris`).
-const BATCH: usize = 64;
-
 /// How long the sender lets a batch gather before sending it, when fewer
-/// than [`BATCH`] wait: a write load's invalidations then cost one script
+/// than a batch wait: a write load's invalidations then cost one script
 /// and one announcement per batch, for 2 ms more propagation.
 const LINGER: Duration = Duration::from_millis(2);
 
@@ -279,7 +270,12 @@ impl Outbox {
         self.len() == 0
     }
 
-    fn count(&self, result: &str) {
+    /// Wakes the sender: something is waiting again.
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn count(&self, result: &str) {
         self.metrics
             .cache_invalidations_shared
             .with_label_values(&[result])
@@ -323,7 +319,7 @@ impl Outbox {
 
     /// A purge whose shared part failed, back at the front (unless an
     /// identical one is waiting: it covers this one).
-    fn retry(&self, purge: Purge) {
+    pub(crate) fn retry(&self, purge: Purge) {
         let mut queue = self.lock();
         if queue.waiting_set.contains(&purge) {
             drop(queue);
@@ -335,7 +331,7 @@ impl Outbox {
     }
 
     /// A purge whose shared part is done: no longer hidden or counted.
-    fn finish(&self, purge: &Purge) {
+    pub(crate) fn finish(&self, purge: &Purge) {
         self.hidden.unhide(&purge.selection);
         let mut queue = self.lock();
         queue.bytes = queue.bytes.saturating_sub(weight(purge));
@@ -343,89 +339,9 @@ impl Outbox {
         self.publish_gauges(&queue);
     }
 
-    /// Sends the queued shared parts, [`IN_FLIGHT`] at a time, for as long
-    /// as the process lives, each within `write_timeout`: hard URI
-    /// invalidations up to [`BATCH`] in one script (standalone Redis),
-    /// anything else through `shared::purge_shared`'s steps; then memory is
-    /// purged again (invariant 4) and the purges stop being hidden.
-    pub async fn run(
-        self: Arc<Self>,
-        tier: Arc<RedisTier>,
-        store: &'static MemoryStore,
-        instance: String,
-    ) {
-        let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
-        let batch = if tier.link().is_cluster() { 1 } else { BATCH };
-        loop {
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let purges = self.next_sendable(&tier, batch).await;
-            let (outbox, tier, instance) = (self.clone(), tier.clone(), instance.clone());
-            tokio::spawn(async move {
-                outbox.send(&tier, store, &instance, purges).await;
-                drop(slot);
-            });
-        }
-    }
-
-    /// Sends one batch (see [`Outbox::run`]).
-    async fn send(
-        &self,
-        tier: &RedisTier,
-        store: &'static MemoryStore,
-        instance: &str,
-        purges: Vec<Purge>,
-    ) {
-        let bound = tier.settings().write_timeout;
-        let uris_only = !tier.link().is_cluster()
-            && purges
-                .iter()
-                .all(|p| !p.soft && matches!(p.selection, Selection::Uri(_)));
-        let sent = tokio::time::timeout(bound, async {
-            match (uris_only, purges.first()) {
-                (true, _) => shared::invalidate_uris(tier, store, instance, &purges).await,
-                (false, Some(purge)) => shared::purge_shared_within(tier, store, instance, purge)
-                    .await
-                    .map(|_| ()),
-                (false, None) => Ok(()),
-            }
-        })
-        .await;
-        let ok = matches!(sent, Ok(Ok(())));
-        tier.record_answer(ok);
-        if !ok {
-            let why = match sent {
-                Ok(Err(e)) => e,
-                _ => format!("no answer within write_timeout ({bound:?})"),
-            };
-            log::debug!("cache: sharing an invalidation failed ({why}); tried again");
-            for purge in purges.into_iter().rev() {
-                self.count("failed");
-                self.retry(purge);
-            }
-            self.wake.notify_one();
-            return;
-        }
-        for purge in &purges {
-            // Invariant 4's second pass: a URI inline (a few microseconds),
-            // anything larger off the runtime.
-            match purge.selection {
-                Selection::Uri(_) => {
-                    purge_memory(store, purge);
-                }
-                _ => {
-                    purge_memory_off_runtime(store, purge).await;
-                }
-            }
-            self.count("sent");
-            self.finish(purge);
-        }
-    }
-
     /// Waits for purges that may be sent now: some are waiting and the
     /// tier's breaker lets them through (or wants them as its probe).
-    async fn next_sendable(&self, tier: &RedisTier, most: usize) -> Vec<Purge> {
+    pub(crate) async fn next_sendable(&self, tier: &RedisTier, most: usize) -> Vec<Purge> {
         loop {
             let notified = self.wake.notified();
             let waiting = self.lock().waiting.len();
@@ -448,58 +364,12 @@ impl Outbox {
     }
 }
 
-/// Sends an instance's outbox as a background service of the server.
-pub struct OutboxSender {
-    tier: Arc<RedisTier>,
-    store: &'static MemoryStore,
-    instance: String,
-}
-
-impl OutboxSender {
-    /// The sender of `tier`'s outbox, for this instance.
-    pub fn new(tier: Arc<RedisTier>, store: &'static MemoryStore, instance: String) -> Self {
-        Self {
-            tier,
-            store,
-            instance,
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl pingora::services::background::BackgroundService for OutboxSender {
-    /// Sends on a single-threaded runtime of its own (like the tier's
-    /// writer): its Redis connection is driven on that thread, so a shared
-    /// part's dozen round trips cost no hop between threads each (on a
-    /// multi-threaded runtime they went through the shared connection's
-    /// thread: POSTs with the tier on were 0.29× of off, measured).
-    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        let outbox = self.tier.outbox().clone();
-        let (tier, store, instance) = (self.tier.clone(), self.store, self.instance.clone());
-        let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        let started = crate::redis_link::spawn_runtime_thread(
-            "tollgate-cache-outbox".into(),
-            move || async move {
-                tokio::select! {
-                    () = outbox.run(tier, store, instance) => {}
-                    _ = stopped.changed() => {}
-                }
-            },
-        );
-        if let Err(e) = started {
-            log::error!(
-                "cache: cannot start the invalidation outbox ({e}); invalidations stay local"
-            );
-            return;
-        }
-        let _ = shutdown.changed().await;
-        let _ = stop.send(true);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A batch as large as the sender's.
+    const BATCH: usize = 64;
 
     fn uri(u: &str) -> Purge {
         Purge {

@@ -2,7 +2,7 @@
 //! find there instead of asking the upstream again.
 //!
 //! - **Lookups** (on a memory miss) are one script — the entry, unless a
-//!   purge marker hides it (`invalidation::markers::LOOKUP_LUA`; a plain `GET` on
+//!   purge marker hides it (`markers::LOOKUP_LUA`; a plain `GET` on
 //!   a cluster) — with their own short timeout
 //!   (`cache.redis.lookup_timeout`, default 20 ms) behind a circuit
 //!   breaker; a slow or absent Redis is a miss, never an error.
@@ -30,15 +30,18 @@
 //!   index is drained afterwards (`cache::invalidation`). Until then its entries
 //!   are still in Redis, and the lookup script hides them.
 
-use super::invalidation::generation;
-use super::invalidation::markers::{self, MarkedWrite};
-use super::invalidation::outbox::{Outbox, DEFAULT_LIMIT_BYTES};
+pub mod generation;
+pub mod markers;
+pub mod outbox;
+
 use super::names::EntryNames;
 use super::store::FillTicket;
 use crate::breaker::{CircuitBreaker, Permit, Transition};
 use crate::metrics::Metrics;
 use crate::redis_link::RedisLink;
 use bytes::Bytes;
+use markers::MarkedWrite;
+use outbox::{Outbox, DEFAULT_LIMIT_BYTES};
 use pingora::cache::key::HashBinary;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -462,7 +465,7 @@ impl RedisTier {
         format!("{}x:prefixes", self.settings.key_prefix)
     }
 
-    /// The epoch of Redis's data (`invalidation::generation`).
+    /// The epoch of Redis's data (`generation`).
     pub fn epoch_key(&self) -> String {
         format!("{}epoch", self.settings.key_prefix)
     }
@@ -603,7 +606,7 @@ pub fn ttl_of(fresh_until: SystemTime, stale_secs: u32, now: SystemTime) -> Dura
 }
 
 /// The writer task's state: one script per entry
-/// (`invalidation::markers::write`), each bounded by `write_timeout`. A
+/// (`markers::write`), each bounded by `write_timeout`. A
 /// write whose request began so long ago that the markers which could
 /// drop it may be gone is dropped unsent.
 struct Writer {
