@@ -141,8 +141,9 @@ async fn purge(p: &PurgeAt, started: Instant) -> (Duration, Duration, String) {
 /// Sends the purge now; when it started and ended, and what it answered.
 async fn purge_now(p: &PurgeAt, started: Instant) -> (Duration, Duration, String) {
     let request = format!(
-        "POST /cache/purge HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {}\r\n\
+        "POST /cache/purge HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        p.admin,
         p.token,
         p.body.len(),
         p.body
@@ -171,9 +172,13 @@ async fn reclaimed(
 ) -> (Duration, f64) {
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut most = 0.0f64;
-    let request = "GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n";
+    // The admin listener answers to its address (DNS-rebinding guard).
+    let request = format!(
+        "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        p.admin
+    );
     while Instant::now() < deadline {
-        let text = admin_exchange(&p.admin, request).await.unwrap_or_default();
+        let text = admin_exchange(&p.admin, &request).await.unwrap_or_default();
         let gauge = |name: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))

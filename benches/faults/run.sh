@@ -131,7 +131,11 @@ wait_redis_shared() {
 stop_world() {
   for p in $(pgrep -f "$BIN run -c $WORK" || true); do kill -9 "$p" 2>/dev/null || true; done
   for i in 0 1 2; do backend_signal "$i" CONT; backend_kill "$i"; done
-  [ -f "$WORK/redis.pid" ] && { kill -CONT "$(redis_pid)" 2>/dev/null || true; kill -9 "$(redis_pid)" 2>/dev/null || true; rm -f "$WORK/redis.pid"; }
+  if [ -f "$WORK/redis.pid" ]; then
+    kill -CONT "$(redis_pid)" 2>/dev/null || true
+    kill -9 "$(redis_pid)" 2>/dev/null || true
+    rm -f "$WORK/redis.pid"
+  fi
 }
 bench_at_exit stop_world
 
