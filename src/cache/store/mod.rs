@@ -62,8 +62,8 @@ use pingora::cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
 use pingora::cache::CacheEntryKeyRef;
 use pingora::http::ResponseHeader;
 use pingora::Result;
-use purge_log::{PendingPurges, PurgeLog};
-use removal::Reclaim;
+use purge_log::PurgeLog;
+use removal::Reclamation;
 use shard::Shard;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -88,12 +88,8 @@ struct Fill {
 pub struct MemoryStore {
     shards: Box<[RwLock<Shard>]>,
     purges: PurgeLog,
-    /// Large purges whose entries the reclaimer is still removing.
-    pending: PendingPurges,
-    /// Entries banned by pending purges and not yet removed.
-    unreclaimed: AtomicUsize,
-    /// The reclaimer thread's queue (started by the first large purge).
-    reclaimer: OnceLock<Option<std::sync::mpsc::Sender<Reclaim>>>,
+    /// Large purges' bans and their reclaimer (`removal`'s own state).
+    reclamation: Reclamation,
     /// The newest shared (Redis) purge generation this instance has heard
     /// of, for the tickets' `shared` part.
     shared_generation: AtomicU64,
@@ -154,9 +150,7 @@ impl MemoryStore {
         Self {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             purges: PurgeLog::default(),
-            pending: PendingPurges::default(),
-            unreclaimed: AtomicUsize::new(0),
-            reclaimer: OnceLock::new(),
+            reclamation: Reclamation::default(),
             shared_generation: AtomicU64::new(0),
             redis_epoch: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -243,7 +237,7 @@ impl MemoryStore {
     /// Entries a large purge took out of service whose memory the
     /// reclaimer has yet to free.
     pub fn unreclaimed(&self) -> usize {
-        self.unreclaimed.load(Ordering::Relaxed)
+        self.reclamation.unreclaimed()
     }
 
     fn read_shard(&self, primary: &HashBinary) -> RwLockReadGuard<'_, Shard> {
@@ -264,14 +258,14 @@ impl MemoryStore {
     fn get_live(&self, primary: &HashBinary, combined: &HashBinary) -> Option<Arc<Entry>> {
         let shard = self.read_shard(primary);
         let entry = shard.entries.get(combined)?;
-        if self.pending.any() {
+        if self.reclamation.any_pending() {
             let p = shard.primaries.get(primary)?;
             let names = EntryNames {
                 uri: &p.uri,
                 route: &p.route,
                 tags: &p.tags,
             };
-            if self.pending.bans(entry.generation, &names) {
+            if self.reclamation.bans(entry.generation, &names) {
                 return None;
             }
         }
@@ -355,7 +349,7 @@ impl MemoryStore {
     /// purge must still take what it named when it was made (the reclaimer
     /// finds primaries by their names at its own time).
     fn take_banned(&self, shard: &mut Shard, primary: &HashBinary) -> Vec<Arc<Entry>> {
-        if !self.pending.any() {
+        if !self.reclamation.any_pending() {
             return Vec::new();
         }
         let Some(p) = shard.primaries.get(primary) else {
@@ -368,7 +362,7 @@ impl MemoryStore {
             tags: &tags,
         };
         shard.remove_variants_where(primary, &|e: &Entry| {
-            self.pending.bans(e.generation, &names)
+            self.reclamation.bans(e.generation, &names)
         })
     }
 
@@ -434,6 +428,23 @@ impl MemoryStore {
             let item = pingora::cache::CacheEntryKey::from_entry_id(compact.clone(), None);
             self.remove_evicted(eviction.admit(item, weight, fresh_until));
         }
+    }
+
+    /// The shards, for the purge paths in `removal` (each takes one
+    /// shard's lock at a time).
+    fn shards(&self) -> &[RwLock<Shard>] {
+        &self.shards
+    }
+
+    /// The purge log, which a purge records itself in before it selects.
+    fn purge_log(&self) -> &PurgeLog {
+        &self.purges
+    }
+
+    /// Counts an entry's weight as stored (a soft purge's replacement).
+    fn hold(&self, entry: &Entry) {
+        self.bytes
+            .fetch_add(entry.weight() as u64, Ordering::Relaxed);
     }
 
     fn forget(&self, entry: &Entry) {

@@ -7,13 +7,13 @@
 use super::entry::Entry;
 use super::index::Indexes;
 use super::keyhash::KeyHashSet;
-use super::purge_log::AfterPass;
+use super::purge_log::{AfterPass, PendingPurges};
 use super::{read, write, MemoryStore};
-use crate::cache::names::Selection;
+use crate::cache::names::{EntryNames, Selection};
 use pingora::cache::key::HashBinary;
 use pingora::http::ResponseHeader;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 /// Primaries removed under one taking of a shard's lock during a purge
@@ -36,6 +36,35 @@ const INLINE_PURGE: usize = 1024;
 /// "Tuned constants".
 const RECLAIM_BATCH: usize = 8;
 const RECLAIM_REST: u32 = 4;
+
+/// Large purges' removal state, owned by the store and reached only
+/// here: the bans lookups check until the reclaimer has removed what they
+/// name, how many banned entries are not freed yet, and the reclaimer
+/// thread's queue (started by the first large purge).
+#[derive(Default)]
+pub(super) struct Reclamation {
+    pending: PendingPurges,
+    unreclaimed: AtomicUsize,
+    reclaimer: OnceLock<Option<std::sync::mpsc::Sender<Reclaim>>>,
+}
+
+impl Reclamation {
+    /// Whether a large purge is pending (one lock-free check when none is).
+    pub(super) fn any_pending(&self) -> bool {
+        self.pending.any()
+    }
+
+    /// Whether a pending purge bans an entry stored at `generation` and
+    /// found by `names`.
+    pub(super) fn bans(&self, generation: u64, names: &EntryNames<'_>) -> bool {
+        self.pending.bans(generation, names)
+    }
+
+    /// Entries banned by pending purges and not yet removed.
+    pub(super) fn unreclaimed(&self) -> usize {
+        self.unreclaimed.load(Ordering::Relaxed)
+    }
+}
 
 /// A large purge's removal, for the reclaimer: the entries `selection`
 /// names stored before its ban's generation (read when it starts, as a
@@ -68,7 +97,7 @@ impl MemoryStore {
         f: impl Fn(&mut dyn Iterator<Item = &KeyHashSet>) -> T,
     ) -> Vec<T> {
         let scope = Scope::of(selection);
-        self.shards
+        self.shards()
             .iter()
             .map(|shard| {
                 let shard = read(shard);
@@ -95,7 +124,7 @@ impl MemoryStore {
                 let started = std::time::Instant::now();
                 let mut removed = Vec::new();
                 {
-                    let mut shard = write(&self.shards[shard]);
+                    let mut shard = write(&self.shards()[shard]);
                     for primary in batch {
                         removed.extend(shard.remove_variants_where(primary, &matches));
                     }
@@ -123,8 +152,10 @@ impl MemoryStore {
         selection: &Selection,
         named: usize,
     ) -> Option<Reclaim> {
-        let (more, new) = self.pending.add(generation, selection, named);
-        self.unreclaimed.fetch_add(more, Ordering::Relaxed);
+        let (more, new) = self.reclamation.pending.add(generation, selection, named);
+        self.reclamation
+            .unreclaimed
+            .fetch_add(more, Ordering::Relaxed);
         new.then(|| Reclaim {
             selection: selection.clone(),
         })
@@ -133,30 +164,31 @@ impl MemoryStore {
     /// Removes a banned purge's entries (again, if the ban was raised
     /// meanwhile), then lifts the ban.
     pub(super) fn reclaim(&self, job: Reclaim, paced: bool) {
-        let Some(mut generation) = self.pending.start(&job.selection) else {
+        let Some(mut generation) = self.reclamation.pending.start(&job.selection) else {
             return;
         };
         let banned = loop {
             let primaries = self.select(&job.selection);
             self.remove_primaries_where(&primaries, |e| e.generation < generation, paced);
-            match self.pending.after_pass(&job.selection) {
+            match self.reclamation.pending.after_pass(&job.selection) {
                 AfterPass::Again(raised) => generation = raised,
                 AfterPass::Lifted(banned) => break banned,
             }
         };
         // Entries evicted or replaced meanwhile were banned but not removed
         // here: the whole count goes.
-        let _ = self
-            .unreclaimed
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                Some(n.saturating_sub(banned))
-            });
+        let _ =
+            self.reclamation
+                .unreclaimed
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_sub(banned))
+                });
     }
 
     /// The reclaimer's queue, its thread started on first use; `None` when
     /// the thread cannot start (purges then remove everything at once).
     fn reclaimer(&'static self) -> Option<&'static std::sync::mpsc::Sender<Reclaim>> {
-        self.reclaimer
+        self.reclamation.reclaimer
             .get_or_init(|| {
                 let (jobs, queue) = std::sync::mpsc::channel::<Reclaim>();
                 let started = std::thread::Builder::new()
@@ -187,7 +219,7 @@ impl MemoryStore {
             for batch in primaries.chunks(PURGE_BATCH) {
                 let mut changed = Vec::new();
                 {
-                    let mut shard = write(&self.shards[shard]);
+                    let mut shard = write(&self.shards()[shard]);
                     for primary in batch {
                         let variants = shard
                             .primaries
@@ -210,7 +242,7 @@ impl MemoryStore {
                 }
                 expired += changed.len();
                 for (old, new) in changed {
-                    self.bytes.fetch_add(new.weight() as u64, Ordering::Relaxed);
+                    self.hold(&new);
                     self.forget(&old);
                     self.reweigh(&new.compact, new.weight(), new.times.fresh_until);
                 }
@@ -228,7 +260,7 @@ impl MemoryStore {
     /// (a URL stored in several variants counts once); the reclaimer thread
     /// frees them afterwards.
     pub fn purge_selection(&'static self, selection: &Selection) -> usize {
-        let generation = self.purges.record(selection);
+        let generation = self.purge_log().record(selection);
         let named = self.count_named(selection);
         if named > INLINE_PURGE {
             if let Some(reclaimer) = self.reclaimer() {
@@ -247,7 +279,7 @@ impl MemoryStore {
     /// Marks every entry `selection` names stale from `now` on (a soft
     /// purge), after recording it like a purge; returns how many.
     pub fn expire_selection(&self, selection: &Selection, now: SystemTime) -> usize {
-        self.purges.record(selection);
+        self.purge_log().record(selection);
         let primaries = self.select(selection);
         self.expire_primaries(primaries, now)
     }
@@ -263,7 +295,7 @@ impl MemoryStore {
     /// Fills in flight for the URI are dropped whichever variant they are.
     pub fn purge_uri_where(&self, uri: &str, matches: impl Fn(&ResponseHeader) -> bool) -> usize {
         let selection = Selection::Uri(uri.to_owned());
-        let generation = self.purges.record(&selection);
+        let generation = self.purge_log().record(&selection);
         let primaries = self.select(&selection);
         let matches = |e: &Entry| e.generation < generation && matches(&e.header);
         self.remove_primaries_where(&primaries, matches, false)
@@ -273,7 +305,7 @@ impl MemoryStore {
     /// every fill in flight; returns how many. Walks every shard, one
     /// batch at a time.
     pub fn purge_created_before(&self, cutoff: SystemTime) -> usize {
-        self.purges.record_everything();
+        self.purge_log().record_everything();
         let primaries: Vec<Vec<HashBinary>> = self
             .shards
             .iter()

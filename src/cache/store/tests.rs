@@ -1,6 +1,7 @@
 //! The store's invariants, under any sequence of fills, evictions, purges
 //! and soft purges, and the purge-over-fill rule.
 
+use super::removal::Reclaim;
 use super::*;
 use crate::cache::names::Selection;
 use pingora::cache::key::CacheKey;
@@ -369,7 +370,7 @@ proptest! {
                     }
                 }
             }
-            prop_assert!(!store.pending.any());
+            prop_assert!(!store.reclamation.any_pending());
             prop_assert_eq!(store.unreclaimed(), 0);
             store.assert_consistent();
             Ok(())
@@ -501,7 +502,7 @@ async fn concurrent_first_hits_encode_once() {
 /// entry.
 fn wait_reclaimed(store: &MemoryStore) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while store.pending.any() {
+    while store.reclamation.any_pending() {
         assert!(
             std::time::Instant::now() < deadline,
             "the reclaimer did not finish"
@@ -581,7 +582,7 @@ fn a_banned_purge_hides_its_entries_at_once_and_reclaims_only_them() {
     });
     assert_eq!(store.entries(), 4_000, "nothing freed yet");
     store.reclaim(job, false);
-    assert!(!store.pending.any());
+    assert!(!store.reclamation.any_pending());
     assert_eq!(store.unreclaimed(), 0);
     assert_eq!(store.entries(), 2_001, "the odd items and the refill");
     store.assert_consistent();
