@@ -14,6 +14,7 @@ pub mod breaker;
 pub mod cache;
 pub mod compression;
 pub mod config;
+pub mod config_watch;
 pub mod connection_options;
 pub mod connections;
 pub mod ctx;

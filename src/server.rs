@@ -317,6 +317,10 @@ pub fn build(
         "tollgate reload on SIGHUP",
         ReloadOnSignal::new(state.clone()),
     ));
+    server.add_service(background_service(
+        "tollgate config watch",
+        crate::config_watch::ConfigWatch::new(state.clone()),
+    ));
 
     Ok(Built { server, state })
 }

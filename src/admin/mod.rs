@@ -110,6 +110,8 @@ impl AdminApp {
             );
         }
         let jwks = self.state.keys.health();
+        let last_reload = self.state.last_reload();
+        let refused = last_reload.as_ref().is_some_and(|r| !r.ok);
         degraded |= self.state.keys.is_degraded();
         json!({
             "status": if degraded { "degraded" } else { "ok" },
@@ -117,8 +119,16 @@ impl AdminApp {
             "uptime_seconds": self.state.started.elapsed().as_secs(),
             "components": {
                 "config": {
-                    "status": "ok",
+                    // `refused`: the file on disk was refused by the last
+                    // reload (SIGHUP, admin, watch); the config shown serves.
+                    "status": if refused { "refused" } else { "ok" },
                     "file": config.source,
+                    "watch": config.server.watch_config,
+                    "last_reload": last_reload.as_ref().map(|r| json!({
+                        "at_unix": r.at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                        "result": if r.ok { "ok" } else { "error" },
+                        "message": r.message,
+                    })),
                     "loaded_at_unix": gateway.loaded_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
                     "routes": config.routes.len(),
                     "upstreams": config.upstreams.len(),

@@ -89,6 +89,18 @@ impl Checker<'_> {
                 keep_override_headers.push(name);
             }
         }
+        let watch_interval = spec
+            .watch_interval
+            .map_or(defaults::WATCH_INTERVAL, |d| d.0);
+        if watch_interval < defaults::MIN_WATCH_INTERVAL {
+            self.problem(
+                path.key("watch_interval"),
+                format!(
+                    "watch_interval must be at least {:?} (the watch looks at the files this often)",
+                    defaults::MIN_WATCH_INTERVAL
+                ),
+            );
+        }
         ServerSettings {
             trusted_proxies,
             keep_override_headers,
@@ -109,6 +121,8 @@ impl Checker<'_> {
             upstream_keepalive_pool_size: spec
                 .upstream_keepalive_pool_size
                 .unwrap_or(defaults::KEEPALIVE_POOL),
+            watch_config: spec.watch_config.unwrap_or(false),
+            watch_interval,
         }
     }
 

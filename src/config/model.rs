@@ -149,6 +149,10 @@ pub struct ServerSettings {
     pub trusted_proxies: Vec<IpNet>,
     /// Override/rewrite headers passed upstream (lower-case names).
     pub keep_override_headers: Vec<http::HeaderName>,
+    /// Reload when the config file or a key-set file it names changes.
+    pub watch_config: bool,
+    /// How often the watched files are looked at.
+    pub watch_interval: Duration,
 }
 
 /// Logging settings.
@@ -653,6 +657,10 @@ pub mod defaults {
     pub const PID_FILE: &str = "/tmp/tollgate.pid";
     /// Default upstream keep-alive pool size.
     pub const KEEPALIVE_POOL: usize = 128;
+    /// How often `server.watch_config` looks at the files by default.
+    pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+    /// The shortest `server.watch_interval`: a few `stat`s per look.
+    pub const MIN_WATCH_INTERVAL: Duration = Duration::from_millis(100);
     /// Default slow-request threshold.
     pub const SLOW_REQUEST: Duration = Duration::from_secs(1);
     /// Default passive `max_fails`.

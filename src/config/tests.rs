@@ -326,3 +326,26 @@ fn a_sticky_field_must_reach_the_upstream() {
         assert_eq!(problems(&split(field)), Vec::<String>::new(), "{field}");
     }
 }
+
+#[test]
+fn the_config_watch_is_off_by_default_and_refuses_a_busy_interval() {
+    let c = parse(MINIMAL, "t.yaml").expect("valid");
+    assert!(!c.server.watch_config);
+    assert_eq!(c.server.watch_interval, defaults::WATCH_INTERVAL);
+    let on = format!("server: {{ watch_config: true, watch_interval: 250ms }}\n{MINIMAL}");
+    let c = parse(&on, "t.yaml").expect("valid");
+    assert!(c.server.watch_config);
+    assert_eq!(
+        c.server.watch_interval,
+        std::time::Duration::from_millis(250)
+    );
+    let busy = format!("server: {{ watch_config: true, watch_interval: 10ms }}\n{MINIMAL}");
+    let p = problems(&busy);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].starts_with("t.yaml:1:"), "{}", p[0]);
+    assert!(
+        p[0].contains("server.watch_interval: watch_interval must be at least 100ms"),
+        "{}",
+        p[0]
+    );
+}

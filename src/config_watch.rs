@@ -1,0 +1,178 @@
+//! Config that reloads itself (`server.watch_config`): the config file
+//! and the key-set files it names are looked at every
+//! `server.watch_interval`; when what they are changed, and then stayed
+//! the same for one more look (an editor or `kubectl` writing in steps is
+//! not caught half-way), the config is reloaded exactly as SIGHUP and
+//! `POST /config/reload` reload it (`reload::reload`: full validation, the
+//! old config keeps serving a refused file, which is logged, counted in
+//! `tollgate_config_reloads_total{result="error"}` and shown in
+//! `/health`). A refused file is not tried again until it changes.
+//!
+//! What a file "is" is its resolved path, size, modification time and
+//! inode: a Kubernetes ConfigMap update swaps a `..data` symlink to a new
+//! directory without touching the file's own name, and the resolved path
+//! (and inode) changes with it; an editor's rename-over changes the inode.
+//!
+//! Polling rather than inotify: a few `stat`s a second, and it follows
+//! symlink swaps, renames and network file systems alike. Hand-written:
+//! Pingora has no file watch.
+
+use crate::config::model::JwksSource;
+use crate::config::Config;
+use crate::state::{AppState, ConfigSource};
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// What one watched file is now: where its name resolves, and its size,
+/// modification time and inode; or why it cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FileState {
+    Present {
+        resolved: PathBuf,
+        len: u64,
+        modified: Option<SystemTime>,
+        inode: u64,
+    },
+    Missing(String),
+}
+
+impl FileState {
+    fn of(path: &Path) -> Self {
+        let resolved = match std::fs::canonicalize(path) {
+            Ok(p) => p,
+            Err(e) => return FileState::Missing(e.kind().to_string()),
+        };
+        match std::fs::metadata(&resolved) {
+            Ok(meta) => FileState::Present {
+                resolved,
+                len: meta.len(),
+                modified: meta.modified().ok(),
+                inode: meta.ino(),
+            },
+            Err(e) => FileState::Missing(e.kind().to_string()),
+        }
+    }
+}
+
+/// The watched files of a config: the file itself and the key-set files
+/// its JWT issuers name (certificates are read when a listener is built:
+/// they take effect on a restart or upgrade, so a change to them is no
+/// reason to reload).
+fn watched_files(path: &Path, config: &Config) -> Vec<PathBuf> {
+    let mut files = vec![path.to_path_buf()];
+    let key_sets = config
+        .rate_limit
+        .iter()
+        .flat_map(|rl| rl.jwt.iter())
+        .flat_map(|jwt| jwt.issuers.iter())
+        .filter_map(|issuer| match &issuer.jwks.as_ref()?.source {
+            JwksSource::File(file) => Some(PathBuf::from(file)),
+            JwksSource::Url(_) => None,
+        });
+    files.extend(key_sets);
+    files
+}
+
+/// The state of every watched file, in order.
+fn snapshot(files: &[PathBuf]) -> Vec<FileState> {
+    files.iter().map(|f| FileState::of(f)).collect()
+}
+
+/// Watches the config file of `state` and reloads it when it changes.
+pub struct ConfigWatch {
+    state: Arc<AppState>,
+}
+
+impl ConfigWatch {
+    /// A watch over `state`'s config file; it looks only while the live
+    /// config has `server.watch_config` (a reload may turn it on or off).
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for ConfigWatch {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let ConfigSource::File(path) = self.state.source.clone() else {
+            return; // the built-in demo config has no file
+        };
+        let mut files = watched_files(&path, &self.state.gateway().config);
+        let mut served = snapshot(&files);
+        let mut seen = served.clone();
+        loop {
+            let settings = self.state.gateway().config.server.clone();
+            let pause = match settings.watch_config {
+                true => settings.watch_interval,
+                false => Duration::from_secs(1),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.changed() => return,
+            }
+            if !settings.watch_config {
+                // Off: what serves now is the baseline when it is turned on.
+                files = watched_files(&path, &self.state.gateway().config);
+                served = snapshot(&files);
+                seen = served.clone();
+                continue;
+            }
+            let now = snapshot(&files);
+            let settled = now == seen;
+            seen = now.clone();
+            if now == served || !settled {
+                continue; // unchanged, or still being written
+            }
+            log::info!("{}: changed on disk, reloading", path.display());
+            let state = self.state.clone();
+            match tokio::task::spawn_blocking(move || crate::reload::reload(&state)).await {
+                Ok(_) => {} // reload logged, counted and recorded its outcome
+                Err(e) => log::error!("config reload task failed: {e}"),
+            }
+            // A refused file is not tried again until it changes; the files
+            // to watch are the ones the config now serving names.
+            served = now;
+            let named = watched_files(&path, &self.state.gateway().config);
+            if named != files {
+                files = named;
+                served = snapshot(&files);
+                seen = served.clone();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_is_told_apart_by_content_size_rename_and_symlink_swap() {
+        let dir = std::env::temp_dir().join(format!("tollgate-watch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("v1")).expect("dir");
+        std::fs::create_dir_all(dir.join("v2")).expect("dir");
+        std::fs::write(dir.join("v1/c.yaml"), "a: 1\n").expect("write");
+        std::fs::write(dir.join("v2/c.yaml"), "a: 2\n").expect("write");
+        std::os::unix::fs::symlink("v1", dir.join("data")).expect("symlink");
+        std::os::unix::fs::symlink("data/c.yaml", dir.join("c.yaml")).expect("symlink");
+        let name = dir.join("c.yaml");
+        let before = FileState::of(&name);
+        assert_eq!(before, FileState::of(&name), "stable while nothing changes");
+        // The ConfigMap swap: a new symlink renamed over `data`.
+        std::os::unix::fs::symlink("v2", dir.join("data.tmp")).expect("symlink");
+        std::fs::rename(dir.join("data.tmp"), dir.join("data")).expect("swap");
+        let swapped = FileState::of(&name);
+        assert_ne!(before, swapped, "the swap is seen");
+        std::fs::write(dir.join("v2/c.yaml"), "a: 22\n").expect("write");
+        assert_ne!(swapped, FileState::of(&name), "a longer file is seen");
+        std::fs::remove_file(dir.join("v2/c.yaml")).expect("remove");
+        assert!(matches!(FileState::of(&name), FileState::Missing(_)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

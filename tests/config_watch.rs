@@ -1,0 +1,119 @@
+//! Config that reloads itself (`server.watch_config`): a changed file is
+//! reloaded with the same validation as SIGHUP, a broken one is refused
+//! and reported (log, metric, `/health`) while the running config stays,
+//! and a Kubernetes ConfigMap update — a `..data` symlink swapped to a new
+//! directory, the file's own name untouched — is seen.
+
+mod common;
+use common::*;
+use std::fs;
+use std::path::Path;
+
+const WATCH: &str = "  watch_config: true\n  watch_interval: 100ms\n";
+
+fn routes(upstream: &TestUpstream, prefix: &str) -> String {
+    format!(
+        "upstreams:\n  api: {{ backends: [\"{}\"] }}\n\
+         routes:\n  - {{ name: r, upstream: api, match: {{ path_prefix: {prefix} }} }}\n",
+        upstream.addr
+    )
+}
+
+fn status(proxy: &TollgateProcess, path: &str) -> u16 {
+    get(proxy.addr, path).expect("request").status
+}
+
+#[test]
+fn a_changed_file_is_reloaded_and_a_broken_one_is_refused_reported_and_not_served() {
+    let up = TestUpstream::fixed("ok");
+    let proxy = TollgateProcess::start_with_server(WATCH, &routes(&up, "/old/"));
+    assert_eq!(status(&proxy, "/old/x"), 200);
+    assert_eq!(proxy.health()["components"]["config"]["watch"], true);
+
+    proxy.rewrite_config(&routes(&up, "/new/"));
+    proxy.wait_metric(r#"tollgate_config_reloads_total{result="ok"}"#, 1.0);
+    assert_eq!(status(&proxy, "/new/x"), 200);
+    assert_eq!(status(&proxy, "/old/x"), 404);
+
+    // Broken on disk: refused, reported, the running config keeps serving.
+    proxy.rewrite_config(
+        "upstreams:\n  api: { backends: [] }\nroutes:\n  - { name: r, upstream: nope }\n",
+    );
+    proxy.wait_metric(r#"tollgate_config_reloads_total{result="error"}"#, 1.0);
+    assert_eq!(status(&proxy, "/new/x"), 200, "the old config serves");
+    let config = &proxy.health()["components"]["config"];
+    assert_eq!(config["status"], "refused", "{config}");
+    assert_eq!(config["last_reload"]["result"], "error", "{config}");
+    let message = config["last_reload"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("unknown upstream \"nope\""), "{message}");
+    assert!(proxy.log_text().contains("config reload refused"));
+
+    // Mended: served again, and /health says so.
+    proxy.rewrite_config(&routes(&up, "/mended/"));
+    proxy.wait_metric(r#"tollgate_config_reloads_total{result="ok"}"#, 2.0);
+    assert_eq!(status(&proxy, "/mended/x"), 200);
+    assert_eq!(proxy.health()["components"]["config"]["status"], "ok");
+    assert_eq!(
+        proxy.metric(r#"tollgate_config_reloads_total{result="error"}"#),
+        Some(1.0),
+        "a refused file is not tried again while it stays the same"
+    );
+}
+
+/// `dir/NAME` becomes a ConfigMap-style volume holding `text`: `NAME` →
+/// `..data/NAME`, `..data` → `version`. Each step is one rename, as the
+/// kubelet makes it.
+fn publish(dir: &Path, name: &str, version: &str, text: &str) {
+    fs::create_dir_all(dir.join(version)).expect("version dir");
+    fs::write(dir.join(version).join(name), text).expect("write version");
+    let staged = dir.join("..data_tmp");
+    let _ = fs::remove_file(&staged);
+    std::os::unix::fs::symlink(version, &staged).expect("stage ..data");
+    fs::rename(&staged, dir.join("..data")).expect("swap ..data");
+    let link = dir.join(format!("{name}.link"));
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(Path::new("..data").join(name), &link).expect("link");
+    fs::rename(&link, dir.join(name)).expect("name -> ..data/name");
+}
+
+#[test]
+fn a_configmap_symlink_swap_is_seen_and_reloaded() {
+    let up = TestUpstream::fixed("ok");
+    let proxy = TollgateProcess::start_with_server(WATCH, &routes(&up, "/v1/"));
+    let dir = proxy.config.parent().expect("config dir").to_path_buf();
+    let name = "tollgate.yaml";
+    let header = {
+        let text = fs::read_to_string(&proxy.config).expect("read config");
+        let end = text.find("upstreams:").expect("upstreams");
+        text[..end].to_owned()
+    };
+    // The file becomes a ConfigMap volume with the same content.
+    publish(
+        &dir,
+        name,
+        "..2026_12_07_v1",
+        &format!("{header}{}", routes(&up, "/v1/")),
+    );
+    proxy.wait_metric(r#"tollgate_config_reloads_total{result="ok"}"#, 1.0);
+    assert_eq!(status(&proxy, "/v1/x"), 200);
+
+    // The update: a new directory, `..data` swapped to it.
+    publish(
+        &dir,
+        name,
+        "..2026_12_07_v2",
+        &format!("{header}{}", routes(&up, "/v2/")),
+    );
+    proxy.wait_metric(r#"tollgate_config_reloads_total{result="ok"}"#, 2.0);
+    assert_eq!(status(&proxy, "/v2/x"), 200);
+    assert_eq!(status(&proxy, "/v1/x"), 404);
+    assert!(
+        fs::symlink_metadata(dir.join(name))
+            .expect("config name")
+            .file_type()
+            .is_symlink(),
+        "the watched name is the symlink the kubelet keeps"
+    );
+}
