@@ -11,36 +11,24 @@ use std::path::Path;
 
 const WATCH: &str = "  watch_config: true\n  watch_interval: 100ms\n";
 
-fn routes(upstream: &TestUpstream, prefix: &str) -> String {
-    format!(
-        "upstreams:\n  api: {{ backends: [\"{}\"] }}\n\
-         routes:\n  - {{ name: r, upstream: api, match: {{ path_prefix: {prefix} }} }}\n",
-        upstream.addr
-    )
-}
-
-fn status(proxy: &TollgateProcess, path: &str) -> u16 {
-    get(proxy.addr, path).expect("request").status
-}
-
 #[test]
 fn a_changed_file_is_reloaded_and_a_broken_one_is_refused_reported_and_not_served() {
     let up = TestUpstream::fixed("ok");
-    let proxy = TollgateProcess::start_with_server(WATCH, &routes(&up, "/old/"));
-    assert_eq!(status(&proxy, "/old/x"), 200);
+    let proxy = TollgateProcess::start_with_server(WATCH, &prefix_route(up.addr, "/old/"));
+    assert_eq!(status_of(&proxy, "/old/x"), 200);
     assert_eq!(proxy.health()["components"]["config"]["watch"], true);
 
-    proxy.rewrite_config(&routes(&up, "/new/"));
+    proxy.rewrite_config(&prefix_route(up.addr, "/new/"));
     proxy.wait_metric(r#"tollgate_config_reloads_total{result="ok"}"#, 1.0);
-    assert_eq!(status(&proxy, "/new/x"), 200);
-    assert_eq!(status(&proxy, "/old/x"), 404);
+    assert_eq!(status_of(&proxy, "/new/x"), 200);
+    assert_eq!(status_of(&proxy, "/old/x"), 404);
 
     // Broken on disk: refused, reported, the running config keeps serving.
     proxy.rewrite_config(
         "upstreams:\n  api: { backends: [] }\nroutes:\n  - { name: r, upstream: nope }\n",
     );
     proxy.wait_metric(r#"tollgate_config_reloads_total{result="error"}"#, 1.0);
-    assert_eq!(status(&proxy, "/new/x"), 200, "the old config serves");
+    assert_eq!(status_of(&proxy, "/new/x"), 200, "the old config serves");
     let config = &proxy.health()["components"]["config"];
     assert_eq!(config["status"], "refused", "{config}");
     assert_eq!(config["last_reload"]["result"], "error", "{config}");
@@ -51,9 +39,9 @@ fn a_changed_file_is_reloaded_and_a_broken_one_is_refused_reported_and_not_serve
     assert!(proxy.log_text().contains("config reload refused"));
 
     // Mended: served again, and /health says so.
-    proxy.rewrite_config(&routes(&up, "/mended/"));
+    proxy.rewrite_config(&prefix_route(up.addr, "/mended/"));
     proxy.wait_metric(r#"tollgate_config_reloads_total{result="ok"}"#, 2.0);
-    assert_eq!(status(&proxy, "/mended/x"), 200);
+    assert_eq!(status_of(&proxy, "/mended/x"), 200);
     assert_eq!(proxy.health()["components"]["config"]["status"], "ok");
     assert_eq!(
         proxy.metric(r#"tollgate_config_reloads_total{result="error"}"#),
@@ -81,7 +69,7 @@ fn publish(dir: &Path, name: &str, version: &str, text: &str) {
 #[test]
 fn a_configmap_symlink_swap_is_seen_and_reloaded() {
     let up = TestUpstream::fixed("ok");
-    let proxy = TollgateProcess::start_with_server(WATCH, &routes(&up, "/v1/"));
+    let proxy = TollgateProcess::start_with_server(WATCH, &prefix_route(up.addr, "/v1/"));
     let dir = proxy.config.parent().expect("config dir").to_path_buf();
     let name = "tollgate.yaml";
     let header = {
@@ -89,26 +77,22 @@ fn a_configmap_symlink_swap_is_seen_and_reloaded() {
         let end = text.find("upstreams:").expect("upstreams");
         text[..end].to_owned()
     };
-    // The file becomes a ConfigMap volume with the same content.
-    publish(
-        &dir,
-        name,
-        "..2026_12_07_v1",
-        &format!("{header}{}", routes(&up, "/v1/")),
-    );
-    proxy.wait_metric(r#"tollgate_config_reloads_total{result="ok"}"#, 1.0);
-    assert_eq!(status(&proxy, "/v1/x"), 200);
-
-    // The update: a new directory, `..data` swapped to it.
-    publish(
-        &dir,
-        name,
-        "..2026_12_07_v2",
-        &format!("{header}{}", routes(&up, "/v2/")),
-    );
-    proxy.wait_metric(r#"tollgate_config_reloads_total{result="ok"}"#, 2.0);
-    assert_eq!(status(&proxy, "/v2/x"), 200);
-    assert_eq!(status(&proxy, "/v1/x"), 404);
+    // First the file becomes a ConfigMap volume with the same content,
+    // then the update: a new directory, `..data` swapped to it. Each is
+    // reloaded, and only the newest prefix serves.
+    for (n, version) in ["v1", "v2"].into_iter().enumerate() {
+        let body = prefix_route(up.addr, &format!("/{version}/"));
+        publish(
+            &dir,
+            name,
+            &format!("..2026_12_07_{version}"),
+            &format!("{header}{body}"),
+        );
+        let reloads = (n + 1) as f64;
+        proxy.wait_metric(r#"tollgate_config_reloads_total{result="ok"}"#, reloads);
+        assert_eq!(status_of(&proxy, &format!("/{version}/x")), 200);
+    }
+    assert_eq!(status_of(&proxy, "/v1/x"), 404);
     assert!(
         fs::symlink_metadata(dir.join(name))
             .expect("config name")

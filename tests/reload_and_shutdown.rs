@@ -4,18 +4,6 @@ mod common;
 use common::*;
 use std::thread;
 
-fn routes(upstream: &TestUpstream, prefix: &str) -> String {
-    format!(
-        "upstreams:\n  api: {{ backends: [\"{}\"] }}\n\
-         routes:\n  - {{ name: r, upstream: api, match: {{ path_prefix: {prefix} }} }}\n",
-        upstream.addr
-    )
-}
-
-fn status(proxy: &TollgateProcess, path: &str) -> u16 {
-    get(proxy.addr, path).expect("request").status
-}
-
 fn reload_via_api(proxy: &TollgateProcess, token: &str) -> Response {
     proxy.admin_post("/config/reload", token, "")
 }
@@ -23,15 +11,15 @@ fn reload_via_api(proxy: &TollgateProcess, token: &str) -> Response {
 #[test]
 fn sighup_applies_a_new_route_table_and_refuses_a_broken_file() {
     let up = TestUpstream::fixed("ok");
-    let proxy = TollgateProcess::start(&routes(&up, "/old/"));
-    assert_eq!(status(&proxy, "/old/x"), 200);
-    assert_eq!(status(&proxy, "/new/x"), 404);
+    let proxy = TollgateProcess::start(&prefix_route(up.addr, "/old/"));
+    assert_eq!(status_of(&proxy, "/old/x"), 200);
+    assert_eq!(status_of(&proxy, "/new/x"), 404);
 
-    proxy.rewrite_config(&routes(&up, "/new/"));
+    proxy.rewrite_config(&prefix_route(up.addr, "/new/"));
     proxy.signal("HUP");
     proxy.wait_metric(r#"tollgate_config_reloads_total{result="ok"}"#, 1.0);
-    assert_eq!(status(&proxy, "/new/x"), 200);
-    assert_eq!(status(&proxy, "/old/x"), 404);
+    assert_eq!(status_of(&proxy, "/new/x"), 200);
+    assert_eq!(status_of(&proxy, "/old/x"), 404);
 
     proxy.rewrite_config(
         "upstreams:\n  api: { backends: [] }\nroutes:\n  - { name: r, upstream: nope }\n",
@@ -39,7 +27,7 @@ fn sighup_applies_a_new_route_table_and_refuses_a_broken_file() {
     proxy.signal("HUP");
     proxy.wait_metric(r#"tollgate_config_reloads_total{result="error"}"#, 1.0);
     assert_eq!(
-        status(&proxy, "/new/x"),
+        status_of(&proxy, "/new/x"),
         200,
         "the old config must keep serving"
     );
@@ -58,13 +46,13 @@ fn sighup_applies_a_new_route_table_and_refuses_a_broken_file() {
 #[test]
 fn admin_reload_needs_the_token_and_reports_errors() {
     let up = TestUpstream::fixed("ok");
-    let proxy = TollgateProcess::start(&routes(&up, "/old/"));
-    proxy.rewrite_config(&routes(&up, "/new/"));
+    let proxy = TollgateProcess::start(&prefix_route(up.addr, "/old/"));
+    proxy.rewrite_config(&prefix_route(up.addr, "/new/"));
 
     let denied = reload_via_api(&proxy, "wrong");
     assert_eq!(denied.status, 401);
     assert_eq!(
-        status(&proxy, "/new/x"),
+        status_of(&proxy, "/new/x"),
         404,
         "an unauthorised reload changed the config"
     );
@@ -72,27 +60,29 @@ fn admin_reload_needs_the_token_and_reports_errors() {
     let ok = reload_via_api(&proxy, ADMIN_TOKEN);
     assert_eq!(ok.status, 200, "{}", ok.text());
     assert_eq!(ok.json()["loaded"]["routes"], 1);
-    assert_eq!(status(&proxy, "/new/x"), 200);
+    assert_eq!(status_of(&proxy, "/new/x"), 200);
 
-    proxy.rewrite_config(&routes(&up, "/new/").replace("path_prefix: /new/", "path_prefx: /new/"));
+    proxy.rewrite_config(
+        &prefix_route(up.addr, "/new/").replace("path_prefix: /new/", "path_prefx: /new/"),
+    );
     let refused = reload_via_api(&proxy, ADMIN_TOKEN);
     assert_eq!(refused.status, 422);
     assert_eq!(refused.json()["error"], "reload_refused");
     assert!(refused.json()["message"]
         .as_str()
         .is_some_and(|m| m.contains("unknown field `path_prefx`")));
-    assert_eq!(status(&proxy, "/new/x"), 200);
+    assert_eq!(status_of(&proxy, "/new/x"), 200);
 }
 
 #[test]
 fn in_flight_requests_finish_on_their_config_and_counts_survive_a_reload() {
     let up = TestUpstream::start(|_| Action::ReplyWhenReleased(Reply::ok("done")));
-    let proxy = TollgateProcess::start(&routes(&up, "/old/"));
+    let proxy = TollgateProcess::start(&prefix_route(up.addr, "/old/"));
     let addr = proxy.addr;
     let parked = thread::spawn(move || get(addr, "/old/slow").expect("request"));
     wait_until("the request is parked upstream", || up.held() == 1);
 
-    proxy.rewrite_config(&routes(&up, "/new/"));
+    proxy.rewrite_config(&prefix_route(up.addr, "/new/"));
     assert_eq!(reload_via_api(&proxy, ADMIN_TOKEN).status, 200);
     // The backend stayed: its in-flight count carried over to the new pool.
     let in_flight =
@@ -107,13 +97,13 @@ fn in_flight_requests_finish_on_their_config_and_counts_survive_a_reload() {
         "the old route's request finished"
     );
     wait_until("the count returns to zero", || in_flight() == Some(0));
-    assert_eq!(status(&proxy, "/old/x"), 404);
+    assert_eq!(status_of(&proxy, "/old/x"), 404);
 }
 
 #[test]
 fn sigterm_lets_in_flight_requests_complete() {
     let up = TestUpstream::start(|_| Action::ReplyWhenReleased(Reply::ok("finished")));
-    let mut proxy = TollgateProcess::start(&routes(&up, "/"));
+    let mut proxy = TollgateProcess::start(&prefix_route(up.addr, "/"));
     let addr = proxy.addr;
     let parked = thread::spawn(move || get(addr, "/slow").expect("request"));
     wait_until("the request is parked upstream", || up.held() == 1);
@@ -134,7 +124,7 @@ fn graceful_upgrade_hands_the_sockets_over_without_failing_a_request() {
     use std::sync::Arc;
 
     let up = TestUpstream::fixed("ok");
-    let mut old = TollgateProcess::start(&routes(&up, "/"));
+    let mut old = TollgateProcess::start(&prefix_route(up.addr, "/"));
     let stop = Arc::new(AtomicBool::new(false));
     let (served, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let load = {

@@ -43,6 +43,20 @@ pub fn one_route(backend: std::net::SocketAddr) -> String {
     format!("upstreams:\n  api: {{ backends: [\"{backend}\"] }}\nroutes:\n  - {{ name: api, upstream: api }}\n")
 }
 
+/// A config body with one upstream `api` and one route `r` for the paths
+/// under `prefix`: reload tests swap the prefix and ask which one serves.
+pub fn prefix_route(backend: std::net::SocketAddr, prefix: &str) -> String {
+    format!(
+        "upstreams:\n  api: {{ backends: [\"{backend}\"] }}\n\
+         routes:\n  - {{ name: r, upstream: api, match: {{ path_prefix: {prefix} }} }}\n"
+    )
+}
+
+/// The status of a GET of `path` through `proxy`.
+pub fn status_of(proxy: &TollgateProcess, path: &str) -> u16 {
+    get(proxy.addr, path).expect("request").status
+}
+
 /// A fresh scratch directory under the system temp dir. Emptied first: a
 /// directory of the same name may be left by an earlier run whose process
 /// had the same PID.
