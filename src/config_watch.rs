@@ -1,12 +1,17 @@
 //! Config that reloads itself (`server.watch_config`): the config file
 //! and the key-set files it names are looked at every
-//! `server.watch_interval`; when what they are changed, and then stayed
-//! the same for one more look (an editor or `kubectl` writing in steps is
-//! not caught half-way), the config is reloaded exactly as SIGHUP and
-//! `POST /config/reload` reload it (`reload::reload`: full validation, the
-//! old config keeps serving a refused file, which is logged, counted in
-//! `tollgate_config_reloads_total{result="error"}` and shown in
-//! `/health`). A refused file is not tried again until it changes.
+//! `server.watch_interval`; when one changed, and then stayed the same for
+//! one more look (an editor or the kubelet writing in steps is not caught
+//! half-way), the config is reloaded exactly as SIGHUP and `POST
+//! /config/reload` reload it (`reload::reload`: full validation; a refused
+//! file is logged, counted in `tollgate_config_reloads_total{result=
+//! "error"}` and shown in `/health`, and the old config keeps serving), or
+//! the key set is re-read at once (`KeyRing::reread`: a set that does not
+//! parse keeps the last good keys and shows in `/health` as a failed
+//! fetch does). A refused file is not tried again until it changes.
+//!
+//! Certificates are not watched: they are read when a listener is built,
+//! so a new one takes effect on a restart or a graceful upgrade.
 //!
 //! What a file "is" is its resolved path, size, modification time and
 //! inode: a Kubernetes ConfigMap update swaps a `..data` symlink to a new
@@ -17,8 +22,6 @@
 //! symlink swaps, renames and network file systems alike. Hand-written:
 //! Pingora has no file watch.
 
-use crate::config::model::JwksSource;
-use crate::config::Config;
 use crate::state::{AppState, ConfigSource};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -59,40 +62,60 @@ impl FileState {
     }
 }
 
-/// The watched files of a config: the file itself and the key-set files
-/// its JWT issuers name (certificates are read when a listener is built:
-/// they take effect on a restart or upgrade, so a change to them is no
-/// reason to reload).
-fn watched_files(path: &Path, config: &Config) -> Vec<PathBuf> {
-    let mut files = vec![path.to_path_buf()];
-    let key_sets = config
-        .rate_limit
-        .iter()
-        .flat_map(|rl| rl.jwt.iter())
-        .flat_map(|jwt| jwt.issuers.iter())
-        .filter_map(|issuer| match &issuer.jwks.as_ref()?.source {
-            JwksSource::File(file) => Some(PathBuf::from(file)),
-            JwksSource::Url(_) => None,
-        });
-    files.extend(key_sets);
-    files
+/// One watched file: what it was when last acted on (`served`) and at the
+/// last look (`seen`).
+struct Watched {
+    path: PathBuf,
+    served: FileState,
+    seen: FileState,
 }
 
-/// The state of every watched file, in order.
-fn snapshot(files: &[PathBuf]) -> Vec<FileState> {
-    files.iter().map(|f| FileState::of(f)).collect()
+impl Watched {
+    fn new(path: PathBuf) -> Self {
+        let now = FileState::of(&path);
+        Self {
+            path,
+            served: now.clone(),
+            seen: now,
+        }
+    }
+
+    /// Looks again: true when the file differs from what was acted on and
+    /// has stayed the same since the last look (then it counts as acted
+    /// on: a refused file is not tried again until it changes).
+    fn changed_and_settled(&mut self) -> bool {
+        let now = FileState::of(&self.path);
+        let settled = now == self.seen;
+        self.seen = now.clone();
+        if now == self.served || !settled {
+            return false;
+        }
+        self.served = now;
+        true
+    }
 }
 
-/// Watches the config file of `state` and reloads it when it changes.
+/// Watches the config file of `state` (a change reloads it) and the
+/// key-set files the live config names (a change re-reads that key set at
+/// once, as its `refresh` would).
 pub struct ConfigWatch {
     state: Arc<AppState>,
 }
 
 impl ConfigWatch {
-    /// A watch over `state`'s config file; it looks only while the live
-    /// config has `server.watch_config` (a reload may turn it on or off).
+    /// A watch over `state`'s files; it looks only while the live config
+    /// has `server.watch_config` (a reload may turn it on or off).
     pub fn new(state: Arc<AppState>) -> Self {
         Self { state }
+    }
+
+    fn key_files(&self) -> Vec<Watched> {
+        self.state
+            .keys
+            .files()
+            .into_iter()
+            .map(Watched::new)
+            .collect()
     }
 }
 
@@ -102,9 +125,8 @@ impl BackgroundService for ConfigWatch {
         let ConfigSource::File(path) = self.state.source.clone() else {
             return; // the built-in demo config has no file
         };
-        let mut files = watched_files(&path, &self.state.gateway().config);
-        let mut served = snapshot(&files);
-        let mut seen = served.clone();
+        let mut config = Watched::new(path.clone());
+        let mut keys = self.key_files();
         loop {
             let settings = self.state.gateway().config.server.clone();
             let pause = match settings.watch_config {
@@ -117,32 +139,30 @@ impl BackgroundService for ConfigWatch {
             }
             if !settings.watch_config {
                 // Off: what serves now is the baseline when it is turned on.
-                files = watched_files(&path, &self.state.gateway().config);
-                served = snapshot(&files);
-                seen = served.clone();
+                config = Watched::new(path.clone());
+                keys = self.key_files();
                 continue;
             }
-            let now = snapshot(&files);
-            let settled = now == seen;
-            seen = now.clone();
-            if now == served || !settled {
-                continue; // unchanged, or still being written
+            for key_set in keys.iter_mut() {
+                if key_set.changed_and_settled() {
+                    log::info!(
+                        "{}: changed on disk, re-reading the key set",
+                        key_set.path.display()
+                    );
+                    self.state.keys.reread(&key_set.path);
+                }
+            }
+            if !config.changed_and_settled() {
+                continue;
             }
             log::info!("{}: changed on disk, reloading", path.display());
             let state = self.state.clone();
-            match tokio::task::spawn_blocking(move || crate::reload::reload(&state)).await {
-                Ok(_) => {} // reload logged, counted and recorded its outcome
-                Err(e) => log::error!("config reload task failed: {e}"),
+            if let Err(e) = tokio::task::spawn_blocking(move || crate::reload::reload(&state)).await
+            {
+                log::error!("config reload task failed: {e}");
             }
-            // A refused file is not tried again until it changes; the files
-            // to watch are the ones the config now serving names.
-            served = now;
-            let named = watched_files(&path, &self.state.gateway().config);
-            if named != files {
-                files = named;
-                served = snapshot(&files);
-                seen = served.clone();
-            }
+            // The key sets to watch are the ones the config now serving names.
+            keys = self.key_files();
         }
     }
 }

@@ -101,3 +101,48 @@ fn a_configmap_symlink_swap_is_seen_and_reloaded() {
         "the watched name is the symlink the kubelet keeps"
     );
 }
+
+#[test]
+fn a_changed_key_set_file_the_config_names_is_read_again_at_once() {
+    let up = TestUpstream::fixed("ok");
+    let dir = scratch_dir("watch-keys");
+    let keys = dir.join("jwks.json");
+    fs::copy("tests/fixtures/jwks_a.json", &keys).expect("key set");
+    let body = format!(
+        "tiers:\n  free: {{ per_minute: 100 }}\nanonymous: {{ tier: free }}\n\
+         auth:\n  jwt:\n    issuers:\n      - issuer: \"https://auth.test/\"\n        \
+         jwks: {{ file: \"{}\" }}\n        algorithms: [ES256]\n    \
+         tenant_claim: org_id\n    default_tier: free\n{}",
+        keys.display(),
+        prefix_route(up.addr, "/api/")
+    );
+    let proxy = TollgateProcess::start_with_server(WATCH, &body);
+    assert_eq!(status_of(&proxy, "/api/x"), 200);
+    // A rotation: the issuer publishes a second key. The key set is read
+    // again at once (its `refresh` is 10 minutes); the config is not
+    // reloaded for it.
+    let staged = dir.join("jwks.json.new");
+    fs::copy("tests/fixtures/jwks_ab.json", &staged).expect("new key set");
+    fs::rename(&staged, &keys).expect("rotate");
+    wait_until("the rotated key set is read", || {
+        proxy.health()["components"]["jwks"][0]["keys"]
+            == serde_json::json!(["2026-12-a", "2026-12-b"])
+    });
+    // A broken file keeps the last good keys and is reported.
+    fs::write(&staged, "{ not a key set").expect("broken key set");
+    fs::rename(&staged, &keys).expect("replace");
+    wait_until("the broken key set is reported", || {
+        proxy.health()["components"]["jwks"][0]["last_error"].is_string()
+    });
+    let jwks = &proxy.health()["components"]["jwks"][0];
+    assert_eq!(
+        jwks["keys"],
+        serde_json::json!(["2026-12-a", "2026-12-b"]),
+        "{jwks}"
+    );
+    assert_eq!(
+        proxy.metric(r#"tollgate_config_reloads_total{result="ok"}"#),
+        Some(0.0),
+        "a key set's change re-reads the keys, not the config"
+    );
+}

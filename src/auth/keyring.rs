@@ -36,6 +36,8 @@ pub struct PublishedKeySet {
     status: Mutex<FetchStatus>,
     /// A token named an unknown key: fetch as soon as the cooldown allows.
     wanted: AtomicBool,
+    /// Its file changed on disk (`server.watch_config`): read it at once.
+    forced: AtomicBool,
     /// A fetch is running.
     fetching: AtomicBool,
     /// The first fetch has been tried (ready or failed): requests stop
@@ -60,6 +62,7 @@ impl PublishedKeySet {
             keys: ArcSwap::from_pointee(KeySet::empty()),
             status: Mutex::new(FetchStatus::default()),
             wanted: AtomicBool::new(false),
+            forced: AtomicBool::new(false),
             fetching: AtomicBool::new(false),
             tried: AtomicBool::new(false),
             first_done: tokio::sync::Notify::new(),
@@ -111,6 +114,9 @@ impl PublishedKeySet {
         let Some(last) = status.last_attempt else {
             return Some(now);
         };
+        if self.forced.load(Ordering::Relaxed) {
+            return Some(now);
+        }
         let mut wait = self.config.refresh;
         if status.failed_last {
             wait = wait.min(RETRY_AFTER_FAILURE);
@@ -129,6 +135,7 @@ impl PublishedKeySet {
     /// Fetches and installs the set; a failure keeps the last good one.
     async fn refresh(&self, connector: &Connector, metrics: &Metrics) {
         self.wanted.store(false, Ordering::Relaxed);
+        self.forced.store(false, Ordering::Relaxed);
         self.status().last_attempt = Some(Instant::now());
         let fetched = match tokio::time::timeout(self.config.timeout, self.read(connector)).await {
             Ok(result) => result.and_then(|body| KeySet::parse(&body)),
@@ -344,6 +351,32 @@ impl KeyRing {
         let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
         sources.retain(|_, s| live.iter().any(|l| Arc::ptr_eq(l, s)));
         self.scheduled.store(Arc::new(live));
+        self.wake.notify_one();
+    }
+
+    /// The key-set files the live sources read, for the config watch.
+    pub fn files(&self) -> Vec<std::path::PathBuf> {
+        self.scheduled
+            .load()
+            .iter()
+            .filter_map(|s| match &s.config.source {
+                JwksSource::File(path) => Some(std::path::PathBuf::from(path)),
+                JwksSource::Url(_) => None,
+            })
+            .collect()
+    }
+
+    /// Re-reads the key-set file `path` now (it changed on disk), without
+    /// waiting for its `refresh`: the refresher reads it next, and a file
+    /// that does not parse keeps the last good keys and is reported as
+    /// any failed fetch is.
+    pub fn reread(&self, path: &std::path::Path) {
+        for source in self.scheduled.load().iter() {
+            if matches!(&source.config.source, JwksSource::File(p) if std::path::Path::new(p) == path)
+            {
+                source.forced.store(true, Ordering::Relaxed);
+            }
+        }
         self.wake.notify_one();
     }
 
