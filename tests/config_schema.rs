@@ -104,18 +104,25 @@ fn every_config_check_accepts_validates_against_the_schema() {
         Path::new("conf/tollgate.yaml").to_path_buf(),
         Path::new("conf/demo.yaml").to_path_buf(),
     ];
-    configs.extend(
-        std::fs::read_dir("deploy")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "yaml")),
-    );
+    // The configs the Kubernetes manifests mount (deploy/**/tollgate.yaml).
+    let mut folders = vec![Path::new("deploy").to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).expect("read deploy/").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                folders.push(path);
+            } else if path.file_name().is_some_and(|n| n == "tollgate.yaml") {
+                configs.push(path);
+            }
+        }
+    }
+    assert!(configs.len() >= 4, "conf/ and deploy/ configs: {configs:?}");
     for config in configs {
         let checked = Command::new(env!("CARGO_BIN_EXE_tollgate"))
             .arg("check")
             .arg(&config)
+            // The deploy/ configs name the admin token's variable.
+            .env("TOLLGATE_ADMIN_TOKEN", "test-token")
             .output()
             .expect("run tollgate check");
         assert!(
