@@ -125,24 +125,32 @@ impl BackgroundService for ConfigWatch {
         let ConfigSource::File(path) = self.state.source.clone() else {
             return; // the built-in demo config has no file
         };
-        let mut config = Watched::new(path.clone());
-        let mut keys = self.key_files();
+        // The files as they were when the watch (last) turned on: what
+        // serves then is the baseline (at start, what was loaded). `None`
+        // while off: no `stat`s.
+        let baseline = || (Watched::new(path.clone()), self.key_files());
+        let mut watching = self
+            .state
+            .gateway()
+            .config
+            .server
+            .watch_config
+            .then(baseline);
         loop {
-            let settings = self.state.gateway().config.server.clone();
-            let pause = match settings.watch_config {
-                true => settings.watch_interval,
-                false => Duration::from_secs(1),
+            let (on, interval) = {
+                let server = &self.state.gateway().config.server;
+                (server.watch_config, server.watch_interval)
             };
+            let pause = if on { interval } else { Duration::from_secs(1) };
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = shutdown.changed() => return,
             }
-            if !settings.watch_config {
-                // Off: what serves now is the baseline when it is turned on.
-                config = Watched::new(path.clone());
-                keys = self.key_files();
+            if !on {
+                watching = None;
                 continue;
             }
+            let (config, keys) = watching.get_or_insert_with(baseline);
             for key_set in keys.iter_mut() {
                 if key_set.changed_and_settled() {
                     log::info!(
@@ -162,7 +170,7 @@ impl BackgroundService for ConfigWatch {
                 log::error!("config reload task failed: {e}");
             }
             // The key sets to watch are the ones the config now serving names.
-            keys = self.key_files();
+            *keys = self.key_files();
         }
     }
 }
