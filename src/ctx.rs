@@ -92,6 +92,9 @@ pub struct RequestCtx {
     /// nominated fields were removed (before anything read the request);
     /// answered as a 400 by the first step that can answer.
     pub connection_problem: Option<crate::connection_options::ConnectionProblem>,
+    /// The request's trace context (`tracing` on), its spans when sampled;
+    /// `None` with tracing off, so nothing is recorded or paid for.
+    pub trace: Option<Box<crate::trace::recorder::RequestTrace>>,
     /// `tollgate_requests_in_flight`, released early for a subrequest.
     in_flight: Option<InFlightGuard>,
 }
@@ -127,6 +130,7 @@ impl RequestCtx {
             tunnel: None,
             grpc_status: None,
             connection_problem: None,
+            trace: None,
             in_flight: Some(InFlightGuard::new(in_flight)),
         }
     }
@@ -174,6 +178,12 @@ impl RequestCtx {
     ) -> (Option<(RouteTimeouts, &Arc<UpstreamPool>)>, &mut Attempts) {
         let timeouts = self.timeouts();
         (timeouts.zip(self.pool.as_ref()), &mut self.upstream)
+    }
+
+    /// The request's trace when it is sampled: where the phases record
+    /// their spans.
+    pub fn recording(&mut self) -> Option<&mut crate::trace::recorder::RequestTrace> {
+        self.trace.as_deref_mut().filter(|t| t.sampled)
     }
 
     /// The name of the pool chosen for this request (`-` if none).

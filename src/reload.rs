@@ -75,6 +75,16 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
                 .to_owned(),
         );
     }
+    // The export queue is made once, when tracing first starts.
+    let queue_of = |c: &Config| c.tracing.as_ref().map(|t| t.queue_size);
+    if let (Some(old_queue), Some(new_queue)) = (queue_of(old), queue_of(new)) {
+        if old_queue != new_queue {
+            out.push(
+                "tracing.queue_size changed: takes effect after a restart or graceful upgrade"
+                    .to_owned(),
+            );
+        }
+    }
     // `trusted_proxies` and `keep_override_headers` are read per request
     // from the live generation: they apply at once.
     let process_settings = |c: &Config| {

@@ -89,14 +89,15 @@ impl fmt::Display for StepMillis {
 }
 
 /// Records a finished request: metrics, access log (queued for its writer
-/// thread, `access_log`), slow-request log.
+/// thread, `access_log`), slow-request log. Returns the status recorded
+/// (499 when the client left first).
 pub fn finish(
     metrics: &Metrics,
     access_log: &AccessLog,
     session: &Session,
     e: Option<&Error>,
     ctx: &RequestCtx,
-) {
+) -> u16 {
     if ctx.subrequest {
         // Pingora's background refresh, not a client's request: counted
         // on its own, never as a request or an access line.
@@ -109,7 +110,7 @@ pub fn finish(
             .cache_background_refreshes
             .with_label_values(&[route, &status])
             .inc();
-        return;
+        return 0;
     }
     let status = session
         .response_written()
@@ -168,8 +169,9 @@ pub fn finish(
         );
     }
     if !(logging.access_log && access_log.enabled()) {
-        return;
+        return status;
     }
+    let trace_id = ctx.trace.as_ref().map(|t| t.trace_id_hex());
     if logging.access_log_format == AccessLogFormat::Json {
         let req = session.req_header();
         let line = serde_json::json!({
@@ -187,10 +189,11 @@ pub fn finish(
             "grpc_status": ctx.grpc_status,
             "duration_ms": elapsed.as_secs_f64() * 1000.0,
             "request_id": request_id,
+            "trace_id": trace_id.as_ref().map(|t| String::from_utf8_lossy(t)),
             "error": e.map(|e| e.etype().as_str()),
         });
         access_log.write(&line.to_string());
-        return;
+        return status;
     }
     // The prefix env_logger gives other lines, so both sort together;
     // written straight into the thread's log buffer.
@@ -203,9 +206,14 @@ pub fn finish(
         Millis(elapsed).push(out);
         out.extend_from_slice(b" request_id=");
         out.extend_from_slice(request_id.as_bytes());
+        if let Some(trace_id) = &trace_id {
+            out.extend_from_slice(b" trace_id=");
+            out.extend_from_slice(trace_id);
+        }
         if let Some(e) = e {
             out.extend_from_slice(b" error=");
             out.extend_from_slice(e.etype().as_str().as_bytes());
         }
     });
+    status
 }

@@ -48,8 +48,11 @@ pub struct AppState {
     pub status: Arc<StatusBoard>,
     /// Where finished requests' access-log lines go.
     pub access_log: Arc<AccessLog>,
-    /// This process's id on the cache purge channel (random per start).
+    /// This process's id on the cache purge channel and in its traces
+    /// (random per start).
     pub instance: String,
+    /// Where sampled requests' traces go (`tracing`); idle without it.
+    pub traces: crate::trace::exporter::Exporter,
     last_reload: Mutex<Option<ReloadRecord>>,
 }
 
@@ -82,6 +85,9 @@ impl AppState {
     ) -> Self {
         memory.schedule(&gateway.pools, &gateway.config.dns);
         keys.schedule(gateway.key_sets());
+        let instance = format!("{:016x}", rand::random::<u64>());
+        let traces = crate::trace::exporter::Exporter::new(&metrics, &instance);
+        configure_traces(&traces, &gateway);
         Self {
             gateway: ArcSwap::from_pointee(gateway),
             metrics,
@@ -95,7 +101,8 @@ impl AppState {
             started: Instant::now(),
             status: Arc::new(StatusBoard::new()),
             access_log,
-            instance: format!("{:016x}", rand::random::<u64>()),
+            instance,
+            traces,
             last_reload: Mutex::new(None),
         }
     }
@@ -130,6 +137,7 @@ impl AppState {
         self.gateway.store(gateway.clone());
         self.memory.schedule(&gateway.pools, &gateway.config.dns);
         self.keys.schedule(gateway.key_sets());
+        configure_traces(&self.traces, &gateway);
     }
 
     /// Whether `/ready` should say yes: listeners up and not shutting down.
@@ -140,5 +148,14 @@ impl AppState {
     /// Set by the lifecycle service at start-up and at shutdown.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
+    }
+}
+
+/// Hands a generation's `tracing` section to the exporter; a thread that
+/// cannot start is logged (requests are unaffected: their traces are
+/// dropped and counted).
+fn configure_traces(traces: &crate::trace::exporter::Exporter, gateway: &Gateway) {
+    if let Err(e) = traces.configure(gateway.config.tracing.as_ref()) {
+        log::error!("tracing: {e}");
     }
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Instructions per request, counted by callgrind: tollgate and the bare
-# Pingora proxy, per scenario. Unlike req/s on a shared 2-core machine the
+# Instructions per request, counted by callgrind: tollgate (plain, with
+# rate limiting, with tracing at 1 %) and the bare Pingora proxy, per
+# scenario. Unlike req/s on a shared 2-core machine the
 # count repeats to a fraction of a percent for the same binary and inputs,
 # so it tells whether one change to the per-request work helped.
 #
@@ -35,6 +36,10 @@ YAML
 tollgate_config </dev/null > "$WORK/tollgate.yaml"
 KEY_HASH=$(target/release/tollgate hash-key "$BENCH_KEY")
 bench_rate_limits "$KEY_HASH" | tollgate_config > "$WORK/tollgate-rl.yaml"
+# Tracing on, 1 % sampled (exports to the origin, which refuses them: the
+# request path is what is counted).
+printf 'tracing: { endpoint: "http://%s/v1/traces", sample_ratio: 0.01 }\n' "$ORIGIN" \
+  | tollgate_config > "$WORK/tollgate-tracing.yaml"
 
 bench_at_exit '[ -z "${proxy_pid:-}" ] || kill "$proxy_pid"'
 bench_nginx "$WORK/origin.conf"
@@ -95,6 +100,9 @@ for s in "passthrough:/uncached" "passthrough-nocache:/plain/uncached" "cached:/
   if wanted "$PROXIES" tollgate+ratelimit; then
     measure tollgate+ratelimit "$scen" "$path" "$enc" target/release/tollgate run -c "$WORK/tollgate-rl.yaml"
   fi
+  if wanted "$PROXIES" tollgate+tracing; then
+    measure tollgate+tracing "$scen" "$path" "$enc" target/release/tollgate run -c "$WORK/tollgate-tracing.yaml"
+  fi
   if wanted "$PROXIES" bare-pingora && [ -z "$enc" ]; then
     measure bare-pingora "$scen" "$path" "" target/release/examples/bare_proxy "$PROXY" "$ORIGIN" "$WORK/doc.json"
   fi
@@ -103,7 +111,7 @@ done
 echo
 printf '%-20s %-20s %14s %12s\n' scenario proxy instr/request "vs bare"
 for scen in passthrough passthrough-nocache cached compressed; do
-  for name in tollgate tollgate+ratelimit bare-pingora; do
+  for name in tollgate tollgate+ratelimit tollgate+tracing bare-pingora; do
     v=${counts["$scen/$name"]:-}
     [ -n "$v" ] || continue
     b=${counts["$scen/bare-pingora"]:-}

@@ -154,13 +154,16 @@ impl JwtVerifier {
     /// source at most its fetch `timeout`) for the key sets that were
     /// never fetched yet, so a valid token is not refused because the
     /// process is seconds old. One atomic load per source afterwards.
-    pub async fn await_first_keys(&self, bearer: &str) {
+    /// True when it waited for a fetch.
+    pub async fn await_first_keys(&self, bearer: &str) -> bool {
         if !has_jwt_shape(bearer) {
-            return;
+            return false;
         }
+        let mut waited = false;
         for source in self.key_sets() {
-            source.first_fetch(source.config.timeout).await;
+            waited |= source.first_fetch(source.config.timeout).await;
         }
+        waited
     }
 
     /// The key sources this generation reads, for [`KeyRing::schedule`].

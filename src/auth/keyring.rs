@@ -13,10 +13,8 @@ use crate::values::key_set::KeySet;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::connectors::http::Connector;
-use pingora::http::RequestHeader;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use pingora::upstreams::peer::HttpPeer;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -73,18 +71,20 @@ impl PublishedKeySet {
     /// token that arrives before the set was ever read — right after a
     /// start, or in the process a graceful upgrade just handed the
     /// listening sockets to — would otherwise be refused for a key the
-    /// set has; after the first fetch this is one atomic load.
-    pub async fn first_fetch(&self, bound: Duration) {
+    /// set has; after the first fetch this is one atomic load. True when
+    /// it had to wait (the request's trace shows the wait).
+    pub async fn first_fetch(&self, bound: Duration) -> bool {
         if self.tried.load(Ordering::Acquire) {
-            return;
+            return false;
         }
         let notified = self.first_done.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         if self.tried.load(Ordering::Acquire) {
-            return;
+            return false;
         }
         let _ = tokio::time::timeout(bound, notified).await;
+        true
     }
 
     /// The keys as last read (empty before the first good fetch).
@@ -214,95 +214,28 @@ impl PublishedKeySet {
     }
 }
 
-/// A GET of an `http(s)://` URL through Pingora's connector (TLS verified
-/// against the system's roots and the URL's host name); the body of a 200.
+/// A GET of the key set's `http(s)://` URL (`http_client`); the body of a 200.
 async fn get(connector: &Connector, url: &str) -> Result<Vec<u8>, String> {
-    let (tls, rest) = match url.strip_prefix("https://") {
-        Some(rest) => (true, rest),
-        None => (false, url.strip_prefix("http://").unwrap_or(url)),
-    };
-    let (authority, path) = match rest.find(['/', '?']) {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let path = if path.starts_with('?') {
-        format!("/{path}")
-    } else {
-        path.to_owned()
-    };
-    let default_port = if tls { 443 } else { 80 };
-    let (host, port) = split_authority(authority, default_port)?;
-    let addr = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{host} has no address"))?;
-    let peer = HttpPeer::new(addr, tls, host.to_owned());
-    let (mut session, _) = connector
-        .get_http_session(&peer)
-        .await
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    let mut req = RequestHeader::build("GET", path.as_bytes(), None)
-        .map_err(|e| format!("bad request target {path:?}: {e}"))?;
-    let header = |e: pingora::BError| format!("request header: {e}");
-    req.insert_header(http::header::HOST, authority)
-        .map_err(header)?;
-    req.insert_header(http::header::ACCEPT, "application/json")
-        .map_err(header)?;
-    req.insert_header(
-        http::header::USER_AGENT,
-        concat!("tollgate/", env!("CARGO_PKG_VERSION")),
+    let url = crate::http_client::Url::parse(url)?;
+    let accept = [(
+        http::header::ACCEPT,
+        http::HeaderValue::from_static("application/json"),
+    )];
+    let answer = crate::http_client::send(
+        connector,
+        crate::http_client::Request {
+            method: "GET",
+            url: &url,
+            headers: &accept,
+            body: None,
+            max_answer: MAX_DOCUMENT,
+        },
     )
-    .map_err(header)?;
-    session
-        .write_request_header(Box::new(req))
-        .await
-        .map_err(|e| format!("sending the request: {e}"))?;
-    session
-        .finish_request_body()
-        .await
-        .map_err(|e| format!("sending the request: {e}"))?;
-    session
-        .read_response_header()
-        .await
-        .map_err(|e| format!("reading the answer: {e}"))?;
-    let status = session
-        .response_header()
-        .map(|h| h.status.as_u16())
-        .unwrap_or(0);
-    if status != 200 {
-        return Err(format!("answered {status}"));
+    .await?;
+    if answer.status != 200 {
+        return Err(format!("answered {}", answer.status));
     }
-    let mut body = Vec::new();
-    while let Some(chunk) = session
-        .read_response_body()
-        .await
-        .map_err(|e| format!("reading the body: {e}"))?
-    {
-        if body.len() + chunk.len() > MAX_DOCUMENT {
-            return Err(format!("the key set is larger than {MAX_DOCUMENT} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-/// `host[:port]` or `[v6]:port` → host and port.
-fn split_authority(authority: &str, default_port: u16) -> Result<(&str, u16), String> {
-    let bad = || format!("bad host {authority:?}");
-    if let Some(v6) = authority.strip_prefix('[') {
-        let (host, rest) = v6.split_once(']').ok_or_else(bad)?;
-        let port = match rest.strip_prefix(':') {
-            Some(p) => p.parse().map_err(|_| bad())?,
-            None if rest.is_empty() => default_port,
-            None => return Err(bad()),
-        };
-        return Ok((host, port));
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port)) => Ok((host, port.parse().map_err(|_| bad())?)),
-        None => Ok((authority, default_port)),
-    }
+    Ok(answer.body)
 }
 
 /// Every key source of the process.
@@ -456,26 +389,5 @@ impl BackgroundService for KeyRefresher {
                 _ = shutdown.changed() => return,
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn authorities_split_into_host_and_port() {
-        assert_eq!(
-            split_authority("auth.example.com", 443),
-            Ok(("auth.example.com", 443))
-        );
-        assert_eq!(
-            split_authority("127.0.0.1:8080", 80),
-            Ok(("127.0.0.1", 8080))
-        );
-        assert_eq!(split_authority("[::1]:9000", 80), Ok(("::1", 9000)));
-        assert_eq!(split_authority("[::1]", 443), Ok(("::1", 443)));
-        assert!(split_authority("host:port", 80).is_err());
-        assert!(split_authority("[::1", 80).is_err());
     }
 }

@@ -9,6 +9,7 @@ use super::l2::{ttl_of, L2Entry, RedisTier};
 use super::names::EntryNames;
 use super::store::{ticket_of, MemoryStore};
 use crate::cache::key::{route_part, uri_of};
+use crate::trace::recorder::TierTap;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::cache::key::{CacheHashKey, CacheKey};
@@ -143,7 +144,13 @@ impl Storage for TieredStorage {
         if outbox.hides_uri(uri) {
             return Ok(None);
         }
-        let Some(entry) = self.redis.lookup(&key.combined_bin()).await else {
+        let tap = key.extensions.get::<TierTap>();
+        let started = tap.map(|_| std::time::Instant::now());
+        let entry = self.redis.lookup(&key.combined_bin()).await;
+        if let (Some(tap), Some(started)) = (tap, started) {
+            tap.record("redis", started, entry.is_some());
+        }
+        let Some(entry) = entry else {
             return Ok(None);
         };
         let meta = match CacheMeta::deserialize(&entry.internal, &entry.header) {
@@ -166,7 +173,15 @@ impl Storage for TieredStorage {
             return Ok(None);
         }
         self.promote(key, &meta, entry.body.clone()).await?;
-        let (mut meta, hit) = match self.memory.lookup(key, trace).await? {
+        // Reading back what was just promoted is not a lookup of its own
+        // in the request's trace.
+        let untapped = tap.is_some().then(|| {
+            let mut key = key.clone();
+            key.extensions.remove::<TierTap>();
+            key
+        });
+        let promoted = self.memory.lookup(untapped.as_ref().unwrap_or(key), trace);
+        let (mut meta, hit) = match promoted.await? {
             Some(found) => found,
             // Evicted as it was admitted (memory too small for it): serve
             // what Redis gave.

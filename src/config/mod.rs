@@ -13,6 +13,7 @@ mod check_cache;
 mod check_ratelimit;
 mod check_route;
 mod check_server;
+mod check_tracing;
 mod check_upstream;
 pub mod error;
 pub mod file;
@@ -203,6 +204,10 @@ impl Checker<'_> {
         let logging = self.logging(&raw.logging, &root.key("logging"));
         let limits = self.limits(&raw.limits, &root.key("limits"));
 
+        let tracing = raw
+            .tracing
+            .as_ref()
+            .and_then(|t| self.tracing(t, &root.key("tracing")));
         let mut dns = self.dns(&raw.dns, &root.key("dns"));
         dns.own_addresses = listeners.iter().map(|l| l.addr).collect();
         dns.own_addresses.extend(admin_listen);
@@ -299,6 +304,7 @@ impl Checker<'_> {
                 underscore_headers: raw.hygiene.underscore_headers.unwrap_or_default(),
             },
             dns,
+            tracing,
             upstreams,
             routes,
             warnings: std::mem::take(&mut self.warnings),

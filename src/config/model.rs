@@ -13,7 +13,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod tracing;
 mod upstream;
+pub use tracing::*;
 pub use upstream::*;
 
 /// A complete, validated configuration.
@@ -59,6 +61,8 @@ pub struct Config {
     pub hygiene: Hygiene,
     /// How backend names are resolved.
     pub dns: DnsSettings,
+    /// OpenTelemetry traces; `None` when off.
+    pub tracing: Option<TracingConfig>,
     /// Upstream pools, sorted by name.
     pub upstreams: Vec<UpstreamConfig>,
     /// Routes in file order.
@@ -705,4 +709,14 @@ pub mod defaults {
     pub const HEALTHY_THRESHOLD: usize = 2;
     /// Default consecutive failures to go out.
     pub const UNHEALTHY_THRESHOLD: usize = 3;
+    /// Default share of new traces recorded.
+    pub const TRACE_SAMPLE_RATIO: f64 = 0.01;
+    /// Default finished requests waiting for export.
+    pub const TRACE_QUEUE: usize = 2048;
+    /// Default spans per export request.
+    pub const TRACE_BATCH: usize = 512;
+    /// Default wait before a partial batch is exported.
+    pub const TRACE_BATCH_INTERVAL: Duration = Duration::from_secs(1);
+    /// Default limit on one export.
+    pub const TRACE_EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 }

@@ -107,6 +107,11 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     /// `tollgate_auth_jwks_fetches_total{result}`: key-set fetches (`ok`, `error`).
     pub jwks_fetches: IntCounterVec,
+    /// `tollgate_trace_spans_exported_total`: spans the collector accepted.
+    pub trace_spans_exported: IntCounter,
+    /// `tollgate_trace_spans_dropped_total{reason}`: spans of sampled
+    /// requests never delivered (`queue_full`, `export_failed`, `not_running`).
+    pub trace_spans_dropped: IntCounterVec,
     /// `tollgate_ratelimit_tenant_decisions_total{tenant,decision}`, only for tiers with `tenant_metrics`.
     pub ratelimit_tenant_decisions: IntCounterVec,
     /// `tollgate_ratelimit_buckets`: in-process buckets held.
@@ -359,6 +364,20 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let trace_spans_exported = IntCounter::new(
+            "tollgate_trace_spans_exported_total",
+            "Spans of sampled requests the OTLP collector accepted",
+        )?;
+        let trace_spans_dropped = IntCounterVec::new(
+            Opts::new(
+                "tollgate_trace_spans_dropped_total",
+                "Spans of sampled requests dropped, by reason (queue_full, export_failed, not_running)",
+            ),
+            &["reason"],
+        )?;
+        for reason in ["queue_full", "export_failed", "not_running"] {
+            trace_spans_dropped.with_label_values(&[reason]);
+        }
         let ratelimit_tenant_decisions = IntCounterVec::new(
             Opts::new(
                 "tollgate_ratelimit_tenant_decisions_total",
@@ -576,6 +595,12 @@ impl Metrics {
         register(
             &registry,
             &mut names,
+            Box::new(trace_spans_exported.clone()),
+        )?;
+        register(&registry, &mut names, Box::new(trace_spans_dropped.clone()))?;
+        register(
+            &registry,
+            &mut names,
             Box::new(ratelimit_tenant_decisions.clone()),
         )?;
         register(&registry, &mut names, Box::new(ratelimit_buckets.clone()))?;
@@ -627,6 +652,8 @@ impl Metrics {
             ratelimit_fallback,
             auth_failures,
             jwks_fetches,
+            trace_spans_exported,
+            trace_spans_dropped,
             ratelimit_tenant_decisions,
             ratelimit_buckets,
             ratelimit_buckets_evicted,

@@ -10,7 +10,7 @@ use crate::metrics::Metrics;
 use crate::upstream::replay::Replay;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
-use pingora::upstreams::peer::HttpPeer;
+use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora::{Error, ErrorType, Result};
 
 /// Whether an upstream response has a body after its header (RFC 9112
@@ -51,12 +51,47 @@ pub(super) fn peer(ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     if upgrade {
         crate::tunnel::bound_by_idle(&mut peer, timeouts.idle);
     }
+    let (number, pool) = (attempts.count() as i64, pool.name().to_owned());
+    if let Some(trace) = ctx.recording() {
+        let address = peer.address().to_string();
+        trace.attempt_started(|| {
+            let (host, port) = address.rsplit_once(':').unwrap_or((&address, ""));
+            vec![
+                (
+                    "server.address",
+                    host.trim_matches(['[', ']']).to_owned().into(),
+                ),
+                ("server.port", port.parse::<i64>().unwrap_or(0).into()),
+                ("tollgate.upstream", pool.into()),
+                ("tollgate.attempt", number.into()),
+            ]
+        });
+    }
     Ok(peer)
 }
 
-/// The connection `fd` is up: the route's total deadline is armed on it
-/// (see `upstream::deadline`).
-pub(super) fn connected(ctx: &mut RequestCtx, fd: std::os::unix::io::RawFd) {
+/// Ends the recorded attempt with the failure `e`, and whether tollgate
+/// tries again (the retry's reason is the failure).
+fn attempt_failed(ctx: &mut RequestCtx, e: &Error) {
+    if let Some(trace) = ctx.recording() {
+        let retry = e.retry();
+        trace.attempt_ended(Some(e.to_string()), || {
+            vec![
+                ("error.type", e.etype().as_str().into()),
+                ("tollgate.retry", retry.into()),
+            ]
+        });
+    }
+}
+
+/// The connection `fd` is up (a pooled one when `reused`): the route's
+/// total deadline is armed on it (see `upstream::deadline`).
+pub(super) fn connected(ctx: &mut RequestCtx, fd: std::os::unix::io::RawFd, reused: bool) {
+    if let Some(trace) = ctx.recording() {
+        trace.attempt_event("connected", || {
+            vec![("tollgate.connection.reused", reused.into())]
+        });
+    }
     let started = ctx.started;
     if let (Some((timeouts, pool)), attempts) = ctx.timeouts_and_attempts() {
         // On HTTP/2 the descriptor is the connection every stream to
@@ -71,10 +106,14 @@ pub(super) fn connected(ctx: &mut RequestCtx, fd: std::os::unix::io::RawFd) {
 /// A connect failure: passive health, and a retry when allowed.
 pub(super) fn connect_failed(ctx: &mut RequestCtx, e: Box<Error>, metrics: &Metrics) -> Box<Error> {
     let started = ctx.started;
-    let (Some((timeouts, pool)), attempts) = ctx.timeouts_and_attempts() else {
-        return e;
+    let e = match ctx.timeouts_and_attempts() {
+        (Some((timeouts, pool)), attempts) => {
+            attempts.connect_failed(pool, &timeouts, started, e, metrics)
+        }
+        _ => e,
     };
-    attempts.connect_failed(pool, &timeouts, started, e, metrics)
+    attempt_failed(ctx, &e);
+    e
 }
 
 /// A failure after connecting: passive health, and a replay when allowed.
@@ -90,10 +129,14 @@ pub(super) fn proxy_failed(
     let e = e.more_context(format!("Peer: {peer}"));
     let replay = replay_of(session, upstream_reused);
     let started = ctx.started;
-    let (Some((timeouts, pool)), attempts) = ctx.timeouts_and_attempts() else {
-        return e;
+    let e = match ctx.timeouts_and_attempts() {
+        (Some((timeouts, pool)), attempts) => {
+            attempts.proxy_failed(pool, &timeouts, started, e, replay, metrics)
+        }
+        _ => e,
     };
-    attempts.proxy_failed(pool, &timeouts, started, e, replay, metrics)
+    attempt_failed(ctx, &e);
+    e
 }
 
 /// The response head arrived: time to first byte, a 5xx counted against
@@ -108,6 +151,11 @@ pub(super) fn response_header(
     let status = resp.status.as_u16();
     let started = ctx.started;
     let body_expected = response_has_body(session, resp);
+    if let Some(trace) = ctx.recording() {
+        trace.attempt_event("first_byte", || {
+            vec![("http.response.status_code", i64::from(status).into())]
+        });
+    }
     if let (Some((timeouts, pool)), attempts) = ctx.timeouts_and_attempts() {
         attempts.response_header(pool, status, body_expected, metrics);
         let replay = replay_of(session, false);
@@ -177,6 +225,9 @@ pub(super) fn response_body(
     };
     if end_of_stream {
         attempts.response_finished(pool);
+        if let Some(trace) = ctx.recording() {
+            trace.attempt_ended(None, Vec::new);
+        }
         return Ok(());
     }
     if tunnel {

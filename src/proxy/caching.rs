@@ -28,7 +28,11 @@ pub(super) fn enable(state: &AppState, session: &mut Session, ctx: &mut RequestC
 /// drops what this request fetches if a purge naming it is recorded before
 /// it is stored (`cache::store::purge_log`).
 pub(super) fn key(state: &AppState, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
-    if let Some(key) = ctx.cache_key.take() {
+    let tap = ctx.recording().and_then(|t| t.tier_tap());
+    if let Some(mut key) = ctx.cache_key.take() {
+        if let Some(tap) = tap {
+            key.extensions.insert(tap);
+        }
         return Ok(key);
     }
     let route = ctx.route();
@@ -42,6 +46,9 @@ pub(super) fn key(state: &AppState, session: &Session, ctx: &mut RequestCtx) -> 
     })?;
     let mut key = cache::key::cache_key(session.req_header(), ctx.host.as_ref(), scope, policy);
     key.extensions.insert(state.cache.store.ticket());
+    if let Some(tap) = tap {
+        key.extensions.insert(tap);
+    }
     Ok(key)
 }
 

@@ -17,6 +17,13 @@ pub(super) fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
         .map(|a| a.ip())
 }
 
+/// Whether the connection's peer is one of `server.trusted_proxies`
+/// (whose forwarding and trace fields are believed).
+pub(super) fn peer_trusted(session: &Session, ctx: &RequestCtx) -> bool {
+    let trusted = &ctx.gateway.config.server.trusted_proxies;
+    client_ip(session).is_some_and(|ip| trusted.iter().any(|net| net.contains(&ip)))
+}
+
 /// What a route's header and redirect templates are filled with for this
 /// request: the same client address rate limiting and forwarding use, the
 /// request id, the tenant, the route, the normalised host.

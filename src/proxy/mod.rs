@@ -12,6 +12,7 @@ mod caching;
 mod client;
 mod respond;
 mod steps;
+mod traced;
 
 use crate::cache::{self, vary};
 use crate::compression;
@@ -79,6 +80,7 @@ impl ProxyHttp for Proxy {
     /// then identity (401), the budget when cached responses count (429),
     /// the request as forwarded, and the fresh-hit path (`steps`).
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        traced::begin(session, ctx);
         steps::protocol(session, ctx, &self.state.metrics);
         if let Err(refusal) = steps::accept(session, ctx) {
             respond::error(session, ctx, &refusal).await?;
@@ -104,13 +106,13 @@ impl ProxyHttp for Proxy {
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
-        _reused: bool,
+        reused: bool,
         _peer: &HttpPeer,
         fd: std::os::unix::io::RawFd,
         _digest: Option<&Digest>,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        attempt::connected(ctx, fd);
+        attempt::connected(ctx, fd, reused);
         Ok(())
     }
 
@@ -225,14 +227,16 @@ impl ProxyHttp for Proxy {
         caching::may_serve_stale(error)
     }
 
-    /// `Host` and the path rewrite (`attempt::request_header`).
+    /// `Host` and the path rewrite (`attempt::request_header`), and the
+    /// trace context this attempt passes on (`traced`).
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        attempt::request_header(session, upstream_request, ctx)
+        attempt::request_header(session, upstream_request, ctx)?;
+        traced::attempt_fields(upstream_request, ctx)
     }
 
     /// `Cache-Status` (RFC 9211) and, when configured, no targeted
@@ -284,6 +288,9 @@ impl ProxyHttp for Proxy {
         if let Some(b) = body {
             ctx.body_bytes_in += b.len() as u64;
         }
+        if let Some(trace) = ctx.recording() {
+            trace.body_chunk();
+        }
         if let Some(coding) = ctx.body_coding.as_mut() {
             let input = body.take().unwrap_or_default();
             let coded = coding.chunk(&input, end_of_stream)?;
@@ -328,8 +335,8 @@ impl ProxyHttp for Proxy {
         respond::failure(session, e, ctx).await
     }
 
-    /// Metrics, the access log, the slow-request log, and invalidation after
-    /// unsafe requests; the backend lease and in-flight guard are released
+    /// Metrics, the access log, the slow-request log, the request's trace;
+    /// the backend lease and in-flight guard are released
     /// when `ctx` drops right after this.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         respond::limit_keepalive(session, ctx);
@@ -337,8 +344,9 @@ impl ProxyHttp for Proxy {
             attempts.request_finished(pool);
         }
         let state = &self.state;
-        crate::request_log::finish(&state.metrics, &state.access_log, session, e, ctx);
+        let status = crate::request_log::finish(&state.metrics, &state.access_log, session, e, ctx);
         compression::count(&state.metrics, session, ctx.body_bytes_in);
+        traced::finish(state, session, e, ctx, status);
     }
 
     /// Client disconnects are counted as 499, not logged as errors.

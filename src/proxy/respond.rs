@@ -25,6 +25,9 @@ pub fn finish_header(
     if let Some(rate) = &ctx.rate_headers {
         ratelimit::apply_headers(resp, rate)?;
     }
+    if let Some(trace) = ctx.recording() {
+        trace.encoding_before = resp.headers.get(http::header::CONTENT_ENCODING).cloned();
+    }
     if ctx.grpc || resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
         // gRPC frames its messages (and compresses them itself, per
         // message); a tunnel's bytes are not a body. Neither is touched.

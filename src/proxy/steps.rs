@@ -3,7 +3,7 @@
 //! its stage and the fresh-hit fast path, each wiring a module's answer into the request context and the
 //! response.
 
-use super::client::{client_ip, template_values};
+use super::client::{client_ip, peer_trusted, template_values};
 use super::{respond, Proxy};
 use crate::cache::fresh;
 use crate::cache::invalidation::{answered as invalidate, purge_memory_off_runtime, Selection};
@@ -14,12 +14,15 @@ use crate::gateway::Destination;
 use crate::headers;
 use crate::metrics::Metrics;
 use crate::ratelimit::admission::{self, Stage};
+use crate::ratelimit::identity::Identity;
 use crate::target;
+use crate::trace::recorder::Kind;
 use crate::values::host::Host;
 use crate::values::hygiene;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 use std::borrow::Cow;
+use std::time::Instant;
 
 /// What kind of exchange this is, read once before anything answers: a
 /// gRPC call (own answers become gRPC statuses, its `grpc-timeout` caps
@@ -306,8 +309,7 @@ fn forward(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ErrorRespo
         request_id,
         host: ctx.host.as_ref().map(Host::as_str),
         peer_ip,
-        peer_trusted: peer_ip
-            .is_some_and(|ip| server.trusted_proxies.iter().any(|net| net.contains(&ip))),
+        peer_trusted: peer_trusted(session, ctx),
         tls: ctx.tls,
         keep_overrides: &server.keep_override_headers,
         limiter: ctx.gateway.rate_limiter.as_ref(),
@@ -315,6 +317,10 @@ fn forward(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ErrorRespo
     };
     forwarded::rewrite(session.req_header_mut(), &edge).map_err(|e| {
         log::error!("rewriting the request for the upstream: {e}");
+        ErrorResponse::internal()
+    })?;
+    super::traced::forwarded_fields(session.req_header_mut(), ctx).map_err(|e| {
+        log::error!("writing the trace context for the upstream: {e}");
         ErrorResponse::internal()
     })?;
     // Then the route's own fields (`check` keeps them off the fields the
@@ -384,10 +390,36 @@ impl Proxy {
                 })
                 .map(str::trim);
             if let Some(bearer) = bearer {
-                jwt.await_first_keys(bearer).await;
+                let began = Instant::now();
+                if jwt.await_first_keys(bearer).await {
+                    if let Some(trace) = ctx.recording() {
+                        trace.span("jwks fetch", Kind::Internal, began, Vec::new);
+                    }
+                }
             }
         }
-        if let Err(refusal) = identify(session, ctx, &self.state.metrics) {
+        let began = ctx.recording().map(|_| Instant::now());
+        let identified = identify(session, ctx, &self.state.metrics);
+        if let Some(began) = began {
+            let tenant = super::traced::tenant_of(ctx);
+            let outcome = match (&identified, &ctx.identity) {
+                (Err(_), _) => "refused",
+                (Ok(()), Some(Identity::Anonymous(_))) => "anonymous",
+                (Ok(()), Some(Identity::Token(_))) => "token",
+                (Ok(()), Some(Identity::Tenant(_))) => "api_key",
+                (Ok(()), None) => "none",
+            };
+            if let Some(trace) = ctx.recording() {
+                trace.span("identity", Kind::Internal, began, || {
+                    let mut attributes = vec![("tollgate.identity", outcome.into())];
+                    if let Some(tenant) = tenant {
+                        attributes.push(("tollgate.tenant", tenant.into()));
+                    }
+                    attributes
+                });
+            }
+        }
+        if let Err(refusal) = identified {
             return respond::error(session, ctx, &refusal).await.map(|()| true);
         }
         if self.admit(session, ctx, Stage::BeforeCache).await? {
@@ -452,7 +484,38 @@ impl Proxy {
             budget,
         };
         let state = &self.state;
+        let began = ctx
+            .trace
+            .as_ref()
+            .filter(|t| t.sampled)
+            .map(|_| Instant::now());
         let admission = admission::admit(limiter, &state.rate, &state.metrics, route, who).await;
+        if let (Some(began), Some(trace)) = (began, ctx.recording()) {
+            let limited = admission.refusal.is_some();
+            trace.span("rate limit", Kind::Internal, began, || {
+                let mut attributes = vec![
+                    (
+                        "tollgate.ratelimit.decision",
+                        if limited { "limited" } else { "allowed" }.into(),
+                    ),
+                    (
+                        "tollgate.ratelimit.stage",
+                        match stage {
+                            Stage::BeforeCache => "before_cache",
+                            Stage::BeforeUpstream => "before_upstream",
+                        }
+                        .into(),
+                    ),
+                ];
+                if let Some(store) = admission.decided_by {
+                    attributes.push(("tollgate.ratelimit.store", store.into()));
+                }
+                if let Some(tier) = &admission.tier {
+                    attributes.push(("tollgate.ratelimit.tier", tier.clone().into()));
+                }
+                attributes
+            });
+        }
         ctx.rate_headers = admission.headers;
         match admission.refusal {
             Some(refusal) => respond::error(session, ctx, &refusal).await.map(|()| true),
@@ -481,15 +544,34 @@ impl Proxy {
             route_compression: route.compression,
         };
         let state = &self.state;
-        let hit = match fresh::lookup(
+        let began = ctx
+            .trace
+            .as_ref()
+            .filter(|t| t.sampled)
+            .map(|_| Instant::now());
+        let lookup = fresh::lookup(
             session,
             ctx.host.as_ref(),
             &cached,
             &state.cache,
             &state.metrics,
         )
-        .await?
-        {
+        .await?;
+        if let (Some(began), Some(trace)) = (began, ctx.recording()) {
+            let result = match &lookup {
+                fresh::Lookup::Hit(_) => "hit",
+                fresh::Lookup::Miss(_) => "miss",
+                fresh::Lookup::NotEligible => "not_eligible",
+            };
+            trace.span("cache lookup", Kind::Internal, began, || {
+                vec![
+                    ("tollgate.cache.tier", "memory".into()),
+                    ("tollgate.cache.path", "fresh".into()),
+                    ("tollgate.cache.result", result.into()),
+                ]
+            });
+        }
+        let hit = match lookup {
             fresh::Lookup::Hit(hit) => hit,
             fresh::Lookup::Miss(key) => {
                 ctx.cache_key = Some(key);

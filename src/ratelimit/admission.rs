@@ -40,6 +40,11 @@ pub struct Admission {
     pub headers: Option<RateHeaders>,
     /// The 429 to send instead of serving the request.
     pub refusal: Option<ErrorResponse>,
+    /// Who decided: `local` buckets, `redis`, or `local_fallback` (Redis
+    /// failed); `None` when no budget applied.
+    pub decided_by: Option<&'static str>,
+    /// The tier whose budget was decided.
+    pub tier: Option<String>,
 }
 
 /// What a request is decided on, besides the request itself.
@@ -102,6 +107,11 @@ pub async fn admit(
         });
     }
     let (verdicts, fallback) = store.decide(&checks, metrics).await;
+    let decided_by = match (&store.redis, fallback) {
+        (None, _) => "local",
+        (Some(_), false) => "redis",
+        (Some(_), true) => "local_fallback",
+    };
     let decision = limiter.decision(tier, budget, &verdicts, fallback);
     count(metrics, limiter, &who, &decision);
     let refusal = (!decision.allowed).then(|| {
@@ -114,6 +124,8 @@ pub async fn admit(
     Admission {
         headers: Some(decision.headers),
         refusal,
+        decided_by: Some(decided_by),
+        tier: Some(limiter.tiers[tier].name.to_string()),
     }
 }
 

@@ -16,3 +16,4 @@ pub mod key_set;
 pub mod methods;
 pub mod rewrite;
 pub mod template;
+pub mod url;

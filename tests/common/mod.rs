@@ -9,6 +9,7 @@
 pub mod client;
 pub mod dns;
 pub mod grpc;
+pub mod otlp;
 pub mod redis;
 pub mod upstream;
 

@@ -5,6 +5,7 @@
 use super::entry::{compact_header, empty_header, tags_weight, Entry, StoredTimes};
 use super::{Fill, FillTicket, MemoryStore};
 use crate::cache::key::{route_part, uri_of};
+use crate::trace::recorder::TierTap;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::cache::key::{CacheHashKey, CacheKey, CompactCacheKey, HashBinary};
@@ -15,6 +16,7 @@ use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 use std::any::Any;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Serves a stored body; bodies are `Bytes`, so a hit copies nothing.
 struct Hit {
@@ -153,7 +155,13 @@ impl Storage for MemoryStore {
         key: &CacheKey,
         _: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let Some(entry) = self.get_live(&key.primary_bin(), &key.combined_bin()) else {
+        let tap = key.extensions.get::<TierTap>();
+        let started = tap.map(|_| Instant::now());
+        let entry = self.get_live(&key.primary_bin(), &key.combined_bin());
+        if let (Some(tap), Some(started)) = (tap, started) {
+            tap.record("memory", started, entry.is_some());
+        }
+        let Some(entry) = entry else {
             return Ok(None);
         };
         let t = &entry.times;

@@ -8,6 +8,7 @@
 mod auth;
 mod cache;
 mod ratelimit;
+mod tracing;
 
 use crate::config::units::HumanDuration;
 use serde::de::{self, value::MapAccessDeserializer, Deserializer, MapAccess, Visitor};
@@ -73,6 +74,9 @@ pub struct FileConfig {
     /// How backend host names are resolved (and re-resolved) through DNS.
     #[serde(default)]
     pub dns: DnsSpec,
+    /// OpenTelemetry traces; off when absent.
+    #[serde(default)]
+    pub tracing: Option<TracingSpec>,
     /// Named pools of backend servers.
     pub upstreams: BTreeMap<String, UpstreamSpec>,
     /// Routes, matched by host, longest path prefix and method.
@@ -653,6 +657,7 @@ pub struct RouteCompressionSpec {
 pub use auth::*;
 pub use cache::*;
 pub use ratelimit::*;
+pub use tracing::*;
 
 /// The request side of a route.
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
