@@ -75,6 +75,12 @@ pub struct AccessLog {
     /// `false` when the log level filters `tollgate::access` out (e.g.
     /// `RUST_LOG=warn`), as it did when the lines went through `log`.
     enabled: bool,
+    /// The writer and its queue's receiving end until the writer thread
+    /// starts: at the first line, so that it starts in the process that
+    /// serves (`--daemon` forks after start-up, and a thread started
+    /// before the fork does not exist in the child).
+    pending: Mutex<Option<(Writer, mpsc::Receiver<Message>)>>,
+    writer_started: std::sync::OnceLock<()>,
 }
 
 thread_local! {
@@ -89,8 +95,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl AccessLog {
-    /// Starts the writer thread for `destination`; `dropped` counts lines
-    /// the queue had no room for.
+    /// The access log for `destination` (opened now, so a bad path fails
+    /// the start); its writer thread starts with the first line. `dropped`
+    /// counts lines the queue had no room for.
     pub fn start(destination: Destination, dropped: IntCounter) -> io::Result<Self> {
         let sink = open(&destination)?;
         let (queue, messages) = mpsc::sync_channel(QUEUE_BUFFERS);
@@ -105,15 +112,30 @@ impl AccessLog {
             shared: shared.clone(),
             failing: false,
         };
-        std::thread::Builder::new()
-            .name("tollgate-access-log".into())
-            .spawn(move || writer.run(&messages))?;
         Ok(Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             queue,
             shared,
             enabled: log::log_enabled!(target: "tollgate::access", log::Level::Info),
+            pending: Mutex::new(Some((writer, messages))),
+            writer_started: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Starts the writer thread, once, in the process that writes lines.
+    fn ensure_writer(&self) {
+        self.writer_started.get_or_init(|| {
+            let Some((writer, messages)) = lock(&self.pending).take() else {
+                return;
+            };
+            let spawned = std::thread::Builder::new()
+                .name("tollgate-access-log".into())
+                .spawn(move || writer.run(&messages));
+            if let Err(e) = spawned {
+                // Lines then fill the queue and are dropped and counted.
+                log::error!("cannot start the access-log writer: {e}");
+            }
+        });
     }
 
     /// Whether lines are written at all (the log level allows them).
@@ -149,6 +171,7 @@ impl AccessLog {
     /// (no line-sized allocation or copy per request); its newline is added
     /// here. Never blocks on I/O.
     pub fn write_with(&self, compose: impl FnOnce(&mut Vec<u8>)) {
+        self.ensure_writer();
         let full = self.with_local(|buffer| {
             compose(&mut buffer.bytes);
             buffer.bytes.push(b'\n');
@@ -185,6 +208,7 @@ impl AccessLog {
     /// line written so far, on any thread, is written out. Not for the
     /// request path.
     pub fn flush(&self, timeout: Duration) -> bool {
+        self.ensure_writer();
         let (ack, done) = mpsc::sync_channel(1);
         if self.queue.send(Message::Flush(ack)).is_err() {
             return false;

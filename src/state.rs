@@ -151,11 +151,7 @@ impl AppState {
     }
 }
 
-/// Hands a generation's `tracing` section to the exporter; a thread that
-/// cannot start is logged (requests are unaffected: their traces are
-/// dropped and counted).
+/// Hands a generation's `tracing` section to the exporter.
 fn configure_traces(traces: &crate::trace::exporter::Exporter, gateway: &Gateway) {
-    if let Err(e) = traces.configure(gateway.config.tracing.as_ref()) {
-        log::error!("tracing: {e}");
-    }
+    traces.configure(gateway.config.tracing.as_ref());
 }

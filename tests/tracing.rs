@@ -519,3 +519,65 @@ fn the_redis_tier_is_a_span_of_its_own() {
         .expect("redis lookup");
     assert_eq!(redis_span.span.kind, 3, "CLIENT: a request to Redis");
 }
+
+/// `--daemon` forks after start-up: the export thread and the access-log
+/// writer must run in the process that serves, not in the parent that
+/// exits (both started before the fork once, and wrote nothing).
+#[test]
+fn a_daemon_exports_spans_and_writes_its_access_log() {
+    let receiver = OtlpReceiver::start();
+    let up = backend();
+    let dir = scratch_dir("tracing-daemon");
+    let (port, admin) = (free_port(), free_port());
+    let access = dir.join("access.log");
+    let config = dir.join("tollgate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: [\"127.0.0.1:{port}\"]\n\
+             admin: {{ listen: \"127.0.0.1:{admin}\" }}\n\
+             server: {{ pid_file: {d}/tollgate.pid, upgrade_sock: {d}/upgrade.sock, grace_period: 1s, graceful_shutdown_timeout: 1s }}\n\
+             logging: {{ access_log_path: {access} }}\n\
+             {tracing}{routes}",
+            d = dir.display(),
+            access = access.display(),
+            tracing = receiver.config("sample_ratio: 1.0"),
+            routes = one_route(up.addr),
+        ),
+    )
+    .expect("write config");
+    // Its output to a file: the daemon keeps the descriptors it inherits.
+    let log = std::fs::File::create(dir.join("tollgate.log")).expect("log file");
+    let started = std::process::Command::new(binary())
+        .args(["run", "--daemon", "-c"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .status()
+        .expect("run --daemon");
+    assert!(started.success(), "{started:?}");
+    let pid_file = dir.join("tollgate.pid");
+    wait_until("the daemon writes its pid", || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|p| !p.trim().is_empty())
+    });
+    struct Stop(std::path::PathBuf);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            if let Ok(pid) = std::fs::read_to_string(&self.0) {
+                let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+            }
+        }
+    }
+    let _stop = Stop(pid_file);
+    let proxy = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    wait_until("the daemon answers", || {
+        get(proxy, "/x").is_ok_and(|r| r.status == 200)
+    });
+    let trace = forwarded_traceparent(&up, 0).0;
+    wait_spans(&receiver, &trace, 2);
+    wait_until("the daemon's access log has the request", || {
+        std::fs::read_to_string(&access).is_ok_and(|log| log.contains(&format!("trace_id={trace}")))
+    });
+}

@@ -4,7 +4,7 @@
 //! response.
 
 use super::client::{client_ip, peer_trusted, template_values};
-use super::{respond, Proxy};
+use super::{respond, traced, Proxy};
 use crate::cache::fresh;
 use crate::cache::invalidation::{answered as invalidate, purge_memory_off_runtime, Selection};
 use crate::ctx::RequestCtx;
@@ -14,15 +14,12 @@ use crate::gateway::Destination;
 use crate::headers;
 use crate::metrics::Metrics;
 use crate::ratelimit::admission::{self, Stage};
-use crate::ratelimit::identity::Identity;
 use crate::target;
-use crate::trace::recorder::Kind;
 use crate::values::host::Host;
 use crate::values::hygiene;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, Result};
 use std::borrow::Cow;
-use std::time::Instant;
 
 /// What kind of exchange this is, read once before anything answers: a
 /// gRPC call (own answers become gRPC statuses, its `grpc-timeout` caps
@@ -390,35 +387,15 @@ impl Proxy {
                 })
                 .map(str::trim);
             if let Some(bearer) = bearer {
-                let began = Instant::now();
+                let began = traced::clock(ctx);
                 if jwt.await_first_keys(bearer).await {
-                    if let Some(trace) = ctx.recording() {
-                        trace.span("jwks fetch", Kind::Internal, began, Vec::new);
-                    }
+                    traced::jwks_waited(ctx, began);
                 }
             }
         }
-        let began = ctx.recording().map(|_| Instant::now());
+        let began = traced::clock(ctx);
         let identified = identify(session, ctx, &self.state.metrics);
-        if let Some(began) = began {
-            let tenant = super::traced::tenant_of(ctx);
-            let outcome = match (&identified, &ctx.identity) {
-                (Err(_), _) => "refused",
-                (Ok(()), Some(Identity::Anonymous(_))) => "anonymous",
-                (Ok(()), Some(Identity::Token(_))) => "token",
-                (Ok(()), Some(Identity::Tenant(_))) => "api_key",
-                (Ok(()), None) => "none",
-            };
-            if let Some(trace) = ctx.recording() {
-                trace.span("identity", Kind::Internal, began, || {
-                    let mut attributes = vec![("tollgate.identity", outcome.into())];
-                    if let Some(tenant) = tenant {
-                        attributes.push(("tollgate.tenant", tenant.into()));
-                    }
-                    attributes
-                });
-            }
-        }
+        traced::identity(ctx, began, identified.is_ok());
         if let Err(refusal) = identified {
             return respond::error(session, ctx, &refusal).await.map(|()| true);
         }
@@ -484,38 +461,9 @@ impl Proxy {
             budget,
         };
         let state = &self.state;
-        let began = ctx
-            .trace
-            .as_ref()
-            .filter(|t| t.sampled)
-            .map(|_| Instant::now());
+        let began = traced::clock(ctx);
         let admission = admission::admit(limiter, &state.rate, &state.metrics, route, who).await;
-        if let (Some(began), Some(trace)) = (began, ctx.recording()) {
-            let limited = admission.refusal.is_some();
-            trace.span("rate limit", Kind::Internal, began, || {
-                let mut attributes = vec![
-                    (
-                        "tollgate.ratelimit.decision",
-                        if limited { "limited" } else { "allowed" }.into(),
-                    ),
-                    (
-                        "tollgate.ratelimit.stage",
-                        match stage {
-                            Stage::BeforeCache => "before_cache",
-                            Stage::BeforeUpstream => "before_upstream",
-                        }
-                        .into(),
-                    ),
-                ];
-                if let Some(store) = admission.decided_by {
-                    attributes.push(("tollgate.ratelimit.store", store.into()));
-                }
-                if let Some(tier) = &admission.tier {
-                    attributes.push(("tollgate.ratelimit.tier", tier.clone().into()));
-                }
-                attributes
-            });
-        }
+        traced::rate_limit(ctx, began, stage, &admission);
         ctx.rate_headers = admission.headers;
         match admission.refusal {
             Some(refusal) => respond::error(session, ctx, &refusal).await.map(|()| true),
@@ -544,11 +492,7 @@ impl Proxy {
             route_compression: route.compression,
         };
         let state = &self.state;
-        let began = ctx
-            .trace
-            .as_ref()
-            .filter(|t| t.sampled)
-            .map(|_| Instant::now());
+        let began = traced::clock(ctx);
         let lookup = fresh::lookup(
             session,
             ctx.host.as_ref(),
@@ -557,20 +501,7 @@ impl Proxy {
             &state.metrics,
         )
         .await?;
-        if let (Some(began), Some(trace)) = (began, ctx.recording()) {
-            let result = match &lookup {
-                fresh::Lookup::Hit(_) => "hit",
-                fresh::Lookup::Miss(_) => "miss",
-                fresh::Lookup::NotEligible => "not_eligible",
-            };
-            trace.span("cache lookup", Kind::Internal, began, || {
-                vec![
-                    ("tollgate.cache.tier", "memory".into()),
-                    ("tollgate.cache.path", "fresh".into()),
-                    ("tollgate.cache.result", result.into()),
-                ]
-            });
-        }
+        traced::fresh_lookup(ctx, began, &lookup);
         let hit = match lookup {
             fresh::Lookup::Hit(hit) => hit,
             fresh::Lookup::Miss(key) => {

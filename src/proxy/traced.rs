@@ -1,12 +1,15 @@
-//! Where a request's trace begins, what the upstream is told of it, and
-//! how it ends (`trace` holds the context, sampler, recorder and
-//! exporter). The child spans are recorded by the steps that do the work
-//! (`steps`: identity, rate limit, fresh-hit lookup; `attempt`: upstream
-//! attempts; the cache storage: tier lookups).
+//! Where a request's trace begins, what the upstream is told of it, the
+//! spans of the steps (`steps` measures identity, rate limit and the
+//! fresh-hit lookup and hands them here; `attempt` records upstream
+//! attempts; the cache storage its tier lookups), and how it ends.
+//! `trace` holds the context, sampler, recorder and exporter.
 
 use super::client::{client_ip, peer_trusted};
+use crate::cache::fresh;
 use crate::ctx::RequestCtx;
 use crate::metrics::NO_ROUTE;
+use crate::ratelimit::admission::{Admission, Stage};
+use crate::ratelimit::identity::Identity;
 use crate::state::AppState;
 use crate::trace::context::{TRACEPARENT, TRACESTATE};
 use crate::trace::recorder::{Attribute, Kind, RequestTrace, Span};
@@ -14,6 +17,7 @@ use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use pingora::{Error, Result};
 use std::borrow::Cow;
+use std::time::Instant;
 
 /// Begins the request's trace when `tracing` is on: first thing in
 /// `request_filter`, so every answer — refusals too — is traced.
@@ -141,7 +145,7 @@ fn compression_span(trace: &mut RequestTrace, session: &Session, bytes_in: u64) 
     let Some((first, _)) = trace.body else {
         return;
     };
-    let last = trace.ended.unwrap_or_else(std::time::Instant::now);
+    let last = trace.ended.unwrap_or_else(Instant::now);
     let encoding =
         |v: Option<&http::HeaderValue>| v.and_then(|v| v.to_str().ok()).map(str::to_owned);
     let before = encoding(trace.encoding_before.as_ref());
@@ -173,6 +177,100 @@ fn compression_span(trace: &mut RequestTrace, session: &Session, bytes_in: u64) 
         ],
         events: Vec::new(),
         error: None,
+    });
+}
+
+/// Now, when the request is recorded: the start of a span a step is
+/// about to measure (an unrecorded request does not read the clock).
+pub(super) fn clock(ctx: &RequestCtx) -> Option<Instant> {
+    ctx.trace
+        .as_ref()
+        .filter(|t| t.sampled)
+        .map(|_| Instant::now())
+}
+
+/// `jwks fetch`: the request waited for an issuer's first key-set fetch.
+pub(super) fn jwks_waited(ctx: &mut RequestCtx, began: Option<Instant>) {
+    if let (Some(began), Some(trace)) = (began, ctx.recording()) {
+        trace.span("jwks fetch", Kind::Internal, began, Vec::new);
+    }
+}
+
+/// `identity`: who the request was decided to be (or that it was refused).
+pub(super) fn identity(ctx: &mut RequestCtx, began: Option<Instant>, accepted: bool) {
+    let Some(began) = began else {
+        return;
+    };
+    let outcome = match (accepted, &ctx.identity) {
+        (false, _) => "refused",
+        (true, Some(Identity::Anonymous(_))) => "anonymous",
+        (true, Some(Identity::Token(_))) => "token",
+        (true, Some(Identity::Tenant(_))) => "api_key",
+        (true, None) => "none",
+    };
+    let tenant = tenant_of(ctx);
+    if let Some(trace) = ctx.recording() {
+        trace.span("identity", Kind::Internal, began, || {
+            let mut attributes = vec![("tollgate.identity", outcome.into())];
+            if let Some(tenant) = tenant {
+                attributes.push(("tollgate.tenant", tenant.into()));
+            }
+            attributes
+        });
+    }
+}
+
+/// `rate limit`: the decision, who made it (local buckets, Redis, or
+/// the local fallback) and on which tier.
+pub(super) fn rate_limit(
+    ctx: &mut RequestCtx,
+    began: Option<Instant>,
+    stage: Stage,
+    admission: &Admission,
+) {
+    let (Some(began), Some(trace)) = (began, ctx.recording()) else {
+        return;
+    };
+    trace.span("rate limit", Kind::Internal, began, || {
+        let decision = match admission.refusal {
+            Some(_) => "limited",
+            None => "allowed",
+        };
+        let stage = match stage {
+            Stage::BeforeCache => "before_cache",
+            Stage::BeforeUpstream => "before_upstream",
+        };
+        let mut attributes = vec![
+            ("tollgate.ratelimit.decision", decision.into()),
+            ("tollgate.ratelimit.stage", stage.into()),
+        ];
+        if let Some(store) = admission.decided_by {
+            attributes.push(("tollgate.ratelimit.store", store.into()));
+        }
+        if let Some(tier) = &admission.tier {
+            attributes.push(("tollgate.ratelimit.tier", tier.clone().into()));
+        }
+        attributes
+    });
+}
+
+/// `cache lookup` on the fresh-hit path (memory): hit, miss, or a
+/// request the path does not serve.
+pub(super) fn fresh_lookup(ctx: &mut RequestCtx, began: Option<Instant>, lookup: &fresh::Lookup) {
+    let (Some(began), Some(trace)) = (began, ctx.recording()) else {
+        return;
+    };
+    let result = match lookup {
+        fresh::Lookup::Hit(_) => "hit",
+        fresh::Lookup::Miss(_) => "miss",
+        fresh::Lookup::NotEligible => "not_eligible",
+    };
+    trace.span("cache lookup", Kind::Internal, began, || {
+        vec![
+            ("tollgate.cache.tier", "memory".into()),
+            ("tollgate.cache.path", "fresh".into()),
+            ("tollgate.cache.result", result.into()),
+        ]
     });
 }
 

@@ -20,11 +20,13 @@ use tokio::sync::mpsc;
 /// `ExportTraceServiceResponse`, or an error's status).
 const MAX_ANSWER: usize = 64 * 1024;
 
-/// The process's trace exporter: created at start, its thread started
-/// by the first config that has a `tracing` section; reloads change its
-/// endpoint, fields and batching (the queue's size is the first one's).
+/// The process's trace exporter: created at start; its queue and thread
+/// start with the first recorded request, so in the process that serves
+/// (`--daemon` forks after start-up: a thread started before the fork
+/// does not exist in the child). Reloads change its endpoint, fields and
+/// batching; the queue's size is the one configured when it started.
 pub struct Exporter {
-    queue: OnceLock<mpsc::Sender<Box<RequestTrace>>>,
+    queue: OnceLock<Option<mpsc::Sender<Box<RequestTrace>>>>,
     settings: Arc<ArcSwapOption<TracingConfig>>,
     counts: Counts,
     instance: String,
@@ -60,37 +62,46 @@ impl Exporter {
         }
     }
 
-    /// Takes a config generation's `tracing` section: starts the export
-    /// thread the first time one is given; `None` stops new traces from
-    /// being recorded (the request path reads the config) while what is
-    /// queued is still sent.
-    pub fn configure(&self, config: Option<&TracingConfig>) -> Result<(), String> {
-        let Some(config) = config else {
-            return Ok(());
-        };
-        self.settings.store(Some(Arc::new(config.clone())));
-        if self.queue.get().is_some() {
-            return Ok(());
+    /// Takes a config generation's `tracing` section (`None`: requests
+    /// stop being recorded — the request path reads the config — while
+    /// what is queued is still sent).
+    pub fn configure(&self, config: Option<&TracingConfig>) {
+        if let Some(config) = config {
+            self.settings.store(Some(Arc::new(config.clone())));
         }
-        let (tx, rx) = mpsc::channel(config.queue_size);
-        let settings = self.settings.clone();
-        let counts = self.counts.clone();
-        let instance = self.instance.clone();
-        std::thread::Builder::new()
-            .name("tollgate-otlp".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build();
-                match runtime {
-                    Ok(rt) => rt.block_on(run(rx, settings, counts, instance)),
-                    Err(e) => log::error!("trace export: cannot start its runtime: {e}"),
+    }
+
+    /// The queue, started with its thread on first use; `None` when the
+    /// thread could not start (logged once; spans are then dropped and
+    /// counted as `not_running`).
+    fn queue(&self) -> Option<&mpsc::Sender<Box<RequestTrace>>> {
+        self.queue
+            .get_or_init(|| {
+                let size = self.settings.load().as_ref().map_or(1, |c| c.queue_size);
+                let (tx, rx) = mpsc::channel(size);
+                let settings = self.settings.clone();
+                let counts = self.counts.clone();
+                let instance = self.instance.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("tollgate-otlp".into())
+                    .spawn(move || {
+                        let runtime = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build();
+                        match runtime {
+                            Ok(rt) => rt.block_on(run(rx, settings, counts, instance)),
+                            Err(e) => log::error!("trace export: cannot start its runtime: {e}"),
+                        }
+                    });
+                match spawned {
+                    Ok(_) => Some(tx),
+                    Err(e) => {
+                        log::error!("tracing: cannot start the export thread: {e}");
+                        None
+                    }
                 }
             })
-            .map_err(|e| format!("cannot start the trace export thread: {e}"))?;
-        // Only `configure` sets it, and reloads are serialised.
-        let _ = self.queue.set(tx);
-        Ok(())
+            .as_ref()
     }
 
     /// Queues a finished, sampled request's trace; when the queue is full
@@ -98,7 +109,7 @@ impl Exporter {
     /// and counted. Never waits.
     pub fn submit(&self, trace: Box<RequestTrace>) {
         let spans = trace.children.len() + 1;
-        match self.queue.get() {
+        match self.queue() {
             Some(queue) => {
                 if queue.try_send(trace).is_err() {
                     self.counts.dropped("queue_full", spans);
