@@ -575,9 +575,13 @@ fn a_valid_token_waits_for_the_first_key_set_instead_of_a_401() {
         document: Arc::new(Mutex::new(String::new())),
     };
     let api = TestUpstream::fixed("ok");
-    let proxy = TollgateProcess::start(
-        &config(&keys, &api).replace("unknown_kid_cooldown: 1s, timeout: 1s", "timeout: 30s"),
-    );
+    // Traced: the wait shows as its own span under the request's.
+    let receiver = common::otlp::OtlpReceiver::start();
+    let proxy = TollgateProcess::start(&format!(
+        "{}{}",
+        receiver.config("sample_ratio: 1.0"),
+        config(&keys, &api).replace("unknown_kid_cooldown: 1s, timeout: 1s", "timeout: 30s")
+    ));
     let token = key.sign(&claims("coldco"));
     let (addr, bearer) = (proxy.addr, format!("Bearer {token}"));
     let caller = std::thread::spawn(move || {
@@ -587,6 +591,26 @@ fn a_valid_token_waits_for_the_first_key_set_instead_of_a_401() {
     keys.upstream.release();
     let answer = caller.join().expect("caller");
     assert_eq!(answer.status, 200, "{}", answer.text());
+    wait_until("the request's spans arrive", || {
+        receiver.spans().iter().any(|s| s.span.name == "identity")
+    });
+    let spans = receiver.spans();
+    let server = spans
+        .iter()
+        .find(|s| s.span.kind == 2)
+        .expect("server span");
+    let child = |name: &str| {
+        spans
+            .iter()
+            .find(|s| s.span.name == name && s.parent_id() == server.span_id())
+            .unwrap_or_else(|| panic!("a {name:?} span under the server span: {spans:#?}"))
+    };
+    let waited = child("jwks fetch");
+    let identity = child("identity");
+    assert!(waited.span.end_time_unix_nano <= identity.span.start_time_unix_nano);
+    assert_eq!(identity.attr("tollgate.identity").as_deref(), Some("token"));
+    assert_eq!(identity.attr("tollgate.tenant").as_deref(), Some("coldco"));
+    assert_eq!(server.attr("tollgate.tenant").as_deref(), Some("coldco"));
 }
 
 /// RFC 8725 §3.8 (issue 38): a tenant name means something only with its
