@@ -48,6 +48,28 @@ fn proxy_with(tracing: &str, backends: &str) -> TollgateProcess {
     ))
 }
 
+/// A receiver, a backend, and a proxy in front of it tracing with the
+/// `tracing` entries `more` (sample ratio, whose parent is accepted).
+fn traced(more: &str) -> (OtlpReceiver, TestUpstream, TollgateProcess) {
+    let receiver = OtlpReceiver::start();
+    let up = backend();
+    let proxy = proxy_with(&receiver.config(more), &format!("\"{}\"", up.addr));
+    (receiver, up, proxy)
+}
+
+/// `GET /x` carrying the client's sampled trace context and a
+/// `tracestate`; answered 200. Returns the `traceparent` sent.
+fn get_with_client_context(proxy: &TollgateProcess) -> String {
+    let parent = client_traceparent("01");
+    let headers = [
+        ("traceparent", parent.as_str()),
+        ("tracestate", "vendor=abc"),
+    ];
+    let r = request(proxy.addr, "GET", "/x", &headers, b"").expect("request");
+    assert_eq!(r.status, 200);
+    parent
+}
+
 /// Waits until the receiver holds `n` spans of trace `trace_id`.
 fn wait_spans(receiver: &OtlpReceiver, trace_id: &str, n: usize) -> Vec<Received> {
     wait_until(&format!("{n} spans of trace {trace_id} arrive"), || {
@@ -80,10 +102,8 @@ fn forwarded_traceparent(up: &TestUpstream, i: usize) -> (String, String, String
 
 #[test]
 fn a_request_leaves_its_span_tree_and_its_trace_continues_upstream() {
-    let receiver = OtlpReceiver::start();
-    let up = backend();
-    let tracing = receiver.config("sample_ratio: 0.0, accept_parent: all, service_name: edge-test");
-    let proxy = proxy_with(&tracing, &format!("\"{}\"", up.addr));
+    let (receiver, up, proxy) =
+        traced("sample_ratio: 0.0, accept_parent: all, service_name: edge-test");
     let parent = client_traceparent("01");
     let headers = [
         ("traceparent", parent.as_str()),
@@ -259,22 +279,9 @@ fn retries_and_compression_are_spans_of_their_own() {
 
 #[test]
 fn an_untrusted_callers_context_is_not_continued() {
-    let receiver = OtlpReceiver::start();
-    let up = backend();
     // Default accept_parent: trusted_proxies, and none are configured.
-    let tracing = receiver.config("sample_ratio: 0.0");
-    let proxy = proxy_with(&tracing, &format!("\"{}\"", up.addr));
-    let parent = client_traceparent("01");
-    let headers = [
-        ("traceparent", parent.as_str()),
-        ("tracestate", "vendor=abc"),
-    ];
-    assert_eq!(
-        request(proxy.addr, "GET", "/x", &headers, b"")
-            .expect("req")
-            .status,
-        200
-    );
+    let (receiver, up, proxy) = traced("sample_ratio: 0.0");
+    get_with_client_context(&proxy);
     let (trace, span, flags) = forwarded_traceparent(&up, 0);
     assert_ne!(trace, CLIENT_TRACE, "a new trace, not the client's");
     assert_ne!(span, CLIENT_SPAN);
@@ -287,14 +294,12 @@ fn an_untrusted_callers_context_is_not_continued() {
         proxy.metric("tollgate_trace_spans_exported_total"),
         Some(0.0)
     );
+    assert!(receiver.spans().is_empty());
 }
 
 #[test]
 fn sampling_follows_the_ratio_and_the_parent() {
-    let receiver = OtlpReceiver::start();
-    let up = backend();
-    let tracing = receiver.config("sample_ratio: 0.25, accept_parent: all");
-    let proxy = proxy_with(&tracing, &format!("\"{}\"", up.addr));
+    let (receiver, up, proxy) = traced("sample_ratio: 0.25, accept_parent: all");
     let n = 1000;
     let mut client = KeptAlive::open(proxy.addr).expect("connect");
     for _ in 0..n {
@@ -402,17 +407,7 @@ fn a_hung_or_absent_collector_costs_no_request() {
 fn tracing_off_leaves_the_trace_fields_as_the_client_sent_them() {
     let up = backend();
     let proxy = TollgateProcess::start(&one_route(up.addr));
-    let parent = client_traceparent("01");
-    let headers = [
-        ("traceparent", parent.as_str()),
-        ("tracestate", "vendor=abc"),
-    ];
-    assert_eq!(
-        request(proxy.addr, "GET", "/x", &headers, b"")
-            .expect("req")
-            .status,
-        200
-    );
+    let parent = get_with_client_context(&proxy);
     let recorded = &up.recorded()[0];
     assert_eq!(recorded.header("traceparent"), Some(parent.as_str()));
     assert_eq!(recorded.header("tracestate"), Some("vendor=abc"));
