@@ -278,10 +278,52 @@ impl RedisLink {
     }
 }
 
+/// Thread starts asked for while the server has not forked yet
+/// (`--daemon`), run once it has ([`start_deferred_threads`]): a thread
+/// started before the fork does not exist in the process that serves.
+type DeferredStart = Box<dyn FnOnce() + Send>;
+static DEFERRED: Mutex<Option<Vec<DeferredStart>>> = Mutex::new(None);
+
+/// From now until [`start_deferred_threads`], [`spawn_runtime_thread`]
+/// queues its threads instead of starting them: `tollgate run --daemon`
+/// builds everything, then forks.
+pub fn defer_threads() {
+    *DEFERRED.lock().unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
+}
+
+/// Starts the queued threads, in the process that serves (a background
+/// service calls it: Pingora starts those after the fork), and stops
+/// deferring.
+pub fn start_deferred_threads() {
+    let queued = DEFERRED.lock().unwrap_or_else(|p| p.into_inner()).take();
+    for start in queued.into_iter().flatten() {
+        start();
+    }
+}
+
 /// Runs the future `task` makes on a thread of its own, under a
 /// single-threaded runtime: the Redis connection driver and the cache
-/// tier's writer live there, off the proxy's worker threads.
+/// tier's writer live there, off the proxy's worker threads. Queued
+/// instead while threads are deferred (`defer_threads`).
 pub fn spawn_runtime_thread<F, Fut>(name: String, task: F) -> std::io::Result<()>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut deferred = DEFERRED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(queue) = deferred.as_mut() {
+        queue.push(Box::new(move || {
+            if let Err(e) = start_runtime_thread(name.clone(), task) {
+                log::error!("{name}: cannot start its thread: {e}");
+            }
+        }));
+        return Ok(());
+    }
+    drop(deferred);
+    start_runtime_thread(name, task)
+}
+
+fn start_runtime_thread<F, Fut>(name: String, task: F) -> std::io::Result<()>
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()>,

@@ -161,6 +161,12 @@ pub fn build(
     };
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config.server, opts.daemon));
     server.bootstrap();
+    if opts.daemon {
+        // Pingora forks after everything below is built: threads made
+        // now (Redis connections, the cache tier's writer) start after
+        // the fork, in `Lifecycle` (other threads start on first use).
+        crate::redis_link::defer_threads();
+    }
 
     let metrics = Arc::new(Metrics::new().map_err(|e| StartError::Setup(format!("metrics: {e}")))?);
     let listeners = config.listeners.clone();
@@ -383,6 +389,7 @@ impl Lifecycle {
 #[async_trait]
 impl BackgroundService for Lifecycle {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        crate::redis_link::start_deferred_threads();
         if !self.wait_until_listening(&mut shutdown).await {
             return;
         }
