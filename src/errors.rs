@@ -73,6 +73,16 @@ impl ErrorResponse {
         )
     }
 
+    /// 403: the client's address may not use this route, or this
+    /// tenant's requests may not come from it (`addresses`).
+    pub fn address_refused() -> Self {
+        Self::new(
+            403,
+            "forbidden",
+            Cow::Borrowed("Requests from this address are not allowed here"),
+        )
+    }
+
     /// 404: no route matches.
     pub fn no_route() -> Self {
         Self::new(

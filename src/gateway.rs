@@ -41,6 +41,8 @@ pub struct Route {
     pub request_headers: crate::values::header_policy::HeaderPolicy,
     /// Field changes to every response.
     pub response_headers: crate::values::header_policy::HeaderPolicy,
+    /// Client addresses that may use the route (`None`: any).
+    pub addresses: Option<Arc<crate::values::address_policy::AddressPolicy>>,
 }
 
 /// Where a route's requests go, compiled.
@@ -178,6 +180,7 @@ impl Gateway {
                     rewrite: r.rewrite.clone(),
                     request_headers: r.request_headers.clone(),
                     response_headers: r.response_headers.clone(),
+                    addresses: r.addresses.clone(),
                 })
             })
             .collect::<Result<Box<[Route]>, String>>()?;

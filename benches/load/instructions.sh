@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Instructions per request, counted by callgrind: tollgate (plain, with
-# rate limiting, with tracing at 1 %) and the bare Pingora proxy, per
-# scenario. Unlike req/s on a shared 2-core machine the
+# rate limiting, with tracing at 1 %, behind a 1,000-network address
+# list) and the bare Pingora proxy, per scenario. Unlike req/s on a shared 2-core machine the
 # count repeats to a fraction of a percent for the same binary and inputs,
 # so it tells whether one change to the per-request work helped.
 #
@@ -40,6 +40,12 @@ bench_rate_limits "$KEY_HASH" | tollgate_config > "$WORK/tollgate-rl.yaml"
 # request path is what is counted).
 printf 'tracing: { endpoint: "http://%s/v1/traces", sample_ratio: 0.01 }\n' "$ORIGIN" \
   | tollgate_config > "$WORK/tollgate-tracing.yaml"
+# Every route behind a 1,000-network address list (the client is allowed
+# by its most specific entry, 127.0.0.0/8, among 999 denied networks).
+NETS=$(python3 -c 'print(", ".join(f"{10 + i // 250}.{i % 250}.0.0/16" for i in range(999)))')
+tollgate_config </dev/null \
+  | sed "s|upstream: origin|upstream: origin, addresses: { allow: [127.0.0.0/8], deny: [$NETS] }|" \
+  > "$WORK/tollgate-addresses.yaml"
 
 bench_at_exit '[ -z "${proxy_pid:-}" ] || kill "$proxy_pid"'
 bench_nginx "$WORK/origin.conf"
@@ -100,6 +106,9 @@ for s in "passthrough:/uncached" "passthrough-nocache:/plain/uncached" "cached:/
   if wanted "$PROXIES" tollgate+ratelimit; then
     measure tollgate+ratelimit "$scen" "$path" "$enc" target/release/tollgate run -c "$WORK/tollgate-rl.yaml"
   fi
+  if wanted "$PROXIES" tollgate+addresses; then
+    measure tollgate+addresses "$scen" "$path" "$enc" target/release/tollgate run -c "$WORK/tollgate-addresses.yaml"
+  fi
   if wanted "$PROXIES" tollgate+tracing; then
     measure tollgate+tracing "$scen" "$path" "$enc" target/release/tollgate run -c "$WORK/tollgate-tracing.yaml"
   fi
@@ -111,7 +120,7 @@ done
 echo
 printf '%-20s %-20s %14s %12s\n' scenario proxy instr/request "vs bare"
 for scen in passthrough passthrough-nocache cached compressed; do
-  for name in tollgate tollgate+ratelimit tollgate+tracing bare-pingora; do
+  for name in tollgate tollgate+ratelimit tollgate+tracing tollgate+addresses bare-pingora; do
     v=${counts["$scen/$name"]:-}
     [ -n "$v" ] || continue
     b=${counts["$scen/bare-pingora"]:-}

@@ -132,11 +132,13 @@ impl Checker<'_> {
                     ClaimableBy::Issuers(issuers.clone())
                 }
             };
+            let addresses = self.addresses(spec.addresses.as_ref(), &path.key("addresses"));
             tenants.push(TenantConfig {
                 name: name.clone(),
                 tier,
                 key_hashes,
                 claimable_by,
+                addresses,
             });
         }
 

@@ -264,6 +264,7 @@ impl Checker<'_> {
             self.header_changes(&spec.headers.request, &headers.key("request"), true);
         let response_headers =
             self.header_changes(&spec.headers.response, &headers.key("response"), false);
+        let addresses = self.addresses(spec.addresses.as_ref(), &path.key("addresses"));
         (self.problems.len() == before).then(|| RouteConfig {
             name: spec.name.clone(),
             host,
@@ -286,6 +287,7 @@ impl Checker<'_> {
             rewrite,
             request_headers,
             response_headers,
+            addresses,
         })
     }
 

@@ -6,6 +6,7 @@ use super::io;
 use super::locate::FieldPath;
 use super::model::*;
 use super::Checker;
+use crate::values::address_policy::{self, AddressPolicy};
 use std::net::SocketAddr;
 
 impl Checker<'_> {
@@ -199,6 +200,35 @@ impl Checker<'_> {
     }
 
     /// A list of networks (`10.0.0.0/8`) or single addresses (`192.0.2.7`).
+    /// An `addresses` block (a route's or a tenant's) compiled into its
+    /// trie; each bad entry is a problem at its line.
+    pub(super) fn addresses(
+        &mut self,
+        spec: Option<&file::AddressesSpec>,
+        path: &FieldPath,
+    ) -> Option<std::sync::Arc<AddressPolicy>> {
+        let spec = spec?;
+        let mut lists = [Vec::new(), Vec::new()];
+        for (list, (field, entries)) in lists
+            .iter_mut()
+            .zip([("allow", &spec.allow), ("deny", &spec.deny)])
+        {
+            for (i, entry) in entries.iter().enumerate() {
+                match address_policy::parse_network(entry) {
+                    Ok(net) => list.push(net),
+                    Err(problem) => self.problem(path.key(field).index(i), problem.message()),
+                }
+            }
+        }
+        match AddressPolicy::new(&lists[0], &lists[1]) {
+            Ok(policy) => Some(std::sync::Arc::new(policy)),
+            Err(problem) => {
+                self.problem(path.key("deny"), problem.message());
+                None
+            }
+        }
+    }
+
     pub(super) fn networks(&mut self, list: &[String], path: &FieldPath) -> Vec<ipnet::IpNet> {
         let mut out = Vec::with_capacity(list.len());
         for (i, p) in list.iter().enumerate() {

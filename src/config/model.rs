@@ -209,6 +209,8 @@ pub struct RouteConfig {
     pub request_headers: crate::values::header_policy::HeaderPolicy,
     /// Field changes to the response.
     pub response_headers: crate::values::header_policy::HeaderPolicy,
+    /// Client addresses that may use the route; `None`: any.
+    pub addresses: Option<std::sync::Arc<crate::values::address_policy::AddressPolicy>>,
 }
 
 /// How a split keeps a client on one pool.
@@ -476,6 +478,8 @@ pub struct TenantConfig {
     /// Which JWT issuers may name it (RFC 8725 §3.8: a name is only
     /// meaningful with its issuer).
     pub claimable_by: ClaimableBy,
+    /// Client addresses its requests may come from; `None`: any.
+    pub addresses: Option<std::sync::Arc<crate::values::address_policy::AddressPolicy>>,
 }
 
 /// The JWT issuers whose tokens may name a configured tenant.

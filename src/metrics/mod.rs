@@ -144,6 +144,9 @@ pub struct Metrics {
     /// `tollgate_grpc_calls_total{route,grpc_status}`: gRPC calls by the
     /// status they ended with (the backend's trailers, or tollgate's own).
     pub grpc_calls: IntCounterVec,
+    /// `tollgate_address_refusals_total{route,by}`: requests refused 403
+    /// for their client address, by the route's or the tenant's list.
+    pub address_refusals: IntCounterVec,
     /// `tollgate_tunnels_open`: upgraded connections (WebSockets) open now.
     pub tunnels_open: IntGauge,
     /// `tollgate_tunnels_total`: upgraded connections opened.
@@ -453,6 +456,13 @@ impl Metrics {
             ),
             &["route", "grpc_status"],
         )?;
+        let address_refusals = IntCounterVec::new(
+            Opts::new(
+                "tollgate_address_refusals_total",
+                "Requests refused (403) for their client address, by route and whose list (route, tenant)",
+            ),
+            &["route", "by"],
+        )?;
         let tunnels_open = IntGauge::new(
             "tollgate_tunnels_open",
             "Upgraded connections (WebSockets) open now",
@@ -592,6 +602,7 @@ impl Metrics {
         register(&registry, &mut names, Box::new(ratelimit_fallback.clone()))?;
         register(&registry, &mut names, Box::new(auth_failures.clone()))?;
         register(&registry, &mut names, Box::new(jwks_fetches.clone()))?;
+        register(&registry, &mut names, Box::new(address_refusals.clone()))?;
         register(
             &registry,
             &mut names,
@@ -652,6 +663,7 @@ impl Metrics {
             ratelimit_fallback,
             auth_failures,
             jwks_fetches,
+            address_refusals,
             trace_spans_exported,
             trace_spans_dropped,
             ratelimit_tenant_decisions,

@@ -262,6 +262,45 @@ pub(super) fn route(session: &Session, ctx: &mut RequestCtx) -> Result<(), Error
     encoded_slash_allowed(session, ctx).and_then(|()| declared_body_fits(session, max_body))
 }
 
+/// 403 when the client's address may not use the route, or (`tenant`
+/// true, after identity) when the identified tenant's requests may not
+/// come from it — before any budget is spent. The address is the one
+/// rate limiting reads: the peer's, or what a trusted proxy forwarded.
+pub(super) fn address_allowed(
+    session: &Session,
+    ctx: &RequestCtx,
+    metrics: &Metrics,
+    tenant: bool,
+) -> Result<(), ErrorResponse> {
+    let Some(route) = ctx.route() else {
+        return Ok(());
+    };
+    let limiter = ctx.gateway.rate_limiter.as_ref();
+    let applies = match tenant {
+        false => route.addresses.is_some(),
+        true => limiter.is_some_and(|l| !l.tenant_addresses.is_empty()) && ctx.identity.is_some(),
+    };
+    if !applies {
+        return Ok(());
+    }
+    let trusted = &ctx.gateway.config.server.trusted_proxies;
+    let ip =
+        crate::ratelimit::identity::client_ip(session.req_header(), client_ip(session), trusted);
+    let admitted = match (tenant, &route.addresses, limiter, &ctx.identity) {
+        (false, Some(policy), _, _) => ip.is_some_and(|ip| policy.admits(ip)),
+        (true, _, Some(limiter), Some(who)) => limiter.tenant_admits(who, ip).unwrap_or(true),
+        _ => true,
+    };
+    if admitted {
+        return Ok(());
+    }
+    metrics
+        .address_refusals
+        .with_label_values(&[&*route.name, if tenant { "tenant" } else { "route" }])
+        .inc();
+    Err(ErrorResponse::address_refused())
+}
+
 pub(super) fn no_route() -> Box<Error> {
     Error::explain(ErrorType::InternalError, "upstream phase without a route")
 }
@@ -370,6 +409,9 @@ impl Proxy {
         if session.subrequest_ctx.is_some() {
             ctx.mark_subrequest();
         }
+        if let Err(refusal) = address_allowed(session, ctx, &self.state.metrics, false) {
+            return respond::error(session, ctx, &refusal).await.map(|()| true);
+        }
         let jwt = ctx
             .gateway
             .rate_limiter
@@ -396,7 +438,9 @@ impl Proxy {
         let began = traced::clock(ctx);
         let identified = identify(session, ctx, &self.state.metrics);
         traced::identity(ctx, began, identified.is_ok());
-        if let Err(refusal) = identified {
+        if let Err(refusal) =
+            identified.and_then(|()| address_allowed(session, ctx, &self.state.metrics, true))
+        {
             return respond::error(session, ctx, &refusal).await.map(|()| true);
         }
         if self.admit(session, ctx, Stage::BeforeCache).await? {

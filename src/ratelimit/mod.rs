@@ -73,6 +73,9 @@ pub struct RateLimiter {
     tenant_keys: Vec<Box<str>>,
     /// SHA-256 of a key → tenant index.
     pub keys: HashMap<[u8; 32], usize>,
+    /// The client addresses of the tenants that have `addresses`, by
+    /// name (a token naming a configured tenant is held to its list too).
+    pub tenant_addresses: HashMap<Box<str>, Arc<crate::values::address_policy::AddressPolicy>>,
     /// Bearer JWTs, when `auth.jwt` is configured.
     pub jwt: Option<JwtVerifier>,
     /// The config it came from (key sources, proxies, anonymous policy),
@@ -322,10 +325,16 @@ impl RateLimiter {
             let tier_names: Vec<Box<str>> = tiers.iter().map(|t: &Tier| t.name.clone()).collect();
             JwtVerifier::new(jwt, ring, &config.tenants, &tier_names)
         });
+        let tenant_addresses = config
+            .tenants
+            .iter()
+            .filter_map(|t| Some((t.name.as_str().into(), t.addresses.clone()?)))
+            .collect();
         Self {
             jwt,
             tiers,
             tenants,
+            tenant_addresses,
             tenant_keys: config
                 .tenants
                 .iter()
@@ -347,6 +356,16 @@ impl RateLimiter {
                 jwt: config.jwt.clone(),
             },
         }
+    }
+
+    /// Whether an identified tenant's requests may come from `ip` (its
+    /// `addresses`); `None` when no list applies.
+    pub fn tenant_admits(&self, who: &Identity, ip: Option<std::net::IpAddr>) -> Option<bool> {
+        if self.tenant_addresses.is_empty() {
+            return None;
+        }
+        let policy = self.tenant_addresses.get(who.tenant_name(self)?)?;
+        Some(ip.is_some_and(|ip| policy.admits(ip)))
     }
 
     /// The tier of an identified requester.

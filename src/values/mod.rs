@@ -8,6 +8,7 @@
 //! can check a file with the same code the runtime later runs, without
 //! reaching up into the runtime.
 
+pub mod address_policy;
 pub mod fields;
 pub mod header_policy;
 pub mod host;

@@ -493,6 +493,23 @@ pub struct RouteSpec {
     /// Fields set, added or removed on the request and the response.
     #[serde(default)]
     pub headers: RouteHeadersSpec,
+    /// Which client addresses may use the route (403 otherwise).
+    #[serde(default)]
+    pub addresses: Option<AddressesSpec>,
+}
+
+/// `addresses`: client networks allowed and denied; the most specific
+/// listed network containing the client's address decides, and with an
+/// `allow` list an unlisted address is refused.
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddressesSpec {
+    /// Networks (`10.0.0.0/8`, `2001:db8::/32`) or addresses admitted.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Networks or addresses refused.
+    #[serde(default)]
+    pub deny: Vec<String>,
 }
 
 /// One member of a weighted split.

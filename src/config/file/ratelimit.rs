@@ -42,6 +42,10 @@ pub struct TenantSpec {
     /// issuer for a tenant without (it exists for tokens).
     #[serde(default)]
     pub issuers: Option<Vec<String>>,
+    /// Which client addresses the tenant's requests may come from (403
+    /// otherwise).
+    #[serde(default)]
+    pub addresses: Option<AddressesSpec>,
 }
 
 /// Anonymous requests: `{ tier: free }` (keyed by client IP) or `{ reject: true }`.
