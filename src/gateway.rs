@@ -43,6 +43,8 @@ pub struct Route {
     pub response_headers: crate::values::header_policy::HeaderPolicy,
     /// Client addresses that may use the route (`None`: any).
     pub addresses: Option<Arc<crate::values::address_policy::AddressPolicy>>,
+    /// Cross-origin reads from browsers (`None`: no CORS handling).
+    pub cors: Option<Arc<crate::values::cors::CorsPolicy>>,
 }
 
 /// Where a route's requests go, compiled.
@@ -181,6 +183,7 @@ impl Gateway {
                     request_headers: r.request_headers.clone(),
                     response_headers: r.response_headers.clone(),
                     addresses: r.addresses.clone(),
+                    cors: r.cors.clone(),
                 })
             })
             .collect::<Result<Box<[Route]>, String>>()?;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Instructions per request, counted by callgrind: tollgate (plain, with
 # rate limiting, with tracing at 1 %, behind a 1,000-network address
-# list) and the bare Pingora proxy, per scenario. Unlike req/s on a shared 2-core machine the
+# list and a CORS policy) and the bare Pingora proxy, per scenario. Unlike req/s on a shared 2-core machine the
 # count repeats to a fraction of a percent for the same binary and inputs,
 # so it tells whether one change to the per-request work helped.
 #
@@ -41,10 +41,12 @@ bench_rate_limits "$KEY_HASH" | tollgate_config > "$WORK/tollgate-rl.yaml"
 printf 'tracing: { endpoint: "http://%s/v1/traces", sample_ratio: 0.01 }\n' "$ORIGIN" \
   | tollgate_config > "$WORK/tollgate-tracing.yaml"
 # Every route behind a 1,000-network address list (the client is allowed
-# by its most specific entry, 127.0.0.0/8, among 999 denied networks).
+# by its most specific entry, 127.0.0.0/8, among 999 denied networks) and
+# a CORS policy (the client sends no Origin: the fields are checked and
+# `Vary: Origin` added on every answer).
 NETS=$(python3 -c 'print(", ".join(f"{10 + i // 250}.{i % 250}.0.0/16" for i in range(999)))')
 tollgate_config </dev/null \
-  | sed "s|upstream: origin|upstream: origin, addresses: { allow: [127.0.0.0/8], deny: [$NETS] }|" \
+  | sed "s|upstream: origin|upstream: origin, addresses: { allow: [127.0.0.0/8], deny: [$NETS] }, cors: { allow_origins: [\"https://app.example.com\"] }|" \
   > "$WORK/tollgate-addresses.yaml"
 
 bench_at_exit '[ -z "${proxy_pid:-}" ] || kill "$proxy_pid"'

@@ -6,6 +6,7 @@ use super::file::RouteSpec;
 use super::locate::FieldPath;
 use super::model::*;
 use super::{name_rule, valid_name, Checker};
+use crate::values::cors;
 use crate::values::header_policy::HeaderPolicy;
 use crate::values::host::HostPattern;
 use crate::values::methods::MethodSet;
@@ -265,6 +266,10 @@ impl Checker<'_> {
         let response_headers =
             self.header_changes(&spec.headers.response, &headers.key("response"), false);
         let addresses = self.addresses(spec.addresses.as_ref(), &path.key("addresses"));
+        let cors = spec
+            .cors
+            .as_ref()
+            .and_then(|c| self.cors(c, &path.key("cors")));
         (self.problems.len() == before).then(|| RouteConfig {
             name: spec.name.clone(),
             host,
@@ -288,7 +293,86 @@ impl Checker<'_> {
             request_headers,
             response_headers,
             addresses,
+            cors,
         })
+    }
+
+    /// A route's `cors` block, compiled; each bad entry a problem at its line.
+    fn cors(
+        &mut self,
+        spec: &crate::config::file::CorsSpec,
+        path: &FieldPath,
+    ) -> Option<std::sync::Arc<cors::CorsPolicy>> {
+        let before = self.problems.len();
+        if spec.allow_origins.is_empty() {
+            self.problem(
+                path.key("allow_origins"),
+                "list at least one origin (or \"*\")",
+            );
+        }
+        let mut origins = Vec::new();
+        for (i, entry) in spec.allow_origins.iter().enumerate() {
+            match cors::parse_origin(entry) {
+                Ok(origin) => origins.push(origin),
+                Err(problem) => self.problem(path.key("allow_origins").index(i), problem.0),
+            }
+        }
+        if spec.allow_credentials && origins.contains(&cors::OriginEntry::Any) {
+            self.problem(
+                path.key("allow_credentials"),
+                "with \"*\" in allow_origins any site could read credentialed answers: list the origins",
+            );
+        }
+        let method_names = spec
+            .allow_methods
+            .clone()
+            .unwrap_or_else(|| vec!["GET".into(), "HEAD".into(), "POST".into()]);
+        let mut methods = Vec::new();
+        for (i, name) in method_names.iter().enumerate() {
+            match http::Method::from_bytes(name.to_ascii_uppercase().as_bytes()) {
+                Ok(m) if !methods.contains(&m) => methods.push(m),
+                Ok(_) => {}
+                Err(_) => self.problem(
+                    path.key("allow_methods").index(i),
+                    format!("{name:?} is not a method"),
+                ),
+            }
+        }
+        let names = |list: &[String], field: &str, this: &mut Self| -> Vec<http::HeaderName> {
+            let mut out = Vec::new();
+            for (i, name) in list.iter().enumerate() {
+                match http::HeaderName::from_bytes(name.as_bytes()) {
+                    Ok(n) => out.push(n),
+                    Err(_) => this.problem(
+                        path.key(field).index(i),
+                        format!("{name:?} is not a field name"),
+                    ),
+                }
+            }
+            out
+        };
+        let request_headers = spec
+            .allow_headers
+            .as_ref()
+            .map(|list| names(list, "allow_headers", self));
+        let expose = names(&spec.expose_headers, "expose_headers", self);
+        let join = |parts: Vec<&str>| http::HeaderValue::from_str(&parts.join(", ")).ok();
+        let methods_field = join(methods.iter().map(http::Method::as_str).collect());
+        let expose_field = (!expose.is_empty())
+            .then(|| join(expose.iter().map(http::HeaderName::as_str).collect()))
+            .flatten();
+        if self.problems.len() != before {
+            return None;
+        }
+        Some(std::sync::Arc::new(cors::CorsPolicy {
+            origins: cors::Origins::of(origins),
+            methods,
+            methods_field: methods_field?,
+            request_headers,
+            expose_field,
+            credentials: spec.allow_credentials,
+            max_age: spec.max_age.map(|d| d.0.as_secs()),
+        }))
     }
 
     /// `upstream`, `upstreams` (+ `sticky`) or `redirect`: exactly one.

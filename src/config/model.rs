@@ -211,6 +211,8 @@ pub struct RouteConfig {
     pub response_headers: crate::values::header_policy::HeaderPolicy,
     /// Client addresses that may use the route; `None`: any.
     pub addresses: Option<std::sync::Arc<crate::values::address_policy::AddressPolicy>>,
+    /// Cross-origin reads from browsers; `None`: no CORS handling.
+    pub cors: Option<std::sync::Arc<crate::values::cors::CorsPolicy>>,
 }
 
 /// How a split keeps a client on one pool.

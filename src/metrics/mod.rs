@@ -147,6 +147,9 @@ pub struct Metrics {
     /// `tollgate_address_refusals_total{route,by}`: requests refused 403
     /// for their client address, by the route's or the tenant's list.
     pub address_refusals: IntCounterVec,
+    /// `tollgate_cors_preflights_total{route,result}`: CORS preflights
+    /// answered by tollgate (`allowed`, `refused`).
+    pub cors_preflights: IntCounterVec,
     /// `tollgate_tunnels_open`: upgraded connections (WebSockets) open now.
     pub tunnels_open: IntGauge,
     /// `tollgate_tunnels_total`: upgraded connections opened.
@@ -463,6 +466,13 @@ impl Metrics {
             ),
             &["route", "by"],
         )?;
+        let cors_preflights = IntCounterVec::new(
+            Opts::new(
+                "tollgate_cors_preflights_total",
+                "CORS preflights answered by tollgate, by route and result (allowed, refused)",
+            ),
+            &["route", "result"],
+        )?;
         let tunnels_open = IntGauge::new(
             "tollgate_tunnels_open",
             "Upgraded connections (WebSockets) open now",
@@ -603,6 +613,7 @@ impl Metrics {
         register(&registry, &mut names, Box::new(auth_failures.clone()))?;
         register(&registry, &mut names, Box::new(jwks_fetches.clone()))?;
         register(&registry, &mut names, Box::new(address_refusals.clone()))?;
+        register(&registry, &mut names, Box::new(cors_preflights.clone()))?;
         register(
             &registry,
             &mut names,
@@ -664,6 +675,7 @@ impl Metrics {
             auth_failures,
             jwks_fetches,
             address_refusals,
+            cors_preflights,
             trace_spans_exported,
             trace_spans_dropped,
             ratelimit_tenant_decisions,

@@ -9,6 +9,7 @@ use crate::ctx::RequestCtx;
 use crate::errors::{self, ErrorResponse};
 use crate::headers;
 use crate::ratelimit;
+use crate::values::cors::{CorsPolicy, Preflight, CORS_FIELDS};
 use crate::values::template::Values;
 use pingora::http::ResponseHeader;
 use pingora::proxy::{FailToProxy, Session};
@@ -102,12 +103,119 @@ pub async fn redirect(
 }
 
 /// The route's `headers.response`, last, so it can replace or remove
-/// what the upstream or tollgate wrote (`Server`, `Strict-Transport-Security`).
+/// what the upstream or tollgate wrote (`Server`, `Strict-Transport-Security`);
+/// then its CORS fields for this request's `Origin`.
 fn route_fields(session: &Session, resp: &mut ResponseHeader, ctx: &RequestCtx) {
     if let Some(route) = ctx.route().filter(|r| !r.response_headers.is_empty()) {
         let values = super::client::template_values(session, ctx);
         route.response_headers.apply(resp, &values);
     }
+    if let Some(policy) = ctx.route().and_then(|r| r.cors.as_deref()) {
+        cors_fields(session, resp, policy);
+    }
+}
+
+/// A route with a CORS policy: the upstream's CORS fields go (the route's
+/// policy is the one clients see), the policy's fields for this request's
+/// `Origin` are added (none for an origin it does not allow), and
+/// `Vary: Origin` when the answer depends on it. Computed per request
+/// from the request, never stored: one origin's answer cannot reach another.
+fn cors_fields(session: &Session, resp: &mut ResponseHeader, policy: &CorsPolicy) {
+    // One pass over the names; a removal only for a field that is there.
+    let upstream_sent = resp
+        .headers
+        .keys()
+        .any(|name| name.as_str().starts_with("access-control-"));
+    if upstream_sent {
+        for name in CORS_FIELDS {
+            resp.remove_header(name);
+        }
+    }
+    let origin = session.req_header().headers.get(http::header::ORIGIN);
+    for (name, value) in policy.response_fields(origin) {
+        let _ = resp.insert_header(name, value);
+    }
+    if policy.varies_on_origin() {
+        add_vary(resp, "Origin");
+    }
+}
+
+/// Adds `token` to `Vary` unless it (or `*`) is already there.
+fn add_vary(resp: &mut ResponseHeader, token: &str) {
+    let present = resp.headers.get_all(http::header::VARY).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .map(str::trim)
+                .any(|t| t == "*" || t.eq_ignore_ascii_case(token))
+        })
+    });
+    if !present {
+        let _ = resp.append_header(http::header::VARY, token);
+    }
+}
+
+/// Whether the request is a CORS preflight (`OPTIONS` with `Origin` and
+/// `Access-Control-Request-Method`) on a route with a policy.
+pub fn is_cors_preflight(session: &Session, ctx: &RequestCtx) -> bool {
+    let req = session.req_header();
+    req.method == http::Method::OPTIONS
+        && ctx.route().is_some_and(|r| r.cors.is_some())
+        && req.headers.contains_key(http::header::ORIGIN)
+        && req
+            .headers
+            .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+}
+
+/// Answers a CORS preflight (`is_cors_preflight`): 204 with the route
+/// policy's fields when it allows what was asked, 204 without any when it
+/// does not (the browser then refuses the request; no error page). Counted
+/// in `tollgate_cors_preflights_total`, never charged to a budget.
+pub async fn cors_preflight(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    metrics: &crate::metrics::Metrics,
+) -> Result<()> {
+    let req = session.req_header();
+    let Some(policy) = ctx.route().and_then(|r| r.cors.clone()) else {
+        return Ok(());
+    };
+    let (Some(origin), Some(method)) = (
+        req.headers.get(http::header::ORIGIN),
+        req.headers.get(http::header::ACCESS_CONTROL_REQUEST_METHOD),
+    ) else {
+        return Ok(());
+    };
+    let asked = Preflight {
+        origin,
+        method,
+        headers: req
+            .headers
+            .get(http::header::ACCESS_CONTROL_REQUEST_HEADERS),
+    };
+    let fields = policy.preflight(&asked);
+    let route = ctx.route().map_or("", |r| &r.name);
+    metrics
+        .cors_preflights
+        .with_label_values(&[
+            route,
+            if fields.is_some() {
+                "allowed"
+            } else {
+                "refused"
+            },
+        ])
+        .inc();
+    let mut resp = ResponseHeader::build(204, Some(8))?;
+    for (name, value) in fields.into_iter().flatten() {
+        resp.insert_header(name, value)?;
+    }
+    resp.insert_header(
+        http::header::VARY,
+        "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
+    )?;
+    headers::decorate(&mut resp, ctx.request_id.as_ref(), decoration(ctx, false))?;
+    ctx.error_status = Some(204);
+    session.write_response_header(Box::new(resp), true).await
 }
 
 /// tollgate's own fields as `response_headers` says; `proxied` responses

@@ -412,6 +412,13 @@ impl Proxy {
         if let Err(refusal) = address_allowed(session, ctx, &self.state.metrics, false) {
             return respond::error(session, ctx, &refusal).await.map(|()| true);
         }
+        // A CORS preflight carries no credentials: answered here, before
+        // identity and any budget, counted on its own.
+        if !ctx.subrequest && respond::is_cors_preflight(session, ctx) {
+            return respond::cors_preflight(session, ctx, &self.state.metrics)
+                .await
+                .map(|()| true);
+        }
         let jwt = ctx
             .gateway
             .rate_limiter

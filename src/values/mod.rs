@@ -9,6 +9,7 @@
 //! reaching up into the runtime.
 
 pub mod address_policy;
+pub mod cors;
 pub mod fields;
 pub mod header_policy;
 pub mod host;
