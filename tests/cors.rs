@@ -6,7 +6,6 @@
 
 mod common;
 use common::*;
-use std::process::Command;
 
 const APP: &str = "https://app.example.com";
 
@@ -209,42 +208,9 @@ fn check_refuses_unsafe_or_malformed_policies_with_their_line() {
     }
 }
 
-/// Where Debian installs it; `CHROMIUM` overrides.
-fn chromium() -> String {
-    std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned())
-}
-
 /// Loads `url` in headless Chromium, lets its script run, returns the DOM.
 fn rendered(url: &str) -> String {
-    let profile = scratch_dir("cors-chromium");
-    let out = Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(url)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot start Chromium at {} ({e}); scripts/test installs it",
-                chromium()
-            )
-        });
-    assert!(
-        out.status.success(),
-        "Chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::browser::run_chromium(url, &["--dump-dom"])
 }
 
 /// A page whose script POSTs JSON with a custom field and credentials to

@@ -8,49 +8,9 @@
 //! it never passes without having rendered the page.
 
 mod common;
+use common::browser::run_chromium;
 use common::*;
 use std::path::PathBuf;
-use std::process::Command;
-
-/// Where Debian installs it; `CHROMIUM` overrides.
-fn chromium() -> String {
-    std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned())
-}
-
-/// Runs Chromium headless on `url` with `extra` arguments; its stdout.
-fn run_chromium(url: &str, extra: &[&str]) -> String {
-    let profile = scratch_dir("chromium");
-    let out = Command::new(chromium())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            // Lets the page's fetch and render finish before the dump.
-            "--virtual-time-budget=5000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(extra)
-        .arg(url)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot start Chromium at {} ({e}); scripts/test installs Debian's chromium package",
-                chromium()
-            )
-        });
-    assert!(
-        out.status.success(),
-        "Chromium failed on {url} ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The values of `attr="…"` in rendered HTML.
 fn attribute_values(dom: &str, attr: &str) -> Vec<String> {

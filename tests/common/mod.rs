@@ -6,6 +6,7 @@
 
 #![allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
 
+pub mod browser;
 pub mod client;
 pub mod dns;
 pub mod grpc;
