@@ -58,6 +58,18 @@ fn preflight(proxy: &TollgateProcess, origin: &str, method: &str, headers: &str)
     request(proxy.addr, "OPTIONS", "/api/orders", &fields, b"").expect("preflight")
 }
 
+/// `GET /api/orders` as tenant acme from the allowed page origin.
+fn tenant_get_from_app(proxy: &TollgateProcess) -> Response {
+    request(
+        proxy.addr,
+        "GET",
+        "/api/orders",
+        &[("X-API-Key", "acme-key"), ("Origin", APP)],
+        b"",
+    )
+    .expect("request")
+}
+
 #[test]
 fn preflights_are_answered_here_within_the_policy_and_cost_nothing() {
     let up = backend();
@@ -101,14 +113,7 @@ fn preflights_are_answered_here_within_the_policy_and_cost_nothing() {
         3.0,
     );
     // None of the four was charged: the tenant's 2 per minute are whole.
-    let first = request(
-        proxy.addr,
-        "GET",
-        "/api/orders",
-        &[("X-API-Key", "acme-key"), ("Origin", APP)],
-        b"",
-    )
-    .expect("request");
+    let first = tenant_get_from_app(&proxy);
     assert_eq!(first.status, 200);
     assert_eq!(first.header("x-ratelimit-remaining"), Some("1"));
 }
@@ -152,14 +157,7 @@ fn answers_carry_the_fields_of_their_own_origin_only() {
     }
     assert_eq!(up.count(), 1);
     // Exposed fields and credentials on the credentialed route.
-    let api = request(
-        proxy.addr,
-        "GET",
-        "/api/orders",
-        &[("X-API-Key", "acme-key"), ("Origin", APP)],
-        b"",
-    )
-    .expect("request");
+    let api = tenant_get_from_app(&proxy);
     assert_eq!(
         api.header("access-control-expose-headers"),
         Some("x-request-cost")
