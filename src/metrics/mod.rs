@@ -5,52 +5,15 @@
 //! users keep pre-resolved children (see [`RouteMetrics`]) so a request does
 //! not hash label values it already knows.
 
-use http::Method;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-/// Latency buckets for API requests, in seconds: 1 ms to 60 s.
-/// Bounds of the latency histograms, in seconds (the status page reads them too).
-pub const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-];
-
-/// Method label values. Extension methods are folded into `OTHER` so a
-/// client cannot create series.
-pub const METHOD_LABELS: [&str; 8] = [
-    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "OTHER",
-];
-
-/// Index of a method in [`METHOD_LABELS`].
-pub fn method_index(method: &Method) -> usize {
-    match *method {
-        Method::GET => 0,
-        Method::HEAD => 1,
-        Method::POST => 2,
-        Method::PUT => 3,
-        Method::PATCH => 4,
-        Method::DELETE => 5,
-        Method::OPTIONS => 6,
-        _ => 7,
-    }
-}
-
-/// Route label used for requests that matched no route.
-pub const NO_ROUTE: &str = "(none)";
-
-/// Every `result` label of `tollgate_dns_resolutions_total`.
-pub const DNS_RESULTS: [&str; 8] = [
-    "ok",
-    "timeout",
-    "nxdomain",
-    "no_records",
-    "servfail",
-    "refused",
-    "unreachable",
-    "error",
-];
+mod children;
+mod labels;
+pub use children::{InFlightGuard, RouteMetrics};
+pub use labels::*;
 
 /// The process's metrics.
 pub struct Metrics {
@@ -780,45 +743,6 @@ fn register(
 ) -> Result<(), prometheus::Error> {
     names.extend(collector.desc().iter().map(|d| d.fq_name.clone()));
     registry.register(collector)
-}
-
-/// A route's metric children. Each is looked up in its family once, on the
-/// route's first request with that method, then kept: the request path
-/// skips the label hashing, and a route costs histogram memory (~2 KiB
-/// each) only for the methods it serves — creating all eight up front made
-/// 1,000 routes cost 18 MiB (`benches/load/memory.sh`).
-pub struct RouteMetrics {
-    route: Box<str>,
-    family: HistogramVec,
-    duration: [std::sync::OnceLock<Histogram>; METHOD_LABELS.len()],
-}
-
-impl RouteMetrics {
-    /// The duration histogram for the method at `method` in [`METHOD_LABELS`].
-    pub fn duration(&self, method: usize) -> &Histogram {
-        let method = method.min(METHOD_LABELS.len() - 1);
-        self.duration[method].get_or_init(|| {
-            self.family
-                .with_label_values(&[&self.route, METHOD_LABELS[method]])
-        })
-    }
-}
-
-/// Counts one request in `tollgate_requests_in_flight` for as long as it lives.
-pub struct InFlightGuard(IntGauge);
-
-impl InFlightGuard {
-    /// Increments the gauge; the matching decrement happens on drop.
-    pub fn new(gauge: &IntGauge) -> Self {
-        gauge.inc();
-        Self(gauge.clone())
-    }
-}
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }
 
 #[cfg(test)]
