@@ -298,15 +298,15 @@ fn rate_limiting(c: &mut Criterion) {
     let peer = Some(std::net::IpAddr::from([192, 0, 2, 7]));
     // Measure the path of a known key, not of a refusal.
     assert!(matches!(
-        limiter.identify(&keyed, peer),
+        limiter.identify(&keyed, peer, None),
         Ok(tollgate::ratelimit::identity::Identity::Tenant(_))
     ));
     g.bench_function("identify API key (SHA-256 + lookup)", |b| {
-        b.iter(|| limiter.identify(black_box(&keyed), peer))
+        b.iter(|| limiter.identify(black_box(&keyed), peer, None))
     });
     let anonymous = RequestHeader::build("GET", b"/v1/products", None).expect("request");
     g.bench_function("identify anonymous (client IP)", |b| {
-        b.iter(|| limiter.identify(black_box(&anonymous), peer))
+        b.iter(|| limiter.identify(black_box(&anonymous), peer, None))
     });
     g.finish();
 }

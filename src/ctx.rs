@@ -135,11 +135,11 @@ impl RequestCtx {
         }
     }
 
-    /// The tenant identified by its API key (index into the rate limiter's
-    /// tenants), if any.
+    /// The configured tenant identified by its API key or client
+    /// certificate (index into the rate limiter's tenants), if any.
     pub fn tenant(&self) -> Option<usize> {
         match self.identity {
-            Some(Identity::Tenant(i)) => Some(i),
+            Some(Identity::Tenant(i) | Identity::Certificate(i)) => Some(i),
             _ => None,
         }
     }

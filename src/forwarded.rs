@@ -23,7 +23,7 @@
 use crate::headers::{self, Forwarding};
 use crate::ratelimit::identity::Identity;
 use crate::ratelimit::RateLimiter;
-use http::HeaderName;
+use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use std::net::IpAddr;
 
@@ -45,6 +45,9 @@ pub struct Edge<'a> {
     pub limiter: Option<&'a RateLimiter>,
     /// The requester identified, if any.
     pub who: Option<&'a Identity>,
+    /// `auth.client_certificate_header` and, over mutual TLS, the
+    /// verified certificate's description to put in it.
+    pub certificate: Option<(&'a HeaderName, Option<HeaderValue>)>,
 }
 
 /// Rewrites `req` into the request the upstream receives. Called once per
@@ -61,6 +64,13 @@ pub fn rewrite(req: &mut RequestHeader, edge: &Edge<'_>) -> pingora::Result<()> 
             keep_overrides: edge.keep_overrides,
         },
     )?;
+    if let Some((field, value)) = &edge.certificate {
+        // Only tollgate writes it: a client's copy never reaches the upstream.
+        req.remove_header(*field);
+        if let Some(value) = value {
+            req.insert_header((*field).clone(), value.clone())?;
+        }
+    }
     match edge.limiter {
         Some(limiter) => limiter.forward_identity(req, edge.who),
         None => {
@@ -79,7 +89,10 @@ mod tests {
         let mut req = RequestHeader::build("GET", b"/x", None).expect("req");
         req.insert_header("host", "api.test").expect("host");
         req.insert_header("x-tenant", "acme").expect("tenant");
+        req.insert_header("x-client-cert", "Hash=forged")
+            .expect("forged");
         let id = http::HeaderValue::from_static("rid");
+        let cert_field = HeaderName::from_static("x-client-cert");
         let edge = Edge {
             request_id: &id,
             host: Some("api.test"),
@@ -89,9 +102,14 @@ mod tests {
             keep_overrides: &[],
             limiter: None,
             who: None,
+            certificate: Some((&cert_field, None)),
         };
         rewrite(&mut req, &edge).expect("rewrite");
         assert!(req.headers.get("x-tenant").is_none());
+        assert!(
+            req.headers.get("x-client-cert").is_none(),
+            "a client's copy is removed"
+        );
         assert_eq!(req.headers["x-forwarded-for"], "192.0.2.1");
         assert_eq!(req.headers["x-request-id"], "rid");
     }

@@ -5,6 +5,7 @@
 //! it to the end, so a later reload never changes a request mid-flight.
 
 use crate::auth::keyring::{KeyRing, PublishedKeySet};
+use crate::certificates::listener::ListenerContext;
 use crate::config::model::{RedirectConfig, RouteCache, RouteDestination, RouteTimeouts};
 use crate::config::Config;
 use crate::metrics::{Metrics, RouteMetrics};
@@ -101,6 +102,9 @@ pub struct Gateway {
     pub pools: Box<[Arc<UpstreamPool>]>,
     /// Tenants and tiers; `None` when rate limiting is not configured.
     pub rate_limiter: Option<RateLimiter>,
+    /// TLS listeners' contexts (certificate, key, client CAs), by address:
+    /// each handshake takes its listener's from the live generation.
+    pub listener_tls: Box<[(std::net::SocketAddr, Arc<ListenerContext>)]>,
     /// When this generation was built.
     pub loaded_at: SystemTime,
 }
@@ -119,6 +123,14 @@ impl Gateway {
         [http::Method::GET, http::Method::HEAD]
             .iter()
             .any(|m| self.router.any_candidate(host.as_ref(), path, m, caches))
+    }
+
+    /// The TLS context of the listener bound to `addr`.
+    pub fn listener_context(&self, addr: std::net::SocketAddr) -> Option<&Arc<ListenerContext>> {
+        self.listener_tls
+            .iter()
+            .find(|(a, _)| *a == addr)
+            .map(|(_, c)| c)
     }
 
     /// Compiles a validated config; pools reuse backend and health state
@@ -187,7 +199,18 @@ impl Gateway {
                 })
             })
             .collect::<Result<Box<[Route]>, String>>()?;
+        let listener_tls = config
+            .listeners
+            .iter()
+            .filter_map(|l| Some((l.addr, l.tls.as_ref()?)))
+            .map(|(addr, tls)| {
+                crate::certificates::listener::build(tls)
+                    .map(|context| (addr, Arc::new(context)))
+                    .map_err(|e| format!("listener {addr}: {e}"))
+            })
+            .collect::<Result<Box<[_]>, String>>()?;
         Ok(Self {
+            listener_tls,
             rate_limiter: config
                 .rate_limit
                 .as_ref()

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod auth;
 pub mod breaker;
 pub mod cache;
+pub mod certificates;
 pub mod compression;
 pub mod config;
 pub mod config_watch;

@@ -42,7 +42,14 @@ pub enum ReloadError {
 /// Settings a running process cannot change: sockets and runtime threads.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
-    if old.listeners != new.listeners {
+    // Certificate, key, CA and CRL files are read again by every reload.
+    let sockets = |c: &Config| {
+        c.listeners
+            .iter()
+            .map(|l| (l.addr, l.h2c, l.tls.is_some()))
+            .collect::<Vec<_>>()
+    };
+    if sockets(old) != sockets(new) {
         out.push("listen changed: takes effect after a restart or graceful upgrade".to_owned());
     }
     if old.admin_listen != new.admin_listen {
@@ -141,6 +148,7 @@ fn load_and_swap(state: &AppState) -> Result<ReloadReport, ReloadError> {
         return Err(ReloadError::NotAFile);
     };
     let config = config::load(path)?;
+    tls_listeners_kept(&state.running_listeners, &config).map_err(ReloadError::Build)?;
     let current = state.gateway();
     let mut warnings = restart_only_changes(&current.config, &config);
     warnings.extend(config.warnings.iter().cloned());
@@ -173,6 +181,37 @@ fn load_and_swap(state: &AppState) -> Result<ReloadReport, ReloadError> {
     state.replace_gateway(gateway);
     state.memory.retain(&config, &state.metrics);
     Ok(report)
+}
+
+/// Every TLS listener the process runs keeps TLS, and asks for client
+/// certificates exactly when it did at start, in the new config: its
+/// handshakes take their certificate from the live generation, and
+/// whether sessions may resume (never where client certificates are
+/// asked for) was fixed when it was bound. Files and CAs may change.
+fn tls_listeners_kept(
+    running: &[crate::config::model::Listener],
+    new: &Config,
+) -> Result<(), String> {
+    for listener in running {
+        let Some(tls) = &listener.tls else { continue };
+        let now = new.listeners.iter().find(|l| l.addr == listener.addr);
+        match now.and_then(|l| l.tls.as_ref()) {
+            None => {
+                return Err(format!(
+                    "listen: {} serves TLS; dropping it or its tls needs a restart or graceful upgrade",
+                    listener.addr
+                ))
+            }
+            Some(new_tls) if new_tls.client.is_some() != tls.client.is_some() => {
+                return Err(format!(
+                    "listen: {}: turning tls.client_certificates on or off needs a restart or graceful upgrade",
+                    listener.addr
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Reloads on SIGHUP.

@@ -245,12 +245,28 @@ pub fn build(
                     addr: l.addr,
                     message: e.to_string(),
                 };
-                let mut settings = TlsSettings::intermediate(
-                    &tls.cert.to_string_lossy(),
-                    &tls.key.to_string_lossy(),
-                )
-                .map_err(tls_err)?;
+                // The certificate comes from the live generation at each
+                // handshake (`ListenerHandshake`); built here once, to
+                // refuse a bad one at start-up with the listener's name.
+                crate::certificates::listener::build(tls).map_err(|message| StartError::Tls {
+                    addr: l.addr,
+                    message,
+                })?;
+                let handshake = crate::connections::tls::ListenerHandshake {
+                    addr: l.addr,
+                    state: state.clone(),
+                };
+                let mut settings =
+                    TlsSettings::with_callbacks(Box::new(handshake)).map_err(tls_err)?;
                 settings.enable_h2();
+                if tls.client.is_some() {
+                    // No resumed sessions where client certificates are
+                    // asked for: a resumed handshake skips the certificate
+                    // callback, so it would keep a certificate verified
+                    // against the CAs and CRLs of an earlier generation.
+                    settings.set_options(pingora::tls::ssl::SslOptions::NO_TICKET);
+                    settings.set_session_cache_mode(pingora::tls::ssl::SslSessionCacheMode::OFF);
+                }
                 proxy.add_listener(endpoint.tls(settings));
             }
         }

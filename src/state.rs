@@ -44,6 +44,9 @@ pub struct AppState {
     ready: AtomicBool,
     /// When the process started.
     pub started: Instant,
+    /// The listeners this process bound at start (a reload cannot change
+    /// sockets; it must keep a certificate for each TLS one).
+    pub running_listeners: Box<[crate::config::model::Listener]>,
     /// The status page's sampled history.
     pub status: Arc<StatusBoard>,
     /// Where finished requests' access-log lines go.
@@ -89,6 +92,7 @@ impl AppState {
         let traces = crate::trace::exporter::Exporter::new(&metrics, &instance);
         configure_traces(&traces, &gateway);
         Self {
+            running_listeners: gateway.config.listeners.clone().into_boxed_slice(),
             gateway: ArcSwap::from_pointee(gateway),
             metrics,
             memory,

@@ -5,6 +5,7 @@ use super::file::{FileConfig, RouteRateLimitSpec};
 use super::locate::FieldPath;
 use super::model::*;
 use super::Checker;
+use crate::values::cert_name::CertName;
 use std::collections::HashMap;
 
 impl Checker<'_> {
@@ -71,6 +72,7 @@ impl Checker<'_> {
 
         let mut tenants = Vec::with_capacity(raw.tenants.len());
         let mut seen_keys: HashMap<[u8; 32], String> = HashMap::new();
+        let mut seen_cert_names: HashMap<CertName, String> = HashMap::new();
         for (name, spec) in &raw.tenants {
             let path = root.key("tenants").key(name);
             let tier = match tier_index.get(spec.tier.as_str()) {
@@ -83,11 +85,28 @@ impl Checker<'_> {
                     0
                 }
             };
-            if spec.api_keys.is_empty() && raw.auth.jwt.is_none() {
+            if spec.api_keys.is_empty() && spec.certificates.is_empty() && raw.auth.jwt.is_none() {
                 self.problem(
                     path.key("api_keys"),
-                    "a tenant needs at least one API key (or auth.jwt, whose tokens name it)",
+                    "a tenant needs at least one API key (or certificates, or auth.jwt, whose tokens name it)",
                 );
+            }
+            let mut certificates = Vec::with_capacity(spec.certificates.len());
+            for (i, entry) in spec.certificates.iter().enumerate() {
+                let at = path.key("certificates").index(i);
+                match CertName::parse(entry) {
+                    Ok(cert_name) => {
+                        if let Some(other) = seen_cert_names.insert(cert_name.clone(), name.clone())
+                        {
+                            self.problem(
+                                at,
+                                format!("{cert_name} is also listed for tenant {other:?}"),
+                            );
+                        }
+                        certificates.push(cert_name);
+                    }
+                    Err(message) => self.problem(at, message),
+                }
             }
             let mut key_hashes = Vec::new();
             for (i, key) in spec.api_keys.iter().enumerate() {
@@ -115,7 +134,7 @@ impl Checker<'_> {
                 .map(|i| i.issuer.as_str())
                 .collect();
             let claimable_by = match &spec.issuers {
-                None if key_hashes.is_empty() => ClaimableBy::AnyIssuer,
+                None if key_hashes.is_empty() && certificates.is_empty() => ClaimableBy::AnyIssuer,
                 None => ClaimableBy::Issuers(Vec::new()),
                 Some(issuers) => {
                     for (i, iss) in issuers.iter().enumerate() {
@@ -139,6 +158,7 @@ impl Checker<'_> {
                 key_hashes,
                 claimable_by,
                 addresses,
+                certificates,
             });
         }
 

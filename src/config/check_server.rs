@@ -2,11 +2,11 @@
 //! their TLS files), the admin address, server settings, logging.
 
 use super::file::{self, ListenerSpec};
-use super::io;
 use super::locate::FieldPath;
 use super::model::*;
 use super::Checker;
 use crate::values::address_policy::{self, AddressPolicy};
+use crate::values::pem;
 use std::net::SocketAddr;
 
 impl Checker<'_> {
@@ -37,17 +37,10 @@ impl Checker<'_> {
                 self.problem(item, format!("listener {addr} is listed twice"));
                 continue;
             }
-            let tls = spec.tls.as_ref().map(|t| ListenerTls {
-                cert: t.cert.clone().into(),
-                key: t.key.clone().into(),
-            });
-            if let Some(tls) = &tls {
-                for (field, file) in [("cert", &tls.cert), ("key", &tls.key)] {
-                    if let Err(message) = io::readable_file(file) {
-                        self.problem(item.key("tls").key(field), message);
-                    }
-                }
-            }
+            let tls = spec
+                .tls
+                .as_ref()
+                .map(|t| self.listener_tls(t, &item.key("tls")));
             if spec.h2c && tls.is_some() {
                 self.problem(
                     item.key("h2c"),
@@ -61,6 +54,40 @@ impl Checker<'_> {
             });
         }
         out
+    }
+
+    /// A listener's certificate, key and client-certificate policy, each
+    /// file read as the listener will read it.
+    fn listener_tls(&mut self, spec: &file::ListenerTlsSpec, path: &FieldPath) -> ListenerTls {
+        let tls = ListenerTls {
+            cert: spec.cert.clone().into(),
+            key: spec.key.clone().into(),
+            client: spec
+                .client_certificates
+                .as_ref()
+                .map(|c| ClientCertificates {
+                    ca: c.ca.clone().into(),
+                    crl: c.crl.clone().map(Into::into),
+                    required: c.mode == file::ClientCertificateModeSpec::Require,
+                }),
+        };
+        let chain = pem::certificates(&tls.cert).map_err(|m| self.problem(path.key("cert"), m));
+        let key = pem::private_key(&tls.key).map_err(|m| self.problem(path.key("key"), m));
+        if let (Ok(chain), Ok(key)) = (chain, key) {
+            if let Err(message) = pem::belong_together(&chain, &key, &tls.cert, &tls.key) {
+                self.problem(path.key("key"), message);
+            }
+        }
+        if let Some(client) = &tls.client {
+            let path = path.key("client_certificates");
+            if let Err(message) = pem::certificates(&client.ca) {
+                self.problem(path.key("ca"), message);
+            }
+            if let Some(Err(message)) = client.crl.as_deref().map(pem::revocation_lists) {
+                self.problem(path.key("crl"), message);
+            }
+        }
+        tls
     }
 
     pub(super) fn server(&mut self, spec: &file::ServerSpec, path: &FieldPath) -> ServerSettings {

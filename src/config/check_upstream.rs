@@ -128,9 +128,44 @@ impl Checker<'_> {
             if t.sni.trim().is_empty() {
                 self.problem(path.key("tls").key("sni"), "sni must not be empty");
             }
+            let tls_path = path.key("tls");
+            let ca = t.ca.as_ref().map(std::path::PathBuf::from);
+            if let Some(Err(message)) = ca.as_deref().map(crate::values::pem::certificates) {
+                self.problem(tls_path.key("ca"), message);
+            }
+            let client_cert = match (&t.client_cert, &t.client_key) {
+                (Some(cert), Some(key)) => {
+                    let files = CertKeyFiles {
+                        cert: cert.into(),
+                        key: key.into(),
+                    };
+                    if let Err(message) = crate::values::pem::cert_and_key(&files.cert, &files.key)
+                    {
+                        self.problem(tls_path.key("client_cert"), message);
+                    }
+                    Some(files)
+                }
+                (None, None) => None,
+                (Some(_), None) => {
+                    self.problem(
+                        tls_path.key("client_key"),
+                        "client_cert needs its client_key",
+                    );
+                    None
+                }
+                (None, Some(_)) => {
+                    self.problem(
+                        tls_path.key("client_cert"),
+                        "client_key needs its client_cert",
+                    );
+                    None
+                }
+            };
             UpstreamTls {
                 sni: t.sni.clone(),
                 verify: t.verify,
+                ca,
+                client_cert,
             }
         });
         let host_header =

@@ -52,11 +52,3 @@ pub fn env_secret(var: &str) -> Result<String, String> {
         _ => Err(format!("environment variable {var} is not set or empty")),
     }
 }
-
-/// Checks that a file a listener needs (certificate, key) is a regular
-/// file this process can open.
-pub fn readable_file(path: &Path) -> Result<(), String> {
-    regular_file(path)
-        .map(drop)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))
-}

@@ -224,16 +224,49 @@ impl Checker<'_> {
         if raw.routes.is_empty() {
             self.problem(routes_path.clone(), "at least one route is needed");
         }
+        let client_certificate_header = raw.auth.client_certificate_header.as_ref().and_then(|h| {
+            let at = root.key("auth").key("client_certificate_header");
+            let Ok(name) = http::HeaderName::from_bytes(h.as_bytes()) else {
+                self.problem(at, format!("{h:?} is not a valid header name"));
+                return None;
+            };
+            // The certificate fields other proxies vouch with are the
+            // natural names; every other forwarding field is refused.
+            let certificate_field =
+                matches!(name.as_str(), "x-forwarded-client-cert" | "x-client-cert");
+            let problem = (!certificate_field)
+                .then(|| check_ratelimit::identity_field_problem(&name, &raw))
+                .flatten();
+            if let Some(problem) = problem {
+                self.problem(at, problem);
+                return None;
+            }
+            if !listeners
+                .iter()
+                .any(|l| l.tls.as_ref().is_some_and(|t| t.client.is_some()))
+            {
+                self.problem(
+                    at,
+                    "no listener asks for client certificates (listen[].tls.client_certificates)",
+                );
+            }
+            Some(name)
+        });
         let fates = check_route::FieldFates {
-            identity: rate_limit.as_ref().map_or_else(
-                || vec![crate::values::fields::DEFAULT_TENANT_HEADER],
-                |rl| {
-                    let claims = rl.jwt.iter().flat_map(|j| &j.forward_claims);
-                    std::iter::once(rl.tenant_header.clone())
-                        .chain(claims.map(|(_, header)| header.clone()))
-                        .collect()
-                },
-            ),
+            identity: rate_limit
+                .as_ref()
+                .map_or_else(
+                    || vec![crate::values::fields::DEFAULT_TENANT_HEADER],
+                    |rl| {
+                        let claims = rl.jwt.iter().flat_map(|j| &j.forward_claims);
+                        std::iter::once(rl.tenant_header.clone())
+                            .chain(claims.map(|(_, header)| header.clone()))
+                            .collect()
+                    },
+                )
+                .into_iter()
+                .chain(client_certificate_header.clone())
+                .collect(),
             keep_overrides: &server.keep_override_headers,
             underscores: raw.hygiene.underscore_headers.unwrap_or_default(),
         };
@@ -292,6 +325,7 @@ impl Checker<'_> {
             cache,
             compression,
             rate_limit,
+            client_certificate_header,
             redis,
             cache_redis,
             cache_tags,

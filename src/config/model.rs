@@ -45,6 +45,9 @@ pub struct Config {
     pub compression: Option<CompressionConfig>,
     /// Tenants, tiers and where keys come from; `None` when no tiers are configured.
     pub rate_limit: Option<RateLimitConfig>,
+    /// `auth.client_certificate_header`: the field carrying a verified
+    /// client certificate to the upstream (a client's copy always removed).
+    pub client_certificate_header: Option<http::HeaderName>,
     /// The top-level `redis` connection (rate limits and the cache tier).
     pub redis: Option<RedisConfig>,
     /// The cache's Redis tier; `None` when off.
@@ -129,6 +132,19 @@ pub struct ListenerTls {
     pub cert: PathBuf,
     /// Private key.
     pub key: PathBuf,
+    /// Mutual TLS: which client certificates are accepted; `None`: none asked for.
+    pub client: Option<ClientCertificates>,
+}
+
+/// `tls.client_certificates` of a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificates {
+    /// PEM bundle of the accepted CAs.
+    pub ca: PathBuf,
+    /// PEM file of CRLs checked for every client certificate.
+    pub crl: Option<PathBuf>,
+    /// A client without a certificate is refused at the handshake.
+    pub required: bool,
 }
 
 /// Process settings with defaults applied.
@@ -482,6 +498,8 @@ pub struct TenantConfig {
     pub claimable_by: ClaimableBy,
     /// Client addresses its requests may come from; `None`: any.
     pub addresses: Option<std::sync::Arc<crate::values::address_policy::AddressPolicy>>,
+    /// Names of verified client certificates that identify it.
+    pub certificates: Vec<crate::values::cert_name::CertName>,
 }
 
 /// The JWT issuers whose tokens may name a configured tenant.

@@ -89,3 +89,51 @@ async fn client_hello(stream: &mut L4Stream) -> Result<()> {
         .map_err(|e| Error::because(ErrorType::ReadError, "reading the TLS ClientHello", e))?;
     Ok(())
 }
+
+/// The handshake of a TLS listener, from the live config generation:
+/// once the ClientHello is read, the connection switches to the context
+/// of its listener's current certificate, key and client CAs (so a
+/// reload serves a renewed certificate and a new CA bundle or CRL at the
+/// next handshake), and once it is done, a verified client certificate's
+/// names are kept on the connection (`SslDigest::extension`) for identity
+/// and forwarding. Pingora's `TlsAccept` is the hook; the switch is
+/// `SSL_set_SSL_CTX`, as nginx does per server name.
+pub struct ListenerHandshake {
+    /// The listener's address: its key in every generation.
+    pub addr: std::net::SocketAddr,
+    /// The live generations.
+    pub state: Arc<AppState>,
+}
+
+#[async_trait]
+impl pingora::listeners::TlsAccept for ListenerHandshake {
+    async fn certificate_callback(&self, ssl: &mut pingora::protocols::tls::TlsRef) {
+        let gateway = self.state.gateway();
+        let Some(listener) = gateway.listener_context(self.addr) else {
+            // Never: every TLS listener of the running process has a
+            // context in every generation (reload refuses removing one's
+            // TLS). Without a certificate the handshake fails.
+            log::error!(
+                "TLS listener {}: no certificate in the live config",
+                self.addr
+            );
+            return;
+        };
+        if let Err(e) = ssl.set_ssl_context(&listener.context) {
+            log::error!(
+                "TLS listener {}: switching to the live certificate: {e}",
+                self.addr
+            );
+            return;
+        }
+        ssl.set_verify(listener.verify);
+    }
+
+    async fn handshake_complete_callback(
+        &self,
+        ssl: &pingora::protocols::tls::TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        let cert = crate::certificates::client::ClientCertificate::of_handshake(ssl)?;
+        Some(Arc::new(cert))
+    }
+}

@@ -7,6 +7,7 @@ use super::client::{client_ip, peer_trusted, template_values};
 use super::{respond, traced, Proxy};
 use crate::cache::fresh;
 use crate::cache::invalidation::{answered as invalidate, purge_memory_off_runtime, Selection};
+use crate::certificates::client::ClientCertificate;
 use crate::ctx::RequestCtx;
 use crate::errors::ErrorResponse;
 use crate::forwarded;
@@ -305,6 +306,17 @@ pub(super) fn no_route() -> Box<Error> {
     Error::explain(ErrorType::InternalError, "upstream phase without a route")
 }
 
+/// The verified client certificate of the request's connection (mutual
+/// TLS), read at the end of its handshake.
+pub(super) fn client_certificate(session: &Session) -> Option<&ClientCertificate> {
+    session
+        .digest()?
+        .ssl_digest
+        .as_ref()?
+        .extension
+        .get::<ClientCertificate>()
+}
+
 /// Who sent the request, decided once and before the cache is asked — a
 /// missing or bad key is a 401 here whatever stage the budget is counted
 /// at. On an exempt route a key that identifies nobody refuses nothing.
@@ -324,7 +336,8 @@ fn identify(
     let budgeted = ctx
         .route
         .is_some_and(|id| gateway.route(id).rate_budget.is_some());
-    match admission::identify(limiter, metrics, req, client_ip(session)) {
+    let cert = client_certificate(session);
+    match admission::identify(limiter, metrics, req, client_ip(session), cert) {
         Ok(who) => ctx.identity = Some(who),
         Err(refusal) if budgeted => return Err(refusal),
         Err(_) => {}
@@ -350,6 +363,17 @@ fn forward(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ErrorRespo
         keep_overrides: &server.keep_override_headers,
         limiter: ctx.gateway.rate_limiter.as_ref(),
         who: ctx.identity.as_ref(),
+        certificate: ctx
+            .gateway
+            .config
+            .client_certificate_header
+            .as_ref()
+            .map(|field| {
+                (
+                    field,
+                    client_certificate(session).map(|c| c.forward.clone()),
+                )
+            }),
     };
     forwarded::rewrite(session.req_header_mut(), &edge).map_err(|e| {
         log::error!("rewriting the request for the upstream: {e}");

@@ -206,6 +206,7 @@ pub(super) fn identity(ctx: &mut RequestCtx, began: Option<Instant>, accepted: b
         (true, Some(Identity::Anonymous(_))) => "anonymous",
         (true, Some(Identity::Token(_))) => "token",
         (true, Some(Identity::Tenant(_))) => "api_key",
+        (true, Some(Identity::Certificate(_))) => "certificate",
         (true, None) => "none",
     };
     let tenant = tenant_of(ctx);

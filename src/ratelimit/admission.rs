@@ -63,8 +63,9 @@ pub fn identify(
     metrics: &Metrics,
     req: &RequestHeader,
     peer: Option<IpAddr>,
+    cert: Option<&crate::certificates::client::ClientCertificate>,
 ) -> Result<Identity, ErrorResponse> {
-    limiter.identify(req, peer).map_err(|refusal| {
+    limiter.identify(req, peer, cert).map_err(|refusal| {
         metrics
             .auth_failures
             .with_label_values(&[refusal.reason()])
@@ -186,7 +187,7 @@ routes: [{{ name: all, upstream: api }}]
                 route: "all",
                 budget: &budget,
             };
-            let who = identify(&l, &metrics, &req, peer).expect("anonymous allowed");
+            let who = identify(&l, &metrics, &req, peer, None).expect("anonymous allowed");
             last = admit(&l, &store, &metrics, route, who).await;
         }
         let refusal = last.refusal.expect("third request refused");

@@ -5,6 +5,7 @@
 use super::RateLimiter;
 use crate::auth::jwt::Bearer;
 use crate::auth::verdict::{Failure, TokenTenant};
+use crate::certificates::client::ClientCertificate;
 use crate::config::model::{Anonymous, ApiKeyField};
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
@@ -17,6 +18,9 @@ use std::sync::Arc;
 pub enum Identity {
     /// A tenant, by index, identified by its API key.
     Tenant(usize),
+    /// A tenant, by index, identified by a verified client certificate
+    /// naming it (`tenants.<name>.certificates`).
+    Certificate(usize),
     /// A tenant named by a verified JWT (configured or not).
     Token(Arc<TokenTenant>),
     /// No key: the client's IP (IPv6: its network, see [`anonymous_network`]).
@@ -49,7 +53,9 @@ impl Identity {
     /// The tenant's name, if the requester is a tenant.
     pub fn tenant_name<'a>(&'a self, limiter: &'a RateLimiter) -> Option<&'a str> {
         match self {
-            Identity::Tenant(i) => limiter.tenants.get(*i).map(|(name, _)| &**name),
+            Identity::Tenant(i) | Identity::Certificate(i) => {
+                limiter.tenants.get(*i).map(|(name, _)| &**name)
+            }
             Identity::Token(t) => Some(&t.name),
             Identity::Anonymous(_) => None,
         }
@@ -62,8 +68,25 @@ pub fn hash_key(key: &str) -> String {
 }
 
 impl RateLimiter {
-    /// Identifies the requester of `req` arriving from `peer`.
-    pub fn identify(&self, req: &RequestHeader, peer: Option<IpAddr>) -> Result<Identity, Refusal> {
+    /// Identifies the requester of `req` arriving from `peer` over a
+    /// connection whose client presented `cert` (verified). A certificate
+    /// naming a tenant decides before any key or token the request
+    /// carries: it is proven by the handshake, they are only sent.
+    pub fn identify(
+        &self,
+        req: &RequestHeader,
+        peer: Option<IpAddr>,
+        cert: Option<&ClientCertificate>,
+    ) -> Result<Identity, Refusal> {
+        if let Some(cert) = cert.filter(|_| !self.certificate_tenants.is_empty()) {
+            if let Some(&i) = cert
+                .names
+                .iter()
+                .find_map(|name| self.certificate_tenants.get(name))
+            {
+                return Ok(Identity::Certificate(i));
+            }
+        }
         for source in &self.config.key_sets {
             let key = match source {
                 ApiKeyField::Bearer => match req.headers.get(http::header::AUTHORIZATION) {

@@ -73,6 +73,8 @@ pub struct RateLimiter {
     tenant_keys: Vec<Box<str>>,
     /// SHA-256 of a key → tenant index.
     pub keys: HashMap<[u8; 32], usize>,
+    /// A client certificate's name → tenant index.
+    pub certificate_tenants: HashMap<crate::values::cert_name::CertName, usize>,
     /// The client addresses of the tenants that have `addresses`, by
     /// name (a token naming a configured tenant is held to its list too).
     pub tenant_addresses: HashMap<Box<str>, Arc<crate::values::address_policy::AddressPolicy>>,
@@ -311,9 +313,13 @@ impl RateLimiter {
             })
             .collect();
         let mut keys = HashMap::new();
+        let mut certificate_tenants = HashMap::new();
         for (i, t) in config.tenants.iter().enumerate() {
             for h in &t.key_hashes {
                 keys.insert(*h, i);
+            }
+            for name in &t.certificates {
+                certificate_tenants.insert(name.clone(), i);
             }
         }
         let tenants: Vec<(Box<str>, usize)> = config
@@ -341,6 +347,7 @@ impl RateLimiter {
                 .map(|t| format!("t:{}", t.name).into())
                 .collect(),
             keys,
+            certificate_tenants,
             config: RateLimitConfig {
                 tiers: config.tiers.clone(),
                 tenants: Vec::new(),
@@ -371,7 +378,7 @@ impl RateLimiter {
     /// The tier of an identified requester.
     pub fn tier_of(&self, who: &Identity) -> Option<usize> {
         match who {
-            Identity::Tenant(i) => self.tenants.get(*i).map(|(_, t)| *t),
+            Identity::Tenant(i) | Identity::Certificate(i) => self.tenants.get(*i).map(|(_, t)| *t),
             Identity::Token(t) => Some(t.tier),
             Identity::Anonymous(_) => match self.config.anonymous {
                 Anonymous::Tier(t) => Some(t),
@@ -383,7 +390,9 @@ impl RateLimiter {
     /// The bucket key of a requester.
     pub fn bucket_key<'a>(&'a self, who: &'a Identity) -> std::borrow::Cow<'a, str> {
         match who {
-            Identity::Tenant(i) => std::borrow::Cow::Borrowed(&self.tenant_keys[*i]),
+            Identity::Tenant(i) | Identity::Certificate(i) => {
+                std::borrow::Cow::Borrowed(&self.tenant_keys[*i])
+            }
             Identity::Token(t) => std::borrow::Cow::Borrowed(&t.bucket_key),
             Identity::Anonymous(IpAddr::V4(ip)) => std::borrow::Cow::Owned(format!("ip:{ip}")),
             Identity::Anonymous(IpAddr::V6(net)) => {

@@ -113,6 +113,7 @@ fn pingora_check(
             expect_status,
         } => {
             let mut check = HttpHealthCheck::new(host, tls.is_some());
+            peer_tls(pool)?.apply(&mut check.peer_template);
             let mut req = RequestHeader::build("GET", path.as_bytes(), None)?;
             req.insert_header("Host", host.as_str())?;
             req.insert_header("User-Agent", "tollgate-health-check")?;
@@ -156,6 +157,7 @@ fn pingora_check(
                 peer.options.verify_cert = t.verify;
                 peer.options.verify_hostname = t.verify;
             }
+            peer_tls(pool)?.apply(&mut peer);
             let check = super::grpc_health::GrpcHealthCheck::new(
                 peer,
                 service,
@@ -228,6 +230,14 @@ impl BackgroundService for HealthChecker {
             self.tick(Instant::now());
         }
     }
+}
+
+/// The pool's client certificate and CAs, for checks that connect as its
+/// requests do. (Pingora's TCP check connects with a `BasicPeer`, which
+/// carries neither: a `tcp` check over TLS presents no certificate.)
+fn peer_tls(pool: &UpstreamConfig) -> pingora::Result<crate::certificates::upstream::PeerTls> {
+    crate::certificates::upstream::PeerTls::load(pool.tls.as_ref())
+        .map_err(|e| Error::explain(ErrorType::InternalError, e))
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ pub use backend::{BackendLease, BackendState, FailureKind};
 pub use membership::{BackendOrigin, Members};
 pub use memory::UpstreamMemory;
 
+use crate::certificates::upstream::PeerTls;
 use crate::config::model::{PassiveHealth, UpstreamConfig, UpstreamProtocol};
 use crate::discovery::DnsName;
 use crate::metrics::Metrics;
@@ -102,6 +103,9 @@ pub struct UpstreamPool {
     membership: Arc<MembershipSource>,
     /// Pingora's view of the same backends: membership, enablement, health.
     view: Backends,
+    /// The client certificate and CAs towards the backends, read when
+    /// this generation was built.
+    peer_tls: PeerTls,
     active_health: Option<Arc<PoolHealth>>,
     in_flight_gauges: IntGaugeVec,
     backends_gauge: IntGauge,
@@ -120,6 +124,8 @@ impl UpstreamPool {
         memory: &UpstreamMemory,
     ) -> Result<Self, String> {
         let active_health = memory.health(config)?;
+        let peer_tls = PeerTls::load(config.tls.as_ref())
+            .map_err(|e| format!("upstream {}: tls: {e}", config.name))?;
         let membership = Arc::new(MembershipSource::default());
         let discovery = Box::new(membership::SharedMembership(membership.clone()));
         let view = match &active_health {
@@ -137,6 +143,7 @@ impl UpstreamPool {
             config: config.clone(),
             names,
             members: ArcSwap::from_pointee(Members::default()),
+            peer_tls,
             built_from: Mutex::new(None),
             membership,
             view,
@@ -199,7 +206,7 @@ impl UpstreamPool {
                 backend,
                 weight,
                 priority,
-                peer: make_peer(addr, &self.config),
+                peer: make_peer(addr, &self.config, &self.peer_tls),
                 state: memory.backend(&self.name, addr, &self.in_flight_gauges),
                 origin,
             }));
@@ -453,12 +460,13 @@ fn pick(
     }
 }
 
-fn make_peer(addr: SocketAddr, config: &UpstreamConfig) -> HttpPeer {
+fn make_peer(addr: SocketAddr, config: &UpstreamConfig, peer_tls: &PeerTls) -> HttpPeer {
     let mut peer = match &config.tls {
         Some(tls) => {
             let mut peer = HttpPeer::new(addr, true, tls.sni.clone());
             peer.options.verify_cert = tls.verify;
             peer.options.verify_hostname = tls.verify;
+            peer_tls.apply(&mut peer);
             peer
         }
         None => HttpPeer::new(addr, false, String::new()),

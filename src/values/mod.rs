@@ -9,6 +9,7 @@
 //! reaching up into the runtime.
 
 pub mod address_policy;
+pub mod cert_name;
 pub mod cors;
 pub mod fields;
 pub mod header_policy;
@@ -16,6 +17,7 @@ pub mod host;
 pub mod hygiene;
 pub mod key_set;
 pub mod methods;
+pub mod pem;
 pub mod rewrite;
 pub mod template;
 pub mod url;

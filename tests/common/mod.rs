@@ -11,6 +11,7 @@ pub mod client;
 pub mod dns;
 pub mod grpc;
 pub mod otlp;
+pub mod pki;
 pub mod redis;
 pub mod upstream;
 

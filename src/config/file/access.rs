@@ -1,6 +1,6 @@
 //! The YAML's access-policy blocks a route (and a tenant) may carry: who
 //! may call it by network (`addresses`), and which browser origins may
-//! read it (`cors`).
+//! read it (`cors`); and a TLS listener's client certificates.
 
 use super::*;
 
@@ -41,4 +41,32 @@ pub struct CorsSpec {
     /// browser's own (5 s in Chromium).
     #[serde(default)]
     pub max_age: Option<HumanDuration>,
+}
+
+/// `listen[].tls.client_certificates`: mutual TLS on a listener.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertificatesSpec {
+    /// PEM bundle of the CAs whose client certificates are accepted.
+    pub ca: String,
+    /// PEM file of certificate revocation lists, one from each CA that
+    /// issues client certificates; revoked certificates are refused.
+    #[serde(default)]
+    pub crl: Option<String>,
+    /// `require` (default): no handshake without a valid certificate;
+    /// `request`: a client may come without one (an invalid one is still
+    /// refused).
+    #[serde(default)]
+    pub mode: ClientCertificateModeSpec,
+}
+
+/// `listen[].tls.client_certificates.mode`.
+#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCertificateModeSpec {
+    /// Every client presents a valid certificate.
+    #[default]
+    Require,
+    /// A client may present none.
+    Request,
 }

@@ -10,6 +10,11 @@ pub struct AuthSpec {
     /// Bearer JWTs from trusted issuers.
     #[serde(default)]
     pub jwt: Option<JwtSpec>,
+    /// Request field in which the upstream gets the verified client
+    /// certificate (`Hash=…;Subject="…";URI=…;DNS=…`); a client's own copy
+    /// is always removed.
+    #[serde(default)]
+    pub client_certificate_header: Option<String>,
 }
 
 /// `auth.jwt`: who may issue tokens and which claims say who the caller is.

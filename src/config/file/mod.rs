@@ -117,6 +117,9 @@ pub struct ListenerTlsSpec {
     pub cert: String,
     /// PEM private key.
     pub key: String,
+    /// Ask clients for a certificate signed by these CAs (mutual TLS).
+    #[serde(default)]
+    pub client_certificates: Option<ClientCertificatesSpec>,
 }
 
 /// The admin listener.
@@ -448,6 +451,17 @@ pub struct UpstreamTlsSpec {
     /// Verify the backend's certificate chain and name. Default true.
     #[serde(default = "default_true")]
     pub verify: bool,
+    /// PEM bundle of the CAs trusted for the backends' certificates,
+    /// instead of the system's.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// PEM certificate chain tollgate presents to backends that ask for
+    /// one (mutual TLS); needs `client_key`.
+    #[serde(default)]
+    pub client_cert: Option<String>,
+    /// PEM private key of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<String>,
 }
 
 /// `hygiene`: what tollgate does with parts of a request that backends

@@ -38,14 +38,18 @@ pub struct TenantSpec {
     #[serde(default)]
     pub api_keys: Vec<String>,
     /// The `auth.jwt` issuers whose tokens may name this tenant. Default:
-    /// none for a tenant with API keys (its name is its keys'), every
-    /// issuer for a tenant without (it exists for tokens).
+    /// none for a tenant with API keys or certificates (its name is
+    /// theirs), every issuer for a tenant without (it exists for tokens).
     #[serde(default)]
     pub issuers: Option<Vec<String>>,
     /// Which client addresses the tenant's requests may come from (403
     /// otherwise).
     #[serde(default)]
     pub addresses: Option<AddressesSpec>,
+    /// Names of verified client certificates that are this tenant:
+    /// `uri:spiffe://…`, `dns:host`, `email:a@b`, `cn:common name`.
+    #[serde(default)]
+    pub certificates: Vec<String>,
 }
 
 /// Anonymous requests: `{ tier: free }` (keyed by client IP) or `{ reject: true }`.

@@ -215,4 +215,17 @@ pub struct UpstreamTls {
     pub sni: String,
     /// Verify the certificate.
     pub verify: bool,
+    /// CAs trusted for the backends' certificates instead of the system's.
+    pub ca: Option<std::path::PathBuf>,
+    /// The certificate chain and key tollgate presents (mutual TLS).
+    pub client_cert: Option<CertKeyFiles>,
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertKeyFiles {
+    /// Certificate chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// Private key.
+    pub key: std::path::PathBuf,
 }
