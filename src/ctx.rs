@@ -50,6 +50,11 @@ pub struct RequestCtx {
     /// cache is asked (`None` without rate limiting, or on an exempt route
     /// whose key did not identify anyone).
     pub identity: Option<Identity>,
+    /// Fields an admitting auth service (`forward_auth`) gave for the
+    /// upstream.
+    pub auth_fields: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// The route's auth service admitted the request (or failed open).
+    pub auth_admitted: bool,
     /// The client's request carried a credential (`Authorization` or an
     /// API-key field): its response is stored only when it says it may be
     /// shared (RFC 9111 §3.5). Read before the key is removed upstream.
@@ -113,6 +118,8 @@ impl RequestCtx {
             error_status: None,
             cache_directives: RequestDirectives::default(),
             identity: None,
+            auth_fields: Vec::new(),
+            auth_admitted: false,
             credentialed: false,
             subrequest: false,
             upstream_path: None,
@@ -139,7 +146,9 @@ impl RequestCtx {
     /// certificate (index into the rate limiter's tenants), if any.
     pub fn tenant(&self) -> Option<usize> {
         match self.identity {
-            Some(Identity::Tenant(i) | Identity::Certificate(i)) => Some(i),
+            Some(Identity::Tenant(i) | Identity::Certificate(i) | Identity::AuthService(i)) => {
+                Some(i)
+            }
             _ => None,
         }
     }

@@ -83,6 +83,25 @@ impl ErrorResponse {
         )
     }
 
+    /// 503: the route's auth service (`forward_auth`) could not decide.
+    pub fn auth_unavailable() -> Self {
+        Self::new(
+            503,
+            "auth_unavailable",
+            Cow::Borrowed("The authorization service could not be reached; try again"),
+        )
+    }
+
+    /// 403: the route's auth service admitted the request for a tenant
+    /// tollgate does not know.
+    pub fn unknown_tenant() -> Self {
+        Self::new(
+            403,
+            "forbidden",
+            Cow::Borrowed("The authorization service named an unknown tenant"),
+        )
+    }
+
     /// 404: no route matches.
     pub fn no_route() -> Self {
         Self::new(

@@ -46,6 +46,8 @@ pub struct Route {
     pub addresses: Option<Arc<crate::values::address_policy::AddressPolicy>>,
     /// Cross-origin reads from browsers (`None`: no CORS handling).
     pub cors: Option<Arc<crate::values::cors::CorsPolicy>>,
+    /// The auth service asked before proxying (`None`: none).
+    pub forward_auth: Option<Arc<crate::auth::forward::ForwardAuth>>,
 }
 
 /// Where a route's requests go, compiled.
@@ -196,6 +198,12 @@ impl Gateway {
                     response_headers: r.response_headers.clone(),
                     addresses: r.addresses.clone(),
                     cors: r.cors.clone(),
+                    forward_auth: r.forward_auth.as_ref().map(|f| {
+                        Arc::new(crate::auth::forward::ForwardAuth::new(
+                            f.clone(),
+                            pools[f.upstream].clone(),
+                        ))
+                    }),
                 })
             })
             .collect::<Result<Box<[Route]>, String>>()?;

@@ -1,7 +1,8 @@
 //! tollgate's own outgoing HTTP requests that are not proxied: the JWKS
-//! fetch (`auth::keyring`) and the OTLP trace export (`trace::exporter`),
-//! through Pingora's connector (TLS verified against the system's roots
-//! and the URL's host name; idle connections pooled by the connector).
+//! fetch (`auth::keyring`), the OTLP trace export (`trace::exporter`) and
+//! the forward-auth question (`auth::forward`), through Pingora's
+//! connector (TLS verified against the system's roots and the URL's host
+//! name, or as the pool says; idle connections pooled by the connector).
 
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
@@ -28,10 +29,12 @@ pub struct Request<'a> {
     pub max_answer: usize,
 }
 
-/// The status and body of an answer.
+/// The status, fields and body of an answer.
 pub struct Answer {
     /// The status code.
     pub status: u16,
+    /// The answer's fields.
+    pub headers: http::HeaderMap,
     /// The body, at most the request's `max_answer` bytes.
     pub body: Vec<u8>,
 }
@@ -46,10 +49,6 @@ pub async fn send(connector: &Connector, request: Request<'_>) -> Result<Answer,
         .next()
         .ok_or_else(|| format!("{} has no address", url.host))?;
     let peer = HttpPeer::new(addr, url.tls, url.host.clone());
-    let (mut session, _) = connector
-        .get_http_session(&peer)
-        .await
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     let mut req = RequestHeader::build(request.method, url.path.as_bytes(), None)
         .map_err(|e| format!("bad request target {:?}: {e}", url.path))?;
     let header = |e: pingora::BError| format!("request header: {e}");
@@ -68,12 +67,29 @@ pub async fn send(connector: &Connector, request: Request<'_>) -> Result<Answer,
         req.insert_header(http::header::CONTENT_LENGTH, body.len())
             .map_err(header)?;
     }
+    exchange(connector, &peer, req, request.body, request.max_answer).await
+}
+
+/// Sends `req` (and `body`) to `peer` and reads the answer, its body at
+/// most `max_answer` bytes. The connection goes back to the connector's
+/// pool when the exchange finished cleanly.
+pub async fn exchange(
+    connector: &Connector,
+    peer: &HttpPeer,
+    req: RequestHeader,
+    body: Option<bytes::Bytes>,
+    max_answer: usize,
+) -> Result<Answer, String> {
+    let (mut session, _) = connector
+        .get_http_session(peer)
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", peer._address))?;
     let sending = |e: pingora::BError| format!("sending the request: {e}");
     session
         .write_request_header(Box::new(req))
         .await
         .map_err(sending)?;
-    if let Some(body) = request.body {
+    if let Some(body) = body {
         session
             .write_request_body(body, true)
             .await
@@ -84,26 +100,29 @@ pub async fn send(connector: &Connector, request: Request<'_>) -> Result<Answer,
         .read_response_header()
         .await
         .map_err(|e| format!("reading the answer: {e}"))?;
-    let status = session
+    let (status, headers) = session
         .response_header()
-        .map(|h| h.status.as_u16())
-        .unwrap_or(0);
+        .map(|h| (h.status.as_u16(), h.headers.clone()))
+        .unwrap_or_default();
     let mut body = Vec::new();
     while let Some(chunk) = session
         .read_response_body()
         .await
         .map_err(|e| format!("reading the body: {e}"))?
     {
-        if body.len() + chunk.len() > request.max_answer {
+        if body.len() + chunk.len() > max_answer {
             return Err(format!(
-                "answered {status} with a body larger than {} bytes",
-                request.max_answer
+                "answered {status} with a body larger than {max_answer} bytes"
             ));
         }
         body.extend_from_slice(&chunk);
     }
     connector
-        .release_http_session(session, &peer, Some(IDLE_REUSE))
+        .release_http_session(session, peer, Some(IDLE_REUSE))
         .await;
-    Ok(Answer { status, body })
+    Ok(Answer {
+        status,
+        headers,
+        body,
+    })
 }

@@ -270,6 +270,10 @@ impl Checker<'_> {
             .cors
             .as_ref()
             .and_then(|c| self.cors(c, &path.key("cors")));
+        let forward_auth = spec
+            .forward_auth
+            .as_ref()
+            .and_then(|f| self.forward_auth(f, &path.key("forward_auth"), upstreams, fates));
         (self.problems.len() == before).then(|| RouteConfig {
             name: spec.name.clone(),
             host,
@@ -294,6 +298,7 @@ impl Checker<'_> {
             response_headers,
             addresses,
             cors,
+            forward_auth,
         })
     }
 

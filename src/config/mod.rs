@@ -10,6 +10,7 @@
 mod aliases;
 mod check_auth;
 mod check_cache;
+mod check_forward_auth;
 mod check_ratelimit;
 mod check_route;
 mod check_server;
@@ -298,6 +299,16 @@ impl Checker<'_> {
                 rl.tenant_header.clone()
             });
         for (route, at) in routes.iter().zip(&route_paths) {
+            let names_tenant = route
+                .forward_auth
+                .as_ref()
+                .is_some_and(|f| f.tenant_field.is_some());
+            if names_tenant && rate_limit.is_none() {
+                self.problem(
+                    at.key("forward_auth").key("tenant_field"),
+                    "names a tenant, but no tenants are configured (tiers, tenants)",
+                );
+            }
             let policy = &route.request_headers;
             let touches = policy
                 .set

@@ -229,6 +229,8 @@ pub struct RouteConfig {
     pub addresses: Option<std::sync::Arc<crate::values::address_policy::AddressPolicy>>,
     /// Cross-origin reads from browsers; `None`: no CORS handling.
     pub cors: Option<std::sync::Arc<crate::values::cors::CorsPolicy>>,
+    /// The auth service asked before proxying; `None`: none.
+    pub forward_auth: Option<std::sync::Arc<ForwardAuthConfig>>,
 }
 
 /// How a split keeps a client on one pool.
@@ -743,4 +745,32 @@ pub mod defaults {
     pub const TRACE_BATCH_INTERVAL: Duration = Duration::from_secs(1);
     /// Default limit on one export.
     pub const TRACE_EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+}
+
+/// `routes[].forward_auth`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardAuthConfig {
+    /// Index of the auth service's pool in `Config::upstreams`.
+    pub upstream: usize,
+    /// Path and query asked (GET), starting with `/`.
+    pub path: String,
+    /// Client request fields sent along.
+    pub request_fields: Vec<http::HeaderName>,
+    /// Fields of an admitting answer copied into the upstream request.
+    pub upstream_fields: Vec<http::HeaderName>,
+    /// Field of an admitting answer naming the tenant.
+    pub tenant_field: Option<http::HeaderName>,
+    /// Longest wait for the answer.
+    pub timeout: Duration,
+    /// Largest answer body read.
+    pub max_answer_size: usize,
+    /// How long a decision is remembered (zero: not at all).
+    pub cache_ttl: Duration,
+    /// Remembered per request (credential, method, host, URI) rather
+    /// than per credential alone.
+    pub cache_per_request: bool,
+    /// Most decisions remembered.
+    pub cache_size: usize,
+    /// Admit when the auth service fails.
+    pub fail_open: bool,
 }

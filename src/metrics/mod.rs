@@ -113,6 +113,14 @@ pub struct Metrics {
     /// `tollgate_cors_preflights_total{route,result}`: CORS preflights
     /// answered by tollgate (`allowed`, `refused`).
     pub cors_preflights: IntCounterVec,
+    /// `tollgate_forward_auth_decisions_total{route,decision,source}`:
+    /// what the auth services of `forward_auth` decided (`admitted`,
+    /// `refused`, `failed`, `failed_open`, `unknown_tenant`), asked
+    /// (`service`) or remembered (`cache`).
+    pub forward_auth_decisions: IntCounterVec,
+    /// `tollgate_forward_auth_duration_seconds{route}`: how long the auth
+    /// service took to answer (or to fail), per question asked.
+    pub forward_auth_duration: HistogramVec,
     /// `tollgate_tunnels_open`: upgraded connections (WebSockets) open now.
     pub tunnels_open: IntGauge,
     /// `tollgate_tunnels_total`: upgraded connections opened.
@@ -436,6 +444,21 @@ impl Metrics {
             ),
             &["route", "result"],
         )?;
+        let forward_auth_decisions = IntCounterVec::new(
+            Opts::new(
+                "tollgate_forward_auth_decisions_total",
+                "Forward-auth decisions by route, decision (admitted, refused, failed, failed_open, unknown_tenant) and source (service, cache)",
+            ),
+            &["route", "decision", "source"],
+        )?;
+        let forward_auth_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_forward_auth_duration_seconds",
+                "Time the forward-auth service took to answer or fail, per question asked",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )?;
         let tunnels_open = IntGauge::new(
             "tollgate_tunnels_open",
             "Upgraded connections (WebSockets) open now",
@@ -580,6 +603,16 @@ impl Metrics {
         register(
             &registry,
             &mut names,
+            Box::new(forward_auth_decisions.clone()),
+        )?;
+        register(
+            &registry,
+            &mut names,
+            Box::new(forward_auth_duration.clone()),
+        )?;
+        register(
+            &registry,
+            &mut names,
             Box::new(trace_spans_exported.clone()),
         )?;
         register(&registry, &mut names, Box::new(trace_spans_dropped.clone()))?;
@@ -639,6 +672,8 @@ impl Metrics {
             jwks_fetches,
             address_refusals,
             cors_preflights,
+            forward_auth_decisions,
+            forward_auth_duration,
             trace_spans_exported,
             trace_spans_dropped,
             ratelimit_tenant_decisions,

@@ -10,6 +10,7 @@
 mod attempt;
 mod caching;
 mod client;
+mod forward_auth;
 mod respond;
 mod steps;
 mod traced;

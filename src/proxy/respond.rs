@@ -271,6 +271,37 @@ pub async fn error(session: &mut Session, ctx: &mut RequestCtx, err: &ErrorRespo
     write_error(session, ctx, err, keep).await
 }
 
+/// Returns an auth service's refusal (`forward_auth`) as it wrote it:
+/// status, end-to-end fields and body, plus tollgate's request id and
+/// timing and the route's fields (CORS included, so a browser can read
+/// the refusal).
+pub async fn auth_refusal(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    refusal: &crate::auth::forward::Refusal,
+) -> Result<()> {
+    ctx.error_status = Some(refusal.status);
+    let keep = keeps_connection(session);
+    let mut resp = ResponseHeader::build(refusal.status, Some(refusal.headers.len() + 4))?;
+    for (name, value) in &refusal.headers {
+        resp.append_header(name.clone(), value.clone())?;
+    }
+    resp.insert_header(http::header::CONTENT_LENGTH, refusal.body.len())?;
+    headers::decorate(&mut resp, ctx.request_id.as_ref(), decoration(ctx, false))?;
+    route_fields(session, &mut resp, ctx);
+    if !keep {
+        session.set_keepalive(None);
+    }
+    let body = refusal.body.clone();
+    session
+        .write_response_header(Box::new(resp), body.is_empty())
+        .await?;
+    if !body.is_empty() {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
 /// Sends one of our JSON errors, with request id, timing and (for a 429)
 /// the rate-limit headers and `Retry-After`; `Connection: close` unless
 /// `keep_connection`.

@@ -328,15 +328,30 @@ fn identify(
     let gateway = &ctx.gateway;
     let limiter = gateway.rate_limiter.as_ref();
     let req = session.req_header();
-    ctx.credentialed = req.headers.contains_key(http::header::AUTHORIZATION)
+    ctx.credentialed = ctx.credentialed
+        || req.headers.contains_key(http::header::AUTHORIZATION)
         || limiter.is_some_and(|l| l.carries_credentials(req));
     let Some(limiter) = limiter else {
         return Ok(());
     };
+    if ctx.identity.is_some() {
+        return Ok(()); // named by the route's auth service
+    }
     let budgeted = ctx
         .route
         .is_some_and(|id| gateway.route(id).rate_budget.is_some());
     let cert = client_certificate(session);
+    if ctx.auth_admitted {
+        // The route's auth service admitted the request without naming a
+        // tenant: a key or token tollgate reads identifies the caller,
+        // anything else is the auth service's credential, not a bad key.
+        let peer = client_ip(session);
+        ctx.identity = limiter
+            .identify(req, peer, cert)
+            .ok()
+            .or_else(|| limiter.anonymous(req, peer));
+        return Ok(());
+    }
     match admission::identify(limiter, metrics, req, client_ip(session), cert) {
         Ok(who) => ctx.identity = Some(who),
         Err(refusal) if budgeted => return Err(refusal),
@@ -383,6 +398,17 @@ fn forward(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ErrorRespo
         log::error!("writing the trace context for the upstream: {e}");
         ErrorResponse::internal()
     })?;
+    // What an admitting auth service said, in place of any client copy.
+    if let Some(auth) = ctx.route().and_then(|r| r.forward_auth.as_ref()) {
+        let req = session.req_header_mut();
+        for name in &auth.config().upstream_fields {
+            req.remove_header(name);
+        }
+        for (name, value) in &ctx.auth_fields {
+            req.append_header(name.clone(), value.clone())
+                .map_err(|_| ErrorResponse::internal())?;
+        }
+    }
     // Then the route's own fields (`check` keeps them off the fields the
     // rewrite writes: forwarding, request id, tenant).
     if let Some(route) = ctx.route().filter(|r| !r.request_headers.is_empty()) {
@@ -443,11 +469,15 @@ impl Proxy {
                 .await
                 .map(|()| true);
         }
+        if !ctx.subrequest && self.ask_auth_service(session, ctx).await? {
+            return Ok(true);
+        }
         let jwt = ctx
             .gateway
             .rate_limiter
             .as_ref()
-            .and_then(|l| l.jwt.as_ref());
+            .and_then(|l| l.jwt.as_ref())
+            .filter(|_| ctx.identity.is_none());
         if let Some(jwt) = jwt {
             let bearer = session
                 .req_header()

@@ -207,6 +207,7 @@ pub(super) fn identity(ctx: &mut RequestCtx, began: Option<Instant>, accepted: b
         (true, Some(Identity::Token(_))) => "token",
         (true, Some(Identity::Tenant(_))) => "api_key",
         (true, Some(Identity::Certificate(_))) => "certificate",
+        (true, Some(Identity::AuthService(_))) => "auth_service",
         (true, None) => "none",
     };
     let tenant = tenant_of(ctx);

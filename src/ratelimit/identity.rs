@@ -21,6 +21,9 @@ pub enum Identity {
     /// A tenant, by index, identified by a verified client certificate
     /// naming it (`tenants.<name>.certificates`).
     Certificate(usize),
+    /// A tenant, by index, named by a route's auth service
+    /// (`forward_auth.tenant_field`).
+    AuthService(usize),
     /// A tenant named by a verified JWT (configured or not).
     Token(Arc<TokenTenant>),
     /// No key: the client's IP (IPv6: its network, see [`anonymous_network`]).
@@ -53,7 +56,7 @@ impl Identity {
     /// The tenant's name, if the requester is a tenant.
     pub fn tenant_name<'a>(&'a self, limiter: &'a RateLimiter) -> Option<&'a str> {
         match self {
-            Identity::Tenant(i) | Identity::Certificate(i) => {
+            Identity::Tenant(i) | Identity::Certificate(i) | Identity::AuthService(i) => {
                 limiter.tenants.get(*i).map(|(name, _)| &**name)
             }
             Identity::Token(t) => Some(&t.name),
@@ -124,11 +127,17 @@ impl RateLimiter {
                 .map(|&i| Identity::Tenant(i))
                 .ok_or(Refusal::InvalidKey);
         }
+        self.anonymous(req, peer).ok_or(Refusal::KeyRequired)
+    }
+
+    /// The anonymous requester of `req` (its client's network), when
+    /// anonymous requests have a tier.
+    pub fn anonymous(&self, req: &RequestHeader, peer: Option<IpAddr>) -> Option<Identity> {
         match self.config.anonymous {
-            Anonymous::Reject => Err(Refusal::KeyRequired),
+            Anonymous::Reject => None,
             Anonymous::Tier(_) => {
                 let ip = client_ip(req, peer, &self.config.trusted_proxies);
-                Ok(Identity::Anonymous(anonymous_network(
+                Some(Identity::Anonymous(anonymous_network(
                     ip.unwrap_or(IpAddr::from([0, 0, 0, 0])),
                     self.config.ipv6_prefix,
                 )))

@@ -75,6 +75,8 @@ pub struct RateLimiter {
     pub keys: HashMap<[u8; 32], usize>,
     /// A client certificate's name → tenant index.
     pub certificate_tenants: HashMap<crate::values::cert_name::CertName, usize>,
+    /// A tenant's name → its index (names an auth service gives).
+    tenant_names: HashMap<Box<str>, usize>,
     /// The client addresses of the tenants that have `addresses`, by
     /// name (a token naming a configured tenant is held to its list too).
     pub tenant_addresses: HashMap<Box<str>, Arc<crate::values::address_policy::AddressPolicy>>,
@@ -288,6 +290,13 @@ fn combined_policy(tier: &HeaderValue, route: &HeaderValue) -> HeaderValue {
 }
 
 impl RateLimiter {
+    /// The configured tenant called `name`, by index.
+    pub fn tenant_named(&self, name: &str) -> Option<usize> {
+        self.tenant_names.get(name).copied()
+    }
+}
+
+impl RateLimiter {
     /// Compiles the validated config; JWT key sources come from `keys`.
     pub fn new(config: &RateLimitConfig, ring: &Arc<KeyRing>) -> Self {
         let tiers: Vec<Tier> = config
@@ -348,6 +357,12 @@ impl RateLimiter {
                 .collect(),
             keys,
             certificate_tenants,
+            tenant_names: config
+                .tenants
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.name.as_str().into(), i))
+                .collect(),
             config: RateLimitConfig {
                 tiers: config.tiers.clone(),
                 tenants: Vec::new(),
@@ -378,7 +393,9 @@ impl RateLimiter {
     /// The tier of an identified requester.
     pub fn tier_of(&self, who: &Identity) -> Option<usize> {
         match who {
-            Identity::Tenant(i) | Identity::Certificate(i) => self.tenants.get(*i).map(|(_, t)| *t),
+            Identity::Tenant(i) | Identity::Certificate(i) | Identity::AuthService(i) => {
+                self.tenants.get(*i).map(|(_, t)| *t)
+            }
             Identity::Token(t) => Some(t.tier),
             Identity::Anonymous(_) => match self.config.anonymous {
                 Anonymous::Tier(t) => Some(t),
@@ -390,7 +407,7 @@ impl RateLimiter {
     /// The bucket key of a requester.
     pub fn bucket_key<'a>(&'a self, who: &'a Identity) -> std::borrow::Cow<'a, str> {
         match who {
-            Identity::Tenant(i) | Identity::Certificate(i) => {
+            Identity::Tenant(i) | Identity::Certificate(i) | Identity::AuthService(i) => {
                 std::borrow::Cow::Borrowed(&self.tenant_keys[*i])
             }
             Identity::Token(t) => std::borrow::Cow::Borrowed(&t.bucket_key),

@@ -56,6 +56,10 @@ pub struct RouteSpec {
     /// Cross-origin reads from browsers: preflights answered here.
     #[serde(default)]
     pub cors: Option<CorsSpec>,
+    /// Ask an auth service before proxying (nginx `auth_request`,
+    /// Traefik ForwardAuth, Envoy `ext_authz`).
+    #[serde(default)]
+    pub forward_auth: Option<ForwardAuthSpec>,
 }
 
 /// One member of a weighted split.
