@@ -8,13 +8,15 @@ use common::grpc::{GrpcClient, GrpcReply, GrpcServer};
 use common::*;
 
 /// Routes for the service; `/test.Echo/Slow*` has a short total timeout,
-/// `/test.Echo/Limited` one call per minute per client.
+/// `/test.Echo/Limited` one call per minute per client, `/test.Echo/Private`
+/// refuses the test's loopback network.
 fn routes(upstream: &str) -> String {
     format!(
         "tiers:\n  open: {{ per_minute: 10000 }}\n\
          anonymous: {{ tier: open }}\n\
          routes:\n\
          \x20 - {{ name: limited, upstream: {upstream}, match: {{ path_prefix: /test.Echo/Limited }}, rate_limit: {{ per_minute: 1 }} }}\n\
+         \x20 - {{ name: private, upstream: {upstream}, match: {{ path_prefix: /test.Echo/Private }}, addresses: {{ deny: [127.0.0.0/8, \"::1/128\"] }} }}\n\
          \x20 - {{ name: slow, upstream: {upstream}, match: {{ path_prefix: /test.Echo/Slow }}, timeouts: {{ total: 300ms }} }}\n\
          \x20 - {{ name: echo, upstream: {upstream}, match: {{ path_prefix: /test.Echo/ }}, compression: {{ min_size: 1 }} }}\n"
     )
@@ -252,6 +254,22 @@ async fn tollgates_own_answers_are_grpc_statuses() {
         )
         .await;
     assert_eq!(reply.status, Some(4), "{reply:?}");
+
+    // A call from a refused network: PERMISSION_DENIED, before the service
+    // sees it or any budget is spent.
+    let before = service.calls();
+    let reply = client.call("/test.Echo/PrivateUnary", &[b"x"], &[]).await;
+    assert_eq!(
+        (reply.http_status, reply.status),
+        (200, Some(7)),
+        "{reply:?}"
+    );
+    assert!(reply.trailers_only, "{reply:?}");
+    assert_eq!(
+        service.calls(),
+        before,
+        "the refused call never reached the service"
+    );
 
     // A rate-limited call: RESOURCE_EXHAUSTED, before the service sees it.
     let first = client.call("/test.Echo/Limited", &[b"1"], &[]).await;
