@@ -12,6 +12,9 @@ use common::pki::{Ca, Issued, Leaf};
 use common::*;
 use std::process::Command;
 
+/// The SPIFFE ID tenant payments lists.
+const PAY: &[&str] = &["spiffe://test.local/ns/pay/sa/api"];
+
 /// What `curl` got: the status (0: no HTTP answer, e.g. a refused
 /// handshake), the response's fields and its body.
 struct Answer {
@@ -123,22 +126,8 @@ fn a_verified_certificate_names_its_tenant_and_tier_and_is_forwarded() {
     let dir = scratch_dir("mtls-tenants");
     let ca = Ca::new(&dir, "pki");
     let server = ca.server("server", "tollgate");
-    let spiffe = ca.issue(
-        "spiffe",
-        &Leaf {
-            cn: "pay-api",
-            uris: &["spiffe://test.local/ns/pay/sa/api"],
-            ..Leaf::default()
-        },
-    );
-    let batch = ca.issue(
-        "batch",
-        &Leaf {
-            cn: "batch",
-            dns: &["batch.internal.test"],
-            ..Leaf::default()
-        },
-    );
+    let spiffe = ca.issue("spiffe", &Leaf::uris("pay-api", PAY));
+    let batch = ca.issue("batch", &Leaf::dns("batch", &["batch.internal.test"]));
     let ops = ca.issue(
         "ops",
         &Leaf {
@@ -147,20 +136,8 @@ fn a_verified_certificate_names_its_tenant_and_tier_and_is_forwarded() {
             ..Leaf::default()
         },
     );
-    let legacy = ca.issue(
-        "legacy",
-        &Leaf {
-            cn: "legacy-client",
-            ..Leaf::default()
-        },
-    );
-    let stranger = ca.issue(
-        "stranger",
-        &Leaf {
-            cn: "nobody",
-            ..Leaf::default()
-        },
-    );
+    let legacy = ca.issue("legacy", &Leaf::cn("legacy-client"));
+    let stranger = ca.issue("stranger", &Leaf::cn("nobody"));
     let api = TestUpstream::fixed("items");
     let proxy = TollgateProcess::start_with_listener(
         listener(&server, format!("{{ ca: \"{}\" }}", ca.cert_file)),
@@ -227,30 +204,9 @@ fn revoked_foreign_and_missing_certificates_get_no_handshake_where_required() {
     let ca = Ca::new(&dir, "pki");
     let other = Ca::new(&dir, "other");
     let server = ca.server("server", "tollgate");
-    let good = ca.issue(
-        "good",
-        &Leaf {
-            cn: "good",
-            uris: &["spiffe://test.local/ns/pay/sa/api"],
-            ..Leaf::default()
-        },
-    );
-    let revoked = ca.issue(
-        "revoked",
-        &Leaf {
-            cn: "revoked",
-            uris: &["spiffe://test.local/ns/pay/sa/api"],
-            ..Leaf::default()
-        },
-    );
-    let foreign = other.issue(
-        "foreign",
-        &Leaf {
-            cn: "foreign",
-            uris: &["spiffe://test.local/ns/pay/sa/api"],
-            ..Leaf::default()
-        },
-    );
+    let good = ca.issue("good", &Leaf::uris("good", PAY));
+    let revoked = ca.issue("revoked", &Leaf::uris("revoked", PAY));
+    let foreign = other.issue("foreign", &Leaf::uris("foreign", PAY));
     let crl = ca.crl("crl", &[revoked.serial]);
     let api = TestUpstream::fixed("items");
     let proxy = TollgateProcess::start_with_listener(
@@ -288,22 +244,8 @@ fn a_listener_that_requests_certificates_admits_clients_without_one() {
     let ca = Ca::new(&dir, "pki");
     let other = Ca::new(&dir, "other");
     let server = ca.server("server", "tollgate");
-    let good = ca.issue(
-        "good",
-        &Leaf {
-            cn: "b",
-            dns: &["batch.internal.test"],
-            ..Leaf::default()
-        },
-    );
-    let foreign = other.issue(
-        "foreign",
-        &Leaf {
-            cn: "b",
-            dns: &["batch.internal.test"],
-            ..Leaf::default()
-        },
-    );
+    let good = ca.issue("good", &Leaf::dns("b", &["batch.internal.test"]));
+    let foreign = other.issue("foreign", &Leaf::dns("b", &["batch.internal.test"]));
     let api = TestUpstream::fixed("items");
     let proxy = TollgateProcess::start_with_listener(
         listener(
@@ -355,22 +297,8 @@ fn a_reload_serves_a_renewed_certificate_and_applies_a_new_crl_and_ca() {
     let ca = Ca::new(&dir, "pki");
     let next = Ca::new(&dir, "next");
     let server = ca.server("server", "tollgate-one");
-    let client = ca.issue(
-        "client",
-        &Leaf {
-            cn: "c",
-            uris: &["spiffe://test.local/ns/pay/sa/api"],
-            ..Leaf::default()
-        },
-    );
-    let next_client = next.issue(
-        "client",
-        &Leaf {
-            cn: "n",
-            uris: &["spiffe://test.local/ns/pay/sa/api"],
-            ..Leaf::default()
-        },
-    );
+    let client = ca.issue("client", &Leaf::uris("c", PAY));
+    let next_client = next.issue("client", &Leaf::uris("n", PAY));
     // The files the config names, rewritten in place as a certificate
     // manager would; the CRL starts empty.
     let bundle = dir.join("clients-ca.pem").display().to_string();
@@ -430,11 +358,7 @@ fn a_pool_presents_its_client_certificate_to_a_backend_that_requires_one() {
     let server = ca.server("backend", "backend");
     let edge_cert = ca.issue(
         "edge",
-        &Leaf {
-            cn: "edge",
-            uris: &["spiffe://test.local/ns/edge/sa/tollgate"],
-            ..Leaf::default()
-        },
+        &Leaf::uris("edge", &["spiffe://test.local/ns/edge/sa/tollgate"]),
     );
     let origin = TestUpstream::fixed("behind mtls");
     // The backend: a tollgate that requires client certificates and

@@ -39,6 +39,34 @@ pub struct Leaf<'a> {
     pub ips: &'a [&'a str],
 }
 
+impl<'a> Leaf<'a> {
+    /// A leaf known by its common name only.
+    pub fn cn(cn: &'a str) -> Self {
+        Self {
+            cn,
+            ..Self::default()
+        }
+    }
+
+    /// A leaf with URI SANs (SPIFFE IDs).
+    pub fn uris(cn: &'a str, uris: &'a [&'a str]) -> Self {
+        Self {
+            cn,
+            uris,
+            ..Self::default()
+        }
+    }
+
+    /// A leaf with DNS SANs.
+    pub fn dns(cn: &'a str, dns: &'a [&'a str]) -> Self {
+        Self {
+            cn,
+            dns,
+            ..Self::default()
+        }
+    }
+}
+
 /// A certificate and key written to files.
 pub struct Issued {
     /// PEM certificate.
