@@ -299,3 +299,57 @@ fn check_refuses_bad_forward_auth_settings_with_their_line() {
         assert!(err.contains(says), "wanted {says:?} in:\n{err}");
     }
 }
+
+#[test]
+fn the_question_is_a_span_of_the_request_trace() {
+    let receiver = common::otlp::OtlpReceiver::start();
+    let auth = auth_service();
+    let api = TestUpstream::fixed("orders");
+    let tracing = receiver.config("sample_ratio: 1.0, accept_parent: all");
+    let proxy = TollgateProcess::start(&format!(
+        "{tracing}{}",
+        config(&auth, &api, "      cache_ttl: 60s\n")
+    ));
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    for _ in 0..2 {
+        let r = call(&proxy, "/orders/1", "alice", &[("traceparent", &parent)]);
+        assert_eq!(r.status, 200);
+    }
+    wait_until("both requests' forward-auth spans arrive", || {
+        receiver
+            .trace(trace_id)
+            .iter()
+            .filter(|s| s.span.name == "forward auth")
+            .count()
+            == 2
+    });
+    let spans = receiver.trace(trace_id);
+    let sources: Vec<(Option<String>, Option<String>)> = spans
+        .iter()
+        .filter(|s| s.span.name == "forward auth")
+        .map(|s| {
+            (
+                s.attr("tollgate.forward_auth.decision"),
+                s.attr("tollgate.forward_auth.source"),
+            )
+        })
+        .collect();
+    assert!(
+        sources.contains(&(Some("admitted".into()), Some("service".into()))),
+        "{sources:?}"
+    );
+    assert!(
+        sources.contains(&(Some("admitted".into()), Some("cache".into()))),
+        "{sources:?}"
+    );
+    let identity = spans
+        .iter()
+        .find(|s| s.span.name == "identity")
+        .expect("identity span");
+    assert_eq!(
+        identity.attr("tollgate.identity").as_deref(),
+        Some("auth_service")
+    );
+    assert_eq!(identity.attr("tollgate.tenant").as_deref(), Some("acme"));
+}

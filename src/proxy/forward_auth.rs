@@ -6,7 +6,7 @@
 //! route fails open, lets the request go on as if no service were asked.
 
 use super::client::client_ip;
-use super::{respond, Proxy};
+use super::{respond, traced, Proxy};
 use crate::auth::forward::{Asking, Outcome, Verdict};
 use crate::ctx::RequestCtx;
 use crate::errors::ErrorResponse;
@@ -42,6 +42,7 @@ impl Proxy {
             client,
             request_id: ctx.request_id.as_ref(),
         };
+        let began = traced::clock(ctx);
         let (outcome, took) = auth.ask(session.req_header(), &asking).await;
         let metrics = &self.state.metrics;
         if let Some(took) = took {
@@ -50,12 +51,13 @@ impl Proxy {
                 .with_label_values(&[&*name])
                 .observe(took.as_secs_f64());
         }
-        let count = |decision: &str, cached: bool| {
+        let count = |ctx: &mut RequestCtx, decision: &'static str, cached: bool| {
             let source = if cached { "cache" } else { "service" };
             metrics
                 .forward_auth_decisions
                 .with_label_values(&[&*name, decision, source])
                 .inc();
+            traced::forward_auth(ctx, began, decision, cached);
         };
         match outcome {
             Outcome::Decided { verdict, cached } => match &*verdict {
@@ -65,7 +67,7 @@ impl Proxy {
                         match limiter.and_then(|l| l.tenant_named(tenant)) {
                             Some(i) => ctx.identity = Some(Identity::AuthService(i)),
                             None => {
-                                count("unknown_tenant", cached);
+                                count(ctx, "unknown_tenant", cached);
                                 log::warn!(
                                     "route {name}: the auth service admitted a request for tenant {tenant:?}, which is not under tenants"
                                 );
@@ -74,7 +76,7 @@ impl Proxy {
                             }
                         }
                     }
-                    count("admitted", cached);
+                    count(ctx, "admitted", cached);
                     // Admitted for someone: stored for everyone only when
                     // the response says so, as with `Authorization`.
                     ctx.credentialed = true;
@@ -83,21 +85,21 @@ impl Proxy {
                     Ok(false)
                 }
                 Verdict::Refuse(refusal) => {
-                    count("refused", cached);
+                    count(ctx, "refused", cached);
                     respond::auth_refusal(session, ctx, refusal)
                         .await
                         .map(|()| true)
                 }
             },
             Outcome::Failed(why) if auth.config().fail_open => {
-                count("failed_open", false);
+                count(ctx, "failed_open", false);
                 log::warn!("route {name}: auth service failed ({why}); failing open");
                 ctx.credentialed = true;
                 ctx.auth_admitted = true;
                 Ok(false)
             }
             Outcome::Failed(why) => {
-                count("failed", false);
+                count(ctx, "failed", false);
                 log::warn!("route {name}: auth service failed: {why}");
                 respond::error(session, ctx, &ErrorResponse::auth_unavailable())
                     .await

@@ -141,7 +141,7 @@ fn cors_fields(session: &Session, resp: &mut ResponseHeader, policy: &CorsPolicy
 }
 
 /// Adds `token` to `Vary` unless it (or `*`) is already there.
-fn add_vary(resp: &mut ResponseHeader, token: &str) {
+fn add_vary(resp: &mut ResponseHeader, token: &'static str) {
     let present = resp.headers.get_all(http::header::VARY).iter().any(|v| {
         v.to_str().is_ok_and(|v| {
             v.split(',')
@@ -150,7 +150,8 @@ fn add_vary(resp: &mut ResponseHeader, token: &str) {
         })
     });
     if !present {
-        let _ = resp.append_header(http::header::VARY, token);
+        // A static value: no copy or validation of the token per answer.
+        let _ = resp.append_header(http::header::VARY, http::HeaderValue::from_static(token));
     }
 }
 

@@ -196,6 +196,25 @@ pub(super) fn jwks_waited(ctx: &mut RequestCtx, began: Option<Instant>) {
     }
 }
 
+/// `forward auth`: what the route's auth service decided, and whether
+/// the decision was remembered (`cache`) or asked for (`service`).
+pub(super) fn forward_auth(
+    ctx: &mut RequestCtx,
+    began: Option<Instant>,
+    decision: &'static str,
+    cached: bool,
+) {
+    if let (Some(began), Some(trace)) = (began, ctx.recording()) {
+        trace.span("forward auth", Kind::Internal, began, || {
+            let source = if cached { "cache" } else { "service" };
+            vec![
+                ("tollgate.forward_auth.decision", decision.into()),
+                ("tollgate.forward_auth.source", source.into()),
+            ]
+        });
+    }
+}
+
 /// `identity`: who the request was decided to be (or that it was refused).
 pub(super) fn identity(ctx: &mut RequestCtx, began: Option<Instant>, accepted: bool) {
     let Some(began) = began else {
