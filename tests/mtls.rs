@@ -236,6 +236,13 @@ fn revoked_foreign_and_missing_certificates_get_no_handshake_where_required() {
     }
     // Only the good client's request reached the upstream.
     assert_eq!(api.count(), 1);
+    let listener = format!("127.0.0.1:{}", proxy.addr.port());
+    for (result, n) in [("verified", 1.0), ("revoked", 1.0), ("untrusted", 1.0)] {
+        let series = format!(
+            "tollgate_client_certificates_total{{listener=\"{listener}\",result=\"{result}\"}}"
+        );
+        assert_eq!(proxy.metric(&series), Some(n), "{series}");
+    }
 }
 
 #[test]
@@ -275,6 +282,11 @@ fn a_listener_that_requests_certificates_admits_clients_without_one() {
     );
     // An unverifiable one is still refused at the handshake.
     assert_eq!(call(&proxy, &ca, Some(&foreign), &[]).status, 0);
+    let listener = format!("127.0.0.1:{}", proxy.addr.port());
+    let absent = format!(
+        "tollgate_client_certificates_total{{listener=\"{listener}\",result=\"absent\"}}"
+    );
+    assert_eq!(proxy.metric(&absent), Some(2.0), "two calls came without one");
 }
 
 /// The subject CN of the certificate tollgate serves.

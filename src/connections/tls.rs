@@ -126,14 +126,53 @@ impl pingora::listeners::TlsAccept for ListenerHandshake {
             );
             return;
         }
-        ssl.set_verify(listener.verify);
+        if !listener.mutual {
+            ssl.set_verify(listener.verify);
+            return;
+        }
+        // OpenSSL decides; the callback only counts its first refusal.
+        let counted = std::sync::atomic::AtomicBool::new(false);
+        let refusals = self.state.metrics.client_certificates.clone();
+        let label = self.addr.to_string();
+        ssl.set_verify_callback(listener.verify, move |ok, store| {
+            if !ok && !counted.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                let result = refusal_reason(store.error().as_raw());
+                refusals.with_label_values(&[&label, result]).inc();
+            }
+            ok
+        });
     }
 
     async fn handshake_complete_callback(
         &self,
         ssl: &pingora::protocols::tls::TlsRef,
     ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
-        let cert = crate::certificates::client::ClientCertificate::of_handshake(ssl)?;
-        Some(Arc::new(cert))
+        let cert = crate::certificates::client::ClientCertificate::of_handshake(ssl);
+        let mutual = self
+            .state
+            .gateway()
+            .listener_context(self.addr)
+            .is_some_and(|l| l.mutual);
+        if mutual {
+            let result = if cert.is_some() { "verified" } else { "absent" };
+            self.state
+                .metrics
+                .client_certificates
+                .with_label_values(&[&self.addr.to_string(), result])
+                .inc();
+        }
+        Some(Arc::new(cert?))
+    }
+}
+
+/// The `tollgate_client_certificates_total` result of an OpenSSL
+/// verification error (`X509_V_ERR_*`).
+fn refusal_reason(code: i32) -> &'static str {
+    match code {
+        23 => "revoked",                           // CERT_REVOKED
+        9 | 10 => "expired",                       // CERT_NOT_YET_VALID, CERT_HAS_EXPIRED
+        2 | 18 | 19 | 20 | 21 | 27 => "untrusted", // no issuer, self-signed, untrusted
+        3 | 11 | 12 | 33 => "crl_unavailable",     // no CRL, CRL not yet valid or expired
+        _ => "invalid",
     }
 }

@@ -118,6 +118,11 @@ pub struct Metrics {
     /// `refused`, `failed`, `failed_open`, `unknown_tenant`), asked
     /// (`service`) or remembered (`cache`).
     pub forward_auth_decisions: IntCounterVec,
+    /// `tollgate_client_certificates_total{listener,result}`: handshakes
+    /// of listeners that ask for client certificates, by what became of
+    /// the certificate (`verified`, `absent`, `revoked`, `expired`,
+    /// `untrusted`, `crl_unavailable`, `invalid`).
+    pub client_certificates: IntCounterVec,
     /// `tollgate_forward_auth_duration_seconds{route}`: how long the auth
     /// service took to answer (or to fail), per question asked.
     pub forward_auth_duration: HistogramVec,
@@ -451,6 +456,13 @@ impl Metrics {
             ),
             &["route", "decision", "source"],
         )?;
+        let client_certificates = IntCounterVec::new(
+            Opts::new(
+                "tollgate_client_certificates_total",
+                "Handshakes on listeners asking for client certificates, by listener and result (verified, absent, revoked, expired, untrusted, crl_unavailable, invalid)",
+            ),
+            &["listener", "result"],
+        )?;
         let forward_auth_duration = HistogramVec::new(
             HistogramOpts::new(
                 "tollgate_forward_auth_duration_seconds",
@@ -605,6 +617,7 @@ impl Metrics {
             &mut names,
             Box::new(forward_auth_decisions.clone()),
         )?;
+        register(&registry, &mut names, Box::new(client_certificates.clone()))?;
         register(
             &registry,
             &mut names,
@@ -674,6 +687,7 @@ impl Metrics {
             cors_preflights,
             forward_auth_decisions,
             forward_auth_duration,
+            client_certificates,
             trace_spans_exported,
             trace_spans_dropped,
             ratelimit_tenant_decisions,
