@@ -283,10 +283,13 @@ fn a_listener_that_requests_certificates_admits_clients_without_one() {
     // An unverifiable one is still refused at the handshake.
     assert_eq!(call(&proxy, &ca, Some(&foreign), &[]).status, 0);
     let listener = format!("127.0.0.1:{}", proxy.addr.port());
-    let absent = format!(
-        "tollgate_client_certificates_total{{listener=\"{listener}\",result=\"absent\"}}"
+    let absent =
+        format!("tollgate_client_certificates_total{{listener=\"{listener}\",result=\"absent\"}}");
+    assert_eq!(
+        proxy.metric(&absent),
+        Some(2.0),
+        "two calls came without one"
     );
-    assert_eq!(proxy.metric(&absent), Some(2.0), "two calls came without one");
 }
 
 /// The subject CN of the certificate tollgate serves.
