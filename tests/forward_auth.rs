@@ -287,6 +287,10 @@ fn check_refuses_bad_forward_auth_settings_with_their_line() {
             "{ upstream: a, max_answer_size: 2MiB }",
             "routes[0].forward_auth.max_answer_size",
         ),
+        (
+            "{ upstream: a, request_fields: [], cache_ttl: 10s }",
+            "routes[0].forward_auth.cache_ttl: decisions are remembered per credential",
+        ),
     ];
     for (block, says) in cases {
         let body = format!(

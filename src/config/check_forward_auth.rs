@@ -91,6 +91,12 @@ impl Checker<'_> {
             self.problem(path.key("timeout"), "a zero timeout never admits anyone");
         }
         let cache_ttl = spec.cache_ttl.map_or(Duration::ZERO, |t| t.0);
+        if !cache_ttl.is_zero() && request_fields.is_empty() {
+            self.problem(
+                path.key("cache_ttl"),
+                "decisions are remembered per credential: list the fields that carry it in request_fields",
+            );
+        }
         let cache_size = spec.cache_size.unwrap_or(DEFAULT_CACHE_SIZE);
         if cache_size == 0 && !cache_ttl.is_zero() {
             self.problem(

@@ -78,10 +78,14 @@ pub fn belong_together(
 /// time: the file is split at its `BEGIN X509 CRL` lines.)
 pub fn revocation_lists(path: &Path) -> Result<Vec<X509Crl>, String> {
     let pem = read(path)?;
-    let text = String::from_utf8_lossy(&pem);
-    const BEGIN: &str = "-----BEGIN X509 CRL-----";
+    const BEGIN: &[u8] = b"-----BEGIN X509 CRL-----";
+    let starts = pem
+        .windows(BEGIN.len())
+        .enumerate()
+        .filter(|(_, w)| *w == BEGIN)
+        .map(|(at, _)| at);
     let mut out = Vec::new();
-    for (at, _) in text.match_indices(BEGIN) {
+    for at in starts {
         let crl = X509Crl::from_pem(&pem[at..])
             .map_err(|e| format!("{}: a CRL that does not parse: {e}", path.display()))?;
         out.push(crl);
