@@ -10,8 +10,13 @@
 //! parse keeps the last good keys and shows in `/health` as a failed
 //! fetch does). A refused file is not tried again until it changes.
 //!
-//! Certificates are not watched: they are read when a listener is built,
-//! so a new one takes effect on a restart or a graceful upgrade.
+//! The certificate, key, CA and CRL files the config names (listeners and
+//! upstream pools) are watched with the config file: a reload is what
+//! re-reads them, so a certificate manager renewing one in place (or a
+//! Secret volume swapping its `..data`) is picked up with no signal. A
+//! certificate and its key written one after the other may be caught in
+//! between: that reload is refused (they do not belong together) and the
+//! next change, the second file, reloads again.
 //!
 //! What a file "is" is its resolved path, size, modification time and
 //! inode: a Kubernetes ConfigMap update swaps a `..data` symlink to a new
@@ -95,9 +100,9 @@ impl Watched {
     }
 }
 
-/// Watches the config file of `state` (a change reloads it) and the
-/// key-set files the live config names (a change re-reads that key set at
-/// once, as its `refresh` would).
+/// Watches the config file of `state` and the certificate files the live
+/// config names (a change reloads it) and the key-set files it names (a
+/// change re-reads that key set at once, as its `refresh` would).
 pub struct ConfigWatch {
     state: Arc<AppState>,
 }
@@ -107,6 +112,16 @@ impl ConfigWatch {
     /// has `server.watch_config` (a reload may turn it on or off).
     pub fn new(state: Arc<AppState>) -> Self {
         Self { state }
+    }
+
+    /// The config file and the certificate files of the config now
+    /// serving: a change to any of them reloads.
+    fn reloading_files(&self, config: &Path) -> Vec<Watched> {
+        let certificates = self.state.gateway().config.certificate_files();
+        std::iter::once(config.to_path_buf())
+            .chain(certificates)
+            .map(Watched::new)
+            .collect()
     }
 
     fn key_files(&self) -> Vec<Watched> {
@@ -128,7 +143,7 @@ impl BackgroundService for ConfigWatch {
         // The files as they were when the watch (last) turned on: what
         // serves then is the baseline (at start, what was loaded). `None`
         // while off: no `stat`s.
-        let baseline = || (Watched::new(path.clone()), self.key_files());
+        let baseline = || (self.reloading_files(&path), self.key_files());
         let mut watching = self
             .state
             .gateway()
@@ -150,7 +165,7 @@ impl BackgroundService for ConfigWatch {
                 watching = None;
                 continue;
             }
-            let (config, keys) = watching.get_or_insert_with(baseline);
+            let (reloading, keys) = watching.get_or_insert_with(baseline);
             for key_set in keys.iter_mut() {
                 if key_set.changed_and_settled() {
                     log::info!(
@@ -160,17 +175,37 @@ impl BackgroundService for ConfigWatch {
                     self.state.keys.reread(&key_set.path);
                 }
             }
-            if !config.changed_and_settled() {
+            // Every file is looked at (no short cut): each keeps its own
+            // last look.
+            let changed: Vec<&Path> = reloading
+                .iter_mut()
+                .filter_map(|f| f.changed_and_settled().then_some(f.path.as_path()))
+                .collect();
+            let Some(first) = changed.first() else {
                 continue;
-            }
-            log::info!("{}: changed on disk, reloading", path.display());
+            };
+            log::info!("{}: changed on disk, reloading", first.display());
             let state = self.state.clone();
             if let Err(e) = tokio::task::spawn_blocking(move || crate::reload::reload(&state)).await
             {
                 log::error!("config reload task failed: {e}");
             }
-            // The key sets to watch are the ones the config now serving names.
+            // The key sets and certificates to watch are the ones the
+            // config now serving names.
             *keys = self.key_files();
+            // (A file still watched keeps what was last acted on: one
+            // caught half-written is reloaded again once it settles.)
+            let mut before = std::mem::take(reloading);
+            *reloading = self
+                .reloading_files(&path)
+                .into_iter()
+                .map(
+                    |fresh| match before.iter().position(|w| w.path == fresh.path) {
+                        Some(at) => before.swap_remove(at),
+                        None => fresh,
+                    },
+                )
+                .collect();
         }
     }
 }

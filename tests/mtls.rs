@@ -412,6 +412,79 @@ fn a_pool_presents_its_client_certificate_to_a_backend_that_requires_one() {
     assert_eq!(origin.count(), 1);
 }
 
+/// The `X-Client-Cert` the origin saw last on a request for `path`.
+fn last_identity(origin: &TestUpstream, path: &str) -> Option<String> {
+    origin
+        .recorded()
+        .iter()
+        .rev()
+        .find(|r| r.path == path)
+        .and_then(|r| r.header("x-client-cert").map(str::to_owned))
+}
+
+#[test]
+fn renewed_certificate_files_are_watched_and_health_checks_present_the_new_one() {
+    let dir = scratch_dir("mtls-watch");
+    let ca = Ca::new(&dir, "pki");
+    let server = ca.server("backend", "backend");
+    let origin = TestUpstream::fixed("behind mtls");
+    let backend = TollgateProcess::start_with_listener(
+        listener(&server, format!("{{ ca: \"{}\" }}", ca.cert_file)),
+        &format!(
+            "auth: {{ client_certificate_header: X-Client-Cert }}\n{}",
+            one_route(origin.addr)
+        ),
+    );
+    let first = ca.issue(
+        "edge-one",
+        &Leaf::uris("edge", &["spiffe://test.local/edge/one"]),
+    );
+    let second = ca.issue(
+        "edge-two",
+        &Leaf::uris("edge", &["spiffe://test.local/edge/two"]),
+    );
+    // The files the config names, rewritten in place by a certificate
+    // manager: no signal, no reload call.
+    let cert = dir.join("edge.pem");
+    let key = dir.join("edge.key");
+    std::fs::copy(&first.cert, &cert).expect("cert");
+    std::fs::copy(&first.key, &key).expect("key");
+    let front = TollgateProcess::start_with_server(
+        "  watch_config: true\n  watch_interval: 100ms\n",
+        &format!(
+            "upstreams:\n  secure:\n    backends: [\"{}\"]\n    \
+             tls: {{ sni: localhost, ca: \"{}\", client_cert: \"{}\", client_key: \"{}\" }}\n    \
+             health_check: {{ path: /hc, interval: 100ms, healthy_threshold: 1, unhealthy_threshold: 1 }}\n\
+             routes:\n  - {{ name: api, upstream: secure }}\n",
+            backend.addr,
+            ca.cert_file,
+            cert.display(),
+            key.display()
+        ),
+    );
+    let presents = |path: &str, id: &str| {
+        last_identity(&origin, path)
+            .is_some_and(|v| v.ends_with(&format!("URI=spiffe://test.local/edge/{id}")))
+    };
+    wait_until("a health check presents the first certificate", || {
+        presents("/hc", "one")
+    });
+    let r = get(front.addr, "/x").expect("request");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(presents("/x", "one"), "{:?}", last_identity(&origin, "/x"));
+
+    std::fs::copy(&second.cert, &cert).expect("renewed cert");
+    std::fs::copy(&second.key, &key).expect("renewed key");
+    wait_until("requests present the renewed certificate", || {
+        get(front.addr, "/x").is_ok_and(|r| r.status == 200) && presents("/x", "two")
+    });
+    // The pool's health state carried on; its checks use the renewed
+    // certificate too (the old one may expire or be revoked next).
+    wait_until("health checks present the renewed certificate", || {
+        presents("/hc", "two")
+    });
+}
+
 #[test]
 fn turning_client_certificates_off_needs_a_restart() {
     let dir = scratch_dir("mtls-toggle");

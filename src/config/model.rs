@@ -74,6 +74,31 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
+impl Config {
+    /// Every certificate, key, CA bundle and CRL file the config names
+    /// (listeners and upstream pools): what a watch on the config must
+    /// also look at, since a reload is what re-reads them.
+    pub fn certificate_files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for tls in self.listeners.iter().filter_map(|l| l.tls.as_ref()) {
+            files.extend([tls.cert.clone(), tls.key.clone()]);
+            if let Some(client) = &tls.client {
+                files.push(client.ca.clone());
+                files.extend(client.crl.clone());
+            }
+        }
+        for tls in self.upstreams.iter().filter_map(|u| u.tls.as_ref()) {
+            files.extend(tls.ca.clone());
+            if let Some(pair) = &tls.client_cert {
+                files.extend([pair.cert.clone(), pair.key.clone()]);
+            }
+        }
+        files.sort();
+        files.dedup();
+        files
+    }
+}
+
 /// `limits`, with defaults applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestLimits {

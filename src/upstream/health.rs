@@ -11,6 +11,7 @@ use super::UpstreamMemory;
 use crate::config::model::{
     HealthCheckConfig, Probe, UpstreamConfig, UpstreamProtocol, UpstreamTls,
 };
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::http::RequestHeader;
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
@@ -23,10 +24,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// A pool's Pingora check, built from its config and its certificate
+/// files as they were read for one config generation.
+pub type HealthProbe = Box<dyn HealthCheck + Send + Sync>;
+
+/// A pool's active health state and the check one config generation
+/// built for it (installed when that generation goes live).
+pub type ActiveHealth = (Arc<PoolHealth>, Arc<HealthProbe>);
+
 /// A pool's active health state and schedule.
 pub struct PoolHealth {
     /// Health of every backend of the pool, shared by its config generations.
     pub registry: Arc<HealthRegistry>,
+    /// The check the registry runs, replaced by each generation that goes
+    /// live (Pingora's registry takes its check once): a reload that
+    /// re-read the pool's client certificate checks with the new one
+    /// while the backends' health carries on.
+    probe: Arc<ArcSwap<HealthProbe>>,
     /// The config it was built from; a changed check gets a new registry.
     pub config: HealthCheckConfig,
     /// How the checks connect (TLS, protocol): a change rebuilds them too.
@@ -36,24 +50,29 @@ pub struct PoolHealth {
 }
 
 impl PoolHealth {
-    /// Builds the Pingora check for `config` and a registry that uses it.
-    pub fn new(pool: &UpstreamConfig, config: &HealthCheckConfig) -> Result<Self, String> {
-        let upstream = &pool.name;
-        let inner = pingora_check(config, pool)
-            .map_err(|e| format!("upstream {upstream}: health check: {e}"))?;
+    /// A registry running `probe` (built by [`probe`] for `config`).
+    pub fn new(pool: &UpstreamConfig, config: &HealthCheckConfig, probe: Arc<HealthProbe>) -> Self {
+        let probe = Arc::new(ArcSwap::new(probe));
         let check = NamedCheck {
-            upstream: upstream.to_owned(),
-            inner,
+            upstream: pool.name.clone(),
+            inner: probe.clone(),
         };
         let registry = Arc::new(HealthRegistry::new());
         registry.set_health_check(Box::new(check));
-        Ok(Self {
+        Self {
             registry,
+            probe,
             config: config.clone(),
             transport: transport_of(pool),
             running: AtomicBool::new(false),
             next_due: Mutex::new(Instant::now()),
-        })
+        }
+    }
+
+    /// From the next check on, checks run `probe` (a pass under way
+    /// finishes with the one it started with).
+    pub fn install(&self, probe: &Arc<HealthProbe>) {
+        self.probe.store(probe.clone());
     }
 
     /// Whether checks built for `pool` would connect the way these do.
@@ -81,6 +100,16 @@ impl PoolHealth {
 /// The key of how a pool's checks connect.
 fn transport_of(pool: &UpstreamConfig) -> (Option<UpstreamTls>, UpstreamProtocol, usize) {
     (pool.tls.clone(), pool.protocol, pool.max_streams)
+}
+
+/// The check of `pool` for `config`, its certificate files read now.
+pub fn probe(
+    pool: &UpstreamConfig,
+    config: &HealthCheckConfig,
+) -> Result<Arc<HealthProbe>, String> {
+    pingora_check(config, pool)
+        .map(Arc::new)
+        .map_err(|e| format!("upstream {}: health check: {e}", pool.name))
 }
 
 /// Pingora's check for `config`, connecting as the pool's requests do
@@ -175,17 +204,18 @@ fn pingora_check(
 /// the backend address instead of printing the `Backend` struct.
 struct NamedCheck {
     upstream: String,
-    inner: Box<dyn HealthCheck + Send + Sync>,
+    inner: Arc<ArcSwap<HealthProbe>>,
 }
 
 #[async_trait]
 impl HealthCheck for NamedCheck {
     async fn check(&self, target: &Backend) -> pingora::Result<()> {
-        self.inner.check(target).await
+        let probe = self.inner.load_full();
+        probe.check(target).await
     }
 
     fn health_threshold(&self, success: bool) -> usize {
-        self.inner.health_threshold(success)
+        self.inner.load().health_threshold(success)
     }
 
     fn backend_summary(&self, target: &Backend) -> String {

@@ -6,7 +6,7 @@
 //! file or from DNS) is forgotten once no pool and no request holds it.
 
 use super::backend::BackendState;
-use super::health::PoolHealth;
+use super::health::{self, ActiveHealth, PoolHealth};
 use super::UpstreamPool;
 use crate::config::model::{DnsQuery, DnsSettings, UpstreamConfig};
 use crate::config::Config;
@@ -103,21 +103,24 @@ impl UpstreamMemory {
     }
 
     /// The active-health state of a pool: kept when its check is unchanged,
-    /// replaced (health starts over) when the check changed.
-    pub fn health(&self, config: &UpstreamConfig) -> Result<Option<Arc<PoolHealth>>, String> {
+    /// replaced (health starts over) when the check changed; and the check
+    /// built for this generation (its certificate files read now), which
+    /// [`Self::schedule`] installs when the generation goes live.
+    pub fn health(&self, config: &UpstreamConfig) -> Result<Option<ActiveHealth>, String> {
         let Some(check) = &config.health_check else {
             return Ok(None);
         };
+        let probe = health::probe(config, check)?;
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         let pool = pools.entry(config.name.clone()).or_default();
         if let Some(existing) = &pool.health {
             if existing.config == *check && existing.speaks_like(config) {
-                return Ok(Some(existing.clone()));
+                return Ok(Some((existing.clone(), probe)));
             }
         }
-        let fresh = Arc::new(PoolHealth::new(config, check)?);
+        let fresh = Arc::new(PoolHealth::new(config, check, probe.clone()));
         pool.health = Some(fresh.clone());
-        Ok(Some(fresh))
+        Ok(Some((fresh, probe)))
     }
 
     /// Publishes the active checks of a generation that just went live:
@@ -127,7 +130,11 @@ impl UpstreamMemory {
     pub fn schedule(&self, pools: &[Arc<UpstreamPool>], dns: &DnsSettings) {
         let checks = pools
             .iter()
-            .filter_map(|p| p.active_health().cloned())
+            .filter_map(|p| {
+                let (health, probe) = p.active_health_with_probe()?;
+                health.install(probe);
+                Some(health.clone())
+            })
             .collect();
         self.scheduled.store(Arc::new(checks));
         self.dns.store(Arc::new(dns.clone()));

@@ -29,7 +29,7 @@ use crate::discovery::DnsName;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 use futures::FutureExt;
-use health::PoolHealth;
+use health::{ActiveHealth, HealthProbe, PoolHealth};
 use http::HeaderValue;
 use membership::MembershipSource;
 use pingora::lb::{Backend, Backends};
@@ -106,7 +106,9 @@ pub struct UpstreamPool {
     /// The client certificate and CAs towards the backends, read when
     /// this generation was built.
     peer_tls: PeerTls,
-    active_health: Option<Arc<PoolHealth>>,
+    /// Active health: the pool's state (shared across generations) and
+    /// the check this generation built, installed when it goes live.
+    active_health: Option<ActiveHealth>,
     in_flight_gauges: IntGaugeVec,
     backends_gauge: IntGauge,
     retries_total: IntCounter,
@@ -129,7 +131,7 @@ impl UpstreamPool {
         let membership = Arc::new(MembershipSource::default());
         let discovery = Box::new(membership::SharedMembership(membership.clone()));
         let view = match &active_health {
-            Some(h) => Backends::new_with_health_registry(discovery, h.registry.clone()),
+            Some((h, _)) => Backends::new_with_health_registry(discovery, h.registry.clone()),
             None => Backends::new(discovery),
         };
         let names = config
@@ -281,7 +283,12 @@ impl UpstreamPool {
 
     /// The pool's active health checks, if configured.
     pub fn active_health(&self) -> Option<&Arc<PoolHealth>> {
-        self.active_health.as_ref()
+        self.active_health.as_ref().map(|(h, _)| h)
+    }
+
+    /// The active health state and the check this generation built for it.
+    pub fn active_health_with_probe(&self) -> Option<(&Arc<PoolHealth>, &Arc<HealthProbe>)> {
+        self.active_health.as_ref().map(|(h, p)| (h, p))
     }
 
     /// Passive health policy.

@@ -192,8 +192,8 @@ pub struct ServerSpec {
     /// `X-HTTP-Method-Override`, ...) to pass upstream; all are dropped by default.
     #[serde(default)]
     pub keep_override_headers: Vec<String>,
-    /// Reload by itself when the config file (or a key-set file it names)
-    /// changes on disk, as SIGHUP would. Default false.
+    /// Reload by itself when the config file (or a certificate or key-set
+    /// file it names) changes on disk, as SIGHUP would. Default false.
     #[serde(default)]
     pub watch_config: Option<bool>,
     /// How often the watched files are looked at. Default 1s.
