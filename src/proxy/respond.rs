@@ -150,8 +150,10 @@ fn add_vary(resp: &mut ResponseHeader, token: &'static str) {
         })
     });
     if !present {
-        // A static value: no copy or validation of the token per answer.
-        let _ = resp.append_header(http::header::VARY, http::HeaderValue::from_static(token));
+        // A static name and value: Pingora's header map copies a
+        // `HeaderName` it has no title-case spelling for (`vary`) into a
+        // fresh allocation on every append; a `&'static str` is borrowed.
+        let _ = resp.append_header("Vary", http::HeaderValue::from_static(token));
     }
 }
 
