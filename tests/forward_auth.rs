@@ -317,7 +317,12 @@ fn the_question_is_a_span_of_the_request_trace() {
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let parent = format!("00-{trace_id}-00f067aa0ba902b7-01");
     for _ in 0..2 {
-        let r = call(&proxy, "/orders/1", "alice", &[("traceparent", &parent)]);
+        let r = call(
+            &proxy,
+            "/orders/1",
+            "alice",
+            &[("traceparent", &parent), ("tracestate", "vendor=7")],
+        );
         assert_eq!(r.status, 200);
     }
     wait_until("both requests' forward-auth spans arrive", || {
@@ -347,6 +352,22 @@ fn the_question_is_a_span_of_the_request_trace() {
         sources.contains(&(Some("admitted".into()), Some("cache".into()))),
         "{sources:?}"
     );
+    // The auth service was asked once (the second decision came from the
+    // cache), under the span that asked it: its own spans join the trace.
+    let asking = spans
+        .iter()
+        .find(|s| {
+            s.span.name == "forward auth"
+                && s.attr("tollgate.forward_auth.source").as_deref() == Some("service")
+        })
+        .expect("the span that asked");
+    let asked = auth.recorded();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(
+        asked[0].header("traceparent"),
+        Some(format!("00-{trace_id}-{}-01", asking.span_id()).as_str())
+    );
+    assert_eq!(asked[0].header("tracestate"), Some("vendor=7"));
     let identity = spans
         .iter()
         .find(|s| s.span.name == "identity")

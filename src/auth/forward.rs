@@ -69,6 +69,17 @@ pub struct Asking<'a> {
     pub client: Option<std::net::IpAddr>,
     /// `X-Request-Id`.
     pub request_id: Option<&'a HeaderValue>,
+    /// The request's trace context, when tracing is on.
+    pub trace: Option<TraceFields>,
+}
+
+/// `traceparent` (and the caller's `tracestate`) the auth service is
+/// asked with, so its own spans join the request's trace.
+pub struct TraceFields {
+    /// Names the span the service's work hangs under.
+    pub traceparent: HeaderValue,
+    /// The caller's vendor state, when its context was continued.
+    pub tracestate: Option<HeaderValue>,
 }
 
 #[derive(Clone)]
@@ -254,6 +265,17 @@ impl ForwardAuth {
         for name in &self.config.request_fields {
             for value in req.headers.get_all(name) {
                 head.append_header(name.clone(), value.clone())?;
+            }
+        }
+        // Last: tollgate's trace context replaces a client's, as towards
+        // the upstream.
+        if let Some(trace) = &asking.trace {
+            head.insert_header("traceparent", trace.traceparent.clone())?;
+            match &trace.tracestate {
+                Some(state) => head.insert_header("tracestate", state.clone())?,
+                None => {
+                    head.remove_header("tracestate");
+                }
             }
         }
         Ok(head)

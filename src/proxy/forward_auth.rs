@@ -36,11 +36,13 @@ impl Proxy {
             client_ip(session),
             trusted,
         );
+        let (span, trace) = traced::forward_auth_context(ctx);
         let asking = Asking {
             host: ctx.host.as_ref().map(Host::as_str),
             tls: ctx.tls,
             client,
             request_id: ctx.request_id.as_ref(),
+            trace,
         };
         let began = traced::clock(ctx);
         let (outcome, took) = auth.ask(session.req_header(), &asking).await;
@@ -57,7 +59,7 @@ impl Proxy {
                 .forward_auth_decisions
                 .with_label_values(&[&*name, decision, source])
                 .inc();
-            traced::forward_auth(ctx, began, decision, cached);
+            traced::forward_auth(ctx, began, span, decision, cached);
         };
         match outcome {
             Outcome::Decided { verdict, cached } => match &*verdict {

@@ -5,13 +5,14 @@
 //! `trace` holds the context, sampler, recorder and exporter.
 
 use super::client::{client_ip, peer_trusted};
+use crate::auth::forward::TraceFields;
 use crate::cache::fresh;
 use crate::ctx::RequestCtx;
 use crate::metrics::NO_ROUTE;
 use crate::ratelimit::admission::{Admission, Stage};
 use crate::ratelimit::identity::Identity;
 use crate::state::AppState;
-use crate::trace::context::{TRACEPARENT, TRACESTATE};
+use crate::trace::context::{SpanId, TRACEPARENT, TRACESTATE};
 use crate::trace::recorder::{Attribute, Kind, RequestTrace, Span};
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
@@ -51,6 +52,24 @@ pub(super) fn forwarded_fields(request: &mut RequestHeader, ctx: &RequestCtx) ->
         }
     }
     Ok(())
+}
+
+/// The trace context the auth service is asked with (`forward_auth`): a
+/// sampled request's `forward auth` span, its id chosen now, as the
+/// service's parent; an unsampled one's server span, flagged unsampled;
+/// the caller's `tracestate` when its context was continued. Nothing
+/// without tracing.
+pub(super) fn forward_auth_context(ctx: &RequestCtx) -> (Option<SpanId>, Option<TraceFields>) {
+    let Some(trace) = ctx.trace.as_ref() else {
+        return (None, None);
+    };
+    let span = trace.sampled.then(crate::trace::context::new_span_id);
+    let parent = span.as_ref().unwrap_or(&trace.span_id);
+    let fields = TraceFields {
+        traceparent: crate::trace::context::traceparent(&trace.trace_id, parent, trace.sampled),
+        tracestate: trace.tracestate.clone(),
+    };
+    (span, Some(fields))
 }
 
 /// A recorded request's attempt names its own span as the upstream's
@@ -201,11 +220,12 @@ pub(super) fn jwks_waited(ctx: &mut RequestCtx, began: Option<Instant>) {
 pub(super) fn forward_auth(
     ctx: &mut RequestCtx,
     began: Option<Instant>,
+    span: Option<SpanId>,
     decision: &'static str,
     cached: bool,
 ) {
-    if let (Some(began), Some(trace)) = (began, ctx.recording()) {
-        trace.span("forward auth", Kind::Internal, began, || {
+    if let (Some(began), Some(span), Some(trace)) = (began, span, ctx.recording()) {
+        trace.span_as(span, "forward auth", Kind::Internal, began, || {
             let source = if cached { "cache" } else { "service" };
             vec![
                 ("tollgate.forward_auth.decision", decision.into()),

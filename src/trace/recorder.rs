@@ -206,11 +206,24 @@ impl RequestTrace {
         start: Instant,
         attributes: impl FnOnce() -> Vec<Attribute>,
     ) {
+        self.span_as(context::new_span_id(), name, kind, start, attributes);
+    }
+
+    /// [`Self::span`] under an id chosen before it began: one a request
+    /// the span made (to an auth service) already named as its parent.
+    pub fn span_as(
+        &mut self,
+        id: SpanId,
+        name: &'static str,
+        kind: Kind,
+        start: Instant,
+        attributes: impl FnOnce() -> Vec<Attribute>,
+    ) {
         if !self.sampled {
             return;
         }
         let span = Span {
-            id: context::new_span_id(),
+            id,
             parent: self.span_id,
             name: Cow::Borrowed(name),
             kind,
