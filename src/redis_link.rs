@@ -190,6 +190,15 @@ impl RedisLink {
         Ok(link)
     }
 
+    /// Whether the shared connection has been made (it is then kept:
+    /// the connection reconnects by itself).
+    pub fn is_connected(&self) -> bool {
+        self.slot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
     /// Whether it talks to a Redis Cluster (multi-key commands must then
     /// keep their keys in one slot).
     pub fn is_cluster(&self) -> bool {

@@ -107,8 +107,8 @@ impl RedisBuckets {
     /// Prepares the client and starts connecting in the background; never
     /// fails because Redis is down.
     pub fn new(config: &RedisConfig) -> Result<Arc<Self>, String> {
-        // The link learns who to tell once this exists (a connection made
-        // before that is noticed by the first decision instead).
+        // The link learns who to tell once this exists; a connection made
+        // before that is looked for below.
         let owner: Arc<OnceLock<Weak<Self>>> = Arc::new(OnceLock::new());
         let told = owner.clone();
         let link = RedisLink::connect(
@@ -134,6 +134,13 @@ impl RedisBuckets {
             )),
         });
         let _ = owner.set(Arc::downgrade(&me));
+        // Connected before `owner` was set (the link's thread can win that
+        // race on a loaded machine): nobody was told, and `/health` would
+        // say degraded until the first decision. The link stores its
+        // connection before it tells, so one of the two sees the other.
+        if me.link.is_connected() {
+            me.note(None);
+        }
         Ok(me)
     }
 
