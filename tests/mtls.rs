@@ -366,6 +366,18 @@ fn a_reload_serves_a_renewed_certificate_and_applies_a_new_crl_and_ca() {
     assert_eq!(call(&proxy, &ca, Some(&next_client), &[]).status, 200);
 }
 
+/// A backend that requires client certificates of `ca`: a tollgate in
+/// front of `origin` that forwards the verified one in `X-Client-Cert`.
+fn mtls_backend(ca: &Ca, server: &Issued, origin: &TestUpstream) -> TollgateProcess {
+    TollgateProcess::start_with_listener(
+        listener(server, format!("{{ ca: \"{}\" }}", ca.cert_file)),
+        &format!(
+            "auth: {{ client_certificate_header: X-Client-Cert }}\n{}",
+            one_route(origin.addr)
+        ),
+    )
+}
+
 #[test]
 fn a_pool_presents_its_client_certificate_to_a_backend_that_requires_one() {
     let dir = scratch_dir("mtls-upstream");
@@ -378,13 +390,7 @@ fn a_pool_presents_its_client_certificate_to_a_backend_that_requires_one() {
     let origin = TestUpstream::fixed("behind mtls");
     // The backend: a tollgate that requires client certificates and
     // forwards the verified one.
-    let backend = TollgateProcess::start_with_listener(
-        listener(&server, format!("{{ ca: \"{}\" }}", ca.cert_file)),
-        &format!(
-            "auth: {{ client_certificate_header: X-Client-Cert }}\n{}",
-            one_route(origin.addr)
-        ),
-    );
+    let backend = mtls_backend(&ca, &server, &origin);
     let pool = |client: &str| {
         format!(
             "upstreams:\n  secure:\n    backends: [\"{}\"]\n    tls: {{ sni: localhost, ca: \"{}\"{client} }}\n\
@@ -428,13 +434,7 @@ fn renewed_certificate_files_are_watched_and_health_checks_present_the_new_one()
     let ca = Ca::new(&dir, "pki");
     let server = ca.server("backend", "backend");
     let origin = TestUpstream::fixed("behind mtls");
-    let backend = TollgateProcess::start_with_listener(
-        listener(&server, format!("{{ ca: \"{}\" }}", ca.cert_file)),
-        &format!(
-            "auth: {{ client_certificate_header: X-Client-Cert }}\n{}",
-            one_route(origin.addr)
-        ),
-    );
+    let backend = mtls_backend(&ca, &server, &origin);
     let first = ca.issue(
         "edge-one",
         &Leaf::uris("edge", &["spiffe://test.local/edge/one"]),

@@ -342,6 +342,26 @@ mod tests {
         })
     }
 
+    /// The policy of `allow` and `deny` (less the networks also allowed),
+    /// and that deny list.
+    fn compiled(allow: &[IpNet], deny: Vec<IpNet>) -> (AddressPolicy, Vec<IpNet>) {
+        let deny: Vec<IpNet> = deny.into_iter().filter(|d| !allow.contains(d)).collect();
+        (AddressPolicy::new(allow, &deny).expect("policy"), deny)
+    }
+
+    /// The policy decides each address as the scan does.
+    fn agrees(
+        policy: &AddressPolicy,
+        allow: &[IpNet],
+        deny: &[IpNet],
+        addresses: &[IpAddr],
+    ) -> Result<(), TestCaseError> {
+        for &ip in addresses {
+            prop_assert_eq!(policy.admits(ip), scan(allow, deny, ip), "{}", ip);
+        }
+        Ok(())
+    }
+
     proptest! {
         /// The trie agrees with a scan of the lists for any lists and
         /// address (addresses drawn near the listed networks too).
@@ -351,8 +371,7 @@ mod tests {
             deny in proptest::collection::vec(v4_net(), 0..20),
             probes in proptest::collection::vec((any::<u32>(), any::<u32>(), 0usize..40), 1..50),
         ) {
-            let deny: Vec<IpNet> = deny.into_iter().filter(|d| !allow.contains(d)).collect();
-            let policy = AddressPolicy::new(&allow, &deny).expect("policy");
+            let (policy, deny) = compiled(&allow, deny);
             let listed: Vec<&IpNet> = allow.iter().chain(&deny).collect();
             for (random, noise, pick) in probes {
                 // A random address, and one inside a listed network.
@@ -363,9 +382,7 @@ mod tests {
                     let inside = u32::from(v4.network()) | (noise & mask);
                     addresses.push(IpAddr::from(inside.to_be_bytes()));
                 }
-                for ip in addresses {
-                    prop_assert_eq!(policy.admits(ip), scan(&allow, &deny, ip), "{}", ip);
-                }
+                agrees(&policy, &allow, &deny, &addresses)?;
             }
         }
 
@@ -377,8 +394,7 @@ mod tests {
             deny in proptest::collection::vec(v6_net(), 0..20),
             probes in proptest::collection::vec((any::<u128>(), any::<u128>(), 0usize..40), 1..50),
         ) {
-            let deny: Vec<IpNet> = deny.into_iter().filter(|d| !allow.contains(d)).collect();
-            let policy = AddressPolicy::new(&allow, &deny).expect("policy");
+            let (policy, deny) = compiled(&allow, deny);
             let listed: Vec<&IpNet> = allow.iter().chain(&deny).collect();
             for (random, noise, pick) in probes {
                 let mut addresses = vec![IpAddr::from(random.to_be_bytes())];
@@ -388,9 +404,7 @@ mod tests {
                     let inside = u128::from(v6.network()) | (noise & mask);
                     addresses.push(IpAddr::from(inside.to_be_bytes()));
                 }
-                for ip in addresses {
-                    prop_assert_eq!(policy.admits(ip), scan(&allow, &deny, ip), "{}", ip);
-                }
+                agrees(&policy, &allow, &deny, &addresses)?;
             }
         }
     }
