@@ -206,7 +206,10 @@ impl RequestTrace {
         start: Instant,
         attributes: impl FnOnce() -> Vec<Attribute>,
     ) {
-        self.span_as(context::new_span_id(), name, kind, start, attributes);
+        // Unsampled: no id drawn (this runs for every request traced at all).
+        if self.sampled {
+            self.span_as(context::new_span_id(), name, kind, start, attributes);
+        }
     }
 
     /// [`Self::span`] under an id chosen before it began: one a request
