@@ -52,6 +52,11 @@ pub struct CorsPolicy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CorsProblem(pub String);
 
+/// One CORS response field: a static, title-cased name (Pingora copies a
+/// `HeaderName` it cannot title-case into an allocation per write) and
+/// its value.
+pub type CorsField = (&'static str, HeaderValue);
+
 /// The CORS fields tollgate writes (and removes from upstream answers on
 /// a route with a policy: the route's policy is the one clients see).
 pub const CORS_FIELDS: [&str; 6] = [
@@ -155,7 +160,7 @@ pub struct Preflight<'a> {
 impl CorsPolicy {
     /// The fields answering `preflight`, or `None` when the policy does
     /// not allow it (the answer then carries no CORS fields).
-    pub fn preflight(&self, preflight: &Preflight<'_>) -> Option<Vec<(HeaderName, HeaderValue)>> {
+    pub fn preflight(&self, preflight: &Preflight<'_>) -> Option<Vec<CorsField>> {
         let origin = preflight.origin.to_str().ok()?;
         if !self.origins.allows(origin) {
             return None;
@@ -183,58 +188,43 @@ impl CorsPolicy {
             }
         }
         let mut fields = self.origin_fields(preflight.origin);
-        fields.push((
-            HeaderName::from_static("access-control-allow-methods"),
-            self.methods_field.clone(),
-        ));
+        fields.push(("Access-Control-Allow-Methods", self.methods_field.clone()));
         if let Some(headers) = preflight.headers.filter(|_| !requested.is_empty()) {
             // What was asked, once allowed (a list of names the client
             // chose; echoing it is what `*` cannot do with credentials).
-            fields.push((
-                HeaderName::from_static("access-control-allow-headers"),
-                headers.clone(),
-            ));
+            fields.push(("Access-Control-Allow-Headers", headers.clone()));
         }
         if let Some(age) = self.max_age {
-            fields.push((
-                HeaderName::from_static("access-control-max-age"),
-                HeaderValue::from(age),
-            ));
+            fields.push(("Access-Control-Max-Age", HeaderValue::from(age)));
         }
         Some(fields)
     }
 
     /// The fields for an answer to a request from `origin`, or nothing
     /// when it may not read.
-    pub fn response_fields(&self, origin: Option<&HeaderValue>) -> Vec<(HeaderName, HeaderValue)> {
+    pub fn response_fields(&self, origin: Option<&HeaderValue>) -> Vec<CorsField> {
         let Some(origin) = origin.filter(|o| o.to_str().is_ok_and(|o| self.origins.allows(o)))
         else {
             return Vec::new();
         };
         let mut fields = self.origin_fields(origin);
         if let Some(expose) = &self.expose_field {
-            fields.push((
-                HeaderName::from_static("access-control-expose-headers"),
-                expose.clone(),
-            ));
+            fields.push(("Access-Control-Expose-Headers", expose.clone()));
         }
         fields
     }
 
     /// `Access-Control-Allow-Origin` (`*` only for any origin without
     /// credentials; else the request's origin) and the credentials flag.
-    fn origin_fields(&self, origin: &HeaderValue) -> Vec<(HeaderName, HeaderValue)> {
+    fn origin_fields(&self, origin: &HeaderValue) -> Vec<CorsField> {
         let allow = match (&self.origins, self.credentials) {
             (Origins::Any, false) => HeaderValue::from_static("*"),
             _ => origin.clone(),
         };
-        let mut fields = vec![(
-            HeaderName::from_static("access-control-allow-origin"),
-            allow,
-        )];
+        let mut fields = vec![("Access-Control-Allow-Origin", allow)];
         if self.credentials {
             fields.push((
-                HeaderName::from_static("access-control-allow-credentials"),
+                "Access-Control-Allow-Credentials",
                 HeaderValue::from_static("true"),
             ));
         }
@@ -306,7 +296,7 @@ mod tests {
         let get = |name: &str| {
             fields
                 .iter()
-                .find(|(n, _)| n == name)
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v.clone())
         };
         assert_eq!(
