@@ -48,15 +48,7 @@ curl -fsS -D - -o /dev/null -H 'Origin: https://app.example.com' "http://$POLICY
   | grep -qi '^access-control-allow-origin: https://app.example.com' \
   || { echo "the policy proxy sent no CORS fields" >&2; exit 1; }
 
-declare -A r
-for round in $(seq 1 "$ROUNDS"); do
-  for name in plain policy; do
-    for s in cached:/cached passthrough:/plain/uncached; do
-      r["$name/${s%%:*}/$round"]=$(taskset -c $LOAD_CPU wrk -t1 -c64 -d"${DURATION}s" "http://${addr[$name]}${s#*:}" | wrk_rps)
-      echo "round $round $name ${s%%:*}: ${r[$name/${s%%:*}/$round]}" >&2
-    done
-  done
-done
+alternating_rounds plain policy
 
 echo "median of $ROUNDS rounds, ${DURATION}s each, wrk -t1 -c64; tollgate on CPU 0, wrk on CPU 1"
 for s in cached passthrough; do

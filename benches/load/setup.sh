@@ -148,6 +148,23 @@ wrk_summary() {
 # wrk_rps: req/s from wrk's output on standard input.
 wrk_rps() { awk '/^Requests\/sec:/ { print $2 }'; }
 
+# alternating_rounds NAME...: ROUNDS rounds of DURATION seconds each, the
+# proxies NAME... (their addresses in the array `addr`) asked in turn for
+# the cached hit and the pass-through, wrk on LOAD_CPU; req/s go to the
+# array `r` under "NAME/cached|passthrough/ROUND", each printed to stderr.
+alternating_rounds() {
+  declare -gA r
+  local round name s
+  for round in $(seq 1 "$ROUNDS"); do
+    for name in "$@"; do
+      for s in cached:/cached passthrough:/plain/uncached; do
+        r["$name/${s%%:*}/$round"]=$(taskset -c $LOAD_CPU wrk -t1 -c64 -d"${DURATION}s" "http://${addr[$name]}${s#*:}" | wrk_rps)
+        echo "round $round $name ${s%%:*}: ${r[$name/${s%%:*}/$round]}" >&2
+      done
+    done
+  done
+}
+
 # py_dict NAME: the associative array NAME as a Python dict of strings,
 # for the scripts' summaries.
 py_dict() {

@@ -42,15 +42,7 @@ for name in off one all; do
   curl -fsS -o /dev/null "http://${addr[$name]}/cached"
 done
 
-declare -A r
-for round in $(seq 1 "$ROUNDS"); do
-  for name in off one all; do
-    for s in cached:/cached passthrough:/plain/uncached; do
-      r["$name/${s%%:*}/$round"]=$(taskset -c $LOAD_CPU wrk -t1 -c64 -d"${DURATION}s" "http://${addr[$name]}${s#*:}" | wrk_rps)
-      echo "round $round $name ${s%%:*}: ${r[$name/${s%%:*}/$round]}" >&2
-    done
-  done
-done
+alternating_rounds off one all
 
 # The sampled proxies really exported (and the collector kept up).
 for name in one all; do
